@@ -1,0 +1,3 @@
+from mbms.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,555 @@
+//! Equivalent-circuit cell model: OCV(SOC, T) + R0(SOC, T) + up to two RC pairs,
+//! entropic temperature dependence of the OCV and an optional one-state hysteresis.
+//!
+//! Sign convention used throughout mbms: **current is positive when discharging**
+//! (out of the cell/pack), as in the brief's current-sharing formula (§4).
+//!
+//! Model (Plett, "Battery Management Systems Vol. I", 2015, ch. 2, the "enhanced
+//! self-correcting" cell model without the instantaneous hysteresis term):
+//!
+//! ```text
+//! v = OCV(z, T) + h - R0(z, T)·i - v1 - v2
+//! z[k+1]  = z[k] - η·i·Δt / (3600·Q)
+//! vj[k+1] = vj[k]·exp(-Δt/τj) + Rj·(1 - exp(-Δt/τj))·i        (exact for constant i over Δt)
+//! h[k+1]  = exp(-|γ·i·Δt/(3600·Q)|)·h[k] - (1 - exp(-|γ·i·Δt/(3600·Q)|))·M·sgn(i)
+//! ```
+//!
+//! Parameter sets are TOML files in `hw/cells/` (see `hw/cells/README.md`). Tables are
+//! resampled at load onto a uniform SOC grid so that a lookup is O(1): the engine
+//! evaluates them for thousands of cells per step.
+
+use serde::Deserialize;
+
+/// Number of points of the uniform SOC grid tables are resampled onto.
+pub const SOC_GRID_POINTS: usize = 201;
+
+/// A table on a uniform SOC grid 0..=1, linearly interpolated, clamped at the ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocTable {
+    y: Vec<f64>,
+    /// slope dy/dSOC of each interval
+    dy: Vec<f64>,
+}
+
+impl SocTable {
+    /// Resample the piecewise-linear table (soc[i], y[i]) onto the uniform grid.
+    /// `soc` must be strictly increasing; values outside its range are clamped.
+    pub fn from_points(soc: &[f64], y: &[f64]) -> Result<Self, String> {
+        if soc.len() != y.len() {
+            return Err(format!("soc has {} points but values have {}", soc.len(), y.len()));
+        }
+        if soc.len() < 2 {
+            return Err("a table needs at least 2 points".into());
+        }
+        if soc.windows(2).any(|w| !(w[1] > w[0])) {
+            return Err("soc breakpoints must be strictly increasing".into());
+        }
+        if soc.iter().chain(y.iter()).any(|v| !v.is_finite()) {
+            return Err("table values must be finite".into());
+        }
+        let n = SOC_GRID_POINTS;
+        let mut out = Vec::with_capacity(n);
+        for k in 0..n {
+            let z = k as f64 / (n - 1) as f64;
+            out.push(interp_sorted(soc, y, z));
+        }
+        Ok(Self::from_uniform(out))
+    }
+
+    pub fn constant(v: f64) -> Self {
+        Self::from_uniform(vec![v; SOC_GRID_POINTS])
+    }
+
+    fn from_uniform(y: Vec<f64>) -> Self {
+        let step = 1.0 / (y.len() - 1) as f64;
+        let dy = y.windows(2).map(|w| (w[1] - w[0]) / step).collect();
+        Self { y, dy }
+    }
+
+    /// Value at `soc` (clamped to 0..=1).
+    #[inline(always)]
+    pub fn eval(&self, soc: f64) -> f64 {
+        let (k, frac) = self.locate(soc);
+        self.y[k] + frac * (self.y[k + 1] - self.y[k])
+    }
+
+    /// Slope dy/dSOC at `soc` (of the interval it falls in).
+    #[inline(always)]
+    pub fn slope(&self, soc: f64) -> f64 {
+        let (k, _) = self.locate(soc);
+        self.dy[k]
+    }
+
+    #[inline(always)]
+    fn locate(&self, soc: f64) -> (usize, f64) {
+        let last = self.y.len() - 1;
+        let x = soc.clamp(0.0, 1.0) * last as f64;
+        // `as usize` saturates; NaN maps to 0 (then clamped below)
+        let k = (x as usize).min(last - 1);
+        (k, x - k as f64)
+    }
+
+    pub fn values(&self) -> &[f64] {
+        &self.y
+    }
+}
+
+/// Linear interpolation on sorted breakpoints, clamped at the ends.
+pub fn interp_sorted(x: &[f64], y: &[f64], at: f64) -> f64 {
+    if at <= x[0] {
+        return y[0];
+    }
+    if at >= x[x.len() - 1] {
+        return y[y.len() - 1];
+    }
+    let k = x.partition_point(|&v| v <= at) - 1;
+    let t = (at - x[k]) / (x[k + 1] - x[k]);
+    y[k] + t * (y[k + 1] - y[k])
+}
+
+/// A quantity over (temperature, SOC): one uniform SOC table per temperature breakpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TempSocTable {
+    temp_c: Vec<f64>,
+    rows: Vec<SocTable>,
+}
+
+impl TempSocTable {
+    pub fn new(temp_c: &[f64], soc: &[f64], rows: &[Vec<f64>]) -> Result<Self, String> {
+        if temp_c.is_empty() || temp_c.len() != rows.len() {
+            return Err(format!(
+                "{} temperature breakpoints but {} rows",
+                temp_c.len(),
+                rows.len()
+            ));
+        }
+        if temp_c.windows(2).any(|w| !(w[1] > w[0])) {
+            return Err("temp_c breakpoints must be strictly increasing".into());
+        }
+        let rows = rows
+            .iter()
+            .map(|r| SocTable::from_points(soc, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { temp_c: temp_c.to_vec(), rows })
+    }
+
+    #[inline(always)]
+    pub fn eval(&self, soc: f64, temp_c: f64) -> f64 {
+        let n = self.temp_c.len();
+        if n == 1 || temp_c <= self.temp_c[0] {
+            return self.rows[0].eval(soc);
+        }
+        if temp_c >= self.temp_c[n - 1] {
+            return self.rows[n - 1].eval(soc);
+        }
+        let mut k = 0;
+        while self.temp_c[k + 1] < temp_c {
+            k += 1;
+        }
+        let t = (temp_c - self.temp_c[k]) / (self.temp_c[k + 1] - self.temp_c[k]);
+        let a = self.rows[k].eval(soc);
+        a + t * (self.rows[k + 1].eval(soc) - a)
+    }
+
+    pub fn max(&self) -> f64 {
+        self.rows.iter().flat_map(|r| r.values().iter().copied()).fold(f64::MIN, f64::max)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameter file (TOML) schema. Field names carry units.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellFile {
+    pub name: String,
+    pub chemistry: String,
+    /// Where the numbers come from (paper, datasheet, identification script).
+    pub source: String,
+    pub capacity_ah: f64,
+    pub v_min_v: f64,
+    pub v_max_v: f64,
+    /// Temperature at which `ocv.v` is given.
+    pub t_ref_c: f64,
+    /// Coulombic efficiency on charge (discharge is taken as 1).
+    #[serde(default = "one")]
+    pub coulombic_efficiency: f64,
+    pub ocv: OcvSection,
+    pub resistance: ResistanceSection,
+    #[serde(default)]
+    pub hysteresis: Option<HysteresisSection>,
+    pub thermal: ThermalSection,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OcvSection {
+    pub soc: Vec<f64>,
+    pub v: Vec<f64>,
+    /// Entropic coefficient dOCV/dT at each `soc` breakpoint (V/K); zero if absent.
+    #[serde(default)]
+    pub docv_dt_v_per_k: Option<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResistanceSection {
+    pub temp_c: Vec<f64>,
+    pub soc: Vec<f64>,
+    /// rows: one per `temp_c`, columns: one per `soc`
+    pub r0_ohm: Vec<Vec<f64>>,
+    pub r1_ohm: Vec<Vec<f64>>,
+    /// one per `temp_c`
+    pub tau1_s: Vec<f64>,
+    #[serde(default)]
+    pub r2_ohm: Option<Vec<Vec<f64>>>,
+    #[serde(default)]
+    pub tau2_s: Option<Vec<f64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HysteresisSection {
+    /// Maximum hysteresis voltage M (V).
+    pub m_v: f64,
+    /// Rate constant γ (dimensionless, per unit of SOC throughput).
+    pub gamma: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThermalSection {
+    pub mass_kg: f64,
+    pub cp_j_per_kg_k: f64,
+}
+
+/// Cell parameters ready for fast evaluation.
+#[derive(Debug, Clone)]
+pub struct CellParams {
+    pub name: String,
+    pub chemistry: String,
+    pub source: String,
+    pub capacity_ah: f64,
+    pub v_min_v: f64,
+    pub v_max_v: f64,
+    pub t_ref_c: f64,
+    pub coulombic_efficiency: f64,
+    pub ocv: SocTable,
+    pub docv_dt: SocTable,
+    pub r0: TempSocTable,
+    pub r1: TempSocTable,
+    pub r2: Option<TempSocTable>,
+    temp_c: Vec<f64>,
+    tau1_s: Vec<f64>,
+    tau2_s: Option<Vec<f64>>,
+    pub hysteresis_m_v: f64,
+    pub hysteresis_gamma: f64,
+    pub mass_kg: f64,
+    pub cp_j_per_kg_k: f64,
+}
+
+/// A parameter-file error: the dotted field and what was expected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellParamError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for CellParamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for CellParamError {}
+
+fn err(field: &str, message: impl Into<String>) -> CellParamError {
+    CellParamError { field: field.to_string(), message: message.into() }
+}
+
+impl CellParams {
+    /// Parse and validate a TOML parameter set (the text of a `hw/cells/*.toml` file).
+    pub fn from_toml_str(text: &str) -> Result<Self, CellParamError> {
+        let file: CellFile = toml::from_str(text).map_err(|e| err("<toml>", e.to_string()))?;
+        Self::from_file(file)
+    }
+
+    pub fn from_file(f: CellFile) -> Result<Self, CellParamError> {
+        let positive = |field: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(err(field, format!("expected a positive number, got {v}")))
+            }
+        };
+        positive("capacity_ah", f.capacity_ah)?;
+        positive("thermal.mass_kg", f.thermal.mass_kg)?;
+        positive("thermal.cp_j_per_kg_k", f.thermal.cp_j_per_kg_k)?;
+        if !(f.v_min_v < f.v_max_v) {
+            return Err(err("v_min_v", format!("expected v_min_v < v_max_v, got {} >= {}", f.v_min_v, f.v_max_v)));
+        }
+        if !(f.coulombic_efficiency > 0.0 && f.coulombic_efficiency <= 1.0) {
+            return Err(err("coulombic_efficiency", "expected a value in (0, 1]"));
+        }
+        let ocv = SocTable::from_points(&f.ocv.soc, &f.ocv.v).map_err(|m| err("ocv", m))?;
+        if ocv.values().windows(2).any(|w| w[1] < w[0]) {
+            return Err(err("ocv.v", "OCV must not decrease with SOC"));
+        }
+        let docv_dt = match &f.ocv.docv_dt_v_per_k {
+            Some(d) => SocTable::from_points(&f.ocv.soc, d).map_err(|m| err("ocv.docv_dt_v_per_k", m))?,
+            None => SocTable::constant(0.0),
+        };
+        let r = &f.resistance;
+        let table = |field: &str, rows: &[Vec<f64>]| -> Result<TempSocTable, CellParamError> {
+            if rows.iter().flatten().any(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(err(field, "resistances must be finite and >= 0"));
+            }
+            TempSocTable::new(&r.temp_c, &r.soc, rows).map_err(|m| err(field, m))
+        };
+        let r0 = table("resistance.r0_ohm", &r.r0_ohm)?;
+        if r0.rows.iter().flat_map(|t| t.values()).any(|v| *v <= 0.0) {
+            return Err(err("resistance.r0_ohm", "expected R0 > 0 everywhere"));
+        }
+        let r1 = table("resistance.r1_ohm", &r.r1_ohm)?;
+        let check_tau = |field: &str, tau: &[f64]| {
+            if tau.len() != r.temp_c.len() {
+                return Err(err(field, format!("expected {} values (one per temp_c)", r.temp_c.len())));
+            }
+            if tau.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
+                return Err(err(field, "time constants must be > 0"));
+            }
+            Ok(())
+        };
+        check_tau("resistance.tau1_s", &r.tau1_s)?;
+        let (r2, tau2) = match (&r.r2_ohm, &r.tau2_s) {
+            (Some(rows), Some(tau)) => {
+                check_tau("resistance.tau2_s", tau)?;
+                (Some(table("resistance.r2_ohm", rows)?), Some(tau.clone()))
+            }
+            (None, None) => (None, None),
+            _ => return Err(err("resistance.r2_ohm", "r2_ohm and tau2_s must be given together")),
+        };
+        let (hm, hg) = match &f.hysteresis {
+            Some(h) => {
+                if !(h.m_v >= 0.0 && h.gamma >= 0.0) {
+                    return Err(err("hysteresis", "m_v and gamma must be >= 0"));
+                }
+                (h.m_v, h.gamma)
+            }
+            None => (0.0, 0.0),
+        };
+        Ok(Self {
+            name: f.name,
+            chemistry: f.chemistry,
+            source: f.source,
+            capacity_ah: f.capacity_ah,
+            v_min_v: f.v_min_v,
+            v_max_v: f.v_max_v,
+            t_ref_c: f.t_ref_c,
+            coulombic_efficiency: f.coulombic_efficiency,
+            ocv,
+            docv_dt,
+            r0,
+            r1,
+            r2,
+            temp_c: r.temp_c.clone(),
+            tau1_s: r.tau1_s.clone(),
+            tau2_s: tau2,
+            hysteresis_m_v: hm,
+            hysteresis_gamma: hg,
+            mass_kg: f.thermal.mass_kg,
+            cp_j_per_kg_k: f.thermal.cp_j_per_kg_k,
+        })
+    }
+
+    /// Open-circuit voltage (V) at `soc` and temperature `temp_c`, without hysteresis.
+    #[inline(always)]
+    pub fn ocv(&self, soc: f64, temp_c: f64) -> f64 {
+        self.ocv.eval(soc) + self.docv_dt.eval(soc) * (temp_c - self.t_ref_c)
+    }
+
+    /// dOCV/dSOC (V per unit SOC).
+    #[inline(always)]
+    pub fn docv_dsoc(&self, soc: f64) -> f64 {
+        self.ocv.slope(soc)
+    }
+
+    /// Inverse OCV at the reference temperature: the SOC whose OCV is `v` (bisection on the
+    /// monotone table); clamped to 0..=1. Used for SOC-from-OCV at rest.
+    pub fn soc_from_ocv(&self, v: f64, temp_c: f64) -> f64 {
+        let (mut lo, mut hi) = (0.0f64, 1.0f64);
+        for _ in 0..40 {
+            let mid = 0.5 * (lo + hi);
+            if self.ocv(mid, temp_c) < v {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        0.5 * (lo + hi)
+    }
+
+    #[inline(always)]
+    pub fn r0(&self, soc: f64, temp_c: f64) -> f64 {
+        self.r0.eval(soc, temp_c)
+    }
+
+    #[inline(always)]
+    pub fn r1(&self, soc: f64, temp_c: f64) -> f64 {
+        self.r1.eval(soc, temp_c)
+    }
+
+    #[inline(always)]
+    pub fn r2(&self, soc: f64, temp_c: f64) -> f64 {
+        self.r2.as_ref().map_or(0.0, |t| t.eval(soc, temp_c))
+    }
+
+    #[inline(always)]
+    pub fn tau1(&self, temp_c: f64) -> f64 {
+        interp_sorted(&self.temp_c, &self.tau1_s, temp_c)
+    }
+
+    #[inline(always)]
+    pub fn tau2(&self, temp_c: f64) -> f64 {
+        self.tau2_s.as_ref().map_or(1.0, |t| interp_sorted(&self.temp_c, t, temp_c))
+    }
+
+    pub fn has_rc2(&self) -> bool {
+        self.r2.is_some()
+    }
+
+    /// Capacity in coulombs.
+    #[inline(always)]
+    pub fn capacity_c(&self) -> f64 {
+        self.capacity_ah * 3600.0
+    }
+}
+
+/// The dynamic state of one cell.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CellState {
+    pub soc: f64,
+    /// Voltage over the first RC pair (V).
+    pub v1: f64,
+    /// Voltage over the second RC pair (V).
+    pub v2: f64,
+    /// Hysteresis voltage (V).
+    pub h: f64,
+}
+
+impl CellState {
+    pub fn at_rest(soc: f64) -> Self {
+        Self { soc, ..Default::default() }
+    }
+}
+
+/// Per-cell deviations from the nominal parameters (plant cell-to-cell variation, ageing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CellScale {
+    /// Capacity multiplier (SOH of capacity).
+    pub capacity: f64,
+    /// Multiplier on R0 (and on the RC resistances).
+    pub resistance: f64,
+}
+
+impl Default for CellScale {
+    fn default() -> Self {
+        Self { capacity: 1.0, resistance: 1.0 }
+    }
+}
+
+impl CellParams {
+    /// Terminal voltage of a cell in `state` carrying `i_a` (discharge positive).
+    #[inline(always)]
+    pub fn terminal_voltage(&self, s: &CellState, scale: &CellScale, i_a: f64, temp_c: f64) -> f64 {
+        self.ocv(s.soc, temp_c) + s.h - scale.resistance * self.r0(s.soc, temp_c) * i_a - s.v1 - s.v2
+    }
+
+    /// Advance `state` by `dt_s` with constant current `i_a` (discharge positive).
+    /// Exact zero-order-hold discretisation of the RC pairs.
+    #[inline(always)]
+    pub fn step(&self, s: &mut CellState, scale: &CellScale, i_a: f64, temp_c: f64, dt_s: f64) {
+        let q_c = self.capacity_c() * scale.capacity;
+        let eta = if i_a < 0.0 { self.coulombic_efficiency } else { 1.0 };
+        let dz = eta * i_a * dt_s / q_c;
+        let a1 = (-dt_s / self.tau1(temp_c)).exp();
+        s.v1 = a1 * s.v1 + scale.resistance * self.r1(s.soc, temp_c) * (1.0 - a1) * i_a;
+        if let Some(r2) = &self.r2 {
+            let a2 = (-dt_s / self.tau2(temp_c)).exp();
+            s.v2 = a2 * s.v2 + scale.resistance * r2.eval(s.soc, temp_c) * (1.0 - a2) * i_a;
+        }
+        if self.hysteresis_m_v > 0.0 {
+            let ah = (-(self.hysteresis_gamma * dz).abs()).exp();
+            s.h = ah * s.h - (1.0 - ah) * self.hysteresis_m_v * i_a.signum();
+        }
+        s.soc -= dz;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const TEST_CELL: &str = r#"
+name = "test cell"
+chemistry = "NMC"
+source = "unit test"
+capacity_ah = 5.0
+v_min_v = 2.5
+v_max_v = 4.2
+t_ref_c = 25.0
+[ocv]
+soc = [0.0, 0.5, 1.0]
+v = [3.0, 3.7, 4.2]
+[resistance]
+temp_c = [0.0, 25.0]
+soc = [0.0, 1.0]
+r0_ohm = [[0.04, 0.04], [0.02, 0.02]]
+r1_ohm = [[0.02, 0.02], [0.01, 0.01]]
+tau1_s = [20.0, 10.0]
+[thermal]
+mass_kg = 0.07
+cp_j_per_kg_k = 1100.0
+"#;
+
+    #[test]
+    fn parses_and_interpolates() {
+        let p = CellParams::from_toml_str(TEST_CELL).unwrap();
+        assert!((p.ocv(0.25, 25.0) - 3.35).abs() < 1e-12);
+        assert!((p.r0(0.5, 12.5) - 0.03).abs() < 1e-12);
+        assert!((p.docv_dsoc(0.75) - 1.0).abs() < 1e-9);
+        assert!((p.soc_from_ocv(3.35, 25.0) - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rc_step_is_exact() {
+        let p = CellParams::from_toml_str(TEST_CELL).unwrap();
+        let mut s = CellState::at_rest(0.5);
+        let sc = CellScale::default();
+        for _ in 0..1000 {
+            p.step(&mut s, &sc, 5.0, 25.0, 0.1);
+        }
+        // 100 s of 5 A = 500 C of 18000 C
+        assert!((s.soc - (0.5 - 500.0 / 18000.0)).abs() < 1e-12);
+        let v1_expected = 0.01 * 5.0 * (1.0 - (-100.0f64 / 10.0).exp());
+        assert!((s.v1 - v1_expected).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rejects_bad_files_naming_the_field() {
+        let bad = TEST_CELL.replace("capacity_ah = 5.0", "capacity_ah = -1.0");
+        let e = CellParams::from_toml_str(&bad).unwrap_err();
+        assert_eq!(e.field, "capacity_ah");
+        let bad = TEST_CELL.replace("tau1_s = [20.0, 10.0]", "tau1_s = [20.0]");
+        assert_eq!(CellParams::from_toml_str(&bad).unwrap_err().field, "resistance.tau1_s");
+        let bad = TEST_CELL.replace("v = [3.0, 3.7, 4.2]", "v = [3.0, 3.9, 3.8]");
+        assert_eq!(CellParams::from_toml_str(&bad).unwrap_err().field, "ocv.v");
+        let bad = TEST_CELL.replace("name = \"test cell\"", "name = \"x\"\nbogus = 1");
+        assert!(CellParams::from_toml_str(&bad).unwrap_err().message.contains("bogus"));
+    }
+}

@@ -1,0 +1,10 @@
+//! mbms-core: the pack engine and the plant simulator of mbms, pure Rust.
+//!
+//! Nothing in this crate reads a clock, a file, a socket or a random source: time,
+//! measurements and seeds are arguments. The PyO3 bindings (`mbms._core`) live in
+//! [`py`] behind the `python` feature so that `cargo test` links without libpython.
+
+pub mod cell_model;
+
+#[cfg(feature = "python")]
+mod py;

@@ -1,0 +1,13 @@
+//! PyO3 bindings: the extension module `mbms._core`. A thin layer: conversion and
+//! validation of Python inputs, GIL released around the Rust work, nothing else.
+
+use pyo3::prelude::*;
+
+mod cell;
+
+#[pymodule]
+#[pyo3(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    cell::register(m)?;
+    Ok(())
+}
