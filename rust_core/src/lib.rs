@@ -15,3 +15,4 @@ pub mod soh;
 
 #[cfg(feature = "python")]
 mod py;
+pub mod node;
