@@ -393,6 +393,11 @@ impl Engine {
         &self.cell
     }
 
+    /// The packed cell tables the engine evaluates (for reference implementations).
+    pub fn tables(&self) -> &CellTables {
+        &self.tab
+    }
+
     pub fn output(&self) -> &EngineOutput {
         &self.out
     }
