@@ -5,6 +5,7 @@
 //! [`py`] behind the `python` feature so that `cargo test` links without libpython.
 
 pub mod cell_model;
+pub mod plant;
 
 #[cfg(feature = "python")]
 mod py;
