@@ -12,6 +12,7 @@ pub mod limits;
 pub mod protection;
 pub mod soc_ekf;
 pub mod soh;
+pub mod plant;
 
 #[cfg(feature = "python")]
 mod py;
