@@ -910,20 +910,28 @@ impl Peer {
         let mut closed_set = 0u64;
         let mut closed: Vec<StringState> = Vec::new();
         let mut closing: Option<StringState> = None;
+        // Members lost while closed (or closing): they may have opened (a fault, a crash)
+        // or may still be on the bus behind a network partition (S6: the bus does not
+        // split). Both hypotheses are evaluated with their last known state and the lower
+        // limit is taken.
+        let mut ghosts: Vec<StringState> = Vec::new();
         // Ascending id order on every peer, so identical inputs give identical floats.
         let mut ids: Vec<u16> = self.cfg.members.clone();
         ids.sort_unstable();
         for id in ids {
-            let (phase, main_closed, limits, usable) = if id == me {
+            let (phase, main_closed, limits, alive) = if id == me {
                 (self.phase, self.command.main_closed(), Some(own), true)
             } else {
                 let r = &self.remotes[id as usize];
                 (r.phase(), r.flags.main_closed, r.limits, r.alive)
             };
-            if !usable {
+            let Some(l) = limits else { continue };
+            if !alive {
+                if phase == Phase::Closed || phase.is_closing() {
+                    ghosts.push(state_of(&l));
+                }
                 continue;
             }
-            let Some(l) = limits else { continue };
             if phase == Phase::Closed && main_closed {
                 closed_set |= bit(id);
                 closed.push(state_of(&l));
@@ -932,11 +940,24 @@ impl Peer {
             }
         }
         let (mut dcl, mut ccl) = n1_limits(&closed);
+        let mut consider = |set: &[StringState]| {
+            let (d, c) = n1_limits(set);
+            dcl = dcl.min(d);
+            ccl = ccl.min(c);
+        };
+        let mut with_ghosts = closed.clone();
+        with_ghosts.extend(ghosts.iter().copied());
+        if !ghosts.is_empty() {
+            consider(&with_ghosts);
+        }
         if let Some(c) = closing {
-            closed.push(c);
-            let (d2, c2) = n1_limits(&closed);
-            dcl = dcl.min(d2);
-            ccl = ccl.min(c2);
+            let mut s1 = closed.clone();
+            s1.push(c);
+            consider(&s1);
+            if !ghosts.is_empty() {
+                with_ghosts.push(c);
+                consider(&with_ghosts);
+            }
         }
         let prop = (amps_to_da_floor(dcl), amps_to_da_floor(ccl));
         self.prop_da = prop;
