@@ -41,6 +41,9 @@ const LIVE_MATCH_MARGIN: f64 = 0.8;
 const DUP_HOLD_PERIODS: u64 = 10;
 /// Back-off after an aborted close, in heartbeat periods (plus jitter).
 const ABORT_BACKOFF_PERIODS: u64 = 10;
+/// Up to this many lost members are enumerated open/closed (2^8 cases); with more, the
+/// state of the bus is too uncertain and the peer reports zero limits.
+const MAX_GHOSTS: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Contactors {
@@ -328,6 +331,9 @@ pub struct Peer {
     next_kind: u8,
     ticket: u8,
     last_ticket: u8,
+    /// When each ticket (1..=15) was last used: a ticket is not reused within the grant
+    /// guard, so a grant left over for an old request can never count for a new one.
+    ticket_used_at: [Option<u64>; 16],
     t_req: u64,
     t_pre: u64,
     t_close: u64,
@@ -394,6 +400,7 @@ impl Peer {
             next_kind: 0,
             ticket: 0,
             last_ticket: (incarnation % MAX_TICKET as u64) as u8,
+            ticket_used_at: [None; 16],
             t_req: 0,
             t_pre: 0,
             t_close: 0,
@@ -539,6 +546,8 @@ impl Peer {
         let started = *self.started_at.get_or_insert_with(|| {
             // A restart with the main contactors still closed adopts them (opening under
             // load is not safer); otherwise listen first.
+            // We do not know which tickets we used before a restart: treat all as just used.
+            self.ticket_used_at = [Some(now); 16];
             if local.feedback.main_closed() && !local.fault {
                 self.phase = Phase::Closed;
                 self.command = Contactors::CLOSED;
@@ -755,14 +764,20 @@ impl Peer {
             }
             Phase::Open => {
                 self.command = Contactors::OPEN;
-                if local.may_close
-                    && quorum
-                    && now >= self.dup_self_until
-                    && now >= self.backoff_until
-                    && self.eligible(local)
-                {
-                    self.last_ticket = self.last_ticket % MAX_TICKET + 1;
-                    self.ticket = self.last_ticket;
+                let guard = self.cfg.grant_inhibit_ms();
+                let free_ticket = (1..=MAX_TICKET)
+                    .map(|k| (self.last_ticket + k - 1) % MAX_TICKET + 1)
+                    .find(|&t| self.ticket_used_at[t as usize].is_none_or(|u| now.saturating_sub(u) >= guard));
+                if let Some(t) = free_ticket.filter(|_| {
+                    local.may_close
+                        && quorum
+                        && now >= self.dup_self_until
+                        && now >= self.backoff_until
+                        && self.eligible(local)
+                }) {
+                    self.last_ticket = t;
+                    self.ticket_used_at[t as usize] = Some(now);
+                    self.ticket = t;
                     self.t_req = now;
                     self.phase = Phase::Requesting;
                     self.counters.requests += 1;
@@ -910,11 +925,15 @@ impl Peer {
         let mut closed_set = 0u64;
         let mut closed: Vec<StringState> = Vec::new();
         let mut closing: Option<StringState> = None;
-        // Members lost while closed (or closing): they may have opened (a fault, a crash)
-        // or may still be on the bus behind a network partition (S6: the bus does not
-        // split). Both hypotheses are evaluated with their last known state and the lower
-        // limit is taken.
+        // Members that are not live but whose state we know: they may be open (a fault, a
+        // crash drops the coils) or closed behind a network partition (S6: the bus does
+        // not split), and they may have closed since we last heard them (with a quorum on
+        // the other side). Leaving a closed string out does not err low under the N−1
+        // rule, so every open/closed combination of them is evaluated with their last
+        // known state and the lowest limit is taken.
         let mut ghosts: Vec<StringState> = Vec::new();
+        // A live member that says it is closed but whose state we do not have yet.
+        let mut unknown_closed = false;
         // Ascending id order on every peer, so identical inputs give identical floats.
         let mut ids: Vec<u16> = self.cfg.members.clone();
         ids.sort_unstable();
@@ -925,11 +944,12 @@ impl Peer {
                 let r = &self.remotes[id as usize];
                 (r.phase(), r.flags.main_closed, r.limits, r.alive)
             };
-            let Some(l) = limits else { continue };
+            let Some(l) = limits else {
+                unknown_closed |= alive && (phase == Phase::Closed || phase.is_closing());
+                continue;
+            };
             if !alive {
-                if phase == Phase::Closed || phase.is_closing() {
-                    ghosts.push(state_of(&l));
-                }
+                ghosts.push(state_of(&l));
                 continue;
             }
             if phase == Phase::Closed && main_closed {
@@ -939,24 +959,28 @@ impl Peer {
                 closing = Some(state_of(&l));
             }
         }
-        let (mut dcl, mut ccl) = n1_limits(&closed);
-        let mut consider = |set: &[StringState]| {
-            let (d, c) = n1_limits(set);
-            dcl = dcl.min(d);
-            ccl = ccl.min(c);
-        };
-        let mut with_ghosts = closed.clone();
-        with_ghosts.extend(ghosts.iter().copied());
-        if !ghosts.is_empty() {
-            consider(&with_ghosts);
-        }
-        if let Some(c) = closing {
-            let mut s1 = closed.clone();
-            s1.push(c);
-            consider(&s1);
-            if !ghosts.is_empty() {
-                with_ghosts.push(c);
-                consider(&with_ghosts);
+        let (mut dcl, mut ccl) = (f64::INFINITY, f64::INFINITY);
+        if self.phase == Phase::Listening || unknown_closed || ghosts.len() > MAX_GHOSTS {
+            // Not enough known to bound the current of every string: report nothing.
+            dcl = 0.0;
+            ccl = 0.0;
+        } else {
+            let mut set: Vec<StringState> = Vec::with_capacity(closed.len() + ghosts.len() + 1);
+            for mask in 0u32..(1u32 << ghosts.len()) {
+                for with_closing in [false, true] {
+                    if with_closing && closing.is_none() {
+                        continue;
+                    }
+                    set.clear();
+                    set.extend_from_slice(&closed);
+                    set.extend(ghosts.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, g)| *g));
+                    if with_closing {
+                        set.extend(closing);
+                    }
+                    let (d, c) = n1_limits(&set);
+                    dcl = dcl.min(d);
+                    ccl = ccl.min(c);
+                }
             }
         }
         let prop = (amps_to_da_floor(dcl), amps_to_da_floor(ccl));
@@ -1009,9 +1033,19 @@ impl Peer {
     }
 
     fn update_speaker(&mut self) {
+        // The lowest live id that has finished listening (a peer that just started does
+        // not know the limits yet), on the side with a quorum.
         let speaker = if self.out.quorum {
-            let live = self.out.live_set;
-            Some(live.trailing_zeros() as u16 + 1)
+            let me = self.cfg.node_id;
+            let mut ids: Vec<u16> = self
+                .alive_remotes()
+                .filter(|(_, r)| r.phase() != Phase::Listening)
+                .map(|(id, _)| id)
+                .collect();
+            if self.phase != Phase::Listening {
+                ids.push(me);
+            }
+            ids.into_iter().min()
         } else {
             None
         };

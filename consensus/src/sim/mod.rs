@@ -111,6 +111,7 @@ struct Node {
     snapshot: Option<Snapshot>,
     s3_hist: VecDeque<(u64, bool)>,
     detect_pending: Vec<(usize, u64)>, // (crashed node, crash time)
+    instance: u64,
 }
 
 impl Node {
@@ -125,6 +126,7 @@ impl Node {
 /// A grant as the checker sees it: who, which ticket, until when (real µs).
 #[derive(Clone, Copy, Debug)]
 struct GrantRecord {
+    instance: u64,
     to: u16,
     ticket: u8,
     expires_us: u64,
@@ -141,6 +143,8 @@ struct World {
     queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     qseq: u64,
     grants: Vec<Option<GrantRecord>>,
+    /// confirmed[p][j]: the true state of string j when p last heard from j.
+    confirmed: Vec<Vec<Option<crate::sharing::StringState>>>,
     truth: VecDeque<(u64, f64, f64)>,
     window_us: u64,
     heal_us: u64,
@@ -302,13 +306,20 @@ impl World {
         match grant {
             Some((to, ticket, at_ms)) => {
                 let expires_us = self.nodes[k].real_us(at_ms + self.cfg.lease_ms as u64);
-                let rec = GrantRecord { to, ticket, expires_us };
-                let same = self.grants[k].is_some_and(|g| g.to == to && g.ticket == ticket);
+                let instance = self.nodes[k].instance;
+                let rec = GrantRecord { instance, to, ticket, expires_us };
+                let same = self.grants[k]
+                    .is_some_and(|g| g.instance == instance && g.to == to && g.ticket == ticket);
                 if !same {
                     self.grants[k] = Some(rec);
                 }
             }
-            None => self.grants[k] = None,
+            // A released grant is gone; a crashed instance's grant counts until it expires.
+            None => {
+                if self.grants[k].is_some_and(|g| g.instance == self.nodes[k].instance) {
+                    self.grants[k] = None;
+                }
+            }
         }
         self.nodes[k].last_cmd = out_cmd;
         self.nodes[k].last_phase = out_phase;
@@ -345,7 +356,16 @@ impl World {
         while self.truth.front().is_some_and(|(tt, _, _)| t - tt > self.window_us) {
             self.truth.pop_front();
         }
-        let (md, mc) = self.truth.iter().fold((0.0f64, 0.0f64), |a, x| (a.0.max(x.1), a.1.max(x.2)));
+        let (mut md, mut mc) = self.truth.iter().fold((0.0f64, 0.0f64), |a, x| (a.0.max(x.1), a.1.max(x.2)));
+        // "From the latest confirmed states": a string's state that changed while it could
+        // not reach this peer is taken as this peer last heard it.
+        let conf: Vec<_> = (0..n)
+            .filter(|&j| self.plant.strings[j].main_closed())
+            .map(|j| if j == k { self.plant.strings[j].state() } else { self.confirmed[k][j].unwrap_or(self.plant.strings[j].state()) })
+            .collect();
+        let (cd, cc) = n1_limits(&conf);
+        md = md.max(cd);
+        mc = mc.max(cc);
         let slack = |x: f64| x * 1.005 + 0.2 * n as f64;
         if snap.1 > slack(md) || snap.2 > slack(mc) {
             self.violation(
@@ -415,13 +435,21 @@ impl World {
     fn on_deliver(&mut self, t: u64, k: usize, data: &[u8]) {
         let lms = self.nodes[k].local_ms(t);
         if let Some(p) = self.nodes[k].peer.as_mut() {
-            let _ = p.on_message(lms, data);
+            if p.on_message(lms, data).is_ok() {
+                // What k now knows of the sender's state ("latest confirmed", for S4).
+                if let Ok(m) = crate::wire::Message::decode(data) {
+                    let j = m.sender as usize - 1;
+                    self.plant.advance(t);
+                    self.confirmed[k][j] = Some(self.plant.strings[j].state());
+                }
+            }
         }
     }
 
     fn start_node(&mut self, t: u64, k: usize, inc: u64) {
         let p = self.new_peer(k, inc);
         self.nodes[k].peer = Some(p);
+        self.nodes[k].instance += 1;
         self.nodes[k].snapshot = None;
         self.nodes[k].last_phase = Phase::Listening;
         self.nodes[k].last_cmd = Contactors::OPEN;
@@ -493,6 +521,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
                 snapshot: None,
                 s3_hist: VecDeque::new(),
                 detect_pending: Vec::new(),
+                instance: 0,
             }
         })
         .collect();
@@ -549,6 +578,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         queue: BinaryHeap::new(),
         qseq: 0,
         grants: vec![None; n],
+        confirmed: vec![vec![None; n]; n],
         truth: VecDeque::new(),
         window_us,
         heal_us,
