@@ -344,6 +344,7 @@ pub struct Peer {
     dup_self_until: u64,
     last_sent_limits: Option<LimitsBody>,
     last_sent_fc: Option<(Flags, Coord)>,
+    last_tx_ms: Option<u64>,
     prop_da: (u32, u32),
     rng: SplitMix64,
     had_quorum: bool,
@@ -411,6 +412,7 @@ impl Peer {
             dup_self_until: 0,
             last_sent_limits: None,
             last_sent_fc: None,
+            last_tx_ms: None,
             prop_da: (0, 0),
             rng,
             had_quorum: false,
@@ -1080,14 +1082,28 @@ impl Peer {
                 || fresh.dcl_peak_da < l.dcl_peak_da
                 || fresh.ccl_peak_da < l.ccl_peak_da
         });
-        let kind = if now >= self.next_hb {
-            self.next_hb = if now - self.next_hb >= hb { now + hb } else { self.next_hb + hb };
-            let k = self.next_kind;
-            self.next_kind ^= 1;
+        // One message per heartbeat period; a change of phase, request or grant (or a drop
+        // of our own limits) is sent at once instead, at most every quarter period, and
+        // then counts as the heartbeat (both kinds carry phase, request and grant). This
+        // keeps the bus load near one message per peer per period even while strings close.
+        // Changes that others wait for: our phase and flags, a new request, a new grant.
+        // Clearing a request or a grant rides on the next heartbeat.
+        let event = dropped
+            || match self.last_sent_fc {
+                None => true,
+                Some((f, c)) => {
+                    f != fc.0
+                        || (fc.1.req_ticket != 0 && fc.1.req_ticket != c.req_ticket)
+                        || (fc.1.grant_to != 0
+                            && (fc.1.grant_to, fc.1.grant_ticket) != (c.grant_to, c.grant_ticket))
+                }
+            };
+        let gap_ok = self.last_tx_ms.is_none_or(|t| now.saturating_sub(t) >= hb / 4);
+        let kind = if now >= self.next_hb || (event && gap_ok) {
+            self.next_hb = now + hb;
+            let k = if dropped { 0 } else { self.next_kind };
+            self.next_kind = k ^ 1;
             Some(k)
-        } else if self.last_sent_fc != Some(fc) || dropped {
-            // Event-driven: phase/request/grant changed, or our own limits dropped.
-            Some(0)
         } else {
             None
         };
@@ -1116,6 +1132,7 @@ impl Peer {
             tag: None,
         };
         self.seq = (self.seq + 1) % SEQ_MOD;
+        self.last_tx_ms = Some(now);
         self.last_sent_fc = Some(fc);
         self.counters.tx += 1;
         self.out.messages.push(m.encode());

@@ -9,7 +9,7 @@ use mbms_consensus::sim::{percentile, run_many, run_schedule, SimParams};
 fn usage() -> ! {
     eprintln!(
         "usage: mbms-consensus-sim [--seeds N] [--first-seed S] [--peers P] [--min-peers M] \
-         [--duration-ms D] [--threads T] [--seed S [--verbose]] [--json]"
+         [--duration-ms D] [--threads T] [--seed S [--verbose]] [--json] [--bus-load]"
     );
     std::process::exit(2)
 }
@@ -24,6 +24,7 @@ fn main() {
     let mut one: Option<u64> = None;
     let mut verbose = false;
     let mut json = false;
+    let mut bus_load = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     let num = |i: usize| -> u64 {
@@ -40,6 +41,7 @@ fn main() {
             "--seed" => { one = Some(num(i)); i += 1; }
             "--verbose" => verbose = true,
             "--json" => json = true,
+            "--bus-load" => bus_load = true,
             _ => usage(),
         }
         i += 1;
@@ -54,6 +56,11 @@ fn main() {
         verbose,
         ..SimParams::default()
     };
+    if bus_load {
+        let r = mbms_consensus::sim::measure_bus_load(peers, duration_ms, first.max(1), 500_000.0, &params.base);
+        println!("{r:#?}");
+        return;
+    }
     let replay = |seed: u64| {
         format!(
             "cargo run --release -p mbms-consensus --bin mbms-consensus-sim -- --seed {seed} --peers {} --min-peers {} --duration-ms {duration_ms} --verbose",

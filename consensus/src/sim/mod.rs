@@ -44,6 +44,10 @@ pub struct SimParams {
     pub base: PeerConfig,
     /// Record a trace of events (for replaying one seed).
     pub verbose: bool,
+    /// Force the scenario (0 clean, 1 CAN faults, 2 UDP faults, 3 UDP partitions).
+    pub force_scenario: Option<u64>,
+    /// Count the CAN bits of every message sent (classic segmented and FD).
+    pub measure_bus: bool,
 }
 
 impl Default for SimParams {
@@ -55,6 +59,8 @@ impl Default for SimParams {
             tick_ms: 10,
             base: PeerConfig::default(),
             verbose: false,
+            force_scenario: None,
+            measure_bus: false,
         }
     }
 }
@@ -75,6 +81,12 @@ pub struct ScheduleResult {
     pub aborts: u64,
     pub messages: u64,
     pub message_bytes: u64,
+    pub max_message_len: usize,
+    /// With `measure_bus`: classic CAN bits (worst-case and exact stuffing) and CAN FD
+    /// time (µs, worst case, 500 k / 2 M) of all messages, per 1-second bucket.
+    pub bus_bits_worst: Vec<u64>,
+    pub bus_bits_exact: Vec<u64>,
+    pub fd_us_worst: Vec<f64>,
     pub trace: Vec<String>,
 }
 
@@ -112,6 +124,7 @@ struct Node {
     s3_hist: VecDeque<(u64, bool)>,
     detect_pending: Vec<(usize, u64)>, // (crashed node, crash time)
     instance: u64,
+    msg_counter: u32,
 }
 
 impl Node {
@@ -421,6 +434,21 @@ impl World {
         for m in msgs {
             self.result.messages += 1;
             self.result.message_bytes += m.len() as u64;
+            self.result.max_message_len = self.result.max_message_len.max(m.len());
+            if self.params.measure_bus {
+                let b = (t / 1_000_000) as usize;
+                let r = &mut self.result;
+                if r.bus_bits_worst.len() <= b {
+                    r.bus_bits_worst.resize(b + 1, 0);
+                    r.bus_bits_exact.resize(b + 1, 0);
+                    r.fd_us_worst.resize(b + 1, 0.0);
+                }
+                let c = self.nodes[k].msg_counter;
+                self.nodes[k].msg_counter += 1;
+                r.bus_bits_worst[b] += crate::busload::classic_message_bits(id, c, &m, true) as u64;
+                r.bus_bits_exact[b] += crate::busload::classic_message_bits(id, c, &m, false) as u64;
+                r.fd_us_worst[b] += crate::busload::fd_frame_us_worst(m.len() + 1, 500_000.0, 2_000_000.0);
+            }
             let dels = self.net.broadcast(&mut self.net_rng, t, k, n, frame_us);
             for (at, to) in dels {
                 self.push(at, Ev::Deliver(to, m.clone()));
@@ -470,6 +498,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
     let span = params.peers_max.saturating_sub(params.peers_min) as u64;
     let n = (params.peers_min + rng.below(span + 1) as usize).clamp(1, 64);
     let scenario_k = rng.below(4);
+    let scenario_k = params.force_scenario.unwrap_or(scenario_k) % 4;
     let (scenario, clean) = match scenario_k {
         0 => ("clean", true),
         1 => ("can", false),
@@ -522,6 +551,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
                 s3_hist: VecDeque::new(),
                 detect_pending: Vec::new(),
                 instance: 0,
+                msg_counter: 0,
             }
         })
         .collect();
@@ -777,4 +807,57 @@ pub fn run_many(first_seed: u64, count: u64, params: &SimParams, threads: usize)
     }
     total.failing.sort_by_key(|f| f.0);
     total
+}
+
+/// Bus load of the peer protocol measured on simulated traffic: `peers` strings, a clean
+/// cold start (all close one at a time) then steady heartbeats, every message counted.
+#[derive(Clone, Debug)]
+pub struct BusLoadReport {
+    pub peers: usize,
+    pub heartbeat_ms: u32,
+    pub bitrate: f64,
+    /// Classic CAN, worst-case stuffing: mean over the run and the busiest second.
+    pub classic_worst_mean: f64,
+    pub classic_worst_peak: f64,
+    /// Classic CAN, exact stuffing of the real frames.
+    pub classic_exact_mean: f64,
+    pub classic_exact_peak: f64,
+    /// CAN FD (500 kbit/s arbitration, 2 Mbit/s data), worst case.
+    pub fd_worst_mean: f64,
+    pub fd_worst_peak: f64,
+    pub mean_message_len: f64,
+    pub max_message_len: usize,
+    pub messages_per_s: f64,
+}
+
+pub fn measure_bus_load(peers: usize, duration_ms: u64, seed: u64, bitrate: f64, base: &PeerConfig) -> BusLoadReport {
+    let params = SimParams {
+        peers_min: peers,
+        peers_max: peers,
+        duration_ms,
+        base: base.clone(),
+        force_scenario: Some(0),
+        measure_bus: true,
+        ..SimParams::default()
+    };
+    let r = run_schedule(seed, &params);
+    let secs = r.bus_bits_worst.len().max(1) as f64;
+    let full = (duration_ms / 1000).max(1) as usize;
+    // Only whole seconds count for the peak.
+    let peak = |v: &[u64]| v.iter().take(full).copied().max().unwrap_or(0) as f64 / bitrate;
+    let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / secs / bitrate;
+    BusLoadReport {
+        peers,
+        heartbeat_ms: base.heartbeat_ms,
+        bitrate,
+        classic_worst_mean: mean(&r.bus_bits_worst),
+        classic_worst_peak: peak(&r.bus_bits_worst),
+        classic_exact_mean: mean(&r.bus_bits_exact),
+        classic_exact_peak: peak(&r.bus_bits_exact),
+        fd_worst_mean: r.fd_us_worst.iter().sum::<f64>() / secs * 1e-6,
+        fd_worst_peak: r.fd_us_worst.iter().take(full).copied().fold(0.0, f64::max) * 1e-6,
+        mean_message_len: r.message_bytes as f64 / r.messages.max(1) as f64,
+        max_message_len: r.max_message_len,
+        messages_per_s: r.messages as f64 / secs,
+    }
 }

@@ -4,10 +4,12 @@
 use pyo3::prelude::*;
 
 mod cell;
+mod consensus;
 
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cell::register(m)?;
+    consensus::register(m)?;
     Ok(())
 }
