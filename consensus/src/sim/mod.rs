@@ -643,9 +643,9 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
             w.push(t1, Ev::Derate(k));
         }
     }
-    // The agreement clock starts once the network is healthy and restarted peers have
-    // listened; the electrical inputs are static from then on (no load).
-    w.agree_from_us += (cfg.listen_periods as u64 + 1) * hb * 1000;
+    // The agreement clock starts once the network is healthy and the last restart is done
+    // (a restarted peer's listening time counts); the electrical inputs are static from
+    // then on (no load).
     for k in 0..n {
         let inc = w.rng.next_u64();
         w.start_node(0, k, inc);
