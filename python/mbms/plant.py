@@ -243,9 +243,10 @@ class PlantDescription:
 
 
 def _config_error(exc: ValueError, source: str | None) -> ConfigError:
-    if len(exc.args) == 1 and isinstance(exc.args[0], tuple) and len(exc.args[0]) == 2:
-        fld, msg = exc.args[0]
-        return ConfigError(str(fld), str(msg), source)
+    args = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], tuple) else exc.args
+    if len(args) == 2 and all(isinstance(a, str) for a in args):
+        fld, msg = args
+        return ConfigError(fld, msg, source)
     return ConfigError("<root>", str(exc), source)
 
 
