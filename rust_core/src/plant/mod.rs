@@ -371,6 +371,14 @@ impl Plant {
         self.i_bleed_a = g_bleed * v_avg;
         self.v_bus_v = bus.v1;
         self.t_s += dt_s;
+        // contacts that finished moving during the step show it at its end
+        let t_end = self.t_s;
+        for s in &mut self.strings {
+            let (ct, ot) = (s.close_time_s, s.open_time_s);
+            for c in &mut s.contactors {
+                c.update(t_end, ct, ot);
+            }
+        }
     }
 
     /// What string `string`'s BMU sees now (sampled per the sensors' periods; between samples

@@ -44,10 +44,13 @@ pub struct StringSim {
     pub balance: Vec<bool>,
     /// Internal current per cell used in the last step (self-discharge, short, balancing).
     pub i_int_a: Vec<f64>,
+    /// Conductance per cell that the internal current sees at the OCV: short + bleed (S).
+    g_int: Vec<f64>,
 
     // cached per element
     coef: Vec<StepCoeffs>,
     r0s: Vec<f64>,
+    dudt: Vec<f64>,
     coef_soc: Vec<f64>,
     coef_t: Vec<f64>,
     pub ocv_v: Vec<f64>,
@@ -125,8 +128,10 @@ impl StringSim {
             g_short: vec![0.0; s],
             balance: vec![false; s],
             i_int_a: vec![0.0; s],
+            g_int: vec![0.0; s],
             coef: vec![StepCoeffs::default(); s],
             r0s: vec![0.0; s],
+            dudt: vec![0.0; s],
             coef_soc: vec![f64::NAN; s],
             coef_t: vec![f64::NAN; s],
             ocv_v: vec![0.0; s],
@@ -184,14 +189,14 @@ impl StringSim {
     /// Internal current per cell of element j at OCV `ocv` (self-discharge, short, bleed).
     #[inline(always)]
     fn i_int(&self, j: usize, ocv: f64) -> f64 {
-        let bal = if self.balance[j] { ocv / (self.r_balance_ohm * self.parallel) } else { 0.0 };
-        self.i_self_a[j] + ocv * self.g_short[j] + bal
+        self.i_self_a[j] + ocv * self.g_int[j]
     }
 
     fn refresh(&mut self, j: usize, dt_s: f64) {
         let (z, t) = (self.soc[j], self.temp_c[j]);
         self.coef[j] = self.cell.step_coeffs(z, t, dt_s, &self.scale[j]);
         self.r0s[j] = self.scale[j].resistance * self.cell.r0(z, t);
+        self.dudt[j] = self.cell.docv_dt.eval(z);
         self.coef_soc[j] = z;
         self.coef_t[j] = t;
     }
@@ -211,10 +216,14 @@ impl StringSim {
     /// Recompute every cached quantity for steps of `dt_s`.
     pub fn rebuild(&mut self, dt_s: f64) {
         self.thermal_factors(dt_s);
+        let g_bal = 1.0 / (self.r_balance_ohm * self.parallel);
+        for j in 0..self.series {
+            self.g_int[j] = self.g_short[j] + if self.balance[j] { g_bal } else { 0.0 };
+        }
         let (mut e, mut rz, mut ocv_sum) = (0.0, 0.0, 0.0);
         for j in 0..self.series {
             self.refresh(j, dt_s);
-            let ocv = self.cell.ocv(self.soc[j], self.temp_c[j]);
+            let ocv = self.cell.ocv.eval(self.soc[j]) + self.dudt[j] * (self.temp_c[j] - self.cell.t_ref_c);
             self.ocv_v[j] = ocv;
             let c = &self.coef[j];
             let r = self.r0s[j] + c.b1 + c.b2;
@@ -236,54 +245,80 @@ impl StringSim {
     /// Advance the elements by `dt_s` with string current `i_a` (step average, discharge
     /// positive). Returns the chemical energy released by the internal currents (J).
     pub fn advance(&mut self, i_a: f64, dt_s: f64) -> f64 {
-        let s = self.series;
+        let n = self.series;
         let ic0 = i_a / self.parallel;
+        let par = self.parallel;
         self.temp_prev.copy_from_slice(&self.temp_c);
         let g_cool = if self.cooling_failed { 0.0 } else { self.g_cool };
+        let (g_amb, g_n, t_cool, t_amb) = (self.g_amb, self.g_n, self.t_cool, self.t_amb);
         let (mut e, mut rz_sum, mut ocv_sum, mut e_int) = (0.0, 0.0, 0.0, 0.0);
-        let t_ref = self.cell.t_ref_c;
-        for j in 0..s {
-            let ocv0 = self.ocv_v[j];
-            let i_int = self.i_int(j, ocv0);
-            self.i_int_a[j] = i_int;
-            e_int += ocv0 * i_int * self.parallel * dt_s;
+        let cell = &self.cell;
+        let t_ref = cell.t_ref_c;
+        // equal-length slices: lets the compiler drop the bounds checks in the hot loop
+        let soc = &mut self.soc[..n];
+        let v1 = &mut self.v1[..n];
+        let v2 = &mut self.v2[..n];
+        let h = &mut self.h[..n];
+        let temp = &mut self.temp_c[..n];
+        let tprev = &self.temp_prev[..n];
+        let ocv_v = &mut self.ocv_v[..n];
+        let i_int_a = &mut self.i_int_a[..n];
+        let i_self = &self.i_self_a[..n];
+        let g_int = &self.g_int[..n];
+        let g_short = &self.g_short[..n];
+        let th_f = &self.th_f[..n];
+        let coef = &mut self.coef[..n];
+        let r0s = &mut self.r0s[..n];
+        let dudt = &mut self.dudt[..n];
+        let coef_soc = &mut self.coef_soc[..n];
+        let coef_t = &mut self.coef_t[..n];
+        let scale = &self.scale[..n];
+        for j in 0..n {
+            let ocv0 = ocv_v[j];
+            let i_int = i_self[j] + ocv0 * g_int[j];
+            i_int_a[j] = i_int;
+            e_int += ocv0 * i_int;
             let i_c = ic0 + i_int;
-            let mut st = CellState { soc: self.soc[j], v1: self.v1[j], v2: self.v2[j], h: self.h[j] };
-            self.cell.advance(&mut st, &self.coef[j], i_c);
+            let mut st = CellState { soc: soc[j], v1: v1[j], v2: v2[j], h: h[j] };
+            cell.advance(&mut st, &coef[j], i_c);
             // heat per cell (Bernardi, Pawlikowski & Newman, J. Electrochem. Soc. 132 (1985) 5):
             // irreversible i·(OCV − V) + reversible −i·T·dOCV/dT, plus the short's i²R inside.
-            let tp = self.temp_prev[j];
-            let dudt = self.cell.docv_dt.eval(st.soc);
-            let q = i_c * (self.r0s[j] * i_c + st.v1 + st.v2) - i_c * (tp + KELVIN) * dudt
-                + ocv0 * ocv0 * self.g_short[j];
-            let mut flux = q + g_cool * (self.t_cool - tp) + self.g_amb * (self.t_amb - tp);
+            let tp = tprev[j];
+            let q = i_c * (r0s[j] * i_c + st.v1 + st.v2) - i_c * (tp + KELVIN) * dudt[j]
+                + ocv0 * ocv0 * g_short[j];
+            let mut flux = q + g_cool * (t_cool - tp) + g_amb * (t_amb - tp);
             if j > 0 {
-                flux += self.g_n * (self.temp_prev[j - 1] - tp);
+                flux += g_n * (tprev[j - 1] - tp);
             }
-            if j + 1 < s {
-                flux += self.g_n * (self.temp_prev[j + 1] - tp);
+            if j + 1 < n {
+                flux += g_n * (tprev[j + 1] - tp);
             }
-            let t_new = tp + flux * self.th_f[j];
-            self.temp_c[j] = t_new;
-            self.soc[j] = st.soc;
-            self.v1[j] = st.v1;
-            self.v2[j] = st.v2;
-            self.h[j] = st.h;
-            if (st.soc - self.coef_soc[j]).abs() > REFRESH_SOC || (t_new - self.coef_t[j]).abs() > REFRESH_TEMP {
-                self.refresh(j, dt_s);
+            let t_new = tp + flux * th_f[j];
+            temp[j] = t_new;
+            soc[j] = st.soc;
+            v1[j] = st.v1;
+            v2[j] = st.v2;
+            h[j] = st.h;
+            if (st.soc - coef_soc[j]).abs() > REFRESH_SOC || (t_new - coef_t[j]).abs() > REFRESH_TEMP {
+                coef[j] = cell.step_coeffs(st.soc, t_new, dt_s, &scale[j]);
+                r0s[j] = scale[j].resistance * cell.r0(st.soc, t_new);
+                dudt[j] = cell.docv_dt.eval(st.soc);
+                coef_soc[j] = st.soc;
+                coef_t[j] = t_new;
             }
-            let ocv = self.cell.ocv.eval(st.soc) + dudt * (t_new - t_ref);
-            self.ocv_v[j] = ocv;
-            let c = &self.coef[j];
-            let r = self.r0s[j] + c.b1 + c.b2;
-            e += ocv + st.h - c.a1 * st.v1 - c.a2 * st.v2 - r * self.i_int(j, ocv);
+            // OCV(z, T) as CellParams::ocv, with dOCV/dT of the last refresh
+            let ocv = cell.ocv.eval(st.soc) + dudt[j] * (t_new - t_ref);
+            ocv_v[j] = ocv;
+            let c = &coef[j];
+            let r = r0s[j] + c.b1 + c.b2;
+            e += ocv + st.h - c.a1 * st.v1 - c.a2 * st.v2 - r * (i_self[j] + ocv * g_int[j]);
             rz_sum += r;
             ocv_sum += ocv;
         }
         self.e_sum = e;
         self.rz_sum = rz_sum;
         self.ocv_sum = ocv_sum;
-        e_int
+        e_int * par * dt_s
     }
 
     /// Terminal voltage of element j now (with the current of the last step).

@@ -225,3 +225,30 @@ fn element_update_is_the_cell_model_step() {
     c.step(&mut s, &sc, p.string_current_a(0), 25.0, 0.1);
     assert!((p.cell_soc(0)[0] - s.soc).abs() < 1e-12);
 }
+
+/// `cargo test --release -p mbms-core plant::tests::timing -- --ignored --nocapture`: a quick
+/// look at the step cost while optimising (the figure of record is `mbms bench plant`).
+#[test]
+#[ignore]
+fn timing() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../hw/cells/lg_m50_nmc.toml")).unwrap();
+    let c = CellParams::from_toml_str(&text).unwrap();
+    let mut t = String::from("[load]\nkind = \"drive\"\npeak = 400.0\n");
+    for k in 0..16 {
+        t += &format!("[[strings]]\nseries = 96\nparallel = 4\ncell = \"x\"\ninitial_soc = {}\n", 0.5 + 0.01 * k as f64);
+    }
+    let mut p = Plant::new(PlantConfig::from_toml_str(&t).unwrap(), vec![c; 16], 0).unwrap();
+    close_all(&mut p);
+    let n = 20000;
+    // on-CPU time of this thread (the machine is shared): first field of schedstat, ns
+    let cpu = || {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        s.split_whitespace().next().unwrap().parse::<f64>().unwrap() * 1e-9
+    };
+    let t0 = cpu();
+    for _ in 0..n {
+        p.step(0.1);
+    }
+    let el = cpu() - t0;
+    println!("{:.2} us/step, {:.2} ns/cell, RTF {:.0}", el / n as f64 * 1e6, el / n as f64 / 1536.0 * 1e9, 0.1 * n as f64 / el);
+}

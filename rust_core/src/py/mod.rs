@@ -7,6 +7,7 @@ mod cell;
 mod consensus;
 mod engine;
 mod fastsim;
+mod plant;
 
 #[pymodule]
 #[pyo3(name = "_core")]
@@ -15,5 +16,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     consensus::register(m)?;
     fastsim::register(m)?;
+    plant::register(m)?;
     Ok(())
 }
