@@ -15,7 +15,7 @@ import mbms
 import mbms.errors
 
 # Subcommand modules, in the order ``mbms --help`` shows them.
-COMMANDS: tuple[str, ...] = ("bench",)
+COMMANDS: tuple[str, ...] = ("bench", "node", "monitor", "plant")
 
 
 def build_parser() -> argparse.ArgumentParser:
