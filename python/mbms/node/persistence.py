@@ -46,6 +46,11 @@ class StateStore:
         self.state_path = self.dir / "state.bin"
         self.events_path = self.dir / "events.jsonl"
         self._events = open(self.events_path, "a", encoding="utf-8")
+        if self._events.tell() > 0:
+            with open(self.events_path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line torn by a kill: end it so the next event is whole
+                    self._events.write("\n")
         self.saves = 0
 
     # ---------------------------------------------------------------- state
