@@ -63,6 +63,7 @@ class Proc:
             if sel.select(timeout=left):
                 line = self.p.stdout.readline()
                 if not line:
+                    self.p.wait(5)
                     raise AssertionError(f"process exited ({self.p.poll()}); lines {self.lines[-5:]}; "
                                          f"stderr {self.stderr_tail()}")
                 self.lines.append(line.rstrip("\n"))

@@ -45,7 +45,9 @@ class DoubleLogic:
             self.soc -= meas.i_a * dt / (3600.0 * 5.0)
             if not self.close:
                 self.phase, cmd = Phase.OPEN, ALL_OPEN
-            elif self.phase in (Phase.OPEN, Phase.FAIL_SAFE):
+            elif self.phase is Phase.FAIL_SAFE:  # re-sequence from open after a fail-safe
+                self.phase, cmd = Phase.OPEN, ALL_OPEN
+            elif self.phase is Phase.OPEN:
                 self.phase, self.precharge_steps, cmd = Phase.PRECHARGE, 0, Contactors(True, False, True)
             elif self.phase is Phase.PRECHARGE:
                 self.precharge_steps += 1

@@ -142,7 +142,9 @@ class NodeRuntime:
         sample = self.hw.read()
         meas: Measurement | None = None
         if sample is None:
-            reasons.append("no measurement yet")
+            if (now - self._t0) * 1000 > self.node.stale_ms:
+                # (within the first stale_ms the contactors stay open without a fail-safe: start-up)
+                reasons.append("no measurement yet")
         else:
             meas, arrived = sample
             if (now - arrived) * 1000 > self.node.stale_ms:
@@ -245,7 +247,8 @@ class NodeRuntime:
         await self.hw.start()
         if self.transport is not None:
             await self.transport.start()
-        self._event("start", t_ms=self.t_ms())
+        self._t0 = self.clock()
+        self._event("start", t_ms=0)
         period = self.node.control_period_ms / 1000.0
         next_t = self.clock()
         try:
@@ -260,7 +263,13 @@ class NodeRuntime:
                 else:
                     await asyncio.sleep(0)  # let receive callbacks run even when behind
                 now = self.clock()
-                self.period(now, max(0.0, now - next_t))
+                try:
+                    self.period(now, max(0.0, now - next_t))
+                except Exception:  # a runtime bug must still leave the pack open, and the loop alive
+                    log.exception("control period failed: forcing all contactors open")
+                    self._update_fail_safe(self.t_ms(now), ["runtime error"])
+                    self.hw.command(ALL_OPEN, np.zeros(len(self.meas.v_cell_v) if self.meas else 0, dtype=bool))
+                    self.commanded = ALL_OPEN
                 next_t += period
                 behind = self.clock() - next_t
                 if behind > period:  # do not replay missed periods in a burst
