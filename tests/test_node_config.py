@@ -60,7 +60,7 @@ def test_bad_pack_names_file_and_field(tmp_path: Path, old: str, new: str, field
 @pytest.mark.parametrize(("old", "new", "field", "expect"), [
     ("members = [1, 2, 3, 4]", "members = [1, 2, 2]", "members[2]", "unique"),
     ("members = [1, 2, 3, 4]", "members = []", "members", "non-empty"),
-    ("members = [1, 2, 3, 4]", "members = [1, 40]", "members[1]", "1..31"),
+    ("members = [1, 2, 3, 4]", "members = [1, 64]", "members[1]", "1..63"),
     ("lease_ms = 2000", "lease_ms = 50", "lease_ms", "more than heartbeat_ms"),
     ("kind = \"can\"", "kind = \"serial\"", "transport.kind", "['can', 'udp']"),
     ("fd = false", "fd = 1", "transport.can.fd", "true or false"),
@@ -103,4 +103,4 @@ def test_cli_reports_config_error(tmp_path: Path) -> None:
     p = _write(tmp_path, "bad_pack.toml", PACK.replace("id = 1\n", "id = 99\n", 1))
     out = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(p), "--system",
                           str(hw_dir() / "systems" / "example_system.toml"), "--check"], capture_output=True, text=True)
-    assert out.returncode == 2 and "bad_pack.toml: node.id: expected an integer <= 31, got 99" in out.stderr
+    assert out.returncode == 2 and "bad_pack.toml: node.id: expected an integer <= 63, got 99" in out.stderr

@@ -1,68 +1,78 @@
-"""Segmentation of peer messages into CAN frames: round trip and every receiver rule."""
+"""Segmentation of peer messages into CAN frames (format of consensus/src/segment.rs)."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, strategies as st
 
-from mbms.transport.segmentation import (CLASSIC_FRAME, FD_FRAME, Reassembler, fd_padded_len,
-                                         max_message_len, segment)
+from mbms.transport.segmentation import (FD_SIZES, MAX_SEGMENTED_LEN, Reassembler, SegmentError, can_id,
+                                         classic_frame_count, frame_fd, segment_classic, split_id, unframe_fd)
 
 
-@given(st.binary(max_size=max_message_len(CLASSIC_FRAME)), st.integers(0, 7))
-def test_classic_round_trip(payload: bytes, counter: int) -> None:
-    frames = segment(payload, counter)
-    assert all(1 <= len(f) <= 8 for f in frames) and len(frames) <= 16
+def test_identifier_layout() -> None:
+    assert can_id(1, 0, 0) == 0x400 and can_id(64, 1, 7) == 0x7FF and can_id(3, 5, 2) == 0x400 | 2 << 4 | 1 << 3 | 2
+    assert split_id(0x7FF) == (64, 1, 7)
+    with pytest.raises(SegmentError) as ei:
+        split_id(0x3FF)
+    assert ei.value.kind == "foreign"
+
+
+@given(st.binary(min_size=1, max_size=MAX_SEGMENTED_LEN), st.integers(1, 64), st.integers(0, 1000))
+def test_classic_round_trip(msg: bytes, sender: int, counter: int) -> None:
+    frames = segment_classic(sender, counter, msg)
+    assert len(frames) == classic_frame_count(len(msg)) <= 8
+    assert all(len(d) == 8 for _, d in frames[:-1]) and 1 <= len(frames[-1][1]) <= 8
+    assert len({fid for fid, _ in frames}) == len(frames)
     r = Reassembler()
-    out = [r.push(3, f) for f in frames]
-    assert out[:-1] == [None] * (len(frames) - 1) and out[-1] == payload
+    outs = [r.push(fid, d) for fid, d in frames]
+    assert outs[:-1] == [None] * (len(frames) - 1) and outs[-1] == (sender, msg)
 
 
-@given(st.binary(max_size=max_message_len(FD_FRAME)))
-def test_fd_round_trip_with_padding(payload: bytes) -> None:
-    frames = segment(payload, 5, FD_FRAME)
-    padded = [f + b"\x00" * (fd_padded_len(len(f)) - len(f)) for f in frames]  # what FD hardware delivers
-    r = Reassembler(FD_FRAME)
-    assert [r.push(1, f) for f in padded][-1] == payload
+@given(st.binary(min_size=1, max_size=MAX_SEGMENTED_LEN))
+def test_fd_round_trip(msg: bytes) -> None:
+    fid, data = frame_fd(7, msg)
+    assert len(data) in FD_SIZES and data[1 + len(msg):] == b"\xcc" * (len(data) - 1 - len(msg))
+    assert unframe_fd(fid, data) == (7, msg)
 
 
-def test_too_long_is_refused_at_send() -> None:
-    with pytest.raises(ValueError, match="110-byte limit"):
-        segment(b"x" * 111, 0)
+def test_limits_at_send() -> None:
+    for bad in (b"", b"x" * 64):
+        with pytest.raises(SegmentError):
+            segment_classic(1, 0, bad)
+    with pytest.raises(SegmentError):
+        segment_classic(65, 0, b"x")
 
 
 def test_receiver_rules() -> None:
     r = Reassembler()
-    a = segment(b"A" * 20, 1)
-    b = segment(b"B" * 20, 2)
-    # lost middle frame -> malformed, message not delivered
-    assert r.push(1, a[0]) is None and r.push(1, a[2]) is None
-    assert r.stats.malformed == 1
-    # duplicate frame tolerated, message delivered once
-    assert r.push(1, b[0]) is None and r.push(1, b[0]) is None
-    assert r.push(1, b[1]) is None and r.push(1, b[1]) is None
-    assert len(b) == 4 and r.push(1, b[2]) is None
-    assert r.push(1, b[3]) == b"B" * 20 and r.stats.duplicate == 2
-    # the same message again (same counter) -> replayed
-    for f in b:
-        r.push(1, f)
-    assert r.stats.replayed == 1
-    # announced length beyond the limit -> oversized
-    assert r.push(1, bytes([0x10]) + (500).to_bytes(2, "little")) is None and r.stats.oversized == 1
-    # truncated last frame (length mismatch) -> malformed
-    c = segment(b"C" * 10, 3)
-    assert r.push(1, c[0]) is None and r.push(1, c[1][:-1]) is None and r.stats.malformed == 2
-    # empty frame and too-long frame
-    assert r.push(1, b"") is None and r.push(1, b"\x10" + b"\x00" * 8) is None and r.stats.malformed == 4
+    a = segment_classic(2, 0, b"A" * 20)  # 3 frames
+    b = segment_classic(2, 1, b"B" * 20)
+    r.push(*a[0])
+    with pytest.raises(SegmentError) as ei:  # lost middle frame
+        r.push(*a[2])
+    assert ei.value.kind == "malformed"
+    # a new message (other toggle) restarts cleanly
+    assert [r.push(*f) for f in b][-1] == (2, b"B" * 20)
+    with pytest.raises(SegmentError) as ei:  # length byte above 63
+        r.push(can_id(2, 0, 0), bytes([200]) + b"1234567")
+    assert ei.value.kind == "oversized"
+    c = segment_classic(2, 0, b"C" * 20)
+    r.push(*c[0])
+    with pytest.raises(SegmentError):  # short non-last frame
+        r.push(c[1][0], c[1][1][:5])
     # interleaved senders keep separate state
-    d, e = segment(b"D" * 9, 0), segment(b"E" * 9, 0)
-    assert r.push(2, d[0]) is None and r.push(4, e[0]) is None
-    assert r.push(2, d[1]) == b"D" * 9 and r.push(4, e[1]) == b"E" * 9
+    d, e = segment_classic(3, 0, b"D" * 9), segment_classic(4, 0, b"E" * 9)
+    assert r.push(*d[0]) is None and r.push(*e[0]) is None
+    assert r.push(*d[1]) == (3, b"D" * 9) and r.push(*e[1]) == (4, b"E" * 9)
+    assert r.dropped_frames == 3 and r.messages == 3
 
 
-@given(st.lists(st.binary(min_size=0, max_size=9), max_size=60))
-def test_garbage_never_raises(frames: list[bytes]) -> None:
+@given(st.lists(st.tuples(st.integers(0, 0x7FF), st.binary(max_size=9)), max_size=60))
+def test_garbage_never_escapes_as_anything_but_segment_error(frames: list[tuple[int, bytes]]) -> None:
     r = Reassembler()
-    for f in frames:
-        out = r.push(1, f)
-        assert out is None or len(out) <= max_message_len(CLASSIC_FRAME)
+    for fid, d in frames:
+        try:
+            out = r.push(fid, d)
+        except SegmentError:
+            continue
+        assert out is None or 1 <= len(out[1]) <= MAX_SEGMENTED_LEN

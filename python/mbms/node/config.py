@@ -37,9 +37,10 @@ ENGINE_TABLES: frozenset[str] = frozenset({"pack", "estimator", "protection", "l
 #: Tables of a pack file owned by the node runtime (parsed here).
 NODE_TABLES: frozenset[str] = frozenset({"node", "hardware"})
 
-#: Node ids are 1..MAX_NODE_ID: the CAN identifiers of the DBC (hw/dbc/mbms.dbc) reserve
-#: one identifier per node and frame type in 5-bit slots (see mbms.telemetry).
-MAX_NODE_ID = 31
+#: Node ids are 1..MAX_NODE_ID: the CAN identifiers of the DBC (hw/dbc/mbms.dbc) reserve one
+#: identifier per node and telemetry kind in 6-bit slots (mbms.telemetry); the peer protocol's
+#: segmentation allows 64 senders (consensus/src/segment.rs).
+MAX_NODE_ID = 63
 
 LOG_FORMATS = ("human", "json")
 ADAPTERS = ("sim",)
@@ -289,8 +290,6 @@ class CanTransport:
     port: int = 43113
     bitrate: int = 500_000
     fd: bool = False
-    #: CAN id of node k's peer-protocol segments = peer_base_id + k.
-    peer_base_id: int = 0x100
 
 
 @dataclass(frozen=True)
@@ -378,7 +377,6 @@ def load_system(path: str | os.PathLike[str]) -> SystemConfig:
             port=c.int("port", 43113, lo=1, hi=65535),
             bitrate=c.int("bitrate", 500_000, lo=10_000, hi=8_000_000),
             fd=c.bool("fd", False),
-            peer_base_id=c.int("peer_base_id", 0x100, lo=0, hi=0x600 - MAX_NODE_ID - 1),  # below telemetry ids
         )
         c.reject_unknown()
     else:

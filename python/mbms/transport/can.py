@@ -1,10 +1,11 @@
 """Peer transport over CAN with python-can (``socketcan`` on controllers, ``udp_multicast``
 between processes on one host, ``virtual`` within one process).
 
-Node k sends its peer messages as segments (:mod:`mbms.transport.segmentation`) on CAN id
-``peer_base_id + k`` and its telemetry on the DBC's identifiers (:mod:`mbms.telemetry`). python-can's
-``udp_multicast`` delivers a sender's own frames back to it; they are recognised by the sender's
-identifier and counted as echoes.
+Node k sends its peer messages as segments (:mod:`mbms.transport.segmentation`, the consensus
+core's format: identifiers ``0x400 | (k-1)<<4 | toggle<<3 | index``; one CAN FD frame with
+``fd = true``) and its telemetry on the DBC's identifiers (:mod:`mbms.telemetry`). python-can's
+``udp_multicast`` delivers a sender's own frames back to it; they are recognised by the sender in
+the identifier and counted as echoes.
 
 Receiving runs in a thread of its own (``bus.recv`` blocks) and hands each frame to the asyncio
 loop; a frame the bus cannot even unpack (python-can raises ``CanOperationError``) is counted as
@@ -22,7 +23,8 @@ import can
 from mbms.node.config import CanTransport as CanConfig
 from mbms.telemetry import classify
 from mbms.transport.base import Transport
-from mbms.transport.segmentation import CLASSIC_FRAME, FD_FRAME, Reassembler, max_message_len, segment
+from mbms.transport.segmentation import (MAX_SEGMENTED_LEN, Reassembler, SegmentError, frame_fd,
+                                         segment_classic, unframe_fd)
 
 log = logging.getLogger("mbms.transport.can")
 
@@ -44,8 +46,7 @@ class CanTransport(Transport):
     def __init__(self, cfg: CanConfig, node_id: int, members: tuple[int, ...]) -> None:
         super().__init__(node_id, members)
         self.cfg = cfg
-        self.frame_size = FD_FRAME if cfg.fd else CLASSIC_FRAME
-        self.reassembler = Reassembler(self.frame_size)
+        self.reassembler = Reassembler()
         self._counter = 0
         self._bus: can.BusABC | None = None
         self._thread: threading.Thread | None = None
@@ -53,7 +54,7 @@ class CanTransport(Transport):
 
     @property
     def max_message_len(self) -> int:
-        return max_message_len(self.frame_size)
+        return MAX_SEGMENTED_LEN
 
     @property
     def endpoint(self) -> str:
@@ -98,7 +99,7 @@ class CanTransport(Transport):
         if msg.is_extended_id:
             st.foreign += 1
             return
-        cls = classify(msg.arbitration_id, self.cfg.peer_base_id)
+        cls = classify(msg.arbitration_id)
         if cls is None:
             st.foreign += 1
             return
@@ -113,16 +114,19 @@ class CanTransport(Transport):
             st.received_telemetry += 1
             self.on_telemetry(src, msg.arbitration_id, data)
             return
-        rs = self.reassembler.stats
-        before = (rs.malformed, rs.oversized, rs.replayed, rs.duplicate)
-        payload = self.reassembler.push(src, data)
-        st.malformed += rs.malformed - before[0]
-        st.oversized += rs.oversized - before[1]
-        st.replayed += rs.replayed - before[2]
-        st.duplicate += rs.duplicate - before[3]
-        if payload is not None:
-            st.received_messages += 1
-            self.on_message(src, payload)
+        try:
+            if self.cfg.fd:
+                src, payload = unframe_fd(msg.arbitration_id, data)
+            else:
+                done = self.reassembler.push(msg.arbitration_id, data)
+                if done is None:
+                    return
+                src, payload = done
+        except SegmentError as exc:
+            setattr(st, exc.kind, getattr(st, exc.kind) + 1)
+            return
+        st.received_messages += 1
+        self.on_message(src, payload)
 
     def _send_frame(self, arbitration_id: int, data: bytes) -> None:
         assert self._bus is not None, "transport not started"
@@ -138,10 +142,11 @@ class CanTransport(Transport):
     def send(self, payload: bytes) -> None:
         if not self.node_id:
             raise RuntimeError("a listen-only transport (node id 0) cannot send")
-        frames = segment(payload, self._counter, self.frame_size)  # raises ValueError if too long
-        self._counter = (self._counter + 1) & 0x7
-        for data in frames:
-            self._send_frame(self.cfg.peer_base_id + self.node_id, data)
+        # raises SegmentError (a ValueError) for an empty or too long message
+        frames = [frame_fd(self.node_id, payload)] if self.cfg.fd else segment_classic(self.node_id, self._counter, payload)
+        self._counter += 1
+        for arbitration_id, data in frames:
+            self._send_frame(arbitration_id, data)
         self.stats.sent_messages += 1
 
     def send_telemetry(self, frames: list[tuple[int, bytes]]) -> None:

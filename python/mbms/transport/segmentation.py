@@ -1,170 +1,155 @@
-"""Segmentation of peer messages into CAN frames and their reassembly.
+"""Carrying peer messages over CAN: the project's segmentation, in Python.
 
-Peer messages (msgpack snapshots of the consensus protocol) are longer than one classic CAN frame
-(8 bytes). Each node sends its messages on ONE CAN identifier, ``peer_base_id + node_id``, so frames
-of one sender are never reordered on the bus (CAN arbitration is per identifier and a controller
-sends one identifier's frames in order) and a receiver reassembles per identifier.
+This mirrors ``consensus/src/segment.rs`` (the consensus core's sans-IO segmentation) bit for bit,
+so the node speaks the format the consensus simulator and bus-load figures assume. When the
+consensus core exposes it in ``mbms._core``, :class:`Reassembler` and :func:`segment_classic`
+can be replaced by the bindings without any change on the wire.
 
-Frame format (every frame):
+Classic CAN (8-byte frames):
 
-    byte 0      header:  bit 7..5  message counter (mod 8), the same in all frames of a message
-                         bit 4     last flag, set in the last frame of a message
-                         bit 3..0  frame index 0..15 within the message
-    frame 0     bytes 1-2  total message length, little endian (lets CAN FD padding be removed
-                           and a truncated message be detected)
-                bytes 3..  first payload bytes
-    frame k>0   bytes 1..  next payload bytes
+* CAN id (11 bit) = ``0x400 | (sender-1) << 4 | toggle << 3 | index``: sender 1..64 (6 bits),
+  toggle = low bit of the sender's message counter (flips every message), index 0..7 = frame
+  number. Lower index = higher CAN priority, so frames leave a controller in order.
+* frame 0 data = ``[len, first <= 7 message bytes]``; frames 1.. carry <= 8 bytes; every frame but
+  the last is full (DLC 8). A message is 1..63 bytes (8 * 8 - 1).
+* The reassembler keeps one partial message per sender; a frame that does not continue it
+  (index, toggle) drops the partial message. A lost frame loses the message; the next heartbeat
+  repairs it (peer messages are full snapshots).
 
-Frame data size is 8 bytes (classic CAN) or 64 (CAN FD). At most 16 frames per message: 110 bytes
-of message on classic CAN, 1006 on CAN FD. Only the last frame may be shorter.
+CAN FD: the whole message in one frame, same id with toggle = index = 0, data ``[len, message,
+0xCC padding]`` up to the next FD data length.
 
-Receiver rules (each violation is counted and the frame dropped; nothing raises):
-
-* a frame whose index is not the next expected one, whose counter differs from the message in
-  progress, or a last frame whose length does not match the announced total -> ``malformed``;
-* a total length above the maximum -> ``oversized``;
-* a complete message with the same counter as the previous complete one from that sender
-  -> ``replayed`` (a sender increments the counter for every message, so consecutive messages
-  never share it; a retransmitted or replayed message does);
-* a repeat of the frame just accepted (same counter and index) -> ``duplicate`` (CAN may deliver
-  a frame twice when an acknowledgement is lost).
-
-The consensus core is expected to bring the same function as sans-IO code in ``mbms._core``; this
-module is the reference until then and the DBC (hw/dbc/mbms.dbc, MBMS_PEER_<id>) describes it.
+Replays cannot be recognised from a 1-bit toggle; the peer message carries a 7-bit sequence
+number and a boot nonce, and the logic rejects replays (``NodeLogic.receive`` returns False).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MAX_FRAMES = 16
-CLASSIC_FRAME = 8
-FD_FRAME = 64
-
-# CAN FD data lengths (ISO 11898-1:2015): a frame of n bytes is sent padded to the next of these.
-FD_LENGTHS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64)
-
-
-def max_message_len(frame_size: int) -> int:
-    return MAX_FRAMES * (frame_size - 1) - 2
+CAN_ID_BASE = 0x400
+CAN_ID_LAST = 0x7FF
+MAX_SEGMENTED_LEN = 63
+MAX_SENDER = 64
+FD_SIZES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64)
 
 
-def fd_padded_len(n: int) -> int:
-    for length in FD_LENGTHS:
-        if length >= n:
-            return length
-    raise ValueError(f"CAN FD frame data of {n} bytes exceeds 64")
+class SegmentError(ValueError):
+    """A frame or message that does not fit the format; ``kind`` is the counter it belongs to."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind  # "foreign" | "malformed" | "oversized"
+        super().__init__(message)
 
 
-def segment(payload: bytes, counter: int, frame_size: int = CLASSIC_FRAME) -> list[bytes]:
-    """Split ``payload`` into frame data blocks (see the module docstring)."""
-    if frame_size not in (CLASSIC_FRAME, FD_FRAME):
-        raise ValueError(f"frame_size must be {CLASSIC_FRAME} or {FD_FRAME}, got {frame_size}")
-    limit = max_message_len(frame_size)
-    if len(payload) > limit:
-        raise ValueError(f"message of {len(payload)} bytes exceeds the {limit}-byte limit for {frame_size}-byte frames")
-    body = len(payload).to_bytes(2, "little") + payload
-    chunk = frame_size - 1
-    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
-    c = (counter & 0x7) << 5
-    frames = []
-    for idx, piece in enumerate(pieces):
-        last = 0x10 if idx == len(pieces) - 1 else 0
-        frames.append(bytes([c | last | idx]) + piece)
-    return frames
+def _check(sender: int, msg: bytes) -> None:
+    if not 1 <= sender <= MAX_SENDER:
+        raise SegmentError("malformed", f"sender {sender} outside 1..={MAX_SENDER}")
+    if not msg or len(msg) > MAX_SEGMENTED_LEN:
+        raise SegmentError("oversized" if msg else "malformed",
+                           f"message of {len(msg)} bytes, expected 1..={MAX_SEGMENTED_LEN}")
 
 
-@dataclass
-class SegmentStats:
-    frames: int = 0
-    messages: int = 0
-    malformed: int = 0
-    oversized: int = 0
-    replayed: int = 0
-    duplicate: int = 0
+def can_id(sender: int, msg_counter: int, index: int) -> int:
+    return CAN_ID_BASE | ((sender - 1) & 0x3F) << 4 | (msg_counter & 1) << 3 | (index & 7)
+
+
+def split_id(arbitration_id: int) -> tuple[int, int, int]:
+    """``(sender, toggle, index)`` of a peer-protocol id; SegmentError("foreign") otherwise."""
+    if not CAN_ID_BASE <= arbitration_id <= CAN_ID_LAST:
+        raise SegmentError("foreign", f"CAN id {arbitration_id:#x} outside 0x400..=0x7ff")
+    return ((arbitration_id >> 4) & 0x3F) + 1, (arbitration_id >> 3) & 1, arbitration_id & 7
+
+
+def is_peer_id(arbitration_id: int) -> bool:
+    return CAN_ID_BASE <= arbitration_id <= CAN_ID_LAST
+
+
+def segment_classic(sender: int, msg_counter: int, msg: bytes) -> list[tuple[int, bytes]]:
+    """Split one message into classic CAN frames ``(id, data)``."""
+    _check(sender, msg)
+    payload = bytes([len(msg)]) + msg
+    return [(can_id(sender, msg_counter, i), payload[o : o + 8]) for i, o in enumerate(range(0, len(payload), 8))]
+
+
+def classic_frame_count(length: int) -> int:
+    return (length + 1 + 7) // 8
+
+
+def frame_fd(sender: int, msg: bytes) -> tuple[int, bytes]:
+    """Pack one message into one CAN FD frame."""
+    _check(sender, msg)
+    n = len(msg) + 1
+    size = next(s for s in FD_SIZES if s >= n)
+    return can_id(sender, 0, 0), (bytes([len(msg)]) + msg).ljust(size, b"\xcc")
+
+
+def unframe_fd(arbitration_id: int, data: bytes) -> tuple[int, bytes]:
+    sender, _, _ = split_id(arbitration_id)
+    if not data or len(data) > 64:
+        raise SegmentError("malformed", f"bad frame data length {len(data)}")
+    n = data[0]
+    if n == 0 or n > MAX_SEGMENTED_LEN:
+        raise SegmentError("oversized" if n else "malformed", f"bad length byte {n}")
+    if n + 1 > len(data):
+        raise SegmentError("malformed", f"length byte {n} beyond the frame's {len(data)} bytes")
+    return sender, bytes(data[1 : 1 + n])
 
 
 @dataclass
 class _Partial:
-    counter: int
-    next_index: int
-    expected: int
-    buf: bytearray
+    active: bool = False
+    toggle: int = 0
+    next: int = 0
+    length: int = 0
+    buf: bytearray = field(default_factory=bytearray)
 
 
 @dataclass
 class Reassembler:
-    """Reassembles the frames of many senders; ``push`` returns a complete message or None."""
+    """Reassembles classic-CAN-segmented messages, one partial message per sender."""
 
-    frame_size: int = CLASSIC_FRAME
-    stats: SegmentStats = field(default_factory=SegmentStats)
-    _partial: dict[int, _Partial] = field(default_factory=dict)
-    _last_counter: dict[int, int] = field(default_factory=dict)
+    dropped_frames: int = 0
+    messages: int = 0
+    _slots: dict[int, _Partial] = field(default_factory=dict)
 
-    def push(self, sender: int, data: bytes) -> bytes | None:
-        self.stats.frames += 1
-        if not 1 <= len(data) <= self.frame_size:
-            self.stats.malformed += 1
-            self._partial.pop(sender, None)
-            return None
-        hdr = data[0]
-        counter, last, idx = hdr >> 5, bool(hdr & 0x10), hdr & 0x0F
-        part = self._partial.get(sender)
-        if idx == 0:
-            if part is not None and part.counter == counter and part.next_index == 1 and not last:
-                # the frame we just accepted came again
-                self.stats.duplicate += 1
-                return None
-            if len(data) < 3:
-                self.stats.malformed += 1
-                self._partial.pop(sender, None)
-                return None
-            expected = int.from_bytes(data[1:3], "little")
-            if expected > max_message_len(self.frame_size):
-                self.stats.oversized += 1
-                self._partial.pop(sender, None)
-                return None
-            if part is not None:  # a message was left incomplete: its frames are lost
-                self.stats.malformed += 1
-            part = _Partial(counter, 1, expected, bytearray(data[3:]))
-            self._partial[sender] = part
+    def push(self, arbitration_id: int, data: bytes) -> tuple[int, bytes] | None:
+        """Feed one frame; returns ``(sender, message)`` when a message completes.
+
+        Raises :class:`SegmentError` for a frame that is dropped (its ``kind`` says why)."""
+        try:
+            out = self._push(arbitration_id, data)
+        except SegmentError:
+            self.dropped_frames += 1
+            raise
+        if out is not None:
+            self.messages += 1
+        return out
+
+    def _push(self, arbitration_id: int, data: bytes) -> tuple[int, bytes] | None:
+        sender, toggle, index = split_id(arbitration_id)
+        slot = self._slots.setdefault(sender, _Partial())
+        if not data or len(data) > 8:
+            slot.active = False
+            raise SegmentError("malformed", f"bad frame data length {len(data)}")
+        if index == 0:
+            n = data[0]
+            if n == 0 or n > MAX_SEGMENTED_LEN:
+                slot.active = False
+                raise SegmentError("oversized" if n else "malformed", f"bad length byte {n}")
+            slot.active, slot.toggle, slot.next, slot.length = True, toggle, 1, n
+            slot.buf = bytearray(data[1:])
         else:
-            if part is None:
-                self.stats.malformed += 1
-                return None
-            if part.counter == counter and idx == part.next_index - 1:
-                self.stats.duplicate += 1
-                return None
-            if part.counter != counter or idx != part.next_index:
-                self.stats.malformed += 1
-                del self._partial[sender]
-                return None
-            part.buf += data[1:]
-            part.next_index += 1
-        if not last and len(part.buf) >= part.expected:
-            # more frames announced than the length needs
-            self.stats.malformed += 1
-            del self._partial[sender]
-            return None
-        if not last:
-            if part.next_index >= MAX_FRAMES:
-                self.stats.oversized += 1
-                del self._partial[sender]
-            return None
-        del self._partial[sender]
-        excess = len(part.buf) - part.expected
-        # classic CAN: exact length; CAN FD: the last frame may carry padding, nothing more
-        if excess < 0 or (excess > 0 and (self.frame_size == CLASSIC_FRAME or excess >= len(data) - 1)):
-            self.stats.malformed += 1
-            return None
-        if self._last_counter.get(sender) == counter:
-            self.stats.replayed += 1
-            return None
-        self._last_counter[sender] = counter
-        self.stats.messages += 1
-        return bytes(part.buf[: part.expected])
-
-    def forget(self, sender: int) -> None:
-        """Forget a sender's counter (it restarted: its counter starts again)."""
-        self._partial.pop(sender, None)
-        self._last_counter.pop(sender, None)
+            if not slot.active or slot.toggle != toggle or slot.next != index:
+                slot.active = False
+                raise SegmentError("malformed", f"frame {index} of sender {sender} out of order")
+            slot.buf += data
+            slot.next += 1
+        remaining = slot.length - len(slot.buf)
+        if remaining == 0:
+            slot.active = False
+            return sender, bytes(slot.buf)
+        if remaining < 0 or len(data) != 8:
+            slot.active = False
+            raise SegmentError("malformed", f"bad frame data length {len(data)}")
+        return None
