@@ -92,6 +92,7 @@ class NodeRuntime:
         self.meas: Measurement | None = None
         self.commanded: Contactors = ALL_OPEN
         self.periods = 0
+        self.restored = "not attempted"
         self._t0 = clock()
         self._last_save = float("-inf")
         self._last_telemetry = float("-inf")
@@ -109,16 +110,19 @@ class NodeRuntime:
     def restore(self) -> str:
         """Restore the logic's state from the store: "ok", "missing" or "corrupt"."""
         if self.store is None:
-            return "missing"
+            self.restored = "missing"
+            return self.restored
         res = self.store.load()
+        self.restored = res.status
         if res.data is not None:
             try:
                 self.logic.import_state(res.data)
             except ValueError as exc:
                 self.store.quarantine(f"logic rejected the state: {exc}")
-                return "corrupt"
+                self.restored = "corrupt"
+                return self.restored
             log.info("state restored from %s", self.store.state_path)
-        return res.status
+        return self.restored
 
     # -------------------------------------------------------------- receiving
     def _on_message(self, src: int, payload: bytes) -> None:
@@ -248,7 +252,7 @@ class NodeRuntime:
         if self.transport is not None:
             await self.transport.start()
         self._t0 = self.clock()
-        self._event("start", t_ms=0)
+        self._event("start", t_ms=0, restored=self.restored)
         period = self.node.control_period_ms / 1000.0
         next_t = self.clock()
         try:
