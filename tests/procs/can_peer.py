@@ -2,7 +2,7 @@
 
 A message b"stats" is answered with msgpack [echoes, malformed, foreign, replayed, oversized,
 duplicate, received_messages]. Prints "ready" once its transport is open.
-Usage: can_peer.py can PORT NODE_ID MEMBERS   |   can_peer.py udp PORT NODE_ID MEMBERS SYSTEM_ID
+Usage: can_peer.py can PORT NODE_ID MEMBERS   |   can_peer.py udp PORT NODE_ID MEMBERS SYSTEM_ID [IFACE]
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ async def main() -> None:
     else:
         from mbms.transport.udp import UdpTransport
 
-        t = UdpTransport(UdpCfg(port=port, group="239.255.77.9", interface="127.0.0.1"), node_id, members, sys.argv[5])
+        t = UdpTransport(UdpCfg(port=port, group="239.255.77.9",
+                                 interface=sys.argv[6] if len(sys.argv) > 6 else "127.0.0.1"), node_id, members, sys.argv[5])
     done = asyncio.Event()
 
     def on_message(src: int, payload: bytes) -> None:
@@ -42,7 +43,7 @@ async def main() -> None:
     await t.start()
     print("ready", flush=True)
     try:
-        await asyncio.wait_for(done.wait(), timeout=60)
+        await asyncio.wait_for(done.wait(), timeout=120)
     finally:
         t.close()
 
