@@ -14,8 +14,9 @@ without asking the logic, when
 * the logic raised an exception.
 
 It tells the logic once (``logic.fail_safe``), hands it the sample marked ``valid=False`` while the
-condition lasts, and after the condition clears keeps forcing all-open until the logic itself has
-commanded all-open once (re-arm), so no main contactor can close without a fresh precharge.
+condition lasts, and passes the logic's commands through again only once the condition has
+cleared AND the logic itself has commanded all-open in some period after being told (re-arm), so
+a logic that missed the news can never close a main contactor without a fresh precharge.
 
 Timing: the wake-up lateness (period jitter) and the ``logic.step`` time of every period are kept
 (:class:`LoopTiming`) for the report (``mbms node --timing``).
@@ -84,6 +85,7 @@ class NodeRuntime:
         self.timing = LoopTiming()
         self.fail_safe_reason: str | None = None
         self.rearm_pending = False
+        self._logic_opened = True
         self.fail_safe_count = 0
         self.rejected_messages = 0
         self.accepted_messages = 0
@@ -172,14 +174,17 @@ class NodeRuntime:
             step_s = time.perf_counter() - t1
         self.timing.add(lateness_s * 1000, step_s * 1000)
 
-        self._update_fail_safe(t_ms, reasons)
+        entered = self._update_fail_safe(t_ms, reasons)
         cmd = out.contactors if out is not None else ALL_OPEN
         if self.fail_safe_reason is not None or self.rearm_pending:
-            if self.fail_safe_reason is None and not cmd.any_closed():
+            if out is not None and not cmd.any_closed() and not entered:
+                self._logic_opened = True  # the logic has taken the news: it commands all-open itself
+            if self.rearm_pending and self._logic_opened:
                 self.rearm_pending = False
-                log.info("re-armed: the logic commands all-open after the fail-safe")
+                log.info("re-armed: the logic commanded all-open after the fail-safe")
                 self._event("rearmed", t_ms=t_ms)
-            cmd = ALL_OPEN
+            else:
+                cmd = ALL_OPEN
         n_cells = len(meas.v_cell_v) if meas is not None else 0
         balance = np.zeros(n_cells, dtype=bool)
         if out is not None and self.fail_safe_reason is None and len(out.balance) == n_cells:
@@ -194,21 +199,25 @@ class NodeRuntime:
         self._periodic(now)
         self.periods += 1
 
-    def _update_fail_safe(self, t_ms: int, reasons: list[str]) -> None:
+    def _update_fail_safe(self, t_ms: int, reasons: list[str]) -> bool:
+        """Enter or leave the fail-safe; True if it was entered in this period."""
         if reasons and self.fail_safe_reason is None:
             self.fail_safe_reason = "; ".join(reasons)
             self.fail_safe_count += 1
             log.warning("FAIL-SAFE: contactors forced open: %s", self.fail_safe_reason)
             self._event("fail_safe", t_ms=t_ms, reason=self.fail_safe_reason)
+            self._logic_opened = False
+            self.rearm_pending = True
             try:
                 self.logic.fail_safe(t_ms, self.fail_safe_reason)
             except Exception:
                 log.exception("logic.fail_safe raised")
-        elif not reasons and self.fail_safe_reason is not None:
+            return True
+        if not reasons and self.fail_safe_reason is not None:
             log.info("fail-safe condition cleared (%s); waiting for the logic to re-arm", self.fail_safe_reason)
             self._event("fail_safe_cleared", t_ms=t_ms, reason=self.fail_safe_reason)
             self.fail_safe_reason = None
-            self.rearm_pending = True
+        return False
 
     def _observe_status(self, t_ms: int, st: NodeStatus) -> None:
         self.status = st
