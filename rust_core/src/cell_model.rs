@@ -151,6 +151,16 @@ impl TempSocTable {
         a + t * (self.rows[k + 1].eval(soc) - a)
     }
 
+    /// Temperature breakpoints (°C).
+    pub fn temps(&self) -> &[f64] {
+        &self.temp_c
+    }
+
+    /// One uniform SOC table per temperature breakpoint.
+    pub fn rows(&self) -> &[SocTable] {
+        &self.rows
+    }
+
     pub fn max(&self) -> f64 {
         self.rows.iter().flat_map(|r| r.values().iter().copied()).fold(f64::MIN, f64::max)
     }
@@ -417,6 +427,11 @@ impl CellParams {
     #[inline(always)]
     pub fn tau2(&self, temp_c: f64) -> f64 {
         self.tau2_s.as_ref().map_or(1.0, |t| interp_sorted(&self.temp_c, t, temp_c))
+    }
+
+    /// Temperature breakpoints of the RC time constants and the constants themselves.
+    pub fn tau_tables(&self) -> (&[f64], &[f64], Option<&[f64]>) {
+        (&self.temp_c, &self.tau1_s, self.tau2_s.as_deref())
     }
 
     pub fn has_rc2(&self) -> bool {

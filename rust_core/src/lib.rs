@@ -4,7 +4,14 @@
 //! measurements and seeds are arguments. The PyO3 bindings (`mbms._core`) live in
 //! [`py`] behind the `python` feature so that `cargo test` links without libpython.
 
+pub mod balancing;
 pub mod cell_model;
+pub mod cell_tables;
+pub mod engine;
+pub mod limits;
+pub mod protection;
+pub mod soc_ekf;
+pub mod soh;
 
 #[cfg(feature = "python")]
 mod py;

@@ -1,0 +1,203 @@
+//! Configuration of one peer ([`PeerConfig`]) and its validation.
+
+use std::fmt;
+
+/// A configuration value that is out of range: names the field and what was expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsensusConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConsensusConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConsensusConfigError {}
+
+fn err(field: &str, message: impl Into<String>) -> ConsensusConfigError {
+    ConsensusConfigError { field: field.to_string(), message: message.into() }
+}
+
+/// Highest member id: `closed_set`/`live_set` are u64 bit sets (bit id−1).
+pub const MAX_MEMBER_ID: u16 = 64;
+
+/// Configuration of one peer. All times are milliseconds of the peer's own clock.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerConfig {
+    /// Identifies the battery system; messages of other systems are dropped.
+    pub system_id: u32,
+    /// This peer's id, 1..=64, one of `members`.
+    pub node_id: u16,
+    /// The configured member set (ids 1..=64, unique). Quorum = floor(N/2)+1 of its size.
+    pub members: Vec<u16>,
+    /// Heartbeat (state message) period.
+    pub heartbeat_ms: u32,
+    /// Close match window |V_bus − V_string| (S3), also the OCV grouping width on a dead bus.
+    pub dv_close_v: f64,
+    /// Grant lease; a grantor honours a grant this long by its own clock.
+    pub lease_ms: u32,
+    /// Bound on any peer's clock rate error (parts per million).
+    pub max_drift_ppm: u32,
+    /// Time the physical match must hold before the main contactor closes (S3).
+    pub dwell_ms: u32,
+    /// Precharge current below which precharge counts as settled (A, magnitude).
+    pub precharge_settle_a: f64,
+    /// Precharge must settle within this time, else abort and open.
+    pub precharge_timeout_ms: u32,
+    /// Main-contactor feedback must confirm within this time after the close command.
+    pub close_confirm_ms: u32,
+    /// A peer not heard for this long is lost (failure detection).
+    pub fail_timeout_ms: u32,
+    /// A requester without a quorum of grants after this long withdraws and backs off.
+    pub grant_wait_ms: u32,
+    /// After (re)start a peer only listens this many heartbeat periods before it requests.
+    pub listen_periods: u32,
+    /// Bus voltage above which the bus counts as live even if no closed string is known.
+    pub bus_live_v: f64,
+    /// Seed of the back-off jitter (deterministic; the node passes e.g. a boot nonce).
+    pub seed: u64,
+    /// Strings have their own DC/DC converters: compute per-string current set-points.
+    pub dcdc: bool,
+    /// DC/DC sharing: weight change per unit SOC difference from the mean (1/SOC).
+    pub dcdc_soc_gain: f64,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        Self {
+            system_id: 1,
+            node_id: 1,
+            members: vec![1, 2, 3],
+            heartbeat_ms: 100,
+            // foxBMS 2 closes parallel strings below a 3 V difference; 2 V is a tighter default.
+            dv_close_v: 2.0,
+            lease_ms: 1500,
+            // 1000 ppm = 0.1 %: far above a crystal's ±50 ppm; covers RC oscillators after trim.
+            max_drift_ppm: 1000,
+            dwell_ms: 100,
+            precharge_settle_a: 1.0,
+            precharge_timeout_ms: 800,
+            close_confirm_ms: 60,
+            // 2.5 periods: two lost heartbeats in a row are tolerated, detection < 3 periods.
+            fail_timeout_ms: 250,
+            grant_wait_ms: 300,
+            listen_periods: 3,
+            bus_live_v: 20.0,
+            seed: 0,
+            dcdc: false,
+            dcdc_soc_gain: 2.0,
+        }
+    }
+}
+
+impl PeerConfig {
+    /// Quorum of the configured membership: floor(N/2)+1.
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    /// The lease as a requester may use it on its own clock: shortened so that, with both
+    /// clocks off by up to ±ρ, it ends (in real time) before any grantor's lease ends.
+    /// (1−ρ)/(1+ρ) ≥ 1−2ρ, so lease·(1−2ρ) is safe.
+    pub fn requester_lease_ms(&self) -> u64 {
+        let rho2 = 2.0 * self.max_drift_ppm as f64 * 1e-6;
+        (self.lease_ms as f64 * (1.0 - rho2)).floor() as u64
+    }
+
+    /// After a (re)start a peer does not grant for this long: it may have granted just
+    /// before it crashed and forgotten; that grant expires (by any clock) within it.
+    pub fn grant_inhibit_ms(&self) -> u64 {
+        let rho2 = 2.0 * self.max_drift_ppm as f64 * 1e-6;
+        (self.lease_ms as f64 * (1.0 + rho2)).ceil() as u64 + self.heartbeat_ms as u64
+    }
+
+    pub fn validate(&self) -> Result<(), ConsensusConfigError> {
+        if self.members.is_empty() {
+            return Err(err("members", "at least one member id expected"));
+        }
+        let mut seen = 0u64;
+        for &m in &self.members {
+            if m == 0 || m > MAX_MEMBER_ID {
+                return Err(err("members", format!("member id {m} out of range 1..=64")));
+            }
+            let bit = 1u64 << (m - 1);
+            if seen & bit != 0 {
+                return Err(err("members", format!("member id {m} listed twice")));
+            }
+            seen |= bit;
+        }
+        if !self.members.contains(&self.node_id) {
+            return Err(err("node_id", format!("{} is not one of members", self.node_id)));
+        }
+        if self.heartbeat_ms < 5 {
+            return Err(err("heartbeat_ms", "expected >= 5 ms"));
+        }
+        if !(self.dv_close_v.is_finite() && self.dv_close_v > 0.0) {
+            return Err(err("dv_close_v", "expected a finite voltage > 0"));
+        }
+        if !(self.precharge_settle_a.is_finite() && self.precharge_settle_a > 0.0) {
+            return Err(err("precharge_settle_a", "expected a finite current > 0"));
+        }
+        if !(self.bus_live_v.is_finite() && self.bus_live_v >= 0.0) {
+            return Err(err("bus_live_v", "expected a finite voltage >= 0"));
+        }
+        if !(self.dcdc_soc_gain.is_finite() && self.dcdc_soc_gain >= 0.0) {
+            return Err(err("dcdc_soc_gain", "expected a finite value >= 0"));
+        }
+        if self.max_drift_ppm > 50_000 {
+            return Err(err("max_drift_ppm", "expected <= 50000 (5 %)"));
+        }
+        if self.fail_timeout_ms < self.heartbeat_ms * 2 {
+            return Err(err("fail_timeout_ms", "expected >= 2 heartbeat periods"));
+        }
+        if self.dwell_ms >= self.precharge_timeout_ms {
+            return Err(err("dwell_ms", "expected < precharge_timeout_ms"));
+        }
+        // A requester must be able to finish precharge and closing inside its lease after
+        // waiting the longest time for its grants.
+        let need = self.grant_wait_ms as u64
+            + self.precharge_timeout_ms as u64
+            + self.close_confirm_ms as u64;
+        if self.requester_lease_ms() <= need {
+            return Err(err(
+                "lease_ms",
+                format!(
+                    "expected lease·(1−2ρ) = {} ms > grant_wait_ms + precharge_timeout_ms + close_confirm_ms = {need} ms",
+                    self.requester_lease_ms()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_errors_name_the_field() {
+        PeerConfig::default().validate().unwrap();
+        let c = PeerConfig { node_id: 9, ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().field, "node_id");
+        let c = PeerConfig { members: vec![1, 1, 2], ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().field, "members");
+        let c = PeerConfig { members: vec![1, 65], ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().field, "members");
+        let c = PeerConfig { lease_ms: 500, ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().field, "lease_ms");
+        let c = PeerConfig { dv_close_v: f64::NAN, ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().field, "dv_close_v");
+    }
+
+    #[test]
+    fn quorum_is_of_configured_members() {
+        let c = PeerConfig { members: vec![1, 2, 3, 4], ..Default::default() };
+        assert_eq!(c.quorum(), 3);
+        let c = PeerConfig { members: (1..=16).collect(), ..Default::default() };
+        assert_eq!(c.quorum(), 9);
+    }
+}

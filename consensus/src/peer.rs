@@ -1,0 +1,1068 @@
+//! The peer protocol state machine: membership and failure detection, close arbitration
+//! with quorum grants under leases (S2), the physical close check (S3), local open (S1),
+//! agreed N−1 limits (S4, S5), partitions (S6), restarts, duplicate ids, the speaker.
+//!
+//! Sans-IO: [`Peer::on_message`] takes received bytes, [`Peer::tick`] takes the time and the
+//! local measurements and returns the contactor command and the messages to broadcast.
+//!
+//! Close arbitration (S2):
+//! - A string that wants to close picks a new 4-bit ticket and broadcasts a request at
+//!   once; it notes the request time t_req on its own clock.
+//! - Every peer (the requester too) holds at most one grant (to, ticket, granted_at). With
+//!   its slot free, no string known to be precharging/closing, and past its grant inhibit
+//!   after a start, it grants the lowest-id pending request. It keeps the grant until the
+//!   grantee shows a different ticket (release) or lease_ms passed on its own clock.
+//! - The requester precharges only with grants from a quorum (counting its own slot),
+//!   all heard after t_req, and must be closed before t_req + lease·(1−2ρ) on its clock;
+//!   since every grant was given after t_req, each grant outlives that by the drift bound.
+//! - A requester without a quorum after grant_wait_ms, or seeing a lower-id request,
+//!   withdraws and backs off (half a period plus seeded jitter).
+//! - After a start a peer grants nothing for lease·(1+2ρ)+one period: it may have granted
+//!   before a crash and forgotten.
+//!
+//! Ordering: on a dead bus the largest group of strings whose OCVs lie within dv_close
+//! (ties: the higher-voltage group, since a system typically starts by discharging) closes
+//! first, lowest id first; on a live bus any string whose |V_bus − V_string| ≤ 0.8·dv_close
+//! may close, lowest id first. Strings that match neither wait until the bus comes to them.
+
+use crate::config::{PeerConfig, MAX_MEMBER_ID};
+use crate::prng::SplitMix64;
+use crate::sharing::{n1_limits, StringState};
+use crate::wire::{
+    amps_to_da_floor, amps_to_da_signed, ohm_to_100uohm, seq_newer, soc_to_permille,
+    volts_to_10mv, Body, Coord, DetailBody, Flags, LimitsBody, Message, WireError, MAX_TICKET,
+    SEQ_MOD,
+};
+
+/// Eligibility on a live bus uses a tighter window than the physical check, so that a
+/// string that asks for a grant is likely to pass the check.
+const LIVE_MATCH_MARGIN: f64 = 0.8;
+/// A peer that detects another node using its own id stays passive this many periods.
+const DUP_HOLD_PERIODS: u64 = 10;
+/// Back-off after an aborted close, in heartbeat periods (plus jitter).
+const ABORT_BACKOFF_PERIODS: u64 = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Contactors {
+    pub neg: bool,
+    pub pos: bool,
+    pub pre: bool,
+}
+
+impl Contactors {
+    pub const OPEN: Contactors = Contactors { neg: false, pos: false, pre: false };
+    pub const PRECHARGE: Contactors = Contactors { neg: true, pos: false, pre: true };
+    pub const CLOSING: Contactors = Contactors { neg: true, pos: true, pre: true };
+    pub const CLOSED: Contactors = Contactors { neg: true, pos: true, pre: false };
+    pub fn main_closed(&self) -> bool {
+        self.neg && self.pos
+    }
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Open = 0,
+    Requesting = 1,
+    Precharging = 2,
+    Closing = 3,
+    Closed = 4,
+    /// Opened on a local fault (S1); rejoins when healthy.
+    Isolated = 5,
+    /// After a start: listening to learn the state before acting.
+    Listening = 6,
+    /// Backing off after a withdrawn request or an aborted close.
+    Waiting = 7,
+}
+
+impl Phase {
+    pub fn from_u8(v: u8) -> Phase {
+        match v & 7 {
+            0 => Phase::Open,
+            1 => Phase::Requesting,
+            2 => Phase::Precharging,
+            3 => Phase::Closing,
+            4 => Phase::Closed,
+            5 => Phase::Isolated,
+            6 => Phase::Listening,
+            _ => Phase::Waiting,
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Open => "open",
+            Phase::Requesting => "requesting",
+            Phase::Precharging => "precharging",
+            Phase::Closing => "closing",
+            Phase::Closed => "closed",
+            Phase::Isolated => "isolated",
+            Phase::Listening => "listening",
+            Phase::Waiting => "waiting",
+        }
+    }
+    /// Precharging or closing: the phases S2 allows one string at a time.
+    pub fn is_closing(&self) -> bool {
+        matches!(self, Phase::Precharging | Phase::Closing)
+    }
+}
+
+/// This string's own measurements and estimates, given to every tick.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LocalState {
+    pub ocv_v: f64,
+    pub r_ohm: f64,
+    pub soc: f64,
+    pub dcl_a: f64,
+    pub ccl_a: f64,
+    pub dcl_peak_a: f64,
+    pub ccl_peak_a: f64,
+    /// Confirmed local fault: open now (S1).
+    pub fault: bool,
+    /// Healthy and wants to be connected.
+    pub may_close: bool,
+    pub v_string_v: f64,
+    pub v_bus_v: f64,
+    /// Measured string current, discharge positive.
+    pub i_a: f64,
+    /// Measured contactor aux feedback.
+    pub feedback: Contactors,
+}
+
+impl Default for LocalState {
+    fn default() -> Self {
+        Self {
+            ocv_v: 0.0,
+            r_ohm: 0.05,
+            soc: 0.5,
+            dcl_a: 0.0,
+            ccl_a: 0.0,
+            dcl_peak_a: 0.0,
+            ccl_peak_a: 0.0,
+            fault: false,
+            may_close: false,
+            v_string_v: 0.0,
+            v_bus_v: 0.0,
+            i_a: 0.0,
+            feedback: Contactors::OPEN,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    PrechargeTimeout,
+    LeaseExpired,
+    QuorumLost,
+    /// may_close went false.
+    Withdrawn,
+    /// Main contactor feedback did not confirm in time.
+    FeedbackTimeout,
+    Fault,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    PeerJoined { id: u16 },
+    PeerLost { id: u16 },
+    PeerRestarted { id: u16, incarnation: u16 },
+    /// Two nodes use the same id (different incarnations at once).
+    DuplicateId { id: u16, incarnations: (u16, u16) },
+    QuorumGained,
+    QuorumLost,
+    RequestSent { ticket: u8 },
+    RequestWithdrawn { ticket: u8 },
+    Granted { to: u16, ticket: u8 },
+    GrantReleased { to: u16, expired: bool },
+    PrechargeStarted { grants: u32 },
+    MainClosing,
+    Closed,
+    Aborted { reason: AbortReason },
+    /// Opened because may_close went false or the contactor dropped.
+    Opened,
+    /// Opened on a local fault (S1).
+    Isolated,
+    Rejoining,
+    SpeakerChanged { speaker: Option<u16> },
+}
+
+/// Why a received message was dropped (it is also counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxError {
+    Wire(WireError),
+    ForeignSystem(u32),
+    UnknownSender(u16),
+    /// Our own message echoed back (e.g. a multicast loopback).
+    OwnEcho,
+    Duplicate,
+    Stale,
+    /// Another node uses this id (with a different incarnation).
+    DuplicateId(u16),
+}
+
+impl std::fmt::Display for RxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RxError::Wire(e) => write!(f, "{e}"),
+            RxError::ForeignSystem(s) => write!(f, "message of system {s}"),
+            RxError::UnknownSender(s) => write!(f, "sender {s} is not a configured member"),
+            RxError::OwnEcho => write!(f, "own message echoed"),
+            RxError::Duplicate => write!(f, "duplicate message"),
+            RxError::Stale => write!(f, "stale message"),
+            RxError::DuplicateId(id) => write!(f, "duplicate member id {id}"),
+        }
+    }
+}
+
+impl RxError {
+    /// Stable short name (used by the Python binding).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RxError::Wire(_) => "malformed",
+            RxError::ForeignSystem(_) => "foreign_system",
+            RxError::UnknownSender(_) => "unknown_sender",
+            RxError::OwnEcho => "own_echo",
+            RxError::Duplicate => "duplicate",
+            RxError::Stale => "stale",
+            RxError::DuplicateId(_) => "duplicate_id",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_ok: u64,
+    pub rx_malformed: u64,
+    pub rx_foreign_system: u64,
+    pub rx_unknown_sender: u64,
+    pub rx_own_echo: u64,
+    pub rx_duplicate: u64,
+    pub rx_stale: u64,
+    pub duplicate_id: u64,
+    pub tx: u64,
+    pub peers_lost: u64,
+    pub requests: u64,
+    pub grants: u64,
+    pub closes: u64,
+    pub aborts: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerOutput {
+    /// What this string's contactors should be.
+    pub command: Contactors,
+    pub phase: Phase,
+    /// Agreed system limits (A, ≥ 0).
+    pub system_dcl_a: f64,
+    pub system_ccl_a: f64,
+    /// Bit (id−1) per member confirmed closed.
+    pub closed_set: u64,
+    pub live_set: u64,
+    pub quorum: bool,
+    pub speaker: Option<u16>,
+    pub dcdc_setpoint_a: Option<f64>,
+    /// Encoded messages to broadcast now.
+    pub messages: Vec<Vec<u8>>,
+    pub events: Vec<Event>,
+}
+
+impl Default for PeerOutput {
+    fn default() -> Self {
+        Self {
+            command: Contactors::OPEN,
+            phase: Phase::Listening,
+            system_dcl_a: 0.0,
+            system_ccl_a: 0.0,
+            closed_set: 0,
+            live_set: 0,
+            quorum: false,
+            speaker: None,
+            dcdc_setpoint_a: None,
+            messages: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+/// What a peer knows of another member.
+#[derive(Clone, Debug, Default)]
+struct Remote {
+    heard: bool,
+    inc: u16,
+    last_seq: u8,
+    last_heard: u64,
+    prev_inc: Option<u16>,
+    prev_last_seq: u8,
+    prev_heard: u64,
+    dup_until: u64,
+    flags: Flags,
+    coord: Coord,
+    limits: Option<LimitsBody>,
+    detail: Option<DetailBody>,
+    alive: bool,
+}
+
+impl Remote {
+    fn phase(&self) -> Phase {
+        Phase::from_u8(self.flags.phase)
+    }
+}
+
+/// Grant slot: at most one grant at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Grant {
+    to: u16,
+    ticket: u8,
+    at_ms: u64,
+}
+
+pub struct Peer {
+    cfg: PeerConfig,
+    inc: u16,
+    member_mask: u64,
+    remotes: Vec<Remote>, // index = id (0 unused)
+    started_at: Option<u64>,
+    phase: Phase,
+    command: Contactors,
+    seq: u8,
+    next_hb: u64,
+    next_kind: u8,
+    ticket: u8,
+    last_ticket: u8,
+    t_req: u64,
+    t_pre: u64,
+    t_close: u64,
+    t_open_fb: Option<u64>,
+    match_since: Option<u64>,
+    backoff_until: u64,
+    grant: Option<Grant>,
+    dup_self_until: u64,
+    last_sent_limits: Option<LimitsBody>,
+    last_sent_fc: Option<(Flags, Coord)>,
+    prop_da: (u32, u32),
+    rng: SplitMix64,
+    had_quorum: bool,
+    pending: Vec<Event>,
+    out: PeerOutput,
+    counters: Counters,
+}
+
+fn bit(id: u16) -> u64 {
+    1u64 << (id - 1)
+}
+
+fn state_of(l: &LimitsBody) -> StringState {
+    StringState {
+        ocv_v: l.ocv_10mv as f64 / 100.0,
+        r_ohm: l.r_100uohm as f64 / 1e4,
+        dcl_a: l.dcl_da as f64 / 10.0,
+        ccl_a: l.ccl_da as f64 / 10.0,
+        dcl_peak_a: l.dcl_peak_da as f64 / 10.0,
+        ccl_peak_a: l.ccl_peak_da as f64 / 10.0,
+    }
+}
+
+fn limits_of(local: &LocalState) -> LimitsBody {
+    LimitsBody {
+        ocv_10mv: volts_to_10mv(local.ocv_v),
+        r_100uohm: ohm_to_100uohm(local.r_ohm),
+        dcl_da: amps_to_da_floor(local.dcl_a),
+        ccl_da: amps_to_da_floor(local.ccl_a),
+        dcl_peak_da: amps_to_da_floor(local.dcl_peak_a),
+        ccl_peak_da: amps_to_da_floor(local.ccl_peak_a),
+    }
+}
+
+/// Fold the 64-bit incarnation into the 16 bits on the wire.
+pub fn wire_incarnation(inc: u64) -> u16 {
+    (inc ^ (inc >> 16) ^ (inc >> 32) ^ (inc >> 48)) as u16
+}
+
+impl Peer {
+    pub fn new(cfg: PeerConfig, incarnation: u64) -> Result<Peer, crate::ConsensusConfigError> {
+        cfg.validate()?;
+        let member_mask = cfg.members.iter().fold(0u64, |m, &id| m | bit(id));
+        let rng = SplitMix64::new(cfg.seed ^ incarnation.rotate_left(17) ^ cfg.node_id as u64);
+        Ok(Peer {
+            inc: wire_incarnation(incarnation),
+            member_mask,
+            remotes: vec![Remote::default(); MAX_MEMBER_ID as usize + 1],
+            started_at: None,
+            phase: Phase::Listening,
+            command: Contactors::OPEN,
+            seq: 0,
+            next_hb: 0,
+            next_kind: 0,
+            ticket: 0,
+            last_ticket: (incarnation % MAX_TICKET as u64) as u8,
+            t_req: 0,
+            t_pre: 0,
+            t_close: 0,
+            t_open_fb: None,
+            match_since: None,
+            backoff_until: 0,
+            grant: None,
+            dup_self_until: 0,
+            last_sent_limits: None,
+            last_sent_fc: None,
+            prop_da: (0, 0),
+            rng,
+            had_quorum: false,
+            pending: Vec::new(),
+            out: PeerOutput::default(),
+            counters: Counters::default(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &PeerConfig {
+        &self.cfg
+    }
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    pub fn output(&self) -> &PeerOutput {
+        &self.out
+    }
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+    pub fn incarnation_wire(&self) -> u16 {
+        self.inc
+    }
+    /// The current grant (grantee id, ticket, granted at local ms), for checkers and tools.
+    pub fn grant(&self) -> Option<(u16, u8, u64)> {
+        self.grant.map(|g| (g.to, g.ticket, g.at_ms))
+    }
+    /// The current request (ticket, request time local ms), if any.
+    pub fn request(&self) -> Option<(u8, u64)> {
+        (self.ticket != 0).then_some((self.ticket, self.t_req))
+    }
+    /// The grants this peer currently counts for its own request (bit per granter id).
+    pub fn grants_held(&self) -> u64 {
+        self.grant_mask()
+    }
+
+    // ------------------------------------------------------------------ receive
+
+    pub fn on_message(&mut self, now_ms: u64, data: &[u8]) -> Result<(), RxError> {
+        let r = self.receive(now_ms, data);
+        match &r {
+            Ok(()) => self.counters.rx_ok += 1,
+            Err(RxError::Wire(_)) => self.counters.rx_malformed += 1,
+            Err(RxError::ForeignSystem(_)) => self.counters.rx_foreign_system += 1,
+            Err(RxError::UnknownSender(_)) => self.counters.rx_unknown_sender += 1,
+            Err(RxError::OwnEcho) => self.counters.rx_own_echo += 1,
+            Err(RxError::Duplicate) => self.counters.rx_duplicate += 1,
+            Err(RxError::Stale) => self.counters.rx_stale += 1,
+            Err(RxError::DuplicateId(_)) => self.counters.duplicate_id += 1,
+        }
+        r
+    }
+
+    fn receive(&mut self, now: u64, data: &[u8]) -> Result<(), RxError> {
+        let m = Message::decode(data).map_err(RxError::Wire)?;
+        if m.system_id != self.cfg.system_id {
+            return Err(RxError::ForeignSystem(m.system_id));
+        }
+        if self.member_mask & bit(m.sender) == 0 {
+            return Err(RxError::UnknownSender(m.sender));
+        }
+        let hold = DUP_HOLD_PERIODS * self.cfg.heartbeat_ms as u64;
+        if m.sender == self.cfg.node_id {
+            if m.incarnation == self.inc {
+                return Err(RxError::OwnEcho);
+            }
+            self.dup_self_until = now + hold;
+            self.pending.push(Event::DuplicateId {
+                id: m.sender,
+                incarnations: (self.inc, m.incarnation),
+            });
+            return Err(RxError::DuplicateId(m.sender));
+        }
+        let fail = self.cfg.fail_timeout_ms as u64;
+        let r = &mut self.remotes[m.sender as usize];
+        if !r.heard {
+            r.heard = true;
+            r.inc = m.incarnation;
+        } else if m.incarnation != r.inc {
+            if r.prev_inc == Some(m.incarnation)
+                && now.saturating_sub(r.prev_heard) <= 4 * fail
+            {
+                if !seq_newer(m.seq, r.prev_last_seq) {
+                    return Err(RxError::Stale);
+                }
+                // The old incarnation speaks again after a new one appeared: two nodes.
+                r.dup_until = now + hold;
+                r.prev_last_seq = m.seq;
+                r.prev_heard = now;
+                self.pending.push(Event::DuplicateId {
+                    id: m.sender,
+                    incarnations: (r.inc, m.incarnation),
+                });
+                return Err(RxError::DuplicateId(m.sender));
+            }
+            // A restart: forget what the old incarnation said.
+            r.prev_inc = Some(r.inc);
+            r.prev_last_seq = r.last_seq;
+            r.prev_heard = r.last_heard;
+            r.inc = m.incarnation;
+            r.limits = None;
+            r.detail = None;
+            r.coord = Coord::default();
+            self.pending.push(Event::PeerRestarted { id: m.sender, incarnation: m.incarnation });
+        } else if now.saturating_sub(r.last_heard) <= fail {
+            if m.seq == r.last_seq {
+                return Err(RxError::Duplicate);
+            }
+            if !seq_newer(m.seq, r.last_seq) {
+                return Err(RxError::Stale);
+            }
+        }
+        r.last_seq = m.seq % SEQ_MOD;
+        r.last_heard = now;
+        r.flags = m.flags;
+        r.coord = m.coord;
+        match m.body {
+            Body::Limits(l) => r.limits = Some(l),
+            Body::Detail(d) => r.detail = Some(d),
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ tick
+
+    pub fn tick(&mut self, now_ms: u64, local: &LocalState) -> &PeerOutput {
+        let now = now_ms;
+        self.out.messages.clear();
+        self.out.events.clear();
+        self.out.events.append(&mut self.pending);
+        let started = *self.started_at.get_or_insert_with(|| {
+            // A restart with the main contactors still closed adopts them (opening under
+            // load is not safer); otherwise listen first.
+            if local.feedback.main_closed() && !local.fault {
+                self.phase = Phase::Closed;
+                self.command = Contactors::CLOSED;
+            }
+            self.next_hb = now;
+            now
+        });
+
+        self.update_membership(now);
+
+        // S1: a confirmed local fault opens in this very tick, whatever else is going on.
+        if local.fault {
+            if self.phase != Phase::Isolated {
+                if self.phase.is_closing() || self.phase == Phase::Requesting {
+                    self.counters.aborts += 1;
+                    self.out.events.push(Event::Aborted { reason: AbortReason::Fault });
+                }
+                self.ticket = 0;
+                self.match_since = None;
+                self.phase = Phase::Isolated;
+                self.out.events.push(Event::Isolated);
+            }
+            self.command = Contactors::OPEN;
+        } else {
+            self.step_phase(now, started, local);
+        }
+        self.update_grant(now, started);
+        self.update_limits(local);
+        self.update_speaker();
+        self.emit(now, local);
+
+        self.out.command = self.command;
+        self.out.phase = self.phase;
+        &self.out
+    }
+
+    fn live_set(&self) -> u64 {
+        let mut s = bit(self.cfg.node_id);
+        for &id in &self.cfg.members {
+            if id != self.cfg.node_id && self.remotes[id as usize].alive {
+                s |= bit(id);
+            }
+        }
+        s
+    }
+
+    fn update_membership(&mut self, now: u64) {
+        let fail = self.cfg.fail_timeout_ms as u64;
+        for &id in &self.cfg.members {
+            if id == self.cfg.node_id {
+                continue;
+            }
+            let r = &mut self.remotes[id as usize];
+            let alive = r.heard && now.saturating_sub(r.last_heard) <= fail;
+            if alive != r.alive {
+                r.alive = alive;
+                if alive {
+                    self.out.events.push(Event::PeerJoined { id });
+                } else {
+                    self.counters.peers_lost += 1;
+                    self.out.events.push(Event::PeerLost { id });
+                }
+            }
+        }
+        let live = self.live_set();
+        let quorum = live.count_ones() as usize >= self.cfg.quorum();
+        if quorum != self.had_quorum {
+            self.had_quorum = quorum;
+            self.out.events.push(if quorum { Event::QuorumGained } else { Event::QuorumLost });
+        }
+        self.out.live_set = live;
+        self.out.quorum = quorum;
+    }
+
+    fn alive_remotes(&self) -> impl Iterator<Item = (u16, &Remote)> + '_ {
+        self.cfg
+            .members
+            .iter()
+            .copied()
+            .filter(move |&id| id != self.cfg.node_id)
+            .map(move |id| (id, &self.remotes[id as usize]))
+            .filter(|(_, r)| r.alive)
+    }
+
+    fn someone_else_closing(&self) -> bool {
+        self.alive_remotes().any(|(_, r)| r.phase().is_closing())
+    }
+
+    /// Members whose grant for our current request we hold (bit per id).
+    fn grant_mask(&self) -> u64 {
+        if self.ticket == 0 {
+            return 0;
+        }
+        let me = self.cfg.node_id;
+        let mut m = 0u64;
+        if let Some(g) = self.grant {
+            if g.to == me && g.ticket == self.ticket {
+                m |= bit(me);
+            }
+        }
+        for (id, r) in self.alive_remotes() {
+            if r.coord.grant_to == me
+                && r.coord.grant_ticket == self.ticket
+                && r.last_heard >= self.t_req
+                && r.dup_until <= r.last_heard
+            {
+                m |= bit(id);
+            }
+        }
+        m
+    }
+
+    fn backoff(&mut self, now: u64, periods: u64) {
+        let hb = self.cfg.heartbeat_ms as u64;
+        let jitter = self.rng.below(hb);
+        self.backoff_until = now + periods * hb + hb / 2 + jitter;
+        self.phase = Phase::Waiting;
+    }
+
+    fn abort(&mut self, now: u64, reason: AbortReason) {
+        self.command = Contactors::OPEN;
+        self.ticket = 0;
+        self.match_since = None;
+        self.counters.aborts += 1;
+        self.out.events.push(Event::Aborted { reason });
+        self.backoff(now, ABORT_BACKOFF_PERIODS);
+    }
+
+    fn withdraw(&mut self, now: u64) {
+        self.out.events.push(Event::RequestWithdrawn { ticket: self.ticket });
+        self.ticket = 0;
+        self.backoff(now, 0);
+    }
+
+    /// May this string ask to close now (ordering policy)?
+    fn eligible(&self, local: &LocalState) -> bool {
+        let me = self.cfg.node_id;
+        let dv = self.cfg.dv_close_v;
+        // Another string is already on its way: wait.
+        for (id, r) in self.alive_remotes() {
+            let p = r.phase();
+            if p.is_closing() || (p == Phase::Requesting && id < me) {
+                return false;
+            }
+        }
+        let closed_known = self.out.closed_set != 0;
+        if closed_known || local.v_bus_v > self.cfg.bus_live_v {
+            // Live bus: match V_bus; the lowest-id matching string goes first.
+            let margin = LIVE_MATCH_MARGIN * dv;
+            if (local.v_bus_v - local.v_string_v).abs() > margin {
+                return false;
+            }
+            !self.alive_remotes().any(|(id, r)| {
+                id < me
+                    && r.phase() == Phase::Open
+                    && r.flags.may_close
+                    && !r.flags.fault
+                    && r.detail.is_some_and(|d| {
+                        (d.v_bus_10mv as f64 - d.v_string_10mv as f64).abs() / 100.0 <= margin
+                    })
+            })
+        } else {
+            // Dead bus: the largest OCV group within dv closes first (ties: higher voltage),
+            // lowest id of that group first.
+            let my_ocv = self.last_sent_limits.unwrap_or_else(|| limits_of(local)).ocv_10mv;
+            let mut cands: Vec<(u32, u16)> = vec![(my_ocv, me)];
+            for (id, r) in self.alive_remotes() {
+                if r.phase() == Phase::Open && r.flags.may_close && !r.flags.fault {
+                    if let Some(l) = r.limits {
+                        cands.push((l.ocv_10mv, id));
+                    }
+                }
+            }
+            cands.sort_unstable();
+            let width = (dv * 100.0).round() as u32;
+            let mut best: (usize, u32, usize) = (0, 0, 0); // (count, low ocv, start index)
+            let mut j = 0usize;
+            for i in 0..cands.len() {
+                while cands[i].0 - cands[j].0 > width {
+                    j += 1;
+                }
+                let count = i - j + 1;
+                if count > best.0 || (count == best.0 && cands[j].0 >= best.1) {
+                    best = (count, cands[j].0, j);
+                }
+            }
+            let (count, _, start) = best;
+            let group = &cands[start..start + count];
+            let lowest = group.iter().map(|c| c.1).min();
+            lowest == Some(me)
+        }
+    }
+
+    fn step_phase(&mut self, now: u64, started: u64, local: &LocalState) {
+        let hb = self.cfg.heartbeat_ms as u64;
+        let quorum = self.out.quorum;
+        match self.phase {
+            Phase::Listening => {
+                self.command = Contactors::OPEN;
+                if now.saturating_sub(started) >= self.cfg.listen_periods as u64 * hb {
+                    self.phase = Phase::Open;
+                }
+            }
+            Phase::Isolated => {
+                self.command = Contactors::OPEN;
+                self.out.events.push(Event::Rejoining);
+                self.backoff(now, 1);
+            }
+            Phase::Waiting => {
+                self.command = Contactors::OPEN;
+                if now >= self.backoff_until {
+                    self.phase = Phase::Open;
+                }
+            }
+            Phase::Open => {
+                self.command = Contactors::OPEN;
+                if local.may_close
+                    && quorum
+                    && now >= self.dup_self_until
+                    && now >= self.backoff_until
+                    && self.eligible(local)
+                {
+                    self.last_ticket = self.last_ticket % MAX_TICKET + 1;
+                    self.ticket = self.last_ticket;
+                    self.t_req = now;
+                    self.phase = Phase::Requesting;
+                    self.counters.requests += 1;
+                    self.out.events.push(Event::RequestSent { ticket: self.ticket });
+                }
+            }
+            Phase::Requesting => {
+                self.command = Contactors::OPEN;
+                let grants = self.grant_mask().count_ones();
+                let lease = self.cfg.requester_lease_ms();
+                let need = self.cfg.precharge_timeout_ms as u64 + self.cfg.close_confirm_ms as u64;
+                let me = self.cfg.node_id;
+                let competitor = self
+                    .alive_remotes()
+                    .any(|(id, r)| (r.phase() == Phase::Requesting && id < me) || r.phase().is_closing());
+                if !local.may_close || !quorum || now < self.dup_self_until {
+                    self.withdraw(now);
+                } else if grants as usize >= self.cfg.quorum()
+                    && now.saturating_sub(self.t_req) + need <= lease
+                {
+                    self.phase = Phase::Precharging;
+                    self.t_pre = now;
+                    self.match_since = None;
+                    self.command = Contactors::PRECHARGE;
+                    self.out.events.push(Event::PrechargeStarted { grants });
+                } else if competitor
+                    || now.saturating_sub(self.t_req) >= self.cfg.grant_wait_ms as u64
+                {
+                    self.withdraw(now);
+                }
+            }
+            Phase::Precharging => {
+                self.command = Contactors::PRECHARGE;
+                let lease = self.cfg.requester_lease_ms();
+                if !local.may_close {
+                    self.abort(now, AbortReason::Withdrawn);
+                } else if !quorum {
+                    self.abort(now, AbortReason::QuorumLost);
+                } else if now.saturating_sub(self.t_req) + self.cfg.close_confirm_ms as u64 >= lease {
+                    self.abort(now, AbortReason::LeaseExpired);
+                } else {
+                    // S3: the physical match must hold for the dwell time.
+                    let matched = (local.v_bus_v - local.v_string_v).abs() <= self.cfg.dv_close_v
+                        && local.i_a.abs() <= self.cfg.precharge_settle_a;
+                    if matched {
+                        let since = *self.match_since.get_or_insert(now);
+                        if now.saturating_sub(since) >= self.cfg.dwell_ms as u64 {
+                            self.phase = Phase::Closing;
+                            self.t_close = now;
+                            self.command = Contactors::CLOSING;
+                            self.out.events.push(Event::MainClosing);
+                        }
+                    } else {
+                        self.match_since = None;
+                        if now.saturating_sub(self.t_pre) >= self.cfg.precharge_timeout_ms as u64 {
+                            self.abort(now, AbortReason::PrechargeTimeout);
+                        }
+                    }
+                }
+            }
+            Phase::Closing => {
+                self.command = Contactors::CLOSING;
+                if local.feedback.main_closed() {
+                    self.phase = Phase::Closed;
+                    self.command = Contactors::CLOSED;
+                    self.ticket = 0;
+                    self.t_open_fb = None;
+                    self.counters.closes += 1;
+                    self.out.events.push(Event::Closed);
+                } else if now.saturating_sub(self.t_close) >= self.cfg.close_confirm_ms as u64 {
+                    self.abort(now, AbortReason::FeedbackTimeout);
+                } else if now.saturating_sub(self.t_req) >= self.cfg.requester_lease_ms() {
+                    self.abort(now, AbortReason::LeaseExpired);
+                }
+            }
+            Phase::Closed => {
+                self.command = Contactors::CLOSED;
+                if !local.may_close {
+                    self.command = Contactors::OPEN;
+                    self.phase = Phase::Open;
+                    self.out.events.push(Event::Opened);
+                } else if !local.feedback.main_closed() {
+                    // The contactor dropped by itself: after the confirm time, we are open.
+                    let since = *self.t_open_fb.get_or_insert(now);
+                    if now.saturating_sub(since) >= self.cfg.close_confirm_ms as u64 {
+                        self.command = Contactors::OPEN;
+                        self.t_open_fb = None;
+                        self.out.events.push(Event::Opened);
+                        self.backoff(now, ABORT_BACKOFF_PERIODS);
+                    }
+                } else {
+                    self.t_open_fb = None;
+                }
+            }
+        }
+    }
+
+    fn update_grant(&mut self, now: u64, started: u64) {
+        let me = self.cfg.node_id;
+        if let Some(g) = self.grant {
+            let expired = now.saturating_sub(g.at_ms) >= self.cfg.lease_ms as u64;
+            let released = if g.to == me {
+                self.ticket != g.ticket
+            } else {
+                let r = &self.remotes[g.to as usize];
+                r.last_heard > g.at_ms && r.coord.req_ticket != g.ticket
+            };
+            if expired || released {
+                self.grant = None;
+                self.out.events.push(Event::GrantReleased { to: g.to, expired: expired && !released });
+            }
+        }
+        if self.grant.is_some()
+            || now.saturating_sub(started) < self.cfg.grant_inhibit_ms()
+            || now < self.dup_self_until
+            || self.phase.is_closing()
+            || self.someone_else_closing()
+        {
+            return;
+        }
+        let mut best: Option<(u16, u8)> = None;
+        if self.phase == Phase::Requesting && self.ticket != 0 {
+            best = Some((me, self.ticket));
+        }
+        for (id, r) in self.alive_remotes() {
+            if r.coord.req_ticket != 0
+                && r.phase() == Phase::Requesting
+                && !r.flags.fault
+                && r.dup_until <= now
+                && best.is_none_or(|b| id < b.0)
+            {
+                best = Some((id, r.coord.req_ticket));
+            }
+        }
+        if let Some((to, ticket)) = best {
+            self.grant = Some(Grant { to, ticket, at_ms: now });
+            self.counters.grants += 1;
+            self.out.events.push(Event::Granted { to, ticket });
+        }
+    }
+
+    fn update_limits(&mut self, local: &LocalState) {
+        let me = self.cfg.node_id;
+        let own = self.last_sent_limits.unwrap_or_else(|| limits_of(local));
+        let mut closed_set = 0u64;
+        let mut closed: Vec<StringState> = Vec::new();
+        let mut closing: Option<StringState> = None;
+        // Ascending id order on every peer, so identical inputs give identical floats.
+        let mut ids: Vec<u16> = self.cfg.members.clone();
+        ids.sort_unstable();
+        for id in ids {
+            let (phase, main_closed, limits, usable) = if id == me {
+                (self.phase, self.command.main_closed(), Some(own), true)
+            } else {
+                let r = &self.remotes[id as usize];
+                (r.phase(), r.flags.main_closed, r.limits, r.alive)
+            };
+            if !usable {
+                continue;
+            }
+            let Some(l) = limits else { continue };
+            if phase == Phase::Closed && main_closed {
+                closed_set |= bit(id);
+                closed.push(state_of(&l));
+            } else if phase.is_closing() && closing.is_none() {
+                closing = Some(state_of(&l));
+            }
+        }
+        let (mut dcl, mut ccl) = n1_limits(&closed);
+        if let Some(c) = closing {
+            closed.push(c);
+            let (d2, c2) = n1_limits(&closed);
+            dcl = dcl.min(d2);
+            ccl = ccl.min(c2);
+        }
+        let prop = (amps_to_da_floor(dcl), amps_to_da_floor(ccl));
+        self.prop_da = prop;
+        // Agreement: report the minimum of our own proposal and the latest proposals of
+        // all live peers that have finished listening. A drop anywhere lowers at once; a
+        // rise shows only when every live peer proposes it.
+        let (mut d_da, mut c_da) = prop;
+        for (_, r) in self.alive_remotes() {
+            if r.phase() == Phase::Listening {
+                continue;
+            }
+            if let Some(d) = r.detail {
+                d_da = d_da.min(d.prop_dcl_da);
+                c_da = c_da.min(d.prop_ccl_da);
+            }
+        }
+        self.out.closed_set = closed_set;
+        self.out.system_dcl_a = d_da as f64 / 10.0;
+        self.out.system_ccl_a = c_da as f64 / 10.0;
+
+        self.out.dcdc_setpoint_a = None;
+        if self.cfg.dcdc && self.phase == Phase::Closed {
+            self.out.dcdc_setpoint_a = Some(self.dcdc_setpoint(local, closed_set));
+        }
+    }
+
+    /// Per-string set-point for strings with DC/DC converters: the total current of the
+    /// closed strings, shared in proportion to weights 1 ± gain·(SOC_i − mean SOC) (more
+    /// discharge from fuller strings, more charge into emptier ones), clamped to this
+    /// string's own limits.
+    fn dcdc_setpoint(&self, local: &LocalState, closed_set: u64) -> f64 {
+        let me = self.cfg.node_id;
+        let mut socs: Vec<(u16, f64, f64)> = vec![(me, local.soc, local.i_a)];
+        for (id, r) in self.alive_remotes() {
+            if closed_set & bit(id) != 0 {
+                if let Some(d) = r.detail {
+                    socs.push((id, d.soc_permille as f64 / 1000.0, d.i_da as f64 / 10.0));
+                }
+            }
+        }
+        let n = socs.len() as f64;
+        let total: f64 = socs.iter().map(|s| s.2).sum();
+        let mean = socs.iter().map(|s| s.1).sum::<f64>() / n;
+        let sign = if total >= 0.0 { 1.0 } else { -1.0 };
+        let w = |soc: f64| (1.0 + sign * self.cfg.dcdc_soc_gain * (soc - mean)).max(0.0);
+        let wsum: f64 = socs.iter().map(|s| w(s.1)).sum();
+        let share = if wsum > 0.0 { total * w(local.soc) / wsum } else { total / n };
+        share.clamp(-local.ccl_a.max(0.0), local.dcl_a.max(0.0))
+    }
+
+    fn update_speaker(&mut self) {
+        let speaker = if self.out.quorum {
+            let live = self.out.live_set;
+            Some(live.trailing_zeros() as u16 + 1)
+        } else {
+            None
+        };
+        if speaker != self.out.speaker {
+            self.out.speaker = speaker;
+            self.out.events.push(Event::SpeakerChanged { speaker });
+        }
+    }
+
+    fn flags(&self, local: &LocalState) -> Flags {
+        Flags {
+            phase: self.phase as u8,
+            fault: local.fault,
+            main_closed: self.phase == Phase::Closed && self.command.main_closed(),
+            pre_closed: self.command.pre,
+            may_close: local.may_close,
+        }
+    }
+
+    fn coord(&self) -> Coord {
+        let (grant_to, grant_ticket) = self.grant.map_or((0, 0), |g| (g.to, g.ticket));
+        Coord { req_ticket: self.ticket, grant_to, grant_ticket }
+    }
+
+    fn emit(&mut self, now: u64, local: &LocalState) {
+        let hb = self.cfg.heartbeat_ms as u64;
+        let fc = (self.flags(local), self.coord());
+        let fresh = limits_of(local);
+        let dropped = self.last_sent_limits.is_some_and(|l| {
+            fresh.dcl_da < l.dcl_da
+                || fresh.ccl_da < l.ccl_da
+                || fresh.dcl_peak_da < l.dcl_peak_da
+                || fresh.ccl_peak_da < l.ccl_peak_da
+        });
+        let kind = if now >= self.next_hb {
+            self.next_hb = if now - self.next_hb >= hb { now + hb } else { self.next_hb + hb };
+            let k = self.next_kind;
+            self.next_kind ^= 1;
+            Some(k)
+        } else if self.last_sent_fc != Some(fc) || dropped {
+            // Event-driven: phase/request/grant changed, or our own limits dropped.
+            Some(0)
+        } else {
+            None
+        };
+        let Some(kind) = kind else { return };
+        let body = if kind == 0 {
+            self.last_sent_limits = Some(fresh);
+            Body::Limits(fresh)
+        } else {
+            Body::Detail(DetailBody {
+                prop_dcl_da: self.prop_da.0,
+                prop_ccl_da: self.prop_da.1,
+                soc_permille: soc_to_permille(local.soc),
+                v_bus_10mv: volts_to_10mv(local.v_bus_v),
+                v_string_10mv: volts_to_10mv(local.v_string_v),
+                i_da: amps_to_da_signed(local.i_a),
+            })
+        };
+        let m = Message {
+            system_id: self.cfg.system_id,
+            sender: self.cfg.node_id,
+            seq: self.seq,
+            incarnation: self.inc,
+            flags: fc.0,
+            coord: fc.1,
+            body,
+            tag: None,
+        };
+        self.seq = (self.seq + 1) % SEQ_MOD;
+        self.last_sent_fc = Some(fc);
+        self.counters.tx += 1;
+        self.out.messages.push(m.encode());
+    }
+}

@@ -1,0 +1,1002 @@
+//! The pack engine: one pack's raw measurements in, estimates, limits, protection actions
+//! and balancing commands out. Ties together [`crate::soc_ekf`], [`crate::soh`],
+//! [`crate::limits`], [`crate::protection`] and [`crate::balancing`] over the cells of one
+//! string, stored as struct-of-arrays so that the per-cell loop streams through memory.
+//!
+//! A "cell" here is one series element: `parallel` physical cells in parallel, modelled as
+//! the nominal cell carrying `i_a / parallel` (capacity ×P, resistance /P). Current is
+//! positive when discharging. Sans-IO: time is the argument `t_s`.
+
+use serde::Deserialize;
+
+use crate::balancing::{self, BalanceMode, BalancingConfig, Transfer};
+use crate::cell_model::CellParams;
+use crate::cell_tables::{CellTables, TempSel};
+use crate::limits::{cell_limit, LimitsConfig, RateLimited};
+use crate::protection::{
+    Action, ActiveFault, CompiledRule, Rule, RuleBank, SensorConfig, Thresholds,
+};
+use crate::soc_ekf::{self, Cov2, EstimatorConfig, Predict};
+use crate::soh::{r0_observation, Awtls};
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackSection {
+    /// Free-form name of the pack.
+    #[serde(default)]
+    pub name: String,
+    /// Cell parameter set (name in hw/cells or path); resolved by the caller, which hands
+    /// the parsed [`CellParams`] to [`Engine::new`].
+    #[serde(default)]
+    pub cell: String,
+    /// Series elements (the engine's "cells") and cells in parallel per element.
+    pub series: usize,
+    pub parallel: usize,
+    /// Number of temperature sensors; cell k uses sensor k·n_temps/n_cells.
+    pub temp_sensors: usize,
+    /// String resistance outside the cells (contactors, fuses, busbars, cabling), Ω.
+    #[serde(default)]
+    pub r_extra_ohm: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectionConfig {
+    pub cell_overvoltage_v: Thresholds,
+    pub cell_undervoltage_v: Thresholds,
+    pub overtemp_charge_c: Thresholds,
+    pub undertemp_charge_c: Thresholds,
+    pub overtemp_discharge_c: Thresholds,
+    pub undertemp_discharge_c: Thresholds,
+    pub overcurrent_charge_a: Thresholds,
+    pub overcurrent_discharge_a: Thresholds,
+    pub voltage_spread_v: Thresholds,
+    pub temp_spread_c: Thresholds,
+    pub sensors: SensorConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    pub pack: PackSection,
+    #[serde(default)]
+    pub estimator: EstimatorConfig,
+    pub protection: ProtectionConfig,
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub balancing: BalancingConfig,
+}
+
+/// A configuration error: the dotted field and what was expected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for EngineConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+impl std::error::Error for EngineConfigError {}
+
+/// A step input error: which argument and what was expected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineInputError {
+    pub argument: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for EngineInputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.argument, self.message)
+    }
+}
+impl std::error::Error for EngineInputError {}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineStateError {
+    pub message: String,
+}
+
+impl std::fmt::Display for EngineStateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "engine state: {}", self.message)
+    }
+}
+impl std::error::Error for EngineStateError {}
+
+fn cfg_err(field: impl Into<String>, message: impl Into<String>) -> EngineConfigError {
+    EngineConfigError { field: field.into(), message: message.into() }
+}
+
+impl EngineConfig {
+    /// The engine's tables of a pack file are `pack`, `estimator`, `protection`, `limits`
+    /// and `balancing`; other top-level tables (`node`, `hardware`, ...) belong to the node
+    /// runtime and are ignored here. Within the engine's tables unknown keys are errors.
+    pub const TABLES: [&'static str; 5] = ["pack", "estimator", "protection", "limits", "balancing"];
+
+    pub fn from_toml_str(text: &str) -> Result<Self, EngineConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| cfg_err("<toml>", e.to_string()))?;
+        table.retain(|k, _| Self::TABLES.iter().any(|t| *t == k));
+        let cfg: EngineConfig =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| cfg_err("<toml>", e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), EngineConfigError> {
+        let p = &self.pack;
+        if p.series == 0 {
+            return Err(cfg_err("pack.series", "expected >= 1"));
+        }
+        if p.parallel == 0 {
+            return Err(cfg_err("pack.parallel", "expected >= 1"));
+        }
+        if p.temp_sensors == 0 || p.temp_sensors > p.series {
+            return Err(cfg_err("pack.temp_sensors", format!("expected 1..={} (one per cell at most)", p.series)));
+        }
+        if !(p.r_extra_ohm.is_finite() && p.r_extra_ohm >= 0.0) {
+            return Err(cfg_err("pack.r_extra_ohm", "expected a finite number >= 0"));
+        }
+        self.estimator.validate().map_err(|(f, m)| cfg_err(format!("estimator.{f}"), m))?;
+        let pr = &self.protection;
+        for (name, t, upper) in [
+            ("cell_overvoltage_v", &pr.cell_overvoltage_v, true),
+            ("cell_undervoltage_v", &pr.cell_undervoltage_v, false),
+            ("overtemp_charge_c", &pr.overtemp_charge_c, true),
+            ("undertemp_charge_c", &pr.undertemp_charge_c, false),
+            ("overtemp_discharge_c", &pr.overtemp_discharge_c, true),
+            ("undertemp_discharge_c", &pr.undertemp_discharge_c, false),
+            ("overcurrent_charge_a", &pr.overcurrent_charge_a, true),
+            ("overcurrent_discharge_a", &pr.overcurrent_discharge_a, true),
+            ("voltage_spread_v", &pr.voltage_spread_v, true),
+            ("temp_spread_c", &pr.temp_spread_c, true),
+        ] {
+            t.validate(upper).map_err(|m| cfg_err(format!("protection.{name}"), m))?;
+        }
+        let s = &pr.sensors;
+        if !(s.cell_v_min_v < s.cell_v_max_v) {
+            return Err(cfg_err("protection.sensors.cell_v_min_v", "expected cell_v_min_v < cell_v_max_v"));
+        }
+        if !(s.open_wire_v >= 0.0 && s.open_wire_v <= s.cell_v_min_v) {
+            return Err(cfg_err("protection.sensors.open_wire_v", "expected 0 <= open_wire_v <= cell_v_min_v"));
+        }
+        if !(s.temp_min_c < s.temp_max_c) {
+            return Err(cfg_err("protection.sensors.temp_min_c", "expected temp_min_c < temp_max_c"));
+        }
+        if !(s.current_max_abs_a > 0.0) {
+            return Err(cfg_err("protection.sensors.current_max_abs_a", "expected > 0"));
+        }
+        if !(s.fault_delay_s >= 0.0 && s.fault_delay_s.is_finite()) {
+            return Err(cfg_err("protection.sensors.fault_delay_s", "expected a finite number >= 0"));
+        }
+        self.limits.validate().map_err(|(f, m)| cfg_err(format!("limits.{f}"), m))?;
+        self.balancing.validate().map_err(|(f, m)| cfg_err(format!("balancing.{f}"), m))?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EngineOutput {
+    pub action: Action,
+    pub faults: Vec<ActiveFault>,
+    pub soc: Vec<f64>,
+    pub soc_sigma: Vec<f64>,
+    pub soc_cc: Vec<f64>,
+    pub soc_min: f64,
+    pub soc_max: f64,
+    pub soc_mean: f64,
+    pub soe_wh: f64,
+    pub ocv_string_v: f64,
+    pub r_string_ohm: f64,
+    pub dcl_a: f64,
+    pub ccl_a: f64,
+    pub dcl_peak_a: f64,
+    pub ccl_peak_a: f64,
+    pub balance: Vec<bool>,
+    pub soh_capacity: f64,
+    pub soh_resistance: f64,
+    /// Per element: estimated capacity (Ah, all parallel cells) and R0 (Ω, element).
+    pub capacity_ah: Vec<f64>,
+    pub r0_ohm: Vec<f64>,
+    /// Active-balancing plan (empty unless `balancing.active_plan`).
+    pub transfers: Vec<Transfer>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engine
+// ---------------------------------------------------------------------------------------------
+
+/// Per temperature sensor, per step: everything that depends on T only.
+#[derive(Debug, Clone, Copy, Default)]
+struct SensorStep {
+    dtemp: f64,
+    sel: TempSel,
+    a1: f64,
+    a2: f64,
+    d_cont: f64,
+    d_peak: f64,
+}
+
+
+pub struct Engine {
+    cfg: EngineConfig,
+    cell: CellParams,
+    tab: CellTables,
+    n: usize,
+    n_t: usize,
+    par: f64,
+    sensor_of: Vec<u32>,
+    // --- per cell (struct of arrays) ---
+    z: Vec<f64>,
+    v1: Vec<f64>,
+    v2: Vec<f64>,
+    h: Vec<f64>,
+    cov: Vec<Cov2>,
+    zcc: Vec<f64>,
+    /// 1 / (3600 · Q_cell_ah): SOC per coulomb of one (unit) cell
+    inv_qc: Vec<f64>,
+    cap_ah: Vec<f64>,
+    r0_ratio: Vec<f64>,
+    v_prev: Vec<f64>,
+    v_prev_valid: Vec<bool>,
+    v_stuck: Vec<u32>,
+    v_valid: Vec<bool>,
+    awtls: Vec<Awtls>,
+    z_rest: Vec<f64>,
+    z_rest_var: Vec<f64>,
+    // --- per temperature sensor ---
+    t_prev: Vec<f64>,
+    t_stuck: Vec<u32>,
+    t_valid: Vec<bool>,
+    t_used: Vec<f64>,
+    ss: Vec<SensorStep>,
+    // --- pack ---
+    initialized: bool,
+    t_last: Option<f64>,
+    i_prev: f64,
+    i_prev_valid: bool,
+    rest_since: f64,
+    rest_done: bool,
+    q_since_rest_ah: f64,
+    dt2_since_rest: f64,
+    time_since_rest_s: f64,
+    banks: Vec<RuleBank>,
+    dcl: RateLimited,
+    ccl: RateLimited,
+    dcl_peak: RateLimited,
+    ccl_peak: RateLimited,
+    out: EngineOutput,
+    bal_x: Vec<f64>,
+    bal_scratch: Vec<(f64, u32)>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, cell: CellParams) -> Result<Engine, EngineConfigError> {
+        cfg.validate()?;
+        let n = cfg.pack.series;
+        let n_t = cfg.pack.temp_sensors;
+        let par = cfg.pack.parallel as f64;
+        let pr = &cfg.protection;
+        let bank = |rule: Rule, t: &Thresholds, upper: bool, len: usize| {
+            RuleBank::new(rule, CompiledRule::new(t, upper), len)
+        };
+        let sensor_rule = |rule: Rule, len: usize| {
+            RuleBank::new(rule, CompiledRule::fault_only(pr.sensors.fault_delay_s), len)
+        };
+        // order = Rule discriminant
+        let banks = vec![
+            bank(Rule::CellOvervoltage, &pr.cell_overvoltage_v, true, n),
+            bank(Rule::CellUndervoltage, &pr.cell_undervoltage_v, false, n),
+            bank(Rule::OvertempCharge, &pr.overtemp_charge_c, true, n_t),
+            bank(Rule::UndertempCharge, &pr.undertemp_charge_c, false, n_t),
+            bank(Rule::OvertempDischarge, &pr.overtemp_discharge_c, true, n_t),
+            bank(Rule::UndertempDischarge, &pr.undertemp_discharge_c, false, n_t),
+            bank(Rule::OvercurrentCharge, &pr.overcurrent_charge_a, true, 1),
+            bank(Rule::OvercurrentDischarge, &pr.overcurrent_discharge_a, true, 1),
+            bank(Rule::VoltageSpread, &pr.voltage_spread_v, true, 1),
+            bank(Rule::TempSpread, &pr.temp_spread_c, true, 1),
+            sensor_rule(Rule::VoltageSensor, n),
+            sensor_rule(Rule::TempSensor, n_t),
+            sensor_rule(Rule::CurrentSensor, 1),
+        ];
+        debug_assert!(banks.iter().enumerate().all(|(k, b)| b.rule as usize == k));
+        let tab = CellTables::new(&cell);
+        let cap = cell.capacity_ah;
+        let prior = cfg.estimator.capacity_prior_sigma;
+        let sensor_of = (0..n).map(|k| (k * n_t / n) as u32).collect();
+        let t_ref = cell.t_ref_c;
+        let out = EngineOutput {
+            soc: vec![0.0; n],
+            soc_sigma: vec![0.0; n],
+            soc_cc: vec![0.0; n],
+            balance: vec![false; n],
+            capacity_ah: vec![cap * par; n],
+            r0_ohm: vec![0.0; n],
+            soh_capacity: 1.0,
+            soh_resistance: 1.0,
+            ..Default::default()
+        };
+        Ok(Engine {
+            n,
+            n_t,
+            par,
+            sensor_of,
+            z: vec![0.5; n],
+            v1: vec![0.0; n],
+            v2: vec![0.0; n],
+            h: vec![0.0; n],
+            cov: vec![Cov2 { p00: 0.25, p01: 0.0, p11: 1e-6 }; n],
+            zcc: vec![0.5; n],
+            inv_qc: vec![1.0 / (3600.0 * cap); n],
+            cap_ah: vec![cap; n],
+            r0_ratio: vec![1.0; n],
+            v_prev: vec![f64::NAN; n],
+            v_prev_valid: vec![false; n],
+            v_stuck: vec![0; n],
+            v_valid: vec![false; n],
+            awtls: vec![Awtls::with_prior(prior); n],
+            z_rest: vec![f64::NAN; n],
+            z_rest_var: vec![f64::NAN; n],
+            t_prev: vec![f64::NAN; n_t],
+            t_stuck: vec![0; n_t],
+            t_valid: vec![false; n_t],
+            t_used: vec![t_ref; n_t],
+            ss: vec![SensorStep::default(); n_t],
+            initialized: false,
+            t_last: None,
+            i_prev: 0.0,
+            i_prev_valid: false,
+            rest_since: f64::NAN,
+            rest_done: false,
+            q_since_rest_ah: 0.0,
+            dt2_since_rest: 0.0,
+            time_since_rest_s: 0.0,
+            banks,
+            dcl: RateLimited::default(),
+            ccl: RateLimited::default(),
+            dcl_peak: RateLimited::default(),
+            ccl_peak: RateLimited::default(),
+            out,
+            bal_x: vec![0.0; n],
+            bal_scratch: Vec::new(),
+            tab,
+            cell,
+            cfg,
+        })
+    }
+
+    pub fn n_cells(&self) -> usize {
+        self.n
+    }
+
+    pub fn n_temps(&self) -> usize {
+        self.n_t
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn cell(&self) -> &CellParams {
+        &self.cell
+    }
+
+    pub fn output(&self) -> &EngineOutput {
+        &self.out
+    }
+
+    /// Clear every latched fault whose condition is gone (faults still present stay).
+    pub fn reset_faults(&mut self, _t_s: f64) {
+        for b in &mut self.banks {
+            b.reset();
+        }
+        self.collect_faults();
+    }
+
+    fn collect_faults(&mut self) -> Action {
+        self.out.faults.clear();
+        let mut action = Action::None;
+        for b in &self.banks {
+            let pack_level = b.states.len() == 1;
+            action = action.max(b.collect(pack_level, &mut self.out.faults));
+        }
+        self.out.action = action;
+        action
+    }
+
+    /// One engine step at time `t_s` (s, strictly increasing) with the cell voltages (V, one
+    /// per series element), the sensor temperatures (°C) and the string current (A, discharge
+    /// positive). NaN readings are allowed: they are failed sensors, tripped by protection.
+    pub fn step(&mut self, t_s: f64, v_cell_v: &[f64], t_cell_c: &[f64], i_a: f64) -> Result<(), EngineInputError> {
+        if v_cell_v.len() != self.n {
+            return Err(EngineInputError {
+                argument: "v_cell_v".into(),
+                message: format!("expected {} cell voltages, got {}", self.n, v_cell_v.len()),
+            });
+        }
+        if t_cell_c.len() != self.n_t {
+            return Err(EngineInputError {
+                argument: "t_cell_c".into(),
+                message: format!("expected {} temperatures, got {}", self.n_t, t_cell_c.len()),
+            });
+        }
+        if !t_s.is_finite() {
+            return Err(EngineInputError { argument: "t_s".into(), message: format!("expected a finite time, got {t_s}") });
+        }
+        if let Some(tl) = self.t_last {
+            if !(t_s > tl) {
+                return Err(EngineInputError {
+                    argument: "t_s".into(),
+                    message: format!("time must increase: got {t_s} after {tl}"),
+                });
+            }
+        }
+        let dt = self.t_last.map_or(0.0, |tl| t_s - tl);
+        self.t_last = Some(t_s);
+        let est = self.cfg.estimator.clone();
+        let sens = self.cfg.protection.sensors;
+
+        // ---- current ----
+        let i_valid = i_a.is_finite() && i_a.abs() <= sens.current_max_abs_a;
+        let i = if i_valid { i_a } else { 0.0 };
+        let charging = i < -est.rest_current_a;
+        self.banks[Rule::CurrentSensor as usize].eval(0, t_s, if i_valid { 0.0 } else { 1.0 });
+        let i_prot = if i_valid { i } else { f64::NAN };
+        self.banks[Rule::OvercurrentDischarge as usize].eval(0, t_s, i_prot);
+        self.banks[Rule::OvercurrentCharge as usize].eval(0, t_s, -i_prot);
+
+        // ---- temperature sensors ----
+        let (mut tmin, mut tmax) = (f64::INFINITY, f64::NEG_INFINITY);
+        let p = &self.cell;
+        let lc = &self.cfg.limits;
+        let dc = lc.continuous_horizon_s;
+        let dp = lc.peak_horizon_s;
+        let (mut fd, mut fc) = (1.0f64, 1.0f64);
+        let mut any_t_valid = false;
+        for s in 0..self.n_t {
+            let x = t_cell_c[s];
+            if x == self.t_prev[s] {
+                self.t_stuck[s] = self.t_stuck[s].saturating_add(1);
+            } else {
+                self.t_stuck[s] = 0;
+            }
+            self.t_prev[s] = x;
+            let stuck = sens.stuck_samples > 0 && self.t_stuck[s] >= sens.stuck_samples;
+            let valid = x.is_finite() && x >= sens.temp_min_c && x <= sens.temp_max_c && !stuck;
+            self.t_valid[s] = valid;
+            self.banks[Rule::TempSensor as usize].eval(s, t_s, if valid { 0.0 } else { 1.0 });
+            let tx = if valid { x } else { f64::NAN };
+            // charge windows apply while charging, discharge windows otherwise (foxBMS style)
+            let (oc, uc, od, ud) = if charging {
+                (tx, tx, f64::NEG_INFINITY, f64::INFINITY)
+            } else {
+                (f64::NEG_INFINITY, f64::INFINITY, tx, tx)
+            };
+            self.banks[Rule::OvertempCharge as usize].eval(s, t_s, oc);
+            self.banks[Rule::UndertempCharge as usize].eval(s, t_s, uc);
+            self.banks[Rule::OvertempDischarge as usize].eval(s, t_s, od);
+            self.banks[Rule::UndertempDischarge as usize].eval(s, t_s, ud);
+            if valid {
+                self.t_used[s] = x;
+                tmin = tmin.min(x);
+                tmax = tmax.max(x);
+                fd = fd.min(lc.discharge_temp_derating.eval(x));
+                fc = fc.min(lc.charge_temp_derating.eval(x));
+                any_t_valid = true;
+            }
+            let t = self.t_used[s];
+            let tau1 = p.tau1(t);
+            self.ss[s] = SensorStep {
+                dtemp: t - p.t_ref_c,
+                sel: self.tab.temp_sel(t),
+                a1: (-dt / tau1).exp(),
+                a2: if p.has_rc2() { (-dt / p.tau2(t)).exp() } else { 0.0 },
+                d_cont: (-dc / tau1).exp(),
+                d_peak: (-dp / tau1).exp(),
+            };
+        }
+        if !any_t_valid {
+            fd = 0.0;
+            fc = 0.0;
+        }
+        let t_spread = if tmax >= tmin { tmax - tmin } else { f64::NAN };
+        self.banks[Rule::TempSpread as usize].eval(0, t_s, t_spread);
+
+        if !self.initialized {
+            self.initialize(v_cell_v, &sens);
+        }
+        let p = &self.cell;
+        let lc = &self.cfg.limits;
+
+        // ---- rest detection, R0 step detection, charge throughput ----
+        let at_rest = i.abs() < est.rest_current_a;
+        let mut rest_point = false;
+        if at_rest {
+            if self.rest_since.is_nan() {
+                self.rest_since = t_s;
+            }
+            if !self.rest_done && t_s - self.rest_since >= est.rest_time_s {
+                rest_point = true;
+                self.rest_done = true;
+            }
+        } else {
+            self.rest_since = f64::NAN;
+            self.rest_done = false;
+        }
+        let di = i - self.i_prev;
+        let r0_step = i_valid && self.i_prev_valid && di.abs() >= est.r0_step_min_a && dt > 0.0 && dt <= 1.0;
+        self.i_prev = i;
+        self.i_prev_valid = i_valid;
+        let i_cell = i / self.par;
+        let eta = if i < 0.0 { p.coulombic_efficiency } else { 1.0 };
+        self.q_since_rest_ah += eta * i_cell * dt / 3600.0;
+        self.dt2_since_rest += dt * dt;
+        self.time_since_rest_s += dt;
+
+        let var_i_cell = (est.current_noise_a / self.par).powi(2);
+        let base_pr = Predict {
+            a1: 1.0,
+            dt_s: dt,
+            i_cell,
+            eta_i: eta * i_cell,
+            q_z_dt: est.soc_process_noise * dt,
+            q_v1_dt: est.v1_process_noise * dt,
+            var_i_cell,
+        };
+        let r_meas = est.voltage_noise_v.powi(2) + est.model_error_v.powi(2);
+        let vmin = p.v_min_v + lc.voltage_margin_v;
+        let vmax = p.v_max_v - lc.voltage_margin_v;
+        let hc_c = dc; // horizon for the SOC term
+        let hc_p = dp;
+        let has_rc2 = p.has_rc2();
+        let hyst = p.hysteresis_m_v > 0.0;
+        let ah = if hyst {
+            (-(p.hysteresis_gamma * eta * i_cell * dt / (3600.0 * p.capacity_ah)).abs()).exp()
+        } else {
+            1.0
+        };
+        let hm = p.hysteresis_m_v * i.signum();
+        let di_cell = di / self.par;
+        let inv_par = 1.0 / self.par;
+
+        // ---- the per-cell hot loop ----
+        let (mut zmin, mut zmax, mut zsum) = (f64::INFINITY, f64::NEG_INFINITY, 0.0);
+        let (mut vmin_meas, mut vmax_meas) = (f64::INFINITY, f64::NEG_INFINITY);
+        let (mut soe, mut ocv_sum, mut r_sum) = (0.0, 0.0, 0.0);
+        let (mut ld_c, mut lc_c, mut ld_p, mut lc_p) =
+            (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
+        let mut r0_ratio_sum = 0.0;
+        let mut cap_sum = 0.0;
+        let stuck_n = sens.stuck_samples;
+        let (vlo, vhi, vow) = (sens.cell_v_min_v, sens.cell_v_max_v, sens.open_wire_v);
+        for k in 0..self.n {
+            let v = v_cell_v[k];
+            // sensor plausibility: NaN, range, open wire, stuck
+            let same = v == self.v_prev[k];
+            let cnt = if same { self.v_stuck[k].saturating_add(1) } else { 0 };
+            self.v_stuck[k] = cnt;
+            let stuck = stuck_n > 0 && cnt >= stuck_n;
+            let valid = v >= vlo && v <= vhi && v > vow && !stuck; // NaN compares false
+            let v_prev = self.v_prev[k];
+            let prev_valid = self.v_prev_valid[k];
+            self.v_prev[k] = v;
+            self.v_prev_valid[k] = valid;
+            self.v_valid[k] = valid;
+            self.banks[Rule::VoltageSensor as usize].eval(k, t_s, if valid { 0.0 } else { 1.0 });
+            let vp = if valid { v } else { f64::NAN };
+            self.banks[Rule::CellOvervoltage as usize].eval(k, t_s, vp);
+            self.banks[Rule::CellUndervoltage as usize].eval(k, t_s, vp);
+            if valid {
+                vmin_meas = vmin_meas.min(v);
+                vmax_meas = vmax_meas.max(v);
+            }
+
+            let ss = &self.ss[self.sensor_of[k] as usize];
+            let mut z = self.z[k];
+            let mut v1 = self.v1[k];
+            let mut cov = self.cov[k];
+            let inv_qc = self.inv_qc[k];
+            // predict (RC branch values at the SOC before the step)
+            let at0 = self.tab.locate(z);
+            let r1 = self.tab.r1(at0, ss.sel) * self.r0_ratio[k];
+            let pr = Predict { a1: ss.a1, ..base_pr };
+            soc_ekf::predict(&mut z, &mut v1, &mut cov, r1, inv_qc, &pr);
+            let mut v2 = self.v2[k];
+            if has_rc2 {
+                v2 = ss.a2 * v2 + self.tab.r2(at0, ss.sel) * self.r0_ratio[k] * (1.0 - ss.a2) * i_cell;
+                self.v2[k] = v2;
+            }
+            let mut hk = self.h[k];
+            if hyst {
+                hk = ah * hk - (1.0 - ah) * hm;
+                self.h[k] = hk;
+            }
+            let at = self.tab.locate(z);
+            let r0_nom = self.tab.r0(at, ss.sel);
+            // R0 from the current step: −ΔV/ΔI of this cell, ratio to the table, low-passed
+            if r0_step && valid && prev_valid {
+                if let Some(r) = r0_observation(v - v_prev, di_cell, r0_nom) {
+                    self.r0_ratio[k] += est.r0_gain * (r / r0_nom - self.r0_ratio[k]);
+                }
+            }
+            let r0 = r0_nom * self.r0_ratio[k];
+            let slope = self.tab.slope(at);
+            let ocv = self.tab.ocv(at, ss.dtemp) + hk;
+            if valid {
+                let innov = v - (ocv - r0 * i_cell - v1 - v2);
+                soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_meas);
+                z = z.clamp(-0.1, 1.1);
+            }
+            self.z[k] = z;
+            self.v1[k] = v1;
+            self.cov[k] = cov;
+            let zc = self.zcc[k] - eta * i_cell * dt * inv_qc;
+            self.zcc[k] = zc;
+            self.out.soc_cc[k] = zc;
+            let zo = z.clamp(0.0, 1.0);
+            self.out.soc[k] = zo;
+            self.out.soc_sigma[k] = cov.p00.sqrt();
+            zmin = zmin.min(zo);
+            zmax = zmax.max(zo);
+            zsum += zo;
+
+            // pack quantities at the updated state
+            let at = self.tab.locate(z);
+            let ocv = self.tab.ocv(at, ss.dtemp) + hk;
+            let slope = self.tab.slope(at);
+            ocv_sum += ocv;
+            r_sum += r0;
+            self.out.r0_ohm[k] = r0 * inv_par;
+            soe += self.tab.energy(at) * self.cap_ah[k];
+            r0_ratio_sum += self.r0_ratio[k];
+            cap_sum += self.cap_ah[k];
+
+            // SOF: horizon resistance and headroom per direction and horizon
+            let r1n = self.tab.r1(at, ss.sel) * self.r0_ratio[k];
+            let vd = ocv - v2;
+            let rh_c = r0 + r1n * (1.0 - ss.d_cont) + slope * hc_c * inv_qc;
+            let rh_p = r0 + r1n * (1.0 - ss.d_peak) + slope * hc_p * inv_qc;
+            ld_c = ld_c.min(cell_limit(vd - v1 * ss.d_cont - vmin, rh_c));
+            lc_c = lc_c.min(cell_limit(vmax - vd + v1 * ss.d_cont, rh_c));
+            ld_p = ld_p.min(cell_limit(vd - v1 * ss.d_peak - vmin, rh_p));
+            lc_p = lc_p.min(cell_limit(vmax - vd + v1 * ss.d_peak, rh_p));
+        }
+        let nf = self.n as f64;
+        let v_spread = if vmax_meas >= vmin_meas { vmax_meas - vmin_meas } else { f64::NAN };
+        self.banks[Rule::VoltageSpread as usize].eval(0, t_s, v_spread);
+
+        if rest_point {
+            self.rest_point();
+        }
+        let p = &self.cell;
+
+        // ---- pack outputs ----
+        let o = &mut self.out;
+        o.soc_min = zmin;
+        o.soc_max = zmax;
+        o.soc_mean = zsum / nf;
+        o.soe_wh = soe * self.par;
+        o.ocv_string_v = ocv_sum;
+        o.r_string_ohm = r_sum * inv_par + self.cfg.pack.r_extra_ohm;
+        o.soh_resistance = r0_ratio_sum / nf;
+        o.soh_capacity = cap_sum / (nf * p.capacity_ah);
+
+        // ---- protection → action ----
+        let action = self.collect_faults();
+
+        // ---- limits ----
+        let lc = &self.cfg.limits;
+        let fsd = lc.discharge_soc_derating.eval(self.out.soc_min);
+        let fsc = lc.charge_soc_derating.eval(self.out.soc_max);
+        let mut td_c = (self.par * ld_c).min(lc.max_discharge_a * fd * fsd);
+        let mut tc_c = (self.par * lc_c).min(lc.max_charge_a * fc * fsc);
+        let mut td_p = (self.par * ld_p).min(lc.max_discharge_peak_a * fd * fsd);
+        let mut tc_p = (self.par * lc_p).min(lc.max_charge_peak_a * fc * fsc);
+        let factor = match action {
+            Action::None => 1.0,
+            Action::Derate => lc.warning_factor,
+            Action::RampDown | Action::Open => 1.0,
+        };
+        td_c *= factor;
+        tc_c *= factor;
+        td_p *= factor;
+        tc_p *= factor;
+        if action == Action::RampDown {
+            let down = lc.alarm_ramp_a_per_s * dt;
+            td_c = td_c.min((self.dcl.value - down).max(0.0));
+            tc_c = tc_c.min((self.ccl.value - down).max(0.0));
+            td_p = td_p.min((self.dcl_peak.value - down).max(0.0));
+            tc_p = tc_p.min((self.ccl_peak.value - down).max(0.0));
+        }
+        if action == Action::Open || !i_valid {
+            td_c = 0.0;
+            tc_c = 0.0;
+            td_p = 0.0;
+            tc_p = 0.0;
+        }
+        let rate = lc.recover_a_per_s;
+        self.out.dcl_a = self.dcl.update(td_c, rate, dt);
+        self.out.ccl_a = self.ccl.update(tc_c, rate, dt);
+        self.out.dcl_peak_a = self.dcl_peak.update(td_p, rate, dt);
+        self.out.ccl_peak_a = self.ccl_peak.update(tc_p, rate, dt);
+
+        // ---- balancing ----
+        let bc = &self.cfg.balancing;
+        let allowed = action < Action::RampDown && i_valid && i.abs() <= bc.max_current_a;
+        let x: &[f64] = match bc.mode {
+            BalanceMode::Soc => &self.out.soc,
+            _ => v_cell_v,
+        };
+        let t_used = &self.t_used;
+        let t_valid = &self.t_valid;
+        let sensor_of = &self.sensor_of;
+        balancing::decide(
+            bc,
+            x,
+            v_cell_v,
+            |k| {
+                let s = sensor_of[k] as usize;
+                if t_valid[s] {
+                    t_used[s]
+                } else {
+                    f64::INFINITY
+                }
+            },
+            &self.v_valid,
+            allowed,
+            &mut self.out.balance,
+            &mut self.bal_scratch,
+        );
+        if bc.active_plan && allowed {
+            let cap: Vec<f64> = self.cap_ah.iter().map(|c| c * self.par).collect();
+            let thr = if bc.mode == BalanceMode::Soc { bc.threshold } else { 0.02 };
+            let max_pairs = if bc.max_cells > 0 { bc.max_cells / 2 } else { self.n / 2 };
+            balancing::transfer_plan(&self.out.soc, &cap, thr, max_pairs.max(1), &mut self.out.transfers);
+        } else {
+            self.out.transfers.clear();
+        }
+        let _ = &self.bal_x;
+        Ok(())
+    }
+
+    /// First step: SOC from the OCV of the first voltages (rest assumption).
+    fn initialize(&mut self, v: &[f64], sens: &SensorConfig) {
+        let sig = self.cfg.estimator.initial_soc_sigma;
+        for k in 0..self.n {
+            let ss = &self.ss[self.sensor_of[k] as usize];
+            let ok = v[k] >= sens.cell_v_min_v && v[k] <= sens.cell_v_max_v && v[k] > sens.open_wire_v;
+            let (z, p00) = if ok { (self.tab.soc_from_ocv(v[k], ss.dtemp), sig * sig) } else { (0.5, 0.25) };
+            self.z[k] = z;
+            self.zcc[k] = z;
+            self.v1[k] = 0.0;
+            self.v2[k] = 0.0;
+            self.h[k] = 0.0;
+            // v1 at rest is ~0; 1 mV uncertainty
+            self.cov[k] = Cov2 { p00, p01: 0.0, p11: 1e-6 };
+        }
+        self.initialized = true;
+    }
+
+    /// Rest point: OCV correction of SOC, and a capacity observation since the last one.
+    fn rest_point(&mut self) {
+        let est = &self.cfg.estimator;
+        let cap_nom = self.cell.capacity_ah;
+        let var_y = {
+            let s_i = est.current_noise_a / self.par;
+            let s_off = est.current_offset_a / self.par;
+            let v = s_i * s_i * self.dt2_since_rest / (3600.0 * 3600.0)
+                + (s_off * self.time_since_rest_s / 3600.0).powi(2);
+            (v / (cap_nom * cap_nom)).max(1e-10)
+        };
+        let y = self.q_since_rest_ah / cap_nom;
+        for k in 0..self.n {
+            if !self.v_valid[k] {
+                continue;
+            }
+            let ss = &self.ss[self.sensor_of[k] as usize];
+            let v_ocv = self.v_prev[k] - self.h[k];
+            let z_ocv = self.tab.soc_from_ocv(v_ocv, ss.dtemp);
+            let slope = self.tab.slope(self.tab.locate(z_ocv)).max(1e-3);
+            let var = (est.rest_ocv_sigma_v / slope).powi(2);
+            soc_ekf::update_soc(&mut self.z[k], &mut self.v1[k], &mut self.cov[k], z_ocv, var);
+            let zp = self.z_rest[k];
+            if zp.is_finite() {
+                let x = zp - z_ocv;
+                if x.abs() >= est.capacity_min_dsoc {
+                    let var_x = self.z_rest_var[k] + var;
+                    self.awtls[k].add(x, y, var_x, var_y, est.capacity_forgetting);
+                    let q = self.awtls[k].estimate(0.3, 1.5);
+                    self.cap_ah[k] = q * cap_nom;
+                    self.inv_qc[k] = 1.0 / (3600.0 * self.cap_ah[k]);
+                }
+            }
+            self.z_rest[k] = z_ocv;
+            self.z_rest_var[k] = var;
+        }
+        self.q_since_rest_ah = 0.0;
+        self.dt2_since_rest = 0.0;
+        self.time_since_rest_s = 0.0;
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // State export / import: a small versioned little-endian binary format.
+    // -----------------------------------------------------------------------------------------
+
+    const MAGIC: &'static [u8; 8] = b"MBMSENG1";
+
+    pub fn export_state(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(16 + self.n * 16 * 8);
+        w.extend_from_slice(Self::MAGIC);
+        w.extend_from_slice(&(self.n as u64).to_le_bytes());
+        w.extend_from_slice(&(self.n_t as u64).to_le_bytes());
+        w.push(self.initialized as u8);
+        let put = |w: &mut Vec<u8>, x: f64| w.extend_from_slice(&x.to_le_bytes());
+        for k in 0..self.n {
+            for x in [
+                self.z[k],
+                self.v1[k],
+                self.v2[k],
+                self.h[k],
+                self.cov[k].p00,
+                self.cov[k].p01,
+                self.cov[k].p11,
+                self.zcc[k],
+                self.cap_ah[k],
+                self.r0_ratio[k],
+                self.z_rest[k],
+                self.z_rest_var[k],
+            ] {
+                put(&mut w, x);
+            }
+            for c in self.awtls[k].c {
+                put(&mut w, c);
+            }
+        }
+        for x in [
+            self.q_since_rest_ah,
+            self.dt2_since_rest,
+            self.time_since_rest_s,
+            self.dcl.value,
+            self.ccl.value,
+            self.dcl_peak.value,
+            self.ccl_peak.value,
+        ] {
+            put(&mut w, x);
+        }
+        // latched faults survive a restart (safety: a latched fault needs an explicit reset)
+        let latched: Vec<(u8, u32)> = self
+            .banks
+            .iter()
+            .flat_map(|b| b.latched().map(move |k| (b.rule as u8, k as u32)))
+            .collect();
+        w.extend_from_slice(&(latched.len() as u32).to_le_bytes());
+        for (r, k) in latched {
+            w.push(r);
+            w.extend_from_slice(&k.to_le_bytes());
+        }
+        w
+    }
+
+    pub fn import_state(&mut self, data: &[u8]) -> Result<(), EngineStateError> {
+        let e = |m: &str| EngineStateError { message: m.to_string() };
+        let mut r = Reader { d: data, pos: 0 };
+        if r.take(8).ok_or_else(|| e("truncated header"))? != Self::MAGIC {
+            return Err(e("not an mbms engine state (bad magic/version)"));
+        }
+        let n = r.u64().ok_or_else(|| e("truncated header"))? as usize;
+        let n_t = r.u64().ok_or_else(|| e("truncated header"))? as usize;
+        if n != self.n || n_t != self.n_t {
+            return Err(EngineStateError {
+                message: format!(
+                    "state is for {n} cells / {n_t} sensors, engine has {} / {}",
+                    self.n, self.n_t
+                ),
+            });
+        }
+        let initialized = r.take(1).ok_or_else(|| e("truncated"))?[0] != 0;
+        let mut per_cell = vec![[0.0f64; 18]; n];
+        for row in per_cell.iter_mut() {
+            for x in row.iter_mut() {
+                *x = r.f64().ok_or_else(|| e("truncated cell data"))?;
+            }
+        }
+        let mut pack = [0.0f64; 7];
+        for x in pack.iter_mut() {
+            *x = r.f64().ok_or_else(|| e("truncated pack data"))?;
+        }
+        let nl = r.u32().ok_or_else(|| e("truncated fault list"))? as usize;
+        let mut latched = Vec::with_capacity(nl.min(1 << 20));
+        for _ in 0..nl {
+            let rule = r.take(1).ok_or_else(|| e("truncated fault list"))?[0];
+            let k = r.u32().ok_or_else(|| e("truncated fault list"))? as usize;
+            let rule = Rule::from_u8(rule).ok_or_else(|| e("unknown rule in fault list"))?;
+            if k >= self.banks[rule as usize].states.len() {
+                return Err(e("fault index out of range"));
+            }
+            latched.push((rule, k));
+        }
+        if r.pos != data.len() {
+            return Err(e("trailing bytes"));
+        }
+        for (k, row) in per_cell.iter().enumerate() {
+            if row[..4].iter().chain(row[4..10].iter()).any(|x| !x.is_finite()) || row[8] <= 0.0 || row[9] <= 0.0 {
+                return Err(EngineStateError { message: format!("cell {k}: non-finite or non-positive state") });
+            }
+        }
+        // all checked: apply
+        for (k, row) in per_cell.iter().enumerate() {
+            self.z[k] = row[0];
+            self.v1[k] = row[1];
+            self.v2[k] = row[2];
+            self.h[k] = row[3];
+            self.cov[k] = Cov2 { p00: row[4], p01: row[5], p11: row[6] };
+            self.zcc[k] = row[7];
+            self.cap_ah[k] = row[8];
+            self.inv_qc[k] = 1.0 / (3600.0 * row[8]);
+            self.r0_ratio[k] = row[9];
+            self.z_rest[k] = row[10];
+            self.z_rest_var[k] = row[11];
+            self.awtls[k].c.copy_from_slice(&row[12..18]);
+            self.v_prev[k] = f64::NAN;
+            self.v_prev_valid[k] = false;
+            self.v_stuck[k] = 0;
+        }
+        self.q_since_rest_ah = pack[0];
+        self.dt2_since_rest = pack[1];
+        self.time_since_rest_s = pack[2];
+        self.dcl.value = pack[3];
+        self.ccl.value = pack[4];
+        self.dcl_peak.value = pack[5];
+        self.ccl_peak.value = pack[6];
+        for (rule, k) in latched {
+            self.banks[rule as usize].restore_latched(k);
+        }
+        self.initialized = initialized;
+        // re-anchor time: the next step starts a new time base (no integration over the gap)
+        self.t_last = None;
+        self.i_prev_valid = false;
+        self.rest_since = f64::NAN;
+        self.rest_done = false;
+        self.t_stuck.iter_mut().for_each(|c| *c = 0);
+        self.t_prev.iter_mut().for_each(|c| *c = f64::NAN);
+        self.collect_faults();
+        Ok(())
+    }
+}
+
+struct Reader<'a> {
+    d: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.d.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn f64(&mut self) -> Option<f64> {
+        Some(f64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

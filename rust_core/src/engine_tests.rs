@@ -1,0 +1,320 @@
+//! Engine tests: a simulated pack (the cell model as plant, seeded noise) drives the engine.
+
+use super::*;
+use crate::cell_model::{CellScale, CellState};
+use crate::protection::Level;
+use proptest::prelude::*;
+
+const PACK: &str = include_str!("../../hw/packs/example_pack.toml");
+const NMC: &str = include_str!("../../hw/cells/lg_m50_nmc.toml");
+const LFP: &str = include_str!("../../hw/cells/a123_anr26650_lfp.toml");
+
+/// Seeded SplitMix64 with a Box-Muller normal (tests only).
+struct Rng(u64);
+impl Rng {
+    fn u(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn n(&mut self) -> f64 {
+        let (a, b) = (self.u().max(1e-300), self.u());
+        (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
+    }
+}
+
+fn config(series: usize, temps: usize) -> EngineConfig {
+    let mut c = EngineConfig::from_toml_str(PACK).unwrap();
+    c.pack.series = series;
+    c.pack.temp_sensors = temps;
+    c.protection.sensors.stuck_samples = 0;
+    c
+}
+
+fn engine(series: usize, temps: usize) -> Engine {
+    Engine::new(config(series, temps), CellParams::from_toml_str(NMC).unwrap()).unwrap()
+}
+
+/// A plant of `n` elements (P cells each) with per-element SOC and capacity spread.
+struct Plant {
+    p: CellParams,
+    s: Vec<CellState>,
+    sc: Vec<CellScale>,
+    par: f64,
+    rng: Rng,
+    noise_v: f64,
+}
+
+impl Plant {
+    fn new(p: CellParams, n: usize, par: f64, soc: f64, seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        let s = (0..n).map(|_| CellState::at_rest(soc + 0.02 * (rng.u() - 0.5))).collect();
+        let sc = (0..n).map(|_| CellScale { capacity: 1.0 + 0.02 * (rng.u() - 0.5), resistance: 1.0 }).collect();
+        Self { p, s, sc, par, rng, noise_v: 0.001 }
+    }
+    fn voltages(&mut self, i: f64) -> Vec<f64> {
+        let ic = i / self.par;
+        (0..self.s.len())
+            .map(|k| self.p.terminal_voltage(&self.s[k], &self.sc[k], ic, 25.0) + self.noise_v * self.rng.n())
+            .collect()
+    }
+    fn step(&mut self, i: f64, dt: f64) {
+        let ic = i / self.par;
+        for k in 0..self.s.len() {
+            self.p.step(&mut self.s[k], &self.sc[k], ic, 25.0, dt);
+        }
+    }
+}
+
+#[test]
+fn example_pack_parses_and_ignores_node_tables() {
+    let c = EngineConfig::from_toml_str(PACK).unwrap();
+    assert_eq!((c.pack.series, c.pack.parallel, c.pack.temp_sensors), (96, 4, 24));
+    let bad = PACK.replace("series = 96", "series = 96\nbogus = 1");
+    assert!(EngineConfig::from_toml_str(&bad).unwrap_err().message.contains("bogus"));
+    let bad = PACK.replace("warning = 4.15", "warning = 4.25");
+    assert_eq!(EngineConfig::from_toml_str(&bad).unwrap_err().field, "protection.cell_overvoltage_v");
+}
+
+#[test]
+fn wrong_lengths_are_errors_naming_the_argument() {
+    let mut e = engine(8, 2);
+    let err = e.step(0.0, &[3.7; 7], &[25.0; 2], 0.0).unwrap_err();
+    assert_eq!(err.argument, "v_cell_v");
+    let err = e.step(0.0, &[3.7; 8], &[25.0; 3], 0.0).unwrap_err();
+    assert_eq!(err.argument, "t_cell_c");
+    e.step(1.0, &[3.7; 8], &[25.0; 2], 0.0).unwrap();
+    assert_eq!(e.step(1.0, &[3.7; 8], &[25.0; 2], 0.0).unwrap_err().argument, "t_s");
+}
+
+#[test]
+fn soc_converges_from_a_wrong_start_and_tracks_a_dynamic_profile() {
+    let p = CellParams::from_toml_str(NMC).unwrap();
+    let n = 16;
+    let mut plant = Plant::new(p.clone(), n, 4.0, 0.8, 1);
+    let mut e = engine(n, 4);
+    // start: the engine sees the rested plant, but with a 20 % SOC bias injected afterwards
+    let mut t = 0.0;
+    e.step(t, &plant.voltages(0.0), &[25.0; 4], 0.0).unwrap();
+    let out = e.output();
+    for k in 0..n {
+        assert!((out.soc[k] - plant.s[k].soc).abs() < 0.01, "OCV start {k}");
+    }
+    let mut state = e.export_state();
+    // corrupt SOC by +0.2 through the state format (first f64 of each cell record)
+    for k in 0..n {
+        let off = 8 + 16 + 1 + k * 18 * 8;
+        let z = f64::from_le_bytes(state[off..off + 8].try_into().unwrap()) + 0.2;
+        state[off..off + 8].copy_from_slice(&z.to_le_bytes());
+    }
+    e.import_state(&state).unwrap();
+    let dt = 0.1;
+    let mut max_err_late: f64 = 0.0;
+    for step in 0..30000 {
+        // dynamic: 20 A pulses with regen, 3000 s
+        let ph = (step / 200) % 4;
+        let i = [20.0, 5.0, -8.0, 30.0][ph];
+        plant.step(i, dt);
+        t += dt;
+        e.step(t, &plant.voltages(i), &[25.0; 4], i).unwrap();
+        if step > 6000 {
+            let o = e.output();
+            for k in 0..n {
+                max_err_late = max_err_late.max((o.soc[k] - plant.s[k].soc).abs());
+            }
+        }
+    }
+    assert!(max_err_late < 0.02, "max SOC error after convergence {max_err_late}");
+    let o = e.output();
+    assert!(o.soc_min <= o.soc_mean && o.soc_mean <= o.soc_max);
+    // string OCV ~ sum of the plant's OCVs
+    let ocv_plant: f64 = plant.s.iter().map(|s| p.ocv(s.soc, 25.0)).sum();
+    assert!((o.ocv_string_v - ocv_plant).abs() < 0.05 * n as f64 * 0.05 + 0.5);
+    assert!((o.r_string_ohm - (n as f64 * 0.025 / 4.0 + 0.012)).abs() < 1e-6 + 0.2 * o.r_string_ohm);
+}
+
+#[test]
+fn flat_ocv_lfp_does_not_diverge() {
+    let p = CellParams::from_toml_str(LFP).unwrap();
+    let n = 4;
+    let mut plant = Plant::new(p.clone(), n, 1.0, 0.6, 3);
+    let mut c = config(n, 1);
+    c.pack.parallel = 1;
+    let mut e = Engine::new(c, p).unwrap();
+    let mut t = 0.0;
+    e.step(t, &plant.voltages(0.0), &[25.0], 0.0).unwrap();
+    for step in 0..20000 {
+        let i = if (step / 300) % 2 == 0 { 2.3 } else { -1.0 };
+        plant.step(i, 0.1);
+        t += 0.1;
+        e.step(t, &plant.voltages(i), &[25.0], i).unwrap();
+        let o = e.output();
+        for k in 0..n {
+            assert!(o.soc[k].is_finite() && o.soc_sigma[k].is_finite());
+            assert!((o.soc[k] - plant.s[k].soc).abs() < 0.1, "step {step} cell {k}: {} vs {}", o.soc[k], plant.s[k].soc);
+        }
+    }
+}
+
+#[test]
+fn nan_and_stuck_sensors_trip_their_protection() {
+    let mut c = config(4, 2);
+    c.protection.sensors.stuck_samples = 5;
+    let mut e = Engine::new(c, CellParams::from_toml_str(NMC).unwrap()).unwrap();
+    let mut rng = Rng(5);
+    let mut t = 0.0;
+    let delay = 0.3;
+    let mut first_bad = None;
+    for step in 0..20 {
+        let mut v: Vec<f64> = (0..4).map(|_| 3.7 + 0.001 * rng.n()).collect();
+        if step >= 3 {
+            v[2] = f64::NAN;
+            first_bad.get_or_insert(t);
+        }
+        let temps = [25.0 + 0.01 * rng.n(), 25.0 + 0.01 * rng.n()];
+        e.step(t, &v, &temps, 1.0).unwrap();
+        let o = e.output();
+        let tripped = o.faults.iter().any(|f| f.rule == Rule::VoltageSensor && f.index == 2 && f.level == Level::Fault);
+        let due = first_bad.map_or(false, |t0| t - t0 >= delay - 1e-9);
+        assert_eq!(tripped, due, "t={t}");
+        if tripped {
+            assert_eq!(o.action, Action::Open);
+            assert_eq!((o.dcl_a, o.ccl_a), (0.0, 0.0));
+        }
+        t += 0.1;
+    }
+    // stuck temperature sensor: identical readings for 5 samples
+    let mut e = Engine::new(
+        {
+            let mut c = config(4, 2);
+            c.protection.sensors.stuck_samples = 5;
+            c
+        },
+        CellParams::from_toml_str(NMC).unwrap(),
+    )
+    .unwrap();
+    let mut t = 0.0;
+    for _ in 0..12 {
+        let v: Vec<f64> = (0..4).map(|_| 3.7 + 0.001 * rng.n()).collect();
+        e.step(t, &v, &[25.0, 25.0 + 0.01 * rng.n()], 1.0).unwrap();
+        t += 0.1;
+    }
+    assert!(e.output().faults.iter().any(|f| f.rule == Rule::TempSensor && f.index == 0));
+    assert!(!e.output().faults.iter().any(|f| f.rule == Rule::TempSensor && f.index == 1));
+}
+
+#[test]
+fn latch_reset_and_state_roundtrip() {
+    let mut e = engine(4, 1);
+    let mut t = 0.0;
+    let mut v = vec![3.7; 4];
+    for _ in 0..10 {
+        v[1] = 4.3; // over the 4.22 V fault threshold
+        e.step(t, &v, &[25.0], 0.0).unwrap();
+        t += 0.1;
+    }
+    assert_eq!(e.output().action, Action::Open);
+    e.reset_faults(t);
+    assert_eq!(e.output().action, Action::Open, "condition still present: reset must not clear");
+    v[1] = 3.7;
+    e.step(t, &v, &[25.0], 0.0).unwrap();
+    t += 0.1;
+    assert_eq!(e.output().action, Action::Open, "latched until reset");
+    // the latch survives export / import
+    let st = e.export_state();
+    let mut e2 = engine(4, 1);
+    e2.import_state(&st).unwrap();
+    assert_eq!(e2.output().action, Action::Open);
+    assert!(e2.import_state(&st[..st.len() - 1]).is_err());
+    assert!(engine(5, 1).import_state(&st).is_err());
+    e2.step(t, &v, &[25.0], 0.0).unwrap();
+    t += 0.1;
+    e2.reset_faults(t);
+    assert_eq!(e2.output().action, Action::None, "{:?}", e2.output().faults);
+    assert!(e2.output().faults.is_empty());
+    // the same continuation from the same state gives the same outputs
+    let st = e2.export_state();
+    let mut e3 = engine(4, 1);
+    e3.import_state(&st).unwrap();
+    // import re-anchors time (no integration over the gap): import into both
+    e2.import_state(&st).unwrap();
+    assert_eq!(e3.export_state(), st);
+    for k in 0..20 {
+        let vv: Vec<f64> = (0..4).map(|j| 3.7 - 0.001 * (k + j) as f64).collect();
+        e2.step(t, &vv, &[25.0], 3.0).unwrap();
+        e3.step(t, &vv, &[25.0], 3.0).unwrap();
+        t += 0.1;
+    }
+    assert_eq!(e2.output(), e3.output());
+}
+
+#[test]
+fn capacity_and_resistance_are_estimated_from_partial_cycles() {
+    // plant: 10 % capacity fade, 30 % resistance growth
+    let p = CellParams::from_toml_str(NMC).unwrap();
+    let n = 2;
+    let mut plant = Plant::new(p.clone(), n, 1.0, 0.9, 11);
+    for sc in plant.sc.iter_mut() {
+        *sc = CellScale { capacity: 0.9, resistance: 1.3 };
+    }
+    plant.noise_v = 0.0005;
+    let mut c = config(n, 1);
+    c.pack.parallel = 1;
+    c.estimator.rest_time_s = 600.0;
+    c.estimator.r0_step_min_a = 1.0;
+    let mut e = Engine::new(c, p).unwrap();
+    let mut t = 0.0;
+    e.step(t, &plant.voltages(0.0), &[25.0], 0.0).unwrap();
+    let dt = 1.0;
+    // rest, partial discharge (5 A for ~40 % SOC), rest, partial charge, ... with pulses
+    for cycle in 0..4 {
+        let phases: [(f64, f64); 2] = if cycle % 2 == 0 { [(5.0, 1300.0), (0.0, 1800.0)] } else { [(-4.0, 1500.0), (0.0, 1800.0)] };
+        let phases = [(0.0, 1800.0), phases[0], phases[1]];
+        for (i, dur) in phases {
+            let mut s = 0.0;
+            while s < dur {
+                // small pulses on the load for R0 steps
+                let i_now = if i != 0.0 && ((s as i64) / 20) % 2 == 0 { i * 1.3 } else { i };
+                plant.step(i_now, dt);
+                t += dt;
+                s += dt;
+                e.step(t, &plant.voltages(i_now), &[25.0], i_now).unwrap();
+            }
+        }
+    }
+    let o = e.output();
+    assert!((o.soh_capacity - 0.9).abs() < 0.03, "soh_capacity {}", o.soh_capacity);
+    assert!((o.soh_resistance - 1.3).abs() < 0.1, "soh_resistance {}", o.soh_resistance);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    /// Whatever the inputs (including NaN and absurd values), limits stay within 0..=maxima
+    /// and every step with a confirmed fault commands Open in that step.
+    #[test]
+    fn limits_bounded_and_faults_open(
+        seq in proptest::collection::vec(
+            (prop_oneof![Just(f64::NAN), 0.0f64..5.5], -60.0f64..60.0, prop_oneof![Just(f64::NAN), -40.0f64..80.0], 0.05f64..2.0),
+            1..80)
+    ) {
+        let mut e = engine(6, 2);
+        let cfg = e.config().limits.clone();
+        let mut t = 0.0;
+        for (vbad, i, temp, dt) in seq {
+            let v = [3.7, 3.71, vbad, 3.69, 3.7, 3.72];
+            e.step(t, &v, &[25.0, temp], i).unwrap();
+            let o = e.output();
+            for (x, max) in [(o.dcl_a, cfg.max_discharge_a), (o.ccl_a, cfg.max_charge_a),
+                             (o.dcl_peak_a, cfg.max_discharge_peak_a), (o.ccl_peak_a, cfg.max_charge_peak_a)] {
+                prop_assert!(x >= 0.0 && x <= max, "{} not in 0..={}", x, max);
+            }
+            let has_fault = o.faults.iter().any(|f| f.level == Level::Fault);
+            prop_assert_eq!(has_fault, o.action == Action::Open);
+            if has_fault { prop_assert_eq!(o.dcl_a, 0.0); }
+            t += dt;
+        }
+    }
+}

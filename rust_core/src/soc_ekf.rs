@@ -1,0 +1,241 @@
+//! SOC estimation: an extended Kalman filter per cell on the equivalent-circuit model
+//! (Plett, "Extended Kalman filtering for battery management systems of LiPB-based HEV
+//! battery packs", J. Power Sources 134 (2004) 252–292, parts 2 and 3), state x = [z, v1].
+//!
+//! ```text
+//! predict:  z ← z − η·i·Δt/(3600·Q)          v1 ← a1·v1 + R1(1−a1)·i,   a1 = e^{−Δt/τ1}
+//!           P ← A P Aᵀ + diag(q_z, q_v1)·Δt + σ_i²·b bᵀ,  A = diag(1, a1),
+//!           b = ∂x/∂i = [−η·Δt/(3600·Q), R1(1−a1)]
+//! measure:  y = OCV(z,T) + h − R0·i − v1 (+ open-loop v2),   H = [dOCV/dz, −1]
+//! update:   Joseph form P ← (I−KH) P (I−KH)ᵀ + K r Kᵀ   (keeps P symmetric PSD)
+//! ```
+//!
+//! With a flat OCV (LFP plateau) dOCV/dz → 0, so the gain on z → 0 and the filter falls back
+//! on coulomb counting, with P_zz growing by q_z·Δt: it does not diverge, it just trusts the
+//! voltage less. At rest (after `rest_time_s` below `rest_current_a`) a pseudo-measurement
+//! z_ocv = OCV⁻¹(v) with σ = σ_v,rest / (dOCV/dz) pulls z to the rest OCV with the weight
+//! the OCV slope justifies.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstimatorConfig {
+    /// Process noise spectral density on SOC (1/s, variance per second).
+    pub soc_process_noise: f64,
+    /// Process noise spectral density on v1 (V²/s).
+    pub v1_process_noise: f64,
+    /// Cell-voltage measurement noise (V, 1σ).
+    pub voltage_noise_v: f64,
+    /// Model error added to the measurement noise (V, 1σ): OCV/RC fit, unmodelled hysteresis.
+    pub model_error_v: f64,
+    /// String-current sensor noise (A, 1σ per sample) and offset uncertainty (A, 1σ).
+    pub current_noise_a: f64,
+    pub current_offset_a: f64,
+    /// Initial SOC uncertainty (1σ) when started from the OCV of the first sample.
+    pub initial_soc_sigma: f64,
+    /// |string current| below this counts as rest (A).
+    pub rest_current_a: f64,
+    /// Rest time (s) after which the OCV correction and a capacity rest point are taken.
+    pub rest_time_s: f64,
+    /// Voltage uncertainty (V, 1σ) of a rested cell voltage as an OCV reading.
+    pub rest_ocv_sigma_v: f64,
+    /// Current step (A, string) that triggers an R0 measurement, and the filter gain of R0.
+    pub r0_step_min_a: f64,
+    pub r0_gain: f64,
+    /// Capacity estimation (AWTLS): minimum |ΔSOC| between rest points, forgetting factor,
+    /// prior σ (relative) of the nominal capacity.
+    pub capacity_min_dsoc: f64,
+    pub capacity_forgetting: f64,
+    pub capacity_prior_sigma: f64,
+}
+
+impl Default for EstimatorConfig {
+    fn default() -> Self {
+        Self {
+            soc_process_noise: 1e-9,
+            v1_process_noise: 1e-7,
+            voltage_noise_v: 0.002,
+            model_error_v: 0.01,
+            current_noise_a: 0.1,
+            current_offset_a: 0.1,
+            initial_soc_sigma: 0.05,
+            rest_current_a: 0.5,
+            rest_time_s: 1800.0,
+            rest_ocv_sigma_v: 0.003,
+            r0_step_min_a: 5.0,
+            r0_gain: 0.05,
+            capacity_min_dsoc: 0.2,
+            capacity_forgetting: 0.98,
+            capacity_prior_sigma: 0.05,
+        }
+    }
+}
+
+impl EstimatorConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let checks: [(&str, f64, bool); 15] = [
+            ("soc_process_noise", self.soc_process_noise, false),
+            ("v1_process_noise", self.v1_process_noise, false),
+            ("voltage_noise_v", self.voltage_noise_v, false),
+            ("model_error_v", self.model_error_v, false),
+            ("current_noise_a", self.current_noise_a, false),
+            ("current_offset_a", self.current_offset_a, false),
+            ("initial_soc_sigma", self.initial_soc_sigma, true),
+            ("rest_current_a", self.rest_current_a, false),
+            ("rest_time_s", self.rest_time_s, true),
+            ("rest_ocv_sigma_v", self.rest_ocv_sigma_v, true),
+            ("r0_step_min_a", self.r0_step_min_a, true),
+            ("r0_gain", self.r0_gain, false),
+            ("capacity_min_dsoc", self.capacity_min_dsoc, true),
+            ("capacity_forgetting", self.capacity_forgetting, true),
+            ("capacity_prior_sigma", self.capacity_prior_sigma, true),
+        ];
+        for (name, v, strictly_positive) in checks {
+            let ok = v.is_finite() && if strictly_positive { v > 0.0 } else { v >= 0.0 };
+            if !ok {
+                let want = if strictly_positive { "> 0" } else { ">= 0" };
+                return Err((name.to_string(), format!("expected a finite number {want}, got {v}")));
+            }
+        }
+        if self.voltage_noise_v == 0.0 && self.model_error_v == 0.0 {
+            return Err(("voltage_noise_v".into(), "voltage_noise_v and model_error_v cannot both be 0".into()));
+        }
+        if self.r0_gain > 1.0 {
+            return Err(("r0_gain".into(), "expected a value in 0..=1".into()));
+        }
+        if self.capacity_forgetting > 1.0 {
+            return Err(("capacity_forgetting".into(), "expected a value in (0, 1]".into()));
+        }
+        if self.capacity_min_dsoc >= 1.0 {
+            return Err(("capacity_min_dsoc".into(), "expected a value in (0, 1)".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The covariance [[p00, p01], [p01, p11]] of one cell.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cov2 {
+    pub p00: f64,
+    pub p01: f64,
+    pub p11: f64,
+}
+
+/// Inputs of the prediction common to all cells on one temperature sensor and this step.
+#[derive(Debug, Clone, Copy)]
+pub struct Predict {
+    pub a1: f64,
+    pub dt_s: f64,
+    /// current per cell (A, discharge positive) and η·i
+    pub i_cell: f64,
+    pub eta_i: f64,
+    pub q_z_dt: f64,
+    pub q_v1_dt: f64,
+    pub var_i_cell: f64,
+}
+
+/// EKF time update of one cell. `inv_q_c` = 1/(3600·Q_ah) of this cell; `r1` its R1.
+#[inline(always)]
+pub fn predict(z: &mut f64, v1: &mut f64, p: &mut Cov2, r1: f64, inv_q_c: f64, pr: &Predict) {
+    let g = pr.dt_s * inv_q_c; // |∂z/∂i|
+    let b1 = r1 * (1.0 - pr.a1);
+    *z -= pr.eta_i * g;
+    *v1 = pr.a1 * *v1 + b1 * pr.i_cell;
+    let a = pr.a1;
+    p.p00 += pr.q_z_dt + pr.var_i_cell * g * g;
+    p.p01 = a * p.p01 - pr.var_i_cell * g * b1;
+    p.p11 = a * a * p.p11 + pr.q_v1_dt + pr.var_i_cell * b1 * b1;
+}
+
+/// EKF measurement update (Joseph form) of one cell with innovation `innov` = v − ŷ,
+/// OCV slope `hz` and measurement variance `r`.
+#[inline(always)]
+pub fn update(z: &mut f64, v1: &mut f64, p: &mut Cov2, hz: f64, innov: f64, r: f64) {
+    // H = [hz, -1]
+    let ph0 = p.p00 * hz - p.p01; // (P Hᵀ)_0
+    let ph1 = p.p01 * hz - p.p11; // (P Hᵀ)_1
+    let s = hz * ph0 - ph1 + r;
+    let k0 = ph0 / s;
+    let k1 = ph1 / s;
+    *z += k0 * innov;
+    *v1 += k1 * innov;
+    // M = I - K H = [[1 - k0 hz, k0], [-k1 hz, 1 + k1]]
+    let m00 = 1.0 - k0 * hz;
+    let m01 = k0;
+    let m10 = -k1 * hz;
+    let m11 = 1.0 + k1;
+    // T = M P
+    let t00 = m00 * p.p00 + m01 * p.p01;
+    let t01 = m00 * p.p01 + m01 * p.p11;
+    let t10 = m10 * p.p00 + m11 * p.p01;
+    let t11 = m10 * p.p01 + m11 * p.p11;
+    // P' = T Mᵀ + r K Kᵀ (symmetric by construction: p01 computed once)
+    p.p00 = t00 * m00 + t01 * m01 + r * k0 * k0;
+    p.p01 = t00 * m10 + t01 * m11 + r * k0 * k1;
+    p.p11 = t10 * m10 + t11 * m11 + r * k1 * k1;
+}
+
+/// Scalar pseudo-measurement of z (H = [1, 0]) with variance `r`: the OCV-at-rest correction.
+#[inline]
+pub fn update_soc(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) {
+    let s = p.p00 + r;
+    let k0 = p.p00 / s;
+    let k1 = p.p01 / s;
+    let innov = z_meas - *z;
+    *z += k0 * innov;
+    *v1 += k1 * innov;
+    // Joseph form with M = [[1 - k0, 0], [-k1, 1]]
+    let (p00, p01, p11) = (p.p00, p.p01, p.p11);
+    let m00 = 1.0 - k0;
+    let m10 = -k1;
+    p.p00 = m00 * m00 * p00 + r * k0 * k0;
+    p.p01 = m00 * (m10 * p00 + p01) + r * k0 * k1;
+    p.p11 = m10 * m10 * p00 + 2.0 * m10 * p01 + p11 + r * k1 * k1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn is_spd(p: &Cov2) -> bool {
+        p.p00 > 0.0 && p.p11 > 0.0 && p.p00 * p.p11 - p.p01 * p.p01 > -1e-18 * (p.p00 * p.p11).abs()
+    }
+
+    proptest! {
+        /// Over any sequence of predictions and updates the covariance stays symmetric
+        /// (stored once) and positive definite.
+        #[test]
+        fn covariance_stays_spd(
+            steps in proptest::collection::vec(
+                (-50.0f64..50.0, 0.0f64..3.0, -0.05f64..0.05, 0.05f64..2.0, any::<bool>()), 1..200),
+            q_z in 0.0f64..1e-6, q_v in 0.0f64..1e-5, r_meas in 1e-7f64..1e-3,
+        ) {
+            let mut z = 0.5;
+            let mut v1 = 0.0;
+            let mut p = Cov2 { p00: 0.01, p01: 0.0, p11: 1e-4 };
+            for (i, hz, innov, dt, rest) in steps {
+                let a1 = (-dt / 30.0f64).exp();
+                let pr = Predict { a1, dt_s: dt, i_cell: i, eta_i: i, q_z_dt: q_z * dt,
+                    q_v1_dt: q_v * dt, var_i_cell: 0.01 };
+                predict(&mut z, &mut v1, &mut p, 0.01, 1.0 / 18000.0, &pr);
+                update(&mut z, &mut v1, &mut p, hz, innov, r_meas);
+                if rest { update_soc(&mut z, &mut v1, &mut p, 0.4, 1e-4); }
+                prop_assert!(is_spd(&p), "{:?}", p);
+                prop_assert!(z.is_finite() && v1.is_finite());
+            }
+        }
+    }
+
+    #[test]
+    fn flat_ocv_falls_back_on_coulomb_counting() {
+        // hz = 0: the update must not move z, and P_zz only grows by the process noise
+        let mut z = 0.5;
+        let mut v1 = 0.0;
+        let mut p = Cov2 { p00: 1e-3, p01: 0.0, p11: 1e-6 };
+        update(&mut z, &mut v1, &mut p, 0.0, 0.02, 1e-4);
+        assert_eq!(z, 0.5);
+        assert!((p.p00 - 1e-3).abs() < 1e-15);
+    }
+}
