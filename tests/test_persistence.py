@@ -33,7 +33,9 @@ def test_kill_9_mid_run_then_restore(tmp_path: Path, procs: list[Proc]) -> None:
         n = msgpack.unpackb(res.data)["n"]
         assert n >= last_ack  # nothing acknowledged is lost
         events = [e for e in store.read_events() if e["kind"] == "tick"]
-        assert events[-1]["n"] >= last_ack and len({e["n"] for e in events}) == len(events)
+        # every acknowledged save has its event (an event written just before a kill may appear
+        # again after the restart, since its state save had not completed: at least once)
+        assert {e["n"] for e in events} >= set(range(1, last_ack + 1))
         store.close()
         assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp") and str(p.p.pid) not in f]
 
