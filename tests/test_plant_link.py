@@ -81,10 +81,12 @@ def test_measurements_commands_and_fail_safe_on_plant_kill(kind: str, tmp_path: 
         assert rt.commanded == ALL_OPEN and logic.fail_safes
         reason = rt.fail_safe_reason
         assert "hardware link lost" in reason or "stale" in reason
-        # detected by the node's own loop within the link timeout + one period (ms, from its reason)
+        # detected by the first period after the bound: within stale_ms + one period + that period's
+        # lateness (the loop's own jitter record), whatever the load of the machine
         if "stale" in reason:
             age_ms = float(reason.split("stale measurement: ")[1].split(" ms")[0])
-            assert age_ms <= node.stale_ms + 2 * node.control_period_ms
+            n = min(rt.timing.count, len(rt.timing.jitter_ms))
+            assert age_ms <= node.stale_ms + node.control_period_ms + rt.timing.jitter_ms[:n].max() + 1
         assert logic.invalid_steps == 0 or logic.phase.name in ("OPEN", "FAIL_SAFE")
     finally:
         th.close()

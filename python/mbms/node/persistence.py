@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ class StateStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        self._events.flush()
+        # event() flushes every line itself; only the fsync here (may run in the saver thread)
         os.fsync(self._events.fileno())
         self.saves += 1
 
@@ -132,3 +133,44 @@ class StateStore:
             self._events.flush()
             os.fsync(self._events.fileno())
             self._events.close()
+
+
+class BackgroundSaver:
+    """Writes the latest state blob in a thread of its own, so an fsync (tens of ms on a busy
+    disk) never delays a control period. Latest wins: a blob submitted while a write is in
+    progress replaces any older pending one. ``close`` writes what is pending, then stops."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._cond = threading.Condition()
+        self._pending: bytes | None = None
+        self._stop = False
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="mbms-state-saver", daemon=True)
+        self._thread.start()
+
+    def submit(self, blob: bytes) -> None:
+        with self._cond:
+            self._pending = blob
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop:
+                    self._cond.wait()
+                blob, self._pending = self._pending, None
+                if blob is None and self._stop:
+                    return
+            try:
+                assert blob is not None
+                self.store.save(blob)
+            except OSError:
+                self.errors += 1
+                log.exception("state save to %s failed", self.store.state_path)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=10)

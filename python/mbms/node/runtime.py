@@ -35,7 +35,7 @@ import numpy as np
 from mbms.hardware.base import Hardware
 from mbms.node.config import NodeSection
 from mbms.node.logic import ALL_OPEN, Contactors, Measurement, NodeLogic, NodeOutput, NodeStatus
-from mbms.node.persistence import StateStore
+from mbms.node.persistence import BackgroundSaver, StateStore
 from mbms.telemetry import TelemetryEncoder
 from mbms.transport.base import Transport
 
@@ -48,6 +48,7 @@ class LoopTiming:
     def __init__(self, capacity: int = 1 << 16) -> None:
         self.jitter_ms = np.zeros(capacity)
         self.step_ms = np.zeros(capacity)
+        self.work_ms = np.zeros(capacity)  # the whole period: read, step, command, send, save
         self.count = 0
         self.overruns = 0
         self.skipped_periods = 0
@@ -58,16 +59,21 @@ class LoopTiming:
         self.step_ms[i] = step_ms
         self.count += 1
 
+    def set_work(self, work_ms: float) -> None:
+        if self.count:
+            self.work_ms[(self.count - 1) % len(self.work_ms)] = work_ms
+
     def summary(self) -> dict[str, float]:
         n = min(self.count, len(self.jitter_ms))
         if n == 0:
             return {"periods": 0}
-        j, s = self.jitter_ms[:n], self.step_ms[:n]
+        j, s, w = self.jitter_ms[:n], self.step_ms[:n], self.work_ms[:n]
         return {
             "periods": self.count, "overruns": self.overruns, "skipped_periods": self.skipped_periods,
             "jitter_ms_mean": float(j.mean()), "jitter_ms_p99": float(np.percentile(j, 99)),
             "jitter_ms_max": float(j.max()), "step_ms_mean": float(s.mean()),
             "step_ms_p99": float(np.percentile(s, 99)), "step_ms_max": float(s.max()),
+            "work_ms_mean": float(w.mean()), "work_ms_p99": float(np.percentile(w, 99)), "work_ms_max": float(w.max()),
         }
 
 
@@ -80,6 +86,7 @@ class NodeRuntime:
         self.hw = hardware
         self.transport = transport
         self.store = store
+        self.saver: BackgroundSaver | None = None  # started by run(); period() then saves off-loop
         self.telemetry = telemetry
         self.clock = clock
         self.timing = LoopTiming()
@@ -140,6 +147,7 @@ class NodeRuntime:
 
     # ------------------------------------------------------------ one period
     def period(self, now: float, lateness_s: float) -> None:
+        t_work = time.perf_counter()
         t_ms = self.t_ms(now)
         reasons = []
         if lateness_s * 1000 > self.node.overrun_ms:
@@ -198,6 +206,7 @@ class NodeRuntime:
             self._send_messages(out.messages)
         self._periodic(now)
         self.periods += 1
+        self.timing.set_work((time.perf_counter() - t_work) * 1000)
 
     def _update_fail_safe(self, t_ms: int, reasons: list[str]) -> bool:
         """Enter or leave the fail-safe; True if it was entered in this period."""
@@ -250,7 +259,11 @@ class NodeRuntime:
                 log.warning("telemetry not sent: %s", exc)
         if self.store is not None and (now - self._last_save) * 1000 >= self.node.state_save_ms:
             self._last_save = now
-            self.store.save(self.logic.export_state())
+            blob = self.logic.export_state()
+            if self.saver is not None:
+                self.saver.submit(blob)
+            else:
+                self.store.save(blob)
 
     # -------------------------------------------------------------- the loop
     async def run(self, stop: asyncio.Event | None = None, max_periods: int | None = None) -> None:
@@ -261,6 +274,8 @@ class NodeRuntime:
         if self.transport is not None:
             await self.transport.start()
         self._t0 = self.clock()
+        if self.store is not None:
+            self.saver = BackgroundSaver(self.store)
         self._event("start", t_ms=0, restored=self.restored)
         period = self.node.control_period_ms / 1000.0
         next_t = self.clock()
@@ -298,6 +313,9 @@ class NodeRuntime:
             self.hw.command(ALL_OPEN, np.zeros(len(self.meas.v_cell_v) if self.meas else 0, dtype=bool))
         except Exception:
             log.exception("final open command failed")
+        if self.saver is not None:
+            self.saver.close()
+            self.saver = None
         if self.store is not None:
             try:
                 self.store.save(self.logic.export_state())
