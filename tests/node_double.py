@@ -48,8 +48,8 @@ class DoubleLogic:
             elif self.phase is Phase.FAIL_SAFE:  # re-sequence from open after a fail-safe
                 self.phase, cmd = Phase.OPEN, ALL_OPEN
             elif self.phase is Phase.OPEN:
-                self.phase, self.precharge_steps, cmd = Phase.PRECHARGE, 0, Contactors(True, False, True)
-            elif self.phase is Phase.PRECHARGE:
+                self.phase, self.precharge_steps, cmd = Phase.PRECHARGING, 0, Contactors(True, False, True)
+            elif self.phase is Phase.PRECHARGING:
                 self.precharge_steps += 1
                 cmd = Contactors(True, self.precharge_steps >= 2, self.precharge_steps < 2)
                 if self.precharge_steps >= 2:

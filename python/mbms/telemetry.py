@@ -179,7 +179,7 @@ class TelemetryEncoder:
         c = st.contactors if st else None
         values["STATE"] = {
             "Soc": 100.0 * st.soc if st else 0.0,
-            "Phase": int(Phase.FAIL_SAFE if fail_safe else (st.phase if st else Phase.INIT)),
+            "Phase": int(Phase.FAIL_SAFE if fail_safe else (st.phase if st else Phase.LISTENING)),
             "ContactorNeg": float(bool(c and c.neg) and not fail_safe),
             "ContactorPos": float(bool(c and c.pos) and not fail_safe),
             "ContactorPre": float(bool(c and c.pre) and not fail_safe),

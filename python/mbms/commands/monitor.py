@@ -1,8 +1,8 @@
 """``mbms monitor --system system.toml``: watch every peer live on the peer network.
 
-Listens with the system's transport (sending nothing) and decodes the telemetry frames of each
-node with the DBC (hw/dbc/mbms.dbc); peer-protocol messages are counted per sender (their content
-is decoded once the consensus message decoder is in ``mbms._core``).
+Listens with the system's transport (sending nothing) and decodes, per node, the telemetry frames
+with the DBC (hw/dbc/mbms.dbc) and the peer-protocol messages with :mod:`mbms.peer_wire` (the
+consensus core's format). Telemetry values are shown where present, else the peer messages'.
 
 ``--once``: wait until every member was seen (or ``--duration`` passed), print one table, exit.
 ``--duration S``: show live for S seconds. ``--json``: print the final rows as one JSON object.
@@ -26,25 +26,35 @@ class PeerRow:
     node_id: int
     signals: dict[str, dict[str, Any]] = field(default_factory=dict)  # frame kind -> decoded signals
     peer_messages: int = 0
+    undecodable: int = 0
+    proto: dict[str, Any] = field(default_factory=dict)  # latest decoded peer-message fields
     telemetry_frames: int = 0
     last_seen: float = 0.0
 
     def as_dict(self, now: float) -> dict[str, Any]:
         st, lim = self.signals.get("STATE", {}), self.signals.get("LIMITS", {})
         cells, temps = self.signals.get("CELLS", {}), self.signals.get("TEMPS", {})
-        phase = st.get("Phase")
+        pr = self.proto
+        phase = st.get("Phase", pr.get("phase"))
+        soc = st.get("Soc", pr["soc"] * 100 if "soc" in pr else None)
+        if st:
+            cont = "".join(c if st.get(f"Contactor{n}") else "-" for c, n in (("N", "Neg"), ("P", "Pos"), ("R", "Pre")))
+        elif pr:
+            cont = ("NP" if pr["main_closed"] else "--") + ("R" if pr["pre_closed"] else "-")
+        else:
+            cont = None
         return {
             "id": self.node_id,
             "phase": Phase(int(phase)).name if phase is not None and int(phase) in Phase._value2member_map_ else None,
-            "soc_pct": st.get("Soc"), "dcl_a": lim.get("Dcl"), "ccl_a": lim.get("Ccl"),
-            "sys_dcl_a": lim.get("SysDcl"), "sys_ccl_a": lim.get("SysCcl"),
-            "contactors": "".join(c if st.get(f"Contactor{n}") else "-" for c, n in (("N", "Neg"), ("P", "Pos"), ("R", "Pre")))
-            if st else None,
+            "soc_pct": soc, "dcl_a": lim.get("Dcl", pr.get("dcl_a")), "ccl_a": lim.get("Ccl", pr.get("ccl_a")),
+            "sys_dcl_a": lim.get("SysDcl", pr.get("sys_dcl_a")), "sys_ccl_a": lim.get("SysCcl", pr.get("sys_ccl_a")),
+            "contactors": cont, "grant_to": pr.get("grant_to") or None, "peer_fault": pr.get("fault"),
             "fail_safe": bool(st.get("FailSafe")) if st else None, "faults": st.get("FaultCount"),
             "speaker": st.get("Speaker") or None if st else None,
             "v_cell_min_v": cells.get("VCellMin"), "v_cell_max_v": cells.get("VCellMax"),
             "t_cell_max_c": temps.get("TCellMax"), "i_a": cells.get("Current"),
-            "peer_messages": self.peer_messages, "telemetry_frames": self.telemetry_frames,
+            "peer_messages": self.peer_messages, "undecodable_messages": self.undecodable,
+            "telemetry_frames": self.telemetry_frames,
             "last_seen_s": round(now - self.last_seen, 3) if self.last_seen else None,
         }
 
@@ -79,9 +89,22 @@ class Monitor:
         row.last_seen = time.monotonic()
 
     def _on_message(self, src: int, payload: bytes) -> None:
+        from mbms.errors import FrameError
+        from mbms.peer_wire import decode as decode_peer
+
         row = self.rows[src]
         row.peer_messages += 1
         row.last_seen = time.monotonic()
+        try:
+            m = decode_peer(payload)
+        except FrameError:
+            row.undecodable += 1
+            return
+        if m.sender != src or m.system_id != self.system.system_id_u32:
+            row.undecodable += 1
+            return
+        row.proto.update(phase=m.phase, fault=m.fault, main_closed=m.main_closed, pre_closed=m.pre_closed,
+                         grant_to=m.grant_to, seq=m.seq, **m.values)
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -126,7 +149,7 @@ class Monitor:
             self.transport.close()
 
     def _all_seen(self) -> bool:
-        return all("STATE" in r.signals for r in self.rows.values())
+        return all("STATE" in r.signals or r.proto for r in self.rows.values())
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,24 @@ class DiscoverySection:
 
 
 @dataclass(frozen=True)
+class ProtocolSection:
+    """``[protocol]``: the consensus core's timing/physics parameters (consensus/src/config.rs
+    ``PeerConfig``; defaults are its defaults, reasons there). All times in ms of each peer's clock."""
+
+    max_drift_ppm: int = 1000
+    dwell_ms: int = 100
+    precharge_settle_a: float = 1.0
+    precharge_timeout_ms: int = 800
+    close_confirm_ms: int = 60
+    fail_timeout_ms: int = 250
+    grant_wait_ms: int = 300
+    listen_periods: int = 3
+    bus_live_v: float = 20.0
+    dcdc: bool = False
+    dcdc_soc_gain: float = 2.0
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     source: str
     system_id: str
@@ -334,6 +353,12 @@ class SystemConfig:
     #: Duration of a close grant (brief S2), by each peer's own clock.
     lease_ms: int = 2000
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
+    protocol: ProtocolSection = field(default_factory=ProtocolSection)
+
+    @property
+    def system_id_u32(self) -> int:
+        """The 32-bit system id of the peer messages (consensus wire): CRC-32 of ``system_id``."""
+        return zlib.crc32(self.system_id.encode())
 
     @property
     def quorum(self) -> int:
@@ -422,10 +447,30 @@ def load_system(path: str | os.PathLike[str]) -> SystemConfig:
                 raise d.err(f"interfaces[{i}]", f"expected an IP address, got {x!r}") from None
         disc = DiscoverySection(enabled=d.bool("enabled", True), interfaces=tuple(ifaces))
         d.reject_unknown()
+    proto = ProtocolSection()
+    pt = top.table("protocol", required=False)
+    if pt is not None:
+        d0 = ProtocolSection()
+        proto = ProtocolSection(
+            max_drift_ppm=pt.int("max_drift_ppm", d0.max_drift_ppm, lo=0, hi=100_000),
+            dwell_ms=pt.int("dwell_ms", d0.dwell_ms, lo=0, hi=60_000),
+            precharge_settle_a=pt.float("precharge_settle_a", d0.precharge_settle_a, lo=0.0, lo_open=True),
+            precharge_timeout_ms=pt.int("precharge_timeout_ms", d0.precharge_timeout_ms, lo=1, hi=600_000),
+            close_confirm_ms=pt.int("close_confirm_ms", d0.close_confirm_ms, lo=1, hi=60_000),
+            fail_timeout_ms=pt.int("fail_timeout_ms", d0.fail_timeout_ms, lo=1, hi=600_000),
+            grant_wait_ms=pt.int("grant_wait_ms", d0.grant_wait_ms, lo=1, hi=600_000),
+            listen_periods=pt.int("listen_periods", d0.listen_periods, lo=0, hi=1000),
+            bus_live_v=pt.float("bus_live_v", d0.bus_live_v, lo=0.0),
+            dcdc=pt.bool("dcdc", d0.dcdc),
+            dcdc_soc_gain=pt.float("dcdc_soc_gain", d0.dcdc_soc_gain, lo=0.0),
+        )
+        pt.reject_unknown()
+        if proto.fail_timeout_ms <= heartbeat_ms:
+            raise pt.err("fail_timeout_ms", f"expected more than heartbeat_ms={heartbeat_ms}, got {proto.fail_timeout_ms}")
     top.reject_unknown()
     return SystemConfig(
         source=source, system_id=system_id, members=tuple(members), transport=TransportSection(kind, can_cfg, udp_cfg),
-        heartbeat_ms=heartbeat_ms, dv_close_v=dv_close_v, lease_ms=lease_ms, discovery=disc,
+        heartbeat_ms=heartbeat_ms, dv_close_v=dv_close_v, lease_ms=lease_ms, discovery=disc, protocol=proto,
     )
 
 

@@ -34,18 +34,20 @@ import numpy as np
 class Phase(enum.IntEnum):
     """Phase of a node's string, as reported in status and in the telemetry frame (DBC VAL_ table).
 
-    The numeric values are on the wire (hw/dbc/mbms.dbc, frame MBMS_STATE_<id>, signal Phase):
-    do not renumber.
+    Values 0..7 are the consensus core's ``Phase`` (consensus/src/peer.rs, also the 3-bit phase in
+    every peer message), so NodeCore's phase maps over unchanged; 8 is the runtime's own. The
+    numbers are on the wire (hw/dbc/mbms.dbc, MBMS_STATE_<id>.Phase): do not renumber.
     """
 
-    INIT = 0  # starting, no decision yet
-    OPEN = 1  # contactors open, healthy, not requesting
-    REQUESTING = 2  # asking peers for a close grant (S2)
-    PRECHARGE = 3  # holding a grant: negative + precharge closed, waiting for match (S3)
+    OPEN = 0  # contactors open, healthy, not requesting
+    REQUESTING = 1  # asking peers for a close grant (S2)
+    PRECHARGING = 2  # holding a grant: negative + precharge closed, waiting for the match (S3)
+    CLOSING = 3  # main positive commanded, waiting for its feedback
     CLOSED = 4  # negative + positive closed, on the bus
-    OPENING = 5  # opening in sequence
-    FAULT = 6  # confirmed local fault: open (S1)
-    FAIL_SAFE = 7  # runtime forced open (stale sensors, lost link, overrun)
+    ISOLATED = 5  # opened on a confirmed local fault (S1); rejoins when healthy
+    LISTENING = 6  # after a start: learning the state before acting
+    WAITING = 7  # backing off after a withdrawn request or an aborted close
+    FAIL_SAFE = 8  # the runtime forced all contactors open (stale sensors, lost link, overrun)
 
 
 @dataclass(frozen=True)

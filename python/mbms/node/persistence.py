@@ -44,6 +44,9 @@ class StateStore:
         self.dir = Path(state_dir)
         self.node_id = node_id
         self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob(".state.bin.*.tmp"):  # left by a writer killed mid-save
+            if stale.name != f".state.bin.{os.getpid()}.tmp":
+                stale.unlink(missing_ok=True)
         self.state_path = self.dir / "state.bin"
         self.events_path = self.dir / "events.jsonl"
         self._events = open(self.events_path, "a", encoding="utf-8")
