@@ -158,10 +158,7 @@ class PlantServer:
 
 def load_plant(path: str, seed: int) -> tuple[PlantLike, int]:
     """Build ``mbms.plant.Plant`` from a plant description file; returns (plant, number of strings)."""
-    from mbms.errors import MbmsError
+    from mbms.plant import Plant
 
-    try:
-        from mbms import plant as plant_mod
-    except ImportError as exc:
-        raise MbmsError(f"this build has no plant simulator (mbms.plant): {exc}") from None
-    return plant_mod.load_plant_for_server(path, seed)  # type: ignore[attr-defined,no-any-return]
+    plant = Plant(path, seed)  # ConfigError naming file and field for a bad description
+    return plant, plant.n_strings

@@ -489,21 +489,55 @@ impl CellParams {
     /// Exact zero-order-hold discretisation of the RC pairs.
     #[inline(always)]
     pub fn step(&self, s: &mut CellState, scale: &CellScale, i_a: f64, temp_c: f64, dt_s: f64) {
-        let q_c = self.capacity_c() * scale.capacity;
-        let eta = if i_a < 0.0 { self.coulombic_efficiency } else { 1.0 };
-        let dz = eta * i_a * dt_s / q_c;
+        let c = self.step_coeffs(s.soc, temp_c, dt_s, scale);
+        self.advance(s, &c, i_a);
+    }
+
+    /// The coefficients of [`CellParams::step`] at (`soc`, `temp_c`, `dt_s`, `scale`).
+    /// Split out so that a simulator of many cells (the plant) can keep them while SOC and
+    /// temperature move little, and call [`CellParams::advance`] every step.
+    #[inline(always)]
+    pub fn step_coeffs(&self, soc: f64, temp_c: f64, dt_s: f64, scale: &CellScale) -> StepCoeffs {
         let a1 = (-dt_s / self.tau1(temp_c)).exp();
-        s.v1 = a1 * s.v1 + scale.resistance * self.r1(s.soc, temp_c) * (1.0 - a1) * i_a;
-        if let Some(r2) = &self.r2 {
-            let a2 = (-dt_s / self.tau2(temp_c)).exp();
-            s.v2 = a2 * s.v2 + scale.resistance * r2.eval(s.soc, temp_c) * (1.0 - a2) * i_a;
-        }
+        let b1 = scale.resistance * self.r1(soc, temp_c) * (1.0 - a1);
+        let (a2, b2) = match &self.r2 {
+            Some(r2) => {
+                let a2 = (-dt_s / self.tau2(temp_c)).exp();
+                (a2, scale.resistance * r2.eval(soc, temp_c) * (1.0 - a2))
+            }
+            None => (1.0, 0.0),
+        };
+        StepCoeffs { a1, b1, a2, b2, dz_per_a: dt_s / (self.capacity_c() * scale.capacity) }
+    }
+
+    /// One step with precomputed coefficients: v_j <- a_j·v_j + b_j·i, SOC by coulomb counting.
+    #[inline(always)]
+    pub fn advance(&self, s: &mut CellState, c: &StepCoeffs, i_a: f64) {
+        let eta = if i_a < 0.0 { self.coulombic_efficiency } else { 1.0 };
+        let dz = eta * i_a * c.dz_per_a;
+        s.v1 = c.a1 * s.v1 + c.b1 * i_a;
+        s.v2 = c.a2 * s.v2 + c.b2 * i_a;
         if self.hysteresis_m_v > 0.0 {
             let ah = (-(self.hysteresis_gamma * dz).abs()).exp();
             s.h = ah * s.h - (1.0 - ah) * self.hysteresis_m_v * i_a.signum();
         }
         s.soc -= dz;
     }
+}
+
+/// Coefficients of one ZOH step of the RC pairs (see [`CellParams::step_coeffs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepCoeffs {
+    /// exp(-dt/τ1)
+    pub a1: f64,
+    /// R1·(1 - a1) (scaled)
+    pub b1: f64,
+    /// exp(-dt/τ2) (1 without a second RC pair)
+    pub a2: f64,
+    /// R2·(1 - a2) (scaled; 0 without a second RC pair)
+    pub b2: f64,
+    /// SOC change per ampere over the step: dt / (3600·Q·capacity scale)
+    pub dz_per_a: f64,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod cell_model;
 pub mod cell_tables;
 pub mod engine;
 pub mod limits;
+pub mod plant;
 pub mod protection;
 pub mod soc_ekf;
 pub mod soh;

@@ -4,10 +4,12 @@
 use pyo3::prelude::*;
 
 mod cell;
+mod plant;
 
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cell::register(m)?;
+    plant::register(m)?;
     Ok(())
 }
