@@ -41,6 +41,9 @@ const LIVE_MATCH_MARGIN: f64 = 0.8;
 const DUP_HOLD_PERIODS: u64 = 10;
 /// Back-off after an aborted close, in heartbeat periods (plus jitter).
 const ABORT_BACKOFF_PERIODS: u64 = 10;
+/// Up to this many lost members are enumerated open/closed (2^8 cases); with more, the
+/// state of the bus is too uncertain and the peer reports zero limits.
+const MAX_GHOSTS: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Contactors {
@@ -328,6 +331,9 @@ pub struct Peer {
     next_kind: u8,
     ticket: u8,
     last_ticket: u8,
+    /// When each ticket (1..=15) was last used: a ticket is not reused within the grant
+    /// guard, so a grant left over for an old request can never count for a new one.
+    ticket_used_at: [Option<u64>; 16],
     t_req: u64,
     t_pre: u64,
     t_close: u64,
@@ -338,6 +344,7 @@ pub struct Peer {
     dup_self_until: u64,
     last_sent_limits: Option<LimitsBody>,
     last_sent_fc: Option<(Flags, Coord)>,
+    last_tx_ms: Option<u64>,
     prop_da: (u32, u32),
     rng: SplitMix64,
     had_quorum: bool,
@@ -394,6 +401,7 @@ impl Peer {
             next_kind: 0,
             ticket: 0,
             last_ticket: (incarnation % MAX_TICKET as u64) as u8,
+            ticket_used_at: [None; 16],
             t_req: 0,
             t_pre: 0,
             t_close: 0,
@@ -404,6 +412,7 @@ impl Peer {
             dup_self_until: 0,
             last_sent_limits: None,
             last_sent_fc: None,
+            last_tx_ms: None,
             prop_da: (0, 0),
             rng,
             had_quorum: false,
@@ -539,6 +548,8 @@ impl Peer {
         let started = *self.started_at.get_or_insert_with(|| {
             // A restart with the main contactors still closed adopts them (opening under
             // load is not safer); otherwise listen first.
+            // We do not know which tickets we used before a restart: treat all as just used.
+            self.ticket_used_at = [Some(now); 16];
             if local.feedback.main_closed() && !local.fault {
                 self.phase = Phase::Closed;
                 self.command = Contactors::CLOSED;
@@ -755,14 +766,20 @@ impl Peer {
             }
             Phase::Open => {
                 self.command = Contactors::OPEN;
-                if local.may_close
-                    && quorum
-                    && now >= self.dup_self_until
-                    && now >= self.backoff_until
-                    && self.eligible(local)
-                {
-                    self.last_ticket = self.last_ticket % MAX_TICKET + 1;
-                    self.ticket = self.last_ticket;
+                let guard = self.cfg.grant_inhibit_ms();
+                let free_ticket = (1..=MAX_TICKET)
+                    .map(|k| (self.last_ticket + k - 1) % MAX_TICKET + 1)
+                    .find(|&t| self.ticket_used_at[t as usize].is_none_or(|u| now.saturating_sub(u) >= guard));
+                if let Some(t) = free_ticket.filter(|_| {
+                    local.may_close
+                        && quorum
+                        && now >= self.dup_self_until
+                        && now >= self.backoff_until
+                        && self.eligible(local)
+                }) {
+                    self.last_ticket = t;
+                    self.ticket_used_at[t as usize] = Some(now);
+                    self.ticket = t;
                     self.t_req = now;
                     self.phase = Phase::Requesting;
                     self.counters.requests += 1;
@@ -910,20 +927,33 @@ impl Peer {
         let mut closed_set = 0u64;
         let mut closed: Vec<StringState> = Vec::new();
         let mut closing: Option<StringState> = None;
+        // Members that are not live but whose state we know: they may be open (a fault, a
+        // crash drops the coils) or closed behind a network partition (S6: the bus does
+        // not split), and they may have closed since we last heard them (with a quorum on
+        // the other side). Leaving a closed string out does not err low under the N−1
+        // rule, so every open/closed combination of them is evaluated with their last
+        // known state and the lowest limit is taken.
+        let mut ghosts: Vec<StringState> = Vec::new();
+        // A live member that says it is closed but whose state we do not have yet.
+        let mut unknown_closed = false;
         // Ascending id order on every peer, so identical inputs give identical floats.
         let mut ids: Vec<u16> = self.cfg.members.clone();
         ids.sort_unstable();
         for id in ids {
-            let (phase, main_closed, limits, usable) = if id == me {
+            let (phase, main_closed, limits, alive) = if id == me {
                 (self.phase, self.command.main_closed(), Some(own), true)
             } else {
                 let r = &self.remotes[id as usize];
                 (r.phase(), r.flags.main_closed, r.limits, r.alive)
             };
-            if !usable {
+            let Some(l) = limits else {
+                unknown_closed |= alive && (phase == Phase::Closed || phase.is_closing());
+                continue;
+            };
+            if !alive {
+                ghosts.push(state_of(&l));
                 continue;
             }
-            let Some(l) = limits else { continue };
             if phase == Phase::Closed && main_closed {
                 closed_set |= bit(id);
                 closed.push(state_of(&l));
@@ -931,12 +961,29 @@ impl Peer {
                 closing = Some(state_of(&l));
             }
         }
-        let (mut dcl, mut ccl) = n1_limits(&closed);
-        if let Some(c) = closing {
-            closed.push(c);
-            let (d2, c2) = n1_limits(&closed);
-            dcl = dcl.min(d2);
-            ccl = ccl.min(c2);
+        let (mut dcl, mut ccl) = (f64::INFINITY, f64::INFINITY);
+        if self.phase == Phase::Listening || unknown_closed || ghosts.len() > MAX_GHOSTS {
+            // Not enough known to bound the current of every string: report nothing.
+            dcl = 0.0;
+            ccl = 0.0;
+        } else {
+            let mut set: Vec<StringState> = Vec::with_capacity(closed.len() + ghosts.len() + 1);
+            for mask in 0u32..(1u32 << ghosts.len()) {
+                for with_closing in [false, true] {
+                    if with_closing && closing.is_none() {
+                        continue;
+                    }
+                    set.clear();
+                    set.extend_from_slice(&closed);
+                    set.extend(ghosts.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, g)| *g));
+                    if with_closing {
+                        set.extend(closing);
+                    }
+                    let (d, c) = n1_limits(&set);
+                    dcl = dcl.min(d);
+                    ccl = ccl.min(c);
+                }
+            }
         }
         let prop = (amps_to_da_floor(dcl), amps_to_da_floor(ccl));
         self.prop_da = prop;
@@ -988,9 +1035,19 @@ impl Peer {
     }
 
     fn update_speaker(&mut self) {
+        // The lowest live id that has finished listening (a peer that just started does
+        // not know the limits yet), on the side with a quorum.
         let speaker = if self.out.quorum {
-            let live = self.out.live_set;
-            Some(live.trailing_zeros() as u16 + 1)
+            let me = self.cfg.node_id;
+            let mut ids: Vec<u16> = self
+                .alive_remotes()
+                .filter(|(_, r)| r.phase() != Phase::Listening)
+                .map(|(id, _)| id)
+                .collect();
+            if self.phase != Phase::Listening {
+                ids.push(me);
+            }
+            ids.into_iter().min()
         } else {
             None
         };
@@ -1025,14 +1082,28 @@ impl Peer {
                 || fresh.dcl_peak_da < l.dcl_peak_da
                 || fresh.ccl_peak_da < l.ccl_peak_da
         });
-        let kind = if now >= self.next_hb {
-            self.next_hb = if now - self.next_hb >= hb { now + hb } else { self.next_hb + hb };
-            let k = self.next_kind;
-            self.next_kind ^= 1;
+        // One message per heartbeat period; a change of phase, request or grant (or a drop
+        // of our own limits) is sent at once instead, at most every quarter period, and
+        // then counts as the heartbeat (both kinds carry phase, request and grant). This
+        // keeps the bus load near one message per peer per period even while strings close.
+        // Changes that others wait for: our phase and flags, a new request, a new grant.
+        // Clearing a request or a grant rides on the next heartbeat.
+        let event = dropped
+            || match self.last_sent_fc {
+                None => true,
+                Some((f, c)) => {
+                    f != fc.0
+                        || (fc.1.req_ticket != 0 && fc.1.req_ticket != c.req_ticket)
+                        || (fc.1.grant_to != 0
+                            && (fc.1.grant_to, fc.1.grant_ticket) != (c.grant_to, c.grant_ticket))
+                }
+            };
+        let gap_ok = self.last_tx_ms.is_none_or(|t| now.saturating_sub(t) >= hb / 4);
+        let kind = if now >= self.next_hb || (event && gap_ok) {
+            self.next_hb = now + hb;
+            let k = if dropped { 0 } else { self.next_kind };
+            self.next_kind = k ^ 1;
             Some(k)
-        } else if self.last_sent_fc != Some(fc) || dropped {
-            // Event-driven: phase/request/grant changed, or our own limits dropped.
-            Some(0)
         } else {
             None
         };
@@ -1061,6 +1132,7 @@ impl Peer {
             tag: None,
         };
         self.seq = (self.seq + 1) % SEQ_MOD;
+        self.last_tx_ms = Some(now);
         self.last_sent_fc = Some(fc);
         self.counters.tx += 1;
         self.out.messages.push(m.encode());

@@ -33,10 +33,10 @@ pub struct CellTables {
     pub docv_dt: Vec<f64>,
     /// ∫₀ᶻ OCV dz at the reference temperature (V = Wh per Ah of capacity).
     pub energy: Vec<f64>,
-    temps: Vec<f64>,
-    r0: Vec<Vec<f64>>,
-    r1: Vec<Vec<f64>>,
-    r2: Option<Vec<Vec<f64>>>,
+    pub temps: Vec<f64>,
+    pub r0: Vec<Vec<f64>>,
+    pub r1: Vec<Vec<f64>>,
+    pub r2: Option<Vec<Vec<f64>>>,
     pub t_ref_c: f64,
 }
 

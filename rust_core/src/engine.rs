@@ -249,7 +249,8 @@ pub struct Engine {
     cap_ah: Vec<f64>,
     r0_ratio: Vec<f64>,
     v_prev: Vec<f64>,
-    v_prev_valid: Vec<bool>,
+    /// Σ cap_ah (updated when a capacity estimate changes)
+    cap_sum: f64,
     v_stuck: Vec<u32>,
     v_valid: Vec<bool>,
     awtls: Vec<Awtls>,
@@ -342,7 +343,7 @@ impl Engine {
             cap_ah: vec![cap; n],
             r0_ratio: vec![1.0; n],
             v_prev: vec![f64::NAN; n],
-            v_prev_valid: vec![false; n],
+            cap_sum: cap * n as f64,
             v_stuck: vec![0; n],
             v_valid: vec![false; n],
             awtls: vec![Awtls::with_prior(prior); n],
@@ -390,6 +391,11 @@ impl Engine {
 
     pub fn cell(&self) -> &CellParams {
         &self.cell
+    }
+
+    /// The packed cell tables the engine evaluates (for reference implementations).
+    pub fn tables(&self) -> &CellTables {
+        &self.tab
     }
 
     pub fn output(&self) -> &EngineOutput {
@@ -571,107 +577,138 @@ impl Engine {
         let inv_par = 1.0 / self.par;
 
         // ---- the per-cell hot loop ----
+        // One SOC lookup per cell (at the predicted SOC) serves the RC prediction, the
+        // measurement, the limits and the pack sums; after the update the OCV is carried
+        // to the corrected SOC along the same interval's slope (exact within the interval).
+        let n = self.n;
         let (mut zmin, mut zmax, mut zsum) = (f64::INFINITY, f64::NEG_INFINITY, 0.0);
         let (mut vmin_meas, mut vmax_meas) = (f64::INFINITY, f64::NEG_INFINITY);
         let (mut soe, mut ocv_sum, mut r_sum) = (0.0, 0.0, 0.0);
         let (mut ld_c, mut lc_c, mut ld_p, mut lc_p) =
             (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
         let mut r0_ratio_sum = 0.0;
-        let mut cap_sum = 0.0;
         let stuck_n = sens.stuck_samples;
         let (vlo, vhi, vow) = (sens.cell_v_min_v, sens.cell_v_max_v, sens.open_wire_v);
-        for k in 0..self.n {
-            let v = v_cell_v[k];
+        let tab = &self.tab;
+        let ssv = &self.ss[..];
+        let sensor_of = &self.sensor_of[..n];
+        let v_in = &v_cell_v[..n];
+        let zs = &mut self.z[..n];
+        let v1s = &mut self.v1[..n];
+        let v2s = &mut self.v2[..n];
+        let hs = &mut self.h[..n];
+        let covs = &mut self.cov[..n];
+        let zccs = &mut self.zcc[..n];
+        let inv_qcs = &self.inv_qc[..n];
+        let caps = &self.cap_ah[..n];
+        let r0rs = &mut self.r0_ratio[..n];
+        let v_prevs = &mut self.v_prev[..n];
+        let stucks = &mut self.v_stuck[..n];
+        let valids = &mut self.v_valid[..n];
+        let o_soc = &mut self.out.soc[..n];
+        let o_sig = &mut self.out.soc_sigma[..n];
+        let o_cc = &mut self.out.soc_cc[..n];
+        let o_r0 = &mut self.out.r0_ohm[..n];
+        let (b_lo, b_hi) = self.banks.split_at_mut(Rule::VoltageSensor as usize);
+        let b_vs = &mut b_hi[0];
+        let (b_ov, b_rest) = b_lo.split_at_mut(1);
+        let b_ov = &mut b_ov[0];
+        let b_uv = &mut b_rest[0];
+        let g_eta_i = base_pr.eta_i * dt;
+        let r0_gain = est.r0_gain;
+        for k in 0..n {
+            let v = v_in[k];
             // sensor plausibility: NaN, range, open wire, stuck
-            let same = v == self.v_prev[k];
-            let cnt = if same { self.v_stuck[k].saturating_add(1) } else { 0 };
-            self.v_stuck[k] = cnt;
+            let v_prev = v_prevs[k];
+            let cnt = if v == v_prev { stucks[k].saturating_add(1) } else { 0 };
+            stucks[k] = cnt;
             let stuck = stuck_n > 0 && cnt >= stuck_n;
             let valid = v >= vlo && v <= vhi && v > vow && !stuck; // NaN compares false
-            let v_prev = self.v_prev[k];
-            let prev_valid = self.v_prev_valid[k];
-            self.v_prev[k] = v;
-            self.v_prev_valid[k] = valid;
-            self.v_valid[k] = valid;
-            self.banks[Rule::VoltageSensor as usize].eval(k, t_s, if valid { 0.0 } else { 1.0 });
+            let prev_valid = valids[k];
+            v_prevs[k] = v;
+            valids[k] = valid;
+            b_vs.eval(k, t_s, if valid { 0.0 } else { 1.0 });
             let vp = if valid { v } else { f64::NAN };
-            self.banks[Rule::CellOvervoltage as usize].eval(k, t_s, vp);
-            self.banks[Rule::CellUndervoltage as usize].eval(k, t_s, vp);
+            b_ov.eval(k, t_s, vp);
+            b_uv.eval(k, t_s, vp);
             if valid {
                 vmin_meas = vmin_meas.min(v);
                 vmax_meas = vmax_meas.max(v);
             }
 
-            let ss = &self.ss[self.sensor_of[k] as usize];
-            let mut z = self.z[k];
-            let mut v1 = self.v1[k];
-            let mut cov = self.cov[k];
-            let inv_qc = self.inv_qc[k];
-            // predict (RC branch values at the SOC before the step)
-            let at0 = self.tab.locate(z);
-            let r1 = self.tab.r1(at0, ss.sel) * self.r0_ratio[k];
+            let ss = &ssv[sensor_of[k] as usize];
+            let inv_qc = inv_qcs[k];
+            let r0r = r0rs[k];
+            // predict: SOC first (needs no table), then the RC branch with R1 at that SOC
+            let z_pred = zs[k] - g_eta_i * inv_qc;
+            let at = tab.locate(z_pred);
+            let r1 = tab.r1(at, ss.sel) * r0r;
+            let mut z = zs[k];
+            let mut v1 = v1s[k];
+            let mut cov = covs[k];
             let pr = Predict { a1: ss.a1, ..base_pr };
             soc_ekf::predict(&mut z, &mut v1, &mut cov, r1, inv_qc, &pr);
-            let mut v2 = self.v2[k];
+            let mut v2 = 0.0;
             if has_rc2 {
-                v2 = ss.a2 * v2 + self.tab.r2(at0, ss.sel) * self.r0_ratio[k] * (1.0 - ss.a2) * i_cell;
-                self.v2[k] = v2;
+                v2 = ss.a2 * v2s[k] + tab.r2(at, ss.sel) * r0r * (1.0 - ss.a2) * i_cell;
+                v2s[k] = v2;
             }
-            let mut hk = self.h[k];
+            let mut hk = 0.0;
             if hyst {
-                hk = ah * hk - (1.0 - ah) * hm;
-                self.h[k] = hk;
+                hk = ah * hs[k] - (1.0 - ah) * hm;
+                hs[k] = hk;
             }
-            let at = self.tab.locate(z);
-            let r0_nom = self.tab.r0(at, ss.sel);
+            let r0_nom = tab.r0(at, ss.sel);
             // R0 from the current step: −ΔV/ΔI of this cell, ratio to the table, low-passed
+            let mut r0r = r0r;
             if r0_step && valid && prev_valid {
                 if let Some(r) = r0_observation(v - v_prev, di_cell, r0_nom) {
-                    self.r0_ratio[k] += est.r0_gain * (r / r0_nom - self.r0_ratio[k]);
+                    r0r += r0_gain * (r / r0_nom - r0r);
+                    r0rs[k] = r0r;
                 }
             }
-            let r0 = r0_nom * self.r0_ratio[k];
-            let slope = self.tab.slope(at);
-            let ocv = self.tab.ocv(at, ss.dtemp) + hk;
+            let r0 = r0_nom * r0r;
+            let slope = tab.slope(at);
+            let ocv_pred = tab.ocv(at, ss.dtemp) + hk;
             if valid {
-                let innov = v - (ocv - r0 * i_cell - v1 - v2);
+                let innov = v - (ocv_pred - r0 * i_cell - v1 - v2);
                 soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_meas);
                 z = z.clamp(-0.1, 1.1);
             }
-            self.z[k] = z;
-            self.v1[k] = v1;
-            self.cov[k] = cov;
-            let zc = self.zcc[k] - eta * i_cell * dt * inv_qc;
-            self.zcc[k] = zc;
-            self.out.soc_cc[k] = zc;
+            zs[k] = z;
+            v1s[k] = v1;
+            covs[k] = cov;
+            let zc = zccs[k] - g_eta_i * inv_qc;
+            zccs[k] = zc;
+            o_cc[k] = zc;
             let zo = z.clamp(0.0, 1.0);
-            self.out.soc[k] = zo;
-            self.out.soc_sigma[k] = cov.p00.sqrt();
+            o_soc[k] = zo;
+            o_sig[k] = cov.p00.sqrt();
             zmin = zmin.min(zo);
             zmax = zmax.max(zo);
             zsum += zo;
 
-            // pack quantities at the updated state
-            let at = self.tab.locate(z);
-            let ocv = self.tab.ocv(at, ss.dtemp) + hk;
-            let slope = self.tab.slope(at);
+            // pack quantities at the corrected state
+            let dz = zo - z_pred.clamp(0.0, 1.0);
+            let ocv = ocv_pred + slope * dz;
             ocv_sum += ocv;
             r_sum += r0;
-            self.out.r0_ohm[k] = r0 * inv_par;
-            soe += self.tab.energy(at) * self.cap_ah[k];
-            r0_ratio_sum += self.r0_ratio[k];
-            cap_sum += self.cap_ah[k];
+            o_r0[k] = r0 * inv_par;
+            soe += (tab.energy(at) + (ocv - hk) * dz) * caps[k];
+            r0_ratio_sum += r0r;
 
             // SOF: horizon resistance and headroom per direction and horizon
-            let r1n = self.tab.r1(at, ss.sel) * self.r0_ratio[k];
             let vd = ocv - v2;
-            let rh_c = r0 + r1n * (1.0 - ss.d_cont) + slope * hc_c * inv_qc;
-            let rh_p = r0 + r1n * (1.0 - ss.d_peak) + slope * hc_p * inv_qc;
-            ld_c = ld_c.min(cell_limit(vd - v1 * ss.d_cont - vmin, rh_c));
-            lc_c = lc_c.min(cell_limit(vmax - vd + v1 * ss.d_cont, rh_c));
-            ld_p = ld_p.min(cell_limit(vd - v1 * ss.d_peak - vmin, rh_p));
-            lc_p = lc_p.min(cell_limit(vmax - vd + v1 * ss.d_peak, rh_p));
+            let inv_rh_c = 1.0 / (r0 + r1 * (1.0 - ss.d_cont) + slope * hc_c * inv_qc);
+            let inv_rh_p = 1.0 / (r0 + r1 * (1.0 - ss.d_peak) + slope * hc_p * inv_qc);
+            let vc = v1 * ss.d_cont;
+            let vpk = v1 * ss.d_peak;
+            ld_c = ld_c.min(cell_limit(vd - vc - vmin, inv_rh_c));
+            lc_c = lc_c.min(cell_limit(vmax - vd + vc, inv_rh_c));
+            ld_p = ld_p.min(cell_limit(vd - vpk - vmin, inv_rh_p));
+            lc_p = lc_p.min(cell_limit(vmax - vd + vpk, inv_rh_p));
         }
+        let cap_sum = self.cap_sum;
         let nf = self.n as f64;
         let v_spread = if vmax_meas >= vmin_meas { vmax_meas - vmin_meas } else { f64::NAN };
         self.banks[Rule::VoltageSpread as usize].eval(0, t_s, v_spread);
@@ -824,6 +861,7 @@ impl Engine {
             self.z_rest[k] = z_ocv;
             self.z_rest_var[k] = var;
         }
+        self.cap_sum = self.cap_ah.iter().sum();
         self.q_since_rest_ah = 0.0;
         self.dt2_since_rest = 0.0;
         self.time_since_rest_s = 0.0;
@@ -949,9 +987,10 @@ impl Engine {
             self.z_rest_var[k] = row[11];
             self.awtls[k].c.copy_from_slice(&row[12..18]);
             self.v_prev[k] = f64::NAN;
-            self.v_prev_valid[k] = false;
+            self.v_valid[k] = false;
             self.v_stuck[k] = 0;
         }
+        self.cap_sum = self.cap_ah.iter().sum();
         self.q_since_rest_ah = pack[0];
         self.dt2_since_rest = pack[1];
         self.time_since_rest_s = pack[2];

@@ -9,10 +9,11 @@ pub mod cell_model;
 pub mod cell_tables;
 pub mod engine;
 pub mod limits;
-pub mod plant;
 pub mod protection;
 pub mod soc_ekf;
 pub mod soh;
+pub mod plant;
 
 #[cfg(feature = "python")]
 mod py;
+pub mod node;

@@ -130,11 +130,17 @@ impl LimitsConfig {
 }
 
 /// Per-cell limit (A per cell) for one direction: `headroom_v / r_h`, never negative.
-/// `headroom_v` is the voltage the cell may still move; `r_h` the horizon resistance.
+/// `headroom_v` is the voltage the cell may still move; `inv_r_h` = 1 / the horizon
+/// resistance (one division per horizon serves both directions).
 #[inline(always)]
-pub fn cell_limit(headroom_v: f64, r_h: f64) -> f64 {
-    // max(0) also maps NaN to 0 (f64::max ignores NaN): an unknown cell allows nothing
-    (headroom_v / r_h).max(0.0)
+pub fn cell_limit(headroom_v: f64, inv_r_h: f64) -> f64 {
+    let x = headroom_v * inv_r_h;
+    // NaN (unknown cell) allows nothing
+    if x > 0.0 {
+        x
+    } else {
+        0.0
+    }
 }
 
 /// A limit that falls at once and rises at a bounded rate.
@@ -181,7 +187,8 @@ mod tests {
 
         #[test]
         fn cell_limit_never_negative(h in -5.0f64..5.0, r in 1e-5f64..1.0) {
-            prop_assert!(cell_limit(h, r) >= 0.0);
+            prop_assert!(cell_limit(h, 1.0 / r) >= 0.0);
+            prop_assert!(cell_limit(f64::NAN, 1.0 / r) == 0.0);
         }
     }
 

@@ -4,12 +4,18 @@
 use pyo3::prelude::*;
 
 mod cell;
+mod consensus;
+mod engine;
+mod fastsim;
 mod plant;
 
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cell::register(m)?;
+    engine::register(m)?;
+    consensus::register(m)?;
+    fastsim::register(m)?;
     plant::register(m)?;
     Ok(())
 }

@@ -1,0 +1,152 @@
+"""``mbms sim``: the multi-node simulation (the project's main job).
+
+With no arguments it runs the embedded default scenario: 4 strings of 96 series cells, one
+weaker, one mismatched, a dynamic load, a fault in one string mid-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mbms.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("sim", help="simulate a parallel-string battery with one BMU node per pack")
+    p.add_argument("--scenario", metavar="FILE", help="scenario TOML (default: the embedded story)")
+    p.add_argument("--packs", type=int, help="number of packs (strings), overrides the scenario")
+    p.add_argument("--duration", type=float, metavar="S", help="simulated seconds")
+    p.add_argument("--seed", type=int, help="seed of all randomness (same seed, same run)")
+    p.add_argument("--mode", choices=["fast", "processes"], help="fast (one process, virtual clock) or processes")
+    p.add_argument("--out", metavar="DIR", help="write summary.json, timeseries.csv and PNG plots here")
+    p.add_argument("--quiet", action="store_true", help="no live view, only the summary")
+    p.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    p.set_defaults(func=run)
+
+
+def load_scenario(args: argparse.Namespace) -> Any:
+    from mbms.sim.scenario import Scenario
+
+    sc = Scenario.from_toml(args.scenario) if args.scenario else Scenario.default()
+    return sc.with_overrides(packs=args.packs, duration_s=args.duration, seed=args.seed, mode=args.mode)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from mbms.sim import report
+
+    console = Console(stderr=args.json, quiet=args.quiet and not args.json)
+    sc = load_scenario(args)
+    if sc.mode == "processes":
+        from mbms.sim import processes
+
+        res = processes.run(sc, console=console)
+    else:
+        res = _run_fast(sc, console, live=not args.quiet and not args.json)
+    summ = report.summary(res)
+    if args.out:
+        out = Path(args.out)
+        report.write_all(res, out)
+        console.print(f"wrote {out}/summary.json, timeseries.csv and plots")
+    if args.json:
+        print(json.dumps(summ, indent=2))
+    else:
+        _print_summary(Console(), summ)
+    if summ["invariant_violations"]:
+        print(f"mbms sim: {summ['invariant_violations']} safety invariant violation(s):", file=sys.stderr)
+        for v in summ["violations"][:20]:
+            print(f"  {v}", file=sys.stderr)
+        return 1
+    return 0
+
+
+PHASES = ("open", "requesting", "precharging", "closing", "closed", "isolated")
+ACTIONS = ("ok", "derate", "ramp-down", "OPEN")
+
+
+def _run_fast(sc: Any, console: Any, live: bool) -> Any:
+    from rich.live import Live
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mbms.sim import fast
+
+    console.print(f"[bold]mbms sim[/] {sc.name}: {sc.n_packs} packs, {sc.duration_s:.0f} s simulated, seed {sc.seed}")
+    if sc.description:
+        console.print(f"[dim]{sc.description}[/]")
+    progress = Progress(
+        TextColumn("simulating"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"), TimeRemainingColumn()
+    )
+    task = progress.add_task("sim", total=sc.duration_s)
+    if not live:
+        return fast.run(sc)
+    from rich.console import Group
+
+    with Live(Group(progress), console=console, refresh_per_second=8) as lv:
+
+        def on_progress(t_s: float, sim: Any) -> None:
+            progress.update(task, completed=t_s)
+            lv.update(Group(_live_table(sim, t_s), progress))
+
+        res = fast.run(sc, progress=on_progress, chunk_s=max(sc.duration_s / 200, 1.0))
+    return res
+
+
+def _live_table(sim: Any, t_s: float) -> Any:
+    from rich.table import Table
+
+    last = sim.last()
+    tab = Table(title=f"t = {t_s / 60:5.1f} min", expand=False)
+    for col in ("pack", "phase", "contactors", "SOC true/est", "I (A)", "own DCL/CCL (A)", "T max", "protection"):
+        tab.add_column(col, justify="right")
+    if last is None:
+        return tab
+    sys_row, rows = last
+    ch = sim.string_channels()
+    sch = sim.system_channels()
+    for k, r in enumerate(rows):
+        v = dict(zip(ch, r))
+        alive = v["alive"] > 0
+        phase = PHASES[int(v["phase"])] if alive and 0 <= int(v["phase"]) < len(PHASES) else "DOWN"
+        state = ("open", "[yellow]precharge[/]", "[green]closed[/]")[int(v["state"])]
+        act = ACTIONS[int(v["action"])] if alive else "-"
+        if act == "OPEN":
+            act = "[red]FAULT → open[/]"
+        tab.add_row(
+            str(k + 1), phase, state, f"{100 * v['soc_true']:.1f} / {100 * v['soc_est']:.1f} %",
+            f"{v['i_a']:+.1f}", f"{v['local_dcl_a']:.0f} / {v['local_ccl_a']:.0f}", f"{v['t_max_c']:.1f} °C", act,
+        )
+    s = dict(zip(sch, sys_row))
+    tab.caption = (
+        f"bus {s['v_bus_v']:.1f} V · load {s['i_load_a']:+.1f} A (asked {s['i_request_a']:+.1f}) · "
+        f"agreed DCL {s['system_dcl_a']:.0f} A / CCL {s['system_ccl_a']:.0f} A · speaker {int(s['speaker'])}"
+    )
+    return tab
+
+
+def _print_summary(console: Any, summ: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    tab = Table(title=f"summary: {summ['scenario']} (seed {summ['seed']})")
+    for col in ("pack", "SOC start", "SOC end", "connected", "isolations", "rejoins", "faults"):
+        tab.add_column(col, justify="right")
+    for p in summ["packs"]:
+        tab.add_row(
+            str(p["id"]), f"{100 * p['soc_start']:.1f} %", f"{100 * p['soc_end']:.1f} %",
+            f"{p['time_connected_s']:.0f} s", str(p["isolations"]), str(p["rejoins"]),
+            ", ".join(p["faults"]) or "-",
+        )
+    console.print(tab)
+    s = summ["system"]
+    lat = s["agree_latency_ms"]
+    console.print(
+        f"invariant violations (S1–S6): [bold]{summ['invariant_violations']}[/] · "
+        f"limits agreed p50 {lat['p50']} ms / p99 {lat['p99']} ms · "
+        f"max string over-current {s['max_string_overcurrent_a']} A · "
+        f"energy out {s['energy_discharged_kwh']} kWh, in {s['energy_charged_kwh']} kWh · "
+        f"{summ['duration_s']:.0f} s simulated in {summ['wall_s']} s ({summ['realtime_factor']}× real time)"
+    )

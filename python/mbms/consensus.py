@@ -1,0 +1,250 @@
+"""Leader-less peer coordination (typed wrapper of the Rust core in ``mbms._core``).
+
+The protocol itself lives in the Rust crate ``mbms-consensus`` (sans-IO): a :class:`Peer`
+takes received bytes (:meth:`Peer.on_message`) and, every control period, the time and the
+string's own measurements (:meth:`Peer.tick`); it returns the contactor command, the agreed
+system limits, the closed/live sets, the speaker, the messages to broadcast and events.
+Time is always an argument (milliseconds of this node's monotonic clock).
+
+CAN transport helpers: :func:`segment_classic` / :class:`CanReassembler` (classic CAN,
+8-byte frames, id 0x400 | (sender-1)<<4 | toggle<<3 | index, frame 0 starts with the length)
+and :func:`frame_fd` / :func:`unframe_fd` (one CAN FD frame per message).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mbms import _core
+from mbms.errors import ConfigError, FrameError
+
+__all__ = [
+    "CanReassembler",
+    "ConsensusConfig",
+    "ConsensusEvent",
+    "Contactors",
+    "LocalState",
+    "Peer",
+    "PeerOutput",
+    "Phase",
+    "bus_load_classic",
+    "frame_bits_classic",
+    "frame_fd",
+    "ids_of",
+    "segment_classic",
+    "unframe_fd",
+]
+
+
+@dataclass(frozen=True)
+class ConsensusConfig:
+    """Protocol configuration of one peer (mirrors the Rust ``PeerConfig``; same defaults).
+
+    Times are milliseconds of the peer's own clock. ``members`` is the configured member
+    set (ids 1..64); quorum = floor(N/2)+1 of it.
+    """
+
+    system_id: int = 1
+    node_id: int = 1
+    members: tuple[int, ...] = (1, 2, 3)
+    heartbeat_ms: int = 100
+    dv_close_v: float = 2.0
+    lease_ms: int = 1500
+    max_drift_ppm: int = 1000
+    dwell_ms: int = 100
+    precharge_settle_a: float = 1.0
+    precharge_timeout_ms: int = 800
+    close_confirm_ms: int = 60
+    fail_timeout_ms: int = 250
+    grant_wait_ms: int = 300
+    listen_periods: int = 3
+    bus_live_v: float = 20.0
+    seed: int = 0
+    dcdc: bool = False
+    dcdc_soc_gain: float = 2.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["members"] = list(self.members)
+        return d
+
+    @property
+    def quorum(self) -> int:
+        return len(self.members) // 2 + 1
+
+
+@dataclass(frozen=True)
+class Contactors:
+    """Main negative, main positive, precharge relay: True = closed."""
+
+    neg: bool = False
+    pos: bool = False
+    pre: bool = False
+
+    @property
+    def main_closed(self) -> bool:
+        return self.neg and self.pos
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """This string's own estimates and measurements (current: discharge positive)."""
+
+    ocv_v: float
+    r_ohm: float
+    soc: float
+    dcl_a: float
+    ccl_a: float
+    dcl_peak_a: float
+    ccl_peak_a: float
+    fault: bool
+    may_close: bool
+    v_string_v: float
+    v_bus_v: float
+    i_a: float
+    feedback: Contactors = field(default_factory=Contactors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ocv_v": float(self.ocv_v),
+            "r_ohm": float(self.r_ohm),
+            "soc": float(self.soc),
+            "dcl_a": float(self.dcl_a),
+            "ccl_a": float(self.ccl_a),
+            "dcl_peak_a": float(self.dcl_peak_a),
+            "ccl_peak_a": float(self.ccl_peak_a),
+            "fault": bool(self.fault),
+            "may_close": bool(self.may_close),
+            "v_string_v": float(self.v_string_v),
+            "v_bus_v": float(self.v_bus_v),
+            "i_a": float(self.i_a),
+            "feedback": (self.feedback.neg, self.feedback.pos, self.feedback.pre),
+        }
+
+
+class Phase(str, enum.Enum):
+    OPEN = "open"
+    REQUESTING = "requesting"
+    PRECHARGING = "precharging"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    ISOLATED = "isolated"  # opened on a local fault (S1)
+    LISTENING = "listening"  # after a start, learning the state
+    WAITING = "waiting"  # backing off after a withdrawn request or an abort
+
+
+@dataclass(frozen=True)
+class ConsensusEvent:
+    """``kind`` is one of peer_joined, peer_lost, peer_restarted, duplicate_id,
+    quorum_gained, quorum_lost, request_sent, request_withdrawn, granted, grant_released,
+    precharge_started, main_closing, closed, aborted, opened, isolated, rejoining,
+    speaker_changed; ``data`` holds its fields (id, ticket, reason, speaker, ...)."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+def ids_of(bitset: int) -> list[int]:
+    """Member ids of a closed/live bit set (bit id-1)."""
+    return [i + 1 for i in range(64) if bitset >> i & 1]
+
+
+@dataclass(frozen=True)
+class PeerOutput:
+    command: Contactors
+    phase: Phase
+    system_dcl_a: float
+    system_ccl_a: float
+    closed_set: int
+    live_set: int
+    quorum: bool
+    speaker: int | None
+    dcdc_setpoint_a: float | None
+    messages: list[bytes]
+    events: list[ConsensusEvent]
+
+    @property
+    def closed_ids(self) -> list[int]:
+        return ids_of(self.closed_set)
+
+    @property
+    def live_ids(self) -> list[int]:
+        return ids_of(self.live_set)
+
+
+class Peer:
+    """One peer of the coordination. Raises :class:`ConfigError` on a bad configuration."""
+
+    def __init__(self, config: ConsensusConfig, incarnation: int) -> None:
+        try:
+            self._p = _core.ConsensusPeer(config.to_dict(), int(incarnation))
+        except ValueError as exc:
+            if len(exc.args) == 2:
+                raise ConfigError(str(exc.args[0]), str(exc.args[1]), "consensus") from None
+            raise ConfigError("consensus", str(exc), "consensus") from None
+        self.config = config
+
+    def on_message(self, now_ms: int, data: bytes) -> str | None:
+        """Feed received bytes. None if accepted, else why it was dropped (and counted):
+        malformed, foreign_system, unknown_sender, own_echo, duplicate, stale, duplicate_id."""
+        return self._p.on_message(int(now_ms), bytes(data))
+
+    def tick(self, now_ms: int, local: LocalState) -> PeerOutput:
+        o = self._p.tick(int(now_ms), local.to_dict())
+        neg, pos, pre = o["command"]
+        return PeerOutput(
+            command=Contactors(neg, pos, pre),
+            phase=Phase(o["phase"]),
+            system_dcl_a=o["system_dcl_a"],
+            system_ccl_a=o["system_ccl_a"],
+            closed_set=o["closed_set"],
+            live_set=o["live_set"],
+            quorum=o["quorum"],
+            speaker=o["speaker"],
+            dcdc_setpoint_a=o["dcdc_setpoint_a"],
+            messages=list(o["messages"]),
+            events=[ConsensusEvent(e.pop("kind"), e) for e in o["events"]],
+        )
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._p.counters())
+
+    @property
+    def phase(self) -> Phase:
+        return Phase(self._p.phase)
+
+
+def segment_classic(sender: int, msg_counter: int, message: bytes) -> list[tuple[int, bytes]]:
+    """Classic CAN frames (can_id, data ≤ 8 bytes) of one message (≤ 63 bytes)."""
+    try:
+        return _core.can_segment_classic(sender, msg_counter & 0xFFFFFFFF, bytes(message))
+    except ValueError as exc:
+        raise FrameError(str(exc)) from None
+
+
+CanReassembler = _core.CanReassembler
+
+
+def frame_fd(sender: int, message: bytes) -> tuple[int, bytes]:
+    try:
+        return _core.can_frame_fd(sender, bytes(message))
+    except ValueError as exc:
+        raise FrameError(str(exc)) from None
+
+
+def unframe_fd(can_id: int, data: bytes) -> tuple[int, bytes]:
+    try:
+        return _core.can_unframe_fd(can_id, bytes(data))
+    except ValueError as exc:
+        raise FrameError(str(exc)) from None
+
+
+def frame_bits_classic(can_id: int, data: bytes, worst: bool = False) -> int:
+    return _core.can_frame_bits_classic(can_id, bytes(data), worst)
+
+
+def bus_load_classic(msg_len: int, peers: int, period_ms: float, bitrate: float = 500_000.0) -> float:
+    """Worst-case classic CAN bus load (fraction) for peers sending one message each period."""
+    return _core.can_bus_load_classic(msg_len, peers, period_ms, bitrate)

@@ -1,0 +1,1 @@
+"""Reference implementations (numpy) used to check and benchmark the Rust core."""

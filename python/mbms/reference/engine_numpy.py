@@ -1,0 +1,460 @@
+"""A batched numpy implementation of the pack engine's step: the same math as
+``rust_core/src/engine.rs`` (EKF SOC, coulomb count, R0 from current steps, sensor
+plausibility, three-level protection with debounce and latching, SOF limits with derating
+and rate limits, passive balancing), written as whole-array operations over the cells.
+
+It exists to check the Rust core (``tests/test_engine_reference.py``: same inputs, same
+outputs) and as the baseline of ``mbms bench core``. Not covered (raise NotImplementedError
+when they would act): the rest-point OCV correction and AWTLS capacity update (event-driven,
+not per step), hysteresis and second RC pair of the cell model, the active-balancing plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mbms.engine import PACK_INDEX, RULES, Action, Engine, Fault, Level, PackConfig
+
+TIME_EPS_S = 1e-9
+
+
+class _Rule:
+    """Vectorised debounce state of one rule over its indices (see protection.rs)."""
+
+    def __init__(self, name: str, th: tuple[float, float, float], hyst: float,
+                 delay: tuple[float, float, float], upper: bool, n: int) -> None:
+        sign = 1.0 if upper else -1.0
+        self.name = name
+        self.sign = sign
+        self.th = np.array([sign * x for x in th])[:, None]
+        self.clear = self.th - hyst
+        self.delay = np.array(delay)[:, None]
+        self.since = np.full((3, n), np.nan)
+        self.active = np.zeros((3, n), dtype=bool)
+        self.present = np.zeros((3, n), dtype=bool)
+
+    @classmethod
+    def fault_only(cls, name: str, delay: float, n: int) -> _Rule:
+        r = cls(name, (np.inf, np.inf, 0.5), 0.0, (0.0, 0.0, delay), True, n)
+        r.clear = np.array([np.inf, np.inf, 0.5])[:, None]
+        return r
+
+    def eval(self, t: float, x_raw: np.ndarray) -> None:
+        """Same per-level state machine as ``protection::evaluate``; NaN holds the state."""
+        x = self.sign * np.asarray(x_raw, dtype=float)[None, :]
+        known = ~np.isnan(x)
+        act = self.active
+        with np.errstate(invalid="ignore"):
+            present = np.where(act, ~(x < self.clear), x > self.th)
+        clear_now = act & ~present
+        clear_now[2] = False  # faults latch
+        active = act & ~clear_now
+        since = np.where(clear_now, np.nan, self.since)
+        pending = ~act & present
+        since = np.where(pending & np.isnan(since), t, since)
+        confirm = pending & (t - since >= self.delay - TIME_EPS_S)
+        active = active | confirm
+        since = np.where(~act & ~present, np.nan, since)
+        self.present = np.where(known, present, self.present)
+        self.active = np.where(known, active, act)
+        self.since = np.where(known, since, self.since)
+
+    def reset(self) -> None:
+        clear = self.active[2] & ~self.present[2]
+        self.active[2] &= ~clear
+        self.since[2][clear] = np.nan
+
+    def collect(self, pack_level: bool) -> list[Fault]:
+        out = []
+        lvl = np.where(self.active[2], 2, np.where(self.active[1], 1, np.where(self.active[0], 0, -1)))
+        for k in np.flatnonzero(lvl >= 0):
+            out.append(Fault(self.name, Level(int(lvl[k])), PACK_INDEX if pack_level else int(k)))
+        return out
+
+
+@dataclass
+class NumpyResult:
+    action: Action
+    faults: tuple[Fault, ...]
+    soc: np.ndarray
+    soc_sigma: np.ndarray
+    soc_cc: np.ndarray
+    soc_min: float
+    soc_max: float
+    soc_mean: float
+    soe_wh: float
+    ocv_string_v: float
+    r_string_ohm: float
+    dcl_a: float
+    ccl_a: float
+    dcl_peak_a: float
+    ccl_peak_a: float
+    balance: np.ndarray
+    soh_resistance: float
+
+
+class NumpyEngine:
+    """Batched numpy engine with the Rust engine's step semantics."""
+
+    def __init__(self, config: PackConfig) -> None:
+        tabs = Engine(config)._core.tables()  # the very tables the Rust engine evaluates
+        if tabs["has_rc2"] or tabs["hysteresis_m_v"] > 0.0:
+            raise NotImplementedError("the numpy reference covers cells without RC2/hysteresis")
+        if config.balancing.active_plan:
+            raise NotImplementedError("the numpy reference has no active-balancing plan")
+        self.cfg = config
+        self.tab = tabs
+        n = config.pack.series
+        nt = config.pack.temp_sensors
+        self.n, self.nt = n, nt
+        self.par = float(config.pack.parallel)
+        self.scale = float(len(tabs["ocv"]) - 1)
+        self.last = len(tabs["ocv"]) - 1
+        self.sensor_of = (np.arange(n) * nt) // n
+        cap = tabs["capacity_ah"]
+        self.z = np.full(n, 0.5)
+        self.v1 = np.zeros(n)
+        self.p00 = np.full(n, 0.25)
+        self.p01 = np.zeros(n)
+        self.p11 = np.full(n, 1e-6)
+        self.zcc = np.full(n, 0.5)
+        self.inv_qc = np.full(n, 1.0 / (3600.0 * cap))
+        self.cap_ah = np.full(n, cap)
+        self.r0_ratio = np.ones(n)
+        self.v_prev = np.full(n, np.nan)
+        self.v_stuck = np.zeros(n, dtype=np.int64)
+        self.v_valid = np.zeros(n, dtype=bool)
+        self.t_prev = np.full(nt, np.nan)
+        self.t_stuck = np.zeros(nt, dtype=np.int64)
+        self.t_used = np.full(nt, tabs["t_ref_c"])
+        self.initialized = False
+        self.t_last: float | None = None
+        self.i_prev = 0.0
+        self.i_prev_valid = False
+        self.rest_since = np.nan
+        self.rest_done = False
+        self.lim = np.zeros(4)  # dcl, ccl, dcl_peak, ccl_peak
+        self.balance = np.zeros(n, dtype=bool)
+        p = config.protection
+
+        def rule(name: str, t, upper: bool, size: int) -> _Rule:
+            return _Rule(name, (t.warning, t.alarm, t.fault), t.hysteresis,
+                         (t.warning_delay_s, t.alarm_delay_s, t.fault_delay_s), upper, size)
+
+        d = p.sensors.fault_delay_s
+        self.rules = [
+            rule("cell_overvoltage", p.cell_overvoltage_v, True, n),
+            rule("cell_undervoltage", p.cell_undervoltage_v, False, n),
+            rule("overtemp_charge", p.overtemp_charge_c, True, nt),
+            rule("undertemp_charge", p.undertemp_charge_c, False, nt),
+            rule("overtemp_discharge", p.overtemp_discharge_c, True, nt),
+            rule("undertemp_discharge", p.undertemp_discharge_c, False, nt),
+            rule("overcurrent_charge", p.overcurrent_charge_a, True, 1),
+            rule("overcurrent_discharge", p.overcurrent_discharge_a, True, 1),
+            rule("voltage_spread", p.voltage_spread_v, True, 1),
+            rule("temp_spread", p.temp_spread_c, True, 1),
+            _Rule.fault_only("voltage_sensor", d, n),
+            _Rule.fault_only("temp_sensor", d, nt),
+            _Rule.fault_only("current_sensor", d, 1),
+        ]
+        assert tuple(r.name for r in self.rules) == RULES
+        self.R = {r.name: r for r in self.rules}
+
+    # -- tables ------------------------------------------------------------------------------
+
+    def _locate(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.clip(z, 0.0, 1.0) * self.scale
+        k = np.minimum(x.astype(np.int64), self.last - 1)
+        return k, x - k
+
+    @staticmethod
+    def _lerp(y: np.ndarray, k: np.ndarray, f: np.ndarray) -> np.ndarray:
+        y0 = y[k]
+        return y0 + f * (y[k + 1] - y0)
+
+    def _rows(self, rows: np.ndarray, k, f, lo, hi, tf) -> np.ndarray:
+        a = self._lerp_rows(rows, lo, k, f)
+        b = self._lerp_rows(rows, hi, k, f)
+        return a + tf * (b - a)
+
+    @staticmethod
+    def _lerp_rows(rows: np.ndarray, r: np.ndarray, k: np.ndarray, f: np.ndarray) -> np.ndarray:
+        y0 = rows[r, k]
+        return y0 + f * (rows[r, k + 1] - y0)
+
+    def _temp_sel(self, temp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t = self.tab["temps"]
+        n = len(t)
+        lo = np.zeros(len(temp), dtype=np.int64)
+        hi = np.zeros(len(temp), dtype=np.int64)
+        f = np.zeros(len(temp))
+        if n == 1:
+            return lo, hi, f
+        top = temp >= t[-1]
+        mid = (temp > t[0]) & ~top
+        j = np.searchsorted(t, temp[mid], side="left")
+        k = j - 1
+        lo[mid], hi[mid] = k, k + 1
+        f[mid] = (temp[mid] - t[k]) / (t[k + 1] - t[k])
+        lo[top] = hi[top] = n - 1
+        return lo, hi, f
+
+    def _soc_from_ocv(self, v: np.ndarray, dtemp: np.ndarray) -> np.ndarray:
+        ocv, dd = self.tab["ocv"], self.tab["docv_dt"]
+
+        def at(k):
+            return ocv[k] + dd[k] * dtemp
+
+        lo = np.zeros(len(v), dtype=np.int64)
+        hi = np.full(len(v), self.last)
+        while np.any(hi - lo > 1):
+            act = hi - lo > 1
+            mid = (lo + hi) // 2
+            below = at(mid) < v
+            lo = np.where(act & below, mid, lo)
+            hi = np.where(act & ~below, mid, hi)
+        a, b = at(lo), at(hi)
+        f = np.where(b > a, (v - a) / np.where(b > a, b - a, 1.0), 0.5)
+        z = (lo + f) / self.scale
+        z = np.where(v >= at(np.full(len(v), self.last)), 1.0, z)
+        return np.where(~(v > at(np.zeros(len(v), dtype=np.int64))), 0.0, z)
+
+    # -- step ----------------------------------------------------------------------------------
+
+    def step(self, t_s: float, v: np.ndarray, temps: np.ndarray, i_a: float) -> NumpyResult:
+        cfg, tab = self.cfg, self.tab
+        est, sens, lc = cfg.estimator, cfg.protection.sensors, cfg.limits
+        dt = 0.0 if self.t_last is None else t_s - self.t_last
+        self.t_last = t_s
+        R = self.R
+        i_valid = bool(np.isfinite(i_a) and abs(i_a) <= sens.current_max_abs_a)
+        i = i_a if i_valid else 0.0
+        charging = i < -est.rest_current_a
+        R["current_sensor"].eval(t_s, [0.0 if i_valid else 1.0])
+        i_prot = i if i_valid else np.nan
+        R["overcurrent_discharge"].eval(t_s, [i_prot])
+        R["overcurrent_charge"].eval(t_s, [-i_prot])
+
+        # temperature sensors
+        same = temps == self.t_prev
+        self.t_stuck = np.where(same, self.t_stuck + 1, 0)
+        self.t_prev = temps.copy()
+        stuck = (sens.stuck_samples > 0) & (self.t_stuck >= sens.stuck_samples)
+        t_valid = np.isfinite(temps) & (temps >= sens.temp_min_c) & (temps <= sens.temp_max_c) & ~stuck
+        R["temp_sensor"].eval(t_s, np.where(t_valid, 0.0, 1.0))
+        tx = np.where(t_valid, temps, np.nan)
+        ninf, pinf = np.full(self.nt, -np.inf), np.full(self.nt, np.inf)
+        R["overtemp_charge"].eval(t_s, tx if charging else ninf)
+        R["undertemp_charge"].eval(t_s, tx if charging else pinf)
+        R["overtemp_discharge"].eval(t_s, ninf if charging else tx)
+        R["undertemp_discharge"].eval(t_s, pinf if charging else tx)
+        self.t_used = np.where(t_valid, temps, self.t_used)
+        if t_valid.any():
+            tv = temps[t_valid]
+            tmin, tmax = tv.min(), tv.max()
+            fd = min(1.0, np.interp(tv, lc.discharge_temp_derating.x, lc.discharge_temp_derating.factor).min())
+            fc = min(1.0, np.interp(tv, lc.charge_temp_derating.x, lc.charge_temp_derating.factor).min())
+            t_spread = tmax - tmin
+        else:
+            fd = fc = 0.0
+            t_spread = np.nan
+        tu = self.t_used
+        tau1 = np.interp(tu, tab["tau_temps"], tab["tau1_s"])
+        a1_s = np.exp(-dt / tau1)
+        dcont_s = np.exp(-lc.continuous_horizon_s / tau1)
+        dpeak_s = np.exp(-lc.peak_horizon_s / tau1)
+        dtemp_s = tu - tab["t_ref_c"]
+        lo_s, hi_s, tf_s = self._temp_sel(tu)
+        R["temp_spread"].eval(t_s, [t_spread])
+
+        so = self.sensor_of
+        if not self.initialized:
+            ok = (v >= sens.cell_v_min_v) & (v <= sens.cell_v_max_v) & (v > sens.open_wire_v)
+            z0 = self._soc_from_ocv(np.where(ok, v, 3.0), dtemp_s[so])
+            self.z = np.where(ok, z0, 0.5)
+            self.zcc = self.z.copy()
+            self.v1[:] = 0.0
+            self.p00 = np.where(ok, est.initial_soc_sigma**2, 0.25)
+            self.p01[:] = 0.0
+            self.p11[:] = 1e-6
+            self.initialized = True
+
+        # rest / R0 step / throughput
+        at_rest = abs(i) < est.rest_current_a
+        if at_rest:
+            if np.isnan(self.rest_since):
+                self.rest_since = t_s
+            if not self.rest_done and t_s - self.rest_since >= est.rest_time_s:
+                raise NotImplementedError("rest-point correction is not in the numpy reference")
+        else:
+            self.rest_since = np.nan
+            self.rest_done = False
+        di = i - self.i_prev
+        r0_step = i_valid and self.i_prev_valid and abs(di) >= est.r0_step_min_a and 0.0 < dt <= 1.0
+        self.i_prev, self.i_prev_valid = i, i_valid
+        i_cell = i / self.par
+        eta = tab["coulombic_efficiency"] if i < 0.0 else 1.0
+        eta_i = eta * i_cell
+        var_i = (est.current_noise_a / self.par) ** 2
+        q_z_dt = est.soc_process_noise * dt
+        q_v1_dt = est.v1_process_noise * dt
+        r_meas = est.voltage_noise_v**2 + est.model_error_v**2
+        p = tab
+        vmin = p["v_min_v"] + lc.voltage_margin_v
+        vmax = p["v_max_v"] - lc.voltage_margin_v
+
+        # cells: plausibility and protection
+        cnt = np.where(v == self.v_prev, self.v_stuck + 1, 0)
+        self.v_stuck = cnt
+        stuck = (sens.stuck_samples > 0) & (cnt >= sens.stuck_samples)
+        valid = (v >= sens.cell_v_min_v) & (v <= sens.cell_v_max_v) & (v > sens.open_wire_v) & ~stuck
+        prev_valid = self.v_valid
+        v_prev = self.v_prev
+        self.v_prev = v.copy()
+        self.v_valid = valid
+        R["voltage_sensor"].eval(t_s, np.where(valid, 0.0, 1.0))
+        vp = np.where(valid, v, np.nan)
+        R["cell_overvoltage"].eval(t_s, vp)
+        R["cell_undervoltage"].eval(t_s, vp)
+
+        # EKF
+        a1 = a1_s[so]
+        lo, hi, tf = lo_s[so], hi_s[so], tf_s[so]
+        inv_qc = self.inv_qc
+        z_pred = self.z - (eta_i * dt) * inv_qc
+        k, f = self._locate(z_pred)
+        r1 = self._rows(tab["r1"], k, f, lo, hi, tf) * self.r0_ratio
+        g = dt * inv_qc
+        b1 = r1 * (1.0 - a1)
+        z = self.z - eta_i * g
+        v1 = a1 * self.v1 + b1 * i_cell
+        p00 = self.p00 + q_z_dt + var_i * g * g
+        p01 = a1 * self.p01 - var_i * g * b1
+        p11 = a1 * a1 * self.p11 + q_v1_dt + var_i * b1 * b1
+        r0_nom = self._rows(tab["r0"], k, f, lo, hi, tf)
+        if r0_step:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = -(v - v_prev) / (di / self.par)
+            ok = valid & prev_valid & np.isfinite(r) & (r > 0.2 * r0_nom) & (r < 5.0 * r0_nom)
+            self.r0_ratio = np.where(ok, self.r0_ratio + est.r0_gain * (r / r0_nom - self.r0_ratio), self.r0_ratio)
+        r0 = r0_nom * self.r0_ratio
+        ocv_tab = tab["ocv"]
+        slope = (ocv_tab[k + 1] - ocv_tab[k]) * self.scale
+        ocv_pred = self._lerp(ocv_tab, k, f) + self._lerp(tab["docv_dt"], k, f) * dtemp_s[so]
+        # Joseph-form update where the voltage is trusted
+        hz = slope
+        innov = np.where(valid, v, 0.0) - (ocv_pred - r0 * i_cell - v1)
+        ph0 = p00 * hz - p01
+        ph1 = p01 * hz - p11
+        s = hz * ph0 - ph1 + r_meas
+        k0 = ph0 / s
+        k1 = ph1 / s
+        m00 = 1.0 - k0 * hz
+        m01 = k0
+        m10 = -k1 * hz
+        m11 = 1.0 + k1
+        t00 = m00 * p00 + m01 * p01
+        t01 = m00 * p01 + m01 * p11
+        t10 = m10 * p00 + m11 * p01
+        t11 = m10 * p01 + m11 * p11
+        u00 = t00 * m00 + t01 * m01 + r_meas * k0 * k0
+        u01 = t00 * m10 + t01 * m11 + r_meas * k0 * k1
+        u11 = t10 * m10 + t11 * m11 + r_meas * k1 * k1
+        zu = np.clip(z + k0 * innov, -0.1, 1.1)
+        self.z = np.where(valid, zu, z)
+        self.v1 = np.where(valid, v1 + k1 * innov, v1)
+        self.p00 = np.where(valid, u00, p00)
+        self.p01 = np.where(valid, u01, p01)
+        self.p11 = np.where(valid, u11, p11)
+        self.zcc = self.zcc - (eta_i * dt) * inv_qc
+        zo = np.clip(self.z, 0.0, 1.0)
+        sigma = np.sqrt(self.p00)
+
+        # pack quantities, limits per cell
+        dz = zo - np.clip(z_pred, 0.0, 1.0)
+        ocv = ocv_pred + slope * dz
+        soe = float(np.sum((self._lerp(tab["energy"], k, f) + ocv * dz) * self.cap_ah)) * self.par
+        vd = ocv
+        v1n = self.v1
+        dc, dp = dcont_s[so], dpeak_s[so]
+        inv_c = 1.0 / (r0 + r1 * (1.0 - dc) + slope * lc.continuous_horizon_s * inv_qc)
+        inv_p = 1.0 / (r0 + r1 * (1.0 - dp) + slope * lc.peak_horizon_s * inv_qc)
+
+        def lim(h, inv):
+            x = h * inv
+            return float(np.min(np.where(x > 0.0, x, 0.0)))
+
+        ld_c = lim(vd - v1n * dc - vmin, inv_c)
+        lc_c = lim(vmax - vd + v1n * dc, inv_c)
+        ld_p = lim(vd - v1n * dp - vmin, inv_p)
+        lc_p = lim(vmax - vd + v1n * dp, inv_p)
+        vv = v[valid]
+        R["voltage_spread"].eval(t_s, [vv.max() - vv.min() if vv.size else np.nan])
+
+        faults: list[Fault] = []
+        for r in self.rules:
+            faults += r.collect(r.since.shape[1] == 1)
+        action = Action(max((int(f.level) + 1 for f in faults), default=0))
+
+        soc_min, soc_max = float(zo.min()), float(zo.max())
+        fsd = float(np.interp(soc_min, lc.discharge_soc_derating.x, lc.discharge_soc_derating.factor))
+        fsc = float(np.interp(soc_max, lc.charge_soc_derating.x, lc.charge_soc_derating.factor))
+        tgt = np.array([
+            min(self.par * ld_c, lc.max_discharge_a * fd * fsd),
+            min(self.par * lc_c, lc.max_charge_a * fc * fsc),
+            min(self.par * ld_p, lc.max_discharge_peak_a * fd * fsd),
+            min(self.par * lc_p, lc.max_charge_peak_a * fc * fsc),
+        ])
+        if action == Action.DERATE:
+            tgt = tgt * lc.warning_factor
+        if action == Action.RAMP_DOWN:
+            tgt = np.minimum(tgt, np.maximum(self.lim - lc.alarm_ramp_a_per_s * dt, 0.0))
+        if action == Action.OPEN or not i_valid:
+            tgt = np.zeros(4)
+        tgt = np.maximum(np.nan_to_num(tgt, nan=0.0), 0.0)
+        self.lim = np.where(tgt <= self.lim, tgt,
+                            np.minimum(self.lim + lc.recover_a_per_s * max(dt, 0.0), tgt))
+
+        # balancing
+        bc = cfg.balancing
+        allowed = action < Action.RAMP_DOWN and i_valid and abs(i) <= bc.max_current_a
+        if bc.mode == "off" or not allowed or not valid.any():
+            self.balance = np.zeros(self.n, dtype=bool)
+        else:
+            x = zo if bc.mode == "soc" else v
+            x_min = x[valid].min()
+            t_ok = np.where(t_valid, self.t_used, np.inf)[so] < bc.inhibit_temp_c
+            thr = np.where(self.balance, x_min + bc.threshold - bc.hysteresis, x_min + bc.threshold)
+            want = valid & (v >= bc.min_cell_v) & t_ok & (x > thr)
+            if bc.max_cells > 0 and want.sum() > bc.max_cells:
+                idx = np.flatnonzero(want)
+                order = idx[np.lexsort((idx, -x[idx]))]
+                want = np.zeros(self.n, dtype=bool)
+                want[order[: bc.max_cells]] = True
+            self.balance = want
+
+        return NumpyResult(
+            action=action,
+            faults=tuple(faults),
+            soc=zo,
+            soc_sigma=sigma,
+            soc_cc=self.zcc.copy(),
+            soc_min=soc_min,
+            soc_max=soc_max,
+            soc_mean=float(zo.sum() / self.n),
+            soe_wh=soe,
+            ocv_string_v=float(ocv.sum()),
+            r_string_ohm=float(r0.sum() / self.par + cfg.pack.r_extra_ohm),
+            dcl_a=float(self.lim[0]),
+            ccl_a=float(self.lim[1]),
+            dcl_peak_a=float(self.lim[2]),
+            ccl_peak_a=float(self.lim[3]),
+            balance=self.balance.copy(),
+            soh_resistance=float(self.r0_ratio.mean()),
+        )
+
+    def reset_faults(self) -> None:
+        for r in self.rules:
+            r.reset()

@@ -1,0 +1,582 @@
+//! The fast mode of `mbms sim`: one plant, N [`NodeCore`]s and a simulated peer network on a
+//! virtual clock, in one loop, deterministic for a seed.
+//!
+//! Each node has its own drifting clock; peer messages cross a network model with loss,
+//! delay (hence reordering), duplication and partitions; nodes can be killed and restarted
+//! (the engine state they persisted is restored). The load requested by the profile is
+//! clipped to the limits the speaker node reports, as an inverter obeying the BMS would.
+//!
+//! The brief's safety rules are checked on the true plant state every step ([`Invariants`]).
+
+use mbms_consensus::prng::SplitMix64;
+use mbms_consensus::{Contactors as PeerContactors, PeerConfig, Phase};
+
+use crate::cell_model::CellParams;
+use crate::engine::EngineConfig;
+use crate::node::{NodeConfig, NodeCore, NodeInputs};
+use crate::plant::load::Quantity;
+use crate::plant::{Plant, StringCommand};
+use crate::protection::{Action, Rule};
+
+/// Everything needed to (re)build one node.
+#[derive(Clone)]
+pub struct NodeSpec {
+    pub node: NodeConfig,
+    pub engine: EngineConfig,
+    pub cell: CellParams,
+    pub peer: PeerConfig,
+    /// Clock rate error of this node (ppm, signed) and its offset at t = 0 (ms).
+    pub drift_ppm: f64,
+    pub clock_offset_ms: u64,
+}
+
+/// Network conditions of the simulated peer network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetModel {
+    /// Probability that one receiver misses one message (inconsistent omission).
+    pub loss: f64,
+    /// Probability that a delivered message is delivered twice.
+    pub duplicate: f64,
+    /// Uniform extra delay 0..=max (ms); > 0 reorders messages.
+    pub max_delay_ms: u64,
+    /// Partition group per node (index = node index); messages cross only within a group.
+    pub group: Vec<u8>,
+}
+
+impl NetModel {
+    pub fn healthy(n: usize) -> Self {
+        Self { loss: 0.0, duplicate: 0.0, max_delay_ms: 0, group: vec![0; n] }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.loss == 0.0 && self.group.iter().all(|&g| g == self.group[0])
+    }
+}
+
+struct Flight {
+    at_ms: u64,
+    to: usize,
+    msg: usize,
+}
+
+struct Slot {
+    spec: NodeSpec,
+    core: Option<NodeCore>,
+    incarnation: u64,
+    /// Engine state as persisted at the last period (restored on restart).
+    saved_state: Vec<u8>,
+    last_cmd: StringCommand,
+    /// Previous step's phase (for close detection).
+    prev_pos_closed: bool,
+    prev_pre: bool,
+    /// |V_bus − V_string| (true) at the end of the previous step.
+    prev_dv_v: f64,
+}
+
+/// Per-record channels (one row every `record_every` steps).
+pub const SYSTEM_CHANNELS: [&str; 8] = [
+    "t_s",
+    "v_bus_v",
+    "i_load_a",
+    "i_request_a",
+    "system_dcl_a",
+    "system_ccl_a",
+    "closed_strings",
+    "speaker",
+];
+pub const STRING_CHANNELS: [&str; 13] = [
+    "i_a",
+    "soc_true",
+    "soc_est",
+    "state", // 0 open, 1 precharge, 2 closed (true contactor state)
+    "phase",
+    "local_dcl_a",
+    "local_ccl_a",
+    "system_dcl_a",
+    "t_max_c",
+    "action",
+    "fault",
+    "alive",
+    "v_string_v",
+];
+
+/// Safety and agreement figures over the run.
+#[derive(Debug, Clone, Default)]
+pub struct Invariants {
+    pub violations: Vec<String>,
+    pub max_string_overcurrent_a: f64,
+    /// Times (ms) from a disagreement appearing to all live connected peers agreeing again.
+    pub agree_latencies_ms: Vec<u64>,
+    disagree_since_ms: Option<u64>,
+    pub closes: Vec<(u64, usize, f64)>,
+}
+
+impl Invariants {
+    fn violate(&mut self, t_ms: u64, rule: &str, what: String) {
+        if self.violations.len() < 100 {
+            self.violations.push(format!("t={:.1}s {rule}: {what}", t_ms as f64 / 1000.0));
+        }
+    }
+}
+
+pub struct FastSim {
+    plant: Plant,
+    slots: Vec<Slot>,
+    pub net: NetModel,
+    rng: SplitMix64,
+    t_ms: u64,
+    dt_ms: u64,
+    flights: Vec<Flight>,
+    pool: Vec<Vec<u8>>,
+    pub inv: Invariants,
+    record_every: u64,
+    steps: u64,
+    pub system_rows: Vec<f64>,
+    pub string_rows: Vec<f64>,
+    /// Current the load asks for (before clipping to the agreed limits), last step.
+    request_a: f64,
+    /// Whether the load obeys the BMS limits (an inverter does); `false` = raw profile.
+    pub clip_load: bool,
+    /// ΔV_close (V) used by the S3 check, from the peers' config.
+    dv_close_v: f64,
+    /// Extra allowance in the S3 check for sensor error (V).
+    pub s3_margin_v: f64,
+    pub energy_discharged_j: f64,
+    pub energy_charged_j: f64,
+    time_connected_ms: Vec<u64>,
+    isolations: Vec<u32>,
+    rejoins: Vec<u32>,
+    was_isolated: Vec<bool>,
+    ever_closed: Vec<bool>,
+    /// Per node: bit (rule·3 + level) of every protection condition seen during the run.
+    faults_seen: Vec<u64>,
+}
+
+fn rand01(rng: &mut SplitMix64) -> f64 {
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+impl FastSim {
+    pub fn new(plant: Plant, specs: Vec<NodeSpec>, seed: u64, dt_ms: u64, record_every: u64) -> Result<Self, String> {
+        let n = plant.n_strings();
+        if specs.len() != n {
+            return Err(format!("{} node specs for {} strings", specs.len(), n));
+        }
+        if dt_ms == 0 || record_every == 0 {
+            return Err("dt_ms and record_every must be > 0".into());
+        }
+        let dv_close_v = specs.first().map_or(2.0, |s| s.peer.dv_close_v);
+        let mut slots = Vec::with_capacity(n);
+        for spec in specs {
+            let core = NodeCore::new(spec.node.clone(), spec.engine.clone(), spec.cell.clone(), spec.peer.clone(), 1)
+                .map_err(|e| e.to_string())?;
+            slots.push(Slot {
+                spec,
+                core: Some(core),
+                incarnation: 1,
+                saved_state: Vec::new(),
+                last_cmd: StringCommand::default(),
+                prev_pos_closed: false,
+                prev_pre: false,
+                prev_dv_v: 0.0,
+            });
+        }
+        Ok(Self {
+            plant,
+            slots,
+            net: NetModel::healthy(n),
+            rng: SplitMix64::new(seed ^ 0x6d62_6d73_5f73_696d),
+            t_ms: 0,
+            dt_ms,
+            flights: Vec::new(),
+            pool: Vec::new(),
+            inv: Invariants::default(),
+            record_every,
+            steps: 0,
+            system_rows: Vec::new(),
+            string_rows: Vec::new(),
+            request_a: 0.0,
+            clip_load: true,
+            dv_close_v,
+            s3_margin_v: 1.0,
+            energy_discharged_j: 0.0,
+            energy_charged_j: 0.0,
+            time_connected_ms: vec![0; n],
+            isolations: vec![0; n],
+            rejoins: vec![0; n],
+            was_isolated: vec![false; n],
+            ever_closed: vec![false; n],
+            faults_seen: vec![0; n],
+        })
+    }
+
+    pub fn plant(&self) -> &Plant {
+        &self.plant
+    }
+    pub fn plant_mut(&mut self) -> &mut Plant {
+        &mut self.plant
+    }
+    pub fn t_ms(&self) -> u64 {
+        self.t_ms
+    }
+    pub fn n(&self) -> usize {
+        self.slots.len()
+    }
+    pub fn node(&self, k: usize) -> Option<&NodeCore> {
+        self.slots[k].core.as_ref()
+    }
+    pub fn time_connected_s(&self, k: usize) -> f64 {
+        self.time_connected_ms[k] as f64 / 1000.0
+    }
+    pub fn isolations(&self, k: usize) -> u32 {
+        self.isolations[k]
+    }
+    pub fn rejoins(&self, k: usize) -> u32 {
+        self.rejoins[k]
+    }
+    /// Protection conditions node `k` saw during the run, as "rule:level" names.
+    pub fn faults_seen(&self, k: usize) -> Vec<String> {
+        let mut v = Vec::new();
+        for rule in Rule::ALL {
+            for (li, level) in ["warning", "alarm", "fault"].iter().enumerate() {
+                if self.faults_seen[k] & (1u64 << (rule as u32 * 3 + li as u32)) != 0 {
+                    v.push(format!("{rule:?}:{level}"));
+                }
+            }
+        }
+        v
+    }
+
+    /// Kill node `k` (its process dies: contactors keep their last command, messages stop).
+    pub fn kill(&mut self, k: usize) {
+        if let Some(core) = self.slots[k].core.take() {
+            self.slots[k].saved_state = core.engine().export_state();
+        }
+    }
+
+    /// Restart node `k` with a new incarnation, restoring its persisted engine state.
+    pub fn restart(&mut self, k: usize) -> Result<(), String> {
+        let slot = &mut self.slots[k];
+        if slot.core.is_some() {
+            return Ok(());
+        }
+        slot.incarnation += 1;
+        let s = &slot.spec;
+        let mut core = NodeCore::new(s.node.clone(), s.engine.clone(), s.cell.clone(), s.peer.clone(), slot.incarnation)
+            .map_err(|e| e.to_string())?;
+        if !slot.saved_state.is_empty() {
+            core.engine_mut().import_state(&slot.saved_state).map_err(|e| e.to_string())?;
+        }
+        slot.core = Some(core);
+        Ok(())
+    }
+
+    fn node_clock(&self, k: usize, t_ms: u64) -> u64 {
+        let s = &self.slots[k].spec;
+        let t = t_ms as f64 * (1.0 + s.drift_ppm * 1e-6);
+        s.clock_offset_ms + t.max(0.0) as u64
+    }
+
+    /// The speaker's view of the agreed system limits (the one the inverter hears).
+    fn inverter_limits(&self) -> Option<(f64, f64)> {
+        // The speaker is the node that every live node names; take the first live node's
+        // choice and read that node's limits. No live speaker: the inverter sees nothing.
+        let first = self.slots.iter().filter_map(|s| s.core.as_ref()).next()?;
+        let sp = first.output().speaker?;
+        let spk = self.slots.iter().filter_map(|s| s.core.as_ref()).find(|c| c.node_id() == sp)?;
+        let o = spk.output();
+        Some((o.system_dcl_a, o.system_ccl_a))
+    }
+
+    /// Advance one step of `dt_ms`.
+    pub fn step(&mut self) {
+        let dt_ms = self.dt_ms;
+        let n = self.slots.len();
+
+        // 1. load request from the profile, clipped to the agreed limits.
+        let t_s = self.t_ms as f64 / 1000.0;
+        let load = &self.plant.config().load;
+        let raw = load.value_at(t_s);
+        let v_bus = self.plant.v_bus_v().max(1.0);
+        let request_a = match load.quantity() {
+            Quantity::CurrentA => raw,
+            Quantity::PowerW => raw / v_bus,
+        };
+        self.request_a = request_a;
+        let any_closed = (0..n).any(|k| self.plant.contactor_state(k).pos && self.plant.contactor_state(k).neg);
+        let i_load = if !self.clip_load {
+            request_a
+        } else if !any_closed {
+            0.0
+        } else {
+            match self.inverter_limits() {
+                Some((dcl, ccl)) => request_a.clamp(-ccl, dcl),
+                None => 0.0,
+            }
+        };
+        self.plant.set_load_a(i_load);
+
+        // 2. plant physics.
+        self.plant.step(dt_ms as f64 / 1000.0);
+        self.t_ms += dt_ms;
+        let t_ms = self.t_ms;
+
+        // 3. deliver due messages.
+        let mut k = 0;
+        while k < self.flights.len() {
+            if self.flights[k].at_ms <= t_ms {
+                let f = self.flights.swap_remove(k);
+                let tn = self.node_clock(f.to, t_ms);
+                if let Some(core) = self.slots[f.to].core.as_mut() {
+                    core.receive(tn, &self.pool[f.msg]);
+                }
+            } else {
+                k += 1;
+            }
+        }
+        if self.flights.is_empty() {
+            self.pool.clear();
+        }
+
+        // 4. every live node: measure, step, command.
+        for k in 0..n {
+            let tn = self.node_clock(k, t_ms);
+            let offset = self.slots[k].spec.clock_offset_ms;
+            let drift = self.slots[k].spec.drift_ppm;
+            let m = self.plant.measure(k);
+            let meas_t_ms = offset + (m.t_s * 1000.0 * (1.0 + drift * 1e-6)).round().max(0.0) as u64;
+            let meas_t_ms = meas_t_ms.min(tn);
+            let Some(core) = self.slots[k].core.as_mut() else { continue };
+            let inp = NodeInputs {
+                t_ms: tn,
+                meas_t_ms,
+                v_cell_v: &m.v_cell_v,
+                t_cell_c: &m.t_cell_c,
+                i_a: m.i_a,
+                v_string_v: m.v_string_v,
+                v_bus_v: m.v_bus_v,
+                feedback: PeerContactors { neg: m.feedback.neg, pos: m.feedback.pos, pre: m.feedback.pre },
+                valid: m.valid,
+            };
+            let out = core.step(&inp);
+            let cmd = StringCommand {
+                neg: out.contactors.neg,
+                pos: out.contactors.pos,
+                pre: out.contactors.pre,
+                balance: out.balance.clone(),
+                dcdc_setpoint_a: out.dcdc_setpoint_a,
+            };
+            // S1 check: a node holding a fault must command open in that same step.
+            if out.fault && (cmd.neg || cmd.pos || cmd.pre) {
+                self.inv.violate(t_ms, "S1", format!("node {} faulted but commands {:?}", k + 1, out.contactors));
+            }
+            // Messages: one send, each receiver on its own fate.
+            for msg in &out.messages {
+                let idx = self.pool.len();
+                self.pool.push(msg.clone());
+                for to in 0..n {
+                    if to == k || self.net.group[to] != self.net.group[k] {
+                        continue;
+                    }
+                    if self.net.loss > 0.0 && rand01(&mut self.rng) < self.net.loss {
+                        continue;
+                    }
+                    let delay = if self.net.max_delay_ms > 0 {
+                        self.rng.next_u64() % (self.net.max_delay_ms + 1)
+                    } else {
+                        0
+                    };
+                    self.flights.push(Flight { at_ms: t_ms + delay, to, msg: idx });
+                    if self.net.duplicate > 0.0 && rand01(&mut self.rng) < self.net.duplicate {
+                        self.flights.push(Flight { at_ms: t_ms + delay + dt_ms, to, msg: idx });
+                    }
+                }
+            }
+            self.slots[k].last_cmd = cmd;
+        }
+        for k in 0..n {
+            let cmd = self.slots[k].last_cmd.clone();
+            self.plant.set_command(k, &cmd);
+        }
+
+        self.check_invariants();
+        self.steps += 1;
+        if self.steps % self.record_every == 0 {
+            self.record();
+        }
+    }
+
+    /// Run until the virtual clock reaches `t_ms`.
+    pub fn run_until(&mut self, t_ms: u64) {
+        while self.t_ms + self.dt_ms <= t_ms {
+            self.step();
+        }
+    }
+
+    fn check_invariants(&mut self) {
+        let t_ms = self.t_ms;
+        let n = self.slots.len();
+        let dt_ms = self.dt_ms;
+        // S2: at most one string in precharge/closing at any instant (true relay states).
+        let pre: Vec<usize> = (0..n).filter(|&k| self.plant.contactor_state(k).pre).collect();
+        if pre.len() > 1 {
+            self.inv.violate(t_ms, "S2", format!("strings {:?} precharging at once", pre.iter().map(|k| k + 1).collect::<Vec<_>>()));
+        }
+        let quorum = n / 2 + 1;
+        for k in 0..n {
+            let c = self.plant.contactor_state(k);
+            let closed = c.pos && c.neg;
+            // S3: a main contactor closes only onto a matched bus.
+            if closed && !self.slots[k].prev_pos_closed {
+                // S3: the bus and string voltages just before the close (true values).
+                let dv = self.slots[k].prev_dv_v;
+                self.inv.closes.push((t_ms, k, dv));
+                if dv > self.dv_close_v + self.s3_margin_v {
+                    self.inv.violate(t_ms, "S3", format!("string {} closed its main contactor at |dV| = {:.2} V", k + 1, dv));
+                }
+                if self.ever_closed[k] && self.was_isolated[k] {
+                    self.rejoins[k] += 1;
+                }
+                self.ever_closed[k] = true;
+                self.was_isolated[k] = false;
+            }
+            self.slots[k].prev_pos_closed = closed;
+            self.slots[k].prev_dv_v = (self.plant.v_bus_v() - self.plant.string_voltage_v(k)).abs();
+            if closed {
+                self.time_connected_ms[k] += dt_ms;
+            }
+            // S6: a string starts precharge only on a side holding quorum.
+            let pre_start = c.pre && !self.slots[k].prev_pre;
+            self.slots[k].prev_pre = c.pre;
+            if pre_start {
+                let side = (0..n)
+                    .filter(|&j| self.net.group[j] == self.net.group[k] && self.slots[j].core.is_some())
+                    .count();
+                if side < quorum {
+                    self.inv.violate(t_ms, "S6", format!("string {} precharging on a side of {} < quorum {}", k + 1, side, quorum));
+                }
+            }
+            if let Some(core) = self.slots[k].core.as_ref() {
+                let o = core.output();
+                if o.phase == Phase::Isolated && !self.was_isolated[k] && self.ever_closed[k] {
+                    self.was_isolated[k] = true;
+                    self.isolations[k] += 1;
+                }
+                for f in &core.engine().output().faults {
+                    self.faults_seen[k] |= 1u64 << (f.rule as u32 * 3 + f.level as u32);
+                }
+                // S4 (physical): a string's current above its own continuous limit.
+                let i = self.plant.string_current_a(k);
+                let own = if i >= 0.0 { o.local_dcl_a } else { o.local_ccl_a };
+                if closed && o.action < Action::RampDown {
+                    let over = i.abs() - own;
+                    if over > self.inv.max_string_overcurrent_a {
+                        self.inv.max_string_overcurrent_a = over;
+                    }
+                }
+            }
+        }
+        // S5: live nodes that hear each other agree on limits and closed set.
+        let live: Vec<&NodeCore> = self.slots.iter().filter_map(|s| s.core.as_ref()).collect();
+        if self.net.is_healthy() && live.len() >= 2 {
+            let a = live[0].output();
+            let agree = live.iter().all(|c| {
+                let o = c.output();
+                o.closed_set == a.closed_set
+                    && (o.system_dcl_a - a.system_dcl_a).abs() < 1e-6
+                    && (o.system_ccl_a - a.system_ccl_a).abs() < 1e-6
+            });
+            match (agree, self.inv.disagree_since_ms) {
+                (true, Some(since)) => {
+                    self.inv.agree_latencies_ms.push(t_ms - since);
+                    self.inv.disagree_since_ms = None;
+                }
+                (false, None) => self.inv.disagree_since_ms = Some(t_ms - dt_ms),
+                _ => {}
+            }
+        } else {
+            self.inv.disagree_since_ms = None;
+        }
+        let i_load = self.plant.load_a();
+        let e = i_load * self.plant.v_bus_v() * dt_ms as f64 / 1000.0;
+        if e >= 0.0 {
+            self.energy_discharged_j += e;
+        } else {
+            self.energy_charged_j -= e;
+        }
+    }
+
+    /// Close the run: a disagreement still open at the end counts as a latency so far.
+    pub fn finish(&mut self) {
+        if let Some(since) = self.inv.disagree_since_ms.take() {
+            self.inv.agree_latencies_ms.push(self.t_ms - since);
+        }
+    }
+
+    fn record(&mut self) {
+        let n = self.slots.len();
+        let (dcl, ccl) = self.inverter_limits().unwrap_or((0.0, 0.0));
+        let closed = (0..n).filter(|&k| { let c = self.plant.contactor_state(k); c.pos && c.neg }).count();
+        let speaker = self
+            .slots
+            .iter()
+            .filter_map(|s| s.core.as_ref())
+            .next()
+            .and_then(|c| c.output().speaker)
+            .map_or(0.0, f64::from);
+        self.system_rows.extend_from_slice(&[
+            self.t_ms as f64 / 1000.0,
+            self.plant.v_bus_v(),
+            self.plant.load_a(),
+            self.request_a,
+            dcl,
+            ccl,
+            closed as f64,
+            speaker,
+        ]);
+        for k in 0..n {
+            let c = self.plant.contactor_state(k);
+            let state = if c.pos && c.neg { 2.0 } else if c.pre { 1.0 } else { 0.0 };
+            let soc = self.plant.cell_soc(k);
+            let soc_true = soc.iter().sum::<f64>() / soc.len() as f64;
+            let t_max = self.plant.cell_temp_c(k).iter().copied().fold(f64::MIN, f64::max);
+            let v_string = self.plant.string_voltage_v(k);
+            let row = match self.slots[k].core.as_ref() {
+                Some(core) => {
+                    let o = core.output();
+                    [
+                        self.plant.string_current_a(k),
+                        soc_true,
+                        core.engine().output().soc_mean,
+                        state,
+                        o.phase as u8 as f64,
+                        o.local_dcl_a,
+                        o.local_ccl_a,
+                        o.system_dcl_a,
+                        t_max,
+                        o.action as u8 as f64,
+                        o.fault as u8 as f64,
+                        1.0,
+                        v_string,
+                    ]
+                }
+                None => [
+                    self.plant.string_current_a(k),
+                    soc_true,
+                    f64::NAN,
+                    state,
+                    f64::NAN,
+                    f64::NAN,
+                    f64::NAN,
+                    f64::NAN,
+                    t_max,
+                    f64::NAN,
+                    f64::NAN,
+                    0.0,
+                    v_string,
+                ],
+            };
+            self.string_rows.extend_from_slice(&row);
+        }
+    }
+}
