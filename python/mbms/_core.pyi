@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-import numpy.typing as npt
-
 class CellModel:
     """A cell parameter set parsed from the text of a ``hw/cells/*.toml`` file."""
 
@@ -98,6 +95,7 @@ def consensus_bus_load(
     bitrate: float = 500000.0,
     config: dict[str, Any] | None = None,
 ) -> dict[str, Any]: ...
+
 # ---- plant simulator (rust_core/src/py/plant.rs; Python API: mbms.plant) --------------------
 
 def plant_config_normalize(config_json: str) -> str:

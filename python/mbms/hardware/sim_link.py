@@ -1,0 +1,107 @@
+"""Hardware adapter for a simulated plant served by ``mbms plant`` over the node's own link.
+
+Each control period the runtime calls :meth:`SimLinkHardware.command`; the datagram carries the
+contactor/balancing command and doubles as the request for the next sample, which the plant sends
+back at once. :meth:`read` returns the latest sample with its local arrival time, so the runtime
+can judge staleness by its own clock. Replies that are malformed, for another string, or older
+than the newest one received (sequence number) are counted and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import numpy as np
+
+from mbms.errors import FrameError
+from mbms.hardware.base import Hardware
+from mbms.node.config import parse_link
+from mbms.node.logic import Contactors, Measurement
+from mbms.plant_link import command_to_wire, measurement_from_wire, pack, unpack
+
+log = logging.getLogger("mbms.hardware.sim_link")
+
+
+class _Proto(asyncio.DatagramProtocol):
+    def __init__(self, owner: SimLinkHardware) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.owner._on_datagram(data)
+
+    def error_received(self, exc: Exception) -> None:  # plant not (yet/any more) listening
+        self.owner.errors += 1
+
+
+class SimLinkHardware(Hardware):
+    def __init__(self, link: str, string: int, timeout_s: float, clock: Any = time.monotonic) -> None:
+        self.kind, self.addr = parse_link(link)
+        self.string = string
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self._seq = 0
+        self._last_seq = -1
+        self._latest: tuple[Measurement, float] | None = None
+        self._dgram: asyncio.DatagramTransport | None = None
+        self._started_at = 0.0
+        self.malformed = 0
+        self.errors = 0
+        self.replies = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.kind == "udp":
+            self._dgram, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), remote_addr=self.addr)
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # an abstract-namespace address: replies need a bound name, and no file is left behind
+            sock.bind(f"\0mbms-node-{os.getpid()}-{self.string}-{id(self)}")
+            sock.connect(self.addr)
+            sock.setblocking(False)
+            self._dgram, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
+        self._started_at = self.clock()
+
+    def _on_datagram(self, raw: bytes) -> None:
+        try:
+            obj = unpack(raw)
+            if obj.get("op") == "error":
+                raise FrameError(f"plant refused: {obj.get('msg')}")
+            if obj.get("op") != "meas" or obj.get("k") != self.string or not isinstance(obj.get("seq"), int):
+                raise FrameError("plant link: expected a 'meas' reply for this string")
+            meas = measurement_from_wire(obj)
+        except FrameError as exc:
+            self.malformed += 1
+            log.debug("plant link datagram dropped: %s", exc)
+            return
+        if obj["seq"] <= self._last_seq:  # a late reply overtaken by a newer one
+            self.malformed += 1
+            return
+        self._last_seq = obj["seq"]
+        self.replies += 1
+        self._latest = (meas, self.clock())
+
+    def read(self) -> tuple[Measurement, float] | None:
+        return self._latest
+
+    def command(self, contactors: Contactors, balance: np.ndarray) -> None:
+        if self._dgram is None:
+            return
+        self._seq += 1
+        try:
+            self._dgram.sendto(pack(command_to_wire(self.string, self._seq, contactors, balance)))
+        except OSError:  # plant gone: the missing replies make the link stale
+            self.errors += 1
+
+    def link_ok(self, now: float) -> bool:
+        last = self._latest[1] if self._latest else self._started_at
+        return now - last <= self.timeout_s and self._latest is not None
+
+    def close(self) -> None:
+        if self._dgram is not None:
+            self._dgram.close()
+            self._dgram = None

@@ -1,0 +1,77 @@
+"""Assemble and run one node: configs -> hardware, transport, persistence, discovery -> runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from typing import Any
+
+from mbms.errors import MbmsError
+from mbms.hardware import make_hardware
+from mbms.node.config import PackFile, SystemConfig, check_membership
+from mbms.node.logic import NodeLogic
+from mbms.node.persistence import StateStore
+from mbms.node.runtime import NodeRuntime
+from mbms.telemetry import TelemetryEncoder
+from mbms.transport import make_transport
+
+log = logging.getLogger("mbms.node")
+
+
+def make_core_logic(pack: PackFile, system: SystemConfig) -> NodeLogic:
+    """The production logic: ``mbms._core.NodeCore`` (engine + consensus + contactor sequencing).
+
+    This is the one wiring point for the Rust NodeCore; until it is in the build, ``mbms node``
+    stops here with a clear error instead of running any stand-in logic.
+    """
+    from mbms import _core
+
+    core_cls = getattr(_core, "NodeCore", None)
+    if core_cls is None:
+        raise MbmsError("this build of mbms has no NodeCore (mbms._core.NodeCore); the node runtime "
+                        "needs it to make decisions and will not run without it")
+    from mbms.node.core_adapter import CoreLogic  # written with NodeCore
+
+    return CoreLogic.from_configs(core_cls, pack, system)
+
+
+async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, stop: asyncio.Event | None = None,
+                   duration_s: float | None = None, discovery: bool | None = None,
+                   on_ready: Any = None) -> NodeRuntime:
+    check_membership(pack, system)
+    node_id = pack.node.id
+    store = StateStore(pack.node.state_dir, node_id)
+    runtime = NodeRuntime(pack.node, logic, make_hardware(pack.hardware), make_transport(system, node_id),
+                          store, TelemetryEncoder(node_id))
+    restored = runtime.restore()
+    log.info("node %d of system %s starting (state: %s, transport %s)", node_id, system.system_id, restored,
+             runtime.transport.endpoint if runtime.transport else "-")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    if duration_s is not None:
+        loop.call_later(duration_s, stop.set)
+    disc = None
+    use_disc = system.discovery.enabled if discovery is None else discovery
+    if use_disc:
+        from mbms.discovery import Discovery
+
+        assert runtime.transport is not None
+        disc = Discovery(system, node_id, runtime.transport.endpoint)
+        await disc.start()
+    if on_ready is not None:
+        on_ready(runtime)
+    try:
+        await runtime.run(stop)
+    finally:
+        if disc is not None:
+            await disc.close()
+        summary = runtime.timing.summary()
+        log.info("node %d stopped", node_id, extra={"timing": json.dumps(summary)})
+    return runtime

@@ -1,0 +1,179 @@
+"""Persistence of a node: the logic's state blob and an append-only event log in the state dir.
+
+* ``state.bin``: the latest ``NodeLogic.export_state()`` blob in a small envelope
+  (magic ``MBMS``, format version, length, CRC-32). Written atomically: a temp file in the same
+  directory, ``fsync``, ``rename`` over the old file, ``fsync`` of the directory. A reader thus
+  sees either the old or the new state, never a mix, also after ``kill -9`` or a power cut.
+* ``events.jsonl``: one JSON object per line (time, node, kind, fields), appended and flushed at
+  once, fsync'ed at each state save. A torn last line (killed mid-write) is skipped with a warning.
+
+A missing state file means a first start (defaults, info); a corrupt one (bad magic, length or CRC)
+gives a clear warning, is kept as ``state.bin.corrupt`` for analysis, and the node starts from
+defaults (the logic's own, e.g. SOC from OCV).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mbms.node.persistence")
+
+MAGIC = b"MBMS"
+FORMAT = 1
+_HEADER = struct.Struct("<4sHII")  # magic, format, length, crc32
+
+
+@dataclass
+class LoadResult:
+    data: bytes | None
+    status: str  # "ok" | "missing" | "corrupt"
+    detail: str = ""
+
+
+class StateStore:
+    def __init__(self, state_dir: str | os.PathLike[str], node_id: int) -> None:
+        self.dir = Path(state_dir)
+        self.node_id = node_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob(".state.bin.*.tmp"):  # left by a writer killed mid-save
+            if stale.name != f".state.bin.{os.getpid()}.tmp":
+                stale.unlink(missing_ok=True)
+        self.state_path = self.dir / "state.bin"
+        self.events_path = self.dir / "events.jsonl"
+        self._events = open(self.events_path, "a", encoding="utf-8")
+        if self._events.tell() > 0:
+            with open(self.events_path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line torn by a kill: end it so the next event is whole
+                    self._events.write("\n")
+        self.saves = 0
+
+    # ---------------------------------------------------------------- state
+    def save(self, blob: bytes) -> None:
+        data = _HEADER.pack(MAGIC, FORMAT, len(blob), zlib.crc32(blob)) + blob
+        tmp = self.dir / f".state.bin.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.state_path)
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        # event() flushes every line itself; only the fsync here (may run in the saver thread)
+        os.fsync(self._events.fileno())
+        self.saves += 1
+
+    def load(self) -> LoadResult:
+        try:
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
+            log.info("no saved state in %s: first start, using defaults", self.dir)
+            return LoadResult(None, "missing")
+        detail = ""
+        if len(raw) < _HEADER.size:
+            detail = f"{len(raw)} bytes, shorter than the {_HEADER.size}-byte header"
+        else:
+            magic, fmt, length, crc = _HEADER.unpack_from(raw)
+            blob = raw[_HEADER.size:]
+            if magic != MAGIC:
+                detail = f"bad magic {magic!r}, expected {MAGIC!r}"
+            elif fmt != FORMAT:
+                detail = f"format {fmt}, expected {FORMAT}"
+            elif length != len(blob):
+                detail = f"length {len(blob)}, header says {length}"
+            elif zlib.crc32(blob) != crc:
+                detail = "CRC-32 mismatch"
+            else:
+                return LoadResult(blob, "ok")
+        self.quarantine(detail)
+        return LoadResult(None, "corrupt", detail)
+
+    def quarantine(self, detail: str) -> None:
+        """Keep an unusable state file aside and warn; the node starts from defaults."""
+        log.warning("saved state %s is corrupt (%s): starting from defaults; kept as %s.corrupt",
+                    self.state_path, detail, self.state_path.name)
+        try:
+            os.replace(self.state_path, self.state_path.with_suffix(".bin.corrupt"))
+        except OSError:
+            pass
+        self.event("state_corrupt", detail=detail)
+
+    # --------------------------------------------------------------- events
+    def event(self, kind: str, **fields: Any) -> None:
+        rec = {"t": round(time.time(), 3), "node": self.node_id, "kind": kind, **fields}
+        self._events.write(json.dumps(rec, default=str, separators=(",", ":")) + "\n")
+        self._events.flush()
+
+    def read_events(self) -> list[dict[str, Any]]:
+        out = []
+        with open(self.events_path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    log.warning("%s line %d is torn or corrupt: skipped", self.events_path, n)
+        return out
+
+    def close(self) -> None:
+        if not self._events.closed:
+            self._events.flush()
+            os.fsync(self._events.fileno())
+            self._events.close()
+
+
+class BackgroundSaver:
+    """Writes the latest state blob in a thread of its own, so an fsync (tens of ms on a busy
+    disk) never delays a control period. Latest wins: a blob submitted while a write is in
+    progress replaces any older pending one. ``close`` writes what is pending, then stops."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._cond = threading.Condition()
+        self._pending: bytes | None = None
+        self._stop = False
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="mbms-state-saver", daemon=True)
+        self._thread.start()
+
+    def submit(self, blob: bytes) -> None:
+        with self._cond:
+            self._pending = blob
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop:
+                    self._cond.wait()
+                blob, self._pending = self._pending, None
+                if blob is None and self._stop:
+                    return
+            try:
+                assert blob is not None
+                self.store.save(blob)
+            except OSError:
+                self.errors += 1
+                log.exception("state save to %s failed", self.store.state_path)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=10)

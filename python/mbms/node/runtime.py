@@ -1,0 +1,328 @@
+"""The real-time runtime of one node: an asyncio loop around a sans-IO :class:`NodeLogic`.
+
+Every control period: read the latest sample from the hardware -> ``logic.step`` -> command the
+contactors and balancing switches -> broadcast the logic's messages; every telemetry period the
+DBC telemetry frames; every ``state_save_ms`` the logic's state, atomically. Peer messages are
+handed to ``logic.receive`` as they arrive (same thread, between periods).
+
+Fail-safe (brief S1 and "on any doubt, open"): the runtime itself commands all contactors open,
+without asking the logic, when
+
+* the latest sample is older than ``stale_ms`` or the hardware link timed out,
+* the hardware marks the sample invalid, or there is no sample yet,
+* the loop wakes up more than ``overrun_ms`` after its schedule (overrun),
+* the logic raised an exception.
+
+It tells the logic once (``logic.fail_safe``), hands it the sample marked ``valid=False`` while the
+condition lasts, and passes the logic's commands through again only once the condition has
+cleared AND the logic itself has commanded all-open in some period after being told (re-arm), so
+a logic that missed the news can never close a main contactor without a fresh precharge.
+
+Timing: the wake-up lateness (period jitter) and the ``logic.step`` time of every period are kept
+(:class:`LoopTiming`) for the report (``mbms node --timing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from mbms.hardware.base import Hardware
+from mbms.node.config import NodeSection
+from mbms.node.logic import ALL_OPEN, Contactors, Measurement, NodeLogic, NodeOutput, NodeStatus
+from mbms.node.persistence import BackgroundSaver, StateStore
+from mbms.telemetry import TelemetryEncoder
+from mbms.transport.base import Transport
+
+log = logging.getLogger("mbms.node")
+
+
+class LoopTiming:
+    """Period jitter (wake-up lateness) and step time of the last ``capacity`` periods, in ms."""
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self.jitter_ms = np.zeros(capacity)
+        self.step_ms = np.zeros(capacity)
+        self.work_ms = np.zeros(capacity)  # the whole period: read, step, command, send, save
+        self.count = 0
+        self.overruns = 0
+        self.skipped_periods = 0
+
+    def add(self, jitter_ms: float, step_ms: float) -> None:
+        i = self.count % len(self.jitter_ms)
+        self.jitter_ms[i] = jitter_ms
+        self.step_ms[i] = step_ms
+        self.count += 1
+
+    def set_work(self, work_ms: float) -> None:
+        if self.count:
+            self.work_ms[(self.count - 1) % len(self.work_ms)] = work_ms
+
+    def summary(self) -> dict[str, float]:
+        n = min(self.count, len(self.jitter_ms))
+        if n == 0:
+            return {"periods": 0}
+        j, s, w = self.jitter_ms[:n], self.step_ms[:n], self.work_ms[:n]
+        return {
+            "periods": self.count, "overruns": self.overruns, "skipped_periods": self.skipped_periods,
+            "jitter_ms_mean": float(j.mean()), "jitter_ms_p99": float(np.percentile(j, 99)),
+            "jitter_ms_max": float(j.max()), "step_ms_mean": float(s.mean()),
+            "step_ms_p99": float(np.percentile(s, 99)), "step_ms_max": float(s.max()),
+            "work_ms_mean": float(w.mean()), "work_ms_p99": float(np.percentile(w, 99)), "work_ms_max": float(w.max()),
+        }
+
+
+class NodeRuntime:
+    def __init__(self, node: NodeSection, logic: NodeLogic, hardware: Hardware,
+                 transport: Transport | None = None, store: StateStore | None = None,
+                 telemetry: TelemetryEncoder | None = None, clock: Any = time.monotonic) -> None:
+        self.node = node
+        self.logic = logic
+        self.hw = hardware
+        self.transport = transport
+        self.store = store
+        self.saver: BackgroundSaver | None = None  # started by run(); period() then saves off-loop
+        self.telemetry = telemetry
+        self.clock = clock
+        self.timing = LoopTiming()
+        self.fail_safe_reason: str | None = None
+        self.rearm_pending = False
+        self._logic_opened = True
+        self.fail_safe_count = 0
+        self.rejected_messages = 0
+        self.accepted_messages = 0
+        self.send_errors = 0
+        self.status: NodeStatus | None = None
+        self.meas: Measurement | None = None
+        self.commanded: Contactors = ALL_OPEN
+        self.periods = 0
+        self.restored = "not attempted"
+        self._t0 = clock()
+        self._last_save = float("-inf")
+        self._last_telemetry = float("-inf")
+        self._last_faults: tuple[str, ...] = ()
+        self._last_phase: Any = None
+
+    # ------------------------------------------------------------------ helpers
+    def t_ms(self, now: float | None = None) -> int:
+        return int(((self.clock() if now is None else now) - self._t0) * 1000)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        if self.store is not None:
+            self.store.event(kind, **fields)
+
+    def restore(self) -> str:
+        """Restore the logic's state from the store: "ok", "missing" or "corrupt"."""
+        if self.store is None:
+            self.restored = "missing"
+            return self.restored
+        res = self.store.load()
+        self.restored = res.status
+        if res.data is not None:
+            try:
+                self.logic.import_state(res.data)
+            except ValueError as exc:
+                self.store.quarantine(f"logic rejected the state: {exc}")
+                self.restored = "corrupt"
+                return self.restored
+            log.info("state restored from %s", self.store.state_path)
+        return self.restored
+
+    # -------------------------------------------------------------- receiving
+    def _on_message(self, src: int, payload: bytes) -> None:
+        try:
+            ok = self.logic.receive(self.t_ms(), payload)
+        except Exception:  # a bug in the logic must not kill the receive path
+            log.exception("logic.receive raised on a message from node %d", src)
+            ok = False
+        if ok:
+            self.accepted_messages += 1
+        else:
+            self.rejected_messages += 1
+
+    # ------------------------------------------------------------ one period
+    def period(self, now: float, lateness_s: float) -> None:
+        t_work = time.perf_counter()
+        t_ms = self.t_ms(now)
+        reasons = []
+        if lateness_s * 1000 > self.node.overrun_ms:
+            self.timing.overruns += 1
+            reasons.append(f"loop overrun: {lateness_s * 1000:.0f} ms late")
+        sample = self.hw.read()
+        meas: Measurement | None = None
+        if sample is None:
+            if (now - self._t0) * 1000 > self.node.stale_ms:
+                # (within the first stale_ms the contactors stay open without a fail-safe: start-up)
+                reasons.append("no measurement yet")
+        else:
+            meas, arrived = sample
+            if (now - arrived) * 1000 > self.node.stale_ms:
+                reasons.append(f"stale measurement: {(now - arrived) * 1000:.0f} ms old")
+            if not meas.valid:
+                reasons.append("measurement marked invalid")
+        if not self.hw.link_ok(now) and sample is not None:
+            reasons.append("hardware link lost")
+        if reasons and meas is not None and meas.valid:
+            meas = dataclasses.replace(meas, valid=False)
+
+        out: NodeOutput | None = None
+        step_s = 0.0
+        if meas is not None:
+            t1 = time.perf_counter()
+            try:
+                out = self.logic.step(t_ms, meas)
+            except Exception:
+                log.exception("logic.step raised")
+                reasons.append("logic error")
+            step_s = time.perf_counter() - t1
+        self.timing.add(lateness_s * 1000, step_s * 1000)
+
+        entered = self._update_fail_safe(t_ms, reasons)
+        cmd = out.contactors if out is not None else ALL_OPEN
+        if self.fail_safe_reason is not None or self.rearm_pending:
+            if out is not None and not cmd.any_closed() and not entered:
+                self._logic_opened = True  # the logic has taken the news: it commands all-open itself
+            if self.rearm_pending and self._logic_opened:
+                self.rearm_pending = False
+                log.info("re-armed: the logic commanded all-open after the fail-safe")
+                self._event("rearmed", t_ms=t_ms)
+            else:
+                cmd = ALL_OPEN
+        n_cells = len(meas.v_cell_v) if meas is not None else 0
+        balance = np.zeros(n_cells, dtype=bool)
+        if out is not None and self.fail_safe_reason is None and len(out.balance) == n_cells:
+            balance = np.asarray(out.balance, dtype=bool)
+        self.hw.command(cmd, balance)
+        self.commanded = cmd
+        self.meas = meas
+        if out is not None:
+            if out.status is not None:
+                self._observe_status(t_ms, out.status)
+            self._send_messages(out.messages)
+        self._periodic(now)
+        self.periods += 1
+        self.timing.set_work((time.perf_counter() - t_work) * 1000)
+
+    def _update_fail_safe(self, t_ms: int, reasons: list[str]) -> bool:
+        """Enter or leave the fail-safe; True if it was entered in this period."""
+        if reasons and self.fail_safe_reason is None:
+            self.fail_safe_reason = "; ".join(reasons)
+            self.fail_safe_count += 1
+            log.warning("FAIL-SAFE: contactors forced open: %s", self.fail_safe_reason)
+            self._event("fail_safe", t_ms=t_ms, reason=self.fail_safe_reason)
+            self._logic_opened = False
+            self.rearm_pending = True
+            try:
+                self.logic.fail_safe(t_ms, self.fail_safe_reason)
+            except Exception:
+                log.exception("logic.fail_safe raised")
+            return True
+        if not reasons and self.fail_safe_reason is not None:
+            log.info("fail-safe condition cleared (%s); waiting for the logic to re-arm", self.fail_safe_reason)
+            self._event("fail_safe_cleared", t_ms=t_ms, reason=self.fail_safe_reason)
+            self.fail_safe_reason = None
+        return False
+
+    def _observe_status(self, t_ms: int, st: NodeStatus) -> None:
+        self.status = st
+        if st.faults != self._last_faults:
+            log.warning("faults: %s", list(st.faults)) if st.faults else log.info("faults cleared")
+            self._event("faults", t_ms=t_ms, faults=list(st.faults))
+            self._last_faults = st.faults
+        if st.phase != self._last_phase:
+            self._event("phase", t_ms=t_ms, phase=getattr(st.phase, "name", str(st.phase)))
+            self._last_phase = st.phase
+
+    def _send_messages(self, messages: list[bytes]) -> None:
+        if self.transport is None:
+            return
+        for m in messages:
+            try:
+                self.transport.send(m)
+            except (ValueError, RuntimeError, OSError) as exc:
+                self.send_errors += 1
+                log.warning("peer message not sent: %s", exc)
+
+    def _periodic(self, now: float) -> None:
+        if self.transport is not None and self.telemetry is not None and \
+                (now - self._last_telemetry) * 1000 >= self.node.telemetry_period_ms - 0.5:
+            self._last_telemetry = now
+            try:
+                self.transport.send_telemetry(self.telemetry.frames(self.status, self.meas, self.fail_safe_reason is not None))
+            except (ValueError, OSError) as exc:
+                self.send_errors += 1
+                log.warning("telemetry not sent: %s", exc)
+        if self.store is not None and (now - self._last_save) * 1000 >= self.node.state_save_ms:
+            self._last_save = now
+            blob = self.logic.export_state()
+            if self.saver is not None:
+                self.saver.submit(blob)
+            else:
+                self.store.save(blob)
+
+    # -------------------------------------------------------------- the loop
+    async def run(self, stop: asyncio.Event | None = None, max_periods: int | None = None) -> None:
+        stop = stop or asyncio.Event()
+        if self.transport is not None:
+            self.transport.on_message = self._on_message
+        await self.hw.start()
+        if self.transport is not None:
+            await self.transport.start()
+        self._t0 = self.clock()
+        if self.store is not None:
+            self.saver = BackgroundSaver(self.store)
+        self._event("start", t_ms=0, restored=self.restored)
+        period = self.node.control_period_ms / 1000.0
+        next_t = self.clock()
+        try:
+            while not stop.is_set() and (max_periods is None or self.periods < max_periods):
+                delay = next_t - self.clock()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                        break
+                    except asyncio.TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(0)  # let receive callbacks run even when behind
+                now = self.clock()
+                try:
+                    self.period(now, max(0.0, now - next_t))
+                except Exception:  # a runtime bug must still leave the pack open, and the loop alive
+                    log.exception("control period failed: forcing all contactors open")
+                    self._update_fail_safe(self.t_ms(now), ["runtime error"])
+                    self.hw.command(ALL_OPEN, np.zeros(len(self.meas.v_cell_v) if self.meas else 0, dtype=bool))
+                    self.commanded = ALL_OPEN
+                next_t += period
+                behind = self.clock() - next_t
+                if behind > period:  # do not replay missed periods in a burst
+                    skipped = int(behind // period)
+                    self.timing.skipped_periods += skipped
+                    next_t += skipped * period
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Open the contactors (nothing supervises the pack once the node is gone), save, close."""
+        try:
+            self.hw.command(ALL_OPEN, np.zeros(len(self.meas.v_cell_v) if self.meas else 0, dtype=bool))
+        except Exception:
+            log.exception("final open command failed")
+        if self.saver is not None:
+            self.saver.close()
+            self.saver = None
+        if self.store is not None:
+            try:
+                self.store.save(self.logic.export_state())
+            except Exception:
+                log.exception("final state save failed")
+            self._event("stop", t_ms=self.t_ms(), timing=self.timing.summary())
+            self.store.close()
+        if self.transport is not None:
+            self.transport.close()
+        self.hw.close()

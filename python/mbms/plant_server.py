@@ -1,0 +1,164 @@
+"""``mbms plant``: runs the simulated plant in real time and serves each string to its node.
+
+The plant (``mbms.plant.Plant``, Rust) is stepped every ``dt_s`` of wall time by ``dt_s *
+time_scale`` of plant time. Nodes reach it over their own link (:mod:`mbms.plant_link`): each
+command datagram is applied to the named string and answered with that string's measurement.
+
+Contactor driver watchdog: real contactor drivers drop out when the controller stops refreshing
+them; likewise, a string whose node has sent no command for ``command_timeout_s`` is opened here
+(a killed node's string does not stay on the bus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from mbms.errors import FrameError
+from mbms.node.config import parse_link
+from mbms.plant_link import measurement_to_wire, pack, unpack
+
+log = logging.getLogger("mbms.plant")
+
+
+class PlantLike(Protocol):
+    """What the server needs of the plant (the API of ``mbms.plant.Plant``)."""
+
+    def step(self, dt_s: float) -> Any: ...
+
+    def set_command(self, k: int, *, neg: bool, pos: bool, pre: bool, balance: Any = None,
+                    dcdc_setpoint_a: float | None = None) -> Any: ...
+
+    def set_load_a(self, i: float) -> Any: ...
+
+    def measure(self, k: int) -> Any: ...
+
+
+class _Proto(asyncio.DatagramProtocol):
+    def __init__(self, server: PlantServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        reply = self.server.handle(data)
+        if reply is not None and self.transport is not None and addr:
+            try:
+                self.transport.sendto(reply, addr)
+            except OSError:
+                pass  # the node went away; its watchdog on our side will open its string
+
+
+class PlantServer:
+    def __init__(self, plant: PlantLike, n_strings: int, dt_s: float = 0.01, time_scale: float = 1.0,
+                 command_timeout_s: float = 0.5, clock: Any = time.monotonic) -> None:
+        self.plant = plant
+        self.n = n_strings
+        self.dt_s = dt_s
+        self.time_scale = time_scale
+        self.command_timeout_s = command_timeout_s
+        self.clock = clock
+        self.t_s = 0.0
+        self.load_a = 0.0
+        self.contactors = [(False, False, False)] * n_strings
+        self.last_cmd = [float("-inf")] * n_strings
+        self.malformed = 0
+
+    # ------------------------------------------------------------ protocol
+    def handle(self, raw: bytes) -> bytes | None:
+        try:
+            obj = unpack(raw)
+            op = obj["op"]
+            if op == "cmd":
+                return pack(self._cmd(obj))
+            if op == "load":
+                i = obj.get("i")
+                if isinstance(i, bool) or not isinstance(i, (int, float)) or not np.isfinite(i):
+                    raise FrameError("'load' needs a finite number 'i'")
+                self.load_a = float(i)
+                self.plant.set_load_a(self.load_a)
+                return pack({"op": "load", "i": self.load_a})
+            if op == "state":
+                now = self.clock()
+                return pack({"op": "state", "t_s": self.t_s, "contactors": [list(c) for c in self.contactors],
+                             "load_a": self.load_a, "last_cmd_age_s": [min(now - t, 1e9) for t in self.last_cmd]})
+            raise FrameError(f"unknown op {op!r}; expected cmd, load or state")
+        except FrameError as exc:
+            self.malformed += 1
+            return pack({"op": "error", "msg": str(exc)})
+
+    def _cmd(self, obj: dict[str, Any]) -> dict[str, Any]:
+        k, seq = obj.get("k"), obj.get("seq")
+        if not isinstance(k, int) or not 0 <= k < self.n:
+            raise FrameError(f"'cmd': k must be a string index 0..{self.n - 1}, got {k!r}")
+        if not isinstance(seq, int):
+            raise FrameError("'cmd': seq must be an integer")
+        flags = tuple(obj.get(x) for x in ("neg", "pos", "pre"))
+        if not all(isinstance(f, bool) for f in flags):
+            raise FrameError("'cmd': neg, pos, pre must be booleans")
+        bal = obj.get("bal")
+        balance = np.frombuffer(bal, dtype=np.uint8).astype(bool) if isinstance(bal, bytes) and bal else None
+        neg, pos, pre = flags  # type: ignore[misc]
+        self.plant.set_command(k, neg=neg, pos=pos, pre=pre, balance=balance)
+        self.contactors[k] = (neg, pos, pre)
+        self.last_cmd[k] = self.clock()
+        return measurement_to_wire(k, seq, self.plant.measure(k))
+
+    # ----------------------------------------------------------- real time
+    def tick(self) -> None:
+        now = self.clock()
+        for k in range(self.n):
+            if any(self.contactors[k]) and now - self.last_cmd[k] > self.command_timeout_s:
+                log.warning("string %d: no command for %.2f s, contactor drivers drop out", k, now - self.last_cmd[k])
+                self.plant.set_command(k, neg=False, pos=False, pre=False)
+                self.contactors[k] = (False, False, False)
+        self.plant.step(self.dt_s * self.time_scale)
+        self.t_s += self.dt_s * self.time_scale
+
+    async def serve(self, listen: str, stop: asyncio.Event | None = None, ready: Any = None) -> None:
+        loop = asyncio.get_running_loop()
+        kind, addr = parse_link(listen, name="--listen")
+        if kind == "udp":
+            dgram, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), local_addr=addr)
+        else:
+            if os.path.exists(addr):
+                os.unlink(addr)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(addr)
+            sock.setblocking(False)
+            dgram, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
+        if ready is not None:
+            ready()
+        stop = stop or asyncio.Event()
+        next_t = loop.time()
+        try:
+            while not stop.is_set():
+                self.tick()
+                next_t += self.dt_s
+                delay = next_t - loop.time()
+                if delay < -1.0:  # far behind (suspended?): do not try to catch up in a burst
+                    next_t = loop.time()
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=max(delay, 0.0))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            dgram.close()
+            if kind == "unix" and os.path.exists(addr):
+                os.unlink(addr)
+
+
+def load_plant(path: str, seed: int) -> tuple[PlantLike, int]:
+    """Build ``mbms.plant.Plant`` from a plant description file; returns (plant, number of strings)."""
+    from mbms.plant import Plant
+
+    plant = Plant(path, seed)  # ConfigError naming file and field for a bad description
+    return plant, plant.n_strings

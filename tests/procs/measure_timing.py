@@ -1,0 +1,27 @@
+"""Measure the runtime's loop timing (period jitter, step time) with real processes: a plant
+server (DoublePlant) and one node (DoubleLogic test double, so the step time is the runtime's
+overhead, not NodeCore's). Usage: measure_timing.py PERIOD_MS DURATION_S"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import TESTS, Proc, free_udp_port  # noqa: E402
+from node_files import pack_file, system_file  # noqa: E402
+
+period, duration = int(sys.argv[1]), float(sys.argv[2])
+with tempfile.TemporaryDirectory() as tmp:
+    t = Path(tmp)
+    link = f"udp://127.0.0.1:{free_udp_port()}"
+    plant = Proc([str(TESTS / "procs" / "plant_double_server.py"), link, "2"])
+    plant.read_until(lambda s: s.strip() == "ready", 10)
+    system = system_file(t, [1, 2], "can", free_udp_port())
+    node = Proc([str(TESTS / "procs" / "run_node_double.py"), str(pack_file(t, 1, link, period_ms=period)),
+                 str(system), str(duration)])
+    final = node.read_json("final", duration + 30)
+    plant.kill()
+    print(json.dumps({"period_ms": period, **final["timing"]}))

@@ -1,0 +1,109 @@
+"""Peer transports between real processes: python-can udp_multicast (segmented) and UDP multicast."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import can
+import msgpack
+import pytest
+from conftest import TESTS, Proc, free_udp_port
+
+from mbms.node.config import CanTransport as CanCfg, UdpTransport as UdpCfg
+from mbms.transport.can import CanTransport
+from mbms.transport.segmentation import can_id, segment_classic
+from mbms.transport.udp import UdpTransport
+
+SIZES = [1, 6, 7, 8, 9, 15, 16, 20, 40, 63]
+
+
+async def _exchange(t, inbox: asyncio.Queue, payload: bytes, timeout: float = 5.0) -> bytes:
+    t.send(payload)
+    src, got = await asyncio.wait_for(inbox.get(), timeout)
+    assert src == 2
+    return got
+
+
+def _peer(procs: list[Proc], *args: str) -> Proc:
+    p = Proc([str(TESTS / "procs" / "can_peer.py"), *args])
+    procs.append(p)
+    p.read_until(lambda s: s.strip() == "ready", 15)
+    return p
+
+
+def test_can_udp_multicast_two_processes_segmented(procs: list[Proc]) -> None:
+    port = free_udp_port()
+    _peer(procs, "can", str(port), "2", "1,2")
+
+    async def run() -> tuple[list[int], CanTransport]:
+        t = CanTransport(CanCfg(interface="udp_multicast", channel="239.74.163.2", port=port), 1, (1, 2))
+        inbox: asyncio.Queue = asyncio.Queue()
+        t.on_message = lambda src, p: inbox.put_nowait((src, p))
+        await t.start()
+        try:
+            for n in SIZES:
+                payload = bytes((i * 7 + n) & 0xFF for i in range(n))
+                assert await _exchange(t, inbox, payload) == payload[::-1], n
+            with pytest.raises(ValueError, match="expected 1..=63"):
+                t.send(b"x" * 64)
+            bus = t._bus
+            assert bus is not None
+            # foreign: a non-member sender (node 9) and an identifier outside the mbms plan
+            fid, data = segment_classic(9, 0, b"hi")[0]
+            bus.send(can.Message(arbitration_id=fid, data=data, is_extended_id=False))
+            bus.send(can.Message(arbitration_id=0x7F, data=b"\x01\x02", is_extended_id=False))
+            # oversized: frame 0 of node 1 announcing a 200-byte message
+            bus.send(can.Message(arbitration_id=can_id(1, 0, 0), data=bytes([200]) + b"abcdefg", is_extended_id=False))
+            # malformed: a continuation frame without a start, and a garbage datagram on the port
+            bus.send(can.Message(arbitration_id=can_id(1, 1, 3), data=bytes(8), is_extended_id=False))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"\xc1garbage", ("239.74.163.2", port))
+            st = msgpack.unpackb(await _exchange(t, inbox, b"stats"))
+            t.send(b"quit")
+            return st, t
+        finally:
+            t.close()
+
+    st, t = asyncio.run(run())
+    echoes, malformed, foreign, replayed, oversized, duplicate, received = st
+    assert echoes >= len(SIZES)  # the peer saw its own replies come back and filtered them
+    assert foreign == 2 and oversized == 1 and malformed == 2 and replayed == 0
+    assert received == len(SIZES) + 1  # every size + "stats"
+    assert t.stats.echoes >= len(SIZES) and t.stats.received_messages == len(SIZES) + 1
+
+
+def test_udp_multicast_two_processes(procs: list[Proc]) -> None:
+    port = free_udp_port()
+    _peer(procs, "udp", str(port), "2", "1,2", "sysA")
+
+    async def run() -> list[int]:
+        cfg = UdpCfg(port=port, group="239.255.77.9", interface="127.0.0.1")
+        t = UdpTransport(cfg, 1, (1, 2), "sysA")
+        inbox: asyncio.Queue = asyncio.Queue()
+        t.on_message = lambda src, p: inbox.put_nowait((src, p))
+        await t.start()
+        try:
+            for n in (0, 1, 100, 1400):
+                payload = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+                assert await _exchange(t, inbox, payload) == payload[::-1]
+            with pytest.raises(ValueError, match="exceeds"):
+                t.send(b"x" * 1401)
+            base = {"v": 1, "sys": "sysA", "src": 1, "boot": t.boot, "k": "m", "d": b"zz"}
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+                dst = ("239.255.77.9", port)
+                s.sendto(b"\xc1not msgpack", dst)  # malformed
+                s.sendto(msgpack.packb({"v": 1}), dst)  # malformed: fields missing
+                s.sendto(msgpack.packb({**base, "sys": "other", "seq": 10**6}), dst)  # foreign system
+                s.sendto(msgpack.packb({**base, "src": 7, "seq": 10**6}), dst)  # non-member
+                s.sendto(msgpack.packb({**base, "seq": 1}), dst)  # replayed: seq 1 of this run was seen
+                s.sendto(b"\x00" * 2000, dst)  # oversized
+            return msgpack.unpackb(await _exchange(t, inbox, b"stats"))
+        finally:
+            t.send(b"quit")
+            t.close()
+
+    echoes, malformed, foreign, replayed, oversized, duplicate, received = asyncio.run(run())
+    assert echoes >= 4 and malformed == 2 and foreign == 2 and replayed == 1 and oversized == 1
+    assert received == 5
