@@ -29,7 +29,9 @@ def test_engine_accepts_the_node_pack_files() -> None:
     cfg_cls = getattr(engine, "PackConfig", None)
     if cfg_cls is None or not hasattr(cfg_cls, "from_toml"):
         pytest.skip("mbms.engine.PackConfig.from_toml not in this build")
-    cfg_cls.from_toml((hw_dir() / "packs" / "node2.toml").read_text())
+    for k in (1, 2, 3, 4):
+        cfg = cfg_cls.from_toml(hw_dir() / "packs" / f"node{k}.toml")
+        assert cfg.pack.series == 96
 
 
 def _write(tmp: Path, name: str, text: str) -> Path:

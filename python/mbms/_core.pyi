@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
+
 class CellModel:
     """A cell parameter set parsed from the text of a ``hw/cells/*.toml`` file."""
 
