@@ -15,7 +15,7 @@ import mbms
 import mbms.errors
 
 # Subcommand modules, in the order ``mbms --help`` shows them.
-COMMANDS: tuple[str, ...] = ("bench", "node", "monitor", "plant")
+COMMANDS: tuple[str, ...] = ("sim", "node", "monitor", "plant", "demo", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

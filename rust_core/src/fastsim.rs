@@ -9,7 +9,7 @@
 //! The brief's safety rules are checked on the true plant state every step ([`Invariants`]).
 
 use mbms_consensus::prng::SplitMix64;
-use mbms_consensus::{Contactors as PeerContactors, PeerConfig, Phase};
+use mbms_consensus::{Contactors as PeerContactors, PeerConfig};
 
 use crate::cell_model::CellParams;
 use crate::engine::EngineConfig;
@@ -434,11 +434,17 @@ impl FastSim {
                 if dv > self.dv_close_v + self.s3_margin_v {
                     self.inv.violate(t_ms, "S3", format!("string {} closed its main contactor at |dV| = {:.2} V", k + 1, dv));
                 }
-                if self.ever_closed[k] && self.was_isolated[k] {
+                if self.was_isolated[k] {
                     self.rejoins[k] += 1;
                 }
                 self.ever_closed[k] = true;
                 self.was_isolated[k] = false;
+            }
+            // An isolation: a closed string opens (for whatever reason: fault, alarm, lost
+            // quorum, a dead node's contactors dropping out).
+            if !closed && self.slots[k].prev_pos_closed {
+                self.isolations[k] += 1;
+                self.was_isolated[k] = true;
             }
             self.slots[k].prev_pos_closed = closed;
             self.slots[k].prev_dv_v = (self.plant.v_bus_v() - self.plant.string_voltage_v(k)).abs();
@@ -458,10 +464,6 @@ impl FastSim {
             }
             if let Some(core) = self.slots[k].core.as_ref() {
                 let o = core.output();
-                if o.phase == Phase::Isolated && !self.was_isolated[k] && self.ever_closed[k] {
-                    self.was_isolated[k] = true;
-                    self.isolations[k] += 1;
-                }
                 for f in &core.engine().output().faults {
                     self.faults_seen[k] |= 1u64 << (f.rule as u32 * 3 + f.level as u32);
                 }

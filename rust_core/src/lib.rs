@@ -17,3 +17,4 @@ pub mod plant;
 #[cfg(feature = "python")]
 mod py;
 pub mod node;
+pub mod fastsim;

@@ -28,12 +28,24 @@ pub struct NodeConfig {
     pub auto_reset_s: Option<f64>,
     /// Contactor feedback that disagrees with the command for this long is a contactor fault.
     pub feedback_mismatch_ms: u64,
+    /// On an alarm (ramp-down request) the string stays closed while the agreed limits fall,
+    /// and opens once its current is below this (A) ...
+    pub ramp_open_current_a: f64,
+    /// ... or this long after the alarm, whichever comes first (s). Opening a parallel string
+    /// at low current spares its contactors; a fault opens at once regardless (S1).
+    pub ramp_open_timeout_s: f64,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
         // 3 heartbeat periods of 100 ms: the brief's failure-detection bound (§5).
-        Self { stale_ms: 300, auto_reset_s: Some(60.0), feedback_mismatch_ms: 500 }
+        Self {
+            stale_ms: 300,
+            auto_reset_s: Some(60.0),
+            feedback_mismatch_ms: 500,
+            ramp_open_current_a: 2.0,
+            ramp_open_timeout_s: 10.0,
+        }
     }
 }
 
@@ -130,6 +142,7 @@ pub struct NodeCore {
     mismatch_since_ms: Option<u64>,
     contactor_fault: bool,
     last_engine_t_ms: Option<u64>,
+    ramp_since_ms: Option<u64>,
 }
 
 impl NodeCore {
@@ -153,6 +166,7 @@ impl NodeCore {
             mismatch_since_ms: None,
             contactor_fault: false,
             last_engine_t_ms: None,
+            ramp_since_ms: None,
         })
     }
 
@@ -245,6 +259,16 @@ impl NodeCore {
         let fault = action == Action::Open || failsafe != FailSafe::None;
 
         let ramp = action >= Action::RampDown;
+        // Ramp-down: report zero limits at once (the system limit falls, the load follows),
+        // keep the string closed until its current is low or the ramp time is up, then open.
+        let ramp_done = if ramp {
+            let since = *self.ramp_since_ms.get_or_insert(t_ms);
+            inp.i_a.abs() <= self.cfg.ramp_open_current_a
+                || t_ms.saturating_sub(since) as f64 >= self.cfg.ramp_open_timeout_s * 1000.0
+        } else {
+            self.ramp_since_ms = None;
+            false
+        };
         let local = LocalState {
             ocv_v: eo.ocv_string_v,
             r_ohm: eo.r_string_ohm,
@@ -254,7 +278,7 @@ impl NodeCore {
             dcl_peak_a: if ramp { 0.0 } else { eo.dcl_peak_a },
             ccl_peak_a: if ramp { 0.0 } else { eo.ccl_peak_a },
             fault,
-            may_close: !fault && action < Action::RampDown,
+            may_close: !fault && !(ramp && (ramp_done || !inp.feedback.main_closed())),
             v_string_v: inp.v_string_v,
             v_bus_v: inp.v_bus_v,
             i_a: inp.i_a,

@@ -15,8 +15,9 @@
 //!   true states, taking the highest over the staleness window (fail timeout + two
 //!   heartbeats + network delay: "the latest confirmed states"), plus quantisation slack
 //!   (0.5 % + 0.2 A per string, from the 10 mV / 0.1 mΩ / 0.1 A wire resolution).
-//! - S5: once the network is healthy again (and every restart is done), all live peers
-//!   report identical limits, closed set, live set and speaker within 30 periods.
+//! - S5: once the network is healthy again (and every restart is done), or after the last
+//!   close of a clean cold start, all live peers report identical limits, closed set, live
+//!   set and speaker within 20 periods (the time it takes is the "agree" figure).
 //! - S6: a string enters precharge only with its own quorum flag (S2 checks the grants).
 
 pub mod net;
@@ -48,6 +49,24 @@ pub struct SimParams {
     pub force_scenario: Option<u64>,
     /// Count the CAN bits of every message sent (classic segmented and FD).
     pub measure_bus: bool,
+    /// Deliberately break the system under test, to show that each check can fail.
+    pub sabotage: Sabotage,
+}
+
+/// Ways to break the system under test (checker self-test).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    None,
+    /// The node glue ignores the open command on a fault (S1).
+    IgnoreFaultOpen,
+    /// Every peer believes it is alone (members = itself, quorum 1) (S2, S6).
+    Solo,
+    /// Peers run with no dwell time (S3).
+    NoDwell,
+    /// The reported limits are doubled on their way out (S4).
+    DoubleLimits,
+    /// Peer 1 reports 1 A less than it agreed (safe, but not agreed: S5).
+    Disagree,
 }
 
 impl Default for SimParams {
@@ -61,6 +80,7 @@ impl Default for SimParams {
             verbose: false,
             force_scenario: None,
             measure_bus: false,
+            sabotage: Sabotage::None,
         }
     }
 }
@@ -191,7 +211,12 @@ impl World {
     }
 
     fn new_peer(&self, k: usize, inc: u64) -> Peer {
-        let cfg = PeerConfig { node_id: self.nodes[k].id, seed: inc, ..self.cfg.clone() };
+        let mut cfg = PeerConfig { node_id: self.nodes[k].id, seed: inc, ..self.cfg.clone() };
+        match self.params.sabotage {
+            Sabotage::Solo => cfg.members = vec![cfg.node_id],
+            Sabotage::NoDwell => cfg.dwell_ms = 0,
+            _ => {}
+        }
         Peer::new(cfg, inc).expect("simulator configuration is valid")
     }
 
@@ -248,7 +273,16 @@ impl World {
         let n = self.nodes.len();
         let (out_cmd, out_phase, snap, msgs, events, grant, request, quorum, closes, aborts) = {
             let peer = self.nodes[k].peer.as_mut().expect("checked");
-            let out = peer.tick(lms, &local).clone();
+            let mut out = peer.tick(lms, &local).clone();
+            match self.params.sabotage {
+                Sabotage::IgnoreFaultOpen if local.fault => out.command = prev_cmd,
+                Sabotage::DoubleLimits => {
+                    out.system_dcl_a *= 2.0;
+                    out.system_ccl_a *= 2.0;
+                }
+                Sabotage::Disagree if k == 0 => out.system_dcl_a = (out.system_dcl_a - 1.0).max(0.0),
+                _ => {}
+            }
             let snap = Snapshot {
                 closed_set: out.closed_set,
                 live_set: out.live_set,
@@ -312,8 +346,11 @@ impl World {
             }
         }
         // S6 (and S2 below)
-        if out_phase == Phase::Precharging && prev_phase != Phase::Precharging && !quorum {
-            self.violation(t, format!("S6: peer {id} starts precharge without quorum"));
+        if out_phase == Phase::Precharging
+            && prev_phase != Phase::Precharging
+            && (!quorum || (snap.0.live_set.count_ones() as usize) < self.cfg.quorum())
+        {
+            self.violation(t, format!("S6: peer {id} starts precharge without a quorum of the configured members"));
         }
         // Grant records for S2.
         match grant {
@@ -427,6 +464,9 @@ impl World {
             && self.plant.strings.iter().all(|s| s.main_closed())
         {
             self.result.cold_close_periods = Some(t as f64 / hb_us);
+            // Agreement is measured from the last close (the last change of the closed set).
+            self.agree_from_us = t;
+            self.result.agree_periods = None;
         }
         // Act.
         self.plant.command(k, out_cmd, t);
@@ -509,7 +549,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
     let cfg = PeerConfig { members: members.clone(), ..params.base.clone() };
     let hb = cfg.heartbeat_ms as u64;
     let dur_us = params.duration_ms * 1000;
-    let heal_us = if clean { 0 } else { dur_us.saturating_sub(2500 * 1000).max(dur_us / 2) };
+    let heal_us = if clean { 0 } else { dur_us.saturating_sub(3000 * 1000).max(dur_us / 2) };
     let rho = cfg.max_drift_ppm as f64 * 1e-6;
 
     // Strings: most matched (within ±0.64 V), some 4.8 V higher.
@@ -666,6 +706,8 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
                     w.nodes[k].snapshot = None;
                     w.nodes[k].last_phase = Phase::Open;
                     w.plant.drop_coils(k, t);
+                    // A crashed observer measures nothing.
+                    w.nodes[k].detect_pending.clear();
                     for j in 0..n {
                         if j != k && w.nodes[j].peer.is_some() {
                             w.nodes[j].detect_pending.push((k, t));
@@ -701,7 +743,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         }
     }
     // S5: agreement within a bound once healthy.
-    let bound_periods = 30.0;
+    let bound_periods = 20.0;
     let agree_deadline = w.agree_from_us + (bound_periods as u64) * hb * 1000;
     match w.result.agree_periods {
         Some(p) if p <= bound_periods => {}

@@ -13,6 +13,7 @@ TARGETS: dict[str, str] = {
     "plant": "plant simulator: real-time factor",
     "consensus": "peer coordination: seeded fault schedules, latencies, CAN bus load",
     "sim": "whole-system fast simulation: real-time factor",
+    "soc": "SOC accuracy vs the DFN reference traces: RMSE and max error beside the targets",
 }
 
 

@@ -36,7 +36,7 @@ MODES = ("fast", "processes")
 NETWORK_KINDS = ("loss", "delay", "duplicate", "partition", "heal", "kill", "restart")
 
 _SCENARIO_KEYS = {"name", "description", "duration_s", "dt_s", "seed", "mode", "record_every_s"}
-_NODE_KEYS = {"stale_ms", "auto_reset_s", "feedback_mismatch_ms"}
+_NODE_KEYS = {"stale_ms", "auto_reset_s", "feedback_mismatch_ms", "ramp_open_current_a", "ramp_open_timeout_s"}
 _TOP_KEYS = {"scenario", "system", "node", "engine", "plant", "network", "events"}
 
 

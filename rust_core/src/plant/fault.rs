@@ -81,6 +81,10 @@ pub enum PlantFault {
     ContactorFeedbackWrong { string: usize, contactor: ContactorId },
     /// The string loses its coolant; only the ambient conductance remains.
     CoolingFailure { string: usize },
+    /// Recovery: the coolant flows again.
+    CoolingRestored { string: usize },
+    /// Recovery: an internal short of `element` clears (a soft short that burns open).
+    ShortCleared { string: usize, element: usize },
 }
 
 impl PlantFault {
@@ -95,7 +99,9 @@ impl PlantFault {
             | PlantFault::ContactorWelded { string, .. }
             | PlantFault::ContactorFailsToClose { string, .. }
             | PlantFault::ContactorFeedbackWrong { string, .. }
-            | PlantFault::CoolingFailure { string } => string,
+            | PlantFault::CoolingFailure { string }
+            | PlantFault::CoolingRestored { string }
+            | PlantFault::ShortCleared { string, .. } => string,
         }
     }
 
@@ -122,6 +128,11 @@ impl PlantFault {
                     if !offset.is_finite() {
                         return Err(("offset".into(), "expected a finite number".into()));
                     }
+                }
+            }
+            PlantFault::ShortCleared { element, .. } => {
+                if element >= s.series {
+                    return Err(("element".into(), format!("expected 0..{}, got {element}", s.series)));
                 }
             }
             PlantFault::InternalShort { element, r_short_ohm, .. } => {

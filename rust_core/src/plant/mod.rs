@@ -235,6 +235,14 @@ impl Plant {
                 s.cooling_failed = true;
                 s.dirty = true;
             }
+            PlantFault::CoolingRestored { .. } => {
+                s.cooling_failed = false;
+                s.dirty = true;
+            }
+            PlantFault::ShortCleared { element, .. } => {
+                s.g_short[element] = 0.0;
+                s.dirty = true;
+            }
         }
     }
 

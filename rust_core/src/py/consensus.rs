@@ -12,7 +12,7 @@ use mbms_consensus::segment;
 use mbms_consensus::sim;
 use mbms_consensus::{AbortReason, Contactors, Event, LocalState, Peer, PeerConfig};
 
-fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PeerConfig> {
+pub(crate) fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PeerConfig> {
     let mut c = PeerConfig::default();
     for (k, v) in d.iter() {
         let key: String = k.extract()?;

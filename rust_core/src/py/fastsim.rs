@@ -2,7 +2,7 @@
 //! Configs arrive as JSON text (the Python layer validated and resolved them); this layer
 //! only converts, releases the GIL around the run and hands numpy arrays back.
 
-use numpy::{PyArray1, PyArray2, PyArray3};
+use numpy::{PyArray1, PyArray2, PyArray3, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -45,7 +45,20 @@ pub fn node_config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<NodeConfig> {
                 cfg.feedback_mismatch_ms =
                     v.extract().map_err(|_| verr("node.feedback_mismatch_ms", "expected a non-negative integer (ms)"))?
             }
-            other => return Err(verr(&format!("node.{other}"), "unknown key; expected stale_ms, auto_reset_s, feedback_mismatch_ms")),
+            "ramp_open_current_a" => {
+                cfg.ramp_open_current_a =
+                    v.extract().map_err(|_| verr("node.ramp_open_current_a", "expected a current (A) >= 0"))?
+            }
+            "ramp_open_timeout_s" => {
+                cfg.ramp_open_timeout_s =
+                    v.extract().map_err(|_| verr("node.ramp_open_timeout_s", "expected a time (s) >= 0"))?
+            }
+            other => {
+                return Err(verr(
+                    &format!("node.{other}"),
+                    "unknown key; expected stale_ms, auto_reset_s, feedback_mismatch_ms, ramp_open_current_a, ramp_open_timeout_s",
+                ))
+            }
         }
     }
     Ok(cfg)
@@ -93,7 +106,7 @@ impl PyFastSim {
             let engine: EngineConfig =
                 serde_json::from_str(&engines_json[k]).map_err(|e| verr(&format!("engine[{k}]"), e))?;
             engine.validate().map_err(|e| verr(&format!("engine.{}", e.field), e.message))?;
-            let mut peer: PeerConfig = peer_config_from_dict(system)?;
+            let mut peer: PeerConfig = peer_config_from_dict(system).map_err(|e| verr("system", e))?;
             peer.node_id = k as u16 + 1;
             peer.members = members.clone();
             peer.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(k as u64);

@@ -1,0 +1,134 @@
+"""``mbms bench core``: the pack engine step, ns per cell-step, Rust against the batched numpy
+implementation of the same math (``mbms.reference.engine_numpy``), side by side in one run.
+
+Both engines get the same inputs: a pack of N series elements with a spread of SOC around a
+dynamic discharge/charge current profile, ±1 mV voltage noise and 0.1 °C temperature noise,
+one temperature sensor per 4 elements. Figures:
+
+* ``rust_ns_per_cell``: the Rust step run in a loop inside Rust (``Engine.step_many``), i.e.
+  the core's cost per cell;
+* ``rust_py_ns_per_cell``: the Rust step called once per step from Python (binding and
+  argument checks included, results not converted);
+* ``numpy_ns_per_cell``: the numpy reference called once per step from Python.
+
+Times are per-thread CPU time (``time.thread_time_ns``) so that other load on the machine
+does not inflate them; wall-clock figures are printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from mbms.engine import Engine, PackConfig
+from mbms.paths import hw_dir
+from mbms.reference.engine_numpy import NumpyEngine
+
+SIZES = (16, 1000, 10000)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="cell counts")
+    p.add_argument("--cell-steps", type=float, default=2e6,
+                   help="cell-steps per measurement (steps = this / cells, at least 20)")
+    p.add_argument("--seed", type=int, default=1)
+
+
+def pack_config(n: int) -> PackConfig:
+    base = PackConfig.from_toml(hw_dir() / "packs" / "example_pack.toml")
+    pack = replace(base.pack, series=n, temp_sensors=max(1, n // 4))
+    # no rest long enough for a rest point during the run (not in the numpy reference)
+    est = replace(base.estimator, rest_time_s=1e9)
+    cfg = replace(base, pack=pack, estimator=est)
+    return PackConfig.from_dict(cfg.engine_dict(), source=base.source)
+
+
+def inputs(n: int, steps: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    nt = max(1, n // 4)
+    t = 0.1 * np.arange(steps, dtype=np.float64)
+    profile = np.array([20.0, 5.0, -8.0, 30.0, 12.0, -4.0])
+    i = profile[(np.arange(steps) // 50) % len(profile)]
+    ocv0 = 3.70 + 0.03 * rng.random(n)
+    v = ocv0[None, :] - 0.00625 * i[:, None] - 2e-6 * np.arange(steps)[:, None]
+    v = v + 0.001 * rng.standard_normal((steps, n))
+    tc = 25.0 + 0.1 * rng.standard_normal((steps, nt))
+    return t, np.ascontiguousarray(v), np.ascontiguousarray(tc), i.astype(np.float64)
+
+
+def _timed(fn) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+    fn()
+    return float(time.thread_time_ns() - c0), float(time.perf_counter_ns() - w0)
+
+
+def measure(n: int, cell_steps: float, seed: int) -> dict[str, float]:
+    cfg = pack_config(n)
+    steps = max(20, int(cell_steps / n))
+    t, v, tc, i = inputs(n, steps + 1, seed)
+
+    rust = Engine(cfg)
+    rust.step(t[0], v[0], tc[0], i[0])  # initialisation step, not timed
+    cpu_r, wall_r = _timed(lambda: rust.step_many(t[1:], v[1:], tc[1:], i[1:]))
+
+    rust_py = Engine(cfg)
+    core = rust_py._core
+    core.step(t[0], v[0], tc[0], i[0])
+
+    def py_loop() -> None:
+        for k in range(1, steps + 1):
+            core.step(t[k], v[k], tc[k], i[k])
+
+    cpu_rp, wall_rp = _timed(py_loop)
+
+    ref = NumpyEngine(cfg)
+    ref.step(t[0], v[0], tc[0], i[0])
+    np_steps = max(5, min(steps, int(cell_steps / 10 / n)))  # numpy is slow; fewer steps
+
+    def np_loop() -> None:
+        for k in range(1, np_steps + 1):
+            ref.step(t[k], v[k], tc[k], i[k])
+
+    cpu_n, wall_n = _timed(np_loop)
+    # the two engines saw the same inputs: their SOC must agree (a wrong benchmark is worse
+    # than none)
+    agree = float(np.max(np.abs(Engine(cfg).step_many(t[: np_steps + 1], v[: np_steps + 1],
+                                                       tc[: np_steps + 1], i[: np_steps + 1],
+                                                       record_soc=True)[-1] - ref.z.clip(0, 1))))
+    per = float(n * steps)
+    per_np = float(n * np_steps)
+    return {
+        "cells": n,
+        "steps": steps,
+        "rust_ns_per_cell": cpu_r / per,
+        "rust_py_ns_per_cell": cpu_rp / per,
+        "numpy_ns_per_cell": cpu_n / per_np,
+        "speedup": (cpu_n / per_np) / (cpu_r / per),
+        "speedup_py": (cpu_n / per_np) / (cpu_rp / per),
+        "rust_wall_ns_per_cell": wall_r / per,
+        "numpy_wall_ns_per_cell": wall_n / per_np,
+        "max_soc_diff": agree,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = [measure(n, args.cell_steps, args.seed) for n in args.sizes]
+    if args.json:
+        out = dict(rows[-1])
+        out["sizes"] = rows
+        print(json.dumps(out))
+        return 0
+    print("pack engine step, ns per cell-step (thread CPU time; wall in brackets)")
+    print(f"{'cells':>7} {'rust core':>16} {'rust via py':>12} {'numpy':>18} {'speedup':>8} "
+          f"{'(py)':>6} {'|dSOC|':>8}")
+    for r in rows:
+        print(f"{r['cells']:>7} {r['rust_ns_per_cell']:>7.1f} [{r['rust_wall_ns_per_cell']:>6.1f}] "
+              f"{r['rust_py_ns_per_cell']:>12.1f} {r['numpy_ns_per_cell']:>8.1f} "
+              f"[{r['numpy_wall_ns_per_cell']:>7.1f}] {r['speedup']:>7.1f}x {r['speedup_py']:>5.1f}x "
+              f"{r['max_soc_diff']:>8.1e}")
+    print("target (brief §5): <= 25 ns per cell at 10 000 cells, >= 5x numpy")
+    return 0
