@@ -187,7 +187,7 @@ class NodeRuntime:
         if self.fail_safe_reason is not None or self.rearm_pending:
             if out is not None and not cmd.any_closed() and not entered:
                 self._logic_opened = True  # the logic has taken the news: it commands all-open itself
-            if self.rearm_pending and self._logic_opened:
+            if self.fail_safe_reason is None and self._logic_opened:
                 self.rearm_pending = False
                 log.info("re-armed: the logic commanded all-open after the fail-safe")
                 self._event("rearmed", t_ms=t_ms)
