@@ -106,3 +106,17 @@ def test_cli_reports_config_error(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(p), "--system",
                           str(hw_dir() / "systems" / "example_system.toml"), "--check"], capture_output=True, text=True)
     assert out.returncode == 2 and "bad_pack.toml: node.id: expected an integer <= 63, got 99" in out.stderr
+
+
+def test_node_without_nodecore_stops_with_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mbms import _core
+
+    if hasattr(_core, "NodeCore"):
+        pytest.skip("NodeCore is in this build: the end-to-end tests run the node")
+    out = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(hw_dir() / "packs" / "node1.toml"),
+                          "--system", str(hw_dir() / "systems" / "example_system_udp.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no NodeCore" in out.stderr
