@@ -62,6 +62,8 @@ pub enum FailSafe {
     EngineInput = 3,
     /// A contactor's feedback disagreed with its command for too long (weld, fails to close).
     ContactorFeedback = 4,
+    /// The runtime forced the contactors open by itself (lost hardware link, loop overrun).
+    Runtime = 5,
 }
 
 /// One step's measurements, as the hardware adapter reads them.
@@ -143,6 +145,9 @@ pub struct NodeCore {
     contactor_fault: bool,
     last_engine_t_ms: Option<u64>,
     ramp_since_ms: Option<u64>,
+    /// The runtime reported a fail-safe open: the next step treats the string as faulted,
+    /// so the peer drops any close in progress and re-sequences from precharge.
+    runtime_failsafe: bool,
 }
 
 impl NodeCore {
@@ -167,6 +172,7 @@ impl NodeCore {
             contactor_fault: false,
             last_engine_t_ms: None,
             ramp_since_ms: None,
+            runtime_failsafe: false,
         })
     }
 
@@ -204,11 +210,18 @@ impl NodeCore {
         self.out.resets += 1;
     }
 
+    /// The runtime has forced all contactors open by itself.
+    pub fn fail_safe(&mut self) {
+        self.runtime_failsafe = true;
+    }
+
     /// One control period.
     pub fn step(&mut self, inp: &NodeInputs<'_>) -> &NodeOutput {
         let t_ms = inp.t_ms;
         let mut failsafe = FailSafe::None;
-        if !inp.valid {
+        if std::mem::take(&mut self.runtime_failsafe) {
+            failsafe = FailSafe::Runtime;
+        } else if !inp.valid {
             failsafe = FailSafe::InvalidMeasurement;
         } else if t_ms.saturating_sub(inp.meas_t_ms) > self.cfg.stale_ms {
             failsafe = FailSafe::StaleMeasurement;

@@ -7,6 +7,7 @@ mod cell;
 mod consensus;
 mod engine;
 mod fastsim;
+mod node;
 mod plant;
 
 #[pymodule]
@@ -16,6 +17,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     consensus::register(m)?;
     fastsim::register(m)?;
+    node::register(m)?;
     plant::register(m)?;
     Ok(())
 }
