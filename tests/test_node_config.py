@@ -63,7 +63,7 @@ def test_bad_pack_names_file_and_field(tmp_path: Path, old: str, new: str, field
     ("members = [1, 2, 3, 4]", "members = [1, 2, 2]", "members[2]", "unique"),
     ("members = [1, 2, 3, 4]", "members = []", "members", "non-empty"),
     ("members = [1, 2, 3, 4]", "members = [1, 64]", "members[1]", "1..63"),
-    ("lease_ms = 2000", "lease_ms = 50", "lease_ms", "more than heartbeat_ms"),
+    ("lease_ms = 4000", "lease_ms = 50", "lease_ms", "more than heartbeat_ms"),
     ("kind = \"can\"", "kind = \"serial\"", "transport.kind", "['can', 'udp']"),
     ("fd = false", "fd = 1", "transport.can.fd", "true or false"),
     ("dv_close_v = 3.0", "dv_close_v = -1", "dv_close_v", "> 0.0"),

@@ -167,8 +167,9 @@ class NodeRuntime:
                 reasons.append("measurement marked invalid")
         if not self.hw.link_ok(now) and sample is not None:
             reasons.append("hardware link lost")
-        if reasons and meas is not None and meas.valid:
-            meas = dataclasses.replace(meas, valid=False)
+        if meas is not None:
+            age_ms = max(0.0, (now - sample[1]) * 1000) if sample is not None else 0.0
+            meas = dataclasses.replace(meas, valid=meas.valid and not reasons, age_ms=age_ms)
 
         out: NodeOutput | None = None
         step_s = 0.0
