@@ -44,7 +44,11 @@ class Proc:
         e["PYTHONPATH"] = str(TESTS) + os.pathsep + e.get("PYTHONPATH", "")
         e["PYTHONUNBUFFERED"] = "1"
         e.update(env or {})
-        self.p = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        import tempfile
+
+        # stderr to a file: a chatty child must never block on a full pipe nobody reads
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.p = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=self.err,
                                   text=True, env=e)
         self.lines: list[str] = []
 
@@ -75,9 +79,9 @@ class Proc:
         return json.loads(line)  # type: ignore[no-any-return]
 
     def stderr_tail(self) -> str:
-        if self.p.poll() is None or self.p.stderr is None:
-            return "(running)"
-        return self.p.stderr.read()[-2000:]
+        self.err.flush()
+        self.err.seek(0)
+        return self.err.read()[-3000:]
 
     def kill(self) -> None:
         if self.p.poll() is None:

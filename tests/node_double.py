@@ -122,3 +122,29 @@ class DoublePlant:
         return DoubleMeasurement(t_s=self.t_s, v_cell_v=v, t_cell_c=np.full(2, 25.0), i_a=i,
                                  v_string_v=float(v.sum()), v_bus_v=float(v.sum()) if closed else 0.0,
                                  feedback=self.cmd[k], valid=True)
+
+
+class EngineDoubleLogic(DoubleLogic):
+    """TEST DOUBLE for timing only: DoubleLogic's contactor sequencing plus the real pack engine
+    (mbms.engine.Engine) stepped every period, so the measured step time includes the engine's
+    per-cell work. No consensus: it is not the node logic."""
+
+    def __init__(self, node_id: int, pack_path: str) -> None:
+        from mbms.engine import Engine, PackConfig
+
+        self.engine = Engine(PackConfig.from_toml(pack_path))
+        super().__init__(node_id, n_cells=self.engine.n_cells)
+
+    def step(self, t_ms: int, meas: Measurement) -> NodeOutput:
+        out = super().step(t_ms, meas)
+        if meas.valid and len(meas.v_cell_v) == self.engine.n_cells:
+            r = self.engine.step(t_ms / 1000.0, meas.v_cell_v, meas.t_cell_c, meas.i_a)
+            self.soc = r.soc_mean
+            out.balance = np.asarray(r.balance, dtype=bool)
+        return out
+
+    def export_state(self) -> bytes:
+        return self.engine.export_state()
+
+    def import_state(self, data: bytes) -> None:
+        self.engine.import_state(data)

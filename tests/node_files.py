@@ -55,9 +55,14 @@ interface = "{iface}"
     text = f"""system_id = "{system_id}"
 members = {members}
 heartbeat_ms = 100
-lease_ms = 2000
+lease_ms = 4000
 dv_close_v = 3.0
 {transport}
+[protocol]
+close_confirm_ms = 400
+precharge_timeout_ms = 2000
+dwell_ms = 200
+
 [discovery]
 enabled = {"true" if discovery else "false"}
 interfaces = ["{iface}"]

@@ -75,7 +75,15 @@ class Watch:
 
 
 def _start_plant(procs: list[Proc], plant: Path, link: str) -> None:
-    p = Proc(["-m", "mbms", "plant", "--system", str(plant), "--listen", link, "--command-timeout", "0.5"])
+    """The plant with every string at the same initial SOC (so every string can match the bus,
+    S3) and no load current."""
+    import re
+
+    text = re.sub(r"(?m)^initial_soc = [0-9.]+", "initial_soc = 0.60", plant.read_text())
+    equal = Path(link.removeprefix("unix://")).with_name("plant_equal_soc.toml")
+    equal.write_text(text)  # cell names resolve in hw/cells/
+    p = Proc(["-m", "mbms", "plant", "--system", str(equal), "--listen", link, "--command-timeout", "0.5",
+              "--load-a", "0"])
     procs.append(p)
     p.read_until(lambda s: s.startswith("plant serving"), 30)
 

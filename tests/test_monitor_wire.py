@@ -47,3 +47,16 @@ def test_monitor_rows_from_peer_messages(tmp_path: Path) -> None:
     assert rows[3]["phase"] is None and rows[3]["undecodable_messages"] == 2
     assert not mon._all_seen()
     mon.transport.close()
+
+
+def test_monitor_table_renders(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    system = load_system(system_file(tmp_path, [1, 2], "udp", 47556))
+    mon = Monitor(system)
+    mon._on_message(1, _msg(system.system_id_u32, 1, 1, 2, False, True, [870, 400, 512, 35000, 34990, -25]))
+    console = Console(record=True, width=160)
+    console.print(mon.table())
+    text = console.export_text()
+    assert "PRECHARGING" in text and "51.2" in text and "quorum 2" in text
+    mon.transport.close()

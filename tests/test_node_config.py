@@ -29,7 +29,9 @@ def test_engine_accepts_the_node_pack_files() -> None:
     cfg_cls = getattr(engine, "PackConfig", None)
     if cfg_cls is None or not hasattr(cfg_cls, "from_toml"):
         pytest.skip("mbms.engine.PackConfig.from_toml not in this build")
-    cfg_cls.from_toml((hw_dir() / "packs" / "node2.toml").read_text())
+    for k in (1, 2, 3, 4):
+        cfg = cfg_cls.from_toml(hw_dir() / "packs" / f"node{k}.toml")
+        assert cfg.pack.series == 96
 
 
 def _write(tmp: Path, name: str, text: str) -> Path:
@@ -61,7 +63,7 @@ def test_bad_pack_names_file_and_field(tmp_path: Path, old: str, new: str, field
     ("members = [1, 2, 3, 4]", "members = [1, 2, 2]", "members[2]", "unique"),
     ("members = [1, 2, 3, 4]", "members = []", "members", "non-empty"),
     ("members = [1, 2, 3, 4]", "members = [1, 64]", "members[1]", "1..63"),
-    ("lease_ms = 2000", "lease_ms = 50", "lease_ms", "more than heartbeat_ms"),
+    ("lease_ms = 4000", "lease_ms = 50", "lease_ms", "more than heartbeat_ms"),
     ("kind = \"can\"", "kind = \"serial\"", "transport.kind", "['can', 'udp']"),
     ("fd = false", "fd = 1", "transport.can.fd", "true or false"),
     ("dv_close_v = 3.0", "dv_close_v = -1", "dv_close_v", "> 0.0"),
@@ -104,3 +106,17 @@ def test_cli_reports_config_error(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(p), "--system",
                           str(hw_dir() / "systems" / "example_system.toml"), "--check"], capture_output=True, text=True)
     assert out.returncode == 2 and "bad_pack.toml: node.id: expected an integer <= 63, got 99" in out.stderr
+
+
+def test_node_without_nodecore_stops_with_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mbms import _core
+
+    if hasattr(_core, "NodeCore"):
+        pytest.skip("NodeCore is in this build: the end-to-end tests run the node")
+    out = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(hw_dir() / "packs" / "node1.toml"),
+                          "--system", str(hw_dir() / "systems" / "example_system_udp.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no NodeCore" in out.stderr

@@ -68,7 +68,7 @@ def test_three_nodes_peer_telemetry_monitor_kill_restart(kind: str, tmp_path: Pa
 
     # the monitor sees every peer on the same network
     out = subprocess.run([sys.executable, "-m", "mbms", "monitor", "--system", str(system), "--once", "--json",
-                          "--duration", "10"], capture_output=True, text=True, timeout=30)
+                          "--duration", "20"], capture_output=True, text=True, timeout=40)
     assert out.returncode == 0, out.stderr
     mon = json.loads(out.stdout)
     assert [r["id"] for r in mon["peers"]] == [1, 2, 3]

@@ -78,7 +78,7 @@ def test_stale_measurement_forces_open_then_rearm_needs_an_open_command() -> Non
     assert hw.commands[-1][0] == ALL_OPEN and len(logic.fail_safes) == 1 and logic.invalid_steps >= 1
     run_periods(rt, hw, clock, 2, fresh=False)
     assert len(logic.fail_safes) == 1  # told once per episode
-    assert not rt.rearm_pending  # the logic commanded all-open itself while it was told
+    assert rt.rearm_pending and rt._logic_opened  # the logic commanded all-open itself while told
     # samples come back: the logic re-sequences (precharge, then close) and is passed through
     run_periods(rt, hw, clock, 3)
     assert rt.fail_safe_reason is None

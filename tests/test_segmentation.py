@@ -1,12 +1,15 @@
-"""Segmentation of peer messages into CAN frames (format of consensus/src/segment.rs)."""
+"""Segmentation of peer messages into CAN frames (the consensus core's, through the node's
+wrapper that classifies dropped frames)."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, strategies as st
 
-from mbms.transport.segmentation import (FD_SIZES, MAX_SEGMENTED_LEN, Reassembler, SegmentError, can_id,
+from mbms.transport.segmentation import (MAX_SEGMENTED_LEN, Reassembler, SegmentError, can_id,
                                          classic_frame_count, frame_fd, segment_classic, split_id, unframe_fd)
+
+FD_SIZES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64)
 
 
 def test_identifier_layout() -> None:
@@ -53,6 +56,8 @@ def test_receiver_rules() -> None:
     assert ei.value.kind == "malformed"
     # a new message (other toggle) restarts cleanly
     assert [r.push(*f) for f in b][-1] == (2, b"B" * 20)
+    # the identifiers are the ones the core computes
+    assert [fid for fid, _ in b] == [can_id(2, 1, i) for i in range(3)]
     with pytest.raises(SegmentError) as ei:  # length byte above 63
         r.push(can_id(2, 0, 0), bytes([200]) + b"1234567")
     assert ei.value.kind == "oversized"

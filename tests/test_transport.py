@@ -107,3 +107,52 @@ def test_udp_multicast_two_processes(procs: list[Proc]) -> None:
     echoes, malformed, foreign, replayed, oversized, duplicate, received = asyncio.run(run())
     assert echoes >= 4 and malformed == 2 and foreign == 2 and replayed == 1 and oversized == 1
     assert received == 5
+
+
+def test_udp_unicast_peer_list() -> None:
+    p1, p2, p3 = free_udp_port(), free_udp_port(), free_udp_port()
+    peers = (("127.0.0.1", p1), ("127.0.0.1", p2), ("127.0.0.1", p3))
+    cfg = UdpCfg(peers=peers, bind="127.0.0.1")
+
+    async def run() -> tuple[list, list, list]:
+        ts = [UdpTransport(cfg, k, (1, 2, 3), "uni") for k in (1, 2, 3)]
+        boxes: list[asyncio.Queue] = [asyncio.Queue() for _ in ts]
+        for t, box in zip(ts, boxes):
+            t.on_message = lambda src, p, box=box: box.put_nowait((src, p))
+            await t.start()
+        try:
+            ts[0].send(b"from 1")
+            ts[2].send(b"from 3")
+            got = [sorted([await asyncio.wait_for(b.get(), 5) for _ in range(n)]) for b, n in zip(boxes, (1, 2, 1))]
+            return got, [t.endpoint for t in ts], [t.stats.echoes for t in ts]
+        finally:
+            for t in ts:
+                t.close()
+
+    got, endpoints, echoes = asyncio.run(run())
+    assert got == [[(3, b"from 3")], [(1, b"from 1"), (3, b"from 3")], [(1, b"from 1")]]
+    assert endpoints[1] == f"udp:127.0.0.1:{p2}" and echoes == [0, 0, 0]  # unicast: nothing sent to oneself
+
+
+def test_can_fd_one_frame_per_message() -> None:
+    port = free_udp_port()
+    cfg = CanCfg(interface="udp_multicast", channel="239.74.163.2", port=port, fd=True)
+
+    async def run() -> tuple[list, int, int]:
+        a, b = CanTransport(cfg, 1, (1, 2)), CanTransport(cfg, 2, (1, 2))
+        box: asyncio.Queue = asyncio.Queue()
+        b.on_message = lambda src, p: box.put_nowait((src, p))
+        await a.start()
+        await b.start()
+        try:
+            msgs = [bytes(range(n)) for n in (1, 8, 20, 63)]
+            for m in msgs:
+                a.send(m)
+            got = [await asyncio.wait_for(box.get(), 5) for _ in msgs]
+            return got, a.stats.sent_frames, a.stats.echoes
+        finally:
+            a.close()
+            b.close()
+
+    got, frames, _ = asyncio.run(run())
+    assert got == [(1, bytes(range(n))) for n in (1, 8, 20, 63)] and frames == 4

@@ -31,6 +31,7 @@ from mbms.node.config import SystemConfig
 log = logging.getLogger("mbms.discovery")
 
 SERVICE_TYPE = "_mbms._udp.local."
+#: The peer protocol version: the consensus wire format's VERSION (consensus/src/wire.rs).
 PROTOCOL_VERSION = "1"
 
 

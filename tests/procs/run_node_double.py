@@ -8,7 +8,7 @@ import asyncio
 import json
 import sys
 
-from node_double import DoubleLogic
+from node_double import DoubleLogic, EngineDoubleLogic
 
 from mbms.logs import setup_logging
 from mbms.node.app import run_node
@@ -16,7 +16,9 @@ from mbms.node.config import load_pack, load_system
 
 pack, system = load_pack(sys.argv[1]), load_system(sys.argv[2])
 setup_logging("json", "warning")
-logic = DoubleLogic(pack.node.id)
+import os
+
+logic = EngineDoubleLogic(pack.node.id, sys.argv[1]) if os.environ.get("MBMS_DOUBLE_ENGINE") else DoubleLogic(pack.node.id)
 
 
 async def main() -> None:

@@ -49,6 +49,7 @@ class SimLinkHardware(Hardware):
         self._latest: tuple[Measurement, float] | None = None
         self._dgram: asyncio.DatagramTransport | None = None
         self._started_at = 0.0
+        self._own_path: str | None = None
         self.malformed = 0
         self.errors = 0
         self.replies = 0
@@ -59,8 +60,13 @@ class SimLinkHardware(Hardware):
             self._dgram, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), remote_addr=self.addr)
         else:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            # an abstract-namespace address: replies need a bound name, and no file is left behind
-            sock.bind(f"\0mbms-node-{os.getpid()}-{self.string}-{id(self)}")
+            # Replies need a bound name. A filesystem path (not an abstract name): abstract Unix
+            # addresses belong to a network namespace, and a node in another namespace than the
+            # plant (a host of its own on the peer network) must still reach its sensors.
+            self._own_path = f"{self.addr}.{self.string}.{os.getpid()}"
+            if os.path.exists(self._own_path):
+                os.unlink(self._own_path)
+            sock.bind(self._own_path)
             sock.connect(self.addr)
             sock.setblocking(False)
             self._dgram, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
@@ -105,3 +111,5 @@ class SimLinkHardware(Hardware):
         if self._dgram is not None:
             self._dgram.close()
             self._dgram = None
+        if self._own_path is not None and os.path.exists(self._own_path):
+            os.unlink(self._own_path)

@@ -63,7 +63,15 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
         from mbms.discovery import Discovery
 
         assert runtime.transport is not None
-        disc = Discovery(system, node_id, runtime.transport.endpoint)
+        reported: set[str] = set()
+
+        def on_change(report: Any) -> None:  # new problems go to the event log once each
+            for problem in report.problems:
+                if problem not in reported:
+                    reported.add(problem)
+                    store.event("discovery_problem", detail=problem)
+
+        disc = Discovery(system, node_id, runtime.transport.endpoint, on_change=on_change)
         await disc.start()
     if on_ready is not None:
         on_ready(runtime)

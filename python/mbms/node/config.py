@@ -475,7 +475,16 @@ def load_system(path: str | os.PathLike[str]) -> SystemConfig:
 
 
 def check_membership(pack: PackFile, system: SystemConfig) -> None:
-    """The node's id must be a configured member of the system."""
+    """The node's id must be a configured member of the system, and the protocol's timing must
+    fit the node's loop."""
     if pack.node.id not in system.members:
         raise ConfigError("node.id", f"expected one of the system's members {list(system.members)} "
                           f"({system.source}), got {pack.node.id}", pack.source)
+    # A close command acts at the end of a period; the contactor's feedback reaches the logic
+    # with the sample of the period after the next (command -> sample -> step), so a close can
+    # be confirmed no sooner than two periods after it was commanded.
+    need = 2 * pack.node.control_period_ms
+    if system.protocol.close_confirm_ms <= need:
+        raise ConfigError("protocol.close_confirm_ms", f"expected more than 2 x control_period_ms of "
+                          f"{pack.source} = {need} ms (feedback arrives two periods after a command), "
+                          f"got {system.protocol.close_confirm_ms}", system.source)

@@ -85,6 +85,8 @@ class Measurement:
     v_bus_v: float  # outside the contactors
     feedback: Contactors  # auxiliary contacts of the contactors
     valid: bool = True
+    #: Age of the sample by the node's own clock when ``step`` is called (set by the runtime).
+    age_ms: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -167,8 +167,9 @@ class NodeRuntime:
                 reasons.append("measurement marked invalid")
         if not self.hw.link_ok(now) and sample is not None:
             reasons.append("hardware link lost")
-        if reasons and meas is not None and meas.valid:
-            meas = dataclasses.replace(meas, valid=False)
+        if meas is not None:
+            age_ms = max(0.0, (now - sample[1]) * 1000) if sample is not None else 0.0
+            meas = dataclasses.replace(meas, valid=meas.valid and not reasons, age_ms=age_ms)
 
         out: NodeOutput | None = None
         step_s = 0.0
@@ -187,7 +188,7 @@ class NodeRuntime:
         if self.fail_safe_reason is not None or self.rearm_pending:
             if out is not None and not cmd.any_closed() and not entered:
                 self._logic_opened = True  # the logic has taken the news: it commands all-open itself
-            if self.rearm_pending and self._logic_opened:
+            if self.fail_safe_reason is None and self._logic_opened:
                 self.rearm_pending = False
                 log.info("re-armed: the logic commanded all-open after the fail-safe")
                 self._event("rearmed", t_ms=t_ms)

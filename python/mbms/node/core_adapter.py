@@ -1,0 +1,95 @@
+"""The production :class:`~mbms.node.logic.NodeLogic`: ``mbms._core.NodeCore`` (pack engine +
+peer coordination + contactor sequencing, Rust) behind the runtime's protocol.
+
+Configuration mapping:
+
+* engine: the pack file's engine tables through ``mbms.engine.PackConfig`` (validated there),
+  handed over as JSON with the cell file's text;
+* peer (consensus ``PeerConfig``): ``system_id`` = CRC-32 of the system file's ``system_id``
+  (the wire carries a u32), ``node_id``, ``members``, ``heartbeat_ms``, ``dv_close_v``,
+  ``lease_ms`` and the ``[protocol]`` table; ``seed`` = the incarnation;
+* node logic: ``stale_ms`` of the pack file's ``[node]`` table;
+* incarnation: a random 16-bit boot nonce per start (a restart is a new incarnation; two live
+  incarnations of one id are a duplicate id, reported by the peer).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import numpy as np
+
+from mbms.node.config import PackFile, SystemConfig
+from mbms.node.logic import Contactors, Measurement, NodeOutput, NodeStatus, Phase
+
+
+def peer_config(system: SystemConfig, node_id: int, seed: int) -> dict[str, Any]:
+    p = system.protocol
+    return {
+        "system_id": system.system_id_u32, "node_id": node_id, "members": list(system.members),
+        "heartbeat_ms": system.heartbeat_ms, "dv_close_v": system.dv_close_v, "lease_ms": system.lease_ms,
+        "max_drift_ppm": p.max_drift_ppm, "dwell_ms": p.dwell_ms, "precharge_settle_a": p.precharge_settle_a,
+        "precharge_timeout_ms": p.precharge_timeout_ms, "close_confirm_ms": p.close_confirm_ms,
+        "fail_timeout_ms": p.fail_timeout_ms, "grant_wait_ms": p.grant_wait_ms, "listen_periods": p.listen_periods,
+        "bus_live_v": p.bus_live_v, "seed": seed, "dcdc": p.dcdc, "dcdc_soc_gain": p.dcdc_soc_gain,
+    }
+
+
+class CoreLogic:
+    """Adapts ``mbms._core.NodeCore`` to :class:`~mbms.node.logic.NodeLogic`."""
+
+    def __init__(self, core: Any, node_id: int) -> None:
+        self.core = core
+        self.node_id = node_id
+        self.last: dict[str, Any] = {}
+
+    @classmethod
+    def from_configs(cls, core_cls: Any, pack: PackFile, system: SystemConfig,
+                     incarnation: int | None = None) -> CoreLogic:
+        from mbms.engine import PackConfig
+        from mbms.errors import ConfigError
+
+        cfg = PackConfig.from_toml(pack.source)
+        assert cfg.cell_path is not None
+        inc = secrets.randbits(16) if incarnation is None else incarnation
+        try:
+            core = core_cls(json.dumps(cfg.engine_dict()), cfg.cell_path.read_text(),
+                            peer_config(system, pack.node.id, inc), {"stale_ms": pack.node.stale_ms}, inc)
+        except ValueError as exc:  # the core names the field: "system.lease_ms: ..." etc.
+            field, _, msg = str(exc).partition(": ")
+            source = system.source if field.startswith("system.") else pack.source
+            raise ConfigError(field.removeprefix("system."), msg or str(exc), source) from None
+        return cls(core, pack.node.id)
+
+    def step(self, t_ms: int, meas: Measurement) -> NodeOutput:
+        d = self.core.step(
+            t_ms, max(0, t_ms - int(meas.age_ms)),
+            np.ascontiguousarray(meas.v_cell_v, dtype=np.float64), np.ascontiguousarray(meas.t_cell_c, dtype=np.float64),
+            float(meas.i_a), float(meas.v_string_v), float(meas.v_bus_v), meas.feedback.as_tuple(), bool(meas.valid),
+        )
+        self.last = d
+        c = Contactors(*d["contactors"])
+        faults = tuple(f"{rule}:{level}@{index}" for rule, level, index in d["faults"])
+        if d["failsafe"] != "None":
+            faults += (f"failsafe:{d['failsafe']}",)
+        status = NodeStatus(
+            node_id=self.node_id, phase=Phase(int(d["phase"])), soc=float(d["soc"]),
+            dcl_a=float(d["local_dcl_a"]), ccl_a=float(d["local_ccl_a"]), contactors=c, faults=faults,
+            sys_dcl_a=float(d["system_dcl_a"]), sys_ccl_a=float(d["system_ccl_a"]),
+            closed_set=tuple(d["closed_set"]), speaker=d["speaker"], peers_seen=tuple(d["live_set"]),
+        )
+        return NodeOutput(c, np.asarray(d["balance"], dtype=bool), list(d["messages"]), status)
+
+    def receive(self, t_ms: int, payload: bytes) -> bool:
+        return bool(self.core.receive(t_ms, payload))
+
+    def fail_safe(self, t_ms: int, reason: str) -> None:
+        self.core.fail_safe()
+
+    def export_state(self) -> bytes:
+        return bytes(self.core.export_state())
+
+    def import_state(self, data: bytes) -> None:
+        self.core.import_state(data)
