@@ -35,7 +35,7 @@ def test_reference_traces_are_committed_and_sane() -> None:
         assert tr.i_a.max() > 2.0 * tr.capacity_ah and tr.i_a.min() < -0.4 * tr.capacity_ah, name
         # soc_true is coulomb counting of the current against the file's capacity
         dq = np.concatenate([[0.0], np.cumsum(0.5 * (tr.i_a[1:] + tr.i_a[:-1]) * np.diff(tr.t_s))]) / 3600.0
-        assert np.max(np.abs(tr.soc_true[0] - dq / tr.capacity_ah - tr.soc_true)) < 2e-4, name
+        assert np.max(np.abs(tr.soc_true[0] - dq / tr.capacity_ah - tr.soc_true)) < 1e-5, name
         model = _core.CellModel.from_toml(cell_file(tr.cell_file).read_text())
         assert model.capacity_ah == pytest.approx(tr.capacity_ah, rel=1e-6)
         # the trace starts at rest on the OCV of the parameter set
