@@ -399,7 +399,7 @@ def identify(spec: CellSpec, out_dir: Path, temps: list[float], socs: list[float
         "ocv_note": f"electrode OCPs over the stoichiometry window x {sto['x0']:.4f}..{sto['x100']:.4f}, "
         f"y {sto['y100']:.4f}..{sto['y0']:.4f}; entropic change is 0 in {spec.parameter_set}",
         "resistance_note": f"fitted to isothermal DFN identification runs (pulse blocks + drive segments, "
-        f"SOC 0.95..0.1..0.5); RMS residual per temperature "
+        f"SOC 0.95..{spec.soc_end:g}..back up by 0.4); RMS residual per temperature "
         f"{', '.join(f'{x * 1e3:.2f}' for x in (rms2 if use_rc2 else rms1))} mV "
         f"({'2 RC' if use_rc2 else '1 RC'}; 1 RC gave {', '.join(f'{x * 1e3:.2f}' for x in rms1)} mV)",
         "temp_c": [f[0] for f in chosen],
