@@ -106,9 +106,9 @@ def test_soc_max_error_after_10_min_meets_brief_target(name: str) -> None:
             "nmc",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="NMC SOC RMSE measured 0.571 % (seed 1; 0.551 % seed 2) > 0.5 % target "
+                reason="NMC SOC RMSE measured 0.554 % (seed 1; 0.536 % seed 2) > 0.5 % target "
                 "(max after 10 min 1.13 % meets 1.5 %). Limits: the EKF's recovery from the 20 % "
-                "initial error takes ~30 s (RMSE without it: 0.50 %) and the 1-RC+1-RC ECM is "
+                "initial error takes ~30 s (RMSE after 10 min: 0.504 %) and the 2-RC ECM is "
                 "biased at 2-3C (DFN electrolyte/diffusion polarisation), which pulls the SOC by "
                 "~1 % on the highway segment. Not fixable by [estimator] values alone.",
             ),
