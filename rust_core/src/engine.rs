@@ -206,9 +206,8 @@ pub struct EngineOutput {
     pub balance: Vec<bool>,
     pub soh_capacity: f64,
     pub soh_resistance: f64,
-    /// Per element: estimated capacity (Ah, all parallel cells) and R0 (Ω, element).
+    /// Per element: estimated capacity (Ah, all parallel cells).
     pub capacity_ah: Vec<f64>,
-    pub r0_ohm: Vec<f64>,
     /// Active-balancing plan (empty unless `balancing.active_plan`).
     pub transfers: Vec<Transfer>,
 }
@@ -237,13 +236,14 @@ pub struct Engine {
     n_t: usize,
     par: f64,
     sensor_of: Vec<u32>,
+    /// cells of each temperature sensor: a contiguous range [start, end)
+    sensor_ranges: Vec<(usize, usize)>,
     // --- per cell (struct of arrays) ---
     z: Vec<f64>,
     v1: Vec<f64>,
     v2: Vec<f64>,
     h: Vec<f64>,
     cov: Vec<Cov2>,
-    zcc: Vec<f64>,
     /// 1 / (3600 · Q_cell_ah): SOC per coulomb of one (unit) cell
     inv_qc: Vec<f64>,
     cap_ah: Vec<f64>,
@@ -252,6 +252,8 @@ pub struct Engine {
     /// Σ cap_ah (updated when a capacity estimate changes)
     cap_sum: f64,
     v_stuck: Vec<u32>,
+    /// ΔV of the last sample (only filled on an R0 current step)
+    r0_dv: Vec<f64>,
     v_valid: Vec<bool>,
     awtls: Vec<Awtls>,
     z_rest: Vec<f64>,
@@ -315,7 +317,15 @@ impl Engine {
         let tab = CellTables::new(&cell);
         let cap = cell.capacity_ah;
         let prior = cfg.estimator.capacity_prior_sigma;
-        let sensor_of = (0..n).map(|k| (k * n_t / n) as u32).collect();
+        let sensor_of: Vec<u32> = (0..n).map(|k| (k * n_t / n) as u32).collect();
+        let mut sensor_ranges = vec![(0usize, 0usize); n_t];
+        for (k, &s) in sensor_of.iter().enumerate() {
+            let r = &mut sensor_ranges[s as usize];
+            if r.1 == 0 {
+                r.0 = k;
+            }
+            r.1 = k + 1;
+        }
         let t_ref = cell.t_ref_c;
         let out = EngineOutput {
             soc: vec![0.0; n],
@@ -323,7 +333,6 @@ impl Engine {
             soc_cc: vec![0.0; n],
             balance: vec![false; n],
             capacity_ah: vec![cap * par; n],
-            r0_ohm: vec![0.0; n],
             soh_capacity: 1.0,
             soh_resistance: 1.0,
             ..Default::default()
@@ -333,18 +342,19 @@ impl Engine {
             n_t,
             par,
             sensor_of,
+            sensor_ranges,
             z: vec![0.5; n],
             v1: vec![0.0; n],
             v2: vec![0.0; n],
             h: vec![0.0; n],
             cov: vec![Cov2 { p00: 0.25, p01: 0.0, p11: 1e-6 }; n],
-            zcc: vec![0.5; n],
             inv_qc: vec![1.0 / (3600.0 * cap); n],
             cap_ah: vec![cap; n],
             r0_ratio: vec![1.0; n],
             v_prev: vec![f64::NAN; n],
             cap_sum: cap * n as f64,
             v_stuck: vec![0; n],
+            r0_dv: vec![f64::NAN; n],
             v_valid: vec![false; n],
             awtls: vec![Awtls::with_prior(prior); n],
             z_rest: vec![f64::NAN; n],
@@ -591,14 +601,12 @@ impl Engine {
         let (vlo, vhi, vow) = (sens.cell_v_min_v, sens.cell_v_max_v, sens.open_wire_v);
         let tab = &self.tab;
         let ssv = &self.ss[..];
-        let sensor_of = &self.sensor_of[..n];
         let v_in = &v_cell_v[..n];
         let zs = &mut self.z[..n];
         let v1s = &mut self.v1[..n];
         let v2s = &mut self.v2[..n];
         let hs = &mut self.h[..n];
         let covs = &mut self.cov[..n];
-        let zccs = &mut self.zcc[..n];
         let inv_qcs = &self.inv_qc[..n];
         let caps = &self.cap_ah[..n];
         let r0rs = &mut self.r0_ratio[..n];
@@ -608,7 +616,6 @@ impl Engine {
         let o_soc = &mut self.out.soc[..n];
         let o_sig = &mut self.out.soc_sigma[..n];
         let o_cc = &mut self.out.soc_cc[..n];
-        let o_r0 = &mut self.out.r0_ohm[..n];
         let (b_lo, b_hi) = self.banks.split_at_mut(Rule::VoltageSensor as usize);
         let b_vs = &mut b_hi[0];
         let (b_ov, b_rest) = b_lo.split_at_mut(1);
@@ -616,15 +623,19 @@ impl Engine {
         let b_uv = &mut b_rest[0];
         let g_eta_i = base_pr.eta_i * dt;
         let r0_gain = est.r0_gain;
+        // pass 1: sensor plausibility and the per-cell protection rules (branchy, cheap)
+        let dvs = &mut self.r0_dv[..n];
         for k in 0..n {
             let v = v_in[k];
-            // sensor plausibility: NaN, range, open wire, stuck
+            // NaN, range, open wire, stuck
             let v_prev = v_prevs[k];
             let cnt = if v == v_prev { stucks[k].saturating_add(1) } else { 0 };
             stucks[k] = cnt;
             let stuck = stuck_n > 0 && cnt >= stuck_n;
             let valid = v >= vlo && v <= vhi && v > vow && !stuck; // NaN compares false
-            let prev_valid = valids[k];
+            if r0_step {
+                dvs[k] = if valid && valids[k] { v - v_prev } else { f64::NAN };
+            }
             v_prevs[k] = v;
             valids[k] = valid;
             b_vs.eval(k, t_s, if valid { 0.0 } else { 1.0 });
@@ -635,8 +646,13 @@ impl Engine {
                 vmin_meas = vmin_meas.min(v);
                 vmax_meas = vmax_meas.max(v);
             }
-
-            let ss = &ssv[sensor_of[k] as usize];
+        }
+        // pass 2: the estimator, limits and pack sums (straight-line math), sensor by sensor
+        for (s_idx, range) in self.sensor_ranges.iter().enumerate() {
+        let ss = ssv[s_idx];
+        for k in range.0..range.1 {
+            let v = v_in[k];
+            let valid = valids[k];
             let inv_qc = inv_qcs[k];
             let r0r = r0rs[k];
             // predict: SOC first (needs no table), then the RC branch with R1 at that SOC
@@ -661,8 +677,8 @@ impl Engine {
             let r0_nom = tab.r0(at, ss.sel);
             // R0 from the current step: −ΔV/ΔI of this cell, ratio to the table, low-passed
             let mut r0r = r0r;
-            if r0_step && valid && prev_valid {
-                if let Some(r) = r0_observation(v - v_prev, di_cell, r0_nom) {
+            if r0_step {
+                if let Some(r) = r0_observation(dvs[k], di_cell, r0_nom) {
                     r0r += r0_gain * (r / r0_nom - r0r);
                     r0rs[k] = r0r;
                 }
@@ -678,9 +694,7 @@ impl Engine {
             zs[k] = z;
             v1s[k] = v1;
             covs[k] = cov;
-            let zc = zccs[k] - g_eta_i * inv_qc;
-            zccs[k] = zc;
-            o_cc[k] = zc;
+            o_cc[k] -= g_eta_i * inv_qc;
             let zo = z.clamp(0.0, 1.0);
             o_soc[k] = zo;
             o_sig[k] = cov.p00.sqrt();
@@ -693,7 +707,6 @@ impl Engine {
             let ocv = ocv_pred + slope * dz;
             ocv_sum += ocv;
             r_sum += r0;
-            o_r0[k] = r0 * inv_par;
             soe += (tab.energy(at) + (ocv - hk) * dz) * caps[k];
             r0_ratio_sum += r0r;
 
@@ -707,6 +720,7 @@ impl Engine {
             lc_c = lc_c.min(cell_limit(vmax - vd + vc, inv_rh_c));
             ld_p = ld_p.min(cell_limit(vd - vpk - vmin, inv_rh_p));
             lc_p = lc_p.min(cell_limit(vmax - vd + vpk, inv_rh_p));
+        }
         }
         let cap_sum = self.cap_sum;
         let nf = self.n as f64;
@@ -815,7 +829,7 @@ impl Engine {
             let ok = v[k] >= sens.cell_v_min_v && v[k] <= sens.cell_v_max_v && v[k] > sens.open_wire_v;
             let (z, p00) = if ok { (self.tab.soc_from_ocv(v[k], ss.dtemp), sig * sig) } else { (0.5, 0.25) };
             self.z[k] = z;
-            self.zcc[k] = z;
+            self.out.soc_cc[k] = z;
             self.v1[k] = 0.0;
             self.v2[k] = 0.0;
             self.h[k] = 0.0;
@@ -889,7 +903,7 @@ impl Engine {
                 self.cov[k].p00,
                 self.cov[k].p01,
                 self.cov[k].p11,
-                self.zcc[k],
+                self.out.soc_cc[k],
                 self.cap_ah[k],
                 self.r0_ratio[k],
                 self.z_rest[k],
@@ -979,7 +993,7 @@ impl Engine {
             self.v2[k] = row[2];
             self.h[k] = row[3];
             self.cov[k] = Cov2 { p00: row[4], p01: row[5], p11: row[6] };
-            self.zcc[k] = row[7];
+            self.out.soc_cc[k] = row[7];
             self.cap_ah[k] = row[8];
             self.inv_qc[k] = 1.0 / (3600.0 * row[8]);
             self.r0_ratio[k] = row[9];
