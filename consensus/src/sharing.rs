@@ -37,11 +37,19 @@ pub fn set_limits(set: &[StringState], peak: bool) -> (f64, f64) {
         return (0.0, 0.0);
     }
     let g: f64 = set.iter().map(|s| 1.0 / r_of(s)).sum();
+    let sum_ocv_g: f64 = set.iter().map(|s| s.ocv_v / r_of(s)).sum();
+    limits_from_sums(set.iter(), g, sum_ocv_g, peak)
+}
+
+/// The min over `strings` of the brief §4 per-string bound, given G = Σ 1/R_j and
+/// Σ OCV_j/R_j of the set: Σ_j (OCV_j − OCV_i)/R_j = Σ OCV_j/R_j − OCV_i·G, so each string
+/// costs O(1) and a whole set O(N).
+fn limits_from_sums<'a>(strings: impl Iterator<Item = &'a StringState>, g: f64, sum_ocv_g: f64, peak: bool) -> (f64, f64) {
     let mut dcl = f64::INFINITY;
     let mut ccl = f64::INFINITY;
-    for si in set {
+    for si in strings {
         let ri = r_of(si);
-        let circ: f64 = set.iter().map(|sj| (sj.ocv_v - si.ocv_v) / r_of(sj)).sum();
+        let circ = sum_ocv_g - si.ocv_v * g;
         let (d, c) = if peak { (si.dcl_peak_a, si.ccl_peak_a) } else { (si.dcl_a, si.ccl_a) };
         let d = if d.is_finite() { d.max(0.0) } else { 0.0 };
         let c = if c.is_finite() { c.max(0.0) } else { 0.0 };
@@ -54,14 +62,16 @@ pub fn set_limits(set: &[StringState], peak: bool) -> (f64, f64) {
 
 /// The limit a peer may report for closed set S: the continuous-rating limit of S and,
 /// when S has ≥ 2 strings, the peak-rating limit of every S minus one string (N−1).
+/// O(N²): the sums of S minus string k are the sums of S minus k's terms.
 pub fn n1_limits(set: &[StringState]) -> (f64, f64) {
     let (mut dcl, mut ccl) = set_limits(set, false);
-    if set.len() >= 2 {
-        let mut rest: Vec<StringState> = Vec::with_capacity(set.len() - 1);
-        for k in 0..set.len() {
-            rest.clear();
-            rest.extend(set.iter().enumerate().filter(|(i, _)| *i != k).map(|(_, s)| *s));
-            let (d, c) = set_limits(&rest, true);
+    if set.len() >= 2 && (dcl > 0.0 || ccl > 0.0) {
+        let g: f64 = set.iter().map(|s| 1.0 / r_of(s)).sum();
+        let sum_ocv_g: f64 = set.iter().map(|s| s.ocv_v / r_of(s)).sum();
+        for (k, sk) in set.iter().enumerate() {
+            let rk = r_of(sk);
+            let rest = set.iter().enumerate().filter(|(i, _)| *i != k).map(|(_, s)| s);
+            let (d, c) = limits_from_sums(rest, g - 1.0 / rk, sum_ocv_g - sk.ocv_v / rk, true);
             dcl = dcl.min(d);
             ccl = ccl.min(c);
         }
