@@ -461,7 +461,7 @@ impl StringSim {
     /// `CellParams::terminal_voltage` with the cached OCV and R0 of the element (R0 and
     /// dOCV/dT as of its last coefficient refresh: SOC within 0.002, temperature within 0.1 K),
     /// so that measuring costs no table lookups.
-    #[inline]
+    #[inline(always)]
     pub fn element_voltage(&self, j: usize) -> f64 {
         let i_c = self.i_a / self.parallel + self.i_int(j, self.ocv_v[j]);
         self.ocv_v[j] + self.h[j] - self.r0s[j] * i_c - self.v1[j] - self.v2[j]
