@@ -90,7 +90,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "strings": args.strings,
         "series": args.series,
         "parallel": args.parallel,
-        "cells": cells,
+        "cells": cells,  # series elements (the brief's "96 series cells" per string)
+        "cells_physical": cells * args.parallel,
         "dt_s": args.dt,
         "steps": n,
         "realtime_factor": sim / best_wall,

@@ -409,12 +409,14 @@ impl Plant {
         b.m.valid = true;
         if b.cell_voltage.due(t) {
             // open sense wire c: channel c reads 0, channel c−1 the sum of both elements
-            for c in 0..n {
-                if b.cell_voltage.has_open_wire(c) {
-                    if c > 0 {
-                        scratch[c - 1] += scratch[c];
+            if b.cell_voltage.any_fault() {
+                for c in 0..n {
+                    if b.cell_voltage.has_open_wire(c) {
+                        if c > 0 {
+                            scratch[c - 1] += scratch[c];
+                        }
+                        scratch[c] = 0.0;
                     }
-                    scratch[c] = 0.0;
                 }
             }
             for (c, &x) in scratch.iter().enumerate() {

@@ -67,6 +67,7 @@ impl SensorGroup {
     }
 
     /// One reading of channel `ch` whose true value is `x`.
+    #[inline(always)]
     pub fn read(&mut self, ch: usize, x: f64, rng: &mut Rng) -> f64 {
         let s = &self.spec;
         if self.faults[ch].is_none() && s.noise > 0.0 {
@@ -91,6 +92,11 @@ impl SensorGroup {
         }
     }
 
+    pub fn any_fault(&self) -> bool {
+        self.faults.iter().any(Option::is_some)
+    }
+
+    #[inline]
     pub fn has_open_wire(&self, ch: usize) -> bool {
         matches!(self.faults[ch], Some(ChannelFault::OpenWire))
     }

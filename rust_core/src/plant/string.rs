@@ -353,7 +353,8 @@ impl StringSim {
         let n = self.series;
         let ic0 = i_a / self.parallel;
         let par = self.parallel;
-        let (mut e, mut rz_sum, mut ocv_sum, mut e_int) = (0.0, 0.0, 0.0, 0.0);
+        // Σ R changes only where coefficients are refreshed: carried, not re-summed
+        let (mut e, mut rz_delta, mut ocv_sum, mut e_int) = (0.0, 0.0, 0.0, 0.0);
         let cell = &self.cell;
         let t_ref = cell.t_ref_c;
         // equal-length slices: lets the compiler drop the bounds checks in the hot loop
@@ -397,8 +398,10 @@ impl StringSim {
             h[j] = st.h;
             if (st.soc - coef_soc[j]).abs() > REFRESH_SOC {
                 let t = temp[j];
+                let r_old = r0s[j] + coef[j].b1 + coef[j].b2;
                 coef[j] = cell.step_coeffs(st.soc, t, dt_s, &scale[j]);
                 r0s[j] = scale[j].resistance * cell.r0(st.soc, t);
+                rz_delta += r0s[j] + coef[j].b1 + coef[j].b2 - r_old;
                 dudt[j] = cell.docv_dt.eval(st.soc);
                 coef_soc[j] = st.soc;
             }
@@ -409,17 +412,15 @@ impl StringSim {
             }
             ocv_v[j] = ocv;
             let c = &coef[j];
-            let r = r0s[j] + c.b1 + c.b2;
             let mut ej = ocv + st.h - c.a1 * st.v1 - c.a2 * st.v2;
             if INTERNAL {
-                ej -= r * ocv * g_int[j];
+                ej -= (r0s[j] + c.b1 + c.b2) * ocv * g_int[j];
             }
             e += ej;
-            rz_sum += r;
             ocv_sum += ocv;
         }
         self.e_sum = e;
-        self.rz_sum = rz_sum;
+        self.rz_sum += rz_delta;
         self.ocv_sum = ocv_sum;
         e_int * par * dt_s
     }
@@ -468,7 +469,7 @@ impl StringSim {
     /// `CellParams::terminal_voltage` with the cached OCV and R0 of the element (R0 and
     /// dOCV/dT as of its last coefficient refresh: SOC within 0.002, temperature within 0.1 K),
     /// so that measuring costs no table lookups.
-    #[inline]
+    #[inline(always)]
     pub fn element_voltage(&self, j: usize) -> f64 {
         let i_c = self.i_a / self.parallel + self.i_int(j, self.ocv_v[j]);
         self.ocv_v[j] + self.h[j] - self.r0s[j] * i_c - self.v1[j] - self.v2[j]

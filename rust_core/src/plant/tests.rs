@@ -263,3 +263,67 @@ fn timing() {
     let el = cpu() - t0;
     println!("{:.2} us/step, {:.2} ns/cell, RTF {:.0}", el / n as f64 * 1e6, el / n as f64 / 1536.0 * 1e9, 0.1 * n as f64 / el);
 }
+
+const RICH_CELL: &str = r#"
+name = "rich test cell"
+chemistry = "LFP"
+source = "unit test"
+capacity_ah = 2.5
+v_min_v = 2.0
+v_max_v = 3.6
+t_ref_c = 25.0
+[ocv]
+soc = [0.0, 0.1, 0.5, 0.9, 1.0]
+v = [2.8, 3.2, 3.3, 3.35, 3.5]
+docv_dt_v_per_k = [-0.0002, -0.0001, 0.00005, -0.0001, -0.0002]
+[resistance]
+temp_c = [0.0, 25.0, 45.0]
+soc = [0.0, 0.5, 1.0]
+r0_ohm = [[0.03, 0.025, 0.028], [0.012, 0.010, 0.011], [0.009, 0.008, 0.009]]
+r1_ohm = [[0.02, 0.015, 0.02], [0.008, 0.006, 0.007], [0.005, 0.004, 0.005]]
+tau1_s = [20.0, 12.0, 9.0]
+r2_ohm = [[0.03, 0.02, 0.03], [0.01, 0.008, 0.01], [0.006, 0.005, 0.006]]
+tau2_s = [600.0, 400.0, 300.0]
+[hysteresis]
+m_v = 0.01
+gamma = 50.0
+[thermal]
+mass_kg = 0.076
+cp_j_per_kg_k = 1000.0
+"#;
+
+#[test]
+fn rich_cell_rc2_hysteresis_entropic_paths() {
+    let rich = CellParams::from_toml_str(RICH_CELL).unwrap();
+    // 1s1p, held at 25 °C: the plant follows CellParams::step exactly
+    let one = "[bus]\ncapacitance_f = 1e-9\n[thermal]\ng_cool_w_per_k = 1e6\n[[strings]]\nseries = 1\nparallel = 1\ncell = \"r\"\ninitial_soc = 0.7\nr_extra_ohm = 0.0\n[strings.contactors]\nclose_time_s = 0.0\nopen_time_s = 0.0\n";
+    let mut p = Plant::new(PlantConfig::from_toml_str(one).unwrap(), vec![rich.clone()], 0).unwrap();
+    close_all(&mut p);
+    let mut s = crate::cell_model::CellState::at_rest(0.7);
+    let sc = crate::cell_model::CellScale::default();
+    for k in 0..3000 {
+        p.set_load_a(if (k / 500) % 2 == 0 { 5.0 } else { -3.0 });
+        p.step(0.1);
+        let i = p.string_current_a(0);
+        rich.step(&mut s, &sc, i, 25.0, 0.1);
+        assert!((p.cell_soc(0)[0] - s.soc).abs() < 1e-9, "step {k}");
+        let v = rich.terminal_voltage(&s, &sc, i, 25.0);
+        // cached R0 (refreshed every 0.002 of SOC): a fraction of a mV at 5 A
+        assert!((p.string_voltage_v(0) - v).abs() < 2e-4, "step {k}: {} vs {v}", p.string_voltage_v(0));
+    }
+    // several strings with thermal: conservation still holds on the entropic/RC2/hysteresis path
+    let mut t = String::from("[bus]\ncapacitance_f = 0.001\n");
+    for z in [0.3, 0.5, 0.8] {
+        t += &format!("[[strings]]\nseries = 8\nparallel = 3\ncell = \"r\"\ninitial_soc = {z}\n[strings.variation]\nself_discharge_a = 0.001\n");
+    }
+    let mut p = Plant::new(PlantConfig::from_toml_str(&t).unwrap(), vec![rich; 3], 4).unwrap();
+    close_all(&mut p);
+    for k in 0..2000 {
+        p.set_load_a(if (k / 300) % 2 == 0 { 60.0 } else { -30.0 });
+        p.step(0.1);
+        let sum: f64 = (0..3).map(|k| p.string_current_a(k)).sum();
+        assert!((sum - p.load_a() - p.capacitor_current_a()).abs() < 1e-8);
+        assert!(p.energy().residual().abs() < 1e-9 * p.energy().cells_out.abs().max(1.0));
+    }
+    assert!(p.cell_temp_c(0).iter().all(|&t| t > 25.0), "cells warm up under load");
+}
