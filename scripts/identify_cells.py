@@ -52,7 +52,6 @@ except ImportError as exc:  # pragma: no cover - dev tool
 # (cell_model.rs SOC_GRID_POINTS), so the resampled table is the same piecewise-linear curve.
 OCV_SOC = np.round(np.linspace(0.0, 1.0, 101), 4)
 SOC_KNOTS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
-TEMPS_C = [10.0, 25.0, 40.0]
 # Bounds of the fitted time constants: below 2 s the 1 s sampled traces cannot resolve a pair;
 # above 2000 s the pair is no longer a relaxation inside the 600 s rests but absorbs OCV/diffusion
 # drift (the LFP fit otherwise runs tau2 to 1e10 s, i.e. an integrator).
@@ -73,6 +72,9 @@ class CellSpec:
     # lowest SOC the identification run discharges to (the LFP set's voltage collapses below
     # ~15 % SOC at 2.5C and 10 C)
     soc_end: float = 0.08
+    # identification temperatures; the NMC reference drive (lumped thermal) heats the cell to
+    # ~43 C, so the NMC set also gets a 50 C breakpoint (the LFP set's reference is isothermal)
+    temps_c: tuple[float, ...] = (10.0, 25.0, 40.0)
 
 
 CELLS: dict[str, CellSpec] = {
@@ -82,6 +84,7 @@ CELLS: dict[str, CellSpec] = {
         name="LG INR21700-M50",
         chemistry="NMC",
         file_name="lg_m50_nmc.toml",
+        temps_c=(10.0, 25.0, 40.0, 50.0),
         citation="Chen et al. 2020, J. Electrochem. Soc. 167 080534",
         # LG INR21700-M50 datasheet: 69.25 g max; cp of cylindrical NMC 21700 cells ~1.1 kJ/(kg K)
         mass_kg=0.0688,
@@ -399,7 +402,7 @@ def identify(spec: CellSpec, out_dir: Path, temps: list[float], socs: list[float
         "ocv_note": f"electrode OCPs over the stoichiometry window x {sto['x0']:.4f}..{sto['x100']:.4f}, "
         f"y {sto['y100']:.4f}..{sto['y0']:.4f}; entropic change is 0 in {spec.parameter_set}",
         "resistance_note": f"fitted to isothermal DFN identification runs (pulse blocks + drive segments, "
-        f"SOC 0.95..0.1..0.5); RMS residual per temperature "
+        f"SOC 0.95..{spec.soc_end:g}..back up by 0.4); RMS residual per temperature "
         f"{', '.join(f'{x * 1e3:.2f}' for x in (rms2 if use_rc2 else rms1))} mV "
         f"({'2 RC' if use_rc2 else '1 RC'}; 1 RC gave {', '.join(f'{x * 1e3:.2f}' for x in rms1)} mV)",
         "temp_c": [f[0] for f in chosen],
@@ -512,12 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cell", choices=["nmc", "lfp", "lfp280", "all"], default="all")
     ap.add_argument("--out", type=Path, default=Path("hw/cells"))
-    ap.add_argument("--temps", type=float, nargs="+", default=TEMPS_C)
+    ap.add_argument("--temps", type=float, nargs="+", help="default: the cell's own (NMC 10 25 40 50, LFP 10 25 40)")
     ap.add_argument("--socs", type=float, nargs="+", default=SOC_KNOTS)
     args = ap.parse_args(argv)
     keys = ["nmc", "lfp"] if args.cell == "all" else [args.cell] if args.cell != "lfp280" else []
     for key in keys:
-        identify(CELLS[key], args.out, args.temps, args.socs)
+        identify(CELLS[key], args.out, args.temps or list(CELLS[key].temps_c), args.socs)
     if args.cell in ("lfp", "lfp280", "all"):
         make_lfp280(args.out / CELLS["lfp"].file_name, args.out)
     return 0

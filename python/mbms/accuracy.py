@@ -159,7 +159,7 @@ def corrupt(trace: ReferenceTrace, c: Corruption, cell: _core.CellModel) -> Meas
 # Reasons for each value are in ESTIMATOR_NOTES.
 ESTIMATOR: dict[str, dict[str, float]] = {
     "NMC": {
-        "soc_process_noise": 1e-9,
+        "soc_process_noise": 1e-10,
         "v1_process_noise": 1e-7,
         "voltage_noise_v": 0.002,
         "model_error_v": 0.010,
@@ -176,15 +176,15 @@ ESTIMATOR: dict[str, dict[str, float]] = {
         "capacity_prior_sigma": 0.05,
     },
     "LFP": {
-        "soc_process_noise": 1e-9,
+        "soc_process_noise": 1e-10,
         "v1_process_noise": 1e-7,
         "voltage_noise_v": 0.002,
-        "model_error_v": 0.010,
+        "model_error_v": 0.020,
         "current_noise_a": 0.005,
         "current_offset_a": 0.023,
         "initial_soc_sigma": 0.2,
         "rest_current_a": 0.05,
-        "rest_time_s": 240.0,
+        "rest_time_s": 1800.0,
         "rest_ocv_sigma_v": 0.005,
         "r0_step_min_a": 1.0,
         "r0_gain": 0.05,
@@ -195,14 +195,20 @@ ESTIMATOR: dict[str, dict[str, float]] = {
 }
 
 ESTIMATOR_NOTES = """\
-initial_soc_sigma 0.2: the test starts 20 % off; a smaller prior would make the filter
-  distrust the voltage for a long time.
-voltage_noise_v 2 mV: the injected noise. model_error_v 10 mV: the ECM-vs-DFN fit residual
-  (hw/cells/*.toml resistance notes: 6 mV NMC, 11 mV LFP RMS).
-current_noise_a / current_offset_a: the injected current noise and offset scale (per cell
-  capacity), so the filter's SOC variance grows as fast as the coulomb-counting error does.
-rest_current_a / rest_time_s: the traces rest 300-600 s between drive segments; with 240 s
-  the rest OCV correction is used there (the cell-side relaxation after 240 s is a few mV).
+Chosen by a grid over model_error_v {5, 10, 15, 20, 40 mV}, soc_process_noise {1e-11 .. 1e-8},
+v1_process_noise {1e-7, 1e-6}, initial_soc_sigma {0.2, 0.4}, rest_time_s {120, 240, 1800, off},
+rest_ocv_sigma_v {2, 5, 10 mV}, current_offset_a, on seeds 1 and 2 of the corruption.
+initial_soc_sigma 0.2: the test starts 20 % off (0.2 and 0.4 give the same figures).
+voltage_noise_v 2 mV: the injected noise.
+model_error_v: NMC 10 mV (the ECM-vs-DFN residual at 25..40 C is 6..11 mV RMS); LFP 20 mV: on
+  the flat plateau a lower value lets the filter chase model error (and at 5 mV it never leaves
+  a wrong start on the plateau: 21 % RMSE).
+soc_process_noise 1e-10 /s: 1e-9 and above let the high-current model bias pull the SOC
+  (NMC max error 1.7 %); 1e-11 slows the recovery from the initial error (RMSE 0.74 %).
+current_noise_a / current_offset_a: the injected noise and offset scale (per cell capacity).
+rest_time_s: NMC 240 s, so the 300-600 s rests of the trace give OCV corrections; LFP 1800 s
+  (the engine default; none of the trace's rests is that long): on the LFP plateau a 240 s rest
+  reading is biased by the slow relaxation and made the RMSE worse (1.72 vs 1.66 %).
 """
 
 

@@ -363,7 +363,6 @@ class StepResult:
     soh_capacity: float
     soh_resistance: float
     capacity_ah: np.ndarray
-    r0_ohm: np.ndarray
     transfers: tuple[Transfer, ...]
 
 
@@ -450,7 +449,6 @@ class Engine:
             soh_capacity=d["soh_capacity"],
             soh_resistance=d["soh_resistance"],
             capacity_ah=d["capacity_ah"],
-            r0_ohm=d["r0_ohm"],
             transfers=tuple(Transfer(a, b, q) for a, b, q in d["transfers"]),
         )
 

@@ -16,6 +16,7 @@ class ConfigError(MbmsError, ValueError):
 
     def __init__(self, field: str, message: str, source: str | None = None) -> None:
         self.field = field
+        self.message = message
         self.source = source
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{field}: {message}")

@@ -376,12 +376,13 @@ class Plant:
         _positive_dt(dt_s)
         self._p.step(float(dt_s))
 
-    def run(self, dt_s: float, n_steps: int) -> None:
-        """``n_steps`` steps with commands and load unchanged (one call into Rust)."""
+    def run(self, dt_s: float, n_steps: int, measure_all: bool = False) -> None:
+        """``n_steps`` steps with commands and load unchanged (one call into Rust); with
+        ``measure_all`` every string's sensors are also sampled after each step."""
         _positive_dt(dt_s)
         if n_steps < 0:
             raise InputError(f"n_steps: expected >= 0, got {n_steps}")
-        self._p.run(float(dt_s), int(n_steps))
+        self._p.run(float(dt_s), int(n_steps), bool(measure_all))
 
     def set_command(
         self,

@@ -206,3 +206,41 @@ mod tests {
         assert!((out[0].amount_ah - 0.5).abs() < 1e-12);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the cells: at most max_cells bleed, never the lowest cell, never an
+        /// untrusted, hot or low cell, and every bleeding cell is above the stop threshold.
+        #[test]
+        fn balancing_rules_hold(
+            cells in proptest::collection::vec((3.0f64..4.2, 10.0f64..60.0, any::<bool>(), any::<bool>()), 1..64),
+            max_cells in 0usize..8, soc_mode in any::<bool>(), rounds in 1usize..4,
+        ) {
+            let cfg = BalancingConfig { mode: if soc_mode { BalanceMode::Soc } else { BalanceMode::Voltage },
+                threshold: 0.01, hysteresis: 0.004, min_cell_v: 3.3, inhibit_temp_c: 45.0,
+                max_current_a: 10.0, max_cells, active_plan: false };
+            let v: Vec<f64> = cells.iter().map(|c| c.0).collect();
+            let x: Vec<f64> = if soc_mode { v.iter().map(|u| (u - 3.0) / 1.2).collect() } else { v.clone() };
+            let valid: Vec<bool> = cells.iter().map(|c| c.2).collect();
+            let mut on: Vec<bool> = cells.iter().map(|c| c.3).collect();
+            let mut s = Vec::new();
+            for _ in 0..rounds {
+                decide(&cfg, &x, &v, |k| cells[k].1, &valid, true, &mut on, &mut s);
+                let x_min = x.iter().zip(&valid).filter(|(_, ok)| **ok).map(|(a, _)| *a).fold(f64::INFINITY, f64::min);
+                let n_on = on.iter().filter(|b| **b).count();
+                if max_cells > 0 { prop_assert!(n_on <= max_cells); }
+                for k in 0..x.len() {
+                    if on[k] {
+                        prop_assert!(valid[k] && v[k] >= 3.3 && cells[k].1 < 45.0);
+                        prop_assert!(x[k] > x_min + cfg.threshold - cfg.hysteresis);
+                        prop_assert!(x[k] > x_min);
+                    }
+                }
+            }
+        }
+    }
+}

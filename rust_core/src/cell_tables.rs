@@ -38,6 +38,8 @@ pub struct CellTables {
     pub r1: Vec<Vec<f64>>,
     pub r2: Option<Vec<Vec<f64>>>,
     pub t_ref_c: f64,
+    /// false when the entropic table is all zeros (skips a lookup per cell)
+    has_entropic: bool,
 }
 
 impl CellTables {
@@ -62,6 +64,7 @@ impl CellTables {
             r1: rows(&p.r1),
             r2: p.r2.as_ref().map(rows),
             t_ref_c: p.t_ref_c,
+            has_entropic: p.docv_dt.values().iter().any(|x| *x != 0.0),
         }
     }
 
@@ -98,7 +101,12 @@ impl CellTables {
     /// OCV (V) at `a` with the entropic correction for `dtemp` = T − T_ref.
     #[inline(always)]
     pub fn ocv(&self, a: SocAt, dtemp: f64) -> f64 {
-        Self::lerp(&self.ocv, a) + Self::lerp(&self.docv_dt, a) * dtemp
+        let v = Self::lerp(&self.ocv, a);
+        if self.has_entropic {
+            v + Self::lerp(&self.docv_dt, a) * dtemp
+        } else {
+            v
+        }
     }
 
     /// dOCV/dSOC of the interval (as `SocTable::slope`).
@@ -115,6 +123,9 @@ impl CellTables {
     #[inline(always)]
     fn rows_eval(rows: &[Vec<f64>], a: SocAt, s: TempSel) -> f64 {
         let lo = Self::lerp(&rows[s.lo], a);
+        if s.f == 0.0 {
+            return lo; // at a breakpoint, clamped, or a single-temperature table
+        }
         let hi = Self::lerp(&rows[s.hi], a);
         lo + s.f * (hi - lo)
     }

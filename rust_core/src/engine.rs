@@ -206,9 +206,8 @@ pub struct EngineOutput {
     pub balance: Vec<bool>,
     pub soh_capacity: f64,
     pub soh_resistance: f64,
-    /// Per element: estimated capacity (Ah, all parallel cells) and R0 (Ω, element).
+    /// Per element: estimated capacity (Ah, all parallel cells).
     pub capacity_ah: Vec<f64>,
-    pub r0_ohm: Vec<f64>,
     /// Active-balancing plan (empty unless `balancing.active_plan`).
     pub transfers: Vec<Transfer>,
 }
@@ -216,6 +215,170 @@ pub struct EngineOutput {
 // ---------------------------------------------------------------------------------------------
 // Engine
 // ---------------------------------------------------------------------------------------------
+
+/// Cells per block of the vectorised pass (scratch stays in L1: 20 arrays × 8 B × BLOCK).
+const BLOCK: usize = 128;
+
+/// Per-block scratch of the cell pass.
+struct Scratch {
+    zp: [f64; BLOCK],
+    r1: [f64; BLOCK],
+    r0: [f64; BLOCK],
+    r0r: [f64; BLOCK],
+    slope: [f64; BLOCK],
+    ocv: [f64; BLOCK],
+    h: [f64; BLOCK],
+    e: [f64; BLOCK],
+    v2: [f64; BLOCK],
+    a1: [f64; BLOCK],
+    dc: [f64; BLOCK],
+    dp: [f64; BLOCK],
+    ocv_out: [f64; BLOCK],
+    soe: [f64; BLOCK],
+    ldc: [f64; BLOCK],
+    lcc: [f64; BLOCK],
+    ldp: [f64; BLOCK],
+    lcp: [f64; BLOCK],
+}
+
+impl Scratch {
+    fn new() -> Box<Self> {
+        Box::new(Scratch {
+            zp: [0.0; BLOCK],
+            r1: [0.0; BLOCK],
+            r0: [0.0; BLOCK],
+            r0r: [0.0; BLOCK],
+            slope: [0.0; BLOCK],
+            ocv: [0.0; BLOCK],
+            h: [0.0; BLOCK],
+            e: [0.0; BLOCK],
+            v2: [0.0; BLOCK],
+            a1: [0.0; BLOCK],
+            dc: [0.0; BLOCK],
+            dp: [0.0; BLOCK],
+            ocv_out: [0.0; BLOCK],
+            soe: [0.0; BLOCK],
+            ldc: [0.0; BLOCK],
+            lcc: [0.0; BLOCK],
+            ldp: [0.0; BLOCK],
+            lcp: [0.0; BLOCK],
+        })
+    }
+}
+
+/// One block of the cell pass's arithmetic: predict, Joseph update, outputs, per-cell limits.
+struct BlockMath<'a> {
+    z: &'a mut [f64],
+    v1: &'a mut [f64],
+    cov: &'a mut [Cov2],
+    inv_qc: &'a [f64],
+    cap: &'a [f64],
+    v: &'a [f64],
+    ok: &'a [bool],
+    soc: &'a mut [f64],
+    sig: &'a mut [f64],
+    cc: &'a mut [f64],
+    sc: &'a mut Scratch,
+    base_pr: Predict,
+    g_eta_i: f64,
+    i_cell: f64,
+    r_meas: f64,
+    hc_c: f64,
+    hc_p: f64,
+    vmin: f64,
+    vmax: f64,
+}
+
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn block_math(b: &mut BlockMath<'_>, avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: only called when the CPU reports AVX2 (checked at construction).
+        unsafe { block_math_avx2(b) };
+        return;
+    }
+    let _ = avx2;
+    block_math_impl(b);
+}
+
+/// The same code compiled for AVX2 (4 lanes): Rust never contracts a·b+c into an FMA on
+/// its own, so both paths give bit-identical results.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_math_avx2(b: &mut BlockMath<'_>) {
+    block_math_impl(b);
+}
+
+#[inline(always)]
+fn block_math_impl(b: &mut BlockMath<'_>) {
+    let len = b.z.len();
+    let (z_s, v1_s, cov_s) = (&mut b.z[..len], &mut b.v1[..len], &mut b.cov[..len]);
+    let (qb, capb, vb, okb) = (&b.inv_qc[..len], &b.cap[..len], &b.v[..len], &b.ok[..len]);
+    let (socb, sigb, ccb) = (&mut b.soc[..len], &mut b.sig[..len], &mut b.cc[..len]);
+    let sc = &mut *b.sc;
+    let (s_zp, s_r1, s_r0, s_slope) = (&sc.zp[..len], &sc.r1[..len], &sc.r0[..len], &sc.slope[..len]);
+    let (s_ocv, s_h, s_e, s_v2) = (&sc.ocv[..len], &sc.h[..len], &sc.e[..len], &sc.v2[..len]);
+    let (s_a1, s_dc, s_dp) = (&sc.a1[..len], &sc.dc[..len], &sc.dp[..len]);
+    let (s_ocv_out, s_soe) = (&mut sc.ocv_out[..len], &mut sc.soe[..len]);
+    let (s_ldc, s_lcc) = (&mut sc.ldc[..len], &mut sc.lcc[..len]);
+    let (s_ldp, s_lcp) = (&mut sc.ldp[..len], &mut sc.lcp[..len]);
+    let (g_eta_i, i_cell, r_meas) = (b.g_eta_i, b.i_cell, b.r_meas);
+    let (hc_c, hc_p, vmin, vmax) = (b.hc_c, b.hc_p, b.vmin, b.vmax);
+    for j in 0..len {
+        let inv_qc = qb[j];
+        let mut z = z_s[j];
+        let mut v1 = v1_s[j];
+        let mut cov = cov_s[j];
+        let pr = Predict { a1: s_a1[j], ..b.base_pr };
+        let r1 = s_r1[j];
+        soc_ekf::predict(&mut z, &mut v1, &mut cov, r1, inv_qc, &pr);
+        let (z_p, v1_p, cov_p) = (z, v1, cov);
+        let r0 = s_r0[j];
+        let slope = s_slope[j];
+        let ocv_pred = s_ocv[j];
+        let v2 = s_v2[j];
+        // computed for every cell, kept only where the voltage is trusted
+        let innov = vb[j] - (ocv_pred - r0 * i_cell - v1 - v2);
+        soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_meas);
+        let ok = okb[j];
+        let z = if ok { z.clamp(-0.1, 1.1) } else { z_p };
+        let v1 = if ok { v1 } else { v1_p };
+        let cov = if ok { cov } else { cov_p };
+        z_s[j] = z;
+        v1_s[j] = v1;
+        cov_s[j] = cov;
+        ccb[j] -= g_eta_i * inv_qc;
+        let zo = z.clamp(0.0, 1.0);
+        socb[j] = zo;
+        sigb[j] = cov.p00.sqrt();
+        // pack quantities at the corrected state
+        let dz = zo - s_zp[j].clamp(0.0, 1.0);
+        let ocv = ocv_pred + slope * dz;
+        s_ocv_out[j] = ocv;
+        s_soe[j] = (s_e[j] + (ocv - s_h[j]) * dz) * capb[j];
+        // SOF: horizon resistance and headroom per direction and horizon
+        let vd = ocv - v2;
+        let (dc, dp) = (s_dc[j], s_dp[j]);
+        let inv_rh_c = 1.0 / (r0 + r1 * (1.0 - dc) + slope * hc_c * inv_qc);
+        let inv_rh_p = 1.0 / (r0 + r1 * (1.0 - dp) + slope * hc_p * inv_qc);
+        let vc = v1 * dc;
+        let vpk = v1 * dp;
+        s_ldc[j] = cell_limit(vd - vc - vmin, inv_rh_c);
+        s_lcc[j] = cell_limit(vmax - vd + vc, inv_rh_c);
+        s_ldp[j] = cell_limit(vd - vpk - vmin, inv_rh_p);
+        s_lcp[j] = cell_limit(vmax - vd + vpk, inv_rh_p);
+    }
+}
 
 /// Per temperature sensor, per step: everything that depends on T only.
 #[derive(Debug, Clone, Copy, Default)]
@@ -243,7 +406,6 @@ pub struct Engine {
     v2: Vec<f64>,
     h: Vec<f64>,
     cov: Vec<Cov2>,
-    zcc: Vec<f64>,
     /// 1 / (3600 · Q_cell_ah): SOC per coulomb of one (unit) cell
     inv_qc: Vec<f64>,
     cap_ah: Vec<f64>,
@@ -252,6 +414,8 @@ pub struct Engine {
     /// Σ cap_ah (updated when a capacity estimate changes)
     cap_sum: f64,
     v_stuck: Vec<u32>,
+    /// ΔV of the last sample (only filled on an R0 current step)
+    r0_dv: Vec<f64>,
     v_valid: Vec<bool>,
     awtls: Vec<Awtls>,
     z_rest: Vec<f64>,
@@ -280,6 +444,9 @@ pub struct Engine {
     out: EngineOutput,
     bal_x: Vec<f64>,
     bal_scratch: Vec<(f64, u32)>,
+    scratch: Box<Scratch>,
+    /// run the block arithmetic with AVX2 (detected once at construction)
+    use_avx2: bool,
 }
 
 impl Engine {
@@ -315,7 +482,7 @@ impl Engine {
         let tab = CellTables::new(&cell);
         let cap = cell.capacity_ah;
         let prior = cfg.estimator.capacity_prior_sigma;
-        let sensor_of = (0..n).map(|k| (k * n_t / n) as u32).collect();
+        let sensor_of: Vec<u32> = (0..n).map(|k| (k * n_t / n) as u32).collect();
         let t_ref = cell.t_ref_c;
         let out = EngineOutput {
             soc: vec![0.0; n],
@@ -323,7 +490,6 @@ impl Engine {
             soc_cc: vec![0.0; n],
             balance: vec![false; n],
             capacity_ah: vec![cap * par; n],
-            r0_ohm: vec![0.0; n],
             soh_capacity: 1.0,
             soh_resistance: 1.0,
             ..Default::default()
@@ -338,13 +504,13 @@ impl Engine {
             v2: vec![0.0; n],
             h: vec![0.0; n],
             cov: vec![Cov2 { p00: 0.25, p01: 0.0, p11: 1e-6 }; n],
-            zcc: vec![0.5; n],
             inv_qc: vec![1.0 / (3600.0 * cap); n],
             cap_ah: vec![cap; n],
             r0_ratio: vec![1.0; n],
             v_prev: vec![f64::NAN; n],
             cap_sum: cap * n as f64,
             v_stuck: vec![0; n],
+            r0_dv: vec![f64::NAN; n],
             v_valid: vec![false; n],
             awtls: vec![Awtls::with_prior(prior); n],
             z_rest: vec![f64::NAN; n],
@@ -371,6 +537,8 @@ impl Engine {
             out,
             bal_x: vec![0.0; n],
             bal_scratch: Vec::new(),
+            scratch: Scratch::new(),
+            use_avx2: avx2_available(),
             tab,
             cell,
             cfg,
@@ -591,14 +759,12 @@ impl Engine {
         let (vlo, vhi, vow) = (sens.cell_v_min_v, sens.cell_v_max_v, sens.open_wire_v);
         let tab = &self.tab;
         let ssv = &self.ss[..];
-        let sensor_of = &self.sensor_of[..n];
         let v_in = &v_cell_v[..n];
         let zs = &mut self.z[..n];
         let v1s = &mut self.v1[..n];
         let v2s = &mut self.v2[..n];
         let hs = &mut self.h[..n];
         let covs = &mut self.cov[..n];
-        let zccs = &mut self.zcc[..n];
         let inv_qcs = &self.inv_qc[..n];
         let caps = &self.cap_ah[..n];
         let r0rs = &mut self.r0_ratio[..n];
@@ -608,7 +774,6 @@ impl Engine {
         let o_soc = &mut self.out.soc[..n];
         let o_sig = &mut self.out.soc_sigma[..n];
         let o_cc = &mut self.out.soc_cc[..n];
-        let o_r0 = &mut self.out.r0_ohm[..n];
         let (b_lo, b_hi) = self.banks.split_at_mut(Rule::VoltageSensor as usize);
         let b_vs = &mut b_hi[0];
         let (b_ov, b_rest) = b_lo.split_at_mut(1);
@@ -616,15 +781,19 @@ impl Engine {
         let b_uv = &mut b_rest[0];
         let g_eta_i = base_pr.eta_i * dt;
         let r0_gain = est.r0_gain;
+        // pass 1: sensor plausibility and the per-cell protection rules (branchy, cheap)
+        let dvs = &mut self.r0_dv[..n];
         for k in 0..n {
             let v = v_in[k];
-            // sensor plausibility: NaN, range, open wire, stuck
+            // NaN, range, open wire, stuck
             let v_prev = v_prevs[k];
             let cnt = if v == v_prev { stucks[k].saturating_add(1) } else { 0 };
             stucks[k] = cnt;
             let stuck = stuck_n > 0 && cnt >= stuck_n;
             let valid = v >= vlo && v <= vhi && v > vow && !stuck; // NaN compares false
-            let prev_valid = valids[k];
+            if r0_step {
+                dvs[k] = if valid && valids[k] { v - v_prev } else { f64::NAN };
+            }
             v_prevs[k] = v;
             valids[k] = valid;
             b_vs.eval(k, t_s, if valid { 0.0 } else { 1.0 });
@@ -635,78 +804,98 @@ impl Engine {
                 vmin_meas = vmin_meas.min(v);
                 vmax_meas = vmax_meas.max(v);
             }
-
-            let ss = &ssv[sensor_of[k] as usize];
-            let inv_qc = inv_qcs[k];
-            let r0r = r0rs[k];
-            // predict: SOC first (needs no table), then the RC branch with R1 at that SOC
-            let z_pred = zs[k] - g_eta_i * inv_qc;
-            let at = tab.locate(z_pred);
-            let r1 = tab.r1(at, ss.sel) * r0r;
-            let mut z = zs[k];
-            let mut v1 = v1s[k];
-            let mut cov = covs[k];
-            let pr = Predict { a1: ss.a1, ..base_pr };
-            soc_ekf::predict(&mut z, &mut v1, &mut cov, r1, inv_qc, &pr);
-            let mut v2 = 0.0;
-            if has_rc2 {
-                v2 = ss.a2 * v2s[k] + tab.r2(at, ss.sel) * r0r * (1.0 - ss.a2) * i_cell;
-                v2s[k] = v2;
-            }
-            let mut hk = 0.0;
-            if hyst {
-                hk = ah * hs[k] - (1.0 - ah) * hm;
-                hs[k] = hk;
-            }
-            let r0_nom = tab.r0(at, ss.sel);
-            // R0 from the current step: −ΔV/ΔI of this cell, ratio to the table, low-passed
-            let mut r0r = r0r;
-            if r0_step && valid && prev_valid {
-                if let Some(r) = r0_observation(v - v_prev, di_cell, r0_nom) {
-                    r0r += r0_gain * (r / r0_nom - r0r);
-                    r0rs[k] = r0r;
+        }
+        // pass 2, in blocks of BLOCK cells: (a) the table lookups (gathers, scalar) into small
+        // scratch arrays that stay in L1, (b) the filter and limit arithmetic as branch-free
+        // straight-line code over the block (auto-vectorised), (c) the reductions, in cell
+        // order (the same sums as a sequential loop).
+        let sc = &mut *self.scratch;
+        let use_avx2 = self.use_avx2;
+        let sensor_of = &self.sensor_of[..n];
+        let mut start = 0;
+        while start < n {
+            let end = (start + BLOCK).min(n);
+            let len = end - start;
+            // (a) gathers
+            for j in 0..len {
+                let k = start + j;
+                let ss = &ssv[sensor_of[k] as usize];
+                let z_pred = zs[k] - g_eta_i * inv_qcs[k];
+                let at = tab.locate(z_pred);
+                let mut r0r = r0rs[k];
+                let r1 = tab.r1(at, ss.sel) * r0r;
+                let r0_nom = tab.r0(at, ss.sel);
+                // R0 from the current step: −ΔV/ΔI of this cell, ratio to the table, low-passed
+                if r0_step {
+                    if let Some(r) = r0_observation(dvs[k], di_cell, r0_nom) {
+                        r0r += r0_gain * (r / r0_nom - r0r);
+                        r0rs[k] = r0r;
+                    }
                 }
+                let mut v2 = 0.0;
+                if has_rc2 {
+                    v2 = ss.a2 * v2s[k] + tab.r2(at, ss.sel) * r0r * (1.0 - ss.a2) * i_cell;
+                    v2s[k] = v2;
+                }
+                let mut hk = 0.0;
+                if hyst {
+                    hk = ah * hs[k] - (1.0 - ah) * hm;
+                    hs[k] = hk;
+                }
+                sc.zp[j] = z_pred;
+                sc.r1[j] = r1;
+                sc.r0[j] = r0_nom * r0r;
+                sc.r0r[j] = r0r;
+                sc.slope[j] = tab.slope(at);
+                sc.ocv[j] = tab.ocv(at, ss.dtemp) + hk;
+                sc.h[j] = hk;
+                sc.e[j] = tab.energy(at);
+                sc.v2[j] = v2;
+                sc.a1[j] = ss.a1;
+                sc.dc[j] = ss.d_cont;
+                sc.dp[j] = ss.d_peak;
             }
-            let r0 = r0_nom * r0r;
-            let slope = tab.slope(at);
-            let ocv_pred = tab.ocv(at, ss.dtemp) + hk;
-            if valid {
-                let innov = v - (ocv_pred - r0 * i_cell - v1 - v2);
-                soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_meas);
-                z = z.clamp(-0.1, 1.1);
+            // (b) arithmetic (AVX2 code path where the CPU has it; same results)
+            {
+                let mut bm = BlockMath {
+                    z: &mut zs[start..end],
+                    v1: &mut v1s[start..end],
+                    cov: &mut covs[start..end],
+                    inv_qc: &inv_qcs[start..end],
+                    cap: &caps[start..end],
+                    v: &v_in[start..end],
+                    ok: &valids[start..end],
+                    soc: &mut o_soc[start..end],
+                    sig: &mut o_sig[start..end],
+                    cc: &mut o_cc[start..end],
+                    sc: &mut *sc,
+                    base_pr,
+                    g_eta_i,
+                    i_cell,
+                    r_meas,
+                    hc_c,
+                    hc_p,
+                    vmin,
+                    vmax,
+                };
+                block_math(&mut bm, use_avx2);
             }
-            zs[k] = z;
-            v1s[k] = v1;
-            covs[k] = cov;
-            let zc = zccs[k] - g_eta_i * inv_qc;
-            zccs[k] = zc;
-            o_cc[k] = zc;
-            let zo = z.clamp(0.0, 1.0);
-            o_soc[k] = zo;
-            o_sig[k] = cov.p00.sqrt();
-            zmin = zmin.min(zo);
-            zmax = zmax.max(zo);
-            zsum += zo;
-
-            // pack quantities at the corrected state
-            let dz = zo - z_pred.clamp(0.0, 1.0);
-            let ocv = ocv_pred + slope * dz;
-            ocv_sum += ocv;
-            r_sum += r0;
-            o_r0[k] = r0 * inv_par;
-            soe += (tab.energy(at) + (ocv - hk) * dz) * caps[k];
-            r0_ratio_sum += r0r;
-
-            // SOF: horizon resistance and headroom per direction and horizon
-            let vd = ocv - v2;
-            let inv_rh_c = 1.0 / (r0 + r1 * (1.0 - ss.d_cont) + slope * hc_c * inv_qc);
-            let inv_rh_p = 1.0 / (r0 + r1 * (1.0 - ss.d_peak) + slope * hc_p * inv_qc);
-            let vc = v1 * ss.d_cont;
-            let vpk = v1 * ss.d_peak;
-            ld_c = ld_c.min(cell_limit(vd - vc - vmin, inv_rh_c));
-            lc_c = lc_c.min(cell_limit(vmax - vd + vc, inv_rh_c));
-            ld_p = ld_p.min(cell_limit(vd - vpk - vmin, inv_rh_p));
-            lc_p = lc_p.min(cell_limit(vmax - vd + vpk, inv_rh_p));
+            // (c) reductions in cell order
+            for j in 0..len {
+                let zo = o_soc[start + j];
+                zmin = zmin.min(zo);
+                zmax = zmax.max(zo);
+                zsum += zo;
+                ocv_sum += sc.ocv_out[j];
+                r_sum += sc.r0[j];
+                soe += sc.soe[j];
+                r0_ratio_sum += sc.r0r[j];
+                ld_c = ld_c.min(sc.ldc[j]);
+                lc_c = lc_c.min(sc.lcc[j]);
+                ld_p = ld_p.min(sc.ldp[j]);
+                lc_p = lc_p.min(sc.lcp[j]);
+            }
+            start = end;
         }
         let cap_sum = self.cap_sum;
         let nf = self.n as f64;
@@ -815,7 +1004,7 @@ impl Engine {
             let ok = v[k] >= sens.cell_v_min_v && v[k] <= sens.cell_v_max_v && v[k] > sens.open_wire_v;
             let (z, p00) = if ok { (self.tab.soc_from_ocv(v[k], ss.dtemp), sig * sig) } else { (0.5, 0.25) };
             self.z[k] = z;
-            self.zcc[k] = z;
+            self.out.soc_cc[k] = z;
             self.v1[k] = 0.0;
             self.v2[k] = 0.0;
             self.h[k] = 0.0;
@@ -889,7 +1078,7 @@ impl Engine {
                 self.cov[k].p00,
                 self.cov[k].p01,
                 self.cov[k].p11,
-                self.zcc[k],
+                self.out.soc_cc[k],
                 self.cap_ah[k],
                 self.r0_ratio[k],
                 self.z_rest[k],
@@ -979,7 +1168,7 @@ impl Engine {
             self.v2[k] = row[2];
             self.h[k] = row[3];
             self.cov[k] = Cov2 { p00: row[4], p01: row[5], p11: row[6] };
-            self.zcc[k] = row[7];
+            self.out.soc_cc[k] = row[7];
             self.cap_ah[k] = row[8];
             self.inv_qc[k] = 1.0 / (3600.0 * row[8]);
             self.r0_ratio[k] = row[9];

@@ -9,7 +9,7 @@
 //! The brief's safety rules are checked on the true plant state every step ([`Invariants`]).
 
 use mbms_consensus::prng::SplitMix64;
-use mbms_consensus::{Contactors as PeerContactors, PeerConfig};
+use mbms_consensus::{Contactors as PeerContactors, PeerConfig, Phase};
 
 use crate::cell_model::CellParams;
 use crate::engine::EngineConfig;
@@ -109,6 +109,9 @@ pub struct Invariants {
     pub agree_latencies_ms: Vec<u64>,
     disagree_since_ms: Option<u64>,
     pub closes: Vec<(u64, usize, f64)>,
+    /// Times (ms) from a node's death to every live peer having dropped it from its live set.
+    pub detect_latencies_ms: Vec<u64>,
+    killed_at_ms: Vec<Option<u64>>,
 }
 
 impl Invariants {
@@ -137,6 +140,8 @@ pub struct FastSim {
     request_a: f64,
     /// Whether the load obeys the BMS limits (an inverter does); `false` = raw profile.
     pub clip_load: bool,
+    ready: bool,
+    quiet_since_ms: Option<u64>,
     /// ΔV_close (V) used by the S3 check, from the peers' config.
     dv_close_v: f64,
     /// Extra allowance in the S3 check for sensor error (V).
@@ -197,6 +202,8 @@ impl FastSim {
             string_rows: Vec::new(),
             request_a: 0.0,
             clip_load: true,
+            ready: false,
+            quiet_since_ms: None,
             dv_close_v,
             s3_margin_v: 1.0,
             energy_discharged_j: 0.0,
@@ -247,11 +254,16 @@ impl FastSim {
         v
     }
 
-    /// Kill node `k` (its process dies: contactors keep their last command, messages stop).
+    /// Kill node `k`: its process dies, its messages stop, and its contactors drop open (the
+    /// coils are powered by the BMU's drivers: normally-open contactors fail open).
     pub fn kill(&mut self, k: usize) {
         if let Some(core) = self.slots[k].core.take() {
             self.slots[k].saved_state = core.engine().export_state();
         }
+        self.slots[k].last_cmd = StringCommand::default();
+        self.plant.set_command(k, &StringCommand::default());
+        self.inv.killed_at_ms.resize(self.slots.len(), None);
+        self.inv.killed_at_ms[k] = Some(self.t_ms);
     }
 
     /// Restart node `k` with a new incarnation, restoring its persisted engine state.
@@ -304,9 +316,30 @@ impl FastSim {
         };
         self.request_a = request_a;
         let any_closed = (0..n).any(|k| self.plant.contactor_state(k).pos && self.plant.contactor_state(k).neg);
+        // "BMS ready": the inverter draws current only once the start-up closing sequence is
+        // over (no live node requesting, precharging, closing or backing off), so that every
+        // matching string is on the bus before the load pulls the bus away from them. Once
+        // ready, later joins happen under load. All strings open: not ready again.
+        // "Over" = quiet for READY_QUIET_MS (a peer requests only after it has seen the previous
+        // close in a heartbeat, so there are short gaps inside the sequence).
+        const READY_QUIET_MS: u64 = 2_000;
+        if !any_closed {
+            self.ready = false;
+            self.quiet_since_ms = None;
+        } else if !self.ready {
+            let joining = self.slots.iter().filter_map(|s| s.core.as_ref()).any(|c| {
+                matches!(c.output().phase, Phase::Requesting | Phase::Precharging | Phase::Closing | Phase::Waiting | Phase::Listening)
+            });
+            if joining {
+                self.quiet_since_ms = None;
+            } else {
+                let since = *self.quiet_since_ms.get_or_insert(self.t_ms);
+                self.ready = self.t_ms - since >= READY_QUIET_MS;
+            }
+        }
         let i_load = if !self.clip_load {
             request_a
-        } else if !any_closed {
+        } else if !any_closed || !self.ready {
             0.0
         } else {
             match self.inverter_limits() {
@@ -475,6 +508,21 @@ impl FastSim {
                     if over > self.inv.max_string_overcurrent_a {
                         self.inv.max_string_overcurrent_a = over;
                     }
+                }
+            }
+        }
+        // Failure detection: every live peer has dropped a dead node from its live set.
+        for d in 0..self.inv.killed_at_ms.len() {
+            if let Some(at) = self.inv.killed_at_ms[d] {
+                if self.slots[d].core.is_some() {
+                    self.inv.killed_at_ms[d] = None; // restarted before it was detected
+                    continue;
+                }
+                let bit = 1u64 << d;
+                let all_dropped = self.slots.iter().filter_map(|s| s.core.as_ref()).all(|c| c.output().live_set & bit == 0);
+                if all_dropped {
+                    self.inv.detect_latencies_ms.push(t_ms - at);
+                    self.inv.killed_at_ms[d] = None;
                 }
             }
         }

@@ -156,8 +156,9 @@ pub fn update(z: &mut f64, v1: &mut f64, p: &mut Cov2, hz: f64, innov: f64, r: f
     let ph0 = p.p00 * hz - p.p01; // (P Hᵀ)_0
     let ph1 = p.p01 * hz - p.p11; // (P Hᵀ)_1
     let s = hz * ph0 - ph1 + r;
-    let k0 = ph0 / s;
-    let k1 = ph1 / s;
+    let inv_s = 1.0 / s;
+    let k0 = ph0 * inv_s;
+    let k1 = ph1 * inv_s;
     *z += k0 * innov;
     *v1 += k1 * innov;
     // M = I - K H = [[1 - k0 hz, k0], [-k1 hz, 1 + k1]]

@@ -349,8 +349,9 @@ class NumpyEngine:
         ph0 = p00 * hz - p01
         ph1 = p01 * hz - p11
         s = hz * ph0 - ph1 + r_meas
-        k0 = ph0 / s
-        k1 = ph1 / s
+        inv_s = 1.0 / s
+        k0 = ph0 * inv_s
+        k1 = ph1 * inv_s
         m00 = 1.0 - k0 * hz
         m01 = k0
         m10 = -k1 * hz

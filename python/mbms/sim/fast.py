@@ -74,12 +74,43 @@ def engine_configs(scenario: Scenario) -> list[dict[str, Any]]:
 
 def build(scenario: Scenario) -> Any:
     """The ``_core.FastSim`` for a scenario (configs resolved, errors named by field)."""
+    try:
+        return _build(scenario)
+    except ConfigError as exc:
+        if exc.source is None:
+            raise ConfigError(exc.field, exc.message, scenario.source) from exc
+        raise
+
+
+def _check_events(scenario: Scenario) -> None:
+    """Run-time plant faults are checked up front, as scheduled faults of the plant would be."""
+    if not scenario.events:
+        return
+    plant = dict(scenario.plant)
+    plant["faults"] = [{"at_s": e.at_s, "fault": e.fault} for e in scenario.events]
+    try:
+        _core.plant_config_normalize(json.dumps(plant))
+    except ValueError as exc:
+        field, msg = _split(exc)
+        raise ConfigError(field.replace("faults[", "events[", 1), msg, scenario.source) from exc
+
+
+def _split(exc: ValueError) -> tuple[str, str]:
+    """(field, message) of a ValueError from the core: args (field, message) or "field: msg"."""
+    if len(exc.args) == 2 and all(isinstance(a, str) for a in exc.args):
+        return exc.args[0], exc.args[1]
+    field, _, msg = str(exc).partition(": ")
+    return (field, msg) if msg else ("scenario", str(exc))
+
+
+def _build(scenario: Scenario) -> Any:
     strings = scenario.plant["strings"]
     for k, s in enumerate(strings):
         for key in ("series", "parallel", "cell"):
             if key not in s:
                 raise ConfigError(f"plant.strings[{k}].{key}", "missing", scenario.source)
     cells = [cell_file(s["cell"]).read_text() for s in strings]
+    _check_events(scenario)
     engines = [json.dumps(e) for e in engine_configs(scenario)]
     dt_ms = round(scenario.dt_s * 1000)
     record_every = max(1, round(scenario.record_every_s / scenario.dt_s))
@@ -96,8 +127,8 @@ def build(scenario: Scenario) -> Any:
             record_every,
         )
     except ValueError as exc:
-        field, _, msg = str(exc).partition(": ")
-        raise ConfigError(field, msg or str(exc), scenario.source) from exc
+        field, msg = _split(exc)
+        raise ConfigError(field, msg, scenario.source) from exc
 
 
 def run(

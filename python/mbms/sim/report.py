@@ -60,6 +60,7 @@ def summary(res: RunResult) -> dict[str, Any]:
         "packs": packs,
         "system": {
             "agree_latency_ms": percentiles_ms(rep["agree_latencies_ms"]),
+            "detect_latency_ms": percentiles_ms(rep["detect_latencies_ms"]),
             "max_string_overcurrent_a": round(float(rep["max_string_overcurrent_a"]), 3),
             "energy_discharged_kwh": round(rep["energy_discharged_j"] / 3.6e6, 4),
             "energy_charged_kwh": round(rep["energy_charged_j"] / 3.6e6, 4),

@@ -3,7 +3,10 @@
 A scenario is a TOML file (see ``examples/scenarios/``) with the tables
 
 * ``[scenario]``: ``name``, ``description``, ``duration_s``, ``dt_s``, ``seed``, ``mode``
-  (``fast`` | ``processes``), ``record_every_s``;
+  (``fast`` | ``processes``), ``record_every_s``, and ``extends``: a base scenario
+  (``"default"`` for the embedded one, or a path relative to this file) whose tables this file
+  overrides key by key (arrays such as ``plant.strings``, ``network`` and ``events`` are
+  replaced whole);
 * ``[system]``: the peer coordination settings shared by all nodes (``system_id``,
   ``heartbeat_ms``, ``dv_close_v``, ``lease_ms``, ...: any field of the consensus
   ``PeerConfig``), plus ``drift_ppm`` (one clock error per node, optional);
@@ -35,7 +38,7 @@ from mbms.errors import ConfigError
 MODES = ("fast", "processes")
 NETWORK_KINDS = ("loss", "delay", "duplicate", "partition", "heal", "kill", "restart")
 
-_SCENARIO_KEYS = {"name", "description", "duration_s", "dt_s", "seed", "mode", "record_every_s"}
+_SCENARIO_KEYS = {"name", "description", "duration_s", "dt_s", "seed", "mode", "record_every_s", "extends"}
 _NODE_KEYS = {"stale_ms", "auto_reset_s", "feedback_mismatch_ms", "ramp_open_current_a", "ramp_open_timeout_s"}
 _TOP_KEYS = {"scenario", "system", "node", "engine", "plant", "network", "events"}
 
@@ -90,13 +93,13 @@ class Scenario:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("<toml>", f"not valid TOML: {exc}", str(p)) from exc
+        data = _resolve_extends(data, p.parent, str(p), depth=0)
         return cls.from_dict(data, source=str(p))
 
     @classmethod
     def default(cls) -> Scenario:
         """The embedded default scenario (the README's main job)."""
-        text = resources.files("mbms.sim").joinpath("scenarios/default.toml").read_text()
-        return cls.from_dict(tomllib.loads(text), source="<embedded default scenario>")
+        return cls.from_dict(_default_data(), source="<embedded default scenario>")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Scenario:
@@ -326,3 +329,45 @@ def _network_event(i: int, ev: Any, n: int, duration_s: float, fail: Any) -> Net
             raise fail(f"{f}.node", f"expected a node id in 1..{n}, got {v!r}")
         return NetworkEvent(float(at), kind, node=v)
     return NetworkEvent(float(at), kind)
+
+
+def _default_data() -> dict[str, Any]:
+    text = resources.files("mbms.sim").joinpath("scenarios/default.toml").read_text()
+    return tomllib.loads(text)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _resolve_extends(data: dict[str, Any], folder: Path, source: str, depth: int) -> dict[str, Any]:
+    sc = data.get("scenario")
+    if not isinstance(sc, dict) or "extends" not in sc:
+        return data
+    if depth > 8:
+        raise ConfigError("scenario.extends", "more than 8 levels of extends (a cycle?)", source)
+    ref = sc["extends"]
+    if not isinstance(ref, str):
+        raise ConfigError("scenario.extends", "expected \"default\" or a path to a scenario file", source)
+    if ref == "default":
+        base = _default_data()
+    else:
+        bp = (folder / ref).resolve()
+        try:
+            base = tomllib.loads(bp.read_text())
+        except OSError as exc:
+            raise ConfigError("scenario.extends", f"cannot read {bp}: {exc.strerror}", source) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("scenario.extends", f"{bp} is not valid TOML: {exc}", source) from exc
+        base = _resolve_extends(base, bp.parent, str(bp), depth + 1)
+    over = copy.deepcopy(data)
+    del over["scenario"]["extends"]
+    merged = _deep_merge(base, over)
+    merged["scenario"].pop("extends", None)
+    return merged

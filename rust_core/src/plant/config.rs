@@ -269,6 +269,24 @@ impl PlantConfig {
         self.strings.iter().map(|s| s.cell.clone()).collect()
     }
 
+    /// Parse the cell parameter set of every string, reading each with `read(cell name)` (the
+    /// caller's I/O, e.g. a lookup in `hw/cells/`); errors name `strings[k].cell`.
+    pub fn load_cells(
+        &self,
+        read: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<Vec<crate::cell_model::CellParams>, PlantConfigError> {
+        self.strings
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let field = format!("strings[{k}].cell");
+                let text = read(&s.cell).map_err(|m| cfg_err(&field, m))?;
+                crate::cell_model::CellParams::from_toml_str(&text)
+                    .map_err(|e| cfg_err(&field, format!("{}: {e}", s.cell)))
+            })
+            .collect()
+    }
+
     /// Range checks, naming the dotted field.
     pub fn validate(&self) -> Result<(), PlantConfigError> {
         if self.strings.is_empty() {

@@ -220,10 +220,7 @@ impl Plant {
                 s.g_short[element] = 1.0 / r_short_ohm;
                 s.dirty = true;
             }
-            PlantFault::CapacityFade { element, factor, .. } => {
-                s.scale[element].capacity *= factor;
-                s.dirty = true;
-            }
+            PlantFault::CapacityFade { element, factor, .. } => s.fade(element, factor),
             PlantFault::ContactorWelded { contactor, .. } => s.contactors[contactor.index()].welded = true,
             PlantFault::ContactorFailsToClose { contactor, .. } => {
                 s.contactors[contactor.index()].fails_to_close = true
@@ -231,14 +228,8 @@ impl Plant {
             PlantFault::ContactorFeedbackWrong { contactor, .. } => {
                 s.contactors[contactor.index()].feedback_wrong = true
             }
-            PlantFault::CoolingFailure { .. } => {
-                s.cooling_failed = true;
-                s.dirty = true;
-            }
-            PlantFault::CoolingRestored { .. } => {
-                s.cooling_failed = false;
-                s.dirty = true;
-            }
+            PlantFault::CoolingFailure { .. } => s.fail_cooling(),
+            PlantFault::CoolingRestored { .. } => s.restore_cooling(),
             PlantFault::ShortCleared { element, .. } => {
                 s.g_short[element] = 0.0;
                 s.dirty = true;
@@ -264,13 +255,16 @@ impl Plant {
         // 1. contactors and Thevenin sources
         let (mut a0, mut g) = (0.0, 0.0);
         let mut load_enabled = false;
+        let mut e_flush = 0.0;
         for s in &mut self.strings {
             let (ct, ot) = (s.close_time_s, s.open_time_s);
             for c in &mut s.contactors {
                 c.update(t, ct, ot);
             }
-            if rebuild_all || s.dirty {
-                s.rebuild(dt_s);
+            if rebuild_all {
+                e_flush += s.rebuild(dt_s);
+            } else if s.dirty {
+                s.resum();
             }
             s.e_step_v = s.e_sum;
             s.r_step_ohm = s.r_cells_ohm() + s.r_extra_ohm;
@@ -329,6 +323,8 @@ impl Plant {
 
         // 4. string currents, energy, cells
         let mut en = self.energy;
+        en.cells_out += e_flush;
+        en.loss_internal += e_flush;
         for s in &mut self.strings {
             let (e, r) = (s.e_step_v, s.r_step_ohm);
             let r_cells = s.r_cells_ohm();

@@ -36,6 +36,7 @@ pub enum ChannelFault {
 #[derive(Debug, Clone)]
 pub struct SensorGroup {
     pub spec: SensorSpec,
+    inv_lsb: f64,
     offsets: Vec<f64>,
     pub faults: Vec<Option<ChannelFault>>,
     next_t: f64,
@@ -44,7 +45,8 @@ pub struct SensorGroup {
 impl SensorGroup {
     fn new(spec: &SensorSpec, channels: usize, rng: &mut Rng) -> Self {
         let offsets = (0..channels).map(|_| spec.offset + spec.offset_sigma * rng.normal()).collect();
-        Self { spec: spec.clone(), offsets, faults: vec![None; channels], next_t: f64::NEG_INFINITY }
+        let inv_lsb = if spec.lsb > 0.0 { 1.0 / spec.lsb } else { 0.0 };
+        Self { spec: spec.clone(), inv_lsb, offsets, faults: vec![None; channels], next_t: f64::NEG_INFINITY }
     }
 
     /// Is a new sample due at `t_s`? (Advances the sampling clock if so.)
@@ -67,12 +69,20 @@ impl SensorGroup {
     /// One reading of channel `ch` whose true value is `x`.
     pub fn read(&mut self, ch: usize, x: f64, rng: &mut Rng) -> f64 {
         let s = &self.spec;
+        if self.faults[ch].is_none() && s.noise > 0.0 {
+            // the common case without faults, in one piece
+            let mut r = x * (1.0 + s.gain_error) + self.offsets[ch] + s.noise * rng.normal();
+            if s.lsb > 0.0 {
+                r = round_half_even(r * self.inv_lsb) * s.lsb;
+            }
+            return r;
+        }
         let mut r = x * (1.0 + s.gain_error) + self.offsets[ch];
         if s.noise > 0.0 {
             r += s.noise * rng.normal();
         }
         if s.lsb > 0.0 {
-            r = (r / s.lsb).round() * s.lsb;
+            r = round_half_even(r * self.inv_lsb) * s.lsb;
         }
         match &mut self.faults[ch] {
             None | Some(ChannelFault::OpenWire) => r,
@@ -146,11 +156,40 @@ impl SensorBank {
     }
 }
 
+/// Round to the nearest integer (ties to even) without a libm call: adding and subtracting
+/// 1.5·2^52 leaves no fraction bits (exact for |x| < 2^51; readings are far below).
+#[inline(always)]
+fn round_half_even(x: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    if x.abs() < 2_251_799_813_685_248.0 {
+        (x + MAGIC) - MAGIC
+    } else {
+        x.round()
+    }
+}
+
 /// Open-wire reading of a scalar or a temperature channel.
 pub fn open_wire_value(id: SensorId) -> f64 {
     match id {
         // an open NTC divider reads the cold end of the range
         SensorId::CellTemp => -40.0,
         _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_matches_round_except_ties() {
+        for &x in &[0.4, 0.6, -0.4, -0.6, 41999.7, -3.2e6, 1e17, 2.5, 3.5] {
+            let r = round_half_even(x);
+            if (x - x.trunc()).abs() == 0.5 {
+                assert_eq!(r % 2.0, 0.0);
+            } else {
+                assert_eq!(r, x.round(), "{x}");
+            }
+        }
     }
 }

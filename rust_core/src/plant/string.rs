@@ -15,6 +15,11 @@ const KELVIN: f64 = 273.15;
 const REFRESH_SOC: f64 = 0.002;
 /// ... or its temperature by this much (K).
 const REFRESH_TEMP: f64 = 0.1;
+/// The thermal network is advanced every this many seconds (or every step if steps are
+/// longer) with the heat accumulated over the steps in between: cell thermal time constants
+/// are minutes (m·cp/g ≈ 75 J/K / 0.3 W/K ≈ 250 s for a 21700 cell), so a 1 s update is
+/// exact for all practical purposes and keeps the per-step work electrical only.
+const THERMAL_PERIOD_S: f64 = 1.0;
 
 pub struct StringSim {
     pub cell: CellParams,
@@ -42,8 +47,6 @@ pub struct StringSim {
     /// Internal-short conductance per cell (S), 0 without a short.
     pub g_short: Vec<f64>,
     pub balance: Vec<bool>,
-    /// Internal current per cell used in the last step (self-discharge, short, balancing).
-    pub i_int_a: Vec<f64>,
     /// Conductance per cell that the internal current sees at the OCV: short + bleed (S).
     g_int: Vec<f64>,
 
@@ -63,6 +66,18 @@ pub struct StringSim {
     t_amb: f64,
     heat_cap: f64,
     th_f: Vec<f64>,
+    /// Heat accumulated per cell since the last thermal update (J) and over how long (s).
+    q_acc: Vec<f64>,
+    q_time: f64,
+    /// The step the cached coefficients are for (0 before the first step).
+    dt_step: f64,
+    th_every: u32,
+    th_count: u32,
+    th_dt: f64,
+    /// The cell has a non-zero entropic coefficient somewhere.
+    has_entropic: bool,
+    /// Some element has an internal current (self-discharge, short, balancing).
+    has_internal: bool,
     pub cooling_failed: bool,
 
     // Thevenin equivalent for the next step: E = Σ(ocv + h − a1·v1 − a2·v2 − rz·i_int),
@@ -127,7 +142,6 @@ impl StringSim {
             i_self_a,
             g_short: vec![0.0; s],
             balance: vec![false; s],
-            i_int_a: vec![0.0; s],
             g_int: vec![0.0; s],
             coef: vec![StepCoeffs::default(); s],
             r0s: vec![0.0; s],
@@ -142,6 +156,14 @@ impl StringSim {
             t_amb: thermal.ambient_c,
             heat_cap,
             th_f: vec![0.0; s],
+            q_acc: vec![0.0; s],
+            q_time: 0.0,
+            dt_step: 0.0,
+            th_every: 1,
+            th_count: 0,
+            th_dt: f64::NAN,
+            has_entropic: cell.docv_dt.values().iter().any(|v| *v != 0.0),
+            has_internal: true,
             cooling_failed: false,
             e_sum: 0.0,
             rz_sum: 0.0,
@@ -192,6 +214,14 @@ impl StringSim {
         self.i_self_a[j] + ocv * self.g_int[j]
     }
 
+    /// The part of the internal current that is solved every step: short and bleed (per cell).
+    /// Self-discharge (µA..mA) is drained from the SOC at each slow update instead; its ohmic
+    /// drop (< 1 µV) is left out of the Thevenin source.
+    #[inline(always)]
+    fn i_fast(&self, j: usize, ocv: f64) -> f64 {
+        ocv * self.g_int[j]
+    }
+
     fn refresh(&mut self, j: usize, dt_s: f64) {
         let (z, t) = (self.soc[j], self.temp_c[j]);
         self.coef[j] = self.cell.step_coeffs(z, t, dt_s, &self.scale[j]);
@@ -201,7 +231,8 @@ impl StringSim {
         self.coef_t[j] = t;
     }
 
-    fn thermal_factors(&mut self, dt_s: f64) {
+    pub(crate) fn thermal_factors(&mut self, dt_s: f64) {
+        self.th_dt = dt_s;
         let s = self.series;
         let g_cool = if self.cooling_failed { 0.0 } else { self.g_cool };
         for j in 0..s {
@@ -214,20 +245,35 @@ impl StringSim {
     }
 
     /// Recompute every cached quantity for steps of `dt_s`.
-    pub fn rebuild(&mut self, dt_s: f64) {
-        self.thermal_factors(dt_s);
+    /// Returns the chemical energy of the self-discharge flushed from the previous steps (J).
+    pub fn rebuild(&mut self, dt_s: f64) -> f64 {
+        let e_flush = if self.q_time > 0.0 { self.slow_update() } else { 0.0 };
+        self.dt_step = dt_s;
+        self.th_every = ((THERMAL_PERIOD_S / dt_s).round() as u32).max(1);
+        self.th_count = 0;
+        self.thermal_factors(self.th_every as f64 * dt_s);
+        for j in 0..self.series {
+            self.refresh(j, dt_s);
+            self.ocv_v[j] = self.cell.ocv.eval(self.soc[j]) + self.dudt[j] * (self.temp_c[j] - self.cell.t_ref_c);
+        }
+        self.resum();
+        e_flush
+    }
+
+    /// Recompute the internal-current conductances and the Thevenin sums from the cached
+    /// per-element values (after a command, a fault or a coefficient refresh).
+    pub fn resum(&mut self) {
         let g_bal = 1.0 / (self.r_balance_ohm * self.parallel);
         for j in 0..self.series {
             self.g_int[j] = self.g_short[j] + if self.balance[j] { g_bal } else { 0.0 };
         }
+        self.has_internal = self.g_int.iter().any(|&x| x != 0.0);
         let (mut e, mut rz, mut ocv_sum) = (0.0, 0.0, 0.0);
         for j in 0..self.series {
-            self.refresh(j, dt_s);
-            let ocv = self.cell.ocv.eval(self.soc[j]) + self.dudt[j] * (self.temp_c[j] - self.cell.t_ref_c);
-            self.ocv_v[j] = ocv;
+            let ocv = self.ocv_v[j];
             let c = &self.coef[j];
             let r = self.r0s[j] + c.b1 + c.b2;
-            e += ocv + self.h[j] - c.a1 * self.v1[j] - c.a2 * self.v2[j] - r * self.i_int(j, ocv);
+            e += ocv + self.h[j] - c.a1 * self.v1[j] - c.a2 * self.v2[j] - r * self.i_fast(j, ocv);
             rz += r;
             ocv_sum += ocv;
         }
@@ -235,6 +281,30 @@ impl StringSim {
         self.rz_sum = rz;
         self.ocv_sum = ocv_sum;
         self.dirty = false;
+    }
+
+    /// Capacity fade of element j: its coefficients change now.
+    pub fn fade(&mut self, j: usize, factor: f64) {
+        self.scale[j].capacity *= factor;
+        if self.dt_step > 0.0 {
+            self.refresh(j, self.dt_step);
+        }
+        self.dirty = true;
+    }
+
+    /// Cooling failure: the coolant conductance is lost from now on.
+    pub fn restore_cooling(&mut self) {
+        self.cooling_failed = false;
+        if self.th_dt > 0.0 {
+            self.thermal_factors(self.th_dt);
+        }
+    }
+
+    pub fn fail_cooling(&mut self) {
+        self.cooling_failed = true;
+        if self.th_dt > 0.0 {
+            self.thermal_factors(self.th_dt);
+        }
     }
 
     /// Resistance of the cells of the string for this step (Ω).
@@ -245,12 +315,44 @@ impl StringSim {
     /// Advance the elements by `dt_s` with string current `i_a` (step average, discharge
     /// positive). Returns the chemical energy released by the internal currents (J).
     pub fn advance(&mut self, i_a: f64, dt_s: f64) -> f64 {
+        // monomorphised loops: strings without internal currents or entropic heat skip them
+        let e_int = match (self.has_internal, self.has_entropic) {
+            (true, true) => self.advance_cells::<true, true>(i_a, dt_s),
+            (true, false) => self.advance_cells::<true, false>(i_a, dt_s),
+            (false, true) => self.advance_cells::<false, true>(i_a, dt_s),
+            (false, false) => self.advance_cells::<false, false>(i_a, dt_s),
+        };
+        self.q_time += dt_s;
+        self.th_count += 1;
+        if self.th_count >= self.th_every {
+            self.th_count = 0;
+            return e_int + self.slow_update();
+        }
+        e_int
+    }
+
+    /// Every `THERMAL_PERIOD_S`: drain the self-discharge from the SOC and advance the thermal
+    /// network. Returns the chemical energy the self-discharge released (J).
+    fn slow_update(&mut self) -> f64 {
+        let dt = self.q_time;
+        let mut e = 0.0;
+        if dt > 0.0 && self.dt_step > 0.0 {
+            for j in 0..self.series {
+                let i = self.i_self_a[j];
+                if i != 0.0 {
+                    self.soc[j] -= i * self.coef[j].dz_per_a * (dt / self.dt_step);
+                    e += self.ocv_v[j] * i * self.parallel * dt;
+                }
+            }
+        }
+        self.thermal_update(dt);
+        e
+    }
+
+    fn advance_cells<const INTERNAL: bool, const ENTROPIC: bool>(&mut self, i_a: f64, dt_s: f64) -> f64 {
         let n = self.series;
         let ic0 = i_a / self.parallel;
         let par = self.parallel;
-        self.temp_prev.copy_from_slice(&self.temp_c);
-        let g_cool = if self.cooling_failed { 0.0 } else { self.g_cool };
-        let (g_amb, g_n, t_cool, t_amb) = (self.g_amb, self.g_n, self.t_cool, self.t_amb);
         let (mut e, mut rz_sum, mut ocv_sum, mut e_int) = (0.0, 0.0, 0.0, 0.0);
         let cell = &self.cell;
         let t_ref = cell.t_ref_c;
@@ -259,59 +361,60 @@ impl StringSim {
         let v1 = &mut self.v1[..n];
         let v2 = &mut self.v2[..n];
         let h = &mut self.h[..n];
-        let temp = &mut self.temp_c[..n];
-        let tprev = &self.temp_prev[..n];
+        let temp = &self.temp_c[..n];
         let ocv_v = &mut self.ocv_v[..n];
-        let i_int_a = &mut self.i_int_a[..n];
-        let i_self = &self.i_self_a[..n];
         let g_int = &self.g_int[..n];
         let g_short = &self.g_short[..n];
-        let th_f = &self.th_f[..n];
+        let q_acc = &mut self.q_acc[..n];
         let coef = &mut self.coef[..n];
         let r0s = &mut self.r0s[..n];
         let dudt = &mut self.dudt[..n];
         let coef_soc = &mut self.coef_soc[..n];
-        let coef_t = &mut self.coef_t[..n];
         let scale = &self.scale[..n];
         for j in 0..n {
             let ocv0 = ocv_v[j];
-            let i_int = i_self[j] + ocv0 * g_int[j];
-            i_int_a[j] = i_int;
-            e_int += ocv0 * i_int;
-            let i_c = ic0 + i_int;
+            let mut i_c = ic0;
+            if INTERNAL {
+                let i_int = ocv0 * g_int[j];
+                e_int += ocv0 * i_int;
+                i_c += i_int;
+            }
             let mut st = CellState { soc: soc[j], v1: v1[j], v2: v2[j], h: h[j] };
             cell.advance(&mut st, &coef[j], i_c);
             // heat per cell (Bernardi, Pawlikowski & Newman, J. Electrochem. Soc. 132 (1985) 5):
             // irreversible i·(OCV − V) + reversible −i·T·dOCV/dT, plus the short's i²R inside.
-            let tp = tprev[j];
-            let q = i_c * (r0s[j] * i_c + st.v1 + st.v2) - i_c * (tp + KELVIN) * dudt[j]
-                + ocv0 * ocv0 * g_short[j];
-            let mut flux = q + g_cool * (t_cool - tp) + g_amb * (t_amb - tp);
-            if j > 0 {
-                flux += g_n * (tprev[j - 1] - tp);
+            let mut q = i_c * (r0s[j] * i_c + st.v1 + st.v2);
+            if ENTROPIC {
+                q -= i_c * (temp[j] + KELVIN) * dudt[j];
             }
-            if j + 1 < n {
-                flux += g_n * (tprev[j + 1] - tp);
+            if INTERNAL {
+                q += ocv0 * ocv0 * g_short[j];
             }
-            let t_new = tp + flux * th_f[j];
-            temp[j] = t_new;
+            q_acc[j] += q * dt_s;
             soc[j] = st.soc;
             v1[j] = st.v1;
             v2[j] = st.v2;
             h[j] = st.h;
-            if (st.soc - coef_soc[j]).abs() > REFRESH_SOC || (t_new - coef_t[j]).abs() > REFRESH_TEMP {
-                coef[j] = cell.step_coeffs(st.soc, t_new, dt_s, &scale[j]);
-                r0s[j] = scale[j].resistance * cell.r0(st.soc, t_new);
+            if (st.soc - coef_soc[j]).abs() > REFRESH_SOC {
+                let t = temp[j];
+                coef[j] = cell.step_coeffs(st.soc, t, dt_s, &scale[j]);
+                r0s[j] = scale[j].resistance * cell.r0(st.soc, t);
                 dudt[j] = cell.docv_dt.eval(st.soc);
                 coef_soc[j] = st.soc;
-                coef_t[j] = t_new;
             }
             // OCV(z, T) as CellParams::ocv, with dOCV/dT of the last refresh
-            let ocv = cell.ocv.eval(st.soc) + dudt[j] * (t_new - t_ref);
+            let mut ocv = cell.ocv.eval(st.soc);
+            if ENTROPIC {
+                ocv += dudt[j] * (temp[j] - t_ref);
+            }
             ocv_v[j] = ocv;
             let c = &coef[j];
             let r = r0s[j] + c.b1 + c.b2;
-            e += ocv + st.h - c.a1 * st.v1 - c.a2 * st.v2 - r * (i_self[j] + ocv * g_int[j]);
+            let mut ej = ocv + st.h - c.a1 * st.v1 - c.a2 * st.v2;
+            if INTERNAL {
+                ej -= r * ocv * g_int[j];
+            }
+            e += ej;
             rz_sum += r;
             ocv_sum += ocv;
         }
@@ -321,11 +424,54 @@ impl StringSim {
         e_int * par * dt_s
     }
 
+    /// Advance the thermal network by `dt_th` with the heat accumulated since the last update;
+    /// then refresh the step coefficients of elements whose temperature moved.
+    fn thermal_update(&mut self, dt_th: f64) {
+        let n = self.series;
+        if dt_th != self.th_dt {
+            self.thermal_factors(dt_th);
+        }
+        self.temp_prev.copy_from_slice(&self.temp_c);
+        let g_cool = if self.cooling_failed { 0.0 } else { self.g_cool };
+        for j in 0..n {
+            let tp = self.temp_prev[j];
+            let mut flux = self.q_acc[j] / dt_th + g_cool * (self.t_cool - tp) + self.g_amb * (self.t_amb - tp);
+            if j > 0 {
+                flux += self.g_n * (self.temp_prev[j - 1] - tp);
+            }
+            if j + 1 < n {
+                flux += self.g_n * (self.temp_prev[j + 1] - tp);
+            }
+            self.temp_c[j] = tp + flux * self.th_f[j];
+            self.q_acc[j] = 0.0;
+        }
+        self.q_time = 0.0;
+        let dt = self.dt_step;
+        let mut changed = false;
+        for j in 0..n {
+            if self.has_entropic {
+                // the OCV follows the temperature (its entropic part)
+                self.ocv_v[j] = self.cell.ocv.eval(self.soc[j]) + self.dudt[j] * (self.temp_c[j] - self.cell.t_ref_c);
+                changed = true;
+            }
+            if (self.temp_c[j] - self.coef_t[j]).abs() > REFRESH_TEMP {
+                self.refresh(j, dt);
+                changed = true;
+            }
+        }
+        if changed && dt > 0.0 {
+            self.resum();
+        }
+    }
+
     /// Terminal voltage of element j now (with the current of the last step).
+    /// `CellParams::terminal_voltage` with the cached OCV and R0 of the element (R0 and
+    /// dOCV/dT as of its last coefficient refresh: SOC within 0.002, temperature within 0.1 K),
+    /// so that measuring costs no table lookups.
+    #[inline]
     pub fn element_voltage(&self, j: usize) -> f64 {
-        let st = CellState { soc: self.soc[j], v1: self.v1[j], v2: self.v2[j], h: self.h[j] };
-        let i_c = self.i_a / self.parallel + self.i_int_a[j];
-        self.cell.terminal_voltage(&st, &self.scale[j], i_c, self.temp_c[j])
+        let i_c = self.i_a / self.parallel + self.i_int(j, self.ocv_v[j]);
+        self.ocv_v[j] + self.h[j] - self.r0s[j] * i_c - self.v1[j] - self.v2[j]
     }
 
     /// Open-circuit voltage of the string now (Σ OCV of its elements, without hysteresis).

@@ -195,6 +195,17 @@ fn seeded_noise_is_reproducible_and_faults_act() {
 }
 
 #[test]
+fn cells_are_resolved_by_the_callers_reader() {
+    let cfg = PlantConfig::from_toml_str(&strings_toml(&[0.5, 0.6], &[0.01, 0.01], 4)).unwrap();
+    assert_eq!(cfg.cell_names(), vec!["t", "t"]);
+    let cells = cfg.load_cells(|_| Ok(CELL.to_string())).unwrap();
+    assert_eq!(cells.len(), 2);
+    let e = cfg.load_cells(|n| Err(format!("no cell {n}"))).unwrap_err();
+    assert_eq!(e.field, "strings[0].cell");
+    assert!(Plant::new(cfg, cells[..1].to_vec(), 0).is_err(), "one cell set per string");
+}
+
+#[test]
 fn bad_descriptions_name_the_field() {
     let e = PlantConfig::from_toml_str(&strings_toml(&[0.5], &[0.01], 4).replace("series = 4", "series = 0")).unwrap_err();
     assert_eq!(e.field, "strings[0].series");

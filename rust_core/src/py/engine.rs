@@ -132,7 +132,6 @@ impl PyEngine {
         d.set_item("soc_cc", PyArray1::from_slice(py, &o.soc_cc))?;
         d.set_item("balance", PyArray1::from_slice(py, &o.balance))?;
         d.set_item("capacity_ah", PyArray1::from_slice(py, &o.capacity_ah))?;
-        d.set_item("r0_ohm", PyArray1::from_slice(py, &o.r0_ohm))?;
         for (k, v) in [
             ("soc_min", o.soc_min),
             ("soc_max", o.soc_max),

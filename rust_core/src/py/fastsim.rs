@@ -229,6 +229,7 @@ impl PyFastSim {
         d.set_item("max_string_overcurrent_a", inv.max_string_overcurrent_a)?;
         d.set_item("agree_latencies_ms", inv.agree_latencies_ms.clone())?;
         d.set_item("closes", inv.closes.clone())?;
+        d.set_item("detect_latencies_ms", inv.detect_latencies_ms.clone())?;
         d.set_item("energy_discharged_j", self.sim.energy_discharged_j)?;
         d.set_item("energy_charged_j", self.sim.energy_charged_j)?;
         let packs = PyList::empty(py);

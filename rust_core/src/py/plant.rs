@@ -86,15 +86,22 @@ impl PyPlant {
         Ok(())
     }
 
-    /// `n_steps` steps of `dt_s` with the commands and load unchanged (GIL released).
-    fn run(&mut self, py: Python<'_>, dt_s: f64, n_steps: usize) -> PyResult<()> {
+    /// `n_steps` steps of `dt_s` with the commands and load unchanged (GIL released); with
+    /// `measure_all`, every string is also measured after each step (as BMUs would).
+    #[pyo3(signature = (dt_s, n_steps, measure_all=false))]
+    fn run(&mut self, py: Python<'_>, dt_s: f64, n_steps: usize, measure_all: bool) -> PyResult<()> {
         if !(dt_s > 0.0 && dt_s.is_finite()) {
             return Err(PyValueError::new_err(format!("dt_s: expected a positive finite number, got {dt_s}")));
         }
         let plant = &mut self.plant;
         py.allow_threads(|| {
             for _ in 0..n_steps {
-                plant.step(dt_s)
+                plant.step(dt_s);
+                if measure_all {
+                    for k in 0..plant.n_strings() {
+                        std::hint::black_box(plant.measure(k));
+                    }
+                }
             }
         });
         Ok(())
