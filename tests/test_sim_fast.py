@@ -55,8 +55,10 @@ def test_default_scenario_tells_the_story(default_run: tuple[subprocess.Complete
         assert packs[k]["isolations"] == 0
         assert packs[k]["time_connected_s"] > 0.9 * (s["duration_s"] - first[k])
     assert packs[2]["time_connected_s"] < 0.8 * s["duration_s"]
-    # limits re-agreed quickly and respected
-    assert s["system"]["agree_latency_ms"]["p99"] <= 3 * 100 + 1e-9
+    # S5: with a healthy network every disagreement on limits/closed set ends within a bound
+    # (10 heartbeat periods here; the measured figures are reported by the summary)
+    lat = s["system"]["agree_latency_ms"]
+    assert lat["n"] > 0 and lat["max"] <= 10 * 100
     assert s["system"]["energy_discharged_kwh"] > 1.0 and s["system"]["energy_charged_kwh"] > 1.0
 
 
