@@ -13,7 +13,10 @@ plant (the commands that reach the contactors):
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -99,6 +102,17 @@ def test_four_nodes_close_one_at_a_time_kill_and_rejoin(tmp_path: Path, procs: l
     w = Watch(link)
     wait_for(lambda: w.all_closed([0, 1, 2, 3]), 90, "all four strings closed", poll_s=0.01)
     assert w.max_precharging <= 1, "S2: two strings precharging at once"
+
+    # S5, seen by `mbms monitor` on the peer network: every peer reports the same closed set
+    # size and the same positive system limits (telemetry decoded with the DBC)
+    def agreed() -> bool:
+        out = subprocess.run([sys.executable, "-m", "mbms", "monitor", "--system", str(system), "--duration", "1.5",
+                              "--json"], capture_output=True, text=True, timeout=30)
+        rows = json.loads(out.stdout)["peers"]
+        return (len({r["sys_dcl_a"] for r in rows}) == 1 and rows[0]["sys_dcl_a"] and rows[0]["sys_dcl_a"] > 0
+                and all(r["phase"] == "CLOSED" for r in rows))
+
+    wait_for(agreed, 30, "identical system limits on every peer", poll_s=0.1)
     nodes[2].kill()
     wait_for(lambda: not w.state()[1][1], 5, "string 2 opened after kill -9")
     assert w.all_closed([0, 2, 3])

@@ -171,5 +171,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"system": system.system_id, "stats": mon.transport.stats.as_dict(), "peers": mon.snapshot()}))
     elif not live:
-        Console().print(mon.table())
+        Console(width=max(Console().width, 150)).print(mon.table())
     return 0 if (not args.once or mon._all_seen()) else 1

@@ -71,7 +71,8 @@ class CoreLogic:
         )
         self.last = d
         c = Contactors(*d["contactors"])
-        faults = tuple(f"{rule}:{level}@{index}" for rule, level, index in d["faults"])
+        # index: cell / sensor, or u32::MAX for a pack-level rule (mbms.engine.PACK_INDEX)
+        faults = tuple(f"{rule}:{level}@{'pack' if index == 0xFFFFFFFF else index}" for rule, level, index in d["faults"])
         if d["failsafe"] != "None":
             faults += (f"failsafe:{d['failsafe']}",)
         status = NodeStatus(
