@@ -282,8 +282,25 @@ impl NodeCore {
             self.ramp_since_ms = None;
             false
         };
+        // The source voltage the current sharing needs is the string's Thevenin voltage
+        // E = OCV − (RC polarisation), i.e. the measured string voltage plus the drop over the
+        // cells' ohmic resistance: with E and R0 the brief's §4 split is exact at this instant,
+        // whereas the model OCV alone misplaces strings by their polarisation (up to ~1 A per
+        // string at 0.7 C here). Falls back on the model OCV when the measurement is unusable.
+        let r_cells = (eo.r_string_ohm - self.engine.config().pack.r_extra_ohm).max(0.0);
+        let v_meas = if inp.v_string_v.is_finite() && inp.v_string_v > 0.0 {
+            inp.v_string_v
+        } else {
+            inp.v_cell_v.iter().sum::<f64>()
+        };
+        let e_v = v_meas + inp.i_a * r_cells;
+        let source_v = if failsafe == FailSafe::None && e_v.is_finite() && (e_v - eo.ocv_string_v).abs() < 0.1 * eo.ocv_string_v {
+            e_v
+        } else {
+            eo.ocv_string_v
+        };
         let local = LocalState {
-            ocv_v: eo.ocv_string_v,
+            ocv_v: source_v,
             r_ohm: eo.r_string_ohm,
             soc: eo.soc_mean,
             dcl_a: if ramp { 0.0 } else { eo.dcl_a },

@@ -128,17 +128,30 @@ def _live_table(sim: Any, t_s: float) -> Any:
     return tab
 
 
+def _faults_short(faults: list[str]) -> str:
+    """["VoltageSpread:warning", "VoltageSpread:alarm"] -> "VoltageSpread (alarm)": the highest
+    level each rule reached."""
+    order = {"warning": 0, "alarm": 1, "fault": 2}
+    worst: dict[str, str] = {}
+    for f in faults:
+        rule, _, level = f.partition(":")
+        if rule not in worst or order.get(level, 0) > order.get(worst[rule], 0):
+            worst[rule] = level
+    return ", ".join(f"{r} ({lvl})" for r, lvl in worst.items()) or "-"
+
+
 def _print_summary(console: Any, summ: dict[str, Any]) -> None:
     from rich.table import Table
 
     tab = Table(title=f"summary: {summ['scenario']} (seed {summ['seed']})")
-    for col in ("pack", "SOC start", "SOC end", "connected", "isolations", "rejoins", "faults"):
+    for col in ("pack", "SOC start", "SOC end", "connected", "isolations", "rejoins"):
         tab.add_column(col, justify="right")
+    tab.add_column("protection seen (highest level)", overflow="fold")
     for p in summ["packs"]:
         tab.add_row(
             str(p["id"]), f"{100 * p['soc_start']:.1f} %", f"{100 * p['soc_end']:.1f} %",
             f"{p['time_connected_s']:.0f} s", str(p["isolations"]), str(p["rejoins"]),
-            ", ".join(p["faults"]) or "-",
+            _faults_short(p["faults"]),
         )
     console.print(tab)
     s = summ["system"]
