@@ -318,3 +318,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn simd_and_scalar_paths_agree_bit_for_bit() {
+    let p = CellParams::from_toml_str(NMC).unwrap();
+    let n = 300; // more than two blocks, with a remainder
+    let mut plant = Plant::new(p, n, 4.0, 0.7, 21);
+    let mut a = engine(n, 30);
+    let mut b = engine(n, 30);
+    b.use_avx2 = false;
+    let mut t = 0.0;
+    for step in 0..400 {
+        let i = [25.0, -10.0, 3.0][(step / 40) % 3];
+        plant.step(i, 0.1);
+        let mut v = plant.voltages(i);
+        if step % 97 == 0 {
+            v[step % n] = f64::NAN;
+        }
+        let temps: Vec<f64> = (0..30).map(|s| 20.0 + s as f64 * 0.5 + 0.01 * step as f64).collect();
+        a.step(t, &v, &temps, i).unwrap();
+        b.step(t, &v, &temps, i).unwrap();
+        assert_eq!(a.output(), b.output(), "step {step}");
+        t += 0.1;
+    }
+}
