@@ -6,6 +6,15 @@
 //! A "cell" here is one series element: `parallel` physical cells in parallel, modelled as
 //! the nominal cell carrying `i_a / parallel` (capacity ×P, resistance /P). Current is
 //! positive when discharging. Sans-IO: time is the argument `t_s`.
+//!
+//! One step: (1) current and temperature sensors (plausibility, temperature rules with
+//! charge/discharge windows chosen by the current sign, per-sensor exponentials);
+//! (2) pass 1 over the cells: voltage plausibility and the per-cell voltage rules;
+//! (3) pass 2 in blocks of [`BLOCK`] cells: table lookups (gathers), then the EKF, coulomb
+//! count and per-cell limits as branch-free arithmetic that the compiler vectorises (an
+//! AVX2 build of the same code is used when the CPU has it; results are bit-identical),
+//! then the pack reductions; (4) rest point (OCV correction, capacity), pack rules, action,
+//! limits with derating and rate limits, balancing.
 
 use serde::Deserialize;
 

@@ -72,6 +72,8 @@ impl Plant {
 fn example_pack_parses_and_ignores_node_tables() {
     let c = EngineConfig::from_toml_str(PACK).unwrap();
     assert_eq!((c.pack.series, c.pack.parallel, c.pack.temp_sensors), (96, 4, 24));
+    let with_node = format!("{PACK}\n[node]\nid = 3\n[hardware.afe]\nkind = \"x\"\n");
+    assert_eq!(EngineConfig::from_toml_str(&with_node).unwrap(), c);
     let bad = PACK.replace("series = 96", "series = 96\nbogus = 1");
     assert!(EngineConfig::from_toml_str(&bad).unwrap_err().message.contains("bogus"));
     let bad = PACK.replace("warning = 4.15", "warning = 4.25");
