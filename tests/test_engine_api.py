@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-import tomllib
+from mbms.engine import tomllib  # tomllib, or tomli on Python 3.10
 from dataclasses import fields
 from pathlib import Path
 
@@ -47,8 +47,8 @@ def noisy(rng: np.random.Generator, n: int, level: float = 3.7, sd: float = 1e-3
 def test_example_pack_loads_and_ignores_node_tables(raw: dict) -> None:
     cfg = PackConfig.from_toml(PACK)
     assert (cfg.pack.series, cfg.pack.parallel, cfg.pack.temp_sensors) == (96, 4, 24)
-    assert "node" in raw  # the file has a node table, and it is ignored
     d = copy.deepcopy(raw)
+    d["node"] = {"id": 3, "transport": "udp"}  # the node runtime's tables are ignored
     d["hardware"] = {"anything": {"goes": 1}}
     assert PackConfig.from_dict(d) == cfg
 
@@ -108,6 +108,11 @@ def test_thresholds_out_of_order(raw: dict) -> None:
     d["limits"]["max_discharge_peak_a"] = 1.0
     with pytest.raises(ConfigError, match="max_discharge_peak_a"):
         PackConfig.from_dict(d)
+    d = copy.deepcopy(raw)
+    d["limits"]["charge_temp_derating"]["factor"] = [0.0, 1.0, 0.5, 1.0, 0.0]  # two windows
+    with pytest.raises(ConfigError) as ei:
+        PackConfig.from_dict(d)
+    assert ei.value.field == "limits.charge_temp_derating"
 
 
 def test_missing_cell_file(raw: dict, tmp_path: Path) -> None:

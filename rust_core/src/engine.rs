@@ -6,6 +6,15 @@
 //! A "cell" here is one series element: `parallel` physical cells in parallel, modelled as
 //! the nominal cell carrying `i_a / parallel` (capacity ×P, resistance /P). Current is
 //! positive when discharging. Sans-IO: time is the argument `t_s`.
+//!
+//! One step: (1) current and temperature sensors (plausibility, temperature rules with
+//! charge/discharge windows chosen by the current sign, per-sensor exponentials);
+//! (2) pass 1 over the cells: voltage plausibility and the per-cell voltage rules;
+//! (3) pass 2 in blocks of [`BLOCK`] cells: table lookups (gathers), then the EKF, coulomb
+//! count and per-cell limits as branch-free arithmetic that the compiler vectorises (an
+//! AVX2 build of the same code is used when the CPU has it; results are bit-identical),
+//! then the pack reductions; (4) rest point (OCV correction, capacity), pack rules, action,
+//! limits with derating and rate limits, balancing.
 
 use serde::Deserialize;
 
@@ -383,6 +392,9 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
 /// Per temperature sensor, per step: everything that depends on T only.
 #[derive(Debug, Clone, Copy, Default)]
 struct SensorStep {
+    /// τ1 and Δt the exponentials below were computed for (recomputed only on change)
+    tau1: f64,
+    dt: f64,
     dtemp: f64,
     sel: TempSel,
     a1: f64,
@@ -636,7 +648,7 @@ impl Engine {
         let lc = &self.cfg.limits;
         let dc = lc.continuous_horizon_s;
         let dp = lc.peak_horizon_s;
-        let (mut fd, mut fc) = (1.0f64, 1.0f64);
+        let (fd, fc);
         let mut any_t_valid = false;
         for s in 0..self.n_t {
             let x = t_cell_c[s];
@@ -665,22 +677,36 @@ impl Engine {
                 self.t_used[s] = x;
                 tmin = tmin.min(x);
                 tmax = tmax.max(x);
-                fd = fd.min(lc.discharge_temp_derating.eval(x));
-                fc = fc.min(lc.charge_temp_derating.eval(x));
                 any_t_valid = true;
             }
             let t = self.t_used[s];
             let tau1 = p.tau1(t);
+            let prev = self.ss[s];
+            // the exponentials depend on τ1(T) and Δt only: a constant-τ cell (or a steady
+            // temperature) at a fixed sample period costs no exp at all
+            let (d_cont, d_peak) = if prev.tau1 == tau1 {
+                (prev.d_cont, prev.d_peak)
+            } else {
+                ((-dc / tau1).exp(), (-dp / tau1).exp())
+            };
+            let a1 = if prev.tau1 == tau1 && prev.dt == dt { prev.a1 } else { (-dt / tau1).exp() };
             self.ss[s] = SensorStep {
+                tau1,
+                dt,
                 dtemp: t - p.t_ref_c,
                 sel: self.tab.temp_sel(t),
-                a1: (-dt / tau1).exp(),
+                a1,
                 a2: if p.has_rc2() { (-dt / p.tau2(t)).exp() } else { 0.0 },
-                d_cont: (-dc / tau1).exp(),
-                d_peak: (-dp / tau1).exp(),
+                d_cont,
+                d_peak,
             };
         }
-        if !any_t_valid {
+        // derating curves are unimodal (validated), so the minimum over the sensors is at
+        // the coldest or the hottest one
+        if any_t_valid {
+            fd = lc.discharge_temp_derating.eval(tmin).min(lc.discharge_temp_derating.eval(tmax)).min(1.0);
+            fc = lc.charge_temp_derating.eval(tmin).min(lc.charge_temp_derating.eval(tmax)).min(1.0);
+        } else {
             fd = 0.0;
             fc = 0.0;
         }

@@ -72,6 +72,8 @@ impl Plant {
 fn example_pack_parses_and_ignores_node_tables() {
     let c = EngineConfig::from_toml_str(PACK).unwrap();
     assert_eq!((c.pack.series, c.pack.parallel, c.pack.temp_sensors), (96, 4, 24));
+    let with_node = format!("{PACK}\n[node]\nid = 3\n[hardware.afe]\nkind = \"x\"\n");
+    assert_eq!(EngineConfig::from_toml_str(&with_node).unwrap(), c);
     let bad = PACK.replace("series = 96", "series = 96\nbogus = 1");
     assert!(EngineConfig::from_toml_str(&bad).unwrap_err().message.contains("bogus"));
     let bad = PACK.replace("warning = 4.15", "warning = 4.25");
@@ -316,5 +318,29 @@ proptest! {
             if has_fault { prop_assert_eq!(o.dcl_a, 0.0); }
             t += dt;
         }
+    }
+}
+
+#[test]
+fn simd_and_scalar_paths_agree_bit_for_bit() {
+    let p = CellParams::from_toml_str(NMC).unwrap();
+    let n = 300; // more than two blocks, with a remainder
+    let mut plant = Plant::new(p, n, 4.0, 0.7, 21);
+    let mut a = engine(n, 30);
+    let mut b = engine(n, 30);
+    b.use_avx2 = false;
+    let mut t = 0.0;
+    for step in 0..400 {
+        let i = [25.0, -10.0, 3.0][(step / 40) % 3];
+        plant.step(i, 0.1);
+        let mut v = plant.voltages(i);
+        if step % 97 == 0 {
+            v[step % n] = f64::NAN;
+        }
+        let temps: Vec<f64> = (0..30).map(|s| 20.0 + s as f64 * 0.5 + 0.01 * step as f64).collect();
+        a.step(t, &v, &temps, i).unwrap();
+        b.step(t, &v, &temps, i).unwrap();
+        assert_eq!(a.output(), b.output(), "step {step}");
+        t += 0.1;
     }
 }

@@ -42,6 +42,16 @@ impl Derating {
         if self.factor.iter().any(|f| !(0.0..=1.0).contains(f)) {
             return Err("factors must be within 0..=1".into());
         }
+        // unimodal: non-decreasing, then non-increasing (a window), so that the minimum
+        // over several inputs is taken at the smallest or the largest of them
+        let mut falling = false;
+        for w in self.factor.windows(2) {
+            if w[1] < w[0] {
+                falling = true;
+            } else if falling && w[1] > w[0] {
+                return Err("factor must rise then fall (one window), not rise again".into());
+            }
+        }
         Ok(())
     }
 
@@ -199,5 +209,7 @@ mod tests {
         assert_eq!(d.eval(-30.0), 0.0);
         assert_eq!(d.eval(22.5), 0.75);
         assert_eq!(d.eval(f64::NAN), 0.0);
+        let bad = Derating { x: vec![0.0, 1.0, 2.0], factor: vec![1.0, 0.5, 1.0] };
+        assert!(bad.validate().unwrap_err().contains("rise then fall"));
     }
 }
