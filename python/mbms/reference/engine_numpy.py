@@ -4,13 +4,16 @@ plausibility, three-level protection with debounce and latching, SOF limits with
 and rate limits, passive balancing), written as whole-array operations over the cells.
 
 It exists to check the Rust core (``tests/test_engine_reference.py``: same inputs, same
-outputs) and as the baseline of ``mbms bench core``. Not covered (raise NotImplementedError
-when they would act): the rest-point OCV correction and AWTLS capacity update (event-driven,
-not per step), hysteresis and second RC pair of the cell model, the active-balancing plan.
+outputs) and as the baseline of ``mbms bench core``. The cell model's second RC pair and
+one-state hysteresis are carried as in the Rust step (open-loop states entering the
+measurement, the OCV and the limits). Not covered (raise NotImplementedError when they would
+act): the rest-point OCV correction and AWTLS capacity update (event-driven, not per step),
+the active-balancing plan.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,8 +103,6 @@ class NumpyEngine:
 
     def __init__(self, config: PackConfig) -> None:
         tabs = Engine(config)._core.tables()  # the very tables the Rust engine evaluates
-        if tabs["has_rc2"] or tabs["hysteresis_m_v"] > 0.0:
-            raise NotImplementedError("the numpy reference covers cells without RC2/hysteresis")
         if config.balancing.active_plan:
             raise NotImplementedError("the numpy reference has no active-balancing plan")
         self.cfg = config
@@ -116,6 +117,10 @@ class NumpyEngine:
         cap = tabs["capacity_ah"]
         self.z = np.full(n, 0.5)
         self.v1 = np.zeros(n)
+        self.v2 = np.zeros(n)
+        self.h = np.zeros(n)
+        self.has_rc2 = bool(tabs["has_rc2"])
+        self.hyst = tabs["hysteresis_m_v"] > 0.0
         self.p00 = np.full(n, 0.25)
         self.p01 = np.zeros(n)
         self.p11 = np.full(n, 1e-6)
@@ -265,6 +270,8 @@ class NumpyEngine:
         a1_s = np.exp(-dt / tau1)
         dcont_s = np.exp(-lc.continuous_horizon_s / tau1)
         dpeak_s = np.exp(-lc.peak_horizon_s / tau1)
+        if self.has_rc2:
+            a2_s = np.exp(-dt / np.interp(tu, tab["tau_temps"], tab["tau2_s"]))
         dtemp_s = tu - tab["t_ref_c"]
         lo_s, hi_s, tf_s = self._temp_sel(tu)
         R["temp_spread"].eval(t_s, [t_spread])
@@ -276,7 +283,17 @@ class NumpyEngine:
             self.z = np.where(ok, z0, 0.5)
             self.zcc = self.z.copy()
             self.v1[:] = 0.0
-            self.p00 = np.where(ok, est.initial_soc_sigma**2, 0.25)
+            self.v2[:] = 0.0
+            self.h[:] = 0.0
+            # start sigma: the larger of the configured one and the voltage uncertainty over
+            # the OCV slope at the start SOC, capped at 0.3 (engine.rs, Engine::initialize)
+            k0, _ = self._locate(self.z)
+            slope0 = (tab["ocv"][k0 + 1] - tab["ocv"][k0]) * self.scale
+            sig_y = math.sqrt(est.voltage_noise_v**2 + est.model_error_v**2)
+            with np.errstate(divide="ignore"):
+                from_ocv = np.where(slope0 > 0.0, sig_y / np.where(slope0 > 0.0, slope0, 1.0), np.inf)
+            sig0 = np.minimum(np.maximum(est.initial_soc_sigma, from_ocv), 0.3)
+            self.p00 = np.where(ok, sig0 * sig0, 0.25)
             self.p01[:] = 0.0
             self.p11[:] = 1e-6
             self.initialized = True
@@ -340,12 +357,21 @@ class NumpyEngine:
             ok = valid & prev_valid & np.isfinite(r) & (r > 0.2 * r0_nom) & (r < 5.0 * r0_nom)
             self.r0_ratio = np.where(ok, self.r0_ratio + est.r0_gain * (r / r0_nom - self.r0_ratio), self.r0_ratio)
         r0 = r0_nom * self.r0_ratio
+        # second RC pair (open loop, exact ZOH like v1) and one-state hysteresis
+        if self.has_rc2:
+            a2 = a2_s[so]
+            self.v2 = a2 * self.v2 + self._rows(tab["r2"], k, f, lo, hi, tf) * self.r0_ratio * (1.0 - a2) * i_cell
+        if self.hyst:
+            ah = math.exp(-abs(tab["hysteresis_gamma"] * eta * i_cell * dt / (3600.0 * tab["capacity_ah"])))
+            hm = tab["hysteresis_m_v"] * math.copysign(1.0, i)  # Rust f64::signum: +1 at 0
+            self.h = ah * self.h - (1.0 - ah) * hm
+        v2c, hc = self.v2, self.h
         ocv_tab = tab["ocv"]
         slope = (ocv_tab[k + 1] - ocv_tab[k]) * self.scale
-        ocv_pred = self._lerp(ocv_tab, k, f) + self._lerp(tab["docv_dt"], k, f) * dtemp_s[so]
+        ocv_pred = self._lerp(ocv_tab, k, f) + self._lerp(tab["docv_dt"], k, f) * dtemp_s[so] + hc
         # Joseph-form update where the voltage is trusted
         hz = slope
-        innov = np.where(valid, v, 0.0) - (ocv_pred - r0 * i_cell - v1)
+        innov = np.where(valid, v, 0.0) - (ocv_pred - r0 * i_cell - v1 - v2c)
         ph0 = p00 * hz - p01
         ph1 = p01 * hz - p11
         s = hz * ph0 - ph1 + r_meas
@@ -376,8 +402,8 @@ class NumpyEngine:
         # pack quantities, limits per cell
         dz = zo - np.clip(z_pred, 0.0, 1.0)
         ocv = ocv_pred + slope * dz
-        soe = float(np.sum((self._lerp(tab["energy"], k, f) + ocv * dz) * self.cap_ah)) * self.par
-        vd = ocv
+        soe = float(np.sum((self._lerp(tab["energy"], k, f) + (ocv - hc) * dz) * self.cap_ah)) * self.par
+        vd = ocv - v2c
         v1n = self.v1
         dc, dp = dcont_s[so], dpeak_s[so]
         inv_c = 1.0 / (r0 + r1 * (1.0 - dc) + slope * lc.continuous_horizon_s * inv_qc)

@@ -172,9 +172,18 @@ impl PyEngine {
         d.set_item("r0", rows(&t.r0)?)?;
         d.set_item("r1", rows(&t.r1)?)?;
         d.set_item("has_rc2", c.has_rc2())?;
-        let (tt, tau1, _) = c.tau_tables();
+        match &t.r2 {
+            Some(r2) => d.set_item("r2", rows(r2)?)?,
+            None => d.set_item("r2", py.None())?,
+        }
+        let (tt, tau1, tau2) = c.tau_tables();
         d.set_item("tau_temps", PyArray1::from_slice(py, tt))?;
         d.set_item("tau1_s", PyArray1::from_slice(py, tau1))?;
+        match tau2 {
+            Some(t2) => d.set_item("tau2_s", PyArray1::from_slice(py, t2))?,
+            None => d.set_item("tau2_s", py.None())?,
+        }
+        d.set_item("hysteresis_gamma", c.hysteresis_gamma)?;
         d.set_item("t_ref_c", c.t_ref_c)?;
         d.set_item("capacity_ah", c.capacity_ah)?;
         d.set_item("v_min_v", c.v_min_v)?;
