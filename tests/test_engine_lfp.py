@@ -23,8 +23,13 @@ def test_lfp_flat_ocv_tracks_without_diverging() -> None:
     cfg = PackConfig.from_dict(d)
     eng = Engine(cfg)
     tabs = eng._core.tables()
-    ocv, r0, r1 = tabs["ocv"], tabs["r0"][0], tabs["r1"][0]
-    a1 = np.exp(-1.0 / tabs["tau1_s"][0])
+    # the plant runs at the engine's 25 °C: the table row and time constant of 25 °C (the cell
+    # file has rows for 10, 25 and 40 °C; the 10 °C row has ~50 % more R0, a model mismatch
+    # that on the flat plateau reads as a large SOC error)
+    row = int(np.flatnonzero(tabs["temps"] == 25.0)[0])
+    assert tabs["tau_temps"][row] == 25.0
+    ocv, r0, r1 = tabs["ocv"], tabs["r0"][row], tabs["r1"][row]
+    a1 = np.exp(-1.0 / tabs["tau1_s"][row])
     v1 = np.zeros(4)
     grid = np.linspace(0.0, 1.0, len(ocv))
     rng = np.random.default_rng(2)
@@ -41,7 +46,19 @@ def test_lfp_flat_ocv_tracks_without_diverging() -> None:
         v = np.interp(z, grid, ocv) - np.interp(z, grid, r0) * i - v1 + 0.002 * rng.standard_normal(4)
         r = eng.step(k * dt, v, np.array([25.0]), i)
         assert np.all(np.isfinite(r.soc)) and np.all(np.isfinite(r.soc_sigma))
-        assert np.max(np.abs(r.soc - z)) < 0.05, (k, r.soc, z)
+        err = np.abs(r.soc - z)
+        if k == 0:
+            # start-up from one 2 mV-noisy rest voltage: on the plateau (dOCV/dz ~0.05..0.15 V
+            # per unit SOC) that alone is ~1.5..4 % SOC; the engine must say so in its sigma
+            # (voltage uncertainty / OCV slope), not claim its configured 5 % where the plateau
+            # is flattest (cells starting at 0.50..0.55 here)
+            assert np.all(r.soc_sigma[:3] > 0.1), r.soc_sigma
+            assert np.all(err < 3.0 * r.soc_sigma), (err, r.soc_sigma)
+        else:
+            assert np.max(err) < 0.05, (k, r.soc, z)
+        if k >= 120:
+            # converged: the voltage over the first 2 minutes has pinned the start error down
+            assert np.max(err) < 0.02, (k, r.soc, z)
         sig_prev = r.soc_sigma
     # coulomb counting and the filter agree in the plateau (no drift away)
     assert np.max(np.abs(r.soc - r.soc_cc)) < 0.05

@@ -392,8 +392,9 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
 /// Per temperature sensor, per step: everything that depends on T only.
 #[derive(Debug, Clone, Copy, Default)]
 struct SensorStep {
-    /// τ1 and Δt the exponentials below were computed for (recomputed only on change)
+    /// τ1, τ2 and Δt the exponentials below were computed for (recomputed only on change)
     tau1: f64,
+    tau2: f64,
     dt: f64,
     dtemp: f64,
     sel: TempSel,
@@ -690,13 +691,23 @@ impl Engine {
                 ((-dc / tau1).exp(), (-dp / tau1).exp())
             };
             let a1 = if prev.tau1 == tau1 && prev.dt == dt { prev.a1 } else { (-dt / tau1).exp() };
+            // second RC pair: same caching (its exp is as costly as the first one's)
+            let tau2 = if p.has_rc2() { p.tau2(t) } else { 0.0 };
+            let a2 = if !p.has_rc2() {
+                0.0
+            } else if prev.tau2 == tau2 && prev.dt == dt {
+                prev.a2
+            } else {
+                (-dt / tau2).exp()
+            };
             self.ss[s] = SensorStep {
                 tau1,
+                tau2,
                 dt,
                 dtemp: t - p.t_ref_c,
                 sel: self.tab.temp_sel(t),
                 a1,
-                a2: if p.has_rc2() { (-dt / p.tau2(t)).exp() } else { 0.0 },
+                a2,
                 d_cont,
                 d_peak,
             };
@@ -1023,12 +1034,27 @@ impl Engine {
     }
 
     /// First step: SOC from the OCV of the first voltages (rest assumption).
+    ///
+    /// The SOC read off the OCV curve is uncertain by σ_y / (dOCV/dz), σ_y the voltage
+    /// uncertainty the filter itself uses (sensor noise and model error, e.g. a cell not
+    /// fully relaxed). On a flat plateau (LFP: dOCV/dz ≈ 0.05..0.15 V per unit SOC mid-range,
+    /// hw/cells/a123_anr26650_lfp.toml) that is far wider than `initial_soc_sigma`; starting
+    /// with the narrow σ would make the filter overconfident in a poor start value. So the
+    /// start σ is the larger of the two, capped at 0.3 (about a uniform SOC on 0..1).
     fn initialize(&mut self, v: &[f64], sens: &SensorConfig) {
-        let sig = self.cfg.estimator.initial_soc_sigma;
+        let est = &self.cfg.estimator;
+        let sig = est.initial_soc_sigma;
+        let sig_y = (est.voltage_noise_v.powi(2) + est.model_error_v.powi(2)).sqrt();
         for k in 0..self.n {
             let ss = &self.ss[self.sensor_of[k] as usize];
             let ok = v[k] >= sens.cell_v_min_v && v[k] <= sens.cell_v_max_v && v[k] > sens.open_wire_v;
-            let (z, p00) = if ok { (self.tab.soc_from_ocv(v[k], ss.dtemp), sig * sig) } else { (0.5, 0.25) };
+            let (z, p00) = if ok {
+                let z = self.tab.soc_from_ocv(v[k], ss.dtemp);
+                let s = initial_sigma(sig, sig_y, self.tab.slope(self.tab.locate(z)));
+                (z, s * s)
+            } else {
+                (0.5, 0.25)
+            };
             self.z[k] = z;
             self.out.soc_cc[k] = z;
             self.v1[k] = 0.0;
@@ -1227,6 +1253,13 @@ impl Engine {
         self.collect_faults();
         Ok(())
     }
+}
+
+/// Start-up SOC σ from the OCV slope (see [`Engine::initialize`]).
+#[inline]
+fn initial_sigma(sig_cfg: f64, sig_y: f64, slope: f64) -> f64 {
+    let from_ocv = if slope > 0.0 { sig_y / slope } else { f64::INFINITY };
+    sig_cfg.max(from_ocv).min(0.3)
 }
 
 struct Reader<'a> {

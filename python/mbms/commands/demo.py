@@ -34,14 +34,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 @dataclass
 class Plant:
-    """A pack of series elements: OCV(z) + R0 + one RC pair, per-element capacity."""
+    """A pack of series elements: the cell file's model, OCV(z) + R0 + its RC pairs (one or
+    two), per-element capacity, resistances and time constants at the pack temperature."""
 
     tables: dict
     soc: np.ndarray
     cap_ah: np.ndarray  # per element (all parallel cells)
     v1: np.ndarray
+    v2: np.ndarray
     parallel: float
     rng: np.random.Generator
+    temp_c: float = 25.0
+
+    def _rows_at(self, name: str) -> np.ndarray:
+        """Table rows (temperature x SOC grid) interpolated to the pack temperature."""
+        rows, temps = self.tables[name], self.tables["temps"]
+        if len(temps) == 1:
+            return rows[0]
+        return np.array([np.interp(self.temp_c, temps, rows[:, j]) for j in range(rows.shape[1])])
+
+    def _tau(self, name: str) -> float:
+        return float(np.interp(self.temp_c, self.tables["tau_temps"], self.tables[name]))
 
     def _grid(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.tables["ocv"]) - 1
@@ -54,15 +67,18 @@ class Plant:
         return y[k] + f * (y[k + 1] - y[k])
 
     def step(self, i_a: float, dt: float) -> None:
-        tau = float(self.tables["tau1_s"][0])
-        a = np.exp(-dt / tau)
-        r1 = self._lerp(self.tables["r1"][0], self.soc) / self.parallel
+        a = np.exp(-dt / self._tau("tau1_s"))
+        r1 = self._lerp(self._rows_at("r1"), self.soc) / self.parallel
         self.v1 = a * self.v1 + r1 * (1 - a) * i_a
+        if self.tables["has_rc2"]:
+            a2 = np.exp(-dt / self._tau("tau2_s"))
+            r2 = self._lerp(self._rows_at("r2"), self.soc) / self.parallel
+            self.v2 = a2 * self.v2 + r2 * (1 - a2) * i_a
         self.soc = self.soc - i_a * dt / (3600.0 * self.cap_ah)
 
     def voltages(self, i_a: float) -> np.ndarray:
-        r0 = self._lerp(self.tables["r0"][0], self.soc) / self.parallel
-        v = self._lerp(self.tables["ocv"], self.soc) - r0 * i_a - self.v1
+        r0 = self._lerp(self._rows_at("r0"), self.soc) / self.parallel
+        v = self._lerp(self.tables["ocv"], self.soc) - r0 * i_a - self.v1 - self.v2
         return v + 0.001 * self.rng.standard_normal(len(v))
 
 
@@ -85,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         soc=0.85 + 0.03 * (rng.random(n) - 0.5),
         cap_ah=tables["capacity_ah"] * par * (1.0 + 0.04 * (rng.random(n) - 0.5)),
         v1=np.zeros(n),
+        v2=np.zeros(n),
         parallel=par,
         rng=rng,
     )
@@ -123,12 +140,13 @@ def run(args: argparse.Namespace) -> int:
             i = min(i_req, eng.result().dcl_a) if t > 0 else 0.0
         else:
             i = max(i_req, -eng.result().ccl_a) if t > 0 else 0.0
+        plant.temp_c = 25.0 + 3.0 * abs(i) / max(lim.max_discharge_a, 1.0)
         v = plant.voltages(i)
         if args.fault_at <= t < wire_open_until:
             v[args.fault_cell] = 0.02  # open sense wire: the AFE reads ~0 V
             if t - args.fault_at < args.dt:
                 print(f"{'':7} fault injected at t={t:g} s: element {args.fault_cell} reads 0.02 V")
-        temps = 25.0 + 3.0 * abs(i) / max(lim.max_discharge_a, 1.0) + 0.1 * rng.standard_normal(nt)
+        temps = plant.temp_c + 0.1 * rng.standard_normal(nt)
         r = eng.step(t, v, temps, i)
         event = r.action != last_action
         if t >= next_row or event:
