@@ -389,9 +389,17 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
     }
 }
 
-/// Per temperature sensor, per step: everything that depends on T only.
-#[derive(Debug, Clone, Copy, Default)]
+/// Deadband (°C) of the model temperature against the sensor reading. The cell files' R and
+/// τ tables are identified at 10..15 °C spacing (hw/cells/*.toml); the steepest of them (A123
+/// LFP τ1: 190 → 139 s over 10 → 25 °C, R0 −28 %) changes by < 1 % within ±0.25 °C, well
+/// inside the fit's own error, while typical NTC/AFE noise is ±0.1..0.2 °C.
+pub const MODEL_TEMP_DEADBAND_C: f64 = 0.25;
+
+/// Per temperature sensor: everything that depends on the model temperature (and Δt) only.
+#[derive(Debug, Clone, Copy)]
 struct SensorStep {
+    /// model temperature (°C) the fields below are for; NaN before the first step
+    t_model: f64,
     /// τ1, τ2 and Δt the exponentials below were computed for (recomputed only on change)
     tau1: f64,
     tau2: f64,
@@ -404,6 +412,21 @@ struct SensorStep {
     d_peak: f64,
 }
 
+
+impl SensorStep {
+    const UNSET: SensorStep = SensorStep {
+        t_model: f64::NAN,
+        tau1: f64::NAN,
+        tau2: f64::NAN,
+        dt: f64::NAN,
+        dtemp: 0.0,
+        sel: TempSel { lo: 0, hi: 0, f: 0.0 },
+        a1: 1.0,
+        a2: 1.0,
+        d_cont: 1.0,
+        d_peak: 1.0,
+    };
+}
 
 pub struct Engine {
     cfg: EngineConfig,
@@ -532,7 +555,7 @@ impl Engine {
             t_stuck: vec![0; n_t],
             t_valid: vec![false; n_t],
             t_used: vec![t_ref; n_t],
-            ss: vec![SensorStep::default(); n_t],
+            ss: vec![SensorStep::UNSET; n_t],
             initialized: false,
             t_last: None,
             i_prev: 0.0,
@@ -680,10 +703,18 @@ impl Engine {
                 tmax = tmax.max(x);
                 any_t_valid = true;
             }
-            let t = self.t_used[s];
-            let tau1 = p.tau1(t);
+            let t_meas = self.t_used[s];
             let prev = self.ss[s];
-            // the exponentials depend on τ1(T) and Δt only: a constant-τ cell (or a steady
+            // The cell model (τ, R tables, entropic OCV) is evaluated at a "model temperature"
+            // that follows the sensor with a deadband of MODEL_TEMP_DEADBAND_C: sensor noise
+            // (±0.1..0.2 °C) would otherwise recompute two interpolations, a table selection
+            // and up to four exp() per sensor every step for no physical change.
+            if (t_meas - prev.t_model).abs() <= MODEL_TEMP_DEADBAND_C && prev.dt == dt {
+                continue; // same model temperature, same Δt: every coefficient is unchanged
+            }
+            let t = if (t_meas - prev.t_model).abs() <= MODEL_TEMP_DEADBAND_C { prev.t_model } else { t_meas };
+            let tau1 = p.tau1(t);
+            // the exponentials depend on τ(T) and Δt only: a constant-τ cell (or a steady
             // temperature) at a fixed sample period costs no exp at all
             let (d_cont, d_peak) = if prev.tau1 == tau1 {
                 (prev.d_cont, prev.d_peak)
@@ -701,6 +732,7 @@ impl Engine {
                 (-dt / tau2).exp()
             };
             self.ss[s] = SensorStep {
+                t_model: t,
                 tau1,
                 tau2,
                 dt,

@@ -134,6 +134,7 @@ class NumpyEngine:
         self.t_prev = np.full(nt, np.nan)
         self.t_stuck = np.zeros(nt, dtype=np.int64)
         self.t_used = np.full(nt, tabs["t_ref_c"])
+        self.t_model = np.full(nt, np.nan)  # model temperature with a deadband (engine.rs)
         self.initialized = False
         self.t_last: float | None = None
         self.i_prev = 0.0
@@ -265,7 +266,10 @@ class NumpyEngine:
         else:
             fd = fc = 0.0
             t_spread = np.nan
-        tu = self.t_used
+        with np.errstate(invalid="ignore"):
+            move = ~(np.abs(self.t_used - self.t_model) <= tab["model_temp_deadband_c"])
+        self.t_model = np.where(move, self.t_used, self.t_model)
+        tu = self.t_model
         tau1 = np.interp(tu, tab["tau_temps"], tab["tau1_s"])
         a1_s = np.exp(-dt / tau1)
         dcont_s = np.exp(-lc.continuous_horizon_s / tau1)

@@ -184,6 +184,7 @@ impl PyEngine {
             None => d.set_item("tau2_s", py.None())?,
         }
         d.set_item("hysteresis_gamma", c.hysteresis_gamma)?;
+        d.set_item("model_temp_deadband_c", crate::engine::MODEL_TEMP_DEADBAND_C)?;
         d.set_item("t_ref_c", c.t_ref_c)?;
         d.set_item("capacity_ah", c.capacity_ah)?;
         d.set_item("v_min_v", c.v_min_v)?;
