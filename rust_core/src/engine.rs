@@ -228,6 +228,15 @@ pub struct EngineOutput {
 /// Cells per block of the vectorised pass (scratch stays in L1: 20 arrays × 8 B × BLOCK).
 const BLOCK: usize = 128;
 
+/// IEKF gate: an update that would move SOC by more than this (approximated with the
+/// previous P_zz) spans more than two intervals of the 101-point OCV grid, over which the
+/// piecewise-linear OCV's slope changes, so the linearisation at the predicted SOC is poor...
+const IEKF_GATE_DZ: f64 = 0.02;
+/// ...triggers this many Gauss-Newton relinearisations before the block's update (which is
+/// one more). Bell & Cathey, "The iterated Kalman filter update as a Gauss-Newton method",
+/// IEEE TAC 38 (1993) 294-297.
+const IEKF_ITERS: usize = 3;
+
 /// Per-block scratch of the cell pass.
 struct Scratch {
     zp: [f64; BLOCK],
@@ -296,6 +305,8 @@ struct BlockMath<'a> {
     hc_p: f64,
     vmin: f64,
     vmax: f64,
+    /// false on the start-up step (see `Engine::step`): predict only
+    update: bool,
 }
 
 fn avx2_available() -> bool {
@@ -359,7 +370,7 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         // computed for every cell, kept only where the voltage is trusted
         let innov = vb[j] - (ocv_pred - r0 * i_cell - v1 - v2);
         soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_meas);
-        let ok = okb[j];
+        let ok = okb[j] & b.update;
         let z = if ok { z.clamp(-0.1, 1.1) } else { z_p };
         let v1 = if ok { v1 } else { v1_p };
         let cov = if ok { cov } else { cov_p };
@@ -756,7 +767,12 @@ impl Engine {
         let t_spread = if tmax >= tmin { tmax - tmin } else { f64::NAN };
         self.banks[Rule::TempSpread as usize].eval(0, t_s, t_spread);
 
-        if !self.initialized {
+        // On the start-up step the SOC is the OCV inversion of these very voltages: that is
+        // this sample's measurement update. Updating the filter with the same sample again
+        // would count it twice and shrink P_zz to the voltage noise over the OCV slope, so a
+        // wrong first sample (relaxation, glitch) would then be trusted and unlearnt slowly.
+        let start_up = !self.initialized;
+        if start_up {
             self.initialize(v_cell_v, &sens);
         }
         let p = &self.cell;
@@ -911,12 +927,36 @@ impl Engine {
                     hk = ah * hs[k] - (1.0 - ah) * hm;
                     hs[k] = hk;
                 }
+                let r0 = r0_nom * r0r;
+                let mut slope = tab.slope(at);
+                let mut ocv_lin = tab.ocv(at, ss.dtemp) + hk;
+                // Iterated update (IEKF) where the update is a large SOC step: there the OCV
+                // linearised at the predicted SOC is a poor model over the step (start-up 20 %
+                // off with a wide P_zz), and a plain EKF overshoots or crawls. Cheap gate with
+                // the previous P_zz; the branch is rare and leaves the vector pass untouched:
+                // it only moves the point the block linearises the OCV at (`slope`, and the
+                // OCV line evaluated at the predicted SOC).
+                let v1_pred = ss.a1 * v1s[k] + r1 * (1.0 - ss.a1) * i_cell;
+                let innov0 = v_in[k] - (ocv_lin - r0 * i_cell - v1_pred - v2);
+                let pz = covs[k].p00;
+                if !start_up && valids[k] && (slope * pz * innov0).abs() > IEKF_GATE_DZ * (slope * slope * pz + r_meas) {
+                    let (mut zc, mut v1c, mut pc) = (zs[k], v1s[k], covs[k]);
+                    soc_ekf::predict(&mut zc, &mut v1c, &mut pc, r1, inv_qcs[k], &Predict { a1: ss.a1, ..base_pr });
+                    let y = v_in[k] + r0 * i_cell + v1c + v2; // v = OCV(z) + h − R0·i − v1 − v2
+                    let (zl, sl, ol) =
+                        soc_ekf::iterate_linearization(zc, &pc, y, r_meas, IEKF_ITERS, |z| {
+                            let a = tab.locate(z);
+                            (tab.slope(a), tab.ocv(a, ss.dtemp) + hk)
+                        });
+                    slope = sl;
+                    ocv_lin = ol + sl * (zc - zl);
+                }
                 sc.zp[j] = z_pred;
                 sc.r1[j] = r1;
-                sc.r0[j] = r0_nom * r0r;
+                sc.r0[j] = r0;
                 sc.r0r[j] = r0r;
-                sc.slope[j] = tab.slope(at);
-                sc.ocv[j] = tab.ocv(at, ss.dtemp) + hk;
+                sc.slope[j] = slope;
+                sc.ocv[j] = ocv_lin;
                 sc.h[j] = hk;
                 sc.e[j] = tab.energy(at);
                 sc.v2[j] = v2;
@@ -946,6 +986,7 @@ impl Engine {
                     hc_p,
                     vmin,
                     vmax,
+                    update: !start_up,
                 };
                 block_math(&mut bm, use_avx2);
             }

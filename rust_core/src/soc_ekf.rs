@@ -195,6 +195,34 @@ pub fn update_soc(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) 
     p.p11 = m10 * m10 * p00 + 2.0 * m10 * p01 + p11 + r * k1 * k1;
 }
 
+/// Gauss-Newton iterations of the IEKF measurement update (Bell & Cathey 1993) from the
+/// predicted z `zp` and covariance `p`, H = [slope(z), −1]. `y` = v + R0·i + v1p + v2 (the
+/// measurement with every term but the OCV moved over; the v1 iterate cancels out of the
+/// IEKF innovation, so only z is iterated). Each iterate is
+/// z ← zp + K₀(z)·(y − OCV(z) − slope(z)·(zp − z)), clamped to 0..=1. Returns the last
+/// point z_l with the OCV slope and value there (`ocv_at(z)` → (slope, OCV)).
+#[inline]
+pub fn iterate_linearization(
+    zp: f64,
+    p: &Cov2,
+    y: f64,
+    r: f64,
+    iters: usize,
+    ocv_at: impl Fn(f64) -> (f64, f64),
+) -> (f64, f64, f64) {
+    let mut zi = zp;
+    let (mut hz, mut o) = ocv_at(zi);
+    for _ in 0..iters {
+        let ph0 = p.p00 * hz - p.p01;
+        let ph1 = p.p01 * hz - p.p11;
+        let s = hz * ph0 - ph1 + r;
+        let innov = y - (o + hz * (zp - zi));
+        zi = (zp + ph0 / s * innov).clamp(0.0, 1.0);
+        (hz, o) = ocv_at(zi);
+    }
+    (zi, hz, o)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

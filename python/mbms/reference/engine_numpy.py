@@ -21,6 +21,8 @@ import numpy as np
 from mbms.engine import PACK_INDEX, RULES, Action, Engine, Fault, Level, PackConfig
 
 TIME_EPS_S = 1e-9
+IEKF_GATE_DZ = 0.02  # engine.rs: iterated update where the SOC step would exceed this
+IEKF_ITERS = 3
 
 
 class _Rule:
@@ -136,6 +138,7 @@ class NumpyEngine:
         self.t_used = np.full(nt, tabs["t_ref_c"])
         self.t_model = np.full(nt, np.nan)  # model temperature with a deadband (engine.rs)
         self.initialized = False
+        self.iterated_updates = 0  # cell-updates that took the IEKF branch (for tests)
         self.t_last: float | None = None
         self.i_prev = 0.0
         self.i_prev_valid = False
@@ -281,6 +284,7 @@ class NumpyEngine:
         R["temp_spread"].eval(t_s, [t_spread])
 
         so = self.sensor_of
+        start_up = not self.initialized  # predict only on the start-up step (engine.rs)
         if not self.initialized:
             ok = (v >= sens.cell_v_min_v) & (v <= sens.cell_v_max_v) & (v > sens.open_wire_v)
             z0 = self._soc_from_ocv(np.where(ok, v, 3.0), dtemp_s[so])
@@ -373,7 +377,39 @@ class NumpyEngine:
         ocv_tab = tab["ocv"]
         slope = (ocv_tab[k + 1] - ocv_tab[k]) * self.scale
         ocv_pred = self._lerp(ocv_tab, k, f) + self._lerp(tab["docv_dt"], k, f) * dtemp_s[so] + hc
-        # Joseph-form update where the voltage is trusted
+        # IEKF relinearisation where the innovation is beyond the gate (engine.rs, pass 2 (a))
+        v1_pred = a1 * self.v1 + r1 * (1.0 - a1) * i_cell
+        innov0 = v - (ocv_pred - r0 * i_cell - v1_pred - v2c)
+        with np.errstate(invalid="ignore"):
+            pz = self.p00
+            gate = valid & (not start_up) & (np.abs(slope * pz * innov0) > IEKF_GATE_DZ * (slope * slope * pz + r_meas))
+        if gate.any():
+            g_ = np.flatnonzero(gate)
+            self.iterated_updates += len(g_)
+            zp = z[g_]
+            q00, q01, q11 = p00[g_], p01[g_], p11[g_]
+            y = v[g_] + r0[g_] * i_cell + v1[g_] + v2c[g_]
+            dts = dtemp_s[so][g_]
+
+            def ocv_at(zz):
+                kk, ff = self._locate(zz)
+                return ((ocv_tab[kk + 1] - ocv_tab[kk]) * self.scale,
+                        self._lerp(ocv_tab, kk, ff) + self._lerp(tab["docv_dt"], kk, ff) * dts + hc[g_])
+
+            zi = zp.copy()
+            h_i, o_i = ocv_at(zi)
+            for _ in range(IEKF_ITERS):
+                q0 = q00 * h_i - q01
+                q1 = q01 * h_i - q11
+                s_i = h_i * q0 - q1 + r_meas
+                zi = np.clip(zp + q0 / s_i * (y - (o_i + h_i * (zp - zi))), 0.0, 1.0)
+                h_i, o_i = ocv_at(zi)
+            slope = slope.copy()
+            ocv_pred = ocv_pred.copy()
+            slope[g_] = h_i
+            ocv_pred[g_] = o_i + h_i * (zp - zi)
+        # Joseph-form update where the voltage is trusted (not on the start-up step)
+        upd = valid & (not start_up)
         hz = slope
         innov = np.where(valid, v, 0.0) - (ocv_pred - r0 * i_cell - v1 - v2c)
         ph0 = p00 * hz - p01
@@ -394,11 +430,11 @@ class NumpyEngine:
         u01 = t00 * m10 + t01 * m11 + r_meas * k0 * k1
         u11 = t10 * m10 + t11 * m11 + r_meas * k1 * k1
         zu = np.clip(z + k0 * innov, -0.1, 1.1)
-        self.z = np.where(valid, zu, z)
-        self.v1 = np.where(valid, v1 + k1 * innov, v1)
-        self.p00 = np.where(valid, u00, p00)
-        self.p01 = np.where(valid, u01, p01)
-        self.p11 = np.where(valid, u11, p11)
+        self.z = np.where(upd, zu, z)
+        self.v1 = np.where(upd, v1 + k1 * innov, v1)
+        self.p00 = np.where(upd, u00, p00)
+        self.p01 = np.where(upd, u01, p01)
+        self.p11 = np.where(upd, u11, p11)
         self.zcc = self.zcc - (eta_i * dt) * inv_qc
         zo = np.clip(self.z, 0.0, 1.0)
         sigma = np.sqrt(self.p00)
