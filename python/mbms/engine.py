@@ -149,6 +149,7 @@ class BalancingConfig:
     max_current_a: float = 1e9
     max_cells: int = 0
     active_plan: bool = False
+    decision_period_s: float = 0.0
 
 
 @dataclass(frozen=True)

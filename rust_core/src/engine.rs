@@ -489,7 +489,9 @@ pub struct Engine {
     dcl_peak: RateLimited,
     ccl_peak: RateLimited,
     out: EngineOutput,
-    bal_x: Vec<f64>,
+    /// cells bleeding since the last decision, and when it was taken (NaN: none pending)
+    bal_on: Vec<u32>,
+    bal_decided_t: f64,
     bal_scratch: Vec<(f64, u32)>,
     scratch: Box<Scratch>,
     /// run the block arithmetic with AVX2 (detected once at construction)
@@ -582,7 +584,8 @@ impl Engine {
             dcl_peak: RateLimited::default(),
             ccl_peak: RateLimited::default(),
             out,
-            bal_x: vec![0.0; n],
+            bal_on: Vec::new(),
+            bal_decided_t: f64::NAN,
             bal_scratch: Vec::new(),
             scratch: Scratch::new(),
             use_avx2: avx2_available(),
@@ -1077,23 +1080,37 @@ impl Engine {
         let t_used = &self.t_used;
         let t_valid = &self.t_valid;
         let sensor_of = &self.sensor_of;
-        balancing::decide(
-            bc,
-            x,
-            v_cell_v,
-            |k| {
-                let s = sensor_of[k] as usize;
-                if t_valid[s] {
-                    t_used[s]
-                } else {
-                    f64::INFINITY
-                }
-            },
-            &self.v_valid,
-            allowed,
-            &mut self.out.balance,
-            &mut self.bal_scratch,
-        );
+        let temp_of = |k: usize| {
+            let s = sensor_of[k] as usize;
+            if t_valid[s] {
+                t_used[s]
+            } else {
+                f64::INFINITY
+            }
+        };
+        let active = bc.mode != BalanceMode::Off && allowed;
+        let due = !(t_s - self.bal_decided_t < bc.decision_period_s - crate::protection::TIME_EPS_S);
+        if !active || due {
+            balancing::decide(bc, x, v_cell_v, temp_of, &self.v_valid, allowed, &mut self.out.balance, &mut self.bal_scratch);
+            self.bal_on.clear();
+            if active {
+                self.bal_decided_t = t_s;
+                let on = &self.out.balance;
+                self.bal_on.extend((0..self.n as u32).filter(|&k| on[k as usize]));
+            } else {
+                self.bal_decided_t = f64::NAN;
+            }
+        } else {
+            // between decisions: hold, but a cell that may no longer bleed (voltage invalid
+            // or below min_cell_v, temperature at the inhibit limit) stops in this step
+            let (on, valid) = (&mut self.out.balance, &self.v_valid);
+            self.bal_on.retain(|&k| {
+                let k = k as usize;
+                let keep = valid[k] && v_cell_v[k] >= bc.min_cell_v && temp_of(k) < bc.inhibit_temp_c;
+                on[k] = keep;
+                keep
+            });
+        }
         if bc.active_plan && allowed {
             let cap: Vec<f64> = self.cap_ah.iter().map(|c| c * self.par).collect();
             let thr = if bc.mode == BalanceMode::Soc { bc.threshold } else { 0.02 };
@@ -1102,7 +1119,6 @@ impl Engine {
         } else {
             self.out.transfers.clear();
         }
-        let _ = &self.bal_x;
         Ok(())
     }
 
@@ -1321,6 +1337,7 @@ impl Engine {
         self.i_prev_valid = false;
         self.rest_since = f64::NAN;
         self.rest_done = false;
+        self.bal_decided_t = f64::NAN; // new time base: decide balancing afresh
         self.t_stuck.iter_mut().for_each(|c| *c = 0);
         self.t_prev.iter_mut().for_each(|c| *c = f64::NAN);
         self.collect_faults();

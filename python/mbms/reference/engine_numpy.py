@@ -146,6 +146,7 @@ class NumpyEngine:
         self.rest_done = False
         self.lim = np.zeros(4)  # dcl, ccl, dcl_peak, ccl_peak
         self.balance = np.zeros(n, dtype=bool)
+        self.bal_decided_t = np.nan
         p = config.protection
 
         def rule(name: str, t, upper: bool, size: int) -> _Rule:
@@ -487,7 +488,14 @@ class NumpyEngine:
         # balancing
         bc = cfg.balancing
         allowed = action < Action.RAMP_DOWN and i_valid and abs(i) <= bc.max_current_a
-        if bc.mode == "off" or not allowed or not valid.any():
+        active = bc.mode != "off" and allowed
+        due = not (t_s - self.bal_decided_t < bc.decision_period_s - TIME_EPS_S)
+        self.bal_decided_t = (t_s if due else self.bal_decided_t) if active else np.nan
+        if active and not due:
+            # hold between decisions; cells that may no longer bleed stop at once
+            t_ok = np.where(t_valid, self.t_used, np.inf)[so] < bc.inhibit_temp_c
+            self.balance = self.balance & valid & (v >= bc.min_cell_v) & t_ok
+        elif bc.mode == "off" or not allowed or not valid.any():
             self.balance = np.zeros(self.n, dtype=bool)
         else:
             x = zo if bc.mode == "soc" else v
