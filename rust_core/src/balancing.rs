@@ -164,7 +164,7 @@ mod tests {
 
     fn cfg() -> BalancingConfig {
         BalancingConfig { mode: BalanceMode::Voltage, threshold: 0.010, hysteresis: 0.005, min_cell_v: 3.0,
-            inhibit_temp_c: 50.0, max_current_a: 10.0, max_cells: 2, active_plan: false }
+            inhibit_temp_c: 50.0, max_current_a: 10.0, max_cells: 2, active_plan: false, decision_period_s: 0.0 }
     }
 
     #[test]
@@ -232,7 +232,7 @@ mod props {
         ) {
             let cfg = BalancingConfig { mode: if soc_mode { BalanceMode::Soc } else { BalanceMode::Voltage },
                 threshold: 0.01, hysteresis: 0.004, min_cell_v: 3.3, inhibit_temp_c: 45.0,
-                max_current_a: 10.0, max_cells, active_plan: false };
+                max_current_a: 10.0, max_cells, active_plan: false, decision_period_s: 0.0 };
             let v: Vec<f64> = cells.iter().map(|c| c.0).collect();
             let x: Vec<f64> = if soc_mode { v.iter().map(|u| (u - 3.0) / 1.2).collect() } else { v.clone() };
             let valid: Vec<bool> = cells.iter().map(|c| c.2).collect();
