@@ -15,6 +15,12 @@
 //! voltage less. At rest (after `rest_time_s` below `rest_current_a`) a pseudo-measurement
 //! z_ocv = OCV⁻¹(v) with σ = σ_v,rest / (dOCV/dz) pulls z to the rest OCV with the weight
 //! the OCV slope justifies.
+//!
+//! The second RC pair (v2, τ2 ≈ 300 s for the LG M50 set) is propagated open loop with the
+//! same exact ZOH update and enters the measurement as a known term. Where an update would
+//! move z across more than two OCV grid intervals (start-up off by 20 %), the engine first
+//! relinearises the OCV by Gauss-Newton iterations ([`iterate_linearization`], an iterated
+//! EKF update) so one sample converges instead of many.
 
 use serde::Deserialize;
 
