@@ -1172,7 +1172,10 @@ impl Engine {
                 continue;
             }
             let ss = &self.ss[self.sensor_of[k] as usize];
-            let v_ocv = self.v_prev[k] - self.h[k];
+            // at rest v = OCV + h − v1 − v2: add back what is left of the RC polarisation
+            // (after a 600 s rest the LG M50's τ2 ≈ 310 s pair still holds e^(−600/310) ≈ 14 %
+            // of its load voltage, ~13 mV after 1C, ~1.5 % SOC on the OCV slope)
+            let v_ocv = self.v_prev[k] - self.h[k] + self.v1[k] + self.v2[k];
             let z_ocv = self.tab.soc_from_ocv(v_ocv, ss.dtemp);
             let slope = self.tab.slope(self.tab.locate(z_ocv)).max(1e-3);
             let var = (est.rest_ocv_sigma_v / slope).powi(2);

@@ -264,6 +264,27 @@ mod tests {
     }
 
     #[test]
+    fn iterated_linearization_converges_where_one_ekf_step_does_not() {
+        // curved OCV: 3.0 + 1.2 z - 0.5 z²; truth z = 0.8, prediction 20 % off with a wide prior
+        let ocv = |z: f64| (1.2 - z, 3.0 + 1.2 * z - 0.5 * z * z);
+        let p = Cov2 { p00: 0.04, p01: 0.0, p11: 1e-6 };
+        let r = 1e-4;
+        let y = ocv(0.8).1; // v1 = 0: the measured voltage is the OCV
+        let (zl, hz, o) = iterate_linearization(0.6, &p, y, r, 3, ocv);
+        // the final EKF update at that linearisation point (what the engine's block does)
+        let (mut z, mut v1, mut pp) = (0.6, 0.0, p);
+        update(&mut z, &mut v1, &mut pp, hz, y - (o + hz * (0.6 - zl)), r);
+        // the MAP: the prior (σ 0.2) pulls back by r / (h² P + r) of the 0.2 gap, h = 0.4 at 0.8
+        let z_map = 0.8 - 0.2 * r / (0.16 * 0.04 + r);
+        assert!((z - z_map).abs() < 5e-4, "iterated: {z} vs MAP {z_map}");
+        // a single EKF update linearised at the prediction stays well short/over
+        let (hz0, o0) = ocv(0.6);
+        let (mut z1, mut v11, mut p1) = (0.6, 0.0, p);
+        update(&mut z1, &mut v11, &mut p1, hz0, y - o0, r);
+        assert!((z1 - 0.8).abs() > 0.01, "plain EKF: {z1}");
+    }
+
+    #[test]
     fn flat_ocv_falls_back_on_coulomb_counting() {
         // hz = 0: the update must not move z, and P_zz only grows by the process noise
         let mut z = 0.5;
