@@ -1,12 +1,14 @@
 """``mbms sim --mode processes`` end to end: a plant process and 3 ``mbms node`` processes on
-python-can ``udp_multicast`` with zeroconf on loopback, driven through the CLI.
+python-can ``udp_multicast`` with zeroconf on loopback, driven through the CLI, with the scenario
+examples/scenarios/processes_kill.toml (cold start, load, node 2 killed under load and restarted).
 
 Checked from the files the run leaves behind: exit 0, no invariant violation (S1 where
 observable, S2, S3 from plant truth), the three strings closed one at a time (never two
 precharging at a sampled instant; the recorded closes are distinct in time and each at a small
-|dV|), the load pulse was delivered within the agreed limits, the CAN log reads back with
-python-can's ``LogReader`` and holds peer-protocol and telemetry frames of every node, the plots
-and the time series are written, and every child process is gone afterwards.
+|dV|), the load was delivered within the agreed limits, the killed node's string was opened (by
+the plant's driver watchdog) and the restarted node restored its state and rejoined, the CAN log
+reads back with python-can's ``LogReader`` and holds peer-protocol and telemetry frames of every
+node, the plots and the time series are written, and no child process is left behind.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from mbms import _core
 from mbms.telemetry import classify
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIO = ROOT / "examples" / "scenarios" / "processes_3.toml"
+SCENARIO = ROOT / "examples" / "scenarios" / "processes_kill.toml"
 
 
 def _children_of(pid: int) -> list[int]:
@@ -60,29 +62,38 @@ def test_processes_mode_three_nodes_end_to_end(tmp_path: Path) -> None:
     assert summ["mode"] == "processes" and summ["packs_n"] == 3 and len(summ["packs"]) == 3
     assert summ["invariant_violations"] == 0, summ["violations"]
 
-    # all three strings closed, one at a time, each onto a matched bus (S3 from plant truth)
+    # all three strings closed, one at a time, each onto a matched bus (S3 from plant truth);
+    # then string 2 again (the rejoin after the restart)
     closes = summ["system"]["string_closes"]
-    assert sorted(c["pack"] for c in closes) == [1, 2, 3], closes
-    times = sorted(c["t_s"] for c in closes)
+    assert [c["pack"] for c in closes[3:]] == [2] and sorted(c["pack"] for c in closes[:3]) == [1, 2, 3], closes
+    times = [c["t_s"] for c in closes]
     assert all(b - a > 0.05 for a, b in zip(times, times[1:])), f"closes not one at a time: {closes}"
+    assert times[2] < 26.0 < 32.0 < times[3], "closed before the kill, rejoined after the restart"
     assert all(0 <= c["dv_v"] <= 3.0 + 1.0 for c in closes), closes
-    for pk in summ["packs"]:
-        assert pk["time_connected_s"] > 5.0 and pk["isolations"] == 0 and pk["rx_ok"] > 20
+    packs = summ["packs"]
+    assert [(p["isolations"], p["rejoins"]) for p in packs] == [(0, 0), (1, 1), (0, 0)]
+    assert all(p["time_connected_s"] > 5.0 and p["rx_ok"] > 20 for p in packs)
+    assert summ["system"]["detect_latency_ms"]["n"] == 1  # the peers dropped node 2 from their closed set
 
     # the time series: never two strings precharging in a recorded row; the load followed the
-    # profile only within the agreed limits, and was really drawn
+    # profile only within the agreed limits (a limit may drop at once: the inverter follows at
+    # its next period), and was really drawn
     with open(out / "timeseries.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) >= 30
     state = np.array([[float(r[f"s{k}_state"]) for k in (1, 2, 3)] for r in rows])
     assert ((state == 1).sum(axis=1) <= 1).all()
     assert (state[-1] == 2).all(), "all strings closed at the end"
+    t = np.array([float(r["t_s"]) for r in rows])
+    assert (state[(t > 27.5) & (t < 32.0), 1] == 0).all(), "the dead node's string is open"
     load = np.array([float(r["i_load_a"]) for r in rows])
     dcl = np.array([float(r["system_dcl_a"]) for r in rows])
     ccl = np.array([float(r["system_ccl_a"]) for r in rows])
     on = ~np.isnan(dcl)
-    assert (load[on] <= dcl[on] + 1.0).all() and (-load[on] <= ccl[on] + 1.0).all()
-    assert load.max() > 10.0, "the discharge pulse was delivered"
+    dcl_prev = np.fmax(dcl, np.concatenate([[np.inf], dcl[:-1]]))
+    ccl_prev = np.fmax(ccl, np.concatenate([[np.inf], ccl[:-1]]))
+    assert (load[on] <= dcl_prev[on] + 1.0).all() and (-load[on] <= ccl_prev[on] + 1.0).all()
+    assert load.max() > 10.0, "the discharge was delivered"
     assert summ["system"]["energy_discharged_kwh"] > 0
 
     # the CAN log of the peer traffic, read back with python-can
@@ -97,6 +108,10 @@ def test_processes_mode_three_nodes_end_to_end(tmp_path: Path) -> None:
 
     proc = json.loads((out / "processes.json").read_text())
     assert proc["unexpected_exits"] == [] and proc["can_frames_logged"] > 0
+    assert proc["node_starts"] == {"node1": 1, "node2": 2, "node3": 1}
+    starts = [json.loads(line) for line in (out / "run" / "state2" / "events.jsonl").read_text().splitlines()
+              if '"kind":"start"' in line]
+    assert [e["restored"] for e in starts] == ["missing", "ok"], "the restarted node restored its state"
     for name in ("bus.png", "string_currents.png", "soc.png", "limits.png", "contactors.png", "faults.png"):
         assert (out / name).stat().st_size > 1000, name
     assert _children_of(p.pid) == []  # (p has exited: its children would have been re-parented)

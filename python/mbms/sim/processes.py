@@ -155,7 +155,8 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
             "stale_ms": max(stale_ms, period_ms), "overrun_ms": settings.overrun_ms,
             "log_format": "json", "log_level": "warning",
         }
-        doc["hardware"] = {"adapter": "sim", "link": link, "string": k, "link_timeout_ms": 300}
+        # the link counts as lost no sooner than a measurement counts as stale
+        doc["hardware"] = {"adapter": "sim", "link": link, "string": k, "link_timeout_ms": max(300, stale_ms)}
         p = run_dir / f"node{k + 1}.toml"
         p.write_text(_toml(doc))
         packs.append(p)
@@ -444,6 +445,7 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         canlog = CanLog(log_dir / "peer_traffic.asc", files.can_channel, files.can_port)
         plant.start()
         await _wait_plant(client, plant, st.start_timeout_s)
+        t_ready = time.monotonic()
         for c in nodes:
             c.start()
         res = await _drive(sc, console, st, client, observer, nodes, plant, desc_json, canlog)
@@ -480,6 +482,9 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         "node_timing": [_last_timing(ev) for ev in events],
         "fail_safes": [sum(1 for e in ev if e.get("kind") == "fail_safe") for ev in events],
         "late_polls": res["late_polls"],
+        # plant seconds short of (wall seconds since the plant answered x time_scale) at the end
+        "plant_clock_lag_s": round((res["wall_end"] - t_ready) * st.time_scale - res["t_end"], 3),
+        "all_nodes_heard_at_s": res["all_heard_t"],
     }
     total_cpu = sum(proc["cpu_s"].values()) + proc["cpu_s_observer"]
     proc["cpu_cores_used"] = round(total_cpu / wall, 3) if wall > 0 else None
@@ -540,6 +545,7 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
     late_polls = 0
     load_set = 0.0
     request = 0.0
+    all_heard_t: float | None = None
 
     def violate(t: float, rule: str, what: str) -> None:
         if len(violations) < 100:
@@ -652,6 +658,9 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         else:
             disagree_since = None
 
+        if all_heard_t is None and all(not math.isnan(v.get("STATE", "Phase", now)) for v in views):
+            all_heard_t = round(t, 2)
+
         # ------------------------------------------------------------------------ inverter
         request = _load_request(desc_json, t, v_bus)
         any_closed = any(tr[k].closed for k in range(n))
@@ -724,7 +733,8 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         "packs": packs,
     }
     return {"report": report, "system": sys_rows, "strings": str_rows, "t_end": last_t or 0.0,
-            "unexpected_exits": unexpected, "late_polls": late_polls}
+            "unexpected_exits": unexpected, "late_polls": late_polls, "wall_end": time.monotonic(),
+            "all_heard_t": all_heard_t}
 
 
 def _inverter_limits(views: list[PeerView], nodes: list[Child], now: float) -> tuple[float, float, float]:
