@@ -117,3 +117,36 @@ def test_processes_mode_three_nodes_end_to_end(tmp_path: Path) -> None:
     assert _children_of(p.pid) == []  # (p has exited: its children would have been re-parented)
     for k in (1, 2, 3):
         assert (out / "run" / f"state{k}" / "state.bin").exists()
+
+
+def test_run_files_are_valid_node_and_plant_configs(tmp_path: Path) -> None:
+    """The files a processes run writes load as the node and the plant load them: members 1..N,
+    CAN over udp_multicast on the run's own port, zeroconf on loopback, each pack's string index
+    and engine tables, the scenario's run-time plant events as scheduled plant faults, and the
+    load left to the inverter (constant 0 in the file, the scenario's profile evaluated outside)."""
+    from mbms.node.config import check_membership, load_pack, load_system
+    from mbms.plant import PlantDescription
+    from mbms.sim import processes
+    from mbms.sim.scenario import Scenario
+
+    sc = Scenario.default().with_overrides(packs=3, duration_s=900.0, mode="processes")
+    files = processes.write_files(sc, tmp_path, processes.Settings())
+    system = load_system(files.system)
+    assert system.members == (1, 2, 3) and system.quorum == 2
+    assert system.transport.kind == "can" and system.transport.can is not None
+    assert system.transport.can.interface == "udp_multicast" and system.transport.can.port == files.can_port
+    assert system.discovery.enabled and system.discovery.interfaces == ("127.0.0.1",)
+    assert system.heartbeat_ms == sc.system["heartbeat_ms"] and system.lease_ms == sc.system["lease_ms"]
+    assert system.protocol.close_confirm_ms == sc.system["close_confirm_ms"]
+    for k, path in enumerate(files.packs):
+        pack = load_pack(path)
+        check_membership(pack, system)
+        assert pack.node.id == k + 1 and pack.hardware.string == k and pack.hardware.link == files.link
+        assert pack.engine["pack"]["series"] == sc.plant["strings"][k]["series"]
+        assert pack.node.stale_ms == sc.node["stale_ms"]
+    desc = PlantDescription.from_toml(files.plant)
+    assert desc.n_strings == 3 and desc.load.kind == "constant"
+    assert [f.at_s for f in desc.faults] == [e.at_s for e in sc.events] and len(desc.faults) == 4
+    values, is_power = _core.load_profile_values(
+        json.dumps(PlantDescription.from_dict(sc.plant).raw), [0.0, 70.0, 80.0, 85.0])
+    assert not is_power and values == pytest.approx([0.0, 80.0, 60.0, 50.0])
