@@ -237,22 +237,32 @@ class PlantClient(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
         self.waiter: asyncio.Future[dict[str, Any]] | None = None
+        self.expect = ""
+        self.timeouts = 0
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            try:
-                self.waiter.set_result(unpack_msg(data))
-            except MbmsError as exc:
-                self.waiter.set_exception(exc)
+        try:
+            reply = unpack_msg(data)
+        except MbmsError:
+            return
+        # a late reply to an earlier request that timed out is not the answer to this one
+        if self.waiter is not None and not self.waiter.done() and reply.get("op") in (self.expect, "error"):
+            self.waiter.set_result(reply)
 
     async def request(self, obj: dict[str, Any], timeout_s: float = 1.0) -> dict[str, Any]:
+        """The plant's reply; ``asyncio.TimeoutError`` if none came within ``timeout_s``."""
         assert self.transport is not None
         self.waiter = asyncio.get_running_loop().create_future()
+        self.expect = obj["op"]
         self.transport.sendto(pack_msg(obj))
-        reply = await asyncio.wait_for(self.waiter, timeout_s)
+        try:
+            reply = await asyncio.wait_for(self.waiter, timeout_s)
+        except asyncio.TimeoutError:
+            self.timeouts += 1
+            raise
         if reply.get("op") == "error":
             raise MbmsError(f"plant: {reply.get('msg')}")
         return reply
@@ -482,6 +492,7 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         "node_timing": [_last_timing(ev) for ev in events],
         "fail_safes": [sum(1 for e in ev if e.get("kind") == "fail_safe") for ev in events],
         "late_polls": res["late_polls"],
+        "plant_request_timeouts": res["plant_timeouts"],
         # plant seconds short of (wall seconds since the plant answered x time_scale) at the end
         "plant_clock_lag_s": round((res["wall_end"] - t_ready) * st.time_scale - res["t_end"], 3),
         "all_nodes_heard_at_s": res["all_heard_t"],
@@ -559,7 +570,10 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
             raise MbmsError("processes mode: the plant clock did not reach the end of the scenario in time")
         if not plant.alive:
             raise MbmsError(f"the plant process died:\n{plant.log_tail()}")
-        truth = await client.request({"op": "truth"}, timeout_s=1.0)
+        try:
+            truth = await client.request({"op": "truth"}, timeout_s=1.0)
+        except asyncio.TimeoutError:
+            continue  # the plant is alive (checked above) but slow: ask again
         now = time.monotonic()
         t = float(truth["t_s"])
         dt = 0.0 if last_t is None else max(0.0, t - last_t)
@@ -680,8 +694,11 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         else:
             target = min(max(request, -ccl), dcl)
         if target != load_set:
-            await client.request({"op": "load", "i": target})
-            load_set = target
+            try:
+                await client.request({"op": "load", "i": target})
+                load_set = target
+            except asyncio.TimeoutError:
+                pass  # not confirmed: sent again next period
 
         load_a = float(truth["load_a"])
         e = load_a * v_bus * dt
@@ -734,7 +751,7 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
     }
     return {"report": report, "system": sys_rows, "strings": str_rows, "t_end": last_t or 0.0,
             "unexpected_exits": unexpected, "late_polls": late_polls, "wall_end": time.monotonic(),
-            "all_heard_t": all_heard_t}
+            "all_heard_t": all_heard_t, "plant_timeouts": client.timeouts}
 
 
 def _inverter_limits(views: list[PeerView], nodes: list[Child], now: float) -> tuple[float, float, float]:
