@@ -181,7 +181,7 @@ class Child:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
             self.p = subprocess.Popen([sys.executable, "-m", "mbms", *self.args], stdout=log, stderr=log, env=env,
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self.starts += 1
 
     @property
@@ -209,6 +209,18 @@ class Child:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the simulation process dies (Linux
+    PR_SET_PDEATHSIG), so that no node outlives a killed ``mbms sim``. Elsewhere the children's
+    own ``--duration`` ends them."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def stop_all(children: list[Child], timeout_s: float) -> None:
@@ -434,10 +446,12 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
     if extra_node:
         console.print(f"[yellow]node settings {extra_node} are fast-mode only (mbms node takes stale_ms)[/]")
 
+    # a bound on every child's life, should this process vanish without stopping them
+    life_s = repr(round(2 * sc.duration_s / st.time_scale + 2 * st.start_timeout_s, 1))
     plant = Child("plant", ["plant", "--system", str(files.plant), "--listen", files.link, "--seed", str(sc.seed),
                             "--time-scale", repr(st.time_scale), "--command-timeout", repr(WATCHDOG_S),
-                            "--load-a", "0"], run_dir / "plant.log")
-    nodes = [Child(f"node{k + 1}", ["node", "--config", str(p), "--system", str(files.system)],
+                            "--load-a", "0", "--duration", life_s], run_dir / "plant.log")
+    nodes = [Child(f"node{k + 1}", ["node", "--config", str(p), "--system", str(files.system), "--duration", life_s],
                    run_dir / f"node{k + 1}.log") for k, p in enumerate(files.packs)]
     children = [plant, *nodes]
     loop = asyncio.get_running_loop()
