@@ -80,7 +80,7 @@ class Settings:
     poll_s: float = 0.05
     #: A node's loop waking up later than this is an overrun (the runtime then opens its
     #: contactors, fail-safe). Generous by default: this machine is shared.
-    overrun_ms: int = 400
+    overrun_ms: int = 500
     start_timeout_s: float = 60.0
     stop_timeout_s: float = 5.0
 
