@@ -44,7 +44,6 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
-@pytest.mark.skipif(not hasattr(_core, "NodeCore"), reason="this build has no NodeCore")
 def test_processes_mode_three_nodes_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONUNBUFFERED="1")

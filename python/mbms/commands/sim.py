@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mbms.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
