@@ -145,6 +145,16 @@ def _faults_short(faults: list[str]) -> str:
 def _print_summary(console: Any, summ: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from mbms.sim.report import _mmss
+
+    tl = summ.get("timeline", [])
+    if tl:
+        console.print("[bold]what happened[/] (min:s)")
+        shown = tl if len(tl) <= 40 else tl[:20] + [{"t_s": None, "event": f"... {len(tl) - 40} more ..."}] + tl[-20:]
+        for e in shown:
+            when = _mmss(e["t_s"]) if e["t_s"] is not None else "     "
+            console.print(f"  {when}  {e['event']}", highlight=False)
+
     tab = Table(title=f"summary: {summ['scenario']} (seed {summ['seed']})")
     for col in ("pack", "SOC start", "SOC end", "connected", "isolations", "rejoins"):
         tab.add_column(col, justify="right")
