@@ -1138,3 +1138,95 @@ impl Peer {
         self.out.messages.push(m.encode());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(v: f64) -> LocalState {
+        LocalState {
+            ocv_v: v,
+            r_ohm: 0.05,
+            dcl_a: 100.0,
+            ccl_a: 50.0,
+            dcl_peak_a: 200.0,
+            ccl_peak_a: 100.0,
+            may_close: true,
+            v_string_v: v,
+            ..Default::default()
+        }
+    }
+
+    fn peer(id: u16, inc: u64) -> Peer {
+        Peer::new(PeerConfig { node_id: id, members: vec![1, 2, 3], ..Default::default() }, inc).unwrap()
+    }
+
+    #[test]
+    fn a_fault_opens_in_the_same_tick_even_without_any_message() {
+        let mut p = peer(1, 1);
+        // Restarted with the contactors closed: it adopts them.
+        let mut l = local(400.0);
+        l.feedback = Contactors::CLOSED;
+        assert_eq!(p.tick(0, &l).command, Contactors::CLOSED);
+        l.fault = true;
+        let out = p.tick(10, &l);
+        assert_eq!(out.command, Contactors::OPEN);
+        assert_eq!(out.phase, Phase::Isolated);
+        assert!(out.events.contains(&Event::Isolated));
+    }
+
+    #[test]
+    fn heartbeats_alternate_kinds_and_fit_the_size_bound() {
+        let mut p = peer(2, 7);
+        let mut kinds = Vec::new();
+        for t in (0..1000).step_by(10) {
+            for m in &p.tick(t, &local(400.0)).messages {
+                assert!(m.len() <= crate::wire::MAX_MESSAGE_LEN);
+                kinds.push(Message::decode(m).unwrap().kind());
+            }
+        }
+        // ~one message per 100 ms period (plus the phase change Listening → Open).
+        assert!((10..=12).contains(&kinds.len()), "{}", kinds.len());
+        assert!(kinds.contains(&0) && kinds.contains(&1));
+    }
+
+    #[test]
+    fn duplicates_stale_and_own_echo_are_dropped_and_counted() {
+        let mut a = peer(1, 1);
+        let mut b = peer(2, 2);
+        let m0 = b.tick(0, &local(400.0)).messages[0].clone();
+        let m1 = b.tick(100, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(0, &m0), Ok(()));
+        assert_eq!(a.on_message(1, &m1), Ok(()));
+        assert_eq!(a.on_message(2, &m1), Err(RxError::Duplicate));
+        assert_eq!(a.on_message(3, &m0), Err(RxError::Stale));
+        let own = a.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(4, &own), Err(RxError::OwnEcho));
+        assert!(matches!(a.on_message(5, &[0xC1, 0x00]), Err(RxError::Wire(_))));
+        let c = a.counters();
+        assert_eq!((c.rx_ok, c.rx_duplicate, c.rx_stale, c.rx_own_echo, c.rx_malformed), (2, 1, 1, 1, 1));
+    }
+
+    #[test]
+    fn another_node_with_my_id_is_reported() {
+        let mut a = peer(1, 1);
+        let mut twin = peer(1, 99);
+        let m = twin.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(0, &m), Err(RxError::DuplicateId(1)));
+        let out = a.tick(0, &local(400.0));
+        assert!(out.events.iter().any(|e| matches!(e, Event::DuplicateId { id: 1, .. })));
+    }
+
+    #[test]
+    fn without_quorum_nothing_is_requested() {
+        // Alone of three: listens, then waits forever without requesting.
+        let mut p = peer(3, 5);
+        for t in (0..5000).step_by(10) {
+            let out = p.tick(t, &local(400.0));
+            assert!(!out.quorum);
+            assert_eq!(out.command, Contactors::OPEN);
+            assert_ne!(out.phase, Phase::Requesting);
+        }
+        assert_eq!(p.counters().requests, 0);
+    }
+}
