@@ -18,7 +18,10 @@
 //! - A requester without a quorum after grant_wait_ms, or seeing a lower-id request,
 //!   withdraws and backs off (half a period plus seeded jitter).
 //! - After a start a peer grants nothing for lease·(1+2ρ)+one period: it may have granted
-//!   before a crash and forgotten.
+//!   before a crash and forgotten. It ends this early once every other member has been
+//!   heard since the start neither requesting/closing nor granting to it (cold start).
+//! - Tickets are not reused within that same guard time (nor, after a start, before the
+//!   same early end), so a grant left for an old request never counts for a new one.
 //!
 //! Ordering: on a dead bus the largest group of strings whose OCVs lie within dv_close
 //! (ties: the higher-voltage group, since a system typically starts by discharging) closes
@@ -302,6 +305,11 @@ struct Remote {
     limits: Option<LimitsBody>,
     detail: Option<DetailBody>,
     alive: bool,
+    /// Heard since our start, neither requesting/closing nor granting to us: anything it
+    /// does from then on concerns our new incarnation, not a forgotten one.
+    clean_since_start: bool,
+    /// When the last Detail (with its proposal) arrived.
+    detail_at: u64,
 }
 
 impl Remote {
@@ -342,10 +350,16 @@ pub struct Peer {
     backoff_until: u64,
     grant: Option<Grant>,
     dup_self_until: u64,
+    /// Every other member was heard clean since our start (see `Remote::clean_since_start`):
+    /// no grant we may have given before a restart can be in use, and no grant to our old
+    /// incarnation can be alive, so the start inhibit and the ticket guard end early.
+    start_clear: bool,
     last_sent_limits: Option<LimitsBody>,
     last_sent_fc: Option<(Flags, Coord)>,
     last_tx_ms: Option<u64>,
     prop_da: (u32, u32),
+    prop_changed_at: u64,
+    reported_da: (u32, u32),
     rng: SplitMix64,
     had_quorum: bool,
     pending: Vec<Event>,
@@ -410,10 +424,13 @@ impl Peer {
             backoff_until: 0,
             grant: None,
             dup_self_until: 0,
+            start_clear: false,
             last_sent_limits: None,
             last_sent_fc: None,
             last_tx_ms: None,
             prop_da: (0, 0),
+            prop_changed_at: 0,
+            reported_da: (0, 0),
             rng,
             had_quorum: false,
             pending: Vec::new(),
@@ -531,9 +548,16 @@ impl Peer {
         r.last_heard = now;
         r.flags = m.flags;
         r.coord = m.coord;
+        let ph = Phase::from_u8(m.flags.phase);
+        if !(ph.is_closing() || ph == Phase::Requesting) && m.coord.grant_to != self.cfg.node_id {
+            r.clean_since_start = true;
+        }
         match m.body {
             Body::Limits(l) => r.limits = Some(l),
-            Body::Detail(d) => r.detail = Some(d),
+            Body::Detail(d) => {
+                r.detail = Some(d);
+                r.detail_at = now;
+            }
         }
         Ok(())
     }
@@ -559,9 +583,21 @@ impl Peer {
         });
 
         self.update_membership(now);
+        if !self.start_clear {
+            let me = self.cfg.node_id;
+            if self.cfg.members.iter().all(|&id| id == me || self.remotes[id as usize].clean_since_start) {
+                self.start_clear = true;
+                self.ticket_used_at = [None; 16];
+            }
+        }
 
         // S1: a confirmed local fault opens in this very tick, whatever else is going on.
-        if local.fault {
+        let listened = now.saturating_sub(started) >= self.cfg.listen_periods as u64 * self.cfg.heartbeat_ms as u64;
+        if local.fault && self.phase == Phase::Listening && !listened {
+            // Still learning the state after a start: open, and stay Listening (a listening
+            // peer reports no limits and is never the speaker).
+            self.command = Contactors::OPEN;
+        } else if local.fault {
             if self.phase != Phase::Isolated {
                 if self.phase.is_closing() || self.phase == Phase::Requesting {
                     self.counters.aborts += 1;
@@ -577,7 +613,7 @@ impl Peer {
             self.step_phase(now, started, local);
         }
         self.update_grant(now, started);
-        self.update_limits(local);
+        self.update_limits(now, local);
         self.update_speaker();
         self.emit(now, local);
 
@@ -893,7 +929,7 @@ impl Peer {
             }
         }
         if self.grant.is_some()
-            || now.saturating_sub(started) < self.cfg.grant_inhibit_ms()
+            || (!self.start_clear && now.saturating_sub(started) < self.cfg.grant_inhibit_ms())
             || now < self.dup_self_until
             || self.phase.is_closing()
             || self.someone_else_closing()
@@ -921,7 +957,7 @@ impl Peer {
         }
     }
 
-    fn update_limits(&mut self, local: &LocalState) {
+    fn update_limits(&mut self, now: u64, local: &LocalState) {
         let me = self.cfg.node_id;
         let own = self.last_sent_limits.unwrap_or_else(|| limits_of(local));
         let mut closed_set = 0u64;
@@ -986,11 +1022,17 @@ impl Peer {
             }
         }
         let prop = (amps_to_da_floor(dcl), amps_to_da_floor(ccl));
+        if prop != self.prop_da {
+            self.prop_changed_at = now;
+        }
         self.prop_da = prop;
-        // Agreement: report the minimum of our own proposal and the latest proposals of
-        // all live peers that have finished listening. A drop anywhere lowers at once; a
-        // rise shows only when every live peer proposes it.
+        // Agreement: the target is the minimum of our own proposal and the latest proposals
+        // of all live peers that have finished listening. A drop shows at once. A rise shows
+        // only when every such peer has sent a proposal since our own last changed (so it
+        // has seen the change too) and half a period has passed (a string that just left
+        // the closed set has had time to open).
         let (mut d_da, mut c_da) = prop;
+        let mut fresh = true;
         for (_, r) in self.alive_remotes() {
             if r.phase() == Phase::Listening {
                 continue;
@@ -999,7 +1041,12 @@ impl Peer {
                 d_da = d_da.min(d.prop_dcl_da);
                 c_da = c_da.min(d.prop_ccl_da);
             }
+            fresh &= r.detail.is_some() && r.detail_at >= self.prop_changed_at;
         }
+        let may_rise = fresh && now.saturating_sub(self.prop_changed_at) >= self.cfg.heartbeat_ms as u64 / 2;
+        let step = |cur: u32, target: u32| if target < cur || may_rise { target } else { cur };
+        self.reported_da = (step(self.reported_da.0, d_da), step(self.reported_da.1, c_da));
+        let (d_da, c_da) = self.reported_da;
         self.out.closed_set = closed_set;
         self.out.system_dcl_a = d_da as f64 / 10.0;
         self.out.system_ccl_a = c_da as f64 / 10.0;

@@ -97,6 +97,8 @@ pub struct ScheduleResult {
     pub agree_periods: Option<f64>,
     /// Clean schedules: time from cold start until every string is closed, periods.
     pub cold_close_periods: Option<f64>,
+    /// Successful requests: time from the request to precharge start (a quorum of grants).
+    pub grant_periods: Vec<f64>,
     pub closes: u64,
     pub aborts: u64,
     pub messages: u64,
@@ -145,6 +147,7 @@ struct Node {
     detect_pending: Vec<(usize, u64)>, // (crashed node, crash time)
     instance: u64,
     msg_counter: u32,
+    request_at: Option<u64>,
 }
 
 impl Node {
@@ -315,6 +318,13 @@ impl World {
         }
         for e in &events {
             match e {
+                crate::Event::RequestSent { .. } => self.nodes[k].request_at = Some(t),
+                crate::Event::PrechargeStarted { .. } => {
+                    if let Some(t0) = self.nodes[k].request_at.take() {
+                        let hb_us = self.cfg.heartbeat_ms as f64 * 1000.0;
+                        self.result.grant_periods.push((t - t0) as f64 / hb_us);
+                    }
+                }
                 crate::Event::Closed => self.result.closes += 1,
                 crate::Event::Aborted { .. } => self.result.aborts += 1,
                 _ => {}
@@ -592,6 +602,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
                 detect_pending: Vec::new(),
                 instance: 0,
                 msg_counter: 0,
+                request_at: None,
             }
         })
         .collect();
@@ -767,6 +778,7 @@ pub struct SimSummary {
     pub agree_periods: Vec<f64>,
     pub detect_periods: Vec<f64>,
     pub cold_close_periods: Vec<f64>,
+    pub grant_periods: Vec<f64>,
     pub closes: u64,
     pub aborts: u64,
     pub messages: u64,
@@ -796,6 +808,7 @@ impl SimSummary {
         self.agree_periods.extend(r.agree_periods);
         self.detect_periods.extend(r.detect_periods);
         self.cold_close_periods.extend(r.cold_close_periods);
+        self.grant_periods.extend(r.grant_periods);
         self.closes += r.closes;
         self.aborts += r.aborts;
         self.messages += r.messages;
@@ -812,6 +825,7 @@ impl SimSummary {
         self.agree_periods.extend(o.agree_periods);
         self.detect_periods.extend(o.detect_periods);
         self.cold_close_periods.extend(o.cold_close_periods);
+        self.grant_periods.extend(o.grant_periods);
         self.closes += o.closes;
         self.aborts += o.aborts;
         self.messages += o.messages;

@@ -53,6 +53,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "detect_max_periods": s["detect_max_periods"],
         "cold_close_p50_periods": s["cold_close_p50_periods"],
         "cold_close_p99_periods": s["cold_close_p99_periods"],
+        "grant_p50_periods": s["grant_p50_periods"],
+        "grant_p99_periods": s["grant_p99_periods"],
         "closes": s["closes"],
         "aborts": s["aborts"],
         "mean_message_len": s["mean_message_len"],
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"agree after heal      p50 {r['agree_p50_periods']:.2f}  p99 {r['agree_p99_periods']:.2f} periods   target {TARGETS['agree_p99_periods']}")
         print(f"detect dead peer      p50 {r['detect_p50_periods']:.2f}  p99 {r['detect_p99_periods']:.2f} periods   target {TARGETS['detect_p99_periods']}")
         print(f"close all from cold   p50 {r['cold_close_p50_periods']:.2f}  p99 {r['cold_close_p99_periods']:.2f} periods")
+        print(f"request to grants     p50 {r['grant_p50_periods']:.2f}  p99 {r['grant_p99_periods']:.2f} periods   target <= 3 (close agreed)")
         print(
             f"CAN load, {r['bus_peers']} peers @100 ms  classic 500k worst-case {r['bus_load_classic_500k_16peers']:.3f}"
             f" (busiest second {r['bus_load_classic_500k_16peers_peak']:.3f}, exact stuffing {r['bus_load_classic_500k_16peers_exact']:.3f})"

@@ -342,7 +342,12 @@ fn consensus_sim<'py>(
     let failing: Vec<(u64, String)> =
         s.failing.iter().map(|(seed, v)| (*seed, v.first().cloned().unwrap_or_default())).collect();
     d.set_item("failing", failing)?;
-    for (name, v) in [("agree", &s.agree_periods), ("detect", &s.detect_periods), ("cold_close", &s.cold_close_periods)] {
+    for (name, v) in [
+        ("agree", &s.agree_periods),
+        ("detect", &s.detect_periods),
+        ("cold_close", &s.cold_close_periods),
+        ("grant", &s.grant_periods),
+    ] {
         for q in [50.0, 90.0, 99.0, 100.0] {
             let key = if q == 100.0 { format!("{name}_max_periods") } else { format!("{name}_p{}_periods", q as u32) };
             d.set_item(key, sim::percentile(v, q))?;
