@@ -107,6 +107,7 @@ fn main() {
         println!("messages:           {} (mean {:.1} bytes)", s.messages, s.message_bytes as f64 / s.messages.max(1) as f64);
         for (name, v) in [
             ("agree after heal", &s.agree_periods),
+            ("agree after close", &s.agree_clean_periods),
             ("detect dead peer", &s.detect_periods),
             ("close all, cold", &s.cold_close_periods),
             ("request to grants", &s.grant_periods),

@@ -776,6 +776,8 @@ pub struct SimSummary {
     pub violations: u64,
     pub failing: Vec<(u64, Vec<String>)>,
     pub agree_periods: Vec<f64>,
+    /// The clean cold starts alone: agreement after the last close (a healthy network).
+    pub agree_clean_periods: Vec<f64>,
     pub detect_periods: Vec<f64>,
     pub cold_close_periods: Vec<f64>,
     pub grant_periods: Vec<f64>,
@@ -806,6 +808,9 @@ impl SimSummary {
             }
         }
         self.agree_periods.extend(r.agree_periods);
+        if r.scenario == "clean" {
+            self.agree_clean_periods.extend(r.agree_periods);
+        }
         self.detect_periods.extend(r.detect_periods);
         self.cold_close_periods.extend(r.cold_close_periods);
         self.grant_periods.extend(r.grant_periods);
@@ -823,6 +828,7 @@ impl SimSummary {
             }
         }
         self.agree_periods.extend(o.agree_periods);
+        self.agree_clean_periods.extend(o.agree_clean_periods);
         self.detect_periods.extend(o.detect_periods);
         self.cold_close_periods.extend(o.cold_close_periods);
         self.grant_periods.extend(o.grant_periods);

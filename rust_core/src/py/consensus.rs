@@ -344,6 +344,7 @@ fn consensus_sim<'py>(
     d.set_item("failing", failing)?;
     for (name, v) in [
         ("agree", &s.agree_periods),
+        ("agree_clean", &s.agree_clean_periods),
         ("detect", &s.detect_periods),
         ("cold_close", &s.cold_close_periods),
         ("grant", &s.grant_periods),
