@@ -881,6 +881,8 @@ pub struct BusLoadReport {
     /// Classic CAN, worst-case stuffing: mean over the run and the busiest second.
     pub classic_worst_mean: f64,
     pub classic_worst_peak: f64,
+    /// Mean over the last 3 whole seconds (all strings closed: heartbeats only).
+    pub classic_worst_steady: f64,
     /// Classic CAN, exact stuffing of the real frames.
     pub classic_exact_mean: f64,
     pub classic_exact_peak: f64,
@@ -914,6 +916,11 @@ pub fn measure_bus_load(peers: usize, duration_ms: u64, seed: u64, bitrate: f64,
         bitrate,
         classic_worst_mean: mean(&r.bus_bits_worst),
         classic_worst_peak: peak(&r.bus_bits_worst),
+        classic_worst_steady: {
+            let v: Vec<u64> = r.bus_bits_worst.iter().take(full).copied().collect();
+            let tail = &v[v.len().saturating_sub(3)..];
+            tail.iter().sum::<u64>() as f64 / tail.len().max(1) as f64 / bitrate
+        },
         classic_exact_mean: mean(&r.bus_bits_exact),
         classic_exact_peak: peak(&r.bus_bits_exact),
         fd_worst_mean: r.fd_us_worst.iter().sum::<f64>() / secs * 1e-6,

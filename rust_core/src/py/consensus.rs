@@ -391,6 +391,7 @@ fn consensus_bus_load<'py>(
     d.set_item("bitrate", r.bitrate)?;
     d.set_item("classic_worst_mean", r.classic_worst_mean)?;
     d.set_item("classic_worst_peak", r.classic_worst_peak)?;
+    d.set_item("classic_worst_steady", r.classic_worst_steady)?;
     d.set_item("classic_exact_mean", r.classic_exact_mean)?;
     d.set_item("classic_exact_peak", r.classic_exact_peak)?;
     d.set_item("fd_worst_mean", r.fd_worst_mean)?;
