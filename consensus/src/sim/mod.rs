@@ -515,7 +515,10 @@ impl World {
         if let Some(p) = self.nodes[k].peer.as_mut() {
             if p.on_message(lms, data).is_ok() {
                 // What k now knows of the sender's state ("latest confirmed", for S4).
-                if let Ok(m) = crate::wire::Message::decode(data) {
+                // Only a Limits message carries the state the formula uses.
+                if let Ok(m) = crate::wire::Message::decode(data).and_then(|m| {
+                    if m.kind() == 0 { Ok(m) } else { Err(crate::wire::WireError::Kind(1)) }
+                }) {
                     let j = m.sender as usize - 1;
                     self.plant.advance(t);
                     self.confirmed[k][j] = Some(self.plant.strings[j].state());
