@@ -181,6 +181,7 @@ struct World {
     grants: Vec<Option<GrantRecord>>,
     /// confirmed[p][j]: the true state of string j when p last heard from j.
     confirmed: Vec<Vec<Option<crate::sharing::StringState>>>,
+    conf_hist: Vec<VecDeque<(u64, f64, f64)>>,
     truth: VecDeque<(u64, f64, f64)>,
     window_us: u64,
     heal_us: u64,
@@ -424,8 +425,17 @@ impl World {
             .map(|j| if j == k { self.plant.strings[j].state() } else { self.confirmed[k][j].unwrap_or(self.plant.strings[j].state()) })
             .collect();
         let (cd, cc) = n1_limits(&conf);
-        md = md.max(cd);
-        mc = mc.max(cc);
+        // Over the same staleness window (a string that dropped out is only known to be
+        // gone after the failure-detection time; until then the N−1 case covers it).
+        let h = &mut self.conf_hist[k];
+        h.push_back((t, cd, cc));
+        while h.front().is_some_and(|(tt, _, _)| t - tt > self.window_us) {
+            h.pop_front();
+        }
+        for &(_, d, c) in h.iter() {
+            md = md.max(d);
+            mc = mc.max(c);
+        }
         let slack = |x: f64| x * 1.005 + 0.2 * n as f64;
         if snap.1 > slack(md) || snap.2 > slack(mc) {
             self.violation(
@@ -663,6 +673,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         qseq: 0,
         grants: vec![None; n],
         confirmed: vec![vec![None; n]; n],
+        conf_hist: vec![VecDeque::new(); n],
         truth: VecDeque::new(),
         window_us,
         heal_us,
