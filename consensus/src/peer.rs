@@ -359,6 +359,7 @@ pub struct Peer {
     last_tx_ms: Option<u64>,
     prop_da: (u32, u32),
     prop_changed_at: u64,
+    rise_since: Option<u64>,
     reported_da: (u32, u32),
     rng: SplitMix64,
     had_quorum: bool,
@@ -430,6 +431,7 @@ impl Peer {
             last_tx_ms: None,
             prop_da: (0, 0),
             prop_changed_at: 0,
+            rise_since: None,
             reported_da: (0, 0),
             rng,
             had_quorum: false,
@@ -1022,9 +1024,14 @@ impl Peer {
             }
         }
         let prop = (amps_to_da_floor(dcl), amps_to_da_floor(ccl));
-        if prop != self.prop_da {
-            self.prop_changed_at = now;
+        // Since when our own proposal has been above what we report (a pending rise);
+        // small wiggles of the inputs do not restart it.
+        if prop.0 > self.reported_da.0 || prop.1 > self.reported_da.1 {
+            self.rise_since.get_or_insert(now);
+        } else {
+            self.rise_since = None;
         }
+        self.prop_changed_at = self.rise_since.unwrap_or(0);
         self.prop_da = prop;
         // Agreement: the target is the minimum of our own proposal and the latest proposals
         // of all live peers that have finished listening. A drop shows at once. A rise shows
