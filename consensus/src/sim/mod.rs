@@ -14,7 +14,9 @@
 //! - S4: every reported limit ≤ the true N−1 limit of the truly closed strings from the
 //!   true states, taking the highest over the staleness window (fail timeout + two
 //!   heartbeats + network delay: "the latest confirmed states"), plus quantisation slack
-//!   (0.5 % + 0.2 A per string, from the 10 mV / 0.1 mΩ / 0.1 A wire resolution).
+//!   (0.5 % + 0.2 A per string, from the 10 mV / 0.1 mΩ / 0.1 A wire resolution); within
+//!   that window after a string dropped out, the remaining strings' peak-rating limit (the
+//!   N−1 case the rule exists for) also bounds it.
 //! - S5: once the network is healthy again (and every restart is done), or after the last
 //!   close of a clean cold start, all live peers report identical limits, closed set, live
 //!   set and speaker within 20 periods (the time it takes is the "agree" figure).
@@ -182,6 +184,8 @@ struct World {
     /// confirmed[p][j]: the true state of string j when p last heard from j.
     confirmed: Vec<Vec<Option<crate::sharing::StringState>>>,
     conf_hist: Vec<VecDeque<(u64, f64, f64)>>,
+    closed_mask: u64,
+    last_drop_us: Option<u64>,
     truth: VecDeque<(u64, f64, f64)>,
     window_us: u64,
     heal_us: u64,
@@ -413,6 +417,11 @@ impl World {
         }
         // S4: against the true N−1 limit over the staleness window.
         let (td, tc) = self.true_limits();
+        let mask = self.plant.strings.iter().enumerate().fold(0u64, |m, (j, st)| m | ((st.main_closed() as u64) << j));
+        if self.closed_mask & !mask != 0 {
+            self.last_drop_us = Some(t);
+        }
+        self.closed_mask = mask;
         self.truth.push_back((t, td, tc));
         while self.truth.front().is_some_and(|(tt, _, _)| t - tt > self.window_us) {
             self.truth.pop_front();
@@ -435,6 +444,16 @@ impl World {
         for &(_, d, c) in h.iter() {
             md = md.max(d);
             mc = mc.max(c);
+        }
+        // A string dropped out (crash, fault) and the others may not know yet: the N−1
+        // case — the remaining strings on their short-term peak ratings — is the bound
+        // until the failure-detection window has passed.
+        if self.last_drop_us.is_some_and(|d| t - d <= self.window_us) {
+            let set: Vec<_> =
+                self.plant.strings.iter().filter(|st| st.main_closed()).map(|st| st.state()).collect();
+            let (pd, pc) = crate::sharing::set_limits(&set, true);
+            md = md.max(pd);
+            mc = mc.max(pc);
         }
         let slack = |x: f64| x * 1.005 + 0.2 * n as f64;
         if snap.1 > slack(md) || snap.2 > slack(mc) {
@@ -674,6 +693,8 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         grants: vec![None; n],
         confirmed: vec![vec![None; n]; n],
         conf_hist: vec![VecDeque::new(); n],
+        closed_mask: 0,
+        last_drop_us: None,
         truth: VecDeque::new(),
         window_us,
         heal_us,
