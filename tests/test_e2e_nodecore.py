@@ -1,7 +1,6 @@
 """End-to-end: real `mbms plant` and `mbms node` processes with the Rust NodeCore.
 
-Ready to run once ``mbms._core.NodeCore`` (the lead's node logic) and the plant's server loader
-are in the build; skipped with the reason until then. What is checked (brief §3), observed at the
+What is checked (brief §3), observed at the
 plant (the commands that reach the contactors):
 
 * S2: at no sampled instant is more than one string precharging; all strings end up closed;
@@ -25,36 +24,21 @@ from conftest import Proc, free_udp_port, wait_for
 from netns_util import Lab, mbms_cmd, unavailable
 from node_files import pack_file, system_file
 
-from mbms import _core
 from mbms.paths import hw_dir
 from test_plant_link import _plant_state
 
 
 def _plant_file() -> Path:
     env = os.environ.get("MBMS_E2E_PLANT")
-    if env:
-        return Path(env)
-    for pattern in ("plants/*.toml", "systems/*plant*.toml"):
-        found = sorted(hw_dir().glob(pattern))
-        if found:
-            return found[0]
-    pytest.skip("no plant description in hw/plants/ (set MBMS_E2E_PLANT)")
+    return Path(env) if env else hw_dir() / "systems" / "example_plant.toml"
 
 
 def _require_stack() -> Path:
-    if not hasattr(_core, "NodeCore"):
-        pytest.skip("mbms._core.NodeCore is not in this build yet")
-    try:
-        import mbms.node.core_adapter  # noqa: F401
-    except ImportError:
-        pytest.skip("mbms.node.core_adapter (NodeCore wiring) not written yet")
-    plant = _plant_file()
+    """The plant description the end-to-end tests run against (it must load)."""
     from mbms.plant_server import load_plant
 
-    try:
-        load_plant(str(plant), 0)
-    except Exception as exc:  # noqa: BLE001 - the loader is the plant helper's
-        pytest.skip(f"plant loader not usable: {exc}")
+    plant = _plant_file()
+    load_plant(str(plant), 0)
     return plant
 
 

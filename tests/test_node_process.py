@@ -4,7 +4,6 @@ every peer, a node killed with -9 is opened by the plant watchdog and restores i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from conftest import Proc, free_udp_port, wait_for
 from node_double import DoubleLogic
 from test_plant_link import RuntimeThread, _plant_state
 
-from mbms import _core
 from mbms.hardware.sim_link import SimLinkHardware
 from mbms.node.config import NodeSection
 from mbms.node.logic import ALL_OPEN, Contactors
 from mbms.node.runtime import NodeRuntime
 from mbms.paths import hw_dir
 
-pytestmark = pytest.mark.skipif(not hasattr(_core, "Plant"), reason="mbms._core.Plant not in this build")
 
 
 def test_mbms_plant_serves_a_node(tmp_path: Path, procs: list[Proc]) -> None:

@@ -18,7 +18,10 @@
 //! - A requester without a quorum after grant_wait_ms, or seeing a lower-id request,
 //!   withdraws and backs off (half a period plus seeded jitter).
 //! - After a start a peer grants nothing for lease·(1+2ρ)+one period: it may have granted
-//!   before a crash and forgotten.
+//!   before a crash and forgotten. It ends this early once every other member has been
+//!   heard since the start neither requesting/closing nor granting to it (cold start).
+//! - Tickets are not reused within that same guard time (nor, after a start, before the
+//!   same early end), so a grant left for an old request never counts for a new one.
 //!
 //! Ordering: on a dead bus the largest group of strings whose OCVs lie within dv_close
 //! (ties: the higher-voltage group, since a system typically starts by discharging) closes
@@ -302,6 +305,11 @@ struct Remote {
     limits: Option<LimitsBody>,
     detail: Option<DetailBody>,
     alive: bool,
+    /// Heard since our start, neither requesting/closing nor granting to us: anything it
+    /// does from then on concerns our new incarnation, not a forgotten one.
+    clean_since_start: bool,
+    /// When the last Detail (with its proposal) arrived.
+    detail_at: u64,
 }
 
 impl Remote {
@@ -342,10 +350,17 @@ pub struct Peer {
     backoff_until: u64,
     grant: Option<Grant>,
     dup_self_until: u64,
+    /// Every other member was heard clean since our start (see `Remote::clean_since_start`):
+    /// no grant we may have given before a restart can be in use, and no grant to our old
+    /// incarnation can be alive, so the start inhibit and the ticket guard end early.
+    start_clear: bool,
     last_sent_limits: Option<LimitsBody>,
     last_sent_fc: Option<(Flags, Coord)>,
     last_tx_ms: Option<u64>,
     prop_da: (u32, u32),
+    prop_changed_at: u64,
+    rise_since: Option<u64>,
+    reported_da: (u32, u32),
     rng: SplitMix64,
     had_quorum: bool,
     pending: Vec<Event>,
@@ -410,10 +425,14 @@ impl Peer {
             backoff_until: 0,
             grant: None,
             dup_self_until: 0,
+            start_clear: false,
             last_sent_limits: None,
             last_sent_fc: None,
             last_tx_ms: None,
             prop_da: (0, 0),
+            prop_changed_at: 0,
+            rise_since: None,
+            reported_da: (0, 0),
             rng,
             had_quorum: false,
             pending: Vec::new(),
@@ -531,9 +550,16 @@ impl Peer {
         r.last_heard = now;
         r.flags = m.flags;
         r.coord = m.coord;
+        let ph = Phase::from_u8(m.flags.phase);
+        if !(ph.is_closing() || ph == Phase::Requesting) && m.coord.grant_to != self.cfg.node_id {
+            r.clean_since_start = true;
+        }
         match m.body {
             Body::Limits(l) => r.limits = Some(l),
-            Body::Detail(d) => r.detail = Some(d),
+            Body::Detail(d) => {
+                r.detail = Some(d);
+                r.detail_at = now;
+            }
         }
         Ok(())
     }
@@ -559,9 +585,21 @@ impl Peer {
         });
 
         self.update_membership(now);
+        if !self.start_clear {
+            let me = self.cfg.node_id;
+            if self.cfg.members.iter().all(|&id| id == me || self.remotes[id as usize].clean_since_start) {
+                self.start_clear = true;
+                self.ticket_used_at = [None; 16];
+            }
+        }
 
         // S1: a confirmed local fault opens in this very tick, whatever else is going on.
-        if local.fault {
+        let listened = now.saturating_sub(started) >= self.cfg.listen_periods as u64 * self.cfg.heartbeat_ms as u64;
+        if local.fault && self.phase == Phase::Listening && !listened {
+            // Still learning the state after a start: open, and stay Listening (a listening
+            // peer reports no limits and is never the speaker).
+            self.command = Contactors::OPEN;
+        } else if local.fault {
             if self.phase != Phase::Isolated {
                 if self.phase.is_closing() || self.phase == Phase::Requesting {
                     self.counters.aborts += 1;
@@ -577,7 +615,7 @@ impl Peer {
             self.step_phase(now, started, local);
         }
         self.update_grant(now, started);
-        self.update_limits(local);
+        self.update_limits(now, local);
         self.update_speaker();
         self.emit(now, local);
 
@@ -893,7 +931,7 @@ impl Peer {
             }
         }
         if self.grant.is_some()
-            || now.saturating_sub(started) < self.cfg.grant_inhibit_ms()
+            || (!self.start_clear && now.saturating_sub(started) < self.cfg.grant_inhibit_ms())
             || now < self.dup_self_until
             || self.phase.is_closing()
             || self.someone_else_closing()
@@ -921,7 +959,7 @@ impl Peer {
         }
     }
 
-    fn update_limits(&mut self, local: &LocalState) {
+    fn update_limits(&mut self, now: u64, local: &LocalState) {
         let me = self.cfg.node_id;
         let own = self.last_sent_limits.unwrap_or_else(|| limits_of(local));
         let mut closed_set = 0u64;
@@ -986,11 +1024,22 @@ impl Peer {
             }
         }
         let prop = (amps_to_da_floor(dcl), amps_to_da_floor(ccl));
+        // Since when our own proposal has been above what we report (a pending rise);
+        // small wiggles of the inputs do not restart it.
+        if prop.0 > self.reported_da.0 || prop.1 > self.reported_da.1 {
+            self.rise_since.get_or_insert(now);
+        } else {
+            self.rise_since = None;
+        }
+        self.prop_changed_at = self.rise_since.unwrap_or(0);
         self.prop_da = prop;
-        // Agreement: report the minimum of our own proposal and the latest proposals of
-        // all live peers that have finished listening. A drop anywhere lowers at once; a
-        // rise shows only when every live peer proposes it.
+        // Agreement: the target is the minimum of our own proposal and the latest proposals
+        // of all live peers that have finished listening. A drop shows at once. A rise shows
+        // only when every such peer has sent a proposal since our own last changed (so it
+        // has seen the change too) and half a period has passed (a string that just left
+        // the closed set has had time to open).
         let (mut d_da, mut c_da) = prop;
+        let mut fresh = true;
         for (_, r) in self.alive_remotes() {
             if r.phase() == Phase::Listening {
                 continue;
@@ -999,7 +1048,12 @@ impl Peer {
                 d_da = d_da.min(d.prop_dcl_da);
                 c_da = c_da.min(d.prop_ccl_da);
             }
+            fresh &= r.detail.is_some() && r.detail_at >= self.prop_changed_at;
         }
+        let may_rise = fresh && now.saturating_sub(self.prop_changed_at) >= self.cfg.heartbeat_ms as u64 / 2;
+        let step = |cur: u32, target: u32| if target < cur || may_rise { target } else { cur };
+        self.reported_da = (step(self.reported_da.0, d_da), step(self.reported_da.1, c_da));
+        let (d_da, c_da) = self.reported_da;
         self.out.closed_set = closed_set;
         self.out.system_dcl_a = d_da as f64 / 10.0;
         self.out.system_ccl_a = c_da as f64 / 10.0;
@@ -1136,5 +1190,97 @@ impl Peer {
         self.last_sent_fc = Some(fc);
         self.counters.tx += 1;
         self.out.messages.push(m.encode());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(v: f64) -> LocalState {
+        LocalState {
+            ocv_v: v,
+            r_ohm: 0.05,
+            dcl_a: 100.0,
+            ccl_a: 50.0,
+            dcl_peak_a: 200.0,
+            ccl_peak_a: 100.0,
+            may_close: true,
+            v_string_v: v,
+            ..Default::default()
+        }
+    }
+
+    fn peer(id: u16, inc: u64) -> Peer {
+        Peer::new(PeerConfig { node_id: id, members: vec![1, 2, 3], ..Default::default() }, inc).unwrap()
+    }
+
+    #[test]
+    fn a_fault_opens_in_the_same_tick_even_without_any_message() {
+        let mut p = peer(1, 1);
+        // Restarted with the contactors closed: it adopts them.
+        let mut l = local(400.0);
+        l.feedback = Contactors::CLOSED;
+        assert_eq!(p.tick(0, &l).command, Contactors::CLOSED);
+        l.fault = true;
+        let out = p.tick(10, &l);
+        assert_eq!(out.command, Contactors::OPEN);
+        assert_eq!(out.phase, Phase::Isolated);
+        assert!(out.events.contains(&Event::Isolated));
+    }
+
+    #[test]
+    fn heartbeats_alternate_kinds_and_fit_the_size_bound() {
+        let mut p = peer(2, 7);
+        let mut kinds = Vec::new();
+        for t in (0..1000).step_by(10) {
+            for m in &p.tick(t, &local(400.0)).messages {
+                assert!(m.len() <= crate::wire::MAX_MESSAGE_LEN);
+                kinds.push(Message::decode(m).unwrap().kind());
+            }
+        }
+        // ~one message per 100 ms period (plus the phase change Listening → Open).
+        assert!((10..=12).contains(&kinds.len()), "{}", kinds.len());
+        assert!(kinds.contains(&0) && kinds.contains(&1));
+    }
+
+    #[test]
+    fn duplicates_stale_and_own_echo_are_dropped_and_counted() {
+        let mut a = peer(1, 1);
+        let mut b = peer(2, 2);
+        let m0 = b.tick(0, &local(400.0)).messages[0].clone();
+        let m1 = b.tick(100, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(0, &m0), Ok(()));
+        assert_eq!(a.on_message(1, &m1), Ok(()));
+        assert_eq!(a.on_message(2, &m1), Err(RxError::Duplicate));
+        assert_eq!(a.on_message(3, &m0), Err(RxError::Stale));
+        let own = a.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(4, &own), Err(RxError::OwnEcho));
+        assert!(matches!(a.on_message(5, &[0xC1, 0x00]), Err(RxError::Wire(_))));
+        let c = a.counters();
+        assert_eq!((c.rx_ok, c.rx_duplicate, c.rx_stale, c.rx_own_echo, c.rx_malformed), (2, 1, 1, 1, 1));
+    }
+
+    #[test]
+    fn another_node_with_my_id_is_reported() {
+        let mut a = peer(1, 1);
+        let mut twin = peer(1, 99);
+        let m = twin.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(0, &m), Err(RxError::DuplicateId(1)));
+        let out = a.tick(0, &local(400.0));
+        assert!(out.events.iter().any(|e| matches!(e, Event::DuplicateId { id: 1, .. })));
+    }
+
+    #[test]
+    fn without_quorum_nothing_is_requested() {
+        // Alone of three: listens, then waits forever without requesting.
+        let mut p = peer(3, 5);
+        for t in (0..5000).step_by(10) {
+            let out = p.tick(t, &local(400.0));
+            assert!(!out.quorum);
+            assert_eq!(out.command, Contactors::OPEN);
+            assert_ne!(out.phase, Phase::Requesting);
+        }
+        assert_eq!(p.counters().requests, 0);
     }
 }

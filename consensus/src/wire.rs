@@ -386,7 +386,7 @@ mod tests {
         assert_eq!(Message::decode(&[]), Err(WireError::Empty));
         assert_eq!(Message::decode(&[0u8; 65]), Err(WireError::TooLong(65)));
         let mut b = worst().encode();
-        b[1] = 0x20 | 0; // verkind with version 2
+        b[1] = 0x20; // verkind: version 2, kind 0
         assert_eq!(Message::decode(&b), Err(WireError::Version(2)));
         let mut b = worst().encode();
         b.push(0);

@@ -11,6 +11,9 @@ plant -> node   {"op": "meas", "k": k, "seq": n (echo), "t_s": float, "v": bytes
 tool -> plant   {"op": "load", "i": float}   set the bus load current (A, + = discharge)
 tool -> plant   {"op": "state"}  -> {"op": "state", "t_s": float, "contactors": [[n, p, p], ...],
                  "load_a": float, "last_cmd_age_s": [float, ...]}
+tool -> plant   {"op": "truth"} -> {"op": "truth", "t_s", "v_bus_v", "load_a": float, "i_a", "v_string_v",
+                 "soc", "t_max_c": [float per string], "contactors": [[n, p, p] true relay states]}
+                 (the observer of ``mbms sim --mode processes``; nodes never ask)
 error reply     {"op": "error", "msg": str}
 """
 

@@ -90,7 +90,9 @@ class PlantServer:
                 now = self.clock()
                 return pack({"op": "state", "t_s": self.t_s, "contactors": [list(c) for c in self.contactors],
                              "load_a": self.load_a, "last_cmd_age_s": [min(now - t, 1e9) for t in self.last_cmd]})
-            raise FrameError(f"unknown op {op!r}; expected cmd, load or state")
+            if op == "truth":
+                return pack(self._truth())
+            raise FrameError(f"unknown op {op!r}; expected cmd, load, state or truth")
         except FrameError as exc:
             self.malformed += 1
             return pack({"op": "error", "msg": str(exc)})
@@ -111,6 +113,22 @@ class PlantServer:
         self.contactors[k] = (neg, pos, pre)
         self.last_cmd[k] = self.clock()
         return measurement_to_wire(k, seq, self.plant.measure(k))
+
+    def _truth(self) -> dict[str, Any]:
+        """What really happens in the plant, for an observer such as ``mbms sim --mode processes``
+        (its invariant checks and time series); no node ever asks for this."""
+        p: Any = self.plant
+        if not hasattr(p, "string_voltage_v"):
+            raise FrameError("'truth' needs the simulated plant (mbms.plant.Plant)")
+        states = [p.contactor_state(k) for k in range(self.n)]
+        return {
+            "op": "truth", "t_s": self.t_s, "v_bus_v": float(p.v_bus_v()), "load_a": float(p.load_a()),
+            "i_a": [float(x) for x in p.string_current_a()],
+            "v_string_v": [float(x) for x in p.string_voltage_v()],
+            "soc": [float(np.mean(p.cell_soc(k))) for k in range(self.n)],
+            "t_max_c": [float(np.max(p.cell_temp_c(k))) for k in range(self.n)],
+            "contactors": [[bool(c.neg), bool(c.pos), bool(c.pre)] for c in states],
+        }
 
     # ----------------------------------------------------------- real time
     def tick(self) -> None:

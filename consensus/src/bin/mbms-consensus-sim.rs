@@ -87,7 +87,7 @@ fn main() {
     let p = |v: &Vec<f64>, q: f64| percentile(v, q);
     if json {
         println!(
-            "{{\"schedules\": {}, \"violations\": {}, \"failing_seeds\": {:?}, \"agree_p50_periods\": {:.2}, \"agree_p99_periods\": {:.2}, \"detect_p50_periods\": {:.2}, \"detect_p99_periods\": {:.2}, \"cold_close_p50_periods\": {:.2}, \"cold_close_p99_periods\": {:.2}, \"wall_s\": {:.2}}}",
+            "{{\"schedules\": {}, \"violations\": {}, \"failing_seeds\": {:?}, \"agree_p50_periods\": {:.2}, \"agree_p99_periods\": {:.2}, \"detect_p50_periods\": {:.2}, \"detect_p99_periods\": {:.2}, \"cold_close_p50_periods\": {:.2}, \"cold_close_p99_periods\": {:.2}, \"grant_p99_periods\": {:.2}, \"wall_s\": {:.2}}}",
             s.schedules,
             s.violations,
             s.failing.iter().map(|f| f.0).collect::<Vec<_>>(),
@@ -97,6 +97,7 @@ fn main() {
             p(&s.detect_periods, 99.0),
             p(&s.cold_close_periods, 50.0),
             p(&s.cold_close_periods, 99.0),
+            p(&s.grant_periods, 99.0),
             wall
         );
     } else {
@@ -106,8 +107,10 @@ fn main() {
         println!("messages:           {} (mean {:.1} bytes)", s.messages, s.message_bytes as f64 / s.messages.max(1) as f64);
         for (name, v) in [
             ("agree after heal", &s.agree_periods),
+            ("agree after close", &s.agree_clean_periods),
             ("detect dead peer", &s.detect_periods),
             ("close all, cold", &s.cold_close_periods),
+            ("request to grants", &s.grant_periods),
         ] {
             println!(
                 "{name:<18}  p50 {:6.2}  p90 {:6.2}  p99 {:6.2}  max {:6.2} periods  (n={})",

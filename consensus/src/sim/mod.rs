@@ -14,7 +14,9 @@
 //! - S4: every reported limit ≤ the true N−1 limit of the truly closed strings from the
 //!   true states, taking the highest over the staleness window (fail timeout + two
 //!   heartbeats + network delay: "the latest confirmed states"), plus quantisation slack
-//!   (0.5 % + 0.2 A per string, from the 10 mV / 0.1 mΩ / 0.1 A wire resolution).
+//!   (0.5 % + 0.2 A per string, from the 10 mV / 0.1 mΩ / 0.1 A wire resolution); within
+//!   that window after a string dropped out, the remaining strings' peak-rating limit (the
+//!   N−1 case the rule exists for) also bounds it.
 //! - S5: once the network is healthy again (and every restart is done), or after the last
 //!   close of a clean cold start, all live peers report identical limits, closed set, live
 //!   set and speaker within 20 periods (the time it takes is the "agree" figure).
@@ -97,6 +99,8 @@ pub struct ScheduleResult {
     pub agree_periods: Option<f64>,
     /// Clean schedules: time from cold start until every string is closed, periods.
     pub cold_close_periods: Option<f64>,
+    /// Successful requests: time from the request to precharge start (a quorum of grants).
+    pub grant_periods: Vec<f64>,
     pub closes: u64,
     pub aborts: u64,
     pub messages: u64,
@@ -145,6 +149,7 @@ struct Node {
     detect_pending: Vec<(usize, u64)>, // (crashed node, crash time)
     instance: u64,
     msg_counter: u32,
+    request_at: Option<u64>,
 }
 
 impl Node {
@@ -178,6 +183,9 @@ struct World {
     grants: Vec<Option<GrantRecord>>,
     /// confirmed[p][j]: the true state of string j when p last heard from j.
     confirmed: Vec<Vec<Option<crate::sharing::StringState>>>,
+    conf_hist: Vec<VecDeque<(u64, f64, f64)>>,
+    closed_mask: u64,
+    last_drop_us: Option<u64>,
     truth: VecDeque<(u64, f64, f64)>,
     window_us: u64,
     heal_us: u64,
@@ -315,6 +323,13 @@ impl World {
         }
         for e in &events {
             match e {
+                crate::Event::RequestSent { .. } => self.nodes[k].request_at = Some(t),
+                crate::Event::PrechargeStarted { .. } => {
+                    if let Some(t0) = self.nodes[k].request_at.take() {
+                        let hb_us = self.cfg.heartbeat_ms as f64 * 1000.0;
+                        self.result.grant_periods.push((t - t0) as f64 / hb_us);
+                    }
+                }
                 crate::Event::Closed => self.result.closes += 1,
                 crate::Event::Aborted { .. } => self.result.aborts += 1,
                 _ => {}
@@ -402,6 +417,11 @@ impl World {
         }
         // S4: against the true N−1 limit over the staleness window.
         let (td, tc) = self.true_limits();
+        let mask = self.plant.strings.iter().enumerate().fold(0u64, |m, (j, st)| m | ((st.main_closed() as u64) << j));
+        if self.closed_mask & !mask != 0 {
+            self.last_drop_us = Some(t);
+        }
+        self.closed_mask = mask;
         self.truth.push_back((t, td, tc));
         while self.truth.front().is_some_and(|(tt, _, _)| t - tt > self.window_us) {
             self.truth.pop_front();
@@ -414,8 +434,27 @@ impl World {
             .map(|j| if j == k { self.plant.strings[j].state() } else { self.confirmed[k][j].unwrap_or(self.plant.strings[j].state()) })
             .collect();
         let (cd, cc) = n1_limits(&conf);
-        md = md.max(cd);
-        mc = mc.max(cc);
+        // Over the same staleness window (a string that dropped out is only known to be
+        // gone after the failure-detection time; until then the N−1 case covers it).
+        let h = &mut self.conf_hist[k];
+        h.push_back((t, cd, cc));
+        while h.front().is_some_and(|(tt, _, _)| t - tt > self.window_us) {
+            h.pop_front();
+        }
+        for &(_, d, c) in h.iter() {
+            md = md.max(d);
+            mc = mc.max(c);
+        }
+        // A string dropped out (crash, fault) and the others may not know yet: the N−1
+        // case — the remaining strings on their short-term peak ratings — is the bound
+        // until the failure-detection window has passed.
+        if self.last_drop_us.is_some_and(|d| t - d <= self.window_us) {
+            let set: Vec<_> =
+                self.plant.strings.iter().filter(|st| st.main_closed()).map(|st| st.state()).collect();
+            let (pd, pc) = crate::sharing::set_limits(&set, true);
+            md = md.max(pd);
+            mc = mc.max(pc);
+        }
         let slack = |x: f64| x * 1.005 + 0.2 * n as f64;
         if snap.1 > slack(md) || snap.2 > slack(mc) {
             self.violation(
@@ -505,7 +544,10 @@ impl World {
         if let Some(p) = self.nodes[k].peer.as_mut() {
             if p.on_message(lms, data).is_ok() {
                 // What k now knows of the sender's state ("latest confirmed", for S4).
-                if let Ok(m) = crate::wire::Message::decode(data) {
+                // Only a Limits message carries the state the formula uses.
+                if let Ok(m) = crate::wire::Message::decode(data).and_then(|m| {
+                    if m.kind() == 0 { Ok(m) } else { Err(crate::wire::WireError::Kind(1)) }
+                }) {
                     let j = m.sender as usize - 1;
                     self.plant.advance(t);
                     self.confirmed[k][j] = Some(self.plant.strings[j].state());
@@ -592,6 +634,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
                 detect_pending: Vec::new(),
                 instance: 0,
                 msg_counter: 0,
+                request_at: None,
             }
         })
         .collect();
@@ -649,6 +692,9 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         qseq: 0,
         grants: vec![None; n],
         confirmed: vec![vec![None; n]; n],
+        conf_hist: vec![VecDeque::new(); n],
+        closed_mask: 0,
+        last_drop_us: None,
         truth: VecDeque::new(),
         window_us,
         heal_us,
@@ -765,8 +811,11 @@ pub struct SimSummary {
     pub violations: u64,
     pub failing: Vec<(u64, Vec<String>)>,
     pub agree_periods: Vec<f64>,
+    /// The clean cold starts alone: agreement after the last close (a healthy network).
+    pub agree_clean_periods: Vec<f64>,
     pub detect_periods: Vec<f64>,
     pub cold_close_periods: Vec<f64>,
+    pub grant_periods: Vec<f64>,
     pub closes: u64,
     pub aborts: u64,
     pub messages: u64,
@@ -794,8 +843,12 @@ impl SimSummary {
             }
         }
         self.agree_periods.extend(r.agree_periods);
+        if r.scenario == "clean" {
+            self.agree_clean_periods.extend(r.agree_periods);
+        }
         self.detect_periods.extend(r.detect_periods);
         self.cold_close_periods.extend(r.cold_close_periods);
+        self.grant_periods.extend(r.grant_periods);
         self.closes += r.closes;
         self.aborts += r.aborts;
         self.messages += r.messages;
@@ -810,8 +863,10 @@ impl SimSummary {
             }
         }
         self.agree_periods.extend(o.agree_periods);
+        self.agree_clean_periods.extend(o.agree_clean_periods);
         self.detect_periods.extend(o.detect_periods);
         self.cold_close_periods.extend(o.cold_close_periods);
+        self.grant_periods.extend(o.grant_periods);
         self.closes += o.closes;
         self.aborts += o.aborts;
         self.messages += o.messages;
@@ -861,6 +916,8 @@ pub struct BusLoadReport {
     /// Classic CAN, worst-case stuffing: mean over the run and the busiest second.
     pub classic_worst_mean: f64,
     pub classic_worst_peak: f64,
+    /// Mean over the last 3 whole seconds (all strings closed: heartbeats only).
+    pub classic_worst_steady: f64,
     /// Classic CAN, exact stuffing of the real frames.
     pub classic_exact_mean: f64,
     pub classic_exact_peak: f64,
@@ -894,6 +951,11 @@ pub fn measure_bus_load(peers: usize, duration_ms: u64, seed: u64, bitrate: f64,
         bitrate,
         classic_worst_mean: mean(&r.bus_bits_worst),
         classic_worst_peak: peak(&r.bus_bits_worst),
+        classic_worst_steady: {
+            let v: Vec<u64> = r.bus_bits_worst.iter().take(full).copied().collect();
+            let tail = &v[v.len().saturating_sub(3)..];
+            tail.iter().sum::<u64>() as f64 / tail.len().max(1) as f64 / bitrate
+        },
         classic_exact_mean: mean(&r.bus_bits_exact),
         classic_exact_peak: peak(&r.bus_bits_exact),
         fd_worst_mean: r.fd_us_worst.iter().sum::<f64>() / secs * 1e-6,

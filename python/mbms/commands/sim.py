@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mbms.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--duration", type=float, metavar="S", help="simulated seconds")
     p.add_argument("--seed", type=int, help="seed of all randomness (same seed, same run)")
     p.add_argument("--mode", choices=["fast", "processes"], help="fast (one process, virtual clock) or processes")
+    p.add_argument("--time-scale", type=float, default=1.0, metavar="X",
+                   help="processes mode: plant seconds per wall second (the nodes stay on wall time)")
     p.add_argument("--out", metavar="DIR", help="write summary.json, timeseries.csv and PNG plots here")
     p.add_argument("--quiet", action="store_true", help="no live view, only the summary")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if sc.mode == "processes":
         from mbms.sim import processes
 
-        res = processes.run(sc, console=console)
+        res = processes.run(sc, console=console, out=Path(args.out) if args.out else None,
+                            time_scale=args.time_scale)
     else:
         res = _run_fast(sc, console, live=not args.quiet and not args.json)
     summ = report.summary(res)
@@ -142,6 +144,16 @@ def _faults_short(faults: list[str]) -> str:
 
 def _print_summary(console: Any, summ: dict[str, Any]) -> None:
     from rich.table import Table
+
+    from mbms.sim.report import _mmss
+
+    tl = summ.get("timeline", [])
+    if tl:
+        console.print("[bold]what happened[/] (min:s)")
+        shown = tl if len(tl) <= 40 else tl[:20] + [{"t_s": None, "event": f"... {len(tl) - 40} more ..."}] + tl[-20:]
+        for e in shown:
+            when = _mmss(e["t_s"]) if e["t_s"] is not None else "     "
+            console.print(f"  {when}  {e['event']}", highlight=False)
 
     tab = Table(title=f"summary: {summ['scenario']} (seed {summ['seed']})")
     for col in ("pack", "SOC start", "SOC end", "connected", "isolations", "rejoins"):

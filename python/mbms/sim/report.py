@@ -19,11 +19,65 @@ def percentiles_ms(values: list[float]) -> dict[str, float | int | None]:
         return {"p50": None, "p99": None, "max": None, "n": 0}
     a = np.asarray(values, dtype=float)
     return {
-        "p50": float(np.percentile(a, 50)),
-        "p99": float(np.percentile(a, 99)),
-        "max": float(a.max()),
+        "p50": round(float(np.percentile(a, 50)), 1),
+        "p99": round(float(np.percentile(a, 99)), 1),
+        "max": round(float(a.max()), 1),
         "n": int(a.size),
     }
+
+
+ACTIONS = ("normal", "warning → derate", "alarm → ramp down", "fault → open")
+
+
+def _mmss(t_s: float) -> str:
+    m, sec = divmod(int(round(t_s)), 60)
+    return f"{m:3d}:{sec:02d}"
+
+
+def timeline(res: RunResult) -> list[dict[str, Any]]:
+    """What happened, in order: contactor changes, protection level changes (from the 1 s
+    records), and the scenario's injected plant faults and network events."""
+    ev: list[tuple[float, int, str]] = []
+    t = res.sys("t_s")
+    state = res.per_string("state")
+    action = res.per_string("action")
+    dcl = res.sys("system_dcl_a")
+    n = state.shape[1] if state.ndim == 2 else 0
+    for k in range(n):
+        prev_state, prev_act, closed_before = 0.0, 0.0, False
+        for r in range(len(t)):
+            st = state[r, k]
+            if st == 2 and prev_state != 2:
+                what = "rejoined the bus" if closed_before else "closed onto the bus"
+                ev.append((t[r], 2, f"pack {k + 1} {what} (agreed DCL {dcl[r]:.0f} A)"))
+                closed_before = True
+            elif st != 2 and prev_state == 2:
+                ev.append((t[r], 2, f"pack {k + 1} opened (agreed DCL now {dcl[r]:.0f} A)"))
+            a = action[r, k]
+            if np.isfinite(a) and a != prev_act and 0 <= int(a) < len(ACTIONS):
+                ev.append((t[r], 1, f"pack {k + 1} protection: {ACTIONS[int(a)]}"))
+                prev_act = a
+            prev_state = st
+    for e in res.scenario.events:
+        f = dict(e.fault)
+        kind = f.pop("kind", "?")
+        pack = f.pop("string", None)
+        detail = ", ".join(f"{a}={b}" for a, b in f.items())
+        where = f" in pack {pack + 1}" if isinstance(pack, int) else ""
+        ev.append((e.at_s, 0, f"plant: {kind.replace('_', ' ')}{where}" + (f" ({detail})" if detail else "")))
+    for ne in res.scenario.network:
+        what = {
+            "loss": f"network: loss {ne.value:.0%} per receiver",
+            "duplicate": f"network: duplicates {ne.value:.0%}",
+            "delay": f"network: delay up to {ne.max_ms} ms",
+            "partition": f"network: partition {[list(g) for g in ne.groups]}",
+            "heal": "network: healed",
+            "kill": f"node {ne.node} killed",
+            "restart": f"node {ne.node} restarted",
+        }[ne.kind]
+        ev.append((ne.at_s, 0, what))
+    ev.sort(key=lambda x: (x[0], x[1]))
+    return [{"t_s": round(float(a), 1), "event": c} for a, _, c in ev]
 
 
 def summary(res: RunResult) -> dict[str, Any]:
@@ -56,6 +110,7 @@ def summary(res: RunResult) -> dict[str, Any]:
         "wall_s": round(res.wall_s, 3),
         "realtime_factor": round(sc.duration_s / res.wall_s, 1) if res.wall_s > 0 else None,
         "invariant_violations": len(rep["violations"]),
+        "timeline": timeline(res),
         "violations": list(rep["violations"]),
         "packs": packs,
         "system": {

@@ -85,6 +85,13 @@ pub enum PlantFault {
     CoolingRestored { string: usize },
     /// Recovery: an internal short of `element` clears (a soft short that burns open).
     ShortCleared { string: usize, element: usize },
+    /// Recovery: a sensor channel is repaired (stuck, offset or open wire removed).
+    SensorRepaired {
+        string: usize,
+        sensor: SensorId,
+        #[serde(default)]
+        channel: usize,
+    },
 }
 
 impl PlantFault {
@@ -101,7 +108,8 @@ impl PlantFault {
             | PlantFault::ContactorFeedbackWrong { string, .. }
             | PlantFault::CoolingFailure { string }
             | PlantFault::CoolingRestored { string }
-            | PlantFault::ShortCleared { string, .. } => string,
+            | PlantFault::ShortCleared { string, .. }
+            | PlantFault::SensorRepaired { string, .. } => string,
         }
     }
 
@@ -119,7 +127,8 @@ impl PlantFault {
         match *self {
             PlantFault::SensorStuck { sensor, channel, .. }
             | PlantFault::SensorOffset { sensor, channel, .. }
-            | PlantFault::SensorOpenWire { sensor, channel, .. } => {
+            | PlantFault::SensorOpenWire { sensor, channel, .. }
+            | PlantFault::SensorRepaired { sensor, channel, .. } => {
                 let n = channels(sensor);
                 if channel >= n {
                     return Err(("channel".into(), format!("expected 0..{n} for {sensor:?}, got {channel}")));

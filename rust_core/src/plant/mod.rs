@@ -230,6 +230,9 @@ impl Plant {
             }
             PlantFault::CoolingFailure { .. } => s.fail_cooling(),
             PlantFault::CoolingRestored { .. } => s.restore_cooling(),
+            PlantFault::SensorRepaired { sensor, channel, .. } => {
+                s.sensors.group(sensor).faults[channel] = None;
+            }
             PlantFault::ShortCleared { element, .. } => {
                 s.g_short[element] = 0.0;
                 s.dirty = true;

@@ -342,7 +342,13 @@ fn consensus_sim<'py>(
     let failing: Vec<(u64, String)> =
         s.failing.iter().map(|(seed, v)| (*seed, v.first().cloned().unwrap_or_default())).collect();
     d.set_item("failing", failing)?;
-    for (name, v) in [("agree", &s.agree_periods), ("detect", &s.detect_periods), ("cold_close", &s.cold_close_periods)] {
+    for (name, v) in [
+        ("agree", &s.agree_periods),
+        ("agree_clean", &s.agree_clean_periods),
+        ("detect", &s.detect_periods),
+        ("cold_close", &s.cold_close_periods),
+        ("grant", &s.grant_periods),
+    ] {
         for q in [50.0, 90.0, 99.0, 100.0] {
             let key = if q == 100.0 { format!("{name}_max_periods") } else { format!("{name}_p{}_periods", q as u32) };
             d.set_item(key, sim::percentile(v, q))?;
@@ -385,6 +391,7 @@ fn consensus_bus_load<'py>(
     d.set_item("bitrate", r.bitrate)?;
     d.set_item("classic_worst_mean", r.classic_worst_mean)?;
     d.set_item("classic_worst_peak", r.classic_worst_peak)?;
+    d.set_item("classic_worst_steady", r.classic_worst_steady)?;
     d.set_item("classic_exact_mean", r.classic_exact_mean)?;
     d.set_item("classic_exact_peak", r.classic_exact_peak)?;
     d.set_item("fd_worst_mean", r.fd_worst_mean)?;

@@ -7,6 +7,7 @@ mod cell;
 mod consensus;
 mod engine;
 mod fastsim;
+mod load_profile;
 mod node;
 mod plant;
 
@@ -17,6 +18,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     consensus::register(m)?;
     fastsim::register(m)?;
+    load_profile::register(m)?;
     node::register(m)?;
     plant::register(m)?;
     Ok(())
