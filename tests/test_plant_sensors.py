@@ -188,3 +188,17 @@ def test_balancing_bleeds_the_selected_elements() -> None:
     # ~3.9 V / 33 Ω / 2 cells ≈ 59 mA per cell for an hour out of 5 Ah: ~1.2 % SOC
     assert z[0] == pytest.approx(z[3]) and z[1] == pytest.approx(z[2])
     assert 0.010 < z[1] - z[0] < 0.014
+
+
+def test_measurement_before_the_first_step_reads_the_cells_at_rest() -> None:
+    """A BMU that samples at power-up (before any plant step) must see its cells' OCV, not zeros:
+    the engine takes its start-up SOC from that first sample."""
+    from mbms import _core
+    from mbms.paths import cell_file
+    from mbms.plant import Plant
+
+    p = Plant({"strings": [{"series": 8, "parallel": 2, "cell": "lg_m50_nmc", "initial_soc": 0.6}]}, seed=3)
+    m = p.measure(0)
+    cell = _core.CellModel.from_toml(cell_file("lg_m50_nmc").read_text())
+    assert m.valid and m.t_s == 0.0
+    assert abs(float(m.v_cell_v.mean()) - cell.ocv(0.6, 25.0)) < 0.01

@@ -178,6 +178,10 @@ impl StringSim {
             cell,
         };
         st.sensors.m.feedback = st.feedback();
+        // Fill the per-element caches (OCV, R0) now, so that a measurement taken before the
+        // first step reads the cells at rest rather than zeros. The first step rebuilds anyway.
+        st.rebuild(1.0);
+        st.dirty = true;
         st
     }
 
