@@ -64,6 +64,25 @@ fn seed_50058842_derate_behind_a_cut_is_bounded_by_the_latest_confirmed_state() 
     assert!(r.violations.is_empty(), "{:#?}", r.violations);
 }
 
+/// Regression: seeds 39746 and 42929 (found by the 100 000-schedule long run, seeds
+/// 0..100 000). A derated string is isolated on a local fault; a rise of the CCL had been
+/// pending, and its old timer let the DCL rise in the same tick, while the isolated string
+/// was still physically closed (contactor opening delay). A string leaving the closed set
+/// now restarts the rise gate (`peer.rs`, `update_limits`).
+#[test]
+fn seeds_39746_42929_no_rise_while_an_isolated_string_is_still_closed() {
+    let p = SimParams { verbose: true, ..SimParams::default() };
+    for (seed, peer) in [(39_746u64, 1u16), (42_929, 2)] {
+        let r = run_schedule(seed, &p);
+        let has = |s: &str| r.trace.iter().any(|l| l.contains(s));
+        assert!(
+            has(&format!("derate peer {peer}")) && has(&format!("peer {peer}: Isolated")),
+            "seed {seed} no longer derates and isolates string {peer}"
+        );
+        assert!(r.violations.is_empty(), "seed {seed}: {:#?}", r.violations);
+    }
+}
+
 #[test]
 fn replay_is_deterministic() {
     let p = SimParams { verbose: true, ..SimParams::default() };
