@@ -360,6 +360,9 @@ pub struct Peer {
     prop_da: (u32, u32),
     prop_changed_at: u64,
     rise_since: Option<u64>,
+    /// The closed set of the previous limits update (a string leaving it restarts the
+    /// rise gate).
+    prev_closed_set: u64,
     reported_da: (u32, u32),
     rng: SplitMix64,
     had_quorum: bool,
@@ -432,6 +435,7 @@ impl Peer {
             prop_da: (0, 0),
             prop_changed_at: 0,
             rise_since: None,
+            prev_closed_set: 0,
             reported_da: (0, 0),
             rng,
             had_quorum: false,
@@ -1026,8 +1030,22 @@ impl Peer {
         let prop = (amps_to_da_floor(dcl), amps_to_da_floor(ccl));
         // Since when our own proposal has been above what we report (a pending rise);
         // small wiggles of the inputs do not restart it.
+        //
+        // A string leaving the closed set restarts the gate: its contactor opens only after
+        // the command (actuation delay), and until then it still carries its share, so the
+        // rise it causes must wait the half period too. Without this, a rise pending from
+        // before (e.g. the CCL waiting for fresh proposals) let the DCL jump in the very
+        // tick our own derated string was isolated on a fault, still physically closed
+        // (seeds 39746, 42929: reported 144.3 A against the 104.6 A N−1 limit of the
+        // strings then closed).
+        let left = self.prev_closed_set & !closed_set != 0;
+        self.prev_closed_set = closed_set;
         if prop.0 > self.reported_da.0 || prop.1 > self.reported_da.1 {
-            self.rise_since.get_or_insert(now);
+            if left {
+                self.rise_since = Some(now);
+            } else {
+                self.rise_since.get_or_insert(now);
+            }
         } else {
             self.rise_since = None;
         }

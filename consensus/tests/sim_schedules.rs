@@ -45,6 +45,44 @@ fn large_systems_16_peers() {
     check(1_000_000, seeds_from_env(2000) / 10, &p);
 }
 
+/// Regression: seed 50058842 (found by the 100 000-schedule long run). udp-partition, 3
+/// peers: string 1 closes, is cut off from the quorum side {2, 3} and derated to half its
+/// DCL while cut off; string 2 (which has never heard peer 1) closes and reports the limit
+/// agreed with peer 3 — the §4 N−1 limit with string 1 at its last confirmed (pre-derate)
+/// state. The S4 bound once took the derated truth, which no message had carried yet, for
+/// a string the reporting peer had never heard; it now takes the string's latest state
+/// confirmed to any peer (see `sim/mod.rs`, S4). The schedule must keep replaying the same
+/// situation (asserted) and pass every rule.
+#[test]
+fn seed_50058842_derate_behind_a_cut_is_bounded_by_the_latest_confirmed_state() {
+    let p = SimParams { verbose: true, ..SimParams::default() };
+    let r = run_schedule(50_058_842, &p);
+    assert_eq!((r.scenario, r.peers), ("udp-partition", 3));
+    let has = |s: &str| r.trace.iter().any(|l| l.contains(s));
+    assert!(has("derate peer 1"), "the schedule no longer derates string 1");
+    assert!(has("peer 2: Closed") && has("peer 1: Closed"), "strings 1 and 2 no longer close");
+    assert!(r.violations.is_empty(), "{:#?}", r.violations);
+}
+
+/// Regression: seeds 39746 and 42929 (found by the 100 000-schedule long run, seeds
+/// 0..100 000). A derated string is isolated on a local fault; a rise of the CCL had been
+/// pending, and its old timer let the DCL rise in the same tick, while the isolated string
+/// was still physically closed (contactor opening delay). A string leaving the closed set
+/// now restarts the rise gate (`peer.rs`, `update_limits`).
+#[test]
+fn seeds_39746_42929_no_rise_while_an_isolated_string_is_still_closed() {
+    let p = SimParams { verbose: true, ..SimParams::default() };
+    for (seed, peer) in [(39_746u64, 1u16), (42_929, 2)] {
+        let r = run_schedule(seed, &p);
+        let has = |s: &str| r.trace.iter().any(|l| l.contains(s));
+        assert!(
+            has(&format!("derate peer {peer}")) && has(&format!("peer {peer}: Isolated")),
+            "seed {seed} no longer derates and isolates string {peer}"
+        );
+        assert!(r.violations.is_empty(), "seed {seed}: {:#?}", r.violations);
+    }
+}
+
 #[test]
 fn replay_is_deterministic() {
     let p = SimParams { verbose: true, ..SimParams::default() };

@@ -16,7 +16,9 @@
 //!   heartbeats + network delay: "the latest confirmed states"), plus quantisation slack
 //!   (0.5 % + 0.2 A per string, from the 10 mV / 0.1 mΩ / 0.1 A wire resolution); within
 //!   that window after a string dropped out, the remaining strings' peak-rating limit (the
-//!   N−1 case the rule exists for) also bounds it.
+//!   N−1 case the rule exists for) also bounds it. Each closed string enters the
+//!   confirmed-state bound at its state as the observing peer last heard it, or — if that
+//!   peer never heard it — as any peer last heard it (other peers' proposals carry it).
 //! - S5: once the network is healthy again (and every restart is done), or after the last
 //!   close of a clean cold start, all live peers report identical limits, closed set, live
 //!   set and speaker within 20 periods (the time it takes is the "agree" figure).
@@ -183,6 +185,9 @@ struct World {
     grants: Vec<Option<GrantRecord>>,
     /// confirmed[p][j]: the true state of string j when p last heard from j.
     confirmed: Vec<Vec<Option<crate::sharing::StringState>>>,
+    /// latest_confirmed[j]: the true state of string j at the last delivery of its state
+    /// (a Limits message) to any peer — the newest state of j that any proposal can carry.
+    latest_confirmed: Vec<Option<crate::sharing::StringState>>,
     conf_hist: Vec<VecDeque<(u64, f64, f64)>>,
     closed_mask: u64,
     last_drop_us: Option<u64>,
@@ -429,9 +434,32 @@ impl World {
         let (mut md, mut mc) = self.truth.iter().fold((0.0f64, 0.0f64), |a, x| (a.0.max(x.1), a.1.max(x.2)));
         // "From the latest confirmed states": a string's state that changed while it could
         // not reach this peer is taken as this peer last heard it.
+        //
+        // A string this peer has never heard is taken at its latest state confirmed to any
+        // peer (and only if no peer ever heard it, at its true state). Why this is the
+        // spec's bound: a peer reports min(own proposal, the latest proposals of its live
+        // peers) (S5), and another peer's proposal is computed from the states confirmed to
+        // *that* peer — so the latest confirmed state of a string this peer never heard is
+        // the one carried to it inside those proposals. Taking the string's true current
+        // state instead demands knowledge that no message has carried yet: seed 50058842
+        // (udp-partition, 3 peers) had string 1 closed, cut off from the quorum side, and
+        // derated to half its DCL while cut off; peer 2 had never heard peer 1 and reported
+        // peer 3's proposal (141 A = the §4 N−1 limit of {1, 2, 3} with string 1 at its
+        // last confirmed, pre-derate state), which the old bound compared with the derated
+        // truth (0 A). The derated Limits first reached any peer 100 ms after the last
+        // flagged step, and every peer's limit dropped at once when it learnt of string 1.
+        // The string's own peer enforces the derate locally meanwhile (S6: closed strings
+        // stay within their local limits), as it must for a change no one else can know.
         let conf: Vec<_> = (0..n)
             .filter(|&j| self.plant.strings[j].main_closed())
-            .map(|j| if j == k { self.plant.strings[j].state() } else { self.confirmed[k][j].unwrap_or(self.plant.strings[j].state()) })
+            .map(|j| {
+                let truth = self.plant.strings[j].state();
+                if j == k {
+                    truth
+                } else {
+                    self.confirmed[k][j].or(self.latest_confirmed[j]).unwrap_or(truth)
+                }
+            })
             .collect();
         let (cd, cc) = n1_limits(&conf);
         // Over the same staleness window (a string that dropped out is only known to be
@@ -551,6 +579,7 @@ impl World {
                     let j = m.sender as usize - 1;
                     self.plant.advance(t);
                     self.confirmed[k][j] = Some(self.plant.strings[j].state());
+                    self.latest_confirmed[j] = self.confirmed[k][j];
                 }
             }
         }
@@ -692,6 +721,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         qseq: 0,
         grants: vec![None; n],
         confirmed: vec![vec![None; n]; n],
+        latest_confirmed: vec![None; n],
         conf_hist: vec![VecDeque::new(); n],
         closed_mask: 0,
         last_drop_us: None,
