@@ -343,3 +343,113 @@ impl NodeCore {
         &self.out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACK: &str = include_str!("../../hw/packs/example_pack.toml");
+    const CELL: &str = include_str!("../../hw/cells/lg_m50_nmc.toml");
+
+    fn node() -> NodeCore {
+        let engine = EngineConfig::from_toml_str(PACK).unwrap();
+        let cell = CellParams::from_toml_str(CELL).unwrap();
+        let peer = PeerConfig { node_id: 1, members: vec![1, 2, 3], ..PeerConfig::default() };
+        NodeCore::new(NodeConfig::default(), engine, cell, peer, 1).unwrap()
+    }
+
+    struct Meas {
+        v: Vec<f64>,
+        t: Vec<f64>,
+    }
+
+    fn meas(n: &NodeCore, v_cell: f64) -> Meas {
+        Meas { v: vec![v_cell; n.engine().n_cells()], t: vec![25.0; n.engine().n_temps()] }
+    }
+
+    fn step<'a>(n: &'a mut NodeCore, t_ms: u64, m: &Meas, valid: bool, fb: Contactors) -> &'a NodeOutput {
+        let inp = NodeInputs {
+            t_ms,
+            meas_t_ms: t_ms,
+            v_cell_v: &m.v,
+            t_cell_c: &m.t,
+            i_a: 0.0,
+            v_string_v: m.v.iter().sum(),
+            v_bus_v: 0.0,
+            feedback: fb,
+            valid,
+        };
+        n.step(&inp)
+    }
+
+    #[test]
+    fn confirmed_fault_opens_in_the_same_step_without_any_message() {
+        let mut n = node();
+        let ok = meas(&n, 3.7);
+        for k in 0..10 {
+            let o = step(&mut n, 1_000 + 100 * k, &ok, true, Contactors::OPEN);
+            assert!(!o.fault && o.action < Action::Open);
+        }
+        // a cell far above the fault threshold: confirmed after the debounce, open at once
+        let mut hot = meas(&n, 3.7);
+        hot.v[5] = 4.5;
+        let mut opened_at = None;
+        for k in 10..40 {
+            let o = step(&mut n, 1_000 + 100 * k, &hot, true, Contactors::OPEN);
+            if o.action == Action::Open {
+                assert!(o.fault);
+                assert_eq!(o.contactors, Contactors::OPEN, "S1: open in the step the fault is confirmed");
+                opened_at.get_or_insert(k);
+            }
+        }
+        assert!(opened_at.is_some(), "the overvoltage fault was never confirmed");
+    }
+
+    #[test]
+    fn invalid_or_stale_measurements_fail_safe_open() {
+        let mut n = node();
+        let ok = meas(&n, 3.7);
+        step(&mut n, 1_000, &ok, true, Contactors::OPEN);
+        let o = step(&mut n, 1_100, &ok, false, Contactors::OPEN);
+        assert!(o.fault && o.failsafe == FailSafe::InvalidMeasurement && o.contactors == Contactors::OPEN);
+        // a measurement older than stale_ms
+        let inp = NodeInputs {
+            t_ms: 2_000,
+            meas_t_ms: 2_000 - NodeConfig::default().stale_ms - 1,
+            v_cell_v: &ok.v,
+            t_cell_c: &ok.t,
+            i_a: 0.0,
+            v_string_v: 355.0,
+            v_bus_v: 0.0,
+            feedback: Contactors::OPEN,
+            valid: true,
+        };
+        let o = n.step(&inp);
+        assert!(o.fault && o.failsafe == FailSafe::StaleMeasurement && o.contactors == Contactors::OPEN);
+        // the runtime's own fail-safe is taken over in the next step
+        n.fail_safe();
+        let o = step(&mut n, 2_100, &ok, true, Contactors::OPEN);
+        assert!(o.fault && o.failsafe == FailSafe::Runtime);
+    }
+
+    #[test]
+    fn contactor_feedback_that_disagrees_too_long_is_a_fault() {
+        let mut n = node();
+        let ok = meas(&n, 3.7);
+        let welded = Contactors { neg: true, pos: true, pre: false };
+        let mut t = 1_000;
+        // a running node (a node that starts with closed feedback adopts the closed state: a
+        // restart under load), then the main contacts read closed while commanded open
+        for _ in 0..5 {
+            step(&mut n, t, &ok, true, Contactors::OPEN);
+            t += 100;
+        }
+        let mut faulted = false;
+        for _ in 0..20 {
+            let o = step(&mut n, t, &ok, true, welded);
+            faulted |= o.failsafe == FailSafe::ContactorFeedback;
+            t += 100;
+        }
+        assert!(faulted, "commanded open but the feedback stayed closed for 2 s");
+    }
+}
