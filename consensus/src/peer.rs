@@ -477,8 +477,21 @@ impl Peer {
     // ------------------------------------------------------------------ receive
 
     pub fn on_message(&mut self, now_ms: u64, data: &[u8]) -> Result<(), RxError> {
-        let r = self.receive(now_ms, data);
-        match &r {
+        let r = Message::decode(data).map_err(RxError::Wire).and_then(|m| self.receive(now_ms, &m));
+        self.count(&r);
+        r
+    }
+
+    /// The same as [`Peer::on_message`] for a message already decoded (a simulator delivering
+    /// one broadcast to many receivers decodes it once).
+    pub fn on_decoded(&mut self, now_ms: u64, m: &Message) -> Result<(), RxError> {
+        let r = self.receive(now_ms, m);
+        self.count(&r);
+        r
+    }
+
+    fn count(&mut self, r: &Result<(), RxError>) {
+        match r {
             Ok(()) => self.counters.rx_ok += 1,
             Err(RxError::Wire(_)) => self.counters.rx_malformed += 1,
             Err(RxError::ForeignSystem(_)) => self.counters.rx_foreign_system += 1,
@@ -488,11 +501,9 @@ impl Peer {
             Err(RxError::Stale) => self.counters.rx_stale += 1,
             Err(RxError::DuplicateId(_)) => self.counters.duplicate_id += 1,
         }
-        r
     }
 
-    fn receive(&mut self, now: u64, data: &[u8]) -> Result<(), RxError> {
-        let m = Message::decode(data).map_err(RxError::Wire)?;
+    fn receive(&mut self, now: u64, m: &Message) -> Result<(), RxError> {
         if m.system_id != self.cfg.system_id {
             return Err(RxError::ForeignSystem(m.system_id));
         }

@@ -9,6 +9,7 @@
 //! The brief's safety rules are checked on the true plant state every step ([`Invariants`]).
 
 use mbms_consensus::prng::SplitMix64;
+use mbms_consensus::wire::Message;
 use mbms_consensus::{Contactors as PeerContactors, PeerConfig, Phase};
 
 use crate::cell_model::CellParams;
@@ -130,7 +131,8 @@ pub struct FastSim {
     t_ms: u64,
     dt_ms: u64,
     flights: Vec<Flight>,
-    pool: Vec<Vec<u8>>,
+    /// Messages in flight, decoded once per broadcast (every receiver gets the same bytes).
+    pool: Vec<Message>,
     pub inv: Invariants,
     record_every: u64,
     steps: u64,
@@ -361,7 +363,7 @@ impl FastSim {
                 let f = self.flights.swap_remove(k);
                 let tn = self.node_clock(f.to, t_ms);
                 if let Some(core) = self.slots[f.to].core.as_mut() {
-                    core.receive(tn, &self.pool[f.msg]);
+                    core.receive_decoded(tn, &self.pool[f.msg]);
                 }
             } else {
                 k += 1;
@@ -405,8 +407,12 @@ impl FastSim {
             }
             // Messages: one send, each receiver on its own fate.
             for msg in &out.messages {
+                let Ok(decoded) = Message::decode(msg) else {
+                    self.inv.violate(t_ms, "wire", format!("node {} sent a message that does not decode", k + 1));
+                    continue;
+                };
                 let idx = self.pool.len();
-                self.pool.push(msg.clone());
+                self.pool.push(decoded);
                 for to in 0..n {
                     if to == k || self.net.group[to] != self.net.group[k] {
                         continue;

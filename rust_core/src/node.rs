@@ -202,6 +202,11 @@ impl NodeCore {
         self.peer.on_message(t_ms, data).is_ok()
     }
 
+    /// A peer message already decoded (the simulator decodes each broadcast once).
+    pub fn receive_decoded(&mut self, t_ms: u64, m: &mbms_consensus::wire::Message) -> bool {
+        self.peer.on_decoded(t_ms, m).is_ok()
+    }
+
     /// Explicit reset of latched faults (operator or gateway request).
     pub fn reset_faults(&mut self, t_ms: u64) {
         self.engine.reset_faults(t_ms as f64 / 1000.0);
