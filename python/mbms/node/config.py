@@ -31,6 +31,7 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from mbms.consensus import ConsensusConfig
 from mbms.errors import ConfigError
 
 #: Tables of a pack file that belong to the engine's PackConfig (parsed by the engine).
@@ -323,22 +324,27 @@ class DiscoverySection:
     interfaces: tuple[str, ...] = ()
 
 
+# One source for the consensus defaults: mbms.consensus.ConsensusConfig (which mirrors
+# consensus/src/config.rs PeerConfig::default).
+_PEER_DEFAULTS = ConsensusConfig()
+
+
 @dataclass(frozen=True)
 class ProtocolSection:
     """``[protocol]``: the consensus core's timing/physics parameters (consensus/src/config.rs
     ``PeerConfig``; defaults are its defaults, reasons there). All times in ms of each peer's clock."""
 
-    max_drift_ppm: int = 1000
-    dwell_ms: int = 100
-    precharge_settle_a: float = 1.0
-    precharge_timeout_ms: int = 800
-    close_confirm_ms: int = 60
-    fail_timeout_ms: int = 250
-    grant_wait_ms: int = 300
-    listen_periods: int = 3
-    bus_live_v: float = 20.0
-    dcdc: bool = False
-    dcdc_soc_gain: float = 2.0
+    max_drift_ppm: int = _PEER_DEFAULTS.max_drift_ppm
+    dwell_ms: int = _PEER_DEFAULTS.dwell_ms
+    precharge_settle_a: float = _PEER_DEFAULTS.precharge_settle_a
+    precharge_timeout_ms: int = _PEER_DEFAULTS.precharge_timeout_ms
+    close_confirm_ms: int = _PEER_DEFAULTS.close_confirm_ms
+    fail_timeout_ms: int = _PEER_DEFAULTS.fail_timeout_ms
+    grant_wait_ms: int = _PEER_DEFAULTS.grant_wait_ms
+    listen_periods: int = _PEER_DEFAULTS.listen_periods
+    bus_live_v: float = _PEER_DEFAULTS.bus_live_v
+    dcdc: bool = _PEER_DEFAULTS.dcdc
+    dcdc_soc_gain: float = _PEER_DEFAULTS.dcdc_soc_gain
 
 
 @dataclass(frozen=True)
