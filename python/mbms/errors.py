@@ -28,3 +28,19 @@ class InputError(MbmsError, ValueError):
 
 class FrameError(MbmsError, ValueError):
     """A received frame or message is malformed, foreign, stale or oversized."""
+
+
+class EnvironmentProblem(MbmsError):
+    """The machine cannot provide what a valid configuration asks for: a CAN interface that does
+    not exist here, a state directory that cannot be written, an address that cannot be bound.
+
+    Not a bug and not a bad file: the message names the config field (``field``), the file it came
+    from (``source``) and what the machine said, in one line (``mbms`` exits with code 3).
+    """
+
+    def __init__(self, field: str, message: str, source: str | None = None) -> None:
+        self.field = field
+        self.message = message
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field}: {message}")

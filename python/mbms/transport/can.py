@@ -8,8 +8,21 @@ core's format: identifiers ``0x400 | (k-1)<<4 | toggle<<3 | index``; one CAN FD 
 the identifier and counted as echoes.
 
 Receiving runs in a thread of its own (``bus.recv`` blocks) and hands each frame to the asyncio
-loop; a frame the bus cannot even unpack (python-can raises ``CanOperationError``) is counted as
-malformed and the thread goes on, so a garbage datagram on the multicast port cannot stop it.
+loop; a frame the bus cannot even unpack is counted as malformed and the thread goes on, so a
+garbage datagram on the multicast port cannot stop it.
+
+Bounded cost per frame: python-can's ``udp_multicast`` decodes a datagram with
+``Message(**msgpack.unpackb(datagram))``; a 50-byte datagram whose ``data`` field is the integer N
+makes ``bytearray(N)`` allocate and zero N bytes under the interpreter lock before any length
+check (N = 5e8 froze every node for 1.6 s: loop overrun, all strings opened). So this module
+receives ``udp_multicast`` through :class:`BoundedUdpMulticastBus`: the same socket and wire format
+(python-can's msgpack map), decoded by :func:`decode_datagram`, which caps every msgpack length
+before anything is allocated and accepts only the fields and types of a CAN (FD) frame: no input
+costs more than a frame's worth of memory.
+
+Opening the bus the config names can fail for reasons of the machine, not of the file (no
+SocketCAN in the kernel, no ``can0``, an interface python-can does not know): that is an
+:class:`~mbms.errors.EnvironmentProblem` naming ``transport.can.interface``, one line, no traceback.
 """
 
 from __future__ import annotations
@@ -17,9 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any
 
 import can
+import msgpack
+from can.interfaces.udp_multicast import UdpMulticastBus
 
+from mbms.errors import EnvironmentProblem, FrameError
 from mbms.node.config import CanTransport as CanConfig
 from mbms.telemetry import classify
 from mbms.transport.base import Transport
@@ -29,9 +46,84 @@ from mbms.transport.segmentation import (MAX_SEGMENTED_LEN, Reassembler, Segment
 log = logging.getLogger("mbms.transport.can")
 
 
-def open_bus(cfg: CanConfig, **extra: object) -> can.BusABC:
-    """Open the python-can bus the config names."""
-    kw: dict[str, object] = {"interface": cfg.interface, "channel": cfg.channel}
+#: Largest data field of a frame: 64 bytes for CAN FD (ISO 11898-1:2015), 8 for classic CAN.
+MAX_FD_DATA = 64
+MAX_CLASSIC_DATA = 8
+#: Largest arbitration id: 29-bit extended identifier.
+MAX_ARBITRATION_ID = 0x1FFF_FFFF
+#: The fields python-can's udp_multicast puts in a datagram (can/interfaces/udp_multicast/utils.py
+#: ``pack_message``), with the types a frame can have. Anything else is malformed.
+_BOOL_FIELDS = ("is_extended_id", "is_remote_frame", "is_error_frame", "is_fd", "bitrate_switch",
+                "error_state_indicator")
+_FIELDS = frozenset({"timestamp", "arbitration_id", "channel", "dlc", "data", *_BOOL_FIELDS})
+#: A python-can datagram of one CAN FD frame is about 200 bytes; every msgpack length is capped
+#: far below what could cost time or memory (checked by msgpack before it allocates).
+_UNPACK_LIMITS: dict[str, Any] = {"max_bin_len": MAX_FD_DATA, "max_str_len": 64, "max_array_len": MAX_FD_DATA,
+                                  "max_map_len": len(_FIELDS), "max_ext_len": 0}
+
+
+def decode_datagram(datagram: bytes, timestamp: float) -> can.Message:
+    """Decode one python-can ``udp_multicast`` datagram into a frame, or raise
+    :class:`~mbms.errors.FrameError`. Allocates at most a frame's worth: msgpack lengths are
+    capped before decoding, the data field must already be bytes of at most 64."""
+    try:
+        obj = msgpack.unpackb(datagram, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+    except Exception as exc:  # msgpack raises ValueError, ExtraData, FormatError, StackError, ...
+        raise FrameError(f"not a msgpack frame: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FrameError(f"expected a msgpack map, got {type(obj).__name__}")
+    unknown = set(obj) - _FIELDS
+    if unknown:
+        raise FrameError(f"unknown fields {sorted(unknown)[:4]}")
+    data = obj.get("data", b"")
+    if not isinstance(data, bytes) or len(data) > MAX_FD_DATA:
+        what = f"{len(data)} bytes" if isinstance(data, bytes) else type(data).__name__
+        raise FrameError(f"data: expected at most {MAX_FD_DATA} bytes, got {what}")
+    arb = obj.get("arbitration_id", 0)
+    dlc = obj.get("dlc", len(data))
+    for name, value, hi in (("arbitration_id", arb, MAX_ARBITRATION_ID), ("dlc", dlc, MAX_FD_DATA)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+            raise FrameError(f"{name}: expected an integer 0..{hi}, got {value!r}")
+    flags = {}
+    for name in _BOOL_FIELDS:
+        value = obj.get(name, False)
+        if not isinstance(value, bool):
+            raise FrameError(f"{name}: expected a boolean, got {type(value).__name__}")
+        flags[name] = value
+    channel = obj.get("channel")
+    if channel is not None and not isinstance(channel, (str, int)):
+        raise FrameError(f"channel: expected a string, got {type(channel).__name__}")
+    try:  # check=True: dlc against data, id against the id kind, FD flags against is_fd
+        return can.Message(timestamp=timestamp, arbitration_id=arb, data=bytearray(data), dlc=dlc,
+                           channel=channel, check=True, **flags)
+    except (ValueError, TypeError) as exc:
+        raise FrameError(f"inconsistent frame: {exc}") from None
+
+
+class BoundedUdpMulticastBus(UdpMulticastBus):
+    """python-can's ``udp_multicast`` bus (same socket, same wire format) whose receive path
+    decodes with :func:`decode_datagram` instead of ``Message(**msgpack.unpackb(...))``."""
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        # ``_multicast`` is the bus's socket wrapper (python-can 4.x); its recv reads at most
+        # max_buffer (4096) bytes of one datagram and returns (bytes, sender, timestamp).
+        result = self._multicast.recv(timeout)
+        if not result:
+            return None, False
+        datagram, _sender, timestamp = result
+        try:
+            msg = decode_datagram(datagram, timestamp)
+        except FrameError as exc:
+            raise can.CanOperationError(f"malformed datagram of {len(datagram)} bytes: {exc}") from None
+        if msg.is_fd and self.protocol is not can.CanProtocol.CAN_FD:
+            return None, False  # python-can's own rule: an FD frame on a classic bus is ignored
+        return msg, False
+
+
+def open_bus(cfg: CanConfig, source: str | None = None, **extra: object) -> can.BusABC:
+    """Open the python-can bus the config names; the machine's refusal is an
+    :class:`~mbms.errors.EnvironmentProblem` (``source`` = the system file, for the message)."""
+    kw: dict[str, object] = {"channel": cfg.channel}
     if cfg.interface == "udp_multicast":
         kw.update(port=cfg.port, fd=cfg.fd)
     elif cfg.interface == "socketcan":
@@ -39,13 +131,28 @@ def open_bus(cfg: CanConfig, **extra: object) -> can.BusABC:
     elif cfg.interface != "virtual":
         kw.update(bitrate=cfg.bitrate, fd=cfg.fd)
     kw.update(extra)
-    return can.Bus(**kw)  # type: ignore[arg-type]
+    try:
+        if cfg.interface == "udp_multicast":
+            return BoundedUdpMulticastBus(**kw)  # type: ignore[arg-type]
+        return can.Bus(interface=cfg.interface, **kw)  # type: ignore[arg-type]
+    except (can.CanError, OSError, ImportError) as exc:
+        # CanInterfaceNotImplementedError (unknown name, missing driver), CanInitializationError,
+        # OSError (no SocketCAN in the kernel, no such device)
+        hint = ""
+        if cfg.interface == "socketcan":
+            hint = (f"; on a controller bring the link up first (ip link set {cfg.channel} up type can "
+                    f"bitrate {cfg.bitrate}); between processes on one host use interface = \"udp_multicast\"")
+        raise EnvironmentProblem(
+            "transport.can.interface",
+            f"cannot open python-can interface {cfg.interface!r} channel {cfg.channel!r} here: "
+            f"{type(exc).__name__}: {exc}{hint}", source) from None
 
 
 class CanTransport(Transport):
-    def __init__(self, cfg: CanConfig, node_id: int, members: tuple[int, ...]) -> None:
+    def __init__(self, cfg: CanConfig, node_id: int, members: tuple[int, ...], source: str | None = None) -> None:
         super().__init__(node_id, members)
         self.cfg = cfg
+        self.source = source
         self.reassembler = Reassembler()
         self._counter = 0
         self._bus: can.BusABC | None = None
@@ -63,7 +170,7 @@ class CanTransport(Transport):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._bus = open_bus(self.cfg)
+        self._bus = open_bus(self.cfg, self.source)
         self._thread = threading.Thread(target=self._rx, name=f"can-rx-{self.node_id}", daemon=True)
         self._thread.start()
 
@@ -162,4 +269,4 @@ class CanTransport(Transport):
             self._bus = None
 
 
-__all__ = ["CanTransport", "open_bus"]
+__all__ = ["BoundedUdpMulticastBus", "CanTransport", "decode_datagram", "open_bus"]
