@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except mbms.errors.EnvironmentProblem as exc:  # the machine, not the file: exit code 3
+        print(f"mbms {args.command}: error: {exc}", file=sys.stderr)
+        return 3
     except mbms.errors.MbmsError as exc:  # typed, user-facing errors: one line, no traceback
         print(f"mbms {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mbms.errors import FrameError
+from mbms.errors import EnvironmentProblem, FrameError
 from mbms.hardware.base import Hardware
 from mbms.node.config import parse_link
 from mbms.node.logic import Contactors, Measurement
@@ -66,8 +66,14 @@ class SimLinkHardware(Hardware):
             self._own_path = f"{self.addr}.{self.string}.{os.getpid()}"
             if os.path.exists(self._own_path):
                 os.unlink(self._own_path)
-            sock.bind(self._own_path)
-            sock.connect(self.addr)
+            try:
+                sock.bind(self._own_path)
+                sock.connect(self.addr)
+            except OSError as exc:  # no plant serving there (yet): the machine, not the file
+                sock.close()
+                raise EnvironmentProblem("hardware.link", f"cannot reach the plant at unix://{self.addr}: "
+                                         f"{exc.strerror or exc} (is `mbms plant --listen unix://{self.addr}` "
+                                         f"running?)") from None
             sock.setblocking(False)
             self._dgram, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
         self._started_at = self.clock()
