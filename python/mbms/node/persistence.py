@@ -141,7 +141,8 @@ class StateStore:
     def quarantine(self, detail: str, kind: str = "state_corrupt") -> None:
         """Keep an unusable state file aside and warn; the node starts from defaults (the
         estimator from the measurements)."""
-        log.warning("saved state %s is unusable (%s): starting from measurements; kept as %s.corrupt",
+        log.warning("saved state %s is corrupt or implausible (%s): starting from defaults (the estimator from the "
+                    "measurements); kept as %s.corrupt",
                     self.state_path, detail, self.state_path.name)
         try:
             os.replace(self.state_path, self.state_path.with_suffix(".bin.corrupt"))

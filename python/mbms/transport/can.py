@@ -5,7 +5,9 @@ Node k sends its peer messages as segments (:mod:`mbms.transport.segmentation`, 
 core's format: identifiers ``0x400 | (k-1)<<4 | toggle<<3 | index``; one CAN FD frame with
 ``fd = true``) and its telemetry on the DBC's identifiers (:mod:`mbms.telemetry`). python-can's
 ``udp_multicast`` delivers a sender's own frames back to it; they are recognised by the sender in
-the identifier and counted as echoes.
+the identifier and counted as echoes (a peer message with the own id is an echo only if it is one
+of the messages just sent: else it comes from a duplicate id and is delivered, see
+:mod:`mbms.transport.base`).
 
 Receiving runs in a thread of its own (``bus.recv`` blocks) and hands each frame to the asyncio
 loop; a frame the bus cannot even unpack is counted as malformed and the thread goes on, so a
@@ -211,7 +213,8 @@ class CanTransport(Transport):
             st.foreign += 1
             return
         kind, src = cls
-        if not self._sender_ok(src):
+        own_peer = kind == "peer" and self.node_id and src == self.node_id
+        if not own_peer and not self._sender_ok(src):
             return
         data = bytes(msg.data)
         if kind != "peer":
@@ -231,6 +234,8 @@ class CanTransport(Transport):
                 src, payload = done
         except SegmentError as exc:
             setattr(st, exc.kind, getattr(st, exc.kind) + 1)
+            return
+        if own_peer and self._own_echo(payload):
             return
         st.received_messages += 1
         self.on_message(src, payload)
@@ -252,6 +257,7 @@ class CanTransport(Transport):
         # raises SegmentError (a ValueError) for an empty or too long message
         frames = [frame_fd(self.node_id, payload)] if self.cfg.fd else segment_classic(self.node_id, self._counter, payload)
         self._counter += 1
+        self._recent_sent.append(bytes(payload))
         for arbitration_id, data in frames:
             self._send_frame(arbitration_id, data)
         self.stats.sent_messages += 1
