@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from mbms.cli import data_file
 from mbms.logs import setup_logging
+from mbms.paths import system_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("plant", help="run the simulated plant in real time and serve it to the nodes")
-    p.add_argument("--system", required=True, help="plant description (TOML) of mbms.plant")
+    p.add_argument("--system", required=True, type=data_file(system_file),
+                   help="plant description (TOML) of mbms.plant: a path or a shipped name (example_plant)")
     p.add_argument("--listen", required=True, help="udp://IP:PORT or unix:///PATH")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dt", type=float, default=0.01, help="plant step, s of wall time (default 0.01)")
