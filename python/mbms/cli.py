@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import json
 import logging
 import sys
 import traceback
@@ -23,7 +24,7 @@ from typing import NoReturn
 import mbms
 import mbms.errors
 from mbms.errors import EnvironmentProblem, ExitCode
-from mbms.logs import LOG_FORMATS, set_cli_logging
+from mbms.logs import LOG_FORMATS, active_format, set_cli_logging
 
 # Subcommand modules, in the order ``mbms --help`` shows them.
 COMMANDS: tuple[str, ...] = ("sim", "node", "monitor", "plant", "demo", "bench")
@@ -126,19 +127,27 @@ def _one_line(exc: BaseException) -> str:
 
 def _environment(exc: BaseException) -> EnvironmentProblem | None:
     """An environment problem that escaped as a library exception, else None."""
-    if isinstance(exc, EnvironmentProblem):
-        return exc
-    can = sys.modules.get("can")
-    if can is not None and isinstance(exc, (can.CanInitializationError, can.CanInterfaceNotImplementedError)):
-        return EnvironmentProblem("CAN bus", _one_line(exc), "check the [transport] interface and channel; "
-                                  "is the kernel's CAN support loaded and the interface up?")
-    if isinstance(exc, OSError) and exc.errno is not None and exc.errno != errno.EINVAL:
-        where = exc.filename if exc.filename else "system call"
-        return mbms.errors.environment_problem(str(where), exc)
-    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.partition(".")[0] != "mbms":
-        return EnvironmentProblem(f"python package {exc.name!r}", "not installed",
-                                  "reinstall mbms with its extras, e.g. pip install 'mbms[plots]'")
-    return None
+    if isinstance(exc, OSError) and exc.errno == errno.EINVAL:
+        return None  # an invalid argument is a bug or a config slip, not the machine
+    if isinstance(exc, OSError) and exc.filename:
+        what = str(exc.filename)
+    else:
+        what = "CAN bus" if type(exc).__module__.startswith("can") else "system call"
+    env = mbms.errors.environment_problem(what, exc)
+    if env is None and isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.partition(".")[0] != "mbms":
+        env = EnvironmentProblem(f"python package {exc.name!r}", "not installed",
+                                 "reinstall mbms with its dependencies (pip install mbms)")
+    return env
+
+
+def _report(prog: str, message: str, code: ExitCode, json_logs: bool) -> int:
+    """The one line a failed command leaves on stderr (a JSON object with ``--log-format json``)."""
+    if json_logs:
+        print(json.dumps({"level": "error", "logger": "mbms.cli", "msg": message, "command": prog,
+                          "exit_code": int(code)}, separators=(",", ":")), file=sys.stderr)
+    else:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,14 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every error leaves here as one line and a code
         if isinstance(exc, SystemExit):
             raise
+        json_logs = active_format() == "json"  # the command line's or the config's choice
         env = _environment(exc)
         if env is not None:
-            logging.getLogger("mbms").debug("environment problem", exc_info=exc)
-            print(f"{prog}: error: {_one_line(env)}", file=sys.stderr)
-            return ExitCode.ENVIRONMENT
+            logging.getLogger("mbms").debug("environment problem", exc_info=exc)  # the traceback on -v
+            return _report(prog, _one_line(env), ExitCode.ENVIRONMENT, json_logs)
         if isinstance(exc, mbms.errors.MbmsError):  # typed, user-facing errors: one line, no traceback
-            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
-            return ExitCode.USAGE
+            return _report(prog, _one_line(exc), ExitCode.USAGE, json_logs)
         traceback.print_exc()
         print(f"{prog}: internal error (a bug in mbms, please report it with the traceback above): "
               f"{type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import sys
 
 
 class MbmsError(Exception):
@@ -47,7 +48,7 @@ class EnvironmentProblem(MbmsError):
         self.what = what
         self.problem = problem
         self.hint = hint
-        super().__init__(f"{what}: {problem}" + (f" ({hint})" if hint else ""))
+        super().__init__(f"{what}: {problem}" + (f"; {hint}" if hint else ""))
 
 
 class ExitCode(enum.IntEnum):
@@ -85,7 +86,23 @@ _ERRNO_HINTS: dict[int, tuple[str, str]] = {
 }
 
 
-def environment_problem(what: str, exc: OSError) -> EnvironmentProblem:
-    """An :class:`EnvironmentProblem` for an OS error met while using ``what``."""
-    problem, hint = _ERRNO_HINTS.get(exc.errno or -1, (exc.strerror or str(exc), None))  # type: ignore[arg-type]
-    return EnvironmentProblem(what, problem, hint)
+def environment_problem(what: str, exc: BaseException) -> EnvironmentProblem | None:
+    """The :class:`EnvironmentProblem` an exception met while opening/using ``what`` stands for:
+    an OS error with an errno, or python-can's "cannot open this interface" errors; else None
+    (a bug, not the environment)."""
+    if isinstance(exc, EnvironmentProblem):
+        return exc
+    can = sys.modules.get("can")  # python-can is only imported where CAN is used
+    if can is not None and isinstance(exc, (can.CanInitializationError, can.CanInterfaceNotImplementedError)):
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
+        if cause is None or cause.errno not in _ERRNO_HINTS:
+            return EnvironmentProblem(what, " ".join(str(exc).split()),
+                                      "is the interface present, up and supported by this kernel/driver?")
+        exc = cause
+    if isinstance(exc, OSError) and exc.errno is not None:
+        problem, hint = _ERRNO_HINTS.get(exc.errno, (exc.strerror or str(exc), None))
+        if exc.errno in (errno.EAFNOSUPPORT, errno.ENODEV) and "can" in what.lower():
+            hint = ("this kernel has no CAN support or no such CAN interface: `modprobe can can_raw`, then "
+                    "bring it up (mbms/data/linux/socketcan-setup.sh); or use a UDP transport")
+        return EnvironmentProblem(what, problem, hint)
+    return None
