@@ -11,7 +11,7 @@ started change only what must differ per test run on a shared machine: the state
 plant link, the peer network's port and the system id (other runs may use the same files at the
 same time); everything else, including ``[discovery]``, is as shipped. A system file naming
 ``socketcan`` is first started exactly as shipped: this machine has no SocketCAN, so the node
-must stop with a one-line environment error (exit code 3) naming ``transport.can.interface``;
+must stop with a one-line environment error (exit code 3) naming its peer transport;
 then it is started as a user of this machine would run it, with ``interface = "udp_multicast"``.
 """
 
@@ -116,7 +116,8 @@ def test_shipped_system_starts_every_shipped_pack(system_src: Path, tmp_path: Pa
         errors = [s for s in out.stderr.splitlines() if s.startswith("mbms node: error:")]
         assert out.returncode == 3 and len(errors) == 1, (out.returncode, out.stderr)
         assert out.stderr.strip().splitlines()[-1] == errors[0] and "Traceback" not in out.stderr, out.stderr
-        assert "transport.can.interface" in errors[0] and "'socketcan'" in errors[0], errors[0]
+        can = shipped["transport"]["can"]
+        assert errors[0].startswith(f"mbms node: error: peer transport can:socketcan:{can['channel']}:"), errors[0]
         system = _system_copy(system_src, tmp_path / system_src.name, port, interface="udp_multicast")
     else:
         system = _system_copy(system_src, tmp_path / system_src.name, port)

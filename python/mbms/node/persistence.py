@@ -66,8 +66,9 @@ class StateStore:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:  # the machine's answer (permissions, read-only fs, not a directory)
-            raise EnvironmentProblem("node.state_dir", f"cannot write the state directory {str(self.dir)!r}: "
-                                     f"{exc.strerror or exc}", source) from None
+            where = f"{source}: " if source else ""
+            raise EnvironmentProblem(f"{where}node.state_dir {str(self.dir)!r}", f"cannot be written: {exc.strerror or exc}",
+                                     "choose a directory this user can write (it holds the state and events.jsonl)") from None
         if self._events.tell() > 0:
             with open(self.events_path, "rb") as f:
                 f.seek(-1, os.SEEK_END)

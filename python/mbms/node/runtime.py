@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from mbms.errors import environment_problem
 from mbms.hardware.base import Hardware
 from mbms.node.config import NodeSection
 from mbms.node.logic import ALL_OPEN, Contactors, Measurement, NodeLogic, NodeOutput, NodeStatus
@@ -313,12 +314,27 @@ class NodeRuntime:
         The machine's refusal (no such CAN interface) is an EnvironmentProblem, raised here."""
         if self.transport is not None and not self._transport_open:
             self.transport.on_message = self._on_message
-            await self.transport.start()
+            try:
+                await self.transport.start()
+            except Exception as exc:
+                env = environment_problem(f"peer transport {self.transport.endpoint}", exc)
+                if env is None:
+                    raise
+                raise env from exc
             self._transport_open = True
 
     async def run(self, stop: asyncio.Event | None = None, max_periods: int | None = None) -> None:
         stop = stop or asyncio.Event()
-        await self.hw.start()
+        # Opening the sensor link and the peer transport is where the machine shows up (no CAN
+        # interface, port in use, permission denied): say which resource and stop (nothing was
+        # commanded yet, so the contactors are still open).
+        try:
+            await self.hw.start()
+        except Exception as exc:
+            env = environment_problem(f"sensor link {self.hw.name}", exc)
+            if env is None:
+                raise
+            raise env from exc
         await self.open_transport()
         self._t0 = self.clock()
         if self.store is not None:

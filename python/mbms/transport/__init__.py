@@ -14,8 +14,8 @@ def make_transport(system: SystemConfig, node_id: int) -> Transport:
         from mbms.transport.can import CanTransport
 
         assert system.transport.can is not None
-        return CanTransport(system.transport.can, node_id, system.members, system.source)
+        return CanTransport(system.transport.can, node_id, system.members)
     from mbms.transport.udp import UdpTransport
 
     assert system.transport.udp is not None
-    return UdpTransport(system.transport.udp, node_id, system.members, system.system_id, system.source)
+    return UdpTransport(system.transport.udp, node_id, system.members, system.system_id)

@@ -21,10 +21,6 @@ receives ``udp_multicast`` through :class:`BoundedUdpMulticastBus`: the same soc
 (python-can's msgpack map), decoded by :func:`decode_datagram`, which caps every msgpack length
 before anything is allocated and accepts only the fields and types of a CAN (FD) frame: no input
 costs more than a frame's worth of memory.
-
-Opening the bus the config names can fail for reasons of the machine, not of the file (no
-SocketCAN in the kernel, no ``can0``, an interface python-can does not know): that is an
-:class:`~mbms.errors.EnvironmentProblem` naming ``transport.can.interface``, one line, no traceback.
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ import can
 import msgpack
 from can.interfaces.udp_multicast import UdpMulticastBus
 
-from mbms.errors import EnvironmentProblem, FrameError
+from mbms.errors import FrameError
 from mbms.node.config import CanTransport as CanConfig
 from mbms.telemetry import classify
 from mbms.transport.base import Transport
@@ -122,9 +118,10 @@ class BoundedUdpMulticastBus(UdpMulticastBus):
         return msg, False
 
 
-def open_bus(cfg: CanConfig, source: str | None = None, **extra: object) -> can.BusABC:
-    """Open the python-can bus the config names; the machine's refusal is an
-    :class:`~mbms.errors.EnvironmentProblem` (``source`` = the system file, for the message)."""
+def open_bus(cfg: CanConfig, **extra: object) -> can.BusABC:
+    """Open the python-can bus the config names (``udp_multicast`` through the bounded bus). The
+    machine's refusal (no SocketCAN, no such channel, an interface python-can does not know) is
+    raised as python-can/OS errors; the runtime reports them as an EnvironmentProblem."""
     kw: dict[str, object] = {"channel": cfg.channel}
     if cfg.interface == "udp_multicast":
         kw.update(port=cfg.port, fd=cfg.fd)
@@ -133,28 +130,15 @@ def open_bus(cfg: CanConfig, source: str | None = None, **extra: object) -> can.
     elif cfg.interface != "virtual":
         kw.update(bitrate=cfg.bitrate, fd=cfg.fd)
     kw.update(extra)
-    try:
-        if cfg.interface == "udp_multicast":
-            return BoundedUdpMulticastBus(**kw)  # type: ignore[arg-type]
-        return can.Bus(interface=cfg.interface, **kw)  # type: ignore[arg-type]
-    except (can.CanError, OSError, ImportError) as exc:
-        # CanInterfaceNotImplementedError (unknown name, missing driver), CanInitializationError,
-        # OSError (no SocketCAN in the kernel, no such device)
-        hint = ""
-        if cfg.interface == "socketcan":
-            hint = (f"; on a controller bring the link up first (ip link set {cfg.channel} up type can "
-                    f"bitrate {cfg.bitrate}); between processes on one host use interface = \"udp_multicast\"")
-        raise EnvironmentProblem(
-            "transport.can.interface",
-            f"cannot open python-can interface {cfg.interface!r} channel {cfg.channel!r} here: "
-            f"{type(exc).__name__}: {exc}{hint}", source) from None
+    if cfg.interface == "udp_multicast":
+        return BoundedUdpMulticastBus(**kw)  # type: ignore[arg-type]
+    return can.Bus(interface=cfg.interface, **kw)  # type: ignore[arg-type]
 
 
 class CanTransport(Transport):
-    def __init__(self, cfg: CanConfig, node_id: int, members: tuple[int, ...], source: str | None = None) -> None:
+    def __init__(self, cfg: CanConfig, node_id: int, members: tuple[int, ...]) -> None:
         super().__init__(node_id, members)
         self.cfg = cfg
-        self.source = source
         self.reassembler = Reassembler()
         self._counter = 0
         self._bus: can.BusABC | None = None
@@ -172,7 +156,7 @@ class CanTransport(Transport):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._bus = open_bus(self.cfg, self.source)
+        self._bus = open_bus(self.cfg)
         self._thread = threading.Thread(target=self._rx, name=f"can-rx-{self.node_id}", daemon=True)
         self._thread.start()
 

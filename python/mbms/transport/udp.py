@@ -29,7 +29,6 @@ from typing import Any
 
 import msgpack
 
-from mbms.errors import EnvironmentProblem
 from mbms.node.config import UdpTransport as UdpConfig
 from mbms.telemetry import classify
 from mbms.transport.base import Transport
@@ -73,11 +72,9 @@ class _Protocol(asyncio.DatagramProtocol):
 
 
 class UdpTransport(Transport):
-    def __init__(self, cfg: UdpConfig, node_id: int, members: tuple[int, ...], system_id: str,
-                 source: str | None = None) -> None:
+    def __init__(self, cfg: UdpConfig, node_id: int, members: tuple[int, ...], system_id: str) -> None:
         super().__init__(node_id, members)
         self.cfg = cfg
-        self.source = source
         self.system_id = system_id
         self.boot = time.time_ns() // 1_000_000
         self._seq = 0
@@ -106,13 +103,7 @@ class UdpTransport(Transport):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        try:
-            self._sock = open_socket(self.cfg, self._bind)
-        except OSError as exc:  # the machine's answer (no such interface, address in use): one line
-            field = "transport.udp.peers" if self.cfg.peers else "transport.udp.interface"
-            where = f"{self._bind[0]}:{self._bind[1]}" if self.cfg.peers else \
-                f"group {self.cfg.group}:{self.cfg.port} on {self.cfg.interface}"
-            raise EnvironmentProblem(field, f"cannot open the UDP socket ({where}) here: {exc}", self.source) from None
+        self._sock = open_socket(self.cfg, self._bind)
         self._dgram, _ = await self._loop.create_datagram_endpoint(lambda: _Protocol(self), sock=self._sock)
 
     # ------------------------------------------------------------------ send
