@@ -242,7 +242,7 @@ fn element_update_is_the_cell_model_step() {
 #[test]
 #[ignore]
 fn timing() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../hw/cells/lg_m50_nmc.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../python/mbms/data/cells/lg_m50_nmc.toml")).unwrap();
     let c = CellParams::from_toml_str(&text).unwrap();
     let mut t = String::from("[load]\nkind = \"drive\"\npeak = 400.0\n");
     for k in 0..16 {
