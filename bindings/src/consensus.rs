@@ -80,7 +80,7 @@ fn abort_name(r: AbortReason) -> &'static str {
     }
 }
 
-fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     let kind = match *e {
         Event::PeerJoined { id } => {

@@ -202,7 +202,8 @@ impl PyEngine {
         pyo3::types::PyBytes::new(py, &self.engine.export_state())
     }
 
-    fn import_state(&mut self, data: &[u8]) -> PyResult<()> {
+    /// Returns what was dropped as implausible (empty: all restored).
+    fn import_state(&mut self, data: &[u8]) -> PyResult<Vec<String>> {
         self.engine.import_state(data).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +27,6 @@ import numpy.typing as npt
 from mbms import _core
 from mbms.errors import ConfigError, InputError
 from mbms.paths import cell_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 FloatArray = npt.NDArray[np.float64]
 
