@@ -8,11 +8,11 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use mbms_consensus::Contactors;
 
-use crate::cell_model::CellParams;
-use crate::engine::EngineConfig;
-use crate::node::{NodeCore, NodeInputs};
+use mbms_core::cell_model::CellParams;
+use mbms_core::engine::EngineConfig;
+use mbms_core::node::{NodeCore, NodeInputs};
 
-use super::consensus::config_from_dict;
+use super::consensus::{config_from_dict, event_dict};
 use super::fastsim::node_config_from_dict;
 
 fn verr(field: &str, msg: impl std::fmt::Display) -> PyErr {
@@ -133,6 +133,12 @@ impl PyNodeCore {
             eo.faults.iter().map(|f| (format!("{:?}", f.rule), format!("{:?}", f.level), f.index)).collect();
         d.set_item("faults", faults)?;
         d.set_item("resets", o.resets)?;
+        // the peer's events of this step (peer_restarted, duplicate_id, ...): the runtime logs them
+        let evs = PyList::empty(py);
+        for e in &self.core.peer().output().events {
+            evs.append(event_dict(py, e)?)?;
+        }
+        d.set_item("events", evs)?;
         Ok(d)
     }
 
@@ -154,7 +160,8 @@ impl PyNodeCore {
         PyBytes::new(py, &self.core.engine().export_state())
     }
 
-    fn import_state(&mut self, data: &[u8]) -> PyResult<()> {
+    /// Returns what was dropped as implausible (empty: all restored).
+    fn import_state(&mut self, data: &[u8]) -> PyResult<Vec<String>> {
         self.core.engine_mut().import_state(data).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
