@@ -33,7 +33,7 @@ class CellModel:
     ) -> tuple[list[float], list[float]]: ...
 
 # ---------------------------------------------------------------------------------------
-# Peer coordination (consensus): rust_core/src/py/consensus.rs over crate mbms-consensus.
+# Peer coordination (consensus): bindings/src/consensus.rs over crate mbms-consensus.
 # Typed wrapper: mbms.consensus.
 # ---------------------------------------------------------------------------------------
 
@@ -102,7 +102,7 @@ def consensus_bus_load(
     config: dict[str, Any] | None = None,
 ) -> dict[str, Any]: ...
 
-# ---- plant simulator (rust_core/src/py/plant.rs; Python API: mbms.plant) --------------------
+# ---- plant simulator (bindings/src/plant.rs; Python API: mbms.plant) --------------------
 
 def plant_config_normalize(config_json: str) -> str:
     """Check a plant description (JSON); return it with defaults filled in.
@@ -160,7 +160,7 @@ class Plant:
     def bleed_current_a(self) -> float: ...
     def energy(self) -> dict[str, float]: ...
 
-# ---- node logic and fast simulation (rust_core/src/py/node.rs, fastsim.rs) ------------------
+# ---- node logic and fast simulation (bindings/src/node.rs, fastsim.rs) ------------------
 
 class NodeCore:
     """One BMU's sans-IO decision logic: pack engine + peer coordination + contactor sequencing."""
@@ -171,7 +171,7 @@ class NodeCore:
     @property
     def node_id(self) -> int: ...
 # ---------------------------------------------------------------------------------------------
-# Pack engine (rust_core/src/py/engine.rs); use the typed wrapper mbms.engine.Engine.
+# Pack engine (bindings/src/engine.rs); use the typed wrapper mbms.engine.Engine.
 # ---------------------------------------------------------------------------------------------
 
 import numpy as np
@@ -264,7 +264,7 @@ def validate_engine_config(config_json: str) -> None: ...
 def engine_config_defaults() -> str: ...
 def engine_rules() -> list[str]: ...
 
-# ---- load profile for the processes mode of mbms sim (rust_core/src/py/load_profile.rs) --------
+# ---- load profile for the processes mode of mbms sim (bindings/src/load_profile.rs) --------
 
 def load_profile_values(config_json: str, t_s: list[float]) -> tuple[list[float], bool]:
     """(values at each time, is_power) of a plant description's ``load`` profile."""

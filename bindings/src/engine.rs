@@ -6,11 +6,11 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::balancing::BalancingConfig;
-use crate::cell_model::CellParams;
-use crate::engine::{Engine, EngineConfig};
-use crate::protection::Rule;
-use crate::soc_ekf::EstimatorConfig;
+use mbms_core::balancing::BalancingConfig;
+use mbms_core::cell_model::CellParams;
+use mbms_core::engine::{Engine, EngineConfig};
+use mbms_core::protection::Rule;
+use mbms_core::soc_ekf::EstimatorConfig;
 
 /// Config errors carry (field, message) as the exception arguments.
 fn config_error(field: &str, message: &str) -> PyErr {
@@ -184,7 +184,7 @@ impl PyEngine {
             None => d.set_item("tau2_s", py.None())?,
         }
         d.set_item("hysteresis_gamma", c.hysteresis_gamma)?;
-        d.set_item("model_temp_deadband_c", crate::engine::MODEL_TEMP_DEADBAND_C)?;
+        d.set_item("model_temp_deadband_c", mbms_core::engine::MODEL_TEMP_DEADBAND_C)?;
         d.set_item("t_ref_c", c.t_ref_c)?;
         d.set_item("capacity_ah", c.capacity_ah)?;
         d.set_item("v_min_v", c.v_min_v)?;

@@ -2,21 +2,32 @@
 //! Configs arrive as JSON text (the Python layer validated and resolved them); this layer
 //! only converts, releases the GIL around the run and hands numpy arrays back.
 
+#[cfg(feature = "sim")]
 use numpy::{PyArray1, PyArray2, PyArray3, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyDict;
+#[cfg(feature = "sim")]
+use pyo3::types::PyList;
 
+#[cfg(feature = "sim")]
 use mbms_consensus::PeerConfig;
 
-use crate::cell_model::CellParams;
-use crate::engine::EngineConfig;
-use crate::fastsim::{FastSim, NodeSpec, STRING_CHANNELS, SYSTEM_CHANNELS};
-use crate::node::NodeConfig;
-use crate::plant::config::PlantConfig;
-use crate::plant::fault::PlantFault;
-use crate::plant::Plant;
+#[cfg(feature = "sim")]
+use mbms_core::cell_model::CellParams;
+#[cfg(feature = "sim")]
+use mbms_core::engine::EngineConfig;
+#[cfg(feature = "sim")]
+use mbms_sim::fastsim::{FastSim, NodeSpec, STRING_CHANNELS, SYSTEM_CHANNELS};
+use mbms_core::node::NodeConfig;
+#[cfg(feature = "sim")]
+use mbms_sim::plant::config::PlantConfig;
+#[cfg(feature = "sim")]
+use mbms_sim::plant::fault::PlantFault;
+#[cfg(feature = "sim")]
+use mbms_sim::plant::Plant;
 
+#[cfg(feature = "sim")]
 use super::consensus::config_from_dict as peer_config_from_dict;
 
 fn verr(field: &str, msg: impl std::fmt::Display) -> PyErr {
@@ -64,11 +75,13 @@ pub fn node_config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<NodeConfig> {
     Ok(cfg)
 }
 
+#[cfg(feature = "sim")]
 #[pyclass(name = "FastSim", module = "mbms._core", unsendable)]
 pub struct PyFastSim {
     sim: FastSim,
 }
 
+#[cfg(feature = "sim")]
 #[pymethods]
 impl PyFastSim {
     /// plant_json: the plant description; cells: per string the TOML text of its cell file;
@@ -263,6 +276,7 @@ impl PyFastSim {
     }
 }
 
+#[cfg(feature = "sim")]
 impl PyFastSim {
     fn check(&self, k: usize) -> PyResult<()> {
         if k >= self.sim.n() {
@@ -272,6 +286,7 @@ impl PyFastSim {
     }
 }
 
+#[cfg(feature = "sim")]
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFastSim>()?;
     Ok(())

@@ -8,9 +8,9 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use mbms_consensus::Contactors;
 
-use crate::cell_model::CellParams;
-use crate::engine::EngineConfig;
-use crate::node::{NodeCore, NodeInputs};
+use mbms_core::cell_model::CellParams;
+use mbms_core::engine::EngineConfig;
+use mbms_core::node::{NodeCore, NodeInputs};
 
 use super::consensus::{config_from_dict, event_dict};
 use super::fastsim::node_config_from_dict;

@@ -9,7 +9,8 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use mbms_consensus::busload;
 use mbms_consensus::segment;
-use mbms_consensus::sim;
+#[cfg(feature = "sim")]
+use mbms_sim::protocol as sim;
 use mbms_consensus::{AbortReason, Contactors, Event, LocalState, Peer, PeerConfig};
 
 pub(crate) fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PeerConfig> {
@@ -309,6 +310,7 @@ fn can_bus_load_classic(msg_len: usize, peers: u32, period_ms: f64, bitrate: f64
     busload::classic_load_worst(msg_len, peers, period_ms, bitrate)
 }
 
+#[cfg(feature = "sim")]
 fn sim_params(peers_min: usize, peers_max: usize, duration_ms: u64, config: Option<&Bound<'_, PyDict>>) -> PyResult<sim::SimParams> {
     let base = match config {
         Some(d) => config_from_dict(d)?,
@@ -320,6 +322,7 @@ fn sim_params(peers_min: usize, peers_max: usize, duration_ms: u64, config: Opti
     Ok(sim::SimParams { peers_min, peers_max, duration_ms, base, ..sim::SimParams::default() })
 }
 
+#[cfg(feature = "sim")]
 /// Run seeded fault schedules (GIL released). Returns a dict of figures.
 #[pyfunction]
 #[pyo3(signature = (seeds, first_seed = 0, peers_min = 3, peers_max = 5, duration_ms = 6000, threads = 2, config = None))]
@@ -362,6 +365,7 @@ fn consensus_sim<'py>(
     Ok(d)
 }
 
+#[cfg(feature = "sim")]
 /// Replay one seed with a trace: (violations, trace lines).
 #[pyfunction]
 #[pyo3(signature = (seed, peers_min = 3, peers_max = 5, duration_ms = 6000))]
@@ -372,6 +376,7 @@ fn consensus_sim_replay(py: Python<'_>, seed: u64, peers_min: usize, peers_max: 
     Ok((r.violations, r.trace))
 }
 
+#[cfg(feature = "sim")]
 /// Bus load of the protocol measured on simulated traffic (clean cold start + steady).
 #[pyfunction]
 #[pyo3(signature = (peers = 16, duration_ms = 10000, seed = 1, bitrate = 500000.0, config = None))]
@@ -410,8 +415,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(can_unframe_fd, m)?)?;
     m.add_function(wrap_pyfunction!(can_frame_bits_classic, m)?)?;
     m.add_function(wrap_pyfunction!(can_bus_load_classic, m)?)?;
+    #[cfg(feature = "sim")]
     m.add_function(wrap_pyfunction!(consensus_sim, m)?)?;
+    #[cfg(feature = "sim")]
     m.add_function(wrap_pyfunction!(consensus_sim_replay, m)?)?;
+    #[cfg(feature = "sim")]
     m.add_function(wrap_pyfunction!(consensus_bus_load, m)?)?;
     Ok(())
 }
