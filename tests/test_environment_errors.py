@@ -19,7 +19,8 @@ from node_files import pack_file, system_file
 
 def _run_node(pack: Path, system: Path) -> tuple[int, str]:
     out = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(pack), "--system", str(system),
-                          "--duration", "5"], capture_output=True, text=True, timeout=60)
+                          "--duration", "5", "--log-format", "human"],  # (the pack file asks for JSON lines;
+                         capture_output=True, text=True, timeout=60)    # the error is then a JSON line too)
     return out.returncode, out.stderr
 
 
