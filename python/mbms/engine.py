@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,10 +31,7 @@ from mbms import _core
 from mbms.errors import ConfigError, InputError
 from mbms.paths import cell_file
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+import tomllib  # standard library from Python 3.11, the floor (pyproject requires-python)
 
 #: Index of a pack-level fault (not tied to a cell or a sensor).
 PACK_INDEX = 0xFFFF_FFFF
