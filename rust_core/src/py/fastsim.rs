@@ -32,13 +32,13 @@ pub fn node_config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<NodeConfig> {
             "stale_ms" => cfg.stale_ms = v.extract().map_err(|_| verr("node.stale_ms", "expected a non-negative integer (ms)"))?,
             "auto_reset_s" => {
                 cfg.auto_reset_s = if v.is_none() {
-                    None
+                    0.0
                 } else {
                     let s: f64 = v.extract().map_err(|_| verr("node.auto_reset_s", "expected a number (s) or none"))?;
                     if !(s > 0.0) {
                         return Err(verr("node.auto_reset_s", format!("expected > 0, got {s}")));
                     }
-                    Some(s)
+                    s
                 }
             }
             "feedback_mismatch_ms" => {
