@@ -54,6 +54,10 @@ class SimLinkHardware(Hardware):
         self.errors = 0
         self.replies = 0
 
+    @property
+    def name(self) -> str:
+        return f"{self.kind}://{self.addr[0]}:{self.addr[1]}" if self.kind == "udp" else f"unix://{self.addr}"
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.kind == "udp":

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from mbms.errors import environment_problem
 from mbms.hardware.base import Hardware
 from mbms.node.config import NodeSection
 from mbms.node.logic import ALL_OPEN, Contactors, Measurement, NodeLogic, NodeOutput, NodeStatus
@@ -271,9 +272,24 @@ class NodeRuntime:
         stop = stop or asyncio.Event()
         if self.transport is not None:
             self.transport.on_message = self._on_message
-        await self.hw.start()
+        # Opening the sensor link and the peer transport is where the machine shows up (no CAN
+        # interface, port in use, permission denied): say which resource and stop (nothing was
+        # commanded yet, so the contactors are still open).
+        try:
+            await self.hw.start()
+        except Exception as exc:
+            env = environment_problem(f"sensor link {self.hw.name}", exc)
+            if env is None:
+                raise
+            raise env from exc
         if self.transport is not None:
-            await self.transport.start()
+            try:
+                await self.transport.start()
+            except Exception as exc:
+                env = environment_problem(f"peer transport {self.transport.endpoint}", exc)
+                if env is None:
+                    raise
+                raise env from exc
         self._t0 = self.clock()
         if self.store is not None:
             self.saver = BackgroundSaver(self.store)

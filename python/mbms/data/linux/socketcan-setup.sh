@@ -1,5 +1,5 @@
 #!/bin/sh
-# Bring up the peer CAN bus for mbms (classic CAN, 500 kbit/s; see hw/systems/example_system.toml).
+# Bring up the peer CAN bus for mbms (classic CAN, 500 kbit/s; see mbms/data/systems/example_system.toml).
 # For CAN FD: ip link set "$IF" type can bitrate 500000 dbitrate 2000000 fd on  (and fd = true).
 set -eu
 IF="${1:-can0}"
