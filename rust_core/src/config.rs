@@ -850,10 +850,10 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
 mod tests {
     use super::*;
 
-    const PACK: &str = include_str!("../../hw/packs/example_pack.toml");
-    const NODE1: &str = include_str!("../../hw/packs/node1.toml");
-    const SYSTEM: &str = include_str!("../../hw/systems/example_system.toml");
-    const CELL: &str = include_str!("../../hw/cells/lg_m50_nmc.toml");
+    const PACK: &str = include_str!("../../python/mbms/data/packs/example_pack.toml");
+    const NODE1: &str = include_str!("../../python/mbms/data/packs/node1.toml");
+    const SYSTEM: &str = include_str!("../../python/mbms/data/systems/example_system.toml");
+    const CELL: &str = include_str!("../../python/mbms/data/cells/lg_m50_nmc.toml");
 
     fn layers(top: &str) -> Vec<Layer> {
         let mut v = Vec::new();
@@ -863,6 +863,11 @@ mod tests {
         }
         v.push(Layer { source: "node.toml".into(), table: t });
         v
+    }
+
+    /// node1 with the engine tables inlined (no extends): engine edits are plain replacements.
+    fn full() -> String {
+        PACK.to_string() + "\n" + &NODE1.replace("extends = \"example_pack.toml\"", "")
     }
 
     fn check(node: &str, system: &str) -> NodeFiles {
@@ -892,8 +897,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_field() {
-        let cases: [(&str, &str, &str); 8] = [
-            ("hysteresis = 0.03", "hysterisis = 0.03", "protection.cell_overvoltage_v.hysterisis"),
+        let cases: [(&str, &str, &str); 7] = [
             ("id = 1", "id = 1\nseries = 96", "node.series"),
             ("string = 0", "string = 99", "hardware.string"),
             ("id = 1", "id = 9", "node.id"),
@@ -911,7 +915,8 @@ mod tests {
 
     #[test]
     fn engine_values_and_cross_checks_name_their_field() {
-        let cases: [(&str, &str, &str); 7] = [
+        let cases: [(&str, &str, &str); 8] = [
+            ("hysteresis = 0.03", "hysterisis = 0.03", "protection.cell_overvoltage_v.hysterisis"),
             ("series = 96", "series = \"96\"", "pack.series"),
             ("series = 96", "series = 100000000", "pack.series"),
             ("fault = 4.22", "fault = 5.5", "protection.cell_overvoltage_v.fault"),
@@ -920,9 +925,10 @@ mod tests {
             ("r_extra_ohm = 0.012", "r_extra_ohm = inf", "pack.r_extra_ohm"),
             ("warning = 2.80\nalarm = 2.65\nfault = 2.50", "warning = 4.30\nalarm = 4.28\nfault = 4.26", "protection.cell_undervoltage_v.warning"),
         ];
+        let base = full();
         for (from, to, field) in cases {
-            let node = NODE1.replacen(from, to, 1);
-            assert_ne!(node, NODE1, "{from}");
+            let node = base.replacen(from, to, 1);
+            assert_ne!(node, base, "{from}");
             assert_eq!(first(&node, SYSTEM).1, field, "{to}");
         }
     }
@@ -975,7 +981,7 @@ mod tests {
 
     #[test]
     fn findings_carry_value_and_expected() {
-        let r = check(&NODE1.replacen("fault = 4.22", "fault = 5.5", 1), SYSTEM);
+        let r = check(&full().replacen("fault = 4.22", "fault = 5.5", 1), SYSTEM);
         let f = r.findings.iter().find(|f| f.field == "protection.cell_overvoltage_v.fault").unwrap();
         assert_eq!(f.value.as_deref(), Some("5.5"));
         assert!(f.expected.contains("4.2"), "{}", f.expected);
@@ -985,7 +991,7 @@ mod tests {
     fn engine_layers_ignore_node_tables_but_not_misspelt_ones() {
         let l = layers(NODE1);
         assert_eq!(engine_from_layers(&l).unwrap().pack.series, 96);
-        let l = layers(&NODE1.replace("[balancing]", "[balncing]"));
+        let l = layers(&full().replace("[balancing]", "[balncing]"));
         assert_eq!(engine_from_layers(&l).unwrap_err().field, "balncing");
     }
 }

@@ -5,9 +5,9 @@ use crate::cell_model::{CellScale, CellState};
 use crate::protection::Level;
 use proptest::prelude::*;
 
-const PACK: &str = include_str!("../../hw/packs/example_pack.toml");
-const NMC: &str = include_str!("../../hw/cells/lg_m50_nmc.toml");
-const LFP: &str = include_str!("../../hw/cells/a123_anr26650_lfp.toml");
+const PACK: &str = include_str!("../../python/mbms/data/packs/example_pack.toml");
+const NMC: &str = include_str!("../../python/mbms/data/cells/lg_m50_nmc.toml");
+const LFP: &str = include_str!("../../python/mbms/data/cells/a123_anr26650_lfp.toml");
 
 /// Seeded SplitMix64 with a Box-Muller normal (tests only).
 struct Rng(u64);
