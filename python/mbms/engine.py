@@ -487,10 +487,13 @@ class Engine:
     def export_state(self) -> bytes:
         return bytes(self._core.export_state())
 
-    def import_state(self, data: bytes) -> None:
+    def import_state(self, data: bytes) -> list[str]:
+        """Restore an exported state; returns what was dropped as implausible (SOC outside the
+        filter's range, capacity or resistance outside the estimators' bands of the cell file):
+        empty if everything was restored. A structurally bad blob raises InputError."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expected bytes, got {type(data).__name__}")
         try:
-            self._core.import_state(bytes(data))
+            return list(self._core.import_state(bytes(data)))
         except ValueError as exc:
             raise InputError(str(exc)) from None

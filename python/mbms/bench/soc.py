@@ -27,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
     traces = reference_traces(args.data)
     names = args.cell or sorted(traces)
     unknown = [n for n in names if n not in traces]
-    if unknown:
-        raise InputError(f"no reference trace for {unknown}; expected one of {sorted(traces)}")
+    if unknown or not traces:
+        raise InputError(f"no reference trace for {unknown or 'any cell'} in {args.data} (dfn_<cell>.npz); "
+                         f"expected one of {sorted(traces)}")
     rows = []
     for name in names:
         r = soc_accuracy(ReferenceTrace.load(traces[name]), corruption=Corruption(seed=args.seed))

@@ -4,7 +4,7 @@
 //! Usage: mbms-consensus-sim [--seeds N] [--first-seed S] [--peers P] [--min-peers M]
 //!                           [--duration-ms D] [--threads T] [--seed S --verbose] [--json]
 
-use mbms_consensus::sim::{percentile, run_many, run_schedule, SimParams};
+use mbms_sim::protocol::{percentile, run_many, run_schedule, SimParams};
 
 fn usage() -> ! {
     eprintln!(
@@ -57,7 +57,7 @@ fn main() {
         ..SimParams::default()
     };
     if bus_load {
-        let r = mbms_consensus::sim::measure_bus_load(peers, duration_ms, first.max(1), 500_000.0, &params.base);
+        let r = mbms_sim::protocol::measure_bus_load(peers, duration_ms, first.max(1), 500_000.0, &params.base);
         println!("{r:#?}");
         return;
     }

@@ -274,14 +274,14 @@ impl PlantConfig {
     pub fn load_cells(
         &self,
         read: impl Fn(&str) -> Result<String, String>,
-    ) -> Result<Vec<crate::cell_model::CellParams>, PlantConfigError> {
+    ) -> Result<Vec<mbms_core::cell_model::CellParams>, PlantConfigError> {
         self.strings
             .iter()
             .enumerate()
             .map(|(k, s)| {
                 let field = format!("strings[{k}].cell");
                 let text = read(&s.cell).map_err(|m| cfg_err(&field, m))?;
-                crate::cell_model::CellParams::from_toml_str(&text)
+                mbms_core::cell_model::CellParams::from_toml_str(&text)
                     .map_err(|e| cfg_err(&field, format!("{}: {e}", s.cell)))
             })
             .collect()

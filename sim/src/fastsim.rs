@@ -12,12 +12,12 @@ use mbms_consensus::prng::SplitMix64;
 use mbms_consensus::wire::Message;
 use mbms_consensus::{Contactors as PeerContactors, PeerConfig, Phase};
 
-use crate::cell_model::CellParams;
-use crate::engine::EngineConfig;
-use crate::node::{NodeConfig, NodeCore, NodeInputs};
+use mbms_core::cell_model::CellParams;
+use mbms_core::engine::EngineConfig;
+use mbms_core::node::{NodeConfig, NodeCore, NodeInputs};
 use crate::plant::load::Quantity;
 use crate::plant::{Plant, StringCommand};
-use crate::protection::{Action, Rule};
+use mbms_core::protection::{Action, Rule};
 
 /// Everything needed to (re)build one node.
 #[derive(Clone)]

@@ -2,7 +2,7 @@
 //! every step. A failure prints the seed and the command that replays it.
 //! Long mode: `MBMS_SIM_SEEDS=100000 cargo test --release -p mbms-consensus --test sim_schedules`.
 
-use mbms_consensus::sim::{percentile, run_many, run_schedule, SimParams};
+use mbms_sim::protocol::{percentile, run_many, run_schedule, SimParams};
 
 fn seeds_from_env(default: u64) -> u64 {
     std::env::var("MBMS_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -96,7 +96,7 @@ fn replay_is_deterministic() {
 /// Each check can fail: a deliberately broken system is caught by the rule it breaks.
 #[test]
 fn the_checker_catches_broken_systems() {
-    use mbms_consensus::sim::Sabotage;
+    use mbms_sim::protocol::Sabotage;
     for (sabotage, rule) in [
         (Sabotage::IgnoreFaultOpen, "S1"),
         (Sabotage::Solo, "S2"),

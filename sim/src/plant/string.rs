@@ -1,7 +1,7 @@
 //! One string: S series elements of P cells (struct of arrays), its thermal model, its
 //! contactors and its sensors.
 
-use crate::cell_model::{CellParams, CellScale, CellState, StepCoeffs};
+use mbms_core::cell_model::{CellParams, CellScale, CellState, StepCoeffs};
 
 use super::config::{StringConfig, ThermalConfig};
 use super::contactor::{Contactor, Contactors};

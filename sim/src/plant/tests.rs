@@ -231,8 +231,8 @@ fn element_update_is_the_cell_model_step() {
     p.set_load_a(5.0);
     p.step(0.1);
     let c = cell();
-    let mut s = crate::cell_model::CellState::at_rest(0.8);
-    let sc = crate::cell_model::CellScale::default();
+    let mut s = mbms_core::cell_model::CellState::at_rest(0.8);
+    let sc = mbms_core::cell_model::CellScale::default();
     c.step(&mut s, &sc, p.string_current_a(0), 25.0, 0.1);
     assert!((p.cell_soc(0)[0] - s.soc).abs() < 1e-12);
 }
@@ -242,7 +242,7 @@ fn element_update_is_the_cell_model_step() {
 #[test]
 #[ignore]
 fn timing() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../hw/cells/lg_m50_nmc.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../python/mbms/data/cells/lg_m50_nmc.toml")).unwrap();
     let c = CellParams::from_toml_str(&text).unwrap();
     let mut t = String::from("[load]\nkind = \"drive\"\npeak = 400.0\n");
     for k in 0..16 {
@@ -299,8 +299,8 @@ fn rich_cell_rc2_hysteresis_entropic_paths() {
     let one = "[bus]\ncapacitance_f = 1e-9\n[thermal]\ng_cool_w_per_k = 1e6\n[[strings]]\nseries = 1\nparallel = 1\ncell = \"r\"\ninitial_soc = 0.7\nr_extra_ohm = 0.0\n[strings.contactors]\nclose_time_s = 0.0\nopen_time_s = 0.0\n";
     let mut p = Plant::new(PlantConfig::from_toml_str(one).unwrap(), vec![rich.clone()], 0).unwrap();
     close_all(&mut p);
-    let mut s = crate::cell_model::CellState::at_rest(0.7);
-    let sc = crate::cell_model::CellScale::default();
+    let mut s = mbms_core::cell_model::CellState::at_rest(0.7);
+    let sc = mbms_core::cell_model::CellScale::default();
     for k in 0..3000 {
         p.set_load_a(if (k / 500) % 2 == 0 { 5.0 } else { -3.0 });
         p.step(0.1);

@@ -6,7 +6,7 @@
 //! pairs discretised exactly, plus `r_extra_ohm`, plus the precharge resistor when only the
 //! precharge relay is closed), the bus node is solved exactly over the step
 //! ([`network::solve_bus`]), the step-average string currents drive the cells
-//! ([`crate::cell_model::CellParams::advance`], the same update as `CellParams::step`) and the
+//! ([`mbms_core::cell_model::CellParams::advance`], the same update as `CellParams::step`) and the
 //! lumped thermal model, and energy counters are kept. Sans-IO: time, commands and seed are
 //! arguments; no clocks, files or OS randomness.
 
@@ -28,7 +28,7 @@ pub use fault::{ContactorId, PlantFault, SensorId};
 pub use load::{LoadConfig, Quantity};
 pub use sensors::Measurement;
 
-use crate::cell_model::CellParams;
+use mbms_core::cell_model::CellParams;
 use config::cfg_err;
 use sensors::{open_wire_value, ChannelFault};
 use string::StringSim;

@@ -3,7 +3,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::cell_model::{CellParams, CellScale, CellState};
+use mbms_core::cell_model::{CellParams, CellScale, CellState};
 
 /// A cell parameter set (parsed from the text of a `hw/cells/*.toml` file).
 #[pyclass(name = "CellModel", module = "mbms._core", frozen)]

@@ -30,10 +30,10 @@ pub mod plant;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use crate::config::PeerConfig;
-use crate::peer::{Contactors, LocalState, Peer, Phase};
-use crate::prng::SplitMix64;
-use crate::sharing::n1_limits;
+use mbms_consensus::config::PeerConfig;
+use mbms_consensus::peer::{Contactors, LocalState, Peer, Phase};
+use mbms_consensus::prng::SplitMix64;
+use mbms_consensus::sharing::n1_limits;
 use net::{NetKind, NetModel, Partition};
 use plant::{Plant, StringTruth};
 
@@ -184,10 +184,10 @@ struct World {
     qseq: u64,
     grants: Vec<Option<GrantRecord>>,
     /// confirmed[p][j]: the true state of string j when p last heard from j.
-    confirmed: Vec<Vec<Option<crate::sharing::StringState>>>,
+    confirmed: Vec<Vec<Option<mbms_consensus::sharing::StringState>>>,
     /// latest_confirmed[j]: the true state of string j at the last delivery of its state
     /// (a Limits message) to any peer — the newest state of j that any proposal can carry.
-    latest_confirmed: Vec<Option<crate::sharing::StringState>>,
+    latest_confirmed: Vec<Option<mbms_consensus::sharing::StringState>>,
     conf_hist: Vec<VecDeque<(u64, f64, f64)>>,
     closed_mask: u64,
     last_drop_us: Option<u64>,
@@ -328,15 +328,15 @@ impl World {
         }
         for e in &events {
             match e {
-                crate::Event::RequestSent { .. } => self.nodes[k].request_at = Some(t),
-                crate::Event::PrechargeStarted { .. } => {
+                mbms_consensus::Event::RequestSent { .. } => self.nodes[k].request_at = Some(t),
+                mbms_consensus::Event::PrechargeStarted { .. } => {
                     if let Some(t0) = self.nodes[k].request_at.take() {
                         let hb_us = self.cfg.heartbeat_ms as f64 * 1000.0;
                         self.result.grant_periods.push((t - t0) as f64 / hb_us);
                     }
                 }
-                crate::Event::Closed => self.result.closes += 1,
-                crate::Event::Aborted { .. } => self.result.aborts += 1,
+                mbms_consensus::Event::Closed => self.result.closes += 1,
+                mbms_consensus::Event::Aborted { .. } => self.result.aborts += 1,
                 _ => {}
             }
         }
@@ -479,7 +479,7 @@ impl World {
         if self.last_drop_us.is_some_and(|d| t - d <= self.window_us) {
             let set: Vec<_> =
                 self.plant.strings.iter().filter(|st| st.main_closed()).map(|st| st.state()).collect();
-            let (pd, pc) = crate::sharing::set_limits(&set, true);
+            let (pd, pc) = mbms_consensus::sharing::set_limits(&set, true);
             md = md.max(pd);
             mc = mc.max(pc);
         }
@@ -552,9 +552,9 @@ impl World {
                 }
                 let c = self.nodes[k].msg_counter;
                 self.nodes[k].msg_counter += 1;
-                r.bus_bits_worst[b] += crate::busload::classic_message_bits(id, c, &m, true) as u64;
-                r.bus_bits_exact[b] += crate::busload::classic_message_bits(id, c, &m, false) as u64;
-                r.fd_us_worst[b] += crate::busload::fd_frame_us_worst(m.len() + 1, 500_000.0, 2_000_000.0);
+                r.bus_bits_worst[b] += mbms_consensus::busload::classic_message_bits(id, c, &m, true) as u64;
+                r.bus_bits_exact[b] += mbms_consensus::busload::classic_message_bits(id, c, &m, false) as u64;
+                r.fd_us_worst[b] += mbms_consensus::busload::fd_frame_us_worst(m.len() + 1, 500_000.0, 2_000_000.0);
             }
             let dels = self.net.broadcast(&mut self.net_rng, t, k, n, frame_us);
             for (at, to) in dels {
@@ -573,8 +573,8 @@ impl World {
             if p.on_message(lms, data).is_ok() {
                 // What k now knows of the sender's state ("latest confirmed", for S4).
                 // Only a Limits message carries the state the formula uses.
-                if let Ok(m) = crate::wire::Message::decode(data).and_then(|m| {
-                    if m.kind() == 0 { Ok(m) } else { Err(crate::wire::WireError::Kind(1)) }
+                if let Ok(m) = mbms_consensus::wire::Message::decode(data).and_then(|m| {
+                    if m.kind() == 0 { Ok(m) } else { Err(mbms_consensus::wire::WireError::Kind(1)) }
                 }) {
                     let j = m.sender as usize - 1;
                     self.plant.advance(t);

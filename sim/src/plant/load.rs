@@ -130,7 +130,7 @@ impl LoadConfig {
                 }
             }
             LoadConfig::Table { t_s: ts, value, repeat, .. } => {
-                crate::cell_model::interp_sorted(ts, value, wrap(t_s, ts, *repeat))
+                mbms_core::cell_model::interp_sorted(ts, value, wrap(t_s, ts, *repeat))
             }
             LoadConfig::Csv { .. } => 0.0, // rejected by `Plant::new` until resolved
             LoadConfig::Drive { peak, period_s, regen_fraction, .. } => {

@@ -1,4 +1,4 @@
-//! `mbms._core.Plant`: the parallel-string plant simulator (see `crate::plant`).
+//! `mbms._core.Plant`: the parallel-string plant simulator (see `mbms_sim::plant`).
 //!
 //! Description errors are raised as `ValueError((field, message))` so that the Python layer
 //! (`mbms.plant`) can turn them into `ConfigError` naming the dotted field.
@@ -8,8 +8,8 @@ use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::cell_model::CellParams;
-use crate::plant::{Plant, PlantConfig, PlantConfigError, PlantFault, StringCommand};
+use mbms_core::cell_model::CellParams;
+use mbms_sim::plant::{Plant, PlantConfig, PlantConfigError, PlantFault, StringCommand};
 
 fn cfg_error(e: PlantConfigError) -> PyErr {
     PyValueError::new_err((e.field, e.message))

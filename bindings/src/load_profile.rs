@@ -5,7 +5,7 @@
 use pyo3::prelude::*;
 use pyo3::exceptions::PyValueError;
 
-use crate::plant::{PlantConfig, Quantity};
+use mbms_sim::plant::{PlantConfig, Quantity};
 
 /// `(values, is_power)`: the description's `load` profile at each time in `t_s` (A, or W if
 /// the profile's quantity is power; discharge positive). Errors: `ValueError((field, message))`.

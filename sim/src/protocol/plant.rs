@@ -2,8 +2,8 @@
 //! actuation delay, precharge resistor) on one bus with a DC-link capacitance, a bleed
 //! resistor and an optional load. Bus voltage by implicit Euler (stiff: R·C ≪ dt).
 
-use crate::peer::Contactors;
-use crate::sharing::StringState;
+use mbms_consensus::peer::Contactors;
+use mbms_consensus::sharing::StringState;
 
 /// Bus DC-link capacitance (F): a few mF is typical of a traction inverter.
 pub const C_BUS_F: f64 = 2e-3;
