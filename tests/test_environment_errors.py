@@ -15,19 +15,12 @@ from pathlib import Path
 import pytest
 from conftest import free_udp_port
 from node_files import pack_file, system_file
+from test_cli_exit_codes import assert_one_line
 
 
-def _run_node(pack: Path, system: Path) -> tuple[int, str]:
-    out = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(pack), "--system", str(system),
-                          "--duration", "5"], capture_output=True, text=True, timeout=60)
-    return out.returncode, out.stderr
-
-
-def _one_error_line(stderr: str) -> str:
-    errors = [s for s in stderr.splitlines() if s.startswith("mbms node: error:")]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr
-    assert stderr.strip().splitlines()[-1] == errors[0], stderr
-    return errors[0]
+def _run_node(pack: Path, system: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(pack), "--system", str(system),
+                           "--duration", "5"], capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("interface", ["no_such_interface", "socketcan"])
@@ -36,10 +29,7 @@ def test_can_interface_the_machine_lacks_is_one_line(interface: str, tmp_path: P
     system.write_text(system.read_text().replace('interface = "udp_multicast"', f'interface = "{interface}"')
                       .replace('channel = "239.74.163.2"', 'channel = "can9"'))
     pack = pack_file(tmp_path, 1, f"udp://127.0.0.1:{free_udp_port()}", with_engine=True)
-    rc, err = _run_node(pack, system)
-    line = _one_error_line(err)
-    assert rc == 3, (rc, err)
-    assert line.startswith(f"mbms node: error: peer transport can:{interface}:can9:"), line
+    assert_one_line(_run_node(pack, system), 3, f"mbms node: error: peer transport can:{interface}:can9:")
 
 
 def test_state_dir_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
@@ -49,7 +39,4 @@ def test_state_dir_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     system = system_file(tmp_path, [1], "can", free_udp_port())
     pack = pack_file(tmp_path, 1, f"udp://127.0.0.1:{free_udp_port()}", with_engine=True)
     pack.write_text(pack.read_text().replace(f'state_dir = "{tmp_path}/state1"', f'state_dir = "{blocker}/state"'))
-    rc, err = _run_node(pack, system)
-    line = _one_error_line(err)
-    assert rc == 3, (rc, err)
-    assert f"{pack}: node.state_dir" in line and "Not a directory" in line, line
+    assert_one_line(_run_node(pack, system), 3, f"mbms node: error: {pack}: node.state_dir", "Not a directory")

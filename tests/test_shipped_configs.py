@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import tomli_w
 from conftest import Proc, free_udp_port, wait_for
+from test_cli_exit_codes import assert_one_line
 
 from mbms.paths import hw_dir
 
@@ -114,12 +115,8 @@ def test_shipped_system_starts_every_shipped_pack(system_src: Path, tmp_path: Pa
         as_shipped = _system_copy(system_src, tmp_path / "as_shipped.toml", port)
         out = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(packs[0]), "--system",
                               str(as_shipped)], capture_output=True, text=True, timeout=60)
-        # (the lines before it are the node's info log)
-        errors = [s for s in out.stderr.splitlines() if s.startswith("mbms node: error:")]
-        assert out.returncode == 3 and len(errors) == 1, (out.returncode, out.stderr)
-        assert out.stderr.strip().splitlines()[-1] == errors[0] and "Traceback" not in out.stderr, out.stderr
         can = shipped["transport"]["can"]
-        assert errors[0].startswith(f"mbms node: error: peer transport can:socketcan:{can['channel']}:"), errors[0]
+        assert_one_line(out, 3, f"mbms node: error: peer transport can:socketcan:{can['channel']}:")
         system = _system_copy(system_src, tmp_path / system_src.name, port, interface="udp_multicast")
     else:
         system = _system_copy(system_src, tmp_path / system_src.name, port)
