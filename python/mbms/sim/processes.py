@@ -53,7 +53,6 @@ import numpy as np
 from mbms import _core
 from mbms.errors import ConfigError, MbmsError
 from mbms.node.config import ProtocolSection, load_system
-from mbms.node.core_adapter import peer_config
 from mbms.node.logic import Phase
 from mbms.paths import cell_file
 from mbms.plant_link import pack as pack_msg
@@ -469,7 +468,7 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         for c in nodes:
             c.start()
         # The monitor checks against the protocol settings the nodes run (one source).
-        monitor = _core.SafetyMonitor(peer_config(system, 1, 0))
+        monitor = _core.SafetyMonitor(system.peer_config(1, 0))
         res = await _drive(sc, console, st, client, observer, nodes, plant, desc_json, canlog, monitor)
     finally:
         stop_all(children, st.stop_timeout_s)
