@@ -11,8 +11,13 @@ from numpy.typing import NDArray
 __all__ = [
     "CellModel",
     "Engine",
-    "validate_engine_config",
-    "engine_config_defaults",
+    "config_extends",
+    "node_files",
+    "engine_config_layers",
+    "engine_config",
+    "peer_config",
+    "node_config",
+    "config_schemas",
     "engine_rules",
     "ConsensusPeer",
     "CanReassembler",
@@ -195,7 +200,7 @@ class NodeCore:
     """One BMU's sans-IO decision logic: pack engine + peer coordination + contactor sequencing."""
 
     def __new__(
-        cls, engine_json: str, cell_toml: str, system: dict[str, Any], node: dict[str, Any], incarnation: int
+        cls, engine: dict[str, Any], cell_toml: str, peer: dict[str, Any], node: dict[str, Any], incarnation: int
     ) -> NodeCore: ...
     @property
     def node_id(self) -> int: ...
@@ -230,7 +235,7 @@ class FastSim:
         cls,
         plant_json: str,
         cells: list[str],
-        engines_json: list[str],
+        engines: list[dict[str, Any]],
         system: dict[str, Any],
         node: dict[str, Any],
         drift_ppm: list[float],
@@ -302,11 +307,11 @@ class SafetyMonitor:
 
 @final
 class Engine:
-    """The Rust pack engine. ``config_json``: the engine tables (pack, estimator, protection,
-    limits, balancing) as JSON; ``cell_toml``: the cell parameter file's text. Raises
-    ValueError((field, message)) on a bad configuration."""
+    """The Rust pack engine. ``config``: the engine tables (pack, estimator, protection,
+    limits, balancing) as a dict; ``cell_toml``: the cell parameter file's text. Raises
+    mbms.errors.ConfigError(field, message, source) on a bad configuration."""
 
-    def __new__(cls, config_json: str, cell_toml: str) -> Engine: ...
+    def __new__(cls, config: dict[str, Any], cell_toml: str, source: str | None = None) -> Engine: ...
     @property
     def n_cells(self) -> int: ...
     @property
@@ -332,8 +337,20 @@ class Engine:
     def export_state(self) -> bytes: ...
     def import_state(self, data: bytes) -> list[str]: ...
 
-def validate_engine_config(config_json: str) -> None: ...
-def engine_config_defaults() -> str: ...
+
+# ---- configs (bindings/src/config.rs): one conversion path; errors are mbms.errors.ConfigError ----
+
+def config_extends(source: str, text: str) -> str | None: ...
+def node_files(
+    layers: list[tuple[str, str]], system: tuple[str, str] | None, cell_text: str | None
+) -> dict[str, Any]: ...
+def engine_config_layers(layers: list[tuple[str, str]]) -> dict[str, Any]: ...
+def engine_config(value: dict[str, Any], source: str | None = None) -> dict[str, Any]: ...
+def peer_config(
+    value: dict[str, Any], prefix: str = "", source: str | None = None, check: bool = True
+) -> dict[str, Any]: ...
+def node_config(value: dict[str, Any], prefix: str = "node", source: str | None = None) -> dict[str, Any]: ...
+def config_schemas() -> dict[str, str]: ...
 def engine_rules() -> list[str]: ...
 
 # ---- load profile for the processes mode of mbms sim (bindings/src/load_profile.rs) --------
