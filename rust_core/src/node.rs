@@ -103,6 +103,12 @@ pub struct NodeOutput {
     pub dcdc_setpoint_a: Option<f64>,
     /// Number of engine fault resets requested so far.
     pub resets: u32,
+    // ---- two-phase main close (S3, issue 11) ----
+    /// The precharge dwell is over: take a sample NOW and step again; the main contactor is
+    /// commanded only on a sample taken after this step (see `Peer::precharge_step`).
+    pub sample_request: bool,
+    /// A string is joining (precharging/closing): the load should be held steady.
+    pub join_in_progress: bool,
 }
 
 impl NodeOutput {
@@ -125,6 +131,8 @@ impl NodeOutput {
             speaker: None,
             dcdc_setpoint_a: None,
             resets: 0,
+            sample_request: false,
+            join_in_progress: false,
         }
     }
 }
@@ -318,6 +326,7 @@ impl NodeCore {
             v_bus_v: inp.v_bus_v,
             i_a: inp.i_a,
             feedback: inp.feedback,
+            meas_t_ms: Some(inp.meas_t_ms),
         };
         let po: &PeerOutput = self.peer.tick(t_ms, &local);
 
@@ -339,6 +348,8 @@ impl NodeCore {
         out.quorum = po.quorum;
         out.speaker = po.speaker;
         out.dcdc_setpoint_a = po.dcdc_setpoint_a;
+        out.sample_request = po.sample_request && !fault;
+        out.join_in_progress = po.join_in_progress;
         out.balance.clear();
         if fault {
             out.balance.resize(eo.balance.len(), false);

@@ -36,6 +36,9 @@ pub(crate) fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PeerConfig> {
             "seed" => c.seed = v.extract().map_err(bad)?,
             "dcdc" => c.dcdc = v.extract().map_err(bad)?,
             "dcdc_soc_gain" => c.dcdc_soc_gain = v.extract().map_err(bad)?,
+            "main_close_time_ms" => c.main_close_time_ms = v.extract().map_err(bad)?,
+            "verify_timeout_ms" => c.verify_timeout_ms = v.extract().map_err(bad)?,
+            "max_bus_slew_v_per_s" => c.max_bus_slew_v_per_s = v.extract().map_err(bad)?,
             _ => return Err(PyValueError::new_err((key.clone(), "unknown consensus config field".to_string()))),
         }
     }
@@ -65,6 +68,8 @@ fn local_from_dict(d: &Bound<'_, PyDict>) -> PyResult<LocalState> {
         v_bus_v: get(d, "v_bus_v")?,
         i_a: get(d, "i_a")?,
         feedback: Contactors { neg: fb.0, pos: fb.1, pre: fb.2 },
+        // optional: when the sample was taken (ms, own clock); absent = at the tick's time
+        meas_t_ms: d.get_item("meas_t_ms")?.map(|v| v.extract()).transpose()?,
     })
 }
 
@@ -76,6 +81,8 @@ fn abort_name(r: AbortReason) -> &'static str {
         AbortReason::Withdrawn => "withdrawn",
         AbortReason::FeedbackTimeout => "feedback_timeout",
         AbortReason::Fault => "fault",
+        AbortReason::VerifyFailed => "verify_failed",
+        AbortReason::VerifyTimeout => "verify_timeout",
     }
 }
 
