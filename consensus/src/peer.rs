@@ -997,7 +997,8 @@ impl Peer {
         let matched = dv <= cfg.dv_close_v && local.i_a.abs() <= cfg.precharge_settle_a && local.v_bus_v.is_finite();
         let steady_v = cfg.max_bus_slew_v_per_s * cfg.dwell_ms.max(1) as f64 / 1000.0;
         if let Some(t_dec) = self.verify_since {
-            if new_sample && meas_t >= t_dec {
+            // A sample taken at or after the decision and young enough to act on now.
+            if new_sample && meas_t >= t_dec && now.saturating_sub(meas_t) <= cfg.verify_timeout_ms as u64 {
                 let ok = matched
                     && self.dwell.is_some_and(|mut d| {
                         d.add(local.v_bus_v);
