@@ -72,7 +72,7 @@ struct Slot {
     prev_pre: bool,
     /// Runtime-like sampling: the sample the node will use at its next period (taken when
     /// it sent its last command, as the plant link's reply), with its plant time.
-    held: Option<Measurement>,
+    held: Option<(Measurement, u64)>,
     /// Sim time of the node's next period (runtime-like sampling).
     next_period_ms: u64,
     /// The node asked for a fresh sample (two-phase close): step it again at this sim time.
@@ -179,6 +179,11 @@ pub struct FastSim {
     s3_seen: usize,
     /// The inverter's current before the join hold began.
     held_load_a: Option<f64>,
+    /// Load requests tied to joins (through the inverter, unlike the plant's join load
+    /// steps): (string or any, delay after its precharge relay closed, ΔA, due sim time).
+    request_steps: Vec<(Option<usize>, u64, f64, Option<u64>)>,
+    /// Sum of the fired request steps (A), added to the profile's request.
+    pub request_offset_a: f64,
 }
 
 fn rand01(rng: &mut SplitMix64) -> f64 {
@@ -246,6 +251,8 @@ impl FastSim {
             plant_lag_ms: 0,
             s3_seen: 0,
             held_load_a: None,
+            request_steps: Vec::new(),
+            request_offset_a: 0.0,
         })
     }
 
@@ -253,6 +260,19 @@ impl FastSim {
     /// their last sample, which goes stale; their commands queue and apply when it resumes).
     pub fn freeze_plant(&mut self, ms: u64) {
         self.frozen_until_ms = self.frozen_until_ms.max(self.t_ms + ms);
+    }
+
+    /// Arm a step of the load REQUEST (what the inverter is asked for; it obeys the limits and,
+    /// with `hold_load_during_join`, the hold): when string `k` (any if None) closes its
+    /// precharge relay, the request changes by `delta_a` `after_ms` later (and stays).
+    pub fn arm_join_request_step(&mut self, k: Option<usize>, after_ms: u64, delta_a: f64) {
+        self.request_steps.push((k, after_ms, delta_a, None));
+    }
+
+    /// Drop armed and fired request steps.
+    pub fn clear_request_steps(&mut self) {
+        self.request_steps.clear();
+        self.request_offset_a = 0.0;
     }
 
     /// Is a join in progress, as the speaker (the node the inverter listens to) reports?
@@ -364,10 +384,21 @@ impl FastSim {
         let load = &self.plant.config().load;
         let raw = load.value_at(t_s);
         let v_bus = self.plant.v_bus_v().max(1.0);
-        let request_a = match load.quantity() {
-            Quantity::CurrentA => raw,
-            Quantity::PowerW => raw / v_bus,
-        };
+        let t_now = self.t_ms;
+        let mut fired = 0.0;
+        self.request_steps.retain(|r| match r.3 {
+            Some(at) if at <= t_now => {
+                fired += r.2;
+                false
+            }
+            _ => true,
+        });
+        self.request_offset_a += fired;
+        let request_a = self.request_offset_a
+            + match load.quantity() {
+                Quantity::CurrentA => raw,
+                Quantity::PowerW => raw / v_bus,
+            };
         self.request_a = request_a;
         let any_closed = (0..n).any(|k| self.plant.contactor_state(k).pos && self.plant.contactor_state(k).neg);
         // "BMS ready": the inverter draws current only once the start-up closing sequence is
@@ -449,12 +480,12 @@ impl FastSim {
                 None => {
                     if frozen {
                         // no reply from a frozen plant: the node steps on its last sample
-                        let m = self.slots[k].held.clone().unwrap_or_default();
-                        self.step_node(k, t_ms, &m);
+                        let (m, at) = self.slots[k].held.clone().unwrap_or_default();
+                        self.step_node(k, t_ms, &m, at);
                     } else {
                         let m = self.plant.measure(k).clone();
-                        self.step_node(k, t_ms, &m);
-                        self.slots[k].held = Some(m);
+                        self.step_node(k, t_ms, &m, t_ms);
+                        self.slots[k].held = Some((m, t_ms));
                     }
                 }
                 Some(period) => {
@@ -470,18 +501,18 @@ impl FastSim {
                     }
                     // The periodic step uses the sample of the previous period (the reply to
                     // the last command); a verification step asks the plant for a fresh one.
-                    let m = if verify && !frozen {
-                        self.plant.measure_fresh(k).clone()
+                    let (m, at) = if verify && !frozen {
+                        (self.plant.measure_fresh(k).clone(), t_ms)
                     } else {
                         self.slots[k].held.clone().unwrap_or_default()
                     };
                     self.slots[k].verify_at_ms = None;
-                    self.step_node(k, t_ms, &m);
+                    self.step_node(k, t_ms, &m, at);
                     if !frozen {
                         // the command goes out now; the plant replies with the next sample
                         let cmd = self.slots[k].last_cmd.clone();
                         self.plant.set_command(k, &cmd);
-                        self.slots[k].held = Some(self.plant.measure(k).clone());
+                        self.slots[k].held = Some((self.plant.measure(k).clone(), t_ms));
                     }
                 }
             }
@@ -502,16 +533,13 @@ impl FastSim {
 
     /// Step node `k` at sim time `t_ms` on measurement `m`, send its messages, keep its
     /// command (applied by the caller), and schedule a verification step if it asks.
-    fn step_node(&mut self, k: usize, t_ms: u64, m: &Measurement) {
+    /// `m_sim_ms`: the simulation time the sample was taken (a sample held over a plant
+    /// freeze keeps its time and goes stale).
+    fn step_node(&mut self, k: usize, t_ms: u64, m: &Measurement, m_sim_ms: u64) {
         let n = self.slots.len();
         let dt_ms = self.dt_ms;
         let tn = self.node_clock(k, t_ms);
-        let offset = self.slots[k].spec.clock_offset_ms;
-        let drift = self.slots[k].spec.drift_ppm;
-        // plant time → sim time (the plant lags by its frozen time) → this node's clock
-        let m_sim_ms = m.t_s * 1000.0 + self.plant_lag_ms as f64;
-        let meas_t_ms = offset + (m_sim_ms * (1.0 + drift * 1e-6)).round().max(0.0) as u64;
-        let meas_t_ms = meas_t_ms.min(tn);
+        let meas_t_ms = self.node_clock(k, m_sim_ms).min(tn);
         let Some(core) = self.slots[k].core.as_mut() else { return };
         let inp = NodeInputs {
             t_ms: tn,
@@ -623,6 +651,13 @@ impl FastSim {
             // S6: a string starts precharge only on a side holding quorum.
             let pre_start = c.pre && !self.slots[k].prev_pre;
             self.slots[k].prev_pre = c.pre;
+            if pre_start && c.neg {
+                for r in &mut self.request_steps {
+                    if r.3.is_none() && r.0.is_none_or(|s| s == k) {
+                        r.3 = Some(t_ms + r.1);
+                    }
+                }
+            }
             if pre_start {
                 let side = (0..n)
                     .filter(|&j| self.net.group[j] == self.net.group[k] && self.slots[j].core.is_some())

@@ -251,9 +251,11 @@ impl NodeCore {
         let eo = self.engine.output();
         let action = eo.action;
 
-        // Contactor feedback supervision: commanded vs seen, debounced.
+        // Contactor feedback supervision: commanded vs seen, debounced. Only on a usable, fresh
+        // sample: a frozen sensor link repeats an old feedback that says nothing about now
+        // (a plant freeze otherwise latched a contactor fault, issue 11).
         let cmd = self.out.contactors;
-        if cmd != inp.feedback && inp.valid {
+        if cmd != inp.feedback && inp.valid && failsafe == FailSafe::None {
             let since = *self.mismatch_since_ms.get_or_insert(t_ms);
             if t_ms.saturating_sub(since) >= self.cfg.feedback_mismatch_ms {
                 self.contactor_fault = true;

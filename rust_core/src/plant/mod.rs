@@ -138,6 +138,8 @@ pub struct Plant {
     /// Join-triggered load steps armed or pending, and the sum of those applied (A).
     join_steps: Vec<JoinLoadStep>,
     load_offset_a: f64,
+    /// (plant time, ΔA) of every join load step applied.
+    join_fired: Vec<(f64, f64)>,
 }
 
 impl Plant {
@@ -184,6 +186,7 @@ impl Plant {
             pre_was: vec![false; n_strings],
             join_steps: Vec::new(),
             load_offset_a: 0.0,
+            join_fired: Vec::new(),
             cfg,
         })
     }
@@ -291,6 +294,11 @@ impl Plant {
         self.load_offset_a = 0.0;
     }
 
+    /// (plant time, ΔA) of every join load step applied so far.
+    pub fn join_steps_fired(&self) -> &[(f64, f64)] {
+        &self.join_fired
+    }
+
     /// Every physical main close so far, in time order: (t_s, string, true |ΔV|, inrush).
     pub fn main_close_events(&self) -> &[MainCloseEvent] {
         &self.main_closes
@@ -373,9 +381,11 @@ impl Plant {
         // join load steps due now
         let t_now = self.t_s;
         let mut fired = 0.0;
+        let log = &mut self.join_fired;
         self.join_steps.retain(|j| match j.at_s {
             Some(at) if at <= t_now + 1e-9 => {
                 fired += j.delta_a;
+                log.push((t_now, j.delta_a));
                 false
             }
             _ => true,

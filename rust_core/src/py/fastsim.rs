@@ -216,6 +216,29 @@ impl PyFastSim {
     fn clear_join_load_steps(&mut self) {
         self.sim.plant_mut().clear_join_load_steps();
     }
+    /// (plant time s, ΔA) of every join load step the plant applied.
+    fn join_steps_fired(&self) -> Vec<(f64, f64)> {
+        self.sim.plant().join_steps_fired().to_vec()
+    }
+    /// Plant time (s); behind the simulation's clock by the time the plant was frozen.
+    fn plant_t_s(&self) -> f64 {
+        self.sim.plant().t_s()
+    }
+    /// Arm a step of the load request (through the inverter: limits, hold) tied to a join.
+    #[pyo3(signature = (k, after_ms, delta_a))]
+    fn arm_join_request_step(&mut self, k: Option<usize>, after_ms: u64, delta_a: f64) -> PyResult<()> {
+        if let Some(k) = k {
+            self.check(k)?;
+        }
+        if !delta_a.is_finite() {
+            return Err(verr("request_step", "expected a finite delta_a"));
+        }
+        self.sim.arm_join_request_step(k, after_ms, delta_a);
+        Ok(())
+    }
+    fn clear_request_steps(&mut self) {
+        self.sim.clear_request_steps();
+    }
     /// Every physical main close of the plant: [(t_s plant time, string, dv_true_v, inrush_a)].
     fn main_close_events(&self) -> Vec<(f64, usize, f64, f64)> {
         self.sim.plant().main_close_events().iter().map(|e| (e.t_s, e.string, e.dv_true_v, e.inrush_a)).collect()
