@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Make the physics-based reference traces in tests/data/ (small float32 .npz files).
+"""Make the physics-based reference traces (small float32 .npz files): ``dfn_<cell>.npz`` in
+python/mbms/data/traces/ (shipped: ``mbms bench soc`` reads them), ``thevenin_<cell>.npz`` in tests/data/.
 
     python scripts/make_reference_traces.py [--cell nmc|lfp|all] [--kind dfn|thevenin|all]
 
 Development tool: needs the ``dev`` extra (pybamm, scipy). The tests read only the committed
 ``.npz`` files; nothing under ``python/mbms`` imports PyBaMM.
 
-Two kinds of trace per cell (NMC: PyBaMM Chen2020 / hw/cells/lg_m50_nmc.toml; LFP: Prada2013 /
-hw/cells/a123_anr26650_lfp.toml):
+Two kinds of trace per cell (NMC: PyBaMM Chen2020 / python/mbms/data/cells/lg_m50_nmc.toml; LFP: Prada2013 /
+python/mbms/data/cells/a123_anr26650_lfp.toml):
 
 ``dfn_<cell>.npz``: the DFN (lumped thermal for NMC, whose set has thermal data; isothermal 25 C for
   LFP, whose set has none) under a seeded drive-like current profile written here (synthetic urban
@@ -159,7 +160,7 @@ def soc_from_current(soc0: float, t_s: np.ndarray, i_a: np.ndarray, capacity_ah:
 
 def make_dfn(key: str, out_dir: Path) -> Path:
     spec = CELLS[key]
-    cell = tomllib.loads((ROOT / "hw" / "cells" / spec["toml"]).read_text())
+    cell = tomllib.loads((ROOT / "python" / "mbms" / "data" / "cells" / spec["toml"]).read_text())
     cap = float(cell["capacity_ah"])
     current = drive_profile(cap, spec["seed"])
     t = np.arange(len(current), dtype=float)
@@ -295,7 +296,7 @@ def thevenin_parameters(cell: dict, temp_c: float, soc0: float) -> tuple[pybamm.
 
 def make_thevenin(key: str, out_dir: Path, temp_c: float = 25.0, soc0: float = 0.7) -> Path:
     spec = CELLS[key]
-    cell = tomllib.loads((ROOT / "hw" / "cells" / spec["toml"]).read_text())
+    cell = tomllib.loads((ROOT / "python" / "mbms" / "data" / "cells" / spec["toml"]).read_text())
     cap = float(cell["capacity_ah"])
     current = zoh_profile(cap, spec["seed"] + 100)
     pv, n_rc = thevenin_parameters(cell, temp_c, soc0)
@@ -357,17 +358,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cell", choices=["nmc", "lfp", "all"], default="all")
     ap.add_argument("--kind", choices=["dfn", "thevenin", "all"], default="all")
-    ap.add_argument("--out", type=Path, default=ROOT / "tests" / "data")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for all traces (default: dfn -> python/mbms/data/traces, thevenin -> tests/data)")
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    dfn_out = args.out or ROOT / "python" / "mbms" / "data" / "traces"
+    thevenin_out = args.out or ROOT / "tests" / "data"
+    for d in (dfn_out, thevenin_out):
+        d.mkdir(parents=True, exist_ok=True)
     keys = ["nmc", "lfp"] if args.cell == "all" else [args.cell]
     for key in keys:
         if args.kind in ("thevenin", "all"):
             # NMC at 31 C: between the 25 and 40 C breakpoints, so the temperature
             # interpolation of the tables is compared too.
-            make_thevenin(key, args.out, temp_c=CELLS[key]["thevenin_temp_c"])
+            make_thevenin(key, thevenin_out, temp_c=CELLS[key]["thevenin_temp_c"])
         if args.kind in ("dfn", "all"):
-            make_dfn(key, args.out)
+            make_dfn(key, dfn_out)
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 
 
 def pack_file(tmp: Path, k: int, link: str, period_ms: int = 50, with_engine: bool = False, **node: object) -> Path:
@@ -27,7 +27,7 @@ string = {k - 1}
 link_timeout_ms = 300
 """
     if with_engine:
-        full = (hw_dir() / "packs" / "node1.toml").read_text()
+        full = (data_dir() / "packs" / "node1.toml").read_text()
         text += "\n" + full[full.index("[pack]"):]
     p = tmp / f"node{k}.toml"
     p.write_text(text)

@@ -24,13 +24,13 @@ from conftest import Proc, free_udp_port, wait_for
 from netns_util import Lab, mbms_cmd, unavailable
 from node_files import pack_file, system_file
 
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 from test_plant_link import _plant_state
 
 
 def _plant_file() -> Path:
     env = os.environ.get("MBMS_E2E_PLANT")
-    return Path(env) if env else hw_dir() / "systems" / "example_plant.toml"
+    return Path(env) if env else data_dir() / "systems" / "example_plant.toml"
 
 
 def _require_stack() -> Path:
@@ -68,7 +68,7 @@ def _start_plant(procs: list[Proc], plant: Path, link: str) -> None:
 
     text = re.sub(r"(?m)^initial_soc = [0-9.]+", "initial_soc = 0.60", plant.read_text())
     equal = Path(link.removeprefix("unix://")).with_name("plant_equal_soc.toml")
-    equal.write_text(text)  # cell names resolve in hw/cells/
+    equal.write_text(text)  # cell names resolve in the cell folders (mbms.paths)
     p = Proc(["-m", "mbms", "plant", "--system", str(equal), "--listen", link, "--command-timeout", "0.5",
               "--load-a", "0"])
     procs.append(p)

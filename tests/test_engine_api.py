@@ -24,9 +24,9 @@ from mbms.engine import (
     PackConfig,
 )
 from mbms.errors import ConfigError, InputError
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 
-PACK = hw_dir() / "packs" / "example_pack.toml"
+PACK = data_dir() / "packs" / "example_pack.toml"
 
 
 @pytest.fixture(scope="module")

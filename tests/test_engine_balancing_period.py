@@ -8,11 +8,11 @@ import copy
 import numpy as np
 
 from mbms.engine import Engine, PackConfig, tomllib
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 
 
 def test_bleed_set_is_redecided_once_per_period_and_stops_at_once() -> None:
-    d = copy.deepcopy(tomllib.loads((hw_dir() / "packs" / "example_pack.toml").read_text()))
+    d = copy.deepcopy(tomllib.loads((data_dir() / "packs" / "example_pack.toml").read_text()))
     d["pack"].update(series=8, temp_sensors=2)
     d["balancing"].update(mode="voltage", threshold=0.01, hysteresis=0.005, max_cells=0,
                           decision_period_s=1.0)

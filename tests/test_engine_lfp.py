@@ -8,11 +8,11 @@ from mbms.engine import tomllib  # tomllib, or tomli on Python 3.10
 import numpy as np
 
 from mbms.engine import Engine, PackConfig
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 
 
 def test_lfp_flat_ocv_tracks_without_diverging() -> None:
-    d = copy.deepcopy(tomllib.loads((hw_dir() / "packs" / "example_pack.toml").read_text()))
+    d = copy.deepcopy(tomllib.loads((data_dir() / "packs" / "example_pack.toml").read_text()))
     d["pack"].update(cell="a123_anr26650_lfp", series=4, parallel=1, temp_sensors=1)
     # LFP window: 2.0..3.6 V (A123 ANR26650M1-B datasheet)
     d["protection"]["cell_overvoltage_v"].update(warning=3.6, alarm=3.65, fault=3.7)

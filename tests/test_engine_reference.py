@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from mbms.engine import Engine, PackConfig
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 from mbms.reference.engine_numpy import NumpyEngine
 
-PACK = hw_dir() / "packs" / "example_pack.toml"
+PACK = data_dir() / "packs" / "example_pack.toml"
 
 
 @pytest.mark.parametrize("mode", ["soc", "voltage"])

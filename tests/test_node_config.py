@@ -8,27 +8,27 @@ import pytest
 
 from mbms.errors import ConfigError
 from mbms.node.config import check_membership, load_pack, load_system
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 
-PACK = (hw_dir() / "packs" / "node1.toml").read_text()
-SYSTEM = (hw_dir() / "systems" / "example_system.toml").read_text()
+PACK = (data_dir() / "packs" / "node1.toml").read_text()
+SYSTEM = (data_dir() / "systems" / "example_system.toml").read_text()
 
 
 def test_examples_load() -> None:
     for k in (1, 2, 3, 4):
-        pack = load_pack(hw_dir() / "packs" / f"node{k}.toml")
+        pack = load_pack(data_dir() / "packs" / f"node{k}.toml")
         assert pack.node.id == k and pack.hardware.string == k - 1 and "protection" in pack.engine
     for name in ("example_system.toml", "example_system_udp.toml"):
-        sysc = load_system(hw_dir() / "systems" / name)
+        sysc = load_system(data_dir() / "systems" / name)
         assert sysc.members == (1, 2, 3, 4) and sysc.quorum == 3
-        check_membership(load_pack(hw_dir() / "packs" / "node4.toml"), sysc)
+        check_membership(load_pack(data_dir() / "packs" / "node4.toml"), sysc)
 
 
 def test_engine_accepts_the_node_pack_files() -> None:
     from mbms.engine import PackConfig
 
     for k in (1, 2, 3, 4):
-        cfg = PackConfig.from_toml(hw_dir() / "packs" / f"node{k}.toml")
+        cfg = PackConfig.from_toml(data_dir() / "packs" / f"node{k}.toml")
         assert cfg.pack.series == 96
 
 
@@ -77,7 +77,7 @@ def test_bad_system_names_file_and_field(tmp_path: Path, old: str, new: str, fie
 
 
 def test_udp_system_checks(tmp_path: Path) -> None:
-    base = (hw_dir() / "systems" / "example_system_udp.toml").read_text()
+    base = (data_dir() / "systems" / "example_system_udp.toml").read_text()
     p = _write(tmp_path, "s.toml", base.replace('group = "239.255.77.1"', 'group = "10.0.0.1"'))
     with pytest.raises(ConfigError, match=r"transport\.udp\.group: expected an IPv4 multicast"):
         load_system(p)
@@ -89,7 +89,7 @@ def test_udp_system_checks(tmp_path: Path) -> None:
 def test_membership_and_unreadable_files(tmp_path: Path) -> None:
     sysc = load_system(_write(tmp_path, "s.toml", SYSTEM.replace("members = [1, 2, 3, 4]", "members = [2, 3]")))
     with pytest.raises(ConfigError, match=r"node\.id: expected one of the system's members \[2, 3\]"):
-        check_membership(load_pack(hw_dir() / "packs" / "node1.toml"), sysc)
+        check_membership(load_pack(data_dir() / "packs" / "node1.toml"), sysc)
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_system(_write(tmp_path, "t.toml", "members = [1,"))
     with pytest.raises(ConfigError, match="cannot read"):
@@ -102,6 +102,6 @@ def test_cli_reports_config_error(tmp_path: Path) -> None:
 
     p = _write(tmp_path, "bad_pack.toml", PACK.replace("id = 1\n", "id = 99\n", 1))
     out = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(p), "--system",
-                          str(hw_dir() / "systems" / "example_system.toml"), "--check"], capture_output=True, text=True)
+                          str(data_dir() / "systems" / "example_system.toml"), "--check"], capture_output=True, text=True)
     assert out.returncode == 2 and "bad_pack.toml: node.id: expected an integer <= 63, got 99" in out.stderr
 

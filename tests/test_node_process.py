@@ -15,13 +15,13 @@ import pytest
 from conftest import TESTS, Proc, free_udp_port, wait_for
 from node_files import pack_file, system_file
 
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 from mbms.telemetry import dbc_text
 from test_plant_link import _plant_state
 
 
 def test_committed_dbc_is_the_generated_one() -> None:
-    assert (hw_dir() / "dbc" / "mbms.dbc").read_text() == dbc_text()
+    assert (data_dir() / "dbc" / "mbms.dbc").read_text() == dbc_text()
 
 
 def _start_node(procs: list[Proc], pack: Path, system: Path) -> Proc:
@@ -52,7 +52,7 @@ def test_three_nodes_peer_telemetry_monitor_kill_restart(kind: str, tmp_path: Pa
 
     # telemetry frames a running node sends decode with cantools from the DBC file
     if kind == "can":
-        db = cantools.database.load_file(str(hw_dir() / "dbc" / "mbms.dbc"))
+        db = cantools.database.load_file(str(data_dir() / "dbc" / "mbms.dbc"))
         with can.Bus(interface="udp_multicast", channel="239.74.163.2", port=port, fd=False) as bus:
             got: dict[str, dict] = {}
             def rx() -> bool:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from mbms.errors import ConfigError, InputError
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 from mbms.plant import Plant, PlantDescription
 
-EXAMPLE = hw_dir() / "systems" / "example_plant.toml"
+EXAMPLE = data_dir() / "systems" / "example_plant.toml"
 
 
 def base() -> dict[str, Any]:

@@ -14,13 +14,13 @@ from mbms.hardware.sim_link import SimLinkHardware
 from mbms.node.config import NodeSection
 from mbms.node.logic import ALL_OPEN, Contactors
 from mbms.node.runtime import NodeRuntime
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 
 
 
 def test_mbms_plant_serves_a_node(tmp_path: Path, procs: list[Proc]) -> None:
     link = f"udp://127.0.0.1:{free_udp_port()}"
-    plant = Proc(["-m", "mbms", "plant", "--system", str(hw_dir() / "systems" / "example_plant.toml"),
+    plant = Proc(["-m", "mbms", "plant", "--system", str(data_dir() / "systems" / "example_plant.toml"),
                   "--listen", link, "--load-a", "0"])
     procs.append(plant)
     plant.read_until(lambda s: s.startswith("plant serving 4 strings"), 30)

@@ -23,7 +23,7 @@ from pathlib import Path
 from conftest import Proc, free_udp_port, wait_for
 from node_files import pack_file
 
-from mbms.paths import hw_dir
+from mbms.paths import data_dir
 from mbms.plant_link import pack, unpack
 
 DV_CLOSE_V = 3.0
@@ -73,7 +73,7 @@ interfaces = ["127.0.0.1"]
 def test_load_step_during_rejoin_precharge_never_closes_onto_a_mismatch(tmp_path: Path, procs: list[Proc]) -> None:
     link = f"unix://{tmp_path}/plant.sock"
     # three equal strings of the example plant (every string can match the bus)
-    text = (hw_dir() / "systems" / "example_plant.toml").read_text()
+    text = (data_dir() / "systems" / "example_plant.toml").read_text()
     text = re.sub(r"(?m)^initial_soc = [0-9.]+", "initial_soc = 0.60", text)
     text = text[:[m.start() for m in re.finditer(r"(?m)^\[\[strings\]\]", text)][3]]
     plant_file = tmp_path / "plant3.toml"

@@ -14,10 +14,10 @@ import pytest
 
 from mbms.errors import ConfigError
 from mbms.sim import fast, report
+from mbms.paths import data_dir
 from mbms.sim.scenario import Scenario, _deep_merge, _default_data
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ROOT / "examples" / "scenarios"
+SCENARIOS = data_dir() / "scenarios"
 
 
 def mbms(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
 """``mbms sim --mode processes`` end to end: a plant process and 3 ``mbms node`` processes on
 python-can ``udp_multicast`` with zeroconf on loopback, driven through the CLI, with the scenario
-examples/scenarios/processes_kill.toml (cold start, load, node 2 killed under load and restarted).
+the shipped scenario processes_kill.toml (cold start, load, node 2 killed under load and restarted).
 
 Checked from the files the run leaves behind: exit 0, no invariant violation (S1 where
 observable, S2, S3 from plant truth), the three strings closed one at a time (never two
@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 
 from mbms import _core
+from mbms.paths import data_dir
 from mbms.telemetry import classify
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIO = ROOT / "examples" / "scenarios" / "processes_kill.toml"
+SCENARIO = data_dir() / "scenarios" / "processes_kill.toml"
 
 
 def _children_of(pid: int) -> list[int]:

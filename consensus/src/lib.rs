@@ -2,9 +2,9 @@
 //!
 //! Time, inputs and seeds come in as arguments; nothing here reads a clock,
 //! a socket or a random source. The same [`Peer`] runs in the real-time node
-//! runtime (Python, via `mbms._core`) and in the deterministic simulator
-//! ([`sim`]), which checks the safety rules S1–S6 of the product brief after
-//! every step.
+//! runtime (Python, via `mbms._core`) and in the deterministic protocol simulator
+//! (`mbms_sim::protocol`, crate `mbms-sim`), which checks the safety rules S1–S6 of
+//! the product brief after every step.
 //!
 //! Modules, one concept each:
 //! - [`config`]: [`PeerConfig`] and its validation.
@@ -13,8 +13,7 @@
 //! - [`busload`]: CAN frame bit counts (bit stuffing) and bus load.
 //! - [`sharing`]: the current-sharing formula (brief §4) and the N−1 rule.
 //! - [`peer`]: the protocol state machine ([`Peer`]).
-//! - [`prng`]: a seeded SplitMix64 (jitter, simulator schedules).
-//! - [`sim`]: the deterministic simulator and the S1–S6 checker.
+//! - [`prng`]: a seeded SplitMix64 (the peer's request jitter; the simulators seed from it too).
 
 pub mod busload;
 pub mod config;
@@ -22,7 +21,6 @@ pub mod peer;
 pub mod prng;
 pub mod segment;
 pub mod sharing;
-pub mod sim;
 pub mod wire;
 
 pub use config::{ConsensusConfigError, PeerConfig};

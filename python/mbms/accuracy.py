@@ -1,6 +1,6 @@
 """SOC accuracy harness: the pack engine's SOC estimate against a physics-based reference.
 
-A reference trace (``tests/data/dfn_<cell>.npz``, made by ``scripts/make_reference_traces.py``
+A reference trace (``mbms/data/traces/dfn_<cell>.npz``, shipped, made by ``scripts/make_reference_traces.py``
 from PyBaMM's DFN) gives the true terminal voltage, current, temperature and SOC of one cell
 under a dynamic load. The harness corrupts the measurements the way a real BMS front end does
 (seeded, reproducible), runs the engine on a one-cell pack with them, and compares the engine's
@@ -33,13 +33,13 @@ import numpy as np
 
 from mbms import _core
 from mbms.errors import ConfigError, InputError
-from mbms.paths import cell_file
+from mbms.paths import cell_file, traces_dir
 
 # Brief §5 targets (fractions of SOC): (RMSE, max |error| after the first 10 min).
 TARGETS: dict[str, tuple[float, float]] = {"NMC": (0.005, 0.015), "LFP": (0.02, 0.05)}
 SETTLE_S = 600.0
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "tests" / "data"
+DATA_DIR = traces_dir()
 
 
 @dataclass(frozen=True)

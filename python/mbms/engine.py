@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,10 +31,7 @@ from mbms import _core
 from mbms.errors import ConfigError, InputError
 from mbms.paths import cell_file
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+import tomllib  # standard library from Python 3.11, the floor (pyproject requires-python)
 
 #: Index of a pack-level fault (not tied to a cell or a sensor).
 PACK_INDEX = 0xFFFF_FFFF
@@ -487,10 +483,13 @@ class Engine:
     def export_state(self) -> bytes:
         return bytes(self._core.export_state())
 
-    def import_state(self, data: bytes) -> None:
+    def import_state(self, data: bytes) -> list[str]:
+        """Restore an exported state; returns what was dropped as implausible (SOC outside the
+        filter's range, capacity or resistance outside the estimators' bands of the cell file):
+        empty if everything was restored. A structurally bad blob raises InputError."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expected bytes, got {type(data).__name__}")
         try:
-            self._core.import_state(bytes(data))
+            return list(self._core.import_state(bytes(data)))
         except ValueError as exc:
             raise InputError(str(exc)) from None

@@ -34,7 +34,35 @@ class HumanFormatter(logging.Formatter):
         return line
 
 
+#: The choices of ``--log-format``.
+LOG_FORMATS = ("human", "json")
+
+# Set from the command line (``-v``, ``--log-level``, ``--log-format``); they win over the
+# defaults a command or a config file passes to :func:`setup_logging`.
+_cli_level: str | None = None
+_cli_format: str | None = None
+# The format logging was last set up with (a final error line follows it).
+_active_format = "human"
+
+
+def active_format() -> str:
+    """``"human"`` or ``"json"``: how log records are written now."""
+    return _active_format
+
+
+def set_cli_logging(level: str | None, fmt: str | None) -> None:
+    """Record the command line's logging options and configure logging with them."""
+    global _cli_level, _cli_format
+    _cli_level, _cli_format = level, fmt
+    setup_logging()
+
+
 def setup_logging(fmt: str = "human", level: str = "info") -> None:
+    """Log to stderr as human lines or JSON lines; the command line's options override both."""
+    global _active_format
+    fmt = _cli_format or fmt
+    level = _cli_level or level
+    _active_format = fmt
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
     root = logging.getLogger()

@@ -2,7 +2,7 @@
 
 The plant holds the "true" cells; each string's BMU sees them only through :meth:`Plant.measure`
 (noisy, offset, quantised, sampled, possibly faulty sensors). The description is a TOML file
-or a dict (schema: ``rust_core/src/plant/config.rs``; example: ``hw/systems/example_plant.toml``).
+or a dict (schema: ``sim/src/plant/config.rs``; example: ``hw/systems/example_plant.toml``).
 The Rust core checks it and fills in the defaults; the typed dataclasses below mirror the
 result. Cell names are resolved with :func:`mbms.paths.cell_file`; a CSV load profile is read
 here (the Rust core does no I/O) and handed over as a ``table`` profile.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +27,6 @@ import numpy.typing as npt
 from mbms import _core
 from mbms.errors import ConfigError, InputError
 from mbms.paths import cell_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -54,7 +49,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# Description (mirrors rust_core/src/plant/config.rs)
+# Description (mirrors sim/src/plant/config.rs)
 # --------------------------------------------------------------------------------------------
 
 

@@ -5,8 +5,8 @@ use mbms_core::engine::{Engine, EngineConfig};
 use std::time::Instant;
 
 fn main() {
-    let pack = include_str!("../../hw/packs/example_pack.toml");
-    let cell = CellParams::from_toml_str(include_str!("../../hw/cells/lg_m50_nmc.toml")).unwrap();
+    let pack = include_str!("../../python/mbms/data/packs/example_pack.toml");
+    let cell = CellParams::from_toml_str(include_str!("../../python/mbms/data/cells/lg_m50_nmc.toml")).unwrap();
     let sizes: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
     let sizes = if sizes.is_empty() { vec![16usize, 1000, 10000] } else { sizes };
     for &n in &sizes {

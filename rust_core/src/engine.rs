@@ -26,7 +26,7 @@ use crate::protection::{
     Action, ActiveFault, CompiledRule, Rule, RuleBank, SensorConfig, Thresholds,
 };
 use crate::soc_ekf::{self, Cov2, EstimatorConfig, Predict};
-use crate::soh::{r0_observation, Awtls};
+use crate::soh::{r0_observation, Awtls, CAPACITY_RATIO_RANGE, R0_RATIO_RANGE};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -107,6 +107,11 @@ impl std::fmt::Display for EngineInputError {
     }
 }
 impl std::error::Error for EngineInputError {}
+
+/// Range of the filter's SOC state: the update clamps to it (a little outside 0..1 so that the
+/// filter can correct an overshoot near empty/full; the reported SOC is clamped to 0..1). A
+/// restored SOC outside it is implausible.
+pub const SOC_STATE_RANGE: (f64, f64) = (-0.1, 1.1);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineStateError {
@@ -371,7 +376,7 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let innov = vb[j] - (ocv_pred - r0 * i_cell - v1 - v2);
         soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_meas);
         let ok = okb[j] & b.update;
-        let z = if ok { z.clamp(-0.1, 1.1) } else { z_p };
+        let z = if ok { z.clamp(SOC_STATE_RANGE.0, SOC_STATE_RANGE.1) } else { z_p };
         let v1 = if ok { v1 } else { v1_p };
         let cov = if ok { cov } else { cov_p };
         z_s[j] = z;
@@ -1186,7 +1191,7 @@ impl Engine {
                 if x.abs() >= est.capacity_min_dsoc {
                     let var_x = self.z_rest_var[k] + var;
                     self.awtls[k].add(x, y, var_x, var_y, est.capacity_forgetting);
-                    let q = self.awtls[k].estimate(0.3, 1.5);
+                    let q = self.awtls[k].estimate(CAPACITY_RATIO_RANGE.0, CAPACITY_RATIO_RANGE.1);
                     self.cap_ah[k] = q * cap_nom;
                     self.inv_qc[k] = 1.0 / (3600.0 * self.cap_ah[k]);
                 }
@@ -1259,7 +1264,10 @@ impl Engine {
         w
     }
 
-    pub fn import_state(&mut self, data: &[u8]) -> Result<(), EngineStateError> {
+    /// Restore an exported state. Structural problems (wrong size, other pack, non-finite
+    /// values) are an error and nothing is applied; implausible values are dropped as described
+    /// below and listed in the Ok value (empty: everything restored).
+    pub fn import_state(&mut self, data: &[u8]) -> Result<Vec<String>, EngineStateError> {
         let e = |m: &str| EngineStateError { message: m.to_string() };
         let mut r = Reader { d: data, pos: 0 };
         if r.take(8).ok_or_else(|| e("truncated header"))? != Self::MAGIC {
@@ -1305,36 +1313,62 @@ impl Engine {
                 return Err(EngineStateError { message: format!("cell {k}: non-finite or non-positive state") });
             }
         }
+        // Plausibility (a file with a valid checksum can still hold nonsense: SOC 150 %, 1e6 Ah).
+        // The estimator state is all or nothing: if any of it is implausible none is applied
+        // and the engine starts from the first measurement (SOC from OCV, nominal capacity and
+        // resistance), as on a first start. Latched faults are kept (they only ever hold the
+        // contactors open); implausible limit values restart from 0 (they ramp up, S4).
+        let mut dropped = Vec::new();
+        let estimator_problem = self.implausible_estimator(&per_cell, &pack);
+        if let Some(why) = &estimator_problem {
+            dropped.push(format!("estimator state ({why}): starts from measurements"));
+        }
+        let lim = &self.cfg.limits;
+        let dis_max = lim.max_discharge_a.max(lim.max_discharge_peak_a);
+        let chg_max = lim.max_charge_a.max(lim.max_charge_peak_a);
+        let mut limits = [pack[3], pack[4], pack[5], pack[6]];
+        for (x, (name, hi)) in
+            limits.iter_mut().zip([("dcl_a", dis_max), ("ccl_a", chg_max), ("dcl_peak_a", dis_max), ("ccl_peak_a", chg_max)])
+        {
+            if !(x.is_finite() && *x >= 0.0 && *x <= hi) {
+                dropped.push(format!("limit {name} = {x} A (expected 0..{hi}): restarts from 0"));
+                *x = 0.0;
+            }
+        }
         // all checked: apply
-        for (k, row) in per_cell.iter().enumerate() {
-            self.z[k] = row[0];
-            self.v1[k] = row[1];
-            self.v2[k] = row[2];
-            self.h[k] = row[3];
-            self.cov[k] = Cov2 { p00: row[4], p01: row[5], p11: row[6] };
-            self.out.soc_cc[k] = row[7];
-            self.cap_ah[k] = row[8];
-            self.inv_qc[k] = 1.0 / (3600.0 * row[8]);
-            self.r0_ratio[k] = row[9];
-            self.z_rest[k] = row[10];
-            self.z_rest_var[k] = row[11];
-            self.awtls[k].c.copy_from_slice(&row[12..18]);
+        if estimator_problem.is_none() {
+            for (k, row) in per_cell.iter().enumerate() {
+                self.z[k] = row[0];
+                self.v1[k] = row[1];
+                self.v2[k] = row[2];
+                self.h[k] = row[3];
+                self.cov[k] = Cov2 { p00: row[4], p01: row[5], p11: row[6] };
+                self.out.soc_cc[k] = row[7];
+                self.cap_ah[k] = row[8];
+                self.inv_qc[k] = 1.0 / (3600.0 * row[8]);
+                self.r0_ratio[k] = row[9];
+                self.z_rest[k] = row[10];
+                self.z_rest_var[k] = row[11];
+                self.awtls[k].c.copy_from_slice(&row[12..18]);
+            }
+            self.cap_sum = self.cap_ah.iter().sum();
+            self.q_since_rest_ah = pack[0];
+            self.dt2_since_rest = pack[1];
+            self.time_since_rest_s = pack[2];
+            self.initialized = initialized;
+        }
+        for k in 0..self.n {
             self.v_prev[k] = f64::NAN;
             self.v_valid[k] = false;
             self.v_stuck[k] = 0;
         }
-        self.cap_sum = self.cap_ah.iter().sum();
-        self.q_since_rest_ah = pack[0];
-        self.dt2_since_rest = pack[1];
-        self.time_since_rest_s = pack[2];
-        self.dcl.value = pack[3];
-        self.ccl.value = pack[4];
-        self.dcl_peak.value = pack[5];
-        self.ccl_peak.value = pack[6];
+        self.dcl.value = limits[0];
+        self.ccl.value = limits[1];
+        self.dcl_peak.value = limits[2];
+        self.ccl_peak.value = limits[3];
         for (rule, k) in latched {
             self.banks[rule as usize].restore_latched(k);
         }
-        self.initialized = initialized;
         // re-anchor time: the next step starts a new time base (no integration over the gap)
         self.t_last = None;
         self.i_prev_valid = false;
@@ -1344,7 +1378,53 @@ impl Engine {
         self.t_stuck.iter_mut().for_each(|c| *c = 0);
         self.t_prev.iter_mut().for_each(|c| *c = f64::NAN);
         self.collect_faults();
-        Ok(())
+        Ok(dropped)
+    }
+
+    /// The first implausible value of a restored estimator state (per-cell rows as exported,
+    /// pack values q_since_rest, dt2_since_rest, time_since_rest), or None if all is plausible.
+    /// Bands: the filter's own SOC range, the capacity and R0 bands of the SOH estimators
+    /// (ratios to the cell file), the cell file's voltage window for polarisations and its
+    /// hysteresis amplitude, a covariance that is one.
+    fn implausible_estimator(&self, per_cell: &[[f64; 18]], pack: &[f64; 7]) -> Option<String> {
+        let (z_lo, z_hi) = SOC_STATE_RANGE;
+        let (c_lo, c_hi) = CAPACITY_RATIO_RANGE;
+        let (r_lo, r_hi) = R0_RATIO_RANGE;
+        let cap_nom = self.cell.capacity_ah;
+        // an RC polarisation larger than the cell's whole voltage window is no polarisation
+        let v_window = self.cell.v_max_v - self.cell.v_min_v;
+        let h_max = self.cell.hysteresis_m_v.abs() * (1.0 + 1e-9) + 1e-12;
+        let inside = |x: f64, lo: f64, hi: f64| x.is_finite() && x >= lo && x <= hi;
+        let nan_or_inside = |x: f64, lo: f64, hi: f64| x.is_nan() || inside(x, lo, hi);
+        for (k, row) in per_cell.iter().enumerate() {
+            let (z, v1, v2, h, p00, p01, p11, cap, r0r, z_rest, z_rest_var) =
+                (row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[8], row[9], row[10], row[11]);
+            let why = if !inside(z, z_lo, z_hi) {
+                format!("cell {k}: SOC {z} outside {z_lo}..{z_hi}")
+            } else if !inside(cap / cap_nom, c_lo, c_hi) {
+                format!("cell {k}: capacity {cap} Ah outside {c_lo}..{c_hi} x the cell file's {cap_nom} Ah")
+            } else if !inside(r0r, r_lo, r_hi) {
+                format!("cell {k}: resistance ratio {r0r} outside {r_lo}..{r_hi} x the cell file's R0")
+            } else if !inside(v1, -v_window, v_window) || !inside(v2, -v_window, v_window) {
+                format!("cell {k}: RC polarisation {v1} / {v2} V beyond the cell's {v_window} V window")
+            } else if !inside(h, -h_max, h_max) {
+                format!("cell {k}: hysteresis {h} V beyond the cell file's {h_max} V")
+            } else if !(inside(p00, 0.0, 1.0) && p11 >= 0.0 && p01.is_finite() && p01 * p01 <= p00 * p11 * (1.0 + 1e-9) + 1e-300) {
+                format!("cell {k}: covariance ({p00}, {p01}, {p11}) is not a covariance")
+            } else if !nan_or_inside(z_rest, z_lo, z_hi) || !nan_or_inside(z_rest_var, 0.0, 1.0) {
+                format!("cell {k}: rest point SOC {z_rest} (variance {z_rest_var}) implausible")
+            } else if row[12..18].iter().any(|c| !c.is_finite()) {
+                format!("cell {k}: non-finite capacity estimator sums")
+            } else {
+                continue;
+            };
+            return Some(why);
+        }
+        let (q, dt2, t_rest) = (pack[0], pack[1], pack[2]);
+        if !q.is_finite() || !(dt2.is_finite() && dt2 >= 0.0) || !(t_rest.is_finite() && t_rest >= 0.0) {
+            return Some(format!("time since rest {t_rest} s / charge {q} Ah / {dt2} implausible (negative or non-finite)"));
+        }
+        None
     }
 }
 

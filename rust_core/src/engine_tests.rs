@@ -5,9 +5,9 @@ use crate::cell_model::{CellScale, CellState};
 use crate::protection::Level;
 use proptest::prelude::*;
 
-const PACK: &str = include_str!("../../hw/packs/example_pack.toml");
-const NMC: &str = include_str!("../../hw/cells/lg_m50_nmc.toml");
-const LFP: &str = include_str!("../../hw/cells/a123_anr26650_lfp.toml");
+const PACK: &str = include_str!("../../python/mbms/data/packs/example_pack.toml");
+const NMC: &str = include_str!("../../python/mbms/data/cells/lg_m50_nmc.toml");
+const LFP: &str = include_str!("../../python/mbms/data/cells/a123_anr26650_lfp.toml");
 
 /// Seeded SplitMix64 with a Box-Muller normal (tests only).
 struct Rng(u64);
@@ -343,4 +343,40 @@ fn simd_and_scalar_paths_agree_bit_for_bit() {
         assert_eq!(a.output(), b.output(), "step {step}");
         t += 0.1;
     }
+}
+
+#[test]
+fn implausible_restored_state_is_dropped_latches_kept() {
+    // a state with a valid layout but SOC 150 % in cell 2 and a latched over-voltage fault
+    let mut e = engine(4, 1);
+    let mut v = vec![3.7; 4];
+    let mut t = 0.0;
+    for _ in 0..10 {
+        v[1] = 4.3;
+        e.step(t, &v, &[25.0], 0.0).unwrap();
+        t += 0.1;
+    }
+    assert_eq!(e.output().action, Action::Open);
+    let mut st = e.export_state();
+    let z2 = 8 + 8 + 8 + 1 + 2 * 18 * 8; // header, then 18 f64 per cell, z first
+    st[z2..z2 + 8].copy_from_slice(&1.5f64.to_le_bytes());
+    let mut e2 = engine(4, 1);
+    let dropped = e2.import_state(&st).unwrap();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert!(dropped[0].contains("cell 2: SOC 1.5"), "{dropped:?}");
+    assert_eq!(e2.output().action, Action::Open, "the latched fault survives");
+    // the estimator starts from the measurement, as a fresh engine does
+    let mut fresh = engine(4, 1);
+    let vv = vec![3.6; 4];
+    e2.step(100.0, &vv, &[25.0], 0.0).unwrap();
+    fresh.step(100.0, &vv, &[25.0], 0.0).unwrap();
+    assert_eq!(e2.output().soc, fresh.output().soc);
+    // a capacity of 1e6 Ah is outside the band of the cell file
+    let mut st = e.export_state();
+    let cap0 = 8 + 8 + 8 + 1 + 8 * 8;
+    st[cap0..cap0 + 8].copy_from_slice(&1e6f64.to_le_bytes());
+    let dropped = engine(4, 1).import_state(&st).unwrap();
+    assert!(dropped.len() == 1 && dropped[0].contains("cell 0: capacity 1000000"), "{dropped:?}");
+    // the untouched state is restored whole
+    assert!(engine(4, 1).import_state(&e.export_state()).unwrap().is_empty());
 }

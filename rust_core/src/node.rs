@@ -366,8 +366,8 @@ impl NodeCore {
 mod tests {
     use super::*;
 
-    const PACK: &str = include_str!("../../hw/packs/example_pack.toml");
-    const CELL: &str = include_str!("../../hw/cells/lg_m50_nmc.toml");
+    const PACK: &str = include_str!("../../python/mbms/data/packs/example_pack.toml");
+    const CELL: &str = include_str!("../../python/mbms/data/cells/lg_m50_nmc.toml");
 
     fn node() -> NodeCore {
         let engine = EngineConfig::from_toml_str(PACK).unwrap();

@@ -85,13 +85,22 @@ impl Awtls {
     }
 }
 
+/// Band of a cell's capacity estimate as a ratio to the cell file's nominal capacity: the
+/// interval the AWTLS estimate is searched in (below 30 % a cell is long past end of life,
+/// 150 % is no cell of that type). A restored state outside it is implausible.
+pub const CAPACITY_RATIO_RANGE: (f64, f64) = (0.3, 1.5);
+/// Band of an R0 observation as a ratio to the cell file's R0 table: outside 0.2..5 × nominal
+/// is a sensor glitch or an OCV/RC effect, not R0. The low-passed ratio stays inside it, so a
+/// restored ratio outside it is implausible.
+pub const R0_RATIO_RANGE: (f64, f64) = (0.2, 5.0);
+
 /// One R0 observation from a current step between consecutive samples: −ΔV/ΔI (the RC
 /// branches barely move within one short sample). Returns None if implausible.
 #[inline]
 pub fn r0_observation(dv: f64, di: f64, r0_nominal: f64) -> Option<f64> {
     let r = -dv / di;
-    // outside 0.2..5 × nominal is a sensor glitch or an OCV/RC effect, not R0
-    if r.is_finite() && r > 0.2 * r0_nominal && r < 5.0 * r0_nominal {
+    let (lo, hi) = R0_RATIO_RANGE;
+    if r.is_finite() && r > lo * r0_nominal && r < hi * r0_nominal {
         Some(r)
     } else {
         None

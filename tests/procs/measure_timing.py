@@ -1,6 +1,6 @@
 """Measure the runtime's loop timing (period jitter, step time) with real processes: a plant
 server (DoublePlant) and one node (DoubleLogic test double, so the step time is the runtime's
-overhead, not NodeCore's). With "engine": the real plant (`mbms plant`, hw/systems/example_plant.toml,
+overhead, not NodeCore's). With "engine": the real plant (`mbms plant`, mbms/data/systems/example_plant.toml,
 96s) and EngineDoubleLogic (the real pack engine stepped every period).
 Usage: measure_timing.py PERIOD_MS DURATION_S [engine]"""
 
@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import TESTS, Proc, free_udp_port  # noqa: E402
 from node_files import pack_file, system_file  # noqa: E402
 
-from mbms.paths import hw_dir  # noqa: E402
+from mbms.paths import data_dir  # noqa: E402
 
 period, duration = int(sys.argv[1]), float(sys.argv[2])
 engine = len(sys.argv) > 3 and sys.argv[3] == "engine"
@@ -23,7 +23,7 @@ with tempfile.TemporaryDirectory() as tmp:
     t = Path(tmp)
     link = f"udp://127.0.0.1:{free_udp_port()}"
     if engine:
-        plant = Proc(["-m", "mbms", "plant", "--system", str(hw_dir() / "systems" / "example_plant.toml"),
+        plant = Proc(["-m", "mbms", "plant", "--system", str(data_dir() / "systems" / "example_plant.toml"),
                       "--listen", link])
         plant.read_until(lambda s: s.startswith("plant serving"), 30)
     else:

@@ -30,7 +30,9 @@ async def main() -> None:
             if rt is not None:
                 print(json.dumps({"status": rt.periods, "fail_safe": rt.fail_safe_reason, "peers": sorted(logic.peers),
                                   "accepted": rt.accepted_messages, "soc": logic.soc,
-                                  "commanded": list(rt.commanded.as_tuple())}), flush=True)
+                                  "commanded": list(rt.commanded.as_tuple()), "fail_safes": rt.fail_safe_count,
+                                  "overruns": rt.timing.overruns, "periods": rt.periods,
+                                  "malformed": rt.transport.stats.malformed}), flush=True)
             await asyncio.sleep(0.2)
 
     task = asyncio.create_task(report())

@@ -25,7 +25,7 @@ from dataclasses import replace
 import numpy as np
 
 from mbms.engine import Engine, PackConfig
-from mbms.paths import hw_dir
+from mbms.paths import pack_file
 from mbms.reference.engine_numpy import NumpyEngine
 
 SIZES = (16, 1000, 10000)
@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def pack_config(n: int) -> PackConfig:
-    base = PackConfig.from_toml(hw_dir() / "packs" / "example_pack.toml")
+    base = PackConfig.from_toml(pack_file("example_pack"))
     pack = replace(base.pack, series=n, temp_sensors=max(1, n // 4))
     # no rest long enough for a rest point during the run (not in the numpy reference)
     est = replace(base.estimator, rest_time_s=1e9)

@@ -1,6 +1,6 @@
 """``mbms bench soc``: SOC accuracy of the pack engine against the DFN reference traces.
 
-For each committed reference trace (tests/data/dfn_<cell>.npz) the measurements are corrupted
+For each committed reference trace (mbms/data/traces/dfn_<cell>.npz, shipped with the package) the measurements are corrupted
 (±2 mV voltage noise, current gain and offset error, 20 % initial SOC error; see
 ``mbms.accuracy``) and the engine's SOC on a one-cell pack is compared with the true SOC. Prints
 the RMSE over the whole trace and the max |error| after the first 10 min beside the brief's
@@ -27,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
     traces = reference_traces(args.data)
     names = args.cell or sorted(traces)
     unknown = [n for n in names if n not in traces]
-    if unknown:
-        raise InputError(f"no reference trace for {unknown}; expected one of {sorted(traces)}")
+    if unknown or not traces:
+        raise InputError(f"no reference trace for {unknown or 'any cell'} in {args.data} (dfn_<cell>.npz); "
+                         f"expected one of {sorted(traces)}")
     rows = []
     for name in names:
         r = soc_accuracy(ReferenceTrace.load(traces[name]), corruption=Corruption(seed=args.seed))

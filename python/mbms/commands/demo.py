@@ -1,6 +1,6 @@
 """``mbms demo``: the pack engine on a simulated pack, printed as a readable timeline.
 
-One string of the pack (default: ``hw/packs/example_pack.toml``, 96s4p LG M50) is simulated
+One string of the pack (default: the shipped ``packs/example_pack.toml``, 96s4p LG M50) is simulated
 by the plant (:mod:`mbms.plant`: every series element its own equivalent circuit with seeded
 capacity/resistance/SOC spread, a thermal model, and sensors with noise, offsets and gain
 error). The engine sees only the plant's measurements. It is started from the OCV of the first
@@ -13,18 +13,19 @@ repaired and the fault is reset.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
+from mbms.cli import data_file
 from mbms.engine import Action, Engine, PackConfig, StepResult
-from mbms.paths import hw_dir
+from mbms.paths import pack_file
 from mbms.plant import Plant
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="drive the pack engine on a simulated pack, print a timeline")
-    p.add_argument("--config", type=Path, default=None, help="pack file (default: example pack)")
+    p.add_argument("--config", type=data_file(pack_file), default=None,
+                   help="pack file: a path or a shipped name (default: example_pack)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--dt", type=float, default=1.0, help="step (s)")
     p.add_argument("--every", type=float, default=300.0, help="timeline row every this many s")
@@ -69,7 +70,7 @@ def _fmt_faults(r: StepResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = PackConfig.from_toml(args.config or hw_dir() / "packs" / "example_pack.toml")
+    cfg = PackConfig.from_toml(args.config or pack_file("example_pack"))
     eng = Engine(cfg)
     n, nt = cfg.pack.series, cfg.pack.temp_sensors
     plant = one_string_plant(cfg, args.seed)

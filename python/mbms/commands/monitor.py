@@ -1,7 +1,7 @@
 """``mbms monitor --system system.toml``: watch every peer live on the peer network.
 
 Listens with the system's transport (sending nothing) and decodes, per node, the telemetry frames
-with the DBC (hw/dbc/mbms.dbc) and the peer-protocol messages with :mod:`mbms.peer_wire` (the
+with the DBC (mbms/data/dbc/mbms.dbc) and the peer-protocol messages with :mod:`mbms.peer_wire` (the
 consensus core's format). Telemetry values are shown where present, else the peer messages'.
 
 ``--once``: wait until every member was seen (or ``--duration`` passed), print one table, exit.
@@ -17,7 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from mbms.cli import data_file
+from mbms.errors import environment_problem
 from mbms.node.config import SystemConfig, load_system
+from mbms.paths import system_file
 from mbms.node.logic import Phase
 
 
@@ -131,7 +134,13 @@ class Monitor:
         return t
 
     async def run(self, duration_s: float | None, once: bool, live: bool) -> None:
-        await self.transport.start()
+        try:
+            await self.transport.start()
+        except Exception as exc:
+            env = environment_problem(f"peer transport {self.transport.endpoint}", exc)
+            if env is None:
+                raise
+            raise env from exc
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (duration_s if duration_s is not None else (10.0 if once else float("inf")))
         try:
@@ -154,7 +163,8 @@ class Monitor:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("monitor", help="show every peer live (listens on the peer network)")
-    p.add_argument("--system", required=True, help="system file (hw/systems/*.toml)")
+    p.add_argument("--system", required=True, type=data_file(system_file),
+                   help="system file: a path or a shipped name (example_system_udp)")
     p.add_argument("--once", action="store_true", help="wait until all members were seen, print once, exit")
     p.add_argument("--duration", type=float, help="run for this many seconds")
     p.add_argument("--json", action="store_true", help="print the final rows as JSON")

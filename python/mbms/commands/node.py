@@ -7,15 +7,19 @@ import asyncio
 import json
 import os
 
+from mbms.cli import data_file
 from mbms.logs import setup_logging
 from mbms.node.config import check_membership, load_pack, load_system
+from mbms.paths import pack_file, system_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("node", help="run the node of one pack (one process per pack)")
-    p.add_argument("--config", required=True, help="pack file (hw/packs/*.toml): engine, node, hardware tables")
-    p.add_argument("--system", default=os.environ.get("MBMS_SYSTEM"),
-                   help="system file shared by all peers (hw/systems/*.toml); default $MBMS_SYSTEM")
+    p.add_argument("--config", required=True, type=data_file(pack_file),
+                   help="pack file (engine, node, hardware tables): a path or a shipped name (node1)")
+    p.add_argument("--system", default=os.environ.get("MBMS_SYSTEM"), type=data_file(system_file),
+                   help="system file shared by all peers: a path or a shipped name (example_system); "
+                        "default $MBMS_SYSTEM")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--timing", action="store_true", help="print the loop timing summary as JSON at exit")
     p.add_argument("--check", action="store_true", help="validate the configuration files and exit")

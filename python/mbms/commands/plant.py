@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from mbms.cli import data_file
+from mbms.errors import environment_problem
 from mbms.logs import setup_logging
+from mbms.paths import system_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("plant", help="run the simulated plant in real time and serve it to the nodes")
-    p.add_argument("--system", required=True, help="plant description (TOML) of mbms.plant")
+    p.add_argument("--system", required=True, type=data_file(system_file),
+                   help="plant description (TOML) of mbms.plant: a path or a shipped name (example_plant)")
     p.add_argument("--listen", required=True, help="udp://IP:PORT or unix:///PATH")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dt", type=float, default=0.01, help="plant step, s of wall time (default 0.01)")
@@ -46,5 +50,11 @@ def run(args: argparse.Namespace) -> int:
             loop.call_later(args.duration, stop.set)
         await server.serve(args.listen, stop, ready=lambda: print(f"plant serving {n_strings} strings on {args.listen}", flush=True))
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as exc:  # binding --listen: port in use, permission denied, bad interface address
+        env = environment_problem(f"--listen {args.listen}", exc)
+        if env is None:
+            raise
+        raise env from exc
     return 0

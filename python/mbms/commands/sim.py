@@ -12,18 +12,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mbms.cli import data_file
+from mbms.paths import scenario_file
+
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("sim", help="simulate a parallel-string battery with one BMU node per pack")
-    p.add_argument("--scenario", metavar="FILE", help="scenario TOML (default: the embedded story)")
+    p.add_argument("--scenario", metavar="FILE", type=data_file(scenario_file),
+                   help="scenario TOML, or a shipped scenario's name (partition, kill_restart, ...); "
+                        "default: the embedded story")
     p.add_argument("--packs", type=int, help="number of packs (strings), overrides the scenario")
     p.add_argument("--duration", type=float, metavar="S", help="simulated seconds")
     p.add_argument("--seed", type=int, help="seed of all randomness (same seed, same run)")
     p.add_argument("--mode", choices=["fast", "processes"], help="fast (one process, virtual clock) or processes")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="X",
                    help="processes mode: plant seconds per wall second (the nodes stay on wall time)")
-    p.add_argument("--out", metavar="DIR", help="write summary.json, timeseries.csv and PNG plots here")
+    p.add_argument("--out", metavar="DIR",
+                   help="write summary.json, timeseries.csv and PNG plots (the 'plots' extra) here")
     p.add_argument("--quiet", action="store_true", help="no live view, only the summary")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
     p.set_defaults(func=run)
@@ -43,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=args.json, quiet=args.quiet and not args.json)
     sc = load_scenario(args)
+    plots = bool(args.out) and report.plots_available()
+    if args.out and not plots:  # said before the run, not after it
+        print("mbms sim: PNG plots skipped: matplotlib is not installed (pip install 'mbms[plots]'); "
+              "summary.json and timeseries.csv are written", file=sys.stderr)
     if sc.mode == "processes":
         from mbms.sim import processes
 
@@ -53,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     summ = report.summary(res)
     if args.out:
         out = Path(args.out)
-        report.write_all(res, out)
-        console.print(f"wrote {out}/summary.json, timeseries.csv and plots")
+        report.write_all(res, out, plots=plots)
+        console.print(f"wrote {out}/summary.json, timeseries.csv" + (" and plots" if plots else ""))
     if args.json:
         print(json.dumps(summ, indent=2))
     else:

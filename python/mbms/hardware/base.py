@@ -16,6 +16,11 @@ from mbms.node.logic import Contactors, Measurement
 
 
 class Hardware(abc.ABC):
+    @property
+    def name(self) -> str:
+        """What the node's sensors are reached through, for messages (e.g. ``udp://127.0.0.1:47000``)."""
+        return type(self).__name__
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Open the link; does not wait for the first sample."""

@@ -56,6 +56,10 @@ class SimLinkHardware(Hardware):
         self._last_cmd: tuple[Contactors, np.ndarray] | None = None
         self._arrived: asyncio.Event | None = None
 
+    @property
+    def name(self) -> str:
+        return f"{self.kind}://{self.addr[0]}:{self.addr[1]}" if self.kind == "udp" else f"unix://{self.addr}"
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.kind == "udp":

@@ -42,7 +42,7 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
                    on_ready: Any = None) -> NodeRuntime:
     check_membership(pack, system)
     node_id = pack.node.id
-    store = StateStore(pack.node.state_dir, node_id)
+    store = StateStore(pack.node.state_dir, node_id, pack.source)
     runtime = NodeRuntime(pack.node, logic, make_hardware(pack.hardware), make_transport(system, node_id),
                           store, TelemetryEncoder(node_id))
     restored = runtime.restore()
@@ -58,6 +58,13 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
     if duration_s is not None:
         loop.call_later(duration_s, stop.set)
     disc = None
+    # the peer network first: an interface this machine lacks stops the node here, before
+    # discovery advertises an endpoint nobody can reach
+    try:
+        await runtime.open_transport()
+    except BaseException:
+        runtime.shutdown()
+        raise
     use_disc = system.discovery.enabled if discovery is None else discovery
     if use_disc:
         from mbms.discovery import Discovery
@@ -71,7 +78,9 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
                     reported.add(problem)
                     store.event("discovery_problem", detail=problem)
 
-        disc = Discovery(system, node_id, runtime.transport.endpoint, on_change=on_change)
+        # the boot stamp (this run's start) and the incarnation the peer messages carry
+        disc = Discovery(system, node_id, runtime.transport.endpoint, on_change=on_change,
+                         incarnation=getattr(logic, "incarnation", None))
         await disc.start()
     if on_ready is not None:
         on_ready(runtime)

@@ -26,10 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+import tomllib  # standard library from Python 3.11, the floor (pyproject requires-python)
 
 from mbms.consensus import ConsensusConfig
 from mbms.errors import ConfigError

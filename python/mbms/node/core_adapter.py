@@ -40,9 +40,11 @@ def peer_config(system: SystemConfig, node_id: int, seed: int) -> dict[str, Any]
 class CoreLogic:
     """Adapts ``mbms._core.NodeCore`` to :class:`~mbms.node.logic.NodeLogic`."""
 
-    def __init__(self, core: Any, node_id: int) -> None:
+    def __init__(self, core: Any, node_id: int, incarnation: int | None = None) -> None:
         self.core = core
         self.node_id = node_id
+        #: This run's boot nonce (in every peer message; discovery advertises it too).
+        self.incarnation = incarnation
         self.last: dict[str, Any] = {}
 
     @classmethod
@@ -61,7 +63,7 @@ class CoreLogic:
             field, _, msg = str(exc).partition(": ")
             source = system.source if field.startswith("system.") else pack.source
             raise ConfigError(field.removeprefix("system."), msg or str(exc), source) from None
-        return cls(core, pack.node.id)
+        return cls(core, pack.node.id, inc)
 
     def step(self, t_ms: int, meas: Measurement) -> NodeOutput:
         d = self.core.step(
@@ -81,7 +83,7 @@ class CoreLogic:
             sys_dcl_a=float(d["system_dcl_a"]), sys_ccl_a=float(d["system_ccl_a"]),
             closed_set=tuple(d["closed_set"]), speaker=d["speaker"], peers_seen=tuple(d["live_set"]),
         )
-        return NodeOutput(c, np.asarray(d["balance"], dtype=bool), list(d["messages"]), status,
+        return NodeOutput(c, np.asarray(d["balance"], dtype=bool), list(d["messages"]), status, list(d.get("events", ())),
                           sample_request=bool(d["sample_request"]), join_in_progress=bool(d["join_in_progress"]))
 
     def receive(self, t_ms: int, payload: bytes) -> bool:
@@ -93,5 +95,5 @@ class CoreLogic:
     def export_state(self) -> bytes:
         return bytes(self.core.export_state())
 
-    def import_state(self, data: bytes) -> None:
-        self.core.import_state(data)
+    def import_state(self, data: bytes) -> list[str]:
+        return list(self.core.import_state(data) or [])

@@ -23,13 +23,15 @@ Contract (what the runtime guarantees and expects):
 * ``export_state`` / ``import_state``: an opaque blob of what must survive a restart (SOC, SOH,
   counters); the runtime writes it atomically and restores it at start. ``import_state`` raises
   ``ValueError`` for a blob it cannot use; the runtime then starts from defaults with a warning.
+  A usable blob with implausible values (SOC 150 %, capacity 1e6 Ah) is restored without them:
+  ``import_state`` returns what it dropped (the runtime logs it as an event).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -118,6 +120,9 @@ class NodeOutput:
     balance: np.ndarray  # bool, one per series cell: bleed switch on
     messages: list[bytes] = field(default_factory=list)  # to broadcast to the peers
     status: NodeStatus | None = None
+    #: What the peer protocol noticed this step, as dicts with a "kind" (peer_restarted,
+    #: duplicate_id, peer_lost, ...; mbms.consensus); the runtime logs them.
+    events: list[dict[str, Any]] = field(default_factory=list)
     #: Two-phase main close (brief S3, issue 11): the logic's precharge dwell is over and it
     #: commands the main contactor only on a sample taken from now on. The runtime requests
     #: one at once and steps the logic again as soon as it arrives (not a period later).
@@ -144,4 +149,6 @@ class NodeLogic(Protocol):
 
     def export_state(self) -> bytes: ...
 
-    def import_state(self, data: bytes) -> None: ...
+    def import_state(self, data: bytes) -> list[str] | None:
+        """Restore; returns the implausible items dropped (empty or None: all restored)."""
+        ...

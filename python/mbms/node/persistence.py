@@ -1,15 +1,19 @@
 """Persistence of a node: the logic's state blob and an append-only event log in the state dir.
 
 * ``state.bin``: the latest ``NodeLogic.export_state()`` blob in a small envelope
-  (magic ``MBMS``, format version, length, CRC-32). Written atomically: a temp file in the same
-  directory, ``fsync``, ``rename`` over the old file, ``fsync`` of the directory. A reader thus
-  sees either the old or the new state, never a mix, also after ``kill -9`` or a power cut.
+  (magic ``MBMS``, format version, length, CRC-32, and since format 2 the wall-clock time of the
+  save). Written atomically: a temp file in the same directory, ``fsync``, ``rename`` over the old
+  file, ``fsync`` of the directory. A reader thus sees either the old or the new state, never a
+  mix, also after ``kill -9`` or a power cut.
 * ``events.jsonl``: one JSON object per line (time, node, kind, fields), appended and flushed at
   once, fsync'ed at each state save. A torn last line (killed mid-write) is skipped with a warning.
 
 A missing state file means a first start (defaults, info); a corrupt one (bad magic, length or CRC)
 gives a clear warning, is kept as ``state.bin.corrupt`` for analysis, and the node starts from
-defaults (the logic's own, e.g. SOC from OCV).
+defaults (the logic's own, e.g. SOC from OCV). A checksum only proves the file is what was
+written, not that it makes sense: a state saved in the future (by more than
+``FUTURE_TOLERANCE_S``: the clock went back, or the file is not ours) is treated the same way, and
+the values inside are checked by the logic itself (``import_state`` drops implausible ones).
 """
 
 from __future__ import annotations
@@ -25,31 +29,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mbms.errors import EnvironmentProblem
+
 log = logging.getLogger("mbms.node.persistence")
 
 MAGIC = b"MBMS"
-FORMAT = 1
-_HEADER = struct.Struct("<4sHII")  # magic, format, length, crc32
+FORMAT = 2
+_HEADER_V1 = struct.Struct("<4sHII")  # magic, format, length, crc32 (of the blob)
+_HEADER = struct.Struct("<4sHIIq")  # ... + saved_unix_ms; crc32 of saved_unix_ms + blob
+#: A state saved later than now by more than this is implausible. Generous enough for an NTP
+#: step after boot on a controller whose RTC ran a little slow; a state from days ahead is not ours.
+FUTURE_TOLERANCE_S = 300.0
 
 
 @dataclass
 class LoadResult:
     data: bytes | None
-    status: str  # "ok" | "missing" | "corrupt"
+    status: str  # "ok" | "missing" | "corrupt" | "implausible"
     detail: str = ""
+    saved_unix_ms: int | None = None  # None for a format-1 file
 
 
 class StateStore:
-    def __init__(self, state_dir: str | os.PathLike[str], node_id: int) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], node_id: int, source: str | None = None) -> None:
         self.dir = Path(state_dir)
         self.node_id = node_id
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob(".state.bin.*.tmp"):  # left by a writer killed mid-save
-            if stale.name != f".state.bin.{os.getpid()}.tmp":
-                stale.unlink(missing_ok=True)
         self.state_path = self.dir / "state.bin"
         self.events_path = self.dir / "events.jsonl"
-        self._events = open(self.events_path, "a", encoding="utf-8")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.dir.glob(".state.bin.*.tmp"):  # left by a writer killed mid-save
+                if stale.name != f".state.bin.{os.getpid()}.tmp":
+                    stale.unlink(missing_ok=True)
+            self._events = open(self.events_path, "a", encoding="utf-8")
+            probe = self.dir / f".write-test.{os.getpid()}"  # the state is written here every state_save_ms
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:  # the machine's answer (permissions, read-only fs, not a directory)
+            where = f"{source}: " if source else ""
+            raise EnvironmentProblem(f"{where}node.state_dir {str(self.dir)!r}", f"cannot be written: {exc.strerror or exc}",
+                                     "choose a directory this user can write (it holds the state and events.jsonl)") from None
         if self._events.tell() > 0:
             with open(self.events_path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
@@ -59,7 +78,9 @@ class StateStore:
 
     # ---------------------------------------------------------------- state
     def save(self, blob: bytes) -> None:
-        data = _HEADER.pack(MAGIC, FORMAT, len(blob), zlib.crc32(blob)) + blob
+        saved_ms = time.time_ns() // 1_000_000
+        stamp = struct.pack("<q", saved_ms)
+        data = _HEADER.pack(MAGIC, FORMAT, len(blob), zlib.crc32(stamp + blob), saved_ms) + blob
         tmp = self.dir / f".state.bin.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -87,33 +108,48 @@ class StateStore:
             log.info("no saved state in %s: first start, using defaults", self.dir)
             return LoadResult(None, "missing")
         detail = ""
-        if len(raw) < _HEADER.size:
-            detail = f"{len(raw)} bytes, shorter than the {_HEADER.size}-byte header"
+        if len(raw) < _HEADER_V1.size:
+            detail = f"{len(raw)} bytes, shorter than the {_HEADER_V1.size}-byte header"
         else:
-            magic, fmt, length, crc = _HEADER.unpack_from(raw)
-            blob = raw[_HEADER.size:]
+            magic, fmt, length, crc = _HEADER_V1.unpack_from(raw)
+            saved_ms: int | None = None
+            if fmt == FORMAT and len(raw) >= _HEADER.size:
+                saved_ms = _HEADER.unpack_from(raw)[4]
+                blob = raw[_HEADER.size:]
+                crc_of = raw[_HEADER_V1.size:_HEADER.size] + blob
+            else:  # format 1: no save time
+                blob = raw[_HEADER_V1.size:]
+                crc_of = blob
             if magic != MAGIC:
                 detail = f"bad magic {magic!r}, expected {MAGIC!r}"
-            elif fmt != FORMAT:
-                detail = f"format {fmt}, expected {FORMAT}"
+            elif fmt not in (1, FORMAT):
+                detail = f"format {fmt}, expected 1 or {FORMAT}"
             elif length != len(blob):
                 detail = f"length {len(blob)}, header says {length}"
-            elif zlib.crc32(blob) != crc:
+            elif zlib.crc32(crc_of) != crc:
                 detail = "CRC-32 mismatch"
+            elif saved_ms is not None and saved_ms / 1000 > time.time() + FUTURE_TOLERANCE_S:
+                ahead_s = saved_ms / 1000 - time.time()
+                detail = (f"saved {ahead_s:.0f} s in the future (at unix ms {saved_ms}); the clock went back "
+                          f"or the file is not this node's")
+                self.quarantine(detail, kind="state_implausible")
+                return LoadResult(None, "implausible", detail, saved_ms)
             else:
-                return LoadResult(blob, "ok")
+                return LoadResult(blob, "ok", saved_unix_ms=saved_ms)
         self.quarantine(detail)
         return LoadResult(None, "corrupt", detail)
 
-    def quarantine(self, detail: str) -> None:
-        """Keep an unusable state file aside and warn; the node starts from defaults."""
-        log.warning("saved state %s is corrupt (%s): starting from defaults; kept as %s.corrupt",
+    def quarantine(self, detail: str, kind: str = "state_corrupt") -> None:
+        """Keep an unusable state file aside and warn; the node starts from defaults (the
+        estimator from the measurements)."""
+        log.warning("saved state %s is corrupt or implausible (%s): starting from defaults (the estimator from the "
+                    "measurements); kept as %s.corrupt",
                     self.state_path, detail, self.state_path.name)
         try:
             os.replace(self.state_path, self.state_path.with_suffix(".bin.corrupt"))
         except OSError:
             pass
-        self.event("state_corrupt", detail=detail)
+        self.event(kind, detail=detail)
 
     # --------------------------------------------------------------- events
     def event(self, kind: str, **fields: Any) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from mbms.errors import environment_problem
 from mbms.hardware.base import Hardware
 from mbms.node.config import NodeSection
 from mbms.node.logic import ALL_OPEN, Contactors, Measurement, NodeLogic, NodeOutput, NodeStatus
@@ -48,6 +49,9 @@ from mbms.telemetry import TelemetryEncoder
 from mbms.transport.base import Transport
 
 log = logging.getLogger("mbms.node")
+
+#: A duplicate-id episode ends when the id was heard clean this long; a later one alarms again.
+DUPLICATE_QUIET_S = 10.0
 
 
 class LoopTiming:
@@ -110,6 +114,10 @@ class NodeRuntime:
         self.commanded: Contactors = ALL_OPEN
         self.periods = 0
         self.restored = "not attempted"
+        self._transport_open = False
+        self._duplicate_seen: dict[int, float] = {}  # node id -> last duplicate_id event (clock s)
+        self.duplicate_events = 0  # every duplicate_id event of the peer protocol
+        self.duplicate_alarms = 0  # episodes logged as an error
         self._t0 = clock()
         self._last_save = float("-inf")
         self._last_telemetry = float("-inf")
@@ -127,7 +135,8 @@ class NodeRuntime:
             self.store.event(kind, **fields)
 
     def restore(self) -> str:
-        """Restore the logic's state from the store: "ok", "missing" or "corrupt"."""
+        """Restore the logic's state from the store: "ok", "partial" (implausible values dropped),
+        "missing", "corrupt" or "implausible" (the whole file: e.g. saved in the future)."""
         if self.store is None:
             self.restored = "missing"
             return self.restored
@@ -135,12 +144,19 @@ class NodeRuntime:
         self.restored = res.status
         if res.data is not None:
             try:
-                self.logic.import_state(res.data)
+                dropped = self.logic.import_state(res.data) or []
             except ValueError as exc:
                 self.store.quarantine(f"logic rejected the state: {exc}")
                 self.restored = "corrupt"
                 return self.restored
-            log.info("state restored from %s", self.store.state_path)
+            if dropped:
+                # a valid checksum, nonsense inside (SOC 150 %, 1e6 Ah): the logic kept what is
+                # plausible and starts the rest from the measurements
+                log.warning("saved state %s: implausible values dropped: %s", self.store.state_path, "; ".join(dropped))
+                self.store.event("state_implausible", dropped=list(dropped))
+                self.restored = "partial"
+            else:
+                log.info("state restored from %s", self.store.state_path)
         return self.restored
 
     # -------------------------------------------------------------- receiving
@@ -218,6 +234,8 @@ class NodeRuntime:
         if out is not None:
             if out.status is not None:
                 self._observe_status(t_ms, out.status)
+            if out.events:
+                self._peer_events(t_ms, now, out.events)
             self._send_messages(out.messages)
         if verify:
             self.verify_steps += 1
@@ -272,6 +290,30 @@ class NodeRuntime:
             self._event("phase", t_ms=t_ms, phase=getattr(st.phase, "name", str(st.phase)))
             self._last_phase = st.phase
 
+    def _peer_events(self, t_ms: int, now: float, events: list[dict[str, Any]]) -> None:
+        """Log what the peer protocol noticed. A duplicate id is decided there, on the messages
+        themselves: two incarnations (boot stamps) of one id both speaking. A restart (a new
+        incarnation, the old one silent) is not a duplicate. One alarm per duplicate episode:
+        the peer reports every message of the second holder, the log says it once, and again
+        only after the id was clean for ``DUPLICATE_QUIET_S``."""
+        for ev in events:
+            kind = ev.get("kind")
+            if kind == "duplicate_id":
+                node_id = int(ev.get("id", 0))
+                last = self._duplicate_seen.get(node_id)
+                self._duplicate_seen[node_id] = now
+                self.duplicate_events += 1
+                if last is None or now - last > DUPLICATE_QUIET_S:
+                    self.duplicate_alarms += 1
+                    own = " (this node's own id)" if node_id == self.node.id else ""
+                    log.error("duplicate node id %d%s: two live nodes speak with incarnations %s; "
+                              "the id is left out of close grants until one stops", node_id, own,
+                              ev.get("incarnations"))
+                    self._event("duplicate_id", t_ms=t_ms, id=node_id, incarnations=ev.get("incarnations"))
+            elif kind == "peer_restarted":
+                log.info("peer %s restarted (new incarnation %s)", ev.get("id"), ev.get("incarnation"))
+                self._event("peer_restarted", t_ms=t_ms, id=ev.get("id"), incarnation=ev.get("incarnation"))
+
     def _send_messages(self, messages: list[bytes]) -> None:
         if self.transport is None:
             return
@@ -300,18 +342,39 @@ class NodeRuntime:
                 self.store.save(blob)
 
     # -------------------------------------------------------------- the loop
+    async def open_transport(self) -> None:
+        """Open the peer transport (before discovery advertises it; ``run`` opens it otherwise).
+        The machine's refusal (no such CAN interface) is an EnvironmentProblem, raised here."""
+        if self.transport is not None and not self._transport_open:
+            self.transport.on_message = self._on_message
+            try:
+                await self.transport.start()
+            except Exception as exc:
+                env = environment_problem(f"peer transport {self.transport.endpoint}", exc)
+                if env is None:
+                    raise
+                raise env from exc
+            self._transport_open = True
+
     async def run(self, stop: asyncio.Event | None = None, max_periods: int | None = None) -> None:
         stop = stop or asyncio.Event()
-        if self.transport is not None:
-            self.transport.on_message = self._on_message
-        await self.hw.start()
-        if self.transport is not None:
-            await self.transport.start()
+        # Opening the sensor link and the peer transport is where the machine shows up (no CAN
+        # interface, port in use, permission denied): say which resource and stop (nothing was
+        # commanded yet, so the contactors are still open).
+        try:
+            await self.hw.start()
+        except Exception as exc:
+            env = environment_problem(f"sensor link {self.hw.name}", exc)
+            if env is None:
+                raise
+            raise env from exc
+        await self.open_transport()
         self._t0 = self.clock()
         if self.store is not None:
             self.saver = BackgroundSaver(self.store)
         self._event("start", t_ms=0, restored=self.restored)
         period = self.node.control_period_ms / 1000.0
+        log.info("control loop running: period %d ms", self.node.control_period_ms)
         next_t = self.clock()
         try:
             while not stop.is_set() and (max_periods is None or self.periods < max_periods):

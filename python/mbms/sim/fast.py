@@ -18,7 +18,8 @@ import numpy as np
 
 from mbms import _core
 from mbms.errors import ConfigError
-from mbms.paths import cell_file, hw_dir
+from mbms import paths
+from mbms.paths import cell_file
 from mbms.sim.scenario import Scenario
 
 ENGINE_TABLES = ("pack", "estimator", "protection", "limits", "balancing")
@@ -42,13 +43,8 @@ class RunResult:
 
 
 def pack_file(name: str) -> Path:
-    p = Path(name)
-    if p.suffix == ".toml" and p.exists():
-        return p
-    cand = hw_dir() / "packs" / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
-    if cand.exists():
-        return cand
-    raise ConfigError("engine.pack", f"pack file {name!r} not found in {hw_dir() / 'packs'}")
+    """The scenario's pack file: a path, or a name in the pack folders (:func:`mbms.paths.pack_file`)."""
+    return paths.pack_file(name, field="engine.pack")
 
 
 def engine_configs(scenario: Scenario) -> list[dict[str, Any]]:

@@ -58,7 +58,7 @@ from mbms.plant_link import unpack as unpack_msg
 from mbms.sim.fast import RunResult, engine_configs
 from mbms.sim.scenario import Scenario
 
-#: |dV| tolerance on top of dv_close_v for the S3 check, as in fast mode (rust_core/src/fastsim.rs
+#: |dV| tolerance on top of dv_close_v for the S3 check, as in fast mode (sim/src/fastsim.rs
 #: s3_margin_v): the nodes see sensors with noise/offset, the check sees the truth; here the
 #: sample is also up to one poll period older than the close.
 S3_MARGIN_V = 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -218,10 +219,16 @@ def write_plots(res: RunResult, out: Path) -> list[Path]:
     return files
 
 
-def write_all(res: RunResult, out: Path) -> dict[str, Any]:
+def plots_available() -> bool:
+    """Whether the optional plotting package (the ``plots`` extra: matplotlib) is installed."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def write_all(res: RunResult, out: Path, plots: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     summ = summary(res)
     (out / "summary.json").write_text(json.dumps(summ, indent=2) + "\n")
     write_csv(res, out / "timeseries.csv")
-    write_plots(res, out)
+    if plots:
+        write_plots(res, out)
     return summ

@@ -332,7 +332,7 @@ def _network_event(i: int, ev: Any, n: int, duration_s: float, fail: Any) -> Net
 
 
 def _default_data() -> dict[str, Any]:
-    text = resources.files("mbms.sim").joinpath("scenarios/default.toml").read_text()
+    text = resources.files("mbms").joinpath("data/scenarios/default.toml").read_text()
     return tomllib.loads(text)
 
 

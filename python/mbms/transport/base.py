@@ -11,12 +11,19 @@ Callbacks run in the asyncio loop's thread. Own echoes, malformed, foreign (othe
 sender, unknown identifier), replayed and oversized frames/datagrams are counted in
 :class:`TransportStats` and dropped; receiving never raises. A transport with ``node_id == 0`` is a
 listener (the monitor): it sends nothing and filters no echoes.
+
+A peer message with this node's own id that is not its own echo (another run's boot stamp, or not
+one of the messages it just sent) comes from a second node configured with the same id: it is
+delivered (counted in ``own_id``), so that the peer protocol, which compares incarnations, can
+raise the duplicate-id alarm and keep that id out of close grants. Dropping it as an "echo" made
+a real duplicate invisible to the node whose id it copies.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -38,6 +45,7 @@ class TransportStats:
     replayed: int = 0
     oversized: int = 0
     duplicate: int = 0
+    own_id: int = 0  # messages with this node's id from another node (a duplicate id): delivered
 
     def dropped(self) -> int:
         return self.malformed + self.foreign + self.replayed + self.oversized + self.duplicate
@@ -56,6 +64,8 @@ class Transport(abc.ABC):
         self.on_message: MessageHandler = lambda src, payload: None
         self.on_telemetry: TelemetryHandler = lambda src, arb_id, data: None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # the last messages sent: a received message with the own id equal to one is an echo
+        self._recent_sent: deque[bytes] = deque(maxlen=16)
 
     @property
     @abc.abstractmethod
@@ -81,6 +91,14 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def endpoint(self) -> str:
         """How peers reach this node (advertised in the zeroconf TXT record)."""
+
+    def _own_echo(self, payload: bytes) -> bool:
+        """For a peer message with the own id: True (counted) if it is one this node sent."""
+        if payload in self._recent_sent:
+            self.stats.echoes += 1
+            return True
+        self.stats.own_id += 1
+        return False
 
     def _sender_ok(self, src: int) -> bool:
         """Count and reject own echoes and non-members; True if ``src`` is a peer to accept."""

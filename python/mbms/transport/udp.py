@@ -153,7 +153,9 @@ class UdpTransport(Transport):
         if v != PROTOCOL_VERSION or sysid != self.system_id:
             st.foreign += 1
             return
-        if not self._sender_ok(src):
+        if self.node_id and src == self.node_id and boot != self.boot and kind == "m":
+            st.own_id += 1  # another run with this node's id (a duplicate): the peer protocol decides
+        elif not self._sender_ok(src):
             return
         last = self._last.get(src)
         if last is not None and (boot < last[0] or (boot == last[0] and seq <= last[1])):

@@ -1,0 +1,432 @@
+//! `mbms._core` bindings of the peer coordination core (crate `mbms-consensus`):
+//! `ConsensusPeer`, the CAN segmentation (`can_segment_classic`, `CanReassembler`,
+//! `can_frame_fd`, `can_unframe_fd`), bus-load figures and the simulator entry points.
+//! A thin layer: conversion of Python values, nothing else.
+
+use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use mbms_consensus::busload;
+use mbms_consensus::segment;
+#[cfg(feature = "sim")]
+use mbms_sim::protocol as sim;
+use mbms_consensus::{AbortReason, Contactors, Event, LocalState, Peer, PeerConfig};
+
+pub(crate) fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PeerConfig> {
+    let mut c = PeerConfig::default();
+    for (k, v) in d.iter() {
+        let key: String = k.extract()?;
+        let bad = |e: PyErr| PyValueError::new_err((key.clone(), format!("bad value: {e}")));
+        match key.as_str() {
+            "system_id" => c.system_id = v.extract().map_err(bad)?,
+            "node_id" => c.node_id = v.extract().map_err(bad)?,
+            "members" => c.members = v.extract().map_err(bad)?,
+            "heartbeat_ms" => c.heartbeat_ms = v.extract().map_err(bad)?,
+            "dv_close_v" => c.dv_close_v = v.extract().map_err(bad)?,
+            "lease_ms" => c.lease_ms = v.extract().map_err(bad)?,
+            "max_drift_ppm" => c.max_drift_ppm = v.extract().map_err(bad)?,
+            "dwell_ms" => c.dwell_ms = v.extract().map_err(bad)?,
+            "precharge_settle_a" => c.precharge_settle_a = v.extract().map_err(bad)?,
+            "precharge_timeout_ms" => c.precharge_timeout_ms = v.extract().map_err(bad)?,
+            "close_confirm_ms" => c.close_confirm_ms = v.extract().map_err(bad)?,
+            "fail_timeout_ms" => c.fail_timeout_ms = v.extract().map_err(bad)?,
+            "grant_wait_ms" => c.grant_wait_ms = v.extract().map_err(bad)?,
+            "listen_periods" => c.listen_periods = v.extract().map_err(bad)?,
+            "bus_live_v" => c.bus_live_v = v.extract().map_err(bad)?,
+            "seed" => c.seed = v.extract().map_err(bad)?,
+            "dcdc" => c.dcdc = v.extract().map_err(bad)?,
+            "dcdc_soc_gain" => c.dcdc_soc_gain = v.extract().map_err(bad)?,
+            "main_close_time_ms" => c.main_close_time_ms = v.extract().map_err(bad)?,
+            "verify_timeout_ms" => c.verify_timeout_ms = v.extract().map_err(bad)?,
+            "max_bus_slew_v_per_s" => c.max_bus_slew_v_per_s = v.extract().map_err(bad)?,
+            _ => return Err(PyValueError::new_err((key.clone(), "unknown consensus config field".to_string()))),
+        }
+    }
+    Ok(c)
+}
+
+fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+    let v = d
+        .get_item(key)?
+        .ok_or_else(|| PyKeyError::new_err(format!("local state: missing field {key}")))?;
+    v.extract().map_err(|e| PyTypeError::new_err(format!("local state: field {key}: {e}")))
+}
+
+fn local_from_dict(d: &Bound<'_, PyDict>) -> PyResult<LocalState> {
+    let fb: (bool, bool, bool) = get(d, "feedback")?;
+    Ok(LocalState {
+        ocv_v: get(d, "ocv_v")?,
+        r_ohm: get(d, "r_ohm")?,
+        soc: get(d, "soc")?,
+        dcl_a: get(d, "dcl_a")?,
+        ccl_a: get(d, "ccl_a")?,
+        dcl_peak_a: get(d, "dcl_peak_a")?,
+        ccl_peak_a: get(d, "ccl_peak_a")?,
+        fault: get(d, "fault")?,
+        may_close: get(d, "may_close")?,
+        v_string_v: get(d, "v_string_v")?,
+        v_bus_v: get(d, "v_bus_v")?,
+        i_a: get(d, "i_a")?,
+        feedback: Contactors { neg: fb.0, pos: fb.1, pre: fb.2 },
+        // optional: when the sample was taken (ms, own clock); absent = at the tick's time
+        meas_t_ms: d.get_item("meas_t_ms")?.map(|v| v.extract()).transpose()?,
+    })
+}
+
+fn abort_name(r: AbortReason) -> &'static str {
+    match r {
+        AbortReason::PrechargeTimeout => "precharge_timeout",
+        AbortReason::LeaseExpired => "lease_expired",
+        AbortReason::QuorumLost => "quorum_lost",
+        AbortReason::Withdrawn => "withdrawn",
+        AbortReason::FeedbackTimeout => "feedback_timeout",
+        AbortReason::Fault => "fault",
+        AbortReason::VerifyFailed => "verify_failed",
+        AbortReason::VerifyTimeout => "verify_timeout",
+    }
+}
+
+pub(crate) fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let kind = match *e {
+        Event::PeerJoined { id } => {
+            d.set_item("id", id)?;
+            "peer_joined"
+        }
+        Event::PeerLost { id } => {
+            d.set_item("id", id)?;
+            "peer_lost"
+        }
+        Event::PeerRestarted { id, incarnation } => {
+            d.set_item("id", id)?;
+            d.set_item("incarnation", incarnation)?;
+            "peer_restarted"
+        }
+        Event::DuplicateId { id, incarnations } => {
+            d.set_item("id", id)?;
+            d.set_item("incarnations", incarnations)?;
+            "duplicate_id"
+        }
+        Event::QuorumGained => "quorum_gained",
+        Event::QuorumLost => "quorum_lost",
+        Event::RequestSent { ticket } => {
+            d.set_item("ticket", ticket)?;
+            "request_sent"
+        }
+        Event::RequestWithdrawn { ticket } => {
+            d.set_item("ticket", ticket)?;
+            "request_withdrawn"
+        }
+        Event::Granted { to, ticket } => {
+            d.set_item("id", to)?;
+            d.set_item("ticket", ticket)?;
+            "granted"
+        }
+        Event::GrantReleased { to, expired } => {
+            d.set_item("id", to)?;
+            d.set_item("expired", expired)?;
+            "grant_released"
+        }
+        Event::PrechargeStarted { grants } => {
+            d.set_item("grants", grants)?;
+            "precharge_started"
+        }
+        Event::MainClosing => "main_closing",
+        Event::Closed => "closed",
+        Event::Aborted { reason } => {
+            d.set_item("reason", abort_name(reason))?;
+            "aborted"
+        }
+        Event::Opened => "opened",
+        Event::Isolated => "isolated",
+        Event::Rejoining => "rejoining",
+        Event::SpeakerChanged { speaker } => {
+            d.set_item("speaker", speaker)?;
+            "speaker_changed"
+        }
+    };
+    d.set_item("kind", kind)?;
+    Ok(d)
+}
+
+/// One peer of the leader-less coordination (sans-IO).
+#[pyclass(name = "ConsensusPeer", module = "mbms._core")]
+pub struct PyConsensusPeer {
+    peer: Peer,
+}
+
+#[pymethods]
+impl PyConsensusPeer {
+    /// `config`: dict of PeerConfig fields (missing ones take the defaults).
+    /// Raises ValueError((field, message)) on an invalid configuration.
+    #[new]
+    fn new(config: &Bound<'_, PyDict>, incarnation: u64) -> PyResult<Self> {
+        let cfg = config_from_dict(config)?;
+        Peer::new(cfg, incarnation)
+            .map(|peer| Self { peer })
+            .map_err(|e| PyValueError::new_err((e.field, e.message)))
+    }
+
+    /// Feed received bytes; returns None if accepted, else the drop reason
+    /// ("malformed", "foreign_system", "unknown_sender", "own_echo", "duplicate",
+    /// "stale", "duplicate_id"). Never raises on bad bytes.
+    fn on_message(&mut self, now_ms: u64, data: &[u8]) -> Option<&'static str> {
+        self.peer.on_message(now_ms, data).err().map(|e| e.kind())
+    }
+
+    /// One control step; `local` is a dict of LocalState fields (feedback = (neg, pos, pre)).
+    fn tick<'py>(&mut self, py: Python<'py>, now_ms: u64, local: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+        let l = local_from_dict(local)?;
+        let out = self.peer.tick(now_ms, &l);
+        let d = PyDict::new(py);
+        d.set_item("command", (out.command.neg, out.command.pos, out.command.pre))?;
+        d.set_item("phase", out.phase.name())?;
+        d.set_item("system_dcl_a", out.system_dcl_a)?;
+        d.set_item("system_ccl_a", out.system_ccl_a)?;
+        d.set_item("closed_set", out.closed_set)?;
+        d.set_item("live_set", out.live_set)?;
+        d.set_item("quorum", out.quorum)?;
+        d.set_item("speaker", out.speaker)?;
+        d.set_item("dcdc_setpoint_a", out.dcdc_setpoint_a)?;
+        let msgs = PyList::empty(py);
+        for m in &out.messages {
+            msgs.append(PyBytes::new(py, m))?;
+        }
+        d.set_item("messages", msgs)?;
+        let evs = PyList::empty(py);
+        for e in &out.events {
+            evs.append(event_dict(py, e)?)?;
+        }
+        d.set_item("events", evs)?;
+        Ok(d)
+    }
+
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.peer.counters();
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("rx_ok", c.rx_ok),
+            ("rx_malformed", c.rx_malformed),
+            ("rx_foreign_system", c.rx_foreign_system),
+            ("rx_unknown_sender", c.rx_unknown_sender),
+            ("rx_own_echo", c.rx_own_echo),
+            ("rx_duplicate", c.rx_duplicate),
+            ("rx_stale", c.rx_stale),
+            ("duplicate_id", c.duplicate_id),
+            ("tx", c.tx),
+            ("peers_lost", c.peers_lost),
+            ("requests", c.requests),
+            ("grants", c.grants),
+            ("closes", c.closes),
+            ("aborts", c.aborts),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    #[getter]
+    fn phase(&self) -> &'static str {
+        self.peer.phase().name()
+    }
+    #[getter]
+    fn node_id(&self) -> u16 {
+        self.peer.config().node_id
+    }
+    #[getter]
+    fn quorum_size(&self) -> usize {
+        self.peer.config().quorum()
+    }
+}
+
+/// Split a message into classic CAN frames: list of (can_id, data).
+#[pyfunction]
+fn can_segment_classic<'py>(py: Python<'py>, sender: u16, msg_counter: u32, data: &[u8]) -> PyResult<Vec<(u32, Bound<'py, PyBytes>)>> {
+    let frames = segment::segment_classic(sender, msg_counter, data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(frames.into_iter().map(|f| (f.id, PyBytes::new(py, &f.data))).collect())
+}
+
+/// One message in one CAN FD frame: (can_id, data padded to an FD length).
+#[pyfunction]
+fn can_frame_fd<'py>(py: Python<'py>, sender: u16, data: &[u8]) -> PyResult<(u32, Bound<'py, PyBytes>)> {
+    let f = segment::frame_fd(sender, data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok((f.id, PyBytes::new(py, &f.data)))
+}
+
+/// The message of a CAN FD frame: (sender, message). Raises ValueError on a bad frame.
+#[pyfunction]
+fn can_unframe_fd<'py>(py: Python<'py>, can_id: u32, data: &[u8]) -> PyResult<(u16, Bound<'py, PyBytes>)> {
+    let (s, m) = segment::unframe_fd(can_id, data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok((s, PyBytes::new(py, &m)))
+}
+
+/// Reassembler of classic-CAN-segmented messages. Bad frames are counted and dropped.
+#[pyclass(name = "CanReassembler", module = "mbms._core")]
+pub struct PyCanReassembler {
+    inner: segment::Reassembler,
+    last_error: Option<String>,
+}
+
+#[pymethods]
+impl PyCanReassembler {
+    #[new]
+    fn new() -> Self {
+        Self { inner: segment::Reassembler::new(), last_error: None }
+    }
+    /// Feed one frame; returns (sender, message) when a message completes, else None.
+    fn push<'py>(&mut self, py: Python<'py>, can_id: u32, data: &[u8]) -> Option<(u16, Bound<'py, PyBytes>)> {
+        match self.inner.push(can_id, data) {
+            Ok(Some((s, m))) => Some((s, PyBytes::new(py, &m))),
+            Ok(None) => None,
+            Err(e) => {
+                self.last_error = Some(e.to_string());
+                None
+            }
+        }
+    }
+    #[getter]
+    fn dropped_frames(&self) -> u64 {
+        self.inner.dropped_frames
+    }
+    #[getter]
+    fn messages(&self) -> u64 {
+        self.inner.messages
+    }
+    #[getter]
+    fn last_error(&self) -> Option<String> {
+        self.last_error.clone()
+    }
+}
+
+/// Bits of one classic CAN frame (11-bit id): exact stuffing, or worst case if `worst`.
+#[pyfunction]
+#[pyo3(signature = (can_id, data, worst = false))]
+fn can_frame_bits_classic(can_id: u32, data: &[u8], worst: bool) -> u32 {
+    if worst {
+        busload::classic_frame_bits_worst(data.len())
+    } else {
+        busload::classic_frame_bits_exact(can_id, data)
+    }
+}
+
+/// Worst-case classic CAN load (fraction) of `peers` peers sending one `msg_len`-byte
+/// message each per `period_ms`.
+#[pyfunction]
+fn can_bus_load_classic(msg_len: usize, peers: u32, period_ms: f64, bitrate: f64) -> f64 {
+    busload::classic_load_worst(msg_len, peers, period_ms, bitrate)
+}
+
+#[cfg(feature = "sim")]
+fn sim_params(peers_min: usize, peers_max: usize, duration_ms: u64, config: Option<&Bound<'_, PyDict>>) -> PyResult<sim::SimParams> {
+    let base = match config {
+        Some(d) => config_from_dict(d)?,
+        None => PeerConfig::default(),
+    };
+    if peers_min == 0 || peers_max > 64 || peers_min > peers_max {
+        return Err(PyValueError::new_err(("peers", "expected 1 <= peers_min <= peers_max <= 64".to_string())));
+    }
+    Ok(sim::SimParams { peers_min, peers_max, duration_ms, base, ..sim::SimParams::default() })
+}
+
+#[cfg(feature = "sim")]
+/// Run seeded fault schedules (GIL released). Returns a dict of figures.
+#[pyfunction]
+#[pyo3(signature = (seeds, first_seed = 0, peers_min = 3, peers_max = 5, duration_ms = 6000, threads = 2, config = None))]
+#[allow(clippy::too_many_arguments)]
+fn consensus_sim<'py>(
+    py: Python<'py>,
+    seeds: u64,
+    first_seed: u64,
+    peers_min: usize,
+    peers_max: usize,
+    duration_ms: u64,
+    threads: usize,
+    config: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let params = sim_params(peers_min, peers_max, duration_ms, config)?;
+    let s = py.allow_threads(|| sim::run_many(first_seed, seeds, &params, threads));
+    let d = PyDict::new(py);
+    d.set_item("schedules", s.schedules)?;
+    d.set_item("violations", s.violations)?;
+    let failing: Vec<(u64, String)> =
+        s.failing.iter().map(|(seed, v)| (*seed, v.first().cloned().unwrap_or_default())).collect();
+    d.set_item("failing", failing)?;
+    for (name, v) in [
+        ("agree", &s.agree_periods),
+        ("agree_clean", &s.agree_clean_periods),
+        ("detect", &s.detect_periods),
+        ("cold_close", &s.cold_close_periods),
+        ("grant", &s.grant_periods),
+    ] {
+        for q in [50.0, 90.0, 99.0, 100.0] {
+            let key = if q == 100.0 { format!("{name}_max_periods") } else { format!("{name}_p{}_periods", q as u32) };
+            d.set_item(key, sim::percentile(v, q))?;
+        }
+        d.set_item(format!("{name}_samples"), v.len())?;
+    }
+    d.set_item("closes", s.closes)?;
+    d.set_item("aborts", s.aborts)?;
+    d.set_item("messages", s.messages)?;
+    d.set_item("mean_message_len", s.message_bytes as f64 / s.messages.max(1) as f64)?;
+    Ok(d)
+}
+
+#[cfg(feature = "sim")]
+/// Replay one seed with a trace: (violations, trace lines).
+#[pyfunction]
+#[pyo3(signature = (seed, peers_min = 3, peers_max = 5, duration_ms = 6000))]
+fn consensus_sim_replay(py: Python<'_>, seed: u64, peers_min: usize, peers_max: usize, duration_ms: u64) -> PyResult<(Vec<String>, Vec<String>)> {
+    let mut params = sim_params(peers_min, peers_max, duration_ms, None)?;
+    params.verbose = true;
+    let r = py.allow_threads(|| sim::run_schedule(seed, &params));
+    Ok((r.violations, r.trace))
+}
+
+#[cfg(feature = "sim")]
+/// Bus load of the protocol measured on simulated traffic (clean cold start + steady).
+#[pyfunction]
+#[pyo3(signature = (peers = 16, duration_ms = 10000, seed = 1, bitrate = 500000.0, config = None))]
+fn consensus_bus_load<'py>(
+    py: Python<'py>,
+    peers: usize,
+    duration_ms: u64,
+    seed: u64,
+    bitrate: f64,
+    config: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let params = sim_params(peers, peers, duration_ms, config)?;
+    let r = py.allow_threads(|| sim::measure_bus_load(peers, duration_ms, seed, bitrate, &params.base));
+    let d = PyDict::new(py);
+    d.set_item("peers", r.peers)?;
+    d.set_item("heartbeat_ms", r.heartbeat_ms)?;
+    d.set_item("bitrate", r.bitrate)?;
+    d.set_item("classic_worst_mean", r.classic_worst_mean)?;
+    d.set_item("classic_worst_peak", r.classic_worst_peak)?;
+    d.set_item("classic_worst_steady", r.classic_worst_steady)?;
+    d.set_item("classic_exact_mean", r.classic_exact_mean)?;
+    d.set_item("classic_exact_peak", r.classic_exact_peak)?;
+    d.set_item("fd_worst_mean", r.fd_worst_mean)?;
+    d.set_item("fd_worst_peak", r.fd_worst_peak)?;
+    d.set_item("mean_message_len", r.mean_message_len)?;
+    d.set_item("max_message_len", r.max_message_len)?;
+    d.set_item("messages_per_s", r.messages_per_s)?;
+    Ok(d)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyConsensusPeer>()?;
+    m.add_class::<PyCanReassembler>()?;
+    m.add_function(wrap_pyfunction!(can_segment_classic, m)?)?;
+    m.add_function(wrap_pyfunction!(can_frame_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(can_unframe_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(can_frame_bits_classic, m)?)?;
+    m.add_function(wrap_pyfunction!(can_bus_load_classic, m)?)?;
+    #[cfg(feature = "sim")]
+    m.add_function(wrap_pyfunction!(consensus_sim, m)?)?;
+    #[cfg(feature = "sim")]
+    m.add_function(wrap_pyfunction!(consensus_sim_replay, m)?)?;
+    #[cfg(feature = "sim")]
+    m.add_function(wrap_pyfunction!(consensus_bus_load, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! `mbms._core.Engine`: the pack engine. Arrays come in as read-only numpy views (no copy);
+//! the GIL is released while the Rust step runs.
+
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use mbms_core::balancing::BalancingConfig;
+use mbms_core::cell_model::CellParams;
+use mbms_core::engine::{Engine, EngineConfig};
+use mbms_core::protection::Rule;
+use mbms_core::soc_ekf::EstimatorConfig;
+
+/// Config errors carry (field, message) as the exception arguments.
+fn config_error(field: &str, message: &str) -> PyErr {
+    PyValueError::new_err((field.to_string(), message.to_string()))
+}
+
+fn parse_config(config_json: &str) -> PyResult<EngineConfig> {
+    let cfg: EngineConfig = serde_json::from_str(config_json).map_err(|e| config_error("<config>", &e.to_string()))?;
+    cfg.validate().map_err(|e| config_error(&e.field, &e.message))?;
+    Ok(cfg)
+}
+
+fn slice<'a>(a: &'a PyReadonlyArray1<'_, f64>, name: &str) -> PyResult<&'a [f64]> {
+    a.as_slice().map_err(|_| PyTypeError::new_err(format!("{name}: expected a contiguous float64 array")))
+}
+
+#[pyclass(name = "Engine", module = "mbms._core")]
+pub struct PyEngine {
+    engine: Engine,
+}
+
+#[pymethods]
+impl PyEngine {
+    /// `config_json`: the engine tables (pack, estimator, protection, limits, balancing) as
+    /// JSON; `cell_toml`: the text of the cell parameter file.
+    #[new]
+    fn new(config_json: &str, cell_toml: &str) -> PyResult<Self> {
+        let cfg = parse_config(config_json)?;
+        let cell = CellParams::from_toml_str(cell_toml).map_err(|e| config_error(&format!("cell.{}", e.field), &e.message))?;
+        let engine = Engine::new(cfg, cell).map_err(|e| config_error(&e.field, &e.message))?;
+        Ok(Self { engine })
+    }
+
+    #[getter]
+    fn n_cells(&self) -> usize {
+        self.engine.n_cells()
+    }
+
+    #[getter]
+    fn n_temps(&self) -> usize {
+        self.engine.n_temps()
+    }
+
+    /// One step. Raises ValueError("argument: message") on bad input.
+    fn step(
+        &mut self,
+        py: Python<'_>,
+        t_s: f64,
+        v_cell_v: PyReadonlyArray1<'_, f64>,
+        t_cell_c: PyReadonlyArray1<'_, f64>,
+        i_a: f64,
+    ) -> PyResult<()> {
+        let v = slice(&v_cell_v, "v_cell_v")?;
+        let t = slice(&t_cell_c, "t_cell_c")?;
+        let engine = &mut self.engine;
+        py.allow_threads(|| engine.step(t_s, v, t, i_a))
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// Run many steps in Rust (trace replay, benchmarks): rows of `v_cell_v` (steps × cells)
+    /// and `t_cell_c` (steps × sensors). Returns the SOC history (steps × cells) if
+    /// `record_soc`, else None. Stops at the first bad row with ValueError naming it.
+    #[pyo3(signature = (t_s, v_cell_v, t_cell_c, i_a, record_soc = false))]
+    fn step_many<'py>(
+        &mut self,
+        py: Python<'py>,
+        t_s: PyReadonlyArray1<'_, f64>,
+        v_cell_v: PyReadonlyArray2<'_, f64>,
+        t_cell_c: PyReadonlyArray2<'_, f64>,
+        i_a: PyReadonlyArray1<'_, f64>,
+        record_soc: bool,
+    ) -> PyResult<Option<Bound<'py, PyArray2<f64>>>> {
+        let ts = slice(&t_s, "t_s")?;
+        let is = slice(&i_a, "i_a")?;
+        let steps = ts.len();
+        let (n, nt) = (self.engine.n_cells(), self.engine.n_temps());
+        let vs = v_cell_v.as_slice().map_err(|_| PyTypeError::new_err("v_cell_v: expected a C-contiguous float64 array"))?;
+        let tcs = t_cell_c.as_slice().map_err(|_| PyTypeError::new_err("t_cell_c: expected a C-contiguous float64 array"))?;
+        if is.len() != steps || v_cell_v.shape() != [steps, n] || t_cell_c.shape() != [steps, nt] {
+            return Err(PyValueError::new_err(format!(
+                "shapes: expected t_s ({steps},), v_cell_v ({steps}, {n}), t_cell_c ({steps}, {nt}), i_a ({steps},); got {:?}, {:?}, {:?}",
+                v_cell_v.shape(), t_cell_c.shape(), is.len()
+            )));
+        }
+        let engine = &mut self.engine;
+        let hist = py.allow_threads(|| -> Result<Vec<f64>, String> {
+            let mut hist = if record_soc { Vec::with_capacity(steps * n) } else { Vec::new() };
+            for k in 0..steps {
+                engine
+                    .step(ts[k], &vs[k * n..(k + 1) * n], &tcs[k * nt..(k + 1) * nt], is[k])
+                    .map_err(|e| format!("row {k}: {e}"))?;
+                if record_soc {
+                    hist.extend_from_slice(&engine.output().soc);
+                }
+            }
+            Ok(hist)
+        })
+        .map_err(PyValueError::new_err)?;
+        if record_soc {
+            let arr = hist.into_pyarray(py).reshape([steps, n])?;
+            Ok(Some(arr))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The outputs of the last step as a dict (arrays are copies).
+    fn output<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let o = self.engine.output();
+        let d = PyDict::new(py);
+        d.set_item("action", o.action as u8)?;
+        let faults = PyList::empty(py);
+        for f in &o.faults {
+            faults.append((f.rule.name(), f.level as u8, f.index))?;
+        }
+        d.set_item("faults", faults)?;
+        d.set_item("soc", PyArray1::from_slice(py, &o.soc))?;
+        d.set_item("soc_sigma", PyArray1::from_slice(py, &o.soc_sigma))?;
+        d.set_item("soc_cc", PyArray1::from_slice(py, &o.soc_cc))?;
+        d.set_item("balance", PyArray1::from_slice(py, &o.balance))?;
+        d.set_item("capacity_ah", PyArray1::from_slice(py, &o.capacity_ah))?;
+        for (k, v) in [
+            ("soc_min", o.soc_min),
+            ("soc_max", o.soc_max),
+            ("soc_mean", o.soc_mean),
+            ("soe_wh", o.soe_wh),
+            ("ocv_string_v", o.ocv_string_v),
+            ("r_string_ohm", o.r_string_ohm),
+            ("dcl_a", o.dcl_a),
+            ("ccl_a", o.ccl_a),
+            ("dcl_peak_a", o.dcl_peak_a),
+            ("ccl_peak_a", o.ccl_peak_a),
+            ("soh_capacity", o.soh_capacity),
+            ("soh_resistance", o.soh_resistance),
+        ] {
+            d.set_item(k, v)?;
+        }
+        let transfers = PyList::empty(py);
+        for t in &o.transfers {
+            transfers.append((t.from, t.to, t.amount_ah))?;
+        }
+        d.set_item("transfers", transfers)?;
+        Ok(d)
+    }
+
+    /// The packed cell tables and scalar cell parameters the engine uses (for the numpy
+    /// reference implementation and for tests).
+    fn tables<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let t = self.engine.tables();
+        let c = self.engine.cell();
+        let d = PyDict::new(py);
+        d.set_item("ocv", PyArray1::from_slice(py, &t.ocv))?;
+        d.set_item("docv_dt", PyArray1::from_slice(py, &t.docv_dt))?;
+        d.set_item("energy", PyArray1::from_slice(py, &t.energy))?;
+        d.set_item("temps", PyArray1::from_slice(py, &t.temps))?;
+        let rows = |r: &Vec<Vec<f64>>| -> PyResult<Bound<'py, PyArray2<f64>>> {
+            Ok(PyArray2::from_vec2(py, r)?)
+        };
+        d.set_item("r0", rows(&t.r0)?)?;
+        d.set_item("r1", rows(&t.r1)?)?;
+        d.set_item("has_rc2", c.has_rc2())?;
+        match &t.r2 {
+            Some(r2) => d.set_item("r2", rows(r2)?)?,
+            None => d.set_item("r2", py.None())?,
+        }
+        let (tt, tau1, tau2) = c.tau_tables();
+        d.set_item("tau_temps", PyArray1::from_slice(py, tt))?;
+        d.set_item("tau1_s", PyArray1::from_slice(py, tau1))?;
+        match tau2 {
+            Some(t2) => d.set_item("tau2_s", PyArray1::from_slice(py, t2))?,
+            None => d.set_item("tau2_s", py.None())?,
+        }
+        d.set_item("hysteresis_gamma", c.hysteresis_gamma)?;
+        d.set_item("model_temp_deadband_c", mbms_core::engine::MODEL_TEMP_DEADBAND_C)?;
+        d.set_item("t_ref_c", c.t_ref_c)?;
+        d.set_item("capacity_ah", c.capacity_ah)?;
+        d.set_item("v_min_v", c.v_min_v)?;
+        d.set_item("v_max_v", c.v_max_v)?;
+        d.set_item("coulombic_efficiency", c.coulombic_efficiency)?;
+        d.set_item("hysteresis_m_v", c.hysteresis_m_v)?;
+        Ok(d)
+    }
+
+    fn reset_faults(&mut self, t_s: f64) {
+        self.engine.reset_faults(t_s);
+    }
+
+    fn export_state<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, &self.engine.export_state())
+    }
+
+    /// Returns what was dropped as implausible (empty: all restored).
+    fn import_state(&mut self, data: &[u8]) -> PyResult<Vec<String>> {
+        self.engine.import_state(data).map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+}
+
+/// Validate engine tables given as JSON; raises ValueError((field, message)).
+#[pyfunction]
+fn validate_engine_config(config_json: &str) -> PyResult<()> {
+    parse_config(config_json).map(|_| ())
+}
+
+/// The Rust defaults of the optional tables (JSON), so the Python dataclasses can be
+/// checked against them.
+#[pyfunction]
+fn engine_config_defaults() -> PyResult<String> {
+    #[derive(serde::Serialize)]
+    struct D {
+        estimator: EstimatorConfig,
+        balancing: BalancingConfig,
+    }
+    serde_json::to_string(&D { estimator: EstimatorConfig::default(), balancing: BalancingConfig::default() })
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// Rule names in discriminant order.
+#[pyfunction]
+fn engine_rules() -> Vec<&'static str> {
+    Rule::ALL.iter().map(|r| r.name()).collect()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEngine>()?;
+    m.add_function(wrap_pyfunction!(validate_engine_config, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_config_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_rules, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! `mbms._core.FastSim`: the fast mode of `mbms sim` (plant + N nodes + simulated network).
+//! Configs arrive as JSON text (the Python layer validated and resolved them); this layer
+//! only converts, releases the GIL around the run and hands numpy arrays back.
+
+#[cfg(feature = "sim")]
+use numpy::{PyArray1, PyArray2, PyArray3, PyArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+#[cfg(feature = "sim")]
+use pyo3::types::PyList;
+
+#[cfg(feature = "sim")]
+use mbms_consensus::PeerConfig;
+
+#[cfg(feature = "sim")]
+use mbms_core::cell_model::CellParams;
+#[cfg(feature = "sim")]
+use mbms_core::engine::EngineConfig;
+#[cfg(feature = "sim")]
+use mbms_sim::fastsim::{FastSim, NodeSpec, STRING_CHANNELS, SYSTEM_CHANNELS};
+use mbms_core::node::NodeConfig;
+#[cfg(feature = "sim")]
+use mbms_sim::plant::config::PlantConfig;
+#[cfg(feature = "sim")]
+use mbms_sim::plant::fault::PlantFault;
+#[cfg(feature = "sim")]
+use mbms_sim::plant::Plant;
+
+#[cfg(feature = "sim")]
+use super::consensus::config_from_dict as peer_config_from_dict;
+
+fn verr(field: &str, msg: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(format!("{field}: {msg}"))
+}
+
+/// Node logic settings from a dict with keys stale_ms, auto_reset_s, feedback_mismatch_ms.
+pub fn node_config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<NodeConfig> {
+    let mut cfg = NodeConfig::default();
+    for (k, v) in d.iter() {
+        let key: String = k.extract()?;
+        match key.as_str() {
+            "stale_ms" => cfg.stale_ms = v.extract().map_err(|_| verr("node.stale_ms", "expected a non-negative integer (ms)"))?,
+            "auto_reset_s" => {
+                cfg.auto_reset_s = if v.is_none() {
+                    None
+                } else {
+                    let s: f64 = v.extract().map_err(|_| verr("node.auto_reset_s", "expected a number (s) or none"))?;
+                    if !(s > 0.0) {
+                        return Err(verr("node.auto_reset_s", format!("expected > 0, got {s}")));
+                    }
+                    Some(s)
+                }
+            }
+            "feedback_mismatch_ms" => {
+                cfg.feedback_mismatch_ms =
+                    v.extract().map_err(|_| verr("node.feedback_mismatch_ms", "expected a non-negative integer (ms)"))?
+            }
+            "ramp_open_current_a" => {
+                cfg.ramp_open_current_a =
+                    v.extract().map_err(|_| verr("node.ramp_open_current_a", "expected a current (A) >= 0"))?
+            }
+            "ramp_open_timeout_s" => {
+                cfg.ramp_open_timeout_s =
+                    v.extract().map_err(|_| verr("node.ramp_open_timeout_s", "expected a time (s) >= 0"))?
+            }
+            other => {
+                return Err(verr(
+                    &format!("node.{other}"),
+                    "unknown key; expected stale_ms, auto_reset_s, feedback_mismatch_ms, ramp_open_current_a, ramp_open_timeout_s",
+                ))
+            }
+        }
+    }
+    Ok(cfg)
+}
+
+#[cfg(feature = "sim")]
+#[pyclass(name = "FastSim", module = "mbms._core", unsendable)]
+pub struct PyFastSim {
+    sim: FastSim,
+}
+
+#[cfg(feature = "sim")]
+#[pymethods]
+impl PyFastSim {
+    /// plant_json: the plant description; cells: per string the TOML text of its cell file;
+    /// engines_json: per string the engine config; system: the shared peer settings (dict);
+    /// node: node logic settings (dict); drift_ppm: per node clock error.
+    #[new]
+    #[pyo3(signature = (plant_json, cells, engines_json, system, node, drift_ppm, seed, dt_ms, record_every))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        plant_json: &str,
+        cells: Vec<String>,
+        engines_json: Vec<String>,
+        system: &Bound<'_, PyDict>,
+        node: &Bound<'_, PyDict>,
+        drift_ppm: Vec<f64>,
+        seed: u64,
+        dt_ms: u64,
+        record_every: u64,
+    ) -> PyResult<Self> {
+        let plant_cfg: PlantConfig = serde_json::from_str(plant_json).map_err(|e| verr("plant", e))?;
+        let n = plant_cfg.strings.len();
+        if cells.len() != n || engines_json.len() != n {
+            return Err(verr("plant.strings", format!("expected {n} cells and engine configs, got {} and {}", cells.len(), engines_json.len())));
+        }
+        let cell_params = cells
+            .iter()
+            .enumerate()
+            .map(|(k, t)| CellParams::from_toml_str(t).map_err(|e| verr(&format!("plant.strings[{k}].cell"), e)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let plant = Plant::new(plant_cfg, cell_params.clone(), seed).map_err(|e| verr(&format!("plant.{}", e.field), e.message))?;
+        let node_cfg = node_config_from_dict(node)?;
+        let members: Vec<u16> = (1..=n as u16).collect();
+        let mut specs = Vec::with_capacity(n);
+        for k in 0..n {
+            let engine: EngineConfig =
+                serde_json::from_str(&engines_json[k]).map_err(|e| verr(&format!("engine[{k}]"), e))?;
+            engine.validate().map_err(|e| verr(&format!("engine.{}", e.field), e.message))?;
+            let mut peer: PeerConfig = peer_config_from_dict(system).map_err(|e| verr("system", e))?;
+            peer.node_id = k as u16 + 1;
+            peer.members = members.clone();
+            peer.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(k as u64);
+            peer.validate().map_err(|e| verr(&format!("system.{}", e.field), e.message))?;
+            specs.push(NodeSpec {
+                node: node_cfg.clone(),
+                engine,
+                cell: cell_params[k].clone(),
+                peer,
+                drift_ppm: drift_ppm.get(k).copied().unwrap_or(0.0),
+                // different boot times: clocks are not synchronised (brief §3, S2)
+                clock_offset_ms: 1_000 * (k as u64 + 1) + (seed % 997),
+            });
+        }
+        let sim = FastSim::new(plant, specs, seed, dt_ms, record_every).map_err(PyValueError::new_err)?;
+        Ok(Self { sim })
+    }
+
+    #[getter]
+    fn t_ms(&self) -> u64 {
+        self.sim.t_ms()
+    }
+
+    #[getter]
+    fn n(&self) -> usize {
+        self.sim.n()
+    }
+
+    #[staticmethod]
+    fn system_channels() -> Vec<&'static str> {
+        SYSTEM_CHANNELS.to_vec()
+    }
+
+    #[staticmethod]
+    fn string_channels() -> Vec<&'static str> {
+        STRING_CHANNELS.to_vec()
+    }
+
+    /// Run until the virtual clock reaches `t_ms` (GIL released).
+    fn run_until(&mut self, py: Python<'_>, t_ms: u64) {
+        let sim = &mut self.sim;
+        py.allow_threads(|| sim.run_until(t_ms));
+    }
+
+    fn set_loss(&mut self, p: f64) -> PyResult<()> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(verr("loss", "expected a probability in 0..1"));
+        }
+        self.sim.net.loss = p;
+        Ok(())
+    }
+    fn set_duplicate(&mut self, p: f64) -> PyResult<()> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(verr("duplicate", "expected a probability in 0..1"));
+        }
+        self.sim.net.duplicate = p;
+        Ok(())
+    }
+    fn set_delay(&mut self, max_ms: u64) {
+        self.sim.net.max_delay_ms = max_ms;
+    }
+    /// Partition group per node index (nodes in equal groups hear each other).
+    fn set_groups(&mut self, groups: Vec<u8>) -> PyResult<()> {
+        if groups.len() != self.sim.n() {
+            return Err(verr("groups", format!("expected {} entries", self.sim.n())));
+        }
+        self.sim.net.group = groups;
+        Ok(())
+    }
+    /// Whether the load obeys the agreed limits (default true: an inverter obeying the BMS).
+    fn set_clip_load(&mut self, on: bool) {
+        self.sim.clip_load = on;
+    }
+    /// Runtime-like sampling: nodes step every `period_ms` (a multiple of dt_ms) on the sample
+    /// taken at their previous period, and take a fresh one when they ask (two-phase close).
+    /// None: every step, on a sample of that instant.
+    #[pyo3(signature = (period_ms=None))]
+    fn set_node_period(&mut self, period_ms: Option<u64>) -> PyResult<()> {
+        if let Some(p) = period_ms {
+            if p == 0 || p % self.sim.dt_ms() != 0 {
+                return Err(verr("node_period_ms", format!("expected a positive multiple of dt_ms = {}", self.sim.dt_ms())));
+            }
+        }
+        self.sim.node_period_ms = period_ms;
+        Ok(())
+    }
+    /// The inverter holds its current while the speaker reports a join in progress.
+    fn set_hold_load_during_join(&mut self, on: bool) {
+        self.sim.hold_load_during_join = on;
+    }
+    /// Freeze the plant for `ms` from now (a stopped plant process).
+    fn freeze_plant(&mut self, ms: u64) {
+        self.sim.freeze_plant(ms);
+    }
+    /// Arm a load step tied to a join (see `mbms.plant.Plant.arm_join_load_step`).
+    #[pyo3(signature = (k, after_s, delta_a))]
+    fn arm_join_load_step(&mut self, k: Option<usize>, after_s: f64, delta_a: f64) -> PyResult<()> {
+        if let Some(k) = k {
+            self.check(k)?;
+        }
+        if !(after_s.is_finite() && after_s >= 0.0) || !delta_a.is_finite() {
+            return Err(verr("join_step", "expected after_s >= 0 and a finite delta_a"));
+        }
+        self.sim.plant_mut().arm_join_load_step(k, after_s, delta_a);
+        Ok(())
+    }
+    fn clear_join_load_steps(&mut self) {
+        self.sim.plant_mut().clear_join_load_steps();
+    }
+    /// (plant time s, ΔA) of every join load step the plant applied.
+    fn join_steps_fired(&self) -> Vec<(f64, f64)> {
+        self.sim.plant().join_steps_fired().to_vec()
+    }
+    /// Plant time (s); behind the simulation's clock by the time the plant was frozen.
+    fn plant_t_s(&self) -> f64 {
+        self.sim.plant().t_s()
+    }
+    /// Arm a step of the load request (through the inverter: limits, hold) tied to a join.
+    #[pyo3(signature = (k, after_ms, delta_a))]
+    fn arm_join_request_step(&mut self, k: Option<usize>, after_ms: u64, delta_a: f64) -> PyResult<()> {
+        if let Some(k) = k {
+            self.check(k)?;
+        }
+        if !delta_a.is_finite() {
+            return Err(verr("request_step", "expected a finite delta_a"));
+        }
+        self.sim.arm_join_request_step(k, after_ms, delta_a);
+        Ok(())
+    }
+    fn clear_request_steps(&mut self) {
+        self.sim.clear_request_steps();
+    }
+    /// Every physical main close of the plant: [(t_s plant time, string, dv_true_v, inrush_a)].
+    fn main_close_events(&self) -> Vec<(f64, usize, f64, f64)> {
+        self.sim.plant().main_close_events().iter().map(|e| (e.t_s, e.string, e.dv_true_v, e.inrush_a)).collect()
+    }
+    /// (phase, contactors commanded, fault, aborted closes, completed closes) of node k's
+    /// current incarnation, None if it is dead.
+    #[allow(clippy::type_complexity)]
+    fn node_state(&self, k: usize) -> PyResult<Option<(u8, (bool, bool, bool), bool, u64, u64)>> {
+        self.check(k)?;
+        Ok(self.sim.node(k).map(|c| {
+            let o = c.output();
+            let n = c.peer().counters();
+            (o.phase as u8, (o.contactors.neg, o.contactors.pos, o.contactors.pre), o.fault, n.aborts, n.closes)
+        }))
+    }
+    /// Load current drawn in the last plant step (A).
+    fn plant_load_a(&self) -> f64 {
+        self.sim.plant().load_a()
+    }
+    fn kill(&mut self, k: usize) -> PyResult<()> {
+        self.check(k)?;
+        self.sim.kill(k);
+        Ok(())
+    }
+    fn restart(&mut self, k: usize) -> PyResult<()> {
+        self.check(k)?;
+        self.sim.restart(k).map_err(PyValueError::new_err)
+    }
+    /// Inject a plant fault given as JSON (the plant's fault schema).
+    fn inject(&mut self, fault_json: &str) -> PyResult<()> {
+        let f: PlantFault = serde_json::from_str(fault_json).map_err(|e| verr("fault", e))?;
+        self.sim.plant_mut().inject(f).map_err(|e| verr(&format!("fault.{}", e.field), e.message))
+    }
+
+    /// (system, strings): arrays of shape (rows, len(system_channels())) and
+    /// (rows, n, len(string_channels())).
+    fn records<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray3<f64>>)> {
+        let ns = SYSTEM_CHANNELS.len();
+        let nc = STRING_CHANNELS.len();
+        let rows = self.sim.system_rows.len() / ns;
+        let sys = PyArray1::from_slice(py, &self.sim.system_rows).reshape([rows, ns])?;
+        let st = PyArray1::from_slice(py, &self.sim.string_rows).reshape([rows, self.sim.n(), nc])?;
+        Ok((sys, st))
+    }
+
+    /// The latest recorded row: (system values, per-string values), or None before the first.
+    fn last(&self) -> Option<(Vec<f64>, Vec<Vec<f64>>)> {
+        let ns = SYSTEM_CHANNELS.len();
+        let nc = STRING_CHANNELS.len();
+        let n = self.sim.n();
+        if self.sim.system_rows.len() < ns {
+            return None;
+        }
+        let sys = self.sim.system_rows[self.sim.system_rows.len() - ns..].to_vec();
+        let tail = &self.sim.string_rows[self.sim.string_rows.len() - n * nc..];
+        Some((sys, tail.chunks(nc).map(|c| c.to_vec()).collect()))
+    }
+
+    /// Safety/agreement figures: dict with violations, max_string_overcurrent_a,
+    /// agree_latencies_ms, closes [(t_ms, string, dv)], energies.
+    fn report<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.sim.finish();
+        let d = PyDict::new(py);
+        let inv = &self.sim.inv;
+        d.set_item("violations", PyList::new(py, &inv.violations)?)?;
+        d.set_item("max_string_overcurrent_a", inv.max_string_overcurrent_a)?;
+        d.set_item("agree_latencies_ms", inv.agree_latencies_ms.clone())?;
+        d.set_item("closes", inv.closes.clone())?;
+        d.set_item("detect_latencies_ms", inv.detect_latencies_ms.clone())?;
+        d.set_item("energy_discharged_j", self.sim.energy_discharged_j)?;
+        d.set_item("energy_charged_j", self.sim.energy_charged_j)?;
+        let packs = PyList::empty(py);
+        for k in 0..self.sim.n() {
+            let p = PyDict::new(py);
+            p.set_item("time_connected_s", self.sim.time_connected_s(k))?;
+            p.set_item("isolations", self.sim.isolations(k))?;
+            p.set_item("rejoins", self.sim.rejoins(k))?;
+            p.set_item("faults_seen", self.sim.faults_seen(k))?;
+            if let Some(core) = self.sim.node(k) {
+                let o = core.output();
+                let faults: Vec<(String, String, u32)> = core
+                    .engine()
+                    .output()
+                    .faults
+                    .iter()
+                    .map(|f| (format!("{:?}", f.rule), format!("{:?}", f.level), f.index))
+                    .collect();
+                p.set_item("faults_now", faults)?;
+                p.set_item("resets", o.resets)?;
+                p.set_item("failsafe", format!("{:?}", o.failsafe))?;
+                let c = core.peer().counters();
+                p.set_item("rx_ok", c.rx_ok)?;
+                p.set_item("rx_dropped", c.rx_malformed + c.rx_foreign_system + c.rx_unknown_sender + c.rx_duplicate + c.rx_stale)?;
+                p.set_item("tx", c.tx)?;
+            }
+            packs.append(p)?;
+        }
+        d.set_item("packs", packs)?;
+        Ok(d)
+    }
+}
+
+#[cfg(feature = "sim")]
+impl PyFastSim {
+    fn check(&self, k: usize) -> PyResult<()> {
+        if k >= self.sim.n() {
+            return Err(verr("node", format!("expected an index 0..{}", self.sim.n())));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "sim")]
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyFastSim>()?;
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! mbms-py: the PyO3 bindings, the extension module `mbms._core`. The only crate of the
+//! workspace that depends on pyo3/numpy. A thin layer: conversion and validation of Python
+//! inputs, GIL released around the Rust work, nothing else.
+//!
+//! The simulator bindings (plant, fast simulator, protocol simulator, load profiles) sit
+//! behind the cargo feature `sim`, on in the maturin build (pyproject.toml), so that a
+//! binding of the controller alone carries no simulator code.
+
+use pyo3::prelude::*;
+
+mod cell;
+mod consensus;
+mod engine;
+mod fastsim;
+#[cfg(feature = "sim")]
+mod load_profile;
+mod node;
+#[cfg(feature = "sim")]
+mod plant;
+
+#[pymodule]
+#[pyo3(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    cell::register(m)?;
+    engine::register(m)?;
+    consensus::register(m)?;
+    #[cfg(feature = "sim")]
+    fastsim::register(m)?;
+    #[cfg(feature = "sim")]
+    load_profile::register(m)?;
+    node::register(m)?;
+    #[cfg(feature = "sim")]
+    plant::register(m)?;
+    Ok(())
+}

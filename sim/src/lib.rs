@@ -1,0 +1,15 @@
+//! mbms-sim: the test bench of mbms, never part of a controller build.
+//!
+//! Sans-IO like the cores it drives: time, inputs and seeds are arguments; nothing here reads
+//! a clock, a socket or a random source, so every run is replayable from its seed.
+//!
+//! Modules, one concept each:
+//! - [`plant`]: the parallel-string plant (cells, contactors, sensors, bus, load, faults).
+//! - [`fastsim`]: the fast mode of `mbms sim`: one plant, N `NodeCore`s, a simulated peer
+//!   network, on a virtual clock.
+//! - [`protocol`]: the deterministic protocol simulator (N `Peer`s, a small electrical model,
+//!   a network model, crashes, drift) and its S1–S6 checker.
+
+pub mod fastsim;
+pub mod plant;
+pub mod protocol;

@@ -1,0 +1,998 @@
+//! Deterministic simulator: N peers, the electrical model ([`plant`]), a network model
+//! ([`net`]), crashes and restarts, string faults, derating, clock drift. Seeded and
+//! replayable: the same seed gives the same schedule and the same result. S1–S6 are
+//! checked after every peer step; a violation names the rule, the time and the seed.
+//!
+//! Checks (see the product brief §3):
+//! - S1: a tick whose input has `fault` returns the all-open command.
+//! - S2: after every step at most one live string is precharging/closing, and a string
+//!   that is holds grants for its current ticket from a quorum of granters whose leases
+//!   (granted_at + lease_ms on the granter's own, drifting clock, translated to real
+//!   time) have not expired — a crashed granter's grant counts until then.
+//! - S3: the main contactor is commanded closed only after the string's measurements
+//!   matched (|V_bus − V_string| ≤ ΔV_close, |I| ≤ settle) at every step of the dwell.
+//! - S4: every reported limit ≤ the true N−1 limit of the truly closed strings from the
+//!   true states, taking the highest over the staleness window (fail timeout + two
+//!   heartbeats + network delay: "the latest confirmed states"), plus quantisation slack
+//!   (0.5 % + 0.2 A per string, from the 10 mV / 0.1 mΩ / 0.1 A wire resolution); within
+//!   that window after a string dropped out, the remaining strings' peak-rating limit (the
+//!   N−1 case the rule exists for) also bounds it. Each closed string enters the
+//!   confirmed-state bound at its state as the observing peer last heard it, or — if that
+//!   peer never heard it — as any peer last heard it (other peers' proposals carry it).
+//! - S5: once the network is healthy again (and every restart is done), or after the last
+//!   close of a clean cold start, all live peers report identical limits, closed set, live
+//!   set and speaker within 20 periods (the time it takes is the "agree" figure).
+//! - S6: a string enters precharge only with its own quorum flag (S2 checks the grants).
+
+pub mod net;
+pub mod plant;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use mbms_consensus::config::PeerConfig;
+use mbms_consensus::peer::{Contactors, LocalState, Peer, Phase};
+use mbms_consensus::prng::SplitMix64;
+use mbms_consensus::sharing::n1_limits;
+use net::{NetKind, NetModel, Partition};
+use plant::{Plant, StringTruth};
+
+/// Parameters of a simulation campaign.
+#[derive(Clone, Debug)]
+pub struct SimParams {
+    pub peers_min: usize,
+    pub peers_max: usize,
+    pub duration_ms: u64,
+    /// Control period of every peer (its own clock).
+    pub tick_ms: u64,
+    /// Protocol configuration shared by all peers (node_id and members are set per run).
+    pub base: PeerConfig,
+    /// Record a trace of events (for replaying one seed).
+    pub verbose: bool,
+    /// Force the scenario (0 clean, 1 CAN faults, 2 UDP faults, 3 UDP partitions).
+    pub force_scenario: Option<u64>,
+    /// Count the CAN bits of every message sent (classic segmented and FD).
+    pub measure_bus: bool,
+    /// Deliberately break the system under test, to show that each check can fail.
+    pub sabotage: Sabotage,
+}
+
+/// Ways to break the system under test (checker self-test).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    None,
+    /// The node glue ignores the open command on a fault (S1).
+    IgnoreFaultOpen,
+    /// Every peer believes it is alone (members = itself, quorum 1) (S2, S6).
+    Solo,
+    /// Peers run with no dwell time (S3).
+    NoDwell,
+    /// The reported limits are doubled on their way out (S4).
+    DoubleLimits,
+    /// Peer 1 reports 1 A less than it agreed (safe, but not agreed: S5).
+    Disagree,
+}
+
+impl Default for SimParams {
+    fn default() -> Self {
+        Self {
+            peers_min: 3,
+            peers_max: 5,
+            duration_ms: 6000,
+            tick_ms: 10,
+            base: PeerConfig::default(),
+            verbose: false,
+            force_scenario: None,
+            measure_bus: false,
+            sabotage: Sabotage::None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ScheduleResult {
+    pub seed: u64,
+    pub peers: usize,
+    pub scenario: &'static str,
+    pub violations: Vec<String>,
+    /// Per (crash, observer): time to drop the crashed peer from the live set, periods.
+    pub detect_periods: Vec<f64>,
+    /// Time from the network healing to all peers agreeing, periods.
+    pub agree_periods: Option<f64>,
+    /// Clean schedules: time from cold start until every string is closed, periods.
+    pub cold_close_periods: Option<f64>,
+    /// Successful requests: time from the request to precharge start (a quorum of grants).
+    pub grant_periods: Vec<f64>,
+    pub closes: u64,
+    pub aborts: u64,
+    pub messages: u64,
+    pub message_bytes: u64,
+    pub max_message_len: usize,
+    /// With `measure_bus`: classic CAN bits (worst-case and exact stuffing) and CAN FD
+    /// time (µs, worst case, 500 k / 2 M) of all messages, per 1-second bucket.
+    pub bus_bits_worst: Vec<u64>,
+    pub bus_bits_exact: Vec<u64>,
+    pub fd_us_worst: Vec<f64>,
+    pub trace: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Tick(usize),
+    Deliver(usize, Vec<u8>),
+    Crash(usize),
+    Restart(usize),
+    FaultOn(usize),
+    FaultOff(usize),
+    Derate(usize),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Snapshot {
+    closed_set: u64,
+    live_set: u64,
+    dcl_da: i64,
+    ccl_da: i64,
+    speaker: Option<u16>,
+    phase: Phase,
+}
+
+struct Node {
+    peer: Option<Peer>,
+    id: u16,
+    rate: f64,
+    off_us: f64,
+    next_local_ms: u64,
+    fault: bool,
+    last_cmd: Contactors,
+    last_phase: Phase,
+    snapshot: Option<Snapshot>,
+    s3_hist: VecDeque<(u64, bool)>,
+    detect_pending: Vec<(usize, u64)>, // (crashed node, crash time)
+    instance: u64,
+    msg_counter: u32,
+    request_at: Option<u64>,
+}
+
+impl Node {
+    fn local_ms(&self, t_us: u64) -> u64 {
+        ((t_us as f64 * self.rate + self.off_us) / 1000.0).floor().max(0.0) as u64
+    }
+    fn real_us(&self, local_ms: u64) -> u64 {
+        ((local_ms as f64 * 1000.0 - self.off_us) / self.rate).ceil().max(0.0) as u64
+    }
+}
+
+/// A grant as the checker sees it: who, which ticket, until when (real µs).
+#[derive(Clone, Copy, Debug)]
+struct GrantRecord {
+    instance: u64,
+    to: u16,
+    ticket: u8,
+    expires_us: u64,
+}
+
+struct World {
+    params: SimParams,
+    cfg: PeerConfig,
+    rng: SplitMix64,
+    net_rng: SplitMix64,
+    nodes: Vec<Node>,
+    plant: Plant,
+    net: NetModel,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    qseq: u64,
+    grants: Vec<Option<GrantRecord>>,
+    /// confirmed[p][j]: the true state of string j when p last heard from j.
+    confirmed: Vec<Vec<Option<mbms_consensus::sharing::StringState>>>,
+    /// latest_confirmed[j]: the true state of string j at the last delivery of its state
+    /// (a Limits message) to any peer — the newest state of j that any proposal can carry.
+    latest_confirmed: Vec<Option<mbms_consensus::sharing::StringState>>,
+    conf_hist: Vec<VecDeque<(u64, f64, f64)>>,
+    closed_mask: u64,
+    last_drop_us: Option<u64>,
+    truth: VecDeque<(u64, f64, f64)>,
+    window_us: u64,
+    heal_us: u64,
+    agree_from_us: u64,
+    result: ScheduleResult,
+    clean: bool,
+    load_demand: f64,
+    load_on_us: u64,
+}
+
+fn pct_chance(rng: &mut SplitMix64, p: f64) -> bool {
+    rng.chance(p)
+}
+
+impl World {
+    fn push(&mut self, t: u64, ev: Ev) {
+        self.qseq += 1;
+        self.queue.push(Reverse((t, self.qseq, ev)));
+    }
+
+    fn trace(&mut self, t: u64, s: String) {
+        if self.params.verbose {
+            self.result.trace.push(format!("{:>9.3} ms  {s}", t as f64 / 1000.0));
+        }
+    }
+
+    fn violation(&mut self, t: u64, s: String) {
+        if self.result.violations.len() < 20 {
+            self.result.violations.push(format!("t={:.3} ms: {s}", t as f64 / 1000.0));
+        }
+    }
+
+    fn new_peer(&self, k: usize, inc: u64) -> Peer {
+        let mut cfg = PeerConfig { node_id: self.nodes[k].id, seed: inc, ..self.cfg.clone() };
+        match self.params.sabotage {
+            Sabotage::Solo => cfg.members = vec![cfg.node_id],
+            Sabotage::NoDwell => cfg.dwell_ms = 0,
+            _ => {}
+        }
+        Peer::new(cfg, inc).expect("simulator configuration is valid")
+    }
+
+    fn local_state(&self, k: usize) -> LocalState {
+        let s = &self.plant.strings[k];
+        let fault = self.nodes[k].fault;
+        LocalState {
+            ocv_v: s.ocv_v(),
+            r_ohm: s.r_ohm,
+            soc: s.soc,
+            dcl_a: s.dcl_a,
+            ccl_a: s.ccl_a,
+            dcl_peak_a: s.dcl_peak_a,
+            ccl_peak_a: s.ccl_peak_a,
+            fault,
+            may_close: !fault,
+            v_string_v: s.v_string_v(),
+            v_bus_v: self.plant.v_bus_v,
+            i_a: s.i_a,
+            feedback: s.actual,
+            meas_t_ms: None,
+        }
+    }
+
+    fn true_limits(&self) -> (f64, f64) {
+        let closed: Vec<_> =
+            self.plant.strings.iter().filter(|s| s.main_closed()).map(|s| s.state()).collect();
+        n1_limits(&closed)
+    }
+
+    fn on_tick(&mut self, t: u64, k: usize) {
+        if self.nodes[k].peer.is_none() {
+            return;
+        }
+        self.plant.advance(t);
+        // The load follows the speaker's reported limits (an inverter obeying the BMS).
+        if t >= self.load_on_us && t < self.heal_us && !self.clean {
+            let lim = self.nodes.iter().filter_map(|n| n.snapshot.as_ref()).next();
+            if let Some(s) = lim {
+                self.plant.load_a = if self.load_demand >= 0.0 {
+                    self.load_demand * s.dcl_da as f64 / 10.0
+                } else {
+                    self.load_demand * s.ccl_da as f64 / 10.0
+                };
+            }
+        } else {
+            self.plant.load_a = 0.0;
+        }
+        let local = self.local_state(k);
+        let lms = self.nodes[k].local_ms(t);
+        let dv = self.cfg.dv_close_v;
+        let settle = self.cfg.precharge_settle_a;
+        let prev_phase = self.nodes[k].last_phase;
+        let prev_cmd = self.nodes[k].last_cmd;
+        let n = self.nodes.len();
+        let (out_cmd, out_phase, snap, msgs, events, grant, request, quorum, closes, aborts) = {
+            let peer = self.nodes[k].peer.as_mut().expect("checked");
+            let mut out = peer.tick(lms, &local).clone();
+            match self.params.sabotage {
+                Sabotage::IgnoreFaultOpen if local.fault => out.command = prev_cmd,
+                Sabotage::DoubleLimits => {
+                    out.system_dcl_a *= 2.0;
+                    out.system_ccl_a *= 2.0;
+                }
+                Sabotage::Disagree if k == 0 => out.system_dcl_a = (out.system_dcl_a - 1.0).max(0.0),
+                _ => {}
+            }
+            let snap = Snapshot {
+                closed_set: out.closed_set,
+                live_set: out.live_set,
+                dcl_da: (out.system_dcl_a * 10.0).round() as i64,
+                ccl_da: (out.system_ccl_a * 10.0).round() as i64,
+                speaker: out.speaker,
+                phase: out.phase,
+            };
+            let dcl = out.system_dcl_a;
+            let ccl = out.system_ccl_a;
+            (
+                out.command,
+                out.phase,
+                (snap, dcl, ccl),
+                out.messages.clone(),
+                out.events.clone(),
+                peer.grant(),
+                peer.request(),
+                out.quorum,
+                peer.counters().closes,
+                peer.counters().aborts,
+            )
+        };
+        let _ = (closes, aborts);
+        if self.params.verbose {
+            for e in &events {
+                let id = self.nodes[k].id;
+                self.trace(t, format!("peer {id}: {e:?}"));
+            }
+        }
+        for e in &events {
+            match e {
+                mbms_consensus::Event::RequestSent { .. } => self.nodes[k].request_at = Some(t),
+                mbms_consensus::Event::PrechargeStarted { .. } => {
+                    if let Some(t0) = self.nodes[k].request_at.take() {
+                        let hb_us = self.cfg.heartbeat_ms as f64 * 1000.0;
+                        self.result.grant_periods.push((t - t0) as f64 / hb_us);
+                    }
+                }
+                mbms_consensus::Event::Closed => self.result.closes += 1,
+                mbms_consensus::Event::Aborted { .. } => self.result.aborts += 1,
+                _ => {}
+            }
+        }
+        let id = self.nodes[k].id;
+        // S1
+        if local.fault && out_cmd != Contactors::OPEN {
+            self.violation(t, format!("S1: peer {id} has a fault but commands {out_cmd:?}"));
+        }
+        // S3
+        let matched = (local.v_bus_v - local.v_string_v).abs() <= dv && local.i_a.abs() <= settle;
+        {
+            let h = &mut self.nodes[k].s3_hist;
+            h.push_back((lms, matched));
+            let keep = self.cfg.dwell_ms as u64 + 5 * self.params.tick_ms;
+            while h.front().is_some_and(|(l, _)| lms.saturating_sub(*l) > keep) {
+                h.pop_front();
+            }
+        }
+        if out_cmd.pos && !prev_cmd.pos && !local.feedback.pos {
+            let dwell = self.cfg.dwell_ms as u64;
+            let h = &self.nodes[k].s3_hist;
+            let window_ok = h.iter().filter(|(l, _)| lms - l <= dwell).all(|(_, m)| *m);
+            let covered = h.front().is_some_and(|(l, _)| lms - l >= dwell);
+            let pre_ok = prev_cmd.pre && prev_cmd.neg;
+            if !(window_ok && covered && pre_ok) {
+                self.violation(t, format!("S3: peer {id} closes main without a {dwell} ms dwell match after precharge"));
+            }
+        }
+        // S6 (and S2 below)
+        if out_phase == Phase::Precharging
+            && prev_phase != Phase::Precharging
+            && (!quorum || (snap.0.live_set.count_ones() as usize) < self.cfg.quorum())
+        {
+            self.violation(t, format!("S6: peer {id} starts precharge without a quorum of the configured members"));
+        }
+        // Grant records for S2.
+        match grant {
+            Some((to, ticket, at_ms)) => {
+                let expires_us = self.nodes[k].real_us(at_ms + self.cfg.lease_ms as u64);
+                let instance = self.nodes[k].instance;
+                let rec = GrantRecord { instance, to, ticket, expires_us };
+                let same = self.grants[k]
+                    .is_some_and(|g| g.instance == instance && g.to == to && g.ticket == ticket);
+                if !same {
+                    self.grants[k] = Some(rec);
+                }
+            }
+            // A released grant is gone; a crashed instance's grant counts until it expires.
+            None => {
+                if self.grants[k].is_some_and(|g| g.instance == self.nodes[k].instance) {
+                    self.grants[k] = None;
+                }
+            }
+        }
+        self.nodes[k].last_cmd = out_cmd;
+        self.nodes[k].last_phase = out_phase;
+        self.nodes[k].snapshot = Some(snap.0.clone());
+        // S2: at most one string precharging/closing, holding a quorum of live grants.
+        let closing: Vec<usize> = (0..n)
+            .filter(|&j| self.nodes[j].peer.is_some() && self.nodes[j].last_phase.is_closing())
+            .collect();
+        if closing.len() > 1 {
+            let ids: Vec<u16> = closing.iter().map(|&j| self.nodes[j].id).collect();
+            self.violation(t, format!("S2: several strings precharging/closing at once: {ids:?}"));
+        }
+        if out_phase.is_closing() {
+            match request {
+                None => self.violation(t, format!("S2: peer {id} closing without a request")),
+                Some((ticket, _)) => {
+                    let held = self
+                        .grants
+                        .iter()
+                        .filter(|g| g.is_some_and(|g| g.to == id && g.ticket == ticket && g.expires_us > t))
+                        .count();
+                    if held < self.cfg.quorum() {
+                        self.violation(
+                            t,
+                            format!("S2: peer {id} closing with {held} unexpired grants < quorum {}", self.cfg.quorum()),
+                        );
+                    }
+                }
+            }
+        }
+        // S4: against the true N−1 limit over the staleness window.
+        let (td, tc) = self.true_limits();
+        let mask = self.plant.strings.iter().enumerate().fold(0u64, |m, (j, st)| m | ((st.main_closed() as u64) << j));
+        if self.closed_mask & !mask != 0 {
+            self.last_drop_us = Some(t);
+        }
+        self.closed_mask = mask;
+        self.truth.push_back((t, td, tc));
+        while self.truth.front().is_some_and(|(tt, _, _)| t - tt > self.window_us) {
+            self.truth.pop_front();
+        }
+        let (mut md, mut mc) = self.truth.iter().fold((0.0f64, 0.0f64), |a, x| (a.0.max(x.1), a.1.max(x.2)));
+        // "From the latest confirmed states": a string's state that changed while it could
+        // not reach this peer is taken as this peer last heard it.
+        //
+        // A string this peer has never heard is taken at its latest state confirmed to any
+        // peer (and only if no peer ever heard it, at its true state). Why this is the
+        // spec's bound: a peer reports min(own proposal, the latest proposals of its live
+        // peers) (S5), and another peer's proposal is computed from the states confirmed to
+        // *that* peer — so the latest confirmed state of a string this peer never heard is
+        // the one carried to it inside those proposals. Taking the string's true current
+        // state instead demands knowledge that no message has carried yet: seed 50058842
+        // (udp-partition, 3 peers) had string 1 closed, cut off from the quorum side, and
+        // derated to half its DCL while cut off; peer 2 had never heard peer 1 and reported
+        // peer 3's proposal (141 A = the §4 N−1 limit of {1, 2, 3} with string 1 at its
+        // last confirmed, pre-derate state), which the old bound compared with the derated
+        // truth (0 A). The derated Limits first reached any peer 100 ms after the last
+        // flagged step, and every peer's limit dropped at once when it learnt of string 1.
+        // The string's own peer enforces the derate locally meanwhile (S6: closed strings
+        // stay within their local limits), as it must for a change no one else can know.
+        let conf: Vec<_> = (0..n)
+            .filter(|&j| self.plant.strings[j].main_closed())
+            .map(|j| {
+                let truth = self.plant.strings[j].state();
+                if j == k {
+                    truth
+                } else {
+                    self.confirmed[k][j].or(self.latest_confirmed[j]).unwrap_or(truth)
+                }
+            })
+            .collect();
+        let (cd, cc) = n1_limits(&conf);
+        // Over the same staleness window (a string that dropped out is only known to be
+        // gone after the failure-detection time; until then the N−1 case covers it).
+        let h = &mut self.conf_hist[k];
+        h.push_back((t, cd, cc));
+        while h.front().is_some_and(|(tt, _, _)| t - tt > self.window_us) {
+            h.pop_front();
+        }
+        for &(_, d, c) in h.iter() {
+            md = md.max(d);
+            mc = mc.max(c);
+        }
+        // A string dropped out (crash, fault) and the others may not know yet: the N−1
+        // case — the remaining strings on their short-term peak ratings — is the bound
+        // until the failure-detection window has passed.
+        if self.last_drop_us.is_some_and(|d| t - d <= self.window_us) {
+            let set: Vec<_> =
+                self.plant.strings.iter().filter(|st| st.main_closed()).map(|st| st.state()).collect();
+            let (pd, pc) = mbms_consensus::sharing::set_limits(&set, true);
+            md = md.max(pd);
+            mc = mc.max(pc);
+        }
+        let slack = |x: f64| x * 1.005 + 0.2 * n as f64;
+        if snap.1 > slack(md) || snap.2 > slack(mc) {
+            self.violation(
+                t,
+                format!("S4: peer {id} reports dcl {:.1}/ccl {:.1} A > true N−1 {md:.1}/{mc:.1} A", snap.1, snap.2),
+            );
+        }
+        // Failure detection latency.
+        let hb_us = self.cfg.heartbeat_ms as f64 * 1000.0;
+        let mut detected = Vec::new();
+        for (c, tc) in self.nodes[k].detect_pending.iter().copied() {
+            if snap.0.live_set & (1u64 << (self.nodes[c].id - 1)) == 0 {
+                detected.push((c, tc));
+            }
+        }
+        for (c, tc) in detected {
+            self.nodes[k].detect_pending.retain(|x| x.0 != c);
+            self.result.detect_periods.push((t - tc) as f64 / hb_us);
+        }
+        // S5 / agreement latency.
+        if t >= self.agree_from_us && self.result.agree_periods.is_none() {
+            let up: Vec<&Snapshot> = self
+                .nodes
+                .iter()
+                .filter(|nd| nd.peer.is_some())
+                .filter_map(|nd| nd.snapshot.as_ref())
+                .collect();
+            let all_up = self.nodes.iter().filter(|nd| nd.peer.is_some()).count();
+            if up.len() == all_up
+                && up.iter().all(|s| s.phase != Phase::Listening)
+                && up.windows(2).all(|w| {
+                    let (a, b) = (w[0], w[1]);
+                    a.closed_set == b.closed_set
+                        && a.live_set == b.live_set
+                        && a.dcl_da == b.dcl_da
+                        && a.ccl_da == b.ccl_da
+                        && a.speaker == b.speaker
+                })
+            {
+                self.result.agree_periods = Some((t - self.agree_from_us) as f64 / hb_us);
+            }
+        }
+        // Cold start: every string closed.
+        if self.clean
+            && self.result.cold_close_periods.is_none()
+            && self.plant.strings.iter().all(|s| s.main_closed())
+        {
+            self.result.cold_close_periods = Some(t as f64 / hb_us);
+            // Agreement is measured from the last close (the last change of the closed set).
+            self.agree_from_us = t;
+            self.result.agree_periods = None;
+        }
+        // Act.
+        self.plant.command(k, out_cmd, t);
+        let frame_us = 1000; // ~4 classic frames at 500 kbit/s
+        for m in msgs {
+            self.result.messages += 1;
+            self.result.message_bytes += m.len() as u64;
+            self.result.max_message_len = self.result.max_message_len.max(m.len());
+            if self.params.measure_bus {
+                let b = (t / 1_000_000) as usize;
+                let r = &mut self.result;
+                if r.bus_bits_worst.len() <= b {
+                    r.bus_bits_worst.resize(b + 1, 0);
+                    r.bus_bits_exact.resize(b + 1, 0);
+                    r.fd_us_worst.resize(b + 1, 0.0);
+                }
+                let c = self.nodes[k].msg_counter;
+                self.nodes[k].msg_counter += 1;
+                r.bus_bits_worst[b] += mbms_consensus::busload::classic_message_bits(id, c, &m, true) as u64;
+                r.bus_bits_exact[b] += mbms_consensus::busload::classic_message_bits(id, c, &m, false) as u64;
+                r.fd_us_worst[b] += mbms_consensus::busload::fd_frame_us_worst(m.len() + 1, 500_000.0, 2_000_000.0);
+            }
+            let dels = self.net.broadcast(&mut self.net_rng, t, k, n, frame_us);
+            for (at, to) in dels {
+                self.push(at, Ev::Deliver(to, m.clone()));
+            }
+        }
+        let next = self.nodes[k].next_local_ms + self.params.tick_ms;
+        self.nodes[k].next_local_ms = next;
+        let at = self.nodes[k].real_us(next).max(t + 1);
+        self.push(at, Ev::Tick(k));
+    }
+
+    fn on_deliver(&mut self, t: u64, k: usize, data: &[u8]) {
+        let lms = self.nodes[k].local_ms(t);
+        if let Some(p) = self.nodes[k].peer.as_mut() {
+            if p.on_message(lms, data).is_ok() {
+                // What k now knows of the sender's state ("latest confirmed", for S4).
+                // Only a Limits message carries the state the formula uses.
+                if let Ok(m) = mbms_consensus::wire::Message::decode(data).and_then(|m| {
+                    if m.kind() == 0 { Ok(m) } else { Err(mbms_consensus::wire::WireError::Kind(1)) }
+                }) {
+                    let j = m.sender as usize - 1;
+                    self.plant.advance(t);
+                    self.confirmed[k][j] = Some(self.plant.strings[j].state());
+                    self.latest_confirmed[j] = self.confirmed[k][j];
+                }
+            }
+        }
+    }
+
+    fn start_node(&mut self, t: u64, k: usize, inc: u64) {
+        let p = self.new_peer(k, inc);
+        self.nodes[k].peer = Some(p);
+        self.nodes[k].instance += 1;
+        self.nodes[k].snapshot = None;
+        self.nodes[k].last_phase = Phase::Listening;
+        self.nodes[k].last_cmd = Contactors::OPEN;
+        self.nodes[k].s3_hist.clear();
+        let l = self.nodes[k].local_ms(t);
+        self.nodes[k].next_local_ms = l;
+        self.push(t, Ev::Tick(k));
+    }
+}
+
+fn uniform(rng: &mut SplitMix64, a: f64, b: f64) -> f64 {
+    a + (b - a) * rng.unit()
+}
+
+/// Run one seeded schedule.
+pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
+    let mut rng = SplitMix64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED);
+    let span = params.peers_max.saturating_sub(params.peers_min) as u64;
+    let n = (params.peers_min + rng.below(span + 1) as usize).clamp(1, 64);
+    let scenario_k = rng.below(4);
+    let scenario_k = params.force_scenario.unwrap_or(scenario_k) % 4;
+    let (scenario, clean) = match scenario_k {
+        0 => ("clean", true),
+        1 => ("can", false),
+        2 => ("udp", false),
+        _ => ("udp-partition", false),
+    };
+    let members: Vec<u16> = (1..=n as u16).collect();
+    let cfg = PeerConfig { members: members.clone(), ..params.base.clone() };
+    let hb = cfg.heartbeat_ms as u64;
+    let dur_us = params.duration_ms * 1000;
+    let heal_us = if clean { 0 } else { dur_us.saturating_sub(3000 * 1000).max(dur_us / 2) };
+    let rho = cfg.max_drift_ppm as f64 * 1e-6;
+
+    // Strings: most matched (within ±0.64 V), some 4.8 V higher.
+    let mut strings = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut soc = 0.5 + uniform(&mut rng, -0.008, 0.008);
+        if !clean && pct_chance(&mut rng, 0.2) {
+            soc += 0.06;
+        }
+        let dcl = uniform(&mut rng, 100.0, 150.0);
+        let ccl = uniform(&mut rng, 50.0, 100.0);
+        strings.push(StringTruth {
+            soc,
+            r_ohm: uniform(&mut rng, 0.04, 0.06),
+            dcl_a: dcl,
+            ccl_a: ccl,
+            dcl_peak_a: dcl * uniform(&mut rng, 1.5, 2.0),
+            ccl_peak_a: ccl * uniform(&mut rng, 1.5, 2.0),
+            command: Contactors::OPEN,
+            command_at_us: 0,
+            actual: Contactors::OPEN,
+            i_a: 0.0,
+        });
+    }
+    let nodes: Vec<Node> = (0..n)
+        .map(|k| {
+            // Rates at the drift bound half of the time, inside it otherwise.
+            let r = if rng.chance(0.5) { if rng.chance(0.5) { rho } else { -rho } } else { uniform(&mut rng, -rho, rho) };
+            Node {
+                peer: None,
+                id: members[k],
+                rate: 1.0 + r,
+                off_us: uniform(&mut rng, 0.0, 1e6).floor(),
+                next_local_ms: 0,
+                fault: false,
+                last_cmd: Contactors::OPEN,
+                last_phase: Phase::Listening,
+                snapshot: None,
+                s3_hist: VecDeque::new(),
+                detect_pending: Vec::new(),
+                instance: 0,
+                msg_counter: 0,
+                request_at: None,
+            }
+        })
+        .collect();
+
+    // Network.
+    let mut partitions = Vec::new();
+    let kind = if scenario_k == 1 { NetKind::Can } else { NetKind::Udp };
+    let (loss, dup, delay) = match scenario_k {
+        0 => (0.0, 0.0, (200, 200)),
+        1 => (uniform(&mut rng, 0.0, 0.2), uniform(&mut rng, 0.0, 0.05), (0, 0)),
+        _ => (uniform(&mut rng, 0.0, 0.3), uniform(&mut rng, 0.0, 0.1), (200, 200 + rng.below(30_000))),
+    };
+    if !clean {
+        let parts = if scenario_k == 3 { 1 + rng.below(3) } else { rng.below(2) };
+        for _ in 0..parts {
+            let start = 300_000 + rng.below(heal_us.saturating_sub(800_000).max(1));
+            let end = (start + 300_000 + rng.below(1_500_000)).min(heal_us);
+            let mut minority: Vec<usize> = Vec::new();
+            let msize = 1 + rng.below((n / 2).max(1) as u64) as usize;
+            while minority.len() < msize {
+                let x = rng.below(n as u64) as usize;
+                if !minority.contains(&x) {
+                    minority.push(x);
+                }
+            }
+            let way = if kind == NetKind::Can { 0 } else { rng.below(3) };
+            let mut blocked = Vec::new();
+            for a in 0..n {
+                for b in 0..n {
+                    if a == b || minority.contains(&a) == minority.contains(&b) {
+                        continue;
+                    }
+                    let from_min = minority.contains(&a);
+                    if way == 0 || (way == 1 && from_min) || (way == 2 && !from_min) {
+                        blocked.push((a, b));
+                    }
+                }
+            }
+            partitions.push(Partition { start_us: start, end_us: end, blocked });
+        }
+    }
+    let net = NetModel::new(kind, loss, dup, delay, partitions, heal_us);
+    let window_us = (cfg.fail_timeout_ms as u64 + 2 * hb) * 1000 + delay.1 + 2000;
+    let load_demand = uniform(&mut rng, -0.5, 0.8);
+
+    let mut w = World {
+        params: params.clone(),
+        cfg: cfg.clone(),
+        net_rng: SplitMix64::new(rng.next_u64()),
+        rng,
+        nodes,
+        plant: Plant::new(strings),
+        net,
+        queue: BinaryHeap::new(),
+        qseq: 0,
+        grants: vec![None; n],
+        confirmed: vec![vec![None; n]; n],
+        latest_confirmed: vec![None; n],
+        conf_hist: vec![VecDeque::new(); n],
+        closed_mask: 0,
+        last_drop_us: None,
+        truth: VecDeque::new(),
+        window_us,
+        heal_us,
+        agree_from_us: heal_us,
+        result: ScheduleResult { seed, peers: n, scenario, ..Default::default() },
+        clean,
+        load_demand,
+        load_on_us: 800_000,
+    };
+
+    // Disturbances (all before the network heals).
+    if !clean {
+        let crashes = w.rng.below(3);
+        for _ in 0..crashes {
+            let k = w.rng.below(n as u64) as usize;
+            let tc = 400_000 + w.rng.below(heal_us.saturating_sub(1_200_000).max(1));
+            let tr = (tc + 200_000 + w.rng.below(1_300_000)).min(heal_us.saturating_sub(1));
+            w.push(tc, Ev::Crash(k));
+            w.push(tr.max(tc + 1), Ev::Restart(k));
+            w.agree_from_us = w.agree_from_us.max(tr);
+        }
+        if w.rng.chance(0.4) {
+            let k = w.rng.below(n as u64) as usize;
+            let t1 = 500_000 + w.rng.below(heal_us.saturating_sub(1_500_000).max(1));
+            let t2 = (t1 + 300_000 + w.rng.below(700_000)).min(heal_us.saturating_sub(1));
+            w.push(t1, Ev::FaultOn(k));
+            w.push(t2.max(t1 + 1), Ev::FaultOff(k));
+        }
+        if w.rng.chance(0.3) {
+            let k = w.rng.below(n as u64) as usize;
+            let t1 = 500_000 + w.rng.below(heal_us.saturating_sub(600_000).max(1));
+            w.push(t1, Ev::Derate(k));
+        }
+    }
+    // The agreement clock starts once the network is healthy and the last restart is done
+    // (a restarted peer's listening time counts); the electrical inputs are static from
+    // then on (no load).
+    for k in 0..n {
+        let inc = w.rng.next_u64();
+        w.start_node(0, k, inc);
+    }
+
+    while let Some(Reverse((t, _, ev))) = w.queue.pop() {
+        if t > dur_us {
+            break;
+        }
+        match ev {
+            Ev::Tick(k) => w.on_tick(t, k),
+            Ev::Deliver(k, data) => w.on_deliver(t, k, &data),
+            Ev::Crash(k) => {
+                if w.nodes[k].peer.is_some() {
+                    w.trace(t, format!("crash peer {}", w.nodes[k].id));
+                    w.plant.advance(t);
+                    w.nodes[k].peer = None;
+                    w.nodes[k].snapshot = None;
+                    w.nodes[k].last_phase = Phase::Open;
+                    w.plant.drop_coils(k, t);
+                    // A crashed observer measures nothing.
+                    w.nodes[k].detect_pending.clear();
+                    for j in 0..n {
+                        if j != k && w.nodes[j].peer.is_some() {
+                            w.nodes[j].detect_pending.push((k, t));
+                        }
+                    }
+                }
+            }
+            Ev::Restart(k) => {
+                if w.nodes[k].peer.is_none() {
+                    w.trace(t, format!("restart peer {}", w.nodes[k].id));
+                    let inc = w.rng.next_u64();
+                    w.start_node(t, k, inc);
+                    for j in 0..n {
+                        w.nodes[j].detect_pending.retain(|x| x.0 != k);
+                    }
+                }
+            }
+            Ev::FaultOn(k) => {
+                w.trace(t, format!("fault on peer {}", w.nodes[k].id));
+                w.nodes[k].fault = true;
+            }
+            Ev::FaultOff(k) => {
+                w.trace(t, format!("fault off peer {}", w.nodes[k].id));
+                w.nodes[k].fault = false;
+            }
+            Ev::Derate(k) => {
+                w.trace(t, format!("derate peer {}", w.nodes[k].id));
+                w.plant.advance(t);
+                let s = &mut w.plant.strings[k];
+                s.dcl_a *= 0.5;
+                s.dcl_peak_a *= 0.5;
+            }
+        }
+    }
+    // S5: agreement within a bound once healthy.
+    let bound_periods = 20.0;
+    let agree_deadline = w.agree_from_us + (bound_periods as u64) * hb * 1000;
+    match w.result.agree_periods {
+        Some(p) if p <= bound_periods => {}
+        Some(p) => w.violation(dur_us, format!("S5: agreement took {p:.1} periods > {bound_periods}")),
+        None if agree_deadline <= dur_us => {
+            w.violation(dur_us, format!("S5: no agreement within {bound_periods} periods of healing"))
+        }
+        None => {}
+    }
+    if clean && w.result.cold_close_periods.is_none() {
+        w.violation(dur_us, "liveness: not all (matching) strings closed from cold".to_string());
+    }
+    w.result
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SimSummary {
+    pub schedules: u64,
+    pub violations: u64,
+    pub failing: Vec<(u64, Vec<String>)>,
+    pub agree_periods: Vec<f64>,
+    /// The clean cold starts alone: agreement after the last close (a healthy network).
+    pub agree_clean_periods: Vec<f64>,
+    pub detect_periods: Vec<f64>,
+    pub cold_close_periods: Vec<f64>,
+    pub grant_periods: Vec<f64>,
+    pub closes: u64,
+    pub aborts: u64,
+    pub messages: u64,
+    pub message_bytes: u64,
+}
+
+/// The p-th percentile (0..=100) by nearest rank; NaN when empty.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+impl SimSummary {
+    pub fn add(&mut self, r: ScheduleResult) {
+        self.schedules += 1;
+        if !r.violations.is_empty() {
+            self.violations += r.violations.len() as u64;
+            if self.failing.len() < 20 {
+                self.failing.push((r.seed, r.violations.clone()));
+            }
+        }
+        self.agree_periods.extend(r.agree_periods);
+        if r.scenario == "clean" {
+            self.agree_clean_periods.extend(r.agree_periods);
+        }
+        self.detect_periods.extend(r.detect_periods);
+        self.cold_close_periods.extend(r.cold_close_periods);
+        self.grant_periods.extend(r.grant_periods);
+        self.closes += r.closes;
+        self.aborts += r.aborts;
+        self.messages += r.messages;
+        self.message_bytes += r.message_bytes;
+    }
+    pub fn merge(&mut self, o: SimSummary) {
+        self.schedules += o.schedules;
+        self.violations += o.violations;
+        for f in o.failing {
+            if self.failing.len() < 20 {
+                self.failing.push(f);
+            }
+        }
+        self.agree_periods.extend(o.agree_periods);
+        self.agree_clean_periods.extend(o.agree_clean_periods);
+        self.detect_periods.extend(o.detect_periods);
+        self.cold_close_periods.extend(o.cold_close_periods);
+        self.grant_periods.extend(o.grant_periods);
+        self.closes += o.closes;
+        self.aborts += o.aborts;
+        self.messages += o.messages;
+        self.message_bytes += o.message_bytes;
+    }
+}
+
+/// Run seeds first_seed .. first_seed+count on `threads` threads (deterministic result:
+/// each seed's schedule is independent of the others and of the thread it runs on).
+pub fn run_many(first_seed: u64, count: u64, params: &SimParams, threads: usize) -> SimSummary {
+    let threads = threads.max(1) as u64;
+    let mut parts: Vec<SimSummary> = Vec::new();
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|tix| {
+                let params = params.clone();
+                sc.spawn(move || {
+                    let mut s = SimSummary::default();
+                    let mut seed = first_seed + tix;
+                    while seed < first_seed + count {
+                        s.add(run_schedule(seed, &params));
+                        seed += threads;
+                    }
+                    s
+                })
+            })
+            .collect();
+        for h in handles {
+            parts.push(h.join().expect("simulator thread"));
+        }
+    });
+    let mut total = SimSummary::default();
+    for p in parts {
+        total.merge(p);
+    }
+    total.failing.sort_by_key(|f| f.0);
+    total
+}
+
+/// Bus load of the peer protocol measured on simulated traffic: `peers` strings, a clean
+/// cold start (all close one at a time) then steady heartbeats, every message counted.
+#[derive(Clone, Debug)]
+pub struct BusLoadReport {
+    pub peers: usize,
+    pub heartbeat_ms: u32,
+    pub bitrate: f64,
+    /// Classic CAN, worst-case stuffing: mean over the run and the busiest second.
+    pub classic_worst_mean: f64,
+    pub classic_worst_peak: f64,
+    /// Mean over the last 3 whole seconds (all strings closed: heartbeats only).
+    pub classic_worst_steady: f64,
+    /// Classic CAN, exact stuffing of the real frames.
+    pub classic_exact_mean: f64,
+    pub classic_exact_peak: f64,
+    /// CAN FD (500 kbit/s arbitration, 2 Mbit/s data), worst case.
+    pub fd_worst_mean: f64,
+    pub fd_worst_peak: f64,
+    pub mean_message_len: f64,
+    pub max_message_len: usize,
+    pub messages_per_s: f64,
+}
+
+pub fn measure_bus_load(peers: usize, duration_ms: u64, seed: u64, bitrate: f64, base: &PeerConfig) -> BusLoadReport {
+    let params = SimParams {
+        peers_min: peers,
+        peers_max: peers,
+        duration_ms,
+        base: base.clone(),
+        force_scenario: Some(0),
+        measure_bus: true,
+        ..SimParams::default()
+    };
+    let r = run_schedule(seed, &params);
+    let secs = r.bus_bits_worst.len().max(1) as f64;
+    let full = (duration_ms / 1000).max(1) as usize;
+    // Only whole seconds count for the peak.
+    let peak = |v: &[u64]| v.iter().take(full).copied().max().unwrap_or(0) as f64 / bitrate;
+    let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / secs / bitrate;
+    BusLoadReport {
+        peers,
+        heartbeat_ms: base.heartbeat_ms,
+        bitrate,
+        classic_worst_mean: mean(&r.bus_bits_worst),
+        classic_worst_peak: peak(&r.bus_bits_worst),
+        classic_worst_steady: {
+            let v: Vec<u64> = r.bus_bits_worst.iter().take(full).copied().collect();
+            let tail = &v[v.len().saturating_sub(3)..];
+            tail.iter().sum::<u64>() as f64 / tail.len().max(1) as f64 / bitrate
+        },
+        classic_exact_mean: mean(&r.bus_bits_exact),
+        classic_exact_peak: peak(&r.bus_bits_exact),
+        fd_worst_mean: r.fd_us_worst.iter().sum::<f64>() / secs * 1e-6,
+        fd_worst_peak: r.fd_us_worst.iter().take(full).copied().fold(0.0, f64::max) * 1e-6,
+        mean_message_len: r.message_bytes as f64 / r.messages.max(1) as f64,
+        max_message_len: r.max_message_len,
+        messages_per_s: r.messages as f64 / secs,
+    }
+}
