@@ -342,6 +342,10 @@ class ProtocolSection:
     bus_live_v: float = _PEER_DEFAULTS.bus_live_v
     dcdc: bool = _PEER_DEFAULTS.dcdc
     dcdc_soc_gain: float = _PEER_DEFAULTS.dcdc_soc_gain
+    # S3 close verification (issue 11): contactor operate time, fresh-sample deadline, steady bus
+    main_close_time_ms: int = _PEER_DEFAULTS.main_close_time_ms
+    verify_timeout_ms: int = _PEER_DEFAULTS.verify_timeout_ms
+    max_bus_slew_v_per_s: float = _PEER_DEFAULTS.max_bus_slew_v_per_s
 
 
 @dataclass(frozen=True)
@@ -466,6 +470,10 @@ def load_system(path: str | os.PathLike[str]) -> SystemConfig:
             bus_live_v=pt.float("bus_live_v", d0.bus_live_v, lo=0.0),
             dcdc=pt.bool("dcdc", d0.dcdc),
             dcdc_soc_gain=pt.float("dcdc_soc_gain", d0.dcdc_soc_gain, lo=0.0),
+            main_close_time_ms=pt.int("main_close_time_ms", d0.main_close_time_ms, lo=0, hi=1000),
+            verify_timeout_ms=pt.int("verify_timeout_ms", d0.verify_timeout_ms, lo=1, hi=10_000),
+            max_bus_slew_v_per_s=pt.float("max_bus_slew_v_per_s", d0.max_bus_slew_v_per_s, lo=0.0, lo_open=True,
+                                          hi=10_000.0),
         )
         pt.reject_unknown()
         if proto.fail_timeout_ms <= heartbeat_ms:

@@ -34,6 +34,8 @@ def peer_config(system: SystemConfig, node_id: int, seed: int) -> dict[str, Any]
         "precharge_timeout_ms": p.precharge_timeout_ms, "close_confirm_ms": p.close_confirm_ms,
         "fail_timeout_ms": p.fail_timeout_ms, "grant_wait_ms": p.grant_wait_ms, "listen_periods": p.listen_periods,
         "bus_live_v": p.bus_live_v, "seed": seed, "dcdc": p.dcdc, "dcdc_soc_gain": p.dcdc_soc_gain,
+        "main_close_time_ms": p.main_close_time_ms, "verify_timeout_ms": p.verify_timeout_ms,
+        "max_bus_slew_v_per_s": p.max_bus_slew_v_per_s,
     }
 
 

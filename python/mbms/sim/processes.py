@@ -706,10 +706,14 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
             else:
                 quiet_since = quiet_since if quiet_since is not None else t
                 ready = t - quiet_since >= READY_QUIET_S
+        # a string precharging or closing (its telemetry says so): the inverter holds its current
+        # so the bus does not step under the join (issue 11); a limit that drops still applies
+        holding = any(nodes[k].alive and not math.isnan(p := views[k].get("STATE", "Phase", now))
+                      and int(p) in (Phase.PRECHARGING, Phase.CLOSING) for k in range(n))
         if not any_closed or not ready or math.isnan(dcl) or math.isnan(ccl):
             target = 0.0
         else:
-            target = min(max(request, -ccl), dcl)
+            target = min(max(load_set if holding else request, -ccl), dcl)
         if target != load_set:
             try:
                 await client.request({"op": "load", "i": target})
