@@ -667,7 +667,10 @@ impl FastSim {
         }
         self.fill_truth();
         let plant = PlantSnapshot { v_bus_v: self.plant.v_bus_v(), strings: &self.truth_buf };
-        self.monitor.plant_step(t_ms * 1000, &plant, self.net.is_healthy());
+        // Plant time: while the plant is frozen its physics and contactors stand still, so its
+        // deadlines (S1 open within a second) run on its own clock, not on the nodes'.
+        let t_plant_us = (t_ms - self.plant_lag_ms) * 1000;
+        self.monitor.plant_step(t_plant_us, &plant, self.net.is_healthy());
         self.sync_monitor();
         for k in 0..n {
             let c = self.plant.contactor_state(k);
@@ -748,7 +751,7 @@ impl FastSim {
 
     /// Close the run: a disagreement still open at the end counts as a latency so far.
     pub fn finish(&mut self) {
-        self.monitor.finish(self.t_ms * 1000);
+        self.monitor.finish((self.t_ms - self.plant_lag_ms) * 1000);
         self.sync_monitor();
     }
 
