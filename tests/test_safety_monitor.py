@@ -12,7 +12,7 @@ CLOSED = (True, True, False)
 
 
 def monitor(n: int = 3) -> _core.SafetyMonitor:
-    return _core.SafetyMonitor(ConsensusConfig(node_id=1, members=tuple(range(1, n + 1))).to_dict())
+    return _core.SafetyMonitor(ConsensusConfig.of(node_id=1, members=tuple(range(1, n + 1))).to_dict())
 
 
 def rules(found: list[tuple[str, float, str]]) -> list[str]:
@@ -30,7 +30,7 @@ def test_s2_two_precharge_relays_at_once() -> None:
 
 def test_s3_close_at_a_true_mismatch_beyond_the_margin() -> None:
     m = monitor()
-    limit = ConsensusConfig().dv_close_v + _core.SafetyMonitor.margins()["s3_dv_margin_v"]
+    limit = ConsensusConfig.of().dv_close_v + _core.SafetyMonitor.margins()["s3_dv_margin_v"]
     v = [400.0 - (limit - 0.2), 390.0, 390.0]  # string 1 matched within the margin
     m.plant_step(0.0, 400.0, [PRE, OPEN, OPEN], v, [0.0] * 3, False)
     assert m.plant_step(0.01, 400.0, [CLOSED, OPEN, OPEN], v, [0.0] * 3, False) == []
@@ -62,7 +62,7 @@ def test_s1_killed_node_string_must_open_within_the_deadline() -> None:
 
 def test_s5_telemetry_disagreement_longer_than_the_bound() -> None:
     m = monitor(2)
-    bound_s = _core.SafetyMonitor.margins()["s5_bound_periods"] * ConsensusConfig().heartbeat_ms / 1000
+    bound_s = _core.SafetyMonitor.margins()["s5_bound_periods"] * ConsensusConfig.of().heartbeat_ms / 1000
     m.node_report(0, True, phase=4, system_dcl_a=100.0, system_ccl_a=50.0, closed_count=2)
     m.node_report(1, True, phase=4, system_dcl_a=90.0, system_ccl_a=50.0, closed_count=2)
     t, found = 0.0, []

@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 use mbms_consensus::{Contactors, Phase};
 use mbms_sim::monitor::{Monitor, MonitorConfig, NodeReport, PlantSnapshot, StringTruth, Violation};
 
-use super::consensus::config_from_dict;
+use crate::config::peer_from_py;
 
 fn violation_tuple(v: &Violation) -> (&'static str, f64, String) {
     (v.rule.name(), v.t_us as f64 * 1e-6, v.what.to_string())
@@ -33,7 +33,7 @@ impl PySafetyMonitor {
     /// `config`: the peer configuration the nodes run (the dict `ConsensusPeer` takes).
     #[new]
     fn new(config: &Bound<'_, PyDict>) -> PyResult<Self> {
-        let cfg = config_from_dict(config)?;
+        let cfg = peer_from_py(config.as_any(), "system", None, false)?;
         let n = cfg.members.len();
         Ok(Self { m: Monitor::new(MonitorConfig::from_peer(&cfg, n, 0)), truth: Vec::with_capacity(n) })
     }

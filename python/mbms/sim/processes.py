@@ -20,7 +20,7 @@ What :func:`run` does:
 * checks what can be checked from outside with the one safety monitor of every mode
   (``mbms._core.SafetyMonitor``, sim/src/monitor.rs; same rules and margins as fast mode): S2
   (never two strings precharging at a sampled instant, true relay states), S3 (|V_bus - V_string|
-  just before each main close, plant truth), S1 where observable (a node reporting itself
+  just before each main close, as the plant records it at that instant), S1 where observable (a node reporting itself
   isolated/fail-safe, or killed, has its string open within the monitor's deadline), S5 (the
   nodes' telemetry agrees within the bound while all are heard) and the over-current figure;
 * stops everything (SIGTERM, then SIGKILL after a deadline) and returns a
@@ -53,7 +53,6 @@ import numpy as np
 from mbms import _core
 from mbms.errors import ConfigError, MbmsError
 from mbms.node.config import ProtocolSection, load_system
-from mbms.node.core_adapter import peer_config
 from mbms.node.logic import Phase
 from mbms.paths import cell_file
 from mbms.plant_link import pack as pack_msg
@@ -143,12 +142,16 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
 
     link = f"udp://127.0.0.1:{_free_udp_port()}"
     period_ms = max(1, round(sc.dt_s * 1000))
-    stale_ms = int(sc.node.get("stale_ms", 500))
+    # the scenario's whole [node] table goes to every node, as in fast mode (one schema, Rust's
+    # defaults for what it leaves out)
+    node_cfg = dict(_core.node_config(dict(sc.node)))
+    stale_ms = int(node_cfg["stale_ms"])
     packs = []
     for k, eng in enumerate(engine_configs(sc)):
         eng["pack"]["cell"] = str(cell_file(eng["pack"]["cell"]).resolve())
         doc = dict(eng)
         doc["node"] = {
+            **{key: v for key, v in node_cfg.items() if v is not None},
             "id": k + 1, "state_dir": str(run_dir / f"state{k + 1}"), "control_period_ms": period_ms,
             "estimation_period_ms": period_ms, "telemetry_period_ms": 100, "state_save_ms": 1000,
             "stale_ms": max(stale_ms, period_ms), "overrun_ms": settings.overrun_ms,
@@ -437,9 +440,6 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
     if ignored:
         console.print(f"[yellow]network events {ignored} are not applied in processes mode "
                       f"(they need network namespaces); kill/restart are[/]")
-    extra_node = sorted(set(sc.node) - {"stale_ms"})
-    if extra_node:
-        console.print(f"[yellow]node settings {extra_node} are fast-mode only (mbms node takes stale_ms)[/]")
 
     # a bound on every child's life, should this process vanish without stopping them
     life_s = repr(round(2 * sc.duration_s / st.time_scale + 2 * st.start_timeout_s, 1))
@@ -468,7 +468,7 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         for c in nodes:
             c.start()
         # The monitor checks against the protocol settings the nodes run (one source).
-        monitor = _core.SafetyMonitor(peer_config(system, 1, 0))
+        monitor = _core.SafetyMonitor(system.peer_config(1, 0))
         res = await _drive(sc, console, st, client, observer, nodes, plant, desc_json, canlog, monitor)
     finally:
         stop_all(children, st.stop_timeout_s)
@@ -549,6 +549,7 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
     ai = 0
     tr = [_Track() for _ in range(n)]
     violations: list[str] = []
+    closes_seen: set[tuple[float, int]] = set()  # plant close records already given to the monitor
     detect: list[float] = []
     e_dis = e_chg = 0.0
     sys_rows: list[list[float]] = []
@@ -638,6 +639,12 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
                 local_dcl_a=None if math.isnan(own_d) else own_d, local_ccl_a=None if math.isnan(own_c) else own_c,
                 closed_count=int(closed_n) if heard else None,
                 limits_binding=faults == 0)
+        # S3 at the instant of each close: the plant's own record of the true |dV| when the
+        # contact landed (issue 11), not the last poll before it
+        for c in truth.get("main_closes", []):
+            if (c[0], c[1]) not in closes_seen:
+                closes_seen.add((c[0], c[1]))
+                monitor.main_close_event(int(c[1]), float(c[2]))
         # S1-S6 as far as the outside sees them; S5 only while every node is alive and heard.
         found = monitor.plant_step(t, v_bus, [tuple(bool(x) for x in c) for c in cont],
                                    [float(x) for x in truth["v_string_v"]], [float(x) for x in truth["i_a"]],
@@ -674,10 +681,14 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
             else:
                 quiet_since = quiet_since if quiet_since is not None else t
                 ready = t - quiet_since >= READY_QUIET_S
+        # a string precharging or closing (its telemetry says so): the inverter holds its current
+        # so the bus does not step under the join (issue 11); a limit that drops still applies
+        holding = any(nodes[k].alive and not math.isnan(p := views[k].get("STATE", "Phase", now))
+                      and int(p) in (Phase.PRECHARGING, Phase.CLOSING) for k in range(n))
         if not any_closed or not ready or math.isnan(dcl) or math.isnan(ccl):
             target = 0.0
         else:
-            target = min(max(request, -ccl), dcl)
+            target = min(max(load_set if holding else request, -ccl), dcl)
         if target != load_set:
             try:
                 await client.request({"op": "load", "i": target})
