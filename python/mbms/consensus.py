@@ -67,6 +67,9 @@ class ConsensusConfig:
     seed: int
     dcdc: bool
     dcdc_soc_gain: float
+    main_close_time_ms: int
+    verify_timeout_ms: int
+    max_bus_slew_v_per_s: float
 
     @classmethod
     def of(cls, *, check: bool = True, **settings: Any) -> ConsensusConfig:

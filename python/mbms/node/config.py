@@ -188,6 +188,9 @@ class ProtocolSection:
     bus_live_v: float
     dcdc: bool
     dcdc_soc_gain: float
+    main_close_time_ms: int
+    verify_timeout_ms: int
+    max_bus_slew_v_per_s: float
 
 
 @dataclass(frozen=True)
