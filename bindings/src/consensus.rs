@@ -36,6 +36,8 @@ fn local_from_dict(d: &Bound<'_, PyDict>) -> PyResult<LocalState> {
         v_bus_v: get(d, "v_bus_v")?,
         i_a: get(d, "i_a")?,
         feedback: Contactors { neg: fb.0, pos: fb.1, pre: fb.2 },
+        // optional: when the sample was taken (ms, own clock); absent = at the tick's time
+        meas_t_ms: d.get_item("meas_t_ms")?.map(|v| v.extract()).transpose()?,
     })
 }
 
@@ -47,6 +49,8 @@ fn abort_name(r: AbortReason) -> &'static str {
         AbortReason::Withdrawn => "withdrawn",
         AbortReason::FeedbackTimeout => "feedback_timeout",
         AbortReason::Fault => "fault",
+        AbortReason::VerifyFailed => "verify_failed",
+        AbortReason::VerifyTimeout => "verify_timeout",
     }
 }
 
@@ -380,6 +384,10 @@ fn consensus_bus_load<'py>(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyConsensusPeer>()?;
     m.add_class::<PyCanReassembler>()?;
+    // The peer phases in wire order (the 3-bit phase of every peer message): mbms.types.Phase
+    // is built from this list, so Python never restates the Rust enum.
+    let phases: Vec<&'static str> = (0u8..8).map(|v| mbms_consensus::Phase::from_u8(v).name()).collect();
+    m.add("PHASE_NAMES", phases)?;
     m.add_function(wrap_pyfunction!(can_segment_classic, m)?)?;
     m.add_function(wrap_pyfunction!(can_frame_fd, m)?)?;
     m.add_function(wrap_pyfunction!(can_unframe_fd, m)?)?;
