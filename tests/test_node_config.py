@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mbms.errors import ConfigError
-from mbms.node.config import check_membership, load_pack, load_system
+from mbms.config_views import check_membership, load_pack, load_system
 from mbms.paths import data_dir
 
 # node1 extends example_pack.toml by a relative path: written elsewhere, it names the shipped one
@@ -116,7 +116,7 @@ def test_extends_cycle_and_missing_base(tmp_path: Path) -> None:
 def test_defaults_are_rusts() -> None:
     """Python restates no default: a pack without the optional [node] keys gets Rust's values."""
     from mbms import _core
-    from mbms.node.config import NodeSection
+    from mbms.config_views import NodeSection
 
     rust = _core.node_config({})
     n = NodeSection.of(id=1, state_dir="/tmp/x")

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from conftest import TESTS, Proc, free_udp_port
 
-from mbms.node.config import CanTransport as CanCfg, UdpTransport as UdpCfg
+from mbms.config_views import CanTransport as CanCfg, UdpTransport as UdpCfg
 from mbms.transport.can import CanTransport
 from mbms.transport.segmentation import can_id, segment_classic
 from mbms.transport.udp import UdpTransport

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mbms import _core
+from mbms import _core, registry
 from mbms.config import Finding, read_layers, read_text, resolve_cell, view
 from mbms.errors import ConfigError
 
@@ -89,7 +89,7 @@ class NodeSection:
 
 @dataclass(frozen=True)
 class HardwareSection:
-    """``[hardware]`` of a pack file. Only the simulated plant adapter exists so far."""
+    """``[hardware]`` of a pack file: which ``mbms.hardware`` adapter (:mod:`mbms.registry`)."""
 
     adapter: str
     #: Plant link endpoint (adapter "sim"): "udp://127.0.0.1:PORT" or "unix:///path/to.sock".
@@ -98,6 +98,8 @@ class HardwareSection:
     string: int
     #: No reply from the plant for this long = lost link: fail-safe.
     link_timeout_ms: int
+    #: ``[hardware.options]``: settings of a third-party adapter, passed to it unchanged.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,12 @@ class UdpTransport:
 
 @dataclass(frozen=True)
 class TransportSection:
+    #: A name in the ``mbms.transports`` registry (:mod:`mbms.registry`): "can", "udp", or installed.
     kind: str
     can: CanTransport | None = None
     udp: UdpTransport | None = None
+    #: ``[transport.options]``: settings of a third-party transport, passed to it unchanged.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -227,7 +232,8 @@ def _system_view(d: dict[str, Any], text: str) -> SystemConfig:
         u = dict(t["udp"])
         u["peers"] = [_host_port(p) for p in u["peers"]]
         udp = view(UdpTransport, u)
-    transport = TransportSection(kind=t["kind"], can=view(CanTransport, t["can"]) if t.get("can") else None, udp=udp)
+    transport = TransportSection(kind=t["kind"], can=view(CanTransport, t["can"]) if t.get("can") else None, udp=udp,
+                                 options=dict(t.get("options") or {}))
     p = d["protocol"]
     return SystemConfig(
         source=d["source"], system_id=d["system_id"], system_id_u32=d["system_id_u32"],
@@ -290,7 +296,23 @@ def _check(layers: list[tuple[str, str]], system: tuple[str, str] | None) -> tup
     d = _core.node_files(layers, system, cell_text)
     findings = [Finding(**f) for f in d["findings"]]
     # the cell problem belongs with the pack findings, before the system's
-    return d, extra + findings, cell_path
+    return d, extra + _registered(d, layers) + findings, cell_path
+
+
+def _registered(d: dict[str, Any], layers: list[tuple[str, str]]) -> list[Finding]:
+    """The hardware adapter and the transport named must be installed (:mod:`mbms.registry`):
+    only Python knows the installed distributions, so this check is not in the Rust schema."""
+    out = []
+    checks = []
+    if d.get("pack") is not None and layers:
+        checks.append((registry.HARDWARE, d["pack"]["hardware"]["adapter"], layers[-1][0], "hardware.adapter"))
+    if d.get("system") is not None:
+        checks.append((registry.TRANSPORTS, d["system"]["transport"]["kind"], d["system"]["source"], "transport.kind"))
+    for group, name, source, fld in checks:
+        installed = registry.names(group)
+        if name and name not in installed:
+            out.append(Finding("error", source, fld, repr(name), f"one of {installed} (installed {group} entry points)"))
+    return out
 
 
 def load_node(pack_path: str | os.PathLike[str], system_path: str | os.PathLike[str]) -> NodeFiles:
@@ -323,6 +345,8 @@ def load_system(path: str | os.PathLike[str]) -> SystemConfig:
     for f in d["findings"]:
         if f["severity"] == "error":
             raise Finding(**f).error()
+    for finding in _registered(d, []):
+        raise finding.error()
     return _system_view(d["system"], text)
 
 

@@ -12,7 +12,7 @@ import sys
 
 import msgpack
 
-from mbms.node.config import CanTransport as CanCfg, UdpTransport as UdpCfg
+from mbms.config_views import CanTransport as CanCfg, UdpTransport as UdpCfg
 
 
 async def main() -> None:

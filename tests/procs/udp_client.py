@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 
-from mbms.node.config import UdpTransport as UdpCfg
+from mbms.config_views import UdpTransport as UdpCfg
 from mbms.transport.udp import UdpTransport
 
 

@@ -50,8 +50,8 @@ import numpy as np
 
 from mbms import _core
 from mbms.errors import ConfigError, MbmsError
-from mbms.node.config import ProtocolSection, load_system
-from mbms.node.logic import Phase
+from mbms.config_views import ProtocolSection, load_system
+from mbms.types import Phase
 from mbms.paths import cell_file
 from mbms.plant_link import pack as pack_msg
 from mbms.plant_link import unpack as unpack_msg
