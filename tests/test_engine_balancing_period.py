@@ -4,10 +4,11 @@ bleed stops in the same step."""
 from __future__ import annotations
 
 import copy
+import tomllib
 
 import numpy as np
 
-from mbms.engine import Engine, PackConfig, tomllib
+from mbms.engine import Engine, PackConfig
 from mbms.paths import data_dir
 
 
