@@ -8,7 +8,7 @@ hardware and the network up to the runtime. ``tests/test_layers.py`` checks that
 * :class:`Phase`: a node's phase. Values 0..7 are the consensus core's ``Phase``
   (consensus/src/peer.rs; the 3-bit phase of every peer message), built here from the Rust enum
   (``mbms._core.PHASE_NAMES``) so Python never restates it; ``FAIL_SAFE`` (8) is the runtime's
-  own. The numbers are on the wire (dbc/mbms.dbc, ``MBMS_STATE_<id>.Phase``): never renumber.
+  own. The numbers are on the wire (mbms/data/dbc/mbms.dbc, ``MBMS_STATE_<id>.Phase``): never renumber.
 * :class:`Contactors`: contactor states or commands (main negative, main positive, precharge).
 * :class:`Measurement`: one sample of a pack's sensors as a hardware adapter delivers it.
 * :class:`NodeStatus`: what a node's logic knows, for telemetry, the monitor and the logs.
