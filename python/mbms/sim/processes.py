@@ -18,9 +18,9 @@ What :func:`run` does:
   from its state directory) network events; loss, delay, duplication and partitions need network
   namespaces and are not applied here (a warning says so);
 * checks what can be checked from outside: S2 (never two strings precharging at a sampled
-  instant, true relay states), S3 (|V_bus - V_string| just before each main close, plant truth),
-  S1 where observable (a node reporting itself isolated/fail-safe has its string open; a killed
-  node's string is opened by the contactor driver watchdog);
+  instant, true relay states), S3 (|V_bus - V_string| just before each main close, as the plant
+  records it at that instant), S1 where observable (a node reporting itself isolated/fail-safe
+  has its string open; a killed node's string is opened by the contactor driver watchdog);
 * stops everything (SIGTERM, then SIGKILL after a deadline) and returns a
   :class:`mbms.sim.fast.RunResult` with the same channels as fast mode (NaN where the outside
   cannot see a value).
@@ -624,7 +624,10 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         for k in range(n):
             closed = bool(cont[k][0] and cont[k][1])
             if closed and not tr[k].closed:
-                dv = tr[k].last_dv
+                # the plant's own record of the close: true |dV| at the instant the contact landed
+                # (issue 11); the last poll before it only if the plant keeps no record
+                rec = [c for c in truth.get("main_closes", []) if c[1] == k]
+                dv = float(rec[-1][2]) if rec else tr[k].last_dv
                 closes.append((round(t * 1000), k, dv))
                 if dv > dv_close + S3_MARGIN_V:
                     violate(t, "S3", f"string {k + 1} closed its main contactor at |dV| = {dv:.2f} V")
