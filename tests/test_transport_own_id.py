@@ -7,8 +7,8 @@ import asyncio
 
 from conftest import free_udp_port, wait_for
 
-from mbms.node.config import CanTransport as CanCfg
-from mbms.node.config import UdpTransport as UdpCfg
+from mbms.config_views import CanTransport as CanCfg
+from mbms.config_views import UdpTransport as UdpCfg
 from mbms.transport.can import CanTransport
 from mbms.transport.udp import UdpTransport
 
