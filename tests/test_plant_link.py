@@ -13,7 +13,7 @@ from node_double import DoubleLogic
 
 from mbms.hardware.sim_link import SimLinkHardware
 from mbms.config_views import NodeSection
-from mbms.node.logic import ALL_OPEN, Contactors
+from mbms.types import ALL_OPEN, Contactors
 from mbms.node.persistence import StateStore
 from mbms.node.runtime import NodeRuntime
 from mbms.plant_link import pack, unpack

@@ -11,7 +11,7 @@ from node_double import DoubleLogic
 
 from mbms.hardware.base import Hardware
 from mbms.config_views import NodeSection
-from mbms.node.logic import ALL_OPEN, Contactors, Measurement
+from mbms.types import ALL_OPEN, Contactors, Measurement
 from mbms.node.persistence import StateStore
 from mbms.node.runtime import NodeRuntime
 
