@@ -625,7 +625,9 @@ impl Monitor {
             .map(|t| &t.report)
             .filter(|r| r.alive && r.system_dcl_a.is_some() && r.phase != Some(Phase::Listening))
             .collect();
-        let all_alive = self.nodes.iter().filter(|t| t.report.alive).count();
+        // Every live node that reports limits takes part (a node not heard, e.g. in processes
+        // mode before its first telemetry frame, reports none); a listening one disagrees.
+        let all_alive = self.nodes.iter().filter(|t| t.report.alive && t.report.system_dcl_a.is_some()).count();
         self.agreed = false;
         if !healthy || live.len() < 2 {
             self.disagree_since_us = None;
