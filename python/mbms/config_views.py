@@ -133,6 +133,27 @@ def parse_link(link: str, source: str | None = None, name: str = "hardware.link"
 # ----------------------------------------------------------------------------------------------
 
 
+def _transport_settings(kind: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``[transport.<kind>]`` normalised by the core (its defaults for what ``settings`` leave
+    out, its checks), through the same path as a system file."""
+    import tomli_w
+
+    table = dict(settings)
+    peers = [f"{host}:{port}" for host, port in table.get("peers", ())]
+    if "peers" in table:
+        table["peers"] = peers
+    doc = {"system_id": "view", "members": list(range(1, max(2, len(peers)) + 1)),
+           "transport": {"kind": kind, kind: table}}
+    d = _core.node_files([], ("<settings>", tomli_w.dumps(doc)), None)
+    for f in d["findings"]:
+        if f["severity"] == "error":
+            raise Finding(**f).error()
+    out = dict(d["system"]["transport"][kind])
+    if "peers" in out:
+        out["peers"] = [_host_port(p) for p in out["peers"]]
+    return out
+
+
 @dataclass(frozen=True)
 class CanTransport:
     """``[transport.can]``: a python-can bus. ``interface`` is python-can's interface name:
@@ -146,6 +167,11 @@ class CanTransport:
     bitrate: int
     fd: bool
 
+    @classmethod
+    def of(cls, **settings: Any) -> CanTransport:
+        """The normalised ``[transport.can]`` for ``settings`` (the core's defaults for the rest)."""
+        return view(cls, _transport_settings("can", settings))  # type: ignore[no-any-return]
+
 
 @dataclass(frozen=True)
 class UdpTransport:
@@ -158,6 +184,12 @@ class UdpTransport:
     peers: tuple[tuple[str, int], ...]
     bind: str
     ttl: int
+
+    @classmethod
+    def of(cls, **settings: Any) -> UdpTransport:
+        """The normalised ``[transport.udp]`` for ``settings`` (``peers`` as ``(ip, port)`` pairs;
+        the core's defaults for the rest)."""
+        return view(cls, _transport_settings("udp", settings))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
