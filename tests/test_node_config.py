@@ -141,3 +141,19 @@ def test_cli_reports_config_error(tmp_path: Path) -> None:
                             str(data_dir() / "systems" / "example_system.toml")], capture_output=True, text=True)
     assert start.returncode == 2 and f"{p}: node.id: expected a node id 1..=63, got 99" in start.stderr
 
+
+
+def test_views_cover_every_rust_field() -> None:
+    """A setting added to a Rust config type must show in its Python view (else a view built
+    from it would silently drop it): the views' fields are exactly the normalised keys."""
+    from dataclasses import fields
+
+    from mbms import _core
+    from mbms.consensus import ConsensusConfig
+    from mbms.node.config import NodeSection, ProtocolSection
+
+    peer = set(_core.peer_config({}))
+    assert {f.name for f in fields(ConsensusConfig)} == peer
+    identity = {"system_id", "node_id", "members", "seed", "heartbeat_ms", "dv_close_v", "lease_ms"}
+    assert {f.name for f in fields(ProtocolSection)} == peer - identity
+    assert {f.name for f in fields(NodeSection)} == set(_core.node_config({}))
