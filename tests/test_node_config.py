@@ -150,7 +150,7 @@ def test_views_cover_every_rust_field() -> None:
 
     from mbms import _core
     from mbms.consensus import ConsensusConfig
-    from mbms.node.config import NodeSection, ProtocolSection
+    from mbms.config_views import NodeSection, ProtocolSection
 
     peer = set(_core.peer_config({}))
     assert {f.name for f in fields(ConsensusConfig)} == peer
