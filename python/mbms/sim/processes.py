@@ -154,7 +154,8 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
             **{key: v for key, v in node_cfg.items() if v is not None},
             "id": k + 1, "state_dir": str(run_dir / f"state{k + 1}"), "control_period_ms": period_ms,
             "estimation_period_ms": period_ms, "telemetry_period_ms": 100, "state_save_ms": 1000,
-            "stale_ms": max(stale_ms, period_ms), "overrun_ms": settings.overrun_ms,
+            # a scenario's own overrun_ms wins over the run's default (same settings in every mode)
+            "stale_ms": max(stale_ms, period_ms), "overrun_ms": int(sc.node.get("overrun_ms", settings.overrun_ms)),
             "log_format": "json", "log_level": "warning",
         }
         # the link counts as lost no sooner than a measurement counts as stale
