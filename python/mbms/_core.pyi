@@ -39,7 +39,7 @@ __all__ = [
 
 @final
 class CellModel:
-    """A cell parameter set parsed from the text of a ``hw/cells/*.toml`` file."""
+    """A cell parameter set parsed from the text of a ``mbms/data/cells/*.toml`` file."""
 
     @staticmethod
     def from_toml(text: str) -> CellModel: ...

@@ -1,11 +1,11 @@
 """The pack engine: typed configuration and a thin, zero-copy wrapper over the Rust core.
 
-A pack file (``hw/packs/*.toml``) has the engine's tables ``pack``, ``estimator``,
+A pack file (``mbms/data/packs/*.toml`` or your own) has the engine's tables ``pack``, ``estimator``,
 ``protection``, ``limits`` and ``balancing`` (strict: unknown keys are errors naming the
 dotted field) and may carry other top-level tables (``node``, ``hardware``) that belong to the
 node runtime and are ignored here.
 
-    cfg = PackConfig.from_toml("hw/packs/example_pack.toml")
+    cfg = PackConfig.from_toml(mbms.paths.pack_file("example_pack"))
     eng = Engine(cfg)
     res = eng.step(t_s, v_cell_v, t_cell_c, i_a)     # numpy float64 arrays in
     res.soc, res.dcl_a, res.action, res.faults, res.balance ...

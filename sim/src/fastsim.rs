@@ -9,7 +9,7 @@
 //! The brief's safety rules are checked every step by the safety monitor ([`crate::monitor`]),
 //! fed with the true plant state and every node's output; [`Invariants`] collects its findings.
 
-use mbms_consensus::prng::SplitMix64;
+use crate::rng::SplitMix64;
 use mbms_consensus::wire::Message;
 use mbms_consensus::{Contactors as PeerContactors, PeerConfig, Phase};
 
@@ -194,10 +194,6 @@ pub struct FastSim {
     pub request_offset_a: f64,
 }
 
-
-fn rand01(rng: &mut SplitMix64) -> f64 {
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
 
 impl FastSim {
     pub fn new(plant: Plant, specs: Vec<NodeSpec>, seed: u64, dt_ms: u64, record_every: u64) -> Result<Self, String> {
@@ -609,7 +605,7 @@ impl FastSim {
                 if to == k || self.net.group[to] != self.net.group[k] {
                     continue;
                 }
-                if self.net.loss > 0.0 && rand01(&mut self.rng) < self.net.loss {
+                if self.net.loss > 0.0 && self.rng.unit() < self.net.loss {
                     continue;
                 }
                 let delay = if self.net.max_delay_ms > 0 {
@@ -618,7 +614,7 @@ impl FastSim {
                     0
                 };
                 self.flights.push(Flight { at_ms: t_ms + delay, to, msg: idx });
-                if self.net.duplicate > 0.0 && rand01(&mut self.rng) < self.net.duplicate {
+                if self.net.duplicate > 0.0 && self.rng.unit() < self.net.duplicate {
                     self.flights.push(Flight { at_ms: t_ms + delay + dt_ms, to, msg: idx });
                 }
             }

@@ -8,6 +8,7 @@
 //! - [`fastsim`]: the fast mode of `mbms sim`: one plant, N `NodeCore`s, a simulated peer
 //!   network, on a virtual clock.
 //! - [`monitor`]: the one safety monitor (S1–S6), used by every simulation mode.
+//! - [`rng`]: the one PRNG module (SplitMix64 from the protocol crate, xoshiro256** + ziggurat).
 //! - [`protocol`]: the deterministic protocol simulator (N `Peer`s, a small electrical model,
 //!   a network model, crashes, drift) and its S1–S6 checker.
 
@@ -15,3 +16,4 @@ pub mod fastsim;
 pub mod monitor;
 pub mod plant;
 pub mod protocol;
+pub mod rng;

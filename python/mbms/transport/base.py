@@ -4,7 +4,7 @@ A transport carries two things between the nodes of one system:
 
 * peer messages (opaque bytes of the consensus protocol, full state snapshots: a lost one is
   repaired by the next), delivered to ``on_message(src_node_id, payload)``;
-* telemetry frames (DBC-encoded CAN frames ``(arbitration_id, data)``, hw/dbc/mbms.dbc), delivered
+* telemetry frames (DBC-encoded CAN frames ``(arbitration_id, data)``, mbms/data/dbc/mbms.dbc), delivered
   to ``on_telemetry(src_node_id, arbitration_id, data)`` (used by ``mbms monitor``).
 
 Callbacks run in the asyncio loop's thread. Own echoes, malformed, foreign (other system, non-member

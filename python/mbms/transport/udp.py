@@ -9,7 +9,7 @@ Datagram (a msgpack map; version 1):
     seq   int    per-run sequence number, +1 per datagram
     k     str    "m" = peer message, "t" = telemetry frames
     d     bytes  (k="m") the peer message
-          list   (k="t") [[arbitration_id, 8 data bytes], ...] encoded with hw/dbc/mbms.dbc
+          list   (k="t") [[arbitration_id, 8 data bytes], ...] encoded with mbms/data/dbc/mbms.dbc
 
 Addressing: a multicast group (``group``/``port``, joined on ``interface``) or, with ``peers``, a
 unicast list aligned with the system's ``members`` (peers[i] is the endpoint of members[i]; a node

@@ -15,7 +15,6 @@ pub mod contactor;
 pub mod fault;
 pub mod load;
 pub mod network;
-pub mod rng;
 pub mod sensors;
 pub mod string;
 

@@ -3,7 +3,7 @@
 use super::config::{SensorConfig, SensorSpec};
 use super::contactor::Contactors;
 use super::fault::SensorId;
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// What a string's BMU sees now.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -5,7 +5,7 @@ use mbms_core::cell_model::{CellParams, CellScale, CellState, StepCoeffs};
 
 use super::config::{StringConfig, ThermalConfig};
 use super::contactor::{Contactor, Contactors};
-use super::rng::Rng;
+use crate::rng::Rng;
 use super::sensors::SensorBank;
 
 const KELVIN: f64 = 273.15;

@@ -30,7 +30,7 @@ use std::collections::BinaryHeap;
 
 use mbms_consensus::config::PeerConfig;
 use mbms_consensus::peer::{Contactors, LocalState, Peer, Phase};
-use mbms_consensus::prng::SplitMix64;
+use crate::rng::SplitMix64;
 use net::{NetKind, NetModel, Partition};
 use plant::{Plant, StringTruth};
 

@@ -7,7 +7,7 @@
 //! - UDP-like: per link independent loss, uniform delay (so reordering), duplicates, and
 //!   partitions that may be one-way.
 
-use mbms_consensus::prng::SplitMix64;
+use crate::rng::SplitMix64;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum NetKind {

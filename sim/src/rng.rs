@@ -4,27 +4,16 @@
 //! 5(8), 2000; 128 layers, layer index and value taken from separate bits, which avoids the
 //! correlation noted by Doornik 2005). Sensor noise draws thousands of normals per step, and
 //! the ziggurat needs a logarithm only in ~1 % of the draws, where Box-Muller needs one each.
-//! No OS randomness anywhere in the plant: everything follows from the seed.
+//! The one PRNG module of the simulators: the plant's sensor noise and variation (`Rng`), the
+//! protocol and fast simulators' schedules and network fates (`SplitMix64`). No OS randomness
+//! anywhere: everything follows from the seed.
 
 use std::sync::OnceLock;
 
-/// SplitMix64 (Steele, Lea & Flood, OOPSLA 2014): used to expand a seed into state words.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+/// SplitMix64 (Steele, Lea & Flood, OOPSLA 2014), defined once in the protocol crate (the
+/// peer's request jitter needs it): here it expands a seed into state words, and the
+/// simulators draw their schedules and network fates from it directly.
+pub use mbms_consensus::prng::SplitMix64;
 
 #[derive(Debug, Clone)]
 pub struct Rng {
