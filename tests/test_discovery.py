@@ -9,7 +9,7 @@ from pathlib import Path
 from node_files import system_file
 
 from mbms.discovery import Discovery
-from mbms.node.config import load_system
+from mbms.config_views import load_system
 
 
 def test_three_peers_find_each_other_foreign_ignored_duplicate_reported(tmp_path: Path) -> None:

@@ -4,10 +4,9 @@ bleed stops in the same step."""
 from __future__ import annotations
 
 import copy
+import tomllib
 
 import numpy as np
-
-import tomllib
 
 from mbms.engine import Engine, PackConfig
 from mbms.paths import data_dir

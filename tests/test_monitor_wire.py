@@ -11,7 +11,7 @@ from node_files import system_file
 
 from mbms.commands.monitor import Monitor
 from mbms.errors import FrameError
-from mbms.node.config import load_system
+from mbms.config_views import load_system
 from mbms.peer_wire import decode
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mbms.errors import ConfigError
-from mbms.node.config import check_membership, load_pack, load_system
+from mbms.config_views import check_membership, load_pack, load_system
 from mbms.paths import data_dir
 
 # node1 extends example_pack.toml by a relative path: written elsewhere, it names the shipped one
@@ -45,7 +45,8 @@ def _write(tmp: Path, name: str, text: str) -> Path:
     ("id = 1\n", "id = \"one\"\n", "node.id", "invalid type: string"),
     ("control_period_ms = 100", "control_period_ms = 30", "node.estimation_period_ms", "multiple"),
     ("log_format = \"human\"", "log_format = \"xml\"", "node.log_format", "`human` or `json`"),
-    ("adapter = \"sim\"", "adapter = \"spi\"", "hardware.adapter", '["sim"]'),
+    # the adapter and transport names are looked up in the installed registries (mbms.registry)
+    ("adapter = \"sim\"", "adapter = \"spi\"", "hardware.adapter", "one of ['sim'"),
     ("link = \"udp://127.0.0.1:47000\"", "link = \"tcp://x\"", "hardware.link", "udp://"),
     ("stale_ms = 500", "stale_ms = 500\nstaleness = 3", "node.staleness", "unknown field"),
     ("[hardware]", "[hardwar]\nx=1\n[hardware]", "hardwar", "unknown field"),
@@ -64,7 +65,7 @@ def test_bad_pack_names_file_and_field(tmp_path: Path, old: str, new: str, field
     ("members = [1, 2, 3, 4]", "members = []", "members", "non-empty"),
     ("members = [1, 2, 3, 4]", "members = [1, 64]", "members[1]", "1..=63"),
     ("lease_ms = 4000", "lease_ms = 50", "lease_ms", "grant_wait_ms + precharge_timeout_ms"),
-    ("kind = \"can\"", "kind = \"serial\"", "transport.kind", "`can` or `udp`"),
+    ("kind = \"can\"", "kind = \"serial\"", "transport.kind", "one of ['can', 'udp'"),
     ("fd = false", "fd = 1", "transport.can.fd", "expected a boolean"),
     ("dv_close_v = 3.0", "dv_close_v = -1", "dv_close_v", "(0, 10]"),
     ("dv_close_v = 3.0", "dv_close_v = 100", "dv_close_v", "(0, 10]"),
@@ -116,7 +117,7 @@ def test_extends_cycle_and_missing_base(tmp_path: Path) -> None:
 def test_defaults_are_rusts() -> None:
     """Python restates no default: a pack without the optional [node] keys gets Rust's values."""
     from mbms import _core
-    from mbms.node.config import NodeSection
+    from mbms.config_views import NodeSection
 
     rust = _core.node_config({})
     n = NodeSection.of(id=1, state_dir="/tmp/x")
@@ -149,7 +150,7 @@ def test_views_cover_every_rust_field() -> None:
 
     from mbms import _core
     from mbms.consensus import ConsensusConfig
-    from mbms.node.config import NodeSection, ProtocolSection
+    from mbms.config_views import NodeSection, ProtocolSection
 
     peer = set(_core.peer_config({}))
     assert {f.name for f in fields(ConsensusConfig)} == peer

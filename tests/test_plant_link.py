@@ -12,8 +12,8 @@ from conftest import TESTS, Proc, free_udp_port, wait_for
 from node_double import DoubleLogic
 
 from mbms.hardware.sim_link import SimLinkHardware
-from mbms.node.config import NodeSection
-from mbms.node.logic import ALL_OPEN, Contactors
+from mbms.config_views import NodeSection
+from mbms.types import ALL_OPEN, Contactors
 from mbms.node.persistence import StateStore
 from mbms.node.runtime import NodeRuntime
 from mbms.plant_link import pack, unpack

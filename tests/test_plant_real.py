@@ -11,8 +11,8 @@ from node_double import DoubleLogic
 from test_plant_link import RuntimeThread, _plant_state
 
 from mbms.hardware.sim_link import SimLinkHardware
-from mbms.node.config import NodeSection
-from mbms.node.logic import ALL_OPEN, Contactors
+from mbms.config_views import NodeSection
+from mbms.types import ALL_OPEN, Contactors
 from mbms.node.runtime import NodeRuntime
 from mbms.paths import data_dir
 

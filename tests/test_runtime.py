@@ -10,8 +10,8 @@ import numpy as np
 from node_double import DoubleLogic
 
 from mbms.hardware.base import Hardware
-from mbms.node.config import NodeSection
-from mbms.node.logic import ALL_OPEN, Contactors, Measurement
+from mbms.config_views import NodeSection
+from mbms.types import ALL_OPEN, Contactors, Measurement
 from mbms.node.persistence import StateStore
 from mbms.node.runtime import NodeRuntime
 

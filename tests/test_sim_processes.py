@@ -123,7 +123,7 @@ def test_run_files_are_valid_node_and_plant_configs(tmp_path: Path) -> None:
     CAN over udp_multicast on the run's own port, zeroconf on loopback, each pack's string index
     and engine tables, the scenario's run-time plant events as scheduled plant faults, and the
     load left to the inverter (constant 0 in the file, the scenario's profile evaluated outside)."""
-    from mbms.node.config import check_membership, load_pack, load_system
+    from mbms.config_views import check_membership, load_pack, load_system
     from mbms.plant import PlantDescription
     from mbms.sim import processes
     from mbms.sim.scenario import Scenario

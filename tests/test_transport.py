@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from conftest import TESTS, Proc, free_udp_port
 
-from mbms.node.config import CanTransport as CanCfg, UdpTransport as UdpCfg
+from mbms.config_views import CanTransport as CanCfg, UdpTransport as UdpCfg
 from mbms.transport.can import CanTransport
 from mbms.transport.segmentation import can_id, segment_classic
 from mbms.transport.udp import UdpTransport
@@ -37,7 +37,7 @@ def test_can_udp_multicast_two_processes_segmented(procs: list[Proc]) -> None:
     _peer(procs, "can", str(port), "2", "1,2")
 
     async def run() -> tuple[list[int], CanTransport]:
-        t = CanTransport(CanCfg(interface="udp_multicast", channel="239.74.163.2", port=port), 1, (1, 2))
+        t = CanTransport(CanCfg.of(interface="udp_multicast", channel="239.74.163.2", port=port), 1, (1, 2))
         inbox: asyncio.Queue = asyncio.Queue()
         t.on_message = lambda src, p: inbox.put_nowait((src, p))
         await t.start()
@@ -78,7 +78,7 @@ def test_udp_multicast_two_processes(procs: list[Proc]) -> None:
     _peer(procs, "udp", str(port), "2", "1,2", "sysA")
 
     async def run() -> list[int]:
-        cfg = UdpCfg(port=port, group="239.255.77.9", interface="127.0.0.1")
+        cfg = UdpCfg.of(port=port, group="239.255.77.9", interface="127.0.0.1")
         t = UdpTransport(cfg, 1, (1, 2), "sysA")
         inbox: asyncio.Queue = asyncio.Queue()
         t.on_message = lambda src, p: inbox.put_nowait((src, p))
@@ -112,7 +112,7 @@ def test_udp_multicast_two_processes(procs: list[Proc]) -> None:
 def test_udp_unicast_peer_list() -> None:
     p1, p2, p3 = free_udp_port(), free_udp_port(), free_udp_port()
     peers = (("127.0.0.1", p1), ("127.0.0.1", p2), ("127.0.0.1", p3))
-    cfg = UdpCfg(peers=peers, bind="127.0.0.1")
+    cfg = UdpCfg.of(peers=peers, bind="127.0.0.1")
 
     async def run() -> tuple[list, list, list]:
         ts = [UdpTransport(cfg, k, (1, 2, 3), "uni") for k in (1, 2, 3)]
@@ -136,7 +136,7 @@ def test_udp_unicast_peer_list() -> None:
 
 def test_can_fd_one_frame_per_message() -> None:
     port = free_udp_port()
-    cfg = CanCfg(interface="udp_multicast", channel="239.74.163.2", port=port, fd=True)
+    cfg = CanCfg.of(interface="udp_multicast", channel="239.74.163.2", port=port, fd=True)
 
     async def run() -> tuple[list, int, int]:
         a, b = CanTransport(cfg, 1, (1, 2)), CanTransport(cfg, 2, (1, 2))

@@ -7,15 +7,15 @@ import asyncio
 
 from conftest import free_udp_port, wait_for
 
-from mbms.node.config import CanTransport as CanCfg
-from mbms.node.config import UdpTransport as UdpCfg
+from mbms.config_views import CanTransport as CanCfg
+from mbms.config_views import UdpTransport as UdpCfg
 from mbms.transport.can import CanTransport
 from mbms.transport.udp import UdpTransport
 
 
 def test_udp_older_run_still_speaking_is_delivered_replays_are_not() -> None:
     async def run() -> tuple[list[bytes], list[bytes], UdpTransport, UdpTransport]:
-        cfg = UdpCfg(port=free_udp_port(), group="239.255.77.9", interface="127.0.0.1")
+        cfg = UdpCfg.of(port=free_udp_port(), group="239.255.77.9", interface="127.0.0.1")
         rx, a, b = (UdpTransport(cfg, n, (1, 2, 3), "s") for n in (1, 2, 2))
         b.boot = a.boot + 5  # b: a later run with the same id
         got: list[bytes] = []
@@ -45,7 +45,7 @@ def test_udp_older_run_still_speaking_is_delivered_replays_are_not() -> None:
 
 def test_can_own_id_message_that_is_no_echo_is_delivered() -> None:
     async def run() -> tuple[list[bytes], CanTransport]:
-        cfg = CanCfg(interface="udp_multicast", channel="239.74.163.2", port=free_udp_port())
+        cfg = CanCfg.of(interface="udp_multicast", channel="239.74.163.2", port=free_udp_port())
         a, twin = CanTransport(cfg, 2, (1, 2, 3)), CanTransport(cfg, 2, (1, 2, 3))
         got: list[bytes] = []
         a.on_message = lambda src, p: got.append(p)

@@ -384,6 +384,10 @@ fn consensus_bus_load<'py>(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyConsensusPeer>()?;
     m.add_class::<PyCanReassembler>()?;
+    // The peer phases in wire order (the 3-bit phase of every peer message): mbms.types.Phase
+    // is built from this list, so Python never restates the Rust enum.
+    let phases: Vec<&'static str> = (0u8..8).map(|v| mbms_consensus::Phase::from_u8(v).name()).collect();
+    m.add("PHASE_NAMES", phases)?;
     m.add_function(wrap_pyfunction!(can_segment_classic, m)?)?;
     m.add_function(wrap_pyfunction!(can_frame_fd, m)?)?;
     m.add_function(wrap_pyfunction!(can_unframe_fd, m)?)?;

@@ -8,7 +8,7 @@ cross-checks are Rust's; a problem comes back as :class:`mbms.errors.ConfigError
 file, the dotted field and what was expected, or, for ``mbms node --check``, as a list of
 :class:`Finding`.
 
-Python classes built from the normalised configs (:mod:`mbms.engine`, :mod:`mbms.node.config`,
+Python classes built from the normalised configs (:mod:`mbms.engine`, :mod:`mbms.config_views`,
 :mod:`mbms.consensus`) are read-only views: their fields are filled from what Rust returns and
 they never restate a default.
 """

@@ -13,13 +13,14 @@ and :func:`frame_fd` / :func:`unframe_fd` (one CAN FD frame per message).
 
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mbms import _core
 from mbms.config import view
 from mbms.errors import FrameError
+# the one Contactors and Phase of the package (Phase built from the Rust enum)
+from mbms.types import Contactors, Phase
 
 __all__ = [
     "CanReassembler",
@@ -94,18 +95,6 @@ class ConsensusConfig:
         return len(self.members) // 2 + 1
 
 
-@dataclass(frozen=True)
-class Contactors:
-    """Main negative, main positive, precharge relay: True = closed."""
-
-    neg: bool = False
-    pos: bool = False
-    pre: bool = False
-
-    @property
-    def main_closed(self) -> bool:
-        return self.neg and self.pos
-
 
 @dataclass(frozen=True)
 class LocalState:
@@ -141,17 +130,6 @@ class LocalState:
             "i_a": float(self.i_a),
             "feedback": (self.feedback.neg, self.feedback.pos, self.feedback.pre),
         }
-
-
-class Phase(str, enum.Enum):
-    OPEN = "open"
-    REQUESTING = "requesting"
-    PRECHARGING = "precharging"
-    CLOSING = "closing"
-    CLOSED = "closed"
-    ISOLATED = "isolated"  # opened on a local fault (S1)
-    LISTENING = "listening"  # after a start, learning the state
-    WAITING = "waiting"  # backing off after a withdrawn request or an abort
 
 
 @dataclass(frozen=True)
@@ -211,7 +189,7 @@ class Peer:
         neg, pos, pre = o["command"]
         return PeerOutput(
             command=Contactors(neg, pos, pre),
-            phase=Phase(o["phase"]),
+            phase=Phase[str(o["phase"]).upper()],
             system_dcl_a=o["system_dcl_a"],
             system_ccl_a=o["system_ccl_a"],
             closed_set=o["closed_set"],
@@ -228,7 +206,7 @@ class Peer:
 
     @property
     def phase(self) -> Phase:
-        return Phase(self._p.phase)
+        return Phase[str(self._p.phase).upper()]
 
 
 def segment_classic(sender: int, msg_counter: int, message: bytes) -> list[tuple[int, bytes]]:

@@ -38,7 +38,7 @@ import ifaddr
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from mbms.node.config import SystemConfig
+from mbms.config_views import SystemConfig
 
 log = logging.getLogger("mbms.discovery")
 

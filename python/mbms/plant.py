@@ -27,6 +27,8 @@ import numpy.typing as npt
 from mbms import _core
 from mbms.errors import ConfigError, InputError
 from mbms.paths import cell_file
+# a plant sample is the Measurement a hardware adapter delivers (one type for both)
+from mbms.types import Contactors, Measurement
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -300,25 +302,6 @@ def _csv_to_table(load: Mapping[str, Any], base: Path, source: str | None) -> di
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Contactors:
-    neg: bool
-    pos: bool
-    pre: bool
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What a string's BMU sees now."""
-
-    t_s: float
-    v_cell_v: FloatArray
-    t_cell_c: FloatArray
-    i_a: float
-    v_string_v: float
-    v_bus_v: float
-    feedback: Contactors
-    valid: bool
 
 
 @dataclass(frozen=True)

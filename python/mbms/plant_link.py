@@ -33,7 +33,7 @@ import msgpack
 import numpy as np
 
 from mbms.errors import FrameError
-from mbms.node.logic import Contactors, Measurement
+from mbms.types import Contactors, Measurement
 
 MAX_DATAGRAM = 65000
 

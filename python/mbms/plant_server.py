@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mbms.errors import FrameError
-from mbms.node.config import parse_link
+from mbms.config_views import parse_link
 from mbms.plant_link import measurement_to_wire, pack, unpack
 
 log = logging.getLogger("mbms.plant")

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from mbms.node.config import MAX_NODE_ID
-from mbms.node.logic import Measurement, NodeStatus, Phase
+from mbms.config_views import MAX_NODE_ID
+from mbms.types import Measurement, NodeStatus, Phase
 from mbms.paths import dbc_file
 from mbms.transport.segmentation import can_id, is_peer_id, split_id
 

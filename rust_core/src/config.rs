@@ -213,10 +213,17 @@ fn source_of(layers: &[Layer], field: &str) -> String {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HardwareConfig {
-    /// Adapter name; "sim" = the simulated plant served by `mbms plant`.
+    /// Adapter name in the `mbms.hardware` entry-point registry; "sim" = the simulated plant
+    /// served by `mbms plant` (built in). Whether the name is installed is checked by the
+    /// runtime's registry (mbms.registry), which knows the installed distributions.
     pub adapter: String,
-    /// The node's own sensor link (adapter "sim"): "udp://IP:PORT" or "unix:///abs/path".
+    /// The node's own sensor link (adapter "sim", required there): "udp://IP:PORT" or
+    /// "unix:///abs/path".
+    #[serde(default)]
     pub link: String,
+    /// Settings of a third-party adapter (passed to it unchanged; it checks them).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub options: serde_json::Map<String, serde_json::Value>,
     /// This pack's string index in the plant: 0..N-1 for the N configured members.
     #[serde(default)]
     pub string: u32,
@@ -228,9 +235,6 @@ pub struct HardwareConfig {
 fn default_link_timeout_ms() -> u32 {
     300
 }
-
-/// Hardware adapters this build has.
-pub const ADAPTERS: [&str; 1] = ["sim"];
 
 /// A pack file as a node reads it (after `extends` is merged).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,16 +266,6 @@ impl PackFile {
             balancing: self.balancing.clone(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    /// python-can (socketcan on controllers, udp_multicast between processes on one host).
-    Can,
-    /// One msgpack datagram per message.
-    Udp,
 }
 
 /// `[transport.can]`: a python-can bus.
@@ -329,7 +323,16 @@ impl Default for UdpTransport {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TransportConfig {
-    pub kind: TransportKind,
+    /// Name of the transport in the `mbms.transports` entry-point registry: built in are
+    /// "can" (python-can: socketcan on controllers, udp_multicast between processes on one
+    /// host; settings in `[transport.can]`) and "udp" (one msgpack datagram per message;
+    /// `[transport.udp]`). Another installed transport is named here and takes its settings
+    /// from `[transport.options]`; whether the name is installed is checked by the runtime's
+    /// registry (mbms.registry), which knows the installed distributions.
+    pub kind: String,
+    /// Settings of a third-party transport (passed to it unchanged; it checks them).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub options: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can: Option<CanTransport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -635,8 +638,8 @@ fn is_ip(s: &str) -> bool {
 
 fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
     let mut v = Vec::new();
-    if !ADAPTERS.contains(&h.adapter.as_str()) {
-        v.push(("adapter".into(), format!("one of {ADAPTERS:?}")));
+    if h.adapter.is_empty() {
+        v.push(("adapter".into(), "an adapter name (\"sim\" or an installed mbms.hardware entry point)".into()));
     }
     if h.adapter == "sim" {
         if let Some(rest) = h.link.strip_prefix("udp://") {
@@ -687,8 +690,8 @@ fn system_findings(s: &SystemConfig, table: &toml::Table) -> Vec<(Severity, Stri
         }
     }
     let t = &s.transport;
-    match t.kind {
-        TransportKind::Can => {
+    match t.kind.as_str() {
+        "can" => {
             if t.can.is_none() {
                 v.push((Error, "transport.can".into(), "a [transport.can] table (kind = \"can\")".into()));
             }
@@ -710,7 +713,7 @@ fn system_findings(s: &SystemConfig, table: &toml::Table) -> Vec<(Severity, Stri
                 }
             }
         }
-        TransportKind::Udp => {
+        "udp" => {
             if t.udp.is_none() {
                 v.push((Error, "transport.udp".into(), "a [transport.udp] table (kind = \"udp\")".into()));
             }
@@ -739,6 +742,15 @@ fn system_findings(s: &SystemConfig, table: &toml::Table) -> Vec<(Severity, Stri
                 }
                 if !u.peers.is_empty() && u.peers.len() != s.members.len() {
                     v.push((Error, "transport.udp.peers".into(), format!("one \"ip:port\" per member ({}, in the order of members)", s.members.len())));
+                }
+            }
+        }
+        "" => v.push((Error, "transport.kind".into(), "a transport name (\"can\", \"udp\" or an installed mbms.transports entry point)".into())),
+        // a third-party transport: its own settings are in [transport.options], checked by it
+        _ => {
+            for (name, present) in [("can", t.can.is_some()), ("udp", t.udp.is_some())] {
+                if present {
+                    v.push((Error, format!("transport.{name}"), format!("no [transport.{name}] table with kind = {:?} (its settings go in [transport.options])", t.kind)));
                 }
             }
         }
@@ -949,7 +961,7 @@ mod tests {
         let cases: [(&str, &str, &str); 5] = [
             ("dv_close_v = 3.0", "dv_close_v = 100.0", "dv_close_v"),
             ("members = [1, 2, 3, 4]", "members = [2, 3, 4]", "node.id"),
-            ("kind = \"can\"", "kind = \"tcp\"", "transport.kind"),
+            ("kind = \"can\"", "kind = \"udp\"", "transport.udp"),
             ("close_confirm_ms = 400", "close_confirm_ms = 150", "protocol.close_confirm_ms"),
             ("lease_ms = 4000", "lease_ms = 1000", "lease_ms"),
         ];

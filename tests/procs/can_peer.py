@@ -12,7 +12,7 @@ import sys
 
 import msgpack
 
-from mbms.node.config import CanTransport as CanCfg, UdpTransport as UdpCfg
+from mbms.config_views import CanTransport as CanCfg, UdpTransport as UdpCfg
 
 
 async def main() -> None:
@@ -21,11 +21,11 @@ async def main() -> None:
     if kind == "can":
         from mbms.transport.can import CanTransport
 
-        t = CanTransport(CanCfg(interface="udp_multicast", channel="239.74.163.2", port=port), node_id, members)
+        t = CanTransport(CanCfg.of(interface="udp_multicast", channel="239.74.163.2", port=port), node_id, members)
     else:
         from mbms.transport.udp import UdpTransport
 
-        t = UdpTransport(UdpCfg(port=port, group="239.255.77.9",
+        t = UdpTransport(UdpCfg.of(port=port, group="239.255.77.9",
                                  interface=sys.argv[6] if len(sys.argv) > 6 else "127.0.0.1"), node_id, members, sys.argv[5])
     done = asyncio.Event()
 

@@ -9,7 +9,7 @@ import json
 import sys
 
 from mbms.discovery import Discovery
-from mbms.node.config import load_system
+from mbms.config_views import load_system
 
 
 async def main() -> None:

@@ -12,7 +12,7 @@ from node_double import DoubleLogic, EngineDoubleLogic
 
 from mbms.logs import setup_logging
 from mbms.node.app import run_node
-from mbms.node.config import load_pack, load_system
+from mbms.config_views import load_pack, load_system
 
 pack, system = load_pack(sys.argv[1]), load_system(sys.argv[2])
 setup_logging("json", "warning")

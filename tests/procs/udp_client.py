@@ -7,13 +7,13 @@ import asyncio
 import json
 import sys
 
-from mbms.node.config import UdpTransport as UdpCfg
+from mbms.config_views import UdpTransport as UdpCfg
 from mbms.transport.udp import UdpTransport
 
 
 async def main() -> None:
     port, iface, sysid, count, timeout = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-    t = UdpTransport(UdpCfg(port=port, group="239.255.77.9", interface=iface), 1, (1, 2), sysid)
+    t = UdpTransport(UdpCfg.of(port=port, group="239.255.77.9", interface=iface), 1, (1, 2), sysid)
     inbox: asyncio.Queue = asyncio.Queue()
     t.on_message = lambda src, p: inbox.put_nowait(p)
     await t.start()

@@ -19,9 +19,9 @@ from typing import Any
 
 from mbms.cli import data_file
 from mbms.errors import environment_problem
-from mbms.node.config import SystemConfig, load_system
+from mbms.config_views import SystemConfig, load_system
 from mbms.paths import system_file
-from mbms.node.logic import Phase
+from mbms.types import Phase
 
 
 @dataclass

@@ -9,7 +9,7 @@ import os
 
 from mbms.cli import data_file
 from mbms.logs import setup_logging
-from mbms.node.config import load_node
+from mbms.config_views import load_node
 from mbms.paths import pack_file, system_file
 
 

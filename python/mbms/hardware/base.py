@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from mbms.node.logic import Contactors, Measurement
+from mbms.types import Contactors, Measurement
 
 
 class Hardware(abc.ABC):

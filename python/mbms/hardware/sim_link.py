@@ -20,8 +20,8 @@ import numpy as np
 
 from mbms.errors import FrameError
 from mbms.hardware.base import Hardware
-from mbms.node.config import parse_link
-from mbms.node.logic import Contactors, Measurement
+from mbms.config_views import HardwareSection, parse_link
+from mbms.types import Contactors, Measurement
 from mbms.plant_link import command_to_wire, measurement_from_wire, pack, unpack
 
 log = logging.getLogger("mbms.hardware.sim_link")
@@ -39,6 +39,11 @@ class _Proto(asyncio.DatagramProtocol):
 
 
 class SimLinkHardware(Hardware):
+    @classmethod
+    def from_config(cls, cfg: HardwareSection) -> SimLinkHardware:
+        """The ``mbms.hardware`` entry point ``sim``: the node's link to ``mbms plant``."""
+        return cls(cfg.link, cfg.string, cfg.link_timeout_ms / 1000.0)
+
     def __init__(self, link: str, string: int, timeout_s: float, clock: Any = time.monotonic) -> None:
         self.kind, self.addr = parse_link(link)
         self.string = string

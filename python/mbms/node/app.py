@@ -10,7 +10,7 @@ from typing import Any
 
 from mbms.errors import MbmsError
 from mbms.hardware import make_hardware
-from mbms.node.config import PackFile, SystemConfig, check_membership
+from mbms.config_views import PackFile, SystemConfig, check_membership
 from mbms.node.logic import NodeLogic
 from mbms.node.persistence import StateStore
 from mbms.node.runtime import NodeRuntime
@@ -43,7 +43,7 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
     check_membership(pack, system)
     node_id = pack.node.id
     store = StateStore(pack.node.state_dir, node_id, pack.source)
-    runtime = NodeRuntime(pack.node, logic, make_hardware(pack.hardware), make_transport(system, node_id),
+    runtime = NodeRuntime(pack.node, logic, make_hardware(pack.hardware, pack.source), make_transport(system, node_id),
                           store, TelemetryEncoder(node_id))
     restored = runtime.restore()
     log.info("node %d of system %s starting (state: %s, transport %s)", node_id, system.system_id, restored,

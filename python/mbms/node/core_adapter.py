@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mbms.node.config import PackFile, SystemConfig
+from mbms.config_views import PackFile, SystemConfig
 from mbms.node.logic import Contactors, Measurement, NodeOutput, NodeStatus, Phase
 
 

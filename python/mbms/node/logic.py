@@ -29,87 +29,15 @@ Contract (what the runtime guarantees and expects):
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+# The shared types live below the runtime (mbms.types); re-exported here for the logic's users.
+from mbms.types import ALL_OPEN, Contactors, Measurement, NodeStatus, Phase
 
-class Phase(enum.IntEnum):
-    """Phase of a node's string, as reported in status and in the telemetry frame (DBC VAL_ table).
-
-    Values 0..7 are the consensus core's ``Phase`` (consensus/src/peer.rs, also the 3-bit phase in
-    every peer message), so NodeCore's phase maps over unchanged; 8 is the runtime's own. The
-    numbers are on the wire (mbms/data/dbc/mbms.dbc, MBMS_STATE_<id>.Phase): do not renumber.
-    """
-
-    OPEN = 0  # contactors open, healthy, not requesting
-    REQUESTING = 1  # asking peers for a close grant (S2)
-    PRECHARGING = 2  # holding a grant: negative + precharge closed, waiting for the match (S3)
-    CLOSING = 3  # main positive commanded, waiting for its feedback
-    CLOSED = 4  # negative + positive closed, on the bus
-    ISOLATED = 5  # opened on a confirmed local fault (S1); rejoins when healthy
-    LISTENING = 6  # after a start: learning the state before acting
-    WAITING = 7  # backing off after a withdrawn request or an aborted close
-    FAIL_SAFE = 8  # the runtime forced all contactors open (stale sensors, lost link, overrun)
-
-
-@dataclass(frozen=True)
-class Contactors:
-    """Contactor states or commands: main negative, main positive, precharge relay. True = closed."""
-
-    neg: bool = False
-    pos: bool = False
-    pre: bool = False
-
-    def any_closed(self) -> bool:
-        return self.neg or self.pos or self.pre
-
-    def as_tuple(self) -> tuple[bool, bool, bool]:
-        return (self.neg, self.pos, self.pre)
-
-
-#: All three contactors open: the safe state.
-ALL_OPEN = Contactors(False, False, False)
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One sample of a pack's sensors, as the hardware adapter delivers it.
-
-    ``t_s`` is the hardware's own sample time (plant time for the simulator); ``valid`` is False
-    when the adapter knows the sample is unusable (sensor error, no sample yet).
-    """
-
-    t_s: float
-    v_cell_v: np.ndarray  # float64, one per series cell
-    t_cell_c: np.ndarray  # float64, one per temperature sensor
-    i_a: float  # string current, positive = discharge
-    v_string_v: float  # inside the contactors
-    v_bus_v: float  # outside the contactors
-    feedback: Contactors  # auxiliary contacts of the contactors
-    valid: bool = True
-    #: Age of the sample by the node's own clock when ``step`` is called (set by the runtime).
-    age_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    """A snapshot of what the logic knows, for telemetry, the monitor and the logs."""
-
-    node_id: int
-    phase: Phase
-    soc: float  # 0..1
-    dcl_a: float  # own discharge limit
-    ccl_a: float  # own charge limit (positive number)
-    contactors: Contactors  # as commanded by the logic
-    faults: tuple[str, ...] = ()
-    sys_dcl_a: float = 0.0  # agreed system limits (S4/S5)
-    sys_ccl_a: float = 0.0
-    closed_set: tuple[int, ...] = ()
-    speaker: int | None = None  # peer currently holding the close grant, if any
-    peers_seen: tuple[int, ...] = ()
+__all__ = ["ALL_OPEN", "Contactors", "Measurement", "NodeLogic", "NodeOutput", "NodeStatus", "Phase"]
 
 
 @dataclass

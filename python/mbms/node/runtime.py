@@ -42,7 +42,7 @@ import numpy as np
 
 from mbms.errors import environment_problem
 from mbms.hardware.base import Hardware
-from mbms.node.config import NodeSection
+from mbms.config_views import NodeSection
 from mbms.node.logic import ALL_OPEN, Contactors, Measurement, NodeLogic, NodeOutput, NodeStatus
 from mbms.node.persistence import BackgroundSaver, StateStore
 from mbms.telemetry import TelemetryEncoder

@@ -52,8 +52,8 @@ import numpy as np
 
 from mbms import _core
 from mbms.errors import ConfigError, MbmsError
-from mbms.node.config import ProtocolSection, load_system
-from mbms.node.logic import Phase
+from mbms.config_views import ProtocolSection, load_system
+from mbms.types import Phase
 from mbms.paths import cell_file
 from mbms.plant_link import pack as pack_msg
 from mbms.plant_link import unpack as unpack_msg
@@ -154,7 +154,8 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
             **{key: v for key, v in node_cfg.items() if v is not None},
             "id": k + 1, "state_dir": str(run_dir / f"state{k + 1}"), "control_period_ms": period_ms,
             "estimation_period_ms": period_ms, "telemetry_period_ms": 100, "state_save_ms": 1000,
-            "stale_ms": max(stale_ms, period_ms), "overrun_ms": settings.overrun_ms,
+            # a scenario's own overrun_ms wins over the run's default (same settings in every mode)
+            "stale_ms": max(stale_ms, period_ms), "overrun_ms": int(sc.node.get("overrun_ms", settings.overrun_ms)),
             "log_format": "json", "log_level": "warning",
         }
         # the link counts as lost no sooner than a measurement counts as stale

@@ -35,13 +35,25 @@ def _mmss(t_s: float) -> str:
     return f"{m:3d}:{sec:02d}"
 
 
+#: Phase value of an isolated string (mbms.types.Phase.ISOLATED: the consensus core's phase 5).
+_ISOLATED = 5
+
+
 def timeline(res: RunResult) -> list[dict[str, Any]]:
-    """What happened, in order: contactor changes, protection level changes (from the 1 s
-    records), and the scenario's injected plant faults and network events."""
-    ev: list[tuple[float, int, str]] = []
+    """What happened, in order: contactor changes, isolations, protection level changes (from the
+    records), and the scenario's injected plant faults and network events.
+
+    Every entry has ``t_s`` and ``event`` (text); the nodes' decisions also have ``pack`` (1-based)
+    and ``decision``: ``close`` (first close onto the bus), ``rejoin`` (a later close), ``isolate``
+    (the string opened and its node reports itself isolated on a confirmed fault, S1) or ``open``
+    (any other open). Both modes write the
+    same entries, so their decisions can be compared (tests/test_modes_agree.py).
+    """
+    ev: list[tuple[float, int, str, dict[str, Any]]] = []
     t = res.sys("t_s")
     state = res.per_string("state")
     action = res.per_string("action")
+    phase = res.per_string("phase")
     dcl = res.sys("system_dcl_a")
     n = state.shape[1] if state.ndim == 2 else 0
     for k in range(n):
@@ -49,14 +61,23 @@ def timeline(res: RunResult) -> list[dict[str, Any]]:
         for r in range(len(t)):
             st = state[r, k]
             if st == 2 and prev_state != 2:
-                what = "rejoined the bus" if closed_before else "closed onto the bus"
-                ev.append((t[r], 2, f"pack {k + 1} {what} (agreed DCL {dcl[r]:.0f} A)"))
+                what, decision = ("rejoined the bus", "rejoin") if closed_before else ("closed onto the bus", "close")
+                ev.append((t[r], 2, f"pack {k + 1} {what} (agreed DCL {dcl[r]:.0f} A)",
+                           {"pack": k + 1, "decision": decision}))
                 closed_before = True
             elif st != 2 and prev_state == 2:
-                ev.append((t[r], 2, f"pack {k + 1} opened (agreed DCL now {dcl[r]:.0f} A)"))
+                # an open on a confirmed fault (S1) if the node reports itself isolated around it
+                # (its phase comes by telemetry in processes mode: up to a record either side)
+                near = phase[max(0, r - 2):r + 3, k]
+                if np.any(near[np.isfinite(near)].astype(int) == _ISOLATED):
+                    ev.append((t[r], 2, f"pack {k + 1} isolated itself on a fault, opened (agreed DCL now "
+                                        f"{dcl[r]:.0f} A)", {"pack": k + 1, "decision": "isolate"}))
+                else:
+                    ev.append((t[r], 2, f"pack {k + 1} opened (agreed DCL now {dcl[r]:.0f} A)",
+                               {"pack": k + 1, "decision": "open"}))
             a = action[r, k]
             if np.isfinite(a) and a != prev_act and 0 <= int(a) < len(ACTIONS):
-                ev.append((t[r], 1, f"pack {k + 1} protection: {ACTIONS[int(a)]}"))
+                ev.append((t[r], 1, f"pack {k + 1} protection: {ACTIONS[int(a)]}", {"pack": k + 1}))
                 prev_act = a
             prev_state = st
     for e in res.scenario.events:
@@ -65,7 +86,7 @@ def timeline(res: RunResult) -> list[dict[str, Any]]:
         pack = f.pop("string", None)
         detail = ", ".join(f"{a}={b}" for a, b in f.items())
         where = f" in pack {pack + 1}" if isinstance(pack, int) else ""
-        ev.append((e.at_s, 0, f"plant: {kind.replace('_', ' ')}{where}" + (f" ({detail})" if detail else "")))
+        ev.append((e.at_s, 0, f"plant: {kind.replace('_', ' ')}{where}" + (f" ({detail})" if detail else ""), {}))
     for ne in res.scenario.network:
         what = {
             "loss": f"network: loss {ne.value:.0%} per receiver",
@@ -76,9 +97,16 @@ def timeline(res: RunResult) -> list[dict[str, Any]]:
             "kill": f"node {ne.node} killed",
             "restart": f"node {ne.node} restarted",
         }[ne.kind]
-        ev.append((ne.at_s, 0, what))
+        ev.append((ne.at_s, 0, what, {}))
     ev.sort(key=lambda x: (x[0], x[1]))
-    return [{"t_s": round(float(a), 1), "event": c} for a, _, c in ev]
+    return [{"t_s": round(float(a), 1), "event": c, **extra} for a, _, c, extra in ev]
+
+
+def decisions(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nodes' decisions of a run (closes, rejoins, opens, isolations) from its summary's
+    timeline, in order: ``{"t_s", "pack", "decision"}``."""
+    return [{"t_s": e["t_s"], "pack": e["pack"], "decision": e["decision"]}
+            for e in summary["timeline"] if "decision" in e]
 
 
 def summary(res: RunResult) -> dict[str, Any]:

@@ -35,7 +35,8 @@ import msgpack
 from can.interfaces.udp_multicast import UdpMulticastBus
 
 from mbms.errors import FrameError
-from mbms.node.config import CanTransport as CanConfig
+from mbms.config_views import CanTransport as CanConfig
+from mbms.config_views import SystemConfig
 from mbms.telemetry import classify
 from mbms.transport.base import Transport
 from mbms.transport.segmentation import (MAX_SEGMENTED_LEN, Reassembler, SegmentError, frame_fd,
@@ -136,6 +137,12 @@ def open_bus(cfg: CanConfig, **extra: object) -> can.BusABC:
 
 
 class CanTransport(Transport):
+    @classmethod
+    def from_config(cls, system: SystemConfig, node_id: int) -> CanTransport:
+        """The ``mbms.transports`` entry point ``can``: settings from ``[transport.can]``."""
+        assert system.transport.can is not None  # the schema requires the table for kind "can"
+        return cls(system.transport.can, node_id, system.members)
+
     def __init__(self, cfg: CanConfig, node_id: int, members: tuple[int, ...]) -> None:
         super().__init__(node_id, members)
         self.cfg = cfg

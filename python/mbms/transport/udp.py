@@ -32,7 +32,8 @@ from typing import Any
 
 import msgpack
 
-from mbms.node.config import UdpTransport as UdpConfig
+from mbms.config_views import SystemConfig
+from mbms.config_views import UdpTransport as UdpConfig
 from mbms.telemetry import classify
 from mbms.transport.base import Transport
 
@@ -75,6 +76,12 @@ class _Protocol(asyncio.DatagramProtocol):
 
 
 class UdpTransport(Transport):
+    @classmethod
+    def from_config(cls, system: SystemConfig, node_id: int) -> UdpTransport:
+        """The ``mbms.transports`` entry point ``udp``: settings from ``[transport.udp]``."""
+        assert system.transport.udp is not None  # the schema requires the table for kind "udp"
+        return cls(system.transport.udp, node_id, system.members, system.system_id)
+
     def __init__(self, cfg: UdpConfig, node_id: int, members: tuple[int, ...], system_id: str) -> None:
         super().__init__(node_id, members)
         self.cfg = cfg

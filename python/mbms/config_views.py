@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mbms import _core
+from mbms import _core, registry
 from mbms.config import Finding, read_layers, read_text, resolve_cell, view
 from mbms.errors import ConfigError
 
@@ -89,7 +89,7 @@ class NodeSection:
 
 @dataclass(frozen=True)
 class HardwareSection:
-    """``[hardware]`` of a pack file. Only the simulated plant adapter exists so far."""
+    """``[hardware]`` of a pack file: which ``mbms.hardware`` adapter (:mod:`mbms.registry`)."""
 
     adapter: str
     #: Plant link endpoint (adapter "sim"): "udp://127.0.0.1:PORT" or "unix:///path/to.sock".
@@ -98,6 +98,8 @@ class HardwareSection:
     string: int
     #: No reply from the plant for this long = lost link: fail-safe.
     link_timeout_ms: int
+    #: ``[hardware.options]``: settings of a third-party adapter, passed to it unchanged.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,27 @@ def parse_link(link: str, source: str | None = None, name: str = "hardware.link"
 # ----------------------------------------------------------------------------------------------
 
 
+def _transport_settings(kind: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``[transport.<kind>]`` normalised by the core (its defaults for what ``settings`` leave
+    out, its checks), through the same path as a system file."""
+    import tomli_w
+
+    table = dict(settings)
+    peers = [f"{host}:{port}" for host, port in table.get("peers", ())]
+    if "peers" in table:
+        table["peers"] = peers
+    doc = {"system_id": "view", "members": list(range(1, max(2, len(peers)) + 1)),
+           "transport": {"kind": kind, kind: table}}
+    d = _core.node_files([], ("<settings>", tomli_w.dumps(doc)), None)
+    for f in d["findings"]:
+        if f["severity"] == "error":
+            raise Finding(**f).error()
+    out = dict(d["system"]["transport"][kind])
+    if "peers" in out:
+        out["peers"] = [_host_port(p) for p in out["peers"]]
+    return out
+
+
 @dataclass(frozen=True)
 class CanTransport:
     """``[transport.can]``: a python-can bus. ``interface`` is python-can's interface name:
@@ -143,6 +166,11 @@ class CanTransport:
     port: int
     bitrate: int
     fd: bool
+
+    @classmethod
+    def of(cls, **settings: Any) -> CanTransport:
+        """The normalised ``[transport.can]`` for ``settings`` (the core's defaults for the rest)."""
+        return view(cls, _transport_settings("can", settings))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -157,12 +185,21 @@ class UdpTransport:
     bind: str
     ttl: int
 
+    @classmethod
+    def of(cls, **settings: Any) -> UdpTransport:
+        """The normalised ``[transport.udp]`` for ``settings`` (``peers`` as ``(ip, port)`` pairs;
+        the core's defaults for the rest)."""
+        return view(cls, _transport_settings("udp", settings))  # type: ignore[no-any-return]
+
 
 @dataclass(frozen=True)
 class TransportSection:
+    #: A name in the ``mbms.transports`` registry (:mod:`mbms.registry`): "can", "udp", or installed.
     kind: str
     can: CanTransport | None = None
     udp: UdpTransport | None = None
+    #: ``[transport.options]``: settings of a third-party transport, passed to it unchanged.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -227,7 +264,8 @@ def _system_view(d: dict[str, Any], text: str) -> SystemConfig:
         u = dict(t["udp"])
         u["peers"] = [_host_port(p) for p in u["peers"]]
         udp = view(UdpTransport, u)
-    transport = TransportSection(kind=t["kind"], can=view(CanTransport, t["can"]) if t.get("can") else None, udp=udp)
+    transport = TransportSection(kind=t["kind"], can=view(CanTransport, t["can"]) if t.get("can") else None, udp=udp,
+                                 options=dict(t.get("options") or {}))
     p = d["protocol"]
     return SystemConfig(
         source=d["source"], system_id=d["system_id"], system_id_u32=d["system_id_u32"],
@@ -290,7 +328,23 @@ def _check(layers: list[tuple[str, str]], system: tuple[str, str] | None) -> tup
     d = _core.node_files(layers, system, cell_text)
     findings = [Finding(**f) for f in d["findings"]]
     # the cell problem belongs with the pack findings, before the system's
-    return d, extra + findings, cell_path
+    return d, extra + _registered(d, layers) + findings, cell_path
+
+
+def _registered(d: dict[str, Any], layers: list[tuple[str, str]]) -> list[Finding]:
+    """The hardware adapter and the transport named must be installed (:mod:`mbms.registry`):
+    only Python knows the installed distributions, so this check is not in the Rust schema."""
+    out = []
+    checks = []
+    if d.get("pack") is not None and layers:
+        checks.append((registry.HARDWARE, d["pack"]["hardware"]["adapter"], layers[-1][0], "hardware.adapter"))
+    if d.get("system") is not None:
+        checks.append((registry.TRANSPORTS, d["system"]["transport"]["kind"], d["system"]["source"], "transport.kind"))
+    for group, name, source, fld in checks:
+        installed = registry.names(group)
+        if name and name not in installed:
+            out.append(Finding("error", source, fld, repr(name), f"one of {installed} (installed {group} entry points)"))
+    return out
 
 
 def load_node(pack_path: str | os.PathLike[str], system_path: str | os.PathLike[str]) -> NodeFiles:
@@ -320,6 +374,9 @@ def load_system(path: str | os.PathLike[str]) -> SystemConfig:
     """A system file alone; raises the first error."""
     text = read_text(path)
     d = _core.node_files([], (str(path), text), None)
+    # a transport nobody installed first: it explains the other findings about its tables
+    for finding in _registered(d, []):
+        raise finding.error()
     for f in d["findings"]:
         if f["severity"] == "error":
             raise Finding(**f).error()
