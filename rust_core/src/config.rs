@@ -577,9 +577,14 @@ pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: 
                                 out.findings.push(sys_finding(Some(&table), Severity::Error, &f, e.message));
                             }
                         }
-                        let n = s.members.len() as u32;
-                        if p.hardware.adapter == "sim" && p.hardware.string >= n {
-                            out.findings.push(pack_finding(Severity::Error, "hardware.string", format!("a string index 0..={} (one string per configured member of {sys_src})", n.saturating_sub(1))));
+                        // The simulated plant's string index: at most one string per possible
+                        // member id (1..=63), so 0..=62. Not bounded by this system's N: a plant
+                        // may also carry strings outside the membership (a spare, a foreign or
+                        // mis-numbered node in a fault campaign); the plant link refuses an index
+                        // beyond the plant's own strings when it connects.
+                        const MAX_STRINGS: u32 = 63;
+                        if p.hardware.adapter == "sim" && p.hardware.string >= MAX_STRINGS {
+                            out.findings.push(pack_finding(Severity::Error, "hardware.string", format!("a string index 0..={} (one string per possible member id 1..=63)", MAX_STRINGS - 1)));
                         }
                         // A close command acts at the end of a period; the contactor's feedback
                         // reaches the logic with the sample of the period after the next, so a

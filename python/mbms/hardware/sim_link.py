@@ -60,6 +60,7 @@ class SimLinkHardware(Hardware):
         self.replies = 0
         self._last_cmd: tuple[Contactors, np.ndarray] | None = None
         self._arrived: asyncio.Event | None = None
+        self._refused: str | None = None
 
     @property
     def name(self) -> str:
@@ -88,7 +89,13 @@ class SimLinkHardware(Hardware):
         try:
             obj = unpack(raw)
             if obj.get("op") == "error":
-                raise FrameError(f"plant refused: {obj.get('msg')}")
+                # The plant refused our request (e.g. hardware.string beyond its strings): the
+                # node stays fail-safe open on no measurement; say why once, at warning level.
+                msg = str(obj.get("msg"))[:200]
+                if msg != self._refused:
+                    self._refused = msg
+                    log.warning("plant %s refused string %d: %s", self.name, self.string, msg)
+                raise FrameError(f"plant refused: {msg}")
             if obj.get("op") != "meas" or obj.get("k") != self.string or not isinstance(obj.get("seq"), int):
                 raise FrameError("plant link: expected a 'meas' reply for this string")
             meas = measurement_from_wire(obj)
