@@ -13,36 +13,6 @@ use mbms_consensus::segment;
 use mbms_sim::protocol as sim;
 use mbms_consensus::{AbortReason, Contactors, Event, LocalState, Peer, PeerConfig};
 
-pub(crate) fn config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<PeerConfig> {
-    let mut c = PeerConfig::default();
-    for (k, v) in d.iter() {
-        let key: String = k.extract()?;
-        let bad = |e: PyErr| PyValueError::new_err((key.clone(), format!("bad value: {e}")));
-        match key.as_str() {
-            "system_id" => c.system_id = v.extract().map_err(bad)?,
-            "node_id" => c.node_id = v.extract().map_err(bad)?,
-            "members" => c.members = v.extract().map_err(bad)?,
-            "heartbeat_ms" => c.heartbeat_ms = v.extract().map_err(bad)?,
-            "dv_close_v" => c.dv_close_v = v.extract().map_err(bad)?,
-            "lease_ms" => c.lease_ms = v.extract().map_err(bad)?,
-            "max_drift_ppm" => c.max_drift_ppm = v.extract().map_err(bad)?,
-            "dwell_ms" => c.dwell_ms = v.extract().map_err(bad)?,
-            "precharge_settle_a" => c.precharge_settle_a = v.extract().map_err(bad)?,
-            "precharge_timeout_ms" => c.precharge_timeout_ms = v.extract().map_err(bad)?,
-            "close_confirm_ms" => c.close_confirm_ms = v.extract().map_err(bad)?,
-            "fail_timeout_ms" => c.fail_timeout_ms = v.extract().map_err(bad)?,
-            "grant_wait_ms" => c.grant_wait_ms = v.extract().map_err(bad)?,
-            "listen_periods" => c.listen_periods = v.extract().map_err(bad)?,
-            "bus_live_v" => c.bus_live_v = v.extract().map_err(bad)?,
-            "seed" => c.seed = v.extract().map_err(bad)?,
-            "dcdc" => c.dcdc = v.extract().map_err(bad)?,
-            "dcdc_soc_gain" => c.dcdc_soc_gain = v.extract().map_err(bad)?,
-            _ => return Err(PyValueError::new_err((key.clone(), "unknown consensus config field".to_string()))),
-        }
-    }
-    Ok(c)
-}
-
 fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
     let v = d
         .get_item(key)?
@@ -152,13 +122,13 @@ pub struct PyConsensusPeer {
 #[pymethods]
 impl PyConsensusPeer {
     /// `config`: dict of PeerConfig fields (missing ones take the defaults).
-    /// Raises ValueError((field, message)) on an invalid configuration.
+    /// Raises `mbms.errors.ConfigError` naming the field on an invalid configuration.
     #[new]
-    fn new(config: &Bound<'_, PyDict>, incarnation: u64) -> PyResult<Self> {
-        let cfg = config_from_dict(config)?;
+    fn new(config: &Bound<'_, PyAny>, incarnation: u64) -> PyResult<Self> {
+        let cfg = crate::config::peer_from_py(config, "", None, true)?;
         Peer::new(cfg, incarnation)
             .map(|peer| Self { peer })
-            .map_err(|e| PyValueError::new_err((e.field, e.message)))
+            .map_err(|e| crate::config::raise_field(config.py(), e.field, e.message, None))
     }
 
     /// Feed received bytes; returns None if accepted, else the drop reason
@@ -313,7 +283,7 @@ fn can_bus_load_classic(msg_len: usize, peers: u32, period_ms: f64, bitrate: f64
 #[cfg(feature = "sim")]
 fn sim_params(peers_min: usize, peers_max: usize, duration_ms: u64, config: Option<&Bound<'_, PyDict>>) -> PyResult<sim::SimParams> {
     let base = match config {
-        Some(d) => config_from_dict(d)?,
+        Some(d) => crate::config::peer_from_py(d.as_any(), "", None, false)?,
         None => PeerConfig::default(),
     };
     if peers_min == 0 || peers_max > 64 || peers_min > peers_max {

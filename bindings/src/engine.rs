@@ -6,22 +6,11 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use mbms_core::balancing::BalancingConfig;
 use mbms_core::cell_model::CellParams;
-use mbms_core::engine::{Engine, EngineConfig};
+use mbms_core::engine::Engine;
 use mbms_core::protection::Rule;
-use mbms_core::soc_ekf::EstimatorConfig;
 
-/// Config errors carry (field, message) as the exception arguments.
-fn config_error(field: &str, message: &str) -> PyErr {
-    PyValueError::new_err((field.to_string(), message.to_string()))
-}
-
-fn parse_config(config_json: &str) -> PyResult<EngineConfig> {
-    let cfg: EngineConfig = serde_json::from_str(config_json).map_err(|e| config_error("<config>", &e.to_string()))?;
-    cfg.validate().map_err(|e| config_error(&e.field, &e.message))?;
-    Ok(cfg)
-}
+use crate::config::{engine_from_py, raise_field};
 
 fn slice<'a>(a: &'a PyReadonlyArray1<'_, f64>, name: &str) -> PyResult<&'a [f64]> {
     a.as_slice().map_err(|_| PyTypeError::new_err(format!("{name}: expected a contiguous float64 array")))
@@ -34,13 +23,16 @@ pub struct PyEngine {
 
 #[pymethods]
 impl PyEngine {
-    /// `config_json`: the engine tables (pack, estimator, protection, limits, balancing) as
-    /// JSON; `cell_toml`: the text of the cell parameter file.
+    /// `config`: the engine tables (pack, estimator, protection, limits, balancing) as a dict
+    /// (through `mbms._core` config conversion: errors are `mbms.errors.ConfigError`);
+    /// `cell_toml`: the text of the cell parameter file.
     #[new]
-    fn new(config_json: &str, cell_toml: &str) -> PyResult<Self> {
-        let cfg = parse_config(config_json)?;
-        let cell = CellParams::from_toml_str(cell_toml).map_err(|e| config_error(&format!("cell.{}", e.field), &e.message))?;
-        let engine = Engine::new(cfg, cell).map_err(|e| config_error(&e.field, &e.message))?;
+    #[pyo3(signature = (config, cell_toml, source = None))]
+    fn new(config: &Bound<'_, PyAny>, cell_toml: &str, source: Option<&str>) -> PyResult<Self> {
+        let py = config.py();
+        let cfg = engine_from_py(config, source)?;
+        let cell = CellParams::from_toml_str(cell_toml).map_err(|e| raise_field(py, "pack.cell", format!("{}: {}", e.field, e.message), source))?;
+        let engine = Engine::new(cfg, cell).map_err(|e| raise_field(py, e.field, e.message, source))?;
         Ok(Self { engine })
     }
 
@@ -208,25 +200,6 @@ impl PyEngine {
     }
 }
 
-/// Validate engine tables given as JSON; raises ValueError((field, message)).
-#[pyfunction]
-fn validate_engine_config(config_json: &str) -> PyResult<()> {
-    parse_config(config_json).map(|_| ())
-}
-
-/// The Rust defaults of the optional tables (JSON), so the Python dataclasses can be
-/// checked against them.
-#[pyfunction]
-fn engine_config_defaults() -> PyResult<String> {
-    #[derive(serde::Serialize)]
-    struct D {
-        estimator: EstimatorConfig,
-        balancing: BalancingConfig,
-    }
-    serde_json::to_string(&D { estimator: EstimatorConfig::default(), balancing: BalancingConfig::default() })
-        .map_err(|e| PyValueError::new_err(e.to_string()))
-}
-
 /// Rule names in discriminant order.
 #[pyfunction]
 fn engine_rules() -> Vec<&'static str> {
@@ -235,8 +208,6 @@ fn engine_rules() -> Vec<&'static str> {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
-    m.add_function(wrap_pyfunction!(validate_engine_config, m)?)?;
-    m.add_function(wrap_pyfunction!(engine_config_defaults, m)?)?;
     m.add_function(wrap_pyfunction!(engine_rules, m)?)?;
     Ok(())
 }

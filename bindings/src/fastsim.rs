@@ -6,20 +6,15 @@
 use numpy::{PyArray1, PyArray2, PyArray3, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+#[cfg(feature = "sim")]
 use pyo3::types::PyDict;
 #[cfg(feature = "sim")]
 use pyo3::types::PyList;
 
 #[cfg(feature = "sim")]
-use mbms_consensus::PeerConfig;
-
-#[cfg(feature = "sim")]
 use mbms_core::cell_model::CellParams;
 #[cfg(feature = "sim")]
-use mbms_core::engine::EngineConfig;
-#[cfg(feature = "sim")]
 use mbms_sim::fastsim::{FastSim, NodeSpec, STRING_CHANNELS, SYSTEM_CHANNELS};
-use mbms_core::node::NodeConfig;
 #[cfg(feature = "sim")]
 use mbms_sim::plant::config::PlantConfig;
 #[cfg(feature = "sim")]
@@ -28,51 +23,10 @@ use mbms_sim::plant::fault::PlantFault;
 use mbms_sim::plant::Plant;
 
 #[cfg(feature = "sim")]
-use super::consensus::config_from_dict as peer_config_from_dict;
+use crate::config::{engine_from_py, node_from_py, peer_from_py, raise_field};
 
 fn verr(field: &str, msg: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(format!("{field}: {msg}"))
-}
-
-/// Node logic settings from a dict with keys stale_ms, auto_reset_s, feedback_mismatch_ms.
-pub fn node_config_from_dict(d: &Bound<'_, PyDict>) -> PyResult<NodeConfig> {
-    let mut cfg = NodeConfig::default();
-    for (k, v) in d.iter() {
-        let key: String = k.extract()?;
-        match key.as_str() {
-            "stale_ms" => cfg.stale_ms = v.extract().map_err(|_| verr("node.stale_ms", "expected a non-negative integer (ms)"))?,
-            "auto_reset_s" => {
-                cfg.auto_reset_s = if v.is_none() {
-                    None
-                } else {
-                    let s: f64 = v.extract().map_err(|_| verr("node.auto_reset_s", "expected a number (s) or none"))?;
-                    if !(s > 0.0) {
-                        return Err(verr("node.auto_reset_s", format!("expected > 0, got {s}")));
-                    }
-                    Some(s)
-                }
-            }
-            "feedback_mismatch_ms" => {
-                cfg.feedback_mismatch_ms =
-                    v.extract().map_err(|_| verr("node.feedback_mismatch_ms", "expected a non-negative integer (ms)"))?
-            }
-            "ramp_open_current_a" => {
-                cfg.ramp_open_current_a =
-                    v.extract().map_err(|_| verr("node.ramp_open_current_a", "expected a current (A) >= 0"))?
-            }
-            "ramp_open_timeout_s" => {
-                cfg.ramp_open_timeout_s =
-                    v.extract().map_err(|_| verr("node.ramp_open_timeout_s", "expected a time (s) >= 0"))?
-            }
-            other => {
-                return Err(verr(
-                    &format!("node.{other}"),
-                    "unknown key; expected stale_ms, auto_reset_s, feedback_mismatch_ms, ramp_open_current_a, ramp_open_timeout_s",
-                ))
-            }
-        }
-    }
-    Ok(cfg)
 }
 
 #[cfg(feature = "sim")]
@@ -85,17 +39,18 @@ pub struct PyFastSim {
 #[pymethods]
 impl PyFastSim {
     /// plant_json: the plant description; cells: per string the TOML text of its cell file;
-    /// engines_json: per string the engine config; system: the shared peer settings (dict);
-    /// node: node logic settings (dict); drift_ppm: per node clock error.
+    /// engines: per string the engine tables (dict); system: the shared peer settings (dict of
+    /// PeerConfig fields, the scenario's `[system]`); node: the `[node]` settings (dict);
+    /// drift_ppm: per node clock error. Config errors are `mbms.errors.ConfigError`.
     #[new]
-    #[pyo3(signature = (plant_json, cells, engines_json, system, node, drift_ppm, seed, dt_ms, record_every))]
+    #[pyo3(signature = (plant_json, cells, engines, system, node, drift_ppm, seed, dt_ms, record_every))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         plant_json: &str,
         cells: Vec<String>,
-        engines_json: Vec<String>,
-        system: &Bound<'_, PyDict>,
-        node: &Bound<'_, PyDict>,
+        engines: Vec<Bound<'_, PyAny>>,
+        system: &Bound<'_, PyAny>,
+        node: &Bound<'_, PyAny>,
         drift_ppm: Vec<f64>,
         seed: u64,
         dt_ms: u64,
@@ -103,8 +58,8 @@ impl PyFastSim {
     ) -> PyResult<Self> {
         let plant_cfg: PlantConfig = serde_json::from_str(plant_json).map_err(|e| verr("plant", e))?;
         let n = plant_cfg.strings.len();
-        if cells.len() != n || engines_json.len() != n {
-            return Err(verr("plant.strings", format!("expected {n} cells and engine configs, got {} and {}", cells.len(), engines_json.len())));
+        if cells.len() != n || engines.len() != n {
+            return Err(verr("plant.strings", format!("expected {n} cells and engine configs, got {} and {}", cells.len(), engines.len())));
         }
         let cell_params = cells
             .iter()
@@ -112,18 +67,17 @@ impl PyFastSim {
             .map(|(k, t)| CellParams::from_toml_str(t).map_err(|e| verr(&format!("plant.strings[{k}].cell"), e)))
             .collect::<PyResult<Vec<_>>>()?;
         let plant = Plant::new(plant_cfg, cell_params.clone(), seed).map_err(|e| verr(&format!("plant.{}", e.field), e.message))?;
-        let node_cfg = node_config_from_dict(node)?;
+        let node_cfg = node_from_py(node, "node", None)?;
         let members: Vec<u16> = (1..=n as u16).collect();
+        let base = peer_from_py(system, "system", None, false)?;
         let mut specs = Vec::with_capacity(n);
         for k in 0..n {
-            let engine: EngineConfig =
-                serde_json::from_str(&engines_json[k]).map_err(|e| verr(&format!("engine[{k}]"), e))?;
-            engine.validate().map_err(|e| verr(&format!("engine.{}", e.field), e.message))?;
-            let mut peer: PeerConfig = peer_config_from_dict(system).map_err(|e| verr("system", e))?;
+            let engine = engine_from_py(&engines[k], None)?;
+            let mut peer = base.clone();
             peer.node_id = k as u16 + 1;
             peer.members = members.clone();
             peer.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(k as u64);
-            peer.validate().map_err(|e| verr(&format!("system.{}", e.field), e.message))?;
+            peer.validate().map_err(|e| raise_field(system.py(), format!("system.{}", e.field), e.message, None))?;
             specs.push(NodeSpec {
                 node: node_cfg.clone(),
                 engine,

@@ -9,6 +9,7 @@
 use pyo3::prelude::*;
 
 mod cell;
+mod config;
 mod consensus;
 mod engine;
 mod fastsim;
@@ -22,6 +23,7 @@ mod plant;
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cell::register(m)?;
+    config::register(m)?;
     engine::register(m)?;
     consensus::register(m)?;
     #[cfg(feature = "sim")]

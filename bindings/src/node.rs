@@ -9,15 +9,10 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use mbms_consensus::Contactors;
 
 use mbms_core::cell_model::CellParams;
-use mbms_core::engine::EngineConfig;
 use mbms_core::node::{NodeCore, NodeInputs};
 
-use super::consensus::{config_from_dict, event_dict};
-use super::fastsim::node_config_from_dict;
-
-fn verr(field: &str, msg: impl std::fmt::Display) -> PyErr {
-    PyValueError::new_err(format!("{field}: {msg}"))
-}
+use super::consensus::event_dict;
+use crate::config::{engine_from_py, node_from_py, peer_from_py, raise_field};
 
 fn ids(set: u64) -> Vec<u16> {
     (1..=64u16).filter(|id| set & (1u64 << (id - 1)) != 0).collect()
@@ -30,24 +25,24 @@ pub struct PyNodeCore {
 
 #[pymethods]
 impl PyNodeCore {
-    /// engine_json: the engine tables as JSON; cell_toml: the cell file's text; system: the
-    /// peer settings (PeerConfig fields incl. node_id and members); node: node logic settings.
+    /// engine: the engine tables (dict); cell_toml: the cell file's text; peer: the consensus
+    /// PeerConfig (dict, incl. node_id and members); node: the `[node]` settings (dict). Errors
+    /// are `mbms.errors.ConfigError` naming the field.
     #[new]
-    #[pyo3(signature = (engine_json, cell_toml, system, node, incarnation))]
+    #[pyo3(signature = (engine, cell_toml, peer, node, incarnation))]
     fn new(
-        engine_json: &str,
+        engine: &Bound<'_, PyAny>,
         cell_toml: &str,
-        system: &Bound<'_, PyDict>,
-        node: &Bound<'_, PyDict>,
+        peer: &Bound<'_, PyAny>,
+        node: &Bound<'_, PyAny>,
         incarnation: u64,
     ) -> PyResult<Self> {
-        let engine: EngineConfig = serde_json::from_str(engine_json).map_err(|e| verr("engine", e))?;
-        engine.validate().map_err(|e| verr(&format!("engine.{}", e.field), e.message))?;
-        let cell = CellParams::from_toml_str(cell_toml).map_err(|e| verr(&format!("cell.{}", e.field), e.message))?;
-        let peer = config_from_dict(system).map_err(|e| verr("system", e))?;
-        peer.validate().map_err(|e| verr(&format!("system.{}", e.field), e.message))?;
-        let node_cfg = node_config_from_dict(node)?;
-        let core = NodeCore::new(node_cfg, engine, cell, peer, incarnation).map_err(|e| verr(&e.field, e.message))?;
+        let py = engine.py();
+        let engine = engine_from_py(engine, None)?;
+        let cell = CellParams::from_toml_str(cell_toml).map_err(|e| raise_field(py, "pack.cell", format!("{}: {}", e.field, e.message), None))?;
+        let peer = peer_from_py(peer, "protocol", None, true)?;
+        let node_cfg = node_from_py(node, "node", None)?;
+        let core = NodeCore::new(node_cfg, engine, cell, peer, incarnation).map_err(|e| raise_field(py, e.field, e.message, None))?;
         Ok(Self { core })
     }
 

@@ -6,6 +6,7 @@
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BalanceMode {
     Off,
@@ -14,7 +15,8 @@ pub enum BalanceMode {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
 pub struct BalancingConfig {
     pub mode: BalanceMode,
     /// Start bleeding a cell when it is this far above the lowest cell (V in voltage mode,

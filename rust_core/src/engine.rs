@@ -33,6 +33,7 @@ use crate::soh::{r0_observation, Awtls, CAPACITY_RATIO_RANGE, R0_RATIO_RANGE};
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PackSection {
     /// Free-form name of the pack.
@@ -53,6 +54,7 @@ pub struct PackSection {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProtectionConfig {
     pub cell_overvoltage_v: Thresholds,
@@ -69,6 +71,7 @@ pub struct ProtectionConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
     pub pack: PackSection,
@@ -129,34 +132,43 @@ fn cfg_err(field: impl Into<String>, message: impl Into<String>) -> EngineConfig
     EngineConfigError { field: field.into(), message: message.into() }
 }
 
+/// Largest accepted `pack.series`. One engine is one string; 100 000 series elements would be
+/// several hundred kV of cells, far beyond any DC bus, and bound the per-cell state to ~100 MB.
+/// (The core benchmark runs 10 000.)
+pub const MAX_SERIES: usize = 100_000;
+/// Largest accepted `pack.parallel` (cells per series element; only scales capacity and R).
+pub const MAX_PARALLEL: usize = 10_000;
+
 impl EngineConfig {
     /// The engine's tables of a pack file are `pack`, `estimator`, `protection`, `limits`
     /// and `balancing`; other top-level tables (`node`, `hardware`, ...) belong to the node
     /// runtime and are ignored here. Within the engine's tables unknown keys are errors.
     pub const TABLES: [&'static str; 5] = ["pack", "estimator", "protection", "limits", "balancing"];
 
+    /// The engine tables of a pack file's text (through [`crate::config`], the one reader).
     pub fn from_toml_str(text: &str) -> Result<Self, EngineConfigError> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| cfg_err("<toml>", e.to_string()))?;
-        table.retain(|k, _| Self::TABLES.iter().any(|t| *t == k));
-        let cfg: EngineConfig =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| cfg_err("<toml>", e.to_string()))?;
-        cfg.validate()?;
-        Ok(cfg)
+        let layer = crate::config::Layer {
+            source: String::new(),
+            table: crate::config::parse_toml(text).map_err(|e| cfg_err(e.field, e.message))?,
+        };
+        crate::config::engine_from_layers(&[layer]).map_err(|e| cfg_err(e.field, e.message))
     }
 
     pub fn validate(&self) -> Result<(), EngineConfigError> {
         let p = &self.pack;
-        if p.series == 0 {
-            return Err(cfg_err("pack.series", "expected >= 1"));
+        // Ranges first: every per-cell array is sized from these, so a nonsense value must be
+        // refused here, before anything is allocated (series = 1e8 would abort the process).
+        if !(1..=MAX_SERIES).contains(&p.series) {
+            return Err(cfg_err("pack.series", format!("expected 1..={MAX_SERIES} series elements, got {}", p.series)));
         }
-        if p.parallel == 0 {
-            return Err(cfg_err("pack.parallel", "expected >= 1"));
+        if !(1..=MAX_PARALLEL).contains(&p.parallel) {
+            return Err(cfg_err("pack.parallel", format!("expected 1..={MAX_PARALLEL} cells in parallel, got {}", p.parallel)));
         }
         if p.temp_sensors == 0 || p.temp_sensors > p.series {
             return Err(cfg_err("pack.temp_sensors", format!("expected 1..={} (one per cell at most)", p.series)));
         }
-        if !(p.r_extra_ohm.is_finite() && p.r_extra_ohm >= 0.0) {
-            return Err(cfg_err("pack.r_extra_ohm", "expected a finite number >= 0"));
+        if !(p.r_extra_ohm.is_finite() && (0.0..=10.0).contains(&p.r_extra_ohm)) {
+            return Err(cfg_err("pack.r_extra_ohm", format!("expected a resistance in [0, 10] ohm, got {}", p.r_extra_ohm)));
         }
         self.estimator.validate().map_err(|(f, m)| cfg_err(format!("estimator.{f}"), m))?;
         let pr = &self.protection;
@@ -172,7 +184,7 @@ impl EngineConfig {
             ("voltage_spread_v", &pr.voltage_spread_v, true),
             ("temp_spread_c", &pr.temp_spread_c, true),
         ] {
-            t.validate(upper).map_err(|m| cfg_err(format!("protection.{name}"), m))?;
+            t.validate_field(upper).map_err(|(f, m)| cfg_err(format!("protection.{name}.{f}"), m))?;
         }
         let s = &pr.sensors;
         if !(s.cell_v_min_v < s.cell_v_max_v) {

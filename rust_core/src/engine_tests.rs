@@ -77,7 +77,13 @@ fn example_pack_parses_and_ignores_node_tables() {
     let bad = PACK.replace("series = 96", "series = 96\nbogus = 1");
     assert!(EngineConfig::from_toml_str(&bad).unwrap_err().message.contains("bogus"));
     let bad = PACK.replace("warning = 4.15", "warning = 4.25");
-    assert_eq!(EngineConfig::from_toml_str(&bad).unwrap_err().field, "protection.cell_overvoltage_v");
+    assert_eq!(EngineConfig::from_toml_str(&bad).unwrap_err().field, "protection.cell_overvoltage_v.warning");
+    let bad = PACK.replace("series = 96", "series = 96\nbogus = 1");
+    assert_eq!(EngineConfig::from_toml_str(&bad).unwrap_err().field, "pack.bogus");
+    let bad = PACK.replace("series = 96", "series = 100000000");
+    assert_eq!(EngineConfig::from_toml_str(&bad).unwrap_err().field, "pack.series");
+    let bad = PACK.replace("r_extra_ohm = 0.012", "r_extra_ohm = nan");
+    assert_eq!(EngineConfig::from_toml_str(&bad).unwrap_err().field, "pack.r_extra_ohm");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 pub mod balancing;
 pub mod cell_model;
 pub mod cell_tables;
+pub mod config;
 pub mod engine;
 pub mod limits;
 pub mod protection;

@@ -21,6 +21,7 @@ use crate::cell_model::interp_sorted;
 
 /// A derating curve: factor (0..=1) over a breakpoint axis, linear between, clamped at the ends.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Derating {
     pub x: Vec<f64>,
@@ -65,6 +66,7 @@ impl Derating {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Configured maxima of the string current (A): continuous and short-term peak.

@@ -134,6 +134,7 @@ pub const PACK_INDEX: u32 = u32::MAX;
 /// `warning <= alarm <= fault`; for a lower-bound rule (under-voltage, under-temperature)
 /// `warning >= alarm >= fault`. The unit is the one in the rule's table name.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
     pub warning: f64,
@@ -149,30 +150,31 @@ pub struct Thresholds {
 impl Thresholds {
     /// Validate; `upper` = rule trips above its thresholds.
     pub fn validate(&self, upper: bool) -> Result<(), String> {
-        let v = [self.warning, self.alarm, self.fault];
-        if v.iter().any(|x| x.is_nan()) {
-            return Err("thresholds must be numbers".into());
+        self.validate_field(upper).map_err(|(_, m)| m)
+    }
+
+    /// Validate, naming the offending key of the table (`warning`, `alarm`, `hysteresis`, ...).
+    pub fn validate_field(&self, upper: bool) -> Result<(), (&'static str, String)> {
+        for (name, x) in [("warning", self.warning), ("alarm", self.alarm), ("fault", self.fault)] {
+            if !x.is_finite() {
+                return Err((name, format!("thresholds must be finite numbers, got {x}")));
+            }
         }
-        let ordered = if upper {
-            self.warning <= self.alarm && self.alarm <= self.fault
+        let (first, second) = if upper {
+            (self.warning <= self.alarm, self.alarm <= self.fault)
         } else {
-            self.warning >= self.alarm && self.alarm >= self.fault
+            (self.warning >= self.alarm, self.alarm >= self.fault)
         };
-        if !ordered {
-            return Err(if upper {
-                format!(
-                    "expected warning <= alarm <= fault, got {} / {} / {}",
-                    self.warning, self.alarm, self.fault
-                )
+        if !(first && second) {
+            let msg = if upper {
+                format!("expected warning <= alarm <= fault, got {} / {} / {}", self.warning, self.alarm, self.fault)
             } else {
-                format!(
-                    "expected warning >= alarm >= fault, got {} / {} / {}",
-                    self.warning, self.alarm, self.fault
-                )
-            });
+                format!("expected warning >= alarm >= fault, got {} / {} / {}", self.warning, self.alarm, self.fault)
+            };
+            return Err((if first { "alarm" } else { "warning" }, msg));
         }
         if !(self.hysteresis >= 0.0 && self.hysteresis.is_finite()) {
-            return Err(format!("hysteresis must be finite and >= 0, got {}", self.hysteresis));
+            return Err(("hysteresis", format!("hysteresis must be finite and >= 0, got {}", self.hysteresis)));
         }
         for (name, d) in [
             ("warning_delay_s", self.warning_delay_s),
@@ -180,7 +182,7 @@ impl Thresholds {
             ("fault_delay_s", self.fault_delay_s),
         ] {
             if !(d >= 0.0 && d.is_finite()) {
-                return Err(format!("{name} must be finite and >= 0, got {d}"));
+                return Err((name, format!("{name} must be finite and >= 0, got {d}")));
             }
         }
         Ok(())
@@ -190,6 +192,7 @@ impl Thresholds {
 /// Sensor plausibility. A failed sensor trips its `*_sensor` rule at fault level after
 /// `fault_delay_s`; its readings are not used by the estimator meanwhile.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SensorConfig {
     /// Plausible range of a cell-voltage reading; outside = failed sensor.

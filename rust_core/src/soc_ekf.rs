@@ -25,7 +25,8 @@
 use serde::Deserialize;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
 pub struct EstimatorConfig {
     /// Process noise spectral density on SOC (1/s, variance per second).
     pub soc_process_noise: f64,

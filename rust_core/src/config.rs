@@ -1,0 +1,997 @@
+//! The configuration files of a node, read in one place: the pack file (engine tables, `[node]`,
+//! `[hardware]`, optionally `extends` a base file that holds the engine tables) and the system
+//! file shared by all peers (membership, peer protocol, transport, discovery).
+//!
+//! One path for every config value: TOML text (or a Python value, through the bindings) becomes
+//! a [`toml::Value`], every float is checked to be finite (naming its dotted path), then serde
+//! builds the typed config with `serde_path_to_error` (unknown keys, wrong types and missing keys
+//! name their dotted field), then the ranges and the cross-checks run ([`node_findings`]). A real
+//! start and `mbms node --check` call the same function; a start refuses any error finding, the
+//! check lists them all. Sans-IO: files are read by the caller and handed over as text.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use mbms_consensus::PeerConfig;
+
+use crate::cell_model::CellParams;
+use crate::engine::{EngineConfig, ProtectionConfig};
+use crate::node::{NodeConfig, MAX_NODE_ID};
+use crate::protection::Thresholds;
+
+// ---------------------------------------------------------------------------------------------
+// Errors and findings
+// ---------------------------------------------------------------------------------------------
+
+/// A configuration error: the file it is in (if known), the dotted field and what was expected.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigError {
+    pub file: Option<String>,
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{file}: {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+impl std::error::Error for ConfigError {}
+
+fn cerr(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { file: None, field: field.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// A start refuses the configuration.
+    Error,
+    /// Legal but doubtful; a start logs it.
+    Warning,
+}
+
+/// One finding of [`node_findings`]: file, dotted field, the value found (TOML), what was expected.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub file: String,
+    pub field: String,
+    /// The offending value as TOML, if the field has one.
+    pub value: Option<String>,
+    pub expected: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values -> typed configs (the one conversion path)
+// ---------------------------------------------------------------------------------------------
+
+/// The first non-finite float (NaN, ±inf) below `v`, as a dotted path. TOML allows `nan` and
+/// `inf`; no config value of mbms means either.
+fn non_finite(v: &toml::Value, path: &str) -> Option<String> {
+    match v {
+        toml::Value::Float(x) if !x.is_finite() => Some(path.to_string()),
+        toml::Value::Table(t) => t.iter().find_map(|(k, x)| non_finite(x, &join(path, k))),
+        toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| non_finite(x, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Build `T` from a value: finite floats, then serde with the dotted path of any error.
+/// `prefix` is the dotted path of `v` in its file ("" for a whole file).
+pub fn typed<T: DeserializeOwned>(v: toml::Value, prefix: &str) -> Result<T, ConfigError> {
+    if let Some(p) = non_finite(&v, prefix) {
+        return Err(cerr(p, "expected a finite number, got NaN or inf"));
+    }
+    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+        let inner = e.inner().to_string();
+        let mut path = e.path().to_string();
+        if path == "." {
+            path.clear();
+        }
+        let mut field = join(prefix, &path);
+        // serde names a missing key only in its message; put it into the dotted field
+        if let Some(rest) = inner.strip_prefix("missing field `") {
+            if let Some(name) = rest.split('`').next() {
+                field = join(&field, name);
+            }
+        }
+        // an unknown key: the path ends at its table; the key is in the message
+        if let Some(rest) = inner.strip_prefix("unknown field `") {
+            if let Some(name) = rest.split('`').next() {
+                if !field.ends_with(name) {
+                    field = join(&field, name);
+                }
+            }
+        }
+        if field.is_empty() {
+            field = "<root>".into();
+        }
+        cerr(field, inner)
+    })
+}
+
+/// Parse TOML text into a table, naming the line of a syntax error.
+pub fn parse_toml(text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| cerr("<toml>", format!("not valid TOML: {}", e.message().trim()) + &line_of(text, e.span())))
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => format!(" (line {})", text[..r.start.min(text.len())].matches('\n').count() + 1),
+        None => String::new(),
+    }
+}
+
+/// The `extends` key of a pack file: the base file (path relative to this file) whose tables this
+/// file overrides key by key. `None` if absent.
+pub fn extends_of(table: &toml::Table) -> Result<Option<String>, ConfigError> {
+    match table.get("extends") {
+        None => Ok(None),
+        Some(toml::Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(v) => Err(cerr("extends", format!("expected the path of a base pack file, got {v}"))),
+    }
+}
+
+/// One file of a layered config: its name (for messages) and its parsed table.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub source: String,
+    pub table: toml::Table,
+}
+
+/// Merge layers, base first: a later layer overrides an earlier one key by key (tables merge,
+/// arrays and values are replaced). `extends` is dropped.
+pub fn merge(layers: &[Layer]) -> toml::Table {
+    fn into(dst: &mut toml::Table, src: &toml::Table) {
+        for (k, v) in src {
+            match (dst.get_mut(k), v) {
+                (Some(toml::Value::Table(d)), toml::Value::Table(s)) => into(d, s),
+                _ => {
+                    dst.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    let mut out = toml::Table::new();
+    for l in layers {
+        into(&mut out, &l.table);
+    }
+    out.remove("extends");
+    out
+}
+
+fn lookup<'a>(t: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
+    let mut parts = dotted.split('.');
+    let mut cur = t.get(parts.next()?)?;
+    for p in parts {
+        let (name, index) = match p.find('[') {
+            Some(i) => (&p[..i], p[i + 1..].trim_end_matches(']').parse::<usize>().ok()),
+            None => (p, None),
+        };
+        cur = cur.as_table()?.get(name)?;
+        if let Some(i) = index {
+            cur = cur.as_array()?.get(i)?;
+        }
+    }
+    Some(cur)
+}
+
+/// The file a dotted field comes from: the last layer that sets it (or its closest parent
+/// table); the top (last) layer if none does.
+fn source_of(layers: &[Layer], field: &str) -> String {
+    let mut path = field.to_string();
+    loop {
+        if let Some(l) = layers.iter().rev().find(|l| lookup(&l.table, &path).is_some()) {
+            return l.source.clone();
+        }
+        match path.rfind('.') {
+            Some(i) => path.truncate(i),
+            None => break,
+        }
+    }
+    layers.last().map(|l| l.source.clone()).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The files' schemas
+// ---------------------------------------------------------------------------------------------
+
+/// The `[hardware]` table of a pack file: which measurement/actuator adapter the node uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct HardwareConfig {
+    /// Adapter name; "sim" = the simulated plant served by `mbms plant`.
+    pub adapter: String,
+    /// The node's own sensor link (adapter "sim"): "udp://IP:PORT" or "unix:///abs/path".
+    pub link: String,
+    /// This pack's string index in the plant: 0..N-1 for the N configured members.
+    #[serde(default)]
+    pub string: u32,
+    /// No reply from the plant for this long = lost link: fail-safe (ms).
+    #[serde(default = "default_link_timeout_ms")]
+    pub link_timeout_ms: u32,
+}
+
+fn default_link_timeout_ms() -> u32 {
+    300
+}
+
+/// Hardware adapters this build has.
+pub const ADAPTERS: [&str; 1] = ["sim"];
+
+/// A pack file as a node reads it (after `extends` is merged).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PackFile {
+    /// Base pack file (path relative to this file) whose tables this file overrides key by key;
+    /// lets node files share one copy of the engine tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
+    pub pack: crate::engine::PackSection,
+    #[serde(default)]
+    pub estimator: crate::soc_ekf::EstimatorConfig,
+    pub protection: ProtectionConfig,
+    pub limits: crate::limits::LimitsConfig,
+    #[serde(default)]
+    pub balancing: crate::balancing::BalancingConfig,
+    pub node: NodeConfig,
+    pub hardware: HardwareConfig,
+}
+
+impl PackFile {
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            pack: self.pack.clone(),
+            estimator: self.estimator.clone(),
+            protection: self.protection.clone(),
+            limits: self.limits.clone(),
+            balancing: self.balancing.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// python-can (socketcan on controllers, udp_multicast between processes on one host).
+    Can,
+    /// One msgpack datagram per message.
+    Udp,
+}
+
+/// `[transport.can]`: a python-can bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct CanTransport {
+    /// python-can interface name: socketcan, udp_multicast, virtual, ...
+    pub interface: String,
+    pub channel: String,
+    /// Only for udp_multicast: the UDP port (python-can's default is 43113).
+    pub port: u16,
+    pub bitrate: u32,
+    /// CAN FD: one frame per peer message; classic CAN segments into up to 8 frames.
+    pub fd: bool,
+}
+
+impl Default for CanTransport {
+    fn default() -> Self {
+        Self { interface: "socketcan".into(), channel: "can0".into(), port: 43113, bitrate: 500_000, fd: false }
+    }
+}
+
+/// `[transport.udp]`: one msgpack datagram per message, to a multicast group or a peer list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct UdpTransport {
+    pub port: u16,
+    /// IPv4 multicast group (224.0.0.0/4); ignored if `peers` is given.
+    pub group: String,
+    /// Address of the interface to join the group on / send from ("0.0.0.0" = default route).
+    pub interface: String,
+    /// Unicast alternative: "ip:port" of every member, in the order of `members`.
+    pub peers: Vec<String>,
+    /// Address to bind for receiving.
+    pub bind: String,
+    pub ttl: u8,
+}
+
+impl Default for UdpTransport {
+    fn default() -> Self {
+        Self {
+            port: 47100,
+            group: "239.255.77.1".into(),
+            interface: "0.0.0.0".into(),
+            peers: Vec::new(),
+            bind: "0.0.0.0".into(),
+            ttl: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TransportConfig {
+    pub kind: TransportKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can: Option<CanTransport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpTransport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    pub enabled: bool,
+    /// IP addresses zeroconf uses; empty = all.
+    pub interfaces: Vec<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self { enabled: true, interfaces: Vec::new() }
+    }
+}
+
+/// A system file, shared by all peers. The peer protocol settings are one [`PeerConfig`]:
+/// `heartbeat_ms`, `dv_close_v` and `lease_ms` may sit at the top level (where operators look
+/// for them) or in `[protocol]`, not both; identity fields (`system_id`, `node_id`, `members`,
+/// `seed`) are never taken from `[protocol]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SystemFile {
+    /// Name of the battery system (letters, digits, '-', '_', '.'; up to 40). The wire carries
+    /// its CRC-32.
+    pub system_id: String,
+    /// The configured member ids (1..=63, unique). Quorum = floor(N/2)+1 of them (brief §3).
+    pub members: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dv_close_v: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u32>,
+    pub transport: TransportConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+    /// Peer protocol settings (consensus `PeerConfig`); missing keys take its defaults.
+    #[serde(default)]
+    pub protocol: PeerConfig,
+}
+
+/// PeerConfig fields that a system file may give at its top level.
+const TOP_LEVEL_PEER: [&str; 3] = ["heartbeat_ms", "dv_close_v", "lease_ms"];
+/// PeerConfig fields that come from elsewhere (the node, the system id, the boot).
+const IDENTITY_PEER: [&str; 4] = ["system_id", "node_id", "members", "seed"];
+
+/// The normalised system: what every consumer (node, monitor, processes mode) reads.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SystemConfig {
+    pub source: String,
+    pub system_id: String,
+    /// CRC-32 (IEEE) of `system_id`: the system id of the peer messages.
+    pub system_id_u32: u32,
+    pub members: Vec<u16>,
+    pub quorum: usize,
+    pub transport: TransportConfig,
+    pub discovery: DiscoveryConfig,
+    /// Every protocol setting, defaults filled; identity fields as placeholders (node_id = the
+    /// first member, seed 0) until a node takes it ([`SystemConfig::peer_for`]).
+    pub protocol: PeerConfig,
+}
+
+impl SystemConfig {
+    /// The peer config of node `node_id` with boot seed `seed`.
+    pub fn peer_for(&self, node_id: u16, seed: u64) -> PeerConfig {
+        PeerConfig { node_id, seed, ..self.protocol.clone() }
+    }
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib's `crc32`).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the files
+// ---------------------------------------------------------------------------------------------
+
+/// The engine's part of pack-file layers (other tables `node`, `hardware` belong to the node
+/// runtime and are skipped; any other top-level key is an error).
+pub fn engine_from_layers(layers: &[Layer]) -> Result<EngineConfig, ConfigError> {
+    let mut merged = merge(layers);
+    let attach = |e: ConfigError| ConfigError { file: Some(source_of(layers, &e.field)), ..e };
+    for k in merged.keys() {
+        if !EngineConfig::TABLES.iter().any(|t| *t == &k[..]) && k != "node" && k != "hardware" {
+            return Err(attach(cerr(
+                k.clone(),
+                format!("unknown top-level table; expected {:?}, node, hardware, extends", EngineConfig::TABLES),
+            )));
+        }
+    }
+    merged.retain(|k, _| EngineConfig::TABLES.iter().any(|t| *t == &k[..]));
+    let cfg: EngineConfig = typed(toml::Value::Table(merged), "").map_err(attach)?;
+    cfg.validate().map_err(|e| attach(cerr(e.field, e.message)))?;
+    Ok(cfg)
+}
+
+/// Read a system file (text already parsed), normalised.
+pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfig, ConfigError> {
+    let at = |e: ConfigError| ConfigError { file: Some(source.to_string()), ..e };
+    if let Some(toml::Value::Table(p)) = table.get("protocol") {
+        for k in IDENTITY_PEER {
+            if p.contains_key(k) {
+                return Err(at(cerr(format!("protocol.{k}"), "not a protocol setting: set by the system file (system_id, members) or the node")));
+            }
+        }
+        for k in TOP_LEVEL_PEER {
+            if p.contains_key(k) && table.contains_key(k) {
+                return Err(at(cerr(k, format!("given twice: at the top level and in [protocol]; keep one"))));
+            }
+        }
+    }
+    let f: SystemFile = typed(toml::Value::Table(table), "").map_err(at)?;
+    let mut protocol = f.protocol.clone();
+    if let Some(v) = f.heartbeat_ms {
+        protocol.heartbeat_ms = v;
+    }
+    if let Some(v) = f.dv_close_v {
+        protocol.dv_close_v = v;
+    }
+    if let Some(v) = f.lease_ms {
+        protocol.lease_ms = v;
+    }
+    protocol.system_id = crc32(f.system_id.as_bytes());
+    protocol.members = f.members.clone();
+    protocol.node_id = f.members.first().copied().unwrap_or(0);
+    protocol.seed = 0;
+    Ok(SystemConfig {
+        source: source.to_string(),
+        system_id_u32: protocol.system_id,
+        quorum: f.members.len() / 2 + 1,
+        system_id: f.system_id,
+        members: f.members,
+        transport: f.transport,
+        discovery: f.discovery,
+        protocol,
+    })
+}
+
+/// The result of reading a node's files: what a start uses, and every finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeFiles {
+    pub pack: Option<PackFile>,
+    pub system: Option<SystemConfig>,
+    pub findings: Vec<Finding>,
+}
+
+impl NodeFiles {
+    /// The first error, as a start reports it.
+    pub fn first_error(&self) -> Option<ConfigError> {
+        self.findings.iter().find(|f| f.severity == Severity::Error).map(|f| ConfigError {
+            file: Some(f.file.clone()),
+            field: f.field.clone(),
+            message: match &f.value {
+                Some(v) => format!("{}, got {v}", f.expected),
+                None => f.expected.clone(),
+            },
+        })
+    }
+}
+
+/// Read and check a node's files: the pack file's layers (base first), the system file and the
+/// cell parameter file's text (`None`: not found; the caller adds that finding). Everything a
+/// start checks, in the order a start checks it; a start refuses the first error.
+pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: Option<&str>) -> NodeFiles {
+    let mut out = NodeFiles { pack: None, system: None, findings: Vec::new() };
+    let merged = merge(layers);
+    let pack_src = layers.last().map(|l| l.source.clone()).unwrap_or_default();
+    let pack_finding = |sev: Severity, field: &str, expected: String| Finding {
+        severity: sev,
+        file: source_of(layers, field),
+        value: lookup(&merged, field).filter(|v| !v.is_table()).map(|v| v.to_string()),
+        field: field.to_string(),
+        expected,
+    };
+    // --- pack file: schema, then ranges of every part
+    match typed::<PackFile>(toml::Value::Table(merged.clone()), "") {
+        Err(e) => out.findings.push(pack_finding(Severity::Error, &e.field, e.message)),
+        Ok(p) => {
+            if let Err(e) = p.engine().validate() {
+                out.findings.push(pack_finding(Severity::Error, &e.field, e.message));
+            }
+            if let Err((f, m)) = p.node.validate() {
+                out.findings.push(pack_finding(Severity::Error, &format!("node.{f}"), m));
+            }
+            if p.node.id.is_none() {
+                out.findings.push(pack_finding(Severity::Error, "node.id", "missing; the node's id (one of the system's members) is required".into()));
+            }
+            if p.node.state_dir.is_none() {
+                out.findings.push(pack_finding(Severity::Error, "node.state_dir", "missing; the directory of the node's state and event log is required".into()));
+            }
+            for (f, m) in hardware_findings(&p.hardware) {
+                out.findings.push(pack_finding(Severity::Error, &format!("hardware.{f}"), m));
+            }
+            if let Some(text) = cell_text {
+                match CellParams::from_toml_str(text) {
+                    Err(e) => out.findings.push(pack_finding(Severity::Error, "pack.cell", format!("a valid cell parameter file; {}: {}", e.field, e.message))),
+                    Ok(cell) => {
+                        for (sev, f, m) in protection_findings(&p.engine(), &cell) {
+                            out.findings.push(pack_finding(sev, &f, m));
+                        }
+                    }
+                }
+            }
+            out.pack = Some(p);
+        }
+    }
+    // --- system file
+    if let Some((sys_src, sys_text)) = system {
+        let sys_finding = |table: Option<&toml::Table>, sev: Severity, field: &str, expected: String| Finding {
+            severity: sev,
+            file: sys_src.to_string(),
+            value: table.and_then(|t| lookup(t, field)).filter(|v| !v.is_table()).map(|v| v.to_string()),
+            field: field.to_string(),
+            expected,
+        };
+        match parse_toml(sys_text) {
+            Err(e) => out.findings.push(sys_finding(None, Severity::Error, &e.field, e.message)),
+            Ok(table) => match system_from_table(sys_src, table.clone()) {
+                Err(e) => out.findings.push(sys_finding(Some(&table), Severity::Error, &e.field, e.message)),
+                Ok(s) => {
+                    for (sev, f, m) in system_findings(&s, &table) {
+                        out.findings.push(sys_finding(Some(&table), sev, &f, m));
+                    }
+                    // --- the node within the system
+                    if let Some(p) = &out.pack {
+                        if let Some(id) = p.node.id {
+                            if !s.members.contains(&id) {
+                                out.findings.push(pack_finding(Severity::Error, "node.id", format!("one of the system's members {:?} ({sys_src})", s.members)));
+                            } else if let Err(e) = s.peer_for(id, 0).validate() {
+                                let f = peer_field(&table, &e.field);
+                                out.findings.push(sys_finding(Some(&table), Severity::Error, &f, e.message));
+                            }
+                        }
+                        let n = s.members.len() as u32;
+                        if p.hardware.adapter == "sim" && p.hardware.string >= n {
+                            out.findings.push(pack_finding(Severity::Error, "hardware.string", format!("a string index 0..={} (one string per configured member of {sys_src})", n.saturating_sub(1))));
+                        }
+                        // A close command acts at the end of a period; the contactor's feedback
+                        // reaches the logic with the sample of the period after the next, so a
+                        // close can be confirmed no sooner than two periods after the command.
+                        let need = 2 * p.node.control_period_ms;
+                        if s.protocol.close_confirm_ms <= need {
+                            let f = peer_field(&table, "close_confirm_ms");
+                            out.findings.push(sys_finding(Some(&table), Severity::Error, &f, format!("more than 2 x node.control_period_ms of {pack_src} = {need} ms (feedback arrives two periods after a command)")));
+                        }
+                        if s.protocol.fail_timeout_ms as u64 <= p.node.control_period_ms as u64 {
+                            let f = peer_field(&table, "fail_timeout_ms");
+                            out.findings.push(sys_finding(Some(&table), Severity::Error, &f, format!("more than node.control_period_ms = {} ms", p.node.control_period_ms)));
+                        }
+                    }
+                    out.system = Some(s);
+                }
+            },
+        }
+    }
+    out
+}
+
+/// Where a PeerConfig field sits in a system file.
+fn peer_field(table: &toml::Table, field: &str) -> String {
+    match field {
+        "members" | "system_id" => field.to_string(),
+        "node_id" => "members".to_string(),
+        f if TOP_LEVEL_PEER.contains(&f) && table.contains_key(f) => f.to_string(),
+        f if TOP_LEVEL_PEER.contains(&f)
+            && !table.get("protocol").and_then(|p| p.as_table()).is_some_and(|p| p.contains_key(f)) =>
+        {
+            f.to_string()
+        }
+        f => format!("protocol.{f}"),
+    }
+}
+
+fn is_ip(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok()
+}
+
+fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    if !ADAPTERS.contains(&h.adapter.as_str()) {
+        v.push(("adapter".into(), format!("one of {ADAPTERS:?}")));
+    }
+    if h.adapter == "sim" {
+        if let Some(rest) = h.link.strip_prefix("udp://") {
+            if rest.parse::<std::net::SocketAddr>().map(|a| a.port() == 0).unwrap_or(true) {
+                v.push(("link".into(), "\"udp://IP:PORT\" with a numeric IP address and a port 1..65535".into()));
+            }
+        } else if let Some(rest) = h.link.strip_prefix("unix://") {
+            if !rest.starts_with('/') {
+                v.push(("link".into(), "an absolute socket path after unix://".into()));
+            }
+        } else {
+            v.push(("link".into(), "\"udp://IP:PORT\" or \"unix:///PATH\"".into()));
+        }
+    }
+    if !(1..=60_000).contains(&h.link_timeout_ms) {
+        v.push(("link_timeout_ms".into(), "an integer 1..=60000 (ms)".into()));
+    }
+    v
+}
+
+fn system_findings(s: &SystemConfig, table: &toml::Table) -> Vec<(Severity, String, String)> {
+    use Severity::*;
+    let mut v = Vec::new();
+    let id = &s.system_id;
+    if id.is_empty() || id.len() > 40 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        v.push((Error, "system_id".into(), "up to 40 letters, digits, '-', '_' or '.'".into()));
+    }
+    if s.members.is_empty() {
+        v.push((Error, "members".into(), "a non-empty list of node ids".into()));
+    }
+    let mut seen = Vec::new();
+    for (i, &m) in s.members.iter().enumerate() {
+        if !(1..=MAX_NODE_ID).contains(&m) {
+            v.push((Error, format!("members[{i}]"), format!("a node id 1..={MAX_NODE_ID}")));
+        } else if seen.contains(&m) {
+            v.push((Error, format!("members[{i}]"), format!("unique node ids; {m} appears twice")));
+        }
+        seen.push(m);
+    }
+    // N = 2 gives quorum 2: either node down blocks every close (S2 needs a quorum grant).
+    if s.members.len() == 2 {
+        v.push((Warning, "members".into(), "N = 1 or N >= 3: with N = 2 the quorum is 2, so one node down blocks every close".into()));
+    }
+    // Peer ranges that do not depend on the node (node_id is a member by construction here).
+    if let Err(e) = s.protocol.validate() {
+        if e.field != "node_id" && e.field != "members" {
+            v.push((Error, peer_field(table, &e.field), e.message));
+        }
+    }
+    let t = &s.transport;
+    match t.kind {
+        TransportKind::Can => {
+            if t.can.is_none() {
+                v.push((Error, "transport.can".into(), "a [transport.can] table (kind = \"can\")".into()));
+            }
+            if t.udp.is_some() {
+                v.push((Error, "transport.udp".into(), "no [transport.udp] table with kind = \"can\"".into()));
+            }
+            if let Some(c) = &t.can {
+                if !(10_000..=8_000_000).contains(&c.bitrate) {
+                    v.push((Error, "transport.can.bitrate".into(), "a bit rate 10000..=8000000".into()));
+                }
+                if c.interface.is_empty() {
+                    v.push((Error, "transport.can.interface".into(), "a python-can interface name".into()));
+                }
+                if c.channel.is_empty() {
+                    v.push((Error, "transport.can.channel".into(), "a channel name".into()));
+                }
+                if c.port == 0 {
+                    v.push((Error, "transport.can.port".into(), "a port 1..65535".into()));
+                }
+            }
+        }
+        TransportKind::Udp => {
+            if t.udp.is_none() {
+                v.push((Error, "transport.udp".into(), "a [transport.udp] table (kind = \"udp\")".into()));
+            }
+            if t.can.is_some() {
+                v.push((Error, "transport.can".into(), "no [transport.can] table with kind = \"udp\"".into()));
+            }
+            if let Some(u) = &t.udp {
+                if u.port == 0 {
+                    v.push((Error, "transport.udp.port".into(), "a port 1..65535".into()));
+                }
+                if !u.group.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_multicast()) {
+                    v.push((Error, "transport.udp.group".into(), "an IPv4 multicast address (224.0.0.0/4)".into()));
+                }
+                for (k, val) in [("interface", &u.interface), ("bind", &u.bind)] {
+                    if val.parse::<std::net::Ipv4Addr>().is_err() {
+                        v.push((Error, format!("transport.udp.{k}"), "an IPv4 address".into()));
+                    }
+                }
+                if u.ttl == 0 {
+                    v.push((Error, "transport.udp.ttl".into(), "a TTL 1..=255".into()));
+                }
+                for (i, p) in u.peers.iter().enumerate() {
+                    if p.parse::<std::net::SocketAddr>().map(|a| a.port() == 0).unwrap_or(true) {
+                        v.push((Error, format!("transport.udp.peers[{i}]"), "\"ip:port\" with a numeric IP address".into()));
+                    }
+                }
+                if !u.peers.is_empty() && u.peers.len() != s.members.len() {
+                    v.push((Error, "transport.udp.peers".into(), format!("one \"ip:port\" per member ({}, in the order of members)", s.members.len())));
+                }
+            }
+        }
+    }
+    for (i, x) in s.discovery.interfaces.iter().enumerate() {
+        if !is_ip(x) {
+            v.push((Error, format!("discovery.interfaces[{i}]"), "an IP address".into()));
+        }
+    }
+    v
+}
+
+/// Margin (V) by which the over-voltage fault may exceed the cell's datasheet charge voltage
+/// `v_max_v`: the AFE's measurement error (LTC6811: 1.2 mV typical, 2.2 mV max total error) plus
+/// the charge-voltage tolerance cell datasheets give (±50 mV, e.g. "4.20 ± 0.05 V"). Above this
+/// the cell is overcharged before protection acts.
+pub const OV_FAULT_MARGIN_V: f64 = 0.05;
+/// Margin (V) by which the under-voltage fault may sit below the datasheet discharge cut-off
+/// `v_min_v`: under load the terminal voltage dips by I·R0 (~0.1 V at 1 C) below the cut-off
+/// during the confirmation delay; deeper is over-discharge (copper dissolution).
+pub const UV_FAULT_MARGIN_V: f64 = 0.1;
+
+/// Cross-checks a BMS engineer expects of the protection and limits, against the cell file.
+pub fn protection_findings(e: &EngineConfig, cell: &CellParams) -> Vec<(Severity, String, String)> {
+    use Severity::*;
+    let mut v = Vec::new();
+    let p = &e.protection;
+    let rules: [(&str, &Thresholds, bool); 10] = [
+        ("cell_overvoltage_v", &p.cell_overvoltage_v, true),
+        ("cell_undervoltage_v", &p.cell_undervoltage_v, false),
+        ("overtemp_charge_c", &p.overtemp_charge_c, true),
+        ("undertemp_charge_c", &p.undertemp_charge_c, false),
+        ("overtemp_discharge_c", &p.overtemp_discharge_c, true),
+        ("undertemp_discharge_c", &p.undertemp_discharge_c, false),
+        ("overcurrent_charge_a", &p.overcurrent_charge_a, true),
+        ("overcurrent_discharge_a", &p.overcurrent_discharge_a, true),
+        ("voltage_spread_v", &p.voltage_spread_v, true),
+        ("temp_spread_c", &p.temp_spread_c, true),
+    ];
+    // warning < alarm < fault in the rule's direction: equal levels make a level meaningless
+    // (it is confirmed together with the next), a reversed one never acts first.
+    for (name, t, upper) in rules {
+        let (first, second) = if upper {
+            (t.warning < t.alarm, t.alarm < t.fault)
+        } else {
+            (t.warning > t.alarm, t.alarm > t.fault)
+        };
+        let dir = if upper { "<" } else { ">" };
+        if !first {
+            v.push((Error, format!("protection.{name}.warning"), format!("warning {dir} alarm ({})", t.alarm)));
+        } else if !second {
+            v.push((Error, format!("protection.{name}.alarm"), format!("alarm {dir} fault ({})", t.fault)));
+        }
+    }
+    let ov = &p.cell_overvoltage_v;
+    let uv = &p.cell_undervoltage_v;
+    if ov.fault > cell.v_max_v + OV_FAULT_MARGIN_V {
+        v.push((Error, "protection.cell_overvoltage_v.fault".into(), format!("<= the cell's v_max_v {} V + {OV_FAULT_MARGIN_V} V ({})", cell.v_max_v, cell.name)));
+    }
+    if uv.fault < cell.v_min_v - UV_FAULT_MARGIN_V {
+        v.push((Error, "protection.cell_undervoltage_v.fault".into(), format!(">= the cell's v_min_v {} V - {UV_FAULT_MARGIN_V} V ({})", cell.v_min_v, cell.name)));
+    }
+    // every under-voltage level below every over-voltage level: else a healthy cell is in both
+    let uv_top = uv.warning.max(uv.alarm).max(uv.fault);
+    let ov_bottom = ov.warning.min(ov.alarm).min(ov.fault);
+    if uv_top >= ov_bottom {
+        v.push((Error, "protection.cell_undervoltage_v.warning".into(), format!("every under-voltage threshold below the lowest over-voltage threshold ({ov_bottom} V)")));
+    }
+    // thresholds a sensor can report: outside its plausible range a rule can never trip
+    let s = &p.sensors;
+    for (name, t) in [
+        ("overtemp_charge_c", &p.overtemp_charge_c),
+        ("overtemp_discharge_c", &p.overtemp_discharge_c),
+        ("undertemp_charge_c", &p.undertemp_charge_c),
+        ("undertemp_discharge_c", &p.undertemp_discharge_c),
+    ] {
+        if !(t.fault > s.temp_min_c && t.fault < s.temp_max_c) {
+            v.push((Error, format!("protection.{name}.fault"), format!("inside the temperature sensor's plausible range ({}, {}) °C", s.temp_min_c, s.temp_max_c)));
+        }
+    }
+    for (name, t) in [("overcurrent_charge_a", &p.overcurrent_charge_a), ("overcurrent_discharge_a", &p.overcurrent_discharge_a)] {
+        if t.fault >= s.current_max_abs_a {
+            v.push((Error, format!("protection.{name}.fault"), format!("below the current sensor's full scale sensors.current_max_abs_a = {} A", s.current_max_abs_a)));
+        }
+    }
+    if !(ov.fault < s.cell_v_max_v && uv.fault > s.cell_v_min_v) {
+        v.push((Error, "protection.sensors.cell_v_max_v".into(), format!("a plausible cell-voltage range ({}, {}) V around the protection faults", s.cell_v_min_v, s.cell_v_max_v)));
+    }
+    // the limits handed to the inverter sit below the current faults, else obeying them trips us
+    let l = &e.limits;
+    if l.max_discharge_peak_a >= p.overcurrent_discharge_a.fault {
+        v.push((Warning, "limits.max_discharge_peak_a".into(), format!("below protection.overcurrent_discharge_a.fault ({} A)", p.overcurrent_discharge_a.fault)));
+    }
+    if l.max_charge_peak_a >= p.overcurrent_charge_a.fault {
+        v.push((Warning, "limits.max_charge_peak_a".into(), format!("below protection.overcurrent_charge_a.fault ({} A)", p.overcurrent_charge_a.fault)));
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON Schemas of the files
+// ---------------------------------------------------------------------------------------------
+
+/// JSON Schemas (draft 2020-12) of every config file, by file kind: `pack` (a node's pack file),
+/// `engine` (the engine tables alone), `system`, `node` (the `[node]` table, as a scenario takes
+/// it), `peer` (consensus `PeerConfig`, the scenario's `[system]`).
+#[cfg(feature = "schema")]
+pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
+    let to = |s: schemars::Schema| s.to_value();
+    vec![
+        ("pack", to(schemars::schema_for!(PackFile))),
+        ("engine", to(schemars::schema_for!(EngineConfig))),
+        ("system", to(schemars::schema_for!(SystemFile))),
+        ("node", to(schemars::schema_for!(NodeConfig))),
+        ("peer", to(schemars::schema_for!(PeerConfig))),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACK: &str = include_str!("../../python/mbms/data/packs/example_pack.toml");
+    const NODE1: &str = include_str!("../../python/mbms/data/packs/node1.toml");
+    const SYSTEM: &str = include_str!("../../python/mbms/data/systems/example_system.toml");
+    const CELL: &str = include_str!("../../python/mbms/data/cells/lg_m50_nmc.toml");
+
+    fn layers(top: &str) -> Vec<Layer> {
+        let mut v = Vec::new();
+        let t = parse_toml(top).unwrap();
+        if extends_of(&t).unwrap().is_some() {
+            v.push(Layer { source: "example_pack.toml".into(), table: parse_toml(PACK).unwrap() });
+        }
+        v.push(Layer { source: "node.toml".into(), table: t });
+        v
+    }
+
+    /// node1 with the engine tables inlined (no extends): engine edits are plain replacements.
+    fn full() -> String {
+        PACK.to_string() + "\n" + &NODE1.replace("extends = \"example_pack.toml\"", "")
+    }
+
+    fn check(node: &str, system: &str) -> NodeFiles {
+        node_findings(&layers(node), Some(("system.toml", system)), Some(CELL))
+    }
+
+    #[test]
+    fn shipped_files_have_no_errors() {
+        let r = check(NODE1, SYSTEM);
+        assert!(r.findings.iter().all(|f| f.severity != Severity::Error), "{:?}", r.findings);
+        let s = r.system.unwrap();
+        assert_eq!(s.quorum, 3);
+        assert_eq!(s.protocol.lease_ms, 4000);
+        assert_eq!(s.system_id_u32, crc32(b"example-rack"));
+    }
+
+    #[test]
+    fn crc32_matches_zlib() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    fn first(node: &str, system: &str) -> (String, String) {
+        let r = check(node, system);
+        let e = r.first_error().expect("an error");
+        (e.file.unwrap(), e.field)
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases: [(&str, &str, &str); 7] = [
+            ("id = 1", "id = 1\nseries = 96", "node.series"),
+            ("string = 0", "string = 99", "hardware.string"),
+            ("id = 1", "id = 9", "node.id"),
+            ("stale_ms = 500", "stale_ms = nan", "node.stale_ms"),
+            ("overrun_ms = 250", "overrun_ms = \"x\"", "node.overrun_ms"),
+            ("[hardware]", "[hardwar]", "hardwar"),
+            ("state_dir = \"/var/lib/mbms/node1\"   #", "#", "node.state_dir"),
+        ];
+        for (from, to, field) in cases {
+            let text = NODE1.replacen(from, to, 1);
+            assert_ne!(text, NODE1, "{from}");
+            assert_eq!(first(&text, SYSTEM).1, field, "{to}");
+        }
+    }
+
+    #[test]
+    fn engine_values_and_cross_checks_name_their_field() {
+        let cases: [(&str, &str, &str); 8] = [
+            ("hysteresis = 0.03", "hysterisis = 0.03", "protection.cell_overvoltage_v.hysterisis"),
+            ("series = 96", "series = \"96\"", "pack.series"),
+            ("series = 96", "series = 100000000", "pack.series"),
+            ("fault = 4.22", "fault = 5.5", "protection.cell_overvoltage_v.fault"),
+            ("warning = 4.15", "warning = 4.25", "protection.cell_overvoltage_v.warning"),
+            ("warning = 2.80", "warning = nan", "protection.cell_undervoltage_v.warning"),
+            ("r_extra_ohm = 0.012", "r_extra_ohm = inf", "pack.r_extra_ohm"),
+            ("warning = 2.80\nalarm = 2.65\nfault = 2.50", "warning = 4.30\nalarm = 4.28\nfault = 4.26", "protection.cell_undervoltage_v.warning"),
+        ];
+        let base = full();
+        for (from, to, field) in cases {
+            let node = base.replacen(from, to, 1);
+            assert_ne!(node, base, "{from}");
+            assert_eq!(first(&node, SYSTEM).1, field, "{to}");
+        }
+    }
+
+    #[test]
+    fn system_values_name_their_field() {
+        let cases: [(&str, &str, &str); 5] = [
+            ("dv_close_v = 3.0", "dv_close_v = 100.0", "dv_close_v"),
+            ("members = [1, 2, 3, 4]", "members = [2, 3, 4]", "node.id"),
+            ("kind = \"can\"", "kind = \"tcp\"", "transport.kind"),
+            ("close_confirm_ms = 400", "close_confirm_ms = 150", "protocol.close_confirm_ms"),
+            ("lease_ms = 4000", "lease_ms = 1000", "lease_ms"),
+        ];
+        for (from, to, field) in cases {
+            let sys = SYSTEM.replacen(from, to, 1);
+            assert_ne!(sys, SYSTEM, "{from}");
+            let (file, f) = first(NODE1, &sys);
+            assert_eq!(f, field, "{to}");
+            let want_file = if field.starts_with("node.") { "node.toml" } else { "system.toml" };
+            assert_eq!(file, want_file, "{to}");
+        }
+    }
+
+    #[test]
+    fn extends_merges_and_attributes_fields_to_their_file() {
+        let node = "extends = \"example_pack.toml\"\n[node]\nid = 2\nstate_dir = \"s\"\n[hardware]\nadapter = \"sim\"\nlink = \"udp://127.0.0.1:47000\"\nstring = 1\n[pack]\nseries = 12\ntemp_sensors = 3\n";
+        let r = check(node, SYSTEM);
+        assert!(r.first_error().is_none(), "{:?}", r.findings);
+        let p = r.pack.unwrap();
+        assert_eq!(p.pack.series, 12);
+        assert_eq!(p.pack.parallel, 4);
+        let bad = node.replace("temp_sensors = 3", "temp_sensors = 13");
+        let e = check(&bad, SYSTEM).first_error().unwrap();
+        assert_eq!((e.file.as_deref(), e.field.as_str()), (Some("node.toml"), "pack.temp_sensors"));
+        let bad = node.to_string() + "[protection.cell_overvoltage_v]\nfault = 9.0\n";
+        let e = check(&bad, SYSTEM).first_error().unwrap();
+        assert_eq!(e.file.as_deref(), Some("node.toml"));
+        // a field only the base file sets is reported against the base file
+        let r = node_findings(
+            &[
+                Layer { source: "base.toml".into(), table: parse_toml(&PACK.replace("fault = 4.22", "fault = 6.0")).unwrap() },
+                Layer { source: "node.toml".into(), table: parse_toml(node).unwrap() },
+            ],
+            Some(("system.toml", SYSTEM)),
+            Some(CELL),
+        );
+        let e = r.first_error().unwrap();
+        assert_eq!((e.file.as_deref(), e.field.as_str()), (Some("base.toml"), "protection.cell_overvoltage_v.fault"));
+    }
+
+    #[test]
+    fn findings_carry_value_and_expected() {
+        let r = check(&full().replacen("fault = 4.22", "fault = 5.5", 1), SYSTEM);
+        let f = r.findings.iter().find(|f| f.field == "protection.cell_overvoltage_v.fault").unwrap();
+        assert_eq!(f.value.as_deref(), Some("5.5"));
+        assert!(f.expected.contains("4.2"), "{}", f.expected);
+    }
+
+    #[test]
+    fn engine_layers_ignore_node_tables_but_not_misspelt_ones() {
+        let l = layers(NODE1);
+        assert_eq!(engine_from_layers(&l).unwrap().pack.series, 96);
+        let l = layers(&full().replace("[balancing]", "[balncing]"));
+        assert_eq!(engine_from_layers(&l).unwrap_err().field, "balncing");
+    }
+}
