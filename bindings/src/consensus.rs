@@ -36,6 +36,8 @@ fn local_from_dict(d: &Bound<'_, PyDict>) -> PyResult<LocalState> {
         v_bus_v: get(d, "v_bus_v")?,
         i_a: get(d, "i_a")?,
         feedback: Contactors { neg: fb.0, pos: fb.1, pre: fb.2 },
+        // optional: when the sample was taken (ms, own clock); absent = at the tick's time
+        meas_t_ms: d.get_item("meas_t_ms")?.map(|v| v.extract()).transpose()?,
     })
 }
 
@@ -47,6 +49,8 @@ fn abort_name(r: AbortReason) -> &'static str {
         AbortReason::Withdrawn => "withdrawn",
         AbortReason::FeedbackTimeout => "feedback_timeout",
         AbortReason::Fault => "fault",
+        AbortReason::VerifyFailed => "verify_failed",
+        AbortReason::VerifyTimeout => "verify_timeout",
     }
 }
 

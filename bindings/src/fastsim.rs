@@ -147,6 +147,84 @@ impl PyFastSim {
     fn set_clip_load(&mut self, on: bool) {
         self.sim.clip_load = on;
     }
+    /// Runtime-like sampling: nodes step every `period_ms` (a multiple of dt_ms) on the sample
+    /// taken at their previous period, and take a fresh one when they ask (two-phase close).
+    /// None: every step, on a sample of that instant.
+    #[pyo3(signature = (period_ms=None))]
+    fn set_node_period(&mut self, period_ms: Option<u64>) -> PyResult<()> {
+        if let Some(p) = period_ms {
+            if p == 0 || p % self.sim.dt_ms() != 0 {
+                return Err(verr("node_period_ms", format!("expected a positive multiple of dt_ms = {}", self.sim.dt_ms())));
+            }
+        }
+        self.sim.node_period_ms = period_ms;
+        Ok(())
+    }
+    /// The inverter holds its current while the speaker reports a join in progress.
+    fn set_hold_load_during_join(&mut self, on: bool) {
+        self.sim.hold_load_during_join = on;
+    }
+    /// Freeze the plant for `ms` from now (a stopped plant process).
+    fn freeze_plant(&mut self, ms: u64) {
+        self.sim.freeze_plant(ms);
+    }
+    /// Arm a load step tied to a join (see `mbms.plant.Plant.arm_join_load_step`).
+    #[pyo3(signature = (k, after_s, delta_a))]
+    fn arm_join_load_step(&mut self, k: Option<usize>, after_s: f64, delta_a: f64) -> PyResult<()> {
+        if let Some(k) = k {
+            self.check(k)?;
+        }
+        if !(after_s.is_finite() && after_s >= 0.0) || !delta_a.is_finite() {
+            return Err(verr("join_step", "expected after_s >= 0 and a finite delta_a"));
+        }
+        self.sim.plant_mut().arm_join_load_step(k, after_s, delta_a);
+        Ok(())
+    }
+    fn clear_join_load_steps(&mut self) {
+        self.sim.plant_mut().clear_join_load_steps();
+    }
+    /// (plant time s, ΔA) of every join load step the plant applied.
+    fn join_steps_fired(&self) -> Vec<(f64, f64)> {
+        self.sim.plant().join_steps_fired().to_vec()
+    }
+    /// Plant time (s); behind the simulation's clock by the time the plant was frozen.
+    fn plant_t_s(&self) -> f64 {
+        self.sim.plant().t_s()
+    }
+    /// Arm a step of the load request (through the inverter: limits, hold) tied to a join.
+    #[pyo3(signature = (k, after_ms, delta_a))]
+    fn arm_join_request_step(&mut self, k: Option<usize>, after_ms: u64, delta_a: f64) -> PyResult<()> {
+        if let Some(k) = k {
+            self.check(k)?;
+        }
+        if !delta_a.is_finite() {
+            return Err(verr("request_step", "expected a finite delta_a"));
+        }
+        self.sim.arm_join_request_step(k, after_ms, delta_a);
+        Ok(())
+    }
+    fn clear_request_steps(&mut self) {
+        self.sim.clear_request_steps();
+    }
+    /// Every physical main close of the plant: [(t_s plant time, string, dv_true_v, inrush_a)].
+    fn main_close_events(&self) -> Vec<(f64, usize, f64, f64)> {
+        self.sim.plant().main_close_events().iter().map(|e| (e.t_s, e.string, e.dv_true_v, e.inrush_a)).collect()
+    }
+    /// (phase, contactors commanded, fault, aborted closes, completed closes) of node k's
+    /// current incarnation, None if it is dead.
+    #[allow(clippy::type_complexity)]
+    fn node_state(&self, k: usize) -> PyResult<Option<(u8, (bool, bool, bool), bool, u64, u64)>> {
+        self.check(k)?;
+        Ok(self.sim.node(k).map(|c| {
+            let o = c.output();
+            let n = c.peer().counters();
+            (o.phase as u8, (o.contactors.neg, o.contactors.pos, o.contactors.pre), o.fault, n.aborts, n.closes)
+        }))
+    }
+    /// Load current drawn in the last plant step (A).
+    fn plant_load_a(&self) -> f64 {
+        self.sim.plant().load_a()
+    }
     fn kill(&mut self, k: usize) -> PyResult<()> {
         self.check(k)?;
         self.sim.kill(k);

@@ -134,6 +134,8 @@ impl PyNodeCore {
             evs.append(event_dict(py, e)?)?;
         }
         d.set_item("events", evs)?;
+        d.set_item("sample_request", o.sample_request)?;
+        d.set_item("join_in_progress", o.join_in_progress)?;
         Ok(d)
     }
 

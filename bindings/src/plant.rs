@@ -162,15 +162,18 @@ impl PyPlant {
         self.plant.inject(f).map_err(cfg_error)
     }
 
-    /// (t_s, v_cell_v, t_cell_c, i_a, v_string_v, v_bus_v, (neg, pos, pre), valid)
+    /// (t_s, v_cell_v, t_cell_c, i_a, v_string_v, v_bus_v, (neg, pos, pre), valid);
+    /// fresh=True converts current, string and bus voltage now (on-demand conversion).
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (k, fresh=false))]
     fn measure<'py>(
         &mut self,
         py: Python<'py>,
         k: usize,
+        fresh: bool,
     ) -> PyResult<(f64, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>, f64, f64, f64, (bool, bool, bool), bool)> {
         self.check(k)?;
-        let m = self.plant.measure(k);
+        let m = if fresh { self.plant.measure_fresh(k) } else { self.plant.measure(k) };
         Ok((
             m.t_s,
             PyArray1::from_slice(py, &m.v_cell_v),
@@ -183,7 +186,32 @@ impl PyPlant {
         ))
     }
 
+    /// Arm a load step tied to a join: when string `k` (any if None) closes its precharge
+    /// relay, the load changes by `delta_a` `after_s` later (and stays changed). Fires once.
+    #[pyo3(signature = (k, after_s, delta_a))]
+    fn arm_join_load_step(&mut self, k: Option<usize>, after_s: f64, delta_a: f64) -> PyResult<()> {
+        if let Some(k) = k {
+            self.check(k)?;
+        }
+        if !(after_s.is_finite() && after_s >= 0.0) || !delta_a.is_finite() {
+            return Err(PyValueError::new_err("arm_join_load_step: expected after_s >= 0 and a finite delta_a"));
+        }
+        self.plant.arm_join_load_step(k, after_s, delta_a);
+        Ok(())
+    }
+
+    /// Remove the join load steps, armed and applied (the load returns to its profile).
+    fn clear_join_load_steps(&mut self) {
+        self.plant.clear_join_load_steps();
+    }
+
     // ---- truth ----
+
+    /// Every physical main close so far: [(t_s, string, dv_true_v, inrush_a)], recorded at the
+    /// instant the contact closed (inrush NaN until the next step has run).
+    fn main_close_events(&self) -> Vec<(f64, usize, f64, f64)> {
+        self.plant.main_close_events().iter().map(|e| (e.t_s, e.string, e.dv_true_v, e.inrush_a)).collect()
+    }
 
     fn v_bus_v(&self) -> f64 {
         self.plant.v_bus_v()

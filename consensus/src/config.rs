@@ -76,6 +76,16 @@ pub struct PeerConfig {
     pub dcdc: bool,
     /// DC/DC sharing: weight change per unit SOC difference from the mean (1/SOC).
     pub dcdc_soc_gain: f64,
+    // ---- S3 close verification (issue 11: close on the physics, not on a stale sample) ----
+    /// Operate time of the main contactor: coil energised → contact closed (ms). The bus may
+    /// move during it, so the close check predicts |ΔV| this far ahead.
+    pub main_close_time_ms: u32,
+    /// After the dwell, the close command waits for a sample taken after the decision; it
+    /// must arrive within this time, else the close is aborted.
+    pub verify_timeout_ms: u32,
+    /// A bus moving faster than this during the dwell (V/s, from the spread of V_bus over the
+    /// dwell) is not steady: the dwell restarts, and a verification that sees it aborts.
+    pub max_bus_slew_v_per_s: f64,
 }
 
 impl Default for PeerConfig {
@@ -109,6 +119,18 @@ impl Default for PeerConfig {
             seed: 0,
             dcdc: false,
             dcdc_soc_gain: 2.0,
+            // EV main contactors close (incl. bounce) within ~25 ms at nominal coil voltage:
+            // TE EVC 135 datasheet, operate time 25 ms max (40 ms near pick-up voltage); TE
+            // EVC 250, 25 ms max at 14 V. 30 ms matches the plant's default close_time_s.
+            main_close_time_ms: 30,
+            // A fresh sample needs one request/reply on the node's own sensor link (~1-2 ms
+            // here) or one conversion of the HV measurement; 50 ms bounds it with margin and
+            // stays far inside every lease.
+            verify_timeout_ms: 50,
+            // 5 V/s: a 100 ms dwell tolerates 0.5 V of spread (the bus sensors' noise, σ ~50 mV,
+            // spans ~0.2 V over a few samples), while a 2 A load change on a 0.25 Ω bus moves it
+            // by 0.5 V at once and is refused.
+            max_bus_slew_v_per_s: 5.0,
         }
     }
 }
@@ -188,6 +210,15 @@ impl PeerConfig {
         if (self.fail_timeout_ms as u64) < self.heartbeat_ms as u64 * 2 {
             return Err(err("fail_timeout_ms", "expected >= 2 heartbeat periods"));
         }
+        if self.main_close_time_ms >= self.close_confirm_ms {
+            return Err(err("main_close_time_ms", format!("expected < close_confirm_ms = {} ms (the feedback must be able to confirm the close)", self.close_confirm_ms)));
+        }
+        if self.verify_timeout_ms == 0 || self.verify_timeout_ms >= self.precharge_timeout_ms {
+            return Err(err("verify_timeout_ms", "expected > 0 and < precharge_timeout_ms"));
+        }
+        if !(self.max_bus_slew_v_per_s.is_finite() && self.max_bus_slew_v_per_s > 0.0) {
+            return Err(err("max_bus_slew_v_per_s", "expected a finite rate > 0 (V/s)"));
+        }
         if self.dwell_ms >= self.precharge_timeout_ms {
             return Err(err("dwell_ms", "expected < precharge_timeout_ms"));
         }
@@ -195,12 +226,13 @@ impl PeerConfig {
         // waiting the longest time for its grants.
         let need = self.grant_wait_ms as u64
             + self.precharge_timeout_ms as u64
+            + self.verify_timeout_ms as u64
             + self.close_confirm_ms as u64;
         if self.requester_lease_ms() <= need {
             return Err(err(
                 "lease_ms",
                 format!(
-                    "expected lease·(1−2ρ) = {} ms > grant_wait_ms + precharge_timeout_ms + close_confirm_ms = {need} ms",
+                    "expected lease·(1−2ρ) = {} ms > grant_wait_ms + precharge_timeout_ms + verify_timeout_ms + close_confirm_ms = {need} ms",
                     self.requester_lease_ms()
                 ),
             ));

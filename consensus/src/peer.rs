@@ -132,6 +132,10 @@ pub struct LocalState {
     pub i_a: f64,
     /// Measured contactor aux feedback.
     pub feedback: Contactors,
+    /// When the measurements above were taken (ms, this peer's clock); None = at the tick's
+    /// own time (callers that sample at every tick). The S3 dwell runs in sample time, and a
+    /// close is verified only on a sample taken after the close decision.
+    pub meas_t_ms: Option<u64>,
 }
 
 impl Default for LocalState {
@@ -150,6 +154,7 @@ impl Default for LocalState {
             v_bus_v: 0.0,
             i_a: 0.0,
             feedback: Contactors::OPEN,
+            meas_t_ms: None,
         }
     }
 }
@@ -164,6 +169,10 @@ pub enum AbortReason {
     /// Main contactor feedback did not confirm in time.
     FeedbackTimeout,
     Fault,
+    /// The sample taken after the close decision no longer showed a steady match (S3).
+    VerifyFailed,
+    /// No sample taken after the close decision arrived within verify_timeout_ms (S3).
+    VerifyTimeout,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,6 +278,12 @@ pub struct PeerOutput {
     /// Encoded messages to broadcast now.
     pub messages: Vec<Vec<u8>>,
     pub events: Vec<Event>,
+    /// The dwell is over and the main contactor waits for a sample taken from now on: the
+    /// runtime should take one at once and tick again (two-phase close, S3).
+    pub sample_request: bool,
+    /// Some live string (this one included) is precharging or closing: the load should be
+    /// held steady (an inverter honouring it keeps the bus from stepping under the join).
+    pub join_in_progress: bool,
 }
 
 impl Default for PeerOutput {
@@ -285,6 +300,8 @@ impl Default for PeerOutput {
             dcdc_setpoint_a: None,
             messages: Vec::new(),
             events: Vec::new(),
+            sample_request: false,
+            join_in_progress: false,
         }
     }
 }
@@ -318,6 +335,29 @@ impl Remote {
     }
 }
 
+/// The S3 dwell, in sample time: since when the match has held and how far the bus moved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Dwell {
+    since_meas_ms: u64,
+    v_bus_min: f64,
+    v_bus_max: f64,
+    /// Signed V_bus − V_string of the first sample of the dwell.
+    dv_first_v: f64,
+}
+
+impl Dwell {
+    fn start(meas_t_ms: u64, v_bus_v: f64, dv_signed_v: f64) -> Self {
+        Dwell { since_meas_ms: meas_t_ms, v_bus_min: v_bus_v, v_bus_max: v_bus_v, dv_first_v: dv_signed_v }
+    }
+    fn add(&mut self, v_bus_v: f64) {
+        self.v_bus_min = self.v_bus_min.min(v_bus_v);
+        self.v_bus_max = self.v_bus_max.max(v_bus_v);
+    }
+    fn spread_v(&self) -> f64 {
+        self.v_bus_max - self.v_bus_min
+    }
+}
+
 /// Grant slot: at most one grant at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Grant {
@@ -346,7 +386,16 @@ pub struct Peer {
     t_pre: u64,
     t_close: u64,
     t_open_fb: Option<u64>,
-    match_since: Option<u64>,
+    /// S3 dwell of the current precharge (None: no match yet or it broke).
+    dwell: Option<Dwell>,
+    /// The dwell was complete at this tick (own clock): the close waits for a sample taken
+    /// at or after it (two-phase close).
+    verify_since: Option<u64>,
+    /// Time of the newest sample seen (a repeated sample does not advance the dwell).
+    last_meas_t: Option<u64>,
+    /// The bus was live when this precharge started (a closed string or a voltage above
+    /// bus_live_v held it): its movement is then not ours.
+    pre_live_bus: bool,
     backoff_until: u64,
     grant: Option<Grant>,
     dup_self_until: u64,
@@ -424,7 +473,10 @@ impl Peer {
             t_pre: 0,
             t_close: 0,
             t_open_fb: None,
-            match_since: None,
+            dwell: None,
+            verify_since: None,
+            last_meas_t: None,
+            pre_live_bus: false,
             backoff_until: 0,
             grant: None,
             dup_self_until: 0,
@@ -586,6 +638,7 @@ impl Peer {
         self.out.messages.clear();
         self.out.events.clear();
         self.out.events.append(&mut self.pending);
+        self.out.sample_request = false;
         let started = *self.started_at.get_or_insert_with(|| {
             // A restart with the main contactors still closed adopts them (opening under
             // load is not safer); otherwise listen first.
@@ -621,7 +674,8 @@ impl Peer {
                     self.out.events.push(Event::Aborted { reason: AbortReason::Fault });
                 }
                 self.ticket = 0;
-                self.match_since = None;
+                self.dwell = None;
+                self.verify_since = None;
                 self.phase = Phase::Isolated;
                 self.out.events.push(Event::Isolated);
             }
@@ -636,6 +690,10 @@ impl Peer {
 
         self.out.command = self.command;
         self.out.phase = self.phase;
+        self.out.join_in_progress = self.phase.is_closing() || self.someone_else_closing();
+        if let Some(t) = local.meas_t_ms {
+            self.last_meas_t = Some(self.last_meas_t.map_or(t, |l| l.max(t)));
+        }
         &self.out
     }
 
@@ -725,7 +783,8 @@ impl Peer {
     fn abort(&mut self, now: u64, reason: AbortReason) {
         self.command = Contactors::OPEN;
         self.ticket = 0;
-        self.match_since = None;
+        self.dwell = None;
+        self.verify_since = None;
         self.counters.aborts += 1;
         self.out.events.push(Event::Aborted { reason });
         self.backoff(now, ABORT_BACKOFF_PERIODS);
@@ -854,8 +913,10 @@ impl Peer {
                     && now.saturating_sub(self.t_req) + need <= lease
                 {
                     self.phase = Phase::Precharging;
+                    self.pre_live_bus = self.out.closed_set != 0 || local.v_bus_v > self.cfg.bus_live_v;
                     self.t_pre = now;
-                    self.match_since = None;
+                    self.dwell = None;
+                    self.verify_since = None;
                     self.command = Contactors::PRECHARGE;
                     self.out.events.push(Event::PrechargeStarted { grants });
                 } else if competitor
@@ -874,23 +935,7 @@ impl Peer {
                 } else if now.saturating_sub(self.t_req) + self.cfg.close_confirm_ms as u64 >= lease {
                     self.abort(now, AbortReason::LeaseExpired);
                 } else {
-                    // S3: the physical match must hold for the dwell time.
-                    let matched = (local.v_bus_v - local.v_string_v).abs() <= self.cfg.dv_close_v
-                        && local.i_a.abs() <= self.cfg.precharge_settle_a;
-                    if matched {
-                        let since = *self.match_since.get_or_insert(now);
-                        if now.saturating_sub(since) >= self.cfg.dwell_ms as u64 {
-                            self.phase = Phase::Closing;
-                            self.t_close = now;
-                            self.command = Contactors::CLOSING;
-                            self.out.events.push(Event::MainClosing);
-                        }
-                    } else {
-                        self.match_since = None;
-                        if now.saturating_sub(self.t_pre) >= self.cfg.precharge_timeout_ms as u64 {
-                            self.abort(now, AbortReason::PrechargeTimeout);
-                        }
-                    }
+                    self.precharge_step(now, local);
                 }
             }
             Phase::Closing => {
@@ -927,6 +972,84 @@ impl Peer {
                     self.t_open_fb = None;
                 }
             }
+        }
+    }
+
+    /// S3, the physical match, in two phases (issue 11: a node deciding on a sample one
+    /// control period old let a load step close the main contactor onto a 6 V mismatch):
+    /// 1. dwell: every new sample must show |V_bus − V_string| ≤ dv_close, a settled
+    ///    precharge current and a steady bus (spread of V_bus ≤ max_bus_slew · dwell), for
+    ///    dwell_ms of sample time; a repeated (stale) sample does not advance it;
+    /// 2. verify: the close is commanded only on a sample taken at or after the decision,
+    ///    within verify_timeout_ms, that still matches, keeps the bus steady, and predicts
+    ///    |ΔV| ≤ dv_close when the contact really closes (the bus's rate over the dwell
+    ///    times the sample's age plus main_close_time_ms). Otherwise abort and open.
+    fn precharge_step(&mut self, now: u64, local: &LocalState) {
+        let cfg = &self.cfg;
+        let meas_t = local.meas_t_ms.unwrap_or(now);
+        let new_sample = self.last_meas_t.is_none_or(|t| meas_t > t);
+        let dv_signed = local.v_bus_v - local.v_string_v;
+        let dv = dv_signed.abs();
+        // Live bus (a closed string holds it): any movement of V_bus is the load or another
+        // string, not this precharge, so the bus must be steady. Dead bus: the bus is the
+        // capacitance this precharge charges; it moves towards V_string by design.
+        let live = self.pre_live_bus;
+        let matched = dv <= cfg.dv_close_v && local.i_a.abs() <= cfg.precharge_settle_a && local.v_bus_v.is_finite();
+        let steady_v = cfg.max_bus_slew_v_per_s * cfg.dwell_ms.max(1) as f64 / 1000.0;
+        if let Some(t_dec) = self.verify_since {
+            // A sample taken at or after the decision and young enough to act on now.
+            if new_sample && meas_t >= t_dec && now.saturating_sub(meas_t) <= cfg.verify_timeout_ms as u64 {
+                let ok = matched
+                    && self.dwell.is_some_and(|mut d| {
+                        d.add(local.v_bus_v);
+                        // |ΔV| when the contact lands: sample age + operate time ahead, at
+                        // the rate the bus moved over the dwell (live bus: any direction;
+                        // dead bus: the trend of ΔV, no credit for converging).
+                        let span_s = (meas_t.saturating_sub(d.since_meas_ms)).max(1) as f64 / 1000.0;
+                        let ahead_s = (now.saturating_sub(meas_t) + cfg.main_close_time_ms as u64) as f64 / 1000.0;
+                        let predicted = if live {
+                            dv + d.spread_v() / span_s * ahead_s
+                        } else {
+                            let rate = (dv_signed - d.dv_first_v) / span_s;
+                            dv.max((dv_signed + rate * ahead_s).abs())
+                        };
+                        (!live || d.spread_v() <= steady_v) && predicted <= cfg.dv_close_v
+                    });
+                if ok {
+                    self.phase = Phase::Closing;
+                    self.t_close = now;
+                    self.command = Contactors::CLOSING;
+                    self.dwell = None;
+                    self.verify_since = None;
+                    self.out.events.push(Event::MainClosing);
+                } else {
+                    self.abort(now, AbortReason::VerifyFailed);
+                }
+            } else if now.saturating_sub(t_dec) >= cfg.verify_timeout_ms as u64 {
+                self.abort(now, AbortReason::VerifyTimeout);
+            } else {
+                self.out.sample_request = true;
+            }
+            return;
+        }
+        if new_sample {
+            if matched {
+                let d = self.dwell.get_or_insert(Dwell::start(meas_t, local.v_bus_v, dv_signed));
+                d.add(local.v_bus_v);
+                if live && d.spread_v() > steady_v {
+                    // The bus moved (a load change): the dwell starts again from this sample.
+                    *d = Dwell::start(meas_t, local.v_bus_v, dv_signed);
+                }
+                if meas_t.saturating_sub(d.since_meas_ms) >= cfg.dwell_ms as u64 {
+                    self.verify_since = Some(now);
+                    self.out.sample_request = true;
+                }
+            } else {
+                self.dwell = None;
+            }
+        }
+        if self.verify_since.is_none() && now.saturating_sub(self.t_pre) >= self.cfg.precharge_timeout_ms as u64 {
+            self.abort(now, AbortReason::PrechargeTimeout);
         }
     }
 
@@ -1298,6 +1421,122 @@ mod tests {
         assert_eq!(a.on_message(0, &m), Err(RxError::DuplicateId(1)));
         let out = a.tick(0, &local(400.0));
         assert!(out.events.iter().any(|e| matches!(e, Event::DuplicateId { id: 1, .. })));
+    }
+
+    // ---- S3 two-phase close (issue 11) ----
+
+    /// A lone member (quorum 1) on a live bus at 400 V, string at `v_string`: ticks every
+    /// 100 ms with samples one period old (the runtime's latency) until it precharges.
+    fn precharging(v_string: f64) -> (Peer, u64) {
+        let mut p = Peer::new(PeerConfig { node_id: 1, members: vec![1], ..Default::default() }, 1).unwrap();
+        let mut t = 0;
+        loop {
+            let mut l = local(v_string);
+            l.v_bus_v = 400.0;
+            l.meas_t_ms = Some(t.max(100) - 100);
+            let out = p.tick(t, &l);
+            if out.phase == Phase::Precharging {
+                return (p, t);
+            }
+            assert!(t < 5_000, "never precharged");
+            t += 100;
+        }
+    }
+
+    fn sample(v_bus: f64, v_string: f64, meas_t_ms: u64) -> LocalState {
+        let mut l = local(v_string);
+        l.v_bus_v = v_bus;
+        l.feedback = Contactors::PRECHARGE;
+        l.meas_t_ms = Some(meas_t_ms);
+        l
+    }
+
+    /// Tick every 100 ms with one-period-old samples at a steady match until the dwell is
+    /// over; returns the tick time of the close decision.
+    fn dwell_done(p: &mut Peer, mut t: u64) -> u64 {
+        for _ in 0..20 {
+            t += 100;
+            let out = p.tick(t, &sample(400.0, 399.0, t - 100));
+            assert_eq!(out.command, Contactors::PRECHARGE, "no main close on a sample older than the decision");
+            if out.sample_request {
+                return t;
+            }
+        }
+        panic!("dwell never completed");
+    }
+
+    #[test]
+    fn the_main_contactor_closes_only_on_a_sample_taken_after_the_decision() {
+        let (mut p, t0) = precharging(399.0);
+        let t = dwell_done(&mut p, t0);
+        // the same old sample again: still waiting, still asking
+        let out = p.tick(t + 1, &sample(400.0, 399.0, t - 100));
+        assert!(out.sample_request && out.command == Contactors::PRECHARGE);
+        // a sample taken after the decision, still matched and steady: close now
+        let out = p.tick(t + 3, &sample(400.0, 399.0, t + 2));
+        assert_eq!(out.command, Contactors::CLOSING);
+        assert!(out.events.contains(&Event::MainClosing) && out.join_in_progress);
+    }
+
+    #[test]
+    fn a_load_step_after_the_dwell_aborts_instead_of_closing() {
+        let (mut p, t0) = precharging(399.0);
+        let t = dwell_done(&mut p, t0);
+        // the load stepped after the last dwell sample: the bus is 6 V down
+        let out = p.tick(t + 3, &sample(393.6, 399.0, t + 2));
+        assert_eq!(out.command, Contactors::OPEN);
+        assert!(out.events.contains(&Event::Aborted { reason: AbortReason::VerifyFailed }));
+        assert_eq!(out.phase, Phase::Waiting);
+    }
+
+    #[test]
+    fn a_bus_moving_within_the_window_is_refused_before_it_leaves_it() {
+        // 1.5 V of movement inside the 2 V window: |ΔV| stays "matched" at every sample, but a
+        // bus that moves this fast will not be matched when the contact lands.
+        let (mut p, t0) = precharging(399.0);
+        let t = dwell_done(&mut p, t0);
+        let out = p.tick(t + 3, &sample(400.0 - 1.5, 399.0, t + 2));
+        assert!(out.events.contains(&Event::Aborted { reason: AbortReason::VerifyFailed }));
+        // and during the dwell, a moving bus restarts it: no decision while it moves
+        let (mut p, mut t) = precharging(399.0);
+        for k in 0..7 {
+            // (7 periods: within the default 800 ms precharge timeout)
+            t += 100;
+            let v_bus = if k % 2 == 0 { 400.0 } else { 399.2 }; // 0.8 V steps every 100 ms
+            let out = p.tick(t, &sample(v_bus, 399.0, t - 100));
+            assert!(!out.sample_request && out.command == Contactors::PRECHARGE, "step {k}");
+        }
+    }
+
+    #[test]
+    fn no_fresh_sample_before_the_deadline_aborts() {
+        let (mut p, t0) = precharging(399.0);
+        let t = dwell_done(&mut p, t0);
+        let deadline = PeerConfig::default().verify_timeout_ms as u64;
+        let mut aborted = false;
+        for dt in (10..=deadline + 10).step_by(10) {
+            // a frozen sensor link: the same sample over and over
+            let out = p.tick(t + dt, &sample(400.0, 399.0, t - 100));
+            assert_ne!(out.command, Contactors::CLOSING);
+            if out.events.contains(&Event::Aborted { reason: AbortReason::VerifyTimeout }) {
+                assert!(dt >= deadline && out.command == Contactors::OPEN);
+                aborted = true;
+                break;
+            }
+        }
+        assert!(aborted);
+    }
+
+    #[test]
+    fn a_repeated_sample_does_not_advance_the_dwell() {
+        // a frozen plant: the node keeps ticking, the sample never changes
+        let (mut p, mut t) = precharging(399.0);
+        let frozen_at = t;
+        for _ in 0..7 {
+            t += 100;
+            let out = p.tick(t, &sample(400.0, 399.0, frozen_at));
+            assert!(!out.sample_request && out.command == Contactors::PRECHARGE);
+        }
     }
 
     #[test]

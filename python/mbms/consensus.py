@@ -64,6 +64,9 @@ class ConsensusConfig:
     seed: int = 0
     dcdc: bool = False
     dcdc_soc_gain: float = 2.0
+    main_close_time_ms: int = 30
+    verify_timeout_ms: int = 50
+    max_bus_slew_v_per_s: float = 5.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

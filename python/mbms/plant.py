@@ -322,6 +322,16 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class MainClose:
+    """One physical close of a string's main path (plant truth)."""
+
+    t_s: float
+    string: int
+    dv_true_v: float  # |V_bus - V_string| just before the contact closed
+    inrush_a: float  # largest |string current| in the step starting at the close (NaN: not yet)
+
+
+@dataclass(frozen=True)
 class EnergyCounters:
     """Cumulative energies (J); ``residual`` = cells_out − everything it went into (≈ 0)."""
 
@@ -421,9 +431,28 @@ class Plant:
         except (TypeError, ValueError) as exc:
             raise _config_error(exc, None) from None
 
-    def measure(self, k: int) -> Measurement:
-        t, v, tc, i, vs, vb, fb, valid = self._p.measure(int(k))
+    def measure(self, k: int, fresh: bool = False) -> Measurement:
+        """What string ``k``'s BMU sees; ``fresh``: current, string and bus voltage converted now
+        (the on-demand sample a node takes before it closes a main contactor)."""
+        t, v, tc, i, vs, vb, fb, valid = self._p.measure(int(k), bool(fresh))
         return Measurement(t, v, tc, i, vs, vb, Contactors(*fb), valid)
+
+    def arm_join_load_step(self, k: int | None, after_s: float, delta_a: float) -> None:
+        """When string ``k`` (any if None) closes its precharge relay, change the load by
+        ``delta_a`` (A) ``after_s`` later; fires once (a load stepping during a join)."""
+        try:
+            self._p.arm_join_load_step(None if k is None else int(k), float(after_s), float(delta_a))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+
+    def clear_join_load_steps(self) -> None:
+        """Remove the join load steps, armed and applied."""
+        self._p.clear_join_load_steps()
+
+    def main_close_events(self) -> list[MainClose]:
+        """Every physical main close so far, recorded by the plant at the instant it happened:
+        the true |V_bus - V_string| just before it and the inrush (S3 on the truth)."""
+        return [MainClose(*e) for e in self._p.main_close_events()]
 
     # ---- truth (tests, plots) ----
 

@@ -5,10 +5,18 @@ from the peer network: a partition of the peer network never cuts a node from it
 
 node -> plant   {"op": "cmd", "k": string index, "seq": n, "neg": b, "pos": b, "pre": b,
                  "bal": bytes (one 0/1 byte per series cell)}      every control period
+                 optional "fresh": true: convert current, string and bus voltage now
+                 (the sample a node takes right before it closes a main contactor)
 plant -> node   {"op": "meas", "k": k, "seq": n (echo), "t_s": float, "v": bytes (float64 LE per
                  cell), "t": bytes (float64 LE per sensor), "i": float, "vs": float, "vb": float,
                  "fb": [neg, pos, pre], "valid": bool}             reply to each cmd
 tool -> plant   {"op": "load", "i": float}   set the bus load current (A, + = discharge)
+tool -> plant   {"op": "join_step", "k": int | None, "after_s": float, "i": float}  when string k
+                 (any if None) closes its precharge relay, step the load by i (A) after_s later;
+                 {"op": "join_step", "clear": true} removes them (armed and applied)
+tool -> plant   {"op": "closes", "since": n} -> {"op": "closes", "total": int, "closes": [[t_s, k,
+                 dv_true_v, inrush_a], ...]}  the physical main closes from index n on (≤ 500),
+                 recorded by the plant at their instant (S3 on the truth)
 tool -> plant   {"op": "state"}  -> {"op": "state", "t_s": float, "contactors": [[n, p, p], ...],
                  "load_a": float, "last_cmd_age_s": [float, ...]}
 tool -> plant   {"op": "truth"} -> {"op": "truth", "t_s", "v_bus_v", "load_a": float, "i_a", "v_string_v",

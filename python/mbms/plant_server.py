@@ -92,7 +92,11 @@ class PlantServer:
                              "load_a": self.load_a, "last_cmd_age_s": [min(now - t, 1e9) for t in self.last_cmd]})
             if op == "truth":
                 return pack(self._truth())
-            raise FrameError(f"unknown op {op!r}; expected cmd, load, state or truth")
+            if op == "join_step":
+                return pack(self._join_step(obj))
+            if op == "closes":
+                return pack(self._closes(obj))
+            raise FrameError(f"unknown op {op!r}; expected cmd, load, join_step, state, truth or closes")
         except FrameError as exc:
             self.malformed += 1
             return pack({"op": "error", "msg": str(exc)})
@@ -112,7 +116,43 @@ class PlantServer:
         self.plant.set_command(k, neg=neg, pos=pos, pre=pre, balance=balance)
         self.contactors[k] = (neg, pos, pre)
         self.last_cmd[k] = self.clock()
-        return measurement_to_wire(k, seq, self.plant.measure(k))
+        fresh = obj.get("fresh", False)
+        if not isinstance(fresh, bool):
+            raise FrameError("'cmd': fresh must be a boolean")
+        meas = self.plant.measure(k, fresh=True) if fresh else self.plant.measure(k)
+        return measurement_to_wire(k, seq, meas)
+
+    def _join_step(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Arm a load step tied to a join (a load that steps while a string precharges)."""
+        p: Any = self.plant
+        if not hasattr(p, "arm_join_load_step"):
+            raise FrameError("'join_step' needs the simulated plant (mbms.plant.Plant)")
+        if obj.get("clear") is True:
+            p.clear_join_load_steps()
+            return {"op": "join_step", "cleared": True}
+        k, after_s, i = obj.get("k"), obj.get("after_s"), obj.get("i")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.n):
+            raise FrameError(f"'join_step': k must be None or a string index 0..{self.n - 1}, got {k!r}")
+        for name, x in (("after_s", after_s), ("i", i)):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x):
+                raise FrameError(f"'join_step' needs a finite number {name!r}")
+        if after_s < 0:  # type: ignore[operator]
+            raise FrameError("'join_step': after_s must be >= 0")
+        p.arm_join_load_step(k, float(after_s), float(i))  # type: ignore[arg-type]
+        return {"op": "join_step", "k": k, "after_s": float(after_s), "i": float(i)}  # type: ignore[arg-type]
+
+    def _closes(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The physical main closes from index ``since`` on (at most 500 per reply), as the plant
+        recorded them at their instant."""
+        p: Any = self.plant
+        if not hasattr(p, "main_close_events"):
+            raise FrameError("'closes' needs the simulated plant (mbms.plant.Plant)")
+        since = obj.get("since", 0)
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise FrameError("'closes': since must be an integer >= 0")
+        evs = p.main_close_events()
+        return {"op": "closes", "total": len(evs),
+                "closes": [[e.t_s, e.string, e.dv_true_v, e.inrush_a] for e in evs[since:since + 500]]}
 
     def _truth(self) -> dict[str, Any]:
         """What really happens in the plant, for an observer such as ``mbms sim --mode processes``
@@ -128,6 +168,8 @@ class PlantServer:
             "soc": [float(np.mean(p.cell_soc(k))) for k in range(self.n)],
             "t_max_c": [float(np.max(p.cell_temp_c(k))) for k in range(self.n)],
             "contactors": [[bool(c.neg), bool(c.pos), bool(c.pre)] for c in states],
+            # the latest main closes (the full list: the 'closes' op), to keep a datagram small
+            "main_closes": [[e.t_s, e.string, e.dv_true_v, e.inrush_a] for e in p.main_close_events()[-20:]],
         }
 
     # ----------------------------------------------------------- real time

@@ -225,6 +225,12 @@ pub struct NodeOutput {
     pub dcdc_setpoint_a: Option<f64>,
     /// Number of engine fault resets requested so far.
     pub resets: u32,
+    // ---- two-phase main close (S3, issue 11) ----
+    /// The precharge dwell is over: take a sample NOW and step again; the main contactor is
+    /// commanded only on a sample taken after this step (see `Peer::precharge_step`).
+    pub sample_request: bool,
+    /// A string is joining (precharging/closing): the load should be held steady.
+    pub join_in_progress: bool,
 }
 
 impl NodeOutput {
@@ -247,6 +253,8 @@ impl NodeOutput {
             speaker: None,
             dcdc_setpoint_a: None,
             resets: 0,
+            sample_request: false,
+            join_in_progress: false,
         }
     }
 }
@@ -366,9 +374,11 @@ impl NodeCore {
         let eo = self.engine.output();
         let action = eo.action;
 
-        // Contactor feedback supervision: commanded vs seen, debounced.
+        // Contactor feedback supervision: commanded vs seen, debounced. Only on a usable, fresh
+        // sample: a frozen sensor link repeats an old feedback that says nothing about now
+        // (a plant freeze otherwise latched a contactor fault, issue 11).
         let cmd = self.out.contactors;
-        if cmd != inp.feedback && inp.valid {
+        if cmd != inp.feedback && inp.valid && failsafe == FailSafe::None {
             let since = *self.mismatch_since_ms.get_or_insert(t_ms);
             if t_ms.saturating_sub(since) >= self.cfg.feedback_mismatch_ms {
                 self.contactor_fault = true;
@@ -442,6 +452,7 @@ impl NodeCore {
             v_bus_v: inp.v_bus_v,
             i_a: inp.i_a,
             feedback: inp.feedback,
+            meas_t_ms: Some(inp.meas_t_ms),
         };
         let po: &PeerOutput = self.peer.tick(t_ms, &local);
 
@@ -463,6 +474,8 @@ impl NodeCore {
         out.quorum = po.quorum;
         out.speaker = po.speaker;
         out.dcdc_setpoint_a = po.dcdc_setpoint_a;
+        out.sample_request = po.sample_request && !fault;
+        out.join_in_progress = po.join_in_progress;
         out.balance.clear();
         if fault {
             out.balance.resize(eo.balance.len(), false);

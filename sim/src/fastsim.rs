@@ -16,7 +16,7 @@ use mbms_core::cell_model::CellParams;
 use mbms_core::engine::EngineConfig;
 use mbms_core::node::{NodeConfig, NodeCore, NodeInputs};
 use crate::plant::load::Quantity;
-use crate::plant::{Plant, StringCommand};
+use crate::plant::{Measurement, Plant, StringCommand};
 use mbms_core::protection::{Action, Rule};
 
 /// Everything needed to (re)build one node.
@@ -70,8 +70,13 @@ struct Slot {
     /// Previous step's phase (for close detection).
     prev_pos_closed: bool,
     prev_pre: bool,
-    /// |V_bus − V_string| (true) at the end of the previous step.
-    prev_dv_v: f64,
+    /// Runtime-like sampling: the sample the node will use at its next period (taken when
+    /// it sent its last command, as the plant link's reply), with its plant time.
+    held: Option<(Measurement, u64)>,
+    /// Sim time of the node's next period (runtime-like sampling).
+    next_period_ms: u64,
+    /// The node asked for a fresh sample (two-phase close): step it again at this sim time.
+    verify_at_ms: Option<u64>,
 }
 
 /// Per-record channels (one row every `record_every` steps).
@@ -157,6 +162,28 @@ pub struct FastSim {
     ever_closed: Vec<bool>,
     /// Per node: bit (rule·3 + level) of every protection condition seen during the run.
     faults_seen: Vec<u64>,
+    // ---- issue 11: joins under load steps, stale samples and plant freezes ----
+    /// Nodes step every this many ms (a multiple of dt_ms) and use the sample taken at their
+    /// previous period (the runtime's plant link: a reply to the last command), instead of a
+    /// sample taken at the step itself. None: every step with a sample of that instant.
+    pub node_period_ms: Option<u64>,
+    /// The inverter holds its current while a join is in progress (a speaker's
+    /// join_in_progress), as an inverter honouring the BMS's hold request would.
+    pub hold_load_during_join: bool,
+    /// The plant is frozen (its process stopped) until this sim time: no physics, no
+    /// samples, commands queue.
+    frozen_until_ms: u64,
+    /// Total time the plant was frozen (plant time lags sim time by this).
+    plant_lag_ms: u64,
+    /// Main-close records of the plant already checked.
+    s3_seen: usize,
+    /// The inverter's current before the join hold began.
+    held_load_a: Option<f64>,
+    /// Load requests tied to joins (through the inverter, unlike the plant's join load
+    /// steps): (string or any, delay after its precharge relay closed, ΔA, due sim time).
+    request_steps: Vec<(Option<usize>, u64, f64, Option<u64>)>,
+    /// Sum of the fired request steps (A), added to the profile's request.
+    pub request_offset_a: f64,
 }
 
 fn rand01(rng: &mut SplitMix64) -> f64 {
@@ -185,7 +212,9 @@ impl FastSim {
                 last_cmd: StringCommand::default(),
                 prev_pos_closed: false,
                 prev_pre: false,
-                prev_dv_v: 0.0,
+                held: None,
+                next_period_ms: 0,
+                verify_at_ms: None,
             });
         }
         Ok(Self {
@@ -216,7 +245,45 @@ impl FastSim {
             was_isolated: vec![false; n],
             ever_closed: vec![false; n],
             faults_seen: vec![0; n],
+            node_period_ms: None,
+            hold_load_during_join: false,
+            frozen_until_ms: 0,
+            plant_lag_ms: 0,
+            s3_seen: 0,
+            held_load_a: None,
+            request_steps: Vec::new(),
+            request_offset_a: 0.0,
         })
+    }
+
+    /// Freeze the plant for `ms` from now (a stopped plant process: nodes keep running on
+    /// their last sample, which goes stale; their commands queue and apply when it resumes).
+    pub fn freeze_plant(&mut self, ms: u64) {
+        self.frozen_until_ms = self.frozen_until_ms.max(self.t_ms + ms);
+    }
+
+    /// Arm a step of the load REQUEST (what the inverter is asked for; it obeys the limits and,
+    /// with `hold_load_during_join`, the hold): when string `k` (any if None) closes its
+    /// precharge relay, the request changes by `delta_a` `after_ms` later (and stays).
+    pub fn arm_join_request_step(&mut self, k: Option<usize>, after_ms: u64, delta_a: f64) {
+        self.request_steps.push((k, after_ms, delta_a, None));
+    }
+
+    /// Drop armed and fired request steps.
+    pub fn clear_request_steps(&mut self) {
+        self.request_steps.clear();
+        self.request_offset_a = 0.0;
+    }
+
+    /// Is a join in progress, as the speaker (the node the inverter listens to) reports?
+    fn speaker_join_in_progress(&self) -> bool {
+        let Some(first) = self.slots.iter().filter_map(|s| s.core.as_ref()).next() else { return false };
+        let Some(sp) = first.output().speaker else { return false };
+        self.slots
+            .iter()
+            .filter_map(|s| s.core.as_ref())
+            .find(|c| c.node_id() == sp)
+            .is_some_and(|c| c.output().join_in_progress)
     }
 
     pub fn plant(&self) -> &Plant {
@@ -227,6 +294,9 @@ impl FastSim {
     }
     pub fn t_ms(&self) -> u64 {
         self.t_ms
+    }
+    pub fn dt_ms(&self) -> u64 {
+        self.dt_ms
     }
     pub fn n(&self) -> usize {
         self.slots.len()
@@ -282,6 +352,8 @@ impl FastSim {
             core.engine_mut().import_state(&slot.saved_state).map_err(|e| e.to_string())?;
         }
         slot.core = Some(core);
+        slot.held = None;
+        slot.verify_at_ms = None;
         Ok(())
     }
 
@@ -312,10 +384,21 @@ impl FastSim {
         let load = &self.plant.config().load;
         let raw = load.value_at(t_s);
         let v_bus = self.plant.v_bus_v().max(1.0);
-        let request_a = match load.quantity() {
-            Quantity::CurrentA => raw,
-            Quantity::PowerW => raw / v_bus,
-        };
+        let t_now = self.t_ms;
+        let mut fired = 0.0;
+        self.request_steps.retain(|r| match r.3 {
+            Some(at) if at <= t_now => {
+                fired += r.2;
+                false
+            }
+            _ => true,
+        });
+        self.request_offset_a += fired;
+        let request_a = self.request_offset_a
+            + match load.quantity() {
+                Quantity::CurrentA => raw,
+                Quantity::PowerW => raw / v_bus,
+            };
         self.request_a = request_a;
         let any_closed = (0..n).any(|k| self.plant.contactor_state(k).pos && self.plant.contactor_state(k).neg);
         // "BMS ready": the inverter draws current only once the start-up closing sequence is
@@ -339,20 +422,35 @@ impl FastSim {
                 self.ready = self.t_ms - since >= READY_QUIET_MS;
             }
         }
+        // An inverter honouring the hold keeps its current while a string joins (a limit
+        // that drops is still obeyed at once below).
+        let hold = self.hold_load_during_join && self.speaker_join_in_progress();
+        let wanted_a = match (hold, self.held_load_a) {
+            (true, Some(h)) => h,
+            _ => request_a,
+        };
         let i_load = if !self.clip_load {
-            request_a
+            wanted_a
         } else if !any_closed || !self.ready {
             0.0
         } else {
             match self.inverter_limits() {
-                Some((dcl, ccl)) => request_a.clamp(-ccl, dcl),
+                Some((dcl, ccl)) => wanted_a.clamp(-ccl, dcl),
                 None => 0.0,
             }
         };
-        self.plant.set_load_a(i_load);
+        self.held_load_a = if hold { Some(self.held_load_a.unwrap_or(i_load)) } else { None };
+        let frozen = self.t_ms < self.frozen_until_ms;
+        if !frozen {
+            self.plant.set_load_a(i_load);
+        }
 
-        // 2. plant physics.
-        self.plant.step(dt_ms as f64 / 1000.0);
+        // 2. plant physics (none while the plant is frozen: its time stops).
+        if frozen {
+            self.plant_lag_ms += dt_ms;
+        } else {
+            self.plant.step(dt_ms as f64 / 1000.0);
+        }
         self.t_ms += dt_ms;
         let t_ms = self.t_ms;
 
@@ -375,73 +473,128 @@ impl FastSim {
 
         // 4. every live node: measure, step, command.
         for k in 0..n {
-            let tn = self.node_clock(k, t_ms);
-            let offset = self.slots[k].spec.clock_offset_ms;
-            let drift = self.slots[k].spec.drift_ppm;
-            let m = self.plant.measure(k);
-            let meas_t_ms = offset + (m.t_s * 1000.0 * (1.0 + drift * 1e-6)).round().max(0.0) as u64;
-            let meas_t_ms = meas_t_ms.min(tn);
-            let Some(core) = self.slots[k].core.as_mut() else { continue };
-            let inp = NodeInputs {
-                t_ms: tn,
-                meas_t_ms,
-                v_cell_v: &m.v_cell_v,
-                t_cell_c: &m.t_cell_c,
-                i_a: m.i_a,
-                v_string_v: m.v_string_v,
-                v_bus_v: m.v_bus_v,
-                feedback: PeerContactors { neg: m.feedback.neg, pos: m.feedback.pos, pre: m.feedback.pre },
-                valid: m.valid,
-            };
-            let out = core.step(&inp);
-            let cmd = StringCommand {
-                neg: out.contactors.neg,
-                pos: out.contactors.pos,
-                pre: out.contactors.pre,
-                balance: out.balance.clone(),
-                dcdc_setpoint_a: out.dcdc_setpoint_a,
-            };
-            // S1 check: a node holding a fault must command open in that same step.
-            if out.fault && (cmd.neg || cmd.pos || cmd.pre) {
-                self.inv.violate(t_ms, "S1", format!("node {} faulted but commands {:?}", k + 1, out.contactors));
+            if self.slots[k].core.is_none() {
+                continue;
             }
-            // Messages: one send, each receiver on its own fate.
-            for msg in &out.messages {
-                let Ok(decoded) = Message::decode(msg) else {
-                    self.inv.violate(t_ms, "wire", format!("node {} sent a message that does not decode", k + 1));
-                    continue;
-                };
-                let idx = self.pool.len();
-                self.pool.push(decoded);
-                for to in 0..n {
-                    if to == k || self.net.group[to] != self.net.group[k] {
-                        continue;
-                    }
-                    if self.net.loss > 0.0 && rand01(&mut self.rng) < self.net.loss {
-                        continue;
-                    }
-                    let delay = if self.net.max_delay_ms > 0 {
-                        self.rng.next_u64() % (self.net.max_delay_ms + 1)
+            match self.node_period_ms {
+                None => {
+                    if frozen {
+                        // no reply from a frozen plant: the node steps on its last sample
+                        let (m, at) = self.slots[k].held.clone().unwrap_or_default();
+                        self.step_node(k, t_ms, &m, at);
                     } else {
-                        0
+                        let m = self.plant.measure(k).clone();
+                        self.step_node(k, t_ms, &m, t_ms);
+                        self.slots[k].held = Some((m, t_ms));
+                    }
+                }
+                Some(period) => {
+                    let verify = self.slots[k].verify_at_ms.is_some_and(|t| t <= t_ms);
+                    let periodic = t_ms >= self.slots[k].next_period_ms;
+                    if !(verify || periodic) {
+                        continue;
+                    }
+                    if periodic {
+                        // stagger the nodes' periods by their index (independent loops)
+                        let phase = (k as u64 * dt_ms) % period;
+                        self.slots[k].next_period_ms = (t_ms / period + 1) * period + phase;
+                    }
+                    // The periodic step uses the sample of the previous period (the reply to
+                    // the last command); a verification step asks the plant for a fresh one.
+                    let (m, at) = if verify && !frozen {
+                        (self.plant.measure_fresh(k).clone(), t_ms)
+                    } else {
+                        self.slots[k].held.clone().unwrap_or_default()
                     };
-                    self.flights.push(Flight { at_ms: t_ms + delay, to, msg: idx });
-                    if self.net.duplicate > 0.0 && rand01(&mut self.rng) < self.net.duplicate {
-                        self.flights.push(Flight { at_ms: t_ms + delay + dt_ms, to, msg: idx });
+                    self.slots[k].verify_at_ms = None;
+                    self.step_node(k, t_ms, &m, at);
+                    if !frozen {
+                        // the command goes out now; the plant replies with the next sample
+                        let cmd = self.slots[k].last_cmd.clone();
+                        self.plant.set_command(k, &cmd);
+                        self.slots[k].held = Some((self.plant.measure(k).clone(), t_ms));
                     }
                 }
             }
-            self.slots[k].last_cmd = cmd;
         }
-        for k in 0..n {
-            let cmd = self.slots[k].last_cmd.clone();
-            self.plant.set_command(k, &cmd);
+        if !frozen {
+            for k in 0..n {
+                let cmd = self.slots[k].last_cmd.clone();
+                self.plant.set_command(k, &cmd);
+            }
         }
 
         self.check_invariants();
         self.steps += 1;
         if self.steps % self.record_every == 0 {
             self.record();
+        }
+    }
+
+    /// Step node `k` at sim time `t_ms` on measurement `m`, send its messages, keep its
+    /// command (applied by the caller), and schedule a verification step if it asks.
+    /// `m_sim_ms`: the simulation time the sample was taken (a sample held over a plant
+    /// freeze keeps its time and goes stale).
+    fn step_node(&mut self, k: usize, t_ms: u64, m: &Measurement, m_sim_ms: u64) {
+        let n = self.slots.len();
+        let dt_ms = self.dt_ms;
+        let tn = self.node_clock(k, t_ms);
+        let meas_t_ms = self.node_clock(k, m_sim_ms).min(tn);
+        let Some(core) = self.slots[k].core.as_mut() else { return };
+        let inp = NodeInputs {
+            t_ms: tn,
+            meas_t_ms,
+            v_cell_v: &m.v_cell_v,
+            t_cell_c: &m.t_cell_c,
+            i_a: m.i_a,
+            v_string_v: m.v_string_v,
+            v_bus_v: m.v_bus_v,
+            feedback: PeerContactors { neg: m.feedback.neg, pos: m.feedback.pos, pre: m.feedback.pre },
+            valid: m.valid && !m.v_cell_v.is_empty(),
+        };
+        let out = core.step(&inp);
+        let cmd = StringCommand {
+            neg: out.contactors.neg,
+            pos: out.contactors.pos,
+            pre: out.contactors.pre,
+            balance: out.balance.clone(),
+            dcdc_setpoint_a: out.dcdc_setpoint_a,
+        };
+        let wants_sample = out.sample_request;
+        // S1 check: a node holding a fault must command open in that same step.
+        if out.fault && (cmd.neg || cmd.pos || cmd.pre) {
+            self.inv.violate(t_ms, "S1", format!("node {} faulted but commands {:?}", k + 1, out.contactors));
+        }
+        // Messages: one send, each receiver on its own fate.
+        for msg in &out.messages {
+            let Ok(decoded) = Message::decode(msg) else {
+                self.inv.violate(t_ms, "wire", format!("node {} sent a message that does not decode", k + 1));
+                continue;
+            };
+            let idx = self.pool.len();
+            self.pool.push(decoded);
+            for to in 0..n {
+                if to == k || self.net.group[to] != self.net.group[k] {
+                    continue;
+                }
+                if self.net.loss > 0.0 && rand01(&mut self.rng) < self.net.loss {
+                    continue;
+                }
+                let delay = if self.net.max_delay_ms > 0 {
+                    self.rng.next_u64() % (self.net.max_delay_ms + 1)
+                } else {
+                    0
+                };
+                self.flights.push(Flight { at_ms: t_ms + delay, to, msg: idx });
+                if self.net.duplicate > 0.0 && rand01(&mut self.rng) < self.net.duplicate {
+                    self.flights.push(Flight { at_ms: t_ms + delay + dt_ms, to, msg: idx });
+                }
+            }
+        }
+        self.slots[k].last_cmd = cmd;
+        if wants_sample && self.node_period_ms.is_some() {
+            // the runtime takes a fresh sample at once: here, at the next plant step
+            self.slots[k].verify_at_ms = Some(t_ms + dt_ms);
         }
     }
 
@@ -461,18 +614,24 @@ impl FastSim {
         if pre.len() > 1 {
             self.inv.violate(t_ms, "S2", format!("strings {:?} precharging at once", pre.iter().map(|k| k + 1).collect::<Vec<_>>()));
         }
+        // S3 on the truth: the plant records every main close at the instant it happens,
+        // with the true |V_bus − V_string| just before it.
+        let evs = self.plant.main_close_events();
+        let new: Vec<(f64, usize, f64)> = evs[self.s3_seen..].iter().map(|e| (e.t_s, e.string, e.dv_true_v)).collect();
+        self.s3_seen = evs.len();
+        for (t_s, k, dv) in new {
+            let at_ms = (t_s * 1000.0).round() as u64 + self.plant_lag_ms;
+            self.inv.closes.push((at_ms, k, dv));
+            if dv > self.dv_close_v + self.s3_margin_v {
+                self.inv.violate(at_ms, "S3", format!("string {} closed its main contactor at a true |dV| = {:.2} V", k + 1, dv));
+            }
+        }
         let quorum = n / 2 + 1;
         for k in 0..n {
             let c = self.plant.contactor_state(k);
             let closed = c.pos && c.neg;
             // S3: a main contactor closes only onto a matched bus.
             if closed && !self.slots[k].prev_pos_closed {
-                // S3: the bus and string voltages just before the close (true values).
-                let dv = self.slots[k].prev_dv_v;
-                self.inv.closes.push((t_ms, k, dv));
-                if dv > self.dv_close_v + self.s3_margin_v {
-                    self.inv.violate(t_ms, "S3", format!("string {} closed its main contactor at |dV| = {:.2} V", k + 1, dv));
-                }
                 if self.was_isolated[k] {
                     self.rejoins[k] += 1;
                 }
@@ -486,13 +645,19 @@ impl FastSim {
                 self.was_isolated[k] = true;
             }
             self.slots[k].prev_pos_closed = closed;
-            self.slots[k].prev_dv_v = (self.plant.v_bus_v() - self.plant.string_voltage_v(k)).abs();
             if closed {
                 self.time_connected_ms[k] += dt_ms;
             }
             // S6: a string starts precharge only on a side holding quorum.
             let pre_start = c.pre && !self.slots[k].prev_pre;
             self.slots[k].prev_pre = c.pre;
+            if pre_start && c.neg {
+                for r in &mut self.request_steps {
+                    if r.3.is_none() && r.0.is_none_or(|s| s == k) {
+                        r.3 = Some(t_ms + r.1);
+                    }
+                }
+            }
             if pre_start {
                 let side = (0..n)
                     .filter(|&j| self.net.group[j] == self.net.group[k] && self.slots[j].core.is_some())

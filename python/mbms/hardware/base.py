@@ -7,6 +7,8 @@ Adapters: ``sim_link`` (a simulated plant in another process, over its own link)
 from __future__ import annotations
 
 import abc
+import asyncio
+import time
 
 import numpy as np
 
@@ -30,6 +32,24 @@ class Hardware(abc.ABC):
     @abc.abstractmethod
     def command(self, contactors: Contactors, balance: np.ndarray) -> None:
         """Command the contactors and the balancing switches (sent at once, not queued)."""
+
+    def request_sample(self) -> None:
+        """Ask for a new sample now (an on-demand conversion of current, string and bus voltage),
+        taken after this call. Drivers that sample continuously need not do anything."""
+
+    async def fresh_sample(self, after: float, timeout_s: float) -> tuple[Measurement, float] | None:
+        """Request a sample and wait (at most ``timeout_s``) for one that arrived after the local
+        monotonic time ``after``; None if none came. Drivers with an arrival event override this."""
+        self.request_sample()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            s = self.read()
+            if s is not None and s[1] > after:
+                return s
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            await asyncio.sleep(min(0.001, left))
 
     @abc.abstractmethod
     def link_ok(self, now: float) -> bool:

@@ -53,6 +53,8 @@ class SimLinkHardware(Hardware):
         self.malformed = 0
         self.errors = 0
         self.replies = 0
+        self._last_cmd: tuple[Contactors, np.ndarray] | None = None
+        self._arrived: asyncio.Event | None = None
 
     @property
     def name(self) -> str:
@@ -75,6 +77,7 @@ class SimLinkHardware(Hardware):
             sock.setblocking(False)
             self._dgram, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
         self._started_at = self.clock()
+        self._arrived = asyncio.Event()
 
     def _on_datagram(self, raw: bytes) -> None:
         try:
@@ -94,18 +97,51 @@ class SimLinkHardware(Hardware):
         self._last_seq = obj["seq"]
         self.replies += 1
         self._latest = (meas, self.clock())
+        if self._arrived is not None:
+            self._arrived.set()
 
     def read(self) -> tuple[Measurement, float] | None:
         return self._latest
 
     def command(self, contactors: Contactors, balance: np.ndarray) -> None:
+        self._last_cmd = (contactors, balance)
+        self._send(contactors, balance, fresh=False)
+
+    def _send(self, contactors: Contactors, balance: np.ndarray, fresh: bool) -> None:
         if self._dgram is None:
             return
         self._seq += 1
+        msg = command_to_wire(self.string, self._seq, contactors, balance)
+        if fresh:
+            msg["fresh"] = True
         try:
-            self._dgram.sendto(pack(command_to_wire(self.string, self._seq, contactors, balance)))
+            self._dgram.sendto(pack(msg))
         except OSError:  # plant gone: the missing replies make the link stale
             self.errors += 1
+
+    def request_sample(self) -> None:
+        """Repeat the last command with ``fresh``: the plant converts now and replies at once."""
+        if self._last_cmd is not None:
+            self._send(*self._last_cmd, fresh=True)
+
+    async def fresh_sample(self, after: float, timeout_s: float) -> tuple[Measurement, float] | None:
+        if self._arrived is None:
+            return None
+        self._arrived.clear()
+        self.request_sample()
+        deadline = self.clock() + timeout_s
+        while True:
+            s = self._latest
+            if s is not None and s[1] > after:
+                return s
+            left = deadline - self.clock()
+            if left <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                return None
+            self._arrived.clear()
 
     def link_ok(self, now: float) -> bool:
         last = self._latest[1] if self._latest else self._started_at

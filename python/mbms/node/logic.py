@@ -9,6 +9,9 @@ Contract (what the runtime guarantees and expects):
 
 * ``step`` is called once per control period with a monotone ``t_ms`` (node's own clock, ms since
   an arbitrary origin; clocks of different nodes are not synchronised) and the latest measurement.
+* when a step returns ``sample_request``, the runtime asks the hardware for a new sample at once
+  and calls ``step`` again (same contract, later ``t_ms``) as soon as one taken after that
+  request has arrived, before the next period; it then sends the resulting command at once.
 * ``receive`` is called for each peer message the transport delivered (already reassembled, own
   echoes removed); it returns False when the message was rejected (malformed, foreign system,
   replayed/stale sequence, bad authentication): the runtime counts it, nothing else happens.
@@ -120,6 +123,12 @@ class NodeOutput:
     #: What the peer protocol noticed this step, as dicts with a "kind" (peer_restarted,
     #: duplicate_id, peer_lost, ...; mbms.consensus); the runtime logs them.
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: Two-phase main close (brief S3, issue 11): the logic's precharge dwell is over and it
+    #: commands the main contactor only on a sample taken from now on. The runtime requests
+    #: one at once and steps the logic again as soon as it arrives (not a period later).
+    sample_request: bool = False
+    #: A string is joining (precharging/closing): the load should be held steady.
+    join_in_progress: bool = False
 
 
 @runtime_checkable

@@ -18,6 +18,14 @@ condition lasts, and passes the logic's commands through again only once the con
 cleared AND the logic itself has commanded all-open in some period after being told (re-arm), so
 a logic that missed the news can never close a main contactor without a fresh precharge.
 
+Two-phase main close (brief S3, issue 11): the sample a period works on was taken when the
+previous period's command went out, about one period earlier. When the logic's precharge dwell is
+over it does not close on that sample: it returns ``sample_request``; the runtime then asks the
+hardware for a sample at once (``Hardware.fresh_sample``), steps the logic again with it as soon
+as it arrives, before the next period, and sends the resulting command (the main contactor, or
+an abort) at once. If no sample comes before the next period, the logic aborts by its own
+deadline.
+
 Timing: the wake-up lateness (period jitter) and the ``logic.step`` time of every period are kept
 (:class:`LoopTiming`) for the report (``mbms node --timing``).
 """
@@ -115,6 +123,8 @@ class NodeRuntime:
         self._last_telemetry = float("-inf")
         self._last_faults: tuple[str, ...] = ()
         self._last_phase: Any = None
+        self._sample_request = False
+        self.verify_steps = 0
 
     # ------------------------------------------------------------------ helpers
     def t_ms(self, now: float | None = None) -> int:
@@ -162,7 +172,9 @@ class NodeRuntime:
             self.rejected_messages += 1
 
     # ------------------------------------------------------------ one period
-    def period(self, now: float, lateness_s: float) -> None:
+    def period(self, now: float, lateness_s: float, verify: bool = False) -> None:
+        """One control period; ``verify``: the extra step on a fresh sample of a two-phase close
+        (no telemetry, saving or period count of its own)."""
         t_work = time.perf_counter()
         t_ms = self.t_ms(now)
         reasons = []
@@ -197,7 +209,8 @@ class NodeRuntime:
                 log.exception("logic.step raised")
                 reasons.append("logic error")
             step_s = time.perf_counter() - t1
-        self.timing.add(lateness_s * 1000, step_s * 1000)
+        if not verify:
+            self.timing.add(lateness_s * 1000, step_s * 1000)
 
         entered = self._update_fail_safe(t_ms, reasons)
         cmd = out.contactors if out is not None else ALL_OPEN
@@ -217,15 +230,35 @@ class NodeRuntime:
         self.hw.command(cmd, balance)
         self.commanded = cmd
         self.meas = meas
+        self._sample_request = out is not None and out.sample_request and self.fail_safe_reason is None
         if out is not None:
             if out.status is not None:
                 self._observe_status(t_ms, out.status)
             if out.events:
                 self._peer_events(t_ms, now, out.events)
             self._send_messages(out.messages)
+        if verify:
+            self.verify_steps += 1
+            return
         self._periodic(now)
         self.periods += 1
         self.timing.set_work((time.perf_counter() - t_work) * 1000)
+
+    async def _verify_step(self, until: float) -> None:
+        """Two-phase close: get a sample taken from now on, at the latest by ``until`` (the next
+        period), and step the logic on it at once."""
+        asked = self.clock()
+        sample = await self.hw.fresh_sample(asked, max(0.0, until - asked))
+        if sample is None:
+            return  # the next period steps on what there is; the logic's deadline aborts
+        now = self.clock()
+        try:
+            self.period(now, 0.0, verify=True)
+        except Exception:
+            log.exception("verification step failed: forcing all contactors open")
+            self._update_fail_safe(self.t_ms(now), ["runtime error"])
+            self.hw.command(ALL_OPEN, np.zeros(len(self.meas.v_cell_v) if self.meas else 0, dtype=bool))
+            self.commanded = ALL_OPEN
 
     def _update_fail_safe(self, t_ms: int, reasons: list[str]) -> bool:
         """Enter or leave the fail-safe; True if it was entered in this period."""
@@ -362,7 +395,10 @@ class NodeRuntime:
                     self._update_fail_safe(self.t_ms(now), ["runtime error"])
                     self.hw.command(ALL_OPEN, np.zeros(len(self.meas.v_cell_v) if self.meas else 0, dtype=bool))
                     self.commanded = ALL_OPEN
+                    self._sample_request = False
                 next_t += period
+                if self._sample_request and not stop.is_set():
+                    await self._verify_step(next_t)
                 behind = self.clock() - next_t
                 if behind > period:  # do not replay missed periods in a burst
                     skipped = int(behind // period)

@@ -47,6 +47,15 @@ impl Contactor {
         self.closed = self.cmd;
     }
 
+    /// When the contact will move by itself (command given, delay running), if it will: the
+    /// plant splits its step there, so a close happens at its true instant.
+    pub fn pending_move_at(&self, close_time_s: f64, open_time_s: f64) -> Option<f64> {
+        if self.cmd == self.closed || (self.cmd && self.fails_to_close) || (!self.cmd && self.welded) {
+            return None;
+        }
+        Some(self.cmd_t + if self.cmd { close_time_s } else { open_time_s })
+    }
+
     /// What the auxiliary contact reports.
     pub fn feedback(&self) -> bool {
         self.closed != self.feedback_wrong

@@ -83,6 +83,32 @@ impl EnergyCounters {
     }
 }
 
+/// One physical close of a string's main path (main negative and main positive both
+/// closed), recorded by the plant at the instant it happens (S3 on the truth, issue 11).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MainCloseEvent {
+    /// Plant time of the close (s).
+    pub t_s: f64,
+    pub string: usize,
+    /// True |V_bus − V_string| just before the contact closed (V; V_string = the stack's
+    /// terminal voltage, what the string-voltage sensor sees).
+    pub dv_true_v: f64,
+    /// Largest |string current| in the step that starts at the close (A): the inrush. NaN
+    /// until that step has run.
+    pub inrush_a: f64,
+}
+
+/// A load step tied to a join: when `string` (any string if None) closes its precharge
+/// relay, the load changes by `delta_a` after `after_s` (and stays changed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JoinLoadStep {
+    pub string: Option<usize>,
+    pub after_s: f64,
+    pub delta_a: f64,
+    /// Set when the trigger has fired: the plant time the step applies.
+    at_s: Option<f64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum LoadOverride {
     CurrentA(f64),
@@ -104,6 +130,16 @@ pub struct Plant {
     /// Scheduled faults sorted by time and the index of the next one.
     schedule: Vec<ScheduledFault>,
     next_fault: usize,
+    /// Every physical main close so far (S3 on the truth).
+    main_closes: Vec<MainCloseEvent>,
+    /// Per string: main path closed / precharge relay closed at the last contactor update.
+    main_was: Vec<bool>,
+    pre_was: Vec<bool>,
+    /// Join-triggered load steps armed or pending, and the sum of those applied (A).
+    join_steps: Vec<JoinLoadStep>,
+    load_offset_a: f64,
+    /// (plant time, ΔA) of every join load step applied.
+    join_fired: Vec<(f64, f64)>,
 }
 
 impl Plant {
@@ -127,6 +163,7 @@ impl Plant {
             .enumerate()
             .map(|(k, (sc, cell))| StringSim::new(sc, cell, &cfg.thermal, seed, k))
             .collect();
+        let n_strings = strings.len();
         let mut schedule = cfg.faults.clone();
         schedule.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
         let v0 = cfg.bus.v_initial_v;
@@ -144,6 +181,12 @@ impl Plant {
             energy: EnergyCounters { bus_capacitor: e_cap0, bus_capacitor_initial: e_cap0, ..Default::default() },
             schedule,
             next_fault: 0,
+            main_closes: Vec::new(),
+            main_was: vec![false; n_strings],
+            pre_was: vec![false; n_strings],
+            join_steps: Vec::new(),
+            load_offset_a: 0.0,
+            join_fired: Vec::new(),
             cfg,
         })
     }
@@ -240,11 +283,114 @@ impl Plant {
         }
     }
 
-    /// Advance the plant by `dt_s` (> 0).
+    /// Arm a load step tied to a join (see [`JoinLoadStep`]); it fires once.
+    pub fn arm_join_load_step(&mut self, string: Option<usize>, after_s: f64, delta_a: f64) {
+        self.join_steps.push(JoinLoadStep { string, after_s: after_s.max(0.0), delta_a, at_s: None });
+    }
+
+    /// Drop the applied join load steps and the armed ones.
+    pub fn clear_join_load_steps(&mut self) {
+        self.join_steps.clear();
+        self.load_offset_a = 0.0;
+    }
+
+    /// (plant time, ΔA) of every join load step applied so far.
+    pub fn join_steps_fired(&self) -> &[(f64, f64)] {
+        &self.join_fired
+    }
+
+    /// Every physical main close so far, in time order: (t_s, string, true |ΔV|, inrush).
+    pub fn main_close_events(&self) -> &[MainCloseEvent] {
+        &self.main_closes
+    }
+
+    /// Earliest instant strictly inside (t, t_end) at which something physical switches:
+    /// a contact finishing its travel or a join load step.
+    fn next_event_in(&self, t_end: f64) -> Option<f64> {
+        let t = self.t_s;
+        let mut best: Option<f64> = None;
+        let mut consider = |x: f64| {
+            if x > t + 1e-9 && x < t_end - 1e-9 && best.is_none_or(|b| x < b) {
+                best = Some(x);
+            }
+        };
+        for s in &self.strings {
+            for c in &s.contactors {
+                if let Some(x) = c.pending_move_at(s.close_time_s, s.open_time_s) {
+                    consider(x);
+                }
+            }
+        }
+        for j in &self.join_steps {
+            if let Some(x) = j.at_s {
+                consider(x);
+            }
+        }
+        best
+    }
+
+    /// After a contactor update at time `t`: record main closes (true |ΔV| at this instant)
+    /// and fire join load-step triggers on precharge closes.
+    fn note_contacts(&mut self, t: f64) {
+        for k in 0..self.strings.len() {
+            let c = self.strings[k].state();
+            let main = c.neg && c.pos;
+            let pre = c.neg && c.pre;
+            if main && !self.main_was[k] {
+                let v_string = self.string_voltage_v(k);
+                self.main_closes.push(MainCloseEvent {
+                    t_s: t,
+                    string: k,
+                    dv_true_v: (self.v_bus_v - v_string).abs(),
+                    inrush_a: f64::NAN,
+                });
+            }
+            if pre && !self.pre_was[k] {
+                for j in &mut self.join_steps {
+                    if j.at_s.is_none() && j.string.is_none_or(|s| s == k) {
+                        j.at_s = Some(t + j.after_s);
+                    }
+                }
+            }
+            self.main_was[k] = main;
+            self.pre_was[k] = pre;
+        }
+    }
+
+    /// Advance the plant by `dt_s` (> 0). The step is split at the instants where a contact
+    /// finishes its travel or a join load step fires, so each happens at its true time.
     pub fn step(&mut self, dt_s: f64) {
         if !(dt_s > 0.0 && dt_s.is_finite()) {
             return;
         }
+        let t_end = self.t_s + dt_s;
+        let mut guard = 0;
+        while let Some(x) = self.next_event_in(t_end).filter(|_| guard < 16) {
+            self.step_once(x - self.t_s);
+            guard += 1;
+        }
+        let rest = t_end - self.t_s;
+        if rest > 1e-12 {
+            self.step_once(rest);
+        }
+        // a sum of sub-steps may differ from t + dt by a rounding error: keep the caller's grid
+        self.t_s = t_end;
+    }
+
+    fn step_once(&mut self, dt_s: f64) {
+        // join load steps due now
+        let t_now = self.t_s;
+        let mut fired = 0.0;
+        let log = &mut self.join_fired;
+        self.join_steps.retain(|j| match j.at_s {
+            Some(at) if at <= t_now + 1e-9 => {
+                fired += j.delta_a;
+                log.push((t_now, j.delta_a));
+                false
+            }
+            _ => true,
+        });
+        self.load_offset_a += fired;
         while self.next_fault < self.schedule.len() && self.schedule[self.next_fault].at_s <= self.t_s + 1e-12 {
             let f = self.schedule[self.next_fault].fault.clone();
             self.apply_fault(&f);
@@ -292,6 +438,7 @@ impl Plant {
         }
         let g_bleed = self.cfg.bus.r_bleed_ohm.map_or(0.0, |r| 1.0 / r);
         g += g_bleed;
+        self.note_contacts(t);
 
         // 2. the load (only drawn while a string is connected through its main contactor)
         let (quantity, value) = match self.load_override {
@@ -303,7 +450,7 @@ impl Plant {
         let i_load = if !load_enabled {
             0.0
         } else {
-            match quantity {
+            self.load_offset_a + match quantity {
                 Quantity::CurrentA => value,
                 Quantity::PowerW => match network::constant_power_voltage(a0, g, value) {
                     Some(v) => value / v,
@@ -370,6 +517,10 @@ impl Plant {
         self.i_bleed_a = g_bleed * v_avg;
         self.v_bus_v = bus.v1;
         self.t_s += dt_s;
+        // the inrush of a close recorded at the start of this step
+        for ev in self.main_closes.iter_mut().rev().take_while(|e| e.inrush_a.is_nan()) {
+            ev.inrush_a = self.strings[ev.string].i_peak_a;
+        }
         // contacts that finished moving during the step show it at its end
         let t_end = self.t_s;
         for s in &mut self.strings {
@@ -378,11 +529,23 @@ impl Plant {
                 c.update(t_end, ct, ot);
             }
         }
+        self.note_contacts(t_end);
     }
 
     /// What string `string`'s BMU sees now (sampled per the sensors' periods; between samples
     /// the last readings are held).
     pub fn measure(&mut self, string: usize) -> &Measurement {
+        self.measure_inner(string, false)
+    }
+
+    /// Like [`Plant::measure`], but the string current, string voltage and bus voltage are
+    /// converted now whatever their sampling period (an on-demand conversion of the HV
+    /// measurement, as a BMU requests before it closes a main contactor).
+    pub fn measure_fresh(&mut self, string: usize) -> &Measurement {
+        self.measure_inner(string, true)
+    }
+
+    fn measure_inner(&mut self, string: usize, fresh: bool) -> &Measurement {
         let t = self.t_s;
         let v_bus = self.v_bus_v;
         let s = &mut self.strings[string];
@@ -436,15 +599,15 @@ impl Plant {
                 b.m.t_cell_c[c] = b.cell_temp.read(c, x, &mut b.rng);
             }
         }
-        if b.current.due(t) {
+        if b.current.due(t) || fresh {
             let x = if b.current.has_open_wire(0) { 0.0 } else { i_true };
             b.m.i_a = b.current.read(0, x, &mut b.rng);
         }
-        if b.string_voltage.due(t) {
+        if b.string_voltage.due(t) || fresh {
             let x = if b.string_voltage.has_open_wire(0) { 0.0 } else { v_stack };
             b.m.v_string_v = b.string_voltage.read(0, x, &mut b.rng);
         }
-        if b.bus_voltage.due(t) {
+        if b.bus_voltage.due(t) || fresh {
             let x = if b.bus_voltage.has_open_wire(0) { 0.0 } else { v_bus };
             b.m.v_bus_v = b.bus_voltage.read(0, x, &mut b.rng);
         }

@@ -250,6 +250,7 @@ impl World {
             v_bus_v: self.plant.v_bus_v,
             i_a: s.i_a,
             feedback: s.actual,
+            meas_t_ms: None,
         }
     }
 

@@ -1,0 +1,120 @@
+"""S3 on the physics (issue 11): a load step while a rejoining string precharges must never let
+its main contactor close onto a mismatched bus.
+
+Real processes: ``mbms plant`` (its contactors take 30 ms to close; it records every physical
+main close with the true |V_bus - V_string| at that instant) and three ``mbms node`` processes
+with the Rust NodeCore on python-can ``udp_multicast``. Node 3 is killed and restarted; while its
+string precharges to rejoin, the plant steps the bus load by +20 A a fixed time after the
+precharge relay closed (a ``join_step``: a load that steps at an instant of the join).
+
+With a control period of 200 ms the sample a node works on is one period old; before issue 11
+the node closed on it, and the step landing between that sample and the contact closing put
+the main contactor onto a ~6 V mismatch (the fault the chaos campaign found). Now the node
+closes only on a sample taken after its decision (and its dwell runs in sample time), so it
+sees the step and refuses; once the load is back, the string rejoins onto a matched bus.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+from conftest import Proc, free_udp_port, wait_for
+from node_files import pack_file
+
+from mbms.paths import hw_dir
+from mbms.plant_link import pack, unpack
+
+DV_CLOSE_V = 3.0
+#: Sensor error allowance of the truth check, as in the simulators' S3 monitors.
+S3_MARGIN_V = 1.0
+PERIOD_MS = 200
+#: The step lands this long after node 3's precharge relay closed: after the sample the old
+#: logic closed on (taken one period before its decision), before the contact landed.
+STEP_AFTER_S = 0.25
+
+
+def _ask(link: str, obj: dict) -> dict:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(f"\0mbms-s3-test-{id(obj)}-{free_udp_port()}")
+    with s:
+        s.settimeout(2)
+        s.sendto(pack(obj), link.removeprefix("unix://"))
+        reply = unpack(s.recv(65536))
+    assert reply["op"] != "error", reply
+    return reply
+
+
+def _system(tmp: Path, port: int) -> Path:
+    p = tmp / "system.toml"
+    p.write_text(f"""system_id = "s3-test"
+members = [1, 2, 3]
+heartbeat_ms = 100
+lease_ms = 4000
+dv_close_v = {DV_CLOSE_V}
+[transport]
+kind = "can"
+[transport.can]
+interface = "udp_multicast"
+channel = "239.74.163.3"
+port = {port}
+[protocol]
+close_confirm_ms = 500        # > 2 control periods of {PERIOD_MS} ms
+precharge_timeout_ms = 2000
+dwell_ms = 200
+[discovery]
+enabled = false
+interfaces = ["127.0.0.1"]
+""")
+    return p
+
+
+def test_load_step_during_rejoin_precharge_never_closes_onto_a_mismatch(tmp_path: Path, procs: list[Proc]) -> None:
+    link = f"unix://{tmp_path}/plant.sock"
+    # three equal strings of the example plant (every string can match the bus)
+    text = (hw_dir() / "systems" / "example_plant.toml").read_text()
+    text = re.sub(r"(?m)^initial_soc = [0-9.]+", "initial_soc = 0.60", text)
+    text = text[:[m.start() for m in re.finditer(r"(?m)^\[\[strings\]\]", text)][3]]
+    plant_file = tmp_path / "plant3.toml"
+    plant_file.write_text(text)
+    plant = Proc(["-m", "mbms", "plant", "--system", str(plant_file), "--listen", link, "--command-timeout", "0.5"])
+    procs.append(plant)
+    plant.read_until(lambda s: s.startswith("plant serving"), 30)
+    system = _system(tmp_path, free_udp_port())
+    packs = {k: pack_file(tmp_path, k, link, period_ms=PERIOD_MS, with_engine=True) for k in (1, 2, 3)}
+    nodes = {k: Proc(["-m", "mbms", "node", "--config", str(p), "--system", str(system)]) for k, p in packs.items()}
+    procs.extend(nodes.values())
+
+    def closed(k: int) -> bool:
+        c = _ask(link, {"op": "truth"})["contactors"][k]
+        return bool(c[0] and c[1])
+
+    wait_for(lambda: all(closed(k) for k in range(3)), 90, "all three strings closed", poll_s=0.05)
+    # (no base load: an open string at rest matches a bus at rest; under load the bus sits
+    # below its open-circuit voltage and it waits for the bus to come to it)
+    n_before = _ask(link, {"op": "closes"})["total"]
+
+    # node 3 dies; the plant's driver watchdog opens its string; it restarts and rejoins
+    _ask(link, {"op": "join_step", "k": 2, "after_s": STEP_AFTER_S, "i": 20.0})
+    nodes[3].kill()
+    wait_for(lambda: not closed(2), 5, "string 3 opened after kill -9", poll_s=0.02)
+    nodes[3] = Proc(["-m", "mbms", "node", "--config", str(packs[3]), "--system", str(system)])
+    procs.append(nodes[3])
+    wait_for(lambda: _ask(link, {"op": "truth"})["load_a"] > 15.0, 60, "the load step during the join", poll_s=0.02)
+    # now node 3 either closed onto the stepped bus (the fault) or refused and opened
+    st = wait_for(lambda: (c := _ask(link, {"op": "truth"})["contactors"][2]) != [True, False, True] and c, 10,
+                  "the join to end (closed or aborted)", poll_s=0.005)
+    if not st[1]:
+        # refused: the load goes back, the bus returns to the string, and it rejoins
+        _ask(link, {"op": "join_step", "clear": True})
+        wait_for(lambda: closed(2), 60, "string 3 closed again", poll_s=0.05)
+
+    closes = _ask(link, {"op": "closes", "since": n_before})["closes"]
+    rejoin = [c for c in closes if c[1] == 2]
+    assert rejoin, closes
+    for t_s, k, dv_true_v, inrush_a in rejoin:
+        assert dv_true_v <= DV_CLOSE_V + S3_MARGIN_V, (
+            f"S3: string {k + 1} closed its main contactor at a true |dV| = {dv_true_v:.2f} V "
+            f"(inrush {inrush_a:.1f} A) at t = {t_s:.3f} s")
+    assert all(closed(k) for k in range(3))
