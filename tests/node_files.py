@@ -9,7 +9,12 @@ from mbms.paths import data_dir
 
 def pack_file(tmp: Path, k: int, link: str, period_ms: int = 50, with_engine: bool = False, **node: object) -> Path:
     extra = "".join(f"{key} = {v!r}\n".replace("'", '"') for key, v in node.items())
-    text = f"""[node]
+    # the engine tables come from the shipped example pack (extends), as in node1..4.toml;
+    # with_engine is kept for callers that ask for them explicitly
+    base = data_dir() / "packs" / "example_pack.toml"
+    text = f"""extends = "{base}"
+
+[node]
 id = {k}
 state_dir = "{tmp}/state{k}"
 control_period_ms = {period_ms}
@@ -26,9 +31,6 @@ link = "{link}"
 string = {k - 1}
 link_timeout_ms = 300
 """
-    if with_engine:
-        full = (data_dir() / "packs" / "node1.toml").read_text()
-        text += "\n" + full[full.index("[pack]"):]
     p = tmp / f"node{k}.toml"
     p.write_text(text)
     return p

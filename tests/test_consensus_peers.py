@@ -51,7 +51,7 @@ class Rig:
         members = tuple(range(1, n + 1))
         self.strings = [String(ocv_v=v) for v in ocvs]
         self.peers = [
-            Peer(ConsensusConfig(system_id=7, node_id=i, members=members, seed=seed), incarnation=1000 + i)
+            Peer(ConsensusConfig.of(system_id=7, node_id=i, members=members, seed=seed), incarnation=1000 + i)
             for i in members
         ]
         self.v_bus = 0.0
@@ -184,9 +184,9 @@ def test_a_silent_peer_is_detected_within_three_periods_and_the_speaker_moves() 
 
 
 def test_malformed_foreign_and_echoed_messages_are_counted_and_dropped() -> None:
-    cfg = ConsensusConfig(system_id=7, node_id=1, members=(1, 2, 3))
+    cfg = ConsensusConfig.of(system_id=7, node_id=1, members=(1, 2, 3))
     p = Peer(cfg, incarnation=5)
-    other = Peer(ConsensusConfig(system_id=8, node_id=2, members=(1, 2, 3)), incarnation=6)
+    other = Peer(ConsensusConfig.of(system_id=8, node_id=2, members=(1, 2, 3)), incarnation=6)
     out = p.tick(0, Rig([400.0]).local(0))
     own = out.messages[0]
     foreign = other.tick(0, Rig([400.0]).local(0)).messages[0]
@@ -203,9 +203,9 @@ def test_malformed_foreign_and_echoed_messages_are_counted_and_dropped() -> None
 
 def test_duplicates_and_a_duplicate_member_id_are_reported() -> None:
     members = (1, 2, 3)
-    a = Peer(ConsensusConfig(node_id=1, members=members), incarnation=1)
-    b = Peer(ConsensusConfig(node_id=2, members=members), incarnation=2)
-    b_twin = Peer(ConsensusConfig(node_id=2, members=members), incarnation=99)
+    a = Peer(ConsensusConfig.of(node_id=1, members=members), incarnation=1)
+    b = Peer(ConsensusConfig.of(node_id=2, members=members), incarnation=2)
+    b_twin = Peer(ConsensusConfig.of(node_id=2, members=members), incarnation=99)
     loc = Rig([400.0]).local(0)
     m1 = b.tick(0, loc).messages[0]
     assert a.on_message(0, m1) is None
@@ -223,8 +223,8 @@ def test_duplicates_and_a_duplicate_member_id_are_reported() -> None:
 
 def test_bad_configuration_names_the_field() -> None:
     with pytest.raises(ConfigError) as e:
-        Peer(ConsensusConfig(node_id=9, members=(1, 2, 3)), incarnation=1)
+        Peer(ConsensusConfig.of(node_id=9, members=(1, 2, 3)), incarnation=1)
     assert e.value.field == "node_id"
     with pytest.raises(ConfigError) as e:
-        Peer(ConsensusConfig(lease_ms=100), incarnation=1)
+        Peer(ConsensusConfig.of(lease_ms=100), incarnation=1)
     assert e.value.field == "lease_ms"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-import json
-from mbms.engine import tomllib  # tomllib, or tomli on Python 3.10
-from dataclasses import fields
+import tomllib
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +52,17 @@ def test_example_pack_loads_and_ignores_node_tables(raw: dict) -> None:
     assert PackConfig.from_dict(d) == cfg
 
 
-def test_python_defaults_equal_rust_defaults() -> None:
-    rust = json.loads(_core.engine_config_defaults())
-    for cls, name in ((EstimatorConfig, "estimator"), (BalancingConfig, "balancing")):
-        py = {f.name: f.default for f in fields(cls)}
-        assert py == rust[name], name
+def test_python_restates_no_default(raw: dict) -> None:
+    """The views have no defaults: an omitted optional table gets Rust's values."""
+    for cls in (EstimatorConfig, BalancingConfig):
+        assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(cls)), cls
+    d = copy.deepcopy(raw)
+    del d["estimator"], d["balancing"]
+    cfg = PackConfig.from_dict(d)
+    rust = _core.engine_config(d)
+    assert cfg.estimator.rest_time_s == rust["estimator"]["rest_time_s"] == 1800.0
+    assert cfg.balancing.threshold == rust["balancing"]["threshold"]
+    assert cfg.engine_dict() == rust
 
 
 @pytest.mark.parametrize(
@@ -102,7 +107,7 @@ def test_thresholds_out_of_order(raw: dict) -> None:
     d["protection"]["cell_undervoltage_v"]["alarm"] = 2.9  # above the 2.8 V warning
     with pytest.raises(ConfigError) as ei:
         PackConfig.from_dict(d)
-    assert ei.value.field == "protection.cell_undervoltage_v"
+    assert ei.value.field == "protection.cell_undervoltage_v.warning"
     assert "warning >= alarm >= fault" in str(ei.value)
     d = copy.deepcopy(raw)
     d["limits"]["max_discharge_peak_a"] = 1.0

@@ -10,7 +10,9 @@ from mbms.errors import ConfigError
 from mbms.node.config import check_membership, load_pack, load_system
 from mbms.paths import data_dir
 
-PACK = (data_dir() / "packs" / "node1.toml").read_text()
+# node1 extends example_pack.toml by a relative path: written elsewhere, it names the shipped one
+PACK = (data_dir() / "packs" / "node1.toml").read_text().replace(
+    'extends = "example_pack.toml"', f'extends = "{data_dir() / "packs" / "example_pack.toml"}"')
 SYSTEM = (data_dir() / "systems" / "example_system.toml").read_text()
 
 
@@ -39,14 +41,14 @@ def _write(tmp: Path, name: str, text: str) -> Path:
 
 
 @pytest.mark.parametrize(("old", "new", "field", "expect"), [
-    ("id = 1\n", "id = 0\n", "node.id", ">= 1"),
-    ("id = 1\n", "id = \"one\"\n", "node.id", "integer"),
+    ("id = 1\n", "id = 0\n", "node.id", "1..=63"),
+    ("id = 1\n", "id = \"one\"\n", "node.id", "invalid type: string"),
     ("control_period_ms = 100", "control_period_ms = 30", "node.estimation_period_ms", "multiple"),
-    ("log_format = \"human\"", "log_format = \"xml\"", "node.log_format", "['human', 'json']"),
-    ("adapter = \"sim\"", "adapter = \"spi\"", "hardware.adapter", "['sim']"),
+    ("log_format = \"human\"", "log_format = \"xml\"", "node.log_format", "`human` or `json`"),
+    ("adapter = \"sim\"", "adapter = \"spi\"", "hardware.adapter", '["sim"]'),
     ("link = \"udp://127.0.0.1:47000\"", "link = \"tcp://x\"", "hardware.link", "udp://"),
     ("stale_ms = 500", "stale_ms = 500\nstaleness = 3", "node.staleness", "unknown field"),
-    ("[balancing]", "[balancng]\nx=1\n[balancing]", "balancng", "unknown top-level table"),
+    ("[hardware]", "[hardwar]\nx=1\n[hardware]", "hardwar", "unknown field"),
 ])
 def test_bad_pack_names_file_and_field(tmp_path: Path, old: str, new: str, field: str, expect: str) -> None:
     assert old in PACK
@@ -60,11 +62,14 @@ def test_bad_pack_names_file_and_field(tmp_path: Path, old: str, new: str, field
 @pytest.mark.parametrize(("old", "new", "field", "expect"), [
     ("members = [1, 2, 3, 4]", "members = [1, 2, 2]", "members[2]", "unique"),
     ("members = [1, 2, 3, 4]", "members = []", "members", "non-empty"),
-    ("members = [1, 2, 3, 4]", "members = [1, 64]", "members[1]", "1..63"),
-    ("lease_ms = 4000", "lease_ms = 50", "lease_ms", "more than heartbeat_ms"),
-    ("kind = \"can\"", "kind = \"serial\"", "transport.kind", "['can', 'udp']"),
-    ("fd = false", "fd = 1", "transport.can.fd", "true or false"),
-    ("dv_close_v = 3.0", "dv_close_v = -1", "dv_close_v", "> 0.0"),
+    ("members = [1, 2, 3, 4]", "members = [1, 64]", "members[1]", "1..=63"),
+    ("lease_ms = 4000", "lease_ms = 50", "lease_ms", "grant_wait_ms + precharge_timeout_ms"),
+    ("kind = \"can\"", "kind = \"serial\"", "transport.kind", "`can` or `udp`"),
+    ("fd = false", "fd = 1", "transport.can.fd", "expected a boolean"),
+    ("dv_close_v = 3.0", "dv_close_v = -1", "dv_close_v", "(0, 10]"),
+    ("dv_close_v = 3.0", "dv_close_v = 100", "dv_close_v", "(0, 10]"),
+    ("dwell_ms = 100", "dwell_ms = 100\nnode_id = 3", "protocol.node_id", "not a protocol setting"),
+    ("dwell_ms = 100", "dwell_ms = 100\nlease_ms = 3000", "lease_ms", "given twice"),
     ("interfaces = []", "interfaces = [\"eth0\"]", "discovery.interfaces[0]", "IP address"),
     ("system_id = \"example-rack\"", "system_id = \"a b\"", "system_id", "letters"),
 ])
@@ -96,6 +101,33 @@ def test_membership_and_unreadable_files(tmp_path: Path) -> None:
         load_pack(tmp_path / "missing.toml")
 
 
+def test_extends_cycle_and_missing_base(tmp_path: Path) -> None:
+    a = _write(tmp_path, "a.toml", 'extends = "b.toml"\n')
+    _write(tmp_path, "b.toml", 'extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="cycle") as ei:
+        load_pack(a)
+    assert ei.value.field == "extends"
+    c = _write(tmp_path, "c.toml", 'extends = "nowhere.toml"\n')
+    with pytest.raises(ConfigError, match="not found") as ei:
+        load_pack(c)
+    assert ei.value.field == "extends" and ei.value.source == str(c)
+
+
+def test_defaults_are_rusts() -> None:
+    """Python restates no default: a pack without the optional [node] keys gets Rust's values."""
+    from mbms import _core
+    from mbms.node.config import NodeSection
+
+    rust = _core.node_config({})
+    n = NodeSection.of(id=1, state_dir="/tmp/x")
+    for key in ("stale_ms", "auto_reset_s", "feedback_mismatch_ms", "ramp_open_current_a", "control_period_ms"):
+        assert getattr(n, key) == rust[key]
+    # the settled disagreements (issue 9)
+    assert rust["stale_ms"] == 500 and rust["auto_reset_s"] == 60.0
+    peer = _core.peer_config({})
+    assert peer["dv_close_v"] == 3.0 and peer["lease_ms"] == 1500
+
+
 def test_cli_reports_config_error(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -103,5 +135,8 @@ def test_cli_reports_config_error(tmp_path: Path) -> None:
     p = _write(tmp_path, "bad_pack.toml", PACK.replace("id = 1\n", "id = 99\n", 1))
     out = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(p), "--system",
                           str(data_dir() / "systems" / "example_system.toml"), "--check"], capture_output=True, text=True)
-    assert out.returncode == 2 and "bad_pack.toml: node.id: expected an integer <= 63, got 99" in out.stderr
+    assert out.returncode == 2 and f"error: {p}: node.id: expected a node id 1..=63 (got 99)" in out.stdout
+    start = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", str(p), "--system",
+                            str(data_dir() / "systems" / "example_system.toml")], capture_output=True, text=True)
+    assert start.returncode == 2 and f"{p}: node.id: expected a node id 1..=63, got 99" in start.stderr
 

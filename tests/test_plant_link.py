@@ -61,7 +61,7 @@ def test_measurements_commands_and_fail_safe_on_plant_kill(kind: str, tmp_path: 
     plant = Proc([str(TESTS / "procs" / "plant_double_server.py"), link, "2"])
     procs.append(plant)
     plant.read_until(lambda s: s.strip() == "ready", 10)
-    node = NodeSection(id=1, state_dir=tmp_path, control_period_ms=20, estimation_period_ms=20,
+    node = NodeSection.of(id=1, state_dir=tmp_path, control_period_ms=20, estimation_period_ms=20,
                        stale_ms=200, overrun_ms=500, state_save_ms=100)
     hw = SimLinkHardware(link, string=1, timeout_s=0.15)
     logic = DoubleLogic(1)
@@ -99,7 +99,7 @@ def test_plant_watchdog_opens_string_of_a_dead_node(tmp_path: Path, procs: list[
     plant = Proc([str(TESTS / "procs" / "plant_double_server.py"), link, "1", "0.3"])
     procs.append(plant)
     plant.read_until(lambda s: s.strip() == "ready", 10)
-    node = NodeSection(id=1, state_dir=tmp_path, control_period_ms=20, estimation_period_ms=20)
+    node = NodeSection.of(id=1, state_dir=tmp_path, control_period_ms=20, estimation_period_ms=20)
     hw = SimLinkHardware(link, string=0, timeout_s=0.2)
     rt = NodeRuntime(node, DoubleLogic(1), hw)
     th = RuntimeThread(rt)

@@ -24,7 +24,7 @@ def test_mbms_plant_serves_a_node(tmp_path: Path, procs: list[Proc]) -> None:
                   "--listen", link, "--load-a", "0"])
     procs.append(plant)
     plant.read_until(lambda s: s.startswith("plant serving 4 strings"), 30)
-    node = NodeSection(id=1, state_dir=tmp_path, control_period_ms=50, estimation_period_ms=50, stale_ms=400,
+    node = NodeSection.of(id=1, state_dir=tmp_path, control_period_ms=50, estimation_period_ms=50, stale_ms=400,
                        overrun_ms=1000)
     hw = SimLinkHardware(link, string=0, timeout_s=0.3)
     logic = DoubleLogic(1, n_cells=96)

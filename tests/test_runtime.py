@@ -54,7 +54,7 @@ class Clock:
 
 def make(tmp: Path | None = None, **node: object) -> tuple[NodeRuntime, DoubleLogic, ScriptedHardware, Clock]:
     clock = Clock()
-    cfg = NodeSection(id=1, state_dir=tmp or Path("/nonexistent"), control_period_ms=100, estimation_period_ms=100,
+    cfg = NodeSection.of(id=1, state_dir=tmp or Path("/nonexistent"), control_period_ms=100, estimation_period_ms=100,
                       stale_ms=300, overrun_ms=250, state_save_ms=500, **node)  # type: ignore[arg-type]
     logic, hw = DoubleLogic(1), ScriptedHardware()
     rt = NodeRuntime(cfg, logic, hw, store=StateStore(tmp, 1) if tmp else None, clock=clock)

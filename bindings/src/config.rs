@@ -124,11 +124,17 @@ fn engine_config<'py>(value: &Bound<'py, PyAny>, source: Option<&str>) -> PyResu
     to_py(py, &e)
 }
 
-/// Engine tables from a Python dict, validated (ranges before anything is allocated).
+/// Engine tables from a Python dict (a pack file's data: the tables `node` and `hardware` are
+/// skipped, any other unknown key is an error), validated before anything is allocated.
 pub fn engine_from_py(value: &Bound<'_, PyAny>, source: Option<&str>) -> PyResult<EngineConfig> {
-    let e: EngineConfig = from_py(value, "", source)?;
-    e.validate().map_err(|x| raise_field(value.py(), x.field, x.message, source))?;
-    Ok(e)
+    let py = value.py();
+    let with = |e: ConfigError| raise(py, ConfigError { file: source.map(str::to_string), ..e });
+    let v: toml::Value = pythonize::depythonize(value)
+        .map_err(|e| with(ConfigError { file: None, field: "<root>".into(), message: format!("expected a table of settings: {e}") }))?;
+    let toml::Value::Table(table) = v else {
+        return Err(with(ConfigError { file: None, field: "<root>".into(), message: "expected a table".into() }));
+    };
+    cfg::engine_from_layers(&[Layer { source: source.unwrap_or_default().to_string(), table }]).map_err(with)
 }
 
 /// Consensus `PeerConfig` fields given as a dict (missing ones take the defaults), normalised

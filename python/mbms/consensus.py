@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mbms import _core
-from mbms.errors import ConfigError, FrameError
+from mbms.config import view
+from mbms.errors import FrameError
 
 __all__ = [
     "CanReassembler",
@@ -40,33 +41,48 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ConsensusConfig:
-    """Protocol configuration of one peer (mirrors the Rust ``PeerConfig``; same defaults).
+    """Protocol configuration of one peer: a read-only view of the Rust ``PeerConfig``
+    (consensus/src/config.rs: schema, defaults and ranges live there, never here).
 
-    Times are milliseconds of the peer's own clock. ``members`` is the configured member
-    set (ids 1..64); quorum = floor(N/2)+1 of it.
+    Build it with :meth:`of` (missing settings take the Rust defaults). Times are milliseconds of
+    the peer's own clock. ``members`` is the configured member set (ids 1..64); quorum =
+    floor(N/2)+1 of it.
     """
 
-    system_id: int = 1
-    node_id: int = 1
-    members: tuple[int, ...] = (1, 2, 3)
-    heartbeat_ms: int = 100
-    dv_close_v: float = 2.0
-    lease_ms: int = 1500
-    max_drift_ppm: int = 1000
-    dwell_ms: int = 100
-    precharge_settle_a: float = 1.0
-    precharge_timeout_ms: int = 800
-    close_confirm_ms: int = 60
-    fail_timeout_ms: int = 250
-    grant_wait_ms: int = 300
-    listen_periods: int = 3
-    bus_live_v: float = 20.0
-    seed: int = 0
-    dcdc: bool = False
-    dcdc_soc_gain: float = 2.0
-    main_close_time_ms: int = 30
-    verify_timeout_ms: int = 50
-    max_bus_slew_v_per_s: float = 5.0
+    system_id: int
+    node_id: int
+    members: tuple[int, ...]
+    heartbeat_ms: int
+    dv_close_v: float
+    lease_ms: int
+    max_drift_ppm: int
+    dwell_ms: int
+    precharge_settle_a: float
+    precharge_timeout_ms: int
+    close_confirm_ms: int
+    fail_timeout_ms: int
+    grant_wait_ms: int
+    listen_periods: int
+    bus_live_v: float
+    seed: int
+    dcdc: bool
+    dcdc_soc_gain: float
+    main_close_time_ms: int
+    verify_timeout_ms: int
+    max_bus_slew_v_per_s: float
+
+    @classmethod
+    def of(cls, *, check: bool = True, **settings: Any) -> ConsensusConfig:
+        """The normalised config for ``settings`` (any PeerConfig fields). Raises
+        :class:`mbms.errors.ConfigError` naming the field; ``check=False`` skips the range checks (for a
+        base that a caller completes with node_id and members)."""
+        if "members" in settings:
+            settings["members"] = list(settings["members"])
+        return view(cls, _core.peer_config(settings, check=check))
+
+    def replace(self, **changes: Any) -> ConsensusConfig:
+        """A validated copy with some settings changed."""
+        return ConsensusConfig.of(**{**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -178,15 +194,11 @@ class PeerOutput:
 
 
 class Peer:
-    """One peer of the coordination. Raises :class:`ConfigError` on a bad configuration."""
+    """One peer of the coordination. Raises :class:`mbms.errors.ConfigError` on a bad configuration."""
 
     def __init__(self, config: ConsensusConfig, incarnation: int) -> None:
-        try:
-            self._p = _core.ConsensusPeer(config.to_dict(), int(incarnation))
-        except ValueError as exc:
-            if len(exc.args) == 2:
-                raise ConfigError(str(exc.args[0]), str(exc.args[1]), "consensus") from None
-            raise ConfigError("consensus", str(exc), "consensus") from None
+        # a bad config raises mbms.errors.ConfigError from the core, naming the field
+        self._p = _core.ConsensusPeer(config.to_dict(), int(incarnation))
         self.config = config
 
     def on_message(self, now_ms: int, data: bytes) -> str | None:

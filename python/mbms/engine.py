@@ -15,10 +15,8 @@ Current is positive when discharging. Time ``t_s`` must increase from step to st
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import copy
 import os
-import types
 import typing
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -28,10 +26,8 @@ from typing import Any
 import numpy as np
 
 from mbms import _core
+from mbms.config import read_layers, resolve_cell, view
 from mbms.errors import ConfigError, InputError
-from mbms.paths import cell_file
-
-import tomllib  # standard library from Python 3.11, the floor (pyproject requires-python)
 
 #: Index of a pack-level fault (not tied to a cell or a sensor).
 PACK_INDEX = 0xFFFF_FFFF
@@ -40,37 +36,39 @@ ENGINE_TABLES = ("pack", "estimator", "protection", "limits", "balancing")
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration dataclasses (field names and defaults mirror rust_core/src/engine.rs)
+# Configuration: read-only views of the engine config as the Rust core normalised it (schema,
+# defaults and ranges in rust_core/src/engine.rs and the modules it names). No field has a
+# default here: every value comes from Rust.
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PackSection:
+    name: str
     cell: str
     series: int
     parallel: int
     temp_sensors: int
-    r_extra_ohm: float = 0.0
-    name: str = ""
+    r_extra_ohm: float
 
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    soc_process_noise: float = 1e-9
-    v1_process_noise: float = 1e-7
-    voltage_noise_v: float = 0.002
-    model_error_v: float = 0.01
-    current_noise_a: float = 0.1
-    current_offset_a: float = 0.1
-    initial_soc_sigma: float = 0.05
-    rest_current_a: float = 0.5
-    rest_time_s: float = 1800.0
-    rest_ocv_sigma_v: float = 0.003
-    r0_step_min_a: float = 5.0
-    r0_gain: float = 0.05
-    capacity_min_dsoc: float = 0.2
-    capacity_forgetting: float = 0.98
-    capacity_prior_sigma: float = 0.05
+    soc_process_noise: float
+    v1_process_noise: float
+    voltage_noise_v: float
+    model_error_v: float
+    current_noise_a: float
+    current_offset_a: float
+    initial_soc_sigma: float
+    rest_current_a: float
+    rest_time_s: float
+    rest_ocv_sigma_v: float
+    r0_step_min_a: float
+    r0_gain: float
+    capacity_min_dsoc: float
+    capacity_forgetting: float
+    capacity_prior_sigma: float
 
 
 @dataclass(frozen=True)
@@ -137,159 +135,62 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class BalancingConfig:
-    mode: typing.Literal["off", "voltage", "soc"] = "soc"
-    threshold: float = 0.02
-    hysteresis: float = 0.01
-    min_cell_v: float = 3.3
-    inhibit_temp_c: float = 50.0
-    max_current_a: float = 1e9
-    max_cells: int = 0
-    active_plan: bool = False
-    decision_period_s: float = 0.0
+    mode: typing.Literal["off", "voltage", "soc"]
+    threshold: float
+    hysteresis: float
+    min_cell_v: float
+    inhibit_temp_c: float
+    max_current_a: float
+    max_cells: int
+    active_plan: bool
+    decision_period_s: float
 
 
 @dataclass(frozen=True)
 class PackConfig:
-    """The engine's part of a pack file, validated (structure here, semantics by the core)."""
+    """The engine's part of a pack file, normalised and validated by the Rust core."""
 
     pack: PackSection
+    estimator: EstimatorConfig
     protection: ProtectionConfig
     limits: LimitsConfig
-    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
-    balancing: BalancingConfig = field(default_factory=BalancingConfig)
+    balancing: BalancingConfig
     #: the file the config came from (for error messages), if any
     source: str | None = field(default=None, compare=False)
     #: the resolved cell parameter file
     cell_path: Path | None = field(default=None, compare=False)
+    #: the normalised engine tables exactly as Rust returned them
+    _data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> PackConfig:
-        p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as exc:
-            raise ConfigError("<file>", f"cannot read pack file: {exc}", str(p)) from exc
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("<toml>", str(exc), str(p)) from exc
-        return cls.from_dict(data, source=str(p))
+        """The engine tables of a pack file (following ``extends``); other tables (``node``,
+        ``hardware``) belong to the node runtime and are skipped."""
+        layers = read_layers(path)
+        return cls._from_normalised(_core.engine_config_layers(layers), layers[-1][0])
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str | None = None) -> PackConfig:
+        """Engine tables given as data (``pack``, ``estimator``, ``protection``, ``limits``,
+        ``balancing``); other top-level keys are errors."""
         if not isinstance(d, dict):
             raise ConfigError("<root>", f"expected a table, got {type(d).__name__}", source)
-        engine_part = {k: v for k, v in d.items() if k in ENGINE_TABLES}
-        kwargs = _build_fields(cls, engine_part, "", source, skip=("source", "cell_path"))
-        cfg = cls(**kwargs, source=source)
-        # semantic validation (threshold order, ranges) by the core, which names the field
-        try:
-            _core.validate_engine_config(json.dumps(cfg.engine_dict()))
-        except ValueError as exc:
-            fld, msg = _split_core_error(exc)
-            raise ConfigError(fld, msg, source) from None
-        cell_path = _resolve_cell(cfg.pack.cell, source)
+        return cls._from_normalised(_core.engine_config(d, source), source)
+
+    @classmethod
+    def _from_normalised(cls, data: dict[str, Any], source: str | None) -> PackConfig:
+        cell_path = resolve_cell(data["pack"]["cell"], source)
         try:
             _core.CellModel.from_toml(cell_path.read_text())
         except ValueError as exc:
             raise ConfigError("pack.cell", f"{cell_path}: {exc}", source) from None
-        return dataclasses.replace(cfg, cell_path=cell_path)
+        parts = {name: view(typing.get_type_hints(cls)[name], data[name]) for name in ENGINE_TABLES}
+        return cls(**parts, source=source, cell_path=cell_path, _data=data)
 
     def engine_dict(self) -> dict[str, Any]:
-        """The engine tables as plain data (what the Rust core deserialises)."""
-        out = {}
-        for name in ENGINE_TABLES:
-            out[name] = _to_plain(getattr(self, name))
-        return out
-
-
-def _resolve_cell(name: str, source: str | None) -> Path:
-    # a relative path is relative to the pack file first, then a name in hw/cells
-    if source is not None:
-        candidate = Path(source).parent / name
-        if candidate.suffix == ".toml" and candidate.is_file():
-            return candidate
-    try:
-        return cell_file(name)
-    except ConfigError as exc:
-        msg = str(exc).split(": ", 1)[-1]
-        raise ConfigError("pack.cell", msg, source) from None
-
-
-def _split_core_error(exc: ValueError) -> tuple[str, str]:
-    if len(exc.args) == 2 and all(isinstance(a, str) for a in exc.args):
-        return exc.args[0], exc.args[1]
-    return "<config>", str(exc)
-
-
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple):
-        return [_to_plain(x) for x in obj]
-    return obj
-
-
-def _build_fields(
-    cls: type, data: Any, prefix: str, source: str | None, skip: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Strictly convert a table to the keyword arguments of dataclass ``cls``."""
-    where = prefix.rstrip(".") or "<root>"
-    if not isinstance(data, dict):
-        raise ConfigError(where, f"expected a table, got {type(data).__name__}", source)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
-    for key in data:
-        if key not in fields:
-            raise ConfigError(
-                f"{prefix}{key}", f"unknown key; expected one of {sorted(fields)}", source
-            )
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        dotted = f"{prefix}{name}"
-        if name not in data:
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if required:
-                raise ConfigError(dotted, "missing required key", source)
-            continue
-        kwargs[name] = _convert(hints[name], data[name], dotted, source)
-    return kwargs
-
-
-def _convert(tp: Any, value: Any, dotted: str, source: str | None) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return tp(**_build_fields(tp, value, dotted + ".", source))
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(dotted, f"expected a number, got {value!r}", source)
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(dotted, f"expected an integer, got {value!r}", source)
-        if value < 0:
-            raise ConfigError(dotted, f"expected an integer >= 0, got {value}", source)
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(dotted, f"expected true or false, got {value!r}", source)
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(dotted, f"expected a string, got {value!r}", source)
-        return value
-    if origin is typing.Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(dotted, f"expected one of {list(allowed)}, got {value!r}", source)
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(dotted, f"expected an array of numbers, got {value!r}", source)
-        return tuple(_convert(float, x, f"{dotted}[{i}]", source) for i, x in enumerate(value))
-    if isinstance(tp, types.UnionType):  # pragma: no cover - not used by the engine tables
-        raise ConfigError(dotted, "unsupported type", source)
-    raise TypeError(f"unsupported config field type {tp!r} at {dotted}")  # pragma: no cover
+        """The engine tables as plain data (what the Rust core deserialises): a copy of the
+        normalised config."""
+        return copy.deepcopy(self._data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,13 +291,8 @@ class Engine:
         if config.cell_path is None:
             raise ConfigError("pack.cell", "config has no resolved cell file; use PackConfig.from_*")
         self.config = config
-        try:
-            self._core = _core.Engine(
-                json.dumps(config.engine_dict()), config.cell_path.read_text()
-            )
-        except ValueError as exc:
-            fld, msg = _split_core_error(exc)
-            raise ConfigError(fld, msg, config.source) from None
+        # config errors arrive as mbms.errors.ConfigError, raised by the core
+        self._core = _core.Engine(config.engine_dict(), config.cell_path.read_text(), config.source)
         self._t_s = float("nan")
 
     @property

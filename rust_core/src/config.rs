@@ -512,17 +512,16 @@ pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: 
     let mut out = NodeFiles { pack: None, system: None, findings: Vec::new() };
     let merged = merge(layers);
     let pack_src = layers.last().map(|l| l.source.clone()).unwrap_or_default();
-    let pack_finding = |sev: Severity, field: &str, expected: String| Finding {
-        severity: sev,
-        file: source_of(layers, field),
-        value: lookup(&merged, field).filter(|v| !v.is_table()).map(|v| v.to_string()),
-        field: field.to_string(),
-        expected,
+    let pack_finding = |sev: Severity, field: &str, expected: String| {
+        let value = lookup(&merged, field).filter(|v| !v.is_table()).map(|v| v.to_string());
+        Finding { severity: sev, file: source_of(layers, field), field: field.to_string(), expected: expected_text(expected, value.is_some()), value }
     };
-    // --- pack file: schema, then ranges of every part
-    match typed::<PackFile>(toml::Value::Table(merged.clone()), "") {
-        Err(e) => out.findings.push(pack_finding(Severity::Error, &e.field, e.message)),
-        Ok(p) => {
+    // --- pack file (none given: the system file alone): schema, then ranges of every part
+    let parsed = if layers.is_empty() { None } else { Some(typed::<PackFile>(toml::Value::Table(merged.clone()), "")) };
+    match parsed {
+        None => {}
+        Some(Err(e)) => out.findings.push(pack_finding(Severity::Error, &e.field, e.message)),
+        Some(Ok(p)) => {
             if let Err(e) = p.engine().validate() {
                 out.findings.push(pack_finding(Severity::Error, &e.field, e.message));
             }
@@ -553,12 +552,9 @@ pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: 
     }
     // --- system file
     if let Some((sys_src, sys_text)) = system {
-        let sys_finding = |table: Option<&toml::Table>, sev: Severity, field: &str, expected: String| Finding {
-            severity: sev,
-            file: sys_src.to_string(),
-            value: table.and_then(|t| lookup(t, field)).filter(|v| !v.is_table()).map(|v| v.to_string()),
-            field: field.to_string(),
-            expected,
+        let sys_finding = |table: Option<&toml::Table>, sev: Severity, field: &str, expected: String| {
+            let value = table.and_then(|t| lookup(t, field)).filter(|v| !v.is_table()).map(|v| v.to_string());
+            Finding { severity: sev, file: sys_src.to_string(), field: field.to_string(), expected: expected_text(expected, value.is_some()), value }
         };
         match parse_toml(sys_text) {
             Err(e) => out.findings.push(sys_finding(None, Severity::Error, &e.field, e.message)),
@@ -601,6 +597,21 @@ pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: 
         }
     }
     out
+}
+
+/// Findings say what was expected: a bare phrase gets "expected " in front; where the finding
+/// carries the value, a ", got <value>" of the message is left to it.
+fn expected_text(mut s: String, has_value: bool) -> String {
+    if has_value && s.starts_with("expected") {
+        if let Some(i) = s.rfind(", got ") {
+            s.truncate(i);
+        }
+    }
+    if s.contains("expected") || s.starts_with("missing") || s.starts_with("not ") || s.starts_with("given twice") {
+        s
+    } else {
+        format!("expected {s}")
+    }
 }
 
 /// Where a PeerConfig field sits in a system file.

@@ -3,19 +3,19 @@ peer coordination + contactor sequencing, Rust) behind the runtime's protocol.
 
 Configuration mapping:
 
-* engine: the pack file's engine tables through ``mbms.engine.PackConfig`` (validated there),
-  handed over as JSON with the cell file's text;
-* peer (consensus ``PeerConfig``): ``system_id`` = CRC-32 of the system file's ``system_id``
-  (the wire carries a u32), ``node_id``, ``members``, ``heartbeat_ms``, ``dv_close_v``,
-  ``lease_ms`` and the ``[protocol]`` table; ``seed`` = the incarnation;
-* node logic: ``stale_ms`` of the pack file's ``[node]`` table;
+* engine: the pack file's engine tables as the core normalised them (``PackFile.engine``), with
+  the cell file's text;
+* peer (consensus ``PeerConfig``): the system file's normalised protocol (``SystemConfig.peer``:
+  ``system_id`` = CRC-32 of the system name, ``members``, every protocol setting) with this
+  node's ``node_id``; ``seed`` = the incarnation;
+* node logic: the whole ``[node]`` table (stale_ms, auto_reset_s, feedback_mismatch_ms, the
+  ramp-open settings), the same settings fast mode takes;
 * incarnation: a random 16-bit boot nonce per start (a restart is a new incarnation; two live
   incarnations of one id are a duplicate id, reported by the peer).
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
@@ -23,18 +23,6 @@ import numpy as np
 
 from mbms.node.config import PackFile, SystemConfig
 from mbms.node.logic import Contactors, Measurement, NodeOutput, NodeStatus, Phase
-
-
-def peer_config(system: SystemConfig, node_id: int, seed: int) -> dict[str, Any]:
-    p = system.protocol
-    return {
-        "system_id": system.system_id_u32, "node_id": node_id, "members": list(system.members),
-        "heartbeat_ms": system.heartbeat_ms, "dv_close_v": system.dv_close_v, "lease_ms": system.lease_ms,
-        "max_drift_ppm": p.max_drift_ppm, "dwell_ms": p.dwell_ms, "precharge_settle_a": p.precharge_settle_a,
-        "precharge_timeout_ms": p.precharge_timeout_ms, "close_confirm_ms": p.close_confirm_ms,
-        "fail_timeout_ms": p.fail_timeout_ms, "grant_wait_ms": p.grant_wait_ms, "listen_periods": p.listen_periods,
-        "bus_live_v": p.bus_live_v, "seed": seed, "dcdc": p.dcdc, "dcdc_soc_gain": p.dcdc_soc_gain,
-    }
 
 
 class CoreLogic:
@@ -50,19 +38,19 @@ class CoreLogic:
     @classmethod
     def from_configs(cls, core_cls: Any, pack: PackFile, system: SystemConfig,
                      incarnation: int | None = None) -> CoreLogic:
-        from mbms.engine import PackConfig
         from mbms.errors import ConfigError
 
-        cfg = PackConfig.from_toml(pack.source)
-        assert cfg.cell_path is not None
+        assert pack.cell_path is not None
         inc = secrets.randbits(16) if incarnation is None else incarnation
         try:
-            core = core_cls(json.dumps(cfg.engine_dict()), cfg.cell_path.read_text(),
-                            peer_config(system, pack.node.id, inc), {"stale_ms": pack.node.stale_ms}, inc)
-        except ValueError as exc:  # the core names the field: "system.lease_ms: ..." etc.
-            field, _, msg = str(exc).partition(": ")
-            source = system.source if field.startswith("system.") else pack.source
-            raise ConfigError(field.removeprefix("system."), msg or str(exc), source) from None
+            # every value as the core normalised it (pack.engine, system.peer, pack.node)
+            core = core_cls(pack.engine, pack.cell_path.read_text(), system.peer_config(pack.node.id, inc),
+                            pack.node.logic_dict(), inc)
+        except ConfigError as exc:  # the core names the field; say which file it is in
+            if exc.source is not None:
+                raise
+            source = system.source if exc.field.startswith("protocol.") else pack.source
+            raise ConfigError(exc.field, exc.message, source) from None
         return cls(core, pack.node.id, inc)
 
     def step(self, t_ms: int, meas: Measurement) -> NodeOutput:

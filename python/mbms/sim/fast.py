@@ -7,8 +7,8 @@ clock drift) and deterministic for a seed.
 
 from __future__ import annotations
 
+import copy
 import json
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mbms import _core
+from mbms.config import read_layers
 from mbms.errors import ConfigError
 from mbms import paths
 from mbms.paths import cell_file
@@ -51,11 +52,11 @@ def engine_configs(scenario: Scenario) -> list[dict[str, Any]]:
     """Per string: the engine tables of the scenario's pack file, with the string's own
     series, parallel, cell and temperature-sensor count from the plant description."""
     path = pack_file(scenario.engine_pack)
-    base = tomllib.loads(path.read_text())
-    base = {k: v for k, v in base.items() if k in ENGINE_TABLES}
+    # the one config reader (follows extends; defaults and ranges from the core)
+    base = _core.engine_config_layers(read_layers(path))
     out = []
     for k, s in enumerate(scenario.plant["strings"]):
-        cfg = json.loads(json.dumps(base))
+        cfg = copy.deepcopy(base)
         pack = cfg.setdefault("pack", {})
         pack["series"] = s["series"]
         pack["parallel"] = s["parallel"]
@@ -107,7 +108,7 @@ def _build(scenario: Scenario) -> Any:
                 raise ConfigError(f"plant.strings[{k}].{key}", "missing", scenario.source)
     cells = [cell_file(s["cell"]).read_text() for s in strings]
     _check_events(scenario)
-    engines = [json.dumps(e) for e in engine_configs(scenario)]
+    engines = engine_configs(scenario)
     dt_ms = round(scenario.dt_s * 1000)
     record_every = max(1, round(scenario.record_every_s / scenario.dt_s))
     try:
@@ -122,6 +123,8 @@ def _build(scenario: Scenario) -> Any:
             dt_ms,
             record_every,
         )
+    except ConfigError as exc:  # raised by the core, naming the field
+        raise ConfigError(exc.field, exc.message, exc.source or scenario.source) from None
     except ValueError as exc:
         field, msg = _split(exc)
         raise ConfigError(field, msg, scenario.source) from exc

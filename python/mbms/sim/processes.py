@@ -144,12 +144,16 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
 
     link = f"udp://127.0.0.1:{_free_udp_port()}"
     period_ms = max(1, round(sc.dt_s * 1000))
-    stale_ms = int(sc.node.get("stale_ms", 500))
+    # the scenario's whole [node] table goes to every node, as in fast mode (one schema, Rust's
+    # defaults for what it leaves out)
+    node_cfg = dict(_core.node_config(dict(sc.node)))
+    stale_ms = int(node_cfg["stale_ms"])
     packs = []
     for k, eng in enumerate(engine_configs(sc)):
         eng["pack"]["cell"] = str(cell_file(eng["pack"]["cell"]).resolve())
         doc = dict(eng)
         doc["node"] = {
+            **{key: v for key, v in node_cfg.items() if v is not None},
             "id": k + 1, "state_dir": str(run_dir / f"state{k + 1}"), "control_period_ms": period_ms,
             "estimation_period_ms": period_ms, "telemetry_period_ms": 100, "state_save_ms": 1000,
             "stale_ms": max(stale_ms, period_ms), "overrun_ms": settings.overrun_ms,
@@ -442,9 +446,6 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
     if ignored:
         console.print(f"[yellow]network events {ignored} are not applied in processes mode "
                       f"(they need network namespaces); kill/restart are[/]")
-    extra_node = sorted(set(sc.node) - {"stale_ms"})
-    if extra_node:
-        console.print(f"[yellow]node settings {extra_node} are fast-mode only (mbms node takes stale_ms)[/]")
 
     # a bound on every child's life, should this process vanish without stopping them
     life_s = repr(round(2 * sc.duration_s / st.time_scale + 2 * st.start_timeout_s, 1))
@@ -547,7 +548,7 @@ async def _wait_plant(client: PlantClient, plant: Child, timeout_s: float) -> No
 async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, obs: Observer, nodes: list[Child],
                  plant: Child, desc_json: str, canlog: CanLog) -> dict[str, Any]:
     n = sc.n_packs
-    dv_close = float(sc.system.get("dv_close_v", 3.0))
+    dv_close = float(_core.peer_config(dict(sc.system), check=False)["dv_close_v"])
     actions = sorted(((e.at_s, i, e) for i, e in enumerate(sc.network) if e.kind in ("kill", "restart")),
                      key=lambda a: (a[0], a[1]))
     ai = 0

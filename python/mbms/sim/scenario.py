@@ -10,7 +10,8 @@ A scenario is a TOML file (see ``examples/scenarios/``) with the tables
 * ``[system]``: the peer coordination settings shared by all nodes (``system_id``,
   ``heartbeat_ms``, ``dv_close_v``, ``lease_ms``, ...: any field of the consensus
   ``PeerConfig``), plus ``drift_ppm`` (one clock error per node, optional);
-* ``[node]``: node logic settings (``stale_ms``, ``auto_reset_s``, ``feedback_mismatch_ms``);
+* ``[node]``: node settings, the ``[node]`` table of a pack file (``stale_ms``, ``auto_reset_s``,
+  ``feedback_mismatch_ms``, ...; schema ``schemas/node.json``), given to every node in both modes;
 * ``[engine]``: ``pack`` = the pack file whose engine tables every node uses (``series``,
   ``parallel``, ``cell`` and ``temp_sensors`` are taken from the node's plant string);
 * ``[plant]``: the plant description (``mbms.plant`` schema: strings, bus, load, thermal,
@@ -33,13 +34,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mbms import _core
 from mbms.errors import ConfigError
 
 MODES = ("fast", "processes")
 NETWORK_KINDS = ("loss", "delay", "duplicate", "partition", "heal", "kill", "restart")
 
 _SCENARIO_KEYS = {"name", "description", "duration_s", "dt_s", "seed", "mode", "record_every_s", "extends"}
-_NODE_KEYS = {"stale_ms", "auto_reset_s", "feedback_mismatch_ms", "ramp_open_current_a", "ramp_open_timeout_s"}
 _TOP_KEYS = {"scenario", "system", "node", "engine", "plant", "network", "events"}
 
 
@@ -145,9 +146,12 @@ class Scenario:
             raise fail("system.members", "members and node ids come from plant.strings (1..N); remove it")
 
         node = dict(_table(data, "node", fail, required=False))
-        bad = set(node) - _NODE_KEYS
-        if bad:
-            raise fail(f"node.{sorted(bad)[0]}", f"unknown key; expected one of {sorted(_NODE_KEYS)}")
+        # the [node] table's schema is the node's own (rust_core NodeConfig): checked by the core,
+        # the same table a pack file's [node] is
+        try:
+            _core.node_config(node)
+        except ConfigError as exc:
+            raise fail(exc.field, exc.message) from None
 
         engine = _table(data, "engine", fail, required=False)
         bad = set(engine) - {"pack"}
