@@ -7,7 +7,9 @@ import copy
 
 import numpy as np
 
-from mbms.engine import Engine, PackConfig, tomllib
+import tomllib
+
+from mbms.engine import Engine, PackConfig
 from mbms.paths import data_dir
 
 

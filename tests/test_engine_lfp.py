@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from mbms.engine import tomllib  # tomllib, or tomli on Python 3.10
+import tomllib
 
 import numpy as np
 
