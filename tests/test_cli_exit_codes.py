@@ -58,7 +58,7 @@ def assert_one_line(r: subprocess.CompletedProcess[str], code: int, prefix: str,
 def can_system(tmp: Path, channel: str) -> Path:
     p = tmp / "system_socketcan.toml"
     p.write_text(f"""system_id = "no-can"
-members = [1, 2]
+members = [1, 2, 3]
 [transport]
 kind = "can"
 [transport.can]
@@ -139,7 +139,7 @@ def test_port_in_use_exits_3_in_one_line(tmp_path: Path) -> None:
 
 def test_unreachable_sensor_link_exits_3_in_one_line(tmp_path: Path) -> None:
     pack = pack_file(tmp_path, 1, f"unix://{tmp_path}/no_plant.sock", with_engine=True)
-    sysf = system_file(tmp_path, [1, 2], "udp", free_udp_port())
+    sysf = system_file(tmp_path, [1, 2, 3], "udp", free_udp_port())
     r = mbms("node", "--config", str(pack), "--system", str(sysf), "--duration", "5", cwd=tmp_path)
     assert_one_line(r, 3, f"mbms node: error: sensor link unix://{tmp_path}/no_plant.sock:", "no such file")
 

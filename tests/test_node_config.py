@@ -125,7 +125,7 @@ def test_defaults_are_rusts() -> None:
     # the settled disagreements (issue 9)
     assert rust["stale_ms"] == 500 and rust["auto_reset_s"] == 60.0
     peer = _core.peer_config({})
-    assert peer["dv_close_v"] == 3.0 and peer["lease_ms"] == 1500
+    assert peer["dv_close_v"] == 3.0 and peer["lease_ms"] == 2000
 
 
 def test_cli_reports_config_error(tmp_path: Path) -> None:

@@ -78,6 +78,8 @@ def _packs_for(tmp: Path, link: str) -> list[Path]:
         d = _toml(src)
         d["node"]["state_dir"] = str(tmp / "state" / src.stem)
         d["hardware"]["link"] = link
+        if "extends" in d:  # the shipped base file (engine tables), wherever the copy goes
+            d["extends"] = str((src.parent / d["extends"]).resolve())
         dst = tmp / "packs" / src.name
         dst.parent.mkdir(exist_ok=True)
         dst.write_text(tomli_w.dumps(d))

@@ -142,7 +142,11 @@ def test_run_files_are_valid_node_and_plant_configs(tmp_path: Path) -> None:
         check_membership(pack, system)
         assert pack.node.id == k + 1 and pack.hardware.string == k and pack.hardware.link == files.link
         assert pack.engine["pack"]["series"] == sc.plant["strings"][k]["series"]
-        assert pack.node.stale_ms == sc.node["stale_ms"]
+        # every [node] setting of the scenario reaches the node processes, as in fast mode
+        # (issue 9: auto_reset_s was 30 s in fast mode and 60 s in processes mode)
+        assert sc.node["auto_reset_s"] == 30.0
+        for key, value in sc.node.items():
+            assert getattr(pack.node, key) == value, key
     desc = PlantDescription.from_toml(files.plant)
     assert desc.n_strings == 3 and desc.load.kind == "constant"
     assert [f.at_s for f in desc.faults] == [e.at_s for e in sc.events] and len(desc.faults) == 4

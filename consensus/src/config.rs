@@ -99,12 +99,14 @@ impl Default for PeerConfig {
             // system file and scenario uses 3 V, so the default is what is actually tested.
             // (Settled: the Python layer said 3.0, this crate 2.0; 3.0 won.)
             dv_close_v: 3.0,
-            // Must cover grant_wait + precharge_timeout + close_confirm (1160 ms at these
-            // defaults) with the drift margin; a longer lease only delays the next close after a
-            // requester dies mid-close. (Settled: 1500 here vs 2000 in Python; 1500 won, it is the
-            // value the seeded protocol campaigns ran with. A system with a slower precharge
-            // raises it, and validation names lease_ms when it is too short.)
-            lease_ms: 1500,
+            // Must cover grant_wait + precharge_timeout + close_confirm on the requester's
+            // clock, less the drift margin. A real node needs close_confirm > 2 control periods
+            // (feedback arrives two periods after the command: > 200 ms at 100 ms; the shipped
+            // systems use 400 ms), which makes 300 + 800 + 400 = 1500 ms. (Settled: 1500 here vs
+            // 2000 in Python; 2000 won: 1500 refused every node with close_confirm_ms = 400 at
+            // the default precharge_timeout_ms, and 2000 leaves ~500 ms for a slower precharge.
+            // A longer lease only delays the next close after a requester dies mid-close.)
+            lease_ms: 2000,
             // 1000 ppm = 0.1 %: far above a crystal's ±50 ppm; covers RC oscillators after trim.
             max_drift_ppm: 1000,
             dwell_ms: 100,

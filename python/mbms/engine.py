@@ -15,7 +15,7 @@ Current is positive when discharging. Time ``t_s`` must increase from step to st
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
@@ -159,8 +159,6 @@ class PackConfig:
     source: str | None = field(default=None, compare=False)
     #: the resolved cell parameter file
     cell_path: Path | None = field(default=None, compare=False)
-    #: the normalised engine tables exactly as Rust returned them
-    _data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> PackConfig:
@@ -185,12 +183,20 @@ class PackConfig:
         except ValueError as exc:
             raise ConfigError("pack.cell", f"{cell_path}: {exc}", source) from None
         parts = {name: view(typing.get_type_hints(cls)[name], data[name]) for name in ENGINE_TABLES}
-        return cls(**parts, source=source, cell_path=cell_path, _data=data)
+        return cls(**parts, source=source, cell_path=cell_path)
 
     def engine_dict(self) -> dict[str, Any]:
-        """The engine tables as plain data (what the Rust core deserialises): a copy of the
-        normalised config."""
-        return copy.deepcopy(self._data)
+        """The engine tables as plain data (what the Rust core deserialises). Every field is
+        there (the view is complete), so a ``dataclasses.replace``-d copy keeps its changes."""
+        return {name: _plain(getattr(self, name)) for name in ENGINE_TABLES}
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_plain(x) for x in obj]
+    return obj
 
 
 # ---------------------------------------------------------------------------------------------

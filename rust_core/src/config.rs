@@ -678,7 +678,7 @@ fn system_findings(s: &SystemConfig, table: &toml::Table) -> Vec<(Severity, Stri
     }
     // N = 2 gives quorum 2: either node down blocks every close (S2 needs a quorum grant).
     if s.members.len() == 2 {
-        v.push((Warning, "members".into(), "N = 1 or N >= 3: with N = 2 the quorum is 2, so one node down blocks every close".into()));
+        v.push((Warning, "members".into(), "N = 1 or N >= 3 members (with N = 2 the quorum is 2 of 2: one node down blocks every close)".into()));
     }
     // Peer ranges that do not depend on the node (node_id is a member by construction here).
     if let Err(e) = s.protocol.validate() {
