@@ -128,14 +128,14 @@ impl PyNodeCore {
             eo.faults.iter().map(|f| (format!("{:?}", f.rule), format!("{:?}", f.level), f.index)).collect();
         d.set_item("faults", faults)?;
         d.set_item("resets", o.resets)?;
+        d.set_item("sample_request", o.sample_request)?;
+        d.set_item("join_in_progress", o.join_in_progress)?;
         // the peer's events of this step (peer_restarted, duplicate_id, ...): the runtime logs them
         let evs = PyList::empty(py);
         for e in &self.core.peer().output().events {
             evs.append(event_dict(py, e)?)?;
         }
         d.set_item("events", evs)?;
-        d.set_item("sample_request", o.sample_request)?;
-        d.set_item("join_in_progress", o.join_in_progress)?;
         Ok(d)
     }
 

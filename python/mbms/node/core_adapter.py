@@ -71,8 +71,7 @@ class CoreLogic:
             sys_dcl_a=float(d["system_dcl_a"]), sys_ccl_a=float(d["system_ccl_a"]),
             closed_set=tuple(d["closed_set"]), speaker=d["speaker"], peers_seen=tuple(d["live_set"]),
         )
-        return NodeOutput(c, np.asarray(d["balance"], dtype=bool), list(d["messages"]), status,
-                          list(d.get("events", ())),
+        return NodeOutput(c, np.asarray(d["balance"], dtype=bool), list(d["messages"]), status, list(d.get("events", ())),
                           sample_request=bool(d["sample_request"]), join_in_progress=bool(d["join_in_progress"]))
 
     def receive(self, t_ms: int, payload: bytes) -> bool:

@@ -59,6 +59,8 @@ class CampaignResult:
     #: S3 violations on the truth: all, and (raw load) those with the step in the contact's travel
     violations: list[str] = field(default_factory=list)
     in_travel: int = 0
+    #: joins that did not end with the string closed again (liveness, not safety)
+    stuck: list[str] = field(default_factory=list)
     max_dv_true_v: float = 0.0
     max_dv_avoidable_v: float = 0.0
     #: (raw load) closes of a join whose load step had already landed (the dangerous ones)
@@ -75,6 +77,7 @@ class CampaignResult:
             "s3_violations": len(self.violations), "s3_in_travel": self.in_travel,
             "s3_avoidable": self.avoidable, "max_dv_true_v": round(self.max_dv_true_v, 3),
             "max_dv_avoidable_v": round(self.max_dv_avoidable_v, 3), "examples": self.violations[:5],
+            "not_rejoined": len(self.stuck), "not_rejoined_examples": self.stuck[:3],
         }
 
 
@@ -128,7 +131,7 @@ def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, fre
         closed = lambda k: (st := sim.node_state(k)) is not None and st[0] == 4  # noqa: E731
         cycle: dict[int, tuple[str, list[tuple[float, float]]]] = {}
         if not _until(sim, lambda: all(closed(k) for k in range(3)), 60_000):
-            res.violations.append(f"seed {seed}: cold start did not close all strings")
+            res.stuck.append(f"seed {seed}: cold start did not close all strings")
             continue
         _until(sim, lambda: False, 3_000)  # the inverter's "ready" quiet time
         for _ in range(joins):
@@ -162,13 +165,16 @@ def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, fre
             st = sim.node_state(k)
             if st is not None:
                 res.aborts += st[3]
-            if not ok:
-                res.violations.append(f"seed {seed}: string {k + 1} did not rejoin within {CYCLE_TIMEOUT_MS} ms")
-                continue
-            _until(sim, lambda: False, 2_500)  # quiet: the inverter is ready again
             desc = f"load step {step_a:+.1f} A at {after_ms} ms after precharge{', plant freeze' if freeze else ''}"
             for idx in range(n0, len(sim.main_close_events())):
                 cycle[idx] = (desc, fired)
+            if not ok:
+                res.stuck.append(f"seed {seed}: string {k + 1} did not rejoin within {CYCLE_TIMEOUT_MS} ms "
+                                 f"(phase {st[0] if st else None}, contactors {st[1] if st else None})")
+                # e.g. a raw charge step far above the charge limits tripped the other strings
+                # and left the bus capacitance charged above every string: the seed ends here
+                break
+            _until(sim, lambda: False, 2_500)  # quiet: the inverter is ready again
         # S3 on the truth, every main close of the run (cold start included)
         for idx, (t_s, string, dv, _inrush) in enumerate(sim.main_close_events()):
             desc, fired = cycle.get(idx, ("cold start", []))
