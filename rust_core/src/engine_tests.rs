@@ -334,7 +334,7 @@ fn simd_and_scalar_paths_agree_bit_for_bit() {
     let mut plant = Plant::new(p, n, 4.0, 0.7, 21);
     let mut a = engine(n, 30);
     let mut b = engine(n, 30);
-    b.use_avx2 = false;
+    b.cells.use_avx2 = false;
     let mut t = 0.0;
     for step in 0..400 {
         let i = [25.0, -10.0, 3.0][(step / 40) % 3];
