@@ -39,8 +39,10 @@ mod protection;
 mod rest;
 mod sensing;
 mod state;
+mod state_v1;
 
 pub use sensing::MODEL_TEMP_DEADBAND_C;
+pub use state::{STATE_FORMAT, STATE_VERSION};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration

@@ -16,7 +16,10 @@ use crate::protection::SensorConfig;
 use crate::soc_ekf::{self, Cov2, EstimatorConfig, Predict};
 use crate::soh::r0_observation;
 
+use serde::{Deserialize, Serialize};
+
 use super::rest::RestSoh;
+use super::state::{xs, X};
 use super::sensing::Sensing;
 use super::SOC_STATE_RANGE;
 
@@ -489,4 +492,95 @@ impl Cells {
 fn initial_sigma(sig_cfg: f64, sig_y: f64, slope: f64) -> f64 {
     let from_ocv = if slope > 0.0 { sig_y / slope } else { f64::INFINITY };
     sig_cfg.max(from_ocv).min(0.3)
+}
+
+/// State of the cells stage in the state file, version 1 (see [`super::state`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CellsStateV1 {
+    pub version: u32,
+    /// the SOC has been read off the OCV (false: the next step does that)
+    pub initialized: bool,
+    /// filter state per cell: SOC, RC voltages (V), hysteresis voltage (V)
+    pub z: Vec<X>,
+    pub v1: Vec<X>,
+    pub v2: Vec<X>,
+    pub h: Vec<X>,
+    /// covariance of (SOC, v1) per cell: p00, p01, p11
+    pub cov: Vec<[X; 3]>,
+    /// coulomb-counted SOC per cell (the output `soc_cc` is this stage's counter)
+    pub soc_cc: Vec<X>,
+}
+
+impl Cells {
+    pub fn export(&self, soc_cc: &[f64]) -> CellsStateV1 {
+        CellsStateV1 {
+            version: 1,
+            initialized: self.initialized,
+            z: xs(&self.z),
+            v1: xs(&self.v1),
+            v2: xs(&self.v2),
+            h: xs(&self.h),
+            cov: self.cov.iter().map(|c| [X(c.p00), X(c.p01), X(c.p11)]).collect(),
+            soc_cc: xs(soc_cc),
+        }
+    }
+
+    /// Structure: one value per cell, all finite.
+    pub fn check(&self, s: &CellsStateV1, n: usize) -> Result<(), String> {
+        for (name, len) in [("z", s.z.len()), ("v1", s.v1.len()), ("v2", s.v2.len()), ("h", s.h.len()), ("cov", s.cov.len()), ("soc_cc", s.soc_cc.len())] {
+            if len != n {
+                return Err(format!("cells.{name}: {len} values, expected {n} (one per cell)"));
+            }
+        }
+        for k in 0..n {
+            let c = &s.cov[k];
+            if ![s.z[k], s.v1[k], s.v2[k], s.h[k], c[0], c[1], c[2], s.soc_cc[k]].iter().all(|x| x.0.is_finite()) {
+                return Err(format!("cell {k}: non-finite or non-positive state"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first implausible value, or None. Bands: the filter's own SOC range, the cell
+    /// file's voltage window for polarisations and its hysteresis amplitude, a covariance
+    /// that is one.
+    pub fn implausible(&self, s: &CellsStateV1, cell: &CellParams) -> Option<String> {
+        let (z_lo, z_hi) = SOC_STATE_RANGE;
+        // an RC polarisation larger than the cell's whole voltage window is no polarisation
+        let v_window = cell.v_max_v - cell.v_min_v;
+        let h_max = cell.hysteresis_m_v.abs() * (1.0 + 1e-9) + 1e-12;
+        let inside = |x: f64, lo: f64, hi: f64| x.is_finite() && x >= lo && x <= hi;
+        for k in 0..s.z.len() {
+            let (z, v1, v2, h) = (s.z[k].0, s.v1[k].0, s.v2[k].0, s.h[k].0);
+            let [p00, p01, p11] = s.cov[k].map(|x| x.0);
+            let why = if !inside(z, z_lo, z_hi) {
+                format!("cell {k}: SOC {z} outside {z_lo}..{z_hi}")
+            } else if !inside(v1, -v_window, v_window) || !inside(v2, -v_window, v_window) {
+                format!("cell {k}: RC polarisation {v1} / {v2} V beyond the cell's {v_window} V window")
+            } else if !inside(h, -h_max, h_max) {
+                format!("cell {k}: hysteresis {h} V beyond the cell file's {h_max} V")
+            } else if !(inside(p00, 0.0, 1.0) && p11 >= 0.0 && p01.is_finite() && p01 * p01 <= p00 * p11 * (1.0 + 1e-9) + 1e-300) {
+                format!("cell {k}: covariance ({p00}, {p01}, {p11}) is not a covariance")
+            } else {
+                continue;
+            };
+            return Some(why);
+        }
+        None
+    }
+
+    /// Apply a checked, plausible state.
+    pub fn import(&mut self, s: &CellsStateV1, soc_cc: &mut [f64]) {
+        for k in 0..self.z.len() {
+            self.z[k] = s.z[k].0;
+            self.v1[k] = s.v1[k].0;
+            self.v2[k] = s.v2[k].0;
+            self.h[k] = s.h[k].0;
+            let [p00, p01, p11] = s.cov[k].map(|x| x.0);
+            self.cov[k] = Cov2 { p00, p01, p11 };
+            soc_cc[k] = s.soc_cc[k].0;
+        }
+        self.initialized = s.initialized;
+    }
 }

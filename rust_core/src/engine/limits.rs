@@ -8,7 +8,10 @@ use crate::protection::Action;
 
 use super::cells::PackSums;
 use super::sensing::Temps;
+use super::state::X;
 use super::EngineOutput;
+
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct Limits {
@@ -69,5 +72,53 @@ impl Limits {
         o.ccl_a = self.ccl.update(tc_c, rate, dt);
         o.dcl_peak_a = self.dcl_peak.update(td_p, rate, dt);
         o.ccl_peak_a = self.ccl_peak.update(tc_p, rate, dt);
+    }
+}
+
+/// State of the limits stage in the state file, version 1 (see [`super::state`]): the
+/// rate-limited values (A), from which the limits recover after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsStateV1 {
+    pub version: u32,
+    pub dcl_a: X,
+    pub ccl_a: X,
+    pub dcl_peak_a: X,
+    pub ccl_peak_a: X,
+}
+
+impl Limits {
+    pub fn export(&self) -> LimitsStateV1 {
+        LimitsStateV1 {
+            version: 1,
+            dcl_a: X(self.dcl.value),
+            ccl_a: X(self.ccl.value),
+            dcl_peak_a: X(self.dcl_peak.value),
+            ccl_peak_a: X(self.ccl_peak.value),
+        }
+    }
+
+    /// The restored values, an implausible one (outside 0..the configured maximum) replaced
+    /// by 0 and listed in `dropped`: it ramps up from there (S4).
+    pub fn plausible(&self, s: &LimitsStateV1, lim: &LimitsConfig, dropped: &mut Vec<String>) -> [f64; 4] {
+        let dis_max = lim.max_discharge_a.max(lim.max_discharge_peak_a);
+        let chg_max = lim.max_charge_a.max(lim.max_charge_peak_a);
+        let mut limits = [s.dcl_a.0, s.ccl_a.0, s.dcl_peak_a.0, s.ccl_peak_a.0];
+        for (x, (name, hi)) in
+            limits.iter_mut().zip([("dcl_a", dis_max), ("ccl_a", chg_max), ("dcl_peak_a", dis_max), ("ccl_peak_a", chg_max)])
+        {
+            if !(x.is_finite() && *x >= 0.0 && *x <= hi) {
+                dropped.push(format!("limit {name} = {x} A (expected 0..{hi}): restarts from 0"));
+                *x = 0.0;
+            }
+        }
+        limits
+    }
+
+    pub fn import(&mut self, [dcl, ccl, dcl_peak, ccl_peak]: [f64; 4]) {
+        self.dcl.value = dcl;
+        self.ccl.value = ccl;
+        self.dcl_peak.value = dcl_peak;
+        self.ccl_peak.value = ccl_peak;
     }
 }

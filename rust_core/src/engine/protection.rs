@@ -4,7 +4,10 @@
 
 use crate::protection::{Action, ActiveFault, CompiledRule, Rule, RuleBank, Thresholds};
 
+use super::state::rule_by_name;
 use super::ProtectionConfig;
+
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone)]
 pub(super) struct Protection {
@@ -84,5 +87,47 @@ impl Protection {
 
     pub fn restore_latched(&mut self, rule: Rule, k: usize) {
         self.banks[rule as usize].restore_latched(k);
+    }
+}
+
+/// One latched fault in the state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Latch {
+    /// the rule's name ([`Rule::name`]), not its number: rules may be added or reordered
+    pub rule: String,
+    /// cell, sensor, or 0 for a pack rule
+    pub index: usize,
+}
+
+/// State of the protection stage in the state file, version 1 (see [`super::state`]):
+/// latched faults survive a restart (safety: a latched fault needs an explicit reset).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProtectionStateV1 {
+    pub version: u32,
+    pub latched: Vec<Latch>,
+}
+
+impl Protection {
+    pub fn export(&self) -> ProtectionStateV1 {
+        ProtectionStateV1 {
+            version: 1,
+            latched: self.latched().into_iter().map(|(r, k)| Latch { rule: r.name().to_string(), index: k }).collect(),
+        }
+    }
+
+    /// The latched faults of a state: known rules, indexes inside the pack.
+    pub fn check(&self, s: &ProtectionStateV1) -> Result<Vec<(Rule, usize)>, String> {
+        s.latched
+            .iter()
+            .map(|l| {
+                let rule = rule_by_name(&l.rule).ok_or_else(|| format!("protection.latched: unknown rule {:?}", l.rule))?;
+                if l.index >= self.len(rule) {
+                    return Err(format!("protection.latched: {} index {} out of range (0..{})", l.rule, l.index, self.len(rule)));
+                }
+                Ok((rule, l.index))
+            })
+            .collect()
     }
 }

@@ -7,10 +7,14 @@
 use crate::cell_model::CellParams;
 use crate::cell_tables::CellTables;
 use crate::soc_ekf::{self, EstimatorConfig};
-use crate::soh::{Awtls, CAPACITY_RATIO_RANGE};
+use crate::soh::{Awtls, CAPACITY_RATIO_RANGE, R0_RATIO_RANGE};
 
 use super::cells::Cells;
 use super::sensing::Sensing;
+use super::state::{xs, X};
+use super::SOC_STATE_RANGE;
+
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone)]
 pub(super) struct RestSoh {
@@ -145,5 +149,103 @@ impl RestSoh {
         self.i_prev_valid = false;
         self.rest_since = f64::NAN;
         self.rest_done = false;
+    }
+}
+
+/// State of the rest and SOH stage in the state file, version 1 (see [`super::state`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RestSohStateV1 {
+    pub version: u32,
+    /// since the last rest point: charge of a unit cell (Ah), Σ Δt² (s²), time (s)
+    pub q_since_rest_ah: X,
+    pub dt2_since_rest: X,
+    pub time_since_rest_s: X,
+    /// per cell: capacity of a unit cell (Ah), R0 ratio to the cell file
+    pub cap_ah: Vec<X>,
+    pub r0_ratio: Vec<X>,
+    /// per cell: SOC and its variance at the last rest point ("NaN": none yet)
+    pub z_rest: Vec<X>,
+    pub z_rest_var: Vec<X>,
+    /// per cell: the six sums of the AWTLS capacity estimator
+    pub awtls: Vec<[X; 6]>,
+}
+
+impl RestSoh {
+    pub fn export(&self) -> RestSohStateV1 {
+        RestSohStateV1 {
+            version: 1,
+            q_since_rest_ah: X(self.q_since_rest_ah),
+            dt2_since_rest: X(self.dt2_since_rest),
+            time_since_rest_s: X(self.time_since_rest_s),
+            cap_ah: xs(&self.cap_ah),
+            r0_ratio: xs(&self.r0_ratio),
+            z_rest: xs(&self.z_rest),
+            z_rest_var: xs(&self.z_rest_var),
+            awtls: self.awtls.iter().map(|a| a.c.map(X)).collect(),
+        }
+    }
+
+    /// Structure: one value per cell; capacity and resistance finite and positive.
+    pub fn check(&self, s: &RestSohStateV1, n: usize) -> Result<(), String> {
+        for (name, len) in [("cap_ah", s.cap_ah.len()), ("r0_ratio", s.r0_ratio.len()), ("z_rest", s.z_rest.len()), ("z_rest_var", s.z_rest_var.len()), ("awtls", s.awtls.len())] {
+            if len != n {
+                return Err(format!("rest_soh.{name}: {len} values, expected {n} (one per cell)"));
+            }
+        }
+        for k in 0..n {
+            let (cap, r0r) = (s.cap_ah[k].0, s.r0_ratio[k].0);
+            if !(cap.is_finite() && r0r.is_finite()) || cap <= 0.0 || r0r <= 0.0 {
+                return Err(format!("cell {k}: non-finite or non-positive state"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first implausible value, or None. Bands: the capacity and R0 bands of the SOH
+    /// estimators (ratios to the cell file), the filter's SOC range for the rest point.
+    pub fn implausible(&self, s: &RestSohStateV1, cell: &CellParams) -> Option<String> {
+        let (z_lo, z_hi) = SOC_STATE_RANGE;
+        let (c_lo, c_hi) = CAPACITY_RATIO_RANGE;
+        let (r_lo, r_hi) = R0_RATIO_RANGE;
+        let cap_nom = cell.capacity_ah;
+        let inside = |x: f64, lo: f64, hi: f64| x.is_finite() && x >= lo && x <= hi;
+        let nan_or_inside = |x: f64, lo: f64, hi: f64| x.is_nan() || inside(x, lo, hi);
+        for k in 0..s.cap_ah.len() {
+            let (cap, r0r, z_rest, z_rest_var) = (s.cap_ah[k].0, s.r0_ratio[k].0, s.z_rest[k].0, s.z_rest_var[k].0);
+            let why = if !inside(cap / cap_nom, c_lo, c_hi) {
+                format!("cell {k}: capacity {cap} Ah outside {c_lo}..{c_hi} x the cell file's {cap_nom} Ah")
+            } else if !inside(r0r, r_lo, r_hi) {
+                format!("cell {k}: resistance ratio {r0r} outside {r_lo}..{r_hi} x the cell file's R0")
+            } else if !nan_or_inside(z_rest, z_lo, z_hi) || !nan_or_inside(z_rest_var, 0.0, 1.0) {
+                format!("cell {k}: rest point SOC {z_rest} (variance {z_rest_var}) implausible")
+            } else if s.awtls[k].iter().any(|c| !c.0.is_finite()) {
+                format!("cell {k}: non-finite capacity estimator sums")
+            } else {
+                continue;
+            };
+            return Some(why);
+        }
+        let (q, dt2, t_rest) = (s.q_since_rest_ah.0, s.dt2_since_rest.0, s.time_since_rest_s.0);
+        if !q.is_finite() || !(dt2.is_finite() && dt2 >= 0.0) || !(t_rest.is_finite() && t_rest >= 0.0) {
+            return Some(format!("time since rest {t_rest} s / charge {q} Ah / {dt2} implausible (negative or non-finite)"));
+        }
+        None
+    }
+
+    /// Apply a checked, plausible state.
+    pub fn import(&mut self, s: &RestSohStateV1) {
+        for k in 0..self.cap_ah.len() {
+            self.cap_ah[k] = s.cap_ah[k].0;
+            self.inv_qc[k] = 1.0 / (3600.0 * s.cap_ah[k].0);
+            self.r0_ratio[k] = s.r0_ratio[k].0;
+            self.z_rest[k] = s.z_rest[k].0;
+            self.z_rest_var[k] = s.z_rest_var[k].0;
+            self.awtls[k].c = s.awtls[k].map(|x| x.0);
+        }
+        self.cap_sum = self.cap_ah.iter().sum();
+        self.q_since_rest_ah = s.q_since_rest_ah.0;
+        self.dt2_since_rest = s.dt2_since_rest.0;
+        self.time_since_rest_s = s.time_since_rest_s.0;
     }
 }
