@@ -36,12 +36,12 @@ def test_three_peers_find_each_other_foreign_ignored_duplicate_reported(tmp_path
             try:
                 # the node with the duplicated id sees a record of its own id, newer than its own
                 # start: no earlier run of its own made it, so it is a second live node
-                assert await peers[1].wait_until(lambda r: 2 in r.duplicates, 15), peers[1].report
+                assert await peers[1].wait_until(lambda r: 2 in r.duplicates, 30), peers[1].report
                 assert peers[1].report.duplicates[2] == {peers[1].name, dup.name}
                 assert any("duplicate node id 2" in p for p in peers[1].report.problems)
                 # the others cannot tell a live duplicate from a restart by zeroconf alone (the
                 # peer protocol does, on the messages): the newest boot is the peer, no alarm
-                assert await peers[0].wait_until(lambda r: r.version_mismatch and r.superseded, 15), peers[0].report
+                assert await peers[0].wait_until(lambda r: r.version_mismatch and r.superseded, 30), peers[0].report
                 assert peers[0].report.peers[2].name == dup.name and not peers[0].report.duplicates
                 assert peers[0].report.superseded == {peers[1].name: dup.name}
                 assert any("protocol '0'" in p for p in peers[0].report.problems)

@@ -2,7 +2,8 @@
 //! workspace that depends on pyo3/numpy. A thin layer: conversion and validation of Python
 //! inputs, GIL released around the Rust work, nothing else.
 //!
-//! The simulator bindings (plant, fast simulator, protocol simulator, load profiles) sit
+//! The simulator bindings (plant, fast simulator, protocol simulator, safety monitor, load
+//! profiles) sit
 //! behind the cargo feature `sim`, on in the maturin build (pyproject.toml), so that a
 //! binding of the controller alone carries no simulator code.
 
@@ -15,6 +16,8 @@ mod engine;
 mod fastsim;
 #[cfg(feature = "sim")]
 mod load_profile;
+#[cfg(feature = "sim")]
+mod monitor;
 mod node;
 #[cfg(feature = "sim")]
 mod plant;
@@ -30,6 +33,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastsim::register(m)?;
     #[cfg(feature = "sim")]
     load_profile::register(m)?;
+    #[cfg(feature = "sim")]
+    monitor::register(m)?;
     node::register(m)?;
     #[cfg(feature = "sim")]
     plant::register(m)?;

@@ -819,6 +819,7 @@ impl Peer {
                     && r.phase() == Phase::Open
                     && r.flags.may_close
                     && !r.flags.fault
+                    && r.dup_until <= r.last_heard // a duplicated id is never granted: do not wait for it
                     && r.detail.is_some_and(|d| {
                         (d.v_bus_10mv as f64 - d.v_string_10mv as f64).abs() / 100.0 <= margin
                     })
@@ -829,7 +830,7 @@ impl Peer {
             let my_ocv = self.last_sent_limits.unwrap_or_else(|| limits_of(local)).ocv_10mv;
             let mut cands: Vec<(u32, u16)> = vec![(my_ocv, me)];
             for (id, r) in self.alive_remotes() {
-                if r.phase() == Phase::Open && r.flags.may_close && !r.flags.fault {
+                if r.phase() == Phase::Open && r.flags.may_close && !r.flags.fault && r.dup_until <= r.last_heard {
                     if let Some(l) = r.limits {
                         cands.push((l.ocv_10mv, id));
                     }
@@ -1263,13 +1264,16 @@ impl Peer {
         }
     }
 
-    fn flags(&self, local: &LocalState) -> Flags {
+    fn flags(&self, now: u64, local: &LocalState) -> Flags {
         Flags {
             phase: self.phase as u8,
             fault: local.fault,
             main_closed: self.phase == Phase::Closed && self.command.main_closed(),
             pre_closed: self.command.pre,
-            may_close: local.may_close,
+            // A node whose id is duplicated will not request (dup_self_until): it must not say it
+            // may close either, or the others wait for it to go first (the lowest-id matching
+            // string closes first) and the whole battery stays open.
+            may_close: local.may_close && now >= self.dup_self_until,
         }
     }
 
@@ -1280,7 +1284,7 @@ impl Peer {
 
     fn emit(&mut self, now: u64, local: &LocalState) {
         let hb = self.cfg.heartbeat_ms as u64;
-        let fc = (self.flags(local), self.coord());
+        let fc = (self.flags(now, local), self.coord());
         let fresh = limits_of(local);
         let dropped = self.last_sent_limits.is_some_and(|l| {
             fresh.dcl_da < l.dcl_da
@@ -1537,6 +1541,25 @@ mod tests {
             let out = p.tick(t, &sample(400.0, 399.0, frozen_at));
             assert!(!out.sample_request && out.command == Contactors::PRECHARGE);
         }
+    }
+
+    #[test]
+    fn a_duplicated_node_does_not_say_it_may_close() {
+        // Otherwise a higher id waits for it to go first (lowest matching id closes first) and
+        // never closes: the whole battery stays open for as long as the duplicate lives.
+        let mut a = peer(1, 1);
+        let mut twin = peer(1, 99);
+        let m = twin.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(0, &m), Err(RxError::DuplicateId(1)));
+        let may_close = |p: &mut Peer, t: u64| {
+            let out = p.tick(t, &local(400.0));
+            out.messages.iter().map(|m| Message::decode(m).unwrap().flags.may_close).collect::<Vec<_>>()
+        };
+        let held: Vec<bool> = (1..=5).flat_map(|k| may_close(&mut a, k * 100)).collect();
+        assert!(!held.is_empty() && held.iter().all(|&x| !x), "{held:?}");
+        // once the twin is quiet for the hold time, it may close again
+        let after: Vec<bool> = (20..=25).flat_map(|k| may_close(&mut a, k * 100)).collect();
+        assert!(!after.is_empty() && after.iter().all(|&x| x), "{after:?}");
     }
 
     #[test]

@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
 from numpy.typing import NDArray
 
+__all__ = [
+    "CellModel",
+    "Engine",
+    "config_extends",
+    "node_files",
+    "engine_config_layers",
+    "engine_config",
+    "peer_config",
+    "node_config",
+    "config_schemas",
+    "engine_rules",
+    "ConsensusPeer",
+    "CanReassembler",
+    "can_segment_classic",
+    "can_frame_fd",
+    "can_unframe_fd",
+    "can_frame_bits_classic",
+    "can_bus_load_classic",
+    "consensus_sim",
+    "consensus_sim_replay",
+    "consensus_bus_load",
+    "FastSim",
+    "load_profile_values",
+    "SafetyMonitor",
+    "NodeCore",
+    "Plant",
+    "plant_config_normalize",
+]
+
+@final
 class CellModel:
     """A cell parameter set parsed from the text of a ``hw/cells/*.toml`` file."""
 
@@ -39,6 +69,7 @@ class CellModel:
 
 from typing import Any
 
+@final
 class ConsensusPeer:
     """One peer of the leader-less coordination (sans-IO; times in ms of the node's clock).
 
@@ -48,7 +79,7 @@ class ConsensusPeer:
     dcdc, dcdc_soc_gain); missing fields take the defaults. Raises ValueError((field, message)).
     """
 
-    def __init__(self, config: dict[str, Any], incarnation: int) -> None: ...
+    def __new__(cls, config: dict[str, Any], incarnation: int) -> ConsensusPeer: ...
     def on_message(self, now_ms: int, data: bytes) -> str | None:
         """None if accepted; else the drop reason (counted): malformed, foreign_system,
         unknown_sender, own_echo, duplicate, stale, duplicate_id."""
@@ -65,10 +96,11 @@ class ConsensusPeer:
     @property
     def quorum_size(self) -> int: ...
 
+@final
 class CanReassembler:
     """Reassembles classic-CAN-segmented peer messages; bad frames are counted and dropped."""
 
-    def __init__(self) -> None: ...
+    def __new__(cls) -> CanReassembler: ...
     def push(self, can_id: int, data: bytes) -> tuple[int, bytes] | None: ...
     @property
     def dropped_frames(self) -> int: ...
@@ -108,10 +140,11 @@ def plant_config_normalize(config_json: str) -> str:
     """Check a plant description (JSON); return it with defaults filled in.
     Raises ValueError((field, message))."""
 
+@final
 class Plant:
     """The parallel-string plant. Description errors: ValueError((field, message))."""
 
-    def __init__(self, config_json: str, cell_tomls: list[str], seed: int) -> None: ...
+    def __new__(cls, config_json: str, cell_tomls: list[str], seed: int) -> Plant: ...
     @property
     def n_strings(self) -> int: ...
     @property
@@ -165,27 +198,15 @@ class Plant:
 
 # ---- node logic and fast simulation (bindings/src/node.rs, fastsim.rs) ------------------
 
+@final
 class NodeCore:
     """One BMU's sans-IO decision logic: pack engine + peer coordination + contactor sequencing."""
 
-    def __init__(
-        self, engine: dict[str, Any], cell_toml: str, peer: dict[str, Any], node: dict[str, Any], incarnation: int
-    ) -> None: ...
+    def __new__(
+        cls, engine: dict[str, Any], cell_toml: str, peer: dict[str, Any], node: dict[str, Any], incarnation: int
+    ) -> NodeCore: ...
     @property
     def node_id(self) -> int: ...
-# ---------------------------------------------------------------------------------------------
-# Pack engine (bindings/src/engine.rs); use the typed wrapper mbms.engine.Engine.
-# ---------------------------------------------------------------------------------------------
-
-import numpy as np
-import numpy.typing as npt
-
-class Engine:
-    """The Rust pack engine. ``config_json``: the engine tables (pack, estimator, protection,
-    limits, balancing) as JSON; ``cell_toml``: the cell parameter file's text. Raises
-    ValueError((field, message)) on a bad configuration."""
-
-    def __init__(self, config: dict[str, Any], cell_toml: str, source: str | None = None) -> None: ...
     @property
     def n_cells(self) -> int: ...
     @property
@@ -194,8 +215,8 @@ class Engine:
         self,
         t_ms: int,
         meas_t_ms: int,
-        v_cell_v: NDArray[np.float64],
-        t_cell_c: NDArray[np.float64],
+        v_cell_v: npt.NDArray[np.float64],
+        t_cell_c: npt.NDArray[np.float64],
         i_a: float,
         v_string_v: float,
         v_bus_v: float,
@@ -209,11 +230,12 @@ class Engine:
     def import_state(self, data: bytes) -> list[str]: ...
     def counters(self) -> dict[str, int]: ...
 
+@final
 class FastSim:
     """Plant + N NodeCores + a simulated peer network on a virtual clock (``mbms sim`` fast mode)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         plant_json: str,
         cells: list[str],
         engines: list[dict[str, Any]],
@@ -223,7 +245,7 @@ class FastSim:
         seed: int,
         dt_ms: int,
         record_every: int,
-    ) -> None: ...
+    ) -> FastSim: ...
     @property
     def t_ms(self) -> int: ...
     @property
@@ -238,12 +260,79 @@ class FastSim:
     def set_delay(self, max_ms: int) -> None: ...
     def set_groups(self, groups: list[int]) -> None: ...
     def set_clip_load(self, on: bool) -> None: ...
+    def set_node_period(self, period_ms: int | None = None) -> None: ...
+    def set_hold_load_during_join(self, on: bool) -> None: ...
+    def freeze_plant(self, ms: int) -> None: ...
+    def arm_join_load_step(self, k: int | None, after_s: float, delta_a: float) -> None: ...
+    def clear_join_load_steps(self) -> None: ...
+    def join_steps_fired(self) -> list[tuple[float, float]]: ...
+    def plant_t_s(self) -> float: ...
+    def arm_join_request_step(self, k: int | None, after_ms: int, delta_a: float) -> None: ...
+    def clear_request_steps(self) -> None: ...
+    def main_close_events(self) -> list[tuple[float, int, float, float]]: ...
+    def node_state(self, k: int) -> tuple[int, tuple[bool, bool, bool], bool, int, int] | None: ...
+    def plant_load_a(self) -> float: ...
     def kill(self, k: int) -> None: ...
     def restart(self, k: int) -> None: ...
     def inject(self, fault_json: str) -> None: ...
     def last(self) -> tuple[list[float], list[list[float]]] | None: ...
-    def records(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
+    def records(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
     def report(self) -> dict[str, Any]: ...
+
+# ---- the safety monitor (bindings/src/monitor.rs over sim/src/monitor.rs) -----------------
+
+@final
+class SafetyMonitor:
+    """The one S1-S6 monitor of every simulation mode, for processes mode: fed the plant's
+    truth and each node's telemetry. ``config``: the peer configuration the nodes run."""
+
+    def __new__(cls, config: dict[str, Any]) -> SafetyMonitor: ...
+    def node_report(
+        self,
+        k: int,
+        alive: bool,
+        phase: int | None = None,
+        reports_open: bool = False,
+        system_dcl_a: float | None = None,
+        system_ccl_a: float | None = None,
+        local_dcl_a: float | None = None,
+        local_ccl_a: float | None = None,
+        closed_count: int | None = None,
+        limits_binding: bool = False,
+    ) -> None: ...
+    def main_close_event(self, k: int, dv_v: float) -> None: ...
+    def plant_step(
+        self,
+        t_s: float,
+        v_bus_v: float,
+        contactors: list[tuple[bool, bool, bool]],
+        v_string_v: list[float],
+        i_a: list[float],
+        healthy: bool,
+    ) -> list[tuple[str, float, str]]: ...
+    def finish(self, t_s: float) -> None: ...
+    def violations(self) -> list[tuple[str, float, str]]: ...
+    def figures(self) -> dict[str, Any]: ...
+    @staticmethod
+    def margins() -> dict[str, float]: ...
+
+# ---------------------------------------------------------------------------------------------
+# Pack engine (bindings/src/engine.rs); use the typed wrapper mbms.engine.Engine.
+# ---------------------------------------------------------------------------------------------
+
+@final
+class Engine:
+    """The Rust pack engine. ``config``: the engine tables (pack, estimator, protection,
+    limits, balancing) as a dict; ``cell_toml``: the cell parameter file's text. Raises
+    mbms.errors.ConfigError(field, message, source) on a bad configuration."""
+
+    def __new__(cls, config: dict[str, Any], cell_toml: str, source: str | None = None) -> Engine: ...
+    @property
+    def n_cells(self) -> int: ...
+    @property
+    def n_temps(self) -> int: ...
+    def step(
+        self,
         t_s: float,
         v_cell_v: npt.NDArray[np.float64],
         t_cell_c: npt.NDArray[np.float64],
@@ -263,7 +352,9 @@ class FastSim:
     def export_state(self) -> bytes: ...
     def import_state(self, data: bytes) -> list[str]: ...
 
-# configs (bindings/src/config.rs): errors are mbms.errors.ConfigError
+
+# ---- configs (bindings/src/config.rs): one conversion path; errors are mbms.errors.ConfigError ----
+
 def config_extends(source: str, text: str) -> str | None: ...
 def node_files(
     layers: list[tuple[str, str]], system: tuple[str, str] | None, cell_text: str | None

@@ -2,7 +2,7 @@
 
 The plant holds the "true" cells; each string's BMU sees them only through :meth:`Plant.measure`
 (noisy, offset, quantised, sampled, possibly faulty sensors). The description is a TOML file
-or a dict (schema: ``sim/src/plant/config.rs``; example: ``hw/systems/example_plant.toml``).
+or a dict (schema: ``sim/src/plant/config.rs``; example: ``mbms/data/systems/example_plant.toml``).
 The Rust core checks it and fills in the defaults; the typed dataclasses below mirror the
 result. Cell names are resolved with :func:`mbms.paths.cell_file`; a CSV load profile is read
 here (the Rust core does no I/O) and handed over as a ``table`` profile.

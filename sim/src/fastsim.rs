@@ -6,7 +6,8 @@
 //! (the engine state they persisted is restored). The load requested by the profile is
 //! clipped to the limits the speaker node reports, as an inverter obeying the BMS would.
 //!
-//! The brief's safety rules are checked on the true plant state every step ([`Invariants`]).
+//! The brief's safety rules are checked every step by the safety monitor ([`crate::monitor`]),
+//! fed with the true plant state and every node's output; [`Invariants`] collects its findings.
 
 use mbms_consensus::prng::SplitMix64;
 use mbms_consensus::wire::Message;
@@ -18,6 +19,8 @@ use mbms_core::node::{NodeConfig, NodeCore, NodeInputs};
 use crate::plant::load::Quantity;
 use crate::plant::{Measurement, Plant, StringCommand};
 use mbms_core::protection::{Action, Rule};
+
+use crate::monitor::{self, Monitor, MonitorConfig, NodeReport, PlantSnapshot};
 
 /// Everything needed to (re)build one node.
 #[derive(Clone)]
@@ -67,11 +70,12 @@ struct Slot {
     /// Engine state as persisted at the last period (restored on restart).
     saved_state: Vec<u8>,
     last_cmd: StringCommand,
-    /// Previous step's phase (for close detection).
+    /// Main contactor closed at the previous step (isolations and rejoins).
     prev_pos_closed: bool,
+    /// Precharge relay closed at the previous step (join-triggered load requests).
     prev_pre: bool,
     /// Runtime-like sampling: the sample the node will use at its next period (taken when
-    /// it sent its last command, as the plant link's reply), with its plant time.
+    /// it sent its last command, as the plant link's reply), with its sim time.
     held: Option<(Measurement, u64)>,
     /// Sim time of the node's next period (runtime-like sampling).
     next_period_ms: u64,
@@ -106,14 +110,17 @@ pub const STRING_CHANNELS: [&str; 13] = [
     "v_string_v",
 ];
 
-/// Safety and agreement figures over the run.
+/// Safety and agreement figures over the run (the safety monitor's findings, in ms, plus the
+/// checks of this simulator's own: messages that do not decode).
 #[derive(Debug, Clone, Default)]
 pub struct Invariants {
     pub violations: Vec<String>,
+    /// The rule of each of the monitor's violations.
+    pub rules: Vec<monitor::Rule>,
     pub max_string_overcurrent_a: f64,
     /// Times (ms) from a disagreement appearing to all live connected peers agreeing again.
     pub agree_latencies_ms: Vec<u64>,
-    disagree_since_ms: Option<u64>,
+    /// Every main close: (t ms, string, true |V_bus − V_string| just before it).
     pub closes: Vec<(u64, usize, f64)>,
     /// Times (ms) from a node's death to every live peer having dropped it from its live set.
     pub detect_latencies_ms: Vec<u64>,
@@ -149,10 +156,11 @@ pub struct FastSim {
     pub clip_load: bool,
     ready: bool,
     quiet_since_ms: Option<u64>,
-    /// ΔV_close (V) used by the S3 check, from the peers' config.
-    dv_close_v: f64,
-    /// Extra allowance in the S3 check for sensor error (V).
-    pub s3_margin_v: f64,
+    /// The safety monitor, its buffer of the true string states and how many of its
+    /// findings are already copied into `inv`.
+    pub monitor: Monitor,
+    truth_buf: Vec<monitor::StringTruth>,
+    synced: (usize, usize, usize),
     pub energy_discharged_j: f64,
     pub energy_charged_j: f64,
     time_connected_ms: Vec<u64>,
@@ -186,6 +194,7 @@ pub struct FastSim {
     pub request_offset_a: f64,
 }
 
+
 fn rand01(rng: &mut SplitMix64) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
@@ -199,7 +208,7 @@ impl FastSim {
         if dt_ms == 0 || record_every == 0 {
             return Err("dt_ms and record_every must be > 0".into());
         }
-        let dv_close_v = specs.first().map_or(2.0, |s| s.peer.dv_close_v);
+        let monitor = Monitor::new(MonitorConfig::from_peer(&specs[0].peer, n, 0));
         let mut slots = Vec::with_capacity(n);
         for spec in specs {
             let core = NodeCore::new(spec.node.clone(), spec.engine.clone(), spec.cell.clone(), spec.peer.clone(), 1)
@@ -235,8 +244,9 @@ impl FastSim {
             clip_load: true,
             ready: false,
             quiet_since_ms: None,
-            dv_close_v,
-            s3_margin_v: 1.0,
+            monitor,
+            truth_buf: Vec::with_capacity(n),
+            synced: (0, 0, 0),
             energy_discharged_j: 0.0,
             energy_charged_j: 0.0,
             time_connected_ms: vec![0; n],
@@ -285,6 +295,7 @@ impl FastSim {
             .find(|c| c.node_id() == sp)
             .is_some_and(|c| c.output().join_in_progress)
     }
+
 
     pub fn plant(&self) -> &Plant {
         &self.plant
@@ -336,6 +347,7 @@ impl FastSim {
         self.plant.set_command(k, &StringCommand::default());
         self.inv.killed_at_ms.resize(self.slots.len(), None);
         self.inv.killed_at_ms[k] = Some(self.t_ms);
+        self.monitor.set_report(k, NodeReport::default());
     }
 
     /// Restart node `k` with a new incarnation, restoring its persisted engine state.
@@ -354,6 +366,7 @@ impl FastSim {
         slot.core = Some(core);
         slot.held = None;
         slot.verify_at_ms = None;
+        self.monitor.node_restarted(k);
         Ok(())
     }
 
@@ -399,6 +412,7 @@ impl FastSim {
                 Quantity::CurrentA => raw,
                 Quantity::PowerW => raw / v_bus,
             };
+
         self.request_a = request_a;
         let any_closed = (0..n).any(|k| self.plant.contactor_state(k).pos && self.plant.contactor_state(k).neg);
         // "BMS ready": the inverter draws current only once the start-up closing sequence is
@@ -454,6 +468,7 @@ impl FastSim {
         self.t_ms += dt_ms;
         let t_ms = self.t_ms;
 
+
         // 3. deliver due messages.
         let mut k = 0;
         while k < self.flights.len() {
@@ -472,6 +487,7 @@ impl FastSim {
         }
 
         // 4. every live node: measure, step, command.
+        self.fill_truth();
         for k in 0..n {
             if self.slots[k].core.is_none() {
                 continue;
@@ -531,8 +547,6 @@ impl FastSim {
         }
     }
 
-    /// Step node `k` at sim time `t_ms` on measurement `m`, send its messages, keep its
-    /// command (applied by the caller), and schedule a verification step if it asks.
     /// `m_sim_ms`: the simulation time the sample was taken (a sample held over a plant
     /// freeze keeps its time and goes stale).
     fn step_node(&mut self, k: usize, t_ms: u64, m: &Measurement, m_sim_ms: u64) {
@@ -561,10 +575,28 @@ impl FastSim {
             dcdc_setpoint_a: out.dcdc_setpoint_a,
         };
         let wants_sample = out.sample_request;
-        // S1 check: a node holding a fault must command open in that same step.
-        if out.fault && (cmd.neg || cmd.pos || cmd.pre) {
-            self.inv.violate(t_ms, "S1", format!("node {} faulted but commands {:?}", k + 1, out.contactors));
-        }
+        // The safety monitor on this node's decision (S1: a node holding a fault commands
+        // open in that same step; S2, S6 on its phase).
+        let report = NodeReport {
+            alive: true,
+            fault: Some(out.fault),
+            command: Some(out.contactors),
+            phase: Some(out.phase),
+            quorum: Some(out.quorum),
+            live_set: Some(out.live_set),
+            closed_set: Some(out.closed_set),
+            speaker: Some(out.speaker),
+            system_dcl_a: Some(out.system_dcl_a),
+            system_ccl_a: Some(out.system_ccl_a),
+            local_dcl_a: Some(out.local_dcl_a),
+            local_ccl_a: Some(out.local_ccl_a),
+            limits_binding: out.action < Action::RampDown,
+            side: Some(self.net.group[k]),
+            reports_open: out.phase == Phase::Isolated,
+            ..NodeReport::default()
+        };
+        let plant = PlantSnapshot { v_bus_v: self.plant.v_bus_v(), strings: &self.truth_buf };
+        self.monitor.node_step(t_ms * 1000, k, &report, &plant);
         // Messages: one send, each receiver on its own fate.
         for msg in &out.messages {
             let Ok(decoded) = Message::decode(msg) else {
@@ -605,32 +637,44 @@ impl FastSim {
         }
     }
 
+    /// The true plant as the safety monitor reads it.
+    fn fill_truth(&mut self) {
+        self.truth_buf.clear();
+        for k in 0..self.slots.len() {
+            let c = self.plant.contactor_state(k);
+            self.truth_buf.push(monitor::StringTruth {
+                contactors: PeerContactors { neg: c.neg, pos: c.pos, pre: c.pre },
+                v_string_v: self.plant.string_voltage_v(k),
+                i_a: self.plant.string_current_a(k),
+                state: None,
+            });
+        }
+    }
+
     fn check_invariants(&mut self) {
         let t_ms = self.t_ms;
         let n = self.slots.len();
         let dt_ms = self.dt_ms;
-        // S2: at most one string in precharge/closing at any instant (true relay states).
-        let pre: Vec<usize> = (0..n).filter(|&k| self.plant.contactor_state(k).pre).collect();
-        if pre.len() > 1 {
-            self.inv.violate(t_ms, "S2", format!("strings {:?} precharging at once", pre.iter().map(|k| k + 1).collect::<Vec<_>>()));
-        }
-        // S3 on the truth: the plant records every main close at the instant it happens,
-        // with the true |V_bus − V_string| just before it.
+        // S1–S6 on the true plant after the commands (S2 relays, S3 match at each close, S1
+        // open deadlines, S5 agreement while the network is healthy, over-current figure).
+        // S3 on the truth at the instant of each close: the plant records every main close
+        // with the true |V_bus − V_string| just before the contact landed (issue 11).
         let evs = self.plant.main_close_events();
-        let new: Vec<(f64, usize, f64)> = evs[self.s3_seen..].iter().map(|e| (e.t_s, e.string, e.dv_true_v)).collect();
+        let new: Vec<(usize, f64)> = evs[self.s3_seen..].iter().map(|e| (e.string, e.dv_true_v)).collect();
         self.s3_seen = evs.len();
-        for (t_s, k, dv) in new {
-            let at_ms = (t_s * 1000.0).round() as u64 + self.plant_lag_ms;
-            self.inv.closes.push((at_ms, k, dv));
-            if dv > self.dv_close_v + self.s3_margin_v {
-                self.inv.violate(at_ms, "S3", format!("string {} closed its main contactor at a true |dV| = {:.2} V", k + 1, dv));
-            }
+        for (k, dv) in new {
+            self.monitor.main_close_event(k, dv);
         }
-        let quorum = n / 2 + 1;
+        self.fill_truth();
+        let plant = PlantSnapshot { v_bus_v: self.plant.v_bus_v(), strings: &self.truth_buf };
+        // Plant time: while the plant is frozen its physics and contactors stand still, so its
+        // deadlines (S1 open within a second) run on its own clock, not on the nodes'.
+        let t_plant_us = (t_ms - self.plant_lag_ms) * 1000;
+        self.monitor.plant_step(t_plant_us, &plant, self.net.is_healthy());
+        self.sync_monitor();
         for k in 0..n {
             let c = self.plant.contactor_state(k);
             let closed = c.pos && c.neg;
-            // S3: a main contactor closes only onto a matched bus.
             if closed && !self.slots[k].prev_pos_closed {
                 if self.was_isolated[k] {
                     self.rejoins[k] += 1;
@@ -648,37 +692,19 @@ impl FastSim {
             if closed {
                 self.time_connected_ms[k] += dt_ms;
             }
-            // S6: a string starts precharge only on a side holding quorum.
-            let pre_start = c.pre && !self.slots[k].prev_pre;
-            self.slots[k].prev_pre = c.pre;
-            if pre_start && c.neg {
+            // join-triggered load requests start counting when the precharge relay closes
+            let pre_start = c.pre && c.neg && !self.slots[k].prev_pre;
+            self.slots[k].prev_pre = c.pre && c.neg;
+            if pre_start {
                 for r in &mut self.request_steps {
                     if r.3.is_none() && r.0.is_none_or(|s| s == k) {
                         r.3 = Some(t_ms + r.1);
                     }
                 }
             }
-            if pre_start {
-                let side = (0..n)
-                    .filter(|&j| self.net.group[j] == self.net.group[k] && self.slots[j].core.is_some())
-                    .count();
-                if side < quorum {
-                    self.inv.violate(t_ms, "S6", format!("string {} precharging on a side of {} < quorum {}", k + 1, side, quorum));
-                }
-            }
             if let Some(core) = self.slots[k].core.as_ref() {
-                let o = core.output();
                 for f in &core.engine().output().faults {
                     self.faults_seen[k] |= 1u64 << (f.rule as u32 * 3 + f.level as u32);
-                }
-                // S4 (physical): a string's current above its own continuous limit.
-                let i = self.plant.string_current_a(k);
-                let own = if i >= 0.0 { o.local_dcl_a } else { o.local_ccl_a };
-                if closed && o.action < Action::RampDown {
-                    let over = i.abs() - own;
-                    if over > self.inv.max_string_overcurrent_a {
-                        self.inv.max_string_overcurrent_a = over;
-                    }
                 }
             }
         }
@@ -697,27 +723,6 @@ impl FastSim {
                 }
             }
         }
-        // S5: live nodes that hear each other agree on limits and closed set.
-        let live: Vec<&NodeCore> = self.slots.iter().filter_map(|s| s.core.as_ref()).collect();
-        if self.net.is_healthy() && live.len() >= 2 {
-            let a = live[0].output();
-            let agree = live.iter().all(|c| {
-                let o = c.output();
-                o.closed_set == a.closed_set
-                    && (o.system_dcl_a - a.system_dcl_a).abs() < 1e-6
-                    && (o.system_ccl_a - a.system_ccl_a).abs() < 1e-6
-            });
-            match (agree, self.inv.disagree_since_ms) {
-                (true, Some(since)) => {
-                    self.inv.agree_latencies_ms.push(t_ms - since);
-                    self.inv.disagree_since_ms = None;
-                }
-                (false, None) => self.inv.disagree_since_ms = Some(t_ms - dt_ms),
-                _ => {}
-            }
-        } else {
-            self.inv.disagree_since_ms = None;
-        }
         let i_load = self.plant.load_a();
         let e = i_load * self.plant.v_bus_v() * dt_ms as f64 / 1000.0;
         if e >= 0.0 {
@@ -727,11 +732,27 @@ impl FastSim {
         }
     }
 
+    /// Copy the monitor's new findings into `inv` (times in ms).
+    fn sync_monitor(&mut self) {
+        let (nv, nc, na) = self.synced;
+        let v = self.monitor.violations();
+        for x in &v[nv..] {
+            if self.inv.violations.len() < 100 {
+                self.inv.violations.push(format!("t={:.1}s {}: {}", x.t_us as f64 * 1e-6, x.rule.name(), x.what));
+            }
+            self.inv.rules.push(x.rule);
+        }
+        let f = self.monitor.figures();
+        self.inv.closes.extend(f.closes[nc..].iter().map(|&(t, k, dv)| (t / 1000, k, dv)));
+        self.inv.agree_latencies_ms.extend(f.agree_latencies_us[na..].iter().map(|&t| t / 1000));
+        self.inv.max_string_overcurrent_a = f.max_string_overcurrent_a;
+        self.synced = (v.len(), f.closes.len(), f.agree_latencies_us.len());
+    }
+
     /// Close the run: a disagreement still open at the end counts as a latency so far.
     pub fn finish(&mut self) {
-        if let Some(since) = self.inv.disagree_since_ms.take() {
-            self.inv.agree_latencies_ms.push(self.t_ms - since);
-        }
+        self.monitor.finish((self.t_ms - self.plant_lag_ms) * 1000);
+        self.sync_monitor();
     }
 
     fn record(&mut self) {

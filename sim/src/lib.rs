@@ -7,9 +7,11 @@
 //! - [`plant`]: the parallel-string plant (cells, contactors, sensors, bus, load, faults).
 //! - [`fastsim`]: the fast mode of `mbms sim`: one plant, N `NodeCore`s, a simulated peer
 //!   network, on a virtual clock.
+//! - [`monitor`]: the one safety monitor (S1–S6), used by every simulation mode.
 //! - [`protocol`]: the deterministic protocol simulator (N `Peer`s, a small electrical model,
 //!   a network model, crashes, drift) and its S1–S6 checker.
 
 pub mod fastsim;
+pub mod monitor;
 pub mod plant;
 pub mod protocol;

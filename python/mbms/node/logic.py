@@ -41,7 +41,7 @@ class Phase(enum.IntEnum):
 
     Values 0..7 are the consensus core's ``Phase`` (consensus/src/peer.rs, also the 3-bit phase in
     every peer message), so NodeCore's phase maps over unchanged; 8 is the runtime's own. The
-    numbers are on the wire (hw/dbc/mbms.dbc, MBMS_STATE_<id>.Phase): do not renumber.
+    numbers are on the wire (mbms/data/dbc/mbms.dbc, MBMS_STATE_<id>.Phase): do not renumber.
     """
 
     OPEN = 0  # contactors open, healthy, not requesting

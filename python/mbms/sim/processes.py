@@ -17,10 +17,12 @@ What :func:`run` does:
 * applies the scenario's ``kill`` (SIGKILL) and ``restart`` (a new process that restores its state
   from its state directory) network events; loss, delay, duplication and partitions need network
   namespaces and are not applied here (a warning says so);
-* checks what can be checked from outside: S2 (never two strings precharging at a sampled
-  instant, true relay states), S3 (|V_bus - V_string| just before each main close, plant truth),
-  S1 where observable (a node reporting itself isolated/fail-safe has its string open; a killed
-  node's string is opened by the contactor driver watchdog);
+* checks what can be checked from outside with the one safety monitor of every mode
+  (``mbms._core.SafetyMonitor``, sim/src/monitor.rs; same rules and margins as fast mode): S2
+  (never two strings precharging at a sampled instant, true relay states), S3 (|V_bus - V_string|
+  just before each main close, as the plant records it at that instant), S1 where observable (a node reporting itself
+  isolated/fail-safe, or killed, has its string open within the monitor's deadline), S5 (the
+  nodes' telemetry agrees within the bound while all are heard) and the over-current figure;
 * stops everything (SIGTERM, then SIGKILL after a deadline) and returns a
   :class:`mbms.sim.fast.RunResult` with the same channels as fast mode (NaN where the outside
   cannot see a value).
@@ -58,10 +60,6 @@ from mbms.plant_link import unpack as unpack_msg
 from mbms.sim.fast import RunResult, engine_configs
 from mbms.sim.scenario import Scenario
 
-#: |dV| tolerance on top of dv_close_v for the S3 check, as in fast mode (sim/src/fastsim.rs
-#: s3_margin_v): the nodes see sensors with noise/offset, the check sees the truth; here the
-#: sample is also up to one poll period older than the close.
-S3_MARGIN_V = 1.0
 #: The plant opens a string whose node sent no command for this long (contactor driver watchdog).
 WATCHDOG_S = 0.5
 #: Peer telemetry older than this (wall s) counts as not heard.
@@ -383,16 +381,12 @@ class _Counter:
 @dataclass
 class _Track:
     closed: bool = False
-    pre: bool = False
-    last_dv: float = math.nan
     isolated_once: bool = False
     isolations: int = 0
     rejoins: int = 0
     connected_s: float = 0.0
     killed_at: float | None = None  # wall time of a kill (watchdog check)
     closed_before_kill: int = 0
-    phase: int = -1
-    iso_seen_at: float | None = None
 
 
 def run(scenario: Scenario, console: Any = None, out: Path | None = None, time_scale: float = 1.0,
@@ -473,7 +467,9 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         t_ready = time.monotonic()
         for c in nodes:
             c.start()
-        res = await _drive(sc, console, st, client, observer, nodes, plant, desc_json, canlog)
+        # The monitor checks against the protocol settings the nodes run (one source).
+        monitor = _core.SafetyMonitor(system.peer_config(1, 0))
+        res = await _drive(sc, console, st, client, observer, nodes, plant, desc_json, canlog, monitor)
     finally:
         stop_all(children, st.stop_timeout_s)
         if client_tr is not None:
@@ -546,20 +542,16 @@ async def _wait_plant(client: PlantClient, plant: Child, timeout_s: float) -> No
 
 
 async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, obs: Observer, nodes: list[Child],
-                 plant: Child, desc_json: str, canlog: CanLog) -> dict[str, Any]:
+                 plant: Child, desc_json: str, canlog: CanLog, monitor: Any) -> dict[str, Any]:
     n = sc.n_packs
-    dv_close = float(_core.peer_config(dict(sc.system), check=False)["dv_close_v"])
     actions = sorted(((e.at_s, i, e) for i, e in enumerate(sc.network) if e.kind in ("kill", "restart")),
                      key=lambda a: (a[0], a[1]))
     ai = 0
     tr = [_Track() for _ in range(n)]
     violations: list[str] = []
-    closes: list[tuple[int, int, float]] = []
-    agree: list[float] = []
+    closes_seen: set[tuple[float, int]] = set()  # plant close records already given to the monitor
     detect: list[float] = []
-    disagree_since: float | None = None
     e_dis = e_chg = 0.0
-    max_over = 0.0
     sys_rows: list[list[float]] = []
     str_rows: list[list[float]] = []
     next_rec = 0.0
@@ -617,49 +609,49 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         # -------------------------------------------------------------------------- checks
         cont = truth["contactors"]
         v_bus = float(truth["v_bus_v"])
-        pre_now = [k for k in range(n) if cont[k][2]]
-        if len(pre_now) > 1:
-            violate(t, "S2", f"strings {[k + 1 for k in pre_now]} precharging at once")
         views = [obs.peers[k + 1] for k in range(n)]
+        heard_all = True
         for k in range(n):
             closed = bool(cont[k][0] and cont[k][1])
-            if closed and not tr[k].closed:
-                dv = tr[k].last_dv
-                closes.append((round(t * 1000), k, dv))
-                if dv > dv_close + S3_MARGIN_V:
-                    violate(t, "S3", f"string {k + 1} closed its main contactor at |dV| = {dv:.2f} V")
-                if tr[k].isolated_once:
-                    tr[k].rejoins += 1
+            if closed and not tr[k].closed and tr[k].isolated_once:
+                tr[k].rejoins += 1
             if not closed and tr[k].closed:
                 tr[k].isolations += 1
                 tr[k].isolated_once = True
             if closed:
                 tr[k].connected_s += dt
             tr[k].closed = closed
-            tr[k].last_dv = abs(v_bus - float(truth["v_string_v"][k]))
-            # S1 observable: a node reporting itself isolated / fail-safe has its string open.
-            phase = views[k].get("STATE", "Phase", now)
-            if not math.isnan(phase):
-                ph = int(phase)
-                if ph in (Phase.ISOLATED, Phase.FAIL_SAFE) and tr[k].phase != ph:
-                    tr[k].iso_seen_at = now
-                elif ph not in (Phase.ISOLATED, Phase.FAIL_SAFE):
-                    tr[k].iso_seen_at = None
-                tr[k].phase = ph
-                # the open command precedes the telemetry frame that reports it; allow one poll
-                if tr[k].iso_seen_at is not None and now - tr[k].iso_seen_at > st.poll_s * 2 and cont[k][1]:
-                    violate(t, "S1", f"node {k + 1} reports {Phase(ph).name} but its main contactor is closed")
-                    tr[k].iso_seen_at = None
-            if tr[k].killed_at is not None and any(cont[k]) and now - tr[k].killed_at > WATCHDOG_S + 0.5:
-                violate(t, "S1", f"string {k + 1} still not open {now - tr[k].killed_at:.1f} s after its node died")
-                tr[k].killed_at = None
-            # S4 (physical): string current above its own limit while closed and fault-free
-            if closed:
-                i = float(truth["i_a"][k])
-                own = views[k].get("LIMITS", "Dcl" if i >= 0 else "Ccl", now)
-                faults = views[k].get("STATE", "FaultCount", now)
-                if not math.isnan(own) and faults == 0:
-                    max_over = max(max_over, abs(i) - own)
+            # What the monitor can know of node k: its process, and its telemetry if fresh.
+            v = views[k]
+            phase = v.get("STATE", "Phase", now)
+            dcl_sys, ccl_sys = v.get("LIMITS", "SysDcl", now), v.get("LIMITS", "SysCcl", now)
+            closed_n = v.get("STATE", "ClosedCount", now)
+            own_d, own_c = v.get("LIMITS", "Dcl", now), v.get("LIMITS", "Ccl", now)
+            faults = v.get("STATE", "FaultCount", now)
+            heard = not any(math.isnan(x) for x in (phase, dcl_sys, ccl_sys, closed_n))
+            heard_all = heard_all and heard and nodes[k].alive
+            ph = None if math.isnan(phase) else int(phase)
+            monitor.node_report(
+                k, nodes[k].alive,
+                phase=ph if ph is not None and ph < Phase.FAIL_SAFE else None,
+                reports_open=ph in (Phase.ISOLATED, Phase.FAIL_SAFE),
+                system_dcl_a=dcl_sys if heard else None, system_ccl_a=ccl_sys if heard else None,
+                local_dcl_a=None if math.isnan(own_d) else own_d, local_ccl_a=None if math.isnan(own_c) else own_c,
+                closed_count=int(closed_n) if heard else None,
+                limits_binding=faults == 0)
+        # S3 at the instant of each close: the plant's own record of the true |dV| when the
+        # contact landed (issue 11), not the last poll before it
+        for c in truth.get("main_closes", []):
+            if (c[0], c[1]) not in closes_seen:
+                closes_seen.add((c[0], c[1]))
+                monitor.main_close_event(int(c[1]), float(c[2]))
+        # S1-S6 as far as the outside sees them; S5 only while every node is alive and heard.
+        found = monitor.plant_step(t, v_bus, [tuple(bool(x) for x in c) for c in cont],
+                                   [float(x) for x in truth["v_string_v"]], [float(x) for x in truth["i_a"]],
+                                   heard_all)
+        for rule, tv, what in found:
+            if len(violations) < 100:
+                violations.append(f"t={tv:.1f}s {rule}: {what}")
 
         # failure detection: every live peer has dropped the dead node from its closed set
         for d in range(n):
@@ -671,21 +663,6 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
             if others and all(not math.isnan(c) and c < tr[d].closed_before_kill for c in counts):
                 detect.append((now - kd) * 1000)
                 tr[d].closed_before_kill = 0
-
-        # agreement (S5, as far as telemetry shows: 0.1 A resolution, 100 ms frames)
-        live = [k for k in range(n) if nodes[k].alive and not math.isnan(views[k].get("LIMITS", "SysDcl", now))
-                and not math.isnan(views[k].get("STATE", "ClosedCount", now))]
-        if len(live) >= 2:
-            vals = [(round(views[k].get("LIMITS", "SysDcl", now), 1), round(views[k].get("LIMITS", "SysCcl", now), 1),
-                     int(views[k].get("STATE", "ClosedCount", now))) for k in live]
-            same = all(v == vals[0] for v in vals)
-            if same and disagree_since is not None:
-                agree.append((now - disagree_since) * 1000)
-                disagree_since = None
-            elif not same and disagree_since is None:
-                disagree_since = now
-        else:
-            disagree_since = None
 
         if all_heard_t is None and all(not math.isnan(v.get("STATE", "Phase", now)) for v in views):
             all_heard_t = round(t, 2)
@@ -704,10 +681,14 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
             else:
                 quiet_since = quiet_since if quiet_since is not None else t
                 ready = t - quiet_since >= READY_QUIET_S
+        # a string precharging or closing (its telemetry says so): the inverter holds its current
+        # so the bus does not step under the join (issue 11); a limit that drops still applies
+        holding = any(nodes[k].alive and not math.isnan(p := views[k].get("STATE", "Phase", now))
+                      and int(p) in (Phase.PRECHARGING, Phase.CLOSING) for k in range(n))
         if not any_closed or not ready or math.isnan(dcl) or math.isnan(ccl):
             target = 0.0
         else:
-            target = min(max(request, -ccl), dcl)
+            target = min(max(load_set if holding else request, -ccl), dcl)
         if target != load_set:
             try:
                 await client.request({"op": "load", "i": target})
@@ -755,13 +736,14 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
             delay = 0.0
         await asyncio.sleep(max(delay, 0.0))
 
-    if disagree_since is not None:
-        agree.append((time.monotonic() - disagree_since) * 1000)
+    monitor.finish(last_t or 0.0)
+    fig = monitor.figures()
     packs = [{"time_connected_s": tr[k].connected_s, "isolations": tr[k].isolations, "rejoins": tr[k].rejoins,
               "faults_seen": [], "resets": 0, "rx_ok": 0, "rx_dropped": 0} for k in range(n)]
     report = {
-        "violations": violations, "max_string_overcurrent_a": max(0.0, max_over), "agree_latencies_ms": agree,
-        "detect_latencies_ms": detect, "closes": closes, "energy_discharged_j": e_dis, "energy_charged_j": e_chg,
+        "violations": violations, "max_string_overcurrent_a": max(0.0, fig["max_string_overcurrent_a"]),
+        "agree_latencies_ms": fig["agree_latencies_ms"], "detect_latencies_ms": detect, "closes": fig["closes"],
+        "energy_discharged_j": e_dis, "energy_charged_j": e_chg,
         "packs": packs,
     }
     return {"report": report, "system": sys_rows, "strings": str_rows, "t_end": last_t or 0.0,

@@ -13,9 +13,12 @@ Datagram (a msgpack map; version 1):
 
 Addressing: a multicast group (``group``/``port``, joined on ``interface``) or, with ``peers``, a
 unicast list aligned with the system's ``members`` (peers[i] is the endpoint of members[i]; a node
-binds its own entry and sends to all others). Receiver: a datagram from a run older than the
-newest seen from that sender, or with a sequence number not above the last one of that run, is a
-replay and is dropped; so are foreign, malformed and oversized datagrams (all counted).
+binds its own entry and sends to all others). Receiver: a datagram with a sequence number not
+above the last one of its run, or from a run older than the newest seen from that sender, is a
+replay and is dropped; so are foreign, malformed and oversized datagrams (all counted). One
+exception: the run just before the newest that keeps sending new peer messages is a second live
+node with that id; its messages are delivered so that the peer protocol raises the duplicate-id
+alarm (so are those of another run with this node's own id).
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ class UdpTransport(Transport):
         self.system_id = system_id
         self.boot = time.time_ns() // 1_000_000
         self._seq = 0
-        self._last: dict[int, tuple[int, int]] = {}
+        self._last: dict[int, tuple[int, int]] = {}  # src -> (boot, seq) of its newest run
+        self._prev: dict[int, tuple[int, int]] = {}  # src -> (boot, seq) of the run before it
         self._sock: socket.socket | None = None
         self._dgram: asyncio.DatagramTransport | None = None
         if cfg.peers:
@@ -158,14 +162,22 @@ class UdpTransport(Transport):
         elif not self._sender_ok(src):
             return
         last = self._last.get(src)
+        older_run = False
         if last is not None and (boot < last[0] or (boot == last[0] and seq <= last[1])):
-            st.replayed += 1
-            return
+            prev = self._prev.get(src)
+            # A run older than the newest one that still sends NEW datagrams (a sequence number it
+            # never used before) is alive: two nodes with one id. Its peer messages go to the peer
+            # protocol, which raises the duplicate-id alarm by their incarnation; anything it
+            # already sent is a replay.
+            if not (kind == "m" and prev is not None and boot == prev[0] and seq > prev[1]):
+                st.replayed += 1
+                return
+            older_run = True
         if kind == "m" and isinstance(data, bytes):
             if len(data) > MAX_MESSAGE:
                 st.oversized += 1
                 return
-            self._last[src] = (boot, seq)
+            self._advance(src, last, boot, seq, older_run)
             st.received_messages += 1
             self.on_message(src, data)
         elif kind == "t" and isinstance(data, list):
@@ -180,12 +192,22 @@ class UdpTransport(Transport):
                     st.foreign += 1
                     return
                 good.append((item[0], item[1]))
-            self._last[src] = (boot, seq)
+            self._advance(src, last, boot, seq, older_run)
             for fid, d in good:
                 st.received_telemetry += 1
                 self.on_telemetry(src, fid, d)
         else:
             st.malformed += 1
+
+    def _advance(self, src: int, last: tuple[int, int] | None, boot: int, seq: int, older_run: bool) -> None:
+        """Record an accepted datagram: of the older run still speaking, or of the newest run
+        (a newer boot keeps the run it replaces as the one before, a restart or a duplicate)."""
+        if older_run:
+            self._prev[src] = (boot, seq)
+            return
+        if last is not None and boot > last[0]:
+            self._prev[src] = last
+        self._last[src] = (boot, seq)
 
     def close(self) -> None:
         if self._dgram is not None:
