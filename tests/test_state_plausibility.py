@@ -28,22 +28,22 @@ from mbms.node.persistence import FORMAT, MAGIC, StateStore
 from mbms.paths import hw_dir
 
 PACK = hw_dir() / "packs" / "example_pack.toml"
-_HEAD = 8 + 8 + 8 + 1  # engine state: magic, n cells, n sensors, initialized (rust_core/src/engine.rs)
-_PER_CELL = 18  # f64 per cell: z, v1, v2, h, p00, p01, p11, soc_cc, cap_ah, r0_ratio, ...
-SOC, CAP, R0 = 0, 8, 9
+SOC, CAP, R0 = ("cells", "z"), ("rest_soh", "cap_ah"), ("rest_soh", "r0_ratio")  # engine state sections
 
 
-def _patch(blob: bytes, n: int, field: int, value: float, cells: range | None = None) -> bytes:
-    b = bytearray(blob)
+def _patch(blob: bytes, n: int, field: tuple[str, str], value: float, cells: range | None = None) -> bytes:
+    """The engine state document (rust_core/src/engine/state.rs) with one per-cell value set."""
+    doc = json.loads(blob)
+    section, name = field
     for k in cells if cells is not None else range(n):
-        struct.pack_into("<d", b, _HEAD + 8 * (k * _PER_CELL + field), value)
-    return bytes(b)
+        doc[section][name][k] = repr(float(value))
+    return json.dumps(doc).encode()
 
 
-def _patch_pack(blob: bytes, n: int, index: int, value: float) -> bytes:
-    b = bytearray(blob)
-    struct.pack_into("<d", b, _HEAD + 8 * (n * (_PER_CELL) + index), value)
-    return bytes(b)
+def _patch_limit(blob: bytes, name: str, value: float) -> bytes:
+    doc = json.loads(blob)
+    doc["limits"][name] = repr(float(value))
+    return json.dumps(doc).encode()
 
 
 def _inputs(cfg: PackConfig, v: float) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +84,7 @@ def test_implausible_estimator_state_is_dropped_and_starts_from_measurements(sav
 
 def test_implausible_limit_restarts_from_zero(saved) -> None:
     cfg, blob = saved
-    n = cfg.pack.series
-    dropped = Engine(cfg).import_state(_patch_pack(blob, n, 3, 1e9))  # dcl_a
+    dropped = Engine(cfg).import_state(_patch_limit(blob, "dcl_a", 1e9))
     assert len(dropped) == 1 and "dcl_a = 1000000000" in dropped[0], dropped
 
 

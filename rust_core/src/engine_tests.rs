@@ -110,13 +110,12 @@ fn soc_converges_from_a_wrong_start_and_tracks_a_dynamic_profile() {
     for k in 0..n {
         assert!((out.soc[k] - plant.s[k].soc).abs() < 0.01, "OCV start {k}");
     }
-    let mut state = e.export_state();
-    // corrupt SOC by +0.2 through the state format (first f64 of each cell record)
-    for k in 0..n {
-        let off = 8 + 16 + 1 + k * 18 * 8;
-        let z = f64::from_le_bytes(state[off..off + 8].try_into().unwrap()) + 0.2;
-        state[off..off + 8].copy_from_slice(&z.to_le_bytes());
-    }
+    // corrupt SOC by +0.2 through the state file (the cells section's z)
+    let state = patch_state(&e.export_state(), |d| {
+        for z in d["cells"]["z"].as_array_mut().unwrap() {
+            *z = num(get_num(z) + 0.2);
+        }
+    });
     e.import_state(&state).unwrap();
     let dt = 0.1;
     let mut max_err_late: f64 = 0.0;
@@ -334,7 +333,7 @@ fn simd_and_scalar_paths_agree_bit_for_bit() {
     let mut plant = Plant::new(p, n, 4.0, 0.7, 21);
     let mut a = engine(n, 30);
     let mut b = engine(n, 30);
-    b.use_avx2 = false;
+    b.cells.use_avx2 = false;
     let mut t = 0.0;
     for step in 0..400 {
         let i = [25.0, -10.0, 3.0][(step / 40) % 3];
@@ -363,9 +362,7 @@ fn implausible_restored_state_is_dropped_latches_kept() {
         t += 0.1;
     }
     assert_eq!(e.output().action, Action::Open);
-    let mut st = e.export_state();
-    let z2 = 8 + 8 + 8 + 1 + 2 * 18 * 8; // header, then 18 f64 per cell, z first
-    st[z2..z2 + 8].copy_from_slice(&1.5f64.to_le_bytes());
+    let st = patch_state(&e.export_state(), |d| d["cells"]["z"][2] = num(1.5));
     let mut e2 = engine(4, 1);
     let dropped = e2.import_state(&st).unwrap();
     assert_eq!(dropped.len(), 1, "{dropped:?}");
@@ -378,11 +375,145 @@ fn implausible_restored_state_is_dropped_latches_kept() {
     fresh.step(100.0, &vv, &[25.0], 0.0).unwrap();
     assert_eq!(e2.output().soc, fresh.output().soc);
     // a capacity of 1e6 Ah is outside the band of the cell file
-    let mut st = e.export_state();
-    let cap0 = 8 + 8 + 8 + 1 + 8 * 8;
-    st[cap0..cap0 + 8].copy_from_slice(&1e6f64.to_le_bytes());
+    let st = patch_state(&e.export_state(), |d| d["rest_soh"]["cap_ah"][0] = num(1e6));
     let dropped = engine(4, 1).import_state(&st).unwrap();
     assert!(dropped.len() == 1 && dropped[0].contains("cell 0: capacity 1000000"), "{dropped:?}");
     // the untouched state is restored whole
     assert!(engine(4, 1).import_state(&e.export_state()).unwrap().is_empty());
+}
+
+// ---- versioned state file (issue 9 item 5) ----
+
+/// The state document with `f` applied.
+fn patch_state(st: &[u8], f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut d: serde_json::Value = serde_json::from_slice(st).unwrap();
+    f(&mut d);
+    serde_json::to_vec(&d).unwrap()
+}
+
+/// A number as the state file writes it (shortest round-trip decimal string).
+fn num(x: f64) -> serde_json::Value {
+    serde_json::Value::String(format!("{x:?}"))
+}
+
+fn get_num(v: &serde_json::Value) -> f64 {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// A state worth saving: SOC, RC, covariance, an R0 step, a latched fault, limits.
+fn used_engine() -> (Engine, f64) {
+    let mut e = engine(4, 1);
+    let mut t = 0.0;
+    for k in 0..60 {
+        let mut v: Vec<f64> = (0..4).map(|j| 3.7 - 0.002 * j as f64 - 0.0005 * k as f64).collect();
+        if (10..20).contains(&k) {
+            v[1] = 4.3; // latched over-voltage on cell 1
+        }
+        let i = if k % 20 < 10 { 8.0 } else { -3.0 };
+        e.step(t, &v, &[25.0], i).unwrap();
+        t += 0.1;
+    }
+    (e, t)
+}
+
+/// Format 1 as the engine wrote it before the versioned document (rust_core/src/engine.rs at
+/// main 9be3b54, `export_state`): kept here to check the migration against the layout itself.
+fn format_1_record(e: &Engine) -> Vec<u8> {
+    let mut w = Vec::new();
+    w.extend_from_slice(b"MBMSENG1");
+    w.extend_from_slice(&(e.n as u64).to_le_bytes());
+    w.extend_from_slice(&(e.n_t as u64).to_le_bytes());
+    w.push(e.cells.initialized as u8);
+    let put = |w: &mut Vec<u8>, x: f64| w.extend_from_slice(&x.to_le_bytes());
+    let (c, s) = (&e.cells, &e.soh);
+    for k in 0..e.n {
+        for x in [c.z[k], c.v1[k], c.v2[k], c.h[k], c.cov[k].p00, c.cov[k].p01, c.cov[k].p11, e.out.soc_cc[k], s.cap_ah[k], s.r0_ratio[k], s.z_rest[k], s.z_rest_var[k]] {
+            put(&mut w, x);
+        }
+        for x in s.awtls[k].c {
+            put(&mut w, x);
+        }
+    }
+    let l = &e.limits;
+    for x in [s.q_since_rest_ah, s.dt2_since_rest, s.time_since_rest_s, l.dcl.value, l.ccl.value, l.dcl_peak.value, l.ccl_peak.value] {
+        put(&mut w, x);
+    }
+    let latched = e.protection.latched();
+    w.extend_from_slice(&(latched.len() as u32).to_le_bytes());
+    for (r, k) in latched {
+        w.push(r as u8);
+        w.extend_from_slice(&(k as u32).to_le_bytes());
+    }
+    w
+}
+
+#[test]
+fn state_file_is_a_versioned_document_per_stage() {
+    let (e, _) = used_engine();
+    let d: serde_json::Value = serde_json::from_slice(&e.export_state()).unwrap();
+    assert_eq!(d["format"], "mbms-engine-state");
+    assert_eq!(d["version"], 2);
+    for s in ["cells", "rest_soh", "limits", "protection"] {
+        assert_eq!(d[s]["version"], 1, "{s}");
+    }
+    assert_eq!(d["protection"]["latched"][0]["rule"], "cell_overvoltage");
+    assert_eq!(d["protection"]["latched"][0]["index"], 1);
+    // "none yet" survives as NaN, every number bit for bit
+    assert_eq!(d["rest_soh"]["z_rest"][0], "NaN");
+    let mut e2 = engine(4, 1);
+    assert!(e2.import_state(&e.export_state()).unwrap().is_empty());
+    assert_eq!(e2.export_state(), e.export_state());
+    assert_eq!(e2.cells.z, e.cells.z);
+}
+
+#[test]
+fn newer_or_foreign_state_is_rejected_with_a_message_and_nothing_applied() {
+    let (e, _) = used_engine();
+    let st = e.export_state();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (patch_state(&st, |d| d["cells"]["version"] = 2.into()), "section \"cells\" has version 2; this mbms reads version 1"),
+        (patch_state(&st, |d| d["limits"]["version"] = 7.into()), "section \"limits\" has version 7"),
+        (patch_state(&st, |d| { d.as_object_mut().unwrap().remove("rest_soh"); }), "section \"rest_soh\" missing"),
+        (patch_state(&st, |d| { d["protection"].as_object_mut().unwrap().remove("version"); }), "section \"protection\": no version number"),
+        (patch_state(&st, |d| d["version"] = 3.into()), "document version Some(3)"),
+        (patch_state(&st, |d| d["format"] = "something-else".into()), "format Some(\"something-else\")"),
+        (patch_state(&st, |d| d["cells"]["extra"] = 1.into()), "cells.extra: unknown field `extra`"),
+        (patch_state(&st, |d| d["cells"]["z"][3] = "soc".into()), "cells.z[3]"),
+        (patch_state(&st, |d| d["protection"]["latched"][0]["rule"] = "cell_overheat".into()), "unknown rule \"cell_overheat\""),
+        (patch_state(&st, |d| d["rest_soh"]["cap_ah"] = serde_json::json!(["1.0"])), "rest_soh.cap_ah: 1 values, expected 4"),
+        (patch_state(&st, |d| d["series"] = 5.into()), "state is for 5 cells / 1 sensors, engine has 4 / 1"),
+        (b"MBMSENG2\0\0\0\0".to_vec(), "not an mbms engine state"),
+        (st[..st.len() - 2].to_vec(), "not a readable JSON document"),
+    ];
+    for (data, words) in cases {
+        let mut fresh = engine(4, 1);
+        let before = fresh.export_state();
+        let err = fresh.import_state(&data).expect_err(words).to_string();
+        assert!(err.starts_with("engine state: ") && err.contains(words), "{err:?} lacks {words:?}");
+        assert_eq!(fresh.export_state(), before, "{words}: something was applied");
+    }
+}
+
+#[test]
+fn format_1_record_is_migrated_to_the_same_state() {
+    let (e, mut t) = used_engine();
+    let v1 = format_1_record(&e);
+    let (mut a, mut b) = (engine(4, 1), engine(4, 1));
+    assert!(a.import_state(&v1).unwrap().is_empty());
+    assert!(b.import_state(&e.export_state()).unwrap().is_empty());
+    assert_eq!(a.export_state(), b.export_state());
+    assert_eq!(a.output().action, Action::Open, "the latched fault migrates");
+    for k in 0..30 {
+        let v: Vec<f64> = (0..4).map(|j| 3.65 - 0.001 * (k + j) as f64).collect();
+        a.step(t, &v, &[25.0], 4.0).unwrap();
+        b.step(t, &v, &[25.0], 4.0).unwrap();
+        t += 0.1;
+    }
+    assert_eq!(a.output(), b.output());
+    // a damaged or foreign format-1 record is refused, not misread
+    assert!(engine(4, 1).import_state(&v1[..v1.len() - 1]).unwrap_err().to_string().contains("format 1: truncated fault list"));
+    assert!(engine(5, 1).import_state(&v1).unwrap_err().to_string().contains("state is for 4 cells / 1 sensors, engine has 5 / 1"));
+    let mut trailing = v1.clone();
+    trailing.push(0);
+    assert!(engine(4, 1).import_state(&trailing).unwrap_err().to_string().contains("format 1: trailing bytes"));
 }

@@ -1,0 +1,715 @@
+//! The peer protocol state machine: membership and failure detection, close arbitration
+//! with quorum grants under leases (S2), the physical close check (S3), local open (S1),
+//! agreed N−1 limits (S4, S5), partitions (S6), restarts, duplicate ids, the speaker.
+//!
+//! Sans-IO: [`Peer::on_message`] takes received bytes, [`Peer::tick`] takes the time and the
+//! local measurements and returns the contactor command and the messages to broadcast.
+//!
+//! Close arbitration (S2):
+//! - A string that wants to close picks a new 4-bit ticket and broadcasts a request at
+//!   once; it notes the request time t_req on its own clock.
+//! - Every peer (the requester too) holds at most one grant (to, ticket, granted_at). With
+//!   its slot free, no string known to be precharging/closing, and past its grant inhibit
+//!   after a start, it grants the lowest-id pending request. It keeps the grant until the
+//!   grantee shows a different ticket (release) or lease_ms passed on its own clock.
+//! - The requester precharges only with grants from a quorum (counting its own slot),
+//!   all heard after t_req, and must be closed before t_req + lease·(1−2ρ) on its clock;
+//!   since every grant was given after t_req, each grant outlives that by the drift bound.
+//! - A requester without a quorum after grant_wait_ms, or seeing a lower-id request,
+//!   withdraws and backs off (half a period plus seeded jitter).
+//! - After a start a peer grants nothing for lease·(1+2ρ)+one period: it may have granted
+//!   before a crash and forgotten. It ends this early once every other member has been
+//!   heard since the start neither requesting/closing nor granting to it (cold start).
+//! - Tickets are not reused within that same guard time (nor, after a start, before the
+//!   same early end), so a grant left for an old request never counts for a new one.
+//!
+//! Ordering: on a dead bus the largest group of strings whose OCVs lie within dv_close
+//! (ties: the higher-voltage group, since a system typically starts by discharging) closes
+//! first, lowest id first; on a live bus any string whose |V_bus − V_string| ≤ 0.8·dv_close
+//! may close, lowest id first. Strings that match neither wait until the bus comes to them.
+
+//!
+//! The peer is composed of sub-states, each a struct in its own module that owns its state,
+//! in the manner of quinn-proto's connection: [`membership`] (who is alive, quorum, restarts,
+//! duplicate ids), [`arbitration`] (phase machine, requests, grants, the S3 close),
+//! [`agreement`] (N−1 proposal, reported limits, speaker) and [`emission`] (what is sent
+//! when). [`Peer::tick`] only orchestrates them.
+
+use crate::config::{PeerConfig, MAX_MEMBER_ID};
+use crate::prng::SplitMix64;
+use crate::wire::{Message, WireError, MAX_TICKET};
+
+mod agreement;
+mod arbitration;
+mod emission;
+mod membership;
+
+/// Eligibility on a live bus uses a tighter window than the physical check, so that a
+/// string that asks for a grant is likely to pass the check.
+const LIVE_MATCH_MARGIN: f64 = 0.8;
+/// A peer that detects another node using its own id stays passive this many periods.
+const DUP_HOLD_PERIODS: u64 = 10;
+/// Back-off after an aborted close, in heartbeat periods (plus jitter).
+const ABORT_BACKOFF_PERIODS: u64 = 10;
+/// Up to this many lost members are enumerated open/closed (2^8 cases); with more, the
+/// state of the bus is too uncertain and the peer reports zero limits.
+const MAX_GHOSTS: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Contactors {
+    pub neg: bool,
+    pub pos: bool,
+    pub pre: bool,
+}
+
+impl Contactors {
+    pub const OPEN: Contactors = Contactors { neg: false, pos: false, pre: false };
+    pub const PRECHARGE: Contactors = Contactors { neg: true, pos: false, pre: true };
+    pub const CLOSING: Contactors = Contactors { neg: true, pos: true, pre: true };
+    pub const CLOSED: Contactors = Contactors { neg: true, pos: true, pre: false };
+    pub fn main_closed(&self) -> bool {
+        self.neg && self.pos
+    }
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Open = 0,
+    Requesting = 1,
+    Precharging = 2,
+    Closing = 3,
+    Closed = 4,
+    /// Opened on a local fault (S1); rejoins when healthy.
+    Isolated = 5,
+    /// After a start: listening to learn the state before acting.
+    Listening = 6,
+    /// Backing off after a withdrawn request or an aborted close.
+    Waiting = 7,
+}
+
+impl Phase {
+    pub fn from_u8(v: u8) -> Phase {
+        match v & 7 {
+            0 => Phase::Open,
+            1 => Phase::Requesting,
+            2 => Phase::Precharging,
+            3 => Phase::Closing,
+            4 => Phase::Closed,
+            5 => Phase::Isolated,
+            6 => Phase::Listening,
+            _ => Phase::Waiting,
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Open => "open",
+            Phase::Requesting => "requesting",
+            Phase::Precharging => "precharging",
+            Phase::Closing => "closing",
+            Phase::Closed => "closed",
+            Phase::Isolated => "isolated",
+            Phase::Listening => "listening",
+            Phase::Waiting => "waiting",
+        }
+    }
+    /// Precharging or closing: the phases S2 allows one string at a time.
+    pub fn is_closing(&self) -> bool {
+        matches!(self, Phase::Precharging | Phase::Closing)
+    }
+}
+
+/// This string's own measurements and estimates, given to every tick.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LocalState {
+    pub ocv_v: f64,
+    pub r_ohm: f64,
+    pub soc: f64,
+    pub dcl_a: f64,
+    pub ccl_a: f64,
+    pub dcl_peak_a: f64,
+    pub ccl_peak_a: f64,
+    /// Confirmed local fault: open now (S1).
+    pub fault: bool,
+    /// Healthy and wants to be connected.
+    pub may_close: bool,
+    pub v_string_v: f64,
+    pub v_bus_v: f64,
+    /// Measured string current, discharge positive.
+    pub i_a: f64,
+    /// Measured contactor aux feedback.
+    pub feedback: Contactors,
+    /// When the measurements above were taken (ms, this peer's clock); None = at the tick's
+    /// own time (callers that sample at every tick). The S3 dwell runs in sample time, and a
+    /// close is verified only on a sample taken after the close decision.
+    pub meas_t_ms: Option<u64>,
+}
+
+impl Default for LocalState {
+    fn default() -> Self {
+        Self {
+            ocv_v: 0.0,
+            r_ohm: 0.05,
+            soc: 0.5,
+            dcl_a: 0.0,
+            ccl_a: 0.0,
+            dcl_peak_a: 0.0,
+            ccl_peak_a: 0.0,
+            fault: false,
+            may_close: false,
+            v_string_v: 0.0,
+            v_bus_v: 0.0,
+            i_a: 0.0,
+            feedback: Contactors::OPEN,
+            meas_t_ms: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    PrechargeTimeout,
+    LeaseExpired,
+    QuorumLost,
+    /// may_close went false.
+    Withdrawn,
+    /// Main contactor feedback did not confirm in time.
+    FeedbackTimeout,
+    Fault,
+    /// The sample taken after the close decision no longer showed a steady match (S3).
+    VerifyFailed,
+    /// No sample taken after the close decision arrived within verify_timeout_ms (S3).
+    VerifyTimeout,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    PeerJoined { id: u16 },
+    PeerLost { id: u16 },
+    PeerRestarted { id: u16, incarnation: u16 },
+    /// Two nodes use the same id (different incarnations at once).
+    DuplicateId { id: u16, incarnations: (u16, u16) },
+    QuorumGained,
+    QuorumLost,
+    RequestSent { ticket: u8 },
+    RequestWithdrawn { ticket: u8 },
+    Granted { to: u16, ticket: u8 },
+    GrantReleased { to: u16, expired: bool },
+    PrechargeStarted { grants: u32 },
+    MainClosing,
+    Closed,
+    Aborted { reason: AbortReason },
+    /// Opened because may_close went false or the contactor dropped.
+    Opened,
+    /// Opened on a local fault (S1).
+    Isolated,
+    Rejoining,
+    SpeakerChanged { speaker: Option<u16> },
+}
+
+/// Why a received message was dropped (it is also counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxError {
+    Wire(WireError),
+    ForeignSystem(u32),
+    UnknownSender(u16),
+    /// Our own message echoed back (e.g. a multicast loopback).
+    OwnEcho,
+    Duplicate,
+    Stale,
+    /// Another node uses this id (with a different incarnation).
+    DuplicateId(u16),
+}
+
+impl std::fmt::Display for RxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RxError::Wire(e) => write!(f, "{e}"),
+            RxError::ForeignSystem(s) => write!(f, "message of system {s}"),
+            RxError::UnknownSender(s) => write!(f, "sender {s} is not a configured member"),
+            RxError::OwnEcho => write!(f, "own message echoed"),
+            RxError::Duplicate => write!(f, "duplicate message"),
+            RxError::Stale => write!(f, "stale message"),
+            RxError::DuplicateId(id) => write!(f, "duplicate member id {id}"),
+        }
+    }
+}
+
+impl RxError {
+    /// Stable short name (used by the Python binding).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RxError::Wire(_) => "malformed",
+            RxError::ForeignSystem(_) => "foreign_system",
+            RxError::UnknownSender(_) => "unknown_sender",
+            RxError::OwnEcho => "own_echo",
+            RxError::Duplicate => "duplicate",
+            RxError::Stale => "stale",
+            RxError::DuplicateId(_) => "duplicate_id",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_ok: u64,
+    pub rx_malformed: u64,
+    pub rx_foreign_system: u64,
+    pub rx_unknown_sender: u64,
+    pub rx_own_echo: u64,
+    pub rx_duplicate: u64,
+    pub rx_stale: u64,
+    pub duplicate_id: u64,
+    pub tx: u64,
+    pub peers_lost: u64,
+    pub requests: u64,
+    pub grants: u64,
+    pub closes: u64,
+    pub aborts: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerOutput {
+    /// What this string's contactors should be.
+    pub command: Contactors,
+    pub phase: Phase,
+    /// Agreed system limits (A, ≥ 0).
+    pub system_dcl_a: f64,
+    pub system_ccl_a: f64,
+    /// Bit (id−1) per member confirmed closed.
+    pub closed_set: u64,
+    pub live_set: u64,
+    pub quorum: bool,
+    pub speaker: Option<u16>,
+    pub dcdc_setpoint_a: Option<f64>,
+    /// Encoded messages to broadcast now.
+    pub messages: Vec<Vec<u8>>,
+    pub events: Vec<Event>,
+    /// The dwell is over and the main contactor waits for a sample taken from now on: the
+    /// runtime should take one at once and tick again (two-phase close, S3).
+    pub sample_request: bool,
+    /// Some live string (this one included) is precharging or closing: the load should be
+    /// held steady (an inverter honouring it keeps the bus from stepping under the join).
+    pub join_in_progress: bool,
+}
+
+impl Default for PeerOutput {
+    fn default() -> Self {
+        Self {
+            command: Contactors::OPEN,
+            phase: Phase::Listening,
+            system_dcl_a: 0.0,
+            system_ccl_a: 0.0,
+            closed_set: 0,
+            live_set: 0,
+            quorum: false,
+            speaker: None,
+            dcdc_setpoint_a: None,
+            messages: Vec::new(),
+            events: Vec::new(),
+            sample_request: false,
+            join_in_progress: false,
+        }
+    }
+}
+
+
+
+
+
+
+
+pub struct Peer {
+    cfg: PeerConfig,
+    membership: membership::Membership,
+    arb: arbitration::Arbitration,
+    agreement: agreement::Agreement,
+    emission: emission::Emission,
+    /// events noticed while receiving, reported with the next tick's output
+    pending: Vec<Event>,
+    out: PeerOutput,
+    counters: Counters,
+}
+
+fn bit(id: u16) -> u64 {
+    1u64 << (id - 1)
+}
+
+
+
+/// Fold the 64-bit incarnation into the 16 bits on the wire.
+pub fn wire_incarnation(inc: u64) -> u16 {
+    (inc ^ (inc >> 16) ^ (inc >> 32) ^ (inc >> 48)) as u16
+}
+
+impl Peer {
+    pub fn new(cfg: PeerConfig, incarnation: u64) -> Result<Peer, crate::ConsensusConfigError> {
+        cfg.validate()?;
+        let member_mask = cfg.members.iter().fold(0u64, |m, &id| m | bit(id));
+        let rng = SplitMix64::new(cfg.seed ^ incarnation.rotate_left(17) ^ cfg.node_id as u64);
+        Ok(Peer {
+            membership: membership::Membership {
+                inc: wire_incarnation(incarnation),
+                member_mask,
+                remotes: vec![membership::Remote::default(); MAX_MEMBER_ID as usize + 1],
+                started_at: None,
+                had_quorum: false,
+                dup_self_until: 0,
+                start_clear: false,
+            },
+            arb: arbitration::Arbitration {
+                phase: Phase::Listening,
+                command: Contactors::OPEN,
+                ticket: 0,
+                last_ticket: (incarnation % MAX_TICKET as u64) as u8,
+                ticket_used_at: [None; 16],
+                t_req: 0,
+                t_pre: 0,
+                t_close: 0,
+                t_open_fb: None,
+                dwell: None,
+                verify_since: None,
+                last_meas_t: None,
+                pre_live_bus: false,
+                backoff_until: 0,
+                grant: None,
+                rng,
+            },
+            agreement: agreement::Agreement::default(),
+            emission: emission::Emission::default(),
+            pending: Vec::new(),
+            out: PeerOutput::default(),
+            counters: Counters::default(),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &PeerConfig {
+        &self.cfg
+    }
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    pub fn output(&self) -> &PeerOutput {
+        &self.out
+    }
+    pub fn phase(&self) -> Phase {
+        self.arb.phase
+    }
+    pub fn incarnation_wire(&self) -> u16 {
+        self.membership.inc
+    }
+    /// The current grant (grantee id, ticket, granted at local ms), for checkers and tools.
+    pub fn grant(&self) -> Option<(u16, u8, u64)> {
+        self.arb.grant.map(|g| (g.to, g.ticket, g.at_ms))
+    }
+    /// The current request (ticket, request time local ms), if any.
+    pub fn request(&self) -> Option<(u8, u64)> {
+        (self.arb.ticket != 0).then_some((self.arb.ticket, self.arb.t_req))
+    }
+    /// The grants this peer currently counts for its own request (bit per granter id).
+    pub fn grants_held(&self) -> u64 {
+        self.grant_mask()
+    }
+
+    // ------------------------------------------------------------------ receive
+
+    pub fn on_message(&mut self, now_ms: u64, data: &[u8]) -> Result<(), RxError> {
+        let r = Message::decode(data).map_err(RxError::Wire).and_then(|m| self.receive(now_ms, &m));
+        self.count(&r);
+        r
+    }
+
+    /// The same as [`Peer::on_message`] for a message already decoded (a simulator delivering
+    /// one broadcast to many receivers decodes it once).
+    pub fn on_decoded(&mut self, now_ms: u64, m: &Message) -> Result<(), RxError> {
+        let r = self.receive(now_ms, m);
+        self.count(&r);
+        r
+    }
+
+    fn count(&mut self, r: &Result<(), RxError>) {
+        match r {
+            Ok(()) => self.counters.rx_ok += 1,
+            Err(RxError::Wire(_)) => self.counters.rx_malformed += 1,
+            Err(RxError::ForeignSystem(_)) => self.counters.rx_foreign_system += 1,
+            Err(RxError::UnknownSender(_)) => self.counters.rx_unknown_sender += 1,
+            Err(RxError::OwnEcho) => self.counters.rx_own_echo += 1,
+            Err(RxError::Duplicate) => self.counters.rx_duplicate += 1,
+            Err(RxError::Stale) => self.counters.rx_stale += 1,
+            Err(RxError::DuplicateId(_)) => self.counters.duplicate_id += 1,
+        }
+    }
+
+
+    // ------------------------------------------------------------------ tick
+
+    pub fn tick(&mut self, now_ms: u64, local: &LocalState) -> &PeerOutput {
+        let now = now_ms;
+        self.out.messages.clear();
+        self.out.events.clear();
+        self.out.events.append(&mut self.pending);
+        self.out.sample_request = false;
+        let started = self.start(now, local);
+        self.update_membership(now);
+        self.update_start_clear();
+        self.step_arbitration(now, started, local);
+        self.update_grant(now, started);
+        self.update_limits(now, local);
+        self.update_speaker();
+        self.emit(now, local);
+
+        self.out.command = self.arb.command;
+        self.out.phase = self.arb.phase;
+        self.out.join_in_progress = self.arb.phase.is_closing() || self.someone_else_closing();
+        if let Some(t) = local.meas_t_ms {
+            self.arb.last_meas_t = Some(self.arb.last_meas_t.map_or(t, |l| l.max(t)));
+        }
+        &self.out
+    }
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(v: f64) -> LocalState {
+        LocalState {
+            ocv_v: v,
+            r_ohm: 0.05,
+            dcl_a: 100.0,
+            ccl_a: 50.0,
+            dcl_peak_a: 200.0,
+            ccl_peak_a: 100.0,
+            may_close: true,
+            v_string_v: v,
+            ..Default::default()
+        }
+    }
+
+    fn peer(id: u16, inc: u64) -> Peer {
+        Peer::new(PeerConfig { node_id: id, members: vec![1, 2, 3], ..Default::default() }, inc).unwrap()
+    }
+
+    #[test]
+    fn a_fault_opens_in_the_same_tick_even_without_any_message() {
+        let mut p = peer(1, 1);
+        // Restarted with the contactors closed: it adopts them.
+        let mut l = local(400.0);
+        l.feedback = Contactors::CLOSED;
+        assert_eq!(p.tick(0, &l).command, Contactors::CLOSED);
+        l.fault = true;
+        let out = p.tick(10, &l);
+        assert_eq!(out.command, Contactors::OPEN);
+        assert_eq!(out.phase, Phase::Isolated);
+        assert!(out.events.contains(&Event::Isolated));
+    }
+
+    #[test]
+    fn heartbeats_alternate_kinds_and_fit_the_size_bound() {
+        let mut p = peer(2, 7);
+        let mut kinds = Vec::new();
+        for t in (0..1000).step_by(10) {
+            for m in &p.tick(t, &local(400.0)).messages {
+                assert!(m.len() <= crate::wire::MAX_MESSAGE_LEN);
+                kinds.push(Message::decode(m).unwrap().kind());
+            }
+        }
+        // ~one message per 100 ms period (plus the phase change Listening → Open).
+        assert!((10..=12).contains(&kinds.len()), "{}", kinds.len());
+        assert!(kinds.contains(&0) && kinds.contains(&1));
+    }
+
+    #[test]
+    fn duplicates_stale_and_own_echo_are_dropped_and_counted() {
+        let mut a = peer(1, 1);
+        let mut b = peer(2, 2);
+        let m0 = b.tick(0, &local(400.0)).messages[0].clone();
+        let m1 = b.tick(100, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(0, &m0), Ok(()));
+        assert_eq!(a.on_message(1, &m1), Ok(()));
+        assert_eq!(a.on_message(2, &m1), Err(RxError::Duplicate));
+        assert_eq!(a.on_message(3, &m0), Err(RxError::Stale));
+        let own = a.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(4, &own), Err(RxError::OwnEcho));
+        assert!(matches!(a.on_message(5, &[0xC1, 0x00]), Err(RxError::Wire(_))));
+        let c = a.counters();
+        assert_eq!((c.rx_ok, c.rx_duplicate, c.rx_stale, c.rx_own_echo, c.rx_malformed), (2, 1, 1, 1, 1));
+    }
+
+    #[test]
+    fn another_node_with_my_id_is_reported() {
+        let mut a = peer(1, 1);
+        let mut twin = peer(1, 99);
+        let m = twin.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(0, &m), Err(RxError::DuplicateId(1)));
+        let out = a.tick(0, &local(400.0));
+        assert!(out.events.iter().any(|e| matches!(e, Event::DuplicateId { id: 1, .. })));
+    }
+
+    // ---- S3 two-phase close (issue 11) ----
+
+    /// A lone member (quorum 1) on a live bus at 400 V, string at `v_string`: ticks every
+    /// 100 ms with samples one period old (the runtime's latency) until it precharges.
+    fn precharging(v_string: f64) -> (Peer, u64) {
+        let mut p = Peer::new(PeerConfig { node_id: 1, members: vec![1], ..Default::default() }, 1).unwrap();
+        let mut t = 0;
+        loop {
+            let mut l = local(v_string);
+            l.v_bus_v = 400.0;
+            l.meas_t_ms = Some(t.max(100) - 100);
+            let out = p.tick(t, &l);
+            if out.phase == Phase::Precharging {
+                return (p, t);
+            }
+            assert!(t < 5_000, "never precharged");
+            t += 100;
+        }
+    }
+
+    fn sample(v_bus: f64, v_string: f64, meas_t_ms: u64) -> LocalState {
+        let mut l = local(v_string);
+        l.v_bus_v = v_bus;
+        l.feedback = Contactors::PRECHARGE;
+        l.meas_t_ms = Some(meas_t_ms);
+        l
+    }
+
+    /// Tick every 100 ms with one-period-old samples at a steady match until the dwell is
+    /// over; returns the tick time of the close decision.
+    fn dwell_done(p: &mut Peer, mut t: u64) -> u64 {
+        for _ in 0..20 {
+            t += 100;
+            let out = p.tick(t, &sample(400.0, 399.0, t - 100));
+            assert_eq!(out.command, Contactors::PRECHARGE, "no main close on a sample older than the decision");
+            if out.sample_request {
+                return t;
+            }
+        }
+        panic!("dwell never completed");
+    }
+
+    #[test]
+    fn the_main_contactor_closes_only_on_a_sample_taken_after_the_decision() {
+        let (mut p, t0) = precharging(399.0);
+        let t = dwell_done(&mut p, t0);
+        // the same old sample again: still waiting, still asking
+        let out = p.tick(t + 1, &sample(400.0, 399.0, t - 100));
+        assert!(out.sample_request && out.command == Contactors::PRECHARGE);
+        // a sample taken after the decision, still matched and steady: close now
+        let out = p.tick(t + 3, &sample(400.0, 399.0, t + 2));
+        assert_eq!(out.command, Contactors::CLOSING);
+        assert!(out.events.contains(&Event::MainClosing) && out.join_in_progress);
+    }
+
+    #[test]
+    fn a_load_step_after_the_dwell_aborts_instead_of_closing() {
+        let (mut p, t0) = precharging(399.0);
+        let t = dwell_done(&mut p, t0);
+        // the load stepped after the last dwell sample: the bus is 6 V down
+        let out = p.tick(t + 3, &sample(393.6, 399.0, t + 2));
+        assert_eq!(out.command, Contactors::OPEN);
+        assert!(out.events.contains(&Event::Aborted { reason: AbortReason::VerifyFailed }));
+        assert_eq!(out.phase, Phase::Waiting);
+    }
+
+    #[test]
+    fn a_bus_moving_within_the_window_is_refused_before_it_leaves_it() {
+        // 1.5 V of movement inside the 2 V window: |ΔV| stays "matched" at every sample, but a
+        // bus that moves this fast will not be matched when the contact lands.
+        let (mut p, t0) = precharging(399.0);
+        let t = dwell_done(&mut p, t0);
+        let out = p.tick(t + 3, &sample(400.0 - 1.5, 399.0, t + 2));
+        assert!(out.events.contains(&Event::Aborted { reason: AbortReason::VerifyFailed }));
+        // and during the dwell, a moving bus restarts it: no decision while it moves
+        let (mut p, mut t) = precharging(399.0);
+        for k in 0..7 {
+            // (7 periods: within the default 800 ms precharge timeout)
+            t += 100;
+            let v_bus = if k % 2 == 0 { 400.0 } else { 399.2 }; // 0.8 V steps every 100 ms
+            let out = p.tick(t, &sample(v_bus, 399.0, t - 100));
+            assert!(!out.sample_request && out.command == Contactors::PRECHARGE, "step {k}");
+        }
+    }
+
+    #[test]
+    fn no_fresh_sample_before_the_deadline_aborts() {
+        let (mut p, t0) = precharging(399.0);
+        let t = dwell_done(&mut p, t0);
+        let deadline = PeerConfig::default().verify_timeout_ms as u64;
+        let mut aborted = false;
+        for dt in (10..=deadline + 10).step_by(10) {
+            // a frozen sensor link: the same sample over and over
+            let out = p.tick(t + dt, &sample(400.0, 399.0, t - 100));
+            assert_ne!(out.command, Contactors::CLOSING);
+            if out.events.contains(&Event::Aborted { reason: AbortReason::VerifyTimeout }) {
+                assert!(dt >= deadline && out.command == Contactors::OPEN);
+                aborted = true;
+                break;
+            }
+        }
+        assert!(aborted);
+    }
+
+    #[test]
+    fn a_repeated_sample_does_not_advance_the_dwell() {
+        // a frozen plant: the node keeps ticking, the sample never changes
+        let (mut p, mut t) = precharging(399.0);
+        let frozen_at = t;
+        for _ in 0..7 {
+            t += 100;
+            let out = p.tick(t, &sample(400.0, 399.0, frozen_at));
+            assert!(!out.sample_request && out.command == Contactors::PRECHARGE);
+        }
+    }
+
+    #[test]
+    fn a_duplicated_node_does_not_say_it_may_close() {
+        // Otherwise a higher id waits for it to go first (lowest matching id closes first) and
+        // never closes: the whole battery stays open for as long as the duplicate lives.
+        let mut a = peer(1, 1);
+        let mut twin = peer(1, 99);
+        let m = twin.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(0, &m), Err(RxError::DuplicateId(1)));
+        let may_close = |p: &mut Peer, t: u64| {
+            let out = p.tick(t, &local(400.0));
+            out.messages.iter().map(|m| Message::decode(m).unwrap().flags.may_close).collect::<Vec<_>>()
+        };
+        let held: Vec<bool> = (1..=5).flat_map(|k| may_close(&mut a, k * 100)).collect();
+        assert!(!held.is_empty() && held.iter().all(|&x| !x), "{held:?}");
+        // once the twin is quiet for the hold time, it may close again
+        let after: Vec<bool> = (20..=25).flat_map(|k| may_close(&mut a, k * 100)).collect();
+        assert!(!after.is_empty() && after.iter().all(|&x| x), "{after:?}");
+    }
+
+    #[test]
+    fn without_quorum_nothing_is_requested() {
+        // Alone of three: listens, then waits forever without requesting.
+        let mut p = peer(3, 5);
+        for t in (0..5000).step_by(10) {
+            let out = p.tick(t, &local(400.0));
+            assert!(!out.quorum);
+            assert_eq!(out.command, Contactors::OPEN);
+            assert_ne!(out.phase, Phase::Requesting);
+        }
+        assert_eq!(p.counters().requests, 0);
+    }
+}

@@ -1,0 +1,586 @@
+//! Cells stage: the per-cell SOC filter (2-state EKF on SOC and the first RC voltage, with the
+//! second RC pair and hysteresis as known inputs), the coulomb count, and in the same pass the
+//! per-cell quantities the pack needs (OCV, energy, resistance, SOF limits).
+//!
+//! This is the fused hot loop: in blocks of [`BLOCK`] cells, (a) the table lookups (gathers)
+//! into small scratch arrays that stay in L1, (b) the filter and limit arithmetic as
+//! branch-free straight-line code that the compiler vectorises (an AVX2 build of the same code
+//! is used when the CPU has it; results are bit-identical), (c) the pack reductions in cell
+//! order. The R0 observation of the rest/SOH stage is folded into (a), where the cell's
+//! resistance is looked up anyway.
+
+use crate::cell_model::CellParams;
+use crate::cell_tables::CellTables;
+use crate::limits::{cell_limit, LimitsConfig};
+use crate::protection::SensorConfig;
+use crate::soc_ekf::{self, Cov2, EstimatorConfig, Predict};
+use crate::soh::r0_observation;
+
+use serde::{Deserialize, Serialize};
+
+use super::rest::RestSoh;
+use super::state::{xs, X};
+use super::sensing::Sensing;
+use super::SOC_STATE_RANGE;
+
+// ---------------------------------------------------------------------------------------------
+// Engine
+// ---------------------------------------------------------------------------------------------
+
+/// Cells per block of the vectorised pass (scratch stays in L1: 20 arrays × 8 B × BLOCK).
+const BLOCK: usize = 128;
+
+/// IEKF gate: an update that would move SOC by more than this (approximated with the
+/// previous P_zz) spans more than two intervals of the 101-point OCV grid, over which the
+/// piecewise-linear OCV's slope changes, so the linearisation at the predicted SOC is poor...
+const IEKF_GATE_DZ: f64 = 0.02;
+/// ...triggers this many Gauss-Newton relinearisations before the block's update (which is
+/// one more). Bell & Cathey, "The iterated Kalman filter update as a Gauss-Newton method",
+/// IEEE TAC 38 (1993) 294-297.
+const IEKF_ITERS: usize = 3;
+
+/// Per-block scratch of the cell pass.
+struct Scratch {
+    zp: [f64; BLOCK],
+    r1: [f64; BLOCK],
+    r0: [f64; BLOCK],
+    r0r: [f64; BLOCK],
+    slope: [f64; BLOCK],
+    ocv: [f64; BLOCK],
+    h: [f64; BLOCK],
+    e: [f64; BLOCK],
+    v2: [f64; BLOCK],
+    a1: [f64; BLOCK],
+    dc: [f64; BLOCK],
+    dp: [f64; BLOCK],
+    ocv_out: [f64; BLOCK],
+    soe: [f64; BLOCK],
+    ldc: [f64; BLOCK],
+    lcc: [f64; BLOCK],
+    ldp: [f64; BLOCK],
+    lcp: [f64; BLOCK],
+}
+
+impl Scratch {
+    fn new() -> Box<Self> {
+        Box::new(Scratch {
+            zp: [0.0; BLOCK],
+            r1: [0.0; BLOCK],
+            r0: [0.0; BLOCK],
+            r0r: [0.0; BLOCK],
+            slope: [0.0; BLOCK],
+            ocv: [0.0; BLOCK],
+            h: [0.0; BLOCK],
+            e: [0.0; BLOCK],
+            v2: [0.0; BLOCK],
+            a1: [0.0; BLOCK],
+            dc: [0.0; BLOCK],
+            dp: [0.0; BLOCK],
+            ocv_out: [0.0; BLOCK],
+            soe: [0.0; BLOCK],
+            ldc: [0.0; BLOCK],
+            lcc: [0.0; BLOCK],
+            ldp: [0.0; BLOCK],
+            lcp: [0.0; BLOCK],
+        })
+    }
+}
+
+/// One block of the cell pass's arithmetic: predict, Joseph update, outputs, per-cell limits.
+struct BlockMath<'a> {
+    z: &'a mut [f64],
+    v1: &'a mut [f64],
+    cov: &'a mut [Cov2],
+    inv_qc: &'a [f64],
+    cap: &'a [f64],
+    v: &'a [f64],
+    ok: &'a [bool],
+    soc: &'a mut [f64],
+    sig: &'a mut [f64],
+    cc: &'a mut [f64],
+    sc: &'a mut Scratch,
+    base_pr: Predict,
+    g_eta_i: f64,
+    i_cell: f64,
+    r_meas: f64,
+    hc_c: f64,
+    hc_p: f64,
+    vmin: f64,
+    vmax: f64,
+    /// false on the start-up step (see `Engine::step`): predict only
+    update: bool,
+}
+
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn block_math(b: &mut BlockMath<'_>, avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: only called when the CPU reports AVX2 (checked at construction).
+        unsafe { block_math_avx2(b) };
+        return;
+    }
+    let _ = avx2;
+    block_math_impl(b);
+}
+
+/// The same code compiled for AVX2 (4 lanes): Rust never contracts a·b+c into an FMA on
+/// its own, so both paths give bit-identical results.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_math_avx2(b: &mut BlockMath<'_>) {
+    block_math_impl(b);
+}
+
+#[inline(always)]
+fn block_math_impl(b: &mut BlockMath<'_>) {
+    let len = b.z.len();
+    let (z_s, v1_s, cov_s) = (&mut b.z[..len], &mut b.v1[..len], &mut b.cov[..len]);
+    let (qb, capb, vb, okb) = (&b.inv_qc[..len], &b.cap[..len], &b.v[..len], &b.ok[..len]);
+    let (socb, sigb, ccb) = (&mut b.soc[..len], &mut b.sig[..len], &mut b.cc[..len]);
+    let sc = &mut *b.sc;
+    let (s_zp, s_r1, s_r0, s_slope) = (&sc.zp[..len], &sc.r1[..len], &sc.r0[..len], &sc.slope[..len]);
+    let (s_ocv, s_h, s_e, s_v2) = (&sc.ocv[..len], &sc.h[..len], &sc.e[..len], &sc.v2[..len]);
+    let (s_a1, s_dc, s_dp) = (&sc.a1[..len], &sc.dc[..len], &sc.dp[..len]);
+    let (s_ocv_out, s_soe) = (&mut sc.ocv_out[..len], &mut sc.soe[..len]);
+    let (s_ldc, s_lcc) = (&mut sc.ldc[..len], &mut sc.lcc[..len]);
+    let (s_ldp, s_lcp) = (&mut sc.ldp[..len], &mut sc.lcp[..len]);
+    let (g_eta_i, i_cell, r_meas) = (b.g_eta_i, b.i_cell, b.r_meas);
+    let (hc_c, hc_p, vmin, vmax) = (b.hc_c, b.hc_p, b.vmin, b.vmax);
+    for j in 0..len {
+        let inv_qc = qb[j];
+        let mut z = z_s[j];
+        let mut v1 = v1_s[j];
+        let mut cov = cov_s[j];
+        let pr = Predict { a1: s_a1[j], ..b.base_pr };
+        let r1 = s_r1[j];
+        soc_ekf::predict(&mut z, &mut v1, &mut cov, r1, inv_qc, &pr);
+        let (z_p, v1_p, cov_p) = (z, v1, cov);
+        let r0 = s_r0[j];
+        let slope = s_slope[j];
+        let ocv_pred = s_ocv[j];
+        let v2 = s_v2[j];
+        // computed for every cell, kept only where the voltage is trusted
+        let innov = vb[j] - (ocv_pred - r0 * i_cell - v1 - v2);
+        soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_meas);
+        let ok = okb[j] & b.update;
+        let z = if ok { z.clamp(SOC_STATE_RANGE.0, SOC_STATE_RANGE.1) } else { z_p };
+        let v1 = if ok { v1 } else { v1_p };
+        let cov = if ok { cov } else { cov_p };
+        z_s[j] = z;
+        v1_s[j] = v1;
+        cov_s[j] = cov;
+        ccb[j] -= g_eta_i * inv_qc;
+        let zo = z.clamp(0.0, 1.0);
+        socb[j] = zo;
+        sigb[j] = cov.p00.sqrt();
+        // pack quantities at the corrected state
+        let dz = zo - s_zp[j].clamp(0.0, 1.0);
+        let ocv = ocv_pred + slope * dz;
+        s_ocv_out[j] = ocv;
+        s_soe[j] = (s_e[j] + (ocv - s_h[j]) * dz) * capb[j];
+        // SOF: horizon resistance and headroom per direction and horizon
+        let vd = ocv - v2;
+        let (dc, dp) = (s_dc[j], s_dp[j]);
+        let inv_rh_c = 1.0 / (r0 + r1 * (1.0 - dc) + slope * hc_c * inv_qc);
+        let inv_rh_p = 1.0 / (r0 + r1 * (1.0 - dp) + slope * hc_p * inv_qc);
+        let vc = v1 * dc;
+        let vpk = v1 * dp;
+        s_ldc[j] = cell_limit(vd - vc - vmin, inv_rh_c);
+        s_lcc[j] = cell_limit(vmax - vd + vc, inv_rh_c);
+        s_ldp[j] = cell_limit(vd - vpk - vmin, inv_rh_p);
+        s_lcp[j] = cell_limit(vmax - vd + vpk, inv_rh_p);
+    }
+}
+
+/// What the cell pass needs to know about this step.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CellStep {
+    pub dt: f64,
+    /// cells in parallel per series element
+    pub par: f64,
+    /// string current (A, discharge positive; 0 if the sensor is implausible)
+    pub i: f64,
+    /// per unit cell: i / parallel, and the current step of this sample
+    pub i_cell: f64,
+    pub di_cell: f64,
+    /// coulombic efficiency of this step's direction
+    pub eta: f64,
+    /// this sample is an R0 current step (see [`RestSoh::current_step`])
+    pub r0_step: bool,
+    /// first step: the SOC was just read off the OCV, predict only
+    pub start_up: bool,
+}
+
+/// The pack reductions of one pass, in cell order.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PackSums {
+    pub soc_min: f64,
+    pub soc_max: f64,
+    pub soc_sum: f64,
+    pub ocv_sum: f64,
+    /// Σ R0 of the unit cells
+    pub r_sum: f64,
+    /// Σ energy of the unit cells (Wh)
+    pub soe: f64,
+    pub r0_ratio_sum: f64,
+    /// min over the cells of the unit-cell limits: discharge/charge, continuous/peak
+    pub ld_c: f64,
+    pub lc_c: f64,
+    pub ld_p: f64,
+    pub lc_p: f64,
+}
+
+/// The per-cell filter state (struct of arrays) and the pass's scratch.
+pub(super) struct Cells {
+    /// false until the first step has read the SOC off the OCV
+    pub initialized: bool,
+    pub z: Vec<f64>,
+    pub v1: Vec<f64>,
+    pub v2: Vec<f64>,
+    pub h: Vec<f64>,
+    pub cov: Vec<Cov2>,
+    scratch: Box<Scratch>,
+    /// run the block arithmetic with AVX2 (detected once at construction)
+    pub(super) use_avx2: bool,
+}
+
+impl Cells {
+    pub fn new(n: usize) -> Self {
+        Cells {
+            initialized: false,
+            z: vec![0.5; n],
+            v1: vec![0.0; n],
+            v2: vec![0.0; n],
+            h: vec![0.0; n],
+            cov: vec![Cov2 { p00: 0.25, p01: 0.0, p11: 1e-6 }; n],
+            scratch: Scratch::new(),
+            use_avx2: avx2_available(),
+        }
+    }
+
+    /// First step: SOC from the OCV of the first voltages (rest assumption).
+    ///
+    /// The SOC read off the OCV curve is uncertain by σ_y / (dOCV/dz), σ_y the voltage
+    /// uncertainty the filter itself uses (sensor noise and model error, e.g. a cell not
+    /// fully relaxed). On a flat plateau (LFP: dOCV/dz ≈ 0.05..0.15 V per unit SOC mid-range,
+    /// hw/cells/a123_anr26650_lfp.toml) that is far wider than `initial_soc_sigma`; starting
+    /// with the narrow σ would make the filter overconfident in a poor start value. So the
+    /// start σ is the larger of the two, capped at 0.3 (about a uniform SOC on 0..1).
+    pub fn initialize(&mut self, v: &[f64], sens: &SensorConfig, est: &EstimatorConfig, tab: &CellTables, sensing: &Sensing, sensor_of: &[u32], soc_cc: &mut [f64]) {
+        let sig = est.initial_soc_sigma;
+        let sig_y = (est.voltage_noise_v.powi(2) + est.model_error_v.powi(2)).sqrt();
+        for k in 0..self.z.len() {
+            let ss = &sensing.ss[sensor_of[k] as usize];
+            let ok = v[k] >= sens.cell_v_min_v && v[k] <= sens.cell_v_max_v && v[k] > sens.open_wire_v;
+            let (z, p00) = if ok {
+                let z = tab.soc_from_ocv(v[k], ss.dtemp);
+                let s = initial_sigma(sig, sig_y, tab.slope(tab.locate(z)));
+                (z, s * s)
+            } else {
+                (0.5, 0.25)
+            };
+            self.z[k] = z;
+            soc_cc[k] = z;
+            self.v1[k] = 0.0;
+            self.v2[k] = 0.0;
+            self.h[k] = 0.0;
+            // v1 at rest is ~0; 1 mV uncertainty
+            self.cov[k] = Cov2 { p00, p01: 0.0, p11: 1e-6 };
+        }
+        self.initialized = true;
+    }
+
+    /// Pass 2 over the cells (the fused hot loop, see the module doc): filter, coulomb count,
+    /// R0 observation, per-cell outputs `soc`, `soc_sigma`, `soc_cc`, and the pack sums.
+    /// One SOC lookup per cell (at the predicted SOC) serves the RC prediction, the
+    /// measurement, the limits and the pack sums; after the update the OCV is carried to the
+    /// corrected SOC along the same interval's slope (exact within the interval).
+    #[allow(clippy::too_many_arguments)]
+    pub fn update(
+        &mut self,
+        st: &CellStep,
+        v_cell_v: &[f64],
+        sensing: &Sensing,
+        soh: &mut RestSoh,
+        sensor_of: &[u32],
+        tab: &CellTables,
+        p: &CellParams,
+        est: &EstimatorConfig,
+        lc: &LimitsConfig,
+        o_soc: &mut [f64],
+        o_sig: &mut [f64],
+        o_cc: &mut [f64],
+    ) -> PackSums {
+        let (dt, i, i_cell, di_cell, eta, r0_step, start_up) =
+            (st.dt, st.i, st.i_cell, st.di_cell, st.eta, st.r0_step, st.start_up);
+        let var_i_cell = (est.current_noise_a / st.par).powi(2);
+        let base_pr = Predict {
+            a1: 1.0,
+            dt_s: dt,
+            i_cell,
+            eta_i: eta * i_cell,
+            q_z_dt: est.soc_process_noise * dt,
+            q_v1_dt: est.v1_process_noise * dt,
+            var_i_cell,
+        };
+        let r_meas = est.voltage_noise_v.powi(2) + est.model_error_v.powi(2);
+        let vmin = p.v_min_v + lc.voltage_margin_v;
+        let vmax = p.v_max_v - lc.voltage_margin_v;
+        let hc_c = lc.continuous_horizon_s; // horizon for the SOC term
+        let hc_p = lc.peak_horizon_s;
+        let has_rc2 = p.has_rc2();
+        let hyst = p.hysteresis_m_v > 0.0;
+        let ah = if hyst {
+            (-(p.hysteresis_gamma * eta * i_cell * dt / (3600.0 * p.capacity_ah)).abs()).exp()
+        } else {
+            1.0
+        };
+        let hm = p.hysteresis_m_v * i.signum();
+
+        let n = self.z.len();
+        let (mut zmin, mut zmax, mut zsum) = (f64::INFINITY, f64::NEG_INFINITY, 0.0);
+        let (mut soe, mut ocv_sum, mut r_sum) = (0.0, 0.0, 0.0);
+        let (mut ld_c, mut lc_c, mut ld_p, mut lc_p) =
+            (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
+        let mut r0_ratio_sum = 0.0;
+        let ssv = &sensing.ss[..];
+        let v_in = &v_cell_v[..n];
+        let valids = &sensing.v_valid[..n];
+        let dvs = &sensing.r0_dv[..n];
+        let zs = &mut self.z[..n];
+        let v1s = &mut self.v1[..n];
+        let v2s = &mut self.v2[..n];
+        let hs = &mut self.h[..n];
+        let covs = &mut self.cov[..n];
+        let inv_qcs = &soh.inv_qc[..n];
+        let caps = &soh.cap_ah[..n];
+        let r0rs = &mut soh.r0_ratio[..n];
+        let o_soc = &mut o_soc[..n];
+        let o_sig = &mut o_sig[..n];
+        let o_cc = &mut o_cc[..n];
+        let g_eta_i = base_pr.eta_i * dt;
+        let r0_gain = est.r0_gain;
+        let sc = &mut *self.scratch;
+        let use_avx2 = self.use_avx2;
+        let sensor_of = &sensor_of[..n];
+        let mut start = 0;
+        while start < n {
+            let end = (start + BLOCK).min(n);
+            let len = end - start;
+            // (a) gathers
+            for j in 0..len {
+                let k = start + j;
+                let ss = &ssv[sensor_of[k] as usize];
+                let z_pred = zs[k] - g_eta_i * inv_qcs[k];
+                let at = tab.locate(z_pred);
+                let mut r0r = r0rs[k];
+                let r1 = tab.r1(at, ss.sel) * r0r;
+                let r0_nom = tab.r0(at, ss.sel);
+                // R0 from the current step: −ΔV/ΔI of this cell, ratio to the table, low-passed
+                if r0_step {
+                    if let Some(r) = r0_observation(dvs[k], di_cell, r0_nom) {
+                        r0r += r0_gain * (r / r0_nom - r0r);
+                        r0rs[k] = r0r;
+                    }
+                }
+                let mut v2 = 0.0;
+                if has_rc2 {
+                    v2 = ss.a2 * v2s[k] + tab.r2(at, ss.sel) * r0r * (1.0 - ss.a2) * i_cell;
+                    v2s[k] = v2;
+                }
+                let mut hk = 0.0;
+                if hyst {
+                    hk = ah * hs[k] - (1.0 - ah) * hm;
+                    hs[k] = hk;
+                }
+                let r0 = r0_nom * r0r;
+                let mut slope = tab.slope(at);
+                let mut ocv_lin = tab.ocv(at, ss.dtemp) + hk;
+                // Iterated update (IEKF) where the update is a large SOC step: there the OCV
+                // linearised at the predicted SOC is a poor model over the step (start-up 20 %
+                // off with a wide P_zz), and a plain EKF overshoots or crawls. Cheap gate with
+                // the previous P_zz; the branch is rare and leaves the vector pass untouched:
+                // it only moves the point the block linearises the OCV at (`slope`, and the
+                // OCV line evaluated at the predicted SOC).
+                let v1_pred = ss.a1 * v1s[k] + r1 * (1.0 - ss.a1) * i_cell;
+                let innov0 = v_in[k] - (ocv_lin - r0 * i_cell - v1_pred - v2);
+                let pz = covs[k].p00;
+                if !start_up && valids[k] && (slope * pz * innov0).abs() > IEKF_GATE_DZ * (slope * slope * pz + r_meas) {
+                    let (mut zc, mut v1c, mut pc) = (zs[k], v1s[k], covs[k]);
+                    soc_ekf::predict(&mut zc, &mut v1c, &mut pc, r1, inv_qcs[k], &Predict { a1: ss.a1, ..base_pr });
+                    let y = v_in[k] + r0 * i_cell + v1c + v2; // v = OCV(z) + h − R0·i − v1 − v2
+                    let (zl, sl, ol) =
+                        soc_ekf::iterate_linearization(zc, &pc, y, r_meas, IEKF_ITERS, |z| {
+                            let a = tab.locate(z);
+                            (tab.slope(a), tab.ocv(a, ss.dtemp) + hk)
+                        });
+                    slope = sl;
+                    ocv_lin = ol + sl * (zc - zl);
+                }
+                sc.zp[j] = z_pred;
+                sc.r1[j] = r1;
+                sc.r0[j] = r0;
+                sc.r0r[j] = r0r;
+                sc.slope[j] = slope;
+                sc.ocv[j] = ocv_lin;
+                sc.h[j] = hk;
+                sc.e[j] = tab.energy(at);
+                sc.v2[j] = v2;
+                sc.a1[j] = ss.a1;
+                sc.dc[j] = ss.d_cont;
+                sc.dp[j] = ss.d_peak;
+            }
+            // (b) arithmetic (AVX2 code path where the CPU has it; same results)
+            {
+                let mut bm = BlockMath {
+                    z: &mut zs[start..end],
+                    v1: &mut v1s[start..end],
+                    cov: &mut covs[start..end],
+                    inv_qc: &inv_qcs[start..end],
+                    cap: &caps[start..end],
+                    v: &v_in[start..end],
+                    ok: &valids[start..end],
+                    soc: &mut o_soc[start..end],
+                    sig: &mut o_sig[start..end],
+                    cc: &mut o_cc[start..end],
+                    sc: &mut *sc,
+                    base_pr,
+                    g_eta_i,
+                    i_cell,
+                    r_meas,
+                    hc_c,
+                    hc_p,
+                    vmin,
+                    vmax,
+                    update: !start_up,
+                };
+                block_math(&mut bm, use_avx2);
+            }
+            // (c) reductions in cell order
+            for j in 0..len {
+                let zo = o_soc[start + j];
+                zmin = zmin.min(zo);
+                zmax = zmax.max(zo);
+                zsum += zo;
+                ocv_sum += sc.ocv_out[j];
+                r_sum += sc.r0[j];
+                soe += sc.soe[j];
+                r0_ratio_sum += sc.r0r[j];
+                ld_c = ld_c.min(sc.ldc[j]);
+                lc_c = lc_c.min(sc.lcc[j]);
+                ld_p = ld_p.min(sc.ldp[j]);
+                lc_p = lc_p.min(sc.lcp[j]);
+            }
+            start = end;
+        }
+        PackSums { soc_min: zmin, soc_max: zmax, soc_sum: zsum, ocv_sum, r_sum, soe, r0_ratio_sum, ld_c, lc_c, ld_p, lc_p }
+    }
+}
+
+/// Start-up SOC σ from the OCV slope (see [`Cells::initialize`]).
+#[inline]
+fn initial_sigma(sig_cfg: f64, sig_y: f64, slope: f64) -> f64 {
+    let from_ocv = if slope > 0.0 { sig_y / slope } else { f64::INFINITY };
+    sig_cfg.max(from_ocv).min(0.3)
+}
+
+/// State of the cells stage in the state file, version 1 (see [`super::state`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CellsStateV1 {
+    pub version: u32,
+    /// the SOC has been read off the OCV (false: the next step does that)
+    pub initialized: bool,
+    /// filter state per cell: SOC, RC voltages (V), hysteresis voltage (V)
+    pub z: Vec<X>,
+    pub v1: Vec<X>,
+    pub v2: Vec<X>,
+    pub h: Vec<X>,
+    /// covariance of (SOC, v1) per cell: p00, p01, p11
+    pub cov: Vec<[X; 3]>,
+    /// coulomb-counted SOC per cell (the output `soc_cc` is this stage's counter)
+    pub soc_cc: Vec<X>,
+}
+
+impl Cells {
+    pub fn export(&self, soc_cc: &[f64]) -> CellsStateV1 {
+        CellsStateV1 {
+            version: 1,
+            initialized: self.initialized,
+            z: xs(&self.z),
+            v1: xs(&self.v1),
+            v2: xs(&self.v2),
+            h: xs(&self.h),
+            cov: self.cov.iter().map(|c| [X(c.p00), X(c.p01), X(c.p11)]).collect(),
+            soc_cc: xs(soc_cc),
+        }
+    }
+
+    /// Structure: one value per cell, all finite.
+    pub fn check(&self, s: &CellsStateV1, n: usize) -> Result<(), String> {
+        for (name, len) in [("z", s.z.len()), ("v1", s.v1.len()), ("v2", s.v2.len()), ("h", s.h.len()), ("cov", s.cov.len()), ("soc_cc", s.soc_cc.len())] {
+            if len != n {
+                return Err(format!("cells.{name}: {len} values, expected {n} (one per cell)"));
+            }
+        }
+        for k in 0..n {
+            let c = &s.cov[k];
+            if ![s.z[k], s.v1[k], s.v2[k], s.h[k], c[0], c[1], c[2], s.soc_cc[k]].iter().all(|x| x.0.is_finite()) {
+                return Err(format!("cell {k}: non-finite or non-positive state"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first implausible value, or None. Bands: the filter's own SOC range, the cell
+    /// file's voltage window for polarisations and its hysteresis amplitude, a covariance
+    /// that is one.
+    pub fn implausible(&self, s: &CellsStateV1, cell: &CellParams) -> Option<String> {
+        let (z_lo, z_hi) = SOC_STATE_RANGE;
+        // an RC polarisation larger than the cell's whole voltage window is no polarisation
+        let v_window = cell.v_max_v - cell.v_min_v;
+        let h_max = cell.hysteresis_m_v.abs() * (1.0 + 1e-9) + 1e-12;
+        let inside = |x: f64, lo: f64, hi: f64| x.is_finite() && x >= lo && x <= hi;
+        for k in 0..s.z.len() {
+            let (z, v1, v2, h) = (s.z[k].0, s.v1[k].0, s.v2[k].0, s.h[k].0);
+            let [p00, p01, p11] = s.cov[k].map(|x| x.0);
+            let why = if !inside(z, z_lo, z_hi) {
+                format!("cell {k}: SOC {z} outside {z_lo}..{z_hi}")
+            } else if !inside(v1, -v_window, v_window) || !inside(v2, -v_window, v_window) {
+                format!("cell {k}: RC polarisation {v1} / {v2} V beyond the cell's {v_window} V window")
+            } else if !inside(h, -h_max, h_max) {
+                format!("cell {k}: hysteresis {h} V beyond the cell file's {h_max} V")
+            } else if !(inside(p00, 0.0, 1.0) && p11 >= 0.0 && p01.is_finite() && p01 * p01 <= p00 * p11 * (1.0 + 1e-9) + 1e-300) {
+                format!("cell {k}: covariance ({p00}, {p01}, {p11}) is not a covariance")
+            } else {
+                continue;
+            };
+            return Some(why);
+        }
+        None
+    }
+
+    /// Apply a checked, plausible state.
+    pub fn import(&mut self, s: &CellsStateV1, soc_cc: &mut [f64]) {
+        for k in 0..self.z.len() {
+            self.z[k] = s.z[k].0;
+            self.v1[k] = s.v1[k].0;
+            self.v2[k] = s.v2[k].0;
+            self.h[k] = s.h[k].0;
+            let [p00, p01, p11] = s.cov[k].map(|x| x.0);
+            self.cov[k] = Cov2 { p00, p01, p11 };
+            soc_cc[k] = s.soc_cc[k].0;
+        }
+        self.initialized = s.initialized;
+    }
+}

@@ -1,0 +1,251 @@
+//! Rest and SOH stage: rest detection and the rest point (OCV correction of SOC, one
+//! capacity observation per cell from the charge moved between two rest points, by AWTLS),
+//! the charge throughput since the last rest, and the per-cell R0 ratio (observed on current
+//! steps inside the cell pass). Owns the per-cell capacity and resistance estimates the
+//! cell pass reads.
+
+use crate::cell_model::CellParams;
+use crate::cell_tables::CellTables;
+use crate::soc_ekf::{self, EstimatorConfig};
+use crate::soh::{Awtls, CAPACITY_RATIO_RANGE, R0_RATIO_RANGE};
+
+use super::cells::Cells;
+use super::sensing::Sensing;
+use super::state::{xs, X};
+use super::SOC_STATE_RANGE;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone)]
+pub(super) struct RestSoh {
+    // --- rest detection and throughput since the last rest point ---
+    /// start of the current rest (NaN: not at rest)
+    pub rest_since: f64,
+    /// this rest's rest point is taken
+    pub rest_done: bool,
+    pub q_since_rest_ah: f64,
+    pub dt2_since_rest: f64,
+    pub time_since_rest_s: f64,
+    // --- current step detection (R0) ---
+    pub i_prev: f64,
+    pub i_prev_valid: bool,
+    // --- per cell ---
+    /// 1 / (3600 · Q_cell_ah): SOC per coulomb of one (unit) cell
+    pub inv_qc: Vec<f64>,
+    pub cap_ah: Vec<f64>,
+    /// Σ cap_ah (updated when a capacity estimate changes)
+    pub cap_sum: f64,
+    pub r0_ratio: Vec<f64>,
+    pub awtls: Vec<Awtls>,
+    /// SOC and its variance at the last rest point (NaN: none yet)
+    pub z_rest: Vec<f64>,
+    pub z_rest_var: Vec<f64>,
+}
+
+impl RestSoh {
+    pub fn new(n: usize, cap: f64, capacity_prior_sigma: f64) -> Self {
+        RestSoh {
+            rest_since: f64::NAN,
+            rest_done: false,
+            q_since_rest_ah: 0.0,
+            dt2_since_rest: 0.0,
+            time_since_rest_s: 0.0,
+            i_prev: 0.0,
+            i_prev_valid: false,
+            inv_qc: vec![1.0 / (3600.0 * cap); n],
+            cap_ah: vec![cap; n],
+            cap_sum: cap * n as f64,
+            r0_ratio: vec![1.0; n],
+            awtls: vec![Awtls::with_prior(capacity_prior_sigma); n],
+            z_rest: vec![f64::NAN; n],
+            z_rest_var: vec![f64::NAN; n],
+        }
+    }
+
+    /// Rest detection: true once per rest, when the current has stayed inside the rest band
+    /// for `rest_time_s` (the step that takes the rest point).
+    pub fn detect_rest(&mut self, i: f64, t_s: f64, est: &EstimatorConfig) -> bool {
+        let at_rest = i.abs() < est.rest_current_a;
+        let mut rest_point = false;
+        if at_rest {
+            if self.rest_since.is_nan() {
+                self.rest_since = t_s;
+            }
+            if !self.rest_done && t_s - self.rest_since >= est.rest_time_s {
+                rest_point = true;
+                self.rest_done = true;
+            }
+        } else {
+            self.rest_since = f64::NAN;
+            self.rest_done = false;
+        }
+        rest_point
+    }
+
+    /// The current step of this sample (A) and whether it is an R0 observation: both samples
+    /// plausible, a step of at least `r0_step_min_a`, within one second.
+    pub fn current_step(&mut self, i: f64, i_valid: bool, dt: f64, est: &EstimatorConfig) -> (f64, bool) {
+        let di = i - self.i_prev;
+        let r0_step = i_valid && self.i_prev_valid && di.abs() >= est.r0_step_min_a && dt > 0.0 && dt <= 1.0;
+        self.i_prev = i;
+        self.i_prev_valid = i_valid;
+        (di, r0_step)
+    }
+
+    /// Charge throughput of this step (unit cell, efficiency applied) since the last rest.
+    pub fn integrate(&mut self, eta: f64, i_cell: f64, dt: f64) {
+        self.q_since_rest_ah += eta * i_cell * dt / 3600.0;
+        self.dt2_since_rest += dt * dt;
+        self.time_since_rest_s += dt;
+    }
+
+    /// Rest point: OCV correction of SOC, and a capacity observation since the last one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rest_point(&mut self, cells: &mut Cells, sensing: &Sensing, sensor_of: &[u32], tab: &CellTables, cell: &CellParams, est: &EstimatorConfig, par: f64) {
+        let cap_nom = cell.capacity_ah;
+        let var_y = {
+            let s_i = est.current_noise_a / par;
+            let s_off = est.current_offset_a / par;
+            let v = s_i * s_i * self.dt2_since_rest / (3600.0 * 3600.0)
+                + (s_off * self.time_since_rest_s / 3600.0).powi(2);
+            (v / (cap_nom * cap_nom)).max(1e-10)
+        };
+        let y = self.q_since_rest_ah / cap_nom;
+        for k in 0..cells.z.len() {
+            if !sensing.v_valid[k] {
+                continue;
+            }
+            let ss = &sensing.ss[sensor_of[k] as usize];
+            // at rest v = OCV + h − v1 − v2: add back what is left of the RC polarisation
+            // (after a 600 s rest the LG M50's τ2 ≈ 310 s pair still holds e^(−600/310) ≈ 14 %
+            // of its load voltage, ~13 mV after 1C, ~1.5 % SOC on the OCV slope)
+            let v_ocv = sensing.v_prev[k] - cells.h[k] + cells.v1[k] + cells.v2[k];
+            let z_ocv = tab.soc_from_ocv(v_ocv, ss.dtemp);
+            let slope = tab.slope(tab.locate(z_ocv)).max(1e-3);
+            let var = (est.rest_ocv_sigma_v / slope).powi(2);
+            soc_ekf::update_soc(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], z_ocv, var);
+            let zp = self.z_rest[k];
+            if zp.is_finite() {
+                let x = zp - z_ocv;
+                if x.abs() >= est.capacity_min_dsoc {
+                    let var_x = self.z_rest_var[k] + var;
+                    self.awtls[k].add(x, y, var_x, var_y, est.capacity_forgetting);
+                    let q = self.awtls[k].estimate(CAPACITY_RATIO_RANGE.0, CAPACITY_RATIO_RANGE.1);
+                    self.cap_ah[k] = q * cap_nom;
+                    self.inv_qc[k] = 1.0 / (3600.0 * self.cap_ah[k]);
+                }
+            }
+            self.z_rest[k] = z_ocv;
+            self.z_rest_var[k] = var;
+        }
+        self.cap_sum = self.cap_ah.iter().sum();
+        self.q_since_rest_ah = 0.0;
+        self.dt2_since_rest = 0.0;
+        self.time_since_rest_s = 0.0;
+    }
+
+    /// A restored state starts a new time base: rest and current step detection start over.
+    pub fn restart_time_base(&mut self) {
+        self.i_prev_valid = false;
+        self.rest_since = f64::NAN;
+        self.rest_done = false;
+    }
+}
+
+/// State of the rest and SOH stage in the state file, version 1 (see [`super::state`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RestSohStateV1 {
+    pub version: u32,
+    /// since the last rest point: charge of a unit cell (Ah), Σ Δt² (s²), time (s)
+    pub q_since_rest_ah: X,
+    pub dt2_since_rest: X,
+    pub time_since_rest_s: X,
+    /// per cell: capacity of a unit cell (Ah), R0 ratio to the cell file
+    pub cap_ah: Vec<X>,
+    pub r0_ratio: Vec<X>,
+    /// per cell: SOC and its variance at the last rest point ("NaN": none yet)
+    pub z_rest: Vec<X>,
+    pub z_rest_var: Vec<X>,
+    /// per cell: the six sums of the AWTLS capacity estimator
+    pub awtls: Vec<[X; 6]>,
+}
+
+impl RestSoh {
+    pub fn export(&self) -> RestSohStateV1 {
+        RestSohStateV1 {
+            version: 1,
+            q_since_rest_ah: X(self.q_since_rest_ah),
+            dt2_since_rest: X(self.dt2_since_rest),
+            time_since_rest_s: X(self.time_since_rest_s),
+            cap_ah: xs(&self.cap_ah),
+            r0_ratio: xs(&self.r0_ratio),
+            z_rest: xs(&self.z_rest),
+            z_rest_var: xs(&self.z_rest_var),
+            awtls: self.awtls.iter().map(|a| a.c.map(X)).collect(),
+        }
+    }
+
+    /// Structure: one value per cell; capacity and resistance finite and positive.
+    pub fn check(&self, s: &RestSohStateV1, n: usize) -> Result<(), String> {
+        for (name, len) in [("cap_ah", s.cap_ah.len()), ("r0_ratio", s.r0_ratio.len()), ("z_rest", s.z_rest.len()), ("z_rest_var", s.z_rest_var.len()), ("awtls", s.awtls.len())] {
+            if len != n {
+                return Err(format!("rest_soh.{name}: {len} values, expected {n} (one per cell)"));
+            }
+        }
+        for k in 0..n {
+            let (cap, r0r) = (s.cap_ah[k].0, s.r0_ratio[k].0);
+            if !(cap.is_finite() && r0r.is_finite()) || cap <= 0.0 || r0r <= 0.0 {
+                return Err(format!("cell {k}: non-finite or non-positive state"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first implausible value, or None. Bands: the capacity and R0 bands of the SOH
+    /// estimators (ratios to the cell file), the filter's SOC range for the rest point.
+    pub fn implausible(&self, s: &RestSohStateV1, cell: &CellParams) -> Option<String> {
+        let (z_lo, z_hi) = SOC_STATE_RANGE;
+        let (c_lo, c_hi) = CAPACITY_RATIO_RANGE;
+        let (r_lo, r_hi) = R0_RATIO_RANGE;
+        let cap_nom = cell.capacity_ah;
+        let inside = |x: f64, lo: f64, hi: f64| x.is_finite() && x >= lo && x <= hi;
+        let nan_or_inside = |x: f64, lo: f64, hi: f64| x.is_nan() || inside(x, lo, hi);
+        for k in 0..s.cap_ah.len() {
+            let (cap, r0r, z_rest, z_rest_var) = (s.cap_ah[k].0, s.r0_ratio[k].0, s.z_rest[k].0, s.z_rest_var[k].0);
+            let why = if !inside(cap / cap_nom, c_lo, c_hi) {
+                format!("cell {k}: capacity {cap} Ah outside {c_lo}..{c_hi} x the cell file's {cap_nom} Ah")
+            } else if !inside(r0r, r_lo, r_hi) {
+                format!("cell {k}: resistance ratio {r0r} outside {r_lo}..{r_hi} x the cell file's R0")
+            } else if !nan_or_inside(z_rest, z_lo, z_hi) || !nan_or_inside(z_rest_var, 0.0, 1.0) {
+                format!("cell {k}: rest point SOC {z_rest} (variance {z_rest_var}) implausible")
+            } else if s.awtls[k].iter().any(|c| !c.0.is_finite()) {
+                format!("cell {k}: non-finite capacity estimator sums")
+            } else {
+                continue;
+            };
+            return Some(why);
+        }
+        let (q, dt2, t_rest) = (s.q_since_rest_ah.0, s.dt2_since_rest.0, s.time_since_rest_s.0);
+        if !q.is_finite() || !(dt2.is_finite() && dt2 >= 0.0) || !(t_rest.is_finite() && t_rest >= 0.0) {
+            return Some(format!("time since rest {t_rest} s / charge {q} Ah / {dt2} implausible (negative or non-finite)"));
+        }
+        None
+    }
+
+    /// Apply a checked, plausible state.
+    pub fn import(&mut self, s: &RestSohStateV1) {
+        for k in 0..self.cap_ah.len() {
+            self.cap_ah[k] = s.cap_ah[k].0;
+            self.inv_qc[k] = 1.0 / (3600.0 * s.cap_ah[k].0);
+            self.r0_ratio[k] = s.r0_ratio[k].0;
+            self.z_rest[k] = s.z_rest[k].0;
+            self.z_rest_var[k] = s.z_rest_var[k].0;
+            self.awtls[k].c = s.awtls[k].map(|x| x.0);
+        }
+        self.cap_sum = self.cap_ah.iter().sum();
+        self.q_since_rest_ah = s.q_since_rest_ah.0;
+        self.dt2_since_rest = s.dt2_since_rest.0;
+        self.time_since_rest_s = s.time_since_rest_s.0;
+    }
+}

@@ -1,0 +1,292 @@
+//! Sensing stage: the step's inputs checked (lengths, time), the current, temperature and
+//! cell-voltage sensors judged plausible or not (NaN, range, open wire, stuck), and per
+//! temperature sensor the model coefficients that depend on temperature and Δt only.
+//!
+//! The sensor rules of protection (and the per-cell voltage and temperature rules, which need
+//! the plausible reading) are evaluated inside these loops, so each reading is touched once.
+
+use crate::cell_model::CellParams;
+use crate::cell_tables::{CellTables, TempSel};
+use crate::limits::LimitsConfig;
+use crate::protection::{Rule, SensorConfig};
+
+use super::protection::Protection;
+use super::EngineInputError;
+
+/// Deadband (°C) of the model temperature against the sensor reading. The cell files' R and
+/// τ tables are identified at 10..15 °C spacing (hw/cells/*.toml); the steepest of them (A123
+/// LFP τ1: 190 → 139 s over 10 → 25 °C, R0 −28 %) changes by < 1 % within ±0.25 °C, well
+/// inside the fit's own error, while typical NTC/AFE noise is ±0.1..0.2 °C.
+pub const MODEL_TEMP_DEADBAND_C: f64 = 0.25;
+
+/// Per temperature sensor: everything that depends on the model temperature (and Δt) only.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SensorStep {
+    /// model temperature (°C) the fields below are for; NaN before the first step
+    t_model: f64,
+    /// τ1, τ2 and Δt the exponentials below were computed for (recomputed only on change)
+    tau1: f64,
+    tau2: f64,
+    dt: f64,
+    pub dtemp: f64,
+    pub sel: TempSel,
+    pub a1: f64,
+    pub a2: f64,
+    pub d_cont: f64,
+    pub d_peak: f64,
+}
+
+impl SensorStep {
+    const UNSET: SensorStep = SensorStep {
+        t_model: f64::NAN,
+        tau1: f64::NAN,
+        tau2: f64::NAN,
+        dt: f64::NAN,
+        dtemp: 0.0,
+        sel: TempSel { lo: 0, hi: 0, f: 0.0 },
+        a1: 1.0,
+        a2: 1.0,
+        d_cont: 1.0,
+        d_peak: 1.0,
+    };
+}
+
+/// The string current as this step uses it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Current {
+    /// plausible reading, else 0 (A, discharge positive)
+    pub i: f64,
+    pub valid: bool,
+    /// charging beyond the rest band: the charge temperature windows apply
+    pub charging: bool,
+}
+
+/// Extremes of the plausible temperature readings (∞/−∞ when there is none).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Temps {
+    pub min_c: f64,
+    pub max_c: f64,
+    pub any_valid: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Sensing {
+    /// time of the last step (None: the next step starts a new time base)
+    pub t_last: Option<f64>,
+    // --- per cell ---
+    pub v_prev: Vec<f64>,
+    pub v_stuck: Vec<u32>,
+    pub v_valid: Vec<bool>,
+    /// ΔV of the last sample (only filled on an R0 current step)
+    pub r0_dv: Vec<f64>,
+    // --- per temperature sensor ---
+    pub t_prev: Vec<f64>,
+    pub t_stuck: Vec<u32>,
+    pub t_valid: Vec<bool>,
+    /// last plausible reading (the cell file's reference temperature before the first)
+    pub t_used: Vec<f64>,
+    pub ss: Vec<SensorStep>,
+}
+
+impl Sensing {
+    pub fn new(n: usize, n_t: usize, t_ref_c: f64) -> Self {
+        Sensing {
+            t_last: None,
+            v_prev: vec![f64::NAN; n],
+            v_stuck: vec![0; n],
+            v_valid: vec![false; n],
+            r0_dv: vec![f64::NAN; n],
+            t_prev: vec![f64::NAN; n_t],
+            t_stuck: vec![0; n_t],
+            t_valid: vec![false; n_t],
+            t_used: vec![t_ref_c; n_t],
+            ss: vec![SensorStep::UNSET; n_t],
+        }
+    }
+
+    /// Lengths and time of a step's inputs; on success the step's Δt (0 on the first step of
+    /// a time base) and the time is taken.
+    pub fn check_inputs(&mut self, t_s: f64, v_cell_v: &[f64], t_cell_c: &[f64]) -> Result<f64, EngineInputError> {
+        let (n, n_t) = (self.v_prev.len(), self.t_prev.len());
+        if v_cell_v.len() != n {
+            return Err(EngineInputError {
+                argument: "v_cell_v".into(),
+                message: format!("expected {} cell voltages, got {}", n, v_cell_v.len()),
+            });
+        }
+        if t_cell_c.len() != n_t {
+            return Err(EngineInputError {
+                argument: "t_cell_c".into(),
+                message: format!("expected {} temperatures, got {}", n_t, t_cell_c.len()),
+            });
+        }
+        if !t_s.is_finite() {
+            return Err(EngineInputError { argument: "t_s".into(), message: format!("expected a finite time, got {t_s}") });
+        }
+        if let Some(tl) = self.t_last {
+            if !(t_s > tl) {
+                return Err(EngineInputError {
+                    argument: "t_s".into(),
+                    message: format!("time must increase: got {t_s} after {tl}"),
+                });
+            }
+        }
+        let dt = self.t_last.map_or(0.0, |tl| t_s - tl);
+        self.t_last = Some(t_s);
+        Ok(dt)
+    }
+
+    /// The current sensor, and the over-current rules on its plausible reading.
+    pub fn current(&self, t_s: f64, i_a: f64, sens: &SensorConfig, rest_current_a: f64, prot: &mut Protection) -> Current {
+        let i_valid = i_a.is_finite() && i_a.abs() <= sens.current_max_abs_a;
+        let i = if i_valid { i_a } else { 0.0 };
+        let charging = i < -rest_current_a;
+        prot.bank(Rule::CurrentSensor).eval(0, t_s, if i_valid { 0.0 } else { 1.0 });
+        let i_prot = if i_valid { i } else { f64::NAN };
+        prot.bank(Rule::OvercurrentDischarge).eval(0, t_s, i_prot);
+        prot.bank(Rule::OvercurrentCharge).eval(0, t_s, -i_prot);
+        Current { i, valid: i_valid, charging }
+    }
+
+    /// The temperature sensors: plausibility, the temperature rules (charge windows while
+    /// charging, discharge windows otherwise, foxBMS style), and the model coefficients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn temperatures(
+        &mut self,
+        t_s: f64,
+        t_cell_c: &[f64],
+        dt: f64,
+        charging: bool,
+        sens: &SensorConfig,
+        p: &CellParams,
+        tab: &CellTables,
+        lc: &LimitsConfig,
+        prot: &mut Protection,
+    ) -> Temps {
+        let (mut tmin, mut tmax) = (f64::INFINITY, f64::NEG_INFINITY);
+        let dc = lc.continuous_horizon_s;
+        let dp = lc.peak_horizon_s;
+        let mut any_t_valid = false;
+        for s in 0..self.t_prev.len() {
+            let x = t_cell_c[s];
+            if x == self.t_prev[s] {
+                self.t_stuck[s] = self.t_stuck[s].saturating_add(1);
+            } else {
+                self.t_stuck[s] = 0;
+            }
+            self.t_prev[s] = x;
+            let stuck = sens.stuck_samples > 0 && self.t_stuck[s] >= sens.stuck_samples;
+            let valid = x.is_finite() && x >= sens.temp_min_c && x <= sens.temp_max_c && !stuck;
+            self.t_valid[s] = valid;
+            prot.bank(Rule::TempSensor).eval(s, t_s, if valid { 0.0 } else { 1.0 });
+            let tx = if valid { x } else { f64::NAN };
+            // charge windows apply while charging, discharge windows otherwise (foxBMS style)
+            let (oc, uc, od, ud) = if charging {
+                (tx, tx, f64::NEG_INFINITY, f64::INFINITY)
+            } else {
+                (f64::NEG_INFINITY, f64::INFINITY, tx, tx)
+            };
+            prot.bank(Rule::OvertempCharge).eval(s, t_s, oc);
+            prot.bank(Rule::UndertempCharge).eval(s, t_s, uc);
+            prot.bank(Rule::OvertempDischarge).eval(s, t_s, od);
+            prot.bank(Rule::UndertempDischarge).eval(s, t_s, ud);
+            if valid {
+                self.t_used[s] = x;
+                tmin = tmin.min(x);
+                tmax = tmax.max(x);
+                any_t_valid = true;
+            }
+            let t_meas = self.t_used[s];
+            let prev = self.ss[s];
+            // The cell model (τ, R tables, entropic OCV) is evaluated at a "model temperature"
+            // that follows the sensor with a deadband of MODEL_TEMP_DEADBAND_C: sensor noise
+            // (±0.1..0.2 °C) would otherwise recompute two interpolations, a table selection
+            // and up to four exp() per sensor every step for no physical change.
+            if (t_meas - prev.t_model).abs() <= MODEL_TEMP_DEADBAND_C && prev.dt == dt {
+                continue; // same model temperature, same Δt: every coefficient is unchanged
+            }
+            let t = if (t_meas - prev.t_model).abs() <= MODEL_TEMP_DEADBAND_C { prev.t_model } else { t_meas };
+            let tau1 = p.tau1(t);
+            // the exponentials depend on τ(T) and Δt only: a constant-τ cell (or a steady
+            // temperature) at a fixed sample period costs no exp at all
+            let (d_cont, d_peak) = if prev.tau1 == tau1 {
+                (prev.d_cont, prev.d_peak)
+            } else {
+                ((-dc / tau1).exp(), (-dp / tau1).exp())
+            };
+            let a1 = if prev.tau1 == tau1 && prev.dt == dt { prev.a1 } else { (-dt / tau1).exp() };
+            // second RC pair: same caching (its exp is as costly as the first one's)
+            let tau2 = if p.has_rc2() { p.tau2(t) } else { 0.0 };
+            let a2 = if !p.has_rc2() {
+                0.0
+            } else if prev.tau2 == tau2 && prev.dt == dt {
+                prev.a2
+            } else {
+                (-dt / tau2).exp()
+            };
+            self.ss[s] = SensorStep {
+                t_model: t,
+                tau1,
+                tau2,
+                dt,
+                dtemp: t - p.t_ref_c,
+                sel: tab.temp_sel(t),
+                a1,
+                a2,
+                d_cont,
+                d_peak,
+            };
+        }
+        Temps { min_c: tmin, max_c: tmax, any_valid: any_t_valid }
+    }
+
+    /// Pass 1 over the cells: voltage plausibility and the per-cell voltage rules (branchy,
+    /// cheap). On an R0 current step it also keeps each cell's ΔV. Returns the extremes of the
+    /// plausible voltages (∞/−∞ when there is none).
+    pub fn cell_voltages(&mut self, t_s: f64, v_in: &[f64], sens: &SensorConfig, r0_step: bool, prot: &mut Protection) -> (f64, f64) {
+        let n = self.v_prev.len();
+        let (mut vmin_meas, mut vmax_meas) = (f64::INFINITY, f64::NEG_INFINITY);
+        let stuck_n = sens.stuck_samples;
+        let (vlo, vhi, vow) = (sens.cell_v_min_v, sens.cell_v_max_v, sens.open_wire_v);
+        let v_in = &v_in[..n];
+        let v_prevs = &mut self.v_prev[..n];
+        let stucks = &mut self.v_stuck[..n];
+        let valids = &mut self.v_valid[..n];
+        let dvs = &mut self.r0_dv[..n];
+        let (b_vs, b_ov, b_uv) = prot.voltage_banks();
+        for k in 0..n {
+            let v = v_in[k];
+            // NaN, range, open wire, stuck
+            let v_prev = v_prevs[k];
+            let cnt = if v == v_prev { stucks[k].saturating_add(1) } else { 0 };
+            stucks[k] = cnt;
+            let stuck = stuck_n > 0 && cnt >= stuck_n;
+            let valid = v >= vlo && v <= vhi && v > vow && !stuck; // NaN compares false
+            if r0_step {
+                dvs[k] = if valid && valids[k] { v - v_prev } else { f64::NAN };
+            }
+            v_prevs[k] = v;
+            valids[k] = valid;
+            b_vs.eval(k, t_s, if valid { 0.0 } else { 1.0 });
+            let vp = if valid { v } else { f64::NAN };
+            b_ov.eval(k, t_s, vp);
+            b_uv.eval(k, t_s, vp);
+            if valid {
+                vmin_meas = vmin_meas.min(v);
+                vmax_meas = vmax_meas.max(v);
+            }
+        }
+        (vmin_meas, vmax_meas)
+    }
+
+    /// A restored state starts a new time base: no integration over the gap, no stuck counts
+    /// across it, no ΔV against a pre-restart sample.
+    pub fn restart_time_base(&mut self) {
+        self.t_last = None;
+        self.v_prev.iter_mut().for_each(|x| *x = f64::NAN);
+        self.v_valid.iter_mut().for_each(|x| *x = false);
+        self.v_stuck.iter_mut().for_each(|c| *c = 0);
+        self.t_stuck.iter_mut().for_each(|c| *c = 0);
+        self.t_prev.iter_mut().for_each(|c| *c = f64::NAN);
+    }
+}
