@@ -20,6 +20,7 @@ __all__ = [
     "config_schemas",
     "engine_rules",
     "ConsensusPeer",
+    "PHASE_NAMES",
     "CanReassembler",
     "can_segment_classic",
     "can_frame_fd",
