@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import sys
+from collections.abc import Iterator
 
 
 class MbmsError(Exception):
@@ -106,3 +108,17 @@ def environment_problem(what: str, exc: BaseException) -> EnvironmentProblem | N
                     "bring it up (mbms/data/linux/socketcan-setup.sh); or use a UDP transport")
         return EnvironmentProblem(what, problem, hint)
     return None
+
+
+@contextlib.contextmanager
+def opening(what: str) -> Iterator[None]:
+    """Open ``what`` (a sensor link, a transport, a listening socket) inside this block: an
+    exception that stands for a problem of the machine becomes its :class:`EnvironmentProblem`
+    (one line, exit 3); anything else propagates unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        env = environment_problem(what, exc)
+        if env is None:
+            raise
+        raise env from exc

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mbms.cli import data_file
-from mbms.errors import environment_problem
+from mbms.errors import opening
 from mbms.config_views import SystemConfig, load_system
 from mbms.paths import system_file
 from mbms.types import Phase
@@ -134,13 +134,8 @@ class Monitor:
         return t
 
     async def run(self, duration_s: float | None, once: bool, live: bool) -> None:
-        try:
+        with opening(f"peer transport {self.transport.endpoint}"):
             await self.transport.start()
-        except Exception as exc:
-            env = environment_problem(f"peer transport {self.transport.endpoint}", exc)
-            if env is None:
-                raise
-            raise env from exc
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (duration_s if duration_s is not None else (10.0 if once else float("inf")))
         try:

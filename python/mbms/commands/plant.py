@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from mbms.cli import data_file
-from mbms.errors import environment_problem
+from mbms.errors import opening
 from mbms.logs import setup_logging
 from mbms.paths import system_file
 
@@ -50,11 +50,6 @@ def run(args: argparse.Namespace) -> int:
             loop.call_later(args.duration, stop.set)
         await server.serve(args.listen, stop, ready=lambda: print(f"plant serving {n_strings} strings on {args.listen}", flush=True))
 
-    try:
+    with opening(f"--listen {args.listen}"):  # binding: port in use, permission denied, bad address
         asyncio.run(main())
-    except OSError as exc:  # binding --listen: port in use, permission denied, bad interface address
-        env = environment_problem(f"--listen {args.listen}", exc)
-        if env is None:
-            raise
-        raise env from exc
     return 0

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from mbms.errors import environment_problem
+from mbms.errors import opening
 from mbms.hardware.base import Hardware
 from mbms.config_views import NodeSection
 from mbms.node.logic import ALL_OPEN, Contactors, Measurement, NodeLogic, NodeOutput, NodeStatus
@@ -347,13 +347,8 @@ class NodeRuntime:
         The machine's refusal (no such CAN interface) is an EnvironmentProblem, raised here."""
         if self.transport is not None and not self._transport_open:
             self.transport.on_message = self._on_message
-            try:
+            with opening(f"peer transport {self.transport.endpoint}"):
                 await self.transport.start()
-            except Exception as exc:
-                env = environment_problem(f"peer transport {self.transport.endpoint}", exc)
-                if env is None:
-                    raise
-                raise env from exc
             self._transport_open = True
 
     async def run(self, stop: asyncio.Event | None = None, max_periods: int | None = None) -> None:
@@ -361,13 +356,8 @@ class NodeRuntime:
         # Opening the sensor link and the peer transport is where the machine shows up (no CAN
         # interface, port in use, permission denied): say which resource and stop (nothing was
         # commanded yet, so the contactors are still open).
-        try:
+        with opening(f"sensor link {self.hw.name}"):
             await self.hw.start()
-        except Exception as exc:
-            env = environment_problem(f"sensor link {self.hw.name}", exc)
-            if env is None:
-                raise
-            raise env from exc
         await self.open_transport()
         self._t0 = self.clock()
         if self.store is not None:
