@@ -70,6 +70,7 @@ def test_a_lost_frame_drops_the_message_and_is_counted() -> None:
     assert r.push(*frames[0]) is None
     assert r.push(*frames[2]) is None  # frame 1 lost
     assert r.dropped_frames == 1 and r.last_error and "out of order" in r.last_error
+    assert r.last_error_kind == "incomplete"
     with pytest.raises(FrameError):
         segment_classic(3, 0, bytes(64))
     with pytest.raises(FrameError):

@@ -51,9 +51,9 @@ def test_receiver_rules() -> None:
     a = segment_classic(2, 0, b"A" * 20)  # 3 frames
     b = segment_classic(2, 1, b"B" * 20)
     r.push(*a[0])
-    with pytest.raises(SegmentError) as ei:  # lost middle frame
+    with pytest.raises(SegmentError) as ei:  # lost middle frame: incomplete, not garbage
         r.push(*a[2])
-    assert ei.value.kind == "malformed"
+    assert ei.value.kind == "incomplete"
     # a new message (other toggle) restarts cleanly
     assert [r.push(*f) for f in b][-1] == (2, b"B" * 20)
     # the identifiers are the ones the core computes
@@ -63,8 +63,9 @@ def test_receiver_rules() -> None:
     assert ei.value.kind == "oversized"
     c = segment_classic(2, 0, b"C" * 20)
     r.push(*c[0])
-    with pytest.raises(SegmentError):  # short non-last frame
+    with pytest.raises(SegmentError) as ei:  # short non-last frame: cannot be a frame of this protocol
         r.push(c[1][0], c[1][1][:5])
+    assert ei.value.kind == "malformed"
     # interleaved senders keep separate state
     d, e = segment_classic(3, 0, b"D" * 9), segment_classic(4, 0, b"E" * 9)
     assert r.push(*d[0]) is None and r.push(*e[0]) is None

@@ -233,13 +233,14 @@ fn can_unframe_fd<'py>(py: Python<'py>, can_id: u32, data: &[u8]) -> PyResult<(u
 pub struct PyCanReassembler {
     inner: segment::Reassembler,
     last_error: Option<String>,
+    last_error_kind: Option<&'static str>,
 }
 
 #[pymethods]
 impl PyCanReassembler {
     #[new]
     fn new() -> Self {
-        Self { inner: segment::Reassembler::new(), last_error: None }
+        Self { inner: segment::Reassembler::new(), last_error: None, last_error_kind: None }
     }
     /// Feed one frame; returns (sender, message) when a message completes, else None.
     fn push<'py>(&mut self, py: Python<'py>, can_id: u32, data: &[u8]) -> Option<(u16, Bound<'py, PyBytes>)> {
@@ -248,6 +249,7 @@ impl PyCanReassembler {
             Ok(None) => None,
             Err(e) => {
                 self.last_error = Some(e.to_string());
+                self.last_error_kind = Some(e.kind());
                 None
             }
         }
@@ -263,6 +265,11 @@ impl PyCanReassembler {
     #[getter]
     fn last_error(&self) -> Option<String> {
         self.last_error.clone()
+    }
+    /// Why the last frame was dropped: "malformed", "oversized", "foreign" or "incomplete".
+    #[getter]
+    fn last_error_kind(&self) -> Option<&'static str> {
+        self.last_error_kind
     }
 }
 

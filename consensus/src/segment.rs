@@ -54,6 +54,22 @@ impl std::fmt::Display for SegmentError {
 
 impl std::error::Error for SegmentError {}
 
+impl SegmentError {
+    /// Why a frame was dropped, as a transport counts it. `incomplete` is a continuation frame
+    /// whose start was never seen: the receiver joined mid-message, a frame was lost, or the sender
+    /// died mid-message. That is expected on a live bus, unlike `malformed` (bytes that cannot be a
+    /// frame of this protocol), which points at a faulty or foreign device.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SegmentError::MessageLength(n) if *n > MAX_SEGMENTED_LEN => "oversized",
+            SegmentError::FrameLength(n) if *n > MAX_SEGMENTED_LEN => "oversized",
+            SegmentError::ForeignId(_) => "foreign",
+            SegmentError::OutOfOrder { .. } => "incomplete",
+            _ => "malformed",
+        }
+    }
+}
+
 fn check(sender: u16, msg: &[u8]) -> Result<(), SegmentError> {
     if !(1..=64).contains(&sender) {
         return Err(SegmentError::Sender(sender));

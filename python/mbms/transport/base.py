@@ -40,7 +40,8 @@ class TransportStats:
     received_messages: int = 0
     received_telemetry: int = 0
     echoes: int = 0
-    malformed: int = 0
+    malformed: int = 0  # bytes that cannot be a frame of this protocol: a faulty or foreign device
+    incomplete: int = 0  # a continuation frame without its start: joined mid-message, loss, sender died
     foreign: int = 0
     replayed: int = 0
     oversized: int = 0
@@ -48,7 +49,7 @@ class TransportStats:
     own_id: int = 0  # messages with this node's id from another node (a duplicate id): delivered
 
     def dropped(self) -> int:
-        return self.malformed + self.foreign + self.replayed + self.oversized + self.duplicate
+        return self.malformed + self.incomplete + self.foreign + self.replayed + self.oversized + self.duplicate
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -36,7 +36,7 @@ class SegmentError(ValueError):
     """A frame or message that does not fit the format; ``kind`` is the counter it belongs to."""
 
     def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind  # "foreign" | "malformed" | "oversized"
+        self.kind = kind  # "foreign" | "malformed" | "oversized" | "incomplete"
         super().__init__(message)
 
 
@@ -102,10 +102,9 @@ class Reassembler:
 
     def push(self, arbitration_id: int, data: bytes) -> tuple[int, bytes] | None:
         """Feed one frame; ``(sender, message)`` when a message completes; SegmentError if dropped."""
-        _, _, index = split_id(arbitration_id)
+        split_id(arbitration_id)
         before = self._core.dropped_frames
         out = self._core.push(arbitration_id, bytes(data))
         if self._core.dropped_frames != before:
-            kind = "oversized" if index == 0 and data and data[0] > MAX_SEGMENTED_LEN else "malformed"
-            raise SegmentError(kind, self._core.last_error or "frame dropped")
+            raise SegmentError(self._core.last_error_kind or "malformed", self._core.last_error or "frame dropped")
         return None if out is None else (int(out[0]), bytes(out[1]))
