@@ -65,6 +65,15 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
     except BaseException:
         runtime.shutdown()
         raise
+    if system.inverter is not None:
+        from mbms.gateways.inverter_can import InverterGateway, PackRatings
+
+        runtime.inverter = InverterGateway(system.inverter, node_id, PackRatings.of(pack), len(system.members))
+        try:
+            await runtime.inverter.start()
+        except BaseException:
+            runtime.shutdown()
+            raise
     use_disc = system.discovery.enabled if discovery is None else discovery
     if use_disc:
         from mbms.discovery import Discovery
