@@ -58,7 +58,9 @@ from mbms.paths import cell_file
 from mbms.plant_link import pack as pack_msg
 from mbms.plant_link import unpack as unpack_msg
 from mbms.sim.fast import RunResult, engine_configs
+from mbms.sim.inverter import SimInverter
 from mbms.sim.scenario import Scenario
+from mbms.transport.can import open_bus
 
 #: The plant opens a string whose node sent no command for this long (contactor driver watchdog).
 WATCHDOG_S = 0.5
@@ -81,6 +83,9 @@ class Settings:
     overrun_ms: int = 500
     start_timeout_s: float = 60.0
     stop_timeout_s: float = 5.0
+    #: The battery protocol between the speaker and the simulated inverter (a DBC in
+    #: mbms/data/dbc): the 96s packs of the shipped scenarios are an HV rack.
+    inverter_protocol: str = "pylon_hv"
 
 
 # ---------------------------------------------------------------------------------- files
@@ -107,6 +112,7 @@ class RunFiles:
     link: str
     can_port: int
     can_channel: str
+    inverter_port: int = 0
 
 
 def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
@@ -135,6 +141,10 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
             protocol[k] = v
     system["transport"] = {"kind": "can", "can": {"interface": "udp_multicast", "channel": channel, "port": can_port}}
     system["discovery"] = {"enabled": True, "interfaces": ["127.0.0.1"]}
+    # the inverter's CAN channel: a bus of its own (udp_multicast on a port of its own)
+    inverter_port = _free_udp_port()
+    system["inverter"] = {"protocol": settings.inverter_protocol,
+                          "can": {"interface": "udp_multicast", "channel": channel, "port": inverter_port}}
     if protocol:
         system["protocol"] = protocol
     system_path = run_dir / "system.toml"
@@ -163,7 +173,7 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
         p = run_dir / f"node{k + 1}.toml"
         p.write_text(_toml(doc))
         packs.append(p)
-    return RunFiles(run_dir, plant_path, system_path, packs, link, can_port, channel)
+    return RunFiles(run_dir, plant_path, system_path, packs, link, can_port, channel, inverter_port)
 
 
 # ------------------------------------------------------------------------------ processes
@@ -455,6 +465,7 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
     cpu_self0 = time.process_time()
     observer: Observer | None = None
     canlog: CanLog | None = None
+    inverter: SimInverter | None = None
     client_tr: asyncio.DatagramTransport | None = None
     try:
         host, port = files.link.removeprefix("udp://").rsplit(":", 1)
@@ -463,6 +474,9 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         observer = Observer(system)
         await observer.transport.start()
         canlog = CanLog(log_dir / "peer_traffic.asc", files.can_channel, files.can_port)
+        assert system.inverter is not None
+        inverter = SimInverter(system.inverter.protocol, open_bus(system.inverter.can, receive_own_messages=False),
+                               system.inverter.timeout_ms / 1000, ready_quiet_s=READY_QUIET_S)
         plant.start()
         await _wait_plant(client, plant, st.start_timeout_s)
         t_ready = time.monotonic()
@@ -470,8 +484,10 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
             c.start()
         # The monitor checks against the protocol settings the nodes run (one source).
         monitor = _core.SafetyMonitor(system.peer_config(1, 0))
-        res = await _drive(sc, console, st, client, observer, nodes, plant, desc_json, canlog, monitor)
+        res = await _drive(sc, console, st, client, observer, nodes, plant, desc_json, canlog, monitor, inverter)
     finally:
+        if inverter is not None:
+            inverter.bus.shutdown()
         stop_all(children, st.stop_timeout_s)
         if client_tr is not None:
             client_tr.close()
@@ -509,6 +525,16 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         "plant_clock_lag_s": round((res["wall_end"] - t_ready) * st.time_scale - res["t_end"], 3),
         "all_nodes_heard_at_s": res["all_heard_t"],
     }
+    assert inverter is not None and system.inverter is not None
+    ist = inverter.stats
+    rep["inverter"] = {
+        "protocol": system.inverter.protocol, "timeout_ms": system.inverter.timeout_ms,
+        "max_gap_ms": round(ist.max_gap_s * 1000, 1), "timeouts": ist.timeouts, "limit_frames": ist.limit_frames,
+        "frames": {f"0x{k:X}": v for k, v in sorted(ist.frames.items())}, "bad_frames": ist.bad_frames,
+        "requests_sent": ist.requests_sent,
+        "bus_load_pct": round(100 * ist.bus_load(system.inverter.can.bitrate), 4),
+        "history": inverter.history,
+    }
     total_cpu = sum(proc["cpu_s"].values()) + proc["cpu_s_observer"]
     proc["cpu_cores_used"] = round(total_cpu / wall, 3) if wall > 0 else None
     rep["processes"] = proc
@@ -543,7 +569,7 @@ async def _wait_plant(client: PlantClient, plant: Child, timeout_s: float) -> No
 
 
 async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, obs: Observer, nodes: list[Child],
-                 plant: Child, desc_json: str, canlog: CanLog, monitor: Any) -> dict[str, Any]:
+                 plant: Child, desc_json: str, canlog: CanLog, monitor: Any, inverter: SimInverter) -> dict[str, Any]:
     n = sc.n_packs
     actions = sorted(((e.at_s, i, e) for i, e in enumerate(sc.network) if e.kind in ("kill", "restart")),
                      key=lambda a: (a[0], a[1]))
@@ -557,8 +583,6 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
     str_rows: list[list[float]] = []
     next_rec = 0.0
     unexpected: list[str] = []
-    ready = False
-    quiet_since: float | None = None
     last_t: float | None = None
     last_print = time.monotonic()
     late_polls = 0
@@ -669,27 +693,16 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
             all_heard_t = round(t, 2)
 
         # ------------------------------------------------------------------------ inverter
+        # the inverter knows the battery only through the frames on its CAN channel
         request = _load_request(desc_json, t, v_bus)
-        any_closed = any(tr[k].closed for k in range(n))
-        speaker, dcl, ccl = _inverter_limits(views, nodes, now)
-        if not any_closed:
-            ready, quiet_since = False, None
-        elif not ready:
-            joining = any(nodes[k].alive and not math.isnan(p := views[k].get("STATE", "Phase", now))
-                          and int(p) in JOINING for k in range(n))
-            if joining:
-                quiet_since = None
-            else:
-                quiet_since = quiet_since if quiet_since is not None else t
-                ready = t - quiet_since >= READY_QUIET_S
-        # a string precharging or closing (its telemetry says so): the inverter holds its current
-        # so the bus does not step under the join (issue 11); a limit that drops still applies
-        holding = any(nodes[k].alive and not math.isnan(p := views[k].get("STATE", "Phase", now))
-                      and int(p) in (Phase.PRECHARGING, Phase.CLOSING) for k in range(n))
-        if not any_closed or not ready or math.isnan(dcl) or math.isnan(ccl):
-            target = 0.0
-        else:
-            target = min(max(load_set if holding else request, -ccl), dcl)
+        speaker, _, _ = _inverter_limits(views, nodes, now)
+        inverter.receive(now)
+        inverter.poll(now)
+        target = inverter.current(now, request)
+        heard = inverter.heard
+        fresh = now - heard.t_s <= inverter.timeout_s
+        dcl = heard.dcl_a if fresh else math.nan
+        ccl = heard.ccl_a if fresh else math.nan
         if target != load_set:
             try:
                 await client.request({"op": "load", "i": target})
