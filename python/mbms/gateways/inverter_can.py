@@ -295,8 +295,9 @@ class InverterGateway:
             self._stop_left = self.cfg.stop_frames if lost_quorum else 0
         self.speaking = speaker
         stop = not speaker and self._stop_left > 0
-        if not (speaker or stop) and not self.codec.cyclic:
-            self._drain(None)
+        if not (speaker or stop):
+            if not self.codec.cyclic:
+                self._drain(None)  # requests are for the speaker; keep the socket empty
             return
         view = battery_view(status, meas, self.ratings, self.cfg, join_in_progress, soh, stop=stop)
         if self.codec.cyclic:
