@@ -202,3 +202,20 @@ def test_default_story_no_string_above_its_own_limit() -> None:
     bare = fast.run(sc).report["max_string_overcurrent_a"]
     assert bare > 0.1, "without the uncertainty terms the default story over-runs a string (the check can fail)"
     assert not math.isnan(bare)
+
+
+def test_a_limit_drop_is_sent_at_once(tmp_path: Path) -> None:
+    gw, inv = _pair(tmp_path, "pylon_lv", cycle_ms=5000, timeout_ms=8000)
+    try:
+        _run(gw, inv, _status(speaker=1, dcl=80.0), lambda: inv.stats.limit_frames >= 1)
+        t0 = time.monotonic()
+        _run(gw, inv, _status(speaker=1, dcl=40.0), lambda: inv.heard.dcl_a == 40.0, timeout_s=2.0,
+             what="the dropped limit before the next 5 s cycle")
+        assert time.monotonic() - t0 < 2.0
+        # a rise waits for the cycle: nothing is sent for it now
+        sent = gw.frames_sent
+        gw.update(time.monotonic(), _status(speaker=1, dcl=60.0), MEAS)
+        assert gw.frames_sent == sent
+    finally:
+        gw.close()
+        inv.bus.shutdown()

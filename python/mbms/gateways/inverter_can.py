@@ -19,6 +19,7 @@ What is sent (``[inverter]`` in the system file, :class:`mbms.config_views.Inver
   configured margin per cell.
 * protection flags: this pack's protection rules at alarm/fault level; alarm flags: at warning.
 * force-charge request below ``force_charge_soc``.
+* a limit that drops by more than 1 A / 2 % is sent at once (LV), not a cycle later.
 * ``hold`` (mbms extension in a bit the protocols leave unused: 0x35C bit 0, 0x4250 bit 5): a
   string is precharging/closing (``join_in_progress``): keep the current steady (S3).
 
@@ -268,6 +269,7 @@ class InverterGateway:
         self.speaking = False
         self._next_s = -math.inf
         self._stop_left = 0
+        self._last_sent: tuple[float, float] | None = None
         self.frames_sent = 0
         self.send_errors = 0
         self.requests = 0
@@ -301,10 +303,16 @@ class InverterGateway:
             return
         view = battery_view(status, meas, self.ratings, self.cfg, join_in_progress, soh, stop=stop)
         if self.codec.cyclic:
-            if now >= self._next_s:
+            # a limit that drops is sent at once (S5: a drop shows at once), not a cycle later;
+            # small drifts wait for the cycle (bus load)
+            last = self._last_sent
+            drop = last is not None and (view.dcl_a < last[0] - max(1.0, 0.02 * last[0])
+                                         or view.ccl_a < last[1] - max(1.0, 0.02 * last[1]))
+            if now >= self._next_s or drop:
                 self._next_s = max(self._next_s + self.cfg.cycle_ms / 1000, now)
                 if stop:
                     self._stop_left -= 1
+                self._last_sent = (view.dcl_a, view.ccl_a)
                 self._send(self.codec.frames(view))
         else:
             self._drain(view if speaker or stop else None)

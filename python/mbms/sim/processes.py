@@ -533,8 +533,9 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         "frames": {f"0x{k:X}": v for k, v in sorted(ist.frames.items())}, "bad_frames": ist.bad_frames,
         "requests_sent": ist.requests_sent,
         "bus_load_pct": round(100 * ist.bus_load(system.inverter.can.bitrate), 4),
-        "history": inverter.history,
     }
+    if log_dir.exists():  # every limit frame the inverter heard: (plant t_s, DCL, CCL, speaker node)
+        (log_dir / "inverter_limits.json").write_text(json.dumps(res["inverter_rows"]) + "\n")
     total_cpu = sum(proc["cpu_s"].values()) + proc["cpu_s_observer"]
     proc["cpu_cores_used"] = round(total_cpu / wall, 3) if wall > 0 else None
     rep["processes"] = proc
@@ -579,6 +580,7 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
     closes_seen: set[tuple[float, int]] = set()  # plant close records already given to the monitor
     detect: list[float] = []
     e_dis = e_chg = 0.0
+    inv_rows: list[list[float]] = []
     sys_rows: list[list[float]] = []
     str_rows: list[list[float]] = []
     next_rec = 0.0
@@ -696,7 +698,10 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         # the inverter knows the battery only through the frames on its CAN channel
         request = _load_request(desc_json, t, v_bus)
         speaker, _, _ = _inverter_limits(views, nodes, now)
+        n_heard = len(inverter.history)
         inverter.receive(now)
+        # the limit frames of this poll, on the plant's clock (for the report and its checks)
+        inv_rows.extend([round(t, 3), d, c, speaker] for (_, d, c) in inverter.history[n_heard:])
         inverter.poll(now)
         target = inverter.current(now, request)
         heard = inverter.heard
@@ -760,7 +765,7 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         "energy_discharged_j": e_dis, "energy_charged_j": e_chg,
         "packs": packs,
     }
-    return {"report": report, "system": sys_rows, "strings": str_rows, "t_end": last_t or 0.0,
+    return {"report": report, "inverter_rows": inv_rows, "system": sys_rows, "strings": str_rows, "t_end": last_t or 0.0,
             "unexpected_exits": unexpected, "late_polls": late_polls, "wall_end": time.monotonic(),
             "all_heard_t": all_heard_t, "plant_timeouts": client.timeouts}
 

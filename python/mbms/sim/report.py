@@ -154,7 +154,7 @@ def summary(res: RunResult) -> dict[str, Any]:
         },
     }
     if "inverter" in rep:  # processes mode: what the simulated inverter heard on its CAN channel
-        out["inverter"] = {k: v for k, v in rep["inverter"].items() if k != "history"}
+        out["inverter"] = dict(rep["inverter"])
     return out
 
 
