@@ -22,6 +22,7 @@ undefined addresses.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ WRITE_FUNCTIONS = frozenset({5, 6, 15, 16, 22, 23})
 FRESH_S = 1.0
 
 
+@functools.lru_cache(maxsize=None)
 def model_definition(model_id: int) -> dict[str, Any]:
     """The group tree of a SunSpec model as pysunspec2 defines it."""
     import sunspec2

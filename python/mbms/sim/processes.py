@@ -701,7 +701,7 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         n_heard = len(inverter.history)
         inverter.receive(now)
         # the limit frames of this poll, on the plant's clock (for the report and its checks)
-        inv_rows.extend([round(t, 3), d, c, speaker] for (_, d, c) in inverter.history[n_heard:])
+        inv_rows.extend([round(t, 3), round(d, 1), round(c, 1), speaker] for (_, d, c) in inverter.history[n_heard:])
         inverter.poll(now)
         target = inverter.current(now, request)
         heard = inverter.heard
