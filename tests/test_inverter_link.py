@@ -219,3 +219,14 @@ def test_a_limit_drop_is_sent_at_once(tmp_path: Path) -> None:
     finally:
         gw.close()
         inv.bus.shutdown()
+
+
+def test_system_soc_is_the_mean_of_the_closed_strings(tmp_path: Path) -> None:
+    from mbms.gateways.inverter_can import battery_view
+
+    cfg = load_system(_system(tmp_path, 'protocol = "pylon_lv"')).inverter
+    st = _status(speaker=1, closed=(1, 2))  # own SOC 0.523
+    v = battery_view(st, MEAS, RATINGS, cfg, peer_soc={2: 0.601, 3: 0.10})  # 3 is open: left out
+    assert v.soc == pytest.approx((0.523 + 0.601) / 2)
+    v = battery_view(st, MEAS, RATINGS, cfg, peer_soc={})  # peer 2 not heard: own SOC stands in
+    assert v.soc == pytest.approx(0.523)

@@ -18,6 +18,8 @@ What is sent (``[inverter]`` in the system file, :class:`mbms.config_views.Inver
 * CVL/DVL: cell ``v_max_v`` / ``v_min_v`` of the cell file x series count, less/plus the
   configured margin per cell.
 * protection flags: this pack's protection rules at alarm/fault level; alarm flags: at warning.
+* SOC: the mean over the closed strings (their telemetry on the peer network; identical packs,
+  so it is the capacity-weighted SOC), SOH: this node's capacity estimate.
 * force-charge request below ``force_charge_soc``.
 * a limit that drops by more than 1 A / 2 % is sent at once (LV), not a cycle later.
 * ``hold`` (mbms extension in a bit the protocols leave unused: 0x35C bit 0, 0x4250 bit 5): a
@@ -108,9 +110,12 @@ class BatteryView:
 
 
 def battery_view(status: NodeStatus | None, meas: Measurement | None, ratings: PackRatings, cfg: InverterSection,
-                 join_in_progress: bool = False, soh: float | None = None, stop: bool = False) -> BatteryView:
+                 join_in_progress: bool = False, soh: float | None = None, stop: bool = False,
+                 peer_soc: dict[int, float] | None = None) -> BatteryView:
     """The frames' content from the speaker's view. ``stop``: the sender has lost its quorum
-    (limits 0, enables off)."""
+    (limits 0, enables off). ``peer_soc``: other members' SOC (0..1) from their telemetry; the
+    system SOC is the mean over the closed strings (all members have the same rating: the
+    capacity-weighted mean of identical packs), this node's own SOC where a peer is not heard."""
     v = BatteryView()
     v.cvl_v = ratings.series * (ratings.v_max_v - cfg.cvl_margin_v_per_cell)
     v.dvl_v = ratings.series * (ratings.v_min_v + cfg.dvl_margin_v_per_cell)
@@ -131,6 +136,10 @@ def battery_view(status: NodeStatus | None, meas: Measurement | None, ratings: P
     if status is None:
         return v
     v.soc = min(max(float(status.soc), 0.0), 1.0)
+    if peer_soc and status.closed_set:
+        socs = [float(status.soc) if k == status.node_id else peer_soc.get(k, float(status.soc))
+                for k in status.closed_set]
+        v.soc = min(max(sum(socs) / len(socs), 0.0), 1.0)
     for f in status.faults:
         rule, _, rest = f.partition(":")
         level = rest.split("@", 1)[0]
@@ -259,13 +268,15 @@ class InverterGateway:
     ``now`` is the runtime's clock in s)."""
 
     def __init__(self, cfg: InverterSection, node_id: int, ratings: PackRatings, n_members: int,
-                 bus: can.BusABC | None = None) -> None:
+                 bus: can.BusABC | None = None, peers: Any = None) -> None:
         self.cfg = cfg
         self.node_id = node_id
         self.ratings = ratings
         self.codec = ProtocolCodec(cfg.protocol, cfg.manufacturer)
         self.codec.set_ratings(ratings, n_members)
         self.bus = bus
+        #: The peers' telemetry (mbms.gateways.peer_telemetry.TelemetryView), for the system SOC.
+        self.peers = peers
         self.speaking = False
         self._next_s = -math.inf
         self._stop_left = 0
@@ -301,7 +312,10 @@ class InverterGateway:
             if not self.codec.cyclic:
                 self._drain(None)  # requests are for the speaker; keep the socket empty
             return
-        view = battery_view(status, meas, self.ratings, self.cfg, join_in_progress, soh, stop=stop)
+        peer_soc = None
+        if self.peers is not None:
+            peer_soc = {s.node_id: s.soc_pct / 100 for s in self.peers.strings() if s.heard and math.isfinite(s.soc_pct)}
+        view = battery_view(status, meas, self.ratings, self.cfg, join_in_progress, soh, stop=stop, peer_soc=peer_soc)
         if self.codec.cyclic:
             # a limit that drops is sent at once (S5: a drop shows at once), not a cycle later;
             # small drifts wait for the cycle (bus load)
