@@ -11,9 +11,13 @@ What :func:`run` does:
 * starts the plant, then the nodes, and observes them from outside: the peer network (telemetry
   frames and peer messages, decoded as ``mbms monitor`` does; every CAN frame is also logged with
   python-can to ``peer_traffic.asc``) and the plant's truth (its ``truth`` op);
-* plays the inverter: every period it sets the plant's load to the scenario's load profile value,
-  clipped to the agreed limits the speaker node reports (0 until the start-up closing sequence is
-  over, as in fast mode);
+* plays the inverter through the real inverter protocol (:mod:`mbms.sim.inverter`): the system
+  file gets an ``[inverter]`` section (``Settings.inverter_protocol``, Pylon HV by default, on a
+  udp_multicast channel of its own); the speaker node sends the frames, the simulated inverter
+  decodes them with the shipped DBC and sets the plant's load to the scenario's load profile
+  value clipped to the limits it heard (0 until the battery enables it and no string is joining);
+  the longest pause between limit frames and the frames heard are in the report (``inverter``)
+  and ``inverter_limits.json``;
 * applies the scenario's ``kill`` (SIGKILL) and ``restart`` (a new process that restores its state
   from its state directory) network events; loss, delay, duplication and partitions need network
   namespaces and are not applied here (a warning says so);
