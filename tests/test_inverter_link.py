@@ -230,3 +230,14 @@ def test_system_soc_is_the_mean_of_the_closed_strings(tmp_path: Path) -> None:
     assert v.soc == pytest.approx((0.523 + 0.601) / 2)
     v = battery_view(st, MEAS, RATINGS, cfg, peer_soc={})  # peer 2 not heard: own SOC stands in
     assert v.soc == pytest.approx(0.523)
+
+
+def test_cell_extremes_cover_the_heard_peers(tmp_path: Path) -> None:
+    from mbms.gateways.inverter_can import _merge_extremes, battery_view
+    from mbms.gateways.peer_telemetry import StringState
+
+    cfg = load_system(_system(tmp_path, 'protocol = "pylon_hv"')).inverter
+    v = battery_view(_status(speaker=1), MEAS, RATINGS, cfg)
+    peer = StringState(2, heard=True, v_cell_min=3.55, v_cell_max=3.71, t_min_c=20.0, t_max_c=31.5)
+    _merge_extremes(v, [peer])
+    assert (v.cell_v_min, v.cell_v_max, v.t_min_c, v.t_max_c) == (3.55, 3.71, 20.0, 31.5)

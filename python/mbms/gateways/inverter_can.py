@@ -252,6 +252,21 @@ class ProtocolCodec:
         self._capacity_ah = r.capacity_ah * n_members
 
 
+def _merge_extremes(v: BatteryView, peers: list[Any]) -> None:
+    """Cell voltage and temperature extremes over the whole battery: this pack's and the
+    heard peers' (their telemetry); the cell numbers stay this pack's when it holds the extreme,
+    else 0 (unknown)."""
+    for s in peers:
+        if math.isfinite(s.v_cell_max) and (v.cell_v_max == 0.0 or s.v_cell_max > v.cell_v_max):
+            v.cell_v_max, v.cell_v_max_no = s.v_cell_max, 0
+        if math.isfinite(s.v_cell_min) and (v.cell_v_min == 0.0 or s.v_cell_min < v.cell_v_min):
+            v.cell_v_min, v.cell_v_min_no = s.v_cell_min, 0
+        if math.isfinite(s.t_max_c) and s.t_max_c > v.t_max_c:
+            v.t_max_c = v.t_c = s.t_max_c
+        if math.isfinite(s.t_min_c) and s.t_min_c < v.t_min_c:
+            v.t_min_c = s.t_min_c
+
+
 def _floor01(x: float) -> float:
     """A limit to the 0.1 A of the wire, rounded down (never more than agreed)."""
     return max(0.0, math.floor(x * 10 + 1e-9) / 10)
@@ -313,9 +328,12 @@ class InverterGateway:
                 self._drain(None)  # requests are for the speaker; keep the socket empty
             return
         peer_soc = None
+        heard = []
         if self.peers is not None:
-            peer_soc = {s.node_id: s.soc_pct / 100 for s in self.peers.strings() if s.heard and math.isfinite(s.soc_pct)}
+            heard = [s for s in self.peers.strings() if s.heard and s.node_id != self.node_id]
+            peer_soc = {s.node_id: s.soc_pct / 100 for s in heard if math.isfinite(s.soc_pct)}
         view = battery_view(status, meas, self.ratings, self.cfg, join_in_progress, soh, stop=stop, peer_soc=peer_soc)
+        _merge_extremes(view, heard)
         if self.codec.cyclic:
             # a limit that drops is sent at once (S5: a drop shows at once), not a cycle later;
             # small drifts wait for the cycle (bus load)
