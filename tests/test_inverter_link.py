@@ -241,3 +241,27 @@ def test_cell_extremes_cover_the_heard_peers(tmp_path: Path) -> None:
     peer = StringState(2, heard=True, v_cell_min=3.55, v_cell_max=3.71, t_min_c=20.0, t_max_c=31.5)
     _merge_extremes(v, [peer])
     assert (v.cell_v_min, v.cell_v_max, v.t_min_c, v.t_max_c) == (3.55, 3.71, 20.0, 31.5)
+
+
+def test_a_new_speaker_does_not_send_unagreed_zero_limits(tmp_path: Path) -> None:
+    """A restarted node becomes speaker as soon as it has listened, while its agreed limits are
+    still 0: it stays silent (bounded) instead of sending a spurious zero."""
+    gw, inv = _pair(tmp_path, "pylon_lv", cycle_ms=100, timeout_ms=4000)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.5:
+            gw.update(time.monotonic(), _status(speaker=1, dcl=0.0, ccl=0.0), MEAS)
+        assert gw.frames_sent == 0 and gw.takeover_holds > 0
+        _run(gw, inv, _status(speaker=1, dcl=39.8, ccl=19.9), lambda: inv.stats.limit_frames >= 1)
+        assert inv.heard.dcl_a == pytest.approx(39.8) and min(d for _, d, _ in inv.history) > 0
+        # agreed zero (e.g. every string derated to 0) is sent once the hold is over
+        gw2, inv2 = _pair(tmp_path, "pylon_lv", cycle_ms=100, timeout_ms=4000)
+        try:
+            _run(gw2, inv2, _status(speaker=1, dcl=0.0, ccl=0.0), lambda: inv2.stats.limit_frames >= 1, timeout_s=3.0)
+            assert inv2.heard.dcl_a == 0.0
+        finally:
+            gw2.close()
+            inv2.bus.shutdown()
+    finally:
+        gw.close()
+        inv.bus.shutdown()

@@ -55,6 +55,8 @@ REQ_ENSEMBLE = 0
 REQ_EQUIPMENT = 2
 #: Pylon HV forbidden mark (0x4280; pylon_hv.dbc VAL_ table).
 FORBIDDEN = 0xAA
+#: Longest silence of a new speaker whose agreed limits are still 0 (see InverterGateway.update).
+TAKEOVER_HOLD_S = 1.0
 #: Protection rules and what the protocol flags call them (rust_core protection ``Rule``).
 _OV, _UV = "CellOvervoltage", "CellUndervoltage"
 _OT = ("OvertempCharge", "OvertempDischarge")
@@ -296,6 +298,8 @@ class InverterGateway:
         self._next_s = -math.inf
         self._stop_left = 0
         self._last_sent: tuple[float, float] | None = None
+        self._takeover_s = -math.inf
+        self.takeover_holds = 0
         self.frames_sent = 0
         self.send_errors = 0
         self.requests = 0
@@ -316,6 +320,7 @@ class InverterGateway:
         if speaker and not self.speaking:
             self.handovers += 1
             self._next_s = now  # send at once: the handover gap is the detection time only
+            self._takeover_s = now
             log.info("node %d is the inverter speaker now", self.node_id)
         elif self.speaking and not speaker:
             # lost the speaker role: if nobody has a quorum (we do not either), say "stop"
@@ -323,7 +328,17 @@ class InverterGateway:
             self._stop_left = self.cfg.stop_frames if lost_quorum else 0
         self.speaking = speaker
         stop = not speaker and self._stop_left > 0
-        if not (speaker or stop):
+        # A node that has just finished listening (a restart) is named speaker at once, but its
+        # own agreed limits start at 0 and rise one agreement round later (S5: a rise only once
+        # agreed). Sending those would be a spurious zero: with strings closed and limits not
+        # yet agreed it stays silent for at most TAKEOVER_HOLD_S (the inverter keeps the last
+        # frames of the previous speaker, well inside its timeout), then sends what it has.
+        unsettled = (speaker and status is not None and bool(status.closed_set)
+                     and status.sys_dcl_a <= 0.0 and status.sys_ccl_a <= 0.0
+                     and now - self._takeover_s < min(TAKEOVER_HOLD_S, self.cfg.timeout_ms / 4000))
+        if unsettled:
+            self.takeover_holds += 1
+        if not (speaker or stop) or unsettled:
             if not self.codec.cyclic:
                 self._drain(None)  # requests are for the speaker; keep the socket empty
             return
@@ -384,7 +399,7 @@ class InverterGateway:
 
     def counters(self) -> dict[str, int]:
         return {"frames_sent": self.frames_sent, "send_errors": self.send_errors, "requests": self.requests,
-                "dropped": self.dropped, "handovers": self.handovers}
+                "dropped": self.dropped, "handovers": self.handovers, "takeover_holds": self.takeover_holds}
 
     def close(self) -> None:
         if self.bus is not None:
