@@ -75,6 +75,28 @@ pub enum Sabotage {
     Disagree,
 }
 
+impl Sabotage {
+    /// Every mode with its name, as a campaign spec or `mbms sim --protocol --sabotage` names it.
+    pub const ALL: [(&'static str, Sabotage); 6] = [
+        ("none", Sabotage::None),
+        ("ignore_fault_open", Sabotage::IgnoreFaultOpen),
+        ("solo", Sabotage::Solo),
+        ("no_dwell", Sabotage::NoDwell),
+        ("double_limits", Sabotage::DoubleLimits),
+        ("disagree", Sabotage::Disagree),
+    ];
+}
+
+impl std::str::FromStr for Sabotage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, v)| *v).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+            format!("unknown sabotage mode {s:?}; expected one of {names:?}")
+        })
+    }
+}
+
 impl Default for SimParams {
     fn default() -> Self {
         Self {
