@@ -151,13 +151,15 @@ def _fast_spec(data: dict[str, Any], name: str, seeds: int, first_seed: int, poi
 
 
 def _check_fast_points(spec: Spec, points: list[tuple[tuple[str, Any], ...]], fail: Any) -> None:
-    """Build each parameter point's scenario once: a bad path or value stops the campaign now."""
+    """Build each parameter point's simulation once (plant, engines, network: every schema checks
+    its part): a bad path or value stops the campaign now, not in a worker an hour later."""
     from mbms.campaign.jobs import scenario_of
+    from mbms.sim import fast
 
     for pt in points:
         probe = next(j for j in spec.jobs if j.params == pt)
         try:
-            scenario_of(probe)
+            fast.build(scenario_of(probe))
         except ConfigError as exc:
             raise fail(f"parameters.{exc.field.removeprefix('--set ')}", exc.message) from exc
 
