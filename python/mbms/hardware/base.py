@@ -15,6 +15,16 @@ import numpy as np
 from mbms.types import Contactors, Measurement
 
 
+class DeviceFault(Exception):
+    """A device reading the driver cannot trust. ``kind`` names the protection it trips (for
+    example ``afe_pec``, ``afe_chain_break``, ``afe_open_wire``, ``current_sensor_timeout``,
+    ``contactor_welded``, ``insulation_fault``); the message says what was seen."""
+
+    def __init__(self, kind: str, msg: str) -> None:
+        super().__init__(msg)
+        self.kind = kind
+
+
 class Hardware(abc.ABC):
     @property
     def name(self) -> str:
@@ -50,6 +60,11 @@ class Hardware(abc.ABC):
             if left <= 0:
                 return None
             await asyncio.sleep(min(0.001, left))
+
+    def diagnosis(self) -> str | None:
+        """Why the latest sample is marked invalid (which device, which protection), for the
+        fail-safe reason; None if the adapter cannot tell."""
+        return None
 
     @abc.abstractmethod
     def link_ok(self, now: float) -> bool:

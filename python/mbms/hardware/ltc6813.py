@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mbms.hardware.base import DeviceFault
+
 # ---------------------------------------------------------------------------------------------
 # PEC15 (datasheet "Packet Error Code": CRC-15, polynomial x^15+x^14+x^10+x^8+x^7+x^4+x^3+1,
 # seed 0b000000000010000, the 15-bit remainder shifted left by one: the PEC's LSB is always 0)
@@ -130,12 +132,9 @@ class SpiLike(Protocol):
     def close(self) -> None: ...
 
 
-class AfeError(Exception):
-    """An acquisition the driver cannot trust; ``kind`` names the protection it trips."""
-
-    def __init__(self, kind: str, msg: str) -> None:
-        super().__init__(msg)
-        self.kind = kind
+#: An acquisition the driver cannot trust (``kind``: afe_link, afe_pec, afe_chain_break, afe_adc,
+#: afe_reference, afe_open_wire).
+AfeError = DeviceFault
 
 
 @dataclasses.dataclass

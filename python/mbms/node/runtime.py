@@ -192,7 +192,7 @@ class NodeRuntime:
             if (now - arrived) * 1000 > self.node.stale_ms:
                 reasons.append(f"stale measurement: {(now - arrived) * 1000:.0f} ms old")
             if not meas.valid:
-                reasons.append("measurement marked invalid")
+                reasons.append(self.hw.diagnosis() or "measurement marked invalid")
         if not self.hw.link_ok(now) and sample is not None:
             reasons.append("hardware link lost")
         if meas is not None:
