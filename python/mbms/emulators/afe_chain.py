@@ -202,6 +202,11 @@ class Ltc6813ChainEmulator:
                 f = bytearray(L.with_pec(regs[i]))
                 if pec_fault is not None and int(pec_fault.get("ic", 0)) == i:
                     f[1] ^= 0x04  # one bit flipped on the isoSPI link: the PEC no longer matches
+                    if "count" in pec_fault:  # a burst of `count` bad frames, then a clean link
+                        pec_fault["count"] -= 1
+                        if pec_fault["count"] <= 0:
+                            self.faults.pop("pec", None)
+                            pec_fault = None
                 out += f
             return bytes(out[:len(tx)]) + b"\xff" * max(0, len(tx) - len(out))
         if cc == L.PLADC:
