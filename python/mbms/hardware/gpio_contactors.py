@@ -30,15 +30,16 @@ from mbms.hardware.base import DeviceFault
 from mbms.types import Contactors
 
 
-def request_lines_for(chip: str) -> Any:
-    """``gpiod.request_lines`` for a character device; the emulated chip's for ``emu://``."""
+def request_lines_for(chip: str) -> tuple[Any, str]:
+    """``(gpiod.request_lines, chip)`` for a character device; the emulated chip's function and
+    socket path for ``emu:///PATH``."""
     if chip.startswith("emu://"):
         from mbms.emulators.gpio_chip import request_lines
 
-        return request_lines
+        return request_lines, chip[len("emu://"):]
     import gpiod
 
-    return gpiod.request_lines
+    return gpiod.request_lines, chip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +67,9 @@ class GpioContactors:
         from gpiod.line import Direction, Value
 
         ln = self.lines
-        self._req = request_lines_for(self.chip)(
-            self.chip, consumer=self.consumer,
+        request_lines, path = request_lines_for(self.chip)
+        self._req = request_lines(
+            path, consumer=self.consumer,
             config={
                 (ln.neg_out, ln.pos_out, ln.pre_out): LineSettings(direction=Direction.OUTPUT, output_value=Value.INACTIVE),
                 (ln.neg_fb, ln.pos_fb, ln.pre_fb): LineSettings(direction=Direction.INPUT),
