@@ -79,7 +79,7 @@ def test_ivt_configures_reads_and_trips_on_each_fault(wire: Wire) -> None:
     drv = ivt_s.IvtS(wire.host, cycle_ms=20, timeout_cycles=5)
     wire.host_sensors.append(drv)
     drv.configure()
-    assert emu.running and emu.cycle_ms[:4] == [20] * 4 and emu.cycle_ms[4:] == [200] * 4
+    assert emu.running and emu.cycle_ms[:4] == [20] * 4 and emu.cycle_ms[4:] == [100] * 4
 
     def reading() -> ivt_s.IvtReading | None:
         try:

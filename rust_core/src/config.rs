@@ -298,7 +298,7 @@ fn default_ntc_ohm() -> f64 {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct CurrentSensorConfig {
-    /// Cycle of I and U1..U3 (ms) the driver configures; T, W, As, Wh run 10x slower.
+    /// Cycle of I and U1..U3 (ms) the driver configures; T, W, As, Wh run 5x slower.
     pub cycle_ms: u32,
     /// A result older than this many of its cycles = sensor lost.
     pub timeout_cycles: u32,

@@ -88,8 +88,8 @@ class IvtS:
         self.malformed = 0
         self.frames = 0
         self._lock = threading.Lock()
-        # I, U1..U3 every cycle; T, W, As, Wh ten times slower (they change slowly)
-        self.cycles_ms = [cycle_ms] * 4 + [cycle_ms * 10] * 4
+        # I, U1..U3 every cycle; T, W, As, Wh five times slower (they change slowly)
+        self.cycles_ms = [cycle_ms] * 4 + [cycle_ms * 5] * 4
 
     # ------------------------------------------------------------------ configuration
     def _command(self, data: bytes, expect: int, timeout_s: float) -> bytes:

@@ -18,6 +18,7 @@ never trusted on a guess: a silent sensor is a fault, not a zero.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -67,6 +68,7 @@ class LinuxHardware(Hardware):
         self._thread: threading.Thread | None = None
         self._latest: tuple[Measurement, float] | None = None
         self._diag: str | None = None
+        self._last_valid: Measurement | None = None
         self._balance = np.zeros(self.n_cells, dtype=bool)
         self._commanded = Contactors()
         self._configured = False
@@ -157,19 +159,18 @@ class LinuxHardware(Hardware):
                 del self.cycle_ms[:50_000], self.acq_ms[:50_000]
 
     def _publish(self, meas: Measurement | None, diag: str | None) -> None:
-        if meas is None:
-            fb = self._commanded
-            try:
-                with self._gpio_lock:
-                    fb = self.gpio.feedback()
-            except DeviceFault:
-                pass
-            nan = float("nan")
-            meas = Measurement(t_s=self.clock(), v_cell_v=np.full(self.n_cells, nan), t_cell_c=np.full(self.n_temps, nan),
-                               i_a=nan, v_string_v=nan, v_bus_v=nan, feedback=fb, valid=False)
-            if diag != self._diag:
-                log.warning("sample invalid: %s", diag)
+        """A valid sample, or (``meas`` None) the last one marked invalid with ``diag``. Before the
+        first valid sample nothing is published (no reading to show): the runtime's "no
+        measurement" fail-safe then carries ``diag`` as its reason."""
+        if diag != self._diag and diag is not None:
+            log.warning("sample invalid: %s", diag)
         self._diag = diag
+        if meas is not None:
+            self._last_valid = meas
+        else:
+            if self._last_valid is None:
+                return
+            meas = dataclasses.replace(self._last_valid, t_s=self.clock(), valid=False)
         self._latest = (meas, self.clock())
 
     # ------------------------------------------------------------------ the Hardware interface

@@ -186,7 +186,7 @@ class NodeRuntime:
         if sample is None:
             if (now - self._t0) * 1000 > self.node.stale_ms:
                 # (within the first stale_ms the contactors stay open without a fail-safe: start-up)
-                reasons.append("no measurement yet")
+                reasons.append(self.hw.diagnosis() or "no measurement yet")
         else:
             meas, arrived = sample
             if (now - arrived) * 1000 > self.node.stale_ms:
