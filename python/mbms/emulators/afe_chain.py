@@ -314,6 +314,16 @@ class EmulatedSpiDev:
         return self._sock
 
     def xfer2(self, data: list[int]) -> list[int]:
+        # a frame takes its bits at the SPI clock on a real bus: the call returns no sooner
+        # (spidev blocks for the transfer), so measured acquisition times include the wire
+        done = time.perf_counter() + len(data) * 8 / max(1, self.max_speed_hz)
+        rx = self._xfer(data)
+        left = done - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
+        return rx
+
+    def _xfer(self, data: list[int]) -> list[int]:
         s = self._connect()
         if s is None:
             return [0xFF] * len(data)
@@ -332,3 +342,14 @@ class EmulatedSpiDev:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def serve(path: str, n_ics: int, cells_per_ic: int, temps_per_ic: int) -> None:
+    """Serve a chain with fixed cells (3.2..4.1 V) and NTCs (20..35 °C) on ``path`` until killed
+    (a device in another process, for ``mbms bench afe``)."""
+    n = n_ics * cells_per_ic
+    v = np.linspace(3.2, 4.1, n)
+    t = np.linspace(20.0, 35.0, n_ics * temps_per_ic)
+    AfeSocketServer(Ltc6813ChainEmulator(n_ics, cells_per_ic, temps_per_ic, lambda: (v, t)), path)
+    print("serving", flush=True)
+    threading.Event().wait()

@@ -108,6 +108,9 @@ T_CONV_ADCV_S = 3.0e-3
 T_CONV_ADAX_S = 3.6e-3
 #: isoSPI clock: at most 1 MHz (t_CLK ≥ 1 µs).
 F_SPI_MAX_HZ = 1_000_000
+#: PLADC gives up after this many conversion times: an ADC that never finishes is a fault, found
+#: within a control period; the margin covers a controller busy elsewhere between two polls.
+POLL_MARGIN = 8
 #: Core wake-up from SLEEP, per IC in the chain (t_WAKE ≤ 400 µs).
 T_WAKE_S = 400e-6
 #: Discharge timeout codes DCTO[3:0] -> minutes (datasheet Table "DCTO Settings"); 0 = off.
@@ -330,12 +333,12 @@ class Ltc6813Chain:
         self.wake()
         self.write_config()
         self.command(adcv())
-        self.poll_adc(2 * T_CONV_ADCV_S)
+        self.poll_adc(POLL_MARGIN * T_CONV_ADCV_S)
         cells = self._read_cells()
         temps = np.zeros(0)
         if self.temps_per_ic:
             self.command(adax())
-            self.poll_adc(2 * T_CONV_ADAX_S)
+            self.poll_adc(POLL_MARGIN * T_CONV_ADAX_S)
             aux = self._read_aux()
             ref = aux[:, 9:10]
             if np.any(ref < 2.5) or np.any(ref > 3.5):  # VREF2 = 3 V nominal
@@ -352,7 +355,7 @@ class Ltc6813Chain:
         for pup in (True, False):
             for _ in range(2):
                 self.command(adow(pup))
-                self.poll_adc(2 * T_CONV_ADCV_S)
+                self.poll_adc(POLL_MARGIN * T_CONV_ADCV_S)
             res[pup] = self._read_cells()
         pu, pd = res[True], res[False]
         opens = []
