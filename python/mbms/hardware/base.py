@@ -1,7 +1,8 @@
 """The hardware interface a node runtime uses: read the pack's sensors, drive its actuators.
 
-Adapters: ``sim_link`` (a simulated plant in another process, over its own link). Real drivers
-(AFE over SPI/isoSPI, contactor drivers over GPIO) implement the same four methods.
+Adapters: ``sim_link`` (a simulated plant in another process, over its own link) and ``linux``
+(:mod:`mbms.hardware.linux`: LTC6813 chain on spidev, IVT-S and iso165C on CAN, contactors on
+GPIO through libgpiod), both implementing the same methods.
 """
 
 from __future__ import annotations
