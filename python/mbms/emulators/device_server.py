@@ -44,6 +44,9 @@ log = logging.getLogger("mbms.emulators")
 #: Line offsets on every string's emulated chip.
 NEG_OUT, POS_OUT, PRE_OUT, NEG_FB, POS_FB, PRE_FB = range(6)
 GPIO_LINES = 8
+#: The multicast group of the emulated sensor buses: not python-can's default group, which the
+#: peer transport uses between processes, so a port shared by chance never mixes the two.
+SENSOR_CAN_GROUP = "239.74.163.9"
 #: A healthy pack's insulation resistance (kΩ) as the emulated monitor reports it.
 R_ISO_HEALTHY_KOHM = 5000.0
 
@@ -75,7 +78,7 @@ class _String:
 
 class DeviceServer(PlantServer):
     def __init__(self, plant: Any, n_strings: int, devices_dir: str, can_interface: str = "udp_multicast",
-                 can_channel: str = "239.74.163.2", can_port: int = 45000, **kw: Any) -> None:
+                 can_channel: str = SENSOR_CAN_GROUP, can_port: int = 45000, **kw: Any) -> None:
         super().__init__(plant, n_strings, **kw)
         os.makedirs(devices_dir, exist_ok=True)
         self.dir = devices_dir

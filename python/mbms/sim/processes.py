@@ -181,13 +181,14 @@ def linux_hardware(devices: Path, k: int, sensor_port: int, series: int, temps: 
     """``[hardware]`` of adapter "linux" for string ``k`` of ``mbms plant --devices DIR``: its chain
     as the device server lays it out, its GPIO lines, its sensor bus; the other settings are the
     core's defaults."""
-    from mbms.emulators.device_server import NEG_FB, NEG_OUT, POS_FB, POS_OUT, PRE_FB, PRE_OUT, chain_layout
+    from mbms.emulators.device_server import (NEG_FB, NEG_OUT, POS_FB, POS_OUT, PRE_FB, PRE_OUT, SENSOR_CAN_GROUP,
+                                              chain_layout)
 
     ics, m, t = chain_layout(series, temps)
     return {
         "adapter": "linux", "link_timeout_ms": link_timeout_ms,
         "afe": {"device": f"emu://{devices}/afe{k}.sock", "ics": ics, "cells_per_ic": m, "temps_per_ic": t},
-        "sensor_can": {"interface": "udp_multicast", "channel": "239.74.163.2", "port": sensor_port + k},
+        "sensor_can": {"interface": "udp_multicast", "channel": SENSOR_CAN_GROUP, "port": sensor_port + k},
         "current_sensor": {"timeout_cycles": 10},
         "contactors": {"chip": f"emu://{devices}/gpio{k}.sock", "neg_out": NEG_OUT, "pos_out": POS_OUT,
                        "pre_out": PRE_OUT, "neg_fb": NEG_FB, "pos_fb": POS_FB, "pre_fb": PRE_FB},
