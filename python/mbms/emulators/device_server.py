@@ -172,7 +172,8 @@ class DeviceServer(PlantServer):
                 k = obj.get("k")
                 if not isinstance(k, int) or not 0 <= k < self.n:
                     raise FrameError(f"'device_fault': k must be a string index 0..{self.n - 1}")
-                dev = {"afe": self.strings[k].afe, "ivt": self.strings[k].ivt, "imd": self.strings[k].imd}.get(obj.get("device"))
+                devs: dict[str, Any] = {"afe": self.strings[k].afe, "ivt": self.strings[k].ivt, "imd": self.strings[k].imd}
+                dev = devs.get(str(obj.get("device")))
                 if dev is None:
                     raise FrameError("'device_fault': device must be afe, ivt or imd")
                 args = {a: v for a, v in obj.items() if a not in ("op", "k", "device", "kind")}
@@ -185,7 +186,8 @@ class DeviceServer(PlantServer):
                 return pack({"op": "error", "msg": str(exc)})
         if op == "inject":
             try:
-                self.plant.inject(obj.get("fault"))
+                plant: Any = self.plant
+                plant.inject(obj.get("fault"))
                 log.warning("plant fault injected: %s", obj.get("fault"))
                 return pack({"op": "inject", "ok": True})
             except Exception as exc:  # noqa: BLE001 - a bad fault table is answered, never kills the plant
