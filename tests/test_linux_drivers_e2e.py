@@ -103,8 +103,8 @@ def test_four_nodes_on_the_linux_drivers_close_and_every_device_fault_opens(tmp_
         r = _call(link, fault)
         assert r.get("ok"), r
         wait_for(lambda: any(e["reason"].startswith(want) for e in _events(tmp_path, k, "fail_safe")[before:]),
-                 10, f"node {k}: fail-safe {want}")
-        wait_for(lambda: not any(contactors()[k - 1]), 5, f"string {k - 1} opened")
+                 20, f"node {k}: fail-safe {want}")
+        wait_for(lambda: not any(contactors()[k - 1]), 10, f"string {k - 1} opened")
         if clear:
             assert _call(link, {"op": "device_fault", "k": k - 1, "device": fault.get("device", "afe"),
                                 "kind": "clear"}).get("ok")
@@ -131,9 +131,12 @@ def test_four_nodes_on_the_linux_drivers_close_and_every_device_fault_opens(tmp_
     truth = _call(link, {"op": "truth"})
     assert truth["contactors"][3][:2] == [True, True], "welded: the contacts stayed closed"
     assert _call(link, {"op": "device_fault", "k": 3, "device": "imd", "kind": "clear"}).get("ok")
-    wait_for(lambda: any("failsafe:ContactorFeedback" in e["faults"] for e in _events(tmp_path, 4, "faults")),
-             10, "node 4: contactor feedback fault")
+    # which of the two contactor checks trips first depends on the currents between the strings
+    # at that instant (the driver's needs > 2 A); either is the contactor protection
+    wait_for(lambda: any("failsafe:ContactorFeedback" in e["faults"] for e in _events(tmp_path, 4, "faults"))
+             or any(e["reason"].startswith("contactor_welded") for e in _events(tmp_path, 4, "fail_safe")),
+             20, "node 4: contactor feedback fault or contactor_welded")
     _call(link, {"op": "load", "i": 80.0})
     wait_for(lambda: any(e["reason"].startswith("contactor_welded") for e in _events(tmp_path, 4, "fail_safe")),
-             10, "node 4: contactor_welded (current with the contactors commanded open)")
+             20, "node 4: contactor_welded (current with the contactors commanded open)")
     assert not any(contactors()[3]), "the welded string's node keeps commanding open"

@@ -294,7 +294,7 @@ class EmulatedSpiDev:
     talking to :class:`AfeSocketServer`. No answer within the timeout reads as all ones (MISO
     idles high: nobody drives it), as on a real bus without a device."""
 
-    def __init__(self, path: str, timeout_s: float = 0.05) -> None:
+    def __init__(self, path: str, timeout_s: float = 0.25) -> None:
         self.path = path
         self.mode = 0
         self.max_speed_hz = 500_000
