@@ -100,6 +100,62 @@ class HardwareSection:
     link_timeout_ms: int
     #: ``[hardware.options]``: settings of a third-party adapter, passed to it unchanged.
     options: dict[str, Any] = field(default_factory=dict)
+    #: Adapter "linux" (:mod:`mbms.hardware.linux`): the device tables (schema: rust_core/src/config.rs).
+    afe: AfeSection | None = None
+    sensor_can: CanTransport | None = None
+    current_sensor: CurrentSensorSection | None = None
+    contactors: ContactorLinesSection | None = None
+    insulation: InsulationSection | None = None
+
+
+@dataclass(frozen=True)
+class AfeSection:
+    """``[hardware.afe]``: the LTC6813-1 chain."""
+
+    device: str
+    spi_hz: int
+    ics: int
+    cells_per_ic: int
+    temps_per_ic: int
+    dcto_code: int
+    open_wire_every: int
+    ntc_beta_k: float
+    ntc_r25_ohm: float
+    ntc_pullup_ohm: float
+
+
+@dataclass(frozen=True)
+class CurrentSensorSection:
+    """``[hardware.current_sensor]``: the IVT-S on ``sensor_can``."""
+
+    cycle_ms: int
+    timeout_cycles: int
+    current_sign: float
+
+
+@dataclass(frozen=True)
+class ContactorLinesSection:
+    """``[hardware.contactors]``: GPIO chip, line offsets, welded/stuck-open checks."""
+
+    chip: str
+    neg_out: int
+    pos_out: int
+    pre_out: int
+    neg_fb: int
+    pos_fb: int
+    pre_fb: int
+    i_open_a: float
+    dv_closed_v: float
+    confirm_ms: int
+
+
+@dataclass(frozen=True)
+class InsulationSection:
+    """``[hardware.insulation]``: the iso165C on ``sensor_can``."""
+
+    min_kohm: float
+    warning_kohm: float
+    timeout_ms: int
 
 
 @dataclass(frozen=True)

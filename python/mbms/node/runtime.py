@@ -189,13 +189,13 @@ class NodeRuntime:
         if sample is None:
             if (now - self._t0) * 1000 > self.node.stale_ms:
                 # (within the first stale_ms the contactors stay open without a fail-safe: start-up)
-                reasons.append("no measurement yet")
+                reasons.append(self.hw.diagnosis() or "no measurement yet")
         else:
             meas, arrived = sample
             if (now - arrived) * 1000 > self.node.stale_ms:
                 reasons.append(f"stale measurement: {(now - arrived) * 1000:.0f} ms old")
             if not meas.valid:
-                reasons.append("measurement marked invalid")
+                reasons.append(self.hw.diagnosis() or "measurement marked invalid")
         if not self.hw.link_ok(now) and sample is not None:
             reasons.append("hardware link lost")
         if meas is not None:

@@ -90,6 +90,9 @@ class Settings:
     #: The battery protocol between the speaker and the simulated inverter (a DBC in
     #: mbms/data/dbc): the 96s packs of the shipped scenarios are an HV rack.
     inverter_protocol: str = "pylon_hv"
+    #: "sim": the nodes read the plant over the sim link; "linux": over the Linux drivers
+    #: (hardware adapter "linux") on the plant's emulated devices (``mbms plant --devices``).
+    hardware: str = "sim"
 
 
 # ---------------------------------------------------------------------------------- files
@@ -116,6 +119,9 @@ class RunFiles:
     link: str
     can_port: int
     can_channel: str
+    #: hardware "linux": the devices directory and string 0's sensor CAN port of the plant
+    devices: Path | None = None
+    sensor_can_port: int = 0
     inverter_port: int = 0
 
 
@@ -161,6 +167,8 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
     node_cfg = dict(_core.node_config(dict(sc.node)))
     stale_ms = int(node_cfg["stale_ms"])
     packs = []
+    devices = run_dir / "dev" if settings.hardware == "linux" else None
+    sensor_port = _free_udp_port() if devices is not None else 0
     for k, eng in enumerate(engine_configs(sc)):
         eng["pack"]["cell"] = str(cell_file(eng["pack"]["cell"]).resolve())
         doc = dict(eng)
@@ -174,10 +182,33 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
         }
         # the link counts as lost no sooner than a measurement counts as stale
         doc["hardware"] = {"adapter": "sim", "link": link, "string": k, "link_timeout_ms": max(300, stale_ms)}
+        if devices is not None:
+            doc["hardware"] = linux_hardware(devices, k, sensor_port, int(eng["pack"]["series"]),
+                                             int(eng["pack"]["temp_sensors"]), max(300, stale_ms))
         p = run_dir / f"node{k + 1}.toml"
         p.write_text(_toml(doc))
         packs.append(p)
-    return RunFiles(run_dir, plant_path, system_path, packs, link, can_port, channel, inverter_port)
+    return RunFiles(run_dir, plant_path, system_path, packs, link, can_port, channel, devices, sensor_port,
+                    inverter_port)
+
+
+def linux_hardware(devices: Path, k: int, sensor_port: int, series: int, temps: int, link_timeout_ms: int) -> dict[str, Any]:
+    """``[hardware]`` of adapter "linux" for string ``k`` of ``mbms plant --devices DIR``: its chain
+    as the device server lays it out, its GPIO lines, its sensor bus; the other settings are the
+    core's defaults."""
+    from mbms.emulators.device_server import (NEG_FB, NEG_OUT, POS_FB, POS_OUT, PRE_FB, PRE_OUT, SENSOR_CAN_GROUP,
+                                              chain_layout)
+
+    ics, m, t = chain_layout(series, temps)
+    return {
+        "adapter": "linux", "link_timeout_ms": link_timeout_ms,
+        "afe": {"device": f"emu://{devices}/afe{k}.sock", "ics": ics, "cells_per_ic": m, "temps_per_ic": t},
+        "sensor_can": {"interface": "udp_multicast", "channel": SENSOR_CAN_GROUP, "port": sensor_port + k},
+        "current_sensor": {"timeout_cycles": 10},
+        "contactors": {"chip": f"emu://{devices}/gpio{k}.sock", "neg_out": NEG_OUT, "pos_out": POS_OUT,
+                       "pre_out": PRE_OUT, "neg_fb": NEG_FB, "pos_fb": POS_FB, "pre_fb": PRE_FB},
+        "insulation": {"min_kohm": 100.0, "warning_kohm": 300.0},
+    }
 
 
 # ------------------------------------------------------------------------------ processes
@@ -405,12 +436,14 @@ class _Track:
 
 
 def run(scenario: Scenario, console: Any = None, out: Path | None = None, time_scale: float = 1.0,
-        settings: Settings | None = None) -> RunResult:
+        settings: Settings | None = None, hardware: str | None = None) -> RunResult:
     """Run a scenario with real processes; see the module docstring."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
     settings = settings or Settings()
+    if hardware is not None:
+        settings.hardware = hardware
     settings.time_scale = time_scale if time_scale else settings.time_scale
     if not settings.time_scale > 0:
         raise ConfigError("--time-scale", f"expected a positive number, got {settings.time_scale}")
@@ -460,7 +493,9 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
     life_s = repr(round(2 * sc.duration_s / st.time_scale + 2 * st.start_timeout_s, 1))
     plant = Child("plant", ["plant", "--system", str(files.plant), "--listen", files.link, "--seed", str(sc.seed),
                             "--time-scale", repr(st.time_scale), "--command-timeout", repr(WATCHDOG_S),
-                            "--load-a", "0", "--duration", life_s], run_dir / "plant.log")
+                            "--load-a", "0", "--duration", life_s]
+                  + (["--devices", str(files.devices), "--sensor-can-port", str(files.sensor_can_port)]
+                     if files.devices is not None else []), run_dir / "plant.log")
     nodes = [Child(f"node{k + 1}", ["node", "--config", str(p), "--system", str(files.system), "--duration", life_s],
                    run_dir / f"node{k + 1}.log") for k, p in enumerate(files.packs)]
     children = [plant, *nodes]
