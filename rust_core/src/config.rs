@@ -487,6 +487,91 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Which battery protocol the inverter (or charger) speaks on the inverter CAN channel.
+/// Each is a DBC file shipped in the package (`mbms/data/dbc/<name>.dbc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum InverterProtocol {
+    /// The 11-bit "Pylontech / CAN-BMS" low-voltage set (0x351 ... 0x35E), cyclic.
+    PylonLv,
+    /// The 29-bit Pylon HV (Force-H) set: the inverter polls 0x4200, the BMS answers.
+    PylonHv,
+}
+
+/// `[inverter]`: the battery's link to its inverter, sent by the current speaker (the
+/// peer every live peer names; consensus `update_speaker`) on a CAN channel of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct InverterConfig {
+    pub protocol: InverterProtocol,
+    /// The inverter's CAN bus (python-can), not the peers' one.
+    pub can: CanTransport,
+    /// Frame cycle of the cyclic protocols (ms); Pylontech LV sends every frame once a second.
+    pub cycle_ms: u32,
+    /// The inverter's communication timeout (ms): it stops when no frame came for this long.
+    /// A speaker handover must fit inside it (fail_timeout_ms + cycle_ms).
+    pub timeout_ms: u32,
+    /// CVL = series × (cell v_max − this) (V per cell).
+    pub cvl_margin_v_per_cell: f64,
+    /// DVL = series × (cell v_min + this) (V per cell).
+    pub dvl_margin_v_per_cell: f64,
+    /// Manufacturer name in the name frame (ASCII, up to 8 characters).
+    pub manufacturer: String,
+    /// Below this SOC (0..1) the battery asks the inverter to force-charge.
+    pub force_charge_soc: f64,
+    /// After losing the quorum the former speaker sends this many cycles of "stop" frames
+    /// (limits 0, enables off) before falling silent.
+    pub stop_frames: u32,
+}
+
+impl Default for InverterConfig {
+    fn default() -> Self {
+        Self {
+            protocol: InverterProtocol::PylonLv,
+            can: CanTransport { channel: "can1".into(), ..CanTransport::default() },
+            cycle_ms: 1000,
+            timeout_ms: 5000,
+            cvl_margin_v_per_cell: 0.05,
+            dvl_margin_v_per_cell: 0.1,
+            manufacturer: "MBMS".into(),
+            force_charge_soc: 0.05,
+            stop_frames: 3,
+        }
+    }
+}
+
+impl InverterConfig {
+    pub fn validate(&self, fail_timeout_ms: u32) -> Result<(), ConfigError> {
+        if !(10..=10_000).contains(&self.cycle_ms) {
+            return Err(cerr("inverter.cycle_ms", format!("expected 10..=10000 ms, got {}", self.cycle_ms)));
+        }
+        let need = self.cycle_ms as u64 + fail_timeout_ms as u64;
+        if (self.timeout_ms as u64) <= need || self.timeout_ms > 600_000 {
+            return Err(cerr(
+                "inverter.timeout_ms",
+                format!("expected > cycle_ms + protocol.fail_timeout_ms = {need} ms (a speaker handover must fit) and <= 600000, got {}", self.timeout_ms),
+            ));
+        }
+        for (name, v) in [("cvl_margin_v_per_cell", self.cvl_margin_v_per_cell), ("dvl_margin_v_per_cell", self.dvl_margin_v_per_cell)] {
+            if !(v.is_finite() && (0.0..=0.5).contains(&v)) {
+                return Err(cerr(format!("inverter.{name}"), format!("expected 0..=0.5 V per cell, got {v}")));
+            }
+        }
+        if !(self.force_charge_soc.is_finite() && (0.0..=1.0).contains(&self.force_charge_soc)) {
+            return Err(cerr("inverter.force_charge_soc", "expected a fraction in 0..=1"));
+        }
+        if self.manufacturer.len() > 8 || !self.manufacturer.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(cerr("inverter.manufacturer", "expected up to 8 printable ASCII characters"));
+        }
+        if self.stop_frames > 100 {
+            return Err(cerr("inverter.stop_frames", "expected <= 100"));
+        }
+        Ok(())
+    }
+}
+
 /// A system file, shared by all peers. The peer protocol settings are one [`PeerConfig`]:
 /// `heartbeat_ms`, `dv_close_v` and `lease_ms` may sit at the top level (where operators look
 /// for them) or in `[protocol]`, not both; identity fields (`system_id`, `node_id`, `members`,
@@ -512,6 +597,9 @@ pub struct SystemFile {
     /// Peer protocol settings (consensus `PeerConfig`); missing keys take its defaults.
     #[serde(default)]
     pub protocol: PeerConfig,
+    /// The inverter link (none: no inverter frames are sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inverter: Option<InverterConfig>,
 }
 
 /// PeerConfig fields that a system file may give at its top level.
@@ -533,6 +621,7 @@ pub struct SystemConfig {
     /// Every protocol setting, defaults filled; identity fields as placeholders (node_id = the
     /// first member, seed 0) until a node takes it ([`SystemConfig::peer_for`]).
     pub protocol: PeerConfig,
+    pub inverter: Option<InverterConfig>,
 }
 
 impl SystemConfig {
@@ -607,6 +696,9 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
     protocol.members = f.members.clone();
     protocol.node_id = f.members.first().copied().unwrap_or(0);
     protocol.seed = 0;
+    if let Some(inv) = &f.inverter {
+        inv.validate(protocol.fail_timeout_ms).map_err(at)?;
+    }
     Ok(SystemConfig {
         source: source.to_string(),
         system_id_u32: protocol.system_id,
@@ -616,6 +708,7 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
         transport: f.transport,
         discovery: f.discovery,
         protocol,
+        inverter: f.inverter,
     })
 }
 

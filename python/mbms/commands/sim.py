@@ -226,3 +226,10 @@ def _print_summary(console: Any, summ: dict[str, Any]) -> None:
         f"energy out {s['energy_discharged_kwh']} kWh, in {s['energy_charged_kwh']} kWh · "
         f"{summ['duration_s']:.0f} s simulated in {summ['wall_s']} s ({summ['realtime_factor']}× real time)"
     )
+    inv = summ.get("inverter")
+    if inv:
+        console.print(
+            f"inverter link ({inv['protocol']}): longest pause between limit frames {inv['max_gap_ms']} ms "
+            f"(inverter timeout {inv['timeout_ms']} ms), timeouts {inv['timeouts']}, {inv['limit_frames']} limit "
+            f"frames, bus load {inv['bus_load_pct']} %, bad frames {inv['bad_frames']}"
+        )
