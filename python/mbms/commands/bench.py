@@ -15,6 +15,7 @@ TARGETS: dict[str, str] = {
     "sim": "whole-system fast simulation: real-time factor",
     "soc": "SOC accuracy vs the DFN reference traces: RMSE and max error beside the targets",
     "s3": "joins under random load steps and plant freezes: S3 on the plant's truth at each main close",
+    "mqtt": "control period and memory of a node with its MQTT gateway: no broker, live, mute, killed",
 }
 
 
