@@ -61,7 +61,7 @@ def test_web_page_shows_isolation_alarm_and_rejoin(tmp_path: Path, procs: list[P
         # a load step: pack 3's low overcurrent threshold trips, it isolates; the others stay on
         plant_cmd(link, {"op": "load", "i": 30.0})
         page.locator('#alarms li.alarm.lvl-Fault[data-pack="3"]').wait_for(timeout=30_000)
-        assert "OvercurrentDischarge" in page.locator('#alarms li[data-pack="3"]').inner_text()
+        assert "overcurrent_discharge" in page.locator('#alarms li[data-pack="3"]').inner_text()
         page.locator('#strings tr[data-pack="3"][data-contactors="---"]').wait_for(timeout=30_000)
         assert row(1).get_attribute("data-contactors") == "NP-" and row(2).get_attribute("data-contactors") == "NP-"
         page.select_option("#pack", "3")
@@ -72,7 +72,7 @@ def test_web_page_shows_isolation_alarm_and_rejoin(tmp_path: Path, procs: list[P
         row(3).and_(page.locator('[data-phase="CLOSED"]')).wait_for(timeout=90_000)
         page.locator("#alarms li.alarm").wait_for(state="detached", timeout=30_000)
         timeline = page.locator("#timeline").inner_text()
-        assert "pack 3: Fault: OvercurrentDischarge" in timeline and "pack 3: cleared: OvercurrentDischarge" in timeline
+        assert "pack 3: Fault: overcurrent_discharge" in timeline and "pack 3: cleared: overcurrent_discharge" in timeline
         assert page.locator('#timeline .event[data-kind="phase"][data-pack="3"]').count() >= 2
         page.screenshot(path=str(shots / "web_pack3_rejoined.png"), full_page=True)
         browser.close()

@@ -26,6 +26,7 @@ All signals are little endian (Intel); physical ranges are clamped before encodi
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,12 +242,19 @@ ALARM_RULE_FAIL_SAFE = 31
 _LEVELS = ("Warning", "Alarm", "Fault")  # rust_core/src/protection.rs Level, lowest first
 
 
+def rule_number(rule: str) -> int:
+    """Index + 1 of a protection rule in the engine's rules (``_core.engine_rules()``, Rust order);
+    takes the snake_case name or the CamelCase one of NodeStatus.faults; 0 if unknown."""
+    from mbms import _core
+
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", rule).lower()
+    rules = list(_core.engine_rules())
+    return rules.index(snake) + 1 if snake in rules else 0
+
+
 def alarm_code(faults: tuple[str, ...], fail_safe: bool) -> tuple[int, int]:
     """(AlarmLevel, AlarmRule) of the STATE frame from NodeStatus.faults ("rule:level@index",
     "failsafe:Name"): the highest level, and the first rule at that level."""
-    from mbms import _core
-
-    rules = list(_core.engine_rules())
     best = (3, ALARM_RULE_FAIL_SAFE) if fail_safe else (0, 0)
     for f in faults:
         rule, _, rest = f.partition(":")
@@ -254,7 +262,7 @@ def alarm_code(faults: tuple[str, ...], fail_safe: bool) -> tuple[int, int]:
             cand = (3, ALARM_RULE_FAIL_SAFE)
         else:
             level = rest.partition("@")[0]
-            cand = (_LEVELS.index(level) + 1 if level in _LEVELS else 3, rules.index(rule) + 1 if rule in rules else 0)
+            cand = (_LEVELS.index(level) + 1 if level in _LEVELS else 3, rule_number(rule))
         if cand[0] > best[0]:
             best = cand
     return best

@@ -153,7 +153,7 @@ class Monitor:
                     self._event(row.node_id, "alarm_cleared", rule=row.alarm["rule"], level=row.alarm["level"])
                 row.alarm = None
             else:
-                name = ("FailSafe" if rule == ALARM_RULE_FAIL_SAFE
+                name = ("fail_safe" if rule == ALARM_RULE_FAIL_SAFE
                         else RULES[rule - 1] if 0 < rule <= len(RULES) else f"rule {rule}")
                 row.alarm = {"level": ALARM_LEVELS[level], "rule": name, "since": round(time.time(), 3)}
                 self._event(row.node_id, "alarm", rule=name, level=ALARM_LEVELS[level])

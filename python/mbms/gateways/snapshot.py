@@ -8,6 +8,7 @@ status, the latest measurement and the core's last step output.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ LEVELS = ("Warning", "Alarm", "Fault")
 
 @dataclass(frozen=True)
 class Alarm:
-    """One active protection condition or fail-safe: ``rule`` (e.g. CellOvervoltage), ``level``
+    """One active protection condition or fail-safe: ``rule`` (e.g. cell_overvoltage), ``level``
     (Warning, Alarm, Fault), ``where`` ("pack" or the cell/sensor index)."""
 
     rule: str
@@ -32,9 +33,10 @@ class Alarm:
         # NodeStatus.faults: "rule:level@index" (mbms.node.core_adapter), "failsafe:Name"
         rule, _, rest = text.partition(":")
         if rule == "failsafe":
-            return cls("FailSafe", "Fault", rest or "pack")
+            return cls("fail_safe", "Fault", rest or "pack")
         level, _, where = rest.partition("@")
-        return cls(rule, level or "Fault", where or "pack")
+        # the engine's rule names (_core.engine_rules(): snake_case), as the monitor shows them
+        return cls(re.sub(r"(?<!^)(?=[A-Z])", "_", rule).lower(), level or "Fault", where or "pack")
 
     def as_dict(self) -> dict[str, str]:
         return {"rule": self.rule, "level": self.level, "where": self.where}

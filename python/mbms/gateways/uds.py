@@ -85,11 +85,12 @@ STATUS_AVAILABILITY = TEST_FAILED | CONFIRMED
 
 
 def dtc_number(rule: str, level: str) -> int:
-    """3-byte DTC: 0xA0 (battery), the rule's index + 1 in the engine's rules (mbms.engine.RULES,
-    Rust order) or 0xF0 for a runtime/core fail-safe, the level (0 warning, 1 alarm, 2 fault)."""
-    from mbms.engine import RULES
+    """3-byte DTC: 0xA0 (battery), the rule's index + 1 in the engine's rules (Rust order,
+    :func:`mbms.telemetry.rule_number`) or 0xF0 for a runtime/core fail-safe or an unknown rule,
+    the level (0 warning, 1 alarm, 2 fault)."""
+    from mbms.telemetry import rule_number
 
-    high = RULES.index(rule) + 1 if rule in RULES else 0xF0
+    high = rule_number(rule) or 0xF0
     return 0xA00000 | high << 8 | (LEVELS.index(level) if level in LEVELS else 2)
 
 
