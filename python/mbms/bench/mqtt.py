@@ -1,7 +1,7 @@
 """``mbms bench mqtt``: a node's control period with its MQTT gateway, side by side in one run:
 no MQTT, a live mosquitto, a broker that accepts TCP but never answers (slow/dead), and a broker
 killed in the middle of the run. Each case is a real plant and a real ``mbms node`` process
-(Rust NodeCore, 1 member, 100 ms period, state every 100 ms, events on); printed: the node's own
+(Rust NodeCore, 1 member, 50 ms period, MQTT state and cells every 100 ms, events on); printed: the node's own
 loop timing (period work time and step time, mean/p99/max, overruns) and its resident memory at
 the start and the end of the run (VmRSS), so a queue that grew would show.
 """
@@ -63,11 +63,11 @@ def _case(tmp: Path, name: str, mqtt_port: int | None, seconds: float, kill_brok
         op = (f'[operator.mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nstate_period_ms = 100\ncells_period_ms = 100\n'
               f"keepalive_s = 5\nqos = 1\nqueue_max = 1000\n")
     (d / "node.toml").write_text(f"""extends = "{data_dir() / 'packs' / 'example_pack.toml'}"
-[node]\nid = 1\nstate_dir = "{d}/state"\ncontrol_period_ms = 100\nestimation_period_ms = 100\n
+[node]\nid = 1\nstate_dir = "{d}/state"\ncontrol_period_ms = 50\nestimation_period_ms = 50\n
 [hardware]\nadapter = "sim"\nlink = "{link}"\nstring = 0\n{op}""")
     node = subprocess.Popen([sys.executable, "-m", "mbms", "node", "--config", str(d / "node.toml"), "--system",
                              str(d / "system.toml"), "--duration", str(seconds), "--timing"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=open(d / "node.err", "w"), text=True)
     time.sleep(3.0)  # start-up (imports, first closes) is not what is measured
     rss0 = _rss_kib(node.pid)
     if kill_broker is not None:
@@ -81,7 +81,10 @@ def _case(tmp: Path, name: str, mqtt_port: int | None, seconds: float, kill_brok
     out, _ = node.communicate()
     plant.kill()
     plant.wait()
-    timing = json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"case {name!r}: the node gave no timing: {(d / 'node.err').read_text()[-2000:]}")
+    timing = json.loads(lines[-1])
     return {"case": name, **{k: timing.get(k) for k in ("periods", "overruns", "work_ms_mean", "work_ms_p99", "work_ms_max",
                                                           "step_ms_mean", "step_ms_p99", "jitter_ms_p99")},
             "rss_start_kib": rss0, "rss_end_kib": rss1, "rss_max_kib": rss_max}
