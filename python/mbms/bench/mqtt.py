@@ -57,7 +57,8 @@ def _case(tmp: Path, name: str, mqtt_port: int | None, seconds: float, kill_brok
         pass
     port = _free_port()
     (d / "system.toml").write_text(f"""system_id = "bench"\nmembers = [1]\nheartbeat_ms = 100\n[transport]\nkind = "can"
-[transport.can]\ninterface = "udp_multicast"\nchannel = "239.74.163.9"\nport = {port}\n[discovery]\nenabled = false\n""")
+[transport.can]\ninterface = "udp_multicast"\nchannel = "239.74.163.9"\nport = {port}\n[discovery]\nenabled = false
+[protocol]\nclose_confirm_ms = 400\n""")
     op = ""
     if mqtt_port is not None:
         op = (f'[operator.mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nstate_period_ms = 100\ncells_period_ms = 100\n'
