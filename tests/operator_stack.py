@@ -67,7 +67,8 @@ def can_system(tmp: Path, members: list[int]) -> Path:
 class Mosquitto:
     """A mosquitto broker on a free loopback port (optionally with a password file)."""
 
-    def __init__(self, tmp: Path, users: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(self, tmp: Path, users: dict[str, str] | None = None, port: int | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
         if MOSQUITTO is None:
             pytest.skip("mosquitto is not installed (apt-get install -y mosquitto; .ci/run installs it)")
         self.port = port or free_tcp_port()
@@ -83,6 +84,9 @@ class Mosquitto:
             conf += ["allow_anonymous false", f"password_file {pw}"]
         else:
             conf.append("allow_anonymous true")
+        if tls:
+            ca, cert, key = tls
+            conf += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(conf) + "\n")
         self.p: subprocess.Popen | None = None

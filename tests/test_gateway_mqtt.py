@@ -150,8 +150,8 @@ def test_broker_away_memory_bounded_then_catches_up(tmp_path: Path) -> None:
             now += 1.0
             gw.on_period(lambda: _snapshot(i), now)
             gw.on_event({"kind": "tick", "i": i})
-        # bounded: one slot per state topic and queue_max events
-        assert gw.pending() <= 3 + 50 and gw.events_dropped >= 5000 - 50
+        # bounded: the newest state and cells snapshots and queue_max events
+        assert gw.pending() <= 2 + 50 and gw.events_dropped >= 5000 - 50
         broker.start()  # same port: paho reconnects by itself and sends what it kept
         wait_for(lambda: gw.connected and sub.connected, 40, "both reconnected")
         # the retained state is the newest one, not a replay of the 5000
@@ -163,4 +163,46 @@ def test_broker_away_memory_bounded_then_catches_up(tmp_path: Path) -> None:
     finally:
         sub.close()
         gw.close()
+        broker.stop()
+
+
+def test_tls_to_the_broker(tmp_path: Path) -> None:
+    """TLS with the broker's CA from the config: connects and publishes; a node given another CA
+    does not connect (and never blocks)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    for name in ("ca", "other"):
+        ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=test {name}",
+             "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.pem"))
+    ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(tmp_path / "srv.key"),
+         "-out", str(tmp_path / "srv.csr"))
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    ossl("x509", "-req", "-in", str(tmp_path / "srv.csr"), "-CA", str(tmp_path / "ca.pem"), "-CAkey", str(tmp_path / "ca.key"),
+         "-CAcreateserial", "-days", "2", "-extfile", str(tmp_path / "san.ext"), "-out", str(tmp_path / "srv.pem"))
+    broker = Mosquitto(tmp_path, tls=(tmp_path / "ca.pem", tmp_path / "srv.pem", tmp_path / "srv.key"))
+    try:
+        gw = MqttGateway(_section(broker.port, tmp=tmp_path, tls=True, ca_file=str(tmp_path / "ca.pem")), "s", 1)
+        gw.start()
+        wait_for(lambda: gw.connected, 15, "TLS connection with the broker's CA")
+        gw.on_period(lambda: _snapshot(1), 0.0)
+        wait_for(lambda: gw.published >= 2, 10, "state published over TLS")
+        gw.close()
+        bad = MqttGateway(_section(broker.port, tmp=tmp_path, tls=True, ca_file=str(tmp_path / "other.pem")), "s", 2)
+        bad.start()
+        t0 = time.perf_counter()
+        bad.on_period(lambda: _snapshot(1), 0.0)
+        assert time.perf_counter() - t0 < 0.05
+        deadline = time.monotonic() + 3.0  # an observation window: the wrong CA never connects
+        while time.monotonic() < deadline:
+            assert not bad.connected
+            time.sleep(0.05)
+        bad.close()
+    finally:
         broker.stop()

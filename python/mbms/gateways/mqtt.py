@@ -87,8 +87,8 @@ class MqttGateway:
         self.node_topic = f"{self.base}/{node_id}"
         self.availability = f"{self.node_topic}/availability"
         self._lock = threading.Condition()
-        self._latest: dict[str, bytes] = {}  # retained state topics: newest wins
-        self._events: collections.deque[bytes] = collections.deque(maxlen=cfg.queue_max)
+        self._latest: dict[str, NodeSnapshot] = {}  # "state" / "cells": the newest snapshot wins
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=cfg.queue_max)
         self._stop = False
         self.connected = False
         self.published = 0
@@ -161,39 +161,42 @@ class MqttGateway:
 
     # ------------------------------------------------------------ loop side
     def on_period(self, snap_of: Any, now: float) -> None:
-        """Period hook: at the configured rates, store the newest messages (never blocks)."""
+        """Period hook: at the configured rates, keep the newest snapshot (never blocks; the
+        JSON is built in the sender thread, not on the control loop)."""
         state_due = (now - self._last_state) * 1000 >= self.cfg.state_period_ms
         cells_due = (now - self._last_cells) * 1000 >= self.cfg.cells_period_ms
         if not (state_due or cells_due):
             return
         snap: NodeSnapshot = snap_of()
-        msgs: dict[str, bytes] = {}
         if state_due:
             self._last_state = now
-            st = snap.state_dict()
-            msgs[f"{self.node_topic}/state"] = json.dumps(st, separators=(",", ":")).encode()
-            sys_view = {"reported_by": snap.node_id, "t": st["t"], "sys_dcl_a": st["sys_dcl_a"],
-                        "sys_ccl_a": st["sys_ccl_a"], "closed_set": st["closed_set"],
-                        "closed_count": len(st["closed_set"])}
-            msgs[f"{self.base}/system/state"] = json.dumps(sys_view, separators=(",", ":")).encode()
         if cells_due:
             self._last_cells = now
-            msgs[f"{self.node_topic}/cells"] = json.dumps([round(v, 4) for v in snap.v_cell_v]).encode()
         with self._lock:
-            for k, v in msgs.items():
-                if k in self._latest:
-                    self.coalesced += 1
-                self._latest[k] = v
+            for kind, due in (("state", state_due), ("cells", cells_due)):
+                if due:
+                    if kind in self._latest:
+                        self.coalesced += 1  # the broker is away or slow: newest wins
+                    self._latest[kind] = snap
             self._lock.notify()
 
     def on_event(self, rec: dict[str, Any]) -> None:
         """Event sink: queue one event-log record (bounded: the oldest goes when full)."""
-        payload = json.dumps(rec, default=str, separators=(",", ":")).encode()
         with self._lock:
             if len(self._events) == self._events.maxlen:
                 self.events_dropped += 1
-            self._events.append(payload)
+            self._events.append(rec)
             self._lock.notify()
+
+    def messages(self, kind: str, snap: NodeSnapshot) -> list[tuple[str, bytes]]:
+        """(topic, payload) of the retained ``state`` (with the system view) or ``cells`` messages."""
+        if kind == "cells":
+            return [(f"{self.node_topic}/cells", json.dumps([round(v, 4) for v in snap.v_cell_v]).encode())]
+        st = snap.state_dict()
+        sys_view = {"reported_by": snap.node_id, "t": st["t"], "sys_dcl_a": st["sys_dcl_a"], "sys_ccl_a": st["sys_ccl_a"],
+                    "closed_set": st["closed_set"], "closed_count": len(st["closed_set"])}
+        return [(f"{self.node_topic}/state", json.dumps(st, separators=(",", ":")).encode()),
+                (f"{self.base}/system/state", json.dumps(sys_view, separators=(",", ":")).encode())]
 
     def pending(self) -> int:
         with self._lock:
@@ -211,10 +214,12 @@ class MqttGateway:
                 latest, self._latest = self._latest, {}
                 events = list(self._events)
                 self._events.clear()
-            for topic, payload in latest.items():
-                self._publish(mqtt, topic, payload, True)
-            for payload in events:
-                self._publish(mqtt, f"{self.node_topic}/events", payload, False)
+            for kind, snap in latest.items():
+                for topic, payload in self.messages(kind, snap):
+                    self._publish(mqtt, topic, payload, True)
+            for rec in events:
+                self._publish(mqtt, f"{self.node_topic}/events", json.dumps(rec, default=str, separators=(",", ":")).encode(),
+                              False)
 
     def _publish(self, mqtt: Any, topic: str, payload: bytes, retain: bool) -> None:
         info = self.client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
