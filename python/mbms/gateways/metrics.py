@@ -65,8 +65,8 @@ class _SnapshotCollector:
                 g.add_metric([node], float(st[key]))
                 yield g
         g = GaugeMetricFamily("mbms_contactor_closed", "contactor commanded closed (1)", labels=["node", "contactor"])
-        for i, c in enumerate(("neg", "pos", "pre")):
-            g.add_metric([node, c], float(snap.contactors[i]))
+        for i, name in enumerate(("neg", "pos", "pre")):
+            g.add_metric([node, name], float(snap.contactors[i]))
         yield g
         g = GaugeMetricFamily("mbms_fail_safe", "runtime forced the contactors open (1)", labels=["node"])
         g.add_metric([node], float(snap.fail_safe is not None))

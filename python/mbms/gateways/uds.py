@@ -120,7 +120,7 @@ def did_value(did: int, snap: NodeSnapshot, sw_version: str, serial: str) -> byt
     if did == DID_STATE:
         from mbms.types import Phase
 
-        phase = Phase[snap.phase].value if snap.phase in Phase.__members__ else 0xFF
+        phase = Phase[snap.phase].value if snap.phase is not None and snap.phase in Phase.__members__ else 0xFF
         c = snap.contactors
         return bytes([phase, int(c[0]) | int(c[1]) << 1 | int(c[2]) << 2, min(255, len(snap.alarms))])
     if did == DID_SW_VERSION:
@@ -150,7 +150,7 @@ class DtcLog:
         self._lock = threading.Lock()
 
     def update(self, snap: NodeSnapshot, sw: str, serial: str) -> None:
-        active = {}
+        active: dict[int, Any] = {}
         for a in snap.alarms:
             active.setdefault(dtc_number(a.rule, a.level), a)
         with self._lock:
@@ -308,8 +308,7 @@ class UdsServer:
 
     def handle(self, req: bytes) -> bytes | None:
         """One request -> its response payload (None: positive response suppressed)."""
-        from udsoncan import Request, services
-        from udsoncan.exceptions import InvalidResponseException  # noqa: F401
+        from udsoncan import Request
 
         if not req:
             return None
@@ -323,7 +322,6 @@ class UdsServer:
             Request.from_payload(req)  # udsoncan's own parse of the request (service, subfunction)
         except Exception:
             return bytes([0x7F, sid, NRC_INCORRECT_LENGTH])
-        del services
         try:
             return handlers[sid](req)
         except _Nrc as nrc:

@@ -110,7 +110,8 @@ async def serve(mon: Any, host: str, port: int, duration_s: float | None) -> Non
     with opening(f"web page {host}:{port}"):
         site = web.TCPSite(runner, host, port)
         await site.start()
-    bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # type: ignore[union-attr]
+    server: Any = site._server  # the port the OS gave for port 0
+    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
     print(f"web page on http://{host}:{bound}/", flush=True)
     log.info("web page on http://%s:%d/ (listen-only)", host, bound)
     try:
