@@ -40,7 +40,7 @@ def test_node_metrics_endpoint(tmp_path: Path, procs: list[Proc]) -> None:
             and value(f, "mbms_contactor_closed", contactor="neg") == 1.0
         return f if ok else None
     fams = wait_for(closed, 60, "metrics show the string closed", poll_s=0.2)
-    assert plant_cmd(link, {"op": "state"})["contactors"][0] == [True, True, False]
+    wait_for(lambda: plant_cmd(link, {"op": "state"})["contactors"][0] == [True, True, False], 5, "the plant agrees")
     truth = plant_cmd(link, {"op": "truth"})
     assert value(fams, "mbms_soc_percent", node="1") == pytest.approx(100 * truth["soc"][0], abs=3.0)
     assert value(fams, "mbms_string_volts", node="1") == pytest.approx(truth["v_string_v"][0], abs=2.0)

@@ -138,8 +138,8 @@ def _session_with(client, link: str, truth_soc: object) -> None:  # type: ignore
         plant_cmd(link, {"op": "load", "i": 12.0})
         wait_for(lambda: plant_cmd(link, {"op": "state"})["contactors"][0] == [False, False, False], 20, "string opened")
         fault_dtc = dtc_number("OvercurrentDischarge", "Fault")
-        dtcs = wait_for(lambda: {d.id: d.status.get_byte_as_int() for d in client.get_dtc_by_status_mask(0xFF).service_data.dtcs},
-                        10, "DTCs", poll_s=0.1)
+        dtcs = wait_for(lambda: (d := {d.id: d.status.get_byte_as_int() for d in client.get_dtc_by_status_mask(0xFF).service_data.dtcs})
+                        and fault_dtc in d and d, 10, "the overcurrent fault's DTC", poll_s=0.1)
         assert fault_dtc in dtcs and dtcs[fault_dtc] & 0x09 == 0x09  # testFailed (latched) + confirmed
         snap = client.get_dtc_snapshot_by_dtc_number(fault_dtc, record_number=1).service_data.dtcs[0]
         rec = snap.snapshots[0]

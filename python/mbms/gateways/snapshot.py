@@ -132,7 +132,9 @@ def take(rt: Any) -> NodeSnapshot:
         v_bus_v=float(meas.v_bus_v) if meas else None,
         contactors=(bool(c.neg), bool(c.pos), bool(c.pre)),
         closed_set=tuple(st.closed_set) if st else (), peers_seen=tuple(st.peers_seen) if st else (),
-        alarms=tuple(Alarm.parse(f) for f in st.faults) if st else (),
+        # the core's faults, and the runtime's own fail-safe (stale sample, lost link, overrun)
+        alarms=(tuple(Alarm.parse(f) for f in st.faults) if st else ())
+        + ((Alarm("fail_safe", "Fault", "runtime"),) if rt.fail_safe_reason else ()),
         v_cell_v=tuple(np.asarray(meas.v_cell_v, dtype=float).tolist()) if meas is not None else (),
         t_cell_c=tuple(np.asarray(meas.t_cell_c, dtype=float).tolist()) if meas is not None else (),
         counters=counters,
