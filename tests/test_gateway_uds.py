@@ -86,8 +86,10 @@ def _session_with(client, link: str, truth_soc: object) -> None:  # type: ignore
 
     with client:
         # --- DIDs of a running node
-        r = client.read_data_by_identifier([DID_SOC, DID_LIMITS, DID_SW_VERSION])  # several DIDs in one request
-        v = dict(r.service_data.values)
+        # several DIDs in one request; the agreed limit rises once agreed (S5): wait for it
+        v = wait_for(lambda: (x := dict(client.read_data_by_identifier([DID_SOC, DID_LIMITS, DID_SW_VERSION])
+                                        .service_data.values)) and x[DID_LIMITS][2] > 0 and x, 10, "agreed limits",
+                     poll_s=0.1)
         v.update(client.read_data_by_identifier([DID_SERIAL]).service_data.values)
         truth = plant_cmd(link, {"op": "truth"})
         assert v[DID_SOC][0] / 100 == pytest.approx(100 * truth["soc"][0], abs=3.0)
