@@ -1,4 +1,6 @@
-"""The node's links to its operators (issue 13): MQTT, Prometheus metrics, UDS diagnostics and
+"""Gateways: the battery to the systems above it. The inverter CAN and SunSpec Modbus TCP
+(:mod:`mbms.gateways.inverter_can`, :mod:`mbms.gateways.sunspec`), and the node's links to its
+operators (issue 13): MQTT, Prometheus metrics, UDS diagnostics and
 systemd supervision, each configured in the pack file's ``[operator]`` table and fed by the
 runtime's period hook and event sink (:class:`mbms.node.runtime.NodeRuntime`). The web page is
 the monitor's (:mod:`mbms.gateways.web`), listen-only, not a node's.
