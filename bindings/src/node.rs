@@ -124,7 +124,9 @@ impl PyNodeCore {
         d.set_item("soc_max", eo.soc_max)?;
         d.set_item("ocv_string_v", eo.ocv_string_v)?;
         d.set_item("r_string_ohm", eo.r_string_ohm)?;
+        // state of health (capacity and resistance, 1.0 = as new): MQTT, metrics, UDS
         d.set_item("soh_capacity", eo.soh_capacity)?;
+        d.set_item("soh_resistance", eo.soh_resistance)?;
         let faults: Vec<(String, String, u32)> =
             eo.faults.iter().map(|f| (format!("{:?}", f.rule), format!("{:?}", f.level), f.index)).collect();
         d.set_item("faults", faults)?;

@@ -29,7 +29,7 @@ from mbms.errors import ConfigError
 #: Tables of a pack file that belong to the engine's PackConfig.
 ENGINE_TABLES: frozenset[str] = frozenset({"pack", "estimator", "protection", "limits", "balancing"})
 #: Tables of a pack file owned by the node runtime.
-NODE_TABLES: frozenset[str] = frozenset({"node", "hardware"})
+NODE_TABLES: frozenset[str] = frozenset({"node", "hardware", "operator"})
 
 #: Node ids are 1..MAX_NODE_ID (rust_core/src/node.rs: the DBC reserves 6-bit node slots).
 MAX_NODE_ID = 63
@@ -159,6 +159,59 @@ class InsulationSection:
 
 
 @dataclass(frozen=True)
+class MqttSection:
+    """``[operator.mqtt]`` (rust_core/src/config.rs ``MqttConfig``): broker, credentials, TLS, rates."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+    tls: bool
+    ca_file: str
+    cert_file: str
+    key_file: str
+    topic_prefix: str
+    discovery_prefix: str
+    state_period_ms: int
+    cells_period_ms: int
+    keepalive_s: int
+    qos: int
+    queue_max: int
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """``[operator.metrics]``: the Prometheus endpoint ``http://bind:port/metrics``."""
+
+    bind: str
+    port: int
+
+
+@dataclass(frozen=True)
+class UdsSection:
+    """``[operator.uds]``: UDS over ISO-TP on a python-can bus (0 ids = the per-node defaults)."""
+
+    interface: str
+    channel: str
+    port: int
+    rx_id: int
+    tx_id: int
+    security_key_hex: str
+    serial: str
+
+
+@dataclass(frozen=True)
+class OperatorSection:
+    """``[operator]`` of a pack file: event-log bound and the optional operator gateways."""
+
+    events_max_bytes: int
+    events_keep: int
+    mqtt: MqttSection | None = None
+    metrics: MetricsSection | None = None
+    uds: UdsSection | None = None
+
+
+@dataclass(frozen=True)
 class PackFile:
     """A parsed pack file: the node's own tables plus the engine tables (normalised)."""
 
@@ -171,6 +224,8 @@ class PackFile:
     layers: tuple[tuple[str, str], ...] = ()
     #: The cell parameter file ``pack.cell`` names.
     cell_path: Path | None = None
+    #: ``[operator]``: MQTT, metrics, UDS, event-log bound (normalised by the core).
+    operator: OperatorSection | None = None
 
 
 def parse_link(link: str, source: str | None = None, name: str = "hardware.link") -> tuple[str, Any]:
@@ -369,7 +424,8 @@ def _pack_view(d: dict[str, Any], layers: list[tuple[str, str]], cell_path: Path
     # a relative state_dir is relative to the pack file that is started
     n["state_dir"] = (Path(source).parent / Path(os.path.expanduser(n["state_dir"]))).resolve()
     return PackFile(source=source, node=view(NodeSection, n), hardware=view(HardwareSection, d["pack"]["hardware"]),
-                    engine=d["engine"], layers=tuple(layers), cell_path=cell_path)
+                    engine=d["engine"], layers=tuple(layers), cell_path=cell_path,
+                    operator=view(OperatorSection, d["pack"]["operator"]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ one CAN bus: arbitration would not resolve it). Node ids 1..63:
     0x240 + id  MBMS_LIMITS_<id>  own and agreed system discharge/charge current limits
     0x280 + id  MBMS_CELLS_<id>   min/max cell voltage, string voltage, current
     0x2C0 + id  MBMS_TEMPS_<id>   min/max cell temperature, bus voltage, min/max cell index
+    0x380 + id  MBMS_CELLV_<id>   three cell voltages from cell Index on; one frame per telemetry
+                                  period, round robin over the pack (the monitor's heat map)
+    (0x300 + id / 0x340 + id: UDS request / response, ``[operator.uds]``, not in the DBC)
 
 Priority: lower identifiers win arbitration, so telemetry (0x2xx) precedes the peer protocol
 (0x400..0x7FF, fixed by the consensus core's segmentation): it is four short frames per pack and
@@ -23,6 +26,7 @@ All signals are little endian (Intel); physical ranges are clamped before encodi
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +43,12 @@ STATE_BASE_ID = 0x200
 LIMITS_BASE_ID = 0x240
 CELLS_BASE_ID = 0x280
 TEMPS_BASE_ID = 0x2C0
+CELLV_BASE_ID = 0x380
+#: Cell voltages per MBMS_CELLV frame.
+CELLS_PER_FRAME = 3
 SLOT = 0x40  # identifiers per telemetry kind: node ids 1..63
-TELEMETRY_BASES = {STATE_BASE_ID: "STATE", LIMITS_BASE_ID: "LIMITS", CELLS_BASE_ID: "CELLS", TEMPS_BASE_ID: "TEMPS"}
+TELEMETRY_BASES = {STATE_BASE_ID: "STATE", LIMITS_BASE_ID: "LIMITS", CELLS_BASE_ID: "CELLS", TEMPS_BASE_ID: "TEMPS",
+                   CELLV_BASE_ID: "CELLV"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,9 @@ _SIGNALS: dict[str, tuple[_Sig, ...]] = {
         _Sig("FaultCount", 24, 8, False, 1, 0, 0, 255, "", "number of active faults"),
         _Sig("Speaker", 32, 5, False, 1, 0, 0, 31, "", "node holding the close grant, 0 = none"),
         _Sig("ClosedCount", 40, 5, False, 1, 0, 0, 31, "", "strings in the agreed closed set"),
+        _Sig("AlarmLevel", 48, 2, False, 1, 0, 0, 3, "", "highest active level: 0 none, 1 warning, 2 alarm, 3 fault"),
+        _Sig("AlarmRule", 50, 5, False, 1, 0, 0, 31, "",
+             "rule of the highest active level: index+1 in mbms.engine.RULES, 31 = fail-safe, 0 = none"),
         _Sig("Alive", 56, 4, False, 1, 0, 0, 15, "", "alive counter, +1 per frame"),
     ),
     "LIMITS": (
@@ -88,6 +99,13 @@ _SIGNALS: dict[str, tuple[_Sig, ...]] = {
         _Sig("VBus", 32, 16, False, 0.1, 0, 0, 6553.5, "V", "bus voltage outside the contactors"),
         _Sig("VCellMinIndex", 48, 8, False, 1, 0, 0, 255, "", "index of the lowest cell"),
         _Sig("VCellMaxIndex", 56, 8, False, 1, 0, 0, 255, "", "index of the highest cell"),
+    ),
+    "CELLV": (
+        _Sig("Index", 0, 8, False, 1, 0, 0, 255, "", "index of the first cell in this frame"),
+        _Sig("V0", 8, 16, False, 0.001, 0, 0, 65.535, "V", "voltage of cell Index (0 = no such cell)"),
+        _Sig("V1", 24, 16, False, 0.001, 0, 0, 65.535, "V", "voltage of cell Index+1 (0 = no such cell)"),
+        _Sig("V2", 40, 16, False, 0.001, 0, 0, 65.535, "V", "voltage of cell Index+2 (0 = no such cell)"),
+        _Sig("Soh", 56, 8, False, 0.5, 0, 0, 127.5, "%", "state of health, capacity (% of new)"),
     ),
 }
 
@@ -170,11 +188,14 @@ class TelemetryEncoder:
         self.node_id = node_id
         self.db = db or load_database()
         self._alive = 0
+        self._cellv_next = 0  # first cell of the next MBMS_CELLV frame (round robin)
         self._msgs = {kind: self.db.get_message_by_frame_id(base + node_id) for base, kind in TELEMETRY_BASES.items()}
 
-    def frames(self, status: NodeStatus | None, meas: Measurement | None, fail_safe: bool) -> list[tuple[int, bytes]]:
+    def frames(self, status: NodeStatus | None, meas: Measurement | None, fail_safe: bool,
+               soh_pct: float | None = None) -> list[tuple[int, bytes]]:
         values: dict[str, dict[str, float]] = {}
         st = status
+        level, rule = alarm_code(st.faults if st else (), fail_safe)
         self._alive = (self._alive + 1) & 0xF
         c = st.contactors if st else None
         values["STATE"] = {
@@ -187,6 +208,7 @@ class TelemetryEncoder:
             "FaultCount": len(st.faults) if st else 0,
             "Speaker": (st.speaker or 0) if st else 0,
             "ClosedCount": len(st.closed_set) if st else 0,
+            "AlarmLevel": level, "AlarmRule": rule,
             "Alive": self._alive,
         }
         values["LIMITS"] = {
@@ -202,11 +224,48 @@ class TelemetryEncoder:
                 "TCellMin": float(t.min()) if len(t) else 0.0, "TCellMax": float(t.max()) if len(t) else 0.0,
                 "VBus": meas.v_bus_v, "VCellMinIndex": int(v.argmin()), "VCellMaxIndex": int(v.argmax()),
             }
+            first = self._cellv_next if self._cellv_next < min(len(v), 256) else 0
+            chunk = v[first:first + CELLS_PER_FRAME]
+            values["CELLV"] = {"Index": first, **{f"V{k}": float(chunk[k]) if k < len(chunk) else 0.0
+                                                  for k in range(CELLS_PER_FRAME)},
+                               "Soh": soh_pct if soh_pct is not None else 0.0}
+            self._cellv_next = first + CELLS_PER_FRAME
         out = []
         for kind, vals in values.items():
             msg = self._msgs[kind]
             out.append((msg.frame_id, bytes(msg.encode(_clamp(msg, vals), scaling=True))))
         return out
+
+
+#: AlarmRule of a fail-safe (the runtime's or the core's).
+ALARM_RULE_FAIL_SAFE = 31
+_LEVELS = ("Warning", "Alarm", "Fault")  # rust_core/src/protection.rs Level, lowest first
+
+
+def rule_number(rule: str) -> int:
+    """Index + 1 of a protection rule in the engine's rules (``_core.engine_rules()``, Rust order);
+    takes the snake_case name or the CamelCase one of NodeStatus.faults; 0 if unknown."""
+    from mbms import _core
+
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", rule).lower()
+    rules = list(_core.engine_rules())
+    return rules.index(snake) + 1 if snake in rules else 0
+
+
+def alarm_code(faults: tuple[str, ...], fail_safe: bool) -> tuple[int, int]:
+    """(AlarmLevel, AlarmRule) of the STATE frame from NodeStatus.faults ("rule:level@index",
+    "failsafe:Name"): the highest level, and the first rule at that level."""
+    best = (3, ALARM_RULE_FAIL_SAFE) if fail_safe else (0, 0)
+    for f in faults:
+        rule, _, rest = f.partition(":")
+        if rule == "failsafe":
+            cand = (3, ALARM_RULE_FAIL_SAFE)
+        else:
+            level = rest.partition("@")[0]
+            cand = (_LEVELS.index(level) + 1 if level in _LEVELS else 3, rule_number(rule))
+        if cand[0] > best[0]:
+            best = cand
+    return best
 
 
 def decode(db: Any, arbitration_id: int, data: bytes) -> tuple[str, int, dict[str, Any]] | None:

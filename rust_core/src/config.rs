@@ -387,6 +387,9 @@ pub struct PackFile {
     pub balancing: crate::balancing::BalancingConfig,
     pub node: NodeConfig,
     pub hardware: HardwareConfig,
+    /// How operators reach this node: MQTT, Prometheus metrics, UDS, the event log (issue 13).
+    #[serde(default)]
+    pub operator: OperatorConfig,
 }
 
 impl PackFile {
@@ -399,6 +402,188 @@ impl PackFile {
             balancing: self.balancing.clone(),
         }
     }
+}
+
+/// `[operator]` of a pack file: the node's links to its operators (issue 13). Every part is off
+/// unless its table is present; the event log's bound always applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// `events.jsonl` is rotated to `events.jsonl.1` (.2, ...) when it reaches this size (bytes).
+    pub events_max_bytes: u64,
+    /// Rotated event logs kept besides the live one (older ones are deleted).
+    pub events_keep: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uds: Option<UdsConfig>,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        // 4 MiB x (1 + 4): a few weeks of events of a busy node in 20 MiB of flash.
+        Self { events_max_bytes: 4 << 20, events_keep: 4, mqtt: None, metrics: None, uds: None }
+    }
+}
+
+/// `[operator.mqtt]`: state, events and Home Assistant discovery to an MQTT broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    /// 1883 plain, 8883 is the usual TLS port (IANA).
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    /// TLS to the broker; `ca_file` empty = the system's trust store.
+    pub tls: bool,
+    pub ca_file: String,
+    /// Client certificate and key (both or neither).
+    pub cert_file: String,
+    pub key_file: String,
+    /// Topics: `<topic_prefix>/<system_id>/<node id>/...`.
+    pub topic_prefix: String,
+    /// Home Assistant's discovery prefix; empty = no discovery messages.
+    pub discovery_prefix: String,
+    /// Period of the state messages (ms).
+    pub state_period_ms: u32,
+    /// Period of the per-cell voltage message (ms).
+    pub cells_period_ms: u32,
+    /// MQTT keepalive (s); the broker publishes the last will after 1.5 x this without traffic.
+    pub keepalive_s: u16,
+    pub qos: u8,
+    /// Messages held while the broker is away; the oldest are dropped beyond this.
+    pub queue_max: u32,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(), port: 1883, username: String::new(), password: String::new(), tls: false,
+            ca_file: String::new(), cert_file: String::new(), key_file: String::new(), topic_prefix: "mbms".into(),
+            discovery_prefix: "homeassistant".into(), state_period_ms: 1000, cells_period_ms: 10_000,
+            keepalive_s: 30, qos: 1, queue_max: 1000,
+        }
+    }
+}
+
+/// `[operator.metrics]`: a Prometheus text endpoint (`http://bind:port/metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub bind: String,
+    /// 0 = any free port (tests; the node logs the one it got).
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1".into(), port: 9108 }
+    }
+}
+
+/// `[operator.uds]`: UDS (ISO 14229) diagnostics over ISO-TP (ISO 15765-2) on a python-can bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct UdsConfig {
+    /// python-can interface and channel (and port for udp_multicast).
+    pub interface: String,
+    pub channel: String,
+    pub port: u16,
+    /// Request / response CAN ids; 0 = 0x300 + node id / 0x340 + node id (between the
+    /// telemetry 0x200..0x2FF and the peer protocol 0x400..0x7FF of mbms.dbc).
+    pub rx_id: u32,
+    pub tx_id: u32,
+    /// Shared secret of SecurityAccess (hex, 16..64 bytes); empty = nothing that acts is allowed.
+    pub security_key_hex: String,
+    /// The ECU serial number DID 0xF18C reports.
+    pub serial: String,
+}
+
+impl Default for UdsConfig {
+    fn default() -> Self {
+        Self {
+            interface: "socketcan".into(), channel: "can0".into(), port: 43113, rx_id: 0, tx_id: 0,
+            security_key_hex: String::new(), serial: String::new(),
+        }
+    }
+}
+
+/// Range checks of `[operator]`: (dotted field below `operator.`, what was expected).
+fn operator_findings(o: &OperatorConfig) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    if o.events_max_bytes < 4096 {
+        v.push(("events_max_bytes".into(), "at least 4096 (bytes)".into()));
+    }
+    if o.events_keep > 100 {
+        v.push(("events_keep".into(), "0..=100 rotated files".into()));
+    }
+    if let Some(m) = &o.mqtt {
+        if m.host.is_empty() {
+            v.push(("mqtt.host".into(), "a broker host name or address".into()));
+        }
+        if m.port == 0 {
+            v.push(("mqtt.port".into(), "a port 1..65535".into()));
+        }
+        if m.qos > 2 {
+            v.push(("mqtt.qos".into(), "0, 1 or 2".into()));
+        }
+        if m.cert_file.is_empty() != m.key_file.is_empty() {
+            v.push(("mqtt.key_file".into(), "cert_file and key_file both given or both empty".into()));
+        }
+        if !m.tls && !(m.ca_file.is_empty() && m.cert_file.is_empty()) {
+            v.push(("mqtt.tls".into(), "true when ca_file or cert_file is given".into()));
+        }
+        if !m.password.is_empty() && m.username.is_empty() {
+            v.push(("mqtt.username".into(), "a user name when a password is given".into()));
+        }
+        if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#']) || m.topic_prefix.ends_with('/') {
+            v.push(("mqtt.topic_prefix".into(), "a topic without wildcards (+, #) or a trailing '/'".into()));
+        }
+        if m.discovery_prefix.contains(['+', '#']) {
+            v.push(("mqtt.discovery_prefix".into(), "a topic without wildcards (+, #)".into()));
+        }
+        for (f, x) in [("state_period_ms", m.state_period_ms), ("cells_period_ms", m.cells_period_ms)] {
+            if !(100..=3_600_000).contains(&x) {
+                v.push((format!("mqtt.{f}"), "an integer 100..=3600000 (ms)".into()));
+            }
+        }
+        if !(5..=3600).contains(&m.keepalive_s) {
+            v.push(("mqtt.keepalive_s".into(), "an integer 5..=3600 (s)".into()));
+        }
+        if !(1..=100_000).contains(&m.queue_max) {
+            v.push(("mqtt.queue_max".into(), "an integer 1..=100000 (messages)".into()));
+        }
+    }
+    if let Some(m) = &o.metrics {
+        if !is_ip(&m.bind) {
+            v.push(("metrics.bind".into(), "a numeric IP address".into()));
+        }
+    }
+    if let Some(u) = &o.uds {
+        for (f, x) in [("rx_id", u.rx_id), ("tx_id", u.tx_id)] {
+            if x > 0x7FF {
+                v.push((format!("uds.{f}"), "an 11-bit CAN id 0x001..=0x7FF, or 0 for the default".into()));
+            }
+        }
+        if u.rx_id != 0 && u.rx_id == u.tx_id {
+            v.push(("uds.tx_id".into(), "a CAN id other than rx_id".into()));
+        }
+        let k = &u.security_key_hex;
+        if !k.is_empty() && (k.len() % 2 != 0 || !(32..=128).contains(&k.len()) || !k.chars().all(|c| c.is_ascii_hexdigit())) {
+            v.push(("uds.security_key_hex".into(), "16..64 bytes as hex digits, or empty".into()));
+        }
+        if u.channel.is_empty() {
+            v.push(("uds.channel".into(), "a python-can channel".into()));
+        }
+    }
+    v
 }
 
 /// `[transport.can]`: a python-can bus.
@@ -653,10 +838,10 @@ pub fn engine_from_layers(layers: &[Layer]) -> Result<EngineConfig, ConfigError>
     let mut merged = merge(layers);
     let attach = |e: ConfigError| ConfigError { file: Some(source_of(layers, &e.field)), ..e };
     for k in merged.keys() {
-        if !EngineConfig::TABLES.iter().any(|t| *t == &k[..]) && k != "node" && k != "hardware" {
+        if !EngineConfig::TABLES.iter().any(|t| *t == &k[..]) && k != "node" && k != "hardware" && k != "operator" {
             return Err(attach(cerr(
                 k.clone(),
-                format!("unknown top-level table; expected {:?}, node, hardware, extends", EngineConfig::TABLES),
+                format!("unknown top-level table; expected {:?}, node, hardware, operator, extends", EngineConfig::TABLES),
             )));
         }
     }
@@ -765,6 +950,9 @@ pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: 
             }
             for (f, m) in hardware_findings(&p.hardware).into_iter().chain(afe_pack_findings(&p.hardware, &p.pack)) {
                 out.findings.push(pack_finding(Severity::Error, &format!("hardware.{f}"), m));
+            }
+            for (f, m) in operator_findings(&p.operator) {
+                out.findings.push(pack_finding(Severity::Error, &format!("operator.{f}"), m));
             }
             if let Some(text) = cell_text {
                 match CellParams::from_toml_str(text) {

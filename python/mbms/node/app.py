@@ -42,7 +42,9 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
                    on_ready: Any = None) -> NodeRuntime:
     check_membership(pack, system)
     node_id = pack.node.id
-    store = StateStore(pack.node.state_dir, node_id, pack.source)
+    op = pack.operator
+    store = StateStore(pack.node.state_dir, node_id, pack.source,
+                       events_max_bytes=op.events_max_bytes if op else None, events_keep=op.events_keep if op else 0)
     runtime = NodeRuntime(pack.node, logic, make_hardware(pack.hardware, pack.source), make_transport(system, node_id),
                           store, TelemetryEncoder(node_id))
     restored = runtime.restore()
@@ -98,11 +100,21 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
         disc = Discovery(system, node_id, runtime.transport.endpoint, on_change=on_change,
                          incarnation=getattr(logic, "incarnation", None))
         await disc.start()
+    from mbms.gateways import attach
+
+    try:  # MQTT, metrics, UDS, systemd: [operator] of the pack file (issue 13)
+        gateways = attach(runtime, pack, system)
+    except BaseException:
+        if disc is not None:
+            await disc.close()
+        runtime.shutdown()
+        raise
     if on_ready is not None:
         on_ready(runtime)
     try:
         await runtime.run(stop)
     finally:
+        gateways.close()
         if disc is not None:
             await disc.close()
         summary = runtime.timing.summary()

@@ -77,6 +77,11 @@ class CoreLogic:
     def receive(self, t_ms: int, payload: bytes) -> bool:
         return bool(self.core.receive(t_ms, payload))
 
+    def reset_faults(self, t_ms: int) -> None:
+        """An operator's fault reset (UDS ClearDiagnosticInformation): the core clears only
+        latched faults whose cause is gone."""
+        self.core.reset_faults(t_ms)
+
     def fail_safe(self, t_ms: int, reason: str) -> None:
         self.core.fail_safe()
 

@@ -33,9 +33,11 @@ Timing: the wake-up lateness (period jitter) and the ``logic.step`` time of ever
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -125,6 +127,13 @@ class NodeRuntime:
         self._last_phase: Any = None
         self._sample_request = False
         self.verify_steps = 0
+        # Operator gateways (issue 13: MQTT, metrics, UDS, web, systemd watchdog). A period hook
+        # runs on the loop after each period and must only copy or enqueue (never block); an
+        # event sink gets each event-log record. A failing hook is counted, never stops a period.
+        self.period_hooks: list[Callable[[NodeRuntime, float], None]] = []
+        self.event_sinks: list[Callable[[dict[str, Any]], None]] = []
+        self.hook_errors = 0
+        self.peer_event_counts: collections.Counter[str] = collections.Counter()  # by kind (metrics)
         #: The inverter link (mbms.gateways.inverter_can.InverterGateway), if the system has one.
         self.inverter: Any = None
         self._join_in_progress = False
@@ -136,6 +145,14 @@ class NodeRuntime:
     def _event(self, kind: str, **fields: Any) -> None:
         if self.store is not None:
             self.store.event(kind, **fields)
+        if self.event_sinks:
+            rec = {"t": round(time.time(), 3), "node": self.node.id, "kind": kind, **fields}
+            for sink in self.event_sinks:
+                try:
+                    sink(rec)
+                except Exception:
+                    self.hook_errors += 1
+                    log.exception("event sink failed")
 
     def restore(self) -> str:
         """Restore the logic's state from the store: "ok", "partial" (implausible values dropped),
@@ -246,7 +263,13 @@ class NodeRuntime:
             return
         self._periodic(now)
         self.periods += 1
-        self.timing.set_work((time.perf_counter() - t_work) * 1000)
+        for hook in self.period_hooks:
+            try:
+                hook(self, now)
+            except Exception:
+                self.hook_errors += 1
+                log.exception("period hook failed")
+        self.timing.set_work((time.perf_counter() - t_work) * 1000)  # hooks included: they share the loop
 
     async def _verify_step(self, until: float) -> None:
         """Two-phase close: get a sample taken from now on, at the latest by ``until`` (the next
@@ -302,6 +325,9 @@ class NodeRuntime:
         only after the id was clean for ``DUPLICATE_QUIET_S``."""
         for ev in events:
             kind = ev.get("kind")
+            self.peer_event_counts[str(kind)] += 1
+            if kind == "aborted":
+                self.peer_event_counts[f"aborted:{ev.get('reason')}"] += 1
             if kind == "duplicate_id":
                 node_id = int(ev.get("id", 0))
                 last = self._duplicate_seen.get(node_id)
@@ -341,7 +367,9 @@ class NodeRuntime:
                 (now - self._last_telemetry) * 1000 >= self.node.telemetry_period_ms - 0.5:
             self._last_telemetry = now
             try:
-                self.transport.send_telemetry(self.telemetry.frames(self.status, self.meas, self.fail_safe_reason is not None))
+                soh = (getattr(self.logic, "last", None) or {}).get("soh_capacity")
+                self.transport.send_telemetry(self.telemetry.frames(self.status, self.meas, self.fail_safe_reason is not None,
+                                                                    None if soh is None else 100.0 * soh))
             except (ValueError, OSError) as exc:
                 self.send_errors += 1
                 log.warning("telemetry not sent: %s", exc)
