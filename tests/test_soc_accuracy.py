@@ -183,3 +183,22 @@ def test_heldout_soh_of_aged_cells(name: str) -> None:
         f"{name}: capacity {r.soh_capacity:.3f} vs {r.soh_capacity_true:.3f} ({100 * cap_err:+.2f} %), "
         f"resistance {r.soh_resistance:.3f} vs {r.soh_resistance_true:.3f} ({100 * res_err:+.1f} %)"
     )
+
+
+def test_bench_soc_json_reports_the_heldout_figures() -> None:
+    """`mbms bench soc --json` scores held-out traces only, with the harness's figures."""
+    import json
+    import subprocess
+    import sys
+
+    name = sorted(n for n in HELDOUT if n.startswith("lfp"))[0]
+    out = subprocess.run([sys.executable, "-m", "mbms", "bench", "soc", "--json", "--trace", name, "--trace", sorted(TUNING)[0]],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    d = json.loads(out)
+    assert d["split"] == "heldout"
+    assert [r["trace"] for r in d["results"]] == [name]  # the tuning trace asked for is not scored
+    row, r = d["results"][0], _result(name)
+    assert row["rmse_after_10min_pct"] == pytest.approx(100 * r.rmse_after_settle)
+    assert row["max_after_10min_pct"] == pytest.approx(100 * r.max_abs_after_settle)
+    assert row["meets_targets"] == r.meets_targets
+    assert d["aggregate"]["LFP"]["traces"] == 1

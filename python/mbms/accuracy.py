@@ -190,12 +190,15 @@ def corrupt(trace: ReferenceTrace, c: Corruption, cell: _core.CellModel) -> Meas
 # One-cell pack configuration
 # ---------------------------------------------------------------------------------------------
 
-# The harness states only what a pack file states about its own hardware (scaled to the cell's
-# capacity as the corruption is); every other estimator setting is the engine's default or comes
-# from the cell file's [estimator] table: what a user's pack gets.
+# The harness states only what a pack file states about its own hardware and duty (scaled to the
+# cell's capacity as the corruption is); every other estimator setting is the engine's default or
+# comes from the cell file's [estimator] table: what a user's pack gets. Nothing here is tuned.
 def sensor_settings(capacity_ah: float, c: Corruption) -> dict[str, float]:
-    """The pack file's sensor facts for a one-cell pack measured as ``c`` corrupts it."""
+    """The pack file's sensor and duty facts for a one-cell pack measured as ``c`` corrupts it."""
     return {
+        # the duty: the traces rest 10..20 min between loads (the engine's 30 min default suits a
+        # system that rests for hours); a rest of 10 min gives an OCV reading and an SOH anchor
+        "rest_time_s": 600.0,
         "voltage_noise_v": c.voltage_noise_v,
         "current_noise_a": c.current_noise_a_per_ah * capacity_ah,
         "current_offset_a": c.current_offset_a_per_ah * capacity_ah,

@@ -201,8 +201,8 @@ pub struct CellFile {
 /// `[estimator]` holds what belongs to the pack: its sensors, rest detection, SOH gains).
 ///
 /// Measurement variance of the SOC filter (see `rust_core/src/soc_ekf.rs`):
-/// `r = σ_v² + σ_pack² + (model_error_v + model_error_v_per_c·|C-rate|)² · max(1, model_error_corr_s/Δt)`.
-/// The equivalent-circuit model's error against the cell is not white: it is a slowly varying
+/// `r = σ_v² + σ_pack² + model_error_v² + (model_error_v_per_c·|C-rate|)² · max(1, model_error_corr_s/Δt)`.
+/// The equivalent-circuit model's error under current is not white: it is a slowly varying
 /// bias (relaxation, diffusion, unmodelled hysteresis) that lasts about `model_error_corr_s`. A
 /// filter that treats it as white noise sampled every Δt counts the same error many times and
 /// grows confident where the OCV is flat (LFP plateau). Treating it as white noise of the same

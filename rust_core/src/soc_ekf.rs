@@ -166,13 +166,15 @@ pub fn offset_noise(offset_a: f64, dt_s: f64) -> f64 {
 }
 
 /// Measurement variance of the voltage update for this step (V²): sensor noise and the pack
-/// file's model error, plus the cell file's model error, which grows with the C-rate and is
-/// counted once per correlation time (see `cell_model::CellEstimator`).
+/// file's model error, plus the cell file's model error: a part at low current (the OCV
+/// table's fit) and a part growing with the C-rate (polarisation and diffusion the RC pairs
+/// miss), which is a slow bias and so is counted once per correlation time (see
+/// `cell_model::CellEstimator`).
 #[inline]
 pub fn measurement_variance(est: &EstimatorConfig, cell: &crate::cell_model::CellEstimator, c_rate_abs: f64, dt_s: f64) -> f64 {
-    let sm = cell.model_error_v + cell.model_error_v_per_c * c_rate_abs;
+    let sc = cell.model_error_v_per_c * c_rate_abs;
     let k = if dt_s > 0.0 { (cell.model_error_corr_s / dt_s).max(1.0) } else { 1.0 };
-    est.voltage_noise_v.powi(2) + est.model_error_v.powi(2) + sm * sm * k
+    est.voltage_noise_v.powi(2) + est.model_error_v.powi(2) + cell.model_error_v.powi(2) + sc * sc * k
 }
 
 /// EKF time update of one cell. `inv_q_c` = 1/(3600·Q_ah) of this cell; `r1` its R1.

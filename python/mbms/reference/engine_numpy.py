@@ -328,9 +328,9 @@ class NumpyEngine:
         q_v1_dt = est.v1_process_noise * dt
         # soc_ekf::measurement_variance and offset_noise (the cell file's model error, counted
         # once per correlation time; the current offset as a random walk of the SOC)
-        sm = tab["model_error_v"] + tab["model_error_v_per_c"] * abs(i_cell) / tab["capacity_ah"]
+        sc = tab["model_error_v_per_c"] * abs(i_cell) / tab["capacity_ah"]
         corr = max(tab["model_error_corr_s"] / dt, 1.0) if dt > 0.0 else 1.0
-        r_meas = est.voltage_noise_v**2 + est.model_error_v**2 + sm * sm * corr
+        r_meas = est.voltage_noise_v**2 + est.model_error_v**2 + tab["model_error_v"] ** 2 + sc * sc * corr
         var_off = (est.current_offset_a / self.par) ** 2 * tab["offset_horizon_s"] / dt if dt > 0.0 else 0.0
         p = tab
         vmin = p["v_min_v"] + lc.voltage_margin_v
