@@ -119,7 +119,6 @@ class NumpyEngine:
         cap = tabs["capacity_ah"]
         self.z = np.full(n, 0.5)
         self.v1 = np.zeros(n)
-        self.c_rate_held = 0.0
         self.v2 = np.zeros(n)
         self.h = np.zeros(n)
         self.has_rc2 = bool(tabs["has_rc2"])
@@ -329,11 +328,8 @@ class NumpyEngine:
         q_v1_dt = est.v1_process_noise * dt
         # soc_ekf::measurement_variance and offset_noise (the cell file's model error, counted
         # once per correlation time; the current offset as a random walk of the SOC)
-        tau_c = tab["model_error_corr_s"]
-        decay = math.exp(-dt / tau_c) if tau_c > 0.0 else 0.0
-        self.c_rate_held = max(abs(i_cell) / tab["capacity_ah"], self.c_rate_held * decay)
-        sc = tab["model_error_v_per_c"] * self.c_rate_held
-        corr = max(tau_c / dt, 1.0) if dt > 0.0 else 1.0
+        sc = tab["model_error_v_per_c"] * abs(i_cell) / tab["capacity_ah"]
+        corr = max(tab["model_error_corr_s"] / dt, 1.0) if dt > 0.0 else 1.0
         r_meas = est.voltage_noise_v**2 + est.model_error_v**2 + tab["model_error_v"] ** 2 + sc * sc * corr
         var_off = (est.current_offset_a / self.par) ** 2 * tab["offset_horizon_s"] / dt if dt > 0.0 else 0.0
         p = tab

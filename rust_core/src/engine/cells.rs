@@ -249,9 +249,6 @@ pub(super) struct Cells {
     pub v2: Vec<f64>,
     pub h: Vec<f64>,
     pub cov: Vec<Cov2>,
-    /// |C-rate| held with an exponential release (see `update`); not in the state file: a
-    /// restart starts from 0
-    pub c_rate_held: f64,
     scratch: Box<Scratch>,
     /// run the block arithmetic with AVX2 (detected once at construction)
     pub(super) use_avx2: bool,
@@ -266,7 +263,6 @@ impl Cells {
             v2: vec![0.0; n],
             h: vec![0.0; n],
             cov: vec![Cov2 { p00: 0.25, p01: 0.0, p11: 1e-6 }; n],
-            c_rate_held: 0.0,
             scratch: Scratch::new(),
             use_avx2: avx2_available(),
         }
@@ -338,14 +334,7 @@ impl Cells {
             var_i_cell,
             var_off_cell: soc_ekf::offset_noise(est.current_offset_a / st.par, dt),
         };
-        // The polarisation bias the C-rate term stands for outlasts the current: right after a
-        // load stops the voltage is still relaxing (LFP at 10 C near empty: 0.6 V below the
-        // OCV). So the C-rate the model error is sized by decays with the correlation time
-        // instead of dropping to zero with the current (peak hold, exponential release).
-        let tau_c = p.estimator.model_error_corr_s;
-        let decay = if tau_c > 0.0 { (-dt / tau_c).exp() } else { 0.0 };
-        self.c_rate_held = (i_cell.abs() / p.capacity_ah).max(self.c_rate_held * decay);
-        let r_meas = soc_ekf::measurement_variance(est, &p.estimator, self.c_rate_held, dt);
+        let r_meas = soc_ekf::measurement_variance(est, &p.estimator, i_cell.abs() / p.capacity_ah, dt);
         let vmin = p.v_min_v + lc.voltage_margin_v;
         let vmax = p.v_max_v - lc.voltage_margin_v;
         let hc_c = lc.continuous_horizon_s; // horizon for the SOC term
