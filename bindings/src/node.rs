@@ -124,6 +124,7 @@ impl PyNodeCore {
         d.set_item("soc_max", eo.soc_max)?;
         d.set_item("ocv_string_v", eo.ocv_string_v)?;
         d.set_item("r_string_ohm", eo.r_string_ohm)?;
+        d.set_item("soh_capacity", eo.soh_capacity)?;
         let faults: Vec<(String, String, u32)> =
             eo.faults.iter().map(|f| (format!("{:?}", f.rule), format!("{:?}", f.level), f.index)).collect();
         d.set_item("faults", faults)?;

@@ -28,8 +28,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--mode", choices=["fast", "processes"], help="fast (one process, virtual clock) or processes")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="X",
                    help="processes mode: plant seconds per wall second (the nodes stay on wall time)")
+    p.add_argument("--hardware", choices=["sim", "linux"], default="sim",
+                   help="processes mode: the nodes read the plant over the sim link (sim) or through the Linux "
+                        "drivers (LTC6813, IVT-S, iso165C, gpiod) on the plant's emulated devices (linux)")
     p.add_argument("--out", metavar="DIR",
                    help="write summary.json, timeseries.csv and PNG plots (the 'plots' extra) here")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="PATH=VALUE",
+                   help="change one scenario setting, e.g. plant.thermal.ambient_c=40 or "
+                        "plant.strings.*.variation.resistance_sigma=0.05 (repeatable; mbms.sim.overrides)")
+    p.add_argument("--protocol", action="store_true",
+                   help="replay one seeded fault schedule of the peer protocol (--seed) with its trace, "
+                        "as `mbms campaign` reports them")
+    p.add_argument("--peers-min", type=int, default=3, help="--protocol: fewest peers of the schedule draw")
+    p.add_argument("--peers-max", type=int, default=5, help="--protocol: most peers of the schedule draw")
+    p.add_argument("--duration-ms", type=int, default=6000, help="--protocol: simulated ms of the schedule")
+    p.add_argument("--sabotage", default=None,
+                   help="--protocol: a checker self-test that breaks one rule (mbms._core.SABOTAGE_MODES)")
     p.add_argument("--quiet", action="store_true", help="no live view, only the summary")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
     p.set_defaults(func=run)
@@ -38,8 +52,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def load_scenario(args: argparse.Namespace) -> Any:
     from mbms.sim.scenario import Scenario
 
+    from mbms.sim.overrides import apply_settings, parse_setting
+
     sc = Scenario.from_toml(args.scenario) if args.scenario else Scenario.default()
-    return sc.with_overrides(packs=args.packs, duration_s=args.duration, seed=args.seed, mode=args.mode)
+    sc = sc.with_overrides(packs=args.packs, duration_s=args.duration, seed=args.seed, mode=args.mode)
+    return apply_settings(sc, [parse_setting(s) for s in args.settings])
+
+
+def run_protocol(args: argparse.Namespace) -> int:
+    """One seeded schedule of the protocol simulator, its trace and its violations."""
+    from mbms import _core
+    from mbms.errors import ConfigError
+
+    if args.seed is None:
+        raise ConfigError("--seed", "--protocol replays one schedule: give its seed")
+    try:
+        violations, trace = _core.consensus_sim_replay(args.seed, peers_min=args.peers_min, peers_max=args.peers_max,
+                                                       duration_ms=args.duration_ms, sabotage=args.sabotage)
+    except ValueError as exc:
+        field, msg = exc.args if len(exc.args) == 2 else ("--protocol", str(exc))
+        raise ConfigError(f"--{str(field).replace('_', '-')}", str(msg)) from None
+    if not args.quiet:
+        for line in trace:
+            print(line)
+    print(f"schedule seed {args.seed}: {len(violations)} violation(s)")
+    for v in violations:
+        print(f"  {v}", file=sys.stderr)
+    return 1 if violations else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
     from mbms.sim import report
 
+    if args.protocol:
+        return run_protocol(args)
     console = Console(stderr=args.json, quiet=args.quiet and not args.json)
     sc = load_scenario(args)
     plots = bool(args.out) and report.plots_available()
@@ -57,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         from mbms.sim import processes
 
         res = processes.run(sc, console=console, out=Path(args.out) if args.out else None,
-                            time_scale=args.time_scale)
+                            time_scale=args.time_scale, hardware=args.hardware)
     else:
         res = _run_fast(sc, console, live=not args.quiet and not args.json)
     summ = report.summary(res)
@@ -185,3 +226,10 @@ def _print_summary(console: Any, summ: dict[str, Any]) -> None:
         f"energy out {s['energy_discharged_kwh']} kWh, in {s['energy_charged_kwh']} kWh · "
         f"{summ['duration_s']:.0f} s simulated in {summ['wall_s']} s ({summ['realtime_factor']}× real time)"
     )
+    inv = summ.get("inverter")
+    if inv:
+        console.print(
+            f"inverter link ({inv['protocol']}): longest pause between limit frames {inv['max_gap_ms']} ms "
+            f"(inverter timeout {inv['timeout_ms']} ms), timeouts {inv['timeouts']}, {inv['limit_frames']} limit "
+            f"frames, bus load {inv['bus_load_pct']} %, bad frames {inv['bad_frames']}"
+        )
