@@ -183,6 +183,11 @@ impl PyEngine {
         d.set_item("v_max_v", c.v_max_v)?;
         d.set_item("coulombic_efficiency", c.coulombic_efficiency)?;
         d.set_item("hysteresis_m_v", c.hysteresis_m_v)?;
+        let ce = &c.estimator;
+        d.set_item("model_error_v", ce.model_error_v)?;
+        d.set_item("model_error_v_per_c", ce.model_error_v_per_c)?;
+        d.set_item("model_error_corr_s", ce.model_error_corr_s)?;
+        d.set_item("offset_horizon_s", mbms_core::soc_ekf::OFFSET_HORIZON_S)?;
         Ok(d)
     }
 

@@ -5,7 +5,9 @@ the versioned per-stage format, and what the engine that wrote it did next.
 
 Run ONCE with the code of main before the versioned format (commit 9be3b54 + the schema/s3
 branches); the committed outputs are test data for tests/test_state_versions.py. With the current
-code this script writes the new format, so do not re-run it to refresh the files.
+code this script writes the new format, so do not re-run it to refresh the files. The expected
+outputs were refreshed once for issue 16 (the SOC filter's measurement and process noise changed):
+the format-1 states imported and stepped with that engine; faults and actions are unchanged.
 
 The engine runs example_pack.toml through a dynamic profile, once with an over-voltage fault latched
 on cell 3 ("latched": the pack is open, limits 0) and once without ("plain": limits carried), so
