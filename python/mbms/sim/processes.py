@@ -782,18 +782,18 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _faults_from_events(events: list[dict[str, Any]]) -> tuple[list[str], int]:
-    """Names of the faults a node logged (``rule:level``, without the element index) and how
-    many times its faults cleared."""
-    seen: list[str] = []
+def _faults_from_events(events: list[dict[str, Any]]) -> tuple[list[dict[str, str]], int]:
+    """The protection conditions a node logged (``{rule, level}``, without the element index:
+    the fast simulator's ``faults_seen`` form) and how many times its faults cleared."""
+    seen: list[dict[str, str]] = []
     resets = 0
-    prev: list[str] = []
+    prev: list[dict[str, Any]] = []
     for e in events:
         if e.get("kind") != "faults":
             continue
-        cur = [str(f) for f in e.get("faults", [])]
+        cur = list(e.get("faults", []))
         for f in cur:
-            name = f.split("@", 1)[0]
+            name = {"rule": str(f["rule"]), "level": str(f["level"])}
             if name not in seen:
                 seen.append(name)
         if prev and not cur:
