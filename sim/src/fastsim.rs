@@ -11,7 +11,7 @@
 
 use crate::rng::SplitMix64;
 use mbms_consensus::wire::Message;
-use mbms_consensus::{Contactors as PeerContactors, PeerConfig, Phase};
+use mbms_consensus::{PeerConfig, Phase};
 
 use mbms_core::cell_model::CellParams;
 use mbms_core::engine::EngineConfig;
@@ -605,7 +605,7 @@ impl FastSim {
             i_a: m.i_a,
             v_string_v: m.v_string_v,
             v_bus_v: m.v_bus_v,
-            feedback: PeerContactors { neg: m.feedback.neg, pos: m.feedback.pos, pre: m.feedback.pre },
+            feedback: m.feedback,
             valid: m.valid && !m.v_cell_v.is_empty(),
         };
         let out = core.step(&inp);
@@ -685,7 +685,7 @@ impl FastSim {
         for k in 0..self.slots.len() {
             let c = self.plant.contactor_state(k);
             self.truth_buf.push(monitor::StringTruth {
-                contactors: PeerContactors { neg: c.neg, pos: c.pos, pre: c.pre },
+                contactors: c,
                 v_string_v: self.plant.string_voltage_v(k),
                 i_a: self.plant.string_current_a(k),
                 state: None,
