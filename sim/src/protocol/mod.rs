@@ -30,6 +30,7 @@ use std::collections::BinaryHeap;
 
 use mbms_consensus::config::PeerConfig;
 use mbms_consensus::peer::{Contactors, LocalState, Peer, Phase};
+use mbms_consensus::sharing::StringState;
 use crate::rng::SplitMix64;
 use net::{NetKind, NetModel, Partition};
 use plant::{Plant, StringTruth};
@@ -73,6 +74,28 @@ pub enum Sabotage {
     DoubleLimits,
     /// Peer 1 reports 1 A less than it agreed (safe, but not agreed: S5).
     Disagree,
+}
+
+impl Sabotage {
+    /// Every mode with its name, as a campaign spec or `mbms sim --protocol --sabotage` names it.
+    pub const ALL: [(&'static str, Sabotage); 6] = [
+        ("none", Sabotage::None),
+        ("ignore_fault_open", Sabotage::IgnoreFaultOpen),
+        ("solo", Sabotage::Solo),
+        ("no_dwell", Sabotage::NoDwell),
+        ("double_limits", Sabotage::DoubleLimits),
+        ("disagree", Sabotage::Disagree),
+    ];
+}
+
+impl std::str::FromStr for Sabotage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, v)| *v).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+            format!("unknown sabotage mode {s:?}; expected one of {names:?}")
+        })
+    }
 }
 
 impl Default for SimParams {
@@ -123,7 +146,9 @@ pub struct ScheduleResult {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Tick(usize),
-    Deliver(usize, Vec<u8>),
+    /// To whom, the bytes, and the index of what the monitor knows of the message
+    /// ([`World::sent`]).
+    Deliver(usize, Vec<u8>, usize),
     Crash(usize),
     Restart(usize),
     FaultOn(usize),
@@ -187,6 +212,17 @@ struct World {
     load_on_us: u64,
     /// Time of the last load update (for the ramp).
     load_t_us: u64,
+    /// Per message sent: what it states, for the S4 bound of the node that receives it.
+    sent: Vec<Sent>,
+}
+
+/// What a sent message tells its receiver, as the monitor's S4 bound needs it: a Limits message
+/// the sender's string state when it was built; a Detail message (a proposal) the states the
+/// sender had heard directly then.
+enum Sent {
+    Limits { from: usize, t_us: u64, state: StringState },
+    Proposal(Vec<Option<(u64, StringState)>>),
+    Other,
 }
 
 fn pct_chance(rng: &mut SplitMix64, p: f64) -> bool {
@@ -433,9 +469,16 @@ impl World {
                 r.bus_bits_exact[b] += mbms_consensus::busload::classic_message_bits(self.nodes[k].id, c, &m, false) as u64;
                 r.fd_us_worst[b] += mbms_consensus::busload::fd_frame_us_worst(m.len() + 1, 500_000.0, 2_000_000.0);
             }
+            let sent = match mbms_consensus::wire::Message::decode(&m).map(|x| x.kind()) {
+                Ok(0) => Sent::Limits { from: k, t_us: t, state: self.plant.strings[k].state() },
+                Ok(_) => Sent::Proposal(self.monitor.heard_by(k, t, self.plant.strings[k].state())),
+                Err(_) => Sent::Other,
+            };
+            self.sent.push(sent);
+            let idx = self.sent.len() - 1;
             let dels = self.net.broadcast(&mut self.net_rng, t, k, n, frame_us);
             for (at, to) in dels {
-                self.push(at, Ev::Deliver(to, m.clone()));
+                self.push(at, Ev::Deliver(to, m.clone(), idx));
             }
         }
         let next = self.nodes[k].next_local_ms + self.params.tick_ms;
@@ -444,18 +487,16 @@ impl World {
         self.push(at, Ev::Tick(k));
     }
 
-    fn on_deliver(&mut self, t: u64, k: usize, data: &[u8]) {
+    fn on_deliver(&mut self, t: u64, k: usize, data: &[u8], idx: usize) {
         let lms = self.nodes[k].local_ms(t);
         if let Some(p) = self.nodes[k].peer.as_mut() {
             if p.on_message(lms, data).is_ok() {
-                // What k now knows of the sender's state ("latest confirmed", for S4).
-                // Only a Limits message carries the state the formula uses.
-                if let Ok(m) = mbms_consensus::wire::Message::decode(data).and_then(|m| {
-                    if m.kind() == 0 { Ok(m) } else { Err(mbms_consensus::wire::WireError::Kind(1)) }
-                }) {
-                    let j = m.sender as usize - 1;
-                    self.plant.advance(t);
-                    self.monitor.state_confirmed(k, j, self.plant.strings[j].state());
+                // What k now knows ("latest confirmed", for S4): the sender's state as the
+                // message stated it, or the states the sender's proposal was built from.
+                match &self.sent[idx] {
+                    Sent::Limits { from, t_us, state } => self.monitor.state_confirmed(k, *from, *t_us, *state),
+                    Sent::Proposal(heard) => self.monitor.proposal_heard(k, heard),
+                    Sent::Other => {}
                 }
             }
         }
@@ -601,6 +642,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         load_demand,
         load_on_us: 800_000,
         load_t_us: 0,
+        sent: Vec::new(),
     };
 
     // Disturbances (all before the network heals).
@@ -641,7 +683,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         }
         match ev {
             Ev::Tick(k) => w.on_tick(t, k),
-            Ev::Deliver(k, data) => w.on_deliver(t, k, &data),
+            Ev::Deliver(k, data, idx) => w.on_deliver(t, k, &data, idx),
             Ev::Crash(k) => {
                 if w.nodes[k].peer.is_some() {
                     w.trace(t, format!("crash peer {}", w.nodes[k].id));
