@@ -52,7 +52,8 @@ import numpy as np
 
 from mbms import _core
 from mbms.errors import ConfigError, MbmsError
-from mbms.config_views import ProtocolSection, load_system
+from mbms.config_views import load_system
+from mbms.consensus import ConsensusConfig
 from mbms.types import Phase
 from mbms.paths import cell_file
 from mbms.plant_link import pack as pack_msg
@@ -67,8 +68,10 @@ FRESH_S = 0.35
 #: The inverter draws current once no node has been joining for this long (fast mode: READY_QUIET_MS).
 READY_QUIET_S = 2.0
 JOINING = {Phase.REQUESTING, Phase.PRECHARGING, Phase.CLOSING, Phase.WAITING, Phase.LISTENING}
-PROTOCOL_KEYS = set(ProtocolSection.__dataclass_fields__)
 SYSTEM_TOP_KEYS = {"heartbeat_ms", "dv_close_v", "lease_ms"}
+#: The [protocol] table of a system file: every PeerConfig setting but the per-node ones and the
+#: system-level keys above (one view of the Rust PeerConfig, mbms.consensus.ConsensusConfig).
+PROTOCOL_KEYS = set(ConsensusConfig.__dataclass_fields__) - {"system_id", "node_id", "members", "seed"} - SYSTEM_TOP_KEYS
 
 
 @dataclass
