@@ -18,8 +18,9 @@ hardware and the network up to the runtime. ``tests/test_layers.py`` checks that
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -112,10 +113,10 @@ class Fault:
     PACK_INDEX = 0xFFFF_FFFF
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> Fault:
-        return cls(str(d["rule"]), str(d["level"]), int(d["index"]))  # type: ignore[call-overload]
+    def from_dict(cls, d: Mapping[str, Any]) -> Fault:
+        return cls(str(d["rule"]), str(d["level"]), int(d["index"]))
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "level": self.level, "index": self.index}
 
     def __str__(self) -> str:
