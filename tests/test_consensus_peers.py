@@ -43,15 +43,21 @@ class String:
         return 0.0
 
 
+#: The brief §4 formula exactly, as the independent ``_n1_dcl`` below computes it (the
+#: protocol's default also subtracts its own uncertainty: consensus sharing::Uncertainty).
+EXACT = {"share_ocv_uncertainty_v": 0.0, "share_r_uncertainty": 0.0, "share_i_uncertainty": 0.0}
+
+
 class Rig:
     """N peers, a bus with a DC-link capacitor, contactors that follow in one tick."""
 
-    def __init__(self, ocvs: list[float], seed: int = 1) -> None:
+    def __init__(self, ocvs: list[float], seed: int = 1, **cfg: float) -> None:
         n = len(ocvs)
         members = tuple(range(1, n + 1))
         self.strings = [String(ocv_v=v) for v in ocvs]
+        settings = {**EXACT, **cfg}
         self.peers = [
-            Peer(ConsensusConfig.of(system_id=7, node_id=i, members=members, seed=seed), incarnation=1000 + i)
+            Peer(ConsensusConfig.of(system_id=7, node_id=i, members=members, seed=seed, **settings), incarnation=1000 + i)
             for i in members
         ]
         self.v_bus = 0.0
@@ -138,6 +144,18 @@ def test_matching_strings_close_one_at_a_time_and_agree_limits() -> None:
     expected = _n1_dcl(rig.strings)
     assert outs[0].system_dcl_a == pytest.approx(expected, abs=0.15)
     assert outs[0].system_dcl_a > 2 * 120.0  # three strings carry more than two
+
+
+def test_default_limits_stay_below_the_exact_formula_by_their_uncertainty() -> None:
+    """With the protocol's default uncertainty (PeerConfig share_*) the agreed DCL is below the
+    bare formula, and above zero."""
+    rig = Rig([400.0, 400.4, 399.7], share_ocv_uncertainty_v=0.02, share_r_uncertainty=0.05,
+              share_i_uncertainty=0.005)
+    rig.run_until(lambda: all(s.actual.main_closed for s in rig.strings), deadline_ms=6000)
+    for _ in range(30):
+        rig.step()
+    dcl = rig.outputs[0].system_dcl_a
+    assert 0.8 * _n1_dcl(rig.strings) < dcl < _n1_dcl(rig.strings) - 1.0
 
 
 def test_a_mismatched_string_waits_on_a_dead_bus_and_the_group_closes() -> None:

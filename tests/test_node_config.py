@@ -46,7 +46,7 @@ def _write(tmp: Path, name: str, text: str) -> Path:
     ("control_period_ms = 100", "control_period_ms = 30", "node.estimation_period_ms", "multiple"),
     ("log_format = \"human\"", "log_format = \"xml\"", "node.log_format", "`human` or `json`"),
     # the adapter and transport names are looked up in the installed registries (mbms.registry)
-    ("adapter = \"sim\"", "adapter = \"spi\"", "hardware.adapter", "one of ['sim'"),
+    ("adapter = \"sim\"", "adapter = \"spi\"", "hardware.adapter", "one of ['linux', 'sim'"),
     ("link = \"udp://127.0.0.1:47000\"", "link = \"tcp://x\"", "hardware.link", "udp://"),
     ("stale_ms = 500", "stale_ms = 500\nstaleness = 3", "node.staleness", "unknown field"),
     ("[hardware]", "[hardwar]\nx=1\n[hardware]", "hardwar", "unknown field"),

@@ -101,6 +101,62 @@ class HardwareSection:
     link_timeout_ms: int
     #: ``[hardware.options]``: settings of a third-party adapter, passed to it unchanged.
     options: dict[str, Any] = field(default_factory=dict)
+    #: Adapter "linux" (:mod:`mbms.hardware.linux`): the device tables (schema: rust_core/src/config.rs).
+    afe: AfeSection | None = None
+    sensor_can: CanTransport | None = None
+    current_sensor: CurrentSensorSection | None = None
+    contactors: ContactorLinesSection | None = None
+    insulation: InsulationSection | None = None
+
+
+@dataclass(frozen=True)
+class AfeSection:
+    """``[hardware.afe]``: the LTC6813-1 chain."""
+
+    device: str
+    spi_hz: int
+    ics: int
+    cells_per_ic: int
+    temps_per_ic: int
+    dcto_code: int
+    open_wire_every: int
+    ntc_beta_k: float
+    ntc_r25_ohm: float
+    ntc_pullup_ohm: float
+
+
+@dataclass(frozen=True)
+class CurrentSensorSection:
+    """``[hardware.current_sensor]``: the IVT-S on ``sensor_can``."""
+
+    cycle_ms: int
+    timeout_cycles: int
+    current_sign: float
+
+
+@dataclass(frozen=True)
+class ContactorLinesSection:
+    """``[hardware.contactors]``: GPIO chip, line offsets, welded/stuck-open checks."""
+
+    chip: str
+    neg_out: int
+    pos_out: int
+    pre_out: int
+    neg_fb: int
+    pos_fb: int
+    pre_fb: int
+    i_open_a: float
+    dv_closed_v: float
+    confirm_ms: int
+
+
+@dataclass(frozen=True)
+class InsulationSection:
+    """``[hardware.insulation]``: the iso165C on ``sensor_can``."""
+
+    min_kohm: float
+    warning_kohm: float
+    timeout_ms: int
 
 
 @dataclass(frozen=True)
@@ -211,6 +267,24 @@ class DiscoverySection:
 
 
 @dataclass(frozen=True)
+class InverterSection:
+    """``[inverter]``: the battery protocol the speaker sends to the inverter (rust_core
+    ``InverterConfig``; defaults and checks there). ``protocol`` names a DBC file shipped in
+    ``mbms/data/dbc`` ("pylon_lv", "pylon_hv")."""
+
+    protocol: str
+    can: CanTransport
+    cycle_ms: int
+    #: The inverter's communication timeout: a speaker handover must fit inside it.
+    timeout_ms: int
+    cvl_margin_v_per_cell: float
+    dvl_margin_v_per_cell: float
+    manufacturer: str
+    force_charge_soc: float
+    stop_frames: int
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     source: str
     system_id: str
@@ -233,6 +307,8 @@ class SystemConfig:
     peer: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     #: The file's text (for re-checking it together with a pack file).
     text: str = field(default="", compare=False, repr=False)
+    #: ``[inverter]``, or None: this system sends no inverter frames.
+    inverter: InverterSection | None = None
 
     def peer_config(self, node_id: int, seed: int) -> dict[str, Any]:
         """The consensus PeerConfig of node ``node_id`` with boot seed ``seed``."""
@@ -254,6 +330,7 @@ def _system_view(d: dict[str, Any], text: str) -> SystemConfig:
         members=tuple(d["members"]), quorum=d["quorum"], transport=transport,
         heartbeat_ms=p["heartbeat_ms"], dv_close_v=float(p["dv_close_v"]), lease_ms=p["lease_ms"],
         discovery=view(DiscoverySection, d["discovery"]), protocol=view(ConsensusConfig, p), peer=p, text=text,
+        inverter=view(InverterSection, d["inverter"]) if d.get("inverter") else None,
     )
 
 

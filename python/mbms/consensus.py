@@ -70,6 +70,10 @@ class ConsensusConfig:
     main_close_time_ms: int
     verify_timeout_ms: int
     max_bus_slew_v_per_s: float
+    #: Uncertainty the S4 limits account for (brief §4; consensus sharing::Uncertainty).
+    share_ocv_uncertainty_v: float
+    share_r_uncertainty: float
+    share_i_uncertainty: float
 
     @classmethod
     def of(cls, *, check: bool = True, **settings: Any) -> ConsensusConfig:

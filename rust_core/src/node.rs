@@ -216,6 +216,7 @@ pub struct NodeReport<'a> {
     pub soc_max: f64,
     pub ocv_string_v: f64,
     pub r_string_ohm: f64,
+    pub soh_capacity: f64,
     pub faults: &'a [ActiveFault],
     pub events: &'a [mbms_consensus::Event],
 }
@@ -373,6 +374,7 @@ impl NodeCore {
             soc_max: eo.soc_max,
             ocv_string_v: eo.ocv_string_v,
             r_string_ohm: eo.r_string_ohm,
+            soh_capacity: eo.soh_capacity,
             faults: &eo.faults,
             events: &self.peer.output().events,
         }

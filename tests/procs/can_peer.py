@@ -32,8 +32,8 @@ async def main() -> None:
     def on_message(src: int, payload: bytes) -> None:
         if payload == b"stats":
             s = t.stats
-            t.send(msgpack.packb([s.echoes, s.malformed, s.foreign, s.replayed, s.oversized, s.duplicate,
-                                  s.received_messages]))
+            t.send(msgpack.packb([s.echoes, s.malformed, s.incomplete, s.foreign, s.replayed, s.oversized,
+                                  s.duplicate, s.received_messages]))
         elif payload == b"quit":
             done.set()
         else:

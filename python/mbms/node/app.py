@@ -65,6 +65,22 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
     except BaseException:
         runtime.shutdown()
         raise
+    if system.inverter is not None:
+        from mbms.gateways.inverter_can import InverterGateway, PackRatings
+
+        from mbms.gateways.peer_telemetry import TelemetryView
+
+        peers = None
+        if runtime.transport is not None:  # the other strings' SOC, from their telemetry
+            peers = TelemetryView(tuple(system.members))
+            runtime.transport.on_telemetry = peers.on_telemetry
+        runtime.inverter = InverterGateway(system.inverter, node_id, PackRatings.of(pack), len(system.members),
+                                           peers=peers)
+        try:
+            await runtime.inverter.start()
+        except BaseException:
+            runtime.shutdown()
+            raise
     use_disc = system.discovery.enabled if discovery is None else discovery
     if use_disc:
         from mbms.discovery import Discovery

@@ -125,6 +125,9 @@ class NodeRuntime:
         self._last_phase: Any = None
         self._sample_request = False
         self.verify_steps = 0
+        #: The inverter link (mbms.gateways.inverter_can.InverterGateway), if the system has one.
+        self.inverter: Any = None
+        self._join_in_progress = False
 
     # ------------------------------------------------------------------ helpers
     def t_ms(self, now: float | None = None) -> int:
@@ -186,13 +189,13 @@ class NodeRuntime:
         if sample is None:
             if (now - self._t0) * 1000 > self.node.stale_ms:
                 # (within the first stale_ms the contactors stay open without a fail-safe: start-up)
-                reasons.append("no measurement yet")
+                reasons.append(self.hw.diagnosis() or "no measurement yet")
         else:
             meas, arrived = sample
             if (now - arrived) * 1000 > self.node.stale_ms:
                 reasons.append(f"stale measurement: {(now - arrived) * 1000:.0f} ms old")
             if not meas.valid:
-                reasons.append("measurement marked invalid")
+                reasons.append(self.hw.diagnosis() or "measurement marked invalid")
         if not self.hw.link_ok(now) and sample is not None:
             reasons.append("hardware link lost")
         if meas is not None:
@@ -232,6 +235,7 @@ class NodeRuntime:
         self.meas = meas
         self._sample_request = out is not None and out.sample_request and self.fail_safe_reason is None
         if out is not None:
+            self._join_in_progress = out.join_in_progress
             if out.status is not None:
                 self._observe_status(t_ms, out.status)
             if out.events:
@@ -328,6 +332,14 @@ class NodeRuntime:
                 log.warning("peer message not sent: %s", exc)
 
     def _periodic(self, now: float) -> None:
+        if self.inverter is not None:
+            try:
+                soh = getattr(self.logic, "last", {}).get("soh_capacity")
+                self.inverter.update(now, None if self.fail_safe_reason else self.status, self.meas,
+                                     self._join_in_progress, soh)
+            except Exception:  # the inverter link must never stop the control loop
+                self.send_errors += 1
+                log.exception("inverter link update failed")
         if self.transport is not None and self.telemetry is not None and \
                 (now - self._last_telemetry) * 1000 >= self.node.telemetry_period_ms - 0.5:
             self._last_telemetry = now
@@ -418,4 +430,6 @@ class NodeRuntime:
             self.store.close()
         if self.transport is not None:
             self.transport.close()
+        if self.inverter is not None:
+            self.inverter.close()
         self.hw.close()

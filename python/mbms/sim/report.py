@@ -129,7 +129,7 @@ def summary(res: RunResult) -> dict[str, Any]:
             }
         )
     sc = res.scenario
-    return {
+    out = {
         "scenario": sc.name,
         "source": sc.source,
         "seed": sc.seed,
@@ -153,6 +153,9 @@ def summary(res: RunResult) -> dict[str, Any]:
             ],
         },
     }
+    if "inverter" in rep:  # processes mode: what the simulated inverter heard on its CAN channel
+        out["inverter"] = dict(rep["inverter"])
+    return out
 
 
 def write_csv(res: RunResult, path: Path) -> None:

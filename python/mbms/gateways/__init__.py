@@ -1,0 +1,1 @@
+"""Gateways: the battery to the systems above it (inverter CAN, SunSpec Modbus TCP)."""
