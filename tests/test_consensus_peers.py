@@ -138,7 +138,7 @@ def test_matching_strings_close_one_at_a_time_and_agree_limits() -> None:
     for _ in range(30):
         rig.step()
     outs = [o for o in rig.outputs if o is not None]
-    assert {o.closed_set for o in outs} == {0b111}
+    assert {o.closed_set for o in outs} == {(1, 2, 3)}
     assert len({(o.system_dcl_a, o.system_ccl_a) for o in outs}) == 1
     assert {o.speaker for o in outs} == {1}
     expected = _n1_dcl(rig.strings)
@@ -180,7 +180,7 @@ def test_a_fault_opens_in_the_same_tick_and_the_others_derate() -> None:
     assert out.phase == Phase.ISOLATED
     assert any(e.kind == "isolated" for e in out.events)
     start = rig.now_ms
-    rig.run_until(lambda: all(o is not None and o.closed_set == 0b101 for o in rig.outputs), deadline_ms=start + 300)
+    rig.run_until(lambda: all(o is not None and o.closed_set == (1, 3) for o in rig.outputs), deadline_ms=start + 300)
     after = rig.outputs[0].system_dcl_a  # type: ignore[union-attr]
     assert after < before
     assert after == pytest.approx(_n1_dcl([rig.strings[0], rig.strings[2]]), abs=0.15)
@@ -195,7 +195,7 @@ def test_a_silent_peer_is_detected_within_three_periods_and_the_speaker_moves() 
     assert rig.outputs[1].speaker == 1  # type: ignore[union-attr]
     rig.down.add(0)
     start = rig.now_ms
-    rig.run_until(lambda: all(o is not None and not o.live_set & 1 for o in rig.outputs[1:]), deadline_ms=start + 300)
+    rig.run_until(lambda: all(o is not None and 1 not in o.live_set for o in rig.outputs[1:]), deadline_ms=start + 300)
     assert {o.speaker for o in rig.outputs[1:] if o} == {2}
     events = [e.kind for e in rig.peers[1].tick(rig.now_ms, rig.local(1)).events]
     assert "peer_lost" not in events  # already reported once

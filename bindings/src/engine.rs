@@ -114,11 +114,8 @@ impl PyEngine {
         let o = self.engine.output();
         let d = PyDict::new(py);
         d.set_item("action", o.action as u8)?;
-        let faults = PyList::empty(py);
-        for f in &o.faults {
-            faults.append((f.rule.name(), f.level as u8, f.index))?;
-        }
-        d.set_item("faults", faults)?;
+        // the one fault form (mbms_core::protection::ActiveFault's Serialize)
+        d.set_item("faults", pythonize::pythonize(py, &o.faults)?)?;
         d.set_item("soc", PyArray1::from_slice(py, &o.soc))?;
         d.set_item("soc_sigma", PyArray1::from_slice(py, &o.soc_sigma))?;
         d.set_item("soc_cc", PyArray1::from_slice(py, &o.soc_cc))?;

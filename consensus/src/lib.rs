@@ -17,6 +17,7 @@
 
 pub mod busload;
 pub mod config;
+pub mod member_set;
 pub mod peer;
 pub mod prng;
 pub mod segment;

@@ -24,6 +24,7 @@ from typing import Any
 
 from mbms import _core, registry
 from mbms.config import Finding, read_layers, read_text, resolve_cell, view
+from mbms.consensus import ConsensusConfig
 from mbms.errors import ConfigError
 
 #: Tables of a pack file that belong to the engine's PackConfig.
@@ -321,31 +322,6 @@ class DiscoverySection:
 
 
 @dataclass(frozen=True)
-class ProtocolSection:
-    """The consensus core's timing/physics parameters (consensus/src/config.rs ``PeerConfig``,
-    with its defaults filled in by Rust). All times in ms of each peer's clock."""
-
-    max_drift_ppm: int
-    dwell_ms: int
-    precharge_settle_a: float
-    precharge_timeout_ms: int
-    close_confirm_ms: int
-    fail_timeout_ms: int
-    grant_wait_ms: int
-    listen_periods: int
-    bus_live_v: float
-    dcdc: bool
-    dcdc_soc_gain: float
-    main_close_time_ms: int
-    verify_timeout_ms: int
-    max_bus_slew_v_per_s: float
-    #: Uncertainty the S4 limits account for (brief §4; consensus sharing::Uncertainty).
-    share_ocv_uncertainty_v: float
-    share_r_uncertainty: float
-    share_i_uncertainty: float
-
-
-@dataclass(frozen=True)
 class InverterSection:
     """``[inverter]``: the battery protocol the speaker sends to the inverter (rust_core
     ``InverterConfig``; defaults and checks there). ``protocol`` names a DBC file shipped in
@@ -379,7 +355,9 @@ class SystemConfig:
     #: Duration of a close grant (brief S2), by each peer's own clock.
     lease_ms: int
     discovery: DiscoverySection
-    protocol: ProtocolSection
+    #: The normalised protocol settings: the one Python view of the Rust ``PeerConfig``
+    #: (``mbms.consensus.ConsensusConfig``; node_id and seed are placeholders, see :meth:`peer_config`).
+    protocol: ConsensusConfig
     #: The normalised consensus PeerConfig (node_id/seed placeholders; see :meth:`peer_config`).
     peer: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     #: The file's text (for re-checking it together with a pack file).
@@ -406,7 +384,7 @@ def _system_view(d: dict[str, Any], text: str) -> SystemConfig:
         source=d["source"], system_id=d["system_id"], system_id_u32=d["system_id_u32"],
         members=tuple(d["members"]), quorum=d["quorum"], transport=transport,
         heartbeat_ms=p["heartbeat_ms"], dv_close_v=float(p["dv_close_v"]), lease_ms=p["lease_ms"],
-        discovery=view(DiscoverySection, d["discovery"]), protocol=view(ProtocolSection, p), peer=p, text=text,
+        discovery=view(DiscoverySection, d["discovery"]), protocol=view(ConsensusConfig, p), peer=p, text=text,
         inverter=view(InverterSection, d["inverter"]) if d.get("inverter") else None,
     )
 

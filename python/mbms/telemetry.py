@@ -205,7 +205,7 @@ class TelemetryEncoder:
             "ContactorPos": float(bool(c and c.pos) and not fail_safe),
             "ContactorPre": float(bool(c and c.pre) and not fail_safe),
             "FailSafe": float(fail_safe),
-            "FaultCount": len(st.faults) if st else 0,
+            "FaultCount": len(st.faults) + (st.failsafe is not None) if st else 0,
             "Speaker": (st.speaker or 0) if st else 0,
             "ClosedCount": len(st.closed_set) if st else 0,
             "AlarmLevel": level, "AlarmRule": rule,

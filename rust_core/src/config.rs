@@ -1024,6 +1024,11 @@ pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: 
 /// Findings say what was expected: a bare phrase gets "expected " in front; where the finding
 /// carries the value, a ", got <value>" of the message is left to it.
 fn expected_text(mut s: String, has_value: bool) -> String {
+    // serde/toml messages can span lines (a caret diagram, "at line 3"): a finding is one line
+    // of `mbms node --check` output, so the lines are joined
+    if s.contains('\n') {
+        s = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    }
     if has_value && s.starts_with("expected") {
         if let Some(i) = s.rfind(", got ") {
             s.truncate(i);
@@ -1366,6 +1371,14 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_multi_line_serde_message_becomes_one_line() {
+        let t = super::expected_text("invalid type: string \"x\"\n  expected a number\n".to_string(), false);
+        assert!(!t.contains('\n'), "{t}");
+        assert_eq!(t, "invalid type: string \"x\" expected a number");
+    }
+
     use super::*;
 
     const PACK: &str = include_str!("../../python/mbms/data/packs/example_pack.toml");

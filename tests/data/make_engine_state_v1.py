@@ -25,6 +25,7 @@ import numpy as np
 import tomllib
 
 from mbms import _core
+from mbms.engine import Level
 from mbms.node.persistence import StateStore
 from mbms.paths import hw_dir
 
@@ -58,7 +59,7 @@ def outputs(e: _core.Engine) -> dict:
             "capacity_ah": o["capacity_ah"].tolist(), "balance": o["balance"].tolist(),
             **{k: float(o[k]) for k in ("dcl_a", "ccl_a", "dcl_peak_a", "ccl_peak_a", "soh_capacity",
                                         "soh_resistance", "soc_mean", "ocv_string_v", "r_string_ohm", "soe_wh")},
-            "action": int(o["action"]), "faults": sorted([str(r), int(lv), int(k)] for r, lv, k in o["faults"])}
+            "action": int(o["action"]), "faults": sorted([f["rule"], int(Level[f["level"].upper()]), f["index"]] for f in o["faults"])}
 
 
 def continuation(e: _core.Engine, n: int, nt: int, k0: int) -> list[dict]:

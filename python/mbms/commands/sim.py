@@ -181,13 +181,13 @@ def _live_table(sim: Any, t_s: float) -> Any:
     return tab
 
 
-def _faults_short(faults: list[str]) -> str:
-    """["VoltageSpread:warning", "VoltageSpread:alarm"] -> "VoltageSpread (alarm)": the highest
-    level each rule reached."""
+def _faults_short(faults: list[dict[str, str]]) -> str:
+    """[{rule: voltage_spread, level: warning}, {.., level: alarm}] -> "voltage_spread (alarm)":
+    the highest level each rule reached."""
     order = {"warning": 0, "alarm": 1, "fault": 2}
     worst: dict[str, str] = {}
     for f in faults:
-        rule, _, level = f.partition(":")
+        rule, level = f["rule"], f["level"]
         if rule not in worst or order.get(level, 0) > order.get(worst[rule], 0):
             worst[rule] = level
     return ", ".join(f"{r} ({lvl})" for r, lvl in worst.items()) or "-"

@@ -23,6 +23,7 @@ import numpy as np
 
 from mbms.config_views import PackFile, SystemConfig
 from mbms.node.logic import Contactors, Measurement, NodeOutput, NodeStatus, Phase
+from mbms.types import Fault
 
 
 class CoreLogic:
@@ -61,13 +62,12 @@ class CoreLogic:
         )
         self.last = d
         c = Contactors(*d["contactors"])
-        # index: cell / sensor, or u32::MAX for a pack-level rule (mbms.engine.PACK_INDEX)
-        faults = tuple(f"{rule}:{level}@{'pack' if index == 0xFFFFFFFF else index}" for rule, level, index in d["faults"])
-        if d["failsafe"] != "None":
-            faults += (f"failsafe:{d['failsafe']}",)
+        # the core's one output schema (mbms_core::node::NodeReport): phase by name, faults as
+        # {rule, level, index}, the fail-safe reason by name or None
         status = NodeStatus(
-            node_id=self.node_id, phase=Phase(int(d["phase"])), soc=float(d["soc"]),
-            dcl_a=float(d["local_dcl_a"]), ccl_a=float(d["local_ccl_a"]), contactors=c, faults=faults,
+            node_id=self.node_id, phase=Phase[str(d["phase"]).upper()], soc=float(d["soc"]),
+            dcl_a=float(d["local_dcl_a"]), ccl_a=float(d["local_ccl_a"]), contactors=c,
+            faults=tuple(Fault.from_dict(f) for f in d["faults"]), failsafe=d["failsafe"],
             sys_dcl_a=float(d["system_dcl_a"]), sys_ccl_a=float(d["system_ccl_a"]),
             closed_set=tuple(d["closed_set"]), speaker=d["speaker"], peers_seen=tuple(d["live_set"]),
         )

@@ -123,7 +123,7 @@ class NodeRuntime:
         self._t0 = clock()
         self._last_save = float("-inf")
         self._last_telemetry = float("-inf")
-        self._last_faults: tuple[str, ...] = ()
+        self._last_faults: tuple[tuple[Any, ...], str | None] = ((), None)
         self._last_phase: Any = None
         self._sample_request = False
         self.verify_steps = 0
@@ -309,10 +309,13 @@ class NodeRuntime:
 
     def _observe_status(self, t_ms: int, st: NodeStatus) -> None:
         self.status = st
-        if st.faults != self._last_faults:
-            log.warning("faults: %s", list(st.faults)) if st.faults else log.info("faults cleared")
-            self._event("faults", t_ms=t_ms, faults=list(st.faults))
-            self._last_faults = st.faults
+        now = (tuple(st.faults), st.failsafe)
+        if now != self._last_faults:
+            shown = [str(f) for f in st.faults] + ([f"failsafe:{st.failsafe}"] if st.failsafe else [])
+            log.warning("faults: %s", shown) if shown else log.info("faults cleared")
+            # the core's fault form, as is ({rule, level, index}), and the fail-safe reason
+            self._event("faults", t_ms=t_ms, faults=[f.as_dict() for f in st.faults], failsafe=st.failsafe)
+            self._last_faults = now
         if st.phase != self._last_phase:
             self._event("phase", t_ms=t_ms, phase=getattr(st.phase, "name", str(st.phase)))
             self._last_phase = st.phase

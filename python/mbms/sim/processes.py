@@ -56,7 +56,8 @@ import numpy as np
 
 from mbms import _core
 from mbms.errors import ConfigError, MbmsError
-from mbms.config_views import ProtocolSection, load_system
+from mbms.config_views import load_system
+from mbms.consensus import ConsensusConfig
 from mbms.types import Phase
 from mbms.paths import cell_file
 from mbms.plant_link import pack as pack_msg
@@ -73,8 +74,10 @@ FRESH_S = 0.35
 #: The inverter draws current once no node has been joining for this long (fast mode: READY_QUIET_MS).
 READY_QUIET_S = 2.0
 JOINING = {Phase.REQUESTING, Phase.PRECHARGING, Phase.CLOSING, Phase.WAITING, Phase.LISTENING}
-PROTOCOL_KEYS = set(ProtocolSection.__dataclass_fields__)
 SYSTEM_TOP_KEYS = {"heartbeat_ms", "dv_close_v", "lease_ms"}
+#: The [protocol] table of a system file: every PeerConfig setting but the per-node ones and the
+#: system-level keys above (one view of the Rust PeerConfig, mbms.consensus.ConsensusConfig).
+PROTOCOL_KEYS = set(ConsensusConfig.__dataclass_fields__) - {"system_id", "node_id", "members", "seed"} - SYSTEM_TOP_KEYS
 
 
 @dataclass
@@ -839,18 +842,18 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _faults_from_events(events: list[dict[str, Any]]) -> tuple[list[str], int]:
-    """Names of the faults a node logged (``rule:level``, without the element index) and how
-    many times its faults cleared."""
-    seen: list[str] = []
+def _faults_from_events(events: list[dict[str, Any]]) -> tuple[list[dict[str, str]], int]:
+    """The protection conditions a node logged (``{rule, level}``, without the element index:
+    the fast simulator's ``faults_seen`` form) and how many times its faults cleared."""
+    seen: list[dict[str, str]] = []
     resets = 0
-    prev: list[str] = []
+    prev: list[dict[str, Any]] = []
     for e in events:
         if e.get("kind") != "faults":
             continue
-        cur = [str(f) for f in e.get("faults", [])]
+        cur = list(e.get("faults", []))
         for f in cur:
-            name = f.split("@", 1)[0]
+            name = {"rule": str(f["rule"]), "level": str(f["level"])}
             if name not in seen:
                 seen.append(name)
         if prev and not cur:
