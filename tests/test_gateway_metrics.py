@@ -38,6 +38,8 @@ def test_node_metrics_endpoint(tmp_path: Path, procs: list[Proc]) -> None:
         f = scrape(url)
         ok = "mbms_contactor_closed" in f and value(f, "mbms_contactor_closed", contactor="pos") == 1.0 \
             and value(f, "mbms_contactor_closed", contactor="neg") == 1.0
+        # the peer's Closed event follows the contactor command once the close is confirmed
+        ok = ok and any(s.labels.get("kind") == "closed" for s in f.get("mbms_peer_events", []))
         return f if ok else None
     fams = wait_for(closed, 60, "metrics show the string closed", poll_s=0.2)
     wait_for(lambda: plant_cmd(link, {"op": "state"})["contactors"][0] == [True, True, False], 5, "the plant agrees")

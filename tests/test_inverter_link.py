@@ -21,7 +21,7 @@ from mbms.gateways.inverter_can import InverterGateway, PackRatings
 from mbms.paths import dbc_file
 from mbms.sim.inverter import SimInverter, frame_bits
 from mbms.transport.can import open_bus
-from mbms.types import Contactors, Measurement, NodeStatus, Phase
+from mbms.types import Contactors, Fault, Measurement, NodeStatus, Phase
 
 GROUP = "239.74.163.9"
 RATINGS = PackRatings(series=96, v_max_v=4.2, v_min_v=2.5, capacity_ah=20.6)
@@ -43,7 +43,7 @@ def _system(tmp_path: Path, inverter: str) -> Path:
 
 
 def _status(speaker: int | None, dcl: float = 81.27, ccl: float = 40.05, closed=(1, 2, 3),
-            faults: tuple[str, ...] = ()) -> NodeStatus:
+            faults: tuple[Fault, ...] = ()) -> NodeStatus:
     return NodeStatus(node_id=1, phase=Phase.CLOSED, soc=0.523, dcl_a=30, ccl_a=20, contactors=Contactors(True, True, False),
                       faults=faults, sys_dcl_a=dcl, sys_ccl_a=ccl, closed_set=closed, speaker=speaker)
 
@@ -147,7 +147,7 @@ def test_speaker_frames_reach_the_inverter_and_say_stop_without_quorum(tmp_path:
         if protocol == "pylon_hv":
             assert inv.equipment.get("SeriesCells") == 96 and gw.requests >= 2
         # a protection fault of the pack: the flags say so, the inverter stops
-        _run(gw, inv, _status(speaker=1, faults=("CellOvervoltage:Alarm@pack",)), lambda: inv.heard.protection)
+        _run(gw, inv, _status(speaker=1, faults=(Fault("cell_overvoltage", "alarm", Fault.PACK_INDEX),)), lambda: inv.heard.protection)
         assert _draw(inv, 50.0) == 0.0
         # quorum lost (no speaker): "stop" frames (limits 0, enables off), then silence
         n0 = inv.stats.limit_frames

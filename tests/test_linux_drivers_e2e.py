@@ -133,7 +133,7 @@ def test_four_nodes_on_the_linux_drivers_close_and_every_device_fault_opens(tmp_
     assert _call(link, {"op": "device_fault", "k": 3, "device": "imd", "kind": "clear"}).get("ok")
     # which of the two contactor checks trips first depends on the currents between the strings
     # at that instant (the driver's needs > 2 A); either is the contactor protection
-    wait_for(lambda: any("failsafe:ContactorFeedback" in e["faults"] for e in _events(tmp_path, 4, "faults"))
+    wait_for(lambda: any(e.get("failsafe") == "contactor_feedback" for e in _events(tmp_path, 4, "faults"))
              or any(e["reason"].startswith("contactor_welded") for e in _events(tmp_path, 4, "fail_safe")),
              20, "node 4: contactor feedback fault or contactor_welded")
     _call(link, {"op": "load", "i": 80.0})

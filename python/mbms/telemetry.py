@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from mbms.config_views import MAX_NODE_ID
-from mbms.types import Measurement, NodeStatus, Phase
+from mbms.types import Fault, Measurement, NodeStatus, Phase
 from mbms.paths import dbc_file
 from mbms.transport.segmentation import can_id, is_peer_id, split_id
 
@@ -195,7 +195,7 @@ class TelemetryEncoder:
                soh_pct: float | None = None) -> list[tuple[int, bytes]]:
         values: dict[str, dict[str, float]] = {}
         st = status
-        level, rule = alarm_code(st.faults if st else (), fail_safe)
+        level, rule = alarm_code(st.faults if st else (), fail_safe or bool(st and st.failsafe))
         self._alive = (self._alive + 1) & 0xF
         c = st.contactors if st else None
         values["STATE"] = {
@@ -239,30 +239,24 @@ class TelemetryEncoder:
 
 #: AlarmRule of a fail-safe (the runtime's or the core's).
 ALARM_RULE_FAIL_SAFE = 31
-_LEVELS = ("Warning", "Alarm", "Fault")  # rust_core/src/protection.rs Level, lowest first
+_LEVELS = ("warning", "alarm", "fault")  # rust_core/src/protection.rs Level::name, lowest first
 
 
 def rule_number(rule: str) -> int:
-    """Index + 1 of a protection rule in the engine's rules (``_core.engine_rules()``, Rust order);
-    takes the snake_case name or the CamelCase one of NodeStatus.faults; 0 if unknown."""
+    """Index + 1 of a protection rule (its snake_case name, ``Rule::name``) in the engine's rules
+    (``_core.engine_rules()``, Rust order); 0 if unknown."""
     from mbms import _core
 
-    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", rule).lower()
     rules = list(_core.engine_rules())
-    return rules.index(snake) + 1 if snake in rules else 0
+    return rules.index(rule) + 1 if rule in rules else 0
 
 
-def alarm_code(faults: tuple[str, ...], fail_safe: bool) -> tuple[int, int]:
-    """(AlarmLevel, AlarmRule) of the STATE frame from NodeStatus.faults ("rule:level@index",
-    "failsafe:Name"): the highest level, and the first rule at that level."""
+def alarm_code(faults: tuple[Fault, ...], fail_safe: bool) -> tuple[int, int]:
+    """(AlarmLevel, AlarmRule) of the STATE frame from NodeStatus.faults (the core's rule and
+    level names) and the fail-safe: the highest level, and the first rule at that level."""
     best = (3, ALARM_RULE_FAIL_SAFE) if fail_safe else (0, 0)
     for f in faults:
-        rule, _, rest = f.partition(":")
-        if rule == "failsafe":
-            cand = (3, ALARM_RULE_FAIL_SAFE)
-        else:
-            level = rest.partition("@")[0]
-            cand = (_LEVELS.index(level) + 1 if level in _LEVELS else 3, rule_number(rule))
+        cand = (_LEVELS.index(f.level) + 1 if f.level in _LEVELS else 3, rule_number(f.rule))
         if cand[0] > best[0]:
             best = cand
     return best

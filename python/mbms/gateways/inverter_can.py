@@ -57,12 +57,12 @@ REQ_EQUIPMENT = 2
 FORBIDDEN = 0xAA
 #: Longest silence of a new speaker whose agreed limits are still 0 (see InverterGateway.update).
 TAKEOVER_HOLD_S = 1.0
-#: Protection rules and what the protocol flags call them (rust_core protection ``Rule``).
-_OV, _UV = "CellOvervoltage", "CellUndervoltage"
-_OT = ("OvertempCharge", "OvertempDischarge")
-_UT = ("UndertempCharge", "UndertempDischarge")
-_OCC, _OCD = "OvercurrentCharge", "OvercurrentDischarge"
-_SENSOR = ("VoltageSensor", "TempSensor", "CurrentSensor")
+#: Protection rules and what the protocol flags call them (rust_core protection ``Rule::name``).
+_OV, _UV = "cell_overvoltage", "cell_undervoltage"
+_OT = ("overtemp_charge", "overtemp_discharge")
+_UT = ("undertemp_charge", "undertemp_discharge")
+_OCC, _OCD = "overcurrent_charge", "overcurrent_discharge"
+_SENSOR = ("voltage_sensor", "temp_sensor", "current_sensor")
 
 
 @dataclass(frozen=True)
@@ -142,10 +142,8 @@ def battery_view(status: NodeStatus | None, meas: Measurement | None, ratings: P
         socs = [float(status.soc) if k == status.node_id else peer_soc.get(k, float(status.soc))
                 for k in status.closed_set]
         v.soc = min(max(sum(socs) / len(socs), 0.0), 1.0)
-    for f in status.faults:
-        rule, _, rest = f.partition(":")
-        level = rest.split("@", 1)[0]
-        (v.alarm if level == "Warning" else v.protection).add(rule)
+    for f in status.faults:  # mbms.types.Fault: the core's rule and level names
+        (v.alarm if f.level == "warning" else v.protection).add(f.rule)
     v.n_closed = len(status.closed_set)
     ready = not stop and status.speaker is not None and v.n_closed > 0
     if ready:
@@ -231,16 +229,16 @@ class ProtocolCodec:
             self._msg("BMS_STATUS", {
                 "BasicStatus": status, "ForceChargeRequest": v.force_charge, "BalanceChargeRequest": False,
                 "HoldCurrent": v.hold, "CyclePeriod": 0,
-                "ErrorVoltageSensor": "VoltageSensor" in p, "ErrorTemperatureSensor": "TempSensor" in p,
+                "ErrorVoltageSensor": "voltage_sensor" in p, "ErrorTemperatureSensor": "temp_sensor" in p,
                 "ErrorInternalComm": False, "ErrorInputOverVoltage": False, "ErrorInputReversal": False,
-                "ErrorRelay": False, "ErrorDamage": False, "ErrorOther": "CurrentSensor" in p,
+                "ErrorRelay": False, "ErrorDamage": False, "ErrorOther": "current_sensor" in p,
                 "AlarmCellLowVoltage": _UV in a, "AlarmCellHighVoltage": _OV in a,
-                "AlarmChargeCellLowTemp": "UndertempCharge" in a, "AlarmChargeCellHighTemp": "OvertempCharge" in a,
-                "AlarmDischargeCellLowTemp": "UndertempDischarge" in a, "AlarmDischargeCellHighTemp": "OvertempDischarge" in a,
+                "AlarmChargeCellLowTemp": "undertemp_charge" in a, "AlarmChargeCellHighTemp": "overtemp_charge" in a,
+                "AlarmDischargeCellLowTemp": "undertemp_discharge" in a, "AlarmDischargeCellHighTemp": "overtemp_discharge" in a,
                 "AlarmChargeOverCurrent": _OCC in a, "AlarmDischargeOverCurrent": _OCD in a,
                 "ProtCellLowVoltage": _UV in p, "ProtCellHighVoltage": _OV in p,
-                "ProtChargeCellLowTemp": "UndertempCharge" in p, "ProtChargeCellHighTemp": "OvertempCharge" in p,
-                "ProtDischargeCellLowTemp": "UndertempDischarge" in p, "ProtDischargeCellHighTemp": "OvertempDischarge" in p,
+                "ProtChargeCellLowTemp": "undertemp_charge" in p, "ProtChargeCellHighTemp": "overtemp_charge" in p,
+                "ProtDischargeCellLowTemp": "undertemp_discharge" in p, "ProtDischargeCellHighTemp": "overtemp_discharge" in p,
                 "ProtChargeOverCurrent": _OCC in p, "ProtDischargeOverCurrent": _OCD in p}),
             self._msg("BMS_FORBIDDEN", {"ChargeForbidden": 0 if v.charge_enable else FORBIDDEN,
                                         "DischargeForbidden": 0 if v.discharge_enable else FORBIDDEN}),

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from mbms.types import Fault
+
 #: The level names of the protection rules (rust_core/src/protection.rs ``Level``), lowest first.
 LEVELS = ("Warning", "Alarm", "Fault")
 
@@ -29,14 +31,11 @@ class Alarm:
     where: str
 
     @classmethod
-    def parse(cls, text: str) -> Alarm:
-        # NodeStatus.faults: "rule:level@index" (mbms.node.core_adapter), "failsafe:Name"
-        rule, _, rest = text.partition(":")
-        if rule == "failsafe":
-            return cls("fail_safe", "Fault", rest or "pack")
-        level, _, where = rest.partition("@")
-        # the engine's rule names (_core.engine_rules(): snake_case), as the monitor shows them
-        return cls(re.sub(r"(?<!^)(?=[A-Z])", "_", rule).lower(), level or "Fault", where or "pack")
+    def of(cls, fault: Fault) -> Alarm:
+        """From the core's fault (:class:`mbms.types.Fault`: snake_case rule and level names);
+        the level shown as the operator pages and Home Assistant show it (``LEVELS``)."""
+        where = "pack" if fault.index == Fault.PACK_INDEX else str(fault.index)
+        return cls(fault.rule, fault.level.capitalize(), where)
 
     def as_dict(self) -> dict[str, str]:
         return {"rule": self.rule, "level": self.level, "where": self.where}
@@ -133,7 +132,8 @@ def take(rt: Any) -> NodeSnapshot:
         contactors=(bool(c.neg), bool(c.pos), bool(c.pre)),
         closed_set=tuple(st.closed_set) if st else (), peers_seen=tuple(st.peers_seen) if st else (),
         # the core's faults, and the runtime's own fail-safe (stale sample, lost link, overrun)
-        alarms=(tuple(Alarm.parse(f) for f in st.faults) if st else ())
+        alarms=(tuple(Alarm.of(f) for f in st.faults) if st else ())
+        + ((Alarm("fail_safe", "Fault", st.failsafe),) if st and st.failsafe else ())
         + ((Alarm("fail_safe", "Fault", "runtime"),) if rt.fail_safe_reason else ()),
         v_cell_v=tuple(np.asarray(meas.v_cell_v, dtype=float).tolist()) if meas is not None else (),
         t_cell_c=tuple(np.asarray(meas.t_cell_c, dtype=float).tolist()) if meas is not None else (),
