@@ -579,8 +579,14 @@ fn operator_findings(o: &OperatorConfig) -> Vec<(String, String)> {
         if !k.is_empty() && (k.len() % 2 != 0 || !(32..=128).contains(&k.len()) || !k.chars().all(|c| c.is_ascii_hexdigit())) {
             v.push(("uds.security_key_hex".into(), "16..64 bytes as hex digits, or empty".into()));
         }
+        if u.interface.is_empty() {
+            v.push(("uds.interface".into(), "a python-can interface name".into()));
+        }
         if u.channel.is_empty() {
             v.push(("uds.channel".into(), "a python-can channel".into()));
+        }
+        if u.port == 0 {
+            v.push(("uds.port".into(), "a port 1..65535".into()));
         }
     }
     v
@@ -605,6 +611,26 @@ impl Default for CanTransport {
     fn default() -> Self {
         Self { interface: "socketcan".into(), channel: "can0".into(), port: 43113, bitrate: 500_000, fd: false }
     }
+}
+
+/// Range checks of a python-can bus table (the peers' `[transport.can]`, `[inverter.can]`,
+/// `[hardware.sensor_can]`): (field below the table, what was expected). The same for every bus,
+/// so `--check` refuses what opening the bus at a start would trip over.
+fn can_bus_findings(c: &CanTransport) -> Vec<(&'static str, &'static str)> {
+    let mut v = Vec::new();
+    if c.interface.is_empty() {
+        v.push(("interface", "a python-can interface name"));
+    }
+    if c.channel.is_empty() {
+        v.push(("channel", "a channel name"));
+    }
+    if c.port == 0 {
+        v.push(("port", "a port 1..65535"));
+    }
+    if !(10_000..=8_000_000).contains(&c.bitrate) {
+        v.push(("bitrate", "a bit rate 10000..=8000000"));
+    }
+    v
 }
 
 /// `[transport.udp]`: one msgpack datagram per message, to a multicast group or a peer list.
@@ -752,6 +778,9 @@ impl InverterConfig {
         }
         if self.stop_frames > 100 {
             return Err(cerr("inverter.stop_frames", "expected <= 100"));
+        }
+        if let Some((f, m)) = can_bus_findings(&self.can).first() {
+            return Err(cerr(format!("inverter.can.{f}"), format!("expected {m}")));
         }
         Ok(())
     }
@@ -1111,6 +1140,11 @@ fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
             v.push(("afe.ntc_beta_k".into(), "positive NTC beta, R25 and pull-up".into()));
         }
     }
+    if let Some(c) = &h.sensor_can {
+        for (f, m) in can_bus_findings(c) {
+            v.push((format!("sensor_can.{f}"), m.into()));
+        }
+    }
     if let Some(c) = &h.current_sensor {
         if !(1..=10_000).contains(&c.cycle_ms) {
             v.push(("current_sensor.cycle_ms".into(), "1..=10000 ms".into()));
@@ -1199,17 +1233,8 @@ fn system_findings(s: &SystemConfig, table: &toml::Table) -> Vec<(Severity, Stri
                 v.push((Error, "transport.udp".into(), "no [transport.udp] table with kind = \"can\"".into()));
             }
             if let Some(c) = &t.can {
-                if !(10_000..=8_000_000).contains(&c.bitrate) {
-                    v.push((Error, "transport.can.bitrate".into(), "a bit rate 10000..=8000000".into()));
-                }
-                if c.interface.is_empty() {
-                    v.push((Error, "transport.can.interface".into(), "a python-can interface name".into()));
-                }
-                if c.channel.is_empty() {
-                    v.push((Error, "transport.can.channel".into(), "a channel name".into()));
-                }
-                if c.port == 0 {
-                    v.push((Error, "transport.can.port".into(), "a port 1..65535".into()));
+                for (f, m) in can_bus_findings(c) {
+                    v.push((Error, format!("transport.can.{f}"), m.into()));
                 }
             }
         }
