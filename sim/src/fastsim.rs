@@ -200,7 +200,10 @@ pub struct FastSim {
     /// sample taken at the step itself. None: every step with a sample of that instant.
     pub node_period_ms: Option<u64>,
     /// The inverter holds its current while a join is in progress (a speaker's
-    /// join_in_progress), as an inverter honouring the BMS's hold request would.
+    /// join_in_progress), as an inverter honouring the BMS's hold request would. On by default:
+    /// the simulated inverter is the one a battery with our gateway talks to (HoldCurrent,
+    /// mbms.gateways.inverter_can; processes mode's mbms.sim.inverter obeys it too); the S3
+    /// campaign turns it off for its raw load, which listens to nobody.
     pub hold_load_during_join: bool,
     /// The plant is frozen (its process stopped) until this sim time: no physics, no
     /// samples, commands queue.
@@ -276,7 +279,7 @@ impl FastSim {
             ever_closed: vec![false; n],
             faults_seen: vec![0; n],
             node_period_ms: None,
-            hold_load_during_join: false,
+            hold_load_during_join: true,
             frozen_until_ms: 0,
             plant_lag_ms: 0,
             s3_seen: 0,

@@ -492,7 +492,12 @@ impl Peer {
 
         self.out.command = self.arb.command;
         self.out.phase = self.arb.phase;
-        self.out.join_in_progress = self.arb.phase.is_closing() || self.someone_else_closing();
+        // From the request on, not only the precharge: the speaker hears a peer's phase one
+        // heartbeat late and the inverter hears the hold one frame later still, so a hold raised
+        // at the precharge would often reach the inverter after the main contact closed (S3).
+        let joining = |p: Phase| p == Phase::Requesting || p.is_closing();
+        self.out.join_in_progress =
+            joining(self.arb.phase) || self.alive_remotes().any(|(_, r)| joining(r.phase()));
         if let Some(t) = local.meas_t_ms {
             self.arb.last_meas_t = Some(self.arb.last_meas_t.map_or(t, |l| l.max(t)));
         }
