@@ -19,7 +19,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from can.interfaces.udp_multicast.bus import GeneralPurposeUdpMulticastBus
-from conftest import TESTS, Proc, free_udp_port
+from conftest import TESTS, Proc, free_udp_port, wait_for
 from node_files import pack_file, system_file
 
 from mbms.errors import FrameError
@@ -96,6 +96,7 @@ def _flood_run(tmp: Path, procs: list[Proc], flood: int, node_cmd: list[str]) ->
     timing. Returns per node the timing summary plus ``opened`` (the string was seen open)."""
     from test_e2e_nodecore import Watch, _require_stack, _start_plant
 
+    tmp.mkdir(parents=True, exist_ok=True)
     link = f"unix://{tmp}/plant.sock"
     _start_plant(procs, _require_stack(), link)
     port = free_udp_port()
@@ -120,7 +121,8 @@ def _flood_run(tmp: Path, procs: list[Proc], flood: int, node_cmd: list[str]) ->
     out = {}
     for k, p in nodes.items():
         p.p.terminate()
-        timing = json.loads(p.read_until(lambda s: s.startswith('{"periods"'), 30))
+        # (a node that allocates what a datagram asks for may still be working through them)
+        timing = json.loads(p.read_until(lambda s: s.startswith('{"periods"'), 120))
         assert p.p.wait(30) == 0, p.stderr_tail()
         out[k] = dict(timing, opened=opened[k])
     return out
@@ -135,7 +137,7 @@ def test_hostile_flood_against_real_nodes_keeps_the_loop_period(tmp_path: Path, 
     quiet = _flood_run(tmp_path / "quiet", procs, 0, cmd)
     flood = _flood_run(tmp_path / "flood", procs, FLOOD_COPIES, cmd)
     for name, res in (("quiet", quiet), ("flood", flood)):
-        print(name, {k: {f: round(v, 1) if isinstance(v, float) else v for f, v in r.items()
+        print("\n" + name, {k: {f: round(v, 1) if isinstance(v, float) else v for f, v in r.items()
                          if f in ("periods", "overruns", "jitter_ms_mean", "jitter_ms_p99", "jitter_ms_max", "opened")}
                      for k, r in res.items()})
     for k, r in flood.items():
@@ -146,10 +148,10 @@ def test_hostile_flood_against_real_nodes_keeps_the_loop_period(tmp_path: Path, 
 
 def test_without_the_bounded_decoder_the_same_flood_stalls_real_nodes(tmp_path: Path, procs: list[Proc]) -> None:
     """The check above can fail: the same nodes decoding as python-can does (the node before
-    issue 11: ``tests/procs/node_unbounded_decoder.py``) overrun their period under the flood
-    (the chaos campaign: a 1.6 s freeze, the fail-safe opened every string)."""
-    res = _flood_run(tmp_path, procs, FLOOD_COPIES, [str(TESTS / "procs" / "node_unbounded_decoder.py")])
-    print("unbounded", {k: {f: round(v, 1) if isinstance(v, float) else v for f, v in r.items()
+    issue 11: ``tests/procs/node_unbounded_decoder.py``) overrun their period already under 5 of
+    the 40 datagrams (the chaos campaign: a 1.6 s freeze, the fail-safe opened every string)."""
+    res = _flood_run(tmp_path, procs, 5, [str(TESTS / "procs" / "node_unbounded_decoder.py")])
+    print("\nunbounded", {k: {f: round(v, 1) if isinstance(v, float) else v for f, v in r.items()
                             if f in ("periods", "overruns", "jitter_ms_p99", "jitter_ms_max", "opened")}
                         for k, r in res.items()})
     assert any(r["overruns"] > 0 or r["opened"] for r in res.values()), res
