@@ -629,6 +629,28 @@ mod tests {
         l
     }
 
+    /// The join hold (issue 11, S3) is asked for from the request on, not only from the
+    /// precharge: the inverter hears it a heartbeat and a frame later.
+    #[test]
+    fn a_join_is_in_progress_from_the_request_on() {
+        let mut p = Peer::new(PeerConfig { node_id: 1, members: vec![1], ..Default::default() }, 1).unwrap();
+        let mut t = 0;
+        loop {
+            let mut l = local(399.0);
+            l.v_bus_v = 400.0;
+            l.meas_t_ms = Some(t.max(100) - 100);
+            let out = p.tick(t, &l);
+            assert_eq!(out.join_in_progress, matches!(out.phase, Phase::Requesting | Phase::Precharging | Phase::Closing),
+                       "phase {:?}", out.phase);
+            if out.phase == Phase::Requesting {
+                assert!(out.join_in_progress);
+                return;
+            }
+            assert!(t < 5_000, "never requested");
+            t += 100;
+        }
+    }
+
     /// Tick every 100 ms with one-period-old samples at a steady match until the dwell is
     /// over; returns the tick time of the close decision.
     fn dwell_done(p: &mut Peer, mut t: u64) -> u64 {
