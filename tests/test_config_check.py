@@ -250,3 +250,104 @@ def _assert_both_refuse(node: Path, system: Path, field: str, file: str) -> dict
     line = start.stderr.strip().splitlines()[-1]
     assert f"{file}: {field}:" in line, line
     return errors[0]
+
+
+# ---- issue 11 item 5 on the sections added since: [inverter], [operator], the Linux adapter's
+# [hardware.*] tables and a cell file's [estimator]. Each hostile value must be refused in one
+# short line naming its field, before anything is allocated or opened.
+HOSTILE = ["1e8", "100000000", "nan", "inf", "-1", "-1e300", '"' + "x" * 200_000 + '"']
+#: hostile-looking values that are legal for one field
+LEGAL = {("current_sign", "-1")}
+LINUX1 = (PACKS / "linux_node1.toml").read_text()
+CELL = (data_dir() / "cells" / "lg_m50_nmc.toml").read_text()
+INVERTER = '\n[inverter]\nprotocol = "pylon_lv"\n[inverter.can]\ninterface = "virtual"\nchannel = "inv"\n'
+OPERATOR = ('\n[operator.mqtt]\nhost = "127.0.0.1"\n[operator.metrics]\nport = 0\n'
+            '[operator.uds]\ninterface = "virtual"\nchannel = "uds"\n')
+#: (file kind, table, key): file kinds "system" (with [inverter]), "operator" (node1 with
+#: [operator.*]), "linux" (linux_node1), "cell" (a copy of the NMC cell file)
+NEWER = [
+    *[("system", "inverter", k) for k in ("cycle_ms", "timeout_ms", "cvl_margin_v_per_cell", "force_charge_soc",
+                                          "manufacturer", "stop_frames")],
+    *[("system", "inverter.can", k) for k in ("bitrate", "interface", "channel")],
+    *[("operator", "operator.mqtt", k) for k in ("port", "state_period_ms", "queue_max", "keepalive_s", "qos",
+                                                 "host", "topic_prefix")],
+    ("operator", "operator.metrics", "bind"), ("operator", "operator.uds", "rx_id"),
+    ("operator", "operator.uds", "serial"), ("operator", "operator.uds", "channel"),
+    *[("linux", "hardware.afe", k) for k in ("ics", "cells_per_ic", "spi_hz", "open_wire_every", "ntc_beta_k",
+                                             "dcto_code", "device")],
+    *[("linux", "hardware.sensor_can", k) for k in ("bitrate", "interface", "channel")],
+    *[("linux", "hardware.current_sensor", k) for k in ("cycle_ms", "timeout_cycles", "current_sign")],
+    *[("linux", "hardware.contactors", k) for k in ("neg_out", "i_open_a", "dv_closed_v", "confirm_ms", "chip")],
+    ("linux", "hardware.insulation", "timeout_ms"), ("linux", "hardware", "link_timeout_ms"),
+    *[("cell", "estimator", k) for k in ("model_error_v", "model_error_v_per_c", "model_error_corr_s",
+                                         "full_charge_soc_sigma", "full_charge_dv_v", "full_charge_taper_c")],
+]
+
+
+def _set(text: str, table: str, key: str, value: str) -> str:
+    """``key = value`` in ``[table]`` of a TOML text (replacing the key, or adding it)."""
+    lines, out, inside, done = text.split("\n"), [], False, False
+    for line in lines:
+        bare = line.split("#")[0].strip()
+        if bare.startswith("["):
+            if inside and not done:
+                out.append(f"{key} = {value}")
+                done = True
+            inside = bare == f"[{table}]"
+        if inside and bare.split("=")[0].strip() == key:
+            out.append(f"{key} = {value}")
+            done = True
+            continue
+        out.append(line)
+    if not done:
+        out.append(f"{key} = {value}" if inside else f"\n[{table}]\n{key} = {value}")
+    return "\n".join(out)
+
+
+def _newer_files(tmp: Path, kind: str, table: str, key: str, value: str) -> tuple[Path, Path]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    node = NODE1.replace('extends = "example_pack.toml"', f'extends = "{PACKS / "example_pack.toml"}"')
+    node = node.replace('state_dir = "/var/lib/mbms/node1"', f'state_dir = "{tmp / "state"}"')
+    system = SYSTEM
+    if kind == "system":
+        system = _set(SYSTEM + INVERTER, table, key, value)
+    elif kind == "operator":
+        node = _set(node + OPERATOR, table, key, value)
+    elif kind == "linux":
+        node = _set(LINUX1.replace('extends = "example_pack.toml"', f'extends = "{PACKS / "example_pack.toml"}"')
+                    .replace('"/var/lib/mbms/node1"', f'"{tmp / "state"}"'), table, key, value)
+    else:
+        (tmp / "cell.toml").write_text(_set(CELL, table, key, value))
+        node += f'\n[pack]\ncell = "{tmp / "cell.toml"}"\n'
+    (tmp / "node.toml").write_text(node)
+    (tmp / "system.toml").write_text(system)
+    return tmp / "node.toml", tmp / "system.toml"
+
+
+@pytest.mark.parametrize("kind,table,key", NEWER, ids=[f"{t}.{k}" for _, t, k in NEWER])
+def test_hostile_values_in_newer_sections_are_one_short_line_naming_the_field(tmp_path: Path, kind: str, table: str,
+                                                                             key: str) -> None:
+    from mbms.config_views import load_node
+
+    for i, value in enumerate(HOSTILE):
+        if key in ("manufacturer", "host", "topic_prefix", "serial", "interface", "channel", "device", "chip", "bind") \
+                and not value.startswith('"'):
+            continue  # a number where a name goes is a type error (covered); the long name is the case
+        if (key, value) in LEGAL:
+            continue
+        node, system = _newer_files(tmp_path / str(i), kind, table, key, value)
+        errors = load_node(str(node), str(system)).errors
+        assert errors, f"{table}.{key} = {value[:20]} accepted"
+        e = errors[0]
+        text = f"{e.file}: {e.field}: {e.expected}"
+        # the dotted field, or (a cell file, its own TOML) the key in the cell file's message
+        assert key in e.field or key in e.expected, (value[:20], text[:300])
+        assert "\n" not in text and len(text) < 600, (value[:20], text[:300])
+
+
+def test_a_hostile_value_in_a_newer_section_stops_a_real_start_in_one_line(tmp_path: Path) -> None:
+    from test_cli_exit_codes import assert_one_line
+
+    node, system = _newer_files(tmp_path, "linux", "hardware.contactors", "confirm_ms", "100000000")
+    out = _mbms("--config", str(node), "--system", str(system), "--duration", "5")
+    assert_one_line(out, 2, "mbms node: error:", f"{node}: hardware.contactors.confirm_ms:")

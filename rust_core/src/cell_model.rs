@@ -250,6 +250,20 @@ impl CellEstimator {
                 return Err(err(&format!("estimator.{name}"), format!("expected a finite number >= 0, got {v}")));
             }
         }
+        // Upper bounds (issue 11): a model error of volts or a correlation time of years is not
+        // a model, and would make the SOC filter ignore every measurement silently.
+        for (name, v, max, unit) in [
+            ("model_error_v", self.model_error_v, 0.5, "V"),
+            ("model_error_v_per_c", self.model_error_v_per_c, 1.0, "V per C"),
+            ("model_error_corr_s", self.model_error_corr_s, 86_400.0, "s"),
+            ("full_charge_dv_v", self.full_charge_dv_v, 0.5, "V"),
+            ("full_charge_taper_c", self.full_charge_taper_c, 1.0, "C"),
+            ("full_charge_soc_sigma", self.full_charge_soc_sigma, 0.5, ""),
+        ] {
+            if v > max {
+                return Err(err(&format!("estimator.{name}"), format!("expected at most {max} {unit}, got {v}")));
+            }
+        }
         if self.full_charge_taper_c > 0.0 && !(self.full_charge_soc_sigma > 0.0 && self.full_charge_dv_v > 0.0 && self.full_charge_soc > 0.5 && self.full_charge_soc <= 1.0) {
             return Err(err("estimator.full_charge_soc", "with full_charge_taper_c set: full_charge_soc in (0.5, 1], full_charge_soc_sigma and full_charge_dv_v > 0"));
         }

@@ -118,8 +118,20 @@ pub fn typed<T: DeserializeOwned>(v: toml::Value, prefix: &str) -> Result<T, Con
         if field.is_empty() {
             field = "<root>".into();
         }
-        cerr(field, inner)
+        cerr(field, clip_message(inner))
     })
+}
+
+/// serde echoes the offending value; a hostile file's 200 kB string (or a float printed with
+/// 300 digits) must still give a one-line error of readable length.
+fn clip_message(mut m: String) -> String {
+    const MAX: usize = 200;
+    if m.len() > MAX {
+        let cut = (0..=MAX).rev().find(|&i| m.is_char_boundary(i)).unwrap_or(0);
+        m.truncate(cut);
+        m.push_str("...");
+    }
+    m.replace(['\n', '\r'], " ")
 }
 
 /// Parse TOML text into a table, naming the line of a syntax error.
@@ -525,8 +537,9 @@ fn operator_findings(o: &OperatorConfig) -> Vec<(String, String)> {
         v.push(("events_keep".into(), "0..=100 rotated files".into()));
     }
     if let Some(m) = &o.mqtt {
-        if m.host.is_empty() {
-            v.push(("mqtt.host".into(), "a broker host name or address".into()));
+        if m.host.is_empty() || m.host.len() > 253 {
+            // 253: the longest DNS name (RFC 1035)
+            v.push(("mqtt.host".into(), "a broker host name or address (1..=253 characters)".into()));
         }
         if m.port == 0 {
             v.push(("mqtt.port".into(), "a port 1..65535".into()));
@@ -543,7 +556,7 @@ fn operator_findings(o: &OperatorConfig) -> Vec<(String, String)> {
         if !m.password.is_empty() && m.username.is_empty() {
             v.push(("mqtt.username".into(), "a user name when a password is given".into()));
         }
-        if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#']) || m.topic_prefix.ends_with('/') {
+        if m.topic_prefix.is_empty() || m.topic_prefix.len() > 256 || m.topic_prefix.contains(['+', '#']) || m.topic_prefix.ends_with('/') {
             v.push(("mqtt.topic_prefix".into(), "a topic without wildcards (+, #) or a trailing '/'".into()));
         }
         if m.discovery_prefix.contains(['+', '#']) {
@@ -579,11 +592,14 @@ fn operator_findings(o: &OperatorConfig) -> Vec<(String, String)> {
         if !k.is_empty() && (k.len() % 2 != 0 || !(32..=128).contains(&k.len()) || !k.chars().all(|c| c.is_ascii_hexdigit())) {
             v.push(("uds.security_key_hex".into(), "16..64 bytes as hex digits, or empty".into()));
         }
-        if u.interface.is_empty() {
-            v.push(("uds.interface".into(), "a python-can interface name".into()));
+        if u.interface.is_empty() || u.interface.len() > 64 {
+            v.push(("uds.interface".into(), "a python-can interface name of 1..=64 characters".into()));
         }
-        if u.channel.is_empty() {
-            v.push(("uds.channel".into(), "a python-can channel".into()));
+        if u.channel.is_empty() || u.channel.len() > 64 {
+            v.push(("uds.channel".into(), "a python-can channel of 1..=64 characters".into()));
+        }
+        if u.serial.len() > 32 {
+            v.push(("uds.serial".into(), "a serial number of up to 32 characters (DID 0xF18C)".into()));
         }
         if u.port == 0 {
             v.push(("uds.port".into(), "a port 1..65535".into()));
@@ -618,11 +634,12 @@ impl Default for CanTransport {
 /// so `--check` refuses what opening the bus at a start would trip over.
 fn can_bus_findings(c: &CanTransport) -> Vec<(&'static str, &'static str)> {
     let mut v = Vec::new();
-    if c.interface.is_empty() {
-        v.push(("interface", "a python-can interface name"));
-    }
-    if c.channel.is_empty() {
-        v.push(("channel", "a channel name"));
+    // Names are short identifiers: an empty, huge or control-character name is a typo or garbage
+    // (issue 11: a 200 kB value must not reach python-can).
+    for (f, x) in [("interface", &c.interface), ("channel", &c.channel)] {
+        if x.is_empty() || x.len() > 64 || x.chars().any(char::is_control) {
+            v.push((f, "a python-can name of 1..=64 printable characters"));
+        }
     }
     if c.port == 0 {
         v.push(("port", "a port 1..65535"));
@@ -985,7 +1002,7 @@ pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: 
             }
             if let Some(text) = cell_text {
                 match CellParams::from_toml_str(text) {
-                    Err(e) => out.findings.push(pack_finding(Severity::Error, "pack.cell", format!("a valid cell parameter file; {}: {}", e.field, e.message))),
+                    Err(e) => out.findings.push(pack_finding(Severity::Error, "pack.cell", format!("a valid cell parameter file; {}: {}", e.field, clip_message(e.message)))),
                     Ok(cell) => {
                         for (sev, f, m) in protection_findings(&p.engine(), &cell) {
                             out.findings.push(pack_finding(sev, &f, m));
@@ -1139,6 +1156,20 @@ fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
         if !(a.ntc_beta_k > 0.0 && a.ntc_r25_ohm > 0.0 && a.ntc_pullup_ohm > 0.0) {
             v.push(("afe.ntc_beta_k".into(), "positive NTC beta, R25 and pull-up".into()));
         }
+        // issue 11: upper bounds too (a value that is legal but absurd misleads silently).
+        // NTC thermistors for cell sensing have beta 2000..6000 K (e.g. Murata NCP, TDK B57);
+        // R25 and the divider's pull-up sit between 100 ohm and 1 MOhm.
+        if !(1000.0..=10_000.0).contains(&a.ntc_beta_k) {
+            v.push(("afe.ntc_beta_k".into(), "an NTC beta 1000..=10000 K".into()));
+        }
+        for (f, x) in [("ntc_r25_ohm", a.ntc_r25_ohm), ("ntc_pullup_ohm", a.ntc_pullup_ohm)] {
+            if !(100.0..=1e6).contains(&x) {
+                v.push((format!("afe.{f}"), "100..=1000000 ohm".into()));
+            }
+        }
+        if a.open_wire_every > 10_000 {
+            v.push(("afe.open_wire_every".into(), "0 (never) or up to 10000 acquisitions".into()));
+        }
     }
     if let Some(c) = &h.sensor_can {
         for (f, m) in can_bus_findings(c) {
@@ -1149,8 +1180,8 @@ fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
         if !(1..=10_000).contains(&c.cycle_ms) {
             v.push(("current_sensor.cycle_ms".into(), "1..=10000 ms".into()));
         }
-        if c.timeout_cycles < 2 {
-            v.push(("current_sensor.timeout_cycles".into(), "at least 2 cycles".into()));
+        if !(2..=1000).contains(&c.timeout_cycles) || c.cycle_ms as u64 * c.timeout_cycles as u64 > 60_000 {
+            v.push(("current_sensor.timeout_cycles".into(), "2..=1000 cycles, and cycle_ms x timeout_cycles <= 60000 ms".into()));
         }
         if c.current_sign != 1.0 && c.current_sign != -1.0 {
             v.push(("current_sensor.current_sign".into(), "1.0 or -1.0".into()));
@@ -1164,8 +1195,21 @@ fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
         if !(c.chip.starts_with("/dev/") || c.chip.starts_with("emu:///")) {
             v.push(("contactors.chip".into(), "\"/dev/gpiochipN\" or \"emu:///PATH\"".into()));
         }
-        if !(c.i_open_a > 0.0 && c.dv_closed_v > 0.0 && c.confirm_ms > 0) {
-            v.push(("contactors.i_open_a".into(), "positive i_open_a, dv_closed_v and confirm_ms".into()));
+        // The welded / stuck-open checks must be able to fire: a threshold above anything a
+        // string carries or a confirm time of hours disables them silently (issue 11).
+        if !(c.i_open_a > 0.0 && c.i_open_a <= 50.0) {
+            v.push(("contactors.i_open_a".into(), "0 < i_open_a <= 50 A".into()));
+        }
+        if !(c.dv_closed_v > 0.0 && c.dv_closed_v <= 100.0) {
+            v.push(("contactors.dv_closed_v".into(), "0 < dv_closed_v <= 100 V".into()));
+        }
+        if !(1..=10_000).contains(&c.confirm_ms) {
+            v.push(("contactors.confirm_ms".into(), "1..=10000 ms".into()));
+        }
+        for (f, x) in [("neg_out", c.neg_out), ("pos_out", c.pos_out), ("pre_out", c.pre_out), ("neg_fb", c.neg_fb), ("pos_fb", c.pos_fb), ("pre_fb", c.pre_fb)] {
+            if x > 4095 {
+                v.push((format!("contactors.{f}"), "a GPIO line offset 0..=4095".into()));
+            }
         }
     }
     if let Some(i) = &h.insulation {
@@ -1173,8 +1217,8 @@ fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
         if !(30.0..=2000.0).contains(&i.min_kohm) || i.warning_kohm <= i.min_kohm || i.warning_kohm > 2000.0 {
             v.push(("insulation.min_kohm".into(), "30 <= min_kohm < warning_kohm <= 2000 (kOhm)".into()));
         }
-        if i.timeout_ms < 1000 {
-            v.push(("insulation.timeout_ms".into(), "at least 1000 ms (the iso165C sends IMD_Info every second)".into()));
+        if !(1000..=60_000).contains(&i.timeout_ms) {
+            v.push(("insulation.timeout_ms".into(), "1000..=60000 ms (the iso165C sends IMD_Info every second)".into()));
         }
     }
     v
