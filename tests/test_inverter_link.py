@@ -4,6 +4,7 @@ from the public documentation, independently of the encoder."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 import time
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import free_udp_port, wait_for
 from mbms.config_views import load_system
+from mbms.consensus import ConsensusConfig
 from mbms.errors import ConfigError
 from mbms.gateways.inverter_can import InverterGateway, PackRatings
 from mbms.paths import dbc_file
@@ -303,3 +305,20 @@ def test_a_join_asks_the_inverter_to_hold_and_it_keeps_its_current(tmp_path: Pat
     finally:
         gw.close()
         inv.bus.shutdown()
+
+
+def test_a_join_waits_for_the_inverter_to_hear_the_hold(tmp_path: Path) -> None:
+    """S3 (issue 11): with an inverter, a join's dwell counts only from the time the inverter
+    surely holds its current: heartbeat + its hold latency (Pylon HV answers only the ~1 s
+    poll). Unset, the system derives the lead (and a lease that covers it); set too low, the
+    system file is refused naming the field."""
+    hv = load_system(_system(tmp_path, 'protocol = "pylon_hv"\ncycle_ms = 1000'))
+    lv = load_system(_system(tmp_path, 'protocol = "pylon_lv"'))
+    hb = hv.protocol.heartbeat_ms
+    assert hv.protocol.join_hold_lead_ms == hb + 1000 + 200
+    assert lv.protocol.join_hold_lead_ms == hb + 200
+    # the derived lease covers the lead: the peer config it gives is valid as it stands
+    ConsensusConfig.of(**{**dataclasses.asdict(hv.protocol), "node_id": 1, "members": [1, 2, 3]})
+    too_low = _system(tmp_path, 'protocol = "pylon_hv"\n[protocol]\njoin_hold_lead_ms = 500\nlease_ms = 4000')
+    with pytest.raises(ConfigError, match="protocol.join_hold_lead_ms"):
+        load_system(too_low)

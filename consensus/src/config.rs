@@ -86,6 +86,12 @@ pub struct PeerConfig {
     /// A bus moving faster than this during the dwell (V/s, from the spread of V_bus over the
     /// dwell) is not steady: the dwell restarts, and a verification that sees it aborts.
     pub max_bus_slew_v_per_s: f64,
+    /// Time from a join request until the inverter is known to hold its current (ms): the
+    /// speaker hears the request a heartbeat late and the inverter hears the hold (the
+    /// `HoldCurrent` bit) one frame or poll later. Samples taken earlier do not count towards
+    /// the dwell, so the main contactor is never commanded on a bus the inverter may still
+    /// step (issue 11: a Pylon HV inverter polls about once a second). 0 = no inverter hold.
+    pub join_hold_lead_ms: u32,
     // ---- S4 limits: their own uncertainty (brief §4; sharing::Uncertainty) ----
     /// Bound on the error of a string's OCV estimate relative to the other strings (V).
     pub share_ocv_uncertainty_v: f64,
@@ -140,6 +146,7 @@ impl Default for PeerConfig {
             // spans ~0.2 V over a few samples), while a 2 A load change on a 0.25 Ω bus moves it
             // by 0.5 V at once and is refused.
             max_bus_slew_v_per_s: 5.0,
+            join_hold_lead_ms: 0,
             // Tuned against the default story (`mbms sim`), where the estimators see cell
             // voltage noise 1 mV, current gain 0.5 %, offset 50 mA, 1 % SOC spread (see
             // sharing::Uncertainty for what each covers).
@@ -258,9 +265,13 @@ impl PeerConfig {
         if self.dwell_ms >= self.precharge_timeout_ms {
             return Err(err("dwell_ms", "expected < precharge_timeout_ms"));
         }
+        if self.join_hold_lead_ms > 10_000 {
+            return Err(err("join_hold_lead_ms", "expected <= 10000 ms"));
+        }
         // A requester must be able to finish precharge and closing inside its lease after
         // waiting the longest time for its grants.
-        let need = self.grant_wait_ms as u64
+        // The precharge may start at the grant or, with a hold lead, only count from the lead.
+        let need = (self.grant_wait_ms as u64).max(self.join_hold_lead_ms as u64)
             + self.precharge_timeout_ms as u64
             + self.verify_timeout_ms as u64
             + self.close_confirm_ms as u64;
@@ -268,7 +279,7 @@ impl PeerConfig {
             return Err(err(
                 "lease_ms",
                 format!(
-                    "expected lease·(1−2ρ) = {} ms > grant_wait_ms + precharge_timeout_ms + verify_timeout_ms + close_confirm_ms = {need} ms",
+                    "expected lease·(1−2ρ) = {} ms > max(grant_wait_ms, join_hold_lead_ms) + precharge_timeout_ms + verify_timeout_ms + close_confirm_ms = {need} ms",
                     self.requester_lease_ms()
                 ),
             ));

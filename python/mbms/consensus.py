@@ -70,6 +70,7 @@ class ConsensusConfig:
     main_close_time_ms: int
     verify_timeout_ms: int
     max_bus_slew_v_per_s: float
+    join_hold_lead_ms: int
     #: Uncertainty the S4 limits account for (brief §4; consensus sharing::Uncertainty).
     share_ocv_uncertainty_v: float
     share_r_uncertainty: float

@@ -771,6 +771,19 @@ impl Default for InverterConfig {
 }
 
 impl InverterConfig {
+    /// Longest time from the speaker raising the join hold until the inverter has it (ms).
+    /// Pylon LV: the speaker sends the frames at once when the hold rises, so one gateway
+    /// period (200 ms, the speaker's loop) bounds it. Pylon HV: the BMS answers only the
+    /// inverter's poll of 0x4200, which comes every `cycle_ms` (about 1 s in the Pylon HV
+    /// protocol document), plus that gateway period.
+    pub fn hold_latency_ms(&self) -> u32 {
+        const GATEWAY_PERIOD_MS: u32 = 200;
+        match self.protocol {
+            InverterProtocol::PylonLv => GATEWAY_PERIOD_MS,
+            InverterProtocol::PylonHv => self.cycle_ms + GATEWAY_PERIOD_MS,
+        }
+    }
+
     pub fn validate(&self, fail_timeout_ms: u32) -> Result<(), ConfigError> {
         if !(10..=10_000).contains(&self.cycle_ms) {
             return Err(cerr("inverter.cycle_ms", format!("expected 10..=10000 ms, got {}", self.cycle_ms)));
@@ -912,6 +925,9 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
             }
         }
     }
+    let in_protocol = |k: &str| table.get("protocol").and_then(|p| p.as_table()).is_some_and(|p| p.contains_key(k));
+    let lead_given = in_protocol("join_hold_lead_ms");
+    let lease_given = in_protocol("lease_ms") || table.contains_key("lease_ms");
     let f: SystemFile = typed(toml::Value::Table(table), "").map_err(at)?;
     let mut protocol = f.protocol.clone();
     if let Some(v) = f.heartbeat_ms {
@@ -929,6 +945,33 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
     protocol.seed = 0;
     if let Some(inv) = &f.inverter {
         inv.validate(protocol.fail_timeout_ms).map_err(at)?;
+        // S3 (issue 11): a join may close only once the inverter holds its current. The
+        // speaker hears a peer's request up to a heartbeat late, the inverter the hold later.
+        let need = protocol.heartbeat_ms + inv.hold_latency_ms();
+        if !lead_given {
+            // Not set: the lead the inverter needs, and (unless set) a lease that covers it:
+            // lease·(1−2ρ) > lead + precharge_timeout + verify_timeout + close_confirm, rounded
+            // up to 100 ms (PeerConfig::validate states the same bound).
+            protocol.join_hold_lead_ms = need;
+            if !lease_given {
+                let close = (need.max(protocol.grant_wait_ms) + protocol.precharge_timeout_ms
+                    + protocol.verify_timeout_ms + protocol.close_confirm_ms) as f64;
+                let rho2 = 2.0 * protocol.max_drift_ppm as f64 * 1e-6;
+                let lease = ((close / (1.0 - rho2)) / 100.0).floor() as u32 * 100 + 100;
+                protocol.lease_ms = protocol.lease_ms.max(lease);
+            }
+        }
+        if protocol.join_hold_lead_ms < need {
+            return Err(at(cerr(
+                "protocol.join_hold_lead_ms",
+                format!(
+                    "expected >= heartbeat_ms + the inverter's hold latency ({:?}: {} ms) = {need} ms, got {} (raise lease_ms with it)",
+                    inv.protocol,
+                    inv.hold_latency_ms(),
+                    protocol.join_hold_lead_ms
+                ),
+            )));
+        }
     }
     Ok(SystemConfig {
         source: source.to_string(),

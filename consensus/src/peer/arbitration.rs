@@ -145,7 +145,9 @@ impl Peer {
         self.arb.command = Contactors::OPEN;
         let grants = self.grant_mask().count_ones();
         let lease = self.cfg.requester_lease_ms();
-        let need = self.cfg.precharge_timeout_ms as u64 + self.cfg.close_confirm_ms as u64;
+        // With a hold lead the precharge timeout counts from the lead (precharge_step).
+        let lead_left = (self.cfg.join_hold_lead_ms as u64).saturating_sub(now.saturating_sub(self.arb.t_req));
+        let need = lead_left + self.cfg.precharge_timeout_ms as u64 + self.cfg.close_confirm_ms as u64;
         let me = self.cfg.node_id;
         let competitor = self
             .alive_remotes()
@@ -264,11 +266,16 @@ impl Peer {
             }
             return;
         }
+        // The inverter holds its current only from the lead on: earlier samples prove nothing
+        // about the bus the contact will land on, so the dwell starts afresh until then.
+        let hold_from = self.arb.t_req + cfg.join_hold_lead_ms as u64;
         if new_sample {
             if matched {
                 let d = self.arb.dwell.get_or_insert(Dwell::start(meas_t, local.v_bus_v, dv_signed));
                 d.add(local.v_bus_v);
-                if live && d.spread_v() > steady_v {
+                if meas_t < hold_from {
+                    *d = Dwell::start(meas_t, local.v_bus_v, dv_signed);
+                } else if live && d.spread_v() > steady_v {
                     // The bus moved (a load change): the dwell starts again from this sample.
                     *d = Dwell::start(meas_t, local.v_bus_v, dv_signed);
                 }
@@ -280,7 +287,12 @@ impl Peer {
                 self.arb.dwell = None;
             }
         }
-        if self.arb.verify_since.is_none() && now.saturating_sub(self.arb.t_pre) >= self.cfg.precharge_timeout_ms as u64 {
+        // A precharge that waits for the hold lead is matched and settled (its current is
+        // below precharge_settle_a), so the timeout, which catches a precharge that does not
+        // settle, counts from the later of its start and the lead.
+        if self.arb.verify_since.is_none()
+            && now.saturating_sub(self.arb.t_pre.max(hold_from)) >= self.cfg.precharge_timeout_ms as u64
+        {
             self.abort(now, AbortReason::PrechargeTimeout);
         }
     }

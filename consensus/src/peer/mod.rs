@@ -678,6 +678,45 @@ mod tests {
         assert!(out.events.contains(&Event::MainClosing) && out.join_in_progress);
     }
 
+    /// With a hold lead (an inverter that hears the hold late, e.g. Pylon HV's 1 s poll), no
+    /// sample taken before request + lead counts towards the dwell; without it, it would.
+    #[test]
+    fn the_dwell_counts_only_samples_taken_after_the_hold_lead() {
+        for lead in [0u64, 1300] {
+            let cfg = PeerConfig { node_id: 1, members: vec![1], join_hold_lead_ms: lead as u32, lease_ms: 3500, ..Default::default() };
+            let mut p = Peer::new(cfg, 1).unwrap();
+            let mut t = 0;
+            let mut t_req = None;
+            let decided = loop {
+                let mut l = sample(400.0, 399.0, t.max(100) - 100);
+                l.feedback = if t_req.is_some() { Contactors::PRECHARGE } else { Contactors::OPEN };
+                let out = p.tick(t, &l);
+                if out.phase == Phase::Requesting && t_req.is_none() {
+                    t_req = Some(t);
+                }
+                assert_ne!(out.phase, Phase::Waiting, "aborted at {t} (lead {lead})");
+                if out.sample_request {
+                    break t;
+                }
+                assert!(t < 6_000, "never decided (lead {lead})");
+                t += 100;
+            };
+            let t_req = t_req.unwrap();
+            // the dwell (100 ms) starts at the first sample at or after request + lead, which
+            // arrives one period later (samples are one period old)
+            if lead == 0 {
+                assert!(decided - t_req < 1_000, "decided {decided}, request {t_req}");
+            } else {
+                assert!(decided >= t_req + lead + PeerConfig::default().dwell_ms as u64, "decided {decided}, request {t_req}");
+            }
+        }
+        // a lead the lease cannot cover is refused, naming the lease
+        let c = PeerConfig { join_hold_lead_ms: 1300, ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().field, "lease_ms");
+        let c = PeerConfig { join_hold_lead_ms: 20_000, lease_ms: 60_000, ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().field, "join_hold_lead_ms");
+    }
+
     #[test]
     fn a_load_step_after_the_dwell_aborts_instead_of_closing() {
         let (mut p, t0) = precharging(399.0);

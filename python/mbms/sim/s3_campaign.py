@@ -83,12 +83,19 @@ class CampaignResult:
         }
 
 
-def scenario(seed: int) -> Any:
+def scenario(seed: int, hold_latency_ms: int = 0) -> Any:
     """Three equal strings of the default scenario at rest (no load profile: the campaign's
-    steps are the load), 10 ms plant steps, voltage sensors sampled every 100 ms."""
+    steps are the load), 10 ms plant steps, voltage sensors sampled every 100 ms.
+    With a ``hold_latency_ms``, the system waits for the hold as a system file with that
+    inverter does (``protocol.join_hold_lead_ms`` = heartbeat + latency, the value the Rust
+    system normalisation derives for an ``[inverter]``; a lease long enough to cover it)."""
     from mbms.sim.scenario import Scenario
 
     d = Scenario.default().to_dict()
+    if hold_latency_ms:
+        hb = int(d["system"].get("heartbeat_ms", 100))
+        d["system"]["join_hold_lead_ms"] = hb + hold_latency_ms
+        d["system"]["lease_ms"] = max(int(d["system"].get("lease_ms", 2000)), 2000 + hb + hold_latency_ms)
     d["events"] = []
     d["network"] = []
     d["scenario"].update(dt_s=DT_MS / 1000, seed=seed, record_every_s=10.0, duration_s=1e6)
@@ -127,7 +134,7 @@ def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, fre
     res = CampaignResult(load=load, seeds=seeds)
     for seed in range(first_seed, first_seed + seeds):
         rng = random.Random(seed)
-        sc = scenario(seed)
+        sc = scenario(seed, hold_latency_ms)
         sim = fast.build(sc)
         sim.set_node_period(NODE_PERIOD_MS)
         sim.set_hold_load_during_join(load == "inverter")
