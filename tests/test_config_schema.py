@@ -67,3 +67,6 @@ def test_shipped_scenarios_validate_against_the_scenario_schema() -> None:
     bad = dict(default, scenario=dict(default["scenario"], duration=5.0))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, s)
+    bad = dict(default, system=dict(default.get("system", {}), dv_close=2.0))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, s)

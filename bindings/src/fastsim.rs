@@ -129,11 +129,11 @@ impl PyFastSim {
         if !(0.0..=1.0).contains(&p) {
             return Err(verr("duplicate", "expected a probability in 0..1"));
         }
-        self.sim.net.duplicate = p;
+        self.sim.net.dup = p;
         Ok(())
     }
     fn set_delay(&mut self, max_ms: u64) {
-        self.sim.net.max_delay_ms = max_ms;
+        self.sim.net.set_max_delay_ms(max_ms);
     }
     /// Partition group per node index (nodes in equal groups hear each other).
     fn set_groups(&mut self, groups: Vec<u8>) -> PyResult<()> {

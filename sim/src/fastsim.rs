@@ -69,28 +69,7 @@ pub struct NodeSpec {
     pub clock_offset_ms: u64,
 }
 
-/// Network conditions of the simulated peer network.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NetModel {
-    /// Probability that one receiver misses one message (inconsistent omission).
-    pub loss: f64,
-    /// Probability that a delivered message is delivered twice.
-    pub duplicate: f64,
-    /// Uniform extra delay 0..=max (ms); > 0 reorders messages.
-    pub max_delay_ms: u64,
-    /// Partition group per node (index = node index); messages cross only within a group.
-    pub group: Vec<u8>,
-}
-
-impl NetModel {
-    pub fn healthy(n: usize) -> Self {
-        Self { loss: 0.0, duplicate: 0.0, max_delay_ms: 0, group: vec![0; n] }
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.loss == 0.0 && self.group.iter().all(|&g| g == self.group[0])
-    }
-}
+pub use crate::network::NetModel;
 
 struct Flight {
     at_ms: u64,
@@ -178,6 +157,8 @@ pub struct FastSim {
     t_ms: u64,
     dt_ms: u64,
     flights: Vec<Flight>,
+    /// Scratch of one broadcast's deliveries (µs, receiver).
+    deliveries: Vec<crate::network::Delivery>,
     /// Messages in flight, decoded once per broadcast (every receiver gets the same bytes).
     pool: Vec<Message>,
     pub inv: Invariants,
@@ -265,6 +246,7 @@ impl FastSim {
             t_ms: 0,
             dt_ms,
             flights: Vec::new(),
+            deliveries: Vec::new(),
             pool: Vec::new(),
             inv: Invariants::default(),
             record_every,
@@ -652,7 +634,7 @@ impl FastSim {
             local_dcl_a: Some(out.local_dcl_a),
             local_ccl_a: Some(out.local_ccl_a),
             limits_binding: out.action < Action::RampDown,
-            side: Some(self.net.group[k]),
+            side: Some(self.net.group_of(k)),
             reports_open: out.peer.phase == Phase::Isolated,
             ..NodeReport::default()
         };
@@ -666,22 +648,12 @@ impl FastSim {
             };
             let idx = self.pool.len();
             self.pool.push(decoded);
-            for to in 0..n {
-                if to == k || self.net.group[to] != self.net.group[k] {
-                    continue;
-                }
-                if self.net.loss > 0.0 && self.rng.unit() < self.net.loss {
-                    continue;
-                }
-                let delay = if self.net.max_delay_ms > 0 {
-                    self.rng.next_u64() % (self.net.max_delay_ms + 1)
-                } else {
-                    0
-                };
-                self.flights.push(Flight { at_ms: t_ms + delay, to, msg: idx });
-                if self.net.duplicate > 0.0 && self.rng.unit() < self.net.duplicate {
-                    self.flights.push(Flight { at_ms: t_ms + delay + dt_ms, to, msg: idx });
-                }
+            // the one network model (loss, delay, duplicates, partition groups), on this
+            // simulator's one PRNG; the fast simulator's clock is in ms
+            self.deliveries.clear();
+            self.net.broadcast_into(&mut self.rng, t_ms * 1000, k, n, 0, &mut self.deliveries);
+            for &(at_us, to) in &self.deliveries {
+                self.flights.push(Flight { at_ms: at_us / 1000, to, msg: idx });
             }
         }
         self.slots[k].last_cmd = cmd;

@@ -62,6 +62,7 @@ pub struct Scenario {
 /// typing it as a `PeerConfig`, which names the field).
 #[cfg(feature = "schema")]
 #[derive(schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 #[allow(dead_code)]
 struct SystemSchema {
     #[serde(flatten)]
