@@ -31,7 +31,7 @@ def test_sim_check_refuses_a_bad_scenario_and_a_bad_setting(tmp_path: Path) -> N
     bad.write_text('[scenario]\nextends = "default"\nduration_s = -5\n')
     r = _mbms("sim", "--scenario", str(bad), "--check", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip() == f"mbms sim: error: {bad}: scenario.duration_s: expected a number > 0.0, got -5"
+    assert r.stderr.strip() == f"mbms sim: error: {bad}: scenario.duration_s: expected a number > 0, got -5"
     r = _mbms("sim", "--check", "--set", "plant.strings.0.no_such_key=1", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "no_such_key" in r.stderr

@@ -10,7 +10,7 @@ import pytest
 from mbms.config import schemas
 from mbms.paths import schemas_dir
 
-KINDS = ("engine", "node", "pack", "peer", "system")
+KINDS = ("engine", "node", "pack", "peer", "scenario", "system")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -47,3 +47,26 @@ def test_shipped_files_validate_against_the_schemas() -> None:
     bad = dict(doc, pack=dict(doc["pack"], seriez=96))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, s["engine"])
+
+
+def test_shipped_scenarios_validate_against_the_scenario_schema() -> None:
+    """The scenario schema is the simulator's Rust type (sim/src/scenario.rs): the embedded
+    default file validates as written, every shipped scenario once its extends is resolved,
+    and a misspelt key does not."""
+    jsonschema = pytest.importorskip("jsonschema")
+    import tomllib
+
+    from mbms.paths import data_dir
+    from mbms.sim.scenario import Scenario
+
+    s = schemas()["scenario"]
+    default = tomllib.loads((data_dir() / "scenarios" / "default.toml").read_text())
+    jsonschema.validate(default, s)
+    for path in sorted((data_dir() / "scenarios").glob("*.toml")):
+        jsonschema.validate(Scenario.from_toml(path).to_dict(), s)
+    bad = dict(default, scenario=dict(default["scenario"], duration=5.0))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, s)
+    bad = dict(default, system=dict(default.get("system", {}), dv_close=2.0))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, s)

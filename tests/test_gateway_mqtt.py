@@ -60,7 +60,7 @@ def test_node_publishes_state_discovery_events_and_last_will(tmp_path: Path, pro
         assert st["soc_pct"] == pytest.approx(100 * truth["soc"][0], abs=3.0)
         assert st["v_string_v"] == pytest.approx(truth["v_string_v"][0], abs=2.0)
         assert st["v_cell_min_v"] <= st["v_cell_max_v"] and st["v_cell_spread_mv"] >= 0
-        assert st["sys_dcl_a"] > 0 and st["alarm_level"] in ("none", "Warning")
+        assert st["sys_dcl_a"] > 0 and st["alarm_level"] in ("none", "warning")
         cells = json.loads(wait_for(lambda: sub.get(f"{base}/cells"), 10, "cells"))
         assert len(cells) == 96 and min(cells) == pytest.approx(st["v_cell_min_v"], abs=0.01)
         system_state = json.loads(wait_for(lambda: sub.get("mbms/test-sys/system/state"), 5, "system state"))

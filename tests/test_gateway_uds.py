@@ -139,7 +139,7 @@ def _session_with(client, link: str, truth_soc: object) -> None:  # type: ignore
         # --- a load step over this pack's fault threshold: the fault latches, the string opens
         plant_cmd(link, {"op": "load", "i": 12.0})
         wait_for(lambda: plant_cmd(link, {"op": "state"})["contactors"][0] == [False, False, False], 20, "string opened")
-        fault_dtc = dtc_number("overcurrent_discharge", "Fault")
+        fault_dtc = dtc_number("overcurrent_discharge", "fault")
         dtcs = wait_for(lambda: (d := {d.id: d.status.get_byte_as_int() for d in client.get_dtc_by_status_mask(0xFF).service_data.dtcs})
                         and fault_dtc in d and d, 10, "the overcurrent fault's DTC", poll_s=0.1)
         assert fault_dtc in dtcs and dtcs[fault_dtc] & 0x09 == 0x09  # testFailed (latched) + confirmed
@@ -180,11 +180,11 @@ def test_dtc_log_keeps_a_fault_whose_cause_persists() -> None:
                             (False, False, False), (), (), alarms, (3.7,) * 4, (25.0,))
 
     log = DtcLog()
-    ov = Alarm("cell_overvoltage", "Fault", "3")
-    log.update(snap((ov, Alarm("TempSpread", "Warning", "pack"))), "v", "s")
+    ov = Alarm("cell_overvoltage", "fault", "3")
+    log.update(snap((ov, Alarm("TempSpread", "warning", "pack"))), "v", "s")
     log.update(snap((ov,)), "v", "s")  # the warning went, the latched fault stays
     recs = {r.dtc: r.status for r in log.matching(0xFF)}
-    assert recs[dtc_number("cell_overvoltage", "Fault")] == TEST_FAILED | CONFIRMED
-    assert recs[dtc_number("TempSpread", "Warning")] == CONFIRMED
-    assert log.clear_inactive(0xFFFFFF) == [dtc_number("cell_overvoltage", "Fault")]  # still failing: kept
-    assert [r.dtc for r in log.matching(0xFF)] == [dtc_number("cell_overvoltage", "Fault")]
+    assert recs[dtc_number("cell_overvoltage", "fault")] == TEST_FAILED | CONFIRMED
+    assert recs[dtc_number("TempSpread", "warning")] == CONFIRMED
+    assert log.clear_inactive(0xFFFFFF) == [dtc_number("cell_overvoltage", "fault")]  # still failing: kept
+    assert [r.dtc for r in log.matching(0xFF)] == [dtc_number("cell_overvoltage", "fault")]

@@ -60,7 +60,7 @@ def test_web_page_shows_isolation_alarm_and_rejoin(tmp_path: Path, procs: list[P
 
         # a load step: pack 3's low overcurrent threshold trips, it isolates; the others stay on
         plant_cmd(link, {"op": "load", "i": 30.0})
-        page.locator('#alarms li.alarm.lvl-Fault[data-pack="3"]').wait_for(timeout=30_000)
+        page.locator('#alarms li.alarm.lvl-fault[data-pack="3"]').wait_for(timeout=30_000)
         assert "overcurrent_discharge" in page.locator('#alarms li[data-pack="3"]').inner_text()
         page.locator('#strings tr[data-pack="3"][data-contactors="---"]').wait_for(timeout=30_000)
         assert row(1).get_attribute("data-contactors") == "NP-" and row(2).get_attribute("data-contactors") == "NP-"

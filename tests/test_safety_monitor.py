@@ -1,10 +1,13 @@
 """mbms._core.SafetyMonitor, the safety monitor processes mode uses (sim/src/monitor.rs): the
 same rules and margins as the protocol and fast simulators, fed from outside."""
 
+from typing import Any
+
 import pytest
 
 from mbms import _core
 from mbms.consensus import ConsensusConfig
+from mbms.types import Violation
 
 OPEN = (False, False, False)
 PRE = (True, False, True)
@@ -15,8 +18,8 @@ def monitor(n: int = 3) -> _core.SafetyMonitor:
     return _core.SafetyMonitor(ConsensusConfig.of(node_id=1, members=tuple(range(1, n + 1))).to_dict())
 
 
-def rules(found: list[tuple[str, float, str]]) -> list[str]:
-    return [r for r, _, _ in found]
+def rules(found: list[dict[str, Any]]) -> list[str]:
+    return [Violation.from_dict(v).rule for v in found]
 
 
 def test_s2_two_precharge_relays_at_once() -> None:
@@ -25,7 +28,7 @@ def test_s2_two_precharge_relays_at_once() -> None:
         m.node_report(k, True)
     assert m.plant_step(0.0, 400.0, [PRE, OPEN, OPEN], [400.0] * 3, [0.0] * 3, False) == []
     found = m.plant_step(0.01, 400.0, [PRE, PRE, OPEN], [400.0] * 3, [0.0] * 3, False)
-    assert rules(found) == ["S2"] and found[0][1] == pytest.approx(0.01)
+    assert rules(found) == ["S2"] and found[0]["t_s"] == pytest.approx(0.01)
 
 
 def test_s3_close_at_a_true_mismatch_beyond_the_margin() -> None:
@@ -37,7 +40,8 @@ def test_s3_close_at_a_true_mismatch_beyond_the_margin() -> None:
     v2 = [400.0, 400.0 - (limit + 0.5), 390.0]  # string 2 closes 0.5 V beyond it
     m.plant_step(0.02, 400.0, [CLOSED, OPEN, OPEN], v2, [0.0] * 3, False)
     found = m.plant_step(0.03, 400.0, [CLOSED, CLOSED, OPEN], v2, [0.0] * 3, False)
-    assert rules(found) == ["S3"] and "string 2" in found[0][2]
+    assert rules(found) == ["S3"] and "string 2" in found[0]["detail"] and found[0]["what"]["kind"] == "closed_on_mismatch"
+    assert found[0]["what"]["string"] == 1
     assert [k for _, k, _ in m.figures()["closes"]] == [0, 1]
 
 

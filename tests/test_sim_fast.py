@@ -112,8 +112,13 @@ def test_killed_node_is_detected_and_rejoins_after_restart() -> None:
     res = fast.run(sc)
     rep = res.report
     assert rep["violations"] == []
-    # detected by every peer within 3 heartbeat periods (plus one 100 ms step of sampling)
-    assert rep["detect_latencies_ms"] and max(rep["detect_latencies_ms"]) <= 400
+    # detected by every peer once the failure timeout has run from the last message heard: on
+    # this reordering network a message sent just before the kill can arrive up to max_ms late
+    # (the 3-heartbeat target is for a healthy network: mbms bench consensus), plus one step of
+    # sampling
+    max_delay_ms = max(e.max_ms or 0 for e in sc.network if e.kind == "delay")
+    bound_ms = sc.system["fail_timeout_ms"] + max_delay_ms + round(sc.dt_s * 1000)
+    assert rep["detect_latencies_ms"] and max(rep["detect_latencies_ms"]) <= bound_ms
     p3 = rep["packs"][2]
     assert p3["isolations"] == 1 and p3["rejoins"] == 1
     # while node 3 is dead its string is open and the others carry the load
@@ -133,7 +138,9 @@ BAD = [
     ({"network": [{"at_s": 1.0, "kind": "meteor"}]}, "network[0].kind"),
     ({"node": {"stale_msec": 3}}, "node.stale_msec"),
     ({"system": {"dv_close_v": -3.0}}, "dv_close_v"),
-    ({"plant": {"strings": [{"series": 96, "parallel": 4, "cell": "no_such_cell", "initial_soc": 0.5}]}}, "no_such_cell"),
+    # (the default's run-time events name string 1: gone with one string, so they go too)
+    ({"plant": {"strings": [{"series": 96, "parallel": 4, "cell": "no_such_cell", "initial_soc": 0.5}]}, "events": []},
+     "no_such_cell"),
     ({"plant": {"strings": [{"series": 96, "parallel": 4, "cell": "lg_m50_nmc", "initial_soc": 1.7}]}}, "initial_soc"),
     ({"events": [{"at_s": 5.0, "fault": {"kind": "internal_short", "string": 7, "element": 1, "r_short_ohm": 1.0}}]}, "string"),
     ({"engine": {"pack": "missing_pack"}}, "engine.pack"),

@@ -187,6 +187,12 @@ fn config_schemas<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let text = serde_json::to_string_pretty(&schema).map_err(|e| PyValueError::new_err(e.to_string()))?;
         d.set_item(name, text)?;
     }
+    // the scenario file's schema is the simulator's (it embeds the plant description)
+    #[cfg(feature = "sim")]
+    {
+        let text = serde_json::to_string_pretty(&mbms_sim::scenario::schema()).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        d.set_item("scenario", text)?;
+    }
     Ok(d)
 }
 

@@ -8,7 +8,7 @@ use pyo3::types::{PyDict, PyList};
 
 use mbms_core::cell_model::CellParams;
 use mbms_core::engine::Engine;
-use mbms_core::protection::Rule;
+use mbms_core::protection::{Level, Rule};
 
 use crate::config::{engine_from_py, raise_field};
 
@@ -208,8 +208,15 @@ fn engine_rules() -> Vec<&'static str> {
     Rule::ALL.iter().map(|r| r.name()).collect()
 }
 
+/// Protection level names, lowest first (`Level::name`): the one spelling of a fault's level.
+#[pyfunction]
+fn engine_levels() -> Vec<&'static str> {
+    Level::ALL.iter().map(|l| l.name()).collect()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_function(wrap_pyfunction!(engine_rules, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_levels, m)?)?;
     Ok(())
 }

@@ -23,7 +23,7 @@ use mbms_sim::plant::fault::PlantFault;
 use mbms_sim::plant::Plant;
 
 #[cfg(feature = "sim")]
-use crate::config::{engine_from_py, node_from_py, peer_from_py, raise_field};
+use crate::config::{engine_from_py, node_from_py, peer_from_py, raise_field, to_py};
 
 fn verr(field: &str, msg: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(format!("{field}: {msg}"))
@@ -129,11 +129,11 @@ impl PyFastSim {
         if !(0.0..=1.0).contains(&p) {
             return Err(verr("duplicate", "expected a probability in 0..1"));
         }
-        self.sim.net.duplicate = p;
+        self.sim.net.dup = p;
         Ok(())
     }
     fn set_delay(&mut self, max_ms: u64) {
-        self.sim.net.max_delay_ms = max_ms;
+        self.sim.net.set_max_delay_ms(max_ms);
     }
     /// Partition group per node index (nodes in equal groups hear each other).
     fn set_groups(&mut self, groups: Vec<u8>) -> PyResult<()> {
@@ -214,16 +214,12 @@ impl PyFastSim {
     fn main_close_events(&self) -> Vec<(f64, usize, f64, f64)> {
         self.sim.plant().main_close_events().iter().map(|e| (e.t_s, e.string, e.dv_true_v, e.inrush_a)).collect()
     }
-    /// (phase, contactors commanded, fault, aborted closes, completed closes) of node k's
-    /// current incarnation, None if it is dead.
-    #[allow(clippy::type_complexity)]
-    fn node_state(&self, k: usize) -> PyResult<Option<(u8, (bool, bool, bool), bool, u64, u64)>> {
+    /// Node k's current incarnation as the record `mbms_sim::fastsim::NodeState`: {phase,
+    /// command, fault, aborts, closes}; None if it is dead.
+    fn node_state<'py>(&self, py: Python<'py>, k: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
         self.check(k)?;
-        Ok(self.sim.node(k).map(|c| {
-            let o = c.output();
-            let n = c.peer().counters();
-            (o.phase as u8, (o.contactors.neg, o.contactors.pos, o.contactors.pre), o.fault, n.aborts, n.closes)
-        }))
+        // the one record (mbms_sim::fastsim::NodeState), not a tuple
+        self.sim.node_state(k).map(|st| to_py(py, &st)).transpose()
     }
     /// Load current drawn in the last plant step (A).
     fn plant_load_a(&self) -> f64 {

@@ -21,6 +21,8 @@ mod monitor;
 mod node;
 #[cfg(feature = "sim")]
 mod plant;
+#[cfg(feature = "sim")]
+mod scenario;
 
 #[pymodule]
 #[pyo3(name = "_core")]
@@ -38,5 +40,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     node::register(m)?;
     #[cfg(feature = "sim")]
     plant::register(m)?;
+    #[cfg(feature = "sim")]
+    scenario::register(m)?;
     Ok(())
 }

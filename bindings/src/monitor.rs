@@ -9,10 +9,12 @@ use pyo3::types::PyDict;
 use mbms_consensus::{Contactors, Phase};
 use mbms_sim::monitor::{Monitor, MonitorConfig, NodeReport, PlantSnapshot, StringTruth, Violation};
 
-use crate::config::peer_from_py;
+use crate::config::{peer_from_py, to_py};
 
-fn violation_tuple(v: &Violation) -> (&'static str, f64, String) {
-    (v.rule.name(), v.t_us as f64 * 1e-6, v.what.to_string())
+/// Violations as the one serde record of `mbms_sim::monitor::Violation`: a list of dicts
+/// `{rule, t_s, detail, what: {kind, ...}}`.
+fn violations_py<'py>(py: Python<'py>, v: &[Violation]) -> PyResult<Bound<'py, PyAny>> {
+    to_py(py, &v)
 }
 
 fn t_us(t_s: f64) -> PyResult<u64> {
@@ -87,16 +89,18 @@ impl PySafetyMonitor {
 
     /// The plant's truth at `t_s`: contactor states `(neg, pos, pre)`, string voltages and
     /// currents per string. `healthy`: the network is connected and every node is heard.
-    /// Returns the violations found at this instant as `(rule, t_s, what)`.
-    fn plant_step(
+    /// Returns the violations found at this instant (records, see `violations`).
+    #[allow(clippy::too_many_arguments)]
+    fn plant_step<'py>(
         &mut self,
+        py: Python<'py>,
         t_s: f64,
         v_bus_v: f64,
         contactors: Vec<(bool, bool, bool)>,
         v_string_v: Vec<f64>,
         i_a: Vec<f64>,
         healthy: bool,
-    ) -> PyResult<Vec<(&'static str, f64, String)>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let n = self.m.config().members;
         if contactors.len() != n || v_string_v.len() != n || i_a.len() != n {
             return Err(PyValueError::new_err(format!(
@@ -115,7 +119,7 @@ impl PySafetyMonitor {
         let before = self.m.violations().len();
         let plant = PlantSnapshot { v_bus_v, strings: &self.truth };
         self.m.plant_step(t, &plant, healthy);
-        Ok(self.m.violations()[before..].iter().map(violation_tuple).collect())
+        violations_py(py, &self.m.violations()[before..])
     }
 
     /// End of the run: a disagreement still open counts as an agreement latency so far.
@@ -124,9 +128,9 @@ impl PySafetyMonitor {
         Ok(())
     }
 
-    /// Every violation so far as `(rule, t_s, what)`.
-    fn violations(&self) -> Vec<(&'static str, f64, String)> {
-        self.m.violations().iter().map(violation_tuple).collect()
+    /// Every violation so far: `{rule, t_s, detail, what: {kind, ...}}` each.
+    fn violations<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        violations_py(py, self.m.violations())
     }
 
     /// Figures: `max_string_overcurrent_a`, `agree_latencies_ms`, `closes` [(t_ms, string, dv_v)].

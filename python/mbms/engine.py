@@ -28,6 +28,7 @@ import numpy as np
 from mbms import _core
 from mbms.config import read_layers, resolve_cell, view
 from mbms.errors import ConfigError, InputError
+from mbms.types import Fault  # the one fault form (rule, level name, index) in every mode
 
 #: Index of a pack-level fault (not tied to a cell or a sensor).
 PACK_INDEX = 0xFFFF_FFFF
@@ -214,26 +215,15 @@ class Action(IntEnum):
 
 
 class Level(IntEnum):
+    """Severity order of the protection levels; a fault carries the level's name
+    (``mbms.types.LEVELS``), ``Level[f.level.upper()]`` orders it."""
+
     WARNING = 0
     ALARM = 1
     FAULT = 2
 
 
 RULES: tuple[str, ...] = tuple(_core.engine_rules())
-
-
-@dataclass(frozen=True)
-class Fault:
-    """An active condition: the highest confirmed level of ``rule`` at ``index`` (cell,
-    temperature sensor, or :data:`PACK_INDEX` for pack-level rules)."""
-
-    rule: str
-    level: Level
-    index: int
-
-    @property
-    def pack_level(self) -> bool:
-        return self.index == PACK_INDEX
 
 
 @dataclass(frozen=True)
@@ -331,7 +321,7 @@ class Engine:
             t_s=self._t_s,
             action=Action(d["action"]),
             # the core's one fault form: {"rule", "level" (name), "index"}
-            faults=tuple(Fault(f["rule"], Level[f["level"].upper()], f["index"]) for f in d["faults"]),
+            faults=tuple(Fault.from_dict(f) for f in d["faults"]),
             soc=d["soc"],
             soc_sigma=d["soc_sigma"],
             soc_cc=d["soc_cc"],

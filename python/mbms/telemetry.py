@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from mbms.config_views import MAX_NODE_ID
-from mbms.types import Fault, Measurement, NodeStatus, Phase
+from mbms.types import LEVELS, Fault, Measurement, NodeStatus, Phase
 from mbms.paths import dbc_file
 from mbms.transport.segmentation import can_id, is_peer_id, split_id
 
@@ -239,7 +239,7 @@ class TelemetryEncoder:
 
 #: AlarmRule of a fail-safe (the runtime's or the core's).
 ALARM_RULE_FAIL_SAFE = 31
-_LEVELS = ("warning", "alarm", "fault")  # rust_core/src/protection.rs Level::name, lowest first
+_LEVELS = LEVELS  # the core's level names, lowest first (mbms.types.LEVELS)
 
 
 def rule_number(rule: str) -> int:

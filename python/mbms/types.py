@@ -99,6 +99,10 @@ class Measurement:
     age_ms: float = 0.0
 
 
+#: Protection level names, lowest first: the core's one spelling (``Level::name``).
+LEVELS: tuple[str, ...] = tuple(_core.engine_levels())
+
+
 @dataclass(frozen=True)
 class Fault:
     """An active protection condition, as the Rust core reports it in every mode (NodeCore,
@@ -119,8 +123,31 @@ class Fault:
     def as_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "level": self.level, "index": self.index}
 
+    @property
+    def pack_level(self) -> bool:
+        return self.index == self.PACK_INDEX
+
     def __str__(self) -> str:
         return f"{self.rule}:{self.level}@{'pack' if self.index == self.PACK_INDEX else self.index}"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A safety-rule violation as the one safety monitor reports it (``sim/src/monitor.rs``,
+    ``Violation``'s serde record): ``rule`` ("S1".."S6"), ``t_s``, ``detail`` (the sentence) and
+    ``what`` (the typed record: ``{"kind": snake_case, ...fields}``, node/string indices 0-based)."""
+
+    rule: str
+    t_s: float
+    detail: str
+    what: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Violation:
+        return cls(str(d["rule"]), float(d["t_s"]), str(d["detail"]), dict(d["what"]))
+
+    def __str__(self) -> str:
+        return f"t={self.t_s:.1f}s {self.rule}: {self.detail}"
 
 
 @dataclass(frozen=True)

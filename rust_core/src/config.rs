@@ -94,32 +94,41 @@ pub fn typed<T: DeserializeOwned>(v: toml::Value, prefix: &str) -> Result<T, Con
     if let Some(p) = non_finite(&v, prefix) {
         return Err(cerr(p, "expected a finite number, got NaN or inf"));
     }
-    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
-        let inner = e.inner().to_string();
-        let mut path = e.path().to_string();
-        if path == "." {
-            path.clear();
+    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| path_error(&e, prefix))
+}
+
+/// [`typed`] for a JSON value (what Python data becomes through `pythonize`; `null` is an
+/// absent `Option`). JSON has no NaN or inf, so only the serde checks remain.
+pub fn typed_json<T: DeserializeOwned>(v: serde_json::Value, prefix: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| path_error(&e, prefix))
+}
+
+/// A serde error with its path as a [`ConfigError`] naming the dotted field.
+fn path_error<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>, prefix: &str) -> ConfigError {
+    let inner = e.inner().to_string();
+    let mut path = e.path().to_string();
+    if path == "." {
+        path.clear();
+    }
+    let mut field = join(prefix, &path);
+    // serde names a missing key only in its message; put it into the dotted field
+    if let Some(rest) = inner.strip_prefix("missing field `") {
+        if let Some(name) = rest.split('`').next() {
+            field = join(&field, name);
         }
-        let mut field = join(prefix, &path);
-        // serde names a missing key only in its message; put it into the dotted field
-        if let Some(rest) = inner.strip_prefix("missing field `") {
-            if let Some(name) = rest.split('`').next() {
+    }
+    // an unknown key: the path ends at its table; the key is in the message
+    if let Some(rest) = inner.strip_prefix("unknown field `") {
+        if let Some(name) = rest.split('`').next() {
+            if !field.ends_with(name) {
                 field = join(&field, name);
             }
         }
-        // an unknown key: the path ends at its table; the key is in the message
-        if let Some(rest) = inner.strip_prefix("unknown field `") {
-            if let Some(name) = rest.split('`').next() {
-                if !field.ends_with(name) {
-                    field = join(&field, name);
-                }
-            }
-        }
-        if field.is_empty() {
-            field = "<root>".into();
-        }
-        cerr(field, clip_message(inner))
-    })
+    }
+    if field.is_empty() {
+        field = "<root>".into();
+    }
+    cerr(field, clip_message(inner))
 }
 
 /// serde echoes the offending value; a hostile file's 200 kB string (or a float printed with

@@ -206,7 +206,7 @@ pub struct NodeInputs<'a> {
 
 /// One node step's output as every binding hands it out (issue 9: one schema, never built
 /// by hand per binding): the [`NodeOutput`] fields, the engine's SOC figures, the active
-/// faults ([`ActiveFault`]) and the peer's events of this step.
+/// faults ([`ActiveFault`]); the peer's events of this step come with the output.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport<'a> {
     #[serde(flatten)]
@@ -220,7 +220,6 @@ pub struct NodeReport<'a> {
     /// resistance state of health (1.0 = as new): MQTT, metrics, UDS
     pub soh_resistance: f64,
     pub faults: &'a [ActiveFault],
-    pub events: &'a [mbms_consensus::Event],
 }
 
 impl FailSafe {
@@ -243,61 +242,41 @@ impl Serialize for FailSafe {
 }
 
 /// What the node commands after one step. Serialized (with [`NodeReport`]) as the one schema
-/// of a node's output in every binding.
+/// of a node's output in every binding: the peer's output (its fields flattened in, one
+/// definition of phase, agreed limits, member sets, speaker, messages, events) and what the
+/// node adds on top of it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeOutput {
+    /// The peer's output of this step, as the peer gave it except `sample_request`, which a
+    /// local fault clears (no main close on a faulted pack).
+    #[serde(flatten)]
+    pub peer: PeerOutput,
+    /// What the contactors are commanded to: the peer's `command`, or open on a local fault
+    /// (S1: the open does not wait for the peer).
     pub contactors: Contactors,
     pub balance: Vec<bool>,
-    #[serde(serialize_with = "mbms_consensus::member_set::serialize_messages")]
-    pub messages: Vec<Vec<u8>>,
     pub action: Action,
     pub failsafe: FailSafe,
     /// The pack opened on its own (S1) this step or is held open by a fault.
     pub fault: bool,
-    pub phase: Phase,
     pub local_dcl_a: f64,
     pub local_ccl_a: f64,
-    pub system_dcl_a: f64,
-    pub system_ccl_a: f64,
-    #[serde(serialize_with = "mbms_consensus::member_set::serialize_ids")]
-    pub closed_set: u64,
-    #[serde(serialize_with = "mbms_consensus::member_set::serialize_ids")]
-    pub live_set: u64,
-    pub quorum: bool,
-    pub speaker: Option<u16>,
-    pub dcdc_setpoint_a: Option<f64>,
     /// Number of engine fault resets requested so far.
     pub resets: u32,
-    // ---- two-phase main close (S3, issue 11) ----
-    /// The precharge dwell is over: take a sample NOW and step again; the main contactor is
-    /// commanded only on a sample taken after this step (see `Peer::precharge_step`).
-    pub sample_request: bool,
-    /// A string is joining (precharging/closing): the load should be held steady.
-    pub join_in_progress: bool,
 }
 
 impl NodeOutput {
     fn new(n_cells: usize) -> Self {
         Self {
+            peer: PeerOutput { phase: Phase::Open, ..PeerOutput::default() },
             contactors: Contactors::OPEN,
             balance: vec![false; n_cells],
-            messages: Vec::new(),
             action: Action::None,
             failsafe: FailSafe::None,
             fault: false,
-            phase: Phase::Open,
             local_dcl_a: 0.0,
             local_ccl_a: 0.0,
-            system_dcl_a: 0.0,
-            system_ccl_a: 0.0,
-            closed_set: 0,
-            live_set: 0,
-            quorum: false,
-            speaker: None,
-            dcdc_setpoint_a: None,
             resets: 0,
-            sample_request: false,
-            join_in_progress: false,
         }
     }
 }
@@ -379,7 +358,6 @@ impl NodeCore {
             soh_capacity: eo.soh_capacity,
             soh_resistance: eo.soh_resistance,
             faults: &eo.faults,
-            events: &self.peer.output().events,
         }
     }
 
@@ -517,25 +495,15 @@ impl NodeCore {
         let po: &PeerOutput = self.peer.tick(t_ms, &local);
 
         let out = &mut self.out;
+        out.peer.clone_from(po);
+        out.peer.sample_request = po.sample_request && !fault;
         // S1: the open does not wait for the peer (it opens too, but this is the local guard).
         out.contactors = if fault { Contactors::OPEN } else { po.command };
-        out.messages.clear();
-        out.messages.extend(po.messages.iter().cloned());
         out.action = action;
         out.failsafe = failsafe;
         out.fault = fault;
-        out.phase = po.phase;
         out.local_dcl_a = local.dcl_a;
         out.local_ccl_a = local.ccl_a;
-        out.system_dcl_a = po.system_dcl_a;
-        out.system_ccl_a = po.system_ccl_a;
-        out.closed_set = po.closed_set;
-        out.live_set = po.live_set;
-        out.quorum = po.quorum;
-        out.speaker = po.speaker;
-        out.dcdc_setpoint_a = po.dcdc_setpoint_a;
-        out.sample_request = po.sample_request && !fault;
-        out.join_in_progress = po.join_in_progress;
         out.balance.clear();
         if fault {
             out.balance.resize(eo.balance.len(), false);

@@ -23,6 +23,17 @@ use mbms_core::protection::{Action, ActiveFault, FaultSeen, Level, Rule};
 
 use crate::monitor::{self, Monitor, MonitorConfig, NodeReport, PlantSnapshot};
 
+/// One node's state as the fast simulator's callers poll it (serde record: phase by name,
+/// contactor command, local fault, the peer's abort and close counters).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct NodeState {
+    pub phase: Phase,
+    pub command: mbms_consensus::Contactors,
+    pub fault: bool,
+    pub aborts: u64,
+    pub closes: u64,
+}
+
 /// One pack's figures in a simulation report (`FastSim::pack_report`), serialized as is.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PackReport {
@@ -58,28 +69,7 @@ pub struct NodeSpec {
     pub clock_offset_ms: u64,
 }
 
-/// Network conditions of the simulated peer network.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NetModel {
-    /// Probability that one receiver misses one message (inconsistent omission).
-    pub loss: f64,
-    /// Probability that a delivered message is delivered twice.
-    pub duplicate: f64,
-    /// Uniform extra delay 0..=max (ms); > 0 reorders messages.
-    pub max_delay_ms: u64,
-    /// Partition group per node (index = node index); messages cross only within a group.
-    pub group: Vec<u8>,
-}
-
-impl NetModel {
-    pub fn healthy(n: usize) -> Self {
-        Self { loss: 0.0, duplicate: 0.0, max_delay_ms: 0, group: vec![0; n] }
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.loss == 0.0 && self.group.iter().all(|&g| g == self.group[0])
-    }
-}
+pub use crate::network::NetModel;
 
 struct Flight {
     at_ms: u64,
@@ -167,6 +157,8 @@ pub struct FastSim {
     t_ms: u64,
     dt_ms: u64,
     flights: Vec<Flight>,
+    /// Scratch of one broadcast's deliveries (µs, receiver).
+    deliveries: Vec<crate::network::Delivery>,
     /// Messages in flight, decoded once per broadcast (every receiver gets the same bytes).
     pool: Vec<Message>,
     pub inv: Invariants,
@@ -263,6 +255,7 @@ impl FastSim {
             t_ms: 0,
             dt_ms,
             flights: Vec::new(),
+            deliveries: Vec::new(),
             pool: Vec::new(),
             inv: Invariants::default(),
             record_every,
@@ -319,12 +312,12 @@ impl FastSim {
     /// Is a join in progress, as the speaker (the node the inverter listens to) reports?
     fn speaker_join_in_progress(&self) -> bool {
         let Some(first) = self.slots.iter().filter_map(|s| s.core.as_ref()).next() else { return false };
-        let Some(sp) = first.output().speaker else { return false };
+        let Some(sp) = first.output().peer.speaker else { return false };
         self.slots
             .iter()
             .filter_map(|s| s.core.as_ref())
             .find(|c| c.node_id() == sp)
-            .is_some_and(|c| c.output().join_in_progress)
+            .is_some_and(|c| c.output().peer.join_in_progress)
     }
 
 
@@ -345,6 +338,14 @@ impl FastSim {
     }
     pub fn node(&self, k: usize) -> Option<&NodeCore> {
         self.slots[k].core.as_ref()
+    }
+    /// Node `k`'s state as a caller polls it between runs (None while it is dead).
+    pub fn node_state(&self, k: usize) -> Option<NodeState> {
+        self.node(k).map(|c| {
+            let o = c.output();
+            let n = c.peer().counters();
+            NodeState { phase: o.peer.phase, command: o.contactors, fault: o.fault, aborts: n.aborts, closes: n.closes }
+        })
     }
     pub fn time_connected_s(&self, k: usize) -> f64 {
         self.time_connected_ms[k] as f64 / 1000.0
@@ -434,10 +435,10 @@ impl FastSim {
         // The speaker is the node that every live node names; take the first live node's
         // choice and read that node's limits. No live speaker: the inverter sees nothing.
         let first = self.slots.iter().filter_map(|s| s.core.as_ref()).next()?;
-        let sp = first.output().speaker?;
+        let sp = first.output().peer.speaker?;
         let spk = self.slots.iter().filter_map(|s| s.core.as_ref()).find(|c| c.node_id() == sp)?;
         let o = spk.output();
-        Some((o.system_dcl_a, o.system_ccl_a))
+        Some((o.peer.system_dcl_a, o.peer.system_ccl_a))
     }
 
     /// Advance one step of `dt_ms`.
@@ -480,7 +481,7 @@ impl FastSim {
             self.quiet_since_ms = None;
         } else if !self.ready {
             let joining = self.slots.iter().filter_map(|s| s.core.as_ref()).any(|c| {
-                matches!(c.output().phase, Phase::Requesting | Phase::Precharging | Phase::Closing | Phase::Waiting | Phase::Listening)
+                matches!(c.output().peer.phase, Phase::Requesting | Phase::Precharging | Phase::Closing | Phase::Waiting | Phase::Listening)
             });
             if joining {
                 self.quiet_since_ms = None;
@@ -628,55 +629,45 @@ impl FastSim {
             pos: out.contactors.pos,
             pre: out.contactors.pre,
             balance: out.balance.clone(),
-            dcdc_setpoint_a: out.dcdc_setpoint_a,
+            dcdc_setpoint_a: out.peer.dcdc_setpoint_a,
         };
-        let wants_sample = out.sample_request;
+        let wants_sample = out.peer.sample_request;
         // The safety monitor on this node's decision (S1: a node holding a fault commands
         // open in that same step; S2, S6 on its phase).
         let report = NodeReport {
             alive: true,
             fault: Some(out.fault),
             command: Some(out.contactors),
-            phase: Some(out.phase),
-            quorum: Some(out.quorum),
-            live_set: Some(out.live_set),
-            closed_set: Some(out.closed_set),
-            speaker: Some(out.speaker),
-            system_dcl_a: Some(out.system_dcl_a),
-            system_ccl_a: Some(out.system_ccl_a),
+            phase: Some(out.peer.phase),
+            quorum: Some(out.peer.quorum),
+            live_set: Some(out.peer.live_set),
+            closed_set: Some(out.peer.closed_set),
+            speaker: Some(out.peer.speaker),
+            system_dcl_a: Some(out.peer.system_dcl_a),
+            system_ccl_a: Some(out.peer.system_ccl_a),
             local_dcl_a: Some(out.local_dcl_a),
             local_ccl_a: Some(out.local_ccl_a),
             limits_binding: out.action < Action::RampDown,
-            side: Some(self.net.group[k]),
-            reports_open: out.phase == Phase::Isolated,
+            side: Some(self.net.group_of(k)),
+            reports_open: out.peer.phase == Phase::Isolated,
             ..NodeReport::default()
         };
         let plant = PlantSnapshot { v_bus_v: self.plant.v_bus_v(), strings: &self.truth_buf };
         self.monitor.node_step(t_ms * 1000, k, &report, &plant);
         // Messages: one send, each receiver on its own fate.
-        for msg in &out.messages {
+        for msg in &out.peer.messages {
             let Ok(decoded) = Message::decode(msg) else {
                 self.inv.violate(t_ms, "wire", format!("node {} sent a message that does not decode", k + 1));
                 continue;
             };
             let idx = self.pool.len();
             self.pool.push(decoded);
-            for to in 0..n {
-                if to == k || self.net.group[to] != self.net.group[k] {
-                    continue;
-                }
-                if self.net.loss > 0.0 && self.rng.unit() < self.net.loss {
-                    continue;
-                }
-                let delay = if self.net.max_delay_ms > 0 {
-                    self.rng.next_u64() % (self.net.max_delay_ms + 1)
-                } else {
-                    0
-                };
-                self.flights.push(Flight { at_ms: t_ms + delay, to, msg: idx });
-                if self.net.duplicate > 0.0 && self.rng.unit() < self.net.duplicate {
-                    self.flights.push(Flight { at_ms: t_ms + delay + dt_ms, to, msg: idx });
-                }
+            // the one network model (loss, delay, duplicates, partition groups), on this
+            // simulator's one PRNG; the fast simulator's clock is in ms
+            self.deliveries.clear();
+            self.net.broadcast_into(&mut self.rng, t_ms * 1000, k, n, 0, &mut self.deliveries);
+            for &(at_us, to) in &self.deliveries {
+                self.flights.push(Flight { at_ms: at_us / 1000, to, msg: idx });
             }
         }
         self.slots[k].last_cmd = cmd;
@@ -772,7 +763,7 @@ impl FastSim {
                     continue;
                 }
                 let bit = 1u64 << d;
-                let all_dropped = self.slots.iter().filter_map(|s| s.core.as_ref()).all(|c| c.output().live_set & bit == 0);
+                let all_dropped = self.slots.iter().filter_map(|s| s.core.as_ref()).all(|c| c.output().peer.live_set & bit == 0);
                 if all_dropped {
                     self.inv.detect_latencies_ms.push(t_ms - at);
                     self.inv.killed_at_ms[d] = None;
@@ -820,7 +811,7 @@ impl FastSim {
             .iter()
             .filter_map(|s| s.core.as_ref())
             .next()
-            .and_then(|c| c.output().speaker)
+            .and_then(|c| c.output().peer.speaker)
             .map_or(0.0, f64::from);
         self.system_rows.extend_from_slice(&[
             self.t_ms as f64 / 1000.0,
@@ -847,10 +838,10 @@ impl FastSim {
                         soc_true,
                         core.engine().output().soc_mean,
                         state,
-                        o.phase as u8 as f64,
+                        o.peer.phase as u8 as f64,
                         o.local_dcl_a,
                         o.local_ccl_a,
-                        o.system_dcl_a,
+                        o.peer.system_dcl_a,
                         t_max,
                         o.action as u8 as f64,
                         o.fault as u8 as f64,

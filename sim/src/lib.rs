@@ -8,12 +8,16 @@
 //! - [`fastsim`]: the fast mode of `mbms sim`: one plant, N `NodeCore`s, a simulated peer
 //!   network, on a virtual clock.
 //! - [`monitor`]: the one safety monitor (S1–S6), used by every simulation mode.
+//! - [`network`]: the one network model (loss, delay, duplicates, partitions; CAN- or UDP-like).
+//! - [`scenario`]: the scenario file of `mbms sim` (one serde schema, normalised here).
 //! - [`rng`]: the one PRNG module (SplitMix64 from the protocol crate, xoshiro256** + ziggurat).
 //! - [`protocol`]: the deterministic protocol simulator (N `Peer`s, a small electrical model,
-//!   a network model, crashes, drift) and its S1–S6 checker.
+//!   crashes, drift), on the one network model.
 
 pub mod fastsim;
 pub mod monitor;
+pub mod network;
 pub mod plant;
 pub mod protocol;
 pub mod rng;
+pub mod scenario;

@@ -64,8 +64,8 @@ pub const S1_OPEN_DEADLINE_US: u64 = 1_000_000;
 pub const S4_RELATIVE_SLACK: f64 = 0.005;
 pub const S4_SLACK_PER_STRING_A: f64 = 0.2;
 
-/// The rule a violation breaks (brief §3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The rule a violation breaks (brief §3). Serialized as its name ("S1").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Rule {
     S1,
     S2,
@@ -89,7 +89,9 @@ impl Rule {
 }
 
 /// What was seen. Node and string numbers are indices (0-based) into the configured members.
-#[derive(Clone, Debug, PartialEq)]
+/// Serialized as a record with its `kind` (snake_case) and fields.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum What {
     /// S1: a node holding a fault commands anything but open.
     FaultNotOpened { node: usize, command: Contactors },
@@ -121,6 +123,20 @@ pub struct Violation {
     pub rule: Rule,
     pub t_us: u64,
     pub what: What,
+}
+
+/// The one output schema of a violation (bindings, reports): `{rule, t_s, detail, what}`, with
+/// `detail` the sentence [`What`] displays as and `what` the typed record.
+impl serde::Serialize for Violation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Violation", 4)?;
+        st.serialize_field("rule", &self.rule)?;
+        st.serialize_field("t_s", &(self.t_us as f64 * 1e-6))?;
+        st.serialize_field("detail", &self.what.to_string())?;
+        st.serialize_field("what", &self.what)?;
+        st.end()
+    }
 }
 
 impl fmt::Display for What {

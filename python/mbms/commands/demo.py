@@ -64,7 +64,7 @@ def one_string_plant(cfg: PackConfig, seed: int) -> Plant:
 def _fmt_faults(r: StepResult) -> str:
     if not r.faults:
         return "-"
-    parts = [f"{f.rule}[{'pack' if f.pack_level else f.index}]:{f.level.name.lower()}" for f in r.faults[:3]]
+    parts = [f"{f.rule}[{'pack' if f.pack_level else f.index}]:{f.level}" for f in r.faults[:3]]
     more = f" +{len(r.faults) - 3}" if len(r.faults) > 3 else ""
     return ", ".join(parts) + more
 

@@ -28,7 +28,7 @@ from mbms.errors import opening
 from mbms.config_views import SystemConfig, load_system
 from mbms.paths import system_file
 from mbms.telemetry import CELLS_PER_FRAME
-from mbms.types import Phase
+from mbms.types import LEVELS, Phase
 
 
 @dataclass
@@ -75,8 +75,8 @@ class PeerRow:
 
 #: Timeline entries the monitor keeps (memory bound of a monitor left running for months).
 EVENTS_KEPT = 500
-#: AlarmLevel of the STATE frame (mbms.telemetry.alarm_code).
-ALARM_LEVELS = ("none", "Warning", "Alarm", "Fault")
+#: AlarmLevel of the STATE frame (mbms.telemetry.alarm_code): none, then the core's level names.
+ALARM_LEVELS = ("none", *LEVELS)
 
 
 class Monitor:

@@ -21,7 +21,8 @@ from typing import Any
 
 from mbms.config_views import MetricsSection
 from mbms.errors import EnvironmentProblem, opening
-from mbms.gateways.snapshot import LEVELS, NodeSnapshot
+from mbms.gateways.snapshot import NodeSnapshot
+from mbms.types import LEVELS
 
 log = logging.getLogger("mbms.metrics")
 

@@ -276,7 +276,7 @@ class MqttGateway:
             out.append((f"{dp}/binary_sensor/{uid}/config", json.dumps(cfg).encode()))
         uid = f"mbms_{self.system_id}_{self.node_id}_problem"
         cfg = {"name": "Problem", "unique_id": uid, "object_id": uid, "state_topic": state_topic, "device_class": "problem",
-               "value_template": "{{ 'ON' if value_json.alarm_level in ['Alarm', 'Fault'] else 'OFF' }}",
+               "value_template": "{{ 'ON' if value_json.alarm_level in ['alarm', 'fault'] else 'OFF' }}",
                "json_attributes_topic": state_topic, "json_attributes_template": "{{ {'alarms': value_json.alarms} | tojson }}",
                "device": self._device(), **avail}
         out.append((f"{dp}/binary_sensor/{uid}/config", json.dumps(cfg).encode()))

@@ -15,16 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from mbms.types import Fault
+from mbms.types import LEVELS, Fault
 
-#: The level names of the protection rules (rust_core/src/protection.rs ``Level``), lowest first.
-LEVELS = ("Warning", "Alarm", "Fault")
+#: A fail-safe (contactors forced open by the runtime) shows as the highest level.
+FAIL_SAFE_LEVEL = LEVELS[-1]
 
 
 @dataclass(frozen=True)
 class Alarm:
     """One active protection condition or fail-safe: ``rule`` (e.g. cell_overvoltage), ``level``
-    (Warning, Alarm, Fault), ``where`` ("pack" or the cell/sensor index)."""
+    (the core's one spelling, :data:`mbms.types.LEVELS`: warning, alarm, fault; a page may
+    capitalise it for display), ``where`` ("pack" or the cell/sensor index)."""
 
     rule: str
     level: str
@@ -32,10 +33,10 @@ class Alarm:
 
     @classmethod
     def of(cls, fault: Fault) -> Alarm:
-        """From the core's fault (:class:`mbms.types.Fault`: snake_case rule and level names);
-        the level shown as the operator pages and Home Assistant show it (``LEVELS``)."""
+        """From the core's fault (:class:`mbms.types.Fault`: snake_case rule and level names),
+        names kept as the core spells them."""
         where = "pack" if fault.index == Fault.PACK_INDEX else str(fault.index)
-        return cls(fault.rule, fault.level.capitalize(), where)
+        return cls(fault.rule, fault.level, where)
 
     def as_dict(self) -> dict[str, str]:
         return {"rule": self.rule, "level": self.level, "where": self.where}
@@ -133,8 +134,8 @@ def take(rt: Any) -> NodeSnapshot:
         closed_set=tuple(st.closed_set) if st else (), peers_seen=tuple(st.peers_seen) if st else (),
         # the core's faults, and the runtime's own fail-safe (stale sample, lost link, overrun)
         alarms=(tuple(Alarm.of(f) for f in st.faults) if st else ())
-        + ((Alarm("fail_safe", "Fault", st.failsafe),) if st and st.failsafe else ())
-        + ((Alarm("fail_safe", "Fault", "runtime"),) if rt.fail_safe_reason else ()),
+        + ((Alarm("fail_safe", FAIL_SAFE_LEVEL, st.failsafe),) if st and st.failsafe else ())
+        + ((Alarm("fail_safe", FAIL_SAFE_LEVEL, "runtime"),) if rt.fail_safe_reason else ()),
         v_cell_v=tuple(np.asarray(meas.v_cell_v, dtype=float).tolist()) if meas is not None else (),
         t_cell_c=tuple(np.asarray(meas.t_cell_c, dtype=float).tolist()) if meas is not None else (),
         counters=counters,

@@ -40,7 +40,8 @@ from typing import Any
 
 from mbms.config_views import UdsSection
 from mbms.errors import EnvironmentProblem, opening
-from mbms.gateways.snapshot import LEVELS, NodeSnapshot
+from mbms.gateways.snapshot import NodeSnapshot
+from mbms.types import LEVELS
 
 log = logging.getLogger("mbms.uds")
 

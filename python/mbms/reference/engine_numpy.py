@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbms.engine import PACK_INDEX, RULES, Action, Engine, Fault, Level, PackConfig
+from mbms.engine import PACK_INDEX, RULES, Action, Engine, Level, PackConfig
+from mbms.types import Fault
 
 TIME_EPS_S = 1e-9
 IEKF_GATE_DZ = 0.02  # engine.rs: iterated update where the SOC step would exceed this
@@ -75,7 +76,7 @@ class _Rule:
         out = []
         lvl = np.where(self.active[2], 2, np.where(self.active[1], 1, np.where(self.active[0], 0, -1)))
         for k in np.flatnonzero(lvl >= 0):
-            out.append(Fault(self.name, Level(int(lvl[k])), PACK_INDEX if pack_level else int(k)))
+            out.append(Fault(self.name, Level(int(lvl[k])).name.lower(), PACK_INDEX if pack_level else int(k)))
         return out
 
 
@@ -469,7 +470,7 @@ class NumpyEngine:
         faults: list[Fault] = []
         for r in self.rules:
             faults += r.collect(r.since.shape[1] == 1)
-        action = Action(max((int(f.level) + 1 for f in faults), default=0))
+        action = Action(max((int(Level[f.level.upper()]) + 1 for f in faults), default=0))
 
         soc_min, soc_max = float(zo.min()), float(zo.max())
         fsd = float(np.interp(soc_min, lc.discharge_soc_derating.x, lc.discharge_soc_derating.factor))

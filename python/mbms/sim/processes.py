@@ -58,7 +58,7 @@ from mbms import _core
 from mbms.errors import ConfigError, MbmsError
 from mbms.config_views import load_system
 from mbms.consensus import ConsensusConfig
-from mbms.types import Phase
+from mbms.types import Phase, Violation
 from mbms.paths import cell_file
 from mbms.plant_link import pack as pack_msg
 from mbms.plant_link import unpack as unpack_msg
@@ -718,9 +718,9 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         found = monitor.plant_step(t, v_bus, [tuple(bool(x) for x in c) for c in cont],
                                    [float(x) for x in truth["v_string_v"]], [float(x) for x in truth["i_a"]],
                                    heard_all)
-        for rule, tv, what in found:
+        for v in map(Violation.from_dict, found):
             if len(violations) < 100:
-                violations.append(f"t={tv:.1f}s {rule}: {what}")
+                violations.append(str(v))
 
         # failure detection: every live peer has dropped the dead node from its closed set
         for d in range(n):

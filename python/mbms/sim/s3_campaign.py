@@ -142,7 +142,7 @@ def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, fre
         dv_close = float(sc.system["dv_close_v"])
         plant_cfg = json.loads(_core.plant_config_normalize(json.dumps(sc.plant)))
         close_time_s = max(float(s["contactors"]["close_time_s"]) for s in plant_cfg["strings"])
-        closed = lambda k: (st := sim.node_state(k)) is not None and st[0] == 4  # noqa: E731
+        closed = lambda k: (st := sim.node_state(k)) is not None and st["phase"] == "closed"  # noqa: E731
         cycle: dict[int, tuple[str, list[tuple[float, float]]]] = {}
         if not _until(sim, lambda: all(closed(k) for k in range(3)), 60_000):
             res.stuck.append(f"seed {seed}: cold start did not close all strings")
@@ -165,12 +165,12 @@ def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, fre
             res.joins += 1
             if freeze:
                 # freeze at a random instant of the coming join: wait for its precharge first
-                _until(sim, lambda: (st := sim.node_state(k)) is not None and st[0] == 2, 10_000)
+                _until(sim, lambda: (st := sim.node_state(k)) is not None and st["phase"] == "precharging", 10_000)
                 _until(sim, lambda: False, rng.randrange(0, 400))
                 sim.freeze_plant(rng.randrange(*FREEZE_MS))
                 res.freezes += 1
             # the join ends (closed or aborted), or the string waits for a bus that stepped away
-            _until(sim, lambda: closed(k) or (st := sim.node_state(k)) is not None and st[3] > 0, JOIN_MS)
+            _until(sim, lambda: closed(k) or (st := sim.node_state(k)) is not None and st["aborts"] > 0, JOIN_MS)
             fired = sim.join_steps_fired()[nf0:]
             # the load goes back (the step is over), and the string rejoins on a quiet bus
             sim.clear_request_steps()
@@ -178,7 +178,7 @@ def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, fre
             ok = closed(k) or _until(sim, lambda: closed(k), CYCLE_TIMEOUT_MS)
             st = sim.node_state(k)
             if st is not None:
-                res.aborts += st[3]
+                res.aborts += st["aborts"]
             desc = f"load step {step_a:+.1f} A at {after_ms} ms after precharge{', plant freeze' if freeze else ''}"
             for idx in range(n0, len(sim.main_close_events())):
                 cycle[idx] = (desc, fired)

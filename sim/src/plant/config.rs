@@ -29,6 +29,7 @@ pub(crate) fn cfg_err(field: impl Into<String>, message: impl Into<String>) -> P
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PlantConfig {
     /// The parallel strings, in bus order.
@@ -46,6 +47,7 @@ pub struct PlantConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StringConfig {
     /// Series elements (each `parallel` cells in parallel).
@@ -82,6 +84,7 @@ fn d_r_extra() -> f64 {
 /// Seeded cell-to-cell variation (normal distributions, relative sigmas) and whole-string
 /// multipliers (a weaker, aged string).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct VariationConfig {
     /// Relative sigma of the capacity of each series element.
@@ -116,6 +119,7 @@ impl Default for VariationConfig {
 
 /// Main negative, main positive and precharge relay of a string.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ContactorConfig {
     /// Time from command to closed contact (typ. 20-50 ms for HV contactors, e.g. TE EV200).
@@ -134,6 +138,7 @@ impl Default for ContactorConfig {
 
 /// Passive balancing: a switch per series element puts a bleed resistor across it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct BalancingConfig {
     pub r_bleed_ohm: f64,
@@ -148,6 +153,7 @@ impl Default for BalancingConfig {
 
 /// What a string's BMU measures and how badly.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct SensorConfig {
     /// Number of temperature sensors; one per series element if absent. Sensor i sits on
@@ -170,6 +176,7 @@ pub struct SensorConfig {
 /// where `offset_i ~ N(0, offset_sigma)` is drawn once per channel (seeded). A new sample is
 /// taken when `period_s` has passed since the last one (0: at every `measure`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct SensorSpec {
     pub noise: f64,
@@ -181,6 +188,7 @@ pub struct SensorSpec {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DcdcConfig {
     /// Largest string-side current magnitude (A).
@@ -195,6 +203,7 @@ fn d_eff() -> f64 {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     /// DC-link capacitance of the bus (inverter input), F.
@@ -212,6 +221,7 @@ impl Default for BusConfig {
 
 /// Lumped thermal model, per cell (a series element of P cells is P times everything).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ThermalConfig {
     pub coolant_c: f64,
@@ -237,6 +247,7 @@ impl Default for ThermalConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScheduledFault {
     pub at_s: f64,

@@ -7,6 +7,7 @@ use super::config::StringConfig;
 
 /// A sensor group of a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SensorId {
     /// channel = series element
@@ -20,6 +21,7 @@ pub enum SensorId {
 
 /// One of the three switching devices of a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ContactorId {
     Neg,
@@ -38,6 +40,7 @@ impl ContactorId {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PlantFault {
     /// The channel keeps returning the reading it had when the fault struck.

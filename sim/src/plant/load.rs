@@ -6,6 +6,7 @@ use super::config::{cfg_err, finite, positive, PlantConfigError};
 
 /// What a profile value means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Quantity {
     /// Current drawn from the bus (A).
@@ -17,6 +18,7 @@ pub enum Quantity {
 
 /// A built-in load profile.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LoadConfig {
     Constant {

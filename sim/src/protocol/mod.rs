@@ -22,7 +22,6 @@
 //!   set and speaker within the monitor's bound (the time it takes is the "agree" figure).
 //! - S6: a string enters precharge only with its own quorum flag and a live set of a quorum.
 
-pub mod net;
 pub mod plant;
 
 use std::cmp::Reverse;
@@ -32,7 +31,7 @@ use mbms_consensus::config::PeerConfig;
 use mbms_consensus::peer::{Contactors, LocalState, Peer, Phase};
 use mbms_consensus::sharing::StringState;
 use crate::rng::SplitMix64;
-use net::{NetKind, NetModel, Partition};
+use crate::network::{NetKind, NetModel, Partition};
 use plant::{Plant, StringTruth};
 
 use crate::monitor::{self, GrantOut, Monitor, MonitorConfig, NodeReport, PlantSnapshot};
