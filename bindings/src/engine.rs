@@ -186,7 +186,6 @@ impl PyEngine {
         d.set_item("model_error_corr_s", ce.model_error_corr_s)?;
         d.set_item("model_error_relax_s", ce.model_error_relax_s)?;
         d.set_item("offset_horizon_s", mbms_core::soc_ekf::OFFSET_HORIZON_S)?;
-        d.set_item("capacity_horizon_soc", mbms_core::soc_ekf::CAPACITY_HORIZON_SOC)?;
         Ok(d)
     }
 

@@ -148,24 +148,6 @@ pub struct Predict {
     /// current-offset uncertainty as a white-noise equivalent (A² per sample, per cell), see
     /// [`offset_noise`]; enters P_zz only
     pub var_off_cell: f64,
-    /// capacity uncertainty as a random walk of the SOC per unit of SOC moved, see
-    /// [`capacity_noise`]; enters P_zz only
-    pub q_cap: f64,
-}
-
-/// A capacity error δQ/Q is a bias too: it moves the coulomb count by (δQ/Q)·ΔSOC. As for the
-/// offset, the filter models it as a random walk of the SOC, here per unit of SOC moved, that
-/// reaches the bias's variance σ_Q²·Z² at a throughput Z = `CAPACITY_HORIZON_SOC` (half a full
-/// cycle: about the charge between two anchors, rest points or full charges, of a partial
-/// cycle). Without it an aged cell (capacity −10…−20 %) is coulomb counted with the nominal
-/// capacity while P_zz claims 1 %: the voltage is not listened to and the error goes unseen
-/// (issue 16, held-out aged traces).
-pub const CAPACITY_HORIZON_SOC: f64 = 0.5;
-
-/// The per-unit-SOC random-walk intensity of a relative capacity variance `cap_var_rel`.
-#[inline]
-pub fn capacity_noise(cap_var_rel: f64) -> f64 {
-    cap_var_rel * CAPACITY_HORIZON_SOC
 }
 
 /// A current-sensor offset is a bias, not white noise: over a time t it moves the coulomb
@@ -218,7 +200,7 @@ pub fn predict(z: &mut f64, v1: &mut f64, p: &mut Cov2, r1: f64, inv_q_c: f64, p
     *z -= pr.eta_i * g;
     *v1 = pr.a1 * *v1 + b1 * pr.i_cell;
     let a = pr.a1;
-    p.p00 += pr.q_z_dt + (pr.var_i_cell + pr.var_off_cell) * g * g + pr.q_cap * (pr.eta_i * g).abs();
+    p.p00 += pr.q_z_dt + (pr.var_i_cell + pr.var_off_cell) * g * g;
     p.p01 = a * p.p01 - pr.var_i_cell * g * b1;
     p.p11 = a * a * p.p11 + pr.q_v1_dt + pr.var_i_cell * b1 * b1;
 }
@@ -322,7 +304,7 @@ mod tests {
             for (i, hz, innov, dt, rest) in steps {
                 let a1 = (-dt / 30.0f64).exp();
                 let pr = Predict { a1, dt_s: dt, i_cell: i, eta_i: i, q_z_dt: q_z * dt,
-                    q_v1_dt: q_v * dt, var_i_cell: 0.01, var_off_cell: 0.0, q_cap: 1e-3 };
+                    q_v1_dt: q_v * dt, var_i_cell: 0.01, var_off_cell: 0.0 };
                 predict(&mut z, &mut v1, &mut p, 0.01, 1.0 / 18000.0, &pr);
                 update(&mut z, &mut v1, &mut p, hz, innov, r_meas);
                 if rest { update_soc(&mut z, &mut v1, &mut p, 0.4, 1e-4); }

@@ -366,10 +366,7 @@ class NumpyEngine:
         b1 = r1 * (1.0 - a1)
         z = self.z - eta_i * g
         v1 = a1 * self.v1 + b1 * i_cell
-        # soc_ekf::capacity_noise: the capacity prior as a random walk per unit of SOC moved (no
-        # rest points here, so the pack's prior sigma throughout)
-        q_cap = est.capacity_prior_sigma**2 * tab["capacity_horizon_soc"]
-        p00 = self.p00 + q_z_dt + (var_i + var_off) * g * g + q_cap * np.abs(eta_i * g)
+        p00 = self.p00 + q_z_dt + (var_i + var_off) * g * g
         p01 = a1 * self.p01 - var_i * g * b1
         p11 = a1 * a1 * self.p11 + q_v1_dt + var_i * b1 * b1
         r0_nom = self._rows(tab["r0"], k, f, lo, hi, tf)

@@ -335,7 +335,6 @@ impl Cells {
             q_v1_dt: est.v1_process_noise * dt,
             var_i_cell,
             var_off_cell: soc_ekf::offset_noise(est.current_offset_a / st.par, dt),
-            q_cap: soc_ekf::capacity_noise(soh.cap_var_rel),
         };
         let r_meas = soc_ekf::measurement_variance(est, &p.estimator, st.load_c, dt);
         let vmin = p.v_min_v + lc.voltage_margin_v;

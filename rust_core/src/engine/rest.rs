@@ -40,12 +40,6 @@ pub(super) struct RestSoh {
     pub cap_sum: f64,
     pub r0_ratio: Vec<f64>,
     pub awtls: Vec<Awtls>,
-    /// per cell: information on the relative capacity, 1/σ² (the prior, then each AWTLS
-    /// observation's x²/(var_y + var_x), forgotten like the AWTLS sums)
-    pub cap_info: Vec<f64>,
-    /// the largest relative capacity variance of the cells (1/min cap_info): what the SOC
-    /// filter's capacity random walk uses (one value for the pack keeps the cell pass scalar)
-    pub cap_var_rel: f64,
     /// SOC and its variance at the last rest point (NaN: none yet)
     pub z_rest: Vec<f64>,
     pub z_rest_var: Vec<f64>,
@@ -69,8 +63,6 @@ impl RestSoh {
             cap_sum: cap * n as f64,
             r0_ratio: vec![1.0; n],
             awtls: vec![Awtls::with_prior(capacity_prior_sigma); n],
-            cap_info: vec![1.0 / (capacity_prior_sigma * capacity_prior_sigma); n],
-            cap_var_rel: capacity_prior_sigma * capacity_prior_sigma,
             z_rest: vec![f64::NAN; n],
             z_rest_var: vec![f64::NAN; n],
             full_done: vec![false; n],
@@ -139,7 +131,6 @@ impl RestSoh {
             if x.abs() >= est.capacity_min_dsoc {
                 let var_x = self.z_rest_var[k] + var;
                 self.awtls[k].add(x, y, var_x, var_y, est.capacity_forgetting);
-                self.cap_info[k] = est.capacity_forgetting * self.cap_info[k] + x * x / (var_y + var_x);
                 let q = self.awtls[k].estimate(CAPACITY_RATIO_RANGE.0, CAPACITY_RATIO_RANGE.1);
                 self.cap_ah[k] = q * cap_nom;
                 self.inv_qc[k] = 1.0 / (3600.0 * self.cap_ah[k]);
@@ -151,15 +142,9 @@ impl RestSoh {
 
     fn reset_throughput(&mut self) {
         self.cap_sum = self.cap_ah.iter().sum();
-        self.update_cap_var();
         self.q_since_rest_ah = 0.0;
         self.dt2_since_rest = 0.0;
         self.time_since_rest_s = 0.0;
-    }
-
-    fn update_cap_var(&mut self) {
-        let info = self.cap_info.iter().fold(f64::INFINITY, |a, &b| a.min(b));
-        self.cap_var_rel = if info.is_finite() && info > 0.0 { 1.0 / info } else { 0.0 };
     }
 
     /// Rest point: OCV correction of SOC, and a capacity observation since the last anchor.
@@ -267,10 +252,6 @@ pub(super) struct RestSohStateV1 {
     pub z_rest_var: Vec<X>,
     /// per cell: the six sums of the AWTLS capacity estimator
     pub awtls: Vec<[X; 6]>,
-    /// per cell: information on the relative capacity (1/σ²); absent in files written before
-    /// it (then the pack's prior σ)
-    #[serde(default)]
-    pub cap_info: Vec<X>,
 }
 
 impl RestSoh {
@@ -286,7 +267,6 @@ impl RestSoh {
             z_rest: xs(&self.z_rest),
             z_rest_var: xs(&self.z_rest_var),
             awtls: self.awtls.iter().map(|a| a.c.map(X)).collect(),
-            cap_info: xs(&self.cap_info),
         }
     }
 
@@ -296,12 +276,6 @@ impl RestSoh {
             if len != n {
                 return Err(format!("rest_soh.{name}: {len} values, expected {n} (one per cell)"));
             }
-        }
-        if !s.cap_info.is_empty() && s.cap_info.len() != n {
-            return Err(format!("rest_soh.cap_info: {} values, expected {n} (one per cell) or none", s.cap_info.len()));
-        }
-        if s.cap_info.iter().any(|c| !(c.0.is_finite() && c.0 > 0.0)) {
-            return Err("rest_soh.cap_info: expected finite values > 0".into());
         }
         for k in 0..n {
             let (cap, r0r) = (s.cap_ah[k].0, s.r0_ratio[k].0);
@@ -352,11 +326,7 @@ impl RestSoh {
             self.z_rest[k] = s.z_rest[k].0;
             self.z_rest_var[k] = s.z_rest_var[k].0;
             self.awtls[k].c = s.awtls[k].map(|x| x.0);
-            if let Some(c) = s.cap_info.get(k) {
-                self.cap_info[k] = c.0;
-            }
         }
-        self.update_cap_var();
         self.cap_sum = self.cap_ah.iter().sum();
         self.q_since_rest_ah = s.q_since_rest_ah.0;
         self.dt2_since_rest = s.dt2_since_rest.0;

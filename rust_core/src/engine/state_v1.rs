@@ -102,7 +102,6 @@ pub(super) fn read(data: &[u8], n_engine: usize, n_t_engine: usize, bank_len: im
             z_rest: col(10),
             z_rest_var: col(11),
             awtls: per_cell.iter().map(|row| std::array::from_fn(|j| X(row[12 + j]))).collect(),
-            cap_info: Vec::new(), // not in a version-1 file: the pack's prior
         },
         limits: LimitsStateV1 { version: 1, dcl_a: X(pack[3]), ccl_a: X(pack[4]), dcl_peak_a: X(pack[5]), ccl_peak_a: X(pack[6]) },
         protection: ProtectionStateV1 { version: 1, latched },
