@@ -140,11 +140,11 @@ def _figures(name: str, r) -> str:
 SOC_MISSES: dict[str, str] = {
     'lfp_h2_drive': 'measured (seed 1): RMSE after 10 min 2.99 %, max 14.16 %',
     'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 4.53 %, max 9.50 %',
-    'nmc_h1_drive': 'measured (seed 1): RMSE after 10 min 0.78 %, max 1.67 %',
-    'nmc_h2_pulse': 'measured (seed 1): RMSE after 10 min 0.66 %, max 1.64 %',
-    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.65 %, max 2.95 %',
-    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 2.84 %, max 5.78 %',
-    'nmc_h5_ess_cold': 'measured (seed 1): RMSE after 10 min 1.17 %, max 2.94 %',
+    'nmc_h1_drive': 'measured (seed 1): RMSE after 10 min 0.86 %, max 3.34 %',
+    'nmc_h2_pulse': 'measured (seed 1): RMSE after 10 min 0.63 %, max 1.66 %',
+    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.47 %, max 2.95 %',
+    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 3.63 %, max 6.91 %',
+    'nmc_h5_ess_cold': 'measured (seed 1): RMSE after 10 min 1.26 %, max 2.95 %',
 }
 
 
@@ -190,13 +190,13 @@ def test_lfp_filter_is_not_overconfident(name: str) -> None:
 # capacity that meets its target passes even where the resistance does not)
 CAPACITY_MISSES: dict[str, str] = {
     'lfp_h4_ess_aged': 'measured (seed 1): capacity 1.000 vs 0.820 (+22.0 %)',
-    'nmc_h3_ess_aged': 'measured (seed 1): capacity 0.848 vs 0.820 (+3.5 %)',
+    'nmc_h3_ess_aged': 'measured (seed 1): capacity 0.844 vs 0.820 (+2.9 %)',
 }
 RESISTANCE_MISSES: dict[str, str] = {
     'lfp_h4_ess_aged': 'measured (seed 1): resistance ratio 1.00 vs 1.70 (-41 %)',
     'lfp_h5_drive_aged': 'measured (seed 1): resistance ratio 1.36 vs 1.48 (-8 %)',
     'nmc_h3_ess_aged': 'measured (seed 1): resistance ratio 1.00 vs 1.67 (-40 %)',
-    'nmc_h4_drive_aged': 'measured (seed 1): resistance ratio 1.15 vs 1.38 (-17 %)',
+    'nmc_h4_drive_aged': 'measured (seed 1): resistance ratio 1.13 vs 1.38 (-18 %)',
 }
 AGED = sorted(n for n in HELDOUT if "aged" in n)
 
