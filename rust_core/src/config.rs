@@ -579,8 +579,14 @@ fn operator_findings(o: &OperatorConfig) -> Vec<(String, String)> {
         if !k.is_empty() && (k.len() % 2 != 0 || !(32..=128).contains(&k.len()) || !k.chars().all(|c| c.is_ascii_hexdigit())) {
             v.push(("uds.security_key_hex".into(), "16..64 bytes as hex digits, or empty".into()));
         }
+        if u.interface.is_empty() {
+            v.push(("uds.interface".into(), "a python-can interface name".into()));
+        }
         if u.channel.is_empty() {
             v.push(("uds.channel".into(), "a python-can channel".into()));
+        }
+        if u.port == 0 {
+            v.push(("uds.port".into(), "a port 1..65535".into()));
         }
     }
     v
@@ -605,6 +611,26 @@ impl Default for CanTransport {
     fn default() -> Self {
         Self { interface: "socketcan".into(), channel: "can0".into(), port: 43113, bitrate: 500_000, fd: false }
     }
+}
+
+/// Range checks of a python-can bus table (the peers' `[transport.can]`, `[inverter.can]`,
+/// `[hardware.sensor_can]`): (field below the table, what was expected). The same for every bus,
+/// so `--check` refuses what opening the bus at a start would trip over.
+fn can_bus_findings(c: &CanTransport) -> Vec<(&'static str, &'static str)> {
+    let mut v = Vec::new();
+    if c.interface.is_empty() {
+        v.push(("interface", "a python-can interface name"));
+    }
+    if c.channel.is_empty() {
+        v.push(("channel", "a channel name"));
+    }
+    if c.port == 0 {
+        v.push(("port", "a port 1..65535"));
+    }
+    if !(10_000..=8_000_000).contains(&c.bitrate) {
+        v.push(("bitrate", "a bit rate 10000..=8000000"));
+    }
+    v
 }
 
 /// `[transport.udp]`: one msgpack datagram per message, to a multicast group or a peer list.
@@ -752,6 +778,9 @@ impl InverterConfig {
         }
         if self.stop_frames > 100 {
             return Err(cerr("inverter.stop_frames", "expected <= 100"));
+        }
+        if let Some((f, m)) = can_bus_findings(&self.can).first() {
+            return Err(cerr(format!("inverter.can.{f}"), format!("expected {m}")));
         }
         Ok(())
     }
@@ -1111,6 +1140,11 @@ fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
             v.push(("afe.ntc_beta_k".into(), "positive NTC beta, R25 and pull-up".into()));
         }
     }
+    if let Some(c) = &h.sensor_can {
+        for (f, m) in can_bus_findings(c) {
+            v.push((format!("sensor_can.{f}"), m.into()));
+        }
+    }
     if let Some(c) = &h.current_sensor {
         if !(1..=10_000).contains(&c.cycle_ms) {
             v.push(("current_sensor.cycle_ms".into(), "1..=10000 ms".into()));
@@ -1199,17 +1233,8 @@ fn system_findings(s: &SystemConfig, table: &toml::Table) -> Vec<(Severity, Stri
                 v.push((Error, "transport.udp".into(), "no [transport.udp] table with kind = \"can\"".into()));
             }
             if let Some(c) = &t.can {
-                if !(10_000..=8_000_000).contains(&c.bitrate) {
-                    v.push((Error, "transport.can.bitrate".into(), "a bit rate 10000..=8000000".into()));
-                }
-                if c.interface.is_empty() {
-                    v.push((Error, "transport.can.interface".into(), "a python-can interface name".into()));
-                }
-                if c.channel.is_empty() {
-                    v.push((Error, "transport.can.channel".into(), "a channel name".into()));
-                }
-                if c.port == 0 {
-                    v.push((Error, "transport.can.port".into(), "a port 1..65535".into()));
+                for (f, m) in can_bus_findings(c) {
+                    v.push((Error, format!("transport.can.{f}"), m.into()));
                 }
             }
         }
@@ -1273,6 +1298,13 @@ pub const OV_FAULT_MARGIN_V: f64 = 0.05;
 /// during the confirmation delay; deeper is over-discharge (copper dissolution).
 pub const UV_FAULT_MARGIN_V: f64 = 0.1;
 
+/// Margin (°C) by which a temperature fault may sit outside the cell's datasheet window
+/// (`[temperature]` of the cell file): the error of the measuring chain. A ±1 % NTC with a ±1 %
+/// beta tolerance read through a ratiometric ADC (e.g. Vishay NTCLE413/TDK B57861S, LTC6813
+/// GPIO inputs) is within about ±1.5 K over -20..60 °C; 2 °C covers that and the AFE's
+/// reference error. Further out the cell runs outside its window before protection acts.
+pub const TEMP_FAULT_MARGIN_C: f64 = 2.0;
+
 /// Cross-checks a BMS engineer expects of the protection and limits, against the cell file.
 pub fn protection_findings(e: &EngineConfig, cell: &CellParams) -> Vec<(Severity, String, String)> {
     use Severity::*;
@@ -1312,6 +1344,26 @@ pub fn protection_findings(e: &EngineConfig, cell: &CellParams) -> Vec<(Severity
     }
     if uv.fault < cell.v_min_v - UV_FAULT_MARGIN_V {
         v.push((Error, "protection.cell_undervoltage_v.fault".into(), format!(">= the cell's v_min_v {} V - {UV_FAULT_MARGIN_V} V ({})", cell.v_min_v, cell.name)));
+    }
+    // temperature faults inside the datasheet's charge and discharge windows (cell file
+    // [temperature]), each rule against the window of its own direction
+    match &cell.temperature {
+        Some(w) => {
+            let m = TEMP_FAULT_MARGIN_C;
+            for (name, fault, limit, upper, what) in [
+                ("overtemp_charge_c", p.overtemp_charge_c.fault, w.charge_max_c, true, "charge_max_c"),
+                ("undertemp_charge_c", p.undertemp_charge_c.fault, w.charge_min_c, false, "charge_min_c"),
+                ("overtemp_discharge_c", p.overtemp_discharge_c.fault, w.discharge_max_c, true, "discharge_max_c"),
+                ("undertemp_discharge_c", p.undertemp_discharge_c.fault, w.discharge_min_c, false, "discharge_min_c"),
+            ] {
+                let inside = if upper { fault <= limit + m } else { fault >= limit - m };
+                if !inside {
+                    let (op, sign) = if upper { ("<=", "+") } else { (">=", "-") };
+                    v.push((Error, format!("protection.{name}.fault"), format!("{op} the cell's temperature.{what} {limit} °C {sign} {m} °C ({})", cell.name)));
+                }
+            }
+        }
+        None => v.push((Warning, "pack.cell".into(), format!("a cell file with a [temperature] table (the datasheet's charge and discharge windows); without it the temperature faults are not checked against the cell ({})", cell.name))),
     }
     // every under-voltage level below every over-voltage level: else a healthy cell is in both
     let uv_top = uv.warning.max(uv.alarm).max(uv.fault);
@@ -1462,6 +1514,49 @@ mod tests {
             assert_ne!(node, base, "{from}");
             assert_eq!(first(&node, SYSTEM).1, field, "{to}");
         }
+    }
+
+    #[test]
+    fn temperature_faults_stay_inside_the_cells_windows() {
+        // LG M50 ([temperature] of its cell file): charge 0..45 °C, discharge -20..60 °C
+        let cases: [(&str, &str, Option<&str>); 6] = [
+            ("alarm = 43.0\nfault = 45.0", "alarm = 43.0\nfault = 48.0", Some("protection.overtemp_charge_c.fault")),
+            ("alarm = 43.0\nfault = 45.0", "alarm = 43.0\nfault = 47.0", None), // 45 + the 2 °C margin
+            ("alarm = 2.0\nfault = 0.0", "alarm = 2.0\nfault = -5.0", Some("protection.undertemp_charge_c.fault")),
+            ("alarm = 55.0\nfault = 60.0", "alarm = 55.0\nfault = 65.0", Some("protection.overtemp_discharge_c.fault")),
+            ("alarm = -15.0\nfault = -20.0", "alarm = -15.0\nfault = -25.0", Some("protection.undertemp_discharge_c.fault")),
+            ("alarm = -15.0\nfault = -20.0", "alarm = -15.0\nfault = -22.0", None),
+        ];
+        let base = full();
+        for (from, to, field) in cases {
+            let node = base.replacen(from, to, 1);
+            assert_ne!(node, base, "{from}");
+            let r = check(&node, SYSTEM);
+            let errors: Vec<_> = r.findings.iter().filter(|f| f.severity == Severity::Error).collect();
+            match field {
+                Some(field) => {
+                    assert_eq!(errors.len(), 1, "{to}: {errors:?}");
+                    assert_eq!(errors[0].field, field);
+                    assert!(errors[0].expected.contains("temperature.") && errors[0].expected.contains("LG INR21700-M50"), "{:?}", errors[0]);
+                    assert!(errors[0].value.is_some());
+                }
+                None => assert!(errors.is_empty(), "{to}: {errors:?}"),
+            }
+        }
+        // a cell file without the window: a warning naming pack.cell, no error
+        let start = CELL.find("[temperature]").unwrap();
+        let end = start + CELL[start..].find("\n[estimator]").unwrap();
+        let no_window = format!("{}{}", &CELL[..start], &CELL[end..]);
+        let r = node_findings(&layers(NODE1), Some(("system.toml", SYSTEM)), Some(&no_window));
+        assert!(r.findings.iter().all(|f| f.severity != Severity::Error), "{:?}", r.findings);
+        assert!(r.findings.iter().any(|f| f.severity == Severity::Warning && f.field == "pack.cell" && f.expected.contains("[temperature]")), "{:?}", r.findings);
+        // a reversed window is an error of the cell file
+        let reversed = CELL.replacen("charge_min_c = 0\n", "charge_min_c = 50\n", 1);
+        assert_ne!(reversed, CELL);
+        let r = node_findings(&layers(NODE1), Some(("system.toml", SYSTEM)), Some(&reversed));
+        let e = r.first_error().expect("an error");
+        assert_eq!(e.field, "pack.cell");
+        assert!(e.message.contains("temperature.charge_min_c"), "{}", e.message);
     }
 
     #[test]
