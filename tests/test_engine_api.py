@@ -59,7 +59,7 @@ def test_python_restates_no_default(raw: dict) -> None:
     del d["estimator"], d["balancing"]
     cfg = PackConfig.from_dict(d)
     rust = _core.engine_config(d)
-    assert cfg.estimator.rest_time_s == rust["estimator"]["rest_time_s"] == 1800.0
+    assert cfg.estimator.rest_time_s == rust["estimator"]["rest_time_s"] == 600.0
     assert cfg.balancing.threshold == rust["balancing"]["threshold"]
     assert cfg.engine_dict() == rust
 

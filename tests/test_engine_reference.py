@@ -30,7 +30,9 @@ def test_rust_and_numpy_agree(mode: str) -> None:
     base = 3.6 + 0.08 * rng.random(n)
     for k in range(1500):
         t = 0.1 * k
-        i = [20.0, 5.0, -8.0, 35.0, 0.0, 50.0][(k // 120) % 6]
+        # starts at rest: under load (and for the relaxation time after it, cell file
+        # model_error_relax_s) the voltage weighs too little for the iterated update to trigger
+        i = [0.0, 20.0, 5.0, -8.0, 35.0, 50.0][(k // 120) % 6]
         v = base - 0.00625 * i + 0.001 * rng.standard_normal(n) - 2e-5 * k
         tc = 25.0 + 0.1 * rng.standard_normal(6)
         if k == 0:

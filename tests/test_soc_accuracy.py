@@ -138,13 +138,13 @@ def _figures(name: str, r) -> str:
 
 # name -> reason (measured figures) for held-out traces that miss a SOC target
 SOC_MISSES: dict[str, str] = {
-    'lfp_h2_drive': 'measured (seed 1): RMSE after 10 min 2.93 %, max 14.16 %',
-    'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 4.67 %, max 9.68 %',
-    'nmc_h1_drive': 'measured (seed 1): RMSE after 10 min 0.81 %, max 3.04 %',
+    'lfp_h2_drive': 'measured (seed 1): RMSE after 10 min 2.99 %, max 14.16 %',
+    'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 4.53 %, max 9.50 %',
+    'nmc_h1_drive': 'measured (seed 1): RMSE after 10 min 0.86 %, max 3.34 %',
     'nmc_h2_pulse': 'measured (seed 1): RMSE after 10 min 0.63 %, max 1.66 %',
-    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.48 %, max 2.95 %',
-    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 3.60 %, max 6.87 %',
-    'nmc_h5_ess_cold': 'measured (seed 1): RMSE after 10 min 1.25 %, max 2.95 %',
+    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.47 %, max 2.95 %',
+    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 3.63 %, max 6.91 %',
+    'nmc_h5_ess_cold': 'measured (seed 1): RMSE after 10 min 1.26 %, max 2.95 %',
 }
 
 
@@ -162,10 +162,10 @@ def test_heldout_soc_meets_brief_targets(name: str) -> None:
 
 # name -> reason for LFP held-out traces where the filter's σ does not cover its error
 CONSISTENCY_MISSES: dict[str, str] = {
-    'lfp_h2_drive': 'measured (seed 1): max |e|/sigma 112.5, NEES above 95% bound 61 %',
+    'lfp_h2_drive': 'measured (seed 1): max |e|/sigma 112.5, NEES above 95% bound 67 %',
     'lfp_h3_pulse': 'measured (seed 1): max |e|/sigma 23.2, NEES above 95% bound 7 %',
     'lfp_h4_ess_aged': 'measured (seed 1): max |e|/sigma 2.6, NEES above 95% bound 20 %',
-    'lfp_h5_drive_aged': 'measured (seed 1): max |e|/sigma 8.3, NEES above 95% bound 68 %',
+    'lfp_h5_drive_aged': 'measured (seed 1): max |e|/sigma 8.4, NEES above 95% bound 56 %',
 }
 
 
@@ -185,26 +185,36 @@ def test_lfp_filter_is_not_overconfident(name: str) -> None:
     assert np.mean(nees > NEES_95[1]) <= 0.05, f"{name}: NEES above its 95 % bound in {np.mean(nees > NEES_95[1]):.1%}"
 
 
-# name -> reason for aged held-out cells whose SOH misses a target
-SOH_MISSES: dict[str, str] = {
-    'lfp_h4_ess_aged': 'measured (seed 1): capacity 1.000 vs 0.820 (+22.0 %), resistance ratio 1.00 vs 1.70 (-41 %)',
-    'lfp_h5_drive_aged': 'measured (seed 1): capacity 1.000 vs 0.880 (+13.6 %), resistance ratio 1.43 vs 1.48 (-3 %)',
-    'nmc_h3_ess_aged': 'measured (seed 1): capacity 0.832 vs 0.820 (+1.5 %), resistance ratio 1.00 vs 1.67 (-40 %)',
-    'nmc_h4_drive_aged': 'measured (seed 1): capacity 1.000 vs 0.900 (+11.1 %), resistance ratio 1.17 vs 1.38 (-15 %)',
+# name -> reason for aged held-out cells whose SOH capacity / resistance misses its target
+# (issue 16: capacity within 2 %, resistance within 5 %; the two are separate tests so that a
+# capacity that meets its target passes even where the resistance does not)
+CAPACITY_MISSES: dict[str, str] = {
+    'lfp_h4_ess_aged': 'measured (seed 1): capacity 1.000 vs 0.820 (+22.0 %)',
+    'nmc_h3_ess_aged': 'measured (seed 1): capacity 0.844 vs 0.820 (+2.9 %)',
+}
+RESISTANCE_MISSES: dict[str, str] = {
+    'lfp_h4_ess_aged': 'measured (seed 1): resistance ratio 1.00 vs 1.70 (-41 %)',
+    'lfp_h5_drive_aged': 'measured (seed 1): resistance ratio 1.36 vs 1.48 (-8 %)',
+    'nmc_h3_ess_aged': 'measured (seed 1): resistance ratio 1.00 vs 1.67 (-40 %)',
+    'nmc_h4_drive_aged': 'measured (seed 1): resistance ratio 1.13 vs 1.38 (-18 %)',
 }
 AGED = sorted(n for n in HELDOUT if "aged" in n)
 
 
-@pytest.mark.parametrize("name", _marked(AGED, SOH_MISSES))
-def test_heldout_soh_of_aged_cells(name: str) -> None:
+@pytest.mark.parametrize("name", _marked(AGED, CAPACITY_MISSES))
+def test_heldout_soh_capacity_of_aged_cells(name: str) -> None:
     r = _result(name)
     assert r.soh_capacity_true < 0.95  # really aged
     cap_err = r.soh_capacity / r.soh_capacity_true - 1.0
+    assert abs(cap_err) <= 0.02, f"{name}: capacity {r.soh_capacity:.3f} vs {r.soh_capacity_true:.3f} ({100 * cap_err:+.2f} %)"
+
+
+@pytest.mark.parametrize("name", _marked(AGED, RESISTANCE_MISSES))
+def test_heldout_soh_resistance_of_aged_cells(name: str) -> None:
+    r = _result(name)
+    assert r.soh_resistance_true > 1.2  # really aged
     res_err = r.soh_resistance / r.soh_resistance_true - 1.0
-    assert abs(cap_err) <= 0.02 and abs(res_err) <= 0.05, (
-        f"{name}: capacity {r.soh_capacity:.3f} vs {r.soh_capacity_true:.3f} ({100 * cap_err:+.2f} %), "
-        f"resistance {r.soh_resistance:.3f} vs {r.soh_resistance_true:.3f} ({100 * res_err:+.1f} %)"
-    )
+    assert abs(res_err) <= 0.05, f"{name}: resistance {r.soh_resistance:.3f} vs {r.soh_resistance_true:.3f} ({100 * res_err:+.1f} %)"
 
 
 def test_bench_soc_json_reports_the_heldout_figures() -> None:

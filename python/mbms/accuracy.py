@@ -196,9 +196,6 @@ def corrupt(trace: ReferenceTrace, c: Corruption, cell: _core.CellModel) -> Meas
 def sensor_settings(capacity_ah: float, c: Corruption) -> dict[str, float]:
     """The pack file's sensor and duty facts for a one-cell pack measured as ``c`` corrupts it."""
     return {
-        # the duty: the traces rest 10..20 min between loads (the engine's 30 min default suits a
-        # system that rests for hours); a rest of 10 min gives an OCV reading and an SOH anchor
-        "rest_time_s": 600.0,
         "voltage_noise_v": c.voltage_noise_v,
         "current_noise_a": c.current_noise_a_per_ah * capacity_ah,
         "current_offset_a": c.current_offset_a_per_ah * capacity_ah,

@@ -205,7 +205,8 @@ pub struct CellFile {
 /// `[estimator]` holds what belongs to the pack: its sensors, rest detection, SOH gains).
 ///
 /// Measurement variance of the SOC filter (see `rust_core/src/soc_ekf.rs`):
-/// `r = σ_v² + σ_pack² + model_error_v² + (model_error_v_per_c·|C-rate|)² · max(1, model_error_corr_s/Δt)`.
+/// `r = σ_v² + σ_pack² + model_error_v² + (model_error_v_per_c·C_load)² · max(1, model_error_corr_s/Δt)`,
+/// C_load the recent load's C-rate (see `model_error_relax_s`).
 /// The equivalent-circuit model's error under current is not white: it is a slowly varying
 /// bias (relaxation, diffusion, unmodelled hysteresis) that lasts about `model_error_corr_s`. A
 /// filter that treats it as white noise sampled every Δt counts the same error many times and
@@ -222,6 +223,11 @@ pub struct CellEstimator {
     pub model_error_v_per_c: f64,
     /// correlation time of the model voltage error (s)
     pub model_error_corr_s: f64,
+    /// How long the load's model error outlasts the load (s): the C-rate in the model error
+    /// is the recent load, `max(|C|, decayed previous)` decaying as e^(−t/τ) (a cell that
+    /// just stopped a 1C discharge still carries the diffusion overpotential the RC pairs
+    /// miss, which relaxes like the slowest pole). 0: the present C-rate only.
+    pub model_error_relax_s: f64,
     /// Full charge: charging, cell voltage within `full_charge_dv_v` of `v_max_v` and the
     /// current tapered below `full_charge_taper_c` (C-rate): the constant-voltage phase of a
     /// charger is over and the cell is full (SOC = 1 with σ `full_charge_soc_sigma`).
@@ -241,6 +247,7 @@ impl CellEstimator {
             ("model_error_v", self.model_error_v),
             ("model_error_v_per_c", self.model_error_v_per_c),
             ("model_error_corr_s", self.model_error_corr_s),
+            ("model_error_relax_s", self.model_error_relax_s),
             ("full_charge_soc", self.full_charge_soc),
             ("full_charge_dv_v", self.full_charge_dv_v),
             ("full_charge_taper_c", self.full_charge_taper_c),

@@ -359,13 +359,13 @@ impl Engine {
         if start_up {
             self.cells.initialize(v_cell_v, sens, est, &self.tab, &self.sensing, &self.sensor_of, &mut self.out.soc_cc);
         }
-        let rest_point = self.soh.detect_rest(cur.i, t_s, est);
+        let rest_point = self.soh.detect_rest(cur.i, t_s, dt, est);
         let (di, r0_step) = self.soh.current_step(cur.i, cur.valid, dt, est);
         let i_cell = cur.i / self.par;
         let eta = if cur.i < 0.0 { self.cell.coulombic_efficiency } else { 1.0 };
-        self.soh.integrate(eta, i_cell, dt);
+        self.soh.integrate(eta, i_cell, dt, &self.cell);
         let (v_lo, v_hi) = self.sensing.cell_voltages(t_s, v_cell_v, sens, r0_step, prot);
-        let st = cells::CellStep { dt, par: self.par, i: cur.i, i_cell, di_cell: di / self.par, eta, r0_step, start_up };
+        let st = cells::CellStep { dt, par: self.par, i: cur.i, i_cell, di_cell: di / self.par, eta, r0_step, start_up, load_c: self.soh.load_c };
         let o = &mut self.out;
         let sums = self.cells.update(&st, v_cell_v, &self.sensing, &mut self.soh, &self.sensor_of, &self.tab, &self.cell, est, lc, &mut o.soc, &mut o.soc_sigma, &mut o.soc_cc);
         prot.bank(Rule::VoltageSpread).eval(0, t_s, if v_hi >= v_lo { v_hi - v_lo } else { f64::NAN });

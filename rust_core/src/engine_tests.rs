@@ -382,6 +382,39 @@ fn capacity_and_resistance_are_estimated_from_partial_cycles() {
     assert!((o.soh_resistance - 1.3).abs() < 0.1, "soh_resistance {}", o.soh_resistance);
 }
 
+/// A sample stands for the period before it: N samples of rest at Δt after a load are a rest
+/// of N·Δt, so the default `rest_time_s` (600 s) is reached by exactly 600 rest samples at 1 s.
+#[test]
+fn rest_point_after_rest_time_counting_the_first_sample_period() {
+    let p = CellParams::from_toml_str(NMC).unwrap();
+    let c = config(1, 1);
+    assert_eq!(c.estimator.rest_time_s, 600.0, "the engine default");
+    let mut e = Engine::new(c, p.clone()).unwrap();
+    let v = [p.ocv(0.5, 25.0)];
+    let mut t = 0.0;
+    for _ in 0..10 {
+        e.step(t, &v, &[25.0], 5.0).unwrap();
+        t += 1.0;
+    }
+    for k in 1..=600 {
+        e.step(t, &v, &[25.0], 0.0).unwrap();
+        assert_eq!(e.soh.rest_done, k == 600, "rest sample {k}");
+        t += 1.0;
+    }
+    assert!(e.soh.z_rest[0].is_finite(), "the rest point anchored the SOC");
+}
+
+/// The model error's C-rate holds the recent load and releases it with the cell file's
+/// `model_error_relax_s` (0: the present C-rate only).
+#[test]
+fn load_c_rate_holds_the_peak_and_relaxes() {
+    use crate::soc_ekf::load_c_rate;
+    assert_eq!(load_c_rate(2.0, 0.5, 1.0, 0.0), 0.5);
+    assert_eq!(load_c_rate(0.2, 0.5, 1.0, 300.0), 0.5);
+    let after = load_c_rate(2.0, 0.0, 300.0, 300.0);
+    assert!((after - 2.0 * (-1.0f64).exp()).abs() < 1e-12, "{after}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 
@@ -586,7 +619,9 @@ fn format_1_record_is_migrated_to_the_same_state() {
     let v1 = format_1_record(&e);
     let (mut a, mut b) = (engine(4, 1), engine(4, 1));
     assert!(a.import_state(&v1).unwrap().is_empty());
-    assert!(b.import_state(&e.export_state()).unwrap().is_empty());
+    // a format-1 record has no recent load (rest_soh.load_c, newer): it migrates as relaxed
+    let current = patch_state(&e.export_state(), |d| d["rest_soh"]["load_c"] = num(0.0));
+    assert!(b.import_state(&current).unwrap().is_empty());
     assert_eq!(a.export_state(), b.export_state());
     assert_eq!(a.output().action, Action::Open, "the latched fault migrates");
     for k in 0..30 {

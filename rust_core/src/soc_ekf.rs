@@ -68,7 +68,12 @@ impl Default for EstimatorConfig {
             current_offset_a: 0.1,
             initial_soc_sigma: 0.05,
             rest_current_a: 0.5,
-            rest_time_s: 1800.0,
+            // 10 min: the rest point adds back the polarisation the RC pairs still hold
+            // (v1 + v2) and widens its σ by what the relaxation model leaves (cell file
+            // `model_error_relax_s`), so it does not need a fully relaxed cell; 600 s is ~2 τ2
+            // of the NMC set (310 s) and 3..5 τ1 of the LFP set (118..190 s). A 30 min
+            // threshold misses the 10..20 min rests of energy-storage duty (issue 16).
+            rest_time_s: 600.0,
             rest_ocv_sigma_v: 0.003,
             r0_step_min_a: 5.0,
             r0_gain: 0.05,
@@ -165,14 +170,24 @@ pub fn offset_noise(offset_a: f64, dt_s: f64) -> f64 {
     }
 }
 
+/// The recent load (C-rate) the model error scales with: the present |C-rate| or the previous
+/// value decayed by e^(−Δt/τ), τ the cell file's `model_error_relax_s` (peak hold with an
+/// exponential release: after a load stops, the cell relaxes towards its OCV over minutes, and
+/// until then its voltage is no better an OCV reading than under that load).
+#[inline]
+pub fn load_c_rate(prev: f64, c_rate_abs: f64, dt_s: f64, relax_s: f64) -> f64 {
+    let decayed = if relax_s > 0.0 && dt_s >= 0.0 { prev * (-dt_s / relax_s).exp() } else { 0.0 };
+    c_rate_abs.max(decayed)
+}
+
 /// Measurement variance of the voltage update for this step (V²): sensor noise and the pack
 /// file's model error, plus the cell file's model error: a part at low current (the OCV
 /// table's fit) and a part growing with the C-rate (polarisation and diffusion the RC pairs
 /// miss), which is a slow bias and so is counted once per correlation time (see
 /// `cell_model::CellEstimator`).
 #[inline]
-pub fn measurement_variance(est: &EstimatorConfig, cell: &crate::cell_model::CellEstimator, c_rate_abs: f64, dt_s: f64) -> f64 {
-    let sc = cell.model_error_v_per_c * c_rate_abs;
+pub fn measurement_variance(est: &EstimatorConfig, cell: &crate::cell_model::CellEstimator, c_load: f64, dt_s: f64) -> f64 {
+    let sc = cell.model_error_v_per_c * c_load;
     let k = if dt_s > 0.0 { (cell.model_error_corr_s / dt_s).max(1.0) } else { 1.0 };
     est.voltage_noise_v.powi(2) + est.model_error_v.powi(2) + cell.model_error_v.powi(2) + sc * sc * k
 }

@@ -144,6 +144,7 @@ class NumpyEngine:
         self.i_prev = 0.0
         self.i_prev_valid = False
         self.rest_since = np.nan
+        self.load_c = 0.0
         self.rest_done = False
         self.lim = np.zeros(4)  # dcl, ccl, dcl_peak, ccl_peak
         self.balance = np.zeros(n, dtype=bool)
@@ -312,7 +313,7 @@ class NumpyEngine:
         at_rest = abs(i) < est.rest_current_a
         if at_rest:
             if np.isnan(self.rest_since):
-                self.rest_since = t_s
+                self.rest_since = t_s - dt  # a sample stands for the period before it (rest.rs)
             if not self.rest_done and t_s - self.rest_since >= est.rest_time_s:
                 raise NotImplementedError("rest-point correction is not in the numpy reference")
         else:
@@ -329,7 +330,11 @@ class NumpyEngine:
         q_v1_dt = est.v1_process_noise * dt
         # soc_ekf::measurement_variance and offset_noise (the cell file's model error, counted
         # once per correlation time; the current offset as a random walk of the SOC)
-        sc = tab["model_error_v_per_c"] * abs(i_cell) / tab["capacity_ah"]
+        # soc_ekf::load_c_rate: the recent load, peak hold with an e^(-dt/relax) release
+        c_now = abs(i_cell) / tab["capacity_ah"]
+        relax = tab["model_error_relax_s"]
+        self.load_c = max(c_now, self.load_c * math.exp(-dt / relax) if relax > 0.0 and dt >= 0.0 else 0.0)
+        sc = tab["model_error_v_per_c"] * self.load_c
         corr = max(tab["model_error_corr_s"] / dt, 1.0) if dt > 0.0 else 1.0
         r_meas = est.voltage_noise_v**2 + est.model_error_v**2 + tab["model_error_v"] ** 2 + sc * sc * corr
         var_off = (est.current_offset_a / self.par) ** 2 * tab["offset_horizon_s"] / dt if dt > 0.0 else 0.0

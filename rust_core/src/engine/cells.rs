@@ -219,6 +219,8 @@ pub(super) struct CellStep {
     pub r0_step: bool,
     /// first step: the SOC was just read off the OCV, predict only
     pub start_up: bool,
+    /// the recent load (C-rate) the model error scales with
+    pub load_c: f64,
 }
 
 /// The pack reductions of one pass, in cell order.
@@ -334,7 +336,7 @@ impl Cells {
             var_i_cell,
             var_off_cell: soc_ekf::offset_noise(est.current_offset_a / st.par, dt),
         };
-        let r_meas = soc_ekf::measurement_variance(est, &p.estimator, i_cell.abs() / p.capacity_ah, dt);
+        let r_meas = soc_ekf::measurement_variance(est, &p.estimator, st.load_c, dt);
         let vmin = p.v_min_v + lc.voltage_margin_v;
         let vmax = p.v_max_v - lc.voltage_margin_v;
         let hc_c = lc.continuous_horizon_s; // horizon for the SOC term

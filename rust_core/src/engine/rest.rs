@@ -26,6 +26,9 @@ pub(super) struct RestSoh {
     pub q_since_rest_ah: f64,
     pub dt2_since_rest: f64,
     pub time_since_rest_s: f64,
+    /// the recent load (C-rate, unit cell) the model error scales with (see
+    /// [`soc_ekf::load_c_rate`])
+    pub load_c: f64,
     // --- current step detection (R0) ---
     pub i_prev: f64,
     pub i_prev_valid: bool,
@@ -52,6 +55,7 @@ impl RestSoh {
             q_since_rest_ah: 0.0,
             dt2_since_rest: 0.0,
             time_since_rest_s: 0.0,
+            load_c: 0.0,
             i_prev: 0.0,
             i_prev_valid: false,
             inv_qc: vec![1.0 / (3600.0 * cap); n],
@@ -66,13 +70,15 @@ impl RestSoh {
     }
 
     /// Rest detection: true once per rest, when the current has stayed inside the rest band
-    /// for `rest_time_s` (the step that takes the rest point).
-    pub fn detect_rest(&mut self, i: f64, t_s: f64, est: &EstimatorConfig) -> bool {
+    /// for `rest_time_s` (the step that takes the rest point). A sample stands for the period
+    /// before it (the coulomb count integrates it over that Δt), so a rest starts one Δt before
+    /// its first sample: 600 samples at 1 s after a load are a 600 s rest.
+    pub fn detect_rest(&mut self, i: f64, t_s: f64, dt: f64, est: &EstimatorConfig) -> bool {
         let at_rest = i.abs() < est.rest_current_a;
         let mut rest_point = false;
         if at_rest {
             if self.rest_since.is_nan() {
-                self.rest_since = t_s;
+                self.rest_since = t_s - dt;
             }
             if !self.rest_done && t_s - self.rest_since >= est.rest_time_s {
                 rest_point = true;
@@ -96,7 +102,8 @@ impl RestSoh {
     }
 
     /// Charge throughput of this step (unit cell, efficiency applied) since the last rest.
-    pub fn integrate(&mut self, eta: f64, i_cell: f64, dt: f64) {
+    pub fn integrate(&mut self, eta: f64, i_cell: f64, dt: f64, cell: &CellParams) {
+        self.load_c = soc_ekf::load_c_rate(self.load_c, i_cell.abs() / cell.capacity_ah, dt, cell.estimator.model_error_relax_s);
         self.q_since_rest_ah += eta * i_cell * dt / 3600.0;
         self.dt2_since_rest += dt * dt;
         self.time_since_rest_s += dt;
@@ -157,7 +164,10 @@ impl RestSoh {
             let v_ocv = sensing.v_prev[k] - cells.h[k] + cells.v1[k] + cells.v2[k];
             let z_ocv = tab.soc_from_ocv(v_ocv, ss.dtemp);
             let slope = tab.slope(tab.locate(z_ocv)).max(1e-3);
-            let var = (est.rest_ocv_sigma_v / slope).powi(2);
+            // the rest OCV's σ: the sensor's and what the relaxation model may still miss (the
+            // load's model error, decayed over the rest as in the filter's measurement noise)
+            let relax_v = cell.estimator.model_error_v_per_c * self.load_c;
+            let var = (est.rest_ocv_sigma_v.powi(2) + relax_v * relax_v) / (slope * slope);
             self.anchor(k, cells, z_ocv, var, y, var_y, cap_nom, est);
         }
         self.reset_throughput();
@@ -230,6 +240,10 @@ pub(super) struct RestSohStateV1 {
     pub q_since_rest_ah: X,
     pub dt2_since_rest: X,
     pub time_since_rest_s: X,
+    /// the recent load (C-rate) of the model error; absent in files written before it (0:
+    /// relaxed)
+    #[serde(default)]
+    pub load_c: X,
     /// per cell: capacity of a unit cell (Ah), R0 ratio to the cell file
     pub cap_ah: Vec<X>,
     pub r0_ratio: Vec<X>,
@@ -247,6 +261,7 @@ impl RestSoh {
             q_since_rest_ah: X(self.q_since_rest_ah),
             dt2_since_rest: X(self.dt2_since_rest),
             time_since_rest_s: X(self.time_since_rest_s),
+            load_c: X(self.load_c),
             cap_ah: xs(&self.cap_ah),
             r0_ratio: xs(&self.r0_ratio),
             z_rest: xs(&self.z_rest),
@@ -296,7 +311,7 @@ impl RestSoh {
             return Some(why);
         }
         let (q, dt2, t_rest) = (s.q_since_rest_ah.0, s.dt2_since_rest.0, s.time_since_rest_s.0);
-        if !q.is_finite() || !(dt2.is_finite() && dt2 >= 0.0) || !(t_rest.is_finite() && t_rest >= 0.0) {
+        if !q.is_finite() || !(dt2.is_finite() && dt2 >= 0.0) || !(t_rest.is_finite() && t_rest >= 0.0) || !(s.load_c.0.is_finite() && s.load_c.0 >= 0.0) {
             return Some(format!("time since rest {t_rest} s / charge {q} Ah / {dt2} implausible (negative or non-finite)"));
         }
         None
@@ -316,5 +331,6 @@ impl RestSoh {
         self.q_since_rest_ah = s.q_since_rest_ah.0;
         self.dt2_since_rest = s.dt2_since_rest.0;
         self.time_since_rest_s = s.time_since_rest_s.0;
+        self.load_c = s.load_c.0;
     }
 }

@@ -96,6 +96,7 @@ pub(super) fn read(data: &[u8], n_engine: usize, n_t_engine: usize, bank_len: im
             q_since_rest_ah: X(pack[0]),
             dt2_since_rest: X(pack[1]),
             time_since_rest_s: X(pack[2]),
+            load_c: X(0.0), // not in a version-1 file: relaxed
             cap_ah: col(8),
             r0_ratio: col(9),
             z_rest: col(10),
