@@ -207,7 +207,7 @@ impl FastSim {
         let monitor = Monitor::new(MonitorConfig::from_peer(&specs[0].peer, n, 0));
         let mut slots = Vec::with_capacity(n);
         for spec in specs {
-            let core = NodeCore::new(spec.node.clone(), spec.engine.clone(), spec.cell.clone(), spec.peer.clone(), 1)
+            let core = NodeCore::new(spec.node.clone(), spec.engine.clone(), spec.cell.clone(), spec.peer.clone(), 1, crate::simulation_auth(spec.peer.system_id))
                 .map_err(|e| e.to_string())?;
             slots.push(Slot {
                 spec,
@@ -354,7 +354,7 @@ impl FastSim {
         }
         slot.incarnation += 1;
         let s = &slot.spec;
-        let mut core = NodeCore::new(s.node.clone(), s.engine.clone(), s.cell.clone(), s.peer.clone(), slot.incarnation)
+        let mut core = NodeCore::new(s.node.clone(), s.engine.clone(), s.cell.clone(), s.peer.clone(), slot.incarnation, crate::simulation_auth(s.peer.system_id))
             .map_err(|e| e.to_string())?;
         if !slot.saved_state.is_empty() {
             core.engine_mut().import_state(&slot.saved_state).map_err(|e| e.to_string())?;

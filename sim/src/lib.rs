@@ -7,7 +7,7 @@
 //! - [`plant`]: the parallel-string plant (cells, contactors, sensors, bus, load, faults).
 //! - [`fastsim`]: the fast mode of `mbms sim`: one plant, N `NodeCore`s, a simulated peer
 //!   network, on a virtual clock.
-//! - [`monitor`]: the one safety monitor (S1–S6), used by every simulation mode.
+//! - [`monitor`]: the one safety monitor (S1–S7), used by every simulation mode.
 //! - [`rng`]: the one PRNG module (SplitMix64 from the protocol crate, xoshiro256** + ziggurat).
 //! - [`protocol`]: the deterministic protocol simulator (N `Peer`s, a small electrical model,
 //!   a network model, crashes, drift) and its S1–S6 checker.
@@ -17,3 +17,13 @@ pub mod monitor;
 pub mod plant;
 pub mod protocol;
 pub mod rng;
+
+/// The key every simulated node of a system shares (the simulators' attacker does not know it).
+/// A constant: simulations are replayable, and no real system is ever keyed with it (the node
+/// runtime reads its keys from the system's key file).
+pub const SIMULATION_KEY: [u8; mbms_consensus::auth::KEY_LEN] = *b"mbms-simulation!";
+
+/// Authentication of simulated peers of system `system_id` with [`SIMULATION_KEY`].
+pub fn simulation_auth(system_id: u32) -> mbms_consensus::Auth {
+    mbms_consensus::Auth::new(system_id, &[SIMULATION_KEY]).expect("a valid key")
+}

@@ -1,4 +1,4 @@
-//! CI: seeded fault schedules through the deterministic simulator, S1–S6 checked after
+//! CI: seeded fault schedules through the deterministic simulator, S1–S7 checked after
 //! every step. A failure prints the seed and the command that replays it.
 //! Long mode: `MBMS_SIM_SEEDS=100000 cargo test --release -p mbms-consensus --test sim_schedules`.
 
@@ -69,6 +69,31 @@ fn seeds_39746_42929_no_rise_while_an_isolated_string_is_still_closed() {
     }
 }
 
+/// S7: every schedule with the attacker (forged grants, fake CLOSED members, 0 A proposals, boot
+/// jumps, zero tags, spliced tags, replays of live and crashed nodes); none is accepted except
+/// late genuine messages, and every drop is counted by its reason.
+#[test]
+fn adversarial_schedules() {
+    let p = SimParams { adversary: Some(true), ..SimParams::default() };
+    let count = seeds_from_env(2000) / 2;
+    check(5_000_000, count, &p);
+    let mut dropped = std::collections::BTreeMap::new();
+    let (mut deliveries, mut accepted) = (0, 0);
+    for seed in 5_000_000..5_000_000 + 50 {
+        let r = run_schedule(seed, &p);
+        assert!(r.adversary && r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+        deliveries += r.attack_deliveries;
+        accepted += r.attack_accepted;
+        for (k, v) in r.attack_dropped {
+            *dropped.entry(k).or_insert(0) += v;
+        }
+    }
+    eprintln!("attacker deliveries {deliveries}, accepted (late genuine) {accepted}, dropped by reason {dropped:?}");
+    for reason in ["forged", "unauthenticated", "old_boot", "stale"] {
+        assert!(dropped.get(reason).copied().unwrap_or(0) > 0, "no {reason} drop in 50 schedules: {dropped:?}");
+    }
+}
+
 #[test]
 fn replay_is_deterministic() {
     let p = SimParams { verbose: true, ..SimParams::default() };
@@ -90,6 +115,7 @@ fn the_checker_catches_broken_systems() {
         (Sabotage::DoubleLimits, "S4"),
         (Sabotage::Disagree, "S5"),
         (Sabotage::Solo, "S6"),
+        (Sabotage::NoAuth, "S7"),
     ] {
         let p = SimParams { sabotage, ..SimParams::default() };
         let s = run_many(0, 200, &p, 2);
