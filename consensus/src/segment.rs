@@ -1,6 +1,6 @@
 //! Carrying peer messages ([`crate::wire`], 25 bytes) over CAN.
 //!
-//! Classic CAN: three 8-byte frames per message, no length byte (the layout is fixed).
+//! Classic CAN: three frames per message (8, 8 and 7 bytes), no length byte (the layout is fixed).
 //! - CAN id (11 bit) = 0x400 | (sender−1)<<4 | kind<<3 | toggle<<2 | index
 //!   (sender 1..=64 → 6 bits; kind 0 = Limits, 1 = Detail; toggle = low bit of the message
 //!   counter; index 0..=2 = frame number). The message's header byte is the id's sender and
@@ -13,7 +13,7 @@
 //!   frames of two messages from being glued together when frames are lost (which would
 //!   otherwise be counted as a forgery).
 //!
-//! CAN FD: the 24 bytes in one frame (an FD data length), id with toggle = index = 0.
+//! CAN FD: the 23 bytes in one 24-byte frame (padded with 0xCC), id with toggle = index = 0.
 
 use crate::wire::{MESSAGE_LEN, WireError};
 
@@ -21,6 +21,10 @@ pub const CAN_ID_BASE: u32 = 0x400;
 pub const CAN_ID_LAST: u32 = 0x7FF;
 pub const FRAMES: usize = 3;
 const PAYLOAD: usize = MESSAGE_LEN - 1;
+/// Data length of each classic frame.
+const FRAME_LEN: [usize; FRAMES] = [8, 8, 7];
+const FD_LEN: usize = 24;
+const FD_PAD: u8 = 0xCC;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanFrame {
@@ -34,7 +38,7 @@ pub enum SegmentError {
     Message(WireError),
     /// A CAN id outside the peer protocol's range 0x400..=0x7FF, or index 3.
     ForeignId(u32),
-    /// Frame data of the wrong length (8 classic, 24 FD).
+    /// Frame data of the wrong length (8, 8, 7 classic; 24 FD).
     FrameLength(usize),
     /// A frame that does not continue the partial message of its sender.
     OutOfOrder { sender: u16, index: u8 },
@@ -62,7 +66,7 @@ impl SegmentError {
     /// frame of this protocol), which points at a faulty or foreign device.
     pub fn kind(&self) -> &'static str {
         match self {
-            SegmentError::FrameLength(n) if *n > 8 && *n != PAYLOAD => "oversized",
+            SegmentError::FrameLength(n) if *n > FD_LEN => "oversized",
             SegmentError::ForeignId(_) => "foreign",
             SegmentError::OutOfOrder { .. } => "incomplete",
             _ => "malformed",
@@ -107,7 +111,9 @@ pub fn segment_classic(msg: &[u8]) -> Result<Vec<CanFrame>, SegmentError> {
 /// Pack one message into one CAN FD frame (24 data bytes, an FD length).
 pub fn frame_fd(msg: &[u8]) -> Result<CanFrame, SegmentError> {
     let (sender, kind, _) = header(msg)?;
-    Ok(CanFrame { id: can_id(sender, kind, 0, 0), data: msg[1..].to_vec() })
+    let mut data = msg[1..].to_vec();
+    data.resize(FD_LEN, FD_PAD);
+    Ok(CanFrame { id: can_id(sender, kind, 0, 0), data })
 }
 
 fn with_header(sender: u16, kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -123,10 +129,10 @@ pub fn unframe_fd(id: u32, data: &[u8]) -> Result<(u16, Vec<u8>), SegmentError> 
     if toggle != 0 || index != 0 {
         return Err(SegmentError::ForeignId(id));
     }
-    if data.len() != PAYLOAD {
+    if data.len() != FD_LEN || data[PAYLOAD..].iter().any(|&b| b != FD_PAD) {
         return Err(SegmentError::FrameLength(data.len()));
     }
-    Ok((sender, with_header(sender, kind, data)))
+    Ok((sender, with_header(sender, kind, &data[..PAYLOAD])))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -172,7 +178,7 @@ impl Reassembler {
     fn push_inner(&mut self, id: u32, data: &[u8]) -> Result<Option<(u16, Vec<u8>)>, SegmentError> {
         let (sender, kind, toggle, index) = split_id(id)?;
         let slot = &mut self.slots[sender as usize];
-        if data.len() != 8 {
+        if data.len() != FRAME_LEN[index as usize] {
             slot.active = false;
             return Err(SegmentError::FrameLength(data.len()));
         }
@@ -229,7 +235,7 @@ mod tests {
             let mut got = Vec::new();
             for i in 0..FRAMES {
                 for f in [&fa[i], &fb[i]] {
-                    prop_assert_eq!(f.data.len(), 8);
+                    prop_assert_eq!(f.data.len(), FRAME_LEN[i]);
                     if let Some(m) = r.push(f.id, &f.data).unwrap() { got.push(m); }
                 }
             }

@@ -1,28 +1,32 @@
-//! The peer message format: a fixed layout of 25 bytes with a 32-bit authentication tag
+//! The peer message format: a fixed layout of 24 bytes with a 32-bit authentication tag
 //! (the AUTOSAR SecOC model: a truncated MAC over the message and its freshness value).
 //!
 //! ```text
 //! byte 0       header: sender−1 (bits 0..5) | kind<<6 (0 = Limits, 1 = Detail) | bit 7 = 0
 //! bytes 1..8   frame 0: flags (bits 0..6) | coord (7..21) | 0 (22..23) | boot (24..39) | counter (40..63)
-//! bytes 9..16  frame 1: body part 1
-//! bytes 17..24 frame 2: body part 2 (bits 0..31) | tag (bits 32..63)
+//! bytes 9..16  frame 1: body part 1 (64 bits)
+//! bytes 17..23 frame 2: body part 2 (bits 0..23) | tag (bits 24..55)
 //!
 //! flags   phase (3 bits) | fault<<3 | main_closed<<4 | pre_closed<<5 | may_close<<6
 //! coord   req_ticket (4 bits) | grant_ticket<<4 (4 bits) | grant_to<<8 (7 bits); 0 = nothing
 //! boot    the sender's boot counter (persisted, +1 per start; a new one = a restart)
 //! counter the sender's message counter in this boot, 24 bits, +1 per message (freshness)
-//! Limits  frame 1: ocv 17 bits [10 mV] | r 15 [0.1 mΩ] | dcl 16 [0.1 A] | ccl 16 [0.1 A]
-//!         frame 2: dcl_peak 16 [0.1 A] | ccl_peak 16 [0.1 A]
-//! Detail  frame 1: proposed system dcl 18, ccl 18 [0.1 A] | v_bus 17 [10 mV] | soc 10 [0.1 %] | 0
-//!         frame 2: v_string 17 [10 mV] | i 15, signed [0.1 A, discharge +]
+//! Limits  frame 1: ocv 17 bits [10 mV] | r 15 [0.1 mΩ] | dcl 15 [0.2 A] | ccl 15 [0.2 A] | 0 0
+//!         frame 2: dcl_peak 12 [0.5 A] | ccl_peak 12 [0.5 A]
+//! Detail  frame 1: proposed system dcl 18, ccl 18 [0.1 A] | soc 10 [0.1 %] | i 15, signed [0.1 A] | 0 0 0
+//!         frame 2: v_string − v_bus 16, signed [10 mV] | 0 (8 bits)
 //! ```
+//! The last frame is 7 bytes: with three full frames 16 peers at a 100 ms heartbeat would
+//! load a 500 kbit/s bus above the 12 % budget (`mbms bench consensus` measures it).
 //! All multi-bit fields are little endian (Intel) inside their 8-byte frame and no field
 //! crosses a frame: on classic CAN the header goes into the identifier and the frames are
 //! three CAN frames ([`crate::segment`]), each described by the shipped DBC.
 //! The tag is CMAC-AES-128 over the system id and bytes 0..=20 ([`crate::auth`]).
-//! Values saturate at their field width; limits round down and saturate low (errs low, S4).
+//! Values saturate at their field width; limits round down to their resolution and saturate
+//! low (errs low, S4). Bodies are kept in 0.1 A / 10 mV units; the wire resolution of a field
+//! coarser than that is applied (rounding down) when encoding.
 
-pub const MESSAGE_LEN: usize = 25;
+pub const MESSAGE_LEN: usize = 24;
 pub const TAG_LEN: usize = 4;
 /// Bytes covered by the tag (everything before it).
 pub const SIGNED_LEN: usize = MESSAGE_LEN - TAG_LEN;
@@ -123,14 +127,30 @@ pub struct LimitsBody {
     pub ccl_peak_da: u32,
 }
 
+impl LimitsBody {
+    /// These limits at the wire's resolution (rounded down, saturated): what every receiver
+    /// will see, so the sender uses the same values for its own string.
+    pub fn on_wire(self) -> LimitsBody {
+        let q = |da: u32, step: u32, bits: u32| lim(da, step, bits) as u32 * step;
+        LimitsBody {
+            ocv_10mv: self.ocv_10mv.min(max_of(OCV_BITS)),
+            r_100uohm: self.r_100uohm.min(max_of(R_BITS)),
+            dcl_da: q(self.dcl_da, LIM_STEP_DA, LIM_BITS),
+            ccl_da: q(self.ccl_da, LIM_STEP_DA, LIM_BITS),
+            dcl_peak_da: q(self.dcl_peak_da, PEAK_STEP_DA, PEAK_BITS),
+            ccl_peak_da: q(self.ccl_peak_da, PEAK_STEP_DA, PEAK_BITS),
+        }
+    }
+}
+
 /// Proposed system limits and measured detail (kind 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DetailBody {
     pub prop_dcl_da: u32,
     pub prop_ccl_da: u32,
     pub soc_permille: u16,
-    pub v_bus_10mv: u32,
-    pub v_string_10mv: u32,
+    /// v_string − v_bus (what a peer's eligibility to close depends on).
+    pub dv_10mv: i32,
     pub i_da: i32,
 }
 
@@ -154,12 +174,15 @@ pub struct Message {
     pub tag: [u8; TAG_LEN],
 }
 
-// Field widths of the fixed layout (bits).
+// Field widths of the fixed layout (bits) and wire steps of the limits (in 0.1 A).
 const OCV_BITS: u32 = 17;
 const R_BITS: u32 = 15;
-const LIM_BITS: u32 = 16;
+const LIM_BITS: u32 = 15;
+const LIM_STEP_DA: u32 = 2;
+const PEAK_BITS: u32 = 12;
+const PEAK_STEP_DA: u32 = 5;
 const PROP_BITS: u32 = 18;
-const V_BITS: u32 = 17;
+const DV_BITS: u32 = 16;
 const SOC_BITS: u32 = 10;
 const I_BITS: u32 = 15;
 
@@ -170,14 +193,19 @@ const fn max_of(bits: u32) -> u32 {
 // ---- unit conversions (saturating at the field width; NaN maps to 0, which errs low for limits) ----
 
 pub fn volts_to_10mv(v: f64) -> u32 {
-    (v * 100.0).round().clamp(0.0, max_of(V_BITS) as f64) as u32
+    (v * 100.0).round().clamp(0.0, max_of(OCV_BITS) as f64) as u32
+}
+/// A voltage difference (saturating at ±327.67 V, beyond any close window).
+pub fn dv_to_10mv(v: f64) -> i32 {
+    let m = (1i64 << (DV_BITS - 1)) as f64;
+    (v * 100.0).round().clamp(-m, m - 1.0) as i32
 }
 pub fn ohm_to_100uohm(r: f64) -> u32 {
     (r * 1e4).round().clamp(0.0, max_of(R_BITS) as f64) as u32
 }
 /// Limits round DOWN: a reported limit never exceeds the computed one.
 pub fn amps_to_da_floor(a: f64) -> u32 {
-    (a * 10.0).floor().clamp(0.0, max_of(LIM_BITS) as f64) as u32
+    (a * 10.0).floor().clamp(0.0, (max_of(LIM_BITS) * LIM_STEP_DA) as f64) as u32
 }
 /// Proposed system limits (wider field), rounded down.
 pub fn amps_to_da_floor_system(a: f64) -> u32 {
@@ -210,8 +238,14 @@ impl Unpacker {
 
 fn word(data: &[u8], frame: usize) -> u64 {
     let mut b = [0u8; 8];
-    b.copy_from_slice(&data[1 + 8 * frame..9 + 8 * frame]);
+    let end = (9 + 8 * frame).min(MESSAGE_LEN);
+    b[..end - 1 - 8 * frame].copy_from_slice(&data[1 + 8 * frame..end]);
     u64::from_le_bytes(b)
+}
+
+/// A limit in 0.1 A on a wire field of `step` and `bits`: rounded down, saturated.
+fn lim(da: u32, step: u32, bits: u32) -> u64 {
+    (da / step).min(max_of(bits)) as u64
 }
 
 impl Message {
@@ -238,25 +272,27 @@ impl Message {
             Body::Limits(b) => {
                 f1.put(b.ocv_10mv.min(max_of(OCV_BITS)) as u64, OCV_BITS);
                 f1.put(b.r_100uohm.min(max_of(R_BITS)) as u64, R_BITS);
-                f1.put(b.dcl_da.min(max_of(LIM_BITS)) as u64, LIM_BITS);
-                f1.put(b.ccl_da.min(max_of(LIM_BITS)) as u64, LIM_BITS);
-                f2.put(b.dcl_peak_da.min(max_of(LIM_BITS)) as u64, LIM_BITS);
-                f2.put(b.ccl_peak_da.min(max_of(LIM_BITS)) as u64, LIM_BITS);
+                f1.put(lim(b.dcl_da, LIM_STEP_DA, LIM_BITS), LIM_BITS);
+                f1.put(lim(b.ccl_da, LIM_STEP_DA, LIM_BITS), LIM_BITS);
+                f2.put(lim(b.dcl_peak_da, PEAK_STEP_DA, PEAK_BITS), PEAK_BITS);
+                f2.put(lim(b.ccl_peak_da, PEAK_STEP_DA, PEAK_BITS), PEAK_BITS);
             }
             Body::Detail(b) => {
                 f1.put(b.prop_dcl_da.min(max_of(PROP_BITS)) as u64, PROP_BITS);
                 f1.put(b.prop_ccl_da.min(max_of(PROP_BITS)) as u64, PROP_BITS);
-                f1.put(b.v_bus_10mv.min(max_of(V_BITS)) as u64, V_BITS);
                 f1.put(b.soc_permille.min(1000) as u64, SOC_BITS);
-                f2.put(b.v_string_10mv.min(max_of(V_BITS)) as u64, V_BITS);
                 let m = 1i32 << (I_BITS - 1);
-                f2.put(b.i_da.clamp(-m, m - 1) as u32 as u64, I_BITS);
+                f1.put(b.i_da.clamp(-m, m - 1) as u32 as u64, I_BITS);
+                let m = 1i32 << (DV_BITS - 1);
+                f2.put(b.dv_10mv.clamp(-m, m - 1) as u32 as u64, DV_BITS);
+                f2.put(0, 8);
             }
         }
+        f2.1 = 24;
         f2.put(u32::from_le_bytes(self.tag) as u64, 32);
         out[1..9].copy_from_slice(&f0.0.to_le_bytes());
         out[9..17].copy_from_slice(&f1.0.to_le_bytes());
-        out[17..25].copy_from_slice(&f2.0.to_le_bytes());
+        out[17..24].copy_from_slice(&f2.0.to_le_bytes()[..7]);
         out
     }
 
@@ -282,31 +318,42 @@ impl Message {
         let counter = f0.get(COUNTER_BITS) as u32;
         let mut f1 = Unpacker(word(data, 1), 0);
         let mut f2 = Unpacker(word(data, 2), 0);
+        // two's complement of a `bits`-wide field
+        fn signed(raw: u64, bits: u32) -> i32 {
+            (if raw >= 1 << (bits - 1) { raw as i64 - (1 << bits) } else { raw as i64 }) as i32
+        }
         let body = if kind == 0 {
+            let ocv_10mv = f1.get(OCV_BITS) as u32;
+            let r_100uohm = f1.get(R_BITS) as u32;
+            let dcl_da = f1.get(LIM_BITS) as u32 * LIM_STEP_DA;
+            let ccl_da = f1.get(LIM_BITS) as u32 * LIM_STEP_DA;
+            if f1.get(2) != 0 {
+                return Err(WireError::Range("reserved"));
+            }
             Body::Limits(LimitsBody {
-                ocv_10mv: f1.get(OCV_BITS) as u32,
-                r_100uohm: f1.get(R_BITS) as u32,
-                dcl_da: f1.get(LIM_BITS) as u32,
-                ccl_da: f1.get(LIM_BITS) as u32,
-                dcl_peak_da: f2.get(LIM_BITS) as u32,
-                ccl_peak_da: f2.get(LIM_BITS) as u32,
+                ocv_10mv,
+                r_100uohm,
+                dcl_da,
+                ccl_da,
+                dcl_peak_da: f2.get(PEAK_BITS) as u32 * PEAK_STEP_DA,
+                ccl_peak_da: f2.get(PEAK_BITS) as u32 * PEAK_STEP_DA,
             })
         } else {
             let prop_dcl_da = f1.get(PROP_BITS) as u32;
             let prop_ccl_da = f1.get(PROP_BITS) as u32;
-            let v_bus_10mv = f1.get(V_BITS) as u32;
             let soc = f1.get(SOC_BITS);
             if soc > 1000 {
                 return Err(WireError::Range("soc"));
             }
-            if f1.get(1) != 0 {
+            let i_da = signed(f1.get(I_BITS), I_BITS);
+            if f1.get(3) != 0 {
                 return Err(WireError::Range("reserved"));
             }
-            let v_string_10mv = f2.get(V_BITS) as u32;
-            let raw = f2.get(I_BITS) as i64;
-            // sign-extend the 15-bit two's complement value
-            let i_da = if raw >= 1 << (I_BITS - 1) { raw - (1 << I_BITS) } else { raw } as i32;
-            Body::Detail(DetailBody { prop_dcl_da, prop_ccl_da, soc_permille: soc as u16, v_bus_10mv, v_string_10mv, i_da })
+            let dv_10mv = signed(f2.get(DV_BITS), DV_BITS);
+            if f2.get(8) != 0 {
+                return Err(WireError::Range("reserved"));
+            }
+            Body::Detail(DetailBody { prop_dcl_da, prop_ccl_da, soc_permille: soc as u16, dv_10mv, i_da })
         };
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&data[SIGNED_LEN..]);
@@ -330,8 +377,7 @@ mod tests {
                 prop_dcl_da: max_of(PROP_BITS),
                 prop_ccl_da: max_of(PROP_BITS),
                 soc_permille: 1000,
-                v_bus_10mv: max_of(V_BITS),
-                v_string_10mv: max_of(V_BITS),
+                dv_10mv: -(1 << 15),
                 i_da: -(1 << 14),
             }),
             tag: [0xAB; TAG_LEN],
@@ -347,17 +393,25 @@ mod tests {
         m2.body = Body::Limits(LimitsBody {
             ocv_10mv: max_of(OCV_BITS),
             r_100uohm: max_of(R_BITS),
-            dcl_da: max_of(LIM_BITS),
+            dcl_da: max_of(LIM_BITS) * LIM_STEP_DA,
             ccl_da: 0,
-            dcl_peak_da: max_of(LIM_BITS),
-            ccl_peak_da: 1,
+            dcl_peak_da: max_of(PEAK_BITS) * PEAK_STEP_DA,
+            ccl_peak_da: PEAK_STEP_DA,
         });
         assert_eq!(Message::decode(&m2.encode()).unwrap(), m2);
+        // Limits between wire steps round down (errs low, S4), never up.
+        let mut m3 = m2.clone();
+        m3.body = Body::Limits(LimitsBody { dcl_da: 1001, ccl_da: 99_999, dcl_peak_da: 2004, ccl_peak_da: 1, ..Default::default() });
+        match Message::decode(&m3.encode()).unwrap().body {
+            Body::Limits(l) => assert_eq!((l.dcl_da, l.ccl_da, l.dcl_peak_da, l.ccl_peak_da), (1000, max_of(LIM_BITS) * 2, 2000, 0)),
+            _ => unreachable!(),
+        }
     }
 
     #[test]
     fn conversions_saturate_and_limits_round_down() {
-        assert_eq!(amps_to_da_floor(1e9), max_of(LIM_BITS));
+        assert_eq!(amps_to_da_floor(1e9), max_of(LIM_BITS) * LIM_STEP_DA);
+        assert_eq!(dv_to_10mv(-1e6), -(1 << 15));
         assert_eq!(amps_to_da_floor(f64::NAN), 0);
         assert_eq!(amps_to_da_floor(12.39), 123);
         assert_eq!(amps_to_da_signed(-1e9), -(1 << 14));
@@ -369,7 +423,7 @@ mod tests {
     #[test]
     fn bad_inputs_are_typed_errors() {
         assert_eq!(Message::decode(&[]), Err(WireError::Length(0)));
-        assert_eq!(Message::decode(&[0u8; 26]), Err(WireError::Length(26)));
+        assert_eq!(Message::decode(&[0u8; 25]), Err(WireError::Length(25)));
         let mut b = worst().encode();
         b[0] |= 0x80;
         assert!(matches!(Message::decode(&b), Err(WireError::Header(_))));

@@ -3,7 +3,7 @@
 //! our own limits) goes out at once, at most every quarter period.
 
 use crate::wire::{
-    amps_to_da_floor, amps_to_da_signed, ohm_to_100uohm, soc_to_permille, volts_to_10mv, Body, Coord, DetailBody,
+    amps_to_da_floor, amps_to_da_signed, dv_to_10mv, ohm_to_100uohm, soc_to_permille, volts_to_10mv, Body, Coord, DetailBody,
     Flags, LimitsBody, Message, COUNTER_MAX, TAG_LEN,
 };
 
@@ -30,6 +30,7 @@ pub(super) fn limits_of(local: &LocalState) -> LimitsBody {
         dcl_peak_da: amps_to_da_floor(local.dcl_peak_a),
         ccl_peak_da: amps_to_da_floor(local.ccl_peak_a),
     }
+    .on_wire()
 }
 
 impl Peer {
@@ -77,8 +78,7 @@ impl Peer {
                 prop_dcl_da: self.agreement.prop_da.0,
                 prop_ccl_da: self.agreement.prop_da.1,
                 soc_permille: soc_to_permille(local.soc),
-                v_bus_10mv: volts_to_10mv(local.v_bus_v),
-                v_string_10mv: volts_to_10mv(local.v_string_v),
+                dv_10mv: dv_to_10mv(local.v_string_v - local.v_bus_v),
                 i_da: amps_to_da_signed(local.i_a),
             })
         };
