@@ -298,7 +298,7 @@ impl PyFastSim {
                 p.set_item("failsafe", format!("{:?}", o.failsafe))?;
                 let c = core.peer().counters();
                 p.set_item("rx_ok", c.rx_ok)?;
-                p.set_item("rx_dropped", c.rx_malformed + c.rx_foreign_system + c.rx_unknown_sender + c.rx_duplicate + c.rx_stale)?;
+                p.set_item("rx_dropped", c.rx_malformed + c.rx_unauthenticated + c.rx_forged + c.rx_old_boot + c.rx_unknown_sender + c.rx_duplicate + c.rx_stale)?;
                 p.set_item("tx", c.tx)?;
             }
             packs.append(p)?;

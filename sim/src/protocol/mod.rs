@@ -892,6 +892,12 @@ pub struct SimSummary {
     pub aborts: u64,
     pub messages: u64,
     pub message_bytes: u64,
+    /// S7: schedules with the attacker, its deliveries, those accepted (late genuine
+    /// messages) and those dropped by reason.
+    pub adversarial: u64,
+    pub attack_deliveries: u64,
+    pub attack_accepted: u64,
+    pub attack_dropped: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// The p-th percentile (0..=100) by nearest rank; NaN when empty.
@@ -921,6 +927,12 @@ impl SimSummary {
         self.detect_periods.extend(r.detect_periods);
         self.cold_close_periods.extend(r.cold_close_periods);
         self.grant_periods.extend(r.grant_periods);
+        self.adversarial += r.adversary as u64;
+        self.attack_deliveries += r.attack_deliveries;
+        self.attack_accepted += r.attack_accepted;
+        for (k, v) in &r.attack_dropped {
+            *self.attack_dropped.entry(k).or_insert(0) += v;
+        }
         self.closes += r.closes;
         self.aborts += r.aborts;
         self.messages += r.messages;
@@ -943,6 +955,12 @@ impl SimSummary {
         self.aborts += o.aborts;
         self.messages += o.messages;
         self.message_bytes += o.message_bytes;
+        self.adversarial += o.adversarial;
+        self.attack_deliveries += o.attack_deliveries;
+        self.attack_accepted += o.attack_accepted;
+        for (k, v) in o.attack_dropped {
+            *self.attack_dropped.entry(k).or_insert(0) += v;
+        }
     }
 }
 
