@@ -354,6 +354,22 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Message authentication of a system (brief S7): the key file every node of the system reads,
+/// or, explicitly, none. A system file without `[auth]` loads (tools that only read the
+/// configuration need no key), but a node does not start from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The system's key file (`mbms keys new FILE`; mode 0600), relative to the system file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// No authentication at all: any device on the bus can speak for a node. Only for a bench;
+    /// every node logs it at start.
+    #[serde(default)]
+    pub off: bool,
+}
+
 /// A system file, shared by all peers. The peer protocol settings are one [`PeerConfig`]:
 /// `heartbeat_ms`, `dv_close_v` and `lease_ms` may sit at the top level (where operators look
 /// for them) or in `[protocol]`, not both; identity fields (`system_id`, `node_id`, `members`,
@@ -379,6 +395,9 @@ pub struct SystemFile {
     /// Peer protocol settings (consensus `PeerConfig`); missing keys take its defaults.
     #[serde(default)]
     pub protocol: PeerConfig,
+    /// Message authentication (S7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
 }
 
 /// PeerConfig fields that a system file may give at its top level.
@@ -400,6 +419,8 @@ pub struct SystemConfig {
     /// Every protocol setting, defaults filled; identity fields as placeholders (node_id = the
     /// first member, seed 0) until a node takes it ([`SystemConfig::peer_for`]).
     pub protocol: PeerConfig,
+    /// Message authentication as the file gives it (None: not configured).
+    pub auth: Option<AuthConfig>,
 }
 
 impl SystemConfig {
@@ -460,6 +481,16 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
         }
     }
     let f: SystemFile = typed(toml::Value::Table(table), "").map_err(at)?;
+    if let Some(a) = &f.auth {
+        match (&a.key_file, a.off) {
+            (Some(_), true) => return Err(at(cerr("auth", "key_file and off = true: choose one"))),
+            (None, false) => {
+                return Err(at(cerr("auth", "expected key_file = \"FILE\" (mbms keys new FILE) or off = true")))
+            }
+            (Some(k), false) if k.trim().is_empty() => return Err(at(cerr("auth.key_file", "empty path"))),
+            _ => {}
+        }
+    }
     let mut protocol = f.protocol.clone();
     if let Some(v) = f.heartbeat_ms {
         protocol.heartbeat_ms = v;
@@ -483,6 +514,7 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
         transport: f.transport,
         discovery: f.discovery,
         protocol,
+        auth: f.auth,
     })
 }
 

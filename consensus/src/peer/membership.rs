@@ -66,7 +66,19 @@ impl Peer {
         let fail = self.cfg.fail_timeout_ms as u64;
         if m.sender == self.cfg.node_id {
             if m.incarnation == self.membership.inc {
-                return Err(RxError::OwnEcho);
+                if m.counter < self.emission.counter {
+                    return Err(RxError::OwnEcho);
+                }
+                // A counter of our own boot that we never sent (a replay can only repeat what
+                // was sent; a forgery does not pass the tag): another node with our id and our
+                // boot (two state dirs that started as often). Move to a higher boot, so that
+                // every peer sees two boots of one id and raises the duplicate-id alarm.
+                let jump = 1 + self.arb.rng.below(4) as u16;
+                self.membership.inc = self.membership.inc.wrapping_add(jump);
+                self.emission.counter = 0;
+                self.membership.dup_self_until = now + hold;
+                self.pending.push(Event::DuplicateId { id: m.sender, incarnations: (self.membership.inc, m.incarnation) });
+                return Err(RxError::DuplicateId(m.sender));
             }
             // Our id, another boot. A lower boot that is not sending new counters is a replay of
             // one of our past runs; one that is, or a higher boot, is another node with our id.

@@ -803,6 +803,22 @@ mod tests {
     }
 
     #[test]
+    fn a_twin_with_my_id_and_my_boot_is_told_apart() {
+        // Two nodes with id 1 that both started as boot 7: the one that hears a counter of its
+        // own boot it never sent moves to a higher boot and alarms; the other then sees a
+        // higher boot with its id and alarms too.
+        let mut a = peer(1, 7);
+        let mut b = peer(1, 7);
+        let ahead: Vec<Vec<u8>> = (0..20).flat_map(|k| a.tick(k * 100, &local(400.0)).messages.clone()).collect();
+        let behind = b.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(2000, &behind), Err(RxError::OwnEcho)); // ambiguous for a: a past counter
+        assert_eq!(b.on_message(10, ahead.last().unwrap()), Err(RxError::DuplicateId(1)));
+        assert!(b.incarnation_wire() > 7);
+        let moved = b.tick(100, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(2001, &moved), Err(RxError::DuplicateId(1)));
+    }
+
+    #[test]
     fn without_quorum_nothing_is_requested() {
         // Alone of three: listens, then waits forever without requesting.
         let mut p = peer(3, 5);

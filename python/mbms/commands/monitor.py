@@ -74,22 +74,30 @@ class Monitor:
         self.transport.on_telemetry = self._on_telemetry
         self.transport.on_message = self._on_message
         self.decode_errors = 0
+        # Only verified telemetry and peer messages are shown (brief S7): the system's keys.
+        from mbms import _core
+        from mbms.keys import system_keys
+        from mbms.telemetry import TelemetryVerifier
+
+        self.auth = _core.MessageAuth(system.system_id_u32, system_keys(system))
+        self.verifier = TelemetryVerifier(self.auth)
 
     def _on_telemetry(self, src: int, arb_id: int, data: bytes) -> None:
         from mbms.telemetry import decode
 
-        try:
-            res = decode(self.db, arb_id, data)
-        except Exception:
-            self.decode_errors += 1
-            return
-        if res is None:
-            return
-        kind, node, sig = res
-        row = self.rows[src]
-        row.signals[kind] = sig
-        row.telemetry_frames += 1
-        row.last_seen = time.monotonic()
+        for fid, d in self.verifier.push(src, arb_id, data):
+            try:
+                res = decode(self.db, fid, d)
+            except Exception:
+                self.decode_errors += 1
+                continue
+            if res is None:
+                continue
+            kind, node, sig = res
+            row = self.rows[src]
+            row.signals[kind] = sig
+            row.telemetry_frames += 1
+            row.last_seen = time.monotonic()
 
     def _on_message(self, src: int, payload: bytes) -> None:
         from mbms.errors import FrameError
@@ -99,15 +107,15 @@ class Monitor:
         row.peer_messages += 1
         row.last_seen = time.monotonic()
         try:
-            m = decode_peer(payload)
+            m = decode_peer(payload, self.auth)  # verified (S7): forged and unauthenticated ones raise
         except FrameError:
             row.undecodable += 1
             return
-        if m.sender != src or m.system_id != self.system.system_id_u32:
+        if m.sender != src:
             row.undecodable += 1
             return
         row.proto.update(phase=m.phase, fault=m.fault, main_closed=m.main_closed, pre_closed=m.pre_closed,
-                         grant_to=m.grant_to, seq=m.seq, **m.values)
+                         grant_to=m.grant_to, seq=m.counter, **m.values)
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = time.monotonic()

@@ -43,8 +43,14 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
     check_membership(pack, system)
     node_id = pack.node.id
     store = StateStore(pack.node.state_dir, node_id, pack.source)
+    # telemetry is tagged like the peer messages (brief S7): the inverter side acts on its limits
+    from mbms import _core
+    from mbms.keys import system_keys
+
+    auth = _core.MessageAuth(system.system_id_u32, system_keys(system))
+    boot = int(getattr(logic, "incarnation", None) or 0)
     runtime = NodeRuntime(pack.node, logic, make_hardware(pack.hardware, pack.source), make_transport(system, node_id),
-                          store, TelemetryEncoder(node_id))
+                          store, TelemetryEncoder(node_id, auth=auth, boot=boot))
     restored = runtime.restore()
     log.info("node %d of system %s starting (state: %s, transport %s)", node_id, system.system_id, restored,
              runtime.transport.endpoint if runtime.transport else "-")
