@@ -252,7 +252,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(20_000)))]
         #[test]
         fn random_bytes_never_authenticate(data in proptest::collection::vec(any::<u8>(), 0..40)) {
             let a = Auth::new(9, &[[7; 16]]).unwrap();

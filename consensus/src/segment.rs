@@ -219,7 +219,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(5000))]
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(5000)))]
         #[test]
         fn round_trip_with_interleaved_senders(
             a in proptest::collection::vec(any::<u8>(), 1..=24),

@@ -435,7 +435,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(20_000)))]
         #[test]
         fn decode_never_panics_and_what_decodes_re_encodes(data in proptest::collection::vec(any::<u8>(), 0..40)) {
             if let Ok(m) = Message::decode(&data) {
