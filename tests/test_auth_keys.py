@@ -19,7 +19,7 @@ from mbms.consensus import segment_classic
 from mbms.errors import ConfigError
 from mbms.keys import FileKeyProvider, new_key_file, rotate, system_keys
 from mbms.telemetry import AUTH_BASE_ID, LIMITS_BASE_ID, TelemetryEncoder, TelemetryVerifier, load_database
-from mbms.types import Measurement
+from mbms.types import Contactors, Measurement
 
 
 def test_key_file_is_0600_and_refused_when_missing_or_open_to_others(tmp_path: Path) -> None:
@@ -124,7 +124,8 @@ def test_telemetry_is_released_only_with_a_valid_fresh_tag() -> None:
     enc = TelemetryEncoder(3, auth=auth, boot=4)
     import numpy as np
 
-    meas = Measurement(t_s=0.0, v_cell_v=np.full(4, 3.7), t_cell_c=np.full(2, 25.0), i_a=1.0, v_string_v=14.8, v_bus_v=14.8)
+    meas = Measurement(t_s=0.0, v_cell_v=np.full(4, 3.7), t_cell_c=np.full(2, 25.0), i_a=1.0, v_string_v=14.8, v_bus_v=14.8,
+                       feedback=Contactors(False, False, False))
     status = None
     batches = [enc.frames(status, meas, False) for _ in range(3)]
     assert batches[0][-1][0] == AUTH_BASE_ID + 3

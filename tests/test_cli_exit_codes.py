@@ -68,6 +68,8 @@ channel = "{channel}"
 close_confirm_ms = 400
 [discovery]
 enabled = false
+[auth]
+off = true
 """)
     return p
 
