@@ -87,7 +87,16 @@ def test_attacker_changes_no_decision(kind: str, tmp_path: Path, procs: list[Pro
     # the survivors agree on the limits of strings 1 and 2
     wait_for(lambda: all(not math.isnan(_limits(mon, k)[0]) for k in (1, 2)) and _limits(mon, 1)[0] == _limits(mon, 2)[0]
              and mon.rows[1].signals.get("STATE", {}).get("ClosedCount") == 2, 20, "agreed limits of 2 strings")
-    before = _limits(mon, 1)[0]
+    # ... and that limit has settled (a limit drops at once and rises only once agreed)
+    hist: list[float] = []
+
+    def settled() -> bool:
+        hist.append(_limits(mon, 1)[0])
+        recent = hist[-15:]
+        return len(recent) == 15 and max(recent) - min(recent) <= 0.5
+
+    wait_for(settled, 40, "a settled agreed limit", poll_s=0.1)
+    before = hist[-1]
     assert 0 < before < 600
 
     args = [str(TESTS / "procs" / "attacker.py"), "attack", str(system_path)]
@@ -111,7 +120,9 @@ def test_attacker_changes_no_decision(kind: str, tmp_path: Path, procs: list[Pro
         assert c[0][0] and c[0][1] and c[1][0] and c[1][1] and not any(c[2]), c
         for k in (1, 2):
             sys_dcl, own = _limits(mon, k)
-            assert sys_dcl == pytest.approx(before, abs=2.0), (k, sys_dcl, before)
+            # the genuine limit drifts slowly with the strings' state; the attacks would give 0 A
+            # (a zero proposal) or far more (a fake CLOSED string with 6 kA and 0.1 mOhm)
+            assert 0.8 * before <= sys_dcl <= 1.2 * before, (k, sys_dcl, before)
             assert own < 600
             assert mon.rows[k].signals.get("STATE", {}).get("ClosedCount") == 2
         time.sleep(0.1)
@@ -134,7 +145,7 @@ def test_attacker_changes_no_decision(kind: str, tmp_path: Path, procs: list[Pro
         p.p.wait(15)
     stops = [e for e in _events(tmp_path / f"state{survivor}") if e["kind"] == "stop"]
     peer = stops[0]["peer"]  # the first run of the survivor saw the whole attack
-    assert peer["rx_forged"] >= sent["forged"] * 0.9, peer
+    assert peer["rx_forged"] >= sent["forged"] * 0.9, (peer, stops[0]["transport"], sent)
     assert peer["rx_unauthenticated"] >= sent["unauthenticated"] * 0.9, peer
     if kind == "can":
         # the replayed messages of node 3: older counters of its boot (or repeats of its last)
