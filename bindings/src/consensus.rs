@@ -421,9 +421,14 @@ fn sim_params(peers_min: usize, peers_max: usize, duration_ms: u64, config: Opti
 }
 
 #[cfg(feature = "sim")]
+fn sabotage(name: Option<&str>) -> PyResult<sim::Sabotage> {
+    name.unwrap_or("none").parse().map_err(|e: String| PyValueError::new_err(("sabotage", e)))
+}
+
+#[cfg(feature = "sim")]
 /// Run seeded fault schedules (GIL released). Returns a dict of figures.
 #[pyfunction]
-#[pyo3(signature = (seeds, first_seed = 0, peers_min = 3, peers_max = 5, duration_ms = 6000, threads = 2, config = None, adversary = None))]
+#[pyo3(signature = (seeds, first_seed = 0, peers_min = 3, peers_max = 5, duration_ms = 6000, threads = 2, config = None, sabotage = None, adversary = None))]
 #[allow(clippy::too_many_arguments)]
 fn consensus_sim<'py>(
     py: Python<'py>,
@@ -434,9 +439,12 @@ fn consensus_sim<'py>(
     duration_ms: u64,
     threads: usize,
     config: Option<&Bound<'py, PyDict>>,
+    sabotage: Option<&str>,
     adversary: Option<bool>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let params = sim_params(peers_min, peers_max, duration_ms, config, adversary)?;
+    let mut params = sim_params(peers_min, peers_max, duration_ms, config, adversary)?;
+    // a checker self-test of the simulator only (never reachable from a node): see sim::Sabotage
+    params.sabotage = self::sabotage(sabotage)?;
     let s = py.allow_threads(|| sim::run_many(first_seed, seeds, &params, threads));
     let d = PyDict::new(py);
     d.set_item("schedules", s.schedules)?;
@@ -475,10 +483,18 @@ fn consensus_sim<'py>(
 #[cfg(feature = "sim")]
 /// Replay one seed with a trace: (violations, trace lines).
 #[pyfunction]
-#[pyo3(signature = (seed, peers_min = 3, peers_max = 5, duration_ms = 6000))]
-fn consensus_sim_replay(py: Python<'_>, seed: u64, peers_min: usize, peers_max: usize, duration_ms: u64) -> PyResult<(Vec<String>, Vec<String>)> {
+#[pyo3(signature = (seed, peers_min = 3, peers_max = 5, duration_ms = 6000, sabotage = None))]
+fn consensus_sim_replay(
+    py: Python<'_>,
+    seed: u64,
+    peers_min: usize,
+    peers_max: usize,
+    duration_ms: u64,
+    sabotage: Option<&str>,
+) -> PyResult<(Vec<String>, Vec<String>)> {
     let mut params = sim_params(peers_min, peers_max, duration_ms, None, None)?;
     params.verbose = true;
+    params.sabotage = self::sabotage(sabotage)?;
     let r = py.allow_threads(|| sim::run_schedule(seed, &params));
     Ok((r.violations, r.trace))
 }
@@ -515,6 +531,8 @@ fn consensus_bus_load<'py>(
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    #[cfg(feature = "sim")]
+    m.add("SABOTAGE_MODES", sim::Sabotage::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>())?;
     m.add_class::<PyConsensusPeer>()?;
     m.add_class::<PyCanReassembler>()?;
     m.add_class::<PyMessageAuth>()?;

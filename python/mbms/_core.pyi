@@ -31,6 +31,7 @@ __all__ = [
     "can_bus_load_classic",
     "consensus_sim",
     "consensus_sim_replay",
+    "SABOTAGE_MODES",
     "consensus_bus_load",
     "FastSim",
     "load_profile_values",
@@ -145,11 +146,15 @@ def consensus_sim(
     duration_ms: int = 6000,
     threads: int = 2,
     config: dict[str, Any] | None = None,
+    sabotage: str | None = None,
     adversary: bool | None = None,
 ) -> dict[str, Any]: ...
 def consensus_sim_replay(
-    seed: int, peers_min: int = 3, peers_max: int = 5, duration_ms: int = 6000
+    seed: int, peers_min: int = 3, peers_max: int = 5, duration_ms: int = 6000, sabotage: str | None = None
 ) -> tuple[list[str], list[str]]: ...
+
+#: Names of the protocol simulator's checker self-tests (``consensus_sim(sabotage=...)``), "none" first.
+SABOTAGE_MODES: list[str]
 def consensus_bus_load(
     peers: int = 16,
     duration_ms: int = 10000,

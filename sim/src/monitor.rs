@@ -302,7 +302,12 @@ struct NodeTrack {
     grant: Option<(u64, GrantOut)>,
     /// Since when (µs) the node is dead or reports itself open while its string conducts.
     open_due_since: Option<(u64, bool)>,
-    confirmed: Vec<Option<StringState>>,
+    /// What this node heard directly of each string: (µs the sender stated it, state).
+    confirmed: Vec<Option<(u64, StringState)>>,
+    /// What reached this node inside other peers' proposals: a peer proposes from the states
+    /// it heard directly, and a node reports at most the least proposal of its live peers,
+    /// so a state another peer heard is known here once a proposal of that peer arrived.
+    carried: Vec<Option<(u64, StringState)>>,
     conf_hist: VecDeque<(u64, f64, f64)>,
 }
 
@@ -332,7 +337,7 @@ pub struct Monitor {
     cfg: MonitorConfig,
     nodes: Vec<NodeTrack>,
     strings: Vec<StringTrack>,
-    latest_confirmed: Vec<Option<StringState>>,
+    latest_confirmed: Vec<Option<(u64, StringState)>>,
     truth_hist: VecDeque<(u64, f64, f64)>,
     closed_mask: u64,
     last_drop_us: Option<u64>,
@@ -351,7 +356,7 @@ fn da(x: f64) -> i64 {
 impl Monitor {
     pub fn new(cfg: MonitorConfig) -> Self {
         let n = cfg.members;
-        let node = NodeTrack { confirmed: vec![None; n], ..NodeTrack::default() };
+        let node = NodeTrack { confirmed: vec![None; n], carried: vec![None; n], ..NodeTrack::default() };
         Self {
             nodes: vec![node; n],
             strings: vec![StringTrack::default(); n],
@@ -397,9 +402,39 @@ impl Monitor {
 
     /// Node `observer` has just learnt string `j`'s state (a message carrying it arrived):
     /// S4 bounds each node's limits by the states it could know ("latest confirmed").
-    pub fn state_confirmed(&mut self, observer: usize, j: usize, state: StringState) {
-        self.nodes[observer].confirmed[j] = Some(state);
-        self.latest_confirmed[j] = Some(state);
+    ///
+    /// `state` is the string's state when the sender stated it (`t_us`), not when it
+    /// arrived: a message built before a derate and delivered after it carries the old state.
+    pub fn state_confirmed(&mut self, observer: usize, j: usize, t_us: u64, state: StringState) {
+        let c = &mut self.nodes[observer].confirmed[j];
+        if c.is_none_or(|(t, _)| t <= t_us) {
+            *c = Some((t_us, state));
+        }
+        let l = &mut self.latest_confirmed[j];
+        if l.is_none_or(|(t, _)| t <= t_us) {
+            *l = Some((t_us, state));
+        }
+    }
+
+    /// The states a proposal of node `from` is built from: what it had heard directly, and its
+    /// own string's state `own` at `t_us` (take it when `from` sends the proposal; give it to
+    /// [`Monitor::proposal_heard`] on delivery).
+    pub fn heard_by(&self, from: usize, t_us: u64, own: StringState) -> Vec<Option<(u64, StringState)>> {
+        let mut v = self.nodes[from].confirmed.clone();
+        v[from] = Some((t_us, own));
+        v
+    }
+
+    /// Node `to` received a proposal built from `heard` (see [`Monitor::heard_by`]).
+    pub fn proposal_heard(&mut self, to: usize, heard: &[Option<(u64, StringState)>]) {
+        let carried = &mut self.nodes[to].carried;
+        for (c, h) in carried.iter_mut().zip(heard) {
+            if let Some((t, st)) = *h {
+                if c.is_none_or(|(tc, _)| tc < t) {
+                    *c = Some((t, st));
+                }
+            }
+        }
     }
 
     /// S7: node `k` accepted a message that names member `sender`; `genuine`: that member's node
@@ -418,6 +453,7 @@ impl Monitor {
         t.prev_command = Contactors::OPEN;
         t.prev_phase = None;
         t.confirmed.iter_mut().for_each(|c| *c = None);
+        t.carried.iter_mut().for_each(|c| *c = None);
     }
 
     /// Node `k` stepped at `t_us` and reports `r`; `plant` is the truth at that instant.
@@ -591,7 +627,16 @@ impl Monitor {
             .filter(|&j| plant.strings[j].contactors.main_closed())
             .filter_map(|j| {
                 let truth = plant.strings[j].state?;
-                Some(if j == k { truth } else { self.nodes[k].confirmed[j].or(self.latest_confirmed[j]).unwrap_or(truth) })
+                if j == k {
+                    return Some(truth);
+                }
+                // the newest of what k heard directly and what reached it in proposals
+                let node = &self.nodes[k];
+                let known = match (node.confirmed[j], node.carried[j]) {
+                    (Some(a), Some(b)) => Some(if b.0 > a.0 { b.1 } else { a.1 }),
+                    (a, b) => a.or(b).map(|x| x.1),
+                };
+                Some(known.or(self.latest_confirmed[j].map(|x| x.1)).unwrap_or(truth))
             })
             .collect();
         let (cd, cc) = n1_limits(&conf);
@@ -808,7 +853,7 @@ mod tests {
         assert!(agreed_dcl > true_dcl * 1.01 + 1.0, "the situation needs the stale state to matter");
 
         let mut m = Monitor::new(cfg(3));
-        m.state_confirmed(2, 0, before); // peer 3 heard string 1 before the derate
+        m.state_confirmed(2, 0, 500, before); // peer 3 heard string 1 before the derate
         m.node_step(1_000, 1, &limits_report(agreed_dcl, agreed_ccl), &plant);
         assert!(m.violations().is_empty(), "{:?}", m.violations());
         // Without the confirmed state (the truth alone) the same report is flagged.
@@ -817,10 +862,61 @@ mod tests {
         assert_eq!(m.violations().len(), 1);
 
         let mut m = Monitor::new(cfg(3));
-        m.state_confirmed(2, 0, before);
+        m.state_confirmed(2, 0, 500, before);
         m.node_step(1_000, 1, &limits_report(agreed_dcl * 1.1, agreed_ccl), &plant);
         assert_eq!(m.violations().len(), 1);
         assert_eq!(m.violations()[0].rule, Rule::S4);
+    }
+
+    /// S4 bounds a node by what could reach it (seeds 50000, 7963 and five more of the first
+    /// 100 000-schedule campaign): node 1 restarted, hears only peer 3, which last heard string
+    /// 1 before its derate; peer 2 heard the derate, but nothing of peer 2 reaches node 1. The
+    /// old bound took "the latest state confirmed to any peer" (peer 2's) and flagged node 1 for
+    /// a limit no message could have corrected. A proposal of peer 2 reaching node 1 carries the
+    /// derate: from then on the same limit is flagged. And a state is what the sender stated:
+    /// a Limits message built before a derate and delivered after it carries the old state.
+    #[test]
+    fn s4_bound_is_what_could_reach_the_node() {
+        let before = st(120.0);
+        let derated = st(60.0);
+        // node 1 (index 0) reports; string 4 (index 3) is derated at t = 700
+        let truth = [closed(st(120.0)), closed(st(120.0)), closed(st(120.0)), closed(derated)];
+        let plant = PlantSnapshot { v_bus_v: 400.0, strings: &truth };
+        let (stale_dcl, stale_ccl) = n1_limits(&[st(120.0), st(120.0), st(120.0), before]);
+        let (true_dcl, _) = n1_limits(&[st(120.0), st(120.0), st(120.0), derated]);
+        assert!(stale_dcl > true_dcl * 1.01 + 1.0, "the situation needs the stale state to matter");
+        let report = limits_report(stale_dcl, stale_ccl);
+
+        let mut m = Monitor::new(cfg(4));
+        m.state_confirmed(2, 3, 500, before); // peer 3 heard string 4 before the derate
+        m.state_confirmed(1, 3, 900, derated); // peer 2 after it
+        let from3 = m.heard_by(2, 950, st(120.0));
+        m.proposal_heard(0, &from3); // node 1 hears peer 3's proposal only
+        m.node_step(1_000, 0, &report, &plant);
+        assert!(m.violations().is_empty(), "{:?}", m.violations());
+        let from2 = m.heard_by(1, 1_500, st(120.0));
+        m.proposal_heard(0, &from2); // now peer 2's proposal arrives: the derate is known
+        // (a limit may lag what the node knows by the S4 window: step once it has passed)
+        let later = 1_000 + m.cfg.s4_window_us + 1;
+        m.node_step(later, 0, &report, &plant);
+        assert_eq!(m.violations().len(), 1);
+        assert_eq!(m.violations()[0].rule, Rule::S4);
+
+        // the string's own node proposes from its own state: its proposal carries the derate
+        let mut m = Monitor::new(cfg(4));
+        m.state_confirmed(0, 3, 500, before);
+        let from4 = m.heard_by(3, 900, derated);
+        m.proposal_heard(0, &from4);
+        m.node_step(1_000, 0, &report, &plant);
+        assert_eq!(m.violations().len(), 1, "the derate reached node 1 inside string 4's proposal");
+
+        // a Limits message built before the derate (t = 500) arrives after one built after it
+        // (t = 900): the node knows the newer state, the late one does not overwrite it
+        let mut m = Monitor::new(cfg(4));
+        m.state_confirmed(0, 3, 900, derated);
+        m.state_confirmed(0, 3, 500, before);
+        m.node_step(1_000, 0, &report, &plant);
+        assert_eq!(m.violations().len(), 1, "the stale state must not raise the bound");
     }
 
     /// S3 (physical, disturbance): a close commanded on a matched bus (true state at the

@@ -14,6 +14,7 @@ TARGETS: dict[str, str] = {
     "consensus": "peer coordination: seeded fault schedules, latencies, CAN bus load",
     "sim": "whole-system fast simulation: real-time factor",
     "soc": "SOC accuracy vs the DFN reference traces: RMSE and max error beside the targets",
+    "campaign": "campaign engine: jobs per second in process, on 1 and on N Dask workers (scale-out efficiency)",
     "s3": "joins under random load steps and plant freezes: S3 on the plant's truth at each main close",
 }
 

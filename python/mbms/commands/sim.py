@@ -30,6 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="processes mode: plant seconds per wall second (the nodes stay on wall time)")
     p.add_argument("--out", metavar="DIR",
                    help="write summary.json, timeseries.csv and PNG plots (the 'plots' extra) here")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="PATH=VALUE",
+                   help="change one scenario setting, e.g. plant.thermal.ambient_c=40 or "
+                        "plant.strings.*.variation.resistance_sigma=0.05 (repeatable; mbms.sim.overrides)")
+    p.add_argument("--protocol", action="store_true",
+                   help="replay one seeded fault schedule of the peer protocol (--seed) with its trace, "
+                        "as `mbms campaign` reports them")
+    p.add_argument("--peers-min", type=int, default=3, help="--protocol: fewest peers of the schedule draw")
+    p.add_argument("--peers-max", type=int, default=5, help="--protocol: most peers of the schedule draw")
+    p.add_argument("--duration-ms", type=int, default=6000, help="--protocol: simulated ms of the schedule")
+    p.add_argument("--sabotage", default=None,
+                   help="--protocol: a checker self-test that breaks one rule (mbms._core.SABOTAGE_MODES)")
     p.add_argument("--quiet", action="store_true", help="no live view, only the summary")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
     p.set_defaults(func=run)
@@ -38,8 +49,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def load_scenario(args: argparse.Namespace) -> Any:
     from mbms.sim.scenario import Scenario
 
+    from mbms.sim.overrides import apply_settings, parse_setting
+
     sc = Scenario.from_toml(args.scenario) if args.scenario else Scenario.default()
-    return sc.with_overrides(packs=args.packs, duration_s=args.duration, seed=args.seed, mode=args.mode)
+    sc = sc.with_overrides(packs=args.packs, duration_s=args.duration, seed=args.seed, mode=args.mode)
+    return apply_settings(sc, [parse_setting(s) for s in args.settings])
+
+
+def run_protocol(args: argparse.Namespace) -> int:
+    """One seeded schedule of the protocol simulator, its trace and its violations."""
+    from mbms import _core
+    from mbms.errors import ConfigError
+
+    if args.seed is None:
+        raise ConfigError("--seed", "--protocol replays one schedule: give its seed")
+    try:
+        violations, trace = _core.consensus_sim_replay(args.seed, peers_min=args.peers_min, peers_max=args.peers_max,
+                                                       duration_ms=args.duration_ms, sabotage=args.sabotage)
+    except ValueError as exc:
+        field, msg = exc.args if len(exc.args) == 2 else ("--protocol", str(exc))
+        raise ConfigError(f"--{str(field).replace('_', '-')}", str(msg)) from None
+    if not args.quiet:
+        for line in trace:
+            print(line)
+    print(f"schedule seed {args.seed}: {len(violations)} violation(s)")
+    for v in violations:
+        print(f"  {v}", file=sys.stderr)
+    return 1 if violations else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     from mbms.sim import report
 
+    if args.protocol:
+        return run_protocol(args)
     console = Console(stderr=args.json, quiet=args.quiet and not args.json)
     sc = load_scenario(args)
     plots = bool(args.out) and report.plots_available()

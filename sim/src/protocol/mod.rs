@@ -36,6 +36,7 @@ use std::collections::BinaryHeap;
 
 use mbms_consensus::config::PeerConfig;
 use mbms_consensus::peer::{Contactors, LocalState, Peer, Phase};
+use mbms_consensus::sharing::StringState;
 use crate::rng::SplitMix64;
 use net::{NetKind, NetModel, Partition};
 use plant::{Plant, StringTruth};
@@ -83,6 +84,29 @@ pub enum Sabotage {
     Disagree,
     /// Peers skip tag verification (authentication off) while the attacker injects (S7).
     NoAuth,
+}
+
+impl Sabotage {
+    /// Every mode with its name, as a campaign spec or `mbms sim --protocol --sabotage` names it.
+    pub const ALL: [(&'static str, Sabotage); 7] = [
+        ("none", Sabotage::None),
+        ("ignore_fault_open", Sabotage::IgnoreFaultOpen),
+        ("solo", Sabotage::Solo),
+        ("no_dwell", Sabotage::NoDwell),
+        ("double_limits", Sabotage::DoubleLimits),
+        ("disagree", Sabotage::Disagree),
+        ("no_auth", Sabotage::NoAuth),
+    ];
+}
+
+impl std::str::FromStr for Sabotage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, v)| *v).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+            format!("unknown sabotage mode {s:?}; expected one of {names:?}")
+        })
+    }
 }
 
 impl Default for SimParams {
@@ -140,18 +164,20 @@ pub struct ScheduleResult {
 
 /// What the simulator knows of every genuine message (the S7 ground truth).
 #[derive(Clone, Copy, Debug)]
-struct Sent {
+struct Genuine {
     sender: usize,
     /// Emission order of the sender's node over the whole schedule (all its boots).
     index: u64,
-    state: mbms_consensus::sharing::StringState,
+    /// Its entry in [`World::sent`].
+    sent_idx: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Tick(usize),
-    /// Delivery of bytes to a peer; `true` if the attacker injected them.
-    Deliver(usize, Vec<u8>, bool),
+    /// To whom, the bytes, the index of what the monitor knows of the message ([`World::sent`]),
+    /// and `true` if the attacker injected them.
+    Deliver(usize, Vec<u8>, usize, bool),
     Attack,
     Crash(usize),
     Restart(usize),
@@ -223,11 +249,22 @@ struct World {
     /// Time of the last load update (for the ramp).
     load_t_us: u64,
     /// S7 ground truth: every genuine message sent, and the attacker's recording of them.
-    genuine: std::collections::HashMap<Vec<u8>, Sent>,
+    genuine: std::collections::HashMap<Vec<u8>, Genuine>,
     captured: Vec<Vec<u8>>,
     adversary: bool,
     /// The attacker's own random stream: the rest of a schedule is the same with it or without.
     arng: SplitMix64,
+    /// Per message sent: what it states, for the S4 bound of the node that receives it.
+    sent: Vec<Sent>,
+}
+
+/// What a sent message tells its receiver, as the monitor's S4 bound needs it: a Limits message
+/// the sender's string state when it was built; a Detail message (a proposal) the states the
+/// sender had heard directly then.
+enum Sent {
+    Limits { from: usize, t_us: u64, state: StringState },
+    Proposal(Vec<Option<(u64, StringState)>>),
+    Other,
 }
 
 fn pct_chance(rng: &mut SplitMix64, p: f64) -> bool {
@@ -478,19 +515,24 @@ impl World {
                 r.bus_bits_exact[b] += mbms_consensus::busload::classic_message_bits(&m, false) as u64;
                 r.fd_us_worst[b] += mbms_consensus::busload::fd_frame_us_worst(m.len() - 1, 500_000.0, 2_000_000.0);
             }
+            let sent = match mbms_consensus::wire::Message::decode(&m).map(|x| x.kind()) {
+                Ok(0) => Sent::Limits { from: k, t_us: t, state: self.plant.strings[k].state() },
+                Ok(_) => Sent::Proposal(self.monitor.heard_by(k, t, self.plant.strings[k].state())),
+                Err(_) => Sent::Other,
+            };
+            self.sent.push(sent);
+            let idx = self.sent.len() - 1;
             if self.adversary || self.params.sabotage == Sabotage::NoAuth {
                 let index = self.nodes[k].sent;
                 self.nodes[k].sent += 1;
-                self.plant.advance(t);
-                let state = self.plant.strings[k].state();
-                self.genuine.insert(m.clone(), Sent { sender: k, index, state });
+                self.genuine.insert(m.clone(), Genuine { sender: k, index, sent_idx: idx });
                 if self.captured.len() < 4096 {
                     self.captured.push(m.clone());
                 }
             }
             let dels = self.net.broadcast(&mut self.net_rng, t, k, n, frame_us);
             for (at, to) in dels {
-                self.push(at, Ev::Deliver(to, m.clone(), false));
+                self.push(at, Ev::Deliver(to, m.clone(), idx, false));
             }
         }
         let next = self.nodes[k].next_local_ms + self.params.tick_ms;
@@ -499,7 +541,7 @@ impl World {
         self.push(at, Ev::Tick(k));
     }
 
-    fn on_deliver(&mut self, t: u64, k: usize, data: &[u8], attack: bool) {
+    fn on_deliver(&mut self, t: u64, k: usize, data: &[u8], idx: usize, attack: bool) {
         let lms = self.nodes[k].local_ms(t);
         let Some(p) = self.nodes[k].peer.as_mut() else { return };
         let r = p.on_message(lms, data);
@@ -513,32 +555,27 @@ impl World {
         if r.is_err() {
             return;
         }
-        let Ok(m) = mbms_consensus::wire::Message::decode(data) else { return };
         // S7: what a peer accepts was really sent by that member, and is newer than anything of
         // that sender this peer instance accepted before.
-        let sent = self.genuine.get(data).copied();
         if self.adversary || self.params.sabotage == Sabotage::NoAuth {
-            let fresh = match sent {
-                Some(s) => {
-                    let last = self.nodes[k].accepted[s.sender];
-                    self.nodes[k].accepted[s.sender] = Some(s.index);
-                    last.is_none_or(|l| s.index > l) && s.sender == m.sender as usize - 1
+            let sender = data.first().map_or(0, |h| (h & 0x3F) as usize);
+            let genuine = self.genuine.get(data).copied();
+            let fresh = match genuine {
+                Some(g) => {
+                    let last = self.nodes[k].accepted[g.sender];
+                    self.nodes[k].accepted[g.sender] = Some(g.index);
+                    last.is_none_or(|l| g.index > l) && g.sender == sender
                 }
                 None => false,
             };
-            self.monitor.message_accepted(t, k, m.sender as usize - 1, sent.is_some(), fresh);
+            self.monitor.message_accepted(t, k, sender, genuine.is_some(), fresh);
         }
-        // What k now knows of the sender's state ("latest confirmed", for S4). Only a Limits
-        // message carries the state the formula uses. A replayed or forged one carries the
-        // state of when it was sent (or none the string ever had: the true one now).
-        if m.kind() == 0 {
-            let j = m.sender as usize - 1;
-            self.plant.advance(t);
-            let state = match sent {
-                Some(s) if attack => s.state,
-                _ => self.plant.strings[j].state(),
-            };
-            self.monitor.state_confirmed(k, j, state);
+        // What k now knows ("latest confirmed", for S4): the sender's state as the message
+        // stated it, or the states the sender's proposal was built from (a replay: as then).
+        match &self.sent[idx] {
+            Sent::Limits { from, t_us, state } => self.monitor.state_confirmed(k, *from, *t_us, *state),
+            Sent::Proposal(heard) => self.monitor.proposal_heard(k, heard),
+            Sent::Other => {}
         }
     }
 
@@ -607,10 +644,18 @@ impl World {
             },
         };
         self.trace(t, format!("attack {what} as member {}", bytes[0] as usize % 64 + 1));
+        // a replay states what the original stated; a forgery nothing a monitor would credit
+        let idx = match self.genuine.get(&bytes) {
+            Some(g) => g.sent_idx,
+            None => {
+                self.sent.push(Sent::Other);
+                self.sent.len() - 1
+            }
+        };
         for to in 0..n {
             if self.nodes[to].peer.is_some() {
                 let at = t + 1 + self.arng.below(2000);
-                self.push(at, Ev::Deliver(to, bytes.clone(), true));
+                self.push(at, Ev::Deliver(to, bytes.clone(), idx, true));
             }
         }
     }
@@ -766,6 +811,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         captured: Vec::new(),
         adversary: false,
         arng: SplitMix64::new(seed ^ 0xA77A_C4E2_5EED_0007),
+        sent: Vec::new(),
     };
     // The attacker (S7): about half of the faulty schedules, 10–60 injections before the heal.
     let adversary = params.adversary.unwrap_or(!clean && w.arng.chance(0.5)) || params.sabotage == Sabotage::NoAuth;
@@ -818,7 +864,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         }
         match ev {
             Ev::Tick(k) => w.on_tick(t, k),
-            Ev::Deliver(k, data, attack) => w.on_deliver(t, k, &data, attack),
+            Ev::Deliver(k, data, idx, attack) => w.on_deliver(t, k, &data, idx, attack),
             Ev::Attack => w.on_attack(t),
             Ev::Crash(k) => {
                 if w.nodes[k].peer.is_some() {
