@@ -135,7 +135,7 @@ def attack(system_path: str, replay: str | None, udp_boot_jump: int | None) -> N
                 sock.sendto(msgpack.packb({"v": 1, "sys": system.system_id, "src": src, "boot": boot, "seq": seq,
                                            "k": "m", "d": tagged}), target)
                 sent[kind] += 1
-                time.sleep(0.0005)
+                time.sleep(0.002)
         sock.close()
     print(json.dumps(sent), flush=True)
 
