@@ -31,6 +31,7 @@ import os
 import secrets
 import stat
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from mbms.config_views import SystemConfig
@@ -87,18 +88,17 @@ class FileKeyProvider(KeyProvider):
         return parse_key_doc(doc, self.system_id, self._error)
 
 
-def parse_key_doc(doc: dict[str, object], system_id: str, error: type[ConfigError] | object) -> list[bytes]:
-    """The keys of a parsed key file of system ``system_id`` (``error(message)`` makes the error)."""
-    err = error  # a callable message -> exception
+def parse_key_doc(doc: dict[str, object], system_id: str, err: Callable[[str], ConfigError]) -> list[bytes]:
+    """The keys of a parsed key file of system ``system_id`` (``err(message)`` makes the error)."""
     unknown = set(doc) - {"system_id", "keys", "rollover"}
     if unknown:
-        raise err(f"unknown fields {sorted(unknown)}; expected system_id, keys, rollover")  # type: ignore[operator]
+        raise err(f"unknown fields {sorted(unknown)}; expected system_id, keys, rollover")
     if doc.get("system_id") != system_id:
-        raise err(f"system_id = {doc.get('system_id')!r}: a key file of another system; "  # type: ignore[operator]
+        raise err(f"system_id = {doc.get('system_id')!r}: a key file of another system; "
                   f"expected {system_id!r}")
     raw = doc.get("keys")
     if not isinstance(raw, list) or not 1 <= len(raw) <= 2:
-        raise err("keys: expected a list of 1 or 2 keys (32 hex digits each)")  # type: ignore[operator]
+        raise err("keys: expected a list of 1 or 2 keys (32 hex digits each)")
     out = []
     for i, k in enumerate(raw):
         try:
@@ -106,12 +106,12 @@ def parse_key_doc(doc: dict[str, object], system_id: str, error: type[ConfigErro
         except ValueError:
             b = b""
         if len(b) != KEY_BYTES or not any(b):
-            raise err(f"keys[{i}]: expected {2 * KEY_BYTES} hex digits of a non-zero key")  # type: ignore[operator]
+            raise err(f"keys[{i}]: expected {2 * KEY_BYTES} hex digits of a non-zero key")
         out.append(b)
     if len(set(out)) != len(out):
-        raise err("keys: the same key twice")  # type: ignore[operator]
+        raise err("keys: the same key twice")
     if doc.get("rollover") not in (None, "accepting", "signing") or (len(out) == 2) != ("rollover" in doc):
-        raise err("rollover: expected \"accepting\" or \"signing\" with two keys, absent with one")  # type: ignore[operator]
+        raise err("rollover: expected \"accepting\" or \"signing\" with two keys, absent with one")
     return out
 
 
