@@ -69,8 +69,12 @@ close_confirm_ms = 400
 [discovery]
 enabled = false
 [auth]
-off = true
+key_file = "no-can.key"
 """)
+    if not (tmp / "no-can.key").exists():
+        from mbms.keys import new_key_file
+
+        new_key_file(tmp / "no-can.key", "no-can")
     return p
 
 

@@ -104,16 +104,20 @@ def test_udp_multicast_two_processes(procs: list[Proc]) -> None:
                 s.sendto(msgpack.packb({"v": 1}), dst)  # malformed: fields missing
                 s.sendto(msgpack.packb({**base, "sys": "other", "seq": 10**6}), dst)  # foreign system
                 s.sendto(msgpack.packb({**base, "src": 7, "seq": 10**6}), dst)  # non-member
-                s.sendto(msgpack.packb({**base, "seq": 1}), dst)  # replayed: seq 1 of this run was seen
+                # an old header is delivered: the header is not authenticated, so nothing is decided
+                # on it (a forged boot of 2**62 once locked a node out); the core checks freshness
+                s.sendto(msgpack.packb({**base, "seq": 1}), dst)
                 s.sendto(b"\x00" * 2000, dst)  # oversized
+            src, zz = await asyncio.wait_for(inbox.get(), 5)
+            assert (src, zz) == (2, b"zz")
             return msgpack.unpackb(await _exchange(t, inbox, b"stats"))
         finally:
             t.send(b"quit")
             t.close()
 
     echoes, malformed, foreign, replayed, oversized, duplicate, received = asyncio.run(run())
-    assert echoes >= 4 and malformed == 2 and foreign == 2 and replayed == 1 and oversized == 1
-    assert received == 5
+    assert echoes >= 4 and malformed == 2 and foreign == 2 and replayed == 0 and oversized == 1
+    assert received == 6
 
 
 def test_udp_unicast_peer_list() -> None:
@@ -152,7 +156,7 @@ def test_can_fd_one_frame_per_message() -> None:
         await a.start()
         await b.start()
         try:
-            msgs = [bytes(range(n)) for n in (1, 8, 20, 63)]
+            msgs = [_m(1, bytes(range(n)), n & 1) for n in (1, 8, 20, 23)]
             for m in msgs:
                 a.send(m)
             got = [await asyncio.wait_for(box.get(), 5) for _ in msgs]
@@ -162,4 +166,4 @@ def test_can_fd_one_frame_per_message() -> None:
             b.close()
 
     got, frames, _ = asyncio.run(run())
-    assert got == [(1, bytes(range(n))) for n in (1, 8, 20, 63)] and frames == 4
+    assert got == [(1, _m(1, bytes(range(n)), n & 1)) for n in (1, 8, 20, 23)] and frames == 4
