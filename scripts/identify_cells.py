@@ -342,7 +342,12 @@ def write_toml(path: Path, header: list[str], fields: dict) -> None:
         f"cp_j_per_kg_k = {fields['cp_j_per_kg_k']:.5g}",
         "",
     ]
-    path.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    # The [estimator] table (model error, full-charge point) is chosen by hand on the tuning split
+    # of scripts/make_trace_family.py, not identified here: keep it across regenerations.
+    if path.exists() and "\n[estimator]" in (old := path.read_text()):
+        text += old[old.index("\n[estimator]"):]
+    path.write_text(text)
 
 
 # --------------------------------------------------------------------------------------------

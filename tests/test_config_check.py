@@ -128,3 +128,24 @@ def test_n2_quorum_is_a_warning_not_an_error(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout
     warn = [f for f in json.loads(out.stdout)["findings"] if f["severity"] == "warning"]
     assert [f["field"] for f in warn] == ["members"]
+
+
+def test_a_copied_node_file_keeps_its_shipped_base(tmp_path: Path) -> None:
+    """node1.toml copied out of the shipped folder: its ``extends = "example_pack.toml"`` is
+    not next to it any more and is found in the pack folders, so the copy keeps its engine
+    tables; a base that exists nowhere is still an error naming ``extends``."""
+    from mbms.config import read_layers
+    from mbms.config_views import load_pack
+    from mbms.errors import ConfigError
+
+    copy = tmp_path / "node1.toml"
+    copy.write_text(NODE1)
+    layers = read_layers(copy)
+    assert [Path(src).name for src, _ in layers] == ["example_pack.toml", "node1.toml"]
+    assert Path(layers[0][0]).resolve() == (PACKS / "example_pack.toml").resolve()
+    assert load_pack(copy).engine == load_pack(PACKS / "node1.toml").engine
+    lost = tmp_path / "lost.toml"
+    lost.write_text(NODE1.replace('extends = "example_pack.toml"', 'extends = "no_such_base.toml"'))
+    with pytest.raises(ConfigError) as exc:
+        read_layers(lost)
+    assert exc.value.field == "extends" and "no_such_base.toml" in exc.value.message

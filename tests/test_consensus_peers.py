@@ -46,15 +46,22 @@ class String:
         return 0.0
 
 
+#: The brief §4 formula exactly, as the independent ``_n1_dcl`` below computes it (the
+#: protocol's default also subtracts its own uncertainty: consensus sharing::Uncertainty).
+EXACT = {"share_ocv_uncertainty_v": 0.0, "share_r_uncertainty": 0.0, "share_i_uncertainty": 0.0}
+
+
 class Rig:
     """N peers, a bus with a DC-link capacitor, contactors that follow in one tick."""
 
-    def __init__(self, ocvs: list[float], seed: int = 1) -> None:
+    def __init__(self, ocvs: list[float], seed: int = 1, **cfg: float) -> None:
         n = len(ocvs)
         members = tuple(range(1, n + 1))
         self.strings = [String(ocv_v=v) for v in ocvs]
+        settings = {**EXACT, **cfg}
         self.peers = [
-            Peer(ConsensusConfig.of(system_id=7, node_id=i, members=members, seed=seed), incarnation=1000 + i, keys=KEYS)
+            Peer(ConsensusConfig.of(system_id=7, node_id=i, members=members, seed=seed, **settings), incarnation=1000 + i,
+                 keys=KEYS)
             for i in members
         ]
         self.v_bus = 0.0
@@ -135,12 +142,24 @@ def test_matching_strings_close_one_at_a_time_and_agree_limits() -> None:
     for _ in range(30):
         rig.step()
     outs = [o for o in rig.outputs if o is not None]
-    assert {o.closed_set for o in outs} == {0b111}
+    assert {o.closed_set for o in outs} == {(1, 2, 3)}
     assert len({(o.system_dcl_a, o.system_ccl_a) for o in outs}) == 1
     assert {o.speaker for o in outs} == {1}
     expected = _n1_dcl(rig.strings)
     assert outs[0].system_dcl_a == pytest.approx(expected, abs=0.15)
     assert outs[0].system_dcl_a > 2 * 120.0  # three strings carry more than two
+
+
+def test_default_limits_stay_below_the_exact_formula_by_their_uncertainty() -> None:
+    """With the protocol's default uncertainty (PeerConfig share_*) the agreed DCL is below the
+    bare formula, and above zero."""
+    rig = Rig([400.0, 400.4, 399.7], share_ocv_uncertainty_v=0.02, share_r_uncertainty=0.05,
+              share_i_uncertainty=0.005)
+    rig.run_until(lambda: all(s.actual.main_closed for s in rig.strings), deadline_ms=6000)
+    for _ in range(30):
+        rig.step()
+    dcl = rig.outputs[0].system_dcl_a
+    assert 0.8 * _n1_dcl(rig.strings) < dcl < _n1_dcl(rig.strings) - 1.0
 
 
 def test_a_mismatched_string_waits_on_a_dead_bus_and_the_group_closes() -> None:
@@ -165,7 +184,7 @@ def test_a_fault_opens_in_the_same_tick_and_the_others_derate() -> None:
     assert out.phase == Phase.ISOLATED
     assert any(e.kind == "isolated" for e in out.events)
     start = rig.now_ms
-    rig.run_until(lambda: all(o is not None and o.closed_set == 0b101 for o in rig.outputs), deadline_ms=start + 300)
+    rig.run_until(lambda: all(o is not None and o.closed_set == (1, 3) for o in rig.outputs), deadline_ms=start + 300)
     after = rig.outputs[0].system_dcl_a  # type: ignore[union-attr]
     assert after < before
     assert after == pytest.approx(_n1_dcl([rig.strings[0], rig.strings[2]]), abs=0.15)
@@ -180,7 +199,7 @@ def test_a_silent_peer_is_detected_within_three_periods_and_the_speaker_moves() 
     assert rig.outputs[1].speaker == 1  # type: ignore[union-attr]
     rig.down.add(0)
     start = rig.now_ms
-    rig.run_until(lambda: all(o is not None and not o.live_set & 1 for o in rig.outputs[1:]), deadline_ms=start + 300)
+    rig.run_until(lambda: all(o is not None and 1 not in o.live_set for o in rig.outputs[1:]), deadline_ms=start + 300)
     assert {o.speaker for o in rig.outputs[1:] if o} == {2}
     events = [e.kind for e in rig.peers[1].tick(rig.now_ms, rig.local(1)).events]
     assert "peer_lost" not in events  # already reported once

@@ -220,11 +220,17 @@ def test_state_export_import_round_trip(raw: dict) -> None:
         rb, rc = b.step(0.1 * k, v, t, 5.0), c.step(0.1 * k, v, t, 5.0)
         np.testing.assert_array_equal(rb.soc, rc.soc)
         assert rb.dcl_a == rc.dcl_a
-    # the imported state continues from the exported SOC, not from a fresh OCV start
+    # the imported state continues from the exported SOC and covariance, not from a fresh OCV
+    # start: one more sample 0.1 s on, with voltages like the last ones, keeps the σ
+    last = a.result()
     d = Engine(cfg)
     d.import_state(blob)
-    r = d.step(100.0, np.full(8, 3.0), np.full(2, 25.0), 0.0)
-    assert abs(r.soc_mean - a.result().soc_mean) < 0.05
+    v, tc = noisy(rng, 8), noisy(rng, 2, 25.0, 0.1)
+    r = d.step(5.0, v, tc, 10.0)
+    np.testing.assert_allclose(r.soc, last.soc, atol=0.1)
+    assert np.all(r.soc_sigma <= last.soc_sigma * 1.01)  # the restored σ, narrowed by this sample
+    fresh = Engine(cfg).step(5.0, v, tc, 10.0)  # a fresh start: the start-up σ, not narrowed
+    assert np.all(fresh.soc_sigma > 1.5 * r.soc_sigma), (fresh.soc_sigma, r.soc_sigma)
     with pytest.raises(InputError):
         Engine(small(raw, series=9)).import_state(blob)
     with pytest.raises(InputError):

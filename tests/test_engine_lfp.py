@@ -57,8 +57,11 @@ def test_lfp_flat_ocv_tracks_without_diverging() -> None:
         else:
             assert np.max(err) < 0.05, (k, r.soc, z)
         if k >= 120:
-            # converged: the voltage over the first 2 minutes has pinned the start error down
-            assert np.max(err) < 0.02, (k, r.soc, z)
+            # The voltage under load is weighted as the slow model bias the cell file declares
+            # (issue 16: on the plateau a filter that lets it pin the SOC grows overconfident on
+            # real cells), so the start error is not pinned down within minutes here; the
+            # filter's σ must say how far off it may be
+            assert np.all(err <= 3.0 * r.soc_sigma + 0.005), (k, err, r.soc_sigma)
         sig_prev = r.soc_sigma
     # coulomb counting and the filter agree in the plateau (no drift away)
     assert np.max(np.abs(r.soc - r.soc_cc)) < 0.05

@@ -46,7 +46,7 @@ def _write(tmp: Path, name: str, text: str) -> Path:
     ("control_period_ms = 100", "control_period_ms = 30", "node.estimation_period_ms", "multiple"),
     ("log_format = \"human\"", "log_format = \"xml\"", "node.log_format", "`human` or `json`"),
     # the adapter and transport names are looked up in the installed registries (mbms.registry)
-    ("adapter = \"sim\"", "adapter = \"spi\"", "hardware.adapter", "one of ['sim'"),
+    ("adapter = \"sim\"", "adapter = \"spi\"", "hardware.adapter", "one of ['linux', 'sim'"),
     ("link = \"udp://127.0.0.1:47000\"", "link = \"tcp://x\"", "hardware.link", "udp://"),
     ("stale_ms = 500", "stale_ms = 500\nstaleness = 3", "node.staleness", "unknown field"),
     ("[hardware]", "[hardwar]\nx=1\n[hardware]", "hardwar", "unknown field"),
@@ -150,10 +150,13 @@ def test_views_cover_every_rust_field() -> None:
 
     from mbms import _core
     from mbms.consensus import ConsensusConfig
-    from mbms.config_views import NodeSection, ProtocolSection
+    from mbms.config_views import NodeSection, SystemConfig
+    from mbms.sim.processes import PROTOCOL_KEYS, SYSTEM_TOP_KEYS
 
     peer = set(_core.peer_config({}))
     assert {f.name for f in fields(ConsensusConfig)} == peer
+    # one Python view of the peer fields: the system file's protocol is that same view
+    assert SystemConfig.__dataclass_fields__["protocol"].type == "ConsensusConfig"
     identity = {"system_id", "node_id", "members", "seed", "heartbeat_ms", "dv_close_v", "lease_ms"}
-    assert {f.name for f in fields(ProtocolSection)} == peer - identity
+    assert PROTOCOL_KEYS == peer - identity and SYSTEM_TOP_KEYS < peer
     assert {f.name for f in fields(NodeSection)} == set(_core.node_config({}))

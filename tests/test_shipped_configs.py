@@ -72,12 +72,18 @@ def _stderr(p: Proc) -> str:
     return p.err.read()
 
 
-def _packs_for(tmp: Path, link: str) -> list[Path]:
+def _packs_for(tmp: Path, link: str, sensor_port: int = 0) -> list[Path]:
     out = []
     for src in NODE_PACKS:
         d = _toml(src)
         d["node"]["state_dir"] = str(tmp / "state" / src.stem)
-        d["hardware"]["link"] = link
+        hw = d["hardware"]
+        if hw["adapter"] == "linux":  # the plant's emulated devices (mbms plant --devices tmp/dev)
+            hw["afe"]["device"] = hw["afe"]["device"].replace("/tmp/mbms-devices", str(tmp / "dev"))
+            hw["contactors"]["chip"] = hw["contactors"]["chip"].replace("/tmp/mbms-devices", str(tmp / "dev"))
+            hw["sensor_can"]["port"] = sensor_port
+        else:
+            hw["link"] = link
         if "extends" in d:  # the shipped base file (engine tables), wherever the copy goes
             d["extends"] = str((src.parent / d["extends"]).resolve())
         dst = tmp / "packs" / src.name
@@ -105,10 +111,12 @@ def _system_copy(src: Path, dst: Path, port: int, interface: str | None = None) 
 @pytest.mark.parametrize("system_src", SYSTEMS, ids=lambda p: p.stem)
 def test_shipped_system_starts_every_shipped_pack(system_src: Path, tmp_path: Path, procs: list[Proc]) -> None:
     link = f"unix://{tmp_path}/plant.sock"
-    plant = Proc(["-m", "mbms", "plant", "--system", str(PLANTS[0]), "--listen", link])
+    sensor_port = free_udp_port()
+    plant = Proc(["-m", "mbms", "plant", "--system", str(PLANTS[0]), "--listen", link,
+                  "--devices", str(tmp_path / "dev"), "--sensor-can-port", str(sensor_port)])
     procs.append(plant)
     plant.read_until(lambda s: s.startswith("plant serving"), 60)
-    packs = _packs_for(tmp_path, link)
+    packs = _packs_for(tmp_path, link, sensor_port)
     port = free_udp_port()
     shipped = _toml(system_src)
     if shipped["transport"]["kind"] == "can" and shipped["transport"]["can"].get("interface", "socketcan") == "socketcan":

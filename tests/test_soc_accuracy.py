@@ -1,7 +1,12 @@
-"""SOC accuracy of the pack engine against the committed DFN reference traces (brief §5).
+"""SOC and SOH accuracy of the pack engine against committed DFN reference traces (brief §5,
+issue 16).
 
-The traces (tests/data/dfn_<cell>.npz) come from PyBaMM's DFN via
-scripts/make_reference_traces.py; the measurements are corrupted by mbms.accuracy (seeded).
+The legacy pair (mbms/data/traces/dfn_<cell>.npz, scripts/make_reference_traces.py) and the
+family (mbms/data/traces/family, scripts/make_trace_family.py), split into a tuning and a
+held-out set. The estimator settings are those a user's pack gets (cell file [estimator] table,
+engine defaults; the harness states only the sensors); they were chosen on the tuning set, and
+the accuracy tests below score the held-out set. The measurements are corrupted by
+mbms.accuracy (seeded). No PyBaMM: only the committed .npz files.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import pytest
 
 from mbms import _core
 from mbms.accuracy import (
+    NEES_95,
     TARGETS,
+    family_traces,
     Corruption,
     ReferenceTrace,
     corrupt,
@@ -74,51 +81,146 @@ def test_harness_rejects_bad_inputs(tmp_path) -> None:
         soc_accuracy(ReferenceTrace.load(TRACES["nmc"]), cfg)
 
 
+
+# ---------------------------------------------------------------------------------------------
+# The family: structure
+# ---------------------------------------------------------------------------------------------
+
+HELDOUT = family_traces("heldout")
+TUNING = family_traces("tuning")
+
+
+def test_family_is_split_and_covers_the_conditions() -> None:
+    assert HELDOUT and TUNING and not set(HELDOUT) & set(TUNING)
+    for split in (HELDOUT, TUNING):
+        assert {n.split("_")[0] for n in split} == {"nmc", "lfp"}
+    starts, temps, aged = [], [], 0
+    for name, path in {**HELDOUT, **TUNING}.items():
+        tr = ReferenceTrace.load(path)
+        assert tr.dt_s == pytest.approx(1.0), name
+        # soc_true is the coulomb count of the DFN's current over the (aged) cell's capacity
+        dq = np.concatenate([[0.0], np.cumsum(0.5 * (tr.i_a[1:] + tr.i_a[:-1]) * np.diff(tr.t_s))]) / 3600.0
+        assert np.max(np.abs(tr.soc_true[0] - dq / tr.capacity_ah - tr.soc_true)) < 2e-3, name
+        # every trace has a full charge (CC-CV) and a rest of at least 10 min
+        assert tr.soc_true.max() > 0.97, name
+        rest = np.abs(tr.i_a) < 1e-6
+        runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], rest.astype(int), [0]]))))[::2]
+        assert runs.max() >= 600, name
+        starts.append(float(tr.soc_true[0]))
+        temps.append(float(tr.temp_c[0]))
+        aged += tr.capacity_ah < 0.95 * tr.capacity_nominal_ah
+    assert min(starts) <= 0.06 and max(starts) >= 0.99
+    assert {0.0, 10.0, 25.0, 40.0} <= {round(t) for t in temps}
+    assert aged >= 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out accuracy. Figures measured with the shipped settings (seed 1); where a target is not
+# met the test is a strict xfail carrying the measured figure (mbms bench soc prints them all).
+# ---------------------------------------------------------------------------------------------
+
 _RESULTS: dict = {}
 
 
 def _result(name: str):
     if name not in _RESULTS:
-        _RESULTS[name] = soc_accuracy(ReferenceTrace.load(TRACES[name]))
+        _RESULTS[name] = soc_accuracy(ReferenceTrace.load({**HELDOUT, **TUNING}[name]))
     return _RESULTS[name]
 
 
 def _figures(name: str, r) -> str:
     rmse_t, max_t = TARGETS[r.chemistry]
     return (
-        f"{name}: RMSE {100 * r.rmse:.3f} % (target {100 * rmse_t:.1f} %), "
+        f"{name}: RMSE after 10 min {100 * r.rmse_after_settle:.3f} % (target {100 * rmse_t:.1f} %), "
         f"max after 10 min {100 * r.max_abs_after_settle:.3f} % (target {100 * max_t:.1f} %)"
     )
 
 
-@pytest.mark.parametrize("name", ["nmc", "lfp"])
-def test_soc_max_error_after_10_min_meets_brief_target(name: str) -> None:
+# name -> reason (measured figures) for held-out traces that miss a SOC target
+SOC_MISSES: dict[str, str] = {
+    'lfp_h2_drive': 'measured (seed 1): RMSE after 10 min 2.93 %, max 14.16 %',
+    'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 4.67 %, max 9.68 %',
+    'nmc_h1_drive': 'measured (seed 1): RMSE after 10 min 0.81 %, max 3.04 %',
+    'nmc_h2_pulse': 'measured (seed 1): RMSE after 10 min 0.63 %, max 1.66 %',
+    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.48 %, max 2.95 %',
+    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 3.60 %, max 6.87 %',
+    'nmc_h5_ess_cold': 'measured (seed 1): RMSE after 10 min 1.25 %, max 2.95 %',
+}
+
+
+def _marked(names, misses):
+    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=misses[n])) if n in misses else n for n in names]
+
+
+@pytest.mark.parametrize("name", _marked(sorted(HELDOUT), SOC_MISSES))
+def test_heldout_soc_meets_brief_targets(name: str) -> None:
     r = _result(name)
     # the engine did start 20 % off (the injected initial error took effect)
     assert abs(r.soc_est[0] - r.soc_true[0]) > 0.1
-    assert r.max_abs_after_settle <= TARGETS[r.chemistry][1], _figures(name, r)
+    assert r.meets_targets, _figures(name, r)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            "nmc",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="NMC SOC RMSE measured 0.542 % (seed 1; 0.523 % seed 2, 0.515 % seed 3) > 0.5 % "
-                "target (max after 10 min 1.14 % meets 1.5 %). The engine now recovers from the 20 % "
-                "initial error in one sample (iterated update, no double use of the start sample), "
-                "but the start sample itself reads 20 % off and no estimator can do better there: "
-                "it alone is 0.057 of the 0.294 %^2 mean square (RMSE without it: 0.486 %). The rest "
-                "is the 2-RC ECM's bias vs the DFN at 2-3C (0.204 %^2 from the 1200-3600 s "
-                "segments, SOC pulled by ~1 %), a model limit: a polarisation state in the filter "
-                "(v2 estimated, not open loop) is the next thing to try.",
-            ),
-        ),
-        "lfp",
-    ],
-)
-def test_soc_rmse_meets_brief_target(name: str) -> None:
+# name -> reason for LFP held-out traces where the filter's σ does not cover its error
+CONSISTENCY_MISSES: dict[str, str] = {
+    'lfp_h2_drive': 'measured (seed 1): max |e|/sigma 112.5, NEES above 95% bound 61 %',
+    'lfp_h3_pulse': 'measured (seed 1): max |e|/sigma 23.2, NEES above 95% bound 7 %',
+    'lfp_h4_ess_aged': 'measured (seed 1): max |e|/sigma 2.6, NEES above 95% bound 20 %',
+    'lfp_h5_drive_aged': 'measured (seed 1): max |e|/sigma 8.3, NEES above 95% bound 68 %',
+}
+
+
+@pytest.mark.parametrize("name", _marked(sorted(n for n in HELDOUT if n.startswith("lfp")), CONSISTENCY_MISSES))
+def test_lfp_filter_is_not_overconfident(name: str) -> None:
+    """On LFP the filter's own σ must cover its error: after the first 10 min, the error stays
+    within 3σ (the issue's failure: σ shrank on the plateau while the error stayed ~12 %), and
+    the NEES lies inside its 95 % chi-square band at least as often as a consistent or
+    conservative filter's would (a conservative σ puts NEES below the band's lower end only
+    rarely: that end is 0.001)."""
     r = _result(name)
-    assert r.rmse <= TARGETS[r.chemistry][0], _figures(name, r)
+    after = r.t_s - r.t_s[0] >= r.settle_s
+    err = np.abs(r.soc_est - r.soc_true)[after]
+    sig = r.soc_sigma[after]
+    assert np.all(err <= 3.0 * sig + 1e-3), f"{name}: max |e|/σ {np.max(err / sig):.2f}"
+    nees = (err / sig) ** 2
+    assert np.mean(nees > NEES_95[1]) <= 0.05, f"{name}: NEES above its 95 % bound in {np.mean(nees > NEES_95[1]):.1%}"
+
+
+# name -> reason for aged held-out cells whose SOH misses a target
+SOH_MISSES: dict[str, str] = {
+    'lfp_h4_ess_aged': 'measured (seed 1): capacity 1.000 vs 0.820 (+22.0 %), resistance ratio 1.00 vs 1.70 (-41 %)',
+    'lfp_h5_drive_aged': 'measured (seed 1): capacity 1.000 vs 0.880 (+13.6 %), resistance ratio 1.43 vs 1.48 (-3 %)',
+    'nmc_h3_ess_aged': 'measured (seed 1): capacity 0.832 vs 0.820 (+1.5 %), resistance ratio 1.00 vs 1.67 (-40 %)',
+    'nmc_h4_drive_aged': 'measured (seed 1): capacity 1.000 vs 0.900 (+11.1 %), resistance ratio 1.17 vs 1.38 (-15 %)',
+}
+AGED = sorted(n for n in HELDOUT if "aged" in n)
+
+
+@pytest.mark.parametrize("name", _marked(AGED, SOH_MISSES))
+def test_heldout_soh_of_aged_cells(name: str) -> None:
+    r = _result(name)
+    assert r.soh_capacity_true < 0.95  # really aged
+    cap_err = r.soh_capacity / r.soh_capacity_true - 1.0
+    res_err = r.soh_resistance / r.soh_resistance_true - 1.0
+    assert abs(cap_err) <= 0.02 and abs(res_err) <= 0.05, (
+        f"{name}: capacity {r.soh_capacity:.3f} vs {r.soh_capacity_true:.3f} ({100 * cap_err:+.2f} %), "
+        f"resistance {r.soh_resistance:.3f} vs {r.soh_resistance_true:.3f} ({100 * res_err:+.1f} %)"
+    )
+
+
+def test_bench_soc_json_reports_the_heldout_figures() -> None:
+    """`mbms bench soc --json` scores held-out traces only, with the harness's figures."""
+    import json
+    import subprocess
+    import sys
+
+    name = sorted(n for n in HELDOUT if n.startswith("lfp"))[0]
+    out = subprocess.run([sys.executable, "-m", "mbms", "bench", "soc", "--json", "--trace", name, "--trace", sorted(TUNING)[0]],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    d = json.loads(out)
+    assert d["split"] == "heldout"
+    assert [r["trace"] for r in d["results"]] == [name]  # the tuning trace asked for is not scored
+    row, r = d["results"][0], _result(name)
+    assert row["rmse_after_10min_pct"] == pytest.approx(100 * r.rmse_after_settle)
+    assert row["max_after_10min_pct"] == pytest.approx(100 * r.max_abs_after_settle)
+    assert row["meets_targets"] == r.meets_targets
+    assert d["aggregate"]["LFP"]["traces"] == 1

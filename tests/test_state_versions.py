@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from mbms import _core
+from mbms.engine import Level
 from mbms.node.persistence import StateStore
 from mbms.paths import hw_dir
 
@@ -48,7 +49,7 @@ def _outputs(e: _core.Engine) -> dict:
             "capacity_ah": o["capacity_ah"].tolist(), "balance": o["balance"].tolist(),
             **{k: float(o[k]) for k in ("dcl_a", "ccl_a", "dcl_peak_a", "ccl_peak_a", "soh_capacity",
                                         "soh_resistance", "soc_mean", "ocv_string_v", "r_string_ohm", "soe_wh")},
-            "action": int(o["action"]), "faults": sorted([str(r), int(lv), int(k)] for r, lv, k in o["faults"])}
+            "action": int(o["action"]), "faults": sorted([f["rule"], int(Level[f["level"].upper()]), f["index"]] for f in o["faults"])}
 
 
 def _load_v1(tmp_path: Path, name: str) -> bytes:

@@ -73,9 +73,9 @@ def test_can_udp_multicast_two_processes_segmented(procs: list[Proc]) -> None:
             t.close()
 
     st, t = asyncio.run(run())
-    echoes, malformed, foreign, replayed, oversized, duplicate, received = st
+    echoes, malformed, incomplete, foreign, replayed, oversized, duplicate, received = st
     assert echoes >= 10  # the peer saw its own replies come back and filtered them
-    assert foreign == 2 and malformed == 2 and oversized == 0 and replayed == 0
+    assert foreign == 2 and malformed == 2 and incomplete == 1 and oversized == 0 and replayed == 0
     assert received == 10 + 1  # every message + "stats"
     assert t.stats.echoes >= 10 and t.stats.received_messages == 10 + 1
 
@@ -115,7 +115,8 @@ def test_udp_multicast_two_processes(procs: list[Proc]) -> None:
             t.send(b"quit")
             t.close()
 
-    echoes, malformed, foreign, replayed, oversized, duplicate, received = asyncio.run(run())
+    echoes, malformed, incomplete, foreign, replayed, oversized, duplicate, received = asyncio.run(run())
+    assert incomplete == 0  # UDP carries whole messages
     assert echoes >= 4 and malformed == 2 and foreign == 2 and replayed == 0 and oversized == 1
     assert received == 6
 

@@ -6,7 +6,7 @@
 
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict};
 
 use mbms_consensus::busload;
 use mbms_consensus::segment;
@@ -14,7 +14,7 @@ use mbms_consensus::segment;
 use mbms_sim::protocol as sim;
 use mbms_consensus::auth::{Auth, AuthError, KEY_LEN};
 use mbms_consensus::wire::{Body, Message};
-use mbms_consensus::{AbortReason, Contactors, Event, LocalState, Peer, PeerConfig};
+use mbms_consensus::{Contactors, LocalState, Peer, PeerConfig};
 
 /// The authentication of system `system_id`: `keys` (1 or 2 keys of 16 bytes, the first signs),
 /// or None for none at all (an explicit setting the caller has logged).
@@ -71,82 +71,6 @@ fn local_from_dict(d: &Bound<'_, PyDict>) -> PyResult<LocalState> {
     })
 }
 
-fn abort_name(r: AbortReason) -> &'static str {
-    match r {
-        AbortReason::PrechargeTimeout => "precharge_timeout",
-        AbortReason::LeaseExpired => "lease_expired",
-        AbortReason::QuorumLost => "quorum_lost",
-        AbortReason::Withdrawn => "withdrawn",
-        AbortReason::FeedbackTimeout => "feedback_timeout",
-        AbortReason::Fault => "fault",
-        AbortReason::VerifyFailed => "verify_failed",
-        AbortReason::VerifyTimeout => "verify_timeout",
-    }
-}
-
-pub(crate) fn event_dict<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    let kind = match *e {
-        Event::PeerJoined { id } => {
-            d.set_item("id", id)?;
-            "peer_joined"
-        }
-        Event::PeerLost { id } => {
-            d.set_item("id", id)?;
-            "peer_lost"
-        }
-        Event::PeerRestarted { id, incarnation } => {
-            d.set_item("id", id)?;
-            d.set_item("incarnation", incarnation)?;
-            "peer_restarted"
-        }
-        Event::DuplicateId { id, incarnations } => {
-            d.set_item("id", id)?;
-            d.set_item("incarnations", incarnations)?;
-            "duplicate_id"
-        }
-        Event::QuorumGained => "quorum_gained",
-        Event::QuorumLost => "quorum_lost",
-        Event::RequestSent { ticket } => {
-            d.set_item("ticket", ticket)?;
-            "request_sent"
-        }
-        Event::RequestWithdrawn { ticket } => {
-            d.set_item("ticket", ticket)?;
-            "request_withdrawn"
-        }
-        Event::Granted { to, ticket } => {
-            d.set_item("id", to)?;
-            d.set_item("ticket", ticket)?;
-            "granted"
-        }
-        Event::GrantReleased { to, expired } => {
-            d.set_item("id", to)?;
-            d.set_item("expired", expired)?;
-            "grant_released"
-        }
-        Event::PrechargeStarted { grants } => {
-            d.set_item("grants", grants)?;
-            "precharge_started"
-        }
-        Event::MainClosing => "main_closing",
-        Event::Closed => "closed",
-        Event::Aborted { reason } => {
-            d.set_item("reason", abort_name(reason))?;
-            "aborted"
-        }
-        Event::Opened => "opened",
-        Event::Isolated => "isolated",
-        Event::Rejoining => "rejoining",
-        Event::SpeakerChanged { speaker } => {
-            d.set_item("speaker", speaker)?;
-            "speaker_changed"
-        }
-    };
-    d.set_item("kind", kind)?;
-    Ok(d)
-}
-
 /// One peer of the leader-less coordination (sans-IO).
 #[pyclass(name = "ConsensusPeer", module = "mbms._core")]
 pub struct PyConsensusPeer {
@@ -177,56 +101,15 @@ impl PyConsensusPeer {
     }
 
     /// One control step; `local` is a dict of LocalState fields (feedback = (neg, pos, pre)).
-    fn tick<'py>(&mut self, py: Python<'py>, now_ms: u64, local: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+    fn tick<'py>(&mut self, py: Python<'py>, now_ms: u64, local: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
         let l = local_from_dict(local)?;
         let out = self.peer.tick(now_ms, &l);
-        let d = PyDict::new(py);
-        d.set_item("command", (out.command.neg, out.command.pos, out.command.pre))?;
-        d.set_item("phase", out.phase.name())?;
-        d.set_item("system_dcl_a", out.system_dcl_a)?;
-        d.set_item("system_ccl_a", out.system_ccl_a)?;
-        d.set_item("closed_set", out.closed_set)?;
-        d.set_item("live_set", out.live_set)?;
-        d.set_item("quorum", out.quorum)?;
-        d.set_item("speaker", out.speaker)?;
-        d.set_item("dcdc_setpoint_a", out.dcdc_setpoint_a)?;
-        let msgs = PyList::empty(py);
-        for m in &out.messages {
-            msgs.append(PyBytes::new(py, m))?;
-        }
-        d.set_item("messages", msgs)?;
-        let evs = PyList::empty(py);
-        for e in &out.events {
-            evs.append(event_dict(py, e)?)?;
-        }
-        d.set_item("events", evs)?;
-        Ok(d)
+        // the one output schema (mbms_consensus::PeerOutput's Serialize), never built by hand
+        Ok(pythonize::pythonize(py, &out)?)
     }
 
-    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = self.peer.counters();
-        let d = PyDict::new(py);
-        for (k, v) in [
-            ("rx_ok", c.rx_ok),
-            ("rx_malformed", c.rx_malformed),
-            ("rx_unauthenticated", c.rx_unauthenticated),
-            ("rx_forged", c.rx_forged),
-            ("rx_old_boot", c.rx_old_boot),
-            ("rx_unknown_sender", c.rx_unknown_sender),
-            ("rx_own_echo", c.rx_own_echo),
-            ("rx_duplicate", c.rx_duplicate),
-            ("rx_stale", c.rx_stale),
-            ("duplicate_id", c.duplicate_id),
-            ("tx", c.tx),
-            ("peers_lost", c.peers_lost),
-            ("requests", c.requests),
-            ("grants", c.grants),
-            ("closes", c.closes),
-            ("aborts", c.aborts),
-        ] {
-            d.set_item(k, v)?;
-        }
-        Ok(d)
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(pythonize::pythonize(py, &self.peer.counters())?)
     }
 
     #[getter]

@@ -114,11 +114,8 @@ impl PyEngine {
         let o = self.engine.output();
         let d = PyDict::new(py);
         d.set_item("action", o.action as u8)?;
-        let faults = PyList::empty(py);
-        for f in &o.faults {
-            faults.append((f.rule.name(), f.level as u8, f.index))?;
-        }
-        d.set_item("faults", faults)?;
+        // the one fault form (mbms_core::protection::ActiveFault's Serialize)
+        d.set_item("faults", pythonize::pythonize(py, &o.faults)?)?;
         d.set_item("soc", PyArray1::from_slice(py, &o.soc))?;
         d.set_item("soc_sigma", PyArray1::from_slice(py, &o.soc_sigma))?;
         d.set_item("soc_cc", PyArray1::from_slice(py, &o.soc_cc))?;
@@ -183,6 +180,11 @@ impl PyEngine {
         d.set_item("v_max_v", c.v_max_v)?;
         d.set_item("coulombic_efficiency", c.coulombic_efficiency)?;
         d.set_item("hysteresis_m_v", c.hysteresis_m_v)?;
+        let ce = &c.estimator;
+        d.set_item("model_error_v", ce.model_error_v)?;
+        d.set_item("model_error_v_per_c", ce.model_error_v_per_c)?;
+        d.set_item("model_error_corr_s", ce.model_error_corr_s)?;
+        d.set_item("offset_horizon_s", mbms_core::soc_ekf::OFFSET_HORIZON_S)?;
         Ok(d)
     }
 

@@ -279,29 +279,8 @@ impl PyFastSim {
         d.set_item("energy_charged_j", self.sim.energy_charged_j)?;
         let packs = PyList::empty(py);
         for k in 0..self.sim.n() {
-            let p = PyDict::new(py);
-            p.set_item("time_connected_s", self.sim.time_connected_s(k))?;
-            p.set_item("isolations", self.sim.isolations(k))?;
-            p.set_item("rejoins", self.sim.rejoins(k))?;
-            p.set_item("faults_seen", self.sim.faults_seen(k))?;
-            if let Some(core) = self.sim.node(k) {
-                let o = core.output();
-                let faults: Vec<(String, String, u32)> = core
-                    .engine()
-                    .output()
-                    .faults
-                    .iter()
-                    .map(|f| (format!("{:?}", f.rule), format!("{:?}", f.level), f.index))
-                    .collect();
-                p.set_item("faults_now", faults)?;
-                p.set_item("resets", o.resets)?;
-                p.set_item("failsafe", format!("{:?}", o.failsafe))?;
-                let c = core.peer().counters();
-                p.set_item("rx_ok", c.rx_ok)?;
-                p.set_item("rx_dropped", c.rx_malformed + c.rx_unauthenticated + c.rx_forged + c.rx_old_boot + c.rx_unknown_sender + c.rx_duplicate + c.rx_stale)?;
-                p.set_item("tx", c.tx)?;
-            }
-            packs.append(p)?;
+            // the one pack report schema (mbms_sim::fastsim::PackReport), not built by hand
+            packs.append(pythonize::pythonize(py, &self.sim.pack_report(k))?)?;
         }
         d.set_item("packs", packs)?;
         Ok(d)

@@ -86,6 +86,13 @@ pub struct PeerConfig {
     /// A bus moving faster than this during the dwell (V/s, from the spread of V_bus over the
     /// dwell) is not steady: the dwell restarts, and a verification that sees it aborts.
     pub max_bus_slew_v_per_s: f64,
+    // ---- S4 limits: their own uncertainty (brief §4; sharing::Uncertainty) ----
+    /// Bound on the error of a string's OCV estimate relative to the other strings (V).
+    pub share_ocv_uncertainty_v: f64,
+    /// Bound on the relative error of a string's resistance estimate (fraction, 0..0.5).
+    pub share_r_uncertainty: f64,
+    /// Gain error of the inverter's current control/measurement (fraction, 0..0.5).
+    pub share_i_uncertainty: f64,
 }
 
 impl Default for PeerConfig {
@@ -133,11 +140,30 @@ impl Default for PeerConfig {
             // spans ~0.2 V over a few samples), while a 2 A load change on a 0.25 Ω bus moves it
             // by 0.5 V at once and is refused.
             max_bus_slew_v_per_s: 5.0,
+            // Tuned against the default story (`mbms sim`), where the estimators see cell
+            // voltage noise 1 mV, current gain 0.5 %, offset 50 mA, 1 % SOC spread (see
+            // sharing::Uncertainty for what each covers).
+            share_ocv_uncertainty_v: SHARE_OCV_UNCERTAINTY_V,
+            share_r_uncertainty: SHARE_R_UNCERTAINTY,
+            share_i_uncertainty: SHARE_I_UNCERTAINTY,
         }
     }
 }
 
+const SHARE_OCV_UNCERTAINTY_V: f64 = 0.02;
+const SHARE_R_UNCERTAINTY: f64 = 0.05;
+const SHARE_I_UNCERTAINTY: f64 = 0.005;
+
 impl PeerConfig {
+    /// The uncertainty the S4 limits account for (brief §4).
+    pub fn share_uncertainty(&self) -> crate::sharing::Uncertainty {
+        crate::sharing::Uncertainty {
+            ocv_v: self.share_ocv_uncertainty_v,
+            r_rel: self.share_r_uncertainty,
+            i_rel: self.share_i_uncertainty,
+        }
+    }
+
     /// Quorum of the configured membership: floor(N/2)+1.
     pub fn quorum(&self) -> usize {
         self.members.len() / 2 + 1
@@ -220,6 +246,14 @@ impl PeerConfig {
         }
         if !(self.max_bus_slew_v_per_s.is_finite() && self.max_bus_slew_v_per_s > 0.0) {
             return Err(err("max_bus_slew_v_per_s", "expected a finite rate > 0 (V/s)"));
+        }
+        if !(self.share_ocv_uncertainty_v.is_finite() && (0.0..=50.0).contains(&self.share_ocv_uncertainty_v)) {
+            return Err(err("share_ocv_uncertainty_v", "expected a voltage in 0..=50 V"));
+        }
+        for (name, v) in [("share_r_uncertainty", self.share_r_uncertainty), ("share_i_uncertainty", self.share_i_uncertainty)] {
+            if !(v.is_finite() && (0.0..=0.5).contains(&v)) {
+                return Err(err(name, format!("expected a fraction in 0..=0.5, got {v}")));
+            }
         }
         if self.dwell_ms >= self.precharge_timeout_ms {
             return Err(err("dwell_ms", "expected < precharge_timeout_ms"));

@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod busload;
 pub mod config;
+pub mod member_set;
 pub mod peer;
 pub mod prng;
 pub mod segment;

@@ -60,7 +60,9 @@ def read_text(path: str | os.PathLike[str], field: str = "(file)") -> str:
 
 def read_layers(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """``(source, text)`` of a pack file and of the files it ``extends``, base first. A base is
-    a path relative to the file that names it."""
+    a path relative to the file that names it; a bare name not found there is looked up in the
+    pack folders (``$MBMS_HW_DIR/packs``, the shipped ``packs/``), as a cell name is, so a node
+    file copied out of the shipped folder keeps its base."""
     chain: list[tuple[str, str]] = []
     p = Path(path)
     seen: set[Path] = set()
@@ -77,6 +79,14 @@ def read_layers(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         if nxt.resolve() in seen or len(chain) > MAX_EXTENDS:
             raise ConfigError("extends", f"expected a chain of base files without a cycle (at most {MAX_EXTENDS}), "
                                          f"got {base!r} again", source)
+        if not nxt.is_file() and len(Path(base).parts) == 1:
+            from mbms.paths import find
+
+            try:
+                nxt = find("packs", base, field="extends", path_ok=False)
+            except ConfigError as exc:
+                raise ConfigError("extends", f"base pack file {str(nxt)!r} not found next to this file; {exc.message}",
+                                  source) from None
         if not nxt.is_file():
             raise ConfigError("extends", f"base pack file {str(nxt)!r} not found (relative to this file)", source)
         p, field = nxt, "extends"

@@ -24,12 +24,13 @@ from typing import Any
 
 from mbms import _core, registry
 from mbms.config import Finding, read_layers, read_text, resolve_cell, view
+from mbms.consensus import ConsensusConfig
 from mbms.errors import ConfigError
 
 #: Tables of a pack file that belong to the engine's PackConfig.
 ENGINE_TABLES: frozenset[str] = frozenset({"pack", "estimator", "protection", "limits", "balancing"})
 #: Tables of a pack file owned by the node runtime.
-NODE_TABLES: frozenset[str] = frozenset({"node", "hardware"})
+NODE_TABLES: frozenset[str] = frozenset({"node", "hardware", "operator"})
 
 #: Node ids are 1..MAX_NODE_ID (rust_core/src/node.rs: the DBC reserves 6-bit node slots).
 MAX_NODE_ID = 63
@@ -100,6 +101,115 @@ class HardwareSection:
     link_timeout_ms: int
     #: ``[hardware.options]``: settings of a third-party adapter, passed to it unchanged.
     options: dict[str, Any] = field(default_factory=dict)
+    #: Adapter "linux" (:mod:`mbms.hardware.linux`): the device tables (schema: rust_core/src/config.rs).
+    afe: AfeSection | None = None
+    sensor_can: CanTransport | None = None
+    current_sensor: CurrentSensorSection | None = None
+    contactors: ContactorLinesSection | None = None
+    insulation: InsulationSection | None = None
+
+
+@dataclass(frozen=True)
+class AfeSection:
+    """``[hardware.afe]``: the LTC6813-1 chain."""
+
+    device: str
+    spi_hz: int
+    ics: int
+    cells_per_ic: int
+    temps_per_ic: int
+    dcto_code: int
+    open_wire_every: int
+    ntc_beta_k: float
+    ntc_r25_ohm: float
+    ntc_pullup_ohm: float
+
+
+@dataclass(frozen=True)
+class CurrentSensorSection:
+    """``[hardware.current_sensor]``: the IVT-S on ``sensor_can``."""
+
+    cycle_ms: int
+    timeout_cycles: int
+    current_sign: float
+
+
+@dataclass(frozen=True)
+class ContactorLinesSection:
+    """``[hardware.contactors]``: GPIO chip, line offsets, welded/stuck-open checks."""
+
+    chip: str
+    neg_out: int
+    pos_out: int
+    pre_out: int
+    neg_fb: int
+    pos_fb: int
+    pre_fb: int
+    i_open_a: float
+    dv_closed_v: float
+    confirm_ms: int
+
+
+@dataclass(frozen=True)
+class InsulationSection:
+    """``[hardware.insulation]``: the iso165C on ``sensor_can``."""
+
+    min_kohm: float
+    warning_kohm: float
+    timeout_ms: int
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    """``[operator.mqtt]`` (rust_core/src/config.rs ``MqttConfig``): broker, credentials, TLS, rates."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+    tls: bool
+    ca_file: str
+    cert_file: str
+    key_file: str
+    topic_prefix: str
+    discovery_prefix: str
+    state_period_ms: int
+    cells_period_ms: int
+    keepalive_s: int
+    qos: int
+    queue_max: int
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """``[operator.metrics]``: the Prometheus endpoint ``http://bind:port/metrics``."""
+
+    bind: str
+    port: int
+
+
+@dataclass(frozen=True)
+class UdsSection:
+    """``[operator.uds]``: UDS over ISO-TP on a python-can bus (0 ids = the per-node defaults)."""
+
+    interface: str
+    channel: str
+    port: int
+    rx_id: int
+    tx_id: int
+    security_key_hex: str
+    serial: str
+
+
+@dataclass(frozen=True)
+class OperatorSection:
+    """``[operator]`` of a pack file: event-log bound and the optional operator gateways."""
+
+    events_max_bytes: int
+    events_keep: int
+    mqtt: MqttSection | None = None
+    metrics: MetricsSection | None = None
+    uds: UdsSection | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +225,8 @@ class PackFile:
     layers: tuple[tuple[str, str], ...] = ()
     #: The cell parameter file ``pack.cell`` names.
     cell_path: Path | None = None
+    #: ``[operator]``: MQTT, metrics, UDS, event-log bound (normalised by the core).
+    operator: OperatorSection | None = None
 
 
 def parse_link(link: str, source: str | None = None, name: str = "hardware.link") -> tuple[str, Any]:
@@ -219,24 +331,21 @@ class AuthSection:
 
 
 @dataclass(frozen=True)
-class ProtocolSection:
-    """The consensus core's timing/physics parameters (consensus/src/config.rs ``PeerConfig``,
-    with its defaults filled in by Rust). All times in ms of each peer's clock."""
+class InverterSection:
+    """``[inverter]``: the battery protocol the speaker sends to the inverter (rust_core
+    ``InverterConfig``; defaults and checks there). ``protocol`` names a DBC file shipped in
+    ``mbms/data/dbc`` ("pylon_lv", "pylon_hv")."""
 
-    max_drift_ppm: int
-    dwell_ms: int
-    precharge_settle_a: float
-    precharge_timeout_ms: int
-    close_confirm_ms: int
-    fail_timeout_ms: int
-    grant_wait_ms: int
-    listen_periods: int
-    bus_live_v: float
-    dcdc: bool
-    dcdc_soc_gain: float
-    main_close_time_ms: int
-    verify_timeout_ms: int
-    max_bus_slew_v_per_s: float
+    protocol: str
+    can: CanTransport
+    cycle_ms: int
+    #: The inverter's communication timeout: a speaker handover must fit inside it.
+    timeout_ms: int
+    cvl_margin_v_per_cell: float
+    dvl_margin_v_per_cell: float
+    manufacturer: str
+    force_charge_soc: float
+    stop_frames: int
 
 
 @dataclass(frozen=True)
@@ -255,13 +364,17 @@ class SystemConfig:
     #: Duration of a close grant (brief S2), by each peer's own clock.
     lease_ms: int
     discovery: DiscoverySection
-    protocol: ProtocolSection
+    #: The normalised protocol settings: the one Python view of the Rust ``PeerConfig``
+    #: (``mbms.consensus.ConsensusConfig``; node_id and seed are placeholders, see :meth:`peer_config`).
+    protocol: ConsensusConfig
     #: The normalised consensus PeerConfig (node_id/seed placeholders; see :meth:`peer_config`).
     peer: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     #: The file's text (for re-checking it together with a pack file).
     text: str = field(default="", compare=False, repr=False)
     #: Message authentication; None when the file has no ``[auth]`` (a node refuses to start).
     auth: AuthSection | None = None
+    #: ``[inverter]``, or None: this system sends no inverter frames.
+    inverter: InverterSection | None = None
 
     def peer_config(self, node_id: int, seed: int) -> dict[str, Any]:
         """The consensus PeerConfig of node ``node_id`` with boot seed ``seed``."""
@@ -289,7 +402,8 @@ def _system_view(d: dict[str, Any], text: str) -> SystemConfig:
         source=d["source"], system_id=d["system_id"], system_id_u32=d["system_id_u32"],
         members=tuple(d["members"]), quorum=d["quorum"], transport=transport,
         heartbeat_ms=p["heartbeat_ms"], dv_close_v=float(p["dv_close_v"]), lease_ms=p["lease_ms"],
-        discovery=view(DiscoverySection, d["discovery"]), protocol=view(ProtocolSection, p), peer=p, text=text,
+        discovery=view(DiscoverySection, d["discovery"]), protocol=view(ConsensusConfig, p), peer=p, text=text,
+        inverter=view(InverterSection, d["inverter"]) if d.get("inverter") else None,
         auth=auth,
     )
 
@@ -307,7 +421,8 @@ def _pack_view(d: dict[str, Any], layers: list[tuple[str, str]], cell_path: Path
     # a relative state_dir is relative to the pack file that is started
     n["state_dir"] = (Path(source).parent / Path(os.path.expanduser(n["state_dir"]))).resolve()
     return PackFile(source=source, node=view(NodeSection, n), hardware=view(HardwareSection, d["pack"]["hardware"]),
-                    engine=d["engine"], layers=tuple(layers), cell_path=cell_path)
+                    engine=d["engine"], layers=tuple(layers), cell_path=cell_path,
+                    operator=view(OperatorSection, d["pack"]["operator"]))
 
 
 # ----------------------------------------------------------------------------------------------

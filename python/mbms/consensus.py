@@ -39,7 +39,6 @@ __all__ = [
     "bus_load_classic",
     "frame_bits_classic",
     "frame_fd",
-    "ids_of",
     "segment_classic",
     "unframe_fd",
 ]
@@ -76,6 +75,10 @@ class ConsensusConfig:
     main_close_time_ms: int
     verify_timeout_ms: int
     max_bus_slew_v_per_s: float
+    #: Uncertainty the S4 limits account for (brief §4; consensus sharing::Uncertainty).
+    share_ocv_uncertainty_v: float
+    share_r_uncertainty: float
+    share_i_uncertainty: float
 
     @classmethod
     def of(cls, *, check: bool = True, **settings: Any) -> ConsensusConfig:
@@ -148,19 +151,15 @@ class ConsensusEvent:
     data: dict[str, Any]
 
 
-def ids_of(bitset: int) -> list[int]:
-    """Member ids of a closed/live bit set (bit id-1)."""
-    return [i + 1 for i in range(64) if bitset >> i & 1]
-
-
 @dataclass(frozen=True)
 class PeerOutput:
     command: Contactors
     phase: Phase
     system_dcl_a: float
     system_ccl_a: float
-    closed_set: int
-    live_set: int
+    #: member ids, ascending: the closed set has one type in every output (NodeStatus too)
+    closed_set: tuple[int, ...]
+    live_set: tuple[int, ...]
     quorum: bool
     speaker: int | None
     dcdc_setpoint_a: float | None
@@ -169,11 +168,11 @@ class PeerOutput:
 
     @property
     def closed_ids(self) -> list[int]:
-        return ids_of(self.closed_set)
+        return list(self.closed_set)
 
     @property
     def live_ids(self) -> list[int]:
-        return ids_of(self.live_set)
+        return list(self.live_set)
 
 
 #: Length of every peer message (bytes).
@@ -204,8 +203,8 @@ class Peer:
             phase=Phase[str(o["phase"]).upper()],
             system_dcl_a=o["system_dcl_a"],
             system_ccl_a=o["system_ccl_a"],
-            closed_set=o["closed_set"],
-            live_set=o["live_set"],
+            closed_set=tuple(o["closed_set"]),
+            live_set=tuple(o["live_set"]),
             quorum=o["quorum"],
             speaker=o["speaker"],
             dcdc_setpoint_a=o["dcdc_setpoint_a"],

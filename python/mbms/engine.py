@@ -330,7 +330,8 @@ class Engine:
         return StepResult(
             t_s=self._t_s,
             action=Action(d["action"]),
-            faults=tuple(Fault(r, Level(lv), ix) for r, lv, ix in d["faults"]),
+            # the core's one fault form: {"rule", "level" (name), "index"}
+            faults=tuple(Fault(f["rule"], Level[f["level"].upper()], f["index"]) for f in d["faults"]),
             soc=d["soc"],
             soc_sigma=d["soc_sigma"],
             soc_cc=d["soc_cc"],

@@ -12,7 +12,16 @@ one CAN bus: arbitration would not resolve it). Node ids 1..63:
     0x240 + id  MBMS_LIMITS_<id>  own and agreed system discharge/charge current limits
     0x280 + id  MBMS_CELLS_<id>   min/max cell voltage, string voltage, current
     0x2C0 + id  MBMS_TEMPS_<id>   min/max cell temperature, bus voltage, min/max cell index
-    0x300 + id  MBMS_AUTH_<id>    boot, counter and 32-bit tag of the telemetry frames before it
+    0x380 + id  MBMS_CELLV_<id>   three cell voltages from cell Index on; one frame per telemetry
+                                  period, round robin over the pack (the monitor's heat map)
+    0x3C0 + id  MBMS_AUTH_<id>    boot, counter and 32-bit tag of the telemetry frames before it
+    (0x300 + id / 0x340 + id: UDS request / response, ``[operator.uds]``, not in the DBC)
+
+Identifier plan of one peer bus (each range 0x40 wide, node ids 1..63; no two senders and no two
+purposes share an id): 0x200 STATE, 0x240 LIMITS, 0x280 CELLS, 0x2C0 TEMPS, 0x300 UDS request,
+0x340 UDS response, 0x380 CELLV, 0x3C0 AUTH (last: it closes its batch), 0x400..0x7FF peer
+protocol. The inverter protocols (Pylon LV 0x351..0x35E, Pylon HV 0x42xx/0x7xxx extended) go on
+their own channel (``[inverter] can``) and are not in this plan.
 
 Telemetry is authenticated per batch (brief S7; the inverter side and the monitor act on LIMITS):
 the node sends its frames, then MBMS_AUTH with a CMAC tag over its id, boot, counter and the
@@ -36,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import struct
 import sys
 import time
@@ -46,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from mbms.config_views import MAX_NODE_ID
-from mbms.types import Measurement, NodeStatus, Phase
+from mbms.types import Fault, Measurement, NodeStatus, Phase
 from mbms.paths import dbc_file
 from mbms.transport.segmentation import can_id, is_peer_id, split_id
 
@@ -56,10 +66,15 @@ STATE_BASE_ID = 0x200
 LIMITS_BASE_ID = 0x240
 CELLS_BASE_ID = 0x280
 TEMPS_BASE_ID = 0x2C0
-AUTH_BASE_ID = 0x300
+CELLV_BASE_ID = 0x380
+#: Cell voltages per MBMS_CELLV frame.
+CELLS_PER_FRAME = 3
+#: The batch's authentication frame: the highest telemetry range, below the peer protocol (0x400)
+#: and clear of UDS (0x300/0x340 + id, mbms.gateways.uds).
+AUTH_BASE_ID = 0x3C0
 SLOT = 0x40  # identifiers per telemetry kind: node ids 1..63
 TELEMETRY_BASES = {STATE_BASE_ID: "STATE", LIMITS_BASE_ID: "LIMITS", CELLS_BASE_ID: "CELLS", TEMPS_BASE_ID: "TEMPS",
-                   AUTH_BASE_ID: "AUTH"}
+                   CELLV_BASE_ID: "CELLV", AUTH_BASE_ID: "AUTH"}
 #: A verifier accepts any verified batch of a sender it has not heard for this long (s): half the
 #: 16-bit counter's period at a 10 ms telemetry period (the fastest a node is configured with).
 RESYNC_AFTER_S = 300.0
@@ -90,6 +105,9 @@ _SIGNALS: dict[str, tuple[_Sig, ...]] = {
         _Sig("FaultCount", 24, 8, False, 1, 0, 0, 255, "", "number of active faults"),
         _Sig("Speaker", 32, 5, False, 1, 0, 0, 31, "", "node holding the close grant, 0 = none"),
         _Sig("ClosedCount", 40, 5, False, 1, 0, 0, 31, "", "strings in the agreed closed set"),
+        _Sig("AlarmLevel", 48, 2, False, 1, 0, 0, 3, "", "highest active level: 0 none, 1 warning, 2 alarm, 3 fault"),
+        _Sig("AlarmRule", 50, 5, False, 1, 0, 0, 31, "",
+             "rule of the highest active level: index+1 in mbms.engine.RULES, 31 = fail-safe, 0 = none"),
         _Sig("Alive", 56, 4, False, 1, 0, 0, 15, "", "alive counter, +1 per frame"),
     ),
     "LIMITS": (
@@ -110,6 +128,13 @@ _SIGNALS: dict[str, tuple[_Sig, ...]] = {
         _Sig("VBus", 32, 16, False, 0.1, 0, 0, 6553.5, "V", "bus voltage outside the contactors"),
         _Sig("VCellMinIndex", 48, 8, False, 1, 0, 0, 255, "", "index of the lowest cell"),
         _Sig("VCellMaxIndex", 56, 8, False, 1, 0, 0, 255, "", "index of the highest cell"),
+    ),
+    "CELLV": (
+        _Sig("Index", 0, 8, False, 1, 0, 0, 255, "", "index of the first cell in this frame"),
+        _Sig("V0", 8, 16, False, 0.001, 0, 0, 65.535, "V", "voltage of cell Index (0 = no such cell)"),
+        _Sig("V1", 24, 16, False, 0.001, 0, 0, 65.535, "V", "voltage of cell Index+1 (0 = no such cell)"),
+        _Sig("V2", 40, 16, False, 0.001, 0, 0, 65.535, "V", "voltage of cell Index+2 (0 = no such cell)"),
+        _Sig("Soh", 56, 8, False, 0.5, 0, 0, 127.5, "%", "state of health, capacity (% of new)"),
     ),
     "AUTH": (
         _Sig("Boot", 0, 16, False, 1, 0, 0, 65535, "", "the node's boot counter"),
@@ -242,12 +267,15 @@ class TelemetryEncoder:
         self.auth = auth
         self.boot = boot & 0xFFFF
         self._counter = 0
+        self._cellv_next = 0  # first cell of the next MBMS_CELLV frame (round robin)
         self._msgs = {kind: self.db.get_message_by_frame_id(base + node_id) for base, kind in TELEMETRY_BASES.items()
                       if kind != "AUTH"}
 
-    def frames(self, status: NodeStatus | None, meas: Measurement | None, fail_safe: bool) -> list[tuple[int, bytes]]:
+    def frames(self, status: NodeStatus | None, meas: Measurement | None, fail_safe: bool,
+               soh_pct: float | None = None) -> list[tuple[int, bytes]]:
         values: dict[str, dict[str, float]] = {}
         st = status
+        level, rule = alarm_code(st.faults if st else (), fail_safe or bool(st and st.failsafe))
         self._alive = (self._alive + 1) & 0xF
         c = st.contactors if st else None
         values["STATE"] = {
@@ -257,9 +285,10 @@ class TelemetryEncoder:
             "ContactorPos": float(bool(c and c.pos) and not fail_safe),
             "ContactorPre": float(bool(c and c.pre) and not fail_safe),
             "FailSafe": float(fail_safe),
-            "FaultCount": len(st.faults) if st else 0,
+            "FaultCount": len(st.faults) + (st.failsafe is not None) if st else 0,
             "Speaker": (st.speaker or 0) if st else 0,
             "ClosedCount": len(st.closed_set) if st else 0,
+            "AlarmLevel": level, "AlarmRule": rule,
             "Alive": self._alive,
         }
         values["LIMITS"] = {
@@ -275,6 +304,12 @@ class TelemetryEncoder:
                 "TCellMin": float(t.min()) if len(t) else 0.0, "TCellMax": float(t.max()) if len(t) else 0.0,
                 "VBus": meas.v_bus_v, "VCellMinIndex": int(v.argmin()), "VCellMaxIndex": int(v.argmax()),
             }
+            first = self._cellv_next if self._cellv_next < min(len(v), 256) else 0
+            chunk = v[first:first + CELLS_PER_FRAME]
+            values["CELLV"] = {"Index": first, **{f"V{k}": float(chunk[k]) if k < len(chunk) else 0.0
+                                                  for k in range(CELLS_PER_FRAME)},
+                               "Soh": soh_pct if soh_pct is not None else 0.0}
+            self._cellv_next = first + CELLS_PER_FRAME
         out = []
         for kind, vals in values.items():
             msg = self._msgs[kind]
@@ -353,6 +388,31 @@ class TelemetryVerifier:
         p.boot, p.counter, p.heard_s = boot, counter, now
         self.verified += 1
         return frames
+
+
+#: AlarmRule of a fail-safe (the runtime's or the core's).
+ALARM_RULE_FAIL_SAFE = 31
+_LEVELS = ("warning", "alarm", "fault")  # rust_core/src/protection.rs Level::name, lowest first
+
+
+def rule_number(rule: str) -> int:
+    """Index + 1 of a protection rule (its snake_case name, ``Rule::name``) in the engine's rules
+    (``_core.engine_rules()``, Rust order); 0 if unknown."""
+    from mbms import _core
+
+    rules = list(_core.engine_rules())
+    return rules.index(rule) + 1 if rule in rules else 0
+
+
+def alarm_code(faults: tuple[Fault, ...], fail_safe: bool) -> tuple[int, int]:
+    """(AlarmLevel, AlarmRule) of the STATE frame from NodeStatus.faults (the core's rule and
+    level names) and the fail-safe: the highest level, and the first rule at that level."""
+    best = (3, ALARM_RULE_FAIL_SAFE) if fail_safe else (0, 0)
+    for f in faults:
+        cand = (_LEVELS.index(f.level) + 1 if f.level in _LEVELS else 3, rule_number(f.rule))
+        if cand[0] > best[0]:
+            best = cand
+    return best
 
 
 def decode(db: Any, arbitration_id: int, data: bytes) -> tuple[str, int, dict[str, Any]] | None:

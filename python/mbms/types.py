@@ -11,14 +11,16 @@ hardware and the network up to the runtime. ``tests/test_layers.py`` checks that
   own. The numbers are on the wire (mbms/data/dbc/mbms.dbc, ``MBMS_STATE_<id>.Phase``): never renumber.
 * :class:`Contactors`: contactor states or commands (main negative, main positive, precharge).
 * :class:`Measurement`: one sample of a pack's sensors as a hardware adapter delivers it.
+* :class:`Fault`: an active protection condition, as the Rust core reports it.
 * :class:`NodeStatus`: what a node's logic knows, for telemetry, the monitor and the logs.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -98,6 +100,30 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class Fault:
+    """An active protection condition, as the Rust core reports it in every mode (NodeCore,
+    Engine, the fast simulator's report): ``{"rule", "level", "index"}`` with the Rust names
+    (``rust_core/src/protection.rs``: ``Rule::name``, ``Level::name``). ``index`` is the cell or
+    temperature sensor, ``PACK_INDEX`` (u32::MAX) for a pack-level rule."""
+
+    rule: str
+    level: str
+    index: int
+
+    PACK_INDEX = 0xFFFF_FFFF
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Fault:
+        return cls(str(d["rule"]), str(d["level"]), int(d["index"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "level": self.level, "index": self.index}
+
+    def __str__(self) -> str:
+        return f"{self.rule}:{self.level}@{'pack' if self.index == self.PACK_INDEX else self.index}"
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     """A snapshot of what the logic knows, for telemetry, the monitor and the logs."""
 
@@ -107,7 +133,9 @@ class NodeStatus:
     dcl_a: float  # own discharge limit
     ccl_a: float  # own charge limit (positive number)
     contactors: Contactors  # as commanded by the logic
-    faults: tuple[str, ...] = ()
+    faults: tuple[Fault, ...] = ()
+    #: Why the node opened on its own, besides a fault (Rust ``FailSafe::name``), None if not.
+    failsafe: str | None = None
     sys_dcl_a: float = 0.0  # agreed system limits (S4/S5)
     sys_ccl_a: float = 0.0
     closed_set: tuple[int, ...] = ()

@@ -190,6 +190,67 @@ pub struct CellFile {
     #[serde(default)]
     pub hysteresis: Option<HysteresisSection>,
     pub thermal: ThermalSection,
+    /// How far the estimator may trust this cell's model, and the full-charge synchronisation
+    /// point of its chemistry; absent: no model-error terms beyond the pack file's, no sync.
+    #[serde(default)]
+    pub estimator: CellEstimator,
+}
+
+/// The `[estimator]` table of a cell file: properties of the cell model and its chemistry that
+/// the SOC filter needs, so that every pack built from the cell gets them (the pack file's
+/// `[estimator]` holds what belongs to the pack: its sensors, rest detection, SOH gains).
+///
+/// Measurement variance of the SOC filter (see `rust_core/src/soc_ekf.rs`):
+/// `r = σ_v² + σ_pack² + model_error_v² + (model_error_v_per_c·|C-rate|)² · max(1, model_error_corr_s/Δt)`.
+/// The equivalent-circuit model's error under current is not white: it is a slowly varying
+/// bias (relaxation, diffusion, unmodelled hysteresis) that lasts about `model_error_corr_s`. A
+/// filter that treats it as white noise sampled every Δt counts the same error many times and
+/// grows confident where the OCV is flat (LFP plateau). Treating it as white noise of the same
+/// power over its correlation time (variance × τ/Δt: Bar-Shalom, Li, Kirubarajan, "Estimation
+/// with applications to tracking and navigation", 2001, §8.4, band-limited noise) keeps the
+/// information the voltage gives per unit time right.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CellEstimator {
+    /// model voltage error at low current (V, 1σ)
+    pub model_error_v: f64,
+    /// growth of the model voltage error with the C-rate (V per C)
+    pub model_error_v_per_c: f64,
+    /// correlation time of the model voltage error (s)
+    pub model_error_corr_s: f64,
+    /// Full charge: charging, cell voltage within `full_charge_dv_v` of `v_max_v` and the
+    /// current tapered below `full_charge_taper_c` (C-rate): the constant-voltage phase of a
+    /// charger is over and the cell is full (SOC = 1 with σ `full_charge_soc_sigma`).
+    /// `full_charge_taper_c` = 0: no full-charge synchronisation. `full_charge_soc`: the SOC
+    /// at that point (a constant-voltage phase cut at C/20 leaves the electrodes' diffusion
+    /// short of equilibrium: 0.98..0.99 for the DFN cells here, measured by
+    /// scripts/make_trace_family.py on the tuning traces).
+    pub full_charge_soc: f64,
+    pub full_charge_dv_v: f64,
+    pub full_charge_taper_c: f64,
+    pub full_charge_soc_sigma: f64,
+}
+
+impl CellEstimator {
+    fn validate(&self) -> Result<(), CellParamError> {
+        for (name, v) in [
+            ("model_error_v", self.model_error_v),
+            ("model_error_v_per_c", self.model_error_v_per_c),
+            ("model_error_corr_s", self.model_error_corr_s),
+            ("full_charge_soc", self.full_charge_soc),
+            ("full_charge_dv_v", self.full_charge_dv_v),
+            ("full_charge_taper_c", self.full_charge_taper_c),
+            ("full_charge_soc_sigma", self.full_charge_soc_sigma),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(err(&format!("estimator.{name}"), format!("expected a finite number >= 0, got {v}")));
+            }
+        }
+        if self.full_charge_taper_c > 0.0 && !(self.full_charge_soc_sigma > 0.0 && self.full_charge_dv_v > 0.0 && self.full_charge_soc > 0.5 && self.full_charge_soc <= 1.0) {
+            return Err(err("estimator.full_charge_soc", "with full_charge_taper_c set: full_charge_soc in (0.5, 1], full_charge_soc_sigma and full_charge_dv_v > 0"));
+        }
+        Ok(())
+    }
 }
 
 fn one() -> f64 {
@@ -261,6 +322,7 @@ pub struct CellParams {
     pub hysteresis_gamma: f64,
     pub mass_kg: f64,
     pub cp_j_per_kg_k: f64,
+    pub estimator: CellEstimator,
 }
 
 /// A parameter-file error: the dotted field and what was expected.
@@ -353,6 +415,7 @@ impl CellParams {
             }
             None => (0.0, 0.0),
         };
+        f.estimator.validate()?;
         Ok(Self {
             name: f.name,
             chemistry: f.chemistry,
@@ -374,6 +437,7 @@ impl CellParams {
             hysteresis_gamma: hg,
             mass_kg: f.thermal.mass_kg,
             cp_j_per_kg_k: f.thermal.cp_j_per_kg_k,
+            estimator: f.estimator,
         })
     }
 

@@ -230,6 +230,139 @@ pub struct HardwareConfig {
     /// No reply from the plant for this long = lost link: fail-safe (ms).
     #[serde(default = "default_link_timeout_ms")]
     pub link_timeout_ms: u32,
+    /// Adapter "linux": the LTC6813-1 daisy chain on isoSPI (mbms/hardware/ltc6813.py).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afe: Option<AfeConfig>,
+    /// Adapter "linux": the pack's sensor CAN bus (current sensor and insulation monitor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensor_can: Option<CanTransport>,
+    /// Adapter "linux": the IVT-S current sensor on `sensor_can` (mbms/hardware/ivt_s.py).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_sensor: Option<CurrentSensorConfig>,
+    /// Adapter "linux": contactor coils and auxiliary contacts on GPIO lines (gpio_contactors.py).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contactors: Option<ContactorLinesConfig>,
+    /// Adapter "linux": the iso165C insulation monitor on `sensor_can` (iso165c.py); absent = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insulation: Option<InsulationConfig>,
+}
+
+/// `[hardware.afe]`: one isoSPI chain of LTC6813-1; cells sit on inputs 1..cells_per_ic of each
+/// IC and NTCs on GPIO1..temps_per_ic, IC 0 nearest to the controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AfeConfig {
+    /// "/dev/spidevB.C" (Linux spidev), or "emu:///PATH" for the emulated chain of `mbms plant --devices`.
+    pub device: String,
+    /// SPI clock (Hz); isoSPI allows at most 1 MHz (LTC6813-1 datasheet: t_CLK >= 1 us).
+    #[serde(default = "default_spi_hz")]
+    pub spi_hz: u32,
+    pub ics: u32,
+    pub cells_per_ic: u32,
+    pub temps_per_ic: u32,
+    /// Discharge timeout code DCTO (0 = off, 1 = 0.5 min, 2 = 1 min, ... 15 = 120 min): balancing
+    /// stops by itself when the controller stops rewriting the configuration.
+    #[serde(default = "default_dcto")]
+    pub dcto_code: u8,
+    /// Run the open-wire check (ADOW) every this many acquisitions (0 = never).
+    #[serde(default = "default_open_wire_every")]
+    pub open_wire_every: u32,
+    /// NTC divider: beta (K), R25 (ohm), pull-up to VREF2 (ohm).
+    #[serde(default = "default_ntc_beta")]
+    pub ntc_beta_k: f64,
+    #[serde(default = "default_ntc_ohm")]
+    pub ntc_r25_ohm: f64,
+    #[serde(default = "default_ntc_ohm")]
+    pub ntc_pullup_ohm: f64,
+}
+
+fn default_spi_hz() -> u32 {
+    1_000_000
+}
+fn default_dcto() -> u8 {
+    2
+}
+fn default_open_wire_every() -> u32 {
+    10
+}
+fn default_ntc_beta() -> f64 {
+    3435.0
+}
+fn default_ntc_ohm() -> f64 {
+    10_000.0
+}
+
+/// `[hardware.current_sensor]`: the IVT-S on the sensor bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct CurrentSensorConfig {
+    /// Cycle of I and U1..U3 (ms) the driver configures; T, W, As, Wh run 5x slower.
+    pub cycle_ms: u32,
+    /// A result older than this many of its cycles = sensor lost.
+    pub timeout_cycles: u32,
+    /// +1 if the sensor's positive direction is discharge, -1 if it is charge.
+    pub current_sign: f64,
+}
+
+impl Default for CurrentSensorConfig {
+    fn default() -> Self {
+        Self { cycle_ms: 20, timeout_cycles: 5, current_sign: 1.0 }
+    }
+}
+
+/// `[hardware.contactors]`: GPIO chip and line offsets; the welded / stuck-open checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ContactorLinesConfig {
+    /// "/dev/gpiochipN" (libgpiod), or "emu:///PATH" for the emulated chip of `mbms plant --devices`.
+    pub chip: String,
+    pub neg_out: u32,
+    pub pos_out: u32,
+    pub pre_out: u32,
+    pub neg_fb: u32,
+    pub pos_fb: u32,
+    pub pre_fb: u32,
+    /// Welded: more than this current (A) with main positive and precharge commanded open.
+    #[serde(default = "default_i_open_a")]
+    pub i_open_a: f64,
+    /// Stuck open: more than this voltage (V) across main contactors commanded and reported closed.
+    #[serde(default = "default_dv_closed_v")]
+    pub dv_closed_v: f64,
+    /// Either condition must hold this long (ms): longer than the contactor's own open/close time.
+    #[serde(default = "default_confirm_ms")]
+    pub confirm_ms: u32,
+}
+
+fn default_i_open_a() -> f64 {
+    2.0
+}
+fn default_dv_closed_v() -> f64 {
+    10.0
+}
+fn default_confirm_ms() -> u32 {
+    300
+}
+
+/// `[hardware.insulation]`: the iso165C on the sensor bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct InsulationConfig {
+    /// Insulation fault below this resistance (kOhm). UN ECE R100 asks >= 100 ohm/V on a DC
+    /// bus: 100 kOhm for a 1000 V bus.
+    pub min_kohm: f64,
+    /// Warning (logged, not a trip) below this resistance (kOhm).
+    pub warning_kohm: f64,
+    /// No IMD_Info for this long = monitor lost (ms); the iso165C sends it every second.
+    #[serde(default = "default_imd_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+fn default_imd_timeout_ms() -> u32 {
+    3000
 }
 
 fn default_link_timeout_ms() -> u32 {
@@ -254,6 +387,9 @@ pub struct PackFile {
     pub balancing: crate::balancing::BalancingConfig,
     pub node: NodeConfig,
     pub hardware: HardwareConfig,
+    /// How operators reach this node: MQTT, Prometheus metrics, UDS, the event log (issue 13).
+    #[serde(default)]
+    pub operator: OperatorConfig,
 }
 
 impl PackFile {
@@ -266,6 +402,188 @@ impl PackFile {
             balancing: self.balancing.clone(),
         }
     }
+}
+
+/// `[operator]` of a pack file: the node's links to its operators (issue 13). Every part is off
+/// unless its table is present; the event log's bound always applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// `events.jsonl` is rotated to `events.jsonl.1` (.2, ...) when it reaches this size (bytes).
+    pub events_max_bytes: u64,
+    /// Rotated event logs kept besides the live one (older ones are deleted).
+    pub events_keep: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uds: Option<UdsConfig>,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        // 4 MiB x (1 + 4): a few weeks of events of a busy node in 20 MiB of flash.
+        Self { events_max_bytes: 4 << 20, events_keep: 4, mqtt: None, metrics: None, uds: None }
+    }
+}
+
+/// `[operator.mqtt]`: state, events and Home Assistant discovery to an MQTT broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    /// 1883 plain, 8883 is the usual TLS port (IANA).
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    /// TLS to the broker; `ca_file` empty = the system's trust store.
+    pub tls: bool,
+    pub ca_file: String,
+    /// Client certificate and key (both or neither).
+    pub cert_file: String,
+    pub key_file: String,
+    /// Topics: `<topic_prefix>/<system_id>/<node id>/...`.
+    pub topic_prefix: String,
+    /// Home Assistant's discovery prefix; empty = no discovery messages.
+    pub discovery_prefix: String,
+    /// Period of the state messages (ms).
+    pub state_period_ms: u32,
+    /// Period of the per-cell voltage message (ms).
+    pub cells_period_ms: u32,
+    /// MQTT keepalive (s); the broker publishes the last will after 1.5 x this without traffic.
+    pub keepalive_s: u16,
+    pub qos: u8,
+    /// Messages held while the broker is away; the oldest are dropped beyond this.
+    pub queue_max: u32,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(), port: 1883, username: String::new(), password: String::new(), tls: false,
+            ca_file: String::new(), cert_file: String::new(), key_file: String::new(), topic_prefix: "mbms".into(),
+            discovery_prefix: "homeassistant".into(), state_period_ms: 1000, cells_period_ms: 10_000,
+            keepalive_s: 30, qos: 1, queue_max: 1000,
+        }
+    }
+}
+
+/// `[operator.metrics]`: a Prometheus text endpoint (`http://bind:port/metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub bind: String,
+    /// 0 = any free port (tests; the node logs the one it got).
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1".into(), port: 9108 }
+    }
+}
+
+/// `[operator.uds]`: UDS (ISO 14229) diagnostics over ISO-TP (ISO 15765-2) on a python-can bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct UdsConfig {
+    /// python-can interface and channel (and port for udp_multicast).
+    pub interface: String,
+    pub channel: String,
+    pub port: u16,
+    /// Request / response CAN ids; 0 = 0x300 + node id / 0x340 + node id (between the
+    /// telemetry 0x200..0x2FF and the peer protocol 0x400..0x7FF of mbms.dbc).
+    pub rx_id: u32,
+    pub tx_id: u32,
+    /// Shared secret of SecurityAccess (hex, 16..64 bytes); empty = nothing that acts is allowed.
+    pub security_key_hex: String,
+    /// The ECU serial number DID 0xF18C reports.
+    pub serial: String,
+}
+
+impl Default for UdsConfig {
+    fn default() -> Self {
+        Self {
+            interface: "socketcan".into(), channel: "can0".into(), port: 43113, rx_id: 0, tx_id: 0,
+            security_key_hex: String::new(), serial: String::new(),
+        }
+    }
+}
+
+/// Range checks of `[operator]`: (dotted field below `operator.`, what was expected).
+fn operator_findings(o: &OperatorConfig) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    if o.events_max_bytes < 4096 {
+        v.push(("events_max_bytes".into(), "at least 4096 (bytes)".into()));
+    }
+    if o.events_keep > 100 {
+        v.push(("events_keep".into(), "0..=100 rotated files".into()));
+    }
+    if let Some(m) = &o.mqtt {
+        if m.host.is_empty() {
+            v.push(("mqtt.host".into(), "a broker host name or address".into()));
+        }
+        if m.port == 0 {
+            v.push(("mqtt.port".into(), "a port 1..65535".into()));
+        }
+        if m.qos > 2 {
+            v.push(("mqtt.qos".into(), "0, 1 or 2".into()));
+        }
+        if m.cert_file.is_empty() != m.key_file.is_empty() {
+            v.push(("mqtt.key_file".into(), "cert_file and key_file both given or both empty".into()));
+        }
+        if !m.tls && !(m.ca_file.is_empty() && m.cert_file.is_empty()) {
+            v.push(("mqtt.tls".into(), "true when ca_file or cert_file is given".into()));
+        }
+        if !m.password.is_empty() && m.username.is_empty() {
+            v.push(("mqtt.username".into(), "a user name when a password is given".into()));
+        }
+        if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#']) || m.topic_prefix.ends_with('/') {
+            v.push(("mqtt.topic_prefix".into(), "a topic without wildcards (+, #) or a trailing '/'".into()));
+        }
+        if m.discovery_prefix.contains(['+', '#']) {
+            v.push(("mqtt.discovery_prefix".into(), "a topic without wildcards (+, #)".into()));
+        }
+        for (f, x) in [("state_period_ms", m.state_period_ms), ("cells_period_ms", m.cells_period_ms)] {
+            if !(100..=3_600_000).contains(&x) {
+                v.push((format!("mqtt.{f}"), "an integer 100..=3600000 (ms)".into()));
+            }
+        }
+        if !(5..=3600).contains(&m.keepalive_s) {
+            v.push(("mqtt.keepalive_s".into(), "an integer 5..=3600 (s)".into()));
+        }
+        if !(1..=100_000).contains(&m.queue_max) {
+            v.push(("mqtt.queue_max".into(), "an integer 1..=100000 (messages)".into()));
+        }
+    }
+    if let Some(m) = &o.metrics {
+        if !is_ip(&m.bind) {
+            v.push(("metrics.bind".into(), "a numeric IP address".into()));
+        }
+    }
+    if let Some(u) = &o.uds {
+        for (f, x) in [("rx_id", u.rx_id), ("tx_id", u.tx_id)] {
+            if x > 0x7FF {
+                v.push((format!("uds.{f}"), "an 11-bit CAN id 0x001..=0x7FF, or 0 for the default".into()));
+            }
+        }
+        if u.rx_id != 0 && u.rx_id == u.tx_id {
+            v.push(("uds.tx_id".into(), "a CAN id other than rx_id".into()));
+        }
+        let k = &u.security_key_hex;
+        if !k.is_empty() && (k.len() % 2 != 0 || !(32..=128).contains(&k.len()) || !k.chars().all(|c| c.is_ascii_hexdigit())) {
+            v.push(("uds.security_key_hex".into(), "16..64 bytes as hex digits, or empty".into()));
+        }
+        if u.channel.is_empty() {
+            v.push(("uds.channel".into(), "a python-can channel".into()));
+        }
+    }
+    v
 }
 
 /// `[transport.can]`: a python-can bus.
@@ -370,6 +688,91 @@ pub struct AuthConfig {
     pub off: bool,
 }
 
+/// Which battery protocol the inverter (or charger) speaks on the inverter CAN channel.
+/// Each is a DBC file shipped in the package (`mbms/data/dbc/<name>.dbc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum InverterProtocol {
+    /// The 11-bit "Pylontech / CAN-BMS" low-voltage set (0x351 ... 0x35E), cyclic.
+    PylonLv,
+    /// The 29-bit Pylon HV (Force-H) set: the inverter polls 0x4200, the BMS answers.
+    PylonHv,
+}
+
+/// `[inverter]`: the battery's link to its inverter, sent by the current speaker (the
+/// peer every live peer names; consensus `update_speaker`) on a CAN channel of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct InverterConfig {
+    pub protocol: InverterProtocol,
+    /// The inverter's CAN bus (python-can), not the peers' one.
+    pub can: CanTransport,
+    /// Frame cycle of the cyclic protocols (ms); Pylontech LV sends every frame once a second.
+    pub cycle_ms: u32,
+    /// The inverter's communication timeout (ms): it stops when no frame came for this long.
+    /// A speaker handover must fit inside it (fail_timeout_ms + cycle_ms).
+    pub timeout_ms: u32,
+    /// CVL = series × (cell v_max − this) (V per cell).
+    pub cvl_margin_v_per_cell: f64,
+    /// DVL = series × (cell v_min + this) (V per cell).
+    pub dvl_margin_v_per_cell: f64,
+    /// Manufacturer name in the name frame (ASCII, up to 8 characters).
+    pub manufacturer: String,
+    /// Below this SOC (0..1) the battery asks the inverter to force-charge.
+    pub force_charge_soc: f64,
+    /// After losing the quorum the former speaker sends this many cycles of "stop" frames
+    /// (limits 0, enables off) before falling silent.
+    pub stop_frames: u32,
+}
+
+impl Default for InverterConfig {
+    fn default() -> Self {
+        Self {
+            protocol: InverterProtocol::PylonLv,
+            can: CanTransport { channel: "can1".into(), ..CanTransport::default() },
+            cycle_ms: 1000,
+            timeout_ms: 5000,
+            cvl_margin_v_per_cell: 0.05,
+            dvl_margin_v_per_cell: 0.1,
+            manufacturer: "MBMS".into(),
+            force_charge_soc: 0.05,
+            stop_frames: 3,
+        }
+    }
+}
+
+impl InverterConfig {
+    pub fn validate(&self, fail_timeout_ms: u32) -> Result<(), ConfigError> {
+        if !(10..=10_000).contains(&self.cycle_ms) {
+            return Err(cerr("inverter.cycle_ms", format!("expected 10..=10000 ms, got {}", self.cycle_ms)));
+        }
+        let need = self.cycle_ms as u64 + fail_timeout_ms as u64;
+        if (self.timeout_ms as u64) <= need || self.timeout_ms > 600_000 {
+            return Err(cerr(
+                "inverter.timeout_ms",
+                format!("expected > cycle_ms + protocol.fail_timeout_ms = {need} ms (a speaker handover must fit) and <= 600000, got {}", self.timeout_ms),
+            ));
+        }
+        for (name, v) in [("cvl_margin_v_per_cell", self.cvl_margin_v_per_cell), ("dvl_margin_v_per_cell", self.dvl_margin_v_per_cell)] {
+            if !(v.is_finite() && (0.0..=0.5).contains(&v)) {
+                return Err(cerr(format!("inverter.{name}"), format!("expected 0..=0.5 V per cell, got {v}")));
+            }
+        }
+        if !(self.force_charge_soc.is_finite() && (0.0..=1.0).contains(&self.force_charge_soc)) {
+            return Err(cerr("inverter.force_charge_soc", "expected a fraction in 0..=1"));
+        }
+        if self.manufacturer.len() > 8 || !self.manufacturer.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(cerr("inverter.manufacturer", "expected up to 8 printable ASCII characters"));
+        }
+        if self.stop_frames > 100 {
+            return Err(cerr("inverter.stop_frames", "expected <= 100"));
+        }
+        Ok(())
+    }
+}
+
 /// A system file, shared by all peers. The peer protocol settings are one [`PeerConfig`]:
 /// `heartbeat_ms`, `dv_close_v` and `lease_ms` may sit at the top level (where operators look
 /// for them) or in `[protocol]`, not both; identity fields (`system_id`, `node_id`, `members`,
@@ -398,6 +801,9 @@ pub struct SystemFile {
     /// Message authentication (S7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
+    /// The inverter link (none: no inverter frames are sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inverter: Option<InverterConfig>,
 }
 
 /// PeerConfig fields that a system file may give at its top level.
@@ -421,6 +827,7 @@ pub struct SystemConfig {
     pub protocol: PeerConfig,
     /// Message authentication as the file gives it (None: not configured).
     pub auth: Option<AuthConfig>,
+    pub inverter: Option<InverterConfig>,
 }
 
 impl SystemConfig {
@@ -452,10 +859,10 @@ pub fn engine_from_layers(layers: &[Layer]) -> Result<EngineConfig, ConfigError>
     let mut merged = merge(layers);
     let attach = |e: ConfigError| ConfigError { file: Some(source_of(layers, &e.field)), ..e };
     for k in merged.keys() {
-        if !EngineConfig::TABLES.iter().any(|t| *t == &k[..]) && k != "node" && k != "hardware" {
+        if !EngineConfig::TABLES.iter().any(|t| *t == &k[..]) && k != "node" && k != "hardware" && k != "operator" {
             return Err(attach(cerr(
                 k.clone(),
-                format!("unknown top-level table; expected {:?}, node, hardware, extends", EngineConfig::TABLES),
+                format!("unknown top-level table; expected {:?}, node, hardware, operator, extends", EngineConfig::TABLES),
             )));
         }
     }
@@ -505,6 +912,9 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
     protocol.members = f.members.clone();
     protocol.node_id = f.members.first().copied().unwrap_or(0);
     protocol.seed = 0;
+    if let Some(inv) = &f.inverter {
+        inv.validate(protocol.fail_timeout_ms).map_err(at)?;
+    }
     Ok(SystemConfig {
         source: source.to_string(),
         system_id_u32: protocol.system_id,
@@ -515,6 +925,7 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
         discovery: f.discovery,
         protocol,
         auth: f.auth,
+        inverter: f.inverter,
     })
 }
 
@@ -569,8 +980,11 @@ pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: 
             if p.node.state_dir.is_none() {
                 out.findings.push(pack_finding(Severity::Error, "node.state_dir", "missing; the directory of the node's state and event log is required".into()));
             }
-            for (f, m) in hardware_findings(&p.hardware) {
+            for (f, m) in hardware_findings(&p.hardware).into_iter().chain(afe_pack_findings(&p.hardware, &p.pack)) {
                 out.findings.push(pack_finding(Severity::Error, &format!("hardware.{f}"), m));
+            }
+            for (f, m) in operator_findings(&p.operator) {
+                out.findings.push(pack_finding(Severity::Error, &format!("operator.{f}"), m));
             }
             if let Some(text) = cell_text {
                 match CellParams::from_toml_str(text) {
@@ -642,6 +1056,11 @@ pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: 
 /// Findings say what was expected: a bare phrase gets "expected " in front; where the finding
 /// carries the value, a ", got <value>" of the message is left to it.
 fn expected_text(mut s: String, has_value: bool) -> String {
+    // serde/toml messages can span lines (a caret diagram, "at line 3"): a finding is one line
+    // of `mbms node --check` output, so the lines are joined
+    if s.contains('\n') {
+        s = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    }
     if has_value && s.starts_with("expected") {
         if let Some(i) = s.rfind(", got ") {
             s.truncate(i);
@@ -693,6 +1112,82 @@ fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
     }
     if !(1..=60_000).contains(&h.link_timeout_ms) {
         v.push(("link_timeout_ms".into(), "an integer 1..=60000 (ms)".into()));
+    }
+    if h.adapter == "linux" {
+        for (name, present) in [("afe", h.afe.is_some()), ("sensor_can", h.sensor_can.is_some()), ("current_sensor", h.current_sensor.is_some()), ("contactors", h.contactors.is_some())] {
+            if !present {
+                v.push((name.into(), format!("a [hardware.{name}] table (adapter \"linux\")")));
+            }
+        }
+    }
+    if let Some(a) = &h.afe {
+        if a.ics == 0 || a.ics > 64 {
+            v.push(("afe.ics".into(), "1..=64 ICs in the chain".into()));
+        }
+        if !(1..=18).contains(&a.cells_per_ic) {
+            v.push(("afe.cells_per_ic".into(), "1..=18 (an LTC6813 has 18 cell inputs)".into()));
+        }
+        if a.temps_per_ic > 9 {
+            v.push(("afe.temps_per_ic".into(), "0..=9 (an LTC6813 has 9 GPIOs)".into()));
+        }
+        if !(1..=1_000_000).contains(&a.spi_hz) {
+            v.push(("afe.spi_hz".into(), "1..=1000000 Hz (isoSPI: at most 1 MHz)".into()));
+        }
+        if a.dcto_code > 15 {
+            v.push(("afe.dcto_code".into(), "a DCTO code 0..=15".into()));
+        }
+        if !(a.device.starts_with("/dev/") || a.device.starts_with("emu:///")) {
+            v.push(("afe.device".into(), "\"/dev/spidevB.C\" or \"emu:///PATH\"".into()));
+        }
+        if !(a.ntc_beta_k > 0.0 && a.ntc_r25_ohm > 0.0 && a.ntc_pullup_ohm > 0.0) {
+            v.push(("afe.ntc_beta_k".into(), "positive NTC beta, R25 and pull-up".into()));
+        }
+    }
+    if let Some(c) = &h.current_sensor {
+        if !(1..=10_000).contains(&c.cycle_ms) {
+            v.push(("current_sensor.cycle_ms".into(), "1..=10000 ms".into()));
+        }
+        if c.timeout_cycles < 2 {
+            v.push(("current_sensor.timeout_cycles".into(), "at least 2 cycles".into()));
+        }
+        if c.current_sign != 1.0 && c.current_sign != -1.0 {
+            v.push(("current_sensor.current_sign".into(), "1.0 or -1.0".into()));
+        }
+    }
+    if let Some(c) = &h.contactors {
+        let lines = [c.neg_out, c.pos_out, c.pre_out, c.neg_fb, c.pos_fb, c.pre_fb];
+        if (1..lines.len()).any(|i| lines[..i].contains(&lines[i])) {
+            v.push(("contactors.neg_out".into(), "six different line offsets".into()));
+        }
+        if !(c.chip.starts_with("/dev/") || c.chip.starts_with("emu:///")) {
+            v.push(("contactors.chip".into(), "\"/dev/gpiochipN\" or \"emu:///PATH\"".into()));
+        }
+        if !(c.i_open_a > 0.0 && c.dv_closed_v > 0.0 && c.confirm_ms > 0) {
+            v.push(("contactors.i_open_a".into(), "positive i_open_a, dv_closed_v and confirm_ms".into()));
+        }
+    }
+    if let Some(i) = &h.insulation {
+        // the iso165C measures 30 kOhm .. 2 MOhm (manual: threshold ranges)
+        if !(30.0..=2000.0).contains(&i.min_kohm) || i.warning_kohm <= i.min_kohm || i.warning_kohm > 2000.0 {
+            v.push(("insulation.min_kohm".into(), "30 <= min_kohm < warning_kohm <= 2000 (kOhm)".into()));
+        }
+        if i.timeout_ms < 1000 {
+            v.push(("insulation.timeout_ms".into(), "at least 1000 ms (the iso165C sends IMD_Info every second)".into()));
+        }
+    }
+    v
+}
+
+/// The chain must measure exactly the pack's series elements and temperature sensors.
+fn afe_pack_findings(h: &HardwareConfig, pack: &crate::engine::PackSection) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    if let Some(a) = &h.afe {
+        if (a.ics * a.cells_per_ic) as usize != pack.series {
+            v.push(("afe.cells_per_ic".into(), format!("ics x cells_per_ic = pack.series ({})", pack.series)));
+        }
+        if (a.ics * a.temps_per_ic) as usize != pack.temp_sensors {
+            v.push(("afe.temps_per_ic".into(), format!("ics x temps_per_ic = pack.temp_sensors ({})", pack.temp_sensors)));
+        }
     }
     v
 }
@@ -908,6 +1403,14 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_multi_line_serde_message_becomes_one_line() {
+        let t = super::expected_text("invalid type: string \"x\"\n  expected a number\n".to_string(), false);
+        assert!(!t.contains('\n'), "{t}");
+        assert_eq!(t, "invalid type: string \"x\" expected a number");
+    }
+
     use super::*;
 
     const PACK: &str = include_str!("../../python/mbms/data/packs/example_pack.toml");

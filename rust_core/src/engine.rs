@@ -373,6 +373,9 @@ impl Engine {
         if rest_point {
             self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par);
         }
+        if cur.valid && !start_up {
+            self.soh.full_charge(&mut self.cells, &self.sensing, v_cell_v, cur.i, &self.cell, est, self.par);
+        }
         let nf = self.n as f64;
         o.soc_min = sums.soc_min;
         o.soc_max = sums.soc_max;

@@ -110,10 +110,16 @@ fn soc_converges_from_a_wrong_start_and_tracks_a_dynamic_profile() {
     for k in 0..n {
         assert!((out.soc[k] - plant.s[k].soc).abs() < 0.01, "OCV start {k}");
     }
-    // corrupt SOC by +0.2 through the state file (the cells section's z)
+    // corrupt SOC by +0.2 through the state file (the cells section's z), with a covariance
+    // that admits it (σ 0.2). A state wrong by far more than its own σ is recovered only as
+    // fast as the coulomb count's covariance grows: the voltage under load is weighted as the
+    // slow bias the cell file's [estimator] table says it is (issue 16).
     let state = patch_state(&e.export_state(), |d| {
         for z in d["cells"]["z"].as_array_mut().unwrap() {
             *z = num(get_num(z) + 0.2);
+        }
+        for c in d["cells"]["cov"].as_array_mut().unwrap() {
+            c[0] = num(0.04);
         }
     });
     e.import_state(&state).unwrap();
@@ -163,6 +169,86 @@ fn flat_ocv_lfp_does_not_diverge() {
             assert!((o.soc[k] - plant.s[k].soc).abs() < 0.1, "step {step} cell {k}: {} vs {}", o.soc[k], plant.s[k].soc);
         }
     }
+}
+
+/// Issue 16: on the LFP plateau the voltage says almost nothing, so the filter's σ must grow
+/// with the coulomb count's own uncertainty (the current sensor's offset) instead of shrinking
+/// to the voltage noise over a tiny OCV slope. A plant held on the plateau with a current
+/// sensor that reads 1 % of C high: the error grows ~1 %/h, and σ must keep covering it.
+#[test]
+fn lfp_plateau_covariance_grows_with_the_current_offset() {
+    let p = CellParams::from_toml_str(LFP).unwrap();
+    let q = p.capacity_ah;
+    let mut plant = Plant::new(p.clone(), 1, 1.0, 0.55, 5);
+    let mut c = config(1, 1);
+    c.pack.parallel = 1;
+    c.estimator.current_offset_a = 0.01 * q;
+    c.estimator.current_noise_a = 0.002 * q;
+    c.estimator.rest_current_a = 0.02 * q;
+    let mut no_offset = c.clone();
+    no_offset.estimator.current_offset_a = 0.0;
+    let mut e = Engine::new(c, p.clone()).unwrap();
+    let mut e0 = Engine::new(no_offset, p).unwrap();
+    let offset = 0.01 * q;
+    let mut t = 0.0;
+    e.step(t, &plant.voltages(0.0), &[25.0], offset).unwrap();
+    e0.step(t, &plant.voltages(0.0), &[25.0], offset).unwrap();
+    for step in 1..=7200 {
+        // ±0.5C for 5 min each way: SOC stays on the plateau (0.5..0.6)
+        let i = if (step / 300) % 2 == 0 { 0.5 * q } else { -0.5 * q };
+        plant.step(i, 1.0);
+        t += 1.0;
+        let v = plant.voltages(i);
+        e.step(t, &v, &[25.0], i + offset).unwrap();
+        e0.step(t, &v, &[25.0], i + offset).unwrap();
+        let o = e.output();
+        let err = (o.soc[0] - plant.s[0].soc).abs();
+        assert!(err <= 3.0 * o.soc_sigma[0] + 1e-3, "t {t} s: |e| {err:.4} > 3σ {:.4}", 3.0 * o.soc_sigma[0]);
+    }
+    let (o, o0) = (e.output(), e0.output());
+    // two hours of a 1 %/h offset: the SOC may be 2 % off; σ must say at least half of that,
+    // and it is the declared offset that keeps σ open (without it σ ends lower)
+    assert!(o.soc_sigma[0] >= 0.01, "σ after 2 h on the plateau {} < 1 %", o.soc_sigma[0]);
+    assert!(o.soc_sigma[0] > o0.soc_sigma[0], "offset {} vs none {}", o.soc_sigma[0], o0.soc_sigma[0]);
+}
+
+/// Full-charge synchronisation (cell file `estimator.full_charge_*`): a CV phase at v_max whose
+/// current tapers below C/18 sets the SOC to `full_charge_soc`, whatever the filter believed.
+#[test]
+fn cv_taper_at_full_charge_sets_the_soc() {
+    let p = CellParams::from_toml_str(LFP).unwrap();
+    let fc = p.estimator.clone();
+    assert!(fc.full_charge_taper_c > 0.0, "the LFP cell file enables full-charge synchronisation");
+    let q = p.capacity_ah;
+    let mut c = config(1, 1);
+    c.pack.parallel = 1;
+    c.estimator.rest_current_a = 0.02 * q;
+    let v_max = p.v_max_v;
+    let mut e = Engine::new(c, p.clone()).unwrap();
+    // start on the plateau at 60 %
+    e.step(0.0, &[p.ocv(0.6, 25.0)], &[25.0], 0.0).unwrap();
+    let z0 = e.output().soc[0];
+    assert!((z0 - 0.6).abs() < 0.05);
+    // CV phase: voltage held at v_max - 2 mV, current tapering from C/2 towards C/20
+    let mut t = 0.0;
+    let mut i_ch = 0.5 * q;
+    while i_ch > 0.05 * q {
+        t += 1.0;
+        i_ch *= 0.995;
+        e.step(t, &[v_max - 0.002], &[25.0], -i_ch).unwrap();
+        // latched exactly when the taper threshold is crossed
+        assert_eq!(e.soh.full_done[0], i_ch <= fc.full_charge_taper_c * q, "t {t}: i {i_ch}");
+    }
+    let after = e.output().soc[0];
+    assert!((after - fc.full_charge_soc).abs() < 0.005, "after the taper: {after} vs {}", fc.full_charge_soc);
+    assert!(e.output().soc_sigma[0] <= fc.full_charge_soc_sigma * 1.5);
+    // no sync while discharging near v_max
+    let mut e2 = Engine::new({ let mut c = config(1, 1); c.pack.parallel = 1; c.estimator.rest_current_a = 0.02 * q; c }, p.clone()).unwrap();
+    e2.step(0.0, &[p.ocv(0.6, 25.0)], &[25.0], 0.0).unwrap();
+    for k in 1..200 {
+        e2.step(k as f64, &[v_max - 0.002], &[25.0], 0.04 * q).unwrap();
+    }
+    assert!(!e2.soh.full_done[0]);
 }
 
 #[test]

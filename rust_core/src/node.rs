@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cell_model::CellParams;
 use crate::engine::{Engine, EngineConfig, EngineConfigError};
-use crate::protection::Action;
+use crate::protection::{Action, ActiveFault};
 
 /// Log output of the node runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,7 +171,8 @@ impl NodeConfig {
     }
 }
 
-/// Why the node opened on its own (besides an engine protection fault).
+/// Why the node opened on its own (besides an engine protection fault). Crosses to Python
+/// and logs as its snake_case name (`"stale_measurement"`), `None` as null.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum FailSafe {
@@ -203,11 +204,51 @@ pub struct NodeInputs<'a> {
     pub valid: bool,
 }
 
-/// What the node commands after one step.
-#[derive(Debug, Clone)]
+/// One node step's output as every binding hands it out (issue 9: one schema, never built
+/// by hand per binding): the [`NodeOutput`] fields, the engine's SOC figures, the active
+/// faults ([`ActiveFault`]) and the peer's events of this step.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport<'a> {
+    #[serde(flatten)]
+    pub out: &'a NodeOutput,
+    pub soc: f64,
+    pub soc_min: f64,
+    pub soc_max: f64,
+    pub ocv_string_v: f64,
+    pub r_string_ohm: f64,
+    pub soh_capacity: f64,
+    /// resistance state of health (1.0 = as new): MQTT, metrics, UDS
+    pub soh_resistance: f64,
+    pub faults: &'a [ActiveFault],
+    pub events: &'a [mbms_consensus::Event],
+}
+
+impl FailSafe {
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            FailSafe::None => None,
+            FailSafe::InvalidMeasurement => Some("invalid_measurement"),
+            FailSafe::StaleMeasurement => Some("stale_measurement"),
+            FailSafe::EngineInput => Some("engine_input"),
+            FailSafe::ContactorFeedback => Some("contactor_feedback"),
+            FailSafe::Runtime => Some("runtime"),
+        }
+    }
+}
+
+impl Serialize for FailSafe {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.name().serialize(s)
+    }
+}
+
+/// What the node commands after one step. Serialized (with [`NodeReport`]) as the one schema
+/// of a node's output in every binding.
+#[derive(Debug, Clone, Serialize)]
 pub struct NodeOutput {
     pub contactors: Contactors,
     pub balance: Vec<bool>,
+    #[serde(serialize_with = "mbms_consensus::member_set::serialize_messages")]
     pub messages: Vec<Vec<u8>>,
     pub action: Action,
     pub failsafe: FailSafe,
@@ -218,7 +259,9 @@ pub struct NodeOutput {
     pub local_ccl_a: f64,
     pub system_dcl_a: f64,
     pub system_ccl_a: f64,
+    #[serde(serialize_with = "mbms_consensus::member_set::serialize_ids")]
     pub closed_set: u64,
+    #[serde(serialize_with = "mbms_consensus::member_set::serialize_ids")]
     pub live_set: u64,
     pub quorum: bool,
     pub speaker: Option<u16>,
@@ -322,6 +365,23 @@ impl NodeCore {
 
     pub fn output(&self) -> &NodeOutput {
         &self.out
+    }
+
+    /// This step's whole output as one serializable view: what every binding hands out.
+    pub fn report(&self) -> NodeReport<'_> {
+        let eo = self.engine.output();
+        NodeReport {
+            out: &self.out,
+            soc: eo.soc_mean,
+            soc_min: eo.soc_min,
+            soc_max: eo.soc_max,
+            ocv_string_v: eo.ocv_string_v,
+            r_string_ohm: eo.r_string_ohm,
+            soh_capacity: eo.soh_capacity,
+            soh_resistance: eo.soh_resistance,
+            faults: &eo.faults,
+            events: &self.peer.output().events,
+        }
     }
 
     pub fn node_id(&self) -> u16 {

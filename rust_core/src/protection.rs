@@ -18,8 +18,9 @@ use serde::Deserialize;
 /// 0.1 s confirms at the 5th step even though 0.1 is not exact in binary floating point.
 pub const TIME_EPS_S: f64 = 1e-9;
 
-/// What the pack must do. Ordered by severity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+/// What the pack must do. Ordered by severity. Crosses to Python and logs as its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum Action {
     #[default]
@@ -120,15 +121,37 @@ impl Rule {
 }
 
 /// An active (confirmed) condition: the highest confirmed level of one rule at one index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The one form of a fault in every output (engine, node, fast sim, logs):
+/// `{"rule": "cell_overvoltage", "level": "alarm", "index": 3}` (issue 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct ActiveFault {
+    #[serde(serialize_with = "serialize_rule")]
     pub rule: Rule,
+    #[serde(serialize_with = "serialize_level")]
     pub level: Level,
     /// Cell index, temperature-sensor index, or `u32::MAX` for a pack-level rule.
     pub index: u32,
 }
 
 pub const PACK_INDEX: u32 = u32::MAX;
+
+fn serialize_rule<S: serde::Serializer>(r: &Rule, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.name())
+}
+
+fn serialize_level<S: serde::Serializer>(l: &Level, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(l.name())
+}
+
+/// A protection condition seen during a run, without its element: `{"rule", "level"}`
+/// (the fault history of a pack in a simulation report, the same in every mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct FaultSeen {
+    #[serde(serialize_with = "serialize_rule")]
+    pub rule: Rule,
+    #[serde(serialize_with = "serialize_level")]
+    pub level: Level,
+}
 
 /// Thresholds of one rule. For an upper-bound rule (over-voltage, over-temperature, ...)
 /// `warning <= alarm <= fault`; for a lower-bound rule (under-voltage, under-temperature)

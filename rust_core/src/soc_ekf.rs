@@ -140,6 +140,41 @@ pub struct Predict {
     pub q_z_dt: f64,
     pub q_v1_dt: f64,
     pub var_i_cell: f64,
+    /// current-offset uncertainty as a white-noise equivalent (A² per sample, per cell), see
+    /// [`offset_noise`]; enters P_zz only
+    pub var_off_cell: f64,
+}
+
+/// A current-sensor offset is a bias, not white noise: over a time t it moves the coulomb
+/// count by offset·t/Q, so the SOC uncertainty it causes grows linearly, not with √t. The
+/// filter models it as a random walk of the SOC that reaches σ_off·t/(3600·Q) at
+/// t = `OFFSET_HORIZON_S` (one hour: about the time between synchronisation points of an
+/// LFP system that is only resynchronised at full charge or at long rests), i.e. white current
+/// noise of variance σ_off²·`OFFSET_HORIZON_S`/Δt per sample. Without it P_zz on a flat OCV
+/// shrinks while the real error grows with the offset (issue 16: the filter "grew confident
+/// on the flat plateau").
+pub const OFFSET_HORIZON_S: f64 = 3600.0;
+
+/// The white-noise equivalent (A² per sample) of a current offset σ `offset_a` per cell.
+#[inline]
+pub fn offset_noise(offset_a: f64, dt_s: f64) -> f64 {
+    if dt_s > 0.0 {
+        offset_a * offset_a * OFFSET_HORIZON_S / dt_s
+    } else {
+        0.0
+    }
+}
+
+/// Measurement variance of the voltage update for this step (V²): sensor noise and the pack
+/// file's model error, plus the cell file's model error: a part at low current (the OCV
+/// table's fit) and a part growing with the C-rate (polarisation and diffusion the RC pairs
+/// miss), which is a slow bias and so is counted once per correlation time (see
+/// `cell_model::CellEstimator`).
+#[inline]
+pub fn measurement_variance(est: &EstimatorConfig, cell: &crate::cell_model::CellEstimator, c_rate_abs: f64, dt_s: f64) -> f64 {
+    let sc = cell.model_error_v_per_c * c_rate_abs;
+    let k = if dt_s > 0.0 { (cell.model_error_corr_s / dt_s).max(1.0) } else { 1.0 };
+    est.voltage_noise_v.powi(2) + est.model_error_v.powi(2) + cell.model_error_v.powi(2) + sc * sc * k
 }
 
 /// EKF time update of one cell. `inv_q_c` = 1/(3600·Q_ah) of this cell; `r1` its R1.
@@ -150,7 +185,7 @@ pub fn predict(z: &mut f64, v1: &mut f64, p: &mut Cov2, r1: f64, inv_q_c: f64, p
     *z -= pr.eta_i * g;
     *v1 = pr.a1 * *v1 + b1 * pr.i_cell;
     let a = pr.a1;
-    p.p00 += pr.q_z_dt + pr.var_i_cell * g * g;
+    p.p00 += pr.q_z_dt + (pr.var_i_cell + pr.var_off_cell) * g * g;
     p.p01 = a * p.p01 - pr.var_i_cell * g * b1;
     p.p11 = a * a * p.p11 + pr.q_v1_dt + pr.var_i_cell * b1 * b1;
 }
@@ -254,7 +289,7 @@ mod tests {
             for (i, hz, innov, dt, rest) in steps {
                 let a1 = (-dt / 30.0f64).exp();
                 let pr = Predict { a1, dt_s: dt, i_cell: i, eta_i: i, q_z_dt: q_z * dt,
-                    q_v1_dt: q_v * dt, var_i_cell: 0.01 };
+                    q_v1_dt: q_v * dt, var_i_cell: 0.01, var_off_cell: 0.0 };
                 predict(&mut z, &mut v1, &mut p, 0.01, 1.0 / 18000.0, &pr);
                 update(&mut z, &mut v1, &mut p, hz, innov, r_meas);
                 if rest { update_soc(&mut z, &mut v1, &mut p, 0.4, 1e-4); }

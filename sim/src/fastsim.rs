@@ -11,16 +11,40 @@
 
 use crate::rng::SplitMix64;
 use mbms_consensus::wire::Message;
-use mbms_consensus::{Contactors as PeerContactors, PeerConfig, Phase};
+use mbms_consensus::{PeerConfig, Phase};
 
 use mbms_core::cell_model::CellParams;
 use mbms_core::engine::EngineConfig;
 use mbms_core::node::{NodeConfig, NodeCore, NodeInputs};
 use crate::plant::load::Quantity;
 use crate::plant::{Measurement, Plant, StringCommand};
-use mbms_core::protection::{Action, Rule};
+use mbms_core::node::FailSafe;
+use mbms_core::protection::{Action, ActiveFault, FaultSeen, Level, Rule};
 
 use crate::monitor::{self, Monitor, MonitorConfig, NodeReport, PlantSnapshot};
+
+/// One pack's figures in a simulation report (`FastSim::pack_report`), serialized as is.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PackReport {
+    pub time_connected_s: f64,
+    pub isolations: u32,
+    pub rejoins: u32,
+    pub faults_seen: Vec<FaultSeen>,
+    /// The node's state at the end of the run; absent if it is dead.
+    #[serde(flatten)]
+    pub now: Option<PackNow>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PackNow {
+    pub faults_now: Vec<ActiveFault>,
+    pub resets: u32,
+    pub failsafe: FailSafe,
+    /// Peer messages accepted, dropped (malformed, foreign, unknown, duplicate, stale), sent.
+    pub rx_ok: u64,
+    pub rx_dropped: u64,
+    pub tx: u64,
+}
 
 /// Everything needed to (re)build one node.
 #[derive(Clone)]
@@ -320,17 +344,45 @@ impl FastSim {
     pub fn rejoins(&self, k: usize) -> u32 {
         self.rejoins[k]
     }
-    /// Protection conditions node `k` saw during the run, as "rule:level" names.
-    pub fn faults_seen(&self, k: usize) -> Vec<String> {
+    /// Protection conditions node `k` saw during the run (rule and level, the one fault form).
+    pub fn faults_seen(&self, k: usize) -> Vec<FaultSeen> {
         let mut v = Vec::new();
         for rule in Rule::ALL {
-            for (li, level) in ["warning", "alarm", "fault"].iter().enumerate() {
-                if self.faults_seen[k] & (1u64 << (rule as u32 * 3 + li as u32)) != 0 {
-                    v.push(format!("{rule:?}:{level}"));
+            for level in Level::ALL {
+                if self.faults_seen[k] & (1u64 << (rule as u32 * 3 + level as u32)) != 0 {
+                    v.push(FaultSeen { rule, level });
                 }
             }
         }
         v
+    }
+
+    /// Node `k`'s part of the run report, in the one schema processes mode also fills.
+    pub fn pack_report(&self, k: usize) -> PackReport {
+        let now = self.node(k).map(|core| {
+            let c = core.peer().counters();
+            PackNow {
+                faults_now: core.engine().output().faults.clone(),
+                resets: core.output().resets,
+                failsafe: core.output().failsafe,
+                rx_ok: c.rx_ok,
+                rx_dropped: c.rx_malformed
+                    + c.rx_unauthenticated
+                    + c.rx_forged
+                    + c.rx_old_boot
+                    + c.rx_unknown_sender
+                    + c.rx_duplicate
+                    + c.rx_stale,
+                tx: c.tx,
+            }
+        });
+        PackReport {
+            time_connected_s: self.time_connected_s(k),
+            isolations: self.isolations(k),
+            rejoins: self.rejoins(k),
+            faults_seen: self.faults_seen(k),
+            now,
+        }
     }
 
     /// Kill node `k`: its process dies, its messages stop, and its contactors drop open (the
@@ -559,7 +611,7 @@ impl FastSim {
             i_a: m.i_a,
             v_string_v: m.v_string_v,
             v_bus_v: m.v_bus_v,
-            feedback: PeerContactors { neg: m.feedback.neg, pos: m.feedback.pos, pre: m.feedback.pre },
+            feedback: m.feedback,
             valid: m.valid && !m.v_cell_v.is_empty(),
         };
         let out = core.step(&inp);
@@ -639,7 +691,7 @@ impl FastSim {
         for k in 0..self.slots.len() {
             let c = self.plant.contactor_state(k);
             self.truth_buf.push(monitor::StringTruth {
-                contactors: PeerContactors { neg: c.neg, pos: c.pos, pre: c.pre },
+                contactors: c,
                 v_string_v: self.plant.string_voltage_v(k),
                 i_a: self.plant.string_current_a(k),
                 state: None,

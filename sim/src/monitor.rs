@@ -192,6 +192,10 @@ pub struct MonitorConfig {
     /// S4: how long a reported limit may lag the truth (fail timeout + two heartbeats +
     /// network delay: "from the latest confirmed states").
     pub s4_window_us: u64,
+    /// How long a peer stays live to a node without a message from it (the protocol's
+    /// fail timeout + network delay): a node reports at most the least proposal of its *live*
+    /// peers, so what a proposal carried binds it only that long.
+    pub live_us: u64,
 }
 
 impl MonitorConfig {
@@ -204,6 +208,7 @@ impl MonitorConfig {
             dwell_ms: cfg.dwell_ms as u64,
             heartbeat_ms: cfg.heartbeat_ms as u64,
             s4_window_us: (cfg.fail_timeout_ms as u64 + 2 * cfg.heartbeat_ms as u64) * 1000 + max_net_delay_us + 2000,
+            live_us: cfg.fail_timeout_ms as u64 * 1000 + max_net_delay_us,
         }
     }
 }
@@ -304,10 +309,13 @@ struct NodeTrack {
     open_due_since: Option<(u64, bool)>,
     /// What this node heard directly of each string: (µs the sender stated it, state).
     confirmed: Vec<Option<(u64, StringState)>>,
-    /// What reached this node inside other peers' proposals: a peer proposes from the states
-    /// it heard directly, and a node reports at most the least proposal of its live peers,
-    /// so a state another peer heard is known here once a proposal of that peer arrived.
-    carried: Vec<Option<(u64, StringState)>>,
+    /// Per peer p: when its latest proposal arrived here and the states it was built from. A
+    /// peer proposes from the states it heard directly (and its own), and a node reports at
+    /// most the least proposal of its live peers, so a state p heard binds this node from
+    /// the arrival of p's proposal for as long as p stays live here.
+    carried: Vec<Option<(u64, Vec<Option<(u64, StringState)>>)>>,
+    /// Per peer: when a message of it last arrived here (its liveness as this node sees it).
+    heard_at: Vec<Option<u64>>,
     conf_hist: VecDeque<(u64, f64, f64)>,
 }
 
@@ -356,7 +364,7 @@ fn da(x: f64) -> i64 {
 impl Monitor {
     pub fn new(cfg: MonitorConfig) -> Self {
         let n = cfg.members;
-        let node = NodeTrack { confirmed: vec![None; n], carried: vec![None; n], ..NodeTrack::default() };
+        let node = NodeTrack { confirmed: vec![None; n], carried: vec![None; n], heard_at: vec![None; n], ..NodeTrack::default() };
         Self {
             nodes: vec![node; n],
             strings: vec![StringTrack::default(); n],
@@ -425,15 +433,13 @@ impl Monitor {
         v
     }
 
-    /// Node `to` received a proposal built from `heard` (see [`Monitor::heard_by`]).
-    pub fn proposal_heard(&mut self, to: usize, heard: &[Option<(u64, StringState)>]) {
-        let carried = &mut self.nodes[to].carried;
-        for (c, h) in carried.iter_mut().zip(heard) {
-            if let Some((t, st)) = *h {
-                if c.is_none_or(|(tc, _)| tc < t) {
-                    *c = Some((t, st));
-                }
-            }
+    /// Node `to` received, at `t_us`, a message of `from`; `heard` is set when it carried a
+    /// proposal built from those states (see [`Monitor::heard_by`]).
+    pub fn message_heard(&mut self, to: usize, from: usize, t_us: u64, heard: Option<Vec<Option<(u64, StringState)>>>) {
+        let node = &mut self.nodes[to];
+        node.heard_at[from] = Some(t_us);
+        if let Some(h) = heard {
+            node.carried[from] = Some((t_us, h));
         }
     }
 
@@ -454,6 +460,7 @@ impl Monitor {
         t.prev_phase = None;
         t.confirmed.iter_mut().for_each(|c| *c = None);
         t.carried.iter_mut().for_each(|c| *c = None);
+        t.heard_at.iter_mut().for_each(|c| *c = None);
     }
 
     /// Node `k` stepped at `t_us` and reports `r`; `plant` is the truth at that instant.
@@ -630,12 +637,17 @@ impl Monitor {
                 if j == k {
                     return Some(truth);
                 }
-                // the newest of what k heard directly and what reached it in proposals
+                // the newest of what k heard directly and what reached it in the proposals of
+                // the peers still live to it
                 let node = &self.nodes[k];
-                let known = match (node.confirmed[j], node.carried[j]) {
-                    (Some(a), Some(b)) => Some(if b.0 > a.0 { b.1 } else { a.1 }),
-                    (a, b) => a.or(b).map(|x| x.1),
-                };
+                let live_us = self.cfg.live_us;
+                let carried = node
+                    .carried
+                    .iter()
+                    .enumerate()
+                    .filter(|(p, _)| node.heard_at[*p].is_some_and(|h| t_us.saturating_sub(h) <= live_us))
+                    .filter_map(|(_, c)| c.as_ref().and_then(|(_, v)| v[j]));
+                let known = node.confirmed[j].into_iter().chain(carried).max_by_key(|x| x.0).map(|x| x.1);
                 Some(known.or(self.latest_confirmed[j].map(|x| x.1)).unwrap_or(truth))
             })
             .collect();
@@ -891,22 +903,31 @@ mod tests {
         m.state_confirmed(2, 3, 500, before); // peer 3 heard string 4 before the derate
         m.state_confirmed(1, 3, 900, derated); // peer 2 after it
         let from3 = m.heard_by(2, 950, st(120.0));
-        m.proposal_heard(0, &from3); // node 1 hears peer 3's proposal only
+        m.message_heard(0, 2, 960, Some(from3)); // node 1 hears peer 3's proposal only
         m.node_step(1_000, 0, &report, &plant);
         assert!(m.violations().is_empty(), "{:?}", m.violations());
-        let from2 = m.heard_by(1, 1_500, st(120.0));
-        m.proposal_heard(0, &from2); // now peer 2's proposal arrives: the derate is known
-        // (a limit may lag what the node knows by the S4 window: step once it has passed)
+        // now peer 2's proposal arrives: the derate is known (a limit may lag what the node
+        // knows by the S4 window: step once it has passed, with peer 2 still live)
         let later = 1_000 + m.cfg.s4_window_us + 1;
+        let from2 = m.heard_by(1, later - 20, st(120.0));
+        m.message_heard(0, 1, later - 10, Some(from2));
         m.node_step(later, 0, &report, &plant);
         assert_eq!(m.violations().len(), 1);
         assert_eq!(m.violations()[0].rule, Rule::S4);
+        // peer 2 falls silent: its proposal no longer bounds node 1, which is left with what it
+        // heard itself (S6: the derated string keeps its own limit locally)
+        // while peer 3 (which still knows only the old state) goes on proposing
+        let much_later = later + m.cfg.live_us + m.cfg.s4_window_us + 10;
+        let from3 = m.heard_by(2, much_later - 20, st(120.0));
+        m.message_heard(0, 2, much_later - 10, Some(from3));
+        m.node_step(much_later, 0, &report, &plant);
+        assert_eq!(m.violations().len(), 1, "{:?}", m.violations());
 
         // the string's own node proposes from its own state: its proposal carries the derate
         let mut m = Monitor::new(cfg(4));
         m.state_confirmed(0, 3, 500, before);
         let from4 = m.heard_by(3, 900, derated);
-        m.proposal_heard(0, &from4);
+        m.message_heard(0, 3, 950, Some(from4));
         m.node_step(1_000, 0, &report, &plant);
         assert_eq!(m.violations().len(), 1, "the derate reached node 1 inside string 4's proposal");
 

@@ -124,13 +124,13 @@ fn the_checker_catches_broken_systems() {
     }
 }
 
-/// The seeds of the first 100 000-schedule campaign (`mbms campaign
+/// The seeds of the first two 100 000-schedule campaigns (`mbms campaign
 /// examples/campaigns/protocol_100k.toml`) that the monitor flagged for S4 before it bounded
 /// each node by what could reach it (see monitor::tests::s4_bound_is_what_could_reach_the_node).
 #[test]
 fn campaign_s4_seeds_replay_clean() {
     let p = SimParams::default();
-    for seed in [7963u64, 37475, 50000, 54656, 66681, 89446, 90046] {
+    for seed in [7963u64, 37475, 50000, 54656, 66681, 89446, 90046, 16838, 23834, 38727, 48369, 69926, 91925, 88714] {
         let r = mbms_sim::protocol::run_schedule(seed, &p);
         assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations.first());
     }

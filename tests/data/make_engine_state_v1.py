@@ -5,7 +5,9 @@ the versioned per-stage format, and what the engine that wrote it did next.
 
 Run ONCE with the code of main before the versioned format (commit 9be3b54 + the schema/s3
 branches); the committed outputs are test data for tests/test_state_versions.py. With the current
-code this script writes the new format, so do not re-run it to refresh the files.
+code this script writes the new format, so do not re-run it to refresh the files. The expected
+outputs were refreshed once for issue 16 (the SOC filter's measurement and process noise changed):
+the format-1 states imported and stepped with that engine; faults and actions are unchanged.
 
 The engine runs example_pack.toml through a dynamic profile, once with an over-voltage fault latched
 on cell 3 ("latched": the pack is open, limits 0) and once without ("plain": limits carried), so
@@ -23,6 +25,7 @@ import numpy as np
 import tomllib
 
 from mbms import _core
+from mbms.engine import Level
 from mbms.node.persistence import StateStore
 from mbms.paths import hw_dir
 
@@ -56,7 +59,7 @@ def outputs(e: _core.Engine) -> dict:
             "capacity_ah": o["capacity_ah"].tolist(), "balance": o["balance"].tolist(),
             **{k: float(o[k]) for k in ("dcl_a", "ccl_a", "dcl_peak_a", "ccl_peak_a", "soh_capacity",
                                         "soh_resistance", "soc_mean", "ocv_string_v", "r_string_ohm", "soe_wh")},
-            "action": int(o["action"]), "faults": sorted([str(r), int(lv), int(k)] for r, lv, k in o["faults"])}
+            "action": int(o["action"]), "faults": sorted([f["rule"], int(Level[f["level"].upper()]), f["index"]] for f in o["faults"])}
 
 
 def continuation(e: _core.Engine, n: int, nt: int, k0: int) -> list[dict]:

@@ -35,8 +35,8 @@ async def main() -> None:
         head = bytes([(node_id - 1) | (payload[0] & 0x40)]) if kind == "can" else b""
         if body.startswith(b"stats"):
             s = t.stats
-            st = msgpack.packb([s.echoes, s.malformed, s.foreign, s.replayed, s.oversized, s.duplicate,
-                                s.received_messages])
+            st = msgpack.packb([s.echoes, s.malformed, s.incomplete, s.foreign, s.replayed, s.oversized,
+                                s.duplicate, s.received_messages])
             t.send(head + (bytes([len(st)]) + st).ljust(23, b"\0") if kind == "can" else st)
         elif body.startswith(b"quit"):
             done.set()

@@ -3,7 +3,7 @@
 //! reported limits (a drop at once, a rise only once every live peer has proposed since and
 //! half a period has passed: S4, S5), the DC/DC set-point and the speaker.
 
-use crate::sharing::{n1_limits, StringState};
+use crate::sharing::{n1_limits_with, StringState};
 use crate::wire::{amps_to_da_floor_system, LimitsBody};
 
 use super::emission::limits_of;
@@ -108,6 +108,7 @@ impl Peer {
         let StringView { closed, closing, ghosts, unknown_closed, .. } = v;
         let (closing, unknown_closed) = (*closing, *unknown_closed);
         let (mut dcl, mut ccl) = (f64::INFINITY, f64::INFINITY);
+        let unc = self.cfg.share_uncertainty();
         if self.arb.phase == Phase::Listening || unknown_closed || ghosts.len() > MAX_GHOSTS {
             // Not enough known to bound the current of every string: report nothing.
             dcl = 0.0;
@@ -125,7 +126,7 @@ impl Peer {
                     if with_closing {
                         set.extend(closing);
                     }
-                    let (d, c) = n1_limits(&set);
+                    let (d, c) = n1_limits_with(&set, &unc);
                     dcl = dcl.min(d);
                     ccl = ccl.min(c);
                 }

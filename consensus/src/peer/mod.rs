@@ -63,6 +63,13 @@ pub struct Contactors {
     pub pre: bool,
 }
 
+/// Outputs cross to Python and to logs as `(neg, pos, pre)`: one form in every mode (issue 9).
+impl serde::Serialize for Contactors {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.neg, self.pos, self.pre).serialize(s)
+    }
+}
+
 impl Contactors {
     pub const OPEN: Contactors = Contactors { neg: false, pos: false, pre: false };
     pub const PRECHARGE: Contactors = Contactors { neg: true, pos: false, pre: true };
@@ -87,6 +94,13 @@ pub enum Phase {
     Listening = 6,
     /// Backing off after a withdrawn request or an aborted close.
     Waiting = 7,
+}
+
+/// A phase crosses as its name (`Phase::name`), the same in every output.
+impl serde::Serialize for Phase {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
 }
 
 impl Phase {
@@ -167,7 +181,8 @@ impl Default for LocalState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AbortReason {
     PrechargeTimeout,
     LeaseExpired,
@@ -183,7 +198,9 @@ pub enum AbortReason {
     VerifyTimeout,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Serialized (one schema for every binding and log) as `{"kind": "peer_joined", "id": 3, ...}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     PeerJoined { id: u16 },
     PeerLost { id: u16 },
@@ -194,8 +211,16 @@ pub enum Event {
     QuorumLost,
     RequestSent { ticket: u8 },
     RequestWithdrawn { ticket: u8 },
-    Granted { to: u16, ticket: u8 },
-    GrantReleased { to: u16, expired: bool },
+    Granted {
+        #[serde(rename = "id")]
+        to: u16,
+        ticket: u8,
+    },
+    GrantReleased {
+        #[serde(rename = "id")]
+        to: u16,
+        expired: bool,
+    },
     PrechargeStarted { grants: u32 },
     MainClosing,
     Closed,
@@ -261,7 +286,8 @@ impl RxError {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The one counter set every binding reports (serialized field by field).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub rx_ok: u64,
     pub rx_malformed: u64,
@@ -282,7 +308,9 @@ pub struct Counters {
     pub aborts: u64,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Serialized as the one schema of a peer's output (bindings, logs): member sets as id lists,
+/// messages as bytes.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct PeerOutput {
     /// What this string's contactors should be.
     pub command: Contactors,
@@ -291,12 +319,15 @@ pub struct PeerOutput {
     pub system_dcl_a: f64,
     pub system_ccl_a: f64,
     /// Bit (id−1) per member confirmed closed.
+    #[serde(serialize_with = "crate::member_set::serialize_ids")]
     pub closed_set: u64,
+    #[serde(serialize_with = "crate::member_set::serialize_ids")]
     pub live_set: u64,
     pub quorum: bool,
     pub speaker: Option<u16>,
     pub dcdc_setpoint_a: Option<f64>,
     /// Encoded messages to broadcast now.
+    #[serde(serialize_with = "crate::member_set::serialize_messages")]
     pub messages: Vec<Vec<u8>>,
     pub events: Vec<Event>,
     /// The dwell is over and the main contactor waits for a sample taken from now on: the

@@ -1,63 +1,116 @@
-"""``mbms bench soc``: SOC accuracy of the pack engine against the DFN reference traces.
+"""``mbms bench soc``: SOC and SOH accuracy of the pack engine on the held-out DFN traces.
 
-For each committed reference trace (mbms/data/traces/dfn_<cell>.npz, shipped with the package) the measurements are corrupted
-(±2 mV voltage noise, current gain and offset error, 20 % initial SOC error; see
-``mbms.accuracy``) and the engine's SOC on a one-cell pack is compared with the true SOC. Prints
-the RMSE over the whole trace and the max |error| after the first 10 min beside the brief's
-targets (NMC: 0.5 % / 1.5 %, LFP: 2 % / 5 %).
+The traces are the family in mbms/data/traces/family (scripts/make_trace_family.py: both
+chemistries, drive/pulse/energy-storage profiles with rests and CC-CV full charges, start SOCs
+5..100 %, 0..40 C, aged cells), split into a tuning set and a held-out set; the estimator
+settings were chosen on the tuning set only. The measurements are corrupted (±2 mV voltage
+noise, current gain and offset error, 20 % initial SOC error; see ``mbms.accuracy``) and the
+engine on a one-cell pack, with the settings a user's pack gets (cell file [estimator] table and
+engine defaults), is compared with the truth. Per trace: RMSE and max |error| after the first
+10 min beside the brief's targets (NMC 0.5 % / 1.5 %, LFP 2 % / 5 %), the filter's consistency
+(NEES inside its 95 % chi-square band), and SOH capacity / resistance against the aged cell's
+truth (targets 2 % / 5 %). Then the aggregate per chemistry.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
-from mbms.accuracy import DATA_DIR, Corruption, ReferenceTrace, reference_traces, soc_accuracy
-from mbms.errors import InputError
+from mbms.accuracy import FAMILY_DIR, SPLITS, Corruption, ReferenceTrace, family_traces, soc_accuracy
+
+SOH_TARGETS = {"capacity": 0.02, "resistance": 0.05}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cell", action="append", help="trace short name (nmc, lfp); default: all")
+    p.add_argument("--split", choices=[*SPLITS, "all"], default="heldout",
+                   help="which traces: the held-out set (default), the tuning set, or all")
+    p.add_argument("--trace", action="append", help="only this trace (name); repeatable")
     p.add_argument("--seed", type=int, default=1, help="seed of the measurement corruption")
-    p.add_argument("--data", type=Path, default=DATA_DIR, help="folder with dfn_<cell>.npz traces")
+    p.add_argument("--data", type=Path, default=FAMILY_DIR, help="folder with the family's .npz and index.json")
+
+
+def _row(name: str, split: str, r) -> dict:
+    rmse_t, max_t = r.targets
+    cap_err = r.soh_capacity / r.soh_capacity_true - 1.0
+    res_err = r.soh_resistance / r.soh_resistance_true - 1.0 if math.isfinite(r.soh_resistance_true) else float("nan")
+    aged = abs(r.soh_capacity_true - 1.0) > 1e-9 or (math.isfinite(r.soh_resistance_true) and abs(r.soh_resistance_true - 1.0) > 1e-3)
+    return {
+        "trace": name,
+        "split": split,
+        "chemistry": r.chemistry,
+        "rmse_after_10min_pct": 100 * r.rmse_after_settle,
+        "rmse_target_pct": 100 * rmse_t,
+        "max_after_10min_pct": 100 * r.max_abs_after_settle,
+        "max_target_pct": 100 * max_t,
+        "rmse_whole_pct": 100 * r.rmse,
+        "final_error_pct": 100 * r.final_error,
+        "meets_targets": r.meets_targets,
+        "nees_inside_95": r.nees_inside,
+        "nees_mean": r.nees_mean,
+        "aged": aged,
+        "soh_capacity": r.soh_capacity,
+        "soh_capacity_true": r.soh_capacity_true,
+        "soh_capacity_error_pct": 100 * cap_err,
+        "soh_resistance": r.soh_resistance,
+        "soh_resistance_true": r.soh_resistance_true,
+        "soh_resistance_error_pct": 100 * res_err,
+    }
+
+
+def _aggregate(rows: list[dict]) -> dict:
+    out = {}
+    for chem in sorted({r["chemistry"] for r in rows}):
+        rs = [r for r in rows if r["chemistry"] == chem]
+        aged = [r for r in rs if r["aged"]]
+        out[chem] = {
+            "traces": len(rs),
+            "meeting_targets": sum(r["meets_targets"] for r in rs),
+            "rmse_after_10min_pct_pooled": math.sqrt(sum(r["rmse_after_10min_pct"] ** 2 for r in rs) / len(rs)),
+            "rmse_after_10min_pct_worst": max(r["rmse_after_10min_pct"] for r in rs),
+            "max_after_10min_pct_worst": max(r["max_after_10min_pct"] for r in rs),
+            "nees_inside_95_mean": sum(r["nees_inside_95"] for r in rs) / len(rs),
+            "aged_traces": len(aged),
+            "soh_capacity_error_pct_worst": max((abs(r["soh_capacity_error_pct"]) for r in aged), default=float("nan")),
+            "soh_resistance_error_pct_worst": max((abs(r["soh_resistance_error_pct"]) for r in aged), default=float("nan")),
+        }
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    traces = reference_traces(args.data)
-    names = args.cell or sorted(traces)
-    unknown = [n for n in names if n not in traces]
-    if unknown or not traces:
-        raise InputError(f"no reference trace for {unknown or 'any cell'} in {args.data} (dfn_<cell>.npz); "
-                         f"expected one of {sorted(traces)}")
+    split = None if args.split == "all" else args.split
+    traces = family_traces(split, args.data)
+    if args.trace:
+        traces = {k: v for k, v in traces.items() if k in set(args.trace)}
     rows = []
-    for name in names:
-        r = soc_accuracy(ReferenceTrace.load(traces[name]), corruption=Corruption(seed=args.seed))
-        rmse_t, max_t = r.targets
-        rows.append(
-            {
-                "trace": name,
-                "cell": r.cell,
-                "chemistry": r.chemistry,
-                "rmse_pct": 100 * r.rmse,
-                "rmse_target_pct": 100 * rmse_t,
-                "max_after_10min_pct": 100 * r.max_abs_after_settle,
-                "max_target_pct": 100 * max_t,
-                "rmse_after_10min_pct": 100 * r.rmse_after_settle,
-                "final_error_pct": 100 * r.final_error,
-                "meets_targets": r.meets_targets,
-            }
-        )
+    for name, path in traces.items():
+        tr = ReferenceTrace.load(path)
+        rows.append(_row(name, tr.split, soc_accuracy(tr, corruption=Corruption(seed=args.seed))))
+    agg = _aggregate(rows) if rows else {}
     if args.json:
-        print(json.dumps({"bench": "soc", "seed": args.seed, "results": rows}))
+        print(json.dumps({"bench": "soc", "split": args.split, "seed": args.seed, "soh_targets_pct":
+                          {k: 100 * v for k, v in SOH_TARGETS.items()}, "results": rows, "aggregate": agg}))
         return 0
-    print(f"SOC accuracy vs DFN reference (seed {args.seed}; ±2 mV, +1 % gain, offset, 20 % initial error)")
-    hdr = f"{'trace':6} {'cell':18} {'RMSE %':>8} {'target':>7} {'max>10min %':>12} {'target':>7} {'RMSE>10min %':>13}  ok"
-    print(hdr)
+    print(f"SOC/SOH accuracy vs DFN traces, {args.split} set (seed {args.seed}; ±2 mV, +1 % gain, offset, "
+          "20 % initial error; scored after 10 min)")
+    print(f"{'trace':22} {'RMSE %':>7} {'tgt':>4} {'max %':>6} {'tgt':>4} {'NEES in95':>9} "
+          f"{'cap est/true':>13} {'err %':>6} {'R est/true':>11} {'err %':>6}  ok")
     for r in rows:
-        print(
-            f"{r['trace']:6} {r['cell'][:18]:18} {r['rmse_pct']:8.3f} {r['rmse_target_pct']:7.2f} "
-            f"{r['max_after_10min_pct']:12.3f} {r['max_target_pct']:7.2f} {r['rmse_after_10min_pct']:13.3f}  "
-            f"{'yes' if r['meets_targets'] else 'NO'}"
-        )
+        soh = ""
+        if r["aged"]:
+            soh = (f"{r['soh_capacity']:6.3f}/{r['soh_capacity_true']:5.3f} {r['soh_capacity_error_pct']:6.2f} "
+                   f"{r['soh_resistance']:5.2f}/{r['soh_resistance_true']:4.2f} {r['soh_resistance_error_pct']:6.1f}")
+        else:
+            soh = f"{r['soh_capacity']:6.3f}/{1.0:5.3f} {r['soh_capacity_error_pct']:6.2f} {r['soh_resistance']:5.2f}/fresh"
+        print(f"{r['trace']:22} {r['rmse_after_10min_pct']:7.3f} {r['rmse_target_pct']:4.1f} "
+              f"{r['max_after_10min_pct']:6.2f} {r['max_target_pct']:4.1f} {r['nees_inside_95']:9.2f} {soh:40}  "
+              f"{'yes' if r['meets_targets'] else 'NO'}")
+    for chem, a in agg.items():
+        print(f"{chem}: {a['meeting_targets']}/{a['traces']} meet the SOC targets; pooled RMSE "
+              f"{a['rmse_after_10min_pct_pooled']:.3f} %, worst RMSE {a['rmse_after_10min_pct_worst']:.3f} %, "
+              f"worst max {a['max_after_10min_pct_worst']:.2f} %; NEES inside 95 % band {a['nees_inside_95_mean']:.2f}; "
+              f"aged cells: worst capacity error {a['soh_capacity_error_pct_worst']:.2f} % (target 2), "
+              f"worst resistance error {a['soh_resistance_error_pct_worst']:.1f} % (target 5)")
     return 0

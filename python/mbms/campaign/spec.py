@@ -44,6 +44,7 @@ from typing import Any
 
 from mbms import _core
 from mbms.errors import ConfigError
+from mbms.sim.scenario import _table  # the scenario reader's table check: one place for both TOML readers
 
 KINDS = ("fast", "protocol")
 SAMPLES = ("grid", "random")
@@ -244,17 +245,6 @@ def _check_keys(t: dict[str, Any], table: str, fail: Any) -> None:
     if bad:
         where = f"{table}.{bad[0]}" if table else bad[0]
         raise fail(where, f"unknown key; expected one of {sorted(_KEYS[table])}")
-
-
-def _table(data: dict[str, Any], name: str, fail: Any, required: bool) -> dict[str, Any]:
-    t = data.get(name)
-    if t is None:
-        if required:
-            raise fail(name, "missing table")
-        return {}
-    if not isinstance(t, dict):
-        raise fail(name, f"expected a table, got {type(t).__name__}")
-    return t
 
 
 def _int(t: dict[str, Any], key: str, prefix: str, fail: Any, *, default: int, minimum: int) -> int:

@@ -14,8 +14,11 @@ TARGETS: dict[str, str] = {
     "consensus": "peer coordination: seeded fault schedules, latencies, CAN bus load",
     "sim": "whole-system fast simulation: real-time factor",
     "soc": "SOC accuracy vs the DFN reference traces: RMSE and max error beside the targets",
+    "sharing": "current sharing: max string over-current of the default story, bare formula vs with uncertainty",
     "campaign": "campaign engine: jobs per second in process, on 1 and on N Dask workers (scale-out efficiency)",
     "s3": "joins under random load steps and plant freezes: S3 on the plant's truth at each main close",
+    "mqtt": "control period and memory of a node with its MQTT gateway: no broker, live, mute, killed",
+    "afe": "LTC6813 chain acquisition per control period for 96 and 400 cells: stated against measured",
 }
 
 

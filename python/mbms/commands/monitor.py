@@ -6,12 +6,18 @@ consensus core's format). Telemetry values are shown where present, else the pee
 
 ``--once``: wait until every member was seen (or ``--duration`` passed), print one table, exit.
 ``--duration S``: show live for S seconds. ``--json``: print the final rows as one JSON object.
+``--web HOST:PORT``: serve the live web page (:mod:`mbms.gateways.web`); listen-only, no writes.
+
+Besides the rows the monitor keeps, from what it hears: each pack's cell voltages (the
+MBMS_CELLV frames, for the heat map), its active alarm (level and rule of the STATE frame, with
+the time it was first seen) and a bounded timeline of changes (phase, contactors, alarms).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,6 +27,7 @@ from mbms.cli import data_file
 from mbms.errors import opening
 from mbms.config_views import SystemConfig, load_system
 from mbms.paths import system_file
+from mbms.telemetry import CELLS_PER_FRAME
 from mbms.types import Phase
 
 
@@ -33,6 +40,9 @@ class PeerRow:
     proto: dict[str, Any] = field(default_factory=dict)  # latest decoded peer-message fields
     telemetry_frames: int = 0
     last_seen: float = 0.0
+    cells: dict[int, float] = field(default_factory=dict)  # cell index -> V (MBMS_CELLV frames)
+    soh_pct: float | None = None
+    alarm: dict[str, Any] | None = None  # {"level", "rule", "since"} of the highest active alarm
 
     def as_dict(self, now: float) -> dict[str, Any]:
         st, lim = self.signals.get("STATE", {}), self.signals.get("LIMITS", {})
@@ -59,7 +69,14 @@ class PeerRow:
             "peer_messages": self.peer_messages, "undecodable_messages": self.undecodable,
             "telemetry_frames": self.telemetry_frames,
             "last_seen_s": round(now - self.last_seen, 3) if self.last_seen else None,
+            "soh_pct": self.soh_pct, "alarm": self.alarm,
         }
+
+
+#: Timeline entries the monitor keeps (memory bound of a monitor left running for months).
+EVENTS_KEPT = 500
+#: AlarmLevel of the STATE frame (mbms.telemetry.alarm_code).
+ALARM_LEVELS = ("none", "Warning", "Alarm", "Fault")
 
 
 class Monitor:
@@ -81,6 +98,9 @@ class Monitor:
 
         self.auth = _core.MessageAuth(system.system_id_u32, system_keys(system))
         self.verifier = TelemetryVerifier(self.auth)
+        #: The timeline of changes the monitor saw (bounded: the newest EVENTS_KEPT).
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
+        self.event_count = 0
 
     def _on_telemetry(self, src: int, arb_id: int, data: bytes) -> None:
         from mbms.telemetry import decode
@@ -94,16 +114,65 @@ class Monitor:
             if res is None:
                 continue
             kind, node, sig = res
-            row = self.rows[src]
-            row.signals[kind] = sig
+            row = self.rows.get(src)
+            if row is None:  # not a configured member: counted by the transport, not shown
+                continue
             row.telemetry_frames += 1
             row.last_seen = time.monotonic()
+            if kind == "CELLV":
+                first = int(sig["Index"])
+                for k in range(CELLS_PER_FRAME):
+                    v = float(sig[f"V{k}"])
+                    if v > 0:
+                        row.cells[first + k] = v
+                row.soh_pct = float(sig["Soh"]) or None
+                continue
+            if kind == "STATE":
+                self._state_changes(row, row.signals.get("STATE"), sig)
+            row.signals[kind] = sig
+
+    def _event(self, node: int, kind: str, **fields: Any) -> None:
+        self.event_count += 1
+        self.events.append({"n": self.event_count, "t": round(time.time(), 3), "node": node, "kind": kind, **fields})
+
+    def _state_changes(self, row: PeerRow, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        """Timeline entries for what changed between two STATE frames of one pack."""
+        from mbms.engine import RULES
+        from mbms.telemetry import ALARM_RULE_FAIL_SAFE
+
+        def phase(st: dict[str, Any] | None) -> str | None:
+            p = None if st is None else int(st["Phase"])
+            return Phase(p).name if p is not None and p in Phase._value2member_map_ else None
+
+        def cont(st: dict[str, Any] | None) -> str | None:
+            return None if st is None else "".join(c if st.get(f"Contactor{n}") else "-"
+                                                    for c, n in (("N", "Neg"), ("P", "Pos"), ("R", "Pre")))
+
+        if phase(old) != phase(new):
+            self._event(row.node_id, "phase", old=phase(old), new=phase(new))
+        if cont(old) != cont(new):
+            self._event(row.node_id, "contactors", old=cont(old), new=cont(new))
+        level, rule = int(new.get("AlarmLevel", 0)), int(new.get("AlarmRule", 0))
+        key = (level, rule)
+        old_key = (int(old.get("AlarmLevel", 0)), int(old.get("AlarmRule", 0))) if old else (0, 0)
+        if key != old_key or (level and row.alarm is None):
+            if level == 0:
+                if row.alarm is not None:
+                    self._event(row.node_id, "alarm_cleared", rule=row.alarm["rule"], level=row.alarm["level"])
+                row.alarm = None
+            else:
+                name = ("fail_safe" if rule == ALARM_RULE_FAIL_SAFE
+                        else RULES[rule - 1] if 0 < rule <= len(RULES) else f"rule {rule}")
+                row.alarm = {"level": ALARM_LEVELS[level], "rule": name, "since": round(time.time(), 3)}
+                self._event(row.node_id, "alarm", rule=name, level=ALARM_LEVELS[level])
 
     def _on_message(self, src: int, payload: bytes) -> None:
         from mbms.errors import FrameError
         from mbms.peer_wire import decode as decode_peer
 
-        row = self.rows[src]
+        row = self.rows.get(src)
+        if row is None:
+            return
         row.peer_messages += 1
         row.last_seen = time.monotonic()
         try:
@@ -171,6 +240,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--once", action="store_true", help="wait until all members were seen, print once, exit")
     p.add_argument("--duration", type=float, help="run for this many seconds")
     p.add_argument("--json", action="store_true", help="print the final rows as JSON")
+    p.add_argument("--web", metavar="HOST:PORT", help="serve the live web page (listen-only) at http://HOST:PORT/")
     p.set_defaults(func=run)
 
 
@@ -179,6 +249,12 @@ def run(args: argparse.Namespace) -> int:
 
     system = load_system(args.system)
     mon = Monitor(system)
+    if args.web:
+        from mbms.gateways.web import parse_listen, serve
+
+        host, port = parse_listen(args.web)
+        asyncio.run(serve(mon, host, port, args.duration))
+        return 0
     live = not (args.once or args.json) and Console().is_terminal
     asyncio.run(mon.run(args.duration, args.once, live))
     if args.json:

@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--command-timeout", type=float, default=0.5,
                    help="open a string whose node sent no command for this long, s (driver watchdog)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--devices", metavar="DIR",
+                   help="also serve every string as devices for hardware adapter \"linux\": an emulated LTC6813 "
+                        "chain (DIR/afeK.sock), GPIO chip (DIR/gpioK.sock), and an IVT-S and iso165C on "
+                        "udp_multicast CAN port --sensor-can-port + K (mbms.emulators.device_server)")
+    p.add_argument("--sensor-can-port", type=int, default=45000,
+                   help="udp_multicast port of string 0's sensor CAN bus (string K: + K)")
     p.set_defaults(func=run)
 
 
@@ -34,8 +40,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--dt/--time-scale", "expected positive numbers")
     setup_logging()
     plant, n_strings = load_plant(args.system, args.seed)
-    server = PlantServer(plant, n_strings, dt_s=args.dt, time_scale=args.time_scale,
-                         command_timeout_s=args.command_timeout)
+    if args.devices:
+        from mbms.emulators.device_server import DeviceServer
+
+        with opening(f"--devices {args.devices}"):
+            server: PlantServer = DeviceServer(plant, n_strings, args.devices, can_port=args.sensor_can_port,
+                                               dt_s=args.dt, time_scale=args.time_scale,
+                                               command_timeout_s=args.command_timeout)
+    else:
+        server = PlantServer(plant, n_strings, dt_s=args.dt, time_scale=args.time_scale,
+                             command_timeout_s=args.command_timeout)
     plant.set_load_a(args.load_a)
     server.load_a = args.load_a
 
@@ -50,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
             loop.call_later(args.duration, stop.set)
         await server.serve(args.listen, stop, ready=lambda: print(f"plant serving {n_strings} strings on {args.listen}", flush=True))
 
-    with opening(f"--listen {args.listen}"):  # binding: port in use, permission denied, bad address
-        asyncio.run(main())
+    try:
+        with opening(f"--listen {args.listen}"):  # binding: port in use, permission denied, bad address
+            asyncio.run(main())
+    finally:
+        close = getattr(server, "close", None)
+        if close is not None:
+            close()
     return 0

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--mode", choices=["fast", "processes"], help="fast (one process, virtual clock) or processes")
     p.add_argument("--time-scale", type=float, default=1.0, metavar="X",
                    help="processes mode: plant seconds per wall second (the nodes stay on wall time)")
+    p.add_argument("--hardware", choices=["sim", "linux"], default="sim",
+                   help="processes mode: the nodes read the plant over the sim link (sim) or through the Linux "
+                        "drivers (LTC6813, IVT-S, iso165C, gpiod) on the plant's emulated devices (linux)")
     p.add_argument("--out", metavar="DIR",
                    help="write summary.json, timeseries.csv and PNG plots (the 'plots' extra) here")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="PATH=VALUE",
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         from mbms.sim import processes
 
         res = processes.run(sc, console=console, out=Path(args.out) if args.out else None,
-                            time_scale=args.time_scale)
+                            time_scale=args.time_scale, hardware=args.hardware)
     else:
         res = _run_fast(sc, console, live=not args.quiet and not args.json)
     summ = report.summary(res)
@@ -178,13 +181,13 @@ def _live_table(sim: Any, t_s: float) -> Any:
     return tab
 
 
-def _faults_short(faults: list[str]) -> str:
-    """["VoltageSpread:warning", "VoltageSpread:alarm"] -> "VoltageSpread (alarm)": the highest
-    level each rule reached."""
+def _faults_short(faults: list[dict[str, str]]) -> str:
+    """[{rule: voltage_spread, level: warning}, {.., level: alarm}] -> "voltage_spread (alarm)":
+    the highest level each rule reached."""
     order = {"warning": 0, "alarm": 1, "fault": 2}
     worst: dict[str, str] = {}
     for f in faults:
-        rule, _, level = f.partition(":")
+        rule, level = f["rule"], f["level"]
         if rule not in worst or order.get(level, 0) > order.get(worst[rule], 0):
             worst[rule] = level
     return ", ".join(f"{r} ({lvl})" for r, lvl in worst.items()) or "-"
@@ -223,3 +226,10 @@ def _print_summary(console: Any, summ: dict[str, Any]) -> None:
         f"energy out {s['energy_discharged_kwh']} kWh, in {s['energy_charged_kwh']} kWh · "
         f"{summ['duration_s']:.0f} s simulated in {summ['wall_s']} s ({summ['realtime_factor']}× real time)"
     )
+    inv = summ.get("inverter")
+    if inv:
+        console.print(
+            f"inverter link ({inv['protocol']}): longest pause between limit frames {inv['max_gap_ms']} ms "
+            f"(inverter timeout {inv['timeout_ms']} ms), timeouts {inv['timeouts']}, {inv['limit_frames']} limit "
+            f"frames, bus load {inv['bus_load_pct']} %, bad frames {inv['bad_frames']}"
+        )

@@ -1,7 +1,8 @@
 """The hardware interface a node runtime uses: read the pack's sensors, drive its actuators.
 
-Adapters: ``sim_link`` (a simulated plant in another process, over its own link). Real drivers
-(AFE over SPI/isoSPI, contactor drivers over GPIO) implement the same four methods.
+Adapters: ``sim_link`` (a simulated plant in another process, over its own link) and ``linux``
+(:mod:`mbms.hardware.linux`: LTC6813 chain on spidev, IVT-S and iso165C on CAN, contactors on
+GPIO through libgpiod), both implementing the same methods.
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ import time
 import numpy as np
 
 from mbms.types import Contactors, Measurement
+
+
+class DeviceFault(Exception):
+    """A device reading the driver cannot trust. ``kind`` names the protection it trips (for
+    example ``afe_pec``, ``afe_chain_break``, ``afe_open_wire``, ``current_sensor_timeout``,
+    ``contactor_welded``, ``insulation_fault``); the message says what was seen."""
+
+    def __init__(self, kind: str, msg: str) -> None:
+        super().__init__(msg)
+        self.kind = kind
 
 
 class Hardware(abc.ABC):
@@ -50,6 +61,11 @@ class Hardware(abc.ABC):
             if left <= 0:
                 return None
             await asyncio.sleep(min(0.001, left))
+
+    def diagnosis(self) -> str | None:
+        """Why the latest sample is marked invalid (which device, which protection), for the
+        fail-safe reason; None if the adapter cannot tell."""
+        return None
 
     @abc.abstractmethod
     def link_ok(self, now: float) -> bool:

@@ -42,7 +42,9 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
                    on_ready: Any = None) -> NodeRuntime:
     check_membership(pack, system)
     node_id = pack.node.id
-    store = StateStore(pack.node.state_dir, node_id, pack.source)
+    op = pack.operator
+    store = StateStore(pack.node.state_dir, node_id, pack.source,
+                       events_max_bytes=op.events_max_bytes if op else None, events_keep=op.events_keep if op else 0)
     # telemetry is tagged like the peer messages (brief S7): the inverter side acts on its limits
     from mbms import _core
     from mbms.keys import system_keys
@@ -71,6 +73,22 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
     except BaseException:
         runtime.shutdown()
         raise
+    if system.inverter is not None:
+        from mbms.gateways.inverter_can import InverterGateway, PackRatings
+
+        from mbms.gateways.peer_telemetry import TelemetryView
+
+        peers = None
+        if runtime.transport is not None:  # the other strings' SOC, from their telemetry
+            peers = TelemetryView(tuple(system.members), auth)
+            runtime.transport.on_telemetry = peers.on_telemetry
+        runtime.inverter = InverterGateway(system.inverter, node_id, PackRatings.of(pack), len(system.members),
+                                           peers=peers)
+        try:
+            await runtime.inverter.start()
+        except BaseException:
+            runtime.shutdown()
+            raise
     use_disc = system.discovery.enabled if discovery is None else discovery
     if use_disc:
         from mbms.discovery import Discovery
@@ -88,11 +106,21 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
         disc = Discovery(system, node_id, runtime.transport.endpoint, on_change=on_change,
                          incarnation=getattr(logic, "incarnation", None))
         await disc.start()
+    from mbms.gateways import attach
+
+    try:  # MQTT, metrics, UDS, systemd: [operator] of the pack file (issue 13)
+        gateways = attach(runtime, pack, system)
+    except BaseException:
+        if disc is not None:
+            await disc.close()
+        runtime.shutdown()
+        raise
     if on_ready is not None:
         on_ready(runtime)
     try:
         await runtime.run(stop)
     finally:
+        gateways.close()
         if disc is not None:
             await disc.close()
         summary = runtime.timing.summary()

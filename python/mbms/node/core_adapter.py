@@ -25,6 +25,7 @@ import numpy as np
 
 from mbms.config_views import PackFile, SystemConfig
 from mbms.node.logic import Contactors, Measurement, NodeOutput, NodeStatus, Phase
+from mbms.types import Fault
 
 
 class CoreLogic:
@@ -66,13 +67,12 @@ class CoreLogic:
         )
         self.last = d
         c = Contactors(*d["contactors"])
-        # index: cell / sensor, or u32::MAX for a pack-level rule (mbms.engine.PACK_INDEX)
-        faults = tuple(f"{rule}:{level}@{'pack' if index == 0xFFFFFFFF else index}" for rule, level, index in d["faults"])
-        if d["failsafe"] != "None":
-            faults += (f"failsafe:{d['failsafe']}",)
+        # the core's one output schema (mbms_core::node::NodeReport): phase by name, faults as
+        # {rule, level, index}, the fail-safe reason by name or None
         status = NodeStatus(
-            node_id=self.node_id, phase=Phase(int(d["phase"])), soc=float(d["soc"]),
-            dcl_a=float(d["local_dcl_a"]), ccl_a=float(d["local_ccl_a"]), contactors=c, faults=faults,
+            node_id=self.node_id, phase=Phase[str(d["phase"]).upper()], soc=float(d["soc"]),
+            dcl_a=float(d["local_dcl_a"]), ccl_a=float(d["local_ccl_a"]), contactors=c,
+            faults=tuple(Fault.from_dict(f) for f in d["faults"]), failsafe=d["failsafe"],
             sys_dcl_a=float(d["system_dcl_a"]), sys_ccl_a=float(d["system_ccl_a"]),
             closed_set=tuple(d["closed_set"]), speaker=d["speaker"], peers_seen=tuple(d["live_set"]),
         )
@@ -90,6 +90,10 @@ class CoreLogic:
     def counters(self) -> dict[str, int]:
         """The peer's message counters (received by reason, incl. forged/unauthenticated/old_boot)."""
         return {str(k): int(v) for k, v in self.core.counters().items()}
+    def reset_faults(self, t_ms: int) -> None:
+        """An operator's fault reset (UDS ClearDiagnosticInformation): the core clears only
+        latched faults whose cause is gone."""
+        self.core.reset_faults(t_ms)
 
     def fail_safe(self, t_ms: int, reason: str) -> None:
         self.core.fail_safe()

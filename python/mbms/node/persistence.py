@@ -7,6 +7,9 @@
   mix, also after ``kill -9`` or a power cut.
 * ``events.jsonl``: one JSON object per line (time, node, kind, fields), appended and flushed at
   once, fsync'ed at each state save. A torn last line (killed mid-write) is skipped with a warning.
+  Bounded (issue 13): at ``events_max_bytes`` the file is renamed ``events.jsonl.1`` (the older
+  ones shift to ``.2`` ... and the one beyond ``events_keep`` is deleted), so the log of a node
+  that runs for years takes at most ``(1 + events_keep) x events_max_bytes`` (plus one line).
 
 A missing state file means a first start (defaults, info); a corrupt one (bad magic, length or CRC)
 gives a clear warning, is kept as ``state.bin.corrupt`` for analysis, and the node starts from
@@ -51,8 +54,15 @@ class LoadResult:
 
 
 class StateStore:
-    def __init__(self, state_dir: str | os.PathLike[str], node_id: int, source: str | None = None) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], node_id: int, source: str | None = None,
+                 events_max_bytes: int | None = None, events_keep: int = 0) -> None:
         self.dir = Path(state_dir)
+        #: ``[operator]`` events_max_bytes / events_keep (None: no rotation, tests of one run)
+        self.events_max_bytes = events_max_bytes
+        self.events_keep = events_keep
+        self.rotations = 0
+        # event() (loop thread) may rotate while the saver thread fsyncs the event file
+        self._events_lock = threading.Lock()
         self.node_id = node_id
         self.state_path = self.dir / "state.bin"
         self.events_path = self.dir / "events.jsonl"
@@ -98,7 +108,9 @@ class StateStore:
         finally:
             os.close(dfd)
         # event() flushes every line itself; only the fsync here (may run in the saver thread)
-        os.fsync(self._events.fileno())
+        with self._events_lock:
+            if not self._events.closed:
+                os.fsync(self._events.fileno())
         self.saves += 1
 
     def load(self) -> LoadResult:
@@ -154,8 +166,35 @@ class StateStore:
     # --------------------------------------------------------------- events
     def event(self, kind: str, **fields: Any) -> None:
         rec = {"t": round(time.time(), 3), "node": self.node_id, "kind": kind, **fields}
-        self._events.write(json.dumps(rec, default=str, separators=(",", ":")) + "\n")
-        self._events.flush()
+        with self._events_lock:
+            if self._events.closed:
+                return
+            self._events.write(json.dumps(rec, default=str, separators=(",", ":")) + "\n")
+            self._events.flush()
+            if self.events_max_bytes is not None and self._events.tell() >= self.events_max_bytes:
+                self._rotate()
+
+    def rotated_paths(self) -> list[Path]:
+        """The rotated event logs that exist, newest first (``events.jsonl.1``, ``.2``, ...)."""
+        return [p for k in range(1, self.events_keep + 1) if (p := self.dir / f"events.jsonl.{k}").exists()]
+
+    def _rotate(self) -> None:
+        """events.jsonl -> .1 -> .2 ... (under the lock); the one beyond ``events_keep`` goes."""
+        self._events.close()
+        try:
+            if self.events_keep == 0:
+                self.events_path.unlink(missing_ok=True)
+            else:
+                (self.dir / f"events.jsonl.{self.events_keep}").unlink(missing_ok=True)
+                for k in range(self.events_keep - 1, 0, -1):
+                    src = self.dir / f"events.jsonl.{k}"
+                    if src.exists():
+                        os.replace(src, self.dir / f"events.jsonl.{k + 1}")
+                os.replace(self.events_path, self.dir / "events.jsonl.1")
+        except OSError as exc:  # the log is for operators; a full disk must not stop the node
+            log.warning("event log rotation in %s failed: %s", self.dir, exc)
+        self._events = open(self.events_path, "a", encoding="utf-8")
+        self.rotations += 1
 
     def read_events(self) -> list[dict[str, Any]]:
         out = []
@@ -168,10 +207,11 @@ class StateStore:
         return out
 
     def close(self) -> None:
-        if not self._events.closed:
-            self._events.flush()
-            os.fsync(self._events.fileno())
-            self._events.close()
+        with self._events_lock:
+            if not self._events.closed:
+                self._events.flush()
+                os.fsync(self._events.fileno())
+                self._events.close()
 
 
 class BackgroundSaver:

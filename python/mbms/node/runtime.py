@@ -33,9 +33,11 @@ Timing: the wake-up lateness (period jitter) and the ``logic.step`` time of ever
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -121,10 +123,20 @@ class NodeRuntime:
         self._t0 = clock()
         self._last_save = float("-inf")
         self._last_telemetry = float("-inf")
-        self._last_faults: tuple[str, ...] = ()
+        self._last_faults: tuple[tuple[Any, ...], str | None] = ((), None)
         self._last_phase: Any = None
         self._sample_request = False
         self.verify_steps = 0
+        # Operator gateways (issue 13: MQTT, metrics, UDS, web, systemd watchdog). A period hook
+        # runs on the loop after each period and must only copy or enqueue (never block); an
+        # event sink gets each event-log record. A failing hook is counted, never stops a period.
+        self.period_hooks: list[Callable[[NodeRuntime, float], None]] = []
+        self.event_sinks: list[Callable[[dict[str, Any]], None]] = []
+        self.hook_errors = 0
+        self.peer_event_counts: collections.Counter[str] = collections.Counter()  # by kind (metrics)
+        #: The inverter link (mbms.gateways.inverter_can.InverterGateway), if the system has one.
+        self.inverter: Any = None
+        self._join_in_progress = False
 
     # ------------------------------------------------------------------ helpers
     def t_ms(self, now: float | None = None) -> int:
@@ -133,6 +145,14 @@ class NodeRuntime:
     def _event(self, kind: str, **fields: Any) -> None:
         if self.store is not None:
             self.store.event(kind, **fields)
+        if self.event_sinks:
+            rec = {"t": round(time.time(), 3), "node": self.node.id, "kind": kind, **fields}
+            for sink in self.event_sinks:
+                try:
+                    sink(rec)
+                except Exception:
+                    self.hook_errors += 1
+                    log.exception("event sink failed")
 
     def restore(self) -> str:
         """Restore the logic's state from the store: "ok", "partial" (implausible values dropped),
@@ -186,13 +206,13 @@ class NodeRuntime:
         if sample is None:
             if (now - self._t0) * 1000 > self.node.stale_ms:
                 # (within the first stale_ms the contactors stay open without a fail-safe: start-up)
-                reasons.append("no measurement yet")
+                reasons.append(self.hw.diagnosis() or "no measurement yet")
         else:
             meas, arrived = sample
             if (now - arrived) * 1000 > self.node.stale_ms:
                 reasons.append(f"stale measurement: {(now - arrived) * 1000:.0f} ms old")
             if not meas.valid:
-                reasons.append("measurement marked invalid")
+                reasons.append(self.hw.diagnosis() or "measurement marked invalid")
         if not self.hw.link_ok(now) and sample is not None:
             reasons.append("hardware link lost")
         if meas is not None:
@@ -232,6 +252,7 @@ class NodeRuntime:
         self.meas = meas
         self._sample_request = out is not None and out.sample_request and self.fail_safe_reason is None
         if out is not None:
+            self._join_in_progress = out.join_in_progress
             if out.status is not None:
                 self._observe_status(t_ms, out.status)
             if out.events:
@@ -242,7 +263,13 @@ class NodeRuntime:
             return
         self._periodic(now)
         self.periods += 1
-        self.timing.set_work((time.perf_counter() - t_work) * 1000)
+        for hook in self.period_hooks:
+            try:
+                hook(self, now)
+            except Exception:
+                self.hook_errors += 1
+                log.exception("period hook failed")
+        self.timing.set_work((time.perf_counter() - t_work) * 1000)  # hooks included: they share the loop
 
     async def _verify_step(self, until: float) -> None:
         """Two-phase close: get a sample taken from now on, at the latest by ``until`` (the next
@@ -282,10 +309,13 @@ class NodeRuntime:
 
     def _observe_status(self, t_ms: int, st: NodeStatus) -> None:
         self.status = st
-        if st.faults != self._last_faults:
-            log.warning("faults: %s", list(st.faults)) if st.faults else log.info("faults cleared")
-            self._event("faults", t_ms=t_ms, faults=list(st.faults))
-            self._last_faults = st.faults
+        now = (tuple(st.faults), st.failsafe)
+        if now != self._last_faults:
+            shown = [str(f) for f in st.faults] + ([f"failsafe:{st.failsafe}"] if st.failsafe else [])
+            log.warning("faults: %s", shown) if shown else log.info("faults cleared")
+            # the core's fault form, as is ({rule, level, index}), and the fail-safe reason
+            self._event("faults", t_ms=t_ms, faults=[f.as_dict() for f in st.faults], failsafe=st.failsafe)
+            self._last_faults = now
         if st.phase != self._last_phase:
             self._event("phase", t_ms=t_ms, phase=getattr(st.phase, "name", str(st.phase)))
             self._last_phase = st.phase
@@ -298,6 +328,9 @@ class NodeRuntime:
         only after the id was clean for ``DUPLICATE_QUIET_S``."""
         for ev in events:
             kind = ev.get("kind")
+            self.peer_event_counts[str(kind)] += 1
+            if kind == "aborted":
+                self.peer_event_counts[f"aborted:{ev.get('reason')}"] += 1
             if kind == "duplicate_id":
                 node_id = int(ev.get("id", 0))
                 last = self._duplicate_seen.get(node_id)
@@ -325,11 +358,21 @@ class NodeRuntime:
                 log.warning("peer message not sent: %s", exc)
 
     def _periodic(self, now: float) -> None:
+        if self.inverter is not None:
+            try:
+                soh = getattr(self.logic, "last", {}).get("soh_capacity")
+                self.inverter.update(now, None if self.fail_safe_reason else self.status, self.meas,
+                                     self._join_in_progress, soh)
+            except Exception:  # the inverter link must never stop the control loop
+                self.send_errors += 1
+                log.exception("inverter link update failed")
         if self.transport is not None and self.telemetry is not None and \
                 (now - self._last_telemetry) * 1000 >= self.node.telemetry_period_ms - 0.5:
             self._last_telemetry = now
             try:
-                self.transport.send_telemetry(self.telemetry.frames(self.status, self.meas, self.fail_safe_reason is not None))
+                soh = (getattr(self.logic, "last", None) or {}).get("soh_capacity")
+                self.transport.send_telemetry(self.telemetry.frames(self.status, self.meas, self.fail_safe_reason is not None,
+                                                                    None if soh is None else 100.0 * soh))
             except (ValueError, OSError) as exc:
                 self.send_errors += 1
                 log.warning("telemetry not sent: %s", exc)
@@ -423,4 +466,6 @@ class NodeRuntime:
             self.store.close()
         if self.transport is not None:
             self.transport.close()
+        if self.inverter is not None:
+            self.inverter.close()
         self.hw.close()

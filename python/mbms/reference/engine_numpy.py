@@ -326,7 +326,12 @@ class NumpyEngine:
         var_i = (est.current_noise_a / self.par) ** 2
         q_z_dt = est.soc_process_noise * dt
         q_v1_dt = est.v1_process_noise * dt
-        r_meas = est.voltage_noise_v**2 + est.model_error_v**2
+        # soc_ekf::measurement_variance and offset_noise (the cell file's model error, counted
+        # once per correlation time; the current offset as a random walk of the SOC)
+        sc = tab["model_error_v_per_c"] * abs(i_cell) / tab["capacity_ah"]
+        corr = max(tab["model_error_corr_s"] / dt, 1.0) if dt > 0.0 else 1.0
+        r_meas = est.voltage_noise_v**2 + est.model_error_v**2 + tab["model_error_v"] ** 2 + sc * sc * corr
+        var_off = (est.current_offset_a / self.par) ** 2 * tab["offset_horizon_s"] / dt if dt > 0.0 else 0.0
         p = tab
         vmin = p["v_min_v"] + lc.voltage_margin_v
         vmax = p["v_max_v"] - lc.voltage_margin_v
@@ -356,7 +361,7 @@ class NumpyEngine:
         b1 = r1 * (1.0 - a1)
         z = self.z - eta_i * g
         v1 = a1 * self.v1 + b1 * i_cell
-        p00 = self.p00 + q_z_dt + var_i * g * g
+        p00 = self.p00 + q_z_dt + (var_i + var_off) * g * g
         p01 = a1 * self.p01 - var_i * g * b1
         p11 = a1 * a1 * self.p11 + q_v1_dt + var_i * b1 * b1
         r0_nom = self._rows(tab["r0"], k, f, lo, hi, tf)

@@ -11,9 +11,13 @@ What :func:`run` does:
 * starts the plant, then the nodes, and observes them from outside: the peer network (telemetry
   frames and peer messages, decoded as ``mbms monitor`` does; every CAN frame is also logged with
   python-can to ``peer_traffic.asc``) and the plant's truth (its ``truth`` op);
-* plays the inverter: every period it sets the plant's load to the scenario's load profile value,
-  clipped to the agreed limits the speaker node reports (0 until the start-up closing sequence is
-  over, as in fast mode);
+* plays the inverter through the real inverter protocol (:mod:`mbms.sim.inverter`): the system
+  file gets an ``[inverter]`` section (``Settings.inverter_protocol``, Pylon HV by default, on a
+  udp_multicast channel of its own); the speaker node sends the frames, the simulated inverter
+  decodes them with the shipped DBC and sets the plant's load to the scenario's load profile
+  value clipped to the limits it heard (0 until the battery enables it and no string is joining);
+  the longest pause between limit frames and the frames heard are in the report (``inverter``)
+  and ``inverter_limits.json``;
 * applies the scenario's ``kill`` (SIGKILL) and ``restart`` (a new process that restores its state
   from its state directory) network events; loss, delay, duplication and partitions need network
   namespaces and are not applied here (a warning says so);
@@ -52,13 +56,16 @@ import numpy as np
 
 from mbms import _core
 from mbms.errors import ConfigError, MbmsError
-from mbms.config_views import ProtocolSection, load_system
+from mbms.config_views import load_system
+from mbms.consensus import ConsensusConfig
 from mbms.types import Phase
 from mbms.paths import cell_file
 from mbms.plant_link import pack as pack_msg
 from mbms.plant_link import unpack as unpack_msg
 from mbms.sim.fast import RunResult, engine_configs
+from mbms.sim.inverter import SimInverter
 from mbms.sim.scenario import Scenario
+from mbms.transport.can import open_bus
 
 #: The plant opens a string whose node sent no command for this long (contactor driver watchdog).
 WATCHDOG_S = 0.5
@@ -67,8 +74,10 @@ FRESH_S = 0.35
 #: The inverter draws current once no node has been joining for this long (fast mode: READY_QUIET_MS).
 READY_QUIET_S = 2.0
 JOINING = {Phase.REQUESTING, Phase.PRECHARGING, Phase.CLOSING, Phase.WAITING, Phase.LISTENING}
-PROTOCOL_KEYS = set(ProtocolSection.__dataclass_fields__)
 SYSTEM_TOP_KEYS = {"heartbeat_ms", "dv_close_v", "lease_ms"}
+#: The [protocol] table of a system file: every PeerConfig setting but the per-node ones and the
+#: system-level keys above (one view of the Rust PeerConfig, mbms.consensus.ConsensusConfig).
+PROTOCOL_KEYS = set(ConsensusConfig.__dataclass_fields__) - {"system_id", "node_id", "members", "seed"} - SYSTEM_TOP_KEYS
 
 
 @dataclass
@@ -81,6 +90,12 @@ class Settings:
     overrun_ms: int = 500
     start_timeout_s: float = 60.0
     stop_timeout_s: float = 5.0
+    #: The battery protocol between the speaker and the simulated inverter (a DBC in
+    #: mbms/data/dbc): the 96s packs of the shipped scenarios are an HV rack.
+    inverter_protocol: str = "pylon_hv"
+    #: "sim": the nodes read the plant over the sim link; "linux": over the Linux drivers
+    #: (hardware adapter "linux") on the plant's emulated devices (``mbms plant --devices``).
+    hardware: str = "sim"
 
 
 # ---------------------------------------------------------------------------------- files
@@ -107,6 +122,10 @@ class RunFiles:
     link: str
     can_port: int
     can_channel: str
+    #: hardware "linux": the devices directory and string 0's sensor CAN port of the plant
+    devices: Path | None = None
+    sensor_can_port: int = 0
+    inverter_port: int = 0
 
 
 def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
@@ -140,6 +159,10 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
 
     new_key_file(run_dir / "system.key", system["system_id"])
     system["auth"] = {"key_file": "system.key"}
+    # the inverter's CAN channel: a bus of its own (udp_multicast on a port of its own)
+    inverter_port = _free_udp_port()
+    system["inverter"] = {"protocol": settings.inverter_protocol,
+                          "can": {"interface": "udp_multicast", "channel": channel, "port": inverter_port}}
     if protocol:
         system["protocol"] = protocol
     system_path = run_dir / "system.toml"
@@ -152,6 +175,8 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
     node_cfg = dict(_core.node_config(dict(sc.node)))
     stale_ms = int(node_cfg["stale_ms"])
     packs = []
+    devices = run_dir / "dev" if settings.hardware == "linux" else None
+    sensor_port = _free_udp_port() if devices is not None else 0
     for k, eng in enumerate(engine_configs(sc)):
         eng["pack"]["cell"] = str(cell_file(eng["pack"]["cell"]).resolve())
         doc = dict(eng)
@@ -165,10 +190,33 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
         }
         # the link counts as lost no sooner than a measurement counts as stale
         doc["hardware"] = {"adapter": "sim", "link": link, "string": k, "link_timeout_ms": max(300, stale_ms)}
+        if devices is not None:
+            doc["hardware"] = linux_hardware(devices, k, sensor_port, int(eng["pack"]["series"]),
+                                             int(eng["pack"]["temp_sensors"]), max(300, stale_ms))
         p = run_dir / f"node{k + 1}.toml"
         p.write_text(_toml(doc))
         packs.append(p)
-    return RunFiles(run_dir, plant_path, system_path, packs, link, can_port, channel)
+    return RunFiles(run_dir, plant_path, system_path, packs, link, can_port, channel, devices, sensor_port,
+                    inverter_port)
+
+
+def linux_hardware(devices: Path, k: int, sensor_port: int, series: int, temps: int, link_timeout_ms: int) -> dict[str, Any]:
+    """``[hardware]`` of adapter "linux" for string ``k`` of ``mbms plant --devices DIR``: its chain
+    as the device server lays it out, its GPIO lines, its sensor bus; the other settings are the
+    core's defaults."""
+    from mbms.emulators.device_server import (NEG_FB, NEG_OUT, POS_FB, POS_OUT, PRE_FB, PRE_OUT, SENSOR_CAN_GROUP,
+                                              chain_layout)
+
+    ics, m, t = chain_layout(series, temps)
+    return {
+        "adapter": "linux", "link_timeout_ms": link_timeout_ms,
+        "afe": {"device": f"emu://{devices}/afe{k}.sock", "ics": ics, "cells_per_ic": m, "temps_per_ic": t},
+        "sensor_can": {"interface": "udp_multicast", "channel": SENSOR_CAN_GROUP, "port": sensor_port + k},
+        "current_sensor": {"timeout_cycles": 10},
+        "contactors": {"chip": f"emu://{devices}/gpio{k}.sock", "neg_out": NEG_OUT, "pos_out": POS_OUT,
+                       "pre_out": PRE_OUT, "neg_fb": NEG_FB, "pos_fb": POS_FB, "pre_fb": PRE_FB},
+        "insulation": {"min_kohm": 100.0, "warning_kohm": 300.0},
+    }
 
 
 # ------------------------------------------------------------------------------ processes
@@ -405,12 +453,14 @@ class _Track:
 
 
 def run(scenario: Scenario, console: Any = None, out: Path | None = None, time_scale: float = 1.0,
-        settings: Settings | None = None) -> RunResult:
+        settings: Settings | None = None, hardware: str | None = None) -> RunResult:
     """Run a scenario with real processes; see the module docstring."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
     settings = settings or Settings()
+    if hardware is not None:
+        settings.hardware = hardware
     settings.time_scale = time_scale if time_scale else settings.time_scale
     if not settings.time_scale > 0:
         raise ConfigError("--time-scale", f"expected a positive number, got {settings.time_scale}")
@@ -460,7 +510,9 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
     life_s = repr(round(2 * sc.duration_s / st.time_scale + 2 * st.start_timeout_s, 1))
     plant = Child("plant", ["plant", "--system", str(files.plant), "--listen", files.link, "--seed", str(sc.seed),
                             "--time-scale", repr(st.time_scale), "--command-timeout", repr(WATCHDOG_S),
-                            "--load-a", "0", "--duration", life_s], run_dir / "plant.log")
+                            "--load-a", "0", "--duration", life_s]
+                  + (["--devices", str(files.devices), "--sensor-can-port", str(files.sensor_can_port)]
+                     if files.devices is not None else []), run_dir / "plant.log")
     nodes = [Child(f"node{k + 1}", ["node", "--config", str(p), "--system", str(files.system), "--duration", life_s],
                    run_dir / f"node{k + 1}.log") for k, p in enumerate(files.packs)]
     children = [plant, *nodes]
@@ -469,6 +521,7 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
     cpu_self0 = time.process_time()
     observer: Observer | None = None
     canlog: CanLog | None = None
+    inverter: SimInverter | None = None
     client_tr: asyncio.DatagramTransport | None = None
     try:
         host, port = files.link.removeprefix("udp://").rsplit(":", 1)
@@ -477,6 +530,9 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         observer = Observer(system)
         await observer.transport.start()
         canlog = CanLog(log_dir / "peer_traffic.asc", files.can_channel, files.can_port)
+        assert system.inverter is not None
+        inverter = SimInverter(system.inverter.protocol, open_bus(system.inverter.can, receive_own_messages=False),
+                               system.inverter.timeout_ms / 1000, ready_quiet_s=READY_QUIET_S)
         plant.start()
         await _wait_plant(client, plant, st.start_timeout_s)
         t_ready = time.monotonic()
@@ -484,8 +540,10 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
             c.start()
         # The monitor checks against the protocol settings the nodes run (one source).
         monitor = _core.SafetyMonitor(system.peer_config(1, 0))
-        res = await _drive(sc, console, st, client, observer, nodes, plant, desc_json, canlog, monitor)
+        res = await _drive(sc, console, st, client, observer, nodes, plant, desc_json, canlog, monitor, inverter)
     finally:
+        if inverter is not None:
+            inverter.bus.shutdown()
         stop_all(children, st.stop_timeout_s)
         if client_tr is not None:
             client_tr.close()
@@ -523,6 +581,17 @@ async def _run(sc: Scenario, console: Any, run_dir: Path, log_dir: Path, st: Set
         "plant_clock_lag_s": round((res["wall_end"] - t_ready) * st.time_scale - res["t_end"], 3),
         "all_nodes_heard_at_s": res["all_heard_t"],
     }
+    assert inverter is not None and system.inverter is not None
+    ist = inverter.stats
+    rep["inverter"] = {
+        "protocol": system.inverter.protocol, "timeout_ms": system.inverter.timeout_ms,
+        "max_gap_ms": round(ist.max_gap_s * 1000, 1), "timeouts": ist.timeouts, "limit_frames": ist.limit_frames,
+        "frames": {f"0x{k:X}": v for k, v in sorted(ist.frames.items())}, "bad_frames": ist.bad_frames,
+        "requests_sent": ist.requests_sent,
+        "bus_load_pct": round(100 * ist.bus_load(system.inverter.can.bitrate), 4),
+    }
+    if log_dir.exists():  # every limit frame the inverter heard: (plant t_s, DCL, CCL, speaker node)
+        (log_dir / "inverter_limits.json").write_text(json.dumps(res["inverter_rows"]) + "\n")
     total_cpu = sum(proc["cpu_s"].values()) + proc["cpu_s_observer"]
     proc["cpu_cores_used"] = round(total_cpu / wall, 3) if wall > 0 else None
     rep["processes"] = proc
@@ -557,7 +626,7 @@ async def _wait_plant(client: PlantClient, plant: Child, timeout_s: float) -> No
 
 
 async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, obs: Observer, nodes: list[Child],
-                 plant: Child, desc_json: str, canlog: CanLog, monitor: Any) -> dict[str, Any]:
+                 plant: Child, desc_json: str, canlog: CanLog, monitor: Any, inverter: SimInverter) -> dict[str, Any]:
     n = sc.n_packs
     actions = sorted(((e.at_s, i, e) for i, e in enumerate(sc.network) if e.kind in ("kill", "restart")),
                      key=lambda a: (a[0], a[1]))
@@ -567,12 +636,11 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
     closes_seen: set[tuple[float, int]] = set()  # plant close records already given to the monitor
     detect: list[float] = []
     e_dis = e_chg = 0.0
+    inv_rows: list[list[float]] = []
     sys_rows: list[list[float]] = []
     str_rows: list[list[float]] = []
     next_rec = 0.0
     unexpected: list[str] = []
-    ready = False
-    quiet_since: float | None = None
     last_t: float | None = None
     last_print = time.monotonic()
     late_polls = 0
@@ -683,27 +751,19 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
             all_heard_t = round(t, 2)
 
         # ------------------------------------------------------------------------ inverter
+        # the inverter knows the battery only through the frames on its CAN channel
         request = _load_request(desc_json, t, v_bus)
-        any_closed = any(tr[k].closed for k in range(n))
-        speaker, dcl, ccl = _inverter_limits(views, nodes, now)
-        if not any_closed:
-            ready, quiet_since = False, None
-        elif not ready:
-            joining = any(nodes[k].alive and not math.isnan(p := views[k].get("STATE", "Phase", now))
-                          and int(p) in JOINING for k in range(n))
-            if joining:
-                quiet_since = None
-            else:
-                quiet_since = quiet_since if quiet_since is not None else t
-                ready = t - quiet_since >= READY_QUIET_S
-        # a string precharging or closing (its telemetry says so): the inverter holds its current
-        # so the bus does not step under the join (issue 11); a limit that drops still applies
-        holding = any(nodes[k].alive and not math.isnan(p := views[k].get("STATE", "Phase", now))
-                      and int(p) in (Phase.PRECHARGING, Phase.CLOSING) for k in range(n))
-        if not any_closed or not ready or math.isnan(dcl) or math.isnan(ccl):
-            target = 0.0
-        else:
-            target = min(max(load_set if holding else request, -ccl), dcl)
+        speaker, _, _ = _inverter_limits(views, nodes, now)
+        n_heard = len(inverter.history)
+        inverter.receive(now)
+        # the limit frames of this poll, on the plant's clock (for the report and its checks)
+        inv_rows.extend([round(t, 3), round(d, 1), round(c, 1), speaker] for (_, d, c) in inverter.history[n_heard:])
+        inverter.poll(now)
+        target = inverter.current(now, request)
+        heard = inverter.heard
+        fresh = now - heard.t_s <= inverter.timeout_s
+        dcl = heard.dcl_a if fresh else math.nan
+        ccl = heard.ccl_a if fresh else math.nan
         if target != load_set:
             try:
                 await client.request({"op": "load", "i": target})
@@ -761,7 +821,7 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         "energy_discharged_j": e_dis, "energy_charged_j": e_chg,
         "packs": packs,
     }
-    return {"report": report, "system": sys_rows, "strings": str_rows, "t_end": last_t or 0.0,
+    return {"report": report, "inverter_rows": inv_rows, "system": sys_rows, "strings": str_rows, "t_end": last_t or 0.0,
             "unexpected_exits": unexpected, "late_polls": late_polls, "wall_end": time.monotonic(),
             "all_heard_t": all_heard_t, "plant_timeouts": client.timeouts}
 
@@ -796,18 +856,18 @@ def _read_events(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _faults_from_events(events: list[dict[str, Any]]) -> tuple[list[str], int]:
-    """Names of the faults a node logged (``rule:level``, without the element index) and how
-    many times its faults cleared."""
-    seen: list[str] = []
+def _faults_from_events(events: list[dict[str, Any]]) -> tuple[list[dict[str, str]], int]:
+    """The protection conditions a node logged (``{rule, level}``, without the element index:
+    the fast simulator's ``faults_seen`` form) and how many times its faults cleared."""
+    seen: list[dict[str, str]] = []
     resets = 0
-    prev: list[str] = []
+    prev: list[dict[str, Any]] = []
     for e in events:
         if e.get("kind") != "faults":
             continue
-        cur = [str(f) for f in e.get("faults", [])]
+        cur = list(e.get("faults", []))
         for f in cur:
-            name = f.split("@", 1)[0]
+            name = {"rule": str(f["rule"]), "level": str(f["level"])}
             if name not in seen:
                 seen.append(name)
         if prev and not cur:

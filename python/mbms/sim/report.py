@@ -54,7 +54,9 @@ def timeline(res: RunResult) -> list[dict[str, Any]]:
     state = res.per_string("state")
     action = res.per_string("action")
     phase = res.per_string("phase")
-    dcl = res.sys("system_dcl_a")
+    # the agreed DCL as text: in processes mode it comes by telemetry and is unknown (NaN) until
+    # the first limits frame after a change of the closed set
+    dcl = ["unknown" if not np.isfinite(x) else f"{x:.0f} A" for x in res.sys("system_dcl_a")]
     n = state.shape[1] if state.ndim == 2 else 0
     for k in range(n):
         prev_state, prev_act, closed_before = 0.0, 0.0, False
@@ -62,7 +64,7 @@ def timeline(res: RunResult) -> list[dict[str, Any]]:
             st = state[r, k]
             if st == 2 and prev_state != 2:
                 what, decision = ("rejoined the bus", "rejoin") if closed_before else ("closed onto the bus", "close")
-                ev.append((t[r], 2, f"pack {k + 1} {what} (agreed DCL {dcl[r]:.0f} A)",
+                ev.append((t[r], 2, f"pack {k + 1} {what} (agreed DCL {dcl[r]})",
                            {"pack": k + 1, "decision": decision}))
                 closed_before = True
             elif st != 2 and prev_state == 2:
@@ -71,9 +73,9 @@ def timeline(res: RunResult) -> list[dict[str, Any]]:
                 near = phase[max(0, r - 2):r + 3, k]
                 if np.any(near[np.isfinite(near)].astype(int) == _ISOLATED):
                     ev.append((t[r], 2, f"pack {k + 1} isolated itself on a fault, opened (agreed DCL now "
-                                        f"{dcl[r]:.0f} A)", {"pack": k + 1, "decision": "isolate"}))
+                                        f"{dcl[r]})", {"pack": k + 1, "decision": "isolate"}))
                 else:
-                    ev.append((t[r], 2, f"pack {k + 1} opened (agreed DCL now {dcl[r]:.0f} A)",
+                    ev.append((t[r], 2, f"pack {k + 1} opened (agreed DCL now {dcl[r]})",
                                {"pack": k + 1, "decision": "open"}))
             a = action[r, k]
             if np.isfinite(a) and a != prev_act and 0 <= int(a) < len(ACTIONS):
@@ -129,7 +131,7 @@ def summary(res: RunResult) -> dict[str, Any]:
             }
         )
     sc = res.scenario
-    return {
+    out = {
         "scenario": sc.name,
         "source": sc.source,
         "seed": sc.seed,
@@ -153,6 +155,9 @@ def summary(res: RunResult) -> dict[str, Any]:
             ],
         },
     }
+    if "inverter" in rep:  # processes mode: what the simulated inverter heard on its CAN channel
+        out["inverter"] = dict(rep["inverter"])
+    return out
 
 
 def write_csv(res: RunResult, path: Path) -> None:

@@ -332,8 +332,9 @@ impl Cells {
             q_z_dt: est.soc_process_noise * dt,
             q_v1_dt: est.v1_process_noise * dt,
             var_i_cell,
+            var_off_cell: soc_ekf::offset_noise(est.current_offset_a / st.par, dt),
         };
-        let r_meas = est.voltage_noise_v.powi(2) + est.model_error_v.powi(2);
+        let r_meas = soc_ekf::measurement_variance(est, &p.estimator, i_cell.abs() / p.capacity_ah, dt);
         let vmin = p.v_min_v + lc.voltage_margin_v;
         let vmax = p.v_max_v - lc.voltage_margin_v;
         let hc_c = lc.continuous_horizon_s; // horizon for the SOC term

@@ -40,6 +40,8 @@ pub(super) struct RestSoh {
     /// SOC and its variance at the last rest point (NaN: none yet)
     pub z_rest: Vec<f64>,
     pub z_rest_var: Vec<f64>,
+    /// this charge's full-charge synchronisation is taken (see [`RestSoh::full_charge`])
+    pub full_done: Vec<bool>,
 }
 
 impl RestSoh {
@@ -59,6 +61,7 @@ impl RestSoh {
             awtls: vec![Awtls::with_prior(capacity_prior_sigma); n],
             z_rest: vec![f64::NAN; n],
             z_rest_var: vec![f64::NAN; n],
+            full_done: vec![false; n],
         }
     }
 
@@ -99,17 +102,49 @@ impl RestSoh {
         self.time_since_rest_s += dt;
     }
 
-    /// Rest point: OCV correction of SOC, and a capacity observation since the last one.
+    /// Variance (normalised by the nominal capacity²) of the charge counted since the last
+    /// anchor: sensor noise per sample and the offset over the whole interval.
+    fn throughput_variance(&self, est: &EstimatorConfig, par: f64, cap_nom: f64) -> f64 {
+        let s_i = est.current_noise_a / par;
+        let s_off = est.current_offset_a / par;
+        let v = s_i * s_i * self.dt2_since_rest / (3600.0 * 3600.0) + (s_off * self.time_since_rest_s / 3600.0).powi(2);
+        (v / (cap_nom * cap_nom)).max(1e-10)
+    }
+
+    /// One anchor of cell k: an SOC known independently of the capacity (`z_meas`, variance
+    /// `var`: the OCV after a rest, or full charge). Corrects the filter's SOC, and with the
+    /// previous anchor gives one capacity observation (SOC change vs charge counted between
+    /// them). `y`, `var_y`: the normalised charge since the last anchor and its variance.
+    #[allow(clippy::too_many_arguments)]
+    fn anchor(&mut self, k: usize, cells: &mut Cells, z_meas: f64, var: f64, y: f64, var_y: f64, cap_nom: f64, est: &EstimatorConfig) {
+        soc_ekf::update_soc(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], z_meas, var);
+        let zp = self.z_rest[k];
+        if zp.is_finite() {
+            let x = zp - z_meas;
+            if x.abs() >= est.capacity_min_dsoc {
+                let var_x = self.z_rest_var[k] + var;
+                self.awtls[k].add(x, y, var_x, var_y, est.capacity_forgetting);
+                let q = self.awtls[k].estimate(CAPACITY_RATIO_RANGE.0, CAPACITY_RATIO_RANGE.1);
+                self.cap_ah[k] = q * cap_nom;
+                self.inv_qc[k] = 1.0 / (3600.0 * self.cap_ah[k]);
+            }
+        }
+        self.z_rest[k] = z_meas;
+        self.z_rest_var[k] = var;
+    }
+
+    fn reset_throughput(&mut self) {
+        self.cap_sum = self.cap_ah.iter().sum();
+        self.q_since_rest_ah = 0.0;
+        self.dt2_since_rest = 0.0;
+        self.time_since_rest_s = 0.0;
+    }
+
+    /// Rest point: OCV correction of SOC, and a capacity observation since the last anchor.
     #[allow(clippy::too_many_arguments)]
     pub fn rest_point(&mut self, cells: &mut Cells, sensing: &Sensing, sensor_of: &[u32], tab: &CellTables, cell: &CellParams, est: &EstimatorConfig, par: f64) {
         let cap_nom = cell.capacity_ah;
-        let var_y = {
-            let s_i = est.current_noise_a / par;
-            let s_off = est.current_offset_a / par;
-            let v = s_i * s_i * self.dt2_since_rest / (3600.0 * 3600.0)
-                + (s_off * self.time_since_rest_s / 3600.0).powi(2);
-            (v / (cap_nom * cap_nom)).max(1e-10)
-        };
+        let var_y = self.throughput_variance(est, par, cap_nom);
         let y = self.q_since_rest_ah / cap_nom;
         for k in 0..cells.z.len() {
             if !sensing.v_valid[k] {
@@ -123,25 +158,59 @@ impl RestSoh {
             let z_ocv = tab.soc_from_ocv(v_ocv, ss.dtemp);
             let slope = tab.slope(tab.locate(z_ocv)).max(1e-3);
             let var = (est.rest_ocv_sigma_v / slope).powi(2);
-            soc_ekf::update_soc(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], z_ocv, var);
-            let zp = self.z_rest[k];
-            if zp.is_finite() {
-                let x = zp - z_ocv;
-                if x.abs() >= est.capacity_min_dsoc {
-                    let var_x = self.z_rest_var[k] + var;
-                    self.awtls[k].add(x, y, var_x, var_y, est.capacity_forgetting);
-                    let q = self.awtls[k].estimate(CAPACITY_RATIO_RANGE.0, CAPACITY_RATIO_RANGE.1);
-                    self.cap_ah[k] = q * cap_nom;
-                    self.inv_qc[k] = 1.0 / (3600.0 * self.cap_ah[k]);
-                }
-            }
-            self.z_rest[k] = z_ocv;
-            self.z_rest_var[k] = var;
+            self.anchor(k, cells, z_ocv, var, y, var_y, cap_nom, est);
         }
-        self.cap_sum = self.cap_ah.iter().sum();
-        self.q_since_rest_ah = 0.0;
-        self.dt2_since_rest = 0.0;
-        self.time_since_rest_s = 0.0;
+        self.reset_throughput();
+    }
+
+    /// Full-charge synchronisation (cell file `estimator.full_charge_*`): while charging with
+    /// the current tapered below `full_charge_taper_c` but still above the rest band (the
+    /// constant-voltage phase of a charger ending), each cell within `full_charge_dv_v` of
+    /// `v_max_v` is full: SOC = `full_charge_soc`, once per charge (re-armed by a discharge beyond the rest
+    /// band). This is the synchronisation point LFP systems rely on, where the plateau leaves
+    /// the voltage little to say. The capacity observation is taken when every cell with a
+    /// valid voltage is full in the same step (then the charge since the last anchor is common
+    /// to all of them); otherwise only the SOC of the full cells is corrected. The latch is
+    /// not part of the state file: after a restart a CV phase may synchronise once more, which
+    /// moves nothing (the cells are already at 1).
+    pub fn full_charge(&mut self, cells: &mut Cells, sensing: &Sensing, v_cell_v: &[f64], i_string_a: f64, cell: &CellParams, est: &EstimatorConfig, par: f64) {
+        let ce = &cell.estimator;
+        if ce.full_charge_taper_c <= 0.0 {
+            return;
+        }
+        if i_string_a > est.rest_current_a {
+            self.full_done.iter_mut().for_each(|d| *d = false);
+            return;
+        }
+        let i_cell = i_string_a / par;
+        let charging_taper = i_string_a < -est.rest_current_a && -i_cell <= ce.full_charge_taper_c * cell.capacity_ah;
+        if !charging_taper {
+            return;
+        }
+        let v_full = cell.v_max_v - ce.full_charge_dv_v;
+        let n = cells.z.len();
+        let full = |k: usize| sensing.v_valid[k] && v_cell_v[k] >= v_full;
+        let todo: Vec<usize> = (0..n).filter(|&k| !self.full_done[k] && full(k)).collect();
+        if todo.is_empty() {
+            return;
+        }
+        let var = ce.full_charge_soc_sigma * ce.full_charge_soc_sigma;
+        let all = (0..n).all(|k| !sensing.v_valid[k] || full(k));
+        let cap_nom = cell.capacity_ah;
+        if all {
+            let var_y = self.throughput_variance(est, par, cap_nom);
+            let y = self.q_since_rest_ah / cap_nom;
+            for &k in &todo {
+                self.anchor(k, cells, ce.full_charge_soc, var, y, var_y, cap_nom, est);
+                self.full_done[k] = true;
+            }
+            self.reset_throughput();
+        } else {
+            for &k in &todo {
+                soc_ekf::update_soc(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], ce.full_charge_soc, var);
+                self.full_done[k] = true;
+            }
+        }
     }
 
     /// A restored state starts a new time base: rest and current step detection start over.

@@ -1,12 +1,8 @@
 //! A switching device with closing/opening delay, and its faults.
 
-/// States (or feedbacks) of the three devices of a string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Contactors {
-    pub neg: bool,
-    pub pos: bool,
-    pub pre: bool,
-}
+/// States (or feedbacks) of the three devices of a string: the one `Contactors` type, the
+/// protocol's (issue 9: defined once; the plant, the node and the bindings share it).
+pub use mbms_consensus::Contactors;
 
 #[derive(Debug, Clone, Default)]
 pub struct Contactor {

@@ -263,7 +263,7 @@ struct World {
 /// sender had heard directly then.
 enum Sent {
     Limits { from: usize, t_us: u64, state: StringState },
-    Proposal(Vec<Option<(u64, StringState)>>),
+    Proposal { from: usize, heard: Vec<Option<(u64, StringState)>> },
     Other,
 }
 
@@ -517,7 +517,7 @@ impl World {
             }
             let sent = match mbms_consensus::wire::Message::decode(&m).map(|x| x.kind()) {
                 Ok(0) => Sent::Limits { from: k, t_us: t, state: self.plant.strings[k].state() },
-                Ok(_) => Sent::Proposal(self.monitor.heard_by(k, t, self.plant.strings[k].state())),
+                Ok(_) => Sent::Proposal { from: k, heard: self.monitor.heard_by(k, t, self.plant.strings[k].state()) },
                 Err(_) => Sent::Other,
             };
             self.sent.push(sent);
@@ -573,8 +573,11 @@ impl World {
         // What k now knows ("latest confirmed", for S4): the sender's state as the message
         // stated it, or the states the sender's proposal was built from (a replay: as then).
         match &self.sent[idx] {
-            Sent::Limits { from, t_us, state } => self.monitor.state_confirmed(k, *from, *t_us, *state),
-            Sent::Proposal(heard) => self.monitor.proposal_heard(k, heard),
+            Sent::Limits { from, t_us, state } => {
+                self.monitor.state_confirmed(k, *from, *t_us, *state);
+                self.monitor.message_heard(k, *from, t, None);
+            }
+            Sent::Proposal { from, heard } => self.monitor.message_heard(k, *from, t, Some(heard.clone())),
             Sent::Other => {}
         }
     }
