@@ -86,6 +86,9 @@ def test_bus_load_figures() -> None:
     assert bus_load_classic(16, 100.0) == pytest.approx(16 * (2 * 135 + 125) / 0.1 / 500_000)
     b = _core.consensus_bus_load(peers=8, duration_ms=4000)
     assert 0 < b["classic_exact_mean"] <= b["classic_worst_mean"] <= b["classic_worst_peak"]
+    # the tag is one frame's 4 bytes per message: the untagged figure is lower, not by more than 4 of 23 bytes
+    assert 0.7 * b["classic_exact_mean"] < b["classic_untagged_mean"] < b["classic_exact_mean"]
+    assert b["classic_untagged_peak"] < b["classic_exact_peak"]
     assert b["max_message_len"] == 24
 
 

@@ -366,7 +366,7 @@ fn consensus_sim<'py>(
 #[cfg(feature = "sim")]
 /// Replay one seed with a trace: (violations, trace lines).
 #[pyfunction]
-#[pyo3(signature = (seed, peers_min = 3, peers_max = 5, duration_ms = 6000, sabotage = None))]
+#[pyo3(signature = (seed, peers_min = 3, peers_max = 5, duration_ms = 6000, sabotage = None, adversary = None))]
 fn consensus_sim_replay(
     py: Python<'_>,
     seed: u64,
@@ -374,8 +374,9 @@ fn consensus_sim_replay(
     peers_max: usize,
     duration_ms: u64,
     sabotage: Option<&str>,
+    adversary: Option<bool>,
 ) -> PyResult<(Vec<String>, Vec<String>)> {
-    let mut params = sim_params(peers_min, peers_max, duration_ms, None, None)?;
+    let mut params = sim_params(peers_min, peers_max, duration_ms, None, adversary)?;
     params.verbose = true;
     params.sabotage = self::sabotage(sabotage)?;
     let r = py.allow_threads(|| sim::run_schedule(seed, &params));
@@ -405,6 +406,8 @@ fn consensus_bus_load<'py>(
     d.set_item("classic_worst_steady", r.classic_worst_steady)?;
     d.set_item("classic_exact_mean", r.classic_exact_mean)?;
     d.set_item("classic_exact_peak", r.classic_exact_peak)?;
+    d.set_item("classic_untagged_mean", r.classic_untagged_mean)?;
+    d.set_item("classic_untagged_peak", r.classic_untagged_peak)?;
     d.set_item("fd_worst_mean", r.fd_worst_mean)?;
     d.set_item("fd_worst_peak", r.fd_worst_peak)?;
     d.set_item("mean_message_len", r.mean_message_len)?;

@@ -150,7 +150,12 @@ def consensus_sim(
     adversary: bool | None = None,
 ) -> dict[str, Any]: ...
 def consensus_sim_replay(
-    seed: int, peers_min: int = 3, peers_max: int = 5, duration_ms: int = 6000, sabotage: str | None = None
+    seed: int,
+    peers_min: int = 3,
+    peers_max: int = 5,
+    duration_ms: int = 6000,
+    sabotage: str | None = None,
+    adversary: bool | None = None,
 ) -> tuple[list[str], list[str]]: ...
 
 #: Names of the protocol simulator's checker self-tests (``consensus_sim(sabotage=...)``), "none" first.

@@ -44,11 +44,50 @@ pub(super) struct Remote {
     pub(super) clean_since_start: bool,
     /// When the last Detail (with its proposal) arrived.
     pub(super) detail_at: u64,
+    /// After a silence (not alive to us): the first message that came back, (counter, when);
+    /// it waits for a second, later one before anything of that sender counts (see `receive`).
+    pub(super) back: Option<(u32, u64)>,
 }
 
 impl Remote {
     pub(super) fn phase(&self) -> Phase {
         Phase::from_u8(self.flags.phase)
+    }
+}
+
+/// Freshness of a message of the same boot from a sender that was silent to us (not heard for
+/// `fail_timeout_ms`: a partition, a loss burst). Everything it sent meanwhile was missed by us
+/// only, so a replay of it passes the counter check and would make us act on a stale state of
+/// the sender (adversarial seed 10018931: a replay of member 3's "closed" message, sent while it
+/// was cut off from member 1 and before it isolated itself, brought it back to member 1 as a
+/// closed string; member 1's limits then counted a string that was open: S4).
+///
+/// Two rules, both sound for a live sender:
+/// - rate: a live sender sends at least one message per `heartbeat_ms + fail_timeout_ms` of its
+///   clock (one per heartbeat, on a control tick shorter than `fail_timeout_ms`, which the
+///   system check demands), so its counter has moved on by at least the silence divided by that,
+///   less one; an older message (from early in the silence) is stale;
+/// - continuation: the first message after the silence only marks the sender as coming back;
+///   a second one with a higher counter, at least half a heartbeat later and within
+///   `fail_timeout_ms`, is taken. A single replayed message never is; a replayed sequence must
+///   also be paced like the live sender and come from late in the silence (the rate rule).
+fn back_fresh(cfg: &crate::PeerConfig, r: &mut Remote, counter: u32, now: u64) -> bool {
+    let hb = cfg.heartbeat_ms as u64;
+    let fail = cfg.fail_timeout_ms as u64;
+    let rho = (cfg.max_drift_ppm as u64).min(100_000);
+    // the silence on the sender's clock, at least
+    let silent = now.saturating_sub(r.last_heard) * (1_000_000 - 2 * rho) / 1_000_000;
+    let min_sent = (silent / (hb + fail).max(1)).saturating_sub(1);
+    if u64::from(counter.wrapping_sub(r.last_counter)) < min_sent {
+        return false;
+    }
+    match r.back {
+        Some((c, at)) if counter > c && now.saturating_sub(at) >= hb / 2 && now.saturating_sub(at) <= fail => true,
+        Some((c, at)) if counter <= c && now.saturating_sub(at) <= fail => false,
+        _ => {
+            r.back = Some((counter, now));
+            false
+        }
     }
 }
 
@@ -112,6 +151,9 @@ impl Peer {
             if m.counter < r.last_counter {
                 return Err(RxError::Stale);
             }
+            if now.saturating_sub(r.last_heard) > fail && !back_fresh(&self.cfg, r, m.counter, now) {
+                return Err(RxError::Stale);
+            }
         } else if m.incarnation > r.inc {
             // A restart (proven by the tag): forget what the old boot said.
             r.prev_inc = Some(r.inc);
@@ -139,6 +181,7 @@ impl Peer {
             }
             return Err(RxError::OldBoot);
         }
+        r.back = None;
         r.last_counter = m.counter;
         r.last_heard = now;
         r.flags = m.flags;

@@ -628,6 +628,28 @@ mod tests {
         assert_eq!((c.rx_ok, c.rx_duplicate, c.rx_stale, c.rx_own_echo, c.rx_malformed), (2, 1, 1, 1, 1));
     }
 
+    /// A message of a sender that was silent to us (a partition) counts only when its counter
+    /// fits the silence and a later one follows: a replay of what the sender said early in the
+    /// silence (missed by us only, so newer than anything we hold) is stale; a single replay of
+    /// a late one does not bring the sender back; the live sender does, with its second message.
+    #[test]
+    fn after_a_silence_a_missed_message_is_not_taken_alone() {
+        let mut a = peer(1, 1);
+        let mut b = peer(2, 5);
+        let sent: Vec<Vec<u8>> = (0..40).flat_map(|k| b.tick(k * 100, &local(400.0)).messages.clone()).collect();
+        assert!(sent.len() >= 40);
+        assert_eq!(a.on_message(0, &sent[0]), Ok(()));
+        // silent for 3.9 s (b sent ~39 messages meanwhile, all missed by a)
+        assert_eq!(a.on_message(3900, &sent[1]), Err(RxError::Stale), "a message from early in the silence");
+        let late = sent.len() - 2;
+        assert_eq!(a.on_message(3901, &sent[late]), Err(RxError::Stale), "alone, it only marks b as coming back");
+        assert_eq!(a.on_message(3910, &sent[late - 1]), Err(RxError::Stale), "an older one does not confirm it");
+        assert_eq!(a.on_message(4000, &sent[late + 1]), Ok(()), "the next live message confirms it");
+        // alive again: the usual counter rule
+        let more = b.tick(4000, &local(400.0)).messages.clone();
+        assert_eq!(a.on_message(4050, &more[0]), Ok(()));
+    }
+
     #[test]
     fn another_node_with_my_id_is_reported() {
         let mut a = peer(1, 1);

@@ -151,6 +151,9 @@ pub struct ScheduleResult {
     /// time (µs, worst case, 500 k / 2 M) of all messages, per 1-second bucket.
     pub bus_bits_worst: Vec<u64>,
     pub bus_bits_exact: Vec<u64>,
+    /// The same messages without their tag (frames of 8, 8 and 3 bytes), exact stuffing: what
+    /// authentication costs on the bus, side by side.
+    pub bus_bits_exact_untagged: Vec<u64>,
     pub fd_us_worst: Vec<f64>,
     pub trace: Vec<String>,
     /// S7: the attacker was on in this schedule; messages it injected (deliveries to peers);
@@ -508,11 +511,14 @@ impl World {
                 if r.bus_bits_worst.len() <= b {
                     r.bus_bits_worst.resize(b + 1, 0);
                     r.bus_bits_exact.resize(b + 1, 0);
+                    r.bus_bits_exact_untagged.resize(b + 1, 0);
                     r.fd_us_worst.resize(b + 1, 0.0);
                 }
                 self.nodes[k].msg_counter += 1;
                 r.bus_bits_worst[b] += mbms_consensus::busload::classic_message_bits(&m, true) as u64;
                 r.bus_bits_exact[b] += mbms_consensus::busload::classic_message_bits(&m, false) as u64;
+                let untagged = &m[..m.len().min(mbms_consensus::wire::SIGNED_LEN)];
+                r.bus_bits_exact_untagged[b] += mbms_consensus::busload::classic_message_bits(untagged, false) as u64;
                 r.fd_us_worst[b] += mbms_consensus::busload::fd_frame_us_worst(m.len() - 1, 500_000.0, 2_000_000.0);
             }
             let sent = match mbms_consensus::wire::Message::decode(&m).map(|x| x.kind()) {
@@ -1060,6 +1066,9 @@ pub struct BusLoadReport {
     /// Classic CAN, exact stuffing of the real frames.
     pub classic_exact_mean: f64,
     pub classic_exact_peak: f64,
+    /// The same traffic without tags (exact stuffing): the cost of authentication.
+    pub classic_untagged_mean: f64,
+    pub classic_untagged_peak: f64,
     /// CAN FD (500 kbit/s arbitration, 2 Mbit/s data), worst case.
     pub fd_worst_mean: f64,
     pub fd_worst_peak: f64,
@@ -1097,6 +1106,8 @@ pub fn measure_bus_load(peers: usize, duration_ms: u64, seed: u64, bitrate: f64,
         },
         classic_exact_mean: mean(&r.bus_bits_exact),
         classic_exact_peak: peak(&r.bus_bits_exact),
+        classic_untagged_mean: mean(&r.bus_bits_exact_untagged),
+        classic_untagged_peak: peak(&r.bus_bits_exact_untagged),
         fd_worst_mean: r.fd_us_worst.iter().sum::<f64>() / secs * 1e-6,
         fd_worst_peak: r.fd_us_worst.iter().take(full).copied().fold(0.0, f64::max) * 1e-6,
         mean_message_len: r.message_bytes as f64 / r.messages.max(1) as f64,
