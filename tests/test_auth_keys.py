@@ -155,3 +155,34 @@ def test_telemetry_verifier_survives_any_frames(frames: list[tuple[int, bytes]])
     v = TelemetryVerifier(_core.MessageAuth(7, [bytes(range(16))]))
     for fid, d in frames:
         assert v.push(1 + fid % 4, fid, d) == []  # nothing without the key verifies
+
+
+def test_a_gateways_telemetry_view_takes_verified_batches_only() -> None:
+    """The SunSpec server and the inverter speaker act on the peers' telemetry (TelemetryView):
+    forged limits (a guessed tag, a zero tag, or no MBMS_AUTH frame at all) never show."""
+    import numpy as np
+
+    from mbms.gateways.peer_telemetry import TelemetryView
+
+    auth = _core.MessageAuth(7, [bytes(range(16))])
+    view = TelemetryView((1, 3), auth)
+    lim = load_database().get_message_by_frame_id(LIMITS_BASE_ID + 3)
+    fake = bytes(lim.encode({"Dcl": 600.0, "Ccl": 600.0, "SysDcl": 600.0, "SysCcl": 600.0}))
+    view.on_telemetry(3, LIMITS_BASE_ID + 3, fake)
+    view.on_telemetry(3, AUTH_BASE_ID + 3, struct.pack("<HH", 1, 1) + b"\x01\x02\x03\x04")
+    view.on_telemetry(3, LIMITS_BASE_ID + 3, fake)
+    view.on_telemetry(3, AUTH_BASE_ID + 3, struct.pack("<HH", 1, 2) + bytes(4))
+    for _ in range(len(TelemetryEncoder(3).frames(None, None, False)) + 2):  # no auth frame at all
+        view.on_telemetry(3, LIMITS_BASE_ID + 3, fake)
+    s3 = next(s for s in view.strings() if s.node_id == 3)
+    assert not s3.heard and np.isnan(s3.sys_dcl_a)
+    # the node's own tagged batch is taken
+    meas = Measurement(t_s=0.0, v_cell_v=np.full(4, 3.7), t_cell_c=np.full(2, 25.0), i_a=1.0, v_string_v=14.8,
+                       v_bus_v=14.8, feedback=Contactors(False, False, False))
+    enc = TelemetryEncoder(3, auth=auth, boot=1)
+    for _ in range(2):  # the first batch may carry a forged frame left pending: it is dropped whole
+        for fid, d in enc.frames(None, meas, False):
+            view.on_telemetry(3, fid, d)
+    s3 = next(s for s in view.strings() if s.node_id == 3)
+    assert s3.v_string_v == pytest.approx(14.8, abs=0.1) and s3.sys_dcl_a != 600.0
+    assert view.verifier.counters()["forged"] >= 1 and view.verifier.counters()["unauthenticated"] == 1

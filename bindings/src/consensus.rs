@@ -13,7 +13,7 @@ use mbms_consensus::segment;
 #[cfg(feature = "sim")]
 use mbms_sim::protocol as sim;
 use mbms_consensus::auth::{Auth, AuthError, KEY_LEN};
-use mbms_consensus::wire::{Body, Message};
+use mbms_consensus::wire::{Message, MessageView};
 use mbms_consensus::{Contactors, LocalState, Peer, PeerConfig};
 
 /// The authentication of system `system_id`: `keys` (1 or 2 keys of 16 bytes, the first signs),
@@ -146,17 +146,15 @@ impl PyMessageAuth {
     }
     /// Verify and decode a peer message: a dict of its fields. Raises ValueError whose first
     /// argument is the reason ("malformed", "unauthenticated", "forged").
-    fn open<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    fn open<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         let m = self.auth.open(data).map_err(|e| PyValueError::new_err((auth_error_kind(e), format!("{e:?}"))))?;
-        message_dict(py, &m)
+        message_dict(py, &m, true)
     }
     /// Decode a peer message WITHOUT verifying it (`verified` = False in the dict).
     #[staticmethod]
-    fn decode_unverified<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    fn decode_unverified<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         let m = Message::decode(data).map_err(|e| PyValueError::new_err(("malformed", e.to_string())))?;
-        let d = message_dict(py, &m)?;
-        d.set_item("verified", false)?;
-        Ok(d)
+        message_dict(py, &m, false)
     }
     /// The 32-bit tag of other data (telemetry) under the signing key; zero without keys.
     fn tag<'py>(&self, py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
@@ -168,43 +166,9 @@ impl PyMessageAuth {
     }
 }
 
-fn message_dict<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("sender", m.sender)?;
-    d.set_item("incarnation", m.incarnation)?;
-    d.set_item("counter", m.counter)?;
-    d.set_item("phase", m.flags.phase)?;
-    d.set_item("fault", m.flags.fault)?;
-    d.set_item("main_closed", m.flags.main_closed)?;
-    d.set_item("pre_closed", m.flags.pre_closed)?;
-    d.set_item("may_close", m.flags.may_close)?;
-    d.set_item("req_ticket", m.coord.req_ticket)?;
-    d.set_item("grant_to", m.coord.grant_to)?;
-    d.set_item("grant_ticket", m.coord.grant_ticket)?;
-    let v = PyDict::new(py);
-    match m.body {
-        Body::Limits(b) => {
-            d.set_item("kind", "limits")?;
-            v.set_item("ocv_v", b.ocv_10mv as f64 / 100.0)?;
-            v.set_item("r_ohm", b.r_100uohm as f64 / 1e4)?;
-            v.set_item("dcl_a", b.dcl_da as f64 / 10.0)?;
-            v.set_item("ccl_a", b.ccl_da as f64 / 10.0)?;
-            v.set_item("dcl_peak_a", b.dcl_peak_da as f64 / 10.0)?;
-            v.set_item("ccl_peak_a", b.ccl_peak_da as f64 / 10.0)?;
-        }
-        Body::Detail(b) => {
-            d.set_item("kind", "detail")?;
-            v.set_item("sys_dcl_a", b.prop_dcl_da as f64 / 10.0)?;
-            v.set_item("sys_ccl_a", b.prop_ccl_da as f64 / 10.0)?;
-            v.set_item("soc", b.soc_permille as f64 / 1000.0)?;
-            v.set_item("dv_v", b.dv_10mv as f64 / 100.0)?;
-            v.set_item("i_a", b.i_da as f64 / 10.0)?;
-        }
-    }
-    d.set_item("values", v)?;
-    d.set_item("tag", PyBytes::new(py, &m.tag))?;
-    d.set_item("verified", true)?;
-    Ok(d)
+fn message_dict<'py>(py: Python<'py>, m: &Message, verified: bool) -> PyResult<Bound<'py, PyAny>> {
+    // the one serialized view of a message (mbms_consensus::wire::MessageView)
+    Ok(pythonize::pythonize(py, &MessageView::of(m, verified))?)
 }
 
 /// Split a message into classic CAN frames: list of (can_id, data).

@@ -96,6 +96,21 @@ pub fn classic_message_bits(msg: &[u8], worst: bool) -> u32 {
     }
 }
 
+/// Exact bits of the same message without its tag (the last frame 4 bytes shorter): what
+/// authentication costs on the bus, measured side by side (`mbms bench consensus`).
+pub fn classic_message_bits_untagged(msg: &[u8]) -> u32 {
+    match segment_classic(msg) {
+        Ok(mut frames) => {
+            if let Some(last) = frames.last_mut() {
+                let n = last.data.len().saturating_sub(crate::wire::TAG_LEN);
+                last.data.truncate(n);
+            }
+            frames.iter().map(|f| classic_frame_bits_exact(f.id, &f.data)).sum()
+        }
+        Err(_) => 0,
+    }
+}
+
 fn frame_bits(f: &CanFrame, worst: bool) -> u32 {
     if worst {
         classic_frame_bits_worst(f.data.len())

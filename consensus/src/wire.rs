@@ -160,6 +160,81 @@ pub enum Body {
     Detail(DetailBody),
 }
 
+
+/// A decoded message as tools show it (`mbms log decode`, the monitor): the one serialized form
+/// of a peer message's fields in physical units (bindings pythonize it).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MessageView {
+    pub sender: u16,
+    pub incarnation: u16,
+    pub counter: u32,
+    pub phase: u8,
+    pub fault: bool,
+    pub main_closed: bool,
+    pub pre_closed: bool,
+    pub may_close: bool,
+    pub req_ticket: u8,
+    pub grant_to: u16,
+    pub grant_ticket: u8,
+    /// "limits" | "detail"
+    pub kind: &'static str,
+    /// The body in A, V, Ω and fractions, by field name.
+    pub values: std::collections::BTreeMap<&'static str, f64>,
+    #[serde(serialize_with = "as_bytes")]
+    pub tag: [u8; TAG_LEN],
+    /// The tag was verified (false: decoded without a key).
+    pub verified: bool,
+}
+
+fn as_bytes<S: serde::Serializer>(b: &[u8; TAG_LEN], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(b)
+}
+
+impl MessageView {
+    pub fn of(m: &Message, verified: bool) -> Self {
+        let (kind, values): (&'static str, Vec<(&'static str, f64)>) = match m.body {
+            Body::Limits(b) => (
+                "limits",
+                vec![
+                    ("ocv_v", b.ocv_10mv as f64 / 100.0),
+                    ("r_ohm", b.r_100uohm as f64 / 1e4),
+                    ("dcl_a", b.dcl_da as f64 / 10.0),
+                    ("ccl_a", b.ccl_da as f64 / 10.0),
+                    ("dcl_peak_a", b.dcl_peak_da as f64 / 10.0),
+                    ("ccl_peak_a", b.ccl_peak_da as f64 / 10.0),
+                ],
+            ),
+            Body::Detail(b) => (
+                "detail",
+                vec![
+                    ("sys_dcl_a", b.prop_dcl_da as f64 / 10.0),
+                    ("sys_ccl_a", b.prop_ccl_da as f64 / 10.0),
+                    ("soc", b.soc_permille as f64 / 1000.0),
+                    ("dv_v", b.dv_10mv as f64 / 100.0),
+                    ("i_a", b.i_da as f64 / 10.0),
+                ],
+            ),
+        };
+        Self {
+            sender: m.sender,
+            incarnation: m.incarnation,
+            counter: m.counter,
+            phase: m.flags.phase,
+            fault: m.flags.fault,
+            main_closed: m.flags.main_closed,
+            pre_closed: m.flags.pre_closed,
+            may_close: m.flags.may_close,
+            req_ticket: m.coord.req_ticket,
+            grant_to: m.coord.grant_to,
+            grant_ticket: m.coord.grant_ticket,
+            kind,
+            values: values.into_iter().collect(),
+            tag: m.tag,
+            verified,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     pub sender: u16,

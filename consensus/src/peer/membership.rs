@@ -62,7 +62,8 @@ impl Remote {
 /// was cut off from member 1 and before it isolated itself, brought it back to member 1 as a
 /// closed string; member 1's limits then counted a string that was open: S4).
 ///
-/// Two rules, both sound for a live sender:
+/// A message whose counter moved on as far as one per heartbeat over the silence is taken at
+/// once (the usual heal). Otherwise two rules, both sound for a live sender:
 /// - rate: a live sender sends at least one message per `heartbeat_ms + fail_timeout_ms` of its
 ///   clock (one per heartbeat, on a control tick shorter than `fail_timeout_ms`, which the
 ///   system check demands), so its counter has moved on by at least the silence divided by that,
@@ -78,8 +79,14 @@ fn back_fresh(cfg: &crate::PeerConfig, r: &mut Remote, counter: u32, now: u64) -
     // the silence on the sender's clock, at least
     let silent = now.saturating_sub(r.last_heard) * (1_000_000 - 2 * rho) / 1_000_000;
     let min_sent = (silent / (hb + fail).max(1)).saturating_sub(1);
-    if u64::from(counter.wrapping_sub(r.last_counter)) < min_sent {
+    let moved = u64::from(counter.wrapping_sub(r.last_counter));
+    if moved < min_sent {
         return false;
+    }
+    // As far on as a sender at one message per heartbeat (less two for delay and jitter) would
+    // be: from the end of the silence, taken at once (a heal costs nothing).
+    if moved + 2 >= silent / hb.max(1) {
+        return true;
     }
     match r.back {
         Some((c, at)) if counter > c && now.saturating_sub(at) >= hb / 2 && now.saturating_sub(at) <= fail => true,

@@ -641,10 +641,12 @@ mod tests {
         assert_eq!(a.on_message(0, &sent[0]), Ok(()));
         // silent for 3.9 s (b sent ~39 messages meanwhile, all missed by a)
         assert_eq!(a.on_message(3900, &sent[1]), Err(RxError::Stale), "a message from early in the silence");
-        let late = sent.len() - 2;
-        assert_eq!(a.on_message(3901, &sent[late]), Err(RxError::Stale), "alone, it only marks b as coming back");
-        assert_eq!(a.on_message(3910, &sent[late - 1]), Err(RxError::Stale), "an older one does not confirm it");
-        assert_eq!(a.on_message(4000, &sent[late + 1]), Ok(()), "the next live message confirms it");
+        let mid = sent.len() / 2;
+        assert_eq!(a.on_message(3901, &sent[mid]), Err(RxError::Stale), "from mid-silence, alone, it only marks b as coming back");
+        assert_eq!(a.on_message(3910, &sent[mid - 1]), Err(RxError::Stale), "an older one does not confirm it");
+        assert_eq!(a.on_message(3920, &sent[mid + 1]), Err(RxError::Stale), "nor a newer one within half a heartbeat");
+        let last = sent.len() - 1;
+        assert_eq!(a.on_message(4000, &sent[last]), Ok(()), "the live message, as far on as the silence, is taken at once");
         // alive again: the usual counter rule
         let more = b.tick(4000, &local(400.0)).messages.clone();
         assert_eq!(a.on_message(4050, &more[0]), Ok(()));

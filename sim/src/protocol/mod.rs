@@ -517,8 +517,7 @@ impl World {
                 self.nodes[k].msg_counter += 1;
                 r.bus_bits_worst[b] += mbms_consensus::busload::classic_message_bits(&m, true) as u64;
                 r.bus_bits_exact[b] += mbms_consensus::busload::classic_message_bits(&m, false) as u64;
-                let untagged = &m[..m.len().min(mbms_consensus::wire::SIGNED_LEN)];
-                r.bus_bits_exact_untagged[b] += mbms_consensus::busload::classic_message_bits(untagged, false) as u64;
+                r.bus_bits_exact_untagged[b] += mbms_consensus::busload::classic_message_bits_untagged(&m) as u64;
                 r.fd_us_worst[b] += mbms_consensus::busload::fd_frame_us_worst(m.len() - 1, 500_000.0, 2_000_000.0);
             }
             let sent = match mbms_consensus::wire::Message::decode(&m).map(|x| x.kind()) {
