@@ -343,10 +343,14 @@ def write_toml(path: Path, header: list[str], fields: dict) -> None:
         "",
     ]
     text = "\n".join(lines)
-    # The [estimator] table (model error, full-charge point) is chosen by hand on the tuning split
-    # of scripts/make_trace_family.py, not identified here: keep it across regenerations.
-    if path.exists() and "\n[estimator]" in (old := path.read_text()):
-        text += old[old.index("\n[estimator]"):]
+    # The [temperature] table (the datasheet's operating windows) and the [estimator] table (model
+    # error, full-charge point, chosen by hand on the tuning split of scripts/make_trace_family.py)
+    # are not identified here: keep them (they follow [thermal]) across regenerations.
+    if path.exists():
+        old = path.read_text()
+        kept = [old.index(t) for t in ("\n[temperature]", "\n[estimator]") if t in old]
+        if kept:
+            text += old[min(kept):]
     path.write_text(text)
 
 

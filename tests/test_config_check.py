@@ -66,6 +66,28 @@ BAD = [
     ("id-not-member", "", ("id = 1", "id = 9"), None, "node.id", "node"),
     ("close-confirm-below-loop", "", None, ("close_confirm_ms = 400", "close_confirm_ms = 150"),
      "protocol.close_confirm_ms", "system"),
+    # temperature faults against the cell file's [temperature] windows (LG M50: charge 0..45 °C,
+    # discharge -20..60 °C; margin 2 °C), each rule against its own direction's window
+    ("overtemp-charge-above-datasheet", "[protection.overtemp_charge_c]\nfault = 48.0\n", None, None,
+     "protection.overtemp_charge_c.fault", "node"),
+    ("undertemp-charge-below-datasheet", "[protection.undertemp_charge_c]\nfault = -5.0\n", None, None,
+     "protection.undertemp_charge_c.fault", "node"),
+    ("overtemp-discharge-above-datasheet", "[protection.overtemp_discharge_c]\nfault = 65.0\n", None, None,
+     "protection.overtemp_discharge_c.fault", "node"),
+    ("undertemp-discharge-below-datasheet", "[protection.undertemp_discharge_c]\nfault = -25.0\n", None, None,
+     "protection.undertemp_discharge_c.fault", "node"),
+    # the system file's [inverter] and the node's [operator] are checked by both too
+    ("inverter-timeout-below-handover", "", None,
+     ("[discovery]", '[inverter]\nprotocol = "pylon_lv"\ntimeout_ms = 1000\n[inverter.can]\ninterface = "virtual"\n'
+                     'channel = "inv"\n\n[discovery]'), "inverter.timeout_ms", "system"),
+    ("inverter-can-without-interface", "", None,
+     ("[discovery]", '[inverter]\nprotocol = "pylon_lv"\n[inverter.can]\ninterface = ""\nchannel = "inv"\n\n'
+                     "[discovery]"), "inverter.can.interface", "system"),
+    ("mqtt-qos-3", '[operator.mqtt]\nhost = "127.0.0.1"\nqos = 3\n', None, None, "operator.mqtt.qos", "node"),
+    ("uds-without-interface", '[operator.uds]\ninterface = ""\nchannel = "can0"\n', None, None,
+     "operator.uds.interface", "node"),
+    ("metrics-bind-not-an-address", '[operator.metrics]\nbind = "localhost"\n', None, None, "operator.metrics.bind",
+     "node"),
 ]
 
 
@@ -149,3 +171,183 @@ def test_a_copied_node_file_keeps_its_shipped_base(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         read_layers(lost)
     assert exc.value.field == "extends" and "no_such_base.toml" in exc.value.message
+
+
+LINUX_NODE1 = (PACKS / "linux_node1.toml").read_text()
+
+
+def _linux_node_file(tmp_path: Path, replace: tuple[str, str]) -> Path:
+    text = LINUX_NODE1.replace('extends = "example_pack.toml"', f'extends = "{PACKS / "example_pack.toml"}"')
+    text = text.replace('state_dir = "/var/lib/mbms/node1"', f'state_dir = "{tmp_path / "state"}"')
+    assert replace[0] in text, replace
+    p = tmp_path / "linux_node.toml"
+    p.write_text(text.replace(*replace, 1))
+    return p
+
+
+# hardware adapter "linux": the LTC6813 chain must measure exactly the pack's series elements and
+# temperature sensors, and its sensor bus must be a bus python-can can open
+LINUX_BAD = [
+    ("afe-cells-not-series", ("ics = 6", "ics = 5"), "hardware.afe.cells_per_ic"),
+    ("afe-temps-not-sensors", ("temps_per_ic = 4", "temps_per_ic = 3"), "hardware.afe.temps_per_ic"),
+    ("afe-19-cells-per-ic", ("cells_per_ic = 16", "cells_per_ic = 19"), "hardware.afe.cells_per_ic"),
+    ("sensor-can-without-channel", ('channel = "239.74.163.9"', 'channel = ""'), "hardware.sensor_can.channel"),
+    ("no-contactor-table", ("[hardware.contactors]", "[hardware.contactorz]"), "hardware.contactorz"),
+]
+
+
+@pytest.mark.parametrize("replace,field", [b[1:] for b in LINUX_BAD], ids=[b[0] for b in LINUX_BAD])
+def test_linux_hardware_check_and_start_agree(tmp_path: Path, replace: tuple[str, str], field: str) -> None:
+    node = _linux_node_file(tmp_path, replace)
+    system = _system_file(tmp_path)
+    _assert_both_refuse(node, system, field, str(node))
+
+
+def test_shipped_linux_node_checks_clean(tmp_path: Path) -> None:
+    node = _linux_node_file(tmp_path, ("ics = 6", "ics = 6"))
+    out = _mbms("--config", str(node), "--system", str(_system_file(tmp_path)), "--check", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["ok"] is True
+
+
+@pytest.mark.parametrize("edit,field", [
+    (("charge_min_c = 0\n", "charge_min_c = 50\n"), "temperature.charge_min_c"),     # window reversed
+    (("discharge_max_c = 60\n", "discharge_max_c = 333\n"), "temperature.discharge_max_c"),  # kelvin for °C
+    (("discharge_max_c = 60\n", "discharge_max_c = 60\nmax_c = 70\n"), "max_c"),   # unknown key
+], ids=["reversed", "kelvin", "unknown-key"])
+def test_a_bad_cell_temperature_window_is_refused_by_both(tmp_path: Path, edit: tuple[str, str], field: str) -> None:
+    cell = (data_dir() / "cells" / "lg_m50_nmc.toml").read_text()
+    assert edit[0] in cell
+    (tmp_path / "my_cell.toml").write_text(cell.replace(*edit, 1))
+    node = _node_file(tmp_path, '[pack]\ncell = "my_cell.toml"\n')
+    report = _assert_both_refuse(node, _system_file(tmp_path), "pack.cell", str(node))
+    assert field in report["expected"], report
+
+
+def test_a_cell_file_without_a_temperature_window_is_a_warning(tmp_path: Path) -> None:
+    cell = (data_dir() / "cells" / "lg_m50_nmc.toml").read_text()
+    start = cell.index("[temperature]")
+    (tmp_path / "old_cell.toml").write_text(cell[:start] + cell[cell.index("[estimator]"):])
+    node = _node_file(tmp_path, '[pack]\ncell = "old_cell.toml"\n')
+    out = _mbms("--config", str(node), "--system", str(_system_file(tmp_path)), "--check", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    warn = [f for f in json.loads(out.stdout)["findings"] if f["severity"] == "warning"]
+    assert [(f["field"], f["file"]) for f in warn] == [("pack.cell", str(node))], warn
+    assert "[temperature]" in warn[0]["expected"] and warn[0]["value"] == '"old_cell.toml"', warn
+
+
+def _assert_both_refuse(node: Path, system: Path, field: str, file: str) -> dict:
+    """--check --json and a real start both refuse, naming ``file`` and ``field``; the finding
+    carries the value and what was expected. Returns the finding."""
+    check = _mbms("--config", str(node), "--system", str(system), "--check", "--json")
+    assert check.returncode == 2, check.stdout + check.stderr
+    errors = [f for f in json.loads(check.stdout)["findings"] if f["severity"] == "error"]
+    assert (errors[0]["field"], errors[0]["file"]) == (field, file), errors
+    assert errors[0]["expected"], errors[0]
+    start = _mbms("--config", str(node), "--system", str(system), "--duration", "5")
+    assert start.returncode == 2, start.stdout + start.stderr
+    assert "Traceback" not in start.stderr
+    line = start.stderr.strip().splitlines()[-1]
+    assert f"{file}: {field}:" in line, line
+    return errors[0]
+
+
+# ---- issue 11 item 5 on the sections added since: [inverter], [operator], the Linux adapter's
+# [hardware.*] tables and a cell file's [estimator]. Each hostile value must be refused in one
+# short line naming its field, before anything is allocated or opened.
+HOSTILE = ["1e8", "100000000", "nan", "inf", "-1", "-1e300", '"' + "x" * 200_000 + '"']
+#: hostile-looking values that are legal for one field
+LEGAL = {("current_sign", "-1")}
+LINUX1 = (PACKS / "linux_node1.toml").read_text()
+CELL = (data_dir() / "cells" / "lg_m50_nmc.toml").read_text()
+INVERTER = '\n[inverter]\nprotocol = "pylon_lv"\n[inverter.can]\ninterface = "virtual"\nchannel = "inv"\n'
+OPERATOR = ('\n[operator.mqtt]\nhost = "127.0.0.1"\n[operator.metrics]\nport = 0\n'
+            '[operator.uds]\ninterface = "virtual"\nchannel = "uds"\n')
+#: (file kind, table, key): file kinds "system" (with [inverter]), "operator" (node1 with
+#: [operator.*]), "linux" (linux_node1), "cell" (a copy of the NMC cell file)
+NEWER = [
+    *[("system", "inverter", k) for k in ("cycle_ms", "timeout_ms", "cvl_margin_v_per_cell", "force_charge_soc",
+                                          "manufacturer", "stop_frames")],
+    *[("system", "inverter.can", k) for k in ("bitrate", "interface", "channel")],
+    *[("operator", "operator.mqtt", k) for k in ("port", "state_period_ms", "queue_max", "keepalive_s", "qos",
+                                                 "host", "topic_prefix")],
+    ("operator", "operator.metrics", "bind"), ("operator", "operator.uds", "rx_id"),
+    ("operator", "operator.uds", "serial"), ("operator", "operator.uds", "channel"),
+    *[("linux", "hardware.afe", k) for k in ("ics", "cells_per_ic", "spi_hz", "open_wire_every", "ntc_beta_k",
+                                             "dcto_code", "device")],
+    *[("linux", "hardware.sensor_can", k) for k in ("bitrate", "interface", "channel")],
+    *[("linux", "hardware.current_sensor", k) for k in ("cycle_ms", "timeout_cycles", "current_sign")],
+    *[("linux", "hardware.contactors", k) for k in ("neg_out", "i_open_a", "dv_closed_v", "confirm_ms", "chip")],
+    ("linux", "hardware.insulation", "timeout_ms"), ("linux", "hardware", "link_timeout_ms"),
+    *[("cell", "estimator", k) for k in ("model_error_v", "model_error_v_per_c", "model_error_corr_s",
+                                         "full_charge_soc_sigma", "full_charge_dv_v", "full_charge_taper_c")],
+]
+
+
+def _set(text: str, table: str, key: str, value: str) -> str:
+    """``key = value`` in ``[table]`` of a TOML text (replacing the key, or adding it)."""
+    lines, out, inside, done = text.split("\n"), [], False, False
+    for line in lines:
+        bare = line.split("#")[0].strip()
+        if bare.startswith("["):
+            if inside and not done:
+                out.append(f"{key} = {value}")
+                done = True
+            inside = bare == f"[{table}]"
+        if inside and bare.split("=")[0].strip() == key:
+            out.append(f"{key} = {value}")
+            done = True
+            continue
+        out.append(line)
+    if not done:
+        out.append(f"{key} = {value}" if inside else f"\n[{table}]\n{key} = {value}")
+    return "\n".join(out)
+
+
+def _newer_files(tmp: Path, kind: str, table: str, key: str, value: str) -> tuple[Path, Path]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    node = NODE1.replace('extends = "example_pack.toml"', f'extends = "{PACKS / "example_pack.toml"}"')
+    node = node.replace('state_dir = "/var/lib/mbms/node1"', f'state_dir = "{tmp / "state"}"')
+    system = SYSTEM
+    if kind == "system":
+        system = _set(SYSTEM + INVERTER, table, key, value)
+    elif kind == "operator":
+        node = _set(node + OPERATOR, table, key, value)
+    elif kind == "linux":
+        node = _set(LINUX1.replace('extends = "example_pack.toml"', f'extends = "{PACKS / "example_pack.toml"}"')
+                    .replace('"/var/lib/mbms/node1"', f'"{tmp / "state"}"'), table, key, value)
+    else:
+        (tmp / "cell.toml").write_text(_set(CELL, table, key, value))
+        node += f'\n[pack]\ncell = "{tmp / "cell.toml"}"\n'
+    (tmp / "node.toml").write_text(node)
+    (tmp / "system.toml").write_text(system)
+    return tmp / "node.toml", tmp / "system.toml"
+
+
+@pytest.mark.parametrize("kind,table,key", NEWER, ids=[f"{t}.{k}" for _, t, k in NEWER])
+def test_hostile_values_in_newer_sections_are_one_short_line_naming_the_field(tmp_path: Path, kind: str, table: str,
+                                                                             key: str) -> None:
+    from mbms.config_views import load_node
+
+    for i, value in enumerate(HOSTILE):
+        if key in ("manufacturer", "host", "topic_prefix", "serial", "interface", "channel", "device", "chip", "bind") \
+                and not value.startswith('"'):
+            continue  # a number where a name goes is a type error (covered); the long name is the case
+        if (key, value) in LEGAL:
+            continue
+        node, system = _newer_files(tmp_path / str(i), kind, table, key, value)
+        errors = load_node(str(node), str(system)).errors
+        assert errors, f"{table}.{key} = {value[:20]} accepted"
+        e = errors[0]
+        text = f"{e.file}: {e.field}: {e.expected}"
+        # the dotted field, or (a cell file, its own TOML) the key in the cell file's message
+        assert key in e.field or key in e.expected, (value[:20], text[:300])
+        assert "\n" not in text and len(text) < 600, (value[:20], text[:300])
+
+
+def test_a_hostile_value_in_a_newer_section_stops_a_real_start_in_one_line(tmp_path: Path) -> None:
+    from test_cli_exit_codes import assert_one_line
+
+    node, system = _newer_files(tmp_path, "linux", "hardware.contactors", "confirm_ms", "100000000")
+    out = _mbms("--config", str(node), "--system", str(system), "--duration", "5")
+    assert_one_line(out, 2, "mbms node: error:", f"{node}: hardware.contactors.confirm_ms:")

@@ -265,3 +265,41 @@ def test_a_new_speaker_does_not_send_unagreed_zero_limits(tmp_path: Path) -> Non
     finally:
         gw.close()
         inv.bus.shutdown()
+
+
+@pytest.mark.parametrize("protocol", ["pylon_lv", "pylon_hv"])
+def test_a_join_asks_the_inverter_to_hold_and_it_keeps_its_current(tmp_path: Path, protocol: str) -> None:
+    """Issue 11 (S3): while a string joins, the speaker's frames carry HoldCurrent and the
+    inverter keeps its current although its request steps. LV: the hold goes out at once, not
+    at the next cycle (5 s here): a join is over in well under a second."""
+    gw, inv = _pair(tmp_path, protocol, cycle_ms=5000, timeout_ms=8000)
+    st = _status(speaker=1, dcl=80.0, ccl=40.0)
+
+    def run(join: bool, request_a: float, until, what: str, timeout_s: float = 5.0) -> None:
+        def step() -> bool:
+            now = time.monotonic()
+            gw.update(now, st, MEAS, join_in_progress=join)
+            inv.poll(now)
+            inv.receive(now)
+            gw.update(time.monotonic(), st, MEAS, join_in_progress=join)
+            inv.current(time.monotonic(), request_a)
+            return bool(until())
+        wait_for(step, timeout_s, what, poll_s=0.02)
+
+    try:
+        run(False, 30.0, lambda: inv.current_a == pytest.approx(30.0), "the inverter drawing 30 A")
+        assert not inv.heard.hold
+        t0 = time.monotonic()
+        run(True, 30.0, lambda: inv.heard.hold, "the hold", timeout_s=2.0)
+        assert time.monotonic() - t0 < 2.0  # LV: not the 5 s cycle
+        # the request steps by +40 A during the join: the current stays where it was
+        for _ in range(10):
+            run(True, 70.0, lambda: True, "a period")
+            assert inv.current_a == pytest.approx(30.0)
+        # without the hold the same request step is followed (the check can fail)
+        inv.heard.hold = False
+        wait_for(lambda: inv.current(time.monotonic(), 70.0) == pytest.approx(70.0), 2.0,
+                 "the inverter following the request without the hold", poll_s=0.01)
+    finally:
+        gw.close()
+        inv.bus.shutdown()

@@ -164,6 +164,10 @@ impl PyFastSim {
     fn set_hold_load_during_join(&mut self, on: bool) {
         self.sim.hold_load_during_join = on;
     }
+    /// The inverter starts holding this long after the speaker raised join_in_progress (ms).
+    fn set_hold_latency_ms(&mut self, ms: u64) {
+        self.sim.hold_latency_ms = ms;
+    }
     /// Freeze the plant for `ms` from now (a stopped plant process).
     fn freeze_plant(&mut self, ms: u64) {
         self.sim.freeze_plant(ms);

@@ -190,6 +190,10 @@ pub struct CellFile {
     #[serde(default)]
     pub hysteresis: Option<HysteresisSection>,
     pub thermal: ThermalSection,
+    /// The datasheet's operating temperature windows for charge and discharge; absent: the
+    /// protection's temperature thresholds are not checked against the cell (a warning).
+    #[serde(default)]
+    pub temperature: Option<TemperatureWindow>,
     /// How far the estimator may trust this cell's model, and the full-charge synchronisation
     /// point of its chemistry; absent: no model-error terms beyond the pack file's, no sync.
     #[serde(default)]
@@ -246,6 +250,20 @@ impl CellEstimator {
                 return Err(err(&format!("estimator.{name}"), format!("expected a finite number >= 0, got {v}")));
             }
         }
+        // Upper bounds (issue 11): a model error of volts or a correlation time of years is not
+        // a model, and would make the SOC filter ignore every measurement silently.
+        for (name, v, max, unit) in [
+            ("model_error_v", self.model_error_v, 0.5, "V"),
+            ("model_error_v_per_c", self.model_error_v_per_c, 1.0, "V per C"),
+            ("model_error_corr_s", self.model_error_corr_s, 86_400.0, "s"),
+            ("full_charge_dv_v", self.full_charge_dv_v, 0.5, "V"),
+            ("full_charge_taper_c", self.full_charge_taper_c, 1.0, "C"),
+            ("full_charge_soc_sigma", self.full_charge_soc_sigma, 0.5, ""),
+        ] {
+            if v > max {
+                return Err(err(&format!("estimator.{name}"), format!("expected at most {max} {unit}, got {v}")));
+            }
+        }
         if self.full_charge_taper_c > 0.0 && !(self.full_charge_soc_sigma > 0.0 && self.full_charge_dv_v > 0.0 && self.full_charge_soc > 0.5 && self.full_charge_soc <= 1.0) {
             return Err(err("estimator.full_charge_soc", "with full_charge_taper_c set: full_charge_soc in (0.5, 1], full_charge_soc_sigma and full_charge_dv_v > 0"));
         }
@@ -299,6 +317,43 @@ pub struct ThermalSection {
     pub cp_j_per_kg_k: f64,
 }
 
+/// The `[temperature]` table of a cell file: the cell temperatures (°C) between which the
+/// datasheet allows charging and discharging. Written by hand from the datasheet (cited in the
+/// file); `mbms node --check` keeps the protection's temperature faults inside these windows
+/// (rust_core/src/config.rs `protection_findings`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemperatureWindow {
+    pub charge_min_c: f64,
+    pub charge_max_c: f64,
+    pub discharge_min_c: f64,
+    pub discharge_max_c: f64,
+}
+
+impl TemperatureWindow {
+    fn validate(&self) -> Result<(), CellParamError> {
+        // -80..150 °C: beyond any lithium-ion cell's datasheet; a value outside is a typo or
+        // kelvin where °C is meant
+        for (name, v) in [
+            ("charge_min_c", self.charge_min_c),
+            ("charge_max_c", self.charge_max_c),
+            ("discharge_min_c", self.discharge_min_c),
+            ("discharge_max_c", self.discharge_max_c),
+        ] {
+            if !(v.is_finite() && (-80.0..=150.0).contains(&v)) {
+                return Err(err(&format!("temperature.{name}"), format!("expected a cell temperature -80..=150 °C, got {v}")));
+            }
+        }
+        if !(self.charge_min_c < self.charge_max_c) {
+            return Err(err("temperature.charge_min_c", format!("expected charge_min_c < charge_max_c, got {} >= {}", self.charge_min_c, self.charge_max_c)));
+        }
+        if !(self.discharge_min_c < self.discharge_max_c) {
+            return Err(err("temperature.discharge_min_c", format!("expected discharge_min_c < discharge_max_c, got {} >= {}", self.discharge_min_c, self.discharge_max_c)));
+        }
+        Ok(())
+    }
+}
+
 /// Cell parameters ready for fast evaluation.
 #[derive(Debug, Clone)]
 pub struct CellParams {
@@ -323,6 +378,8 @@ pub struct CellParams {
     pub mass_kg: f64,
     pub cp_j_per_kg_k: f64,
     pub estimator: CellEstimator,
+    /// Operating temperature windows from the datasheet (`[temperature]`), if the file has them.
+    pub temperature: Option<TemperatureWindow>,
 }
 
 /// A parameter-file error: the dotted field and what was expected.
@@ -416,6 +473,9 @@ impl CellParams {
             None => (0.0, 0.0),
         };
         f.estimator.validate()?;
+        if let Some(t) = &f.temperature {
+            t.validate()?;
+        }
         Ok(Self {
             name: f.name,
             chemistry: f.chemistry,
@@ -438,6 +498,7 @@ impl CellParams {
             mass_kg: f.thermal.mass_kg,
             cp_j_per_kg_k: f.thermal.cp_j_per_kg_k,
             estimator: f.estimator,
+            temperature: f.temperature,
         })
     }
 

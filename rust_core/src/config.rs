@@ -118,8 +118,20 @@ pub fn typed<T: DeserializeOwned>(v: toml::Value, prefix: &str) -> Result<T, Con
         if field.is_empty() {
             field = "<root>".into();
         }
-        cerr(field, inner)
+        cerr(field, clip_message(inner))
     })
+}
+
+/// serde echoes the offending value; a hostile file's 200 kB string (or a float printed with
+/// 300 digits) must still give a one-line error of readable length.
+fn clip_message(mut m: String) -> String {
+    const MAX: usize = 200;
+    if m.len() > MAX {
+        let cut = (0..=MAX).rev().find(|&i| m.is_char_boundary(i)).unwrap_or(0);
+        m.truncate(cut);
+        m.push_str("...");
+    }
+    m.replace(['\n', '\r'], " ")
 }
 
 /// Parse TOML text into a table, naming the line of a syntax error.
@@ -525,8 +537,9 @@ fn operator_findings(o: &OperatorConfig) -> Vec<(String, String)> {
         v.push(("events_keep".into(), "0..=100 rotated files".into()));
     }
     if let Some(m) = &o.mqtt {
-        if m.host.is_empty() {
-            v.push(("mqtt.host".into(), "a broker host name or address".into()));
+        if m.host.is_empty() || m.host.len() > 253 {
+            // 253: the longest DNS name (RFC 1035)
+            v.push(("mqtt.host".into(), "a broker host name or address (1..=253 characters)".into()));
         }
         if m.port == 0 {
             v.push(("mqtt.port".into(), "a port 1..65535".into()));
@@ -543,7 +556,7 @@ fn operator_findings(o: &OperatorConfig) -> Vec<(String, String)> {
         if !m.password.is_empty() && m.username.is_empty() {
             v.push(("mqtt.username".into(), "a user name when a password is given".into()));
         }
-        if m.topic_prefix.is_empty() || m.topic_prefix.contains(['+', '#']) || m.topic_prefix.ends_with('/') {
+        if m.topic_prefix.is_empty() || m.topic_prefix.len() > 256 || m.topic_prefix.contains(['+', '#']) || m.topic_prefix.ends_with('/') {
             v.push(("mqtt.topic_prefix".into(), "a topic without wildcards (+, #) or a trailing '/'".into()));
         }
         if m.discovery_prefix.contains(['+', '#']) {
@@ -579,8 +592,17 @@ fn operator_findings(o: &OperatorConfig) -> Vec<(String, String)> {
         if !k.is_empty() && (k.len() % 2 != 0 || !(32..=128).contains(&k.len()) || !k.chars().all(|c| c.is_ascii_hexdigit())) {
             v.push(("uds.security_key_hex".into(), "16..64 bytes as hex digits, or empty".into()));
         }
-        if u.channel.is_empty() {
-            v.push(("uds.channel".into(), "a python-can channel".into()));
+        if u.interface.is_empty() || u.interface.len() > 64 {
+            v.push(("uds.interface".into(), "a python-can interface name of 1..=64 characters".into()));
+        }
+        if u.channel.is_empty() || u.channel.len() > 64 {
+            v.push(("uds.channel".into(), "a python-can channel of 1..=64 characters".into()));
+        }
+        if u.serial.len() > 32 {
+            v.push(("uds.serial".into(), "a serial number of up to 32 characters (DID 0xF18C)".into()));
+        }
+        if u.port == 0 {
+            v.push(("uds.port".into(), "a port 1..65535".into()));
         }
     }
     v
@@ -605,6 +627,27 @@ impl Default for CanTransport {
     fn default() -> Self {
         Self { interface: "socketcan".into(), channel: "can0".into(), port: 43113, bitrate: 500_000, fd: false }
     }
+}
+
+/// Range checks of a python-can bus table (the peers' `[transport.can]`, `[inverter.can]`,
+/// `[hardware.sensor_can]`): (field below the table, what was expected). The same for every bus,
+/// so `--check` refuses what opening the bus at a start would trip over.
+fn can_bus_findings(c: &CanTransport) -> Vec<(&'static str, &'static str)> {
+    let mut v = Vec::new();
+    // Names are short identifiers: an empty, huge or control-character name is a typo or garbage
+    // (issue 11: a 200 kB value must not reach python-can).
+    for (f, x) in [("interface", &c.interface), ("channel", &c.channel)] {
+        if x.is_empty() || x.len() > 64 || x.chars().any(char::is_control) {
+            v.push((f, "a python-can name of 1..=64 printable characters"));
+        }
+    }
+    if c.port == 0 {
+        v.push(("port", "a port 1..65535"));
+    }
+    if !(10_000..=8_000_000).contains(&c.bitrate) {
+        v.push(("bitrate", "a bit rate 10000..=8000000"));
+    }
+    v
 }
 
 /// `[transport.udp]`: one msgpack datagram per message, to a multicast group or a peer list.
@@ -768,6 +811,9 @@ impl InverterConfig {
         }
         if self.stop_frames > 100 {
             return Err(cerr("inverter.stop_frames", "expected <= 100"));
+        }
+        if let Some((f, m)) = can_bus_findings(&self.can).first() {
+            return Err(cerr(format!("inverter.can.{f}"), format!("expected {m}")));
         }
         Ok(())
     }
@@ -988,7 +1034,7 @@ pub fn node_findings(layers: &[Layer], system: Option<(&str, &str)>, cell_text: 
             }
             if let Some(text) = cell_text {
                 match CellParams::from_toml_str(text) {
-                    Err(e) => out.findings.push(pack_finding(Severity::Error, "pack.cell", format!("a valid cell parameter file; {}: {}", e.field, e.message))),
+                    Err(e) => out.findings.push(pack_finding(Severity::Error, "pack.cell", format!("a valid cell parameter file; {}: {}", e.field, clip_message(e.message)))),
                     Ok(cell) => {
                         for (sev, f, m) in protection_findings(&p.engine(), &cell) {
                             out.findings.push(pack_finding(sev, &f, m));
@@ -1142,13 +1188,32 @@ fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
         if !(a.ntc_beta_k > 0.0 && a.ntc_r25_ohm > 0.0 && a.ntc_pullup_ohm > 0.0) {
             v.push(("afe.ntc_beta_k".into(), "positive NTC beta, R25 and pull-up".into()));
         }
+        // issue 11: upper bounds too (a value that is legal but absurd misleads silently).
+        // NTC thermistors for cell sensing have beta 2000..6000 K (e.g. Murata NCP, TDK B57);
+        // R25 and the divider's pull-up sit between 100 ohm and 1 MOhm.
+        if !(1000.0..=10_000.0).contains(&a.ntc_beta_k) {
+            v.push(("afe.ntc_beta_k".into(), "an NTC beta 1000..=10000 K".into()));
+        }
+        for (f, x) in [("ntc_r25_ohm", a.ntc_r25_ohm), ("ntc_pullup_ohm", a.ntc_pullup_ohm)] {
+            if !(100.0..=1e6).contains(&x) {
+                v.push((format!("afe.{f}"), "100..=1000000 ohm".into()));
+            }
+        }
+        if a.open_wire_every > 10_000 {
+            v.push(("afe.open_wire_every".into(), "0 (never) or up to 10000 acquisitions".into()));
+        }
+    }
+    if let Some(c) = &h.sensor_can {
+        for (f, m) in can_bus_findings(c) {
+            v.push((format!("sensor_can.{f}"), m.into()));
+        }
     }
     if let Some(c) = &h.current_sensor {
         if !(1..=10_000).contains(&c.cycle_ms) {
             v.push(("current_sensor.cycle_ms".into(), "1..=10000 ms".into()));
         }
-        if c.timeout_cycles < 2 {
-            v.push(("current_sensor.timeout_cycles".into(), "at least 2 cycles".into()));
+        if !(2..=1000).contains(&c.timeout_cycles) || c.cycle_ms as u64 * c.timeout_cycles as u64 > 60_000 {
+            v.push(("current_sensor.timeout_cycles".into(), "2..=1000 cycles, and cycle_ms x timeout_cycles <= 60000 ms".into()));
         }
         if c.current_sign != 1.0 && c.current_sign != -1.0 {
             v.push(("current_sensor.current_sign".into(), "1.0 or -1.0".into()));
@@ -1162,8 +1227,21 @@ fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
         if !(c.chip.starts_with("/dev/") || c.chip.starts_with("emu:///")) {
             v.push(("contactors.chip".into(), "\"/dev/gpiochipN\" or \"emu:///PATH\"".into()));
         }
-        if !(c.i_open_a > 0.0 && c.dv_closed_v > 0.0 && c.confirm_ms > 0) {
-            v.push(("contactors.i_open_a".into(), "positive i_open_a, dv_closed_v and confirm_ms".into()));
+        // The welded / stuck-open checks must be able to fire: a threshold above anything a
+        // string carries or a confirm time of hours disables them silently (issue 11).
+        if !(c.i_open_a > 0.0 && c.i_open_a <= 50.0) {
+            v.push(("contactors.i_open_a".into(), "0 < i_open_a <= 50 A".into()));
+        }
+        if !(c.dv_closed_v > 0.0 && c.dv_closed_v <= 100.0) {
+            v.push(("contactors.dv_closed_v".into(), "0 < dv_closed_v <= 100 V".into()));
+        }
+        if !(1..=10_000).contains(&c.confirm_ms) {
+            v.push(("contactors.confirm_ms".into(), "1..=10000 ms".into()));
+        }
+        for (f, x) in [("neg_out", c.neg_out), ("pos_out", c.pos_out), ("pre_out", c.pre_out), ("neg_fb", c.neg_fb), ("pos_fb", c.pos_fb), ("pre_fb", c.pre_fb)] {
+            if x > 4095 {
+                v.push((format!("contactors.{f}"), "a GPIO line offset 0..=4095".into()));
+            }
         }
     }
     if let Some(i) = &h.insulation {
@@ -1171,8 +1249,8 @@ fn hardware_findings(h: &HardwareConfig) -> Vec<(String, String)> {
         if !(30.0..=2000.0).contains(&i.min_kohm) || i.warning_kohm <= i.min_kohm || i.warning_kohm > 2000.0 {
             v.push(("insulation.min_kohm".into(), "30 <= min_kohm < warning_kohm <= 2000 (kOhm)".into()));
         }
-        if i.timeout_ms < 1000 {
-            v.push(("insulation.timeout_ms".into(), "at least 1000 ms (the iso165C sends IMD_Info every second)".into()));
+        if !(1000..=60_000).contains(&i.timeout_ms) {
+            v.push(("insulation.timeout_ms".into(), "1000..=60000 ms (the iso165C sends IMD_Info every second)".into()));
         }
     }
     v
@@ -1231,17 +1309,8 @@ fn system_findings(s: &SystemConfig, table: &toml::Table) -> Vec<(Severity, Stri
                 v.push((Error, "transport.udp".into(), "no [transport.udp] table with kind = \"can\"".into()));
             }
             if let Some(c) = &t.can {
-                if !(10_000..=8_000_000).contains(&c.bitrate) {
-                    v.push((Error, "transport.can.bitrate".into(), "a bit rate 10000..=8000000".into()));
-                }
-                if c.interface.is_empty() {
-                    v.push((Error, "transport.can.interface".into(), "a python-can interface name".into()));
-                }
-                if c.channel.is_empty() {
-                    v.push((Error, "transport.can.channel".into(), "a channel name".into()));
-                }
-                if c.port == 0 {
-                    v.push((Error, "transport.can.port".into(), "a port 1..65535".into()));
+                for (f, m) in can_bus_findings(c) {
+                    v.push((Error, format!("transport.can.{f}"), m.into()));
                 }
             }
         }
@@ -1305,6 +1374,13 @@ pub const OV_FAULT_MARGIN_V: f64 = 0.05;
 /// during the confirmation delay; deeper is over-discharge (copper dissolution).
 pub const UV_FAULT_MARGIN_V: f64 = 0.1;
 
+/// Margin (°C) by which a temperature fault may sit outside the cell's datasheet window
+/// (`[temperature]` of the cell file): the error of the measuring chain. A ±1 % NTC with a ±1 %
+/// beta tolerance read through a ratiometric ADC (e.g. Vishay NTCLE413/TDK B57861S, LTC6813
+/// GPIO inputs) is within about ±1.5 K over -20..60 °C; 2 °C covers that and the AFE's
+/// reference error. Further out the cell runs outside its window before protection acts.
+pub const TEMP_FAULT_MARGIN_C: f64 = 2.0;
+
 /// Cross-checks a BMS engineer expects of the protection and limits, against the cell file.
 pub fn protection_findings(e: &EngineConfig, cell: &CellParams) -> Vec<(Severity, String, String)> {
     use Severity::*;
@@ -1344,6 +1420,26 @@ pub fn protection_findings(e: &EngineConfig, cell: &CellParams) -> Vec<(Severity
     }
     if uv.fault < cell.v_min_v - UV_FAULT_MARGIN_V {
         v.push((Error, "protection.cell_undervoltage_v.fault".into(), format!(">= the cell's v_min_v {} V - {UV_FAULT_MARGIN_V} V ({})", cell.v_min_v, cell.name)));
+    }
+    // temperature faults inside the datasheet's charge and discharge windows (cell file
+    // [temperature]), each rule against the window of its own direction
+    match &cell.temperature {
+        Some(w) => {
+            let m = TEMP_FAULT_MARGIN_C;
+            for (name, fault, limit, upper, what) in [
+                ("overtemp_charge_c", p.overtemp_charge_c.fault, w.charge_max_c, true, "charge_max_c"),
+                ("undertemp_charge_c", p.undertemp_charge_c.fault, w.charge_min_c, false, "charge_min_c"),
+                ("overtemp_discharge_c", p.overtemp_discharge_c.fault, w.discharge_max_c, true, "discharge_max_c"),
+                ("undertemp_discharge_c", p.undertemp_discharge_c.fault, w.discharge_min_c, false, "discharge_min_c"),
+            ] {
+                let inside = if upper { fault <= limit + m } else { fault >= limit - m };
+                if !inside {
+                    let (op, sign) = if upper { ("<=", "+") } else { (">=", "-") };
+                    v.push((Error, format!("protection.{name}.fault"), format!("{op} the cell's temperature.{what} {limit} °C {sign} {m} °C ({})", cell.name)));
+                }
+            }
+        }
+        None => v.push((Warning, "pack.cell".into(), format!("a cell file with a [temperature] table (the datasheet's charge and discharge windows); without it the temperature faults are not checked against the cell ({})", cell.name))),
     }
     // every under-voltage level below every over-voltage level: else a healthy cell is in both
     let uv_top = uv.warning.max(uv.alarm).max(uv.fault);
@@ -1494,6 +1590,49 @@ mod tests {
             assert_ne!(node, base, "{from}");
             assert_eq!(first(&node, SYSTEM).1, field, "{to}");
         }
+    }
+
+    #[test]
+    fn temperature_faults_stay_inside_the_cells_windows() {
+        // LG M50 ([temperature] of its cell file): charge 0..45 °C, discharge -20..60 °C
+        let cases: [(&str, &str, Option<&str>); 6] = [
+            ("alarm = 43.0\nfault = 45.0", "alarm = 43.0\nfault = 48.0", Some("protection.overtemp_charge_c.fault")),
+            ("alarm = 43.0\nfault = 45.0", "alarm = 43.0\nfault = 47.0", None), // 45 + the 2 °C margin
+            ("alarm = 2.0\nfault = 0.0", "alarm = 2.0\nfault = -5.0", Some("protection.undertemp_charge_c.fault")),
+            ("alarm = 55.0\nfault = 60.0", "alarm = 55.0\nfault = 65.0", Some("protection.overtemp_discharge_c.fault")),
+            ("alarm = -15.0\nfault = -20.0", "alarm = -15.0\nfault = -25.0", Some("protection.undertemp_discharge_c.fault")),
+            ("alarm = -15.0\nfault = -20.0", "alarm = -15.0\nfault = -22.0", None),
+        ];
+        let base = full();
+        for (from, to, field) in cases {
+            let node = base.replacen(from, to, 1);
+            assert_ne!(node, base, "{from}");
+            let r = check(&node, SYSTEM);
+            let errors: Vec<_> = r.findings.iter().filter(|f| f.severity == Severity::Error).collect();
+            match field {
+                Some(field) => {
+                    assert_eq!(errors.len(), 1, "{to}: {errors:?}");
+                    assert_eq!(errors[0].field, field);
+                    assert!(errors[0].expected.contains("temperature.") && errors[0].expected.contains("LG INR21700-M50"), "{:?}", errors[0]);
+                    assert!(errors[0].value.is_some());
+                }
+                None => assert!(errors.is_empty(), "{to}: {errors:?}"),
+            }
+        }
+        // a cell file without the window: a warning naming pack.cell, no error
+        let start = CELL.find("[temperature]").unwrap();
+        let end = start + CELL[start..].find("\n[estimator]").unwrap();
+        let no_window = format!("{}{}", &CELL[..start], &CELL[end..]);
+        let r = node_findings(&layers(NODE1), Some(("system.toml", SYSTEM)), Some(&no_window));
+        assert!(r.findings.iter().all(|f| f.severity != Severity::Error), "{:?}", r.findings);
+        assert!(r.findings.iter().any(|f| f.severity == Severity::Warning && f.field == "pack.cell" && f.expected.contains("[temperature]")), "{:?}", r.findings);
+        // a reversed window is an error of the cell file
+        let reversed = CELL.replacen("charge_min_c = 0\n", "charge_min_c = 50\n", 1);
+        assert_ne!(reversed, CELL);
+        let r = node_findings(&layers(NODE1), Some(("system.toml", SYSTEM)), Some(&reversed));
+        let e = r.first_error().expect("an error");
+        assert_eq!(e.field, "pack.cell");
+        assert!(e.message.contains("temperature.charge_min_c"), "{}", e.message);
     }
 
     #[test]

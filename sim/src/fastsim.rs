@@ -200,8 +200,17 @@ pub struct FastSim {
     /// sample taken at the step itself. None: every step with a sample of that instant.
     pub node_period_ms: Option<u64>,
     /// The inverter holds its current while a join is in progress (a speaker's
-    /// join_in_progress), as an inverter honouring the BMS's hold request would.
+    /// join_in_progress), as an inverter honouring the BMS's hold request would. On by default:
+    /// the simulated inverter is the one a battery with our gateway talks to (HoldCurrent,
+    /// mbms.gateways.inverter_can; processes mode's mbms.sim.inverter obeys it too); the S3
+    /// campaign turns it off for its raw load, which listens to nobody.
     pub hold_load_during_join: bool,
+    /// How long after the speaker raised join_in_progress the inverter starts holding (ms):
+    /// the hold travels in the inverter frames (Pylon LV: sent at once on the rise, one speaker
+    /// period; Pylon HV: at the inverter's next poll, up to its poll period). 0: at once.
+    pub hold_latency_ms: u64,
+    /// When the speaker's join_in_progress last rose (sim ms), while it stays up.
+    join_flag_since_ms: Option<u64>,
     /// The plant is frozen (its process stopped) until this sim time: no physics, no
     /// samples, commands queue.
     frozen_until_ms: u64,
@@ -276,7 +285,9 @@ impl FastSim {
             ever_closed: vec![false; n],
             faults_seen: vec![0; n],
             node_period_ms: None,
-            hold_load_during_join: false,
+            hold_load_during_join: true,
+            hold_latency_ms: 0,
+            join_flag_since_ms: None,
             frozen_until_ms: 0,
             plant_lag_ms: 0,
             s3_seen: 0,
@@ -486,7 +497,10 @@ impl FastSim {
         }
         // An inverter honouring the hold keeps its current while a string joins (a limit
         // that drops is still obeyed at once below).
-        let hold = self.hold_load_during_join && self.speaker_join_in_progress();
+        let flag = self.speaker_join_in_progress();
+        self.join_flag_since_ms = if flag { Some(self.join_flag_since_ms.unwrap_or(self.t_ms)) } else { None };
+        let hold = self.hold_load_during_join
+            && self.join_flag_since_ms.is_some_and(|t| self.t_ms.saturating_sub(t) >= self.hold_latency_ms);
         let wanted_a = match (hold, self.held_load_a) {
             (true, Some(h)) => h,
             _ => request_a,

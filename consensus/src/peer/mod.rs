@@ -530,7 +530,12 @@ impl Peer {
 
         self.out.command = self.arb.command;
         self.out.phase = self.arb.phase;
-        self.out.join_in_progress = self.arb.phase.is_closing() || self.someone_else_closing();
+        // From the request on, not only the precharge: the speaker hears a peer's phase one
+        // heartbeat late and the inverter hears the hold one frame later still, so a hold raised
+        // at the precharge would often reach the inverter after the main contact closed (S3).
+        let joining = |p: Phase| p == Phase::Requesting || p.is_closing();
+        self.out.join_in_progress =
+            joining(self.arb.phase) || self.alive_remotes().any(|(_, r)| joining(r.phase()));
         if let Some(t) = local.meas_t_ms {
             self.arb.last_meas_t = Some(self.arb.last_meas_t.map_or(t, |l| l.max(t)));
         }
@@ -688,6 +693,28 @@ mod tests {
         l.feedback = Contactors::PRECHARGE;
         l.meas_t_ms = Some(meas_t_ms);
         l
+    }
+
+    /// The join hold (issue 11, S3) is asked for from the request on, not only from the
+    /// precharge: the inverter hears it a heartbeat and a frame later.
+    #[test]
+    fn a_join_is_in_progress_from_the_request_on() {
+        let mut p = Peer::new(PeerConfig { node_id: 1, members: vec![1], ..Default::default() }, 1).unwrap();
+        let mut t = 0;
+        loop {
+            let mut l = local(399.0);
+            l.v_bus_v = 400.0;
+            l.meas_t_ms = Some(t.max(100) - 100);
+            let out = p.tick(t, &l);
+            assert_eq!(out.join_in_progress, matches!(out.phase, Phase::Requesting | Phase::Precharging | Phase::Closing),
+                       "phase {:?}", out.phase);
+            if out.phase == Phase::Requesting {
+                assert!(out.join_in_progress);
+                return;
+            }
+            assert!(t < 5_000, "never requested");
+            t += 100;
+        }
     }
 
     /// Tick every 100 ms with one-period-old samples at a steady match until the dwell is

@@ -20,21 +20,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--joins", type=int, default=10, help="rejoin cycles per seed")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--load", choices=("inverter", "raw", "both"), default="both")
+    parser.add_argument("--hold-latency-ms", type=int, default=0,
+                        help="the inverter hears the join hold this long after the speaker raised it")
 
 
-def measure(seeds: int, joins: int, first_seed: int = 0, load: str = "both") -> dict[str, Any]:
+def measure(seeds: int, joins: int, first_seed: int = 0, load: str = "both", hold_latency_ms: int = 0) -> dict[str, Any]:
     from mbms.sim import s3_campaign
 
-    out: dict[str, Any] = {"seeds": seeds, "joins_per_seed": joins, "first_seed": first_seed}
+    out: dict[str, Any] = {"seeds": seeds, "joins_per_seed": joins, "first_seed": first_seed,
+                           "hold_latency_ms": hold_latency_ms}
     for kind in (("inverter", "raw") if load == "both" else (load,)):
         t0 = time.perf_counter()
-        r = s3_campaign.run(seeds, joins, kind, first_seed)
+        r = s3_campaign.run(seeds, joins, kind, first_seed, hold_latency_ms=hold_latency_ms)
         out[kind] = dict(r.to_dict(), wall_s=round(time.perf_counter() - t0, 1))
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    res = measure(args.seeds, args.joins, args.first_seed, args.load)
+    res = measure(args.seeds, args.joins, args.first_seed, args.load, args.hold_latency_ms)
     if args.json:
         print(json.dumps(res))
     else:
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
             r = res.get(kind)
             if r is None:
                 continue
-            print(f"S3 campaign, {kind} load: {r['seeds']} seeds, {r['joins']} joins ({r['freezes']} with a plant "
+            lat = f" (hold heard {res['hold_latency_ms']} ms late)" if kind == "inverter" and res["hold_latency_ms"] else ""
+            print(f"S3 campaign, {kind} load{lat}: {r['seeds']} seeds, {r['joins']} joins ({r['freezes']} with a plant "
                   f"freeze), {r['closes']} main closes, {r['aborts']} aborted closes; S3 violations on the truth: "
                   f"{r['s3_violations']} ({r['s3_in_travel']} with the step during the contact travel, "
                   f"{r['s3_avoidable']} avoidable); max true |dV| {r['max_dv_true_v']} V "

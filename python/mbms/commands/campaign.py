@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     where.add_argument("--scheduler", metavar="tcp://HOST:8786", help="a running Dask scheduler")
     where.add_argument("--workers", type=int, metavar="N", help="local cluster of N worker processes (default: cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--check", action="store_true",
+                   help="check the spec (every key, and each parameter point's scenario built once, as a run "
+                        "does before it starts) and print its jobs; no cluster: 0 ok, 2 errors")
     p.set_defaults(func=run)
 
 
@@ -31,9 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mbms.campaign import engine, report, spec as spec_mod, store
+    from mbms.campaign import spec as spec_mod
 
     spec = spec_mod.load(args.spec)
+    if args.check:  # the same load a run starts with; needs no cluster (nor the campaign extra)
+        print(f"{args.spec}: campaign {spec.name}: {len(spec.jobs)} {spec.kind} jobs")
+        return ExitCode.OK
+    from mbms.campaign import engine, report, store
     if args.workers is not None and args.workers < 1:
         print("mbms campaign: error: --workers: expected N >= 1", file=sys.stderr)
         return ExitCode.USAGE

@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="--protocol: the attacker in this schedule (mixed: as the seed draws it)")
     p.add_argument("--sabotage", default=None,
                    help="--protocol: a checker self-test that breaks one rule (mbms._core.SABOTAGE_MODES)")
+    p.add_argument("--check", action="store_true",
+                   help="check the scenario with --set/--packs/... applied (every key, the packs' engine and cell "
+                        "files, plant, network, events: the build a run starts with) and exit: 0 ok, 2 errors")
     p.add_argument("--quiet", action="store_true", help="no live view, only the summary")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
     p.set_defaults(func=run)
@@ -97,6 +100,13 @@ def run(args: argparse.Namespace) -> int:
         return run_protocol(args)
     console = Console(stderr=args.json, quiet=args.quiet and not args.json)
     sc = load_scenario(args)
+    if args.check:
+        from mbms.sim import fast
+
+        fast.build(sc)  # what a fast run builds first; processes mode hands the same packs to its nodes
+        print(f"{sc.source or 'default scenario'}: scenario {sc.name}: {sc.n_packs} packs, {sc.duration_s:.0f} s, "
+              f"mode {sc.mode}")
+        return 0
     plots = bool(args.out) and report.plots_available()
     if args.out and not plots:  # said before the run, not after it
         print("mbms sim: PNG plots skipped: matplotlib is not installed (pip install 'mbms[plots]'); "

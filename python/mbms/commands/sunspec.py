@@ -31,8 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     from mbms.gateways.sunspec import Nameplate, run_gateway
 
+    from mbms.gateways.web import parse_listen
+
+    host, port = parse_listen(args.listen, "--listen", "0.0.0.0:502")
     system = load_system(args.system)
-    host, _, port = args.listen.rpartition(":")
     plate = Nameplate(serial=system.system_id)
     if args.pack:
         from mbms.config_views import load_pack
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         if args.duration is not None:
             loop.call_later(args.duration, stop.set)
-        await run_gateway(system, host or "127.0.0.1", int(port), plate, stop)
+        await run_gateway(system, host, port, plate, stop)
 
     asyncio.run(main())
     return 0

@@ -295,7 +295,7 @@ class InverterGateway:
         self.speaking = False
         self._next_s = -math.inf
         self._stop_left = 0
-        self._last_sent: tuple[float, float] | None = None
+        self._last_sent: tuple[float, float, bool] | None = None
         self._takeover_s = -math.inf
         self.takeover_holds = 0
         self.frames_sent = 0
@@ -349,15 +349,18 @@ class InverterGateway:
         _merge_extremes(view, heard)
         if self.codec.cyclic:
             # a limit that drops is sent at once (S5: a drop shows at once), not a cycle later;
-            # small drifts wait for the cycle (bus load)
+            # small drifts wait for the cycle (bus load). So is a join's hold request: a join
+            # (precharge, dwell, main close) takes a few hundred ms, a cycle is 1 s, and a hold
+            # heard after the main contact closed does not keep the bus still (brief S3).
             last = self._last_sent
             drop = last is not None and (view.dcl_a < last[0] - max(1.0, 0.02 * last[0])
                                          or view.ccl_a < last[1] - max(1.0, 0.02 * last[1]))
-            if now >= self._next_s or drop:
+            hold_rise = view.hold and not (last is not None and last[2])
+            if now >= self._next_s or drop or hold_rise:
                 self._next_s = max(self._next_s + self.cfg.cycle_ms / 1000, now)
                 if stop:
                     self._stop_left -= 1
-                self._last_sent = (view.dcl_a, view.ccl_a)
+                self._last_sent = (view.dcl_a, view.ccl_a, view.hold)
                 self._send(self.codec.frames(view))
         else:
             self._drain(view if speaker or stop else None)

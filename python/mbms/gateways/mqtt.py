@@ -116,6 +116,8 @@ class MqttGateway:
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.unreachable = 0  # failed connection attempts since the last success
         self._thread = threading.Thread(target=self._run, name="mbms-mqtt", daemon=True)
 
     # ---------------------------------------------------------------- lifecycle
@@ -146,6 +148,7 @@ class MqttGateway:
             return
         self.refused = None
         self.connected = True
+        self.unreachable = 0
         log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
         client.publish(self.availability, b"online", qos=1, retain=True)
         if self.cfg.discovery_prefix:
@@ -153,6 +156,16 @@ class MqttGateway:
                 client.publish(topic, payload, qos=1, retain=True)
         with self._lock:
             self._lock.notify()  # send what waited for the broker
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        # An unreachable broker is an environment problem, but not one that stops a node: the
+        # battery's protection and its peers do not depend on the operator link. One warning
+        # line per outage (not per retry, never a traceback); paho retries every 1..30 s.
+        self.unreachable += 1
+        if self.unreachable == 1:
+            log.warning("MQTT broker %s:%d unreachable (connection failed); retrying in the background every "
+                        "1..30 s, the node runs on without it (check operator.mqtt.host/port and that the broker "
+                        "is running)", self.cfg.host, self.cfg.port)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
         if self.connected:

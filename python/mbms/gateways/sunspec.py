@@ -243,8 +243,32 @@ class SunSpecServer:
                                                              datatype=DataType.REGISTERS)],
                         action=self._action)
         self._server = ModbusTcpServer(dev, address=(self.host, self.port))
-        with opening(f"SunSpec Modbus TCP server {self.host}:{self.port}"):
-            await self._server.listen()
+        what = f"SunSpec Modbus TCP server {self.host}:{self.port}"
+        # pymodbus logs a failed bind as a warning of its own and returns False: the one line
+        # about it is ours (below), so its logger is quiet for this call only
+        import logging
+
+        pm_log = logging.getLogger("pymodbus.logging")
+        level = pm_log.level
+        pm_log.setLevel(logging.ERROR)
+        try:
+            with opening(what):
+                listening = await self._server.listen()
+        finally:
+            pm_log.setLevel(level)
+        if not listening:
+            # pymodbus logs the OSError of its bind and returns False: bind once more to learn
+            # what the machine says (address in use, permission denied, not on this host)
+            import socket
+
+            from mbms.errors import EnvironmentProblem
+
+            try:
+                socket.create_server((self.host, self.port)).close()
+            except OSError as exc:
+                with opening(what):
+                    raise exc from None
+            raise EnvironmentProblem(what, "could not listen there")
 
     async def serve_forever(self) -> None:
         assert self._server is not None

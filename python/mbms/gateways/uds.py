@@ -243,7 +243,8 @@ class UdsServer:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
+        if self._thread.ident is not None:  # a start that failed opening the bus never started it
+            self._thread.join(timeout=2)
         if self.stack is not None:
             self.stack.stop()
         if self.bus is not None:

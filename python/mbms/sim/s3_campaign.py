@@ -14,8 +14,10 @@ drop) and restarted, and while it rejoins
 Two kinds of load:
 
 * ``inverter``: the step is a change of the load REQUEST; the inverter obeys the agreed limits
-  and holds its current while the speaker reports a join in progress (``join_in_progress``).
-  Target: zero S3 violations.
+  and holds its current while the speaker reports a join in progress (``join_in_progress``,
+  raised from the joiner's request on), heard ``hold_latency_ms`` after the speaker raised it
+  (0: at once; the frames' real latency is about one speaker period for Pylon LV, which sends
+  the hold at once, and up to the poll period for Pylon HV). Target: zero S3 violations.
 * ``raw``: a load that listens to nobody steps at that instant (the plant's join load step).
   No controller can see a step that lands while the contact is already travelling (after the
   last sample before the close command); such a close is counted apart as ``in_travel``, and
@@ -111,8 +113,12 @@ def _until(sim: Any, pred: Any, limit_ms: int) -> bool:
     return False
 
 
-def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, freeze_every: int = 4) -> CampaignResult:
-    """The campaign; ``load`` is ``"inverter"`` or ``"raw"`` (module docstring)."""
+def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, freeze_every: int = 4,
+        hold_latency_ms: int = 0) -> CampaignResult:
+    """The campaign; ``load`` is ``"inverter"`` or ``"raw"`` (module docstring).
+    ``hold_latency_ms``: the inverter hears the join hold this long after the speaker raised it
+    (the frames' latency: Pylon LV sends it at once, about one speaker period; Pylon HV at the
+    inverter's next poll, up to its poll period)."""
     from mbms import _core
     from mbms.sim import fast
 
@@ -125,6 +131,7 @@ def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, fre
         sim = fast.build(sc)
         sim.set_node_period(NODE_PERIOD_MS)
         sim.set_hold_load_during_join(load == "inverter")
+        sim.set_hold_latency_ms(hold_latency_ms)
         dv_close = float(sc.system["dv_close_v"])
         plant_cfg = json.loads(_core.plant_config_normalize(json.dumps(sc.plant)))
         close_time_s = max(float(s["contactors"]["close_time_s"]) for s in plant_cfg["strings"])

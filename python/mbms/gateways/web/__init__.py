@@ -29,10 +29,12 @@ log = logging.getLogger("mbms.web")
 PUSH_PERIOD_S = 0.5
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, option: str = "--web", example: str = "127.0.0.1:8080") -> tuple[str, int]:
+    """``HOST:PORT`` of a listening option (``--web``, ``mbms sunspec --listen``); a usage error
+    (exit 2) naming the option otherwise."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-        raise ConfigError("--web", f"expected HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
+        raise ConfigError(option, f"expected HOST:PORT (e.g. {example}), got {text!r}")
     return host.strip("[]"), int(port)
 
 
