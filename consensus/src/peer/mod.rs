@@ -699,7 +699,7 @@ mod tests {
     /// precharge: the inverter hears it a heartbeat and a frame later.
     #[test]
     fn a_join_is_in_progress_from_the_request_on() {
-        let mut p = Peer::new(PeerConfig { node_id: 1, members: vec![1], ..Default::default() }, 1).unwrap();
+        let mut p = Peer::new(PeerConfig { node_id: 1, members: vec![1], ..Default::default() }, 1, key()).unwrap();
         let mut t = 0;
         loop {
             let mut l = local(399.0);
