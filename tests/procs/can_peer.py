@@ -30,18 +30,14 @@ async def main() -> None:
     done = asyncio.Event()
 
     def on_message(src: int, payload: bytes) -> None:
-        # over CAN a message has the fixed 24-byte layout: a header byte (sender, kind) + 23 bytes
-        body = payload[1:] if kind == "can" else payload
-        head = bytes([(node_id - 1) | (payload[0] & 0x40)]) if kind == "can" else b""
-        if body.startswith(b"stats"):
+        if payload == b"stats":
             s = t.stats
-            st = msgpack.packb([s.echoes, s.malformed, s.incomplete, s.foreign, s.replayed, s.oversized,
-                                s.duplicate, s.received_messages])
-            t.send(head + (bytes([len(st)]) + st).ljust(23, b"\0") if kind == "can" else st)
-        elif body.startswith(b"quit"):
+            t.send(msgpack.packb([s.echoes, s.malformed, s.incomplete, s.foreign, s.replayed, s.oversized,
+                                  s.duplicate, s.received_messages]))
+        elif payload == b"quit":
             done.set()
         else:
-            t.send(head + body[::-1])
+            t.send(payload[::-1])
 
     t.on_message = on_message
     await t.start()
