@@ -199,10 +199,16 @@ def test_default_story_no_string_above_its_own_limit() -> None:
     rep = fast.run(Scenario.default()).report
     assert rep["violations"] == []
     assert rep["max_string_overcurrent_a"] <= 0.0
-    sc = Scenario.default()
-    sc.system.update(share_ocv_uncertainty_v=0.0, share_r_uncertainty=0.0, share_i_uncertainty=0.0)
-    bare = fast.run(sc).report["max_string_overcurrent_a"]
-    assert bare > 0.1, "without the uncertainty terms the default story over-runs a string (the check can fail)"
+    # The figure can fail: without the uncertainty terms and with cell resistances spread more
+    # (8 % instead of the story's 3 %), a string over-runs. (Since the rests are counted, stop 20,
+    # the bare formula no longer over-runs the default story itself: 0.0 A.)
+    from mbms.sim.overrides import set_path
+
+    d = Scenario.default().to_dict()
+    set_path(d, "plant.strings.*.variation.resistance_sigma", 0.08)
+    d["system"].update(share_ocv_uncertainty_v=0.0, share_r_uncertainty=0.0, share_i_uncertainty=0.0)
+    bare = fast.run(Scenario.from_dict(d)).report["max_string_overcurrent_a"]
+    assert bare > 0.1, "the over-current figure must be able to show an over-run"
     assert not math.isnan(bare)
 
 

@@ -279,7 +279,7 @@ impl PeerConfig {
             return Err(err(
                 "lease_ms",
                 format!(
-                    "expected lease·(1−2ρ) = {} ms > max(grant_wait_ms, join_hold_lead_ms) + precharge_timeout_ms + verify_timeout_ms + close_confirm_ms = {need} ms",
+                    "expected lease·(1−2ρ) = {} ms > grant_wait_ms + precharge_timeout_ms + verify_timeout_ms + close_confirm_ms (with join_hold_lead_ms in place of grant_wait_ms if longer) = {need} ms",
                     self.requester_lease_ms()
                 ),
             ));

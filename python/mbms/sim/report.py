@@ -90,15 +90,16 @@ def timeline(res: RunResult) -> list[dict[str, Any]]:
         where = f" in pack {pack + 1}" if isinstance(pack, int) else ""
         ev.append((e.at_s, 0, f"plant: {kind.replace('_', ' ')}{where}" + (f" ({detail})" if detail else ""), {}))
     for ne in res.scenario.network:
+        # each kind reads only its own fields (the others are None in the normalised event)
         what = {
-            "loss": f"network: loss {ne.value:.0%} per receiver",
-            "duplicate": f"network: duplicates {ne.value:.0%}",
-            "delay": f"network: delay up to {ne.max_ms} ms",
-            "partition": f"network: partition {[list(g) for g in ne.groups]}",
-            "heal": "network: healed",
-            "kill": f"node {ne.node} killed",
-            "restart": f"node {ne.node} restarted",
-        }[ne.kind]
+            "loss": lambda: f"network: loss {ne.value:.0%} per receiver",
+            "duplicate": lambda: f"network: duplicates {ne.value:.0%}",
+            "delay": lambda: f"network: delay up to {ne.max_ms} ms",
+            "partition": lambda: f"network: partition {[list(g) for g in ne.groups]}",
+            "heal": lambda: "network: healed",
+            "kill": lambda: f"node {ne.node} killed",
+            "restart": lambda: f"node {ne.node} restarted",
+        }[ne.kind]()
         ev.append((ne.at_s, 0, what, {}))
     ev.sort(key=lambda x: (x[0], x[1]))
     return [{"t_s": round(float(a), 1), "event": c, **extra} for a, _, c, extra in ev]
