@@ -75,6 +75,12 @@ def _paho() -> Any:
     return mqtt
 
 
+
+def _optional_fields(device_class: str | None, unit: str | None, state_class: str | None) -> dict[str, str]:
+    """The Home Assistant sensor keys a sensor states only when it has them."""
+    given = (("device_class", device_class), ("unit_of_measurement", unit), ("state_class", state_class))
+    return {k: v for k, v in given if v}
+
 class MqttGateway:
     def __init__(self, cfg: MqttSection, system_id: str, node_id: int, source: str | None = None,
                  sw_version: str = "", members: tuple[int, ...] = ()) -> None:
@@ -262,12 +268,7 @@ class MqttGateway:
             uid = f"mbms_{self.system_id}_{self.node_id}_{key}"
             cfg: dict[str, Any] = {"name": name, "unique_id": uid, "object_id": uid, "state_topic": state_topic,
                                    "value_template": f"{{{{ value_json.{key} }}}}", "device": self._device(), **avail}
-            if dc:
-                cfg["device_class"] = dc
-            if unit:
-                cfg["unit_of_measurement"] = unit
-            if sc:
-                cfg["state_class"] = sc
+            cfg.update(_optional_fields(dc, unit, sc))
             out.append((f"{dp}/sensor/{uid}/config", json.dumps(cfg).encode()))
         for key, name, dc in PACK_BINARY:
             uid = f"mbms_{self.system_id}_{self.node_id}_{key}"
@@ -287,11 +288,6 @@ class MqttGateway:
                    # every member publishes the same config: available while any pack is online
                    "availability": [{"topic": f"{self.base}/{m}/availability"} for m in self.members],
                    "availability_mode": "any", "payload_available": "online", "payload_not_available": "offline"}
-            if dc:
-                cfg["device_class"] = dc
-            if unit:
-                cfg["unit_of_measurement"] = unit
-            if sc:
-                cfg["state_class"] = sc
+            cfg.update(_optional_fields(dc, unit, sc))
             out.append((f"{dp}/sensor/{uid}/config", json.dumps(cfg).encode()))
         return out
