@@ -12,6 +12,8 @@ before the Rust NodeCore and Plant land. They decide nothing clever:
 
 from __future__ import annotations
 
+import struct
+
 import msgpack
 import numpy as np
 
@@ -58,15 +60,16 @@ class DoubleLogic:
                 cmd = Contactors(True, True, False)
         msgs = []
         if self.steps % self.heartbeat_every == 0:
-            msgs.append(msgpack.packb({"src": self.node_id, "n": self.steps, "soc": self.soc}))
+            # the peer message layout's size and header byte (sender, kind 0), a body of its own
+            body = struct.pack("<BIf", self.node_id, self.steps, self.soc).ljust(23, b"\0")
+            msgs.append(bytes([self.node_id - 1]) + body)
         status = NodeStatus(self.node_id, self.phase, self.soc, 10.0 + self.node_id, 5.0, cmd,
                             sys_dcl_a=30.0, sys_ccl_a=15.0, peers_seen=tuple(sorted(self.peers)))
         return NodeOutput(cmd, np.zeros(len(meas.v_cell_v), dtype=bool), msgs, status)
 
     def receive(self, t_ms: int, payload: bytes) -> bool:
         try:
-            obj = msgpack.unpackb(payload)
-            src, n = int(obj["src"]), int(obj["n"])
+            src, n, _soc = struct.unpack_from("<BIf", payload, 1)
         except Exception:
             return False
         if src == self.node_id or n <= self.peers.get(src, 0):

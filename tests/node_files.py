@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mbms.keys import new_key_file
 from mbms.paths import data_dir
 
 
@@ -69,6 +70,10 @@ dwell_ms = 200
 enabled = {"true" if discovery else "false"}
 interfaces = ["{iface}"]
 """
+    key = tmp / f"system_{port}.key"
+    if not key.exists():
+        new_key_file(key, system_id)
+    text += f'\n[auth]\nkey_file = "{key}"\n'
     p = tmp / f"system_{kind}_{port}.toml"
     p.write_text(text)
     return p

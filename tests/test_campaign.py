@@ -104,6 +104,24 @@ sabotage = "no_dwell"
     assert all(row["status"] == "ok" for row in store.read_rows(tmp_path / "clean"))
 
 
+def test_adversary_on_runs_the_attacker_in_every_schedule_and_reproduces_with_it(tmp_path: Path) -> None:
+    spec = spec_mod.from_dict({"campaign": {"name": "adv", "kind": "protocol"},
+                               "protocol": {"schedules": 40, "schedules_per_job": 20, "first_seed": 10018931,
+                                            "adversary": "on"}})
+    assert [j.adversary for j in spec.jobs] == ["on", "on"]
+    row = run_job(spec.jobs[0])
+    # seed 10018931 (S4 on the merged code before the silence rule, see sim_schedules.rs) is clean
+    assert row["status"] == "ok" and row["violations"] == 0 and row["schedules"] == 20
+    from mbms.campaign.jobs import reproduce
+
+    cmd = reproduce(spec.jobs[0], seed=10018931).split()
+    assert cmd[cmd.index("--adversary") + 1] == "on"
+    rep = mbms(*cmd[1:], cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    assert "attack " in rep.stdout  # the trace shows the attacker's injections
+    assert "schedule seed 10018931: 0 violation(s)" in rep.stdout
+
+
 def test_a_worker_killed_mid_campaign_loses_no_row(tmp_path: Path) -> None:
     spec = spec_mod.from_dict({"campaign": {"name": "kill", "kind": "protocol"},
                                "protocol": {"schedules": 2400, "schedules_per_job": 200}})
@@ -143,6 +161,7 @@ def test_a_failing_job_is_a_row_with_its_error_never_lost(tmp_path: Path) -> Non
     ('[campaign]\nkind = "fast"\nseedz = 3\n', "campaign.seedz"),
     ('[campaign]\nkind = "fast"\n[parameters]\n"plant.thermal.bogus" = [1.0]\n', "bogus"),
     ('[campaign]\nkind = "protocol"\n[protocol]\nsabotage = "everything"\n', "protocol.sabotage"),
+    ('[campaign]\nkind = "protocol"\n[protocol]\nadversary = "sometimes"\n', "protocol.adversary"),
     ('[campaign]\nkind = "protocol"\n[parameters]\n"plant.thermal.ambient_c" = [1]\n', "parameters.plant.thermal.ambient_c"),
     ('[campaign]\nkind = "fast"\nsample = "random"\npoints = 2\n[parameters]\npacks = "many"\n', "parameters.packs"),
 ])

@@ -68,7 +68,13 @@ channel = "{channel}"
 close_confirm_ms = 400
 [discovery]
 enabled = false
+[auth]
+key_file = "no-can.key"
 """)
+    if not (tmp / "no-can.key").exists():
+        from mbms.keys import new_key_file
+
+        new_key_file(tmp / "no-can.key", "no-can")
     return p
 
 

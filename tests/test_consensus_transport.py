@@ -23,56 +23,57 @@ from mbms.consensus import (
 from mbms.errors import FrameError
 
 
+def _msg(sender: int, kind: int, body: bytes) -> bytes:
+    return bytes([(sender - 1) | kind << 6]) + (body * 24)[:23]
+
+
 @settings(max_examples=300, deadline=None)
-@given(
-    msgs=st.lists(
-        st.tuples(st.integers(1, 64), st.binary(min_size=1, max_size=63)), min_size=1, max_size=6
-    ),
-    counter=st.integers(0, 2**32 - 1),
-)
-def test_classic_segmentation_round_trip(msgs: list[tuple[int, bytes]], counter: int) -> None:
+@given(msgs=st.lists(st.tuples(st.integers(1, 64), st.integers(0, 1), st.binary(min_size=1, max_size=23)),
+                     min_size=1, max_size=6))
+def test_classic_segmentation_round_trip(msgs: list[tuple[int, int, bytes]]) -> None:
     r = CanReassembler()
-    got = []
-    for sender, m in msgs:
-        frames = segment_classic(sender, counter, m)
-        assert all(len(d) <= 8 and 0x400 <= cid <= 0x7FF for cid, d in frames)
-        assert len(frames) == (len(m) + 1 + 7) // 8
+    got, want = [], []
+    for sender, kind, body in msgs:
+        m = _msg(sender, kind, body)
+        want.append((sender, m))
+        frames = segment_classic(m)
+        assert [len(d) for _, d in frames] == [8, 8, 7] and all(0x400 <= cid <= 0x7FF for cid, _ in frames)
         for cid, d in frames:
             out = r.push(cid, d)
             if out is not None:
                 got.append(out)
-        counter += 1
-    assert got == msgs
+    assert got == want
     assert r.dropped_frames == 0
 
 
 @settings(max_examples=200, deadline=None)
-@given(sender=st.integers(1, 64), m=st.binary(min_size=1, max_size=63))
-def test_fd_round_trip(sender: int, m: bytes) -> None:
-    cid, data = frame_fd(sender, m)
-    assert len(data) in (8, 12, 16, 20, 24, 32, 48, 64) or len(data) <= 8
+@given(sender=st.integers(1, 64), body=st.binary(min_size=1, max_size=23))
+def test_fd_round_trip(sender: int, body: bytes) -> None:
+    m = _msg(sender, 0, body)
+    cid, data = frame_fd(m)
+    assert len(data) == 24
     assert unframe_fd(cid, data) == (sender, m)
 
 
 @settings(max_examples=200, deadline=None)
-@given(frames=st.lists(st.tuples(st.integers(0, 0x7FF), st.binary(max_size=10)), max_size=30))
+@given(frames=st.lists(st.tuples(st.integers(0, 0x7FF), st.binary(max_size=30)), max_size=30))
 def test_reassembler_survives_arbitrary_frames(frames: list[tuple[int, bytes]]) -> None:
     r = CanReassembler()
     for cid, d in frames:
         out = r.push(cid, d)
         if out is not None:
-            assert 1 <= len(out[1]) <= 63
+            assert len(out[1]) == 24
 
 
 def test_a_lost_frame_drops_the_message_and_is_counted() -> None:
-    frames = segment_classic(3, 0, bytes(range(30)))
+    frames = segment_classic(_msg(3, 0, bytes(range(30))))
     r = CanReassembler()
     assert r.push(*frames[0]) is None
     assert r.push(*frames[2]) is None  # frame 1 lost
     assert r.dropped_frames == 1 and r.last_error and "out of order" in r.last_error
     assert r.last_error_kind == "incomplete"
     with pytest.raises(FrameError):
-        segment_classic(3, 0, bytes(64))
+        segment_classic(bytes(64))
     with pytest.raises(FrameError):
         unframe_fd(0x123, b"\x01\x00")
 
@@ -81,11 +82,14 @@ def test_bus_load_figures() -> None:
     assert frame_bits_classic(0x400, bytes(8), worst=True) == 135
     exact = frame_bits_classic(0x455, bytes([0x55] * 8))
     assert 19 + 64 + 15 + 13 <= exact <= 135
-    # 16 peers, one 28-byte message each per 100 ms at 500 kbit/s.
-    assert bus_load_classic(28, 16, 100.0) == pytest.approx(16 * 510 / 0.1 / 500_000)
+    # 16 peers, one message (frames of 8, 8, 7 bytes) each per 100 ms at 500 kbit/s.
+    assert bus_load_classic(16, 100.0) == pytest.approx(16 * (2 * 135 + 125) / 0.1 / 500_000)
     b = _core.consensus_bus_load(peers=8, duration_ms=4000)
     assert 0 < b["classic_exact_mean"] <= b["classic_worst_mean"] <= b["classic_worst_peak"]
-    assert b["max_message_len"] <= 64
+    # the tag is one frame's 4 bytes per message: the untagged figure is lower, not by more than 4 of 23 bytes
+    assert 0.7 * b["classic_exact_mean"] < b["classic_untagged_mean"] < b["classic_exact_mean"]
+    assert b["classic_untagged_peak"] < b["classic_exact_peak"]
+    assert b["max_message_len"] == 24
 
 
 def test_simulator_runs_seeded_schedules_without_violations() -> None:

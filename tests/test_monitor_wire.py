@@ -1,62 +1,88 @@
-"""The monitor's decoder of the consensus peer messages, against hand-encoded messages in the
-format of consensus/src/wire.rs, and the monitor rows built from them."""
+"""The monitor's decoder of the consensus peer messages (mbms.peer_wire, the core's MessageAuth):
+real messages of a peer with the system's key are verified and decoded; forged, unauthenticated
+and malformed ones are refused by reason; the monitor rows show only verified messages."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import msgpack
 import pytest
+from hypothesis import given, settings, strategies as st
 from node_files import system_file
 
+from mbms import _core
 from mbms.commands.monitor import Monitor
-from mbms.errors import FrameError
 from mbms.config_views import load_system
-from mbms.peer_wire import decode
+from mbms.keys import system_keys
+from mbms.peer_wire import PeerFrameError, decode
 
 
-def _msg(sysid: int, sender: int, kind: int, phase: int, main: bool, pre: bool, body: list[int]) -> bytes:
-    flags = phase | (main << 4) | (pre << 5)
-    coord = 3 | 2 << 4 | 2 << 8  # req ticket 3, granting to node 2 (ticket 2)
-    return msgpack.packb([1 << 4 | kind, sysid, sender, 5, 77, flags, coord, *body])
+def _local(v: float, closed: bool = False) -> dict:
+    return {"ocv_v": v, "r_ohm": 0.0123, "soc": 0.512, "dcl_a": 29.0, "ccl_a": 13.5, "dcl_peak_a": 40.0,
+            "ccl_peak_a": 20.0, "fault": False, "may_close": True, "v_string_v": v, "v_bus_v": v, "i_a": -2.5,
+            "feedback": (closed, closed, False)}
 
 
-def test_decode_both_kinds_and_reject_bad() -> None:
-    m = decode(_msg(42, 3, 0, 4, True, False, [35012, 123, 290, 135, 400, 200]))
-    assert (m.sender, m.phase, m.main_closed, m.grant_to, m.kind) == (3, 4, True, 2, "limits")
-    assert m.values == {"ocv_v": 350.12, "r_ohm": 0.0123, "dcl_a": 29.0, "ccl_a": 13.5, "dcl_peak_a": 40.0, "ccl_peak_a": 20.0}
-    d = decode(_msg(42, 3, 1, 2, False, True, [870, 400, 512, 35000, 34990, -25]))
-    assert d.values["soc"] == 0.512 and d.values["i_a"] == -2.5 and d.pre_closed
-    for bad in (b"", b"\xc1", msgpack.packb([2 << 4, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-                msgpack.packb([1 << 4, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), bytes(65)):
-        with pytest.raises(FrameError):
-            decode(bad)
+def _messages(system, node: int, keys, n: int = 6, closed: bool = True) -> list[bytes]:
+    p = _core.ConsensusPeer(system.peer_config(node, 3), 3, keys)
+    out: list[bytes] = []
+    for k in range(n):
+        out += [bytes(m) for m in p.tick(k * 100, _local(350.12, closed))["messages"]]
+    return out
 
 
-def test_monitor_rows_from_peer_messages(tmp_path: Path) -> None:
+def test_decode_verifies_and_refuses_by_reason(tmp_path: Path) -> None:
+    system = load_system(system_file(tmp_path, [1, 2, 3], "udp", 47551))
+    keys = system_keys(system)
+    auth = _core.MessageAuth(system.system_id_u32, keys)
+    msgs = _messages(system, 3, keys)
+    kinds = set()
+    for raw in msgs:
+        m = decode(raw, auth)
+        assert m.verified and m.sender == 3 and m.incarnation == 3
+        kinds.add(m.kind)
+        if m.kind == "limits":
+            assert m.values["ocv_v"] == pytest.approx(350.12) and m.values["r_ohm"] == pytest.approx(0.0123)
+            assert m.values["dcl_a"] == pytest.approx(29.0) and m.values["ccl_a"] == pytest.approx(13.4)  # 0.2 A steps, down
+        else:
+            assert m.values["soc"] == pytest.approx(0.512) and m.values["i_a"] == pytest.approx(-2.5)
+    assert kinds == {"limits", "detail"}
+    # forged (guessed tag, another key), unauthenticated (zero tag), malformed
+    for bad, reason in ((msgs[0][:-4] + b"\x01\x02\x03\x04", "forged"),
+                        (_messages(system, 3, [os.urandom(16)])[0], "forged"),
+                        (_messages(system, 3, None)[0], "unauthenticated"),
+                        (b"junk", "malformed"), (b"\x80" + bytes(23), "malformed")):
+        with pytest.raises(PeerFrameError) as e:
+            decode(bad, auth)
+        assert e.value.reason == reason, bad
+    # without keys the fields are readable, marked unverified
+    assert not decode(msgs[0]).verified
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=40))
+def test_decoder_survives_any_input(data: bytes) -> None:
+    auth = _core.MessageAuth(7, [bytes(range(16))])
+    for a in (auth, None):
+        try:
+            decode(data, a)
+        except PeerFrameError as e:
+            assert e.reason in ("malformed", "forged", "unauthenticated")
+
+
+def test_monitor_rows_from_verified_peer_messages(tmp_path: Path) -> None:
     system = load_system(system_file(tmp_path, [1, 2, 3], "udp", 47555))
     mon = Monitor(system)
-    sid = system.system_id_u32
-    mon._on_message(2, _msg(sid, 2, 0, 4, True, False, [35012, 123, 290, 135, 400, 200]))
-    mon._on_message(2, _msg(sid, 2, 1, 4, True, False, [870, 400, 512, 35000, 34990, -25]))
-    mon._on_message(3, _msg(sid + 1, 3, 0, 0, False, False, [0] * 6))  # another system
+    keys = system_keys(system)
+    for m in _messages(system, 2, keys):
+        mon._on_message(2, m)
+    for m in _messages(system, 3, [os.urandom(16)]):  # a forger for member 3
+        mon._on_message(3, m)
     mon._on_message(3, b"junk")
     rows = {r["id"]: r for r in mon.snapshot()}
-    assert rows[2]["phase"] == "CLOSED" and rows[2]["contactors"] == "NP-" and rows[2]["soc_pct"] == pytest.approx(51.2)
-    assert rows[2]["dcl_a"] == 29.0 and rows[2]["sys_dcl_a"] == 87.0 and rows[2]["grant_to"] == 2
-    assert rows[3]["phase"] is None and rows[3]["undecodable_messages"] == 2
+    assert rows[2]["phase"] == "CLOSED" and rows[2]["soc_pct"] == pytest.approx(51.2)
+    assert rows[2]["dcl_a"] == pytest.approx(29.0)
+    assert rows[3]["phase"] is None and rows[3]["undecodable_messages"] >= 7
     assert not mon._all_seen()
-    mon.transport.close()
-
-
-def test_monitor_table_renders(tmp_path: Path) -> None:
-    from rich.console import Console
-
-    system = load_system(system_file(tmp_path, [1, 2], "udp", 47556))
-    mon = Monitor(system)
-    mon._on_message(1, _msg(system.system_id_u32, 1, 1, 2, False, True, [870, 400, 512, 35000, 34990, -25]))
-    console = Console(record=True, width=160)
-    console.print(mon.table())
-    text = console.export_text()
-    assert "PRECHARGING" in text and "51.2" in text and "quorum 2" in text
     mon.transport.close()

@@ -44,12 +44,16 @@ def test_no_binding_builds_an_output_by_hand() -> None:
         assert "pythonize::pythonize" in (BINDINGS / name).read_text(), name
 
 
+#: One system key (message authentication, brief S7) shared by the peers of these tests.
+KEYS = [bytes(range(16))]
+
+
 def _node(node_id: int = 1) -> tuple[_core.NodeCore, dict[str, object]]:
     pack = load_pack(pack_file(f"node{node_id}"))
     system = load_system(system_file("example_system"))
     assert pack.cell_path is not None
     peer = system.peer_config(node_id, 77)
-    core = _core.NodeCore(pack.engine, pack.cell_path.read_text(), peer, pack.node.logic_dict(), 77)
+    core = _core.NodeCore(pack.engine, pack.cell_path.read_text(), peer, pack.node.logic_dict(), 77, KEYS)
     return core, peer
 
 
@@ -61,10 +65,10 @@ def _step(core: _core.NodeCore, t_ms: int, v_cell_v: float = 3.3) -> dict[str, o
 
 def test_the_same_event_and_counters_from_the_peer_and_the_node_core() -> None:
     core, peer_cfg = _node(1)
-    peer = _core.ConsensusPeer(peer_cfg, 77)
+    peer = _core.ConsensusPeer(peer_cfg, 77, KEYS)
     # a message from member 2: both must report it joining, in the same form
     other_cfg = dict(peer_cfg, node_id=2)
-    other = _core.ConsensusPeer(other_cfg, 5)
+    other = _core.ConsensusPeer(other_cfg, 5, KEYS)
     local = {"ocv_v": 360.0, "r_ohm": 0.5, "soc": 0.5, "dcl_a": 10.0, "ccl_a": 5.0, "dcl_peak_a": 20.0,
              "ccl_peak_a": 10.0, "fault": False, "may_close": False, "v_string_v": 360.0, "v_bus_v": 0.0,
              "i_a": 0.0, "feedback": (False, False, False)}

@@ -3,6 +3,8 @@ with a controlled clock (deterministic: no sockets, no sleeps)."""
 
 from __future__ import annotations
 
+import struct
+
 from pathlib import Path
 
 import msgpack
@@ -129,8 +131,9 @@ def test_overrun_invalid_sample_and_logic_errors_force_open_and_the_loop_goes_on
 
 def test_receive_rejections_are_counted_and_errors_contained() -> None:
     rt, logic, hw, clock = make()
-    rt._on_message(2, msgpack.packb({"src": 2, "n": 1}))
-    rt._on_message(2, msgpack.packb({"src": 2, "n": 1}))  # replay: the logic rejects it
+    hb = bytes([1]) + struct.pack("<BIf", 2, 1, 0.5).ljust(23, b"\0")  # the double's heartbeat of node 2
+    rt._on_message(2, hb)
+    rt._on_message(2, hb)  # replay: the logic rejects it
     rt._on_message(2, b"\xc1")
     logic.receive = lambda t, p: 1 / 0  # type: ignore[method-assign,assignment]
     rt._on_message(3, b"x")

@@ -23,6 +23,7 @@ from pathlib import Path
 from conftest import TESTS, Proc, free_udp_port, wait_for
 from node_files import pack_file
 
+from mbms.keys import new_key_file
 from mbms.paths import data_dir
 from mbms.plant_link import pack, unpack
 
@@ -69,7 +70,10 @@ dwell_ms = 200
 [discovery]
 enabled = false
 interfaces = ["127.0.0.1"]
+[auth]
+key_file = "system.key"
 """)
+    new_key_file(tmp / "system.key", "s3-test")
     return p
 
 

@@ -19,7 +19,9 @@ import pytest
 from conftest import free_udp_port, wait_for
 from mbms.config_views import load_system
 from mbms.gateways.sunspec import BASE_ADDRESS, Nameplate, run_gateway
-from mbms.telemetry import TelemetryEncoder
+from mbms import _core
+from mbms.keys import new_key_file, system_keys
+from mbms.telemetry import AUTH_BASE_ID, LIMITS_BASE_ID, TelemetryEncoder
 from mbms.types import Contactors, Measurement, NodeStatus, Phase
 
 sunspec_client = pytest.importorskip("sunspec2.modbus.client", reason="the test extra installs pysunspec2")
@@ -77,9 +79,12 @@ class _Server:
 def served(tmp_path: Path):
     can_port, tcp = free_udp_port(), _free_tcp_port()
     sysf = tmp_path / "system.toml"
+    new_key_file(tmp_path / "system.key", "sunspec-test")
     sysf.write_text(textwrap.dedent(f"""
         system_id = "sunspec-test"
         members = [1, 2, 3]
+        [auth]
+        key_file = "system.key"
         [transport]
         kind = "can"
         [transport.can]
@@ -89,10 +94,13 @@ def served(tmp_path: Path):
         [discovery]
         enabled = false
     """))
-    srv = _Server(load_system(sysf), tcp)
+    system = load_system(sysf)
+    srv = _Server(system, tcp)
     assert srv.ready.wait(20), "the SunSpec server did not start"
     bus = can.Bus(interface="udp_multicast", channel=GROUP, port=can_port, receive_own_messages=False)
-    encs = {k: TelemetryEncoder(k) for k in (1, 2, 3)}
+    # the nodes tag their telemetry (brief S7): the server takes verified batches only
+    auth = _core.MessageAuth(system.system_id_u32, system_keys(system))
+    encs = {k: TelemetryEncoder(k, auth=auth, boot=1) for k in (1, 2, 3)}
     stop = threading.Event()
 
     def send() -> None:  # the nodes' telemetry, every 100 ms, as the node runtime sends it

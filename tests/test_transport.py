@@ -15,7 +15,6 @@ from mbms.transport.can import CanTransport
 from mbms.transport.segmentation import can_id, segment_classic
 from mbms.transport.udp import UdpTransport
 
-SIZES = [1, 6, 7, 8, 9, 15, 16, 20, 40, 63]
 
 
 async def _exchange(t, inbox: asyncio.Queue, payload: bytes, timeout: float = 5.0) -> bytes:
@@ -32,6 +31,11 @@ def _peer(procs: list[Proc], *args: str) -> Proc:
     return p
 
 
+def _m(sender: int, body: bytes, kind: int = 0) -> bytes:
+    """A message of the fixed 24-byte layout as far as the transport sees it: header + 23 bytes."""
+    return bytes([(sender - 1) | kind << 6]) + body.ljust(23, b"\0")[:23]
+
+
 def test_can_udp_multicast_two_processes_segmented(procs: list[Proc]) -> None:
     port = free_udp_port()
     _peer(procs, "can", str(port), "2", "1,2")
@@ -42,35 +46,38 @@ def test_can_udp_multicast_two_processes_segmented(procs: list[Proc]) -> None:
         t.on_message = lambda src, p: inbox.put_nowait((src, p))
         await t.start()
         try:
-            for n in SIZES:
-                payload = bytes((i * 7 + n) & 0xFF for i in range(n))
-                assert await _exchange(t, inbox, payload) == payload[::-1], n
-            with pytest.raises(ValueError, match="expected 1..=63"):
+            for n in range(10):
+                body = bytes((i * 7 + n) & 0xFF for i in range(23))
+                assert await _exchange(t, inbox, _m(1, body, n & 1)) == _m(2, body[::-1], n & 1), n
+            with pytest.raises(ValueError):
                 t.send(b"x" * 64)
+            with pytest.raises(ValueError, match="not of this node"):
+                t.send(_m(2, b"someone else"))
             bus = t._bus
             assert bus is not None
             # foreign: a non-member sender (node 9) and an identifier outside the mbms plan
-            fid, data = segment_classic(9, 0, b"hi")[0]
+            fid, data = segment_classic(_m(9, b"hi"))[0]
             bus.send(can.Message(arbitration_id=fid, data=data, is_extended_id=False))
             bus.send(can.Message(arbitration_id=0x7F, data=b"\x01\x02", is_extended_id=False))
-            # oversized: frame 0 of node 1 announcing a 200-byte message
-            bus.send(can.Message(arbitration_id=can_id(1, 0, 0), data=bytes([200]) + b"abcdefg", is_extended_id=False))
-            # incomplete: a continuation frame without a start; malformed: a garbage datagram on the port
-            bus.send(can.Message(arbitration_id=can_id(1, 1, 3), data=bytes(8), is_extended_id=False))
+            # malformed: frame 0 of node 1 of 5 bytes, and a garbage datagram on the port
+            bus.send(can.Message(arbitration_id=can_id(1, 0, 0, 0), data=b"abcde", is_extended_id=False))
+            # incomplete: a last frame without its start
+            bus.send(can.Message(arbitration_id=can_id(1, 1, 1, 2), data=bytes(7), is_extended_id=False))
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.sendto(b"\xc1garbage", ("239.74.163.2", port))
-            st = msgpack.unpackb(await _exchange(t, inbox, b"stats"))
-            t.send(b"quit")
+            reply = await _exchange(t, inbox, _m(1, b"stats"))
+            st = msgpack.unpackb(reply[2:2 + reply[1]])
+            t.send(_m(1, b"quit"))
             return st, t
         finally:
             t.close()
 
     st, t = asyncio.run(run())
     echoes, malformed, incomplete, foreign, replayed, oversized, duplicate, received = st
-    assert echoes >= len(SIZES)  # the peer saw its own replies come back and filtered them
-    assert foreign == 2 and oversized == 1 and malformed == 1 and incomplete == 1 and replayed == 0
-    assert received == len(SIZES) + 1  # every size + "stats"
-    assert t.stats.echoes >= len(SIZES) and t.stats.received_messages == len(SIZES) + 1
+    assert echoes >= 10  # the peer saw its own replies come back and filtered them
+    assert foreign == 2 and malformed == 2 and incomplete == 1 and oversized == 0 and replayed == 0
+    assert received == 10 + 1  # every message + "stats"
+    assert t.stats.echoes >= 10 and t.stats.received_messages == 10 + 1
 
 
 def test_udp_multicast_two_processes(procs: list[Proc]) -> None:
@@ -97,8 +104,12 @@ def test_udp_multicast_two_processes(procs: list[Proc]) -> None:
                 s.sendto(msgpack.packb({"v": 1}), dst)  # malformed: fields missing
                 s.sendto(msgpack.packb({**base, "sys": "other", "seq": 10**6}), dst)  # foreign system
                 s.sendto(msgpack.packb({**base, "src": 7, "seq": 10**6}), dst)  # non-member
-                s.sendto(msgpack.packb({**base, "seq": 1}), dst)  # replayed: seq 1 of this run was seen
+                # an old header is delivered: the header is not authenticated, so nothing is decided
+                # on it (a forged boot of 2**62 once locked a node out); the core checks freshness
+                s.sendto(msgpack.packb({**base, "seq": 1}), dst)
                 s.sendto(b"\x00" * 2000, dst)  # oversized
+            src, zz = await asyncio.wait_for(inbox.get(), 5)
+            assert (src, zz) == (2, b"zz")
             return msgpack.unpackb(await _exchange(t, inbox, b"stats"))
         finally:
             t.send(b"quit")
@@ -106,8 +117,8 @@ def test_udp_multicast_two_processes(procs: list[Proc]) -> None:
 
     echoes, malformed, incomplete, foreign, replayed, oversized, duplicate, received = asyncio.run(run())
     assert incomplete == 0  # UDP carries whole messages
-    assert echoes >= 4 and malformed == 2 and foreign == 2 and replayed == 1 and oversized == 1
-    assert received == 5
+    assert echoes >= 4 and malformed == 2 and foreign == 2 and replayed == 0 and oversized == 1
+    assert received == 6
 
 
 def test_udp_unicast_peer_list() -> None:
@@ -146,7 +157,7 @@ def test_can_fd_one_frame_per_message() -> None:
         await a.start()
         await b.start()
         try:
-            msgs = [bytes(range(n)) for n in (1, 8, 20, 63)]
+            msgs = [_m(1, bytes(range(n)), n & 1) for n in (1, 8, 20, 23)]
             for m in msgs:
                 a.send(m)
             got = [await asyncio.wait_for(box.get(), 5) for _ in msgs]
@@ -156,4 +167,4 @@ def test_can_fd_one_frame_per_message() -> None:
             b.close()
 
     got, frames, _ = asyncio.run(run())
-    assert got == [(1, bytes(range(n))) for n in (1, 8, 20, 63)] and frames == 4
+    assert got == [(1, _m(1, bytes(range(n)), n & 1)) for n in (1, 8, 20, 23)] and frames == 4

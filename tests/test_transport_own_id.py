@@ -43,6 +43,11 @@ def test_udp_older_run_still_speaking_is_delivered_replays_are_not() -> None:
     assert sorted(own) == [b"b1", b"b2", b"b3"] and a.stats.own_id == 3 and a.stats.echoes >= 4
 
 
+def _m(body: bytes) -> bytes:
+    """A message of node 2 in the fixed 24-byte layout (header byte + 23 bytes)."""
+    return bytes([1]) + body.ljust(23, b"\0")[:23]
+
+
 def test_can_own_id_message_that_is_no_echo_is_delivered() -> None:
     async def run() -> tuple[list[bytes], CanTransport]:
         cfg = CanCfg.of(interface="udp_multicast", channel="239.74.163.2", port=free_udp_port())
@@ -52,8 +57,8 @@ def test_can_own_id_message_that_is_no_echo_is_delivered() -> None:
         await a.start()
         await twin.start()
         for k in range(3):
-            a.send(b"mine %d, a long message in segments" % k)
-            twin.send(b"twin %d" % k)
+            a.send(_m(b"mine %d, three frames" % k))
+            twin.send(_m(b"twin %d" % k))
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: wait_for(lambda: len(got) >= 3 and a.stats.echoes >= 3, 5, "twin messages"))
         a.close()
@@ -61,4 +66,4 @@ def test_can_own_id_message_that_is_no_echo_is_delivered() -> None:
         return got, a
 
     got, a = asyncio.run(run())
-    assert got == [b"twin 0", b"twin 1", b"twin 2"] and a.stats.own_id == 3 and a.stats.echoes == 3
+    assert got == [_m(b"twin %d" % k) for k in range(3)] and a.stats.own_id == 3 and a.stats.echoes == 3

@@ -1,6 +1,7 @@
 //! `mbms._core` bindings of the peer coordination core (crate `mbms-consensus`):
-//! `ConsensusPeer`, the CAN segmentation (`can_segment_classic`, `CanReassembler`,
-//! `can_frame_fd`, `can_unframe_fd`), bus-load figures and the simulator entry points.
+//! `ConsensusPeer`, `MessageAuth` (the tag of peer messages and telemetry), the CAN segmentation
+//! (`can_segment_classic`, `CanReassembler`, `can_frame_fd`, `can_unframe_fd`), bus-load
+//! figures and the simulator entry points.
 //! A thin layer: conversion of Python values, nothing else.
 
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
@@ -11,7 +12,36 @@ use mbms_consensus::busload;
 use mbms_consensus::segment;
 #[cfg(feature = "sim")]
 use mbms_sim::protocol as sim;
+use mbms_consensus::auth::{Auth, AuthError, KEY_LEN};
+use mbms_consensus::wire::{Message, MessageView};
 use mbms_consensus::{Contactors, LocalState, Peer, PeerConfig};
+
+/// The authentication of system `system_id`: `keys` (1 or 2 keys of 16 bytes, the first signs),
+/// or None for none at all (an explicit setting the caller has logged).
+pub(crate) fn auth_from_py(system_id: u32, keys: Option<Vec<Vec<u8>>>) -> PyResult<Auth> {
+    match keys {
+        None => Ok(Auth::off(system_id)),
+        Some(ks) => {
+            let mut arr = Vec::with_capacity(ks.len());
+            for k in ks {
+                let a: [u8; KEY_LEN] = k
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| PyValueError::new_err(format!("a key is {KEY_LEN} bytes, got {}", k.len())))?;
+                arr.push(a);
+            }
+            Auth::new(system_id, &arr).map_err(PyValueError::new_err)
+        }
+    }
+}
+
+fn auth_error_kind(e: AuthError) -> &'static str {
+    match e {
+        AuthError::Wire(_) => "malformed",
+        AuthError::Unauthenticated => "unauthenticated",
+        AuthError::Forged => "forged",
+    }
+}
 
 fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
     let v = d
@@ -51,17 +81,21 @@ pub struct PyConsensusPeer {
 impl PyConsensusPeer {
     /// `config`: dict of PeerConfig fields (missing ones take the defaults).
     /// Raises `mbms.errors.ConfigError` naming the field on an invalid configuration.
+    /// `keys`: the system's keys (list of 16-byte keys, the first signs), None = no
+    /// authentication (an explicit choice).
     #[new]
-    fn new(config: &Bound<'_, PyAny>, incarnation: u64) -> PyResult<Self> {
+    #[pyo3(signature = (config, incarnation, keys))]
+    fn new(config: &Bound<'_, PyAny>, incarnation: u64, keys: Option<Vec<Vec<u8>>>) -> PyResult<Self> {
         let cfg = crate::config::peer_from_py(config, "", None, true)?;
-        Peer::new(cfg, incarnation)
+        let auth = auth_from_py(cfg.system_id, keys)?;
+        Peer::new(cfg, incarnation, auth)
             .map(|peer| Self { peer })
             .map_err(|e| crate::config::raise_field(config.py(), e.field, e.message, None))
     }
 
     /// Feed received bytes; returns None if accepted, else the drop reason
-    /// ("malformed", "foreign_system", "unknown_sender", "own_echo", "duplicate",
-    /// "stale", "duplicate_id"). Never raises on bad bytes.
+    /// ("malformed", "unauthenticated", "forged", "old_boot", "unknown_sender", "own_echo",
+    /// "duplicate", "stale", "duplicate_id"). Never raises on bad bytes.
     fn on_message(&mut self, now_ms: u64, data: &[u8]) -> Option<&'static str> {
         self.peer.on_message(now_ms, data).err().map(|e| e.kind())
     }
@@ -92,17 +126,62 @@ impl PyConsensusPeer {
     }
 }
 
+/// Authentication of one system (CMAC-AES-128, 32-bit tags): verifies peer messages for tools
+/// that only listen (the monitor, `mbms log decode`), and tags/verifies telemetry.
+#[pyclass(name = "MessageAuth", module = "mbms._core")]
+pub struct PyMessageAuth {
+    auth: Auth,
+}
+
+#[pymethods]
+impl PyMessageAuth {
+    #[new]
+    #[pyo3(signature = (system_id, keys))]
+    fn new(system_id: u32, keys: Option<Vec<Vec<u8>>>) -> PyResult<Self> {
+        Ok(Self { auth: auth_from_py(system_id, keys)? })
+    }
+    #[getter]
+    fn enabled(&self) -> bool {
+        self.auth.enabled()
+    }
+    /// Verify and decode a peer message: a dict of its fields. Raises ValueError whose first
+    /// argument is the reason ("malformed", "unauthenticated", "forged").
+    fn open<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        let m = self.auth.open(data).map_err(|e| PyValueError::new_err((auth_error_kind(e), format!("{e:?}"))))?;
+        message_dict(py, &m, true)
+    }
+    /// Decode a peer message WITHOUT verifying it (`verified` = False in the dict).
+    #[staticmethod]
+    fn decode_unverified<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        let m = Message::decode(data).map_err(|e| PyValueError::new_err(("malformed", e.to_string())))?;
+        message_dict(py, &m, false)
+    }
+    /// The 32-bit tag of other data (telemetry) under the signing key; zero without keys.
+    fn tag<'py>(&self, py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.auth.tag_data(data))
+    }
+    /// Check a tag made by [`PyMessageAuth::tag`]: None if valid, else the reason.
+    fn verify(&self, data: &[u8], tag: &[u8]) -> Option<&'static str> {
+        self.auth.verify_data(data, tag).err().map(auth_error_kind)
+    }
+}
+
+fn message_dict<'py>(py: Python<'py>, m: &Message, verified: bool) -> PyResult<Bound<'py, PyAny>> {
+    // the one serialized view of a message (mbms_consensus::wire::MessageView)
+    Ok(pythonize::pythonize(py, &MessageView::of(m, verified))?)
+}
+
 /// Split a message into classic CAN frames: list of (can_id, data).
 #[pyfunction]
-fn can_segment_classic<'py>(py: Python<'py>, sender: u16, msg_counter: u32, data: &[u8]) -> PyResult<Vec<(u32, Bound<'py, PyBytes>)>> {
-    let frames = segment::segment_classic(sender, msg_counter, data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+fn can_segment_classic<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Vec<(u32, Bound<'py, PyBytes>)>> {
+    let frames = segment::segment_classic(data).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(frames.into_iter().map(|f| (f.id, PyBytes::new(py, &f.data))).collect())
 }
 
 /// One message in one CAN FD frame: (can_id, data padded to an FD length).
 #[pyfunction]
-fn can_frame_fd<'py>(py: Python<'py>, sender: u16, data: &[u8]) -> PyResult<(u32, Bound<'py, PyBytes>)> {
-    let f = segment::frame_fd(sender, data).map_err(|e| PyValueError::new_err(e.to_string()))?;
+fn can_frame_fd<'py>(py: Python<'py>, data: &[u8]) -> PyResult<(u32, Bound<'py, PyBytes>)> {
+    let f = segment::frame_fd(data).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok((f.id, PyBytes::new(py, &f.data)))
 }
 
@@ -169,15 +248,15 @@ fn can_frame_bits_classic(can_id: u32, data: &[u8], worst: bool) -> u32 {
     }
 }
 
-/// Worst-case classic CAN load (fraction) of `peers` peers sending one `msg_len`-byte
-/// message each per `period_ms`.
+/// Worst-case classic CAN load (fraction) of `peers` peers sending one message each per
+/// `period_ms`.
 #[pyfunction]
-fn can_bus_load_classic(msg_len: usize, peers: u32, period_ms: f64, bitrate: f64) -> f64 {
-    busload::classic_load_worst(msg_len, peers, period_ms, bitrate)
+fn can_bus_load_classic(peers: u32, period_ms: f64, bitrate: f64) -> f64 {
+    busload::classic_load_worst(peers, period_ms, bitrate)
 }
 
 #[cfg(feature = "sim")]
-fn sim_params(peers_min: usize, peers_max: usize, duration_ms: u64, config: Option<&Bound<'_, PyDict>>) -> PyResult<sim::SimParams> {
+fn sim_params(peers_min: usize, peers_max: usize, duration_ms: u64, config: Option<&Bound<'_, PyDict>>, adversary: Option<bool>) -> PyResult<sim::SimParams> {
     let base = match config {
         Some(d) => crate::config::peer_from_py(d.as_any(), "", None, false)?,
         None => PeerConfig::default(),
@@ -185,7 +264,7 @@ fn sim_params(peers_min: usize, peers_max: usize, duration_ms: u64, config: Opti
     if peers_min == 0 || peers_max > 64 || peers_min > peers_max {
         return Err(PyValueError::new_err(("peers", "expected 1 <= peers_min <= peers_max <= 64".to_string())));
     }
-    Ok(sim::SimParams { peers_min, peers_max, duration_ms, base, ..sim::SimParams::default() })
+    Ok(sim::SimParams { peers_min, peers_max, duration_ms, base, adversary, ..sim::SimParams::default() })
 }
 
 #[cfg(feature = "sim")]
@@ -196,7 +275,7 @@ fn sabotage(name: Option<&str>) -> PyResult<sim::Sabotage> {
 #[cfg(feature = "sim")]
 /// Run seeded fault schedules (GIL released). Returns a dict of figures.
 #[pyfunction]
-#[pyo3(signature = (seeds, first_seed = 0, peers_min = 3, peers_max = 5, duration_ms = 6000, threads = 2, config = None, sabotage = None))]
+#[pyo3(signature = (seeds, first_seed = 0, peers_min = 3, peers_max = 5, duration_ms = 6000, threads = 2, config = None, sabotage = None, adversary = None))]
 #[allow(clippy::too_many_arguments)]
 fn consensus_sim<'py>(
     py: Python<'py>,
@@ -208,8 +287,9 @@ fn consensus_sim<'py>(
     threads: usize,
     config: Option<&Bound<'py, PyDict>>,
     sabotage: Option<&str>,
+    adversary: Option<bool>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let mut params = sim_params(peers_min, peers_max, duration_ms, config)?;
+    let mut params = sim_params(peers_min, peers_max, duration_ms, config, adversary)?;
     // a checker self-test of the simulator only (never reachable from a node): see sim::Sabotage
     params.sabotage = self::sabotage(sabotage)?;
     let s = py.allow_threads(|| sim::run_many(first_seed, seeds, &params, threads));
@@ -236,13 +316,21 @@ fn consensus_sim<'py>(
     d.set_item("aborts", s.aborts)?;
     d.set_item("messages", s.messages)?;
     d.set_item("mean_message_len", s.message_bytes as f64 / s.messages.max(1) as f64)?;
+    d.set_item("adversarial_schedules", s.adversarial)?;
+    d.set_item("attack_deliveries", s.attack_deliveries)?;
+    d.set_item("attack_accepted", s.attack_accepted)?;
+    let dropped = PyDict::new(py);
+    for (k, v) in &s.attack_dropped {
+        dropped.set_item(*k, *v)?;
+    }
+    d.set_item("attack_dropped", dropped)?;
     Ok(d)
 }
 
 #[cfg(feature = "sim")]
 /// Replay one seed with a trace: (violations, trace lines).
 #[pyfunction]
-#[pyo3(signature = (seed, peers_min = 3, peers_max = 5, duration_ms = 6000, sabotage = None))]
+#[pyo3(signature = (seed, peers_min = 3, peers_max = 5, duration_ms = 6000, sabotage = None, adversary = None))]
 fn consensus_sim_replay(
     py: Python<'_>,
     seed: u64,
@@ -250,8 +338,9 @@ fn consensus_sim_replay(
     peers_max: usize,
     duration_ms: u64,
     sabotage: Option<&str>,
+    adversary: Option<bool>,
 ) -> PyResult<(Vec<String>, Vec<String>)> {
-    let mut params = sim_params(peers_min, peers_max, duration_ms, None)?;
+    let mut params = sim_params(peers_min, peers_max, duration_ms, None, adversary)?;
     params.verbose = true;
     params.sabotage = self::sabotage(sabotage)?;
     let r = py.allow_threads(|| sim::run_schedule(seed, &params));
@@ -270,7 +359,7 @@ fn consensus_bus_load<'py>(
     bitrate: f64,
     config: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let params = sim_params(peers, peers, duration_ms, config)?;
+    let params = sim_params(peers, peers, duration_ms, config, None)?;
     let r = py.allow_threads(|| sim::measure_bus_load(peers, duration_ms, seed, bitrate, &params.base));
     let d = PyDict::new(py);
     d.set_item("peers", r.peers)?;
@@ -281,6 +370,8 @@ fn consensus_bus_load<'py>(
     d.set_item("classic_worst_steady", r.classic_worst_steady)?;
     d.set_item("classic_exact_mean", r.classic_exact_mean)?;
     d.set_item("classic_exact_peak", r.classic_exact_peak)?;
+    d.set_item("classic_untagged_mean", r.classic_untagged_mean)?;
+    d.set_item("classic_untagged_peak", r.classic_untagged_peak)?;
     d.set_item("fd_worst_mean", r.fd_worst_mean)?;
     d.set_item("fd_worst_peak", r.fd_worst_peak)?;
     d.set_item("mean_message_len", r.mean_message_len)?;
@@ -294,6 +385,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SABOTAGE_MODES", sim::Sabotage::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>())?;
     m.add_class::<PyConsensusPeer>()?;
     m.add_class::<PyCanReassembler>()?;
+    m.add_class::<PyMessageAuth>()?;
+    m.add("MESSAGE_LEN", mbms_consensus::wire::MESSAGE_LEN)?;
     // The peer phases in wire order (the 3-bit phase of every peer message): mbms.types.Phase
     // is built from this list, so Python never restates the Rust enum.
     let phases: Vec<&'static str> = (0u8..8).map(|v| mbms_consensus::Phase::from_u8(v).name()).collect();

@@ -25,6 +25,7 @@ use mbms_sim::plant::Plant;
 #[cfg(feature = "sim")]
 use crate::config::{engine_from_py, node_from_py, peer_from_py, raise_field, to_py};
 
+#[cfg(feature = "sim")]
 fn verr(field: &str, msg: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(format!("{field}: {msg}"))
 }

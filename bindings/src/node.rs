@@ -22,22 +22,25 @@ pub struct PyNodeCore {
 impl PyNodeCore {
     /// engine: the engine tables (dict); cell_toml: the cell file's text; peer: the consensus
     /// PeerConfig (dict, incl. node_id and members); node: the `[node]` settings (dict). Errors
-    /// are `mbms.errors.ConfigError` naming the field.
+    /// are `mbms.errors.ConfigError` naming the field. `keys`: the system's message keys (the
+    /// first signs), None = no authentication (an explicit, logged setting of the caller).
     #[new]
-    #[pyo3(signature = (engine, cell_toml, peer, node, incarnation))]
+    #[pyo3(signature = (engine, cell_toml, peer, node, incarnation, keys))]
     fn new(
         engine: &Bound<'_, PyAny>,
         cell_toml: &str,
         peer: &Bound<'_, PyAny>,
         node: &Bound<'_, PyAny>,
         incarnation: u64,
+        keys: Option<Vec<Vec<u8>>>,
     ) -> PyResult<Self> {
         let py = engine.py();
         let engine = engine_from_py(engine, None)?;
         let cell = CellParams::from_toml_str(cell_toml).map_err(|e| raise_field(py, "pack.cell", format!("{}: {}", e.field, e.message), None))?;
         let peer = peer_from_py(peer, "protocol", None, true)?;
         let node_cfg = node_from_py(node, "node", None)?;
-        let core = NodeCore::new(node_cfg, engine, cell, peer, incarnation).map_err(|e| raise_field(py, e.field, e.message, None))?;
+        let auth = crate::consensus::auth_from_py(peer.system_id, keys)?;
+        let core = NodeCore::new(node_cfg, engine, cell, peer, incarnation, auth).map_err(|e| raise_field(py, e.field, e.message, None))?;
         Ok(Self { core })
     }
 
@@ -93,6 +96,13 @@ impl PyNodeCore {
         });
         // the one output schema (mbms_core::node::NodeReport), never built by hand here
         Ok(pythonize::pythonize(py, &self.core.report())?)
+    }
+
+    /// The boot counter this core's messages carry (it moves on when the message counter
+    /// would wrap: the runtime persists it so that the next start is higher).
+    #[getter]
+    fn incarnation(&self) -> u16 {
+        self.core.peer().incarnation_wire()
     }
 
     /// A peer message; False if it was rejected (counted by the peer).

@@ -89,9 +89,24 @@ pub fn fd_frame_us_worst(n: usize, nominal_bps: f64, data_bps: f64) -> f64 {
 }
 
 /// Bits on a classic CAN bus for one message segmented as in [`crate::segment`].
-pub fn classic_message_bits(sender: u16, msg_counter: u32, msg: &[u8], worst: bool) -> u32 {
-    match segment_classic(sender, msg_counter, msg) {
+pub fn classic_message_bits(msg: &[u8], worst: bool) -> u32 {
+    match segment_classic(msg) {
         Ok(frames) => frames.iter().map(|f: &CanFrame| frame_bits(f, worst)).sum(),
+        Err(_) => 0,
+    }
+}
+
+/// Exact bits of the same message without its tag (the last frame 4 bytes shorter): what
+/// authentication costs on the bus, measured side by side (`mbms bench consensus`).
+pub fn classic_message_bits_untagged(msg: &[u8]) -> u32 {
+    match segment_classic(msg) {
+        Ok(mut frames) => {
+            if let Some(last) = frames.last_mut() {
+                let n = last.data.len().saturating_sub(crate::wire::TAG_LEN);
+                last.data.truncate(n);
+            }
+            frames.iter().map(|f| classic_frame_bits_exact(f.id, &f.data)).sum()
+        }
         Err(_) => 0,
     }
 }
@@ -104,18 +119,16 @@ fn frame_bits(f: &CanFrame, worst: bool) -> u32 {
     }
 }
 
-/// Bus load (fraction) of `peers` peers each sending one message of `len` bytes per
-/// `period_ms`, on classic CAN at `bitrate`, worst-case stuffing.
-pub fn classic_load_worst(len: usize, peers: u32, period_ms: f64, bitrate: f64) -> f64 {
-    let frames = crate::segment::classic_frame_count(len);
-    let last = len + 1 - 8 * (frames - 1);
-    let bits = (frames - 1) as u32 * classic_frame_bits_worst(8) + classic_frame_bits_worst(last);
+/// Bus load (fraction) of `peers` peers each sending one message per `period_ms`, on
+/// classic CAN at `bitrate`, worst-case stuffing (frames of 8, 8 and 7 bytes).
+pub fn classic_load_worst(peers: u32, period_ms: f64, bitrate: f64) -> f64 {
+    let bits = 2 * classic_frame_bits_worst(8) + classic_frame_bits_worst(crate::wire::MESSAGE_LEN - 17);
     peers as f64 * bits as f64 / (period_ms * 1e-3) / bitrate
 }
 
-/// Bus load (fraction) of the same on CAN FD (one frame per message), worst case.
-pub fn fd_load_worst(len: usize, peers: u32, period_ms: f64, nominal_bps: f64, data_bps: f64) -> f64 {
-    peers as f64 * fd_frame_us_worst(len + 1, nominal_bps, data_bps) * 1e-6 / (period_ms * 1e-3)
+/// Bus load (fraction) of the same on CAN FD (one 24-byte frame per message), worst case.
+pub fn fd_load_worst(peers: u32, period_ms: f64, nominal_bps: f64, data_bps: f64) -> f64 {
+    peers as f64 * fd_frame_us_worst(24, nominal_bps, data_bps) * 1e-6 / (period_ms * 1e-3)
 }
 
 #[cfg(test)]
@@ -151,11 +164,11 @@ mod tests {
 
     #[test]
     fn load_scales_with_peers_and_period() {
-        let l16 = classic_load_worst(28, 16, 100.0, 500_000.0);
-        let l8 = classic_load_worst(28, 8, 100.0, 500_000.0);
+        let l16 = classic_load_worst(16, 100.0, 500_000.0);
+        let l8 = classic_load_worst(8, 100.0, 500_000.0);
         assert!((l16 - 2.0 * l8).abs() < 1e-12);
-        // 28 bytes + length byte = 29 → 4 frames (3 full + 5 bytes): 3·135 + (47+40+18) = 510 bits.
-        assert!((l16 - 16.0 * 510.0 / 0.1 / 500_000.0).abs() < 1e-12);
-        assert!(fd_load_worst(28, 16, 100.0, 500_000.0, 2_000_000.0) < l16);
+        // 2 full frames of 135 bits + a 7-byte one of 47+56+22 = 125 bits, worst case.
+        assert!((l16 - 16.0 * 395.0 / 0.1 / 500_000.0).abs() < 1e-12);
+        assert!(fd_load_worst(16, 100.0, 500_000.0, 2_000_000.0) < l16);
     }
 }

@@ -1,22 +1,30 @@
-//! Carrying peer messages over CAN.
+//! Carrying peer messages ([`crate::wire`], 25 bytes) over CAN.
 //!
-//! Classic CAN (8-byte frames), the segmentation:
-//! - CAN id (11 bit) = 0x400 | (sender−1)<<4 | toggle<<3 | index
-//!   (sender 1..=64 → 6 bits; toggle = low bit of the sender's message counter, flips every
-//!   message; index 0..=7 = frame number within the message). Lower index = higher CAN
-//!   priority, so a controller with several transmit buffers still sends them in order.
-//! - frame 0 data = [len, first ≤ 7 message bytes]; frames 1.. carry ≤ 8 bytes; every
-//!   frame but the last is full (DLC 8). So a message is at most 8·8−1 = 63 bytes.
+//! Classic CAN: three frames per message (8, 8 and 7 bytes), no length byte (the layout is fixed).
+//! - CAN id (11 bit) = 0x400 | (sender−1)<<4 | kind<<3 | toggle<<2 | index
+//!   (sender 1..=64 → 6 bits; kind 0 = Limits, 1 = Detail; toggle = low bit of the message
+//!   counter; index 0..=2 = frame number). The message's header byte is the id's sender and
+//!   kind; frame k carries bytes 1+8k..=8+8k. Lower index = higher CAN priority, so a
+//!   controller with several transmit buffers still sends them in order. Every id is one
+//!   message of the shipped DBC with fixed signals (`mbms.telemetry.dbc_text`).
 //! - The reassembler keeps one partial message per sender; a frame that is not the next
-//!   expected one (index, toggle) drops the partial message (counted). Losing a frame loses
-//!   the message; the next heartbeat repairs it (full snapshots).
+//!   expected one (index, kind, toggle) drops the partial message (counted). Losing a frame
+//!   loses the message; the next heartbeat repairs it (full snapshots). The toggle keeps the
+//!   frames of two messages from being glued together when frames are lost (which would
+//!   otherwise be counted as a forgery).
 //!
-//! CAN FD: the whole message in one frame, same id with toggle = index = 0, data =
-//! [len, message, padding 0xCC] padded up to the next FD data length.
+//! CAN FD: the 23 bytes in one 24-byte frame (padded with 0xCC), id with toggle = index = 0.
+
+use crate::wire::{MESSAGE_LEN, WireError};
 
 pub const CAN_ID_BASE: u32 = 0x400;
-pub const MAX_SEGMENTED_LEN: usize = 63;
-const FD_SIZES: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64];
+pub const CAN_ID_LAST: u32 = 0x7FF;
+pub const FRAMES: usize = 3;
+const PAYLOAD: usize = MESSAGE_LEN - 1;
+/// Data length of each classic frame.
+const FRAME_LEN: [usize; FRAMES] = [8, 8, 7];
+const FD_LEN: usize = 24;
+const FD_PAD: u8 = 0xCC;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CanFrame {
@@ -26,13 +34,11 @@ pub struct CanFrame {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SegmentError {
-    /// The message is longer than 63 bytes (or empty).
-    MessageLength(usize),
-    /// Sender outside 1..=64.
-    Sender(u16),
-    /// A CAN id outside the peer protocol's range 0x400..=0x7FF.
+    /// The message is not one of the format.
+    Message(WireError),
+    /// A CAN id outside the peer protocol's range 0x400..=0x7FF, or index 3.
     ForeignId(u32),
-    /// Frame data longer than its kind allows (8 classic, 64 FD) or a bad length byte.
+    /// Frame data of the wrong length (8, 8, 7 classic; 24 FD).
     FrameLength(usize),
     /// A frame that does not continue the partial message of its sender.
     OutOfOrder { sender: u16, index: u8 },
@@ -41,9 +47,8 @@ pub enum SegmentError {
 impl std::fmt::Display for SegmentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SegmentError::MessageLength(n) => write!(f, "message of {n} bytes, expected 1..=63"),
-            SegmentError::Sender(s) => write!(f, "sender {s} outside 1..=64"),
-            SegmentError::ForeignId(id) => write!(f, "CAN id {id:#x} outside 0x400..=0x7ff"),
+            SegmentError::Message(e) => write!(f, "{e}"),
+            SegmentError::ForeignId(id) => write!(f, "CAN id {id:#x} is not a peer-protocol frame"),
             SegmentError::FrameLength(n) => write!(f, "bad frame data length {n}"),
             SegmentError::OutOfOrder { sender, index } => {
                 write!(f, "frame {index} of sender {sender} out of order")
@@ -61,8 +66,7 @@ impl SegmentError {
     /// frame of this protocol), which points at a faulty or foreign device.
     pub fn kind(&self) -> &'static str {
         match self {
-            SegmentError::MessageLength(n) if *n > MAX_SEGMENTED_LEN => "oversized",
-            SegmentError::FrameLength(n) if *n > MAX_SEGMENTED_LEN => "oversized",
+            SegmentError::FrameLength(n) if *n > FD_LEN => "oversized",
             SegmentError::ForeignId(_) => "foreign",
             SegmentError::OutOfOrder { .. } => "incomplete",
             _ => "malformed",
@@ -70,77 +74,73 @@ impl SegmentError {
     }
 }
 
-fn check(sender: u16, msg: &[u8]) -> Result<(), SegmentError> {
-    if !(1..=64).contains(&sender) {
-        return Err(SegmentError::Sender(sender));
-    }
-    if msg.is_empty() || msg.len() > MAX_SEGMENTED_LEN {
-        return Err(SegmentError::MessageLength(msg.len()));
-    }
-    Ok(())
+/// The CAN id of frame `index` of a message.
+pub fn can_id(sender: u16, kind: u8, toggle: u8, index: u8) -> u32 {
+    CAN_ID_BASE | ((sender as u32).wrapping_sub(1) & 0x3F) << 4 | (kind as u32 & 1) << 3 | (toggle as u32 & 1) << 2 | (index as u32 & 3)
 }
 
-/// The CAN id of frame `index` of a message; `msg_counter` is the sender's message count.
-pub fn can_id(sender: u16, msg_counter: u32, index: u8) -> u32 {
-    CAN_ID_BASE | ((sender as u32 - 1) & 0x3F) << 4 | (msg_counter & 1) << 3 | (index as u32 & 7)
+/// (sender, kind, toggle, index) of a peer-protocol id.
+pub fn split_id(id: u32) -> Result<(u16, u8, u8, u8), SegmentError> {
+    if !(CAN_ID_BASE..=CAN_ID_LAST).contains(&id) || id & 3 == 3 {
+        return Err(SegmentError::ForeignId(id));
+    }
+    Ok((((id >> 4) & 0x3F) as u16 + 1, ((id >> 3) & 1) as u8, ((id >> 2) & 1) as u8, (id & 3) as u8))
 }
 
-/// Split one message into classic CAN frames.
-pub fn segment_classic(sender: u16, msg_counter: u32, msg: &[u8]) -> Result<Vec<CanFrame>, SegmentError> {
-    check(sender, msg)?;
-    let mut payload = Vec::with_capacity(msg.len() + 1);
-    payload.push(msg.len() as u8);
-    payload.extend_from_slice(msg);
-    Ok(payload
+fn header(msg: &[u8]) -> Result<(u16, u8, u8), SegmentError> {
+    if msg.len() != MESSAGE_LEN {
+        return Err(SegmentError::Message(WireError::Length(msg.len())));
+    }
+    if msg[0] & 0x80 != 0 {
+        return Err(SegmentError::Message(WireError::Header(msg[0])));
+    }
+    // toggle: low bit of the message counter (frame 0, bit 40 → byte 1+5, bit 0)
+    Ok(((msg[0] & 0x3F) as u16 + 1, (msg[0] >> 6) & 1, msg[6] & 1))
+}
+
+/// Split one message into three classic CAN frames.
+pub fn segment_classic(msg: &[u8]) -> Result<Vec<CanFrame>, SegmentError> {
+    let (sender, kind, toggle) = header(msg)?;
+    Ok(msg[1..]
         .chunks(8)
         .enumerate()
-        .map(|(i, c)| CanFrame { id: can_id(sender, msg_counter, i as u8), data: c.to_vec() })
+        .map(|(i, c)| CanFrame { id: can_id(sender, kind, toggle, i as u8), data: c.to_vec() })
         .collect())
 }
 
-/// Number of classic frames for a message of `len` bytes.
-pub fn classic_frame_count(len: usize) -> usize {
-    (len + 1).div_ceil(8)
+/// Pack one message into one CAN FD frame (24 data bytes, an FD length).
+pub fn frame_fd(msg: &[u8]) -> Result<CanFrame, SegmentError> {
+    let (sender, kind, _) = header(msg)?;
+    let mut data = msg[1..].to_vec();
+    data.resize(FD_LEN, FD_PAD);
+    Ok(CanFrame { id: can_id(sender, kind, 0, 0), data })
 }
 
-/// Pack one message into one CAN FD frame.
-pub fn frame_fd(sender: u16, msg: &[u8]) -> Result<CanFrame, SegmentError> {
-    check(sender, msg)?;
-    let n = msg.len() + 1;
-    let size = *FD_SIZES.iter().find(|&&s| s >= n).expect("n <= 64");
-    let mut data = Vec::with_capacity(size);
-    data.push(msg.len() as u8);
-    data.extend_from_slice(msg);
-    data.resize(size, 0xCC);
-    Ok(CanFrame { id: can_id(sender, 0, 0), data })
+fn with_header(sender: u16, kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(MESSAGE_LEN);
+    m.push((sender - 1) as u8 | kind << 6);
+    m.extend_from_slice(payload);
+    m
 }
 
 /// Take the message out of a CAN FD frame.
 pub fn unframe_fd(id: u32, data: &[u8]) -> Result<(u16, Vec<u8>), SegmentError> {
-    let (sender, _, _) = split_id(id)?;
-    if data.is_empty() || data.len() > 64 {
-        return Err(SegmentError::FrameLength(data.len()));
-    }
-    let len = data[0] as usize;
-    if len == 0 || len > MAX_SEGMENTED_LEN || len + 1 > data.len() {
-        return Err(SegmentError::FrameLength(len));
-    }
-    Ok((sender, data[1..1 + len].to_vec()))
-}
-
-fn split_id(id: u32) -> Result<(u16, u8, u8), SegmentError> {
-    if !(CAN_ID_BASE..=0x7FF).contains(&id) {
+    let (sender, kind, toggle, index) = split_id(id)?;
+    if toggle != 0 || index != 0 {
         return Err(SegmentError::ForeignId(id));
     }
-    Ok((((id >> 4) & 0x3F) as u16 + 1, ((id >> 3) & 1) as u8, (id & 7) as u8))
+    if data.len() != FD_LEN || data[PAYLOAD..].iter().any(|&b| b != FD_PAD) {
+        return Err(SegmentError::FrameLength(data.len()));
+    }
+    Ok((sender, with_header(sender, kind, &data[..PAYLOAD])))
 }
 
 #[derive(Clone, Debug, Default)]
 struct Partial {
     active: bool,
+    kind: u8,
     toggle: u8,
     next: u8,
-    len: usize,
     buf: Vec<u8>,
 }
 
@@ -176,41 +176,32 @@ impl Reassembler {
     }
 
     fn push_inner(&mut self, id: u32, data: &[u8]) -> Result<Option<(u16, Vec<u8>)>, SegmentError> {
-        let (sender, toggle, index) = split_id(id)?;
+        let (sender, kind, toggle, index) = split_id(id)?;
         let slot = &mut self.slots[sender as usize];
-        if data.is_empty() || data.len() > 8 {
+        if data.len() != FRAME_LEN[index as usize] {
             slot.active = false;
             return Err(SegmentError::FrameLength(data.len()));
         }
         if index == 0 {
-            let len = data[0] as usize;
-            if len == 0 || len > MAX_SEGMENTED_LEN {
-                slot.active = false;
-                return Err(SegmentError::FrameLength(len));
-            }
             slot.active = true;
+            slot.kind = kind;
             slot.toggle = toggle;
             slot.next = 1;
-            slot.len = len;
             slot.buf.clear();
-            slot.buf.extend_from_slice(&data[1..]);
-        } else {
-            if !slot.active || slot.toggle != toggle || slot.next != index {
-                slot.active = false;
-                return Err(SegmentError::OutOfOrder { sender, index });
-            }
             slot.buf.extend_from_slice(data);
-            slot.next += 1;
+            return Ok(None);
         }
-        let remaining = slot.len as isize - slot.buf.len() as isize;
-        if remaining == 0 {
+        if !slot.active || slot.kind != kind || slot.toggle != toggle || slot.next != index {
             slot.active = false;
-            return Ok(Some((sender, std::mem::take(&mut slot.buf))));
+            return Err(SegmentError::OutOfOrder { sender, index });
         }
-        // Not done: this frame must have been full, and the message must not overrun.
-        if remaining < 0 || data.len() != 8 {
+        slot.buf.extend_from_slice(data);
+        slot.next += 1;
+        if slot.next as usize == FRAMES {
             slot.active = false;
-            return Err(SegmentError::FrameLength(data.len()));
+            let m = with_header(sender, kind, &slot.buf);
+            slot.buf.clear();
+            return Ok(Some((sender, m)));
         }
         Ok(None)
     }
@@ -221,66 +212,76 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn message(sender: u16, kind: u8, fill: &[u8]) -> Vec<u8> {
+        let mut m = vec![(sender - 1) as u8 | kind << 6];
+        m.extend((0..PAYLOAD).map(|i| fill[i % fill.len()]));
+        m
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(5000)))]
         #[test]
         fn round_trip_with_interleaved_senders(
-            a in proptest::collection::vec(any::<u8>(), 1..=63),
-            b in proptest::collection::vec(any::<u8>(), 1..=63),
-            ca in any::<u32>(), cb in any::<u32>(),
+            a in proptest::collection::vec(any::<u8>(), 1..=24),
+            b in proptest::collection::vec(any::<u8>(), 1..=24),
+            ka in 0u8..2, kb in 0u8..2,
         ) {
-            let fa = segment_classic(3, ca, &a).unwrap();
-            let fb = segment_classic(64, cb, &b).unwrap();
-            prop_assert_eq!(fa.len(), classic_frame_count(a.len()));
+            let ma = message(3, ka, &a);
+            let mb = message(64, kb, &b);
+            let fa = segment_classic(&ma).unwrap();
+            let fb = segment_classic(&mb).unwrap();
+            prop_assert_eq!(fa.len(), FRAMES);
             let mut r = Reassembler::new();
             let mut got = Vec::new();
-            let n = fa.len().max(fb.len());
-            for i in 0..n {
-                for f in [fa.get(i), fb.get(i)].into_iter().flatten() {
-                    prop_assert!(f.data.len() <= 8);
+            for i in 0..FRAMES {
+                for f in [&fa[i], &fb[i]] {
+                    prop_assert_eq!(f.data.len(), FRAME_LEN[i]);
                     if let Some(m) = r.push(f.id, &f.data).unwrap() { got.push(m); }
                 }
             }
             got.sort();
-            let mut want = vec![(3u16, a.clone()), (64u16, b.clone())];
+            let mut want = vec![(3u16, ma.clone()), (64u16, mb.clone())];
             want.sort();
             prop_assert_eq!(got, want);
-            let fd = frame_fd(7, &a).unwrap();
-            prop_assert_eq!(unframe_fd(fd.id, &fd.data).unwrap(), (7u16, a));
+            let fd = frame_fd(&ma).unwrap();
+            prop_assert_eq!(unframe_fd(fd.id, &fd.data).unwrap(), (3u16, ma));
         }
 
         #[test]
         fn arbitrary_frames_never_panic(frames in proptest::collection::vec(
-            (0u32..0x800, proptest::collection::vec(any::<u8>(), 0..10)), 0..40)) {
+            (0u32..0x800, proptest::collection::vec(any::<u8>(), 0..30)), 0..40)) {
             let mut r = Reassembler::new();
             for (id, d) in frames {
                 if let Ok(Some((_, m))) = r.push(id, &d) {
-                    prop_assert!(!m.is_empty() && m.len() <= MAX_SEGMENTED_LEN);
+                    prop_assert_eq!(m.len(), MESSAGE_LEN);
                 }
-                let _ = unframe_fd(id, &d);
+                if let Ok((_, m)) = unframe_fd(id, &d) {
+                    prop_assert_eq!(m.len(), MESSAGE_LEN);
+                }
             }
         }
     }
 
     #[test]
-    fn a_lost_frame_loses_only_that_message() {
-        let m1: Vec<u8> = (0..30).collect();
-        let m2: Vec<u8> = (100..130).collect();
-        let f1 = segment_classic(5, 0, &m1).unwrap();
-        let f2 = segment_classic(5, 1, &m2).unwrap();
+    fn a_lost_frame_loses_only_that_message_and_never_glues_two() {
+        let mut m1 = message(5, 0, &[1]);
+        let mut m2 = message(5, 0, &[2]);
+        m1[6] = 0; // counter low bit 0
+        m2[6] = 1; // the next message: toggle 1
+        let f1 = segment_classic(&m1).unwrap();
+        let f2 = segment_classic(&m2).unwrap();
         let mut r = Reassembler::new();
-        // Frame 2 of m1 lost; then the tail of m2 (its frames 2.. carry toggle 1, index 2..).
-        for f in f1.iter().take(2) {
-            assert_eq!(r.push(f.id, &f.data).unwrap(), None);
-        }
+        // frame 0 of m1, then m1's frames 1, 2 lost, then m2 without its frame 0: not glued
+        assert_eq!(r.push(f1[0].id, &f1[0].data).unwrap(), None);
+        assert!(matches!(r.push(f2[1].id, &f2[1].data), Err(SegmentError::OutOfOrder { .. })));
         assert!(r.push(f2[2].id, &f2[2].data).is_err());
         let mut out = None;
         for f in &f2 {
             out = r.push(f.id, &f.data).unwrap();
         }
         assert_eq!(out, Some((5, m2)));
-        assert!(segment_classic(5, 0, &[0u8; 64]).is_err());
-        assert!(segment_classic(0, 0, &[1]).is_err());
+        assert!(segment_classic(&[0u8; 26]).is_err());
         assert_eq!(r.push(0x123, &[1, 2]), Err(SegmentError::ForeignId(0x123)));
+        assert_eq!(r.push(0x403, &[0; 8]), Err(SegmentError::ForeignId(0x403)));
     }
 }

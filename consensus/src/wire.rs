@@ -1,58 +1,57 @@
-//! The peer message format: one msgpack array, ≤ 64 bytes (one CAN FD frame).
+//! The peer message format: a fixed layout of 24 bytes with a 32-bit authentication tag
+//! (the AUTOSAR SecOC model: a truncated MAC over the message and its freshness value).
 //!
 //! ```text
-//! [verkind, system_id, sender, seq, incarnation, flags, coord, b0, b1, b2, b3, b4, b5 (, tag)]
-//!   verkind      version<<4 | kind       (version 1; kind 0 = Limits, 1 = Detail)
-//!   system_id    u32                     (messages of another system are dropped)
-//!   sender       u16, 1..=64
-//!   seq          u8, 0..=127, wraps      (serial-number order, RFC 1982, 7 bits)
-//!   incarnation  u16                     (boot nonce; a new one = a restart; two at once = duplicate id)
-//!   flags        phase (3 bits) | fault<<3 | main_closed<<4 | pre_closed<<5 | may_close<<6
-//!   coord        req_ticket (4 bits) | grant_ticket<<4 (4 bits) | grant_to<<8 (7 bits); 0 = nothing
-//!   kind 0 (Limits): ocv [10 mV], r [0.1 mΩ], dcl, ccl, dcl_peak, ccl_peak [0.1 A]
-//!   kind 1 (Detail): proposed system dcl, ccl [0.1 A], soc [0.1 %], v_bus, v_string [10 mV], i [0.1 A, signed]
-//!   tag          optional bin ≤ 8 bytes: room for a truncated 64-bit MAC (SecOC-style)
+//! byte 0       header: sender−1 (bits 0..5) | kind<<6 (0 = Limits, 1 = Detail) | bit 7 = 0
+//! bytes 1..8   frame 0: flags (bits 0..6) | coord (7..21) | 0 (22..23) | boot (24..39) | counter (40..63)
+//! bytes 9..16  frame 1: body part 1 (64 bits)
+//! bytes 17..23 frame 2: body part 2 (bits 0..23) | tag (bits 24..55)
+//!
+//! flags   phase (3 bits) | fault<<3 | main_closed<<4 | pre_closed<<5 | may_close<<6
+//! coord   req_ticket (4 bits) | grant_ticket<<4 (4 bits) | grant_to<<8 (7 bits); 0 = nothing
+//! boot    the sender's boot counter (persisted, +1 per start; a new one = a restart)
+//! counter the sender's message counter in this boot, 24 bits, +1 per message (freshness)
+//! Limits  frame 1: ocv 17 bits [10 mV] | r 15 [0.1 mΩ] | dcl 15 [0.2 A] | ccl 15 [0.2 A] | 0 0
+//!         frame 2: dcl_peak 12 [0.5 A] | ccl_peak 12 [0.5 A]
+//! Detail  frame 1: proposed system dcl 18, ccl 18 [0.1 A] | soc 10 [0.1 %] | i 15, signed [0.1 A] | 0 0 0
+//!         frame 2: v_string − v_bus 16, signed [10 mV] | 0 (8 bits)
 //! ```
-//! A heartbeat alternates the two kinds, so two consecutive heartbeats carry a full state
-//! snapshot; every message carries the phase, the contactor state and the grant/request
-//! fields. Integers take msgpack's shortest form, so a typical message is ~30 bytes (four
-//! classic CAN frames); the worst case is 51 bytes without tag, 61 with an 8-byte tag.
-//! Limits are rounded down (errs low, S4); other quantities to nearest.
+//! The last frame is 7 bytes: with three full frames 16 peers at a 100 ms heartbeat would
+//! load a 500 kbit/s bus above the 12 % budget (`mbms bench consensus` measures it).
+//! All multi-bit fields are little endian (Intel) inside their 8-byte frame and no field
+//! crosses a frame: on classic CAN the header goes into the identifier and the frames are
+//! three CAN frames ([`crate::segment`]), each described by the shipped DBC.
+//! The tag is CMAC-AES-128 over the system id and bytes 0..=20 ([`crate::auth`]).
+//! Values saturate at their field width; limits round down to their resolution and saturate
+//! low (errs low, S4). Bodies are kept in 0.1 A / 10 mV units; the wire resolution of a field
+//! coarser than that is applied (rounding down) when encoding.
 
-use rmp::decode::{read_array_len, read_bin_len, read_int};
-use rmp::encode::{write_array_len, write_bin, write_sint, write_uint};
-
-pub const VERSION: u8 = 1;
-pub const MAX_MESSAGE_LEN: usize = 64;
-pub const MAX_TAG_LEN: usize = 8;
+pub const MESSAGE_LEN: usize = 24;
+pub const TAG_LEN: usize = 4;
+/// Bytes covered by the tag (everything before it).
+pub const SIGNED_LEN: usize = MESSAGE_LEN - TAG_LEN;
 /// Request tickets are 4 bits, 1..=15 (0 = no request).
 pub const MAX_TICKET: u8 = 15;
-/// Sequence numbers are 7 bits so that they are one msgpack byte.
-pub const SEQ_MOD: u8 = 128;
+/// The message counter is 24 bits; a peer whose counter would wrap starts a new boot.
+pub const COUNTER_BITS: u32 = 24;
+pub const COUNTER_MAX: u32 = (1 << COUNTER_BITS) - 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireError {
-    Empty,
-    TooLong(usize),
-    /// Not the expected msgpack structure; names the field that failed.
-    Malformed(&'static str),
-    Version(u8),
-    Kind(u8),
+    /// Not exactly [`MESSAGE_LEN`] bytes.
+    Length(usize),
+    /// The header byte's reserved bit is set (not this format).
+    Header(u8),
     /// A field out of its range; names it.
     Range(&'static str),
-    TrailingBytes,
 }
 
 impl std::fmt::Display for WireError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WireError::Empty => write!(f, "empty message"),
-            WireError::TooLong(n) => write!(f, "message of {n} bytes, expected <= {MAX_MESSAGE_LEN}"),
-            WireError::Malformed(field) => write!(f, "malformed msgpack at field {field}"),
-            WireError::Version(v) => write!(f, "version {v}, expected {VERSION}"),
-            WireError::Kind(k) => write!(f, "unknown message kind {k}"),
+            WireError::Length(n) => write!(f, "message of {n} bytes, expected {MESSAGE_LEN}"),
+            WireError::Header(h) => write!(f, "header byte {h:#04x}: reserved bit set"),
             WireError::Range(field) => write!(f, "field {field} out of range"),
-            WireError::TrailingBytes => write!(f, "trailing bytes after the message"),
         }
     }
 }
@@ -128,14 +127,30 @@ pub struct LimitsBody {
     pub ccl_peak_da: u32,
 }
 
+impl LimitsBody {
+    /// These limits at the wire's resolution (rounded down, saturated): what every receiver
+    /// will see, so the sender uses the same values for its own string.
+    pub fn on_wire(self) -> LimitsBody {
+        let q = |da: u32, step: u32, bits: u32| lim(da, step, bits) as u32 * step;
+        LimitsBody {
+            ocv_10mv: self.ocv_10mv.min(max_of(OCV_BITS)),
+            r_100uohm: self.r_100uohm.min(max_of(R_BITS)),
+            dcl_da: q(self.dcl_da, LIM_STEP_DA, LIM_BITS),
+            ccl_da: q(self.ccl_da, LIM_STEP_DA, LIM_BITS),
+            dcl_peak_da: q(self.dcl_peak_da, PEAK_STEP_DA, PEAK_BITS),
+            ccl_peak_da: q(self.ccl_peak_da, PEAK_STEP_DA, PEAK_BITS),
+        }
+    }
+}
+
 /// Proposed system limits and measured detail (kind 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DetailBody {
     pub prop_dcl_da: u32,
     pub prop_ccl_da: u32,
     pub soc_permille: u16,
-    pub v_bus_10mv: u32,
-    pub v_string_10mv: u32,
+    /// v_string − v_bus (what a peer's eligibility to close depends on).
+    pub dv_10mv: i32,
     pub i_da: i32,
 }
 
@@ -145,36 +160,167 @@ pub enum Body {
     Detail(DetailBody),
 }
 
+
+/// A decoded message as tools show it (`mbms log decode`, the monitor): the one serialized form
+/// of a peer message's fields in physical units (bindings pythonize it).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MessageView {
+    pub sender: u16,
+    pub incarnation: u16,
+    pub counter: u32,
+    pub phase: u8,
+    pub fault: bool,
+    pub main_closed: bool,
+    pub pre_closed: bool,
+    pub may_close: bool,
+    pub req_ticket: u8,
+    pub grant_to: u16,
+    pub grant_ticket: u8,
+    /// "limits" | "detail"
+    pub kind: &'static str,
+    /// The body in A, V, Ω and fractions, by field name.
+    pub values: std::collections::BTreeMap<&'static str, f64>,
+    #[serde(serialize_with = "as_bytes")]
+    pub tag: [u8; TAG_LEN],
+    /// The tag was verified (false: decoded without a key).
+    pub verified: bool,
+}
+
+fn as_bytes<S: serde::Serializer>(b: &[u8; TAG_LEN], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(b)
+}
+
+impl MessageView {
+    pub fn of(m: &Message, verified: bool) -> Self {
+        let (kind, values): (&'static str, Vec<(&'static str, f64)>) = match m.body {
+            Body::Limits(b) => (
+                "limits",
+                vec![
+                    ("ocv_v", b.ocv_10mv as f64 / 100.0),
+                    ("r_ohm", b.r_100uohm as f64 / 1e4),
+                    ("dcl_a", b.dcl_da as f64 / 10.0),
+                    ("ccl_a", b.ccl_da as f64 / 10.0),
+                    ("dcl_peak_a", b.dcl_peak_da as f64 / 10.0),
+                    ("ccl_peak_a", b.ccl_peak_da as f64 / 10.0),
+                ],
+            ),
+            Body::Detail(b) => (
+                "detail",
+                vec![
+                    ("sys_dcl_a", b.prop_dcl_da as f64 / 10.0),
+                    ("sys_ccl_a", b.prop_ccl_da as f64 / 10.0),
+                    ("soc", b.soc_permille as f64 / 1000.0),
+                    ("dv_v", b.dv_10mv as f64 / 100.0),
+                    ("i_a", b.i_da as f64 / 10.0),
+                ],
+            ),
+        };
+        Self {
+            sender: m.sender,
+            incarnation: m.incarnation,
+            counter: m.counter,
+            phase: m.flags.phase,
+            fault: m.flags.fault,
+            main_closed: m.flags.main_closed,
+            pre_closed: m.flags.pre_closed,
+            may_close: m.flags.may_close,
+            req_ticket: m.coord.req_ticket,
+            grant_to: m.coord.grant_to,
+            grant_ticket: m.coord.grant_ticket,
+            kind,
+            values: values.into_iter().collect(),
+            tag: m.tag,
+            verified,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    pub system_id: u32,
     pub sender: u16,
-    pub seq: u8,
+    /// The sender's boot counter (its incarnation): a new one is a restart.
     pub incarnation: u16,
+    /// The sender's message counter in this boot (freshness, [`COUNTER_BITS`] bits).
+    pub counter: u32,
     pub flags: Flags,
     pub coord: Coord,
     pub body: Body,
-    /// Room for an authentication tag (not computed here yet).
-    pub tag: Option<Vec<u8>>,
+    /// The authentication tag as received or as computed by [`crate::auth::Auth::seal`].
+    pub tag: [u8; TAG_LEN],
 }
 
-// ---- unit conversions (saturating; NaN maps to 0, which errs low for limits) ----
+// Field widths of the fixed layout (bits) and wire steps of the limits (in 0.1 A).
+const OCV_BITS: u32 = 17;
+const R_BITS: u32 = 15;
+const LIM_BITS: u32 = 15;
+const LIM_STEP_DA: u32 = 2;
+const PEAK_BITS: u32 = 12;
+const PEAK_STEP_DA: u32 = 5;
+const PROP_BITS: u32 = 18;
+const DV_BITS: u32 = 16;
+const SOC_BITS: u32 = 10;
+const I_BITS: u32 = 15;
+
+const fn max_of(bits: u32) -> u32 {
+    ((1u64 << bits) - 1) as u32
+}
+
+// ---- unit conversions (saturating at the field width; NaN maps to 0, which errs low for limits) ----
 
 pub fn volts_to_10mv(v: f64) -> u32 {
-    (v * 100.0).round().clamp(0.0, u32::MAX as f64) as u32
+    (v * 100.0).round().clamp(0.0, max_of(OCV_BITS) as f64) as u32
+}
+/// A voltage difference (saturating at ±327.67 V, beyond any close window).
+pub fn dv_to_10mv(v: f64) -> i32 {
+    let m = (1i64 << (DV_BITS - 1)) as f64;
+    (v * 100.0).round().clamp(-m, m - 1.0) as i32
 }
 pub fn ohm_to_100uohm(r: f64) -> u32 {
-    (r * 1e4).round().clamp(0.0, u32::MAX as f64) as u32
+    (r * 1e4).round().clamp(0.0, max_of(R_BITS) as f64) as u32
 }
 /// Limits round DOWN: a reported limit never exceeds the computed one.
 pub fn amps_to_da_floor(a: f64) -> u32 {
-    (a * 10.0).floor().clamp(0.0, u32::MAX as f64) as u32
+    (a * 10.0).floor().clamp(0.0, (max_of(LIM_BITS) * LIM_STEP_DA) as f64) as u32
+}
+/// Proposed system limits (wider field), rounded down.
+pub fn amps_to_da_floor_system(a: f64) -> u32 {
+    (a * 10.0).floor().clamp(0.0, max_of(PROP_BITS) as f64) as u32
 }
 pub fn amps_to_da_signed(a: f64) -> i32 {
-    (a * 10.0).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32
+    let m = (1i64 << (I_BITS - 1)) as f64;
+    (a * 10.0).round().clamp(-m, m - 1.0) as i32
 }
 pub fn soc_to_permille(soc: f64) -> u16 {
     (soc * 1000.0).round().clamp(0.0, 1000.0) as u16
+}
+
+/// Packs fields into a little-endian 64-bit word, low bits first.
+struct Packer(u64, u32);
+impl Packer {
+    fn put(&mut self, v: u64, bits: u32) {
+        self.0 |= (v & ((1u64 << bits) - 1)) << self.1;
+        self.1 += bits;
+    }
+}
+struct Unpacker(u64, u32);
+impl Unpacker {
+    fn get(&mut self, bits: u32) -> u64 {
+        let v = (self.0 >> self.1) & ((1u64 << bits) - 1);
+        self.1 += bits;
+        v
+    }
+}
+
+fn word(data: &[u8], frame: usize) -> u64 {
+    let mut b = [0u8; 8];
+    let end = (9 + 8 * frame).min(MESSAGE_LEN);
+    b[..end - 1 - 8 * frame].copy_from_slice(&data[1 + 8 * frame..end]);
+    u64::from_le_bytes(b)
+}
+
+/// A limit in 0.1 A on a wire field of `step` and `bits`: rounded down, saturated.
+fn lim(da: u32, step: u32, bits: u32) -> u64 {
+    (da / step).min(max_of(bits)) as u64
 }
 
 impl Message {
@@ -185,132 +331,109 @@ impl Message {
         }
     }
 
-    /// Encode; the result is ≤ 64 bytes by construction (field widths are bounded).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MAX_MESSAGE_LEN);
-        let n = 13 + self.tag.is_some() as u32;
-        // Writes into a Vec cannot fail.
-        write_array_len(&mut out, n).expect("vec write");
-        let w = |out: &mut Vec<u8>, v: u64| {
-            write_uint(out, v).expect("vec write");
-        };
-        w(&mut out, ((VERSION << 4) | self.kind()) as u64);
-        w(&mut out, self.system_id as u64);
-        w(&mut out, self.sender as u64);
-        w(&mut out, (self.seq % SEQ_MOD) as u64);
-        w(&mut out, self.incarnation as u64);
-        w(&mut out, self.flags.to_u8() as u64);
-        w(&mut out, self.coord.to_u16() as u64);
+    /// Encode (with the tag as it is in `self.tag`). Values wider than their field are
+    /// saturated by the conversions above; here they are masked to their width.
+    pub fn encode(&self) -> [u8; MESSAGE_LEN] {
+        let mut out = [0u8; MESSAGE_LEN];
+        out[0] = ((self.sender.wrapping_sub(1) & 0x3F) as u8) | self.kind() << 6;
+        let mut f0 = Packer(0, 0);
+        f0.put(self.flags.to_u8() as u64, 7);
+        f0.put(self.coord.to_u16() as u64, 15);
+        f0.put(0, 2);
+        f0.put(self.incarnation as u64, 16);
+        f0.put(self.counter as u64, COUNTER_BITS);
+        let (mut f1, mut f2) = (Packer(0, 0), Packer(0, 0));
         match &self.body {
             Body::Limits(b) => {
-                for v in [b.ocv_10mv, b.r_100uohm, b.dcl_da, b.ccl_da, b.dcl_peak_da, b.ccl_peak_da] {
-                    w(&mut out, v as u64);
-                }
+                f1.put(b.ocv_10mv.min(max_of(OCV_BITS)) as u64, OCV_BITS);
+                f1.put(b.r_100uohm.min(max_of(R_BITS)) as u64, R_BITS);
+                f1.put(lim(b.dcl_da, LIM_STEP_DA, LIM_BITS), LIM_BITS);
+                f1.put(lim(b.ccl_da, LIM_STEP_DA, LIM_BITS), LIM_BITS);
+                f2.put(lim(b.dcl_peak_da, PEAK_STEP_DA, PEAK_BITS), PEAK_BITS);
+                f2.put(lim(b.ccl_peak_da, PEAK_STEP_DA, PEAK_BITS), PEAK_BITS);
             }
             Body::Detail(b) => {
-                w(&mut out, b.prop_dcl_da as u64);
-                w(&mut out, b.prop_ccl_da as u64);
-                w(&mut out, b.soc_permille as u64);
-                w(&mut out, b.v_bus_10mv as u64);
-                w(&mut out, b.v_string_10mv as u64);
-                write_sint(&mut out, b.i_da as i64).expect("vec write");
+                f1.put(b.prop_dcl_da.min(max_of(PROP_BITS)) as u64, PROP_BITS);
+                f1.put(b.prop_ccl_da.min(max_of(PROP_BITS)) as u64, PROP_BITS);
+                f1.put(b.soc_permille.min(1000) as u64, SOC_BITS);
+                let m = 1i32 << (I_BITS - 1);
+                f1.put(b.i_da.clamp(-m, m - 1) as u32 as u64, I_BITS);
+                let m = 1i32 << (DV_BITS - 1);
+                f2.put(b.dv_10mv.clamp(-m, m - 1) as u32 as u64, DV_BITS);
+                f2.put(0, 8);
             }
         }
-        if let Some(tag) = &self.tag {
-            let t = &tag[..tag.len().min(MAX_TAG_LEN)];
-            write_bin(&mut out, t).expect("vec write");
-        }
+        f2.1 = 24;
+        f2.put(u32::from_le_bytes(self.tag) as u64, 32);
+        out[1..9].copy_from_slice(&f0.0.to_le_bytes());
+        out[9..17].copy_from_slice(&f1.0.to_le_bytes());
+        out[17..24].copy_from_slice(&f2.0.to_le_bytes()[..7]);
         out
     }
 
-    /// Decode; every failure is a typed error, never a panic (fuzzed with proptest).
+    /// Decode (the tag is read, not verified: see [`crate::auth::Auth::open`]). Every failure
+    /// is a typed error, never a panic (fuzzed with proptest).
     pub fn decode(data: &[u8]) -> Result<Message, WireError> {
-        if data.is_empty() {
-            return Err(WireError::Empty);
+        if data.len() != MESSAGE_LEN {
+            return Err(WireError::Length(data.len()));
         }
-        if data.len() > MAX_MESSAGE_LEN {
-            return Err(WireError::TooLong(data.len()));
+        let h = data[0];
+        if h & 0x80 != 0 {
+            return Err(WireError::Header(h));
         }
-        let mut rd: &[u8] = data;
-        let n = read_array_len(&mut rd).map_err(|_| WireError::Malformed("array"))?;
-        if n != 13 && n != 14 {
-            return Err(WireError::Malformed("array length"));
+        let sender = (h & 0x3F) as u16 + 1;
+        let kind = (h >> 6) & 1;
+        let mut f0 = Unpacker(word(data, 0), 0);
+        let flags = Flags::from_u8(f0.get(7) as u8)?;
+        let coord = Coord::from_u64(f0.get(15))?;
+        if f0.get(2) != 0 {
+            return Err(WireError::Range("reserved"));
         }
-        fn u(rd: &mut &[u8], field: &'static str, max: u64) -> Result<u64, WireError> {
-            let v: u64 = read_int(rd).map_err(|_| WireError::Malformed(field))?;
-            if v > max {
-                return Err(WireError::Range(field));
-            }
-            Ok(v)
+        let incarnation = f0.get(16) as u16;
+        let counter = f0.get(COUNTER_BITS) as u32;
+        let mut f1 = Unpacker(word(data, 1), 0);
+        let mut f2 = Unpacker(word(data, 2), 0);
+        // two's complement of a `bits`-wide field
+        fn signed(raw: u64, bits: u32) -> i32 {
+            (if raw >= 1 << (bits - 1) { raw as i64 - (1 << bits) } else { raw as i64 }) as i32
         }
-        let verkind = u(&mut rd, "verkind", 255)? as u8;
-        if verkind >> 4 != VERSION {
-            return Err(WireError::Version(verkind >> 4));
-        }
-        let kind = verkind & 15;
-        if kind > 1 {
-            return Err(WireError::Kind(kind));
-        }
-        let system_id = u(&mut rd, "system_id", u32::MAX as u64)? as u32;
-        let sender = u(&mut rd, "sender", 64)? as u16;
-        if sender == 0 {
-            return Err(WireError::Range("sender"));
-        }
-        let seq = u(&mut rd, "seq", (SEQ_MOD - 1) as u64)? as u8;
-        let incarnation = u(&mut rd, "incarnation", u16::MAX as u64)? as u16;
-        let flags = Flags::from_u8(u(&mut rd, "flags", 127)? as u8)?;
-        let coord = Coord::from_u64(u(&mut rd, "coord", u16::MAX as u64)?)?;
-        let m32 = u32::MAX as u64;
         let body = if kind == 0 {
+            let ocv_10mv = f1.get(OCV_BITS) as u32;
+            let r_100uohm = f1.get(R_BITS) as u32;
+            let dcl_da = f1.get(LIM_BITS) as u32 * LIM_STEP_DA;
+            let ccl_da = f1.get(LIM_BITS) as u32 * LIM_STEP_DA;
+            if f1.get(2) != 0 {
+                return Err(WireError::Range("reserved"));
+            }
             Body::Limits(LimitsBody {
-                ocv_10mv: u(&mut rd, "ocv", m32)? as u32,
-                r_100uohm: u(&mut rd, "r", m32)? as u32,
-                dcl_da: u(&mut rd, "dcl", m32)? as u32,
-                ccl_da: u(&mut rd, "ccl", m32)? as u32,
-                dcl_peak_da: u(&mut rd, "dcl_peak", m32)? as u32,
-                ccl_peak_da: u(&mut rd, "ccl_peak", m32)? as u32,
+                ocv_10mv,
+                r_100uohm,
+                dcl_da,
+                ccl_da,
+                dcl_peak_da: f2.get(PEAK_BITS) as u32 * PEAK_STEP_DA,
+                ccl_peak_da: f2.get(PEAK_BITS) as u32 * PEAK_STEP_DA,
             })
         } else {
-            let prop_dcl_da = u(&mut rd, "prop_dcl", m32)? as u32;
-            let prop_ccl_da = u(&mut rd, "prop_ccl", m32)? as u32;
-            let soc_permille = u(&mut rd, "soc", 1000)? as u16;
-            let v_bus_10mv = u(&mut rd, "v_bus", m32)? as u32;
-            let v_string_10mv = u(&mut rd, "v_string", m32)? as u32;
-            let i: i64 = read_int(&mut rd).map_err(|_| WireError::Malformed("i"))?;
-            if i < i32::MIN as i64 || i > i32::MAX as i64 {
-                return Err(WireError::Range("i"));
+            let prop_dcl_da = f1.get(PROP_BITS) as u32;
+            let prop_ccl_da = f1.get(PROP_BITS) as u32;
+            let soc = f1.get(SOC_BITS);
+            if soc > 1000 {
+                return Err(WireError::Range("soc"));
             }
-            Body::Detail(DetailBody {
-                prop_dcl_da,
-                prop_ccl_da,
-                soc_permille,
-                v_bus_10mv,
-                v_string_10mv,
-                i_da: i as i32,
-            })
-        };
-        let tag = if n == 14 {
-            let len = read_bin_len(&mut rd).map_err(|_| WireError::Malformed("tag"))? as usize;
-            if len > MAX_TAG_LEN || len > rd.len() {
-                return Err(WireError::Malformed("tag"));
+            let i_da = signed(f1.get(I_BITS), I_BITS);
+            if f1.get(3) != 0 {
+                return Err(WireError::Range("reserved"));
             }
-            let t = rd[..len].to_vec();
-            rd = &rd[len..];
-            Some(t)
-        } else {
-            None
+            let dv_10mv = signed(f2.get(DV_BITS), DV_BITS);
+            if f2.get(8) != 0 {
+                return Err(WireError::Range("reserved"));
+            }
+            Body::Detail(DetailBody { prop_dcl_da, prop_ccl_da, soc_permille: soc as u16, dv_10mv, i_da })
         };
-        if !rd.is_empty() {
-            return Err(WireError::TrailingBytes);
-        }
-        Ok(Message { system_id, sender, seq, incarnation, flags, coord, body, tag })
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&data[SIGNED_LEN..]);
+        Ok(Message { sender, incarnation, counter, flags, coord, body, tag })
     }
-}
-
-/// Serial-number order on 7-bit sequence numbers (RFC 1982): is `a` newer than `b`?
-pub fn seq_newer(a: u8, b: u8) -> bool {
-    let d = (a.wrapping_sub(b)) % SEQ_MOD;
-    d != 0 && d < SEQ_MOD / 2
 }
 
 #[cfg(test)]
@@ -318,105 +441,88 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn worst() -> Message {
+    pub(crate) fn worst() -> Message {
         Message {
-            system_id: u32::MAX,
             sender: 64,
-            seq: 127,
             incarnation: u16::MAX,
+            counter: COUNTER_MAX,
             flags: Flags { phase: 7, fault: true, main_closed: true, pre_closed: true, may_close: true },
             coord: Coord { req_ticket: 15, grant_to: 64, grant_ticket: 15 },
             body: Body::Detail(DetailBody {
-                prop_dcl_da: u32::MAX,
-                prop_ccl_da: u32::MAX,
+                prop_dcl_da: max_of(PROP_BITS),
+                prop_ccl_da: max_of(PROP_BITS),
                 soc_permille: 1000,
-                v_bus_10mv: u32::MAX,
-                v_string_10mv: u32::MAX,
-                i_da: i32::MIN,
+                dv_10mv: -(1 << 15),
+                i_da: -(1 << 14),
             }),
-            tag: Some(vec![0xAB; MAX_TAG_LEN]),
+            tag: [0xAB; TAG_LEN],
         }
     }
 
     #[test]
-    fn worst_case_fits_one_can_fd_frame_and_round_trips() {
+    fn extremes_round_trip() {
         let m = worst();
-        let b = m.encode();
-        assert!(b.len() <= MAX_MESSAGE_LEN, "{} bytes", b.len());
-        assert_eq!(Message::decode(&b).unwrap(), m);
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         let mut m2 = m.clone();
+        m2.sender = 1;
         m2.body = Body::Limits(LimitsBody {
-            ocv_10mv: u32::MAX,
-            r_100uohm: u32::MAX,
-            dcl_da: u32::MAX,
-            ccl_da: u32::MAX,
-            dcl_peak_da: u32::MAX,
-            ccl_peak_da: u32::MAX,
+            ocv_10mv: max_of(OCV_BITS),
+            r_100uohm: max_of(R_BITS),
+            dcl_da: max_of(LIM_BITS) * LIM_STEP_DA,
+            ccl_da: 0,
+            dcl_peak_da: max_of(PEAK_BITS) * PEAK_STEP_DA,
+            ccl_peak_da: PEAK_STEP_DA,
         });
-        let b2 = m2.encode();
-        assert!(b2.len() <= MAX_MESSAGE_LEN, "{} bytes", b2.len());
-        assert_eq!(Message::decode(&b2).unwrap(), m2);
+        assert_eq!(Message::decode(&m2.encode()).unwrap(), m2);
+        // Limits between wire steps round down (errs low, S4), never up.
+        let mut m3 = m2.clone();
+        m3.body = Body::Limits(LimitsBody { dcl_da: 1001, ccl_da: 99_999, dcl_peak_da: 2004, ccl_peak_da: 1, ..Default::default() });
+        match Message::decode(&m3.encode()).unwrap().body {
+            Body::Limits(l) => assert_eq!((l.dcl_da, l.ccl_da, l.dcl_peak_da, l.ccl_peak_da), (1000, max_of(LIM_BITS) * 2, 2000, 0)),
+            _ => unreachable!(),
+        }
     }
 
     #[test]
-    fn typical_message_is_compact() {
-        // 400 V string, 50 mΩ, 200 A limits, 16 peers.
-        let m = Message {
-            system_id: 7,
-            sender: 16,
-            seq: 100,
-            incarnation: 40_000,
-            flags: Flags { phase: 4, main_closed: true, may_close: true, ..Default::default() },
-            coord: Coord::default(),
-            body: Body::Limits(LimitsBody {
-                ocv_10mv: volts_to_10mv(400.0),
-                r_100uohm: ohm_to_100uohm(0.05),
-                dcl_da: 2000,
-                ccl_da: 1000,
-                dcl_peak_da: 4000,
-                ccl_peak_da: 2000,
-            }),
-            tag: None,
-        };
-        assert!(m.encode().len() <= 28, "{}", m.encode().len());
+    fn conversions_saturate_and_limits_round_down() {
+        assert_eq!(amps_to_da_floor(1e9), max_of(LIM_BITS) * LIM_STEP_DA);
+        assert_eq!(dv_to_10mv(-1e6), -(1 << 15));
+        assert_eq!(amps_to_da_floor(f64::NAN), 0);
+        assert_eq!(amps_to_da_floor(12.39), 123);
+        assert_eq!(amps_to_da_signed(-1e9), -(1 << 14));
+        assert_eq!(amps_to_da_signed(1e9), (1 << 14) - 1);
+        assert_eq!(volts_to_10mv(1300.0), 130_000);
+        assert_eq!(ohm_to_100uohm(0.05), 500);
     }
 
     #[test]
     fn bad_inputs_are_typed_errors() {
-        assert_eq!(Message::decode(&[]), Err(WireError::Empty));
-        assert_eq!(Message::decode(&[0u8; 65]), Err(WireError::TooLong(65)));
+        assert_eq!(Message::decode(&[]), Err(WireError::Length(0)));
+        assert_eq!(Message::decode(&[0u8; 25]), Err(WireError::Length(25)));
         let mut b = worst().encode();
-        b[1] = 0x20; // verkind: version 2, kind 0
-        assert_eq!(Message::decode(&b), Err(WireError::Version(2)));
+        b[0] |= 0x80;
+        assert!(matches!(Message::decode(&b), Err(WireError::Header(_))));
         let mut b = worst().encode();
-        b.push(0);
+        b[1] |= 0x80; // bit 7 of frame 0 is coord bit 0..: make coord grant_to without ticket
+        b[2] = 0xFF;
+        b[3] = 0x3F;
         assert!(Message::decode(&b).is_err());
     }
 
-    #[test]
-    fn serial_order_wraps() {
-        assert!(seq_newer(1, 0));
-        assert!(seq_newer(0, 127));
-        assert!(!seq_newer(0, 1));
-        assert!(!seq_newer(5, 5));
-        assert!(!seq_newer(70, 5)); // 65 ahead: ambiguous half, treated as old
-    }
-
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4000))]
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(20_000)))]
         #[test]
-        fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..80)) {
-            let _ = Message::decode(&data);
+        fn decode_never_panics_and_what_decodes_re_encodes(data in proptest::collection::vec(any::<u8>(), 0..40)) {
+            if let Ok(m) = Message::decode(&data) {
+                // A decoded message encodes back to the same bytes (one meaning per bit pattern).
+                prop_assert_eq!(&m.encode()[..], &data[..]);
+            }
         }
 
         #[test]
-        fn mutated_valid_messages_never_panic(idx in 0usize..64, val in any::<u8>()) {
-            let mut b = worst().encode();
-            let i = idx % b.len();
-            b[i] = val;
-            if let Ok(m) = Message::decode(&b) {
-                // Whatever decodes re-encodes within the size bound.
-                prop_assert!(m.encode().len() <= MAX_MESSAGE_LEN);
+        fn random_25_byte_inputs(data in proptest::collection::vec(any::<u8>(), MESSAGE_LEN..=MESSAGE_LEN)) {
+            if let Ok(m) = Message::decode(&data) {
+                prop_assert_eq!(&m.encode()[..], &data[..]);
             }
         }
     }

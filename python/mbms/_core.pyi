@@ -21,6 +21,8 @@ __all__ = [
     "engine_rules",
     "engine_levels",
     "ConsensusPeer",
+    "MessageAuth",
+    "MESSAGE_LEN",
     "PHASE_NAMES",
     "CanReassembler",
     "can_segment_classic",
@@ -83,10 +85,10 @@ class ConsensusPeer:
     dcdc, dcdc_soc_gain); missing fields take the defaults. Raises ValueError((field, message)).
     """
 
-    def __new__(cls, config: dict[str, Any], incarnation: int) -> ConsensusPeer: ...
+    def __new__(cls, config: dict[str, Any], incarnation: int, keys: list[bytes] | None) -> ConsensusPeer: ...
     def on_message(self, now_ms: int, data: bytes) -> str | None:
-        """None if accepted; else the drop reason (counted): malformed, foreign_system,
-        unknown_sender, own_echo, duplicate, stale, duplicate_id."""
+        """None if accepted; else the drop reason (counted): malformed, unauthenticated, forged,
+        old_boot, unknown_sender, own_echo, duplicate, stale, duplicate_id."""
     def tick(self, now_ms: int, local: dict[str, Any]) -> dict[str, Any]:
         """``local``: ocv_v, r_ohm, soc, dcl_a, ccl_a, dcl_peak_a, ccl_peak_a, fault, may_close,
         v_string_v, v_bus_v, i_a, feedback=(neg, pos, pre). Returns command=(neg, pos, pre),
@@ -118,11 +120,26 @@ class CanReassembler:
 #: The consensus Phase names in wire order (0..7); mbms.types.Phase is built from it.
 PHASE_NAMES: list[str]
 
-def can_segment_classic(sender: int, msg_counter: int, data: bytes) -> list[tuple[int, bytes]]: ...
-def can_frame_fd(sender: int, data: bytes) -> tuple[int, bytes]: ...
+MESSAGE_LEN: int
+
+@final
+class MessageAuth:
+    """CMAC-AES-128 authentication of one system (32-bit tags): peer messages and telemetry."""
+
+    def __new__(cls, system_id: int, keys: list[bytes] | None) -> MessageAuth: ...
+    @property
+    def enabled(self) -> bool: ...
+    def open(self, data: bytes) -> dict[str, Any]: ...
+    @staticmethod
+    def decode_unverified(data: bytes) -> dict[str, Any]: ...
+    def tag(self, data: bytes) -> bytes: ...
+    def verify(self, data: bytes, tag: bytes) -> str | None: ...
+
+def can_segment_classic(data: bytes) -> list[tuple[int, bytes]]: ...
+def can_frame_fd(data: bytes) -> tuple[int, bytes]: ...
 def can_unframe_fd(can_id: int, data: bytes) -> tuple[int, bytes]: ...
 def can_frame_bits_classic(can_id: int, data: bytes, worst: bool = False) -> int: ...
-def can_bus_load_classic(msg_len: int, peers: int, period_ms: float, bitrate: float) -> float: ...
+def can_bus_load_classic(peers: int, period_ms: float, bitrate: float) -> float: ...
 def consensus_sim(
     seeds: int,
     first_seed: int = 0,
@@ -132,9 +149,15 @@ def consensus_sim(
     threads: int = 2,
     config: dict[str, Any] | None = None,
     sabotage: str | None = None,
+    adversary: bool | None = None,
 ) -> dict[str, Any]: ...
 def consensus_sim_replay(
-    seed: int, peers_min: int = 3, peers_max: int = 5, duration_ms: int = 6000, sabotage: str | None = None
+    seed: int,
+    peers_min: int = 3,
+    peers_max: int = 5,
+    duration_ms: int = 6000,
+    sabotage: str | None = None,
+    adversary: bool | None = None,
 ) -> tuple[list[str], list[str]]: ...
 
 #: Names of the protocol simulator's checker self-tests (``consensus_sim(sabotage=...)``), "none" first.
@@ -216,10 +239,18 @@ class NodeCore:
     """One BMU's sans-IO decision logic: pack engine + peer coordination + contactor sequencing."""
 
     def __new__(
-        cls, engine: dict[str, Any], cell_toml: str, peer: dict[str, Any], node: dict[str, Any], incarnation: int
+        cls,
+        engine: dict[str, Any],
+        cell_toml: str,
+        peer: dict[str, Any],
+        node: dict[str, Any],
+        incarnation: int,
+        keys: list[bytes] | None,
     ) -> NodeCore: ...
     @property
     def node_id(self) -> int: ...
+    @property
+    def incarnation(self) -> int: ...
     @property
     def n_cells(self) -> int: ...
     @property

@@ -27,11 +27,11 @@ from mbms.errors import EnvironmentProblem, ExitCode
 from mbms.logs import LOG_FORMATS, active_format, set_cli_logging
 
 # Subcommand modules, in the order ``mbms --help`` shows them.
-COMMANDS: tuple[str, ...] = ("sim", "node", "monitor", "sunspec", "plant", "demo", "bench", "campaign")
+COMMANDS: tuple[str, ...] = ("sim", "node", "monitor", "sunspec", "plant", "demo", "bench", "campaign", "keys")
 
 #: What exit code 1 means for each command (0, 2, 3 and 4 mean the same everywhere).
 FAILED_CHECK: dict[str, str] = {
-    "sim": "a safety invariant (S1-S6) was violated",
+    "sim": "a safety invariant (S1-S7) was violated",
     "campaign": "a run violated a safety invariant or failed (listed with the command that reproduces it)",
     "node": "not used (a node opens its contactors on a fault and keeps running)",
     "monitor": "--once: a configured member was never seen",
@@ -39,6 +39,7 @@ FAILED_CHECK: dict[str, str] = {
     "plant": "not used",
     "demo": "not used",
     "bench": "bench consensus: a schedule violated a safety rule",
+    "keys": "not used",
 }
 
 

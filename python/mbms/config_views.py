@@ -322,6 +322,15 @@ class DiscoverySection:
 
 
 @dataclass(frozen=True)
+class AuthSection:
+    """``[auth]`` of a system file (brief S7): the key file (resolved against the system file's
+    folder), or ``off`` (explicit; logged at every start). Read by :mod:`mbms.keys`."""
+
+    key_file: Path | None
+    off: bool
+
+
+@dataclass(frozen=True)
 class InverterSection:
     """``[inverter]``: the battery protocol the speaker sends to the inverter (rust_core
     ``InverterConfig``; defaults and checks there). ``protocol`` names a DBC file shipped in
@@ -362,6 +371,8 @@ class SystemConfig:
     peer: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     #: The file's text (for re-checking it together with a pack file).
     text: str = field(default="", compare=False, repr=False)
+    #: Message authentication; None when the file has no ``[auth]`` (a node refuses to start).
+    auth: AuthSection | None = None
     #: ``[inverter]``, or None: this system sends no inverter frames.
     inverter: InverterSection | None = None
 
@@ -380,12 +391,20 @@ def _system_view(d: dict[str, Any], text: str) -> SystemConfig:
     transport = TransportSection(kind=t["kind"], can=view(CanTransport, t["can"]) if t.get("can") else None, udp=udp,
                                  options=dict(t.get("options") or {}))
     p = d["protocol"]
+    auth = None
+    if d.get("auth") is not None:
+        a = d["auth"]
+        key = a.get("key_file")
+        if key is not None:
+            key = (Path(d["source"]).parent / Path(os.path.expanduser(key))).resolve()
+        auth = AuthSection(key_file=key, off=bool(a.get("off", False)))
     return SystemConfig(
         source=d["source"], system_id=d["system_id"], system_id_u32=d["system_id_u32"],
         members=tuple(d["members"]), quorum=d["quorum"], transport=transport,
         heartbeat_ms=p["heartbeat_ms"], dv_close_v=float(p["dv_close_v"]), lease_ms=p["lease_ms"],
         discovery=view(DiscoverySection, d["discovery"]), protocol=view(ConsensusConfig, p), peer=p, text=text,
         inverter=view(InverterSection, d["inverter"]) if d.get("inverter") else None,
+        auth=auth,
     )
 
 

@@ -6,9 +6,12 @@ string's own measurements (:meth:`Peer.tick`); it returns the contactor command,
 system limits, the closed/live sets, the speaker, the messages to broadcast and events.
 Time is always an argument (milliseconds of this node's monotonic clock).
 
-CAN transport helpers: :func:`segment_classic` / :class:`CanReassembler` (classic CAN,
-8-byte frames, id 0x400 | (sender-1)<<4 | toggle<<3 | index, frame 0 starts with the length)
-and :func:`frame_fd` / :func:`unframe_fd` (one CAN FD frame per message).
+Messages are a fixed layout of :data:`MESSAGE_LEN` bytes with a 32-bit CMAC-AES-128 tag
+(consensus/src/wire.rs, auth.rs): a peer verifies the tag and the freshness of every message
+before it touches any state (brief S7). CAN transport helpers: :func:`segment_classic` /
+:class:`CanReassembler` (classic CAN: three frames of 8, 8, 7 bytes, id
+0x400 | (sender-1)<<4 | kind<<3 | toggle<<2 | index) and :func:`frame_fd` / :func:`unframe_fd`
+(one CAN FD frame per message).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = [
     "ConsensusEvent",
     "Contactors",
     "LocalState",
+    "MESSAGE_LEN",
+    "MessageAuth",
     "Peer",
     "PeerOutput",
     "Phase",
@@ -171,17 +176,24 @@ class PeerOutput:
         return list(self.live_set)
 
 
-class Peer:
-    """One peer of the coordination. Raises :class:`mbms.errors.ConfigError` on a bad configuration."""
+#: Length of every peer message (bytes).
+MESSAGE_LEN: int = int(_core.MESSAGE_LEN)
+MessageAuth = _core.MessageAuth
 
-    def __init__(self, config: ConsensusConfig, incarnation: int) -> None:
+
+class Peer:
+    """One peer of the coordination. Raises :class:`mbms.errors.ConfigError` on a bad configuration.
+    ``keys``: the system's message keys (the first signs); None = no authentication."""
+
+    def __init__(self, config: ConsensusConfig, incarnation: int, keys: list[bytes] | None) -> None:
         # a bad config raises mbms.errors.ConfigError from the core, naming the field
-        self._p = _core.ConsensusPeer(config.to_dict(), int(incarnation))
+        self._p = _core.ConsensusPeer(config.to_dict(), int(incarnation), keys)
         self.config = config
 
     def on_message(self, now_ms: int, data: bytes) -> str | None:
         """Feed received bytes. None if accepted, else why it was dropped (and counted):
-        malformed, foreign_system, unknown_sender, own_echo, duplicate, stale, duplicate_id."""
+        malformed, unauthenticated, forged, old_boot, unknown_sender, own_echo, duplicate, stale,
+        duplicate_id."""
         return self._p.on_message(int(now_ms), bytes(data))
 
     def tick(self, now_ms: int, local: LocalState) -> PeerOutput:
@@ -209,10 +221,10 @@ class Peer:
         return Phase[str(self._p.phase).upper()]
 
 
-def segment_classic(sender: int, msg_counter: int, message: bytes) -> list[tuple[int, bytes]]:
-    """Classic CAN frames (can_id, data ≤ 8 bytes) of one message (≤ 63 bytes)."""
+def segment_classic(message: bytes) -> list[tuple[int, bytes]]:
+    """The three classic CAN frames (can_id, data) of one message."""
     try:
-        return _core.can_segment_classic(sender, msg_counter & 0xFFFFFFFF, bytes(message))
+        return _core.can_segment_classic(bytes(message))
     except ValueError as exc:
         raise FrameError(str(exc)) from None
 
@@ -220,9 +232,9 @@ def segment_classic(sender: int, msg_counter: int, message: bytes) -> list[tuple
 CanReassembler = _core.CanReassembler
 
 
-def frame_fd(sender: int, message: bytes) -> tuple[int, bytes]:
+def frame_fd(message: bytes) -> tuple[int, bytes]:
     try:
-        return _core.can_frame_fd(sender, bytes(message))
+        return _core.can_frame_fd(bytes(message))
     except ValueError as exc:
         raise FrameError(str(exc)) from None
 
@@ -238,6 +250,6 @@ def frame_bits_classic(can_id: int, data: bytes, worst: bool = False) -> int:
     return _core.can_frame_bits_classic(can_id, bytes(data), worst)
 
 
-def bus_load_classic(msg_len: int, peers: int, period_ms: float, bitrate: float = 500_000.0) -> float:
+def bus_load_classic(peers: int, period_ms: float, bitrate: float = 500_000.0) -> float:
     """Worst-case classic CAN bus load (fraction) for peers sending one message each period."""
-    return _core.can_bus_load_classic(msg_len, peers, period_ms, bitrate)
+    return _core.can_bus_load_classic(peers, period_ms, bitrate)

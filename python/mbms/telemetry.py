@@ -1,18 +1,36 @@
 """The CAN database of mbms (mbms/data/dbc/mbms.dbc) and the node's periodic telemetry frames.
 
-Every frame a node sends is in the DBC: the peer-protocol segments and four telemetry frames per
+Every frame a node sends is in the DBC: the peer-protocol frames and five telemetry frames per
 pack. Every sender has identifiers of its own (two nodes must never send the same identifier on
 one CAN bus: arbitration would not resolve it). Node ids 1..63:
 
-    0x400 | (id-1)<<4 | toggle<<3 | index   MBMS_PEER_<id>_<toggle>_<index>  peer protocol segment
-                                             (mbms.transport.segmentation = consensus/src/segment.rs)
+    0x400 | (id-1)<<4 | kind<<3 | toggle<<2 | index
+                MBMS_PEER_<id>_<L|D><toggle>_<index>  peer message frame (consensus/src/wire.rs):
+                frame 0 header (flags, grant/request, boot, counter), frames 1-2 the Limits (L)
+                or Detail (D) body and the 32-bit tag (mbms.transport.segmentation)
     0x200 + id  MBMS_STATE_<id>   SOC, phase, contactors, fail-safe, fault count, speaker, alive
     0x240 + id  MBMS_LIMITS_<id>  own and agreed system discharge/charge current limits
     0x280 + id  MBMS_CELLS_<id>   min/max cell voltage, string voltage, current
     0x2C0 + id  MBMS_TEMPS_<id>   min/max cell temperature, bus voltage, min/max cell index
     0x380 + id  MBMS_CELLV_<id>   three cell voltages from cell Index on; one frame per telemetry
                                   period, round robin over the pack (the monitor's heat map)
+    0x3C0 + id  MBMS_AUTH_<id>    boot, counter and 32-bit tag of the telemetry frames before it
     (0x300 + id / 0x340 + id: UDS request / response, ``[operator.uds]``, not in the DBC)
+
+Identifier plan of one peer bus (each range 0x40 wide, node ids 1..63; no two senders and no two
+purposes share an id): 0x200 STATE, 0x240 LIMITS, 0x280 CELLS, 0x2C0 TEMPS, 0x300 UDS request,
+0x340 UDS response, 0x380 CELLV, 0x3C0 AUTH (last: it closes its batch), 0x400..0x7FF peer
+protocol. The inverter protocols (Pylon LV 0x351..0x35E, Pylon HV 0x42xx/0x7xxx extended) go on
+their own channel (``[inverter] can``) and are not in this plan.
+
+Telemetry is authenticated per batch (brief S7; the inverter side and the monitor act on LIMITS):
+the node sends its frames, then MBMS_AUTH with a CMAC tag over its id, boot, counter and the
+frames (``MessageAuth.tag``). :class:`TelemetryVerifier` holds a sender's frames until that frame
+arrives and releases them only if the tag verifies and (boot, counter) is newer than the last
+batch it released; everything else is dropped and counted. Freshness: the boot only moves forward
+on a verified batch; the 16-bit counter in serial order (RFC 1982) within a boot, re-synchronised
+on a verified batch of the same boot after hearing nothing of that sender for ``RESYNC_AFTER_S``
+(about half the counter's period at a 10 ms telemetry period).
 
 Priority: lower identifiers win arbitration, so telemetry (0x2xx) precedes the peer protocol
 (0x400..0x7FF, fixed by the consensus core's segmentation): it is four short frames per pack and
@@ -26,8 +44,11 @@ All signals are little endian (Intel); physical ranges are clamped before encodi
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import struct
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +60,8 @@ from mbms.types import LEVELS, Fault, Measurement, NodeStatus, Phase
 from mbms.paths import dbc_file
 from mbms.transport.segmentation import can_id, is_peer_id, split_id
 
+log = logging.getLogger("mbms.telemetry")
+
 STATE_BASE_ID = 0x200
 LIMITS_BASE_ID = 0x240
 CELLS_BASE_ID = 0x280
@@ -46,9 +69,15 @@ TEMPS_BASE_ID = 0x2C0
 CELLV_BASE_ID = 0x380
 #: Cell voltages per MBMS_CELLV frame.
 CELLS_PER_FRAME = 3
+#: The batch's authentication frame: the highest telemetry range, below the peer protocol (0x400)
+#: and clear of UDS (0x300/0x340 + id, mbms.gateways.uds).
+AUTH_BASE_ID = 0x3C0
 SLOT = 0x40  # identifiers per telemetry kind: node ids 1..63
 TELEMETRY_BASES = {STATE_BASE_ID: "STATE", LIMITS_BASE_ID: "LIMITS", CELLS_BASE_ID: "CELLS", TEMPS_BASE_ID: "TEMPS",
-                   CELLV_BASE_ID: "CELLV"}
+                   CELLV_BASE_ID: "CELLV", AUTH_BASE_ID: "AUTH"}
+#: A verifier accepts any verified batch of a sender it has not heard for this long (s): half the
+#: 16-bit counter's period at a 10 ms telemetry period (the fastest a node is configured with).
+RESYNC_AFTER_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -107,13 +136,51 @@ _SIGNALS: dict[str, tuple[_Sig, ...]] = {
         _Sig("V2", 40, 16, False, 0.001, 0, 0, 65.535, "V", "voltage of cell Index+2 (0 = no such cell)"),
         _Sig("Soh", 56, 8, False, 0.5, 0, 0, 127.5, "%", "state of health, capacity (% of new)"),
     ),
+    "AUTH": (
+        _Sig("Boot", 0, 16, False, 1, 0, 0, 65535, "", "the node's boot counter"),
+        _Sig("Counter", 16, 16, False, 1, 0, 0, 65535, "", "telemetry batch counter of this boot"),
+        _Sig("Tag", 32, 32, False, 1, 0, 0, 0, "", "CMAC-AES-128 tag (32 bits) of the batch"),
+    ),
 }
 
-_PEER_FIRST = (
-    _Sig("Length", 0, 8, False, 1, 0, 1, 63, "", "message length in bytes"),
-    _Sig("Data", 8, 56, False, 1, 0, 0, 0, "", "first message bytes (DLC < 8 if the message is short)"),
+# The peer message frames (consensus/src/wire.rs). DBC scale/offset give physical values; the wire
+# rounds limits down to their step.
+_PEER_HEADER = (
+    _Sig("Phase", 0, 3, False, 1, 0, 0, 7, "", "peer phase (mbms.types.Phase)"),
+    _Sig("Fault", 3, 1, False, 1, 0, 0, 1, "", "confirmed local fault"),
+    _Sig("MainClosed", 4, 1, False, 1, 0, 0, 1, "", "main contactors confirmed closed"),
+    _Sig("PreClosed", 5, 1, False, 1, 0, 0, 1, "", "precharge relay commanded closed"),
+    _Sig("MayClose", 6, 1, False, 1, 0, 0, 1, "", "healthy and wants to connect"),
+    _Sig("ReqTicket", 7, 4, False, 1, 0, 0, 15, "", "own close request ticket, 0 = none"),
+    _Sig("GrantTicket", 11, 4, False, 1, 0, 0, 15, "", "ticket of the request granted, 0 = none"),
+    _Sig("GrantTo", 15, 7, False, 1, 0, 0, 64, "", "member granted a close, 0 = none"),
+    _Sig("Boot", 24, 16, False, 1, 0, 0, 65535, "", "sender's boot counter"),
+    _Sig("Counter", 40, 24, False, 1, 0, 0, 16777215, "", "sender's message counter in this boot"),
 )
-_PEER_NEXT = (_Sig("Data", 0, 64, False, 1, 0, 0, 0, "", "next message bytes (DLC < 8 in the last frame)"),)
+_PEER_BODY = {
+    ("L", 1): (
+        _Sig("Ocv", 0, 17, False, 0.01, 0, 0, 1310.71, "V", "open-circuit voltage"),
+        _Sig("R", 17, 15, False, 0.0001, 0, 0, 3.2767, "Ohm", "string resistance"),
+        _Sig("Dcl", 32, 15, False, 0.2, 0, 0, 6553.4, "A", "own discharge limit"),
+        _Sig("Ccl", 47, 15, False, 0.2, 0, 0, 6553.4, "A", "own charge limit"),
+    ),
+    ("L", 2): (
+        _Sig("DclPeak", 0, 12, False, 0.5, 0, 0, 2047.5, "A", "own short-term discharge limit"),
+        _Sig("CclPeak", 12, 12, False, 0.5, 0, 0, 2047.5, "A", "own short-term charge limit"),
+        _Sig("Tag", 24, 32, False, 1, 0, 0, 0, "", "CMAC-AES-128 tag (32 bits)"),
+    ),
+    ("D", 1): (
+        _Sig("SysDcl", 0, 18, False, 0.1, 0, 0, 26214.3, "A", "proposed system discharge limit"),
+        _Sig("SysCcl", 18, 18, False, 0.1, 0, 0, 26214.3, "A", "proposed system charge limit"),
+        _Sig("Soc", 36, 10, False, 0.1, 0, 0, 100, "%", "state of charge"),
+        _Sig("Current", 46, 15, True, 0.1, 0, -1638.4, 1638.3, "A", "string current, + = discharge"),
+    ),
+    ("D", 2): (
+        _Sig("DV", 0, 16, True, 0.01, 0, -327.68, 327.67, "V", "v_string - v_bus"),
+        _Sig("Tag", 24, 32, False, 1, 0, 0, 0, "", "CMAC-AES-128 tag (32 bits)"),
+    ),
+}
+_PEER_DLC = (8, 8, 7)
 
 
 def _fmt(x: float) -> str:
@@ -127,21 +194,23 @@ def dbc_text(max_node_id: int = MAX_NODE_ID) -> str:
     comments: list[str] = []
     vals: list[str] = []
     for k in range(1, max_node_id + 1):
-        blocks = [(can_id(k, toggle, index), f"MBMS_PEER_{k}_{toggle}_{index}", _PEER_FIRST if index == 0 else _PEER_NEXT,
-                   f"peer protocol segment: sender {k}, toggle {toggle}, frame {index}")
-                  for toggle in (0, 1) for index in range(8)]
-        for base, kind in TELEMETRY_BASES.items():
-            blocks.append((base + k, f"MBMS_{kind}_{k}", _SIGNALS[kind], f"pack {k} telemetry: {kind.lower()}"))
-        for frame_id, name, sigs, comment in blocks:
-            out.append(f"BO_ {frame_id} {name}: 8 MBMS_{k}")
+        blocks = [(can_id(k, kind, toggle, index), f"MBMS_PEER_{k}_{'LD'[kind]}{toggle}_{index}",
+                   _PEER_HEADER if index == 0 else _PEER_BODY[("LD"[kind], index)], _PEER_DLC[index],
+                   f"peer message of sender {k}: {('limits', 'detail')[kind]}, toggle {toggle}, frame {index}")
+                  for kind in (0, 1) for toggle in (0, 1) for index in range(3)]
+        for base, kind_name in TELEMETRY_BASES.items():
+            blocks.append((base + k, f"MBMS_{kind_name}_{k}", _SIGNALS[kind_name], 8,
+                           f"pack {k} telemetry: {kind_name.lower()}"))
+        for frame_id, name, sigs, dlc, comment in blocks:
+            out.append(f"BO_ {frame_id} {name}: {dlc} MBMS_{k}")
             for s in sigs:
                 sign = "-" if s.signed else "+"
                 out.append(f' SG_ {s.name} : {s.start}|{s.length}@1{sign} ({_fmt(s.scale)},{_fmt(s.offset)}) '
                            f'[{_fmt(s.lo)}|{_fmt(s.hi)}] "{s.unit}" Vector__XXX')
-                if not name.startswith("MBMS_PEER_") or name.endswith("_0_0") or name.endswith("_0_1"):
+                if not name.startswith("MBMS_PEER_") or "0_" in name[-3:]:
                     comments.append(f'CM_ SG_ {frame_id} {s.name} "{s.comment}";')
             out.append("")
-            if not name.startswith("MBMS_PEER_") or name.endswith("_0_0"):
+            if not name.startswith("MBMS_PEER_") or name.endswith("0_0"):
                 comments.append(f'CM_ BO_ {frame_id} "{comment}";')
             if name.startswith("MBMS_STATE_"):
                 choices = " ".join(f'{p.value} "{p.name}"' for p in Phase)
@@ -161,7 +230,7 @@ def load_database(path: str | None = None) -> Any:
 
 
 def classify(arbitration_id: int) -> tuple[str, int] | None:
-    """``("peer"|"STATE"|"LIMITS"|"CELLS"|"TEMPS", node_id)`` for an mbms identifier, else None."""
+    """``("peer"|"STATE"|"LIMITS"|"CELLS"|"TEMPS"|"AUTH", node_id)`` for an mbms identifier, else None."""
     if is_peer_id(arbitration_id):
         return "peer", split_id(arbitration_id)[0]
     base, k = arbitration_id & ~(SLOT - 1), arbitration_id & (SLOT - 1)
@@ -181,15 +250,26 @@ def _clamp(msg: Any, values: dict[str, float]) -> dict[str, float]:
     return out
 
 
-class TelemetryEncoder:
-    """Encodes a node's status and latest measurement into its four telemetry frames."""
+def _auth_input(node_id: int, boot: int, counter: int, frames: list[tuple[int, bytes]]) -> bytes:
+    """What the tag of a telemetry batch covers: sender, boot, counter and every frame."""
+    return struct.pack("<BHH", node_id, boot & 0xFFFF, counter & 0xFFFF) + b"".join(
+        struct.pack("<H", fid) + bytes(d) for fid, d in frames)
 
-    def __init__(self, node_id: int, db: Any = None) -> None:
+
+class TelemetryEncoder:
+    """Encodes a node's status and latest measurement into its telemetry frames, followed by the
+    authentication frame (``auth``: the system's ``MessageAuth``; ``boot``: this start's boot)."""
+
+    def __init__(self, node_id: int, db: Any = None, auth: Any = None, boot: int = 0) -> None:
         self.node_id = node_id
         self.db = db or load_database()
         self._alive = 0
+        self.auth = auth
+        self.boot = boot & 0xFFFF
+        self._counter = 0
         self._cellv_next = 0  # first cell of the next MBMS_CELLV frame (round robin)
-        self._msgs = {kind: self.db.get_message_by_frame_id(base + node_id) for base, kind in TELEMETRY_BASES.items()}
+        self._msgs = {kind: self.db.get_message_by_frame_id(base + node_id) for base, kind in TELEMETRY_BASES.items()
+                      if kind != "AUTH"}
 
     def frames(self, status: NodeStatus | None, meas: Measurement | None, fail_safe: bool,
                soh_pct: float | None = None) -> list[tuple[int, bytes]]:
@@ -234,7 +314,80 @@ class TelemetryEncoder:
         for kind, vals in values.items():
             msg = self._msgs[kind]
             out.append((msg.frame_id, bytes(msg.encode(_clamp(msg, vals), scaling=True))))
+        if self.auth is not None:
+            self._counter = (self._counter + 1) & 0xFFFF
+            tag = bytes(self.auth.tag(_auth_input(self.node_id, self.boot, self._counter, out)))
+            out.append((AUTH_BASE_ID + self.node_id, struct.pack("<HH", self.boot, self._counter) + tag))
         return out
+
+
+@dataclass
+class _Pending:
+    frames: list[tuple[int, bytes]]
+    boot: int | None = None
+    counter: int = 0
+    heard_s: float = float("-inf")
+
+
+class TelemetryVerifier:
+    """Releases a sender's telemetry frames only with a valid, fresh authentication frame.
+
+    ``push`` every received telemetry frame; it returns the frames of a batch once its
+    MBMS_AUTH frame verifies, else nothing. ``auth`` None (a system with ``[auth] off``) releases
+    every frame at once. Counters: ``verified`` batches, ``forged`` (tag does not verify, or a
+    batch with a lost frame), ``unauthenticated`` (zero tag), ``replayed`` (not newer), and
+    ``unverified_frames`` (frames dropped with their batch)."""
+
+    def __init__(self, auth: Any, clock: Any = time.monotonic) -> None:
+        self.auth = auth
+        self.clock = clock
+        self._pending: dict[int, _Pending] = {}
+        self.verified = 0
+        self.forged = 0
+        self.unauthenticated = 0
+        self.replayed = 0
+        self.unverified_frames = 0
+
+    def counters(self) -> dict[str, int]:
+        return {"verified": self.verified, "forged": self.forged, "unauthenticated": self.unauthenticated,
+                "replayed": self.replayed, "unverified_frames": self.unverified_frames}
+
+    def push(self, src: int, arbitration_id: int, data: bytes) -> list[tuple[int, bytes]]:
+        if self.auth is None or not self.auth.enabled:
+            return [(arbitration_id, bytes(data))]
+        p = self._pending.setdefault(src, _Pending([]))
+        if arbitration_id != AUTH_BASE_ID + src:
+            if len(p.frames) >= len(TELEMETRY_BASES):  # a batch never has more: start over
+                self.unverified_frames += len(p.frames)
+                p.frames.clear()
+            p.frames.append((arbitration_id, bytes(data)))
+            return []
+        frames, p.frames = p.frames, []
+        if len(data) != 8:
+            self.forged += 1
+            self.unverified_frames += len(frames)
+            return []
+        boot, counter = struct.unpack_from("<HH", data)
+        why = self.auth.verify(_auth_input(src, boot, counter, frames), bytes(data[4:8]))
+        if why is not None:
+            if why == "unauthenticated":
+                self.unauthenticated += 1
+            else:
+                self.forged += 1
+            self.unverified_frames += len(frames)
+            return []
+        now = self.clock()
+        if p.boot is not None:
+            # the boot never goes back; the counter (serial order) re-synchronises after a silence
+            newer = boot > p.boot or (boot == p.boot and (0 < (counter - p.counter) & 0xFFFF < 0x8000
+                                                          or now - p.heard_s > RESYNC_AFTER_S))
+            if not newer:
+                self.replayed += 1
+                self.unverified_frames += len(frames)
+                return []
+        p.boot, p.counter, p.heard_s = boot, counter, now
+        self.verified += 1
+        return frames
 
 
 #: AlarmRule of a fail-safe (the runtime's or the core's).
@@ -263,9 +416,10 @@ def alarm_code(faults: tuple[Fault, ...], fail_safe: bool) -> tuple[int, int]:
 
 
 def decode(db: Any, arbitration_id: int, data: bytes) -> tuple[str, int, dict[str, Any]] | None:
-    """Decode one telemetry frame: ``(kind, node_id, signals)``; None if not a telemetry frame."""
+    """Decode one telemetry frame: ``(kind, node_id, signals)``; None if not a telemetry frame
+    (nor the authentication frame, which carries no reading)."""
     cls = classify(arbitration_id)
-    if cls is None or cls[0] == "peer":
+    if cls is None or cls[0] in ("peer", "AUTH"):
         return None
     msg = db.get_message_by_frame_id(arbitration_id)
     return cls[0], cls[1], msg.decode(data, decode_choices=False)

@@ -724,6 +724,22 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Message authentication of a system (brief S7): the key file every node of the system reads,
+/// or, explicitly, none. A system file without `[auth]` loads (tools that only read the
+/// configuration need no key), but a node does not start from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The system's key file (`mbms keys new FILE`; mode 0600), relative to the system file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// No authentication at all: any device on the bus can speak for a node. Only for a bench;
+    /// every node logs it at start.
+    #[serde(default)]
+    pub off: bool,
+}
+
 /// Which battery protocol the inverter (or charger) speaks on the inverter CAN channel.
 /// Each is a DBC file shipped in the package (`mbms/data/dbc/<name>.dbc`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -850,6 +866,9 @@ pub struct SystemFile {
     /// Peer protocol settings (consensus `PeerConfig`); missing keys take its defaults.
     #[serde(default)]
     pub protocol: PeerConfig,
+    /// Message authentication (S7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
     /// The inverter link (none: no inverter frames are sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inverter: Option<InverterConfig>,
@@ -874,6 +893,8 @@ pub struct SystemConfig {
     /// Every protocol setting, defaults filled; identity fields as placeholders (node_id = the
     /// first member, seed 0) until a node takes it ([`SystemConfig::peer_for`]).
     pub protocol: PeerConfig,
+    /// Message authentication as the file gives it (None: not configured).
+    pub auth: Option<AuthConfig>,
     pub inverter: Option<InverterConfig>,
 }
 
@@ -938,6 +959,16 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
     let lead_given = in_protocol("join_hold_lead_ms");
     let lease_given = in_protocol("lease_ms") || table.contains_key("lease_ms");
     let f: SystemFile = typed(toml::Value::Table(table), "").map_err(at)?;
+    if let Some(a) = &f.auth {
+        match (&a.key_file, a.off) {
+            (Some(_), true) => return Err(at(cerr("auth", "key_file and off = true: choose one"))),
+            (None, false) => {
+                return Err(at(cerr("auth", "expected key_file = \"FILE\" (mbms keys new FILE) or off = true")))
+            }
+            (Some(k), false) if k.trim().is_empty() => return Err(at(cerr("auth.key_file", "empty path"))),
+            _ => {}
+        }
+    }
     let mut protocol = f.protocol.clone();
     if let Some(v) = f.heartbeat_ms {
         protocol.heartbeat_ms = v;
@@ -991,6 +1022,7 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
         transport: f.transport,
         discovery: f.discovery,
         protocol,
+        auth: f.auth,
         inverter: f.inverter,
     })
 }

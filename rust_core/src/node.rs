@@ -309,10 +309,11 @@ impl NodeCore {
         cell: CellParams,
         peer_cfg: PeerConfig,
         incarnation: u64,
+        auth: mbms_consensus::Auth,
     ) -> Result<Self, EngineConfigError> {
         cfg.validate().map_err(|(f, m)| EngineConfigError { field: format!("node.{f}"), message: m })?;
         let engine = Engine::new(engine_cfg, cell)?;
-        let peer = Peer::new(peer_cfg, incarnation)
+        let peer = Peer::new(peer_cfg, incarnation, auth)
             .map_err(|e| EngineConfigError { field: format!("system.{}", e.field), message: e.message })?;
         let n = engine.n_cells();
         Ok(Self {
@@ -525,7 +526,8 @@ mod tests {
         let engine = EngineConfig::from_toml_str(PACK).unwrap();
         let cell = CellParams::from_toml_str(CELL).unwrap();
         let peer = PeerConfig { node_id: 1, members: vec![1, 2, 3], ..PeerConfig::default() };
-        NodeCore::new(NodeConfig::default(), engine, cell, peer, 1).unwrap()
+        let auth = mbms_consensus::Auth::new(peer.system_id, &[[0x42; 16]]).unwrap();
+        NodeCore::new(NodeConfig::default(), engine, cell, peer, 1, auth).unwrap()
     }
 
     struct Meas {

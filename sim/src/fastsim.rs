@@ -232,7 +232,7 @@ impl FastSim {
         let monitor = Monitor::new(MonitorConfig::from_peer(&specs[0].peer, n, 0));
         let mut slots = Vec::with_capacity(n);
         for spec in specs {
-            let core = NodeCore::new(spec.node.clone(), spec.engine.clone(), spec.cell.clone(), spec.peer.clone(), 1)
+            let core = NodeCore::new(spec.node.clone(), spec.engine.clone(), spec.cell.clone(), spec.peer.clone(), 1, crate::simulation_auth(spec.peer.system_id))
                 .map_err(|e| e.to_string())?;
             slots.push(Slot {
                 spec,
@@ -378,7 +378,13 @@ impl FastSim {
                 resets: core.output().resets,
                 failsafe: core.output().failsafe,
                 rx_ok: c.rx_ok,
-                rx_dropped: c.rx_malformed + c.rx_foreign_system + c.rx_unknown_sender + c.rx_duplicate + c.rx_stale,
+                rx_dropped: c.rx_malformed
+                    + c.rx_unauthenticated
+                    + c.rx_forged
+                    + c.rx_old_boot
+                    + c.rx_unknown_sender
+                    + c.rx_duplicate
+                    + c.rx_stale,
                 tx: c.tx,
             }
         });
@@ -412,7 +418,7 @@ impl FastSim {
         }
         slot.incarnation += 1;
         let s = &slot.spec;
-        let mut core = NodeCore::new(s.node.clone(), s.engine.clone(), s.cell.clone(), s.peer.clone(), slot.incarnation)
+        let mut core = NodeCore::new(s.node.clone(), s.engine.clone(), s.cell.clone(), s.peer.clone(), slot.incarnation, crate::simulation_auth(s.peer.system_id))
             .map_err(|e| e.to_string())?;
         if !slot.saved_state.is_empty() {
             core.engine_mut().import_state(&slot.saved_state).map_err(|e| e.to_string())?;

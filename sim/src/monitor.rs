@@ -1,4 +1,4 @@
-//! The safety monitor: one checker of the brief's rules S1–S6 for every simulation mode (the
+//! The safety monitor: one checker of the brief's rules S1–S7 for every simulation mode (the
 //! protocol simulator, the fast simulator and, through `mbms._core.SafetyMonitor`, processes
 //! mode). Sans-IO: it is fed snapshots of the true plant state, each node's reported state and
 //! the time, and returns the violations it found as typed values ([`Violation`]).
@@ -73,6 +73,7 @@ pub enum Rule {
     S4,
     S5,
     S6,
+    S7,
 }
 
 impl Rule {
@@ -84,6 +85,7 @@ impl Rule {
             Rule::S4 => "S4",
             Rule::S5 => "S5",
             Rule::S6 => "S6",
+            Rule::S7 => "S7",
         }
     }
 }
@@ -115,6 +117,9 @@ pub enum What {
     NoAgreement { periods: f64 },
     /// S6: a string starts precharge without a quorum of the configured members on its side.
     PrechargeWithoutQuorum { node: usize, side: usize, quorum: usize },
+    /// S7: a node accepted a message its sender never sent (`genuine` false), or one not newer
+    /// than a message of that sender it had accepted before (a replay).
+    Unauthentic { node: usize, sender: usize, genuine: bool },
 }
 
 /// One violation: rule, time (µs of the monitor's clock) and what.
@@ -172,6 +177,13 @@ impl fmt::Display for What {
             What::PrechargeWithoutQuorum { node, side, quorum } => {
                 write!(f, "node {} starts precharge on a side of {side} < quorum {quorum}", node + 1)
             }
+            What::Unauthentic { node, sender, genuine } => write!(
+                f,
+                "node {} accepted {} message of member {}",
+                node + 1,
+                if *genuine { "a replayed (not fresh)" } else { "a forged" },
+                sender + 1
+            ),
         }
     }
 }
@@ -444,6 +456,15 @@ impl Monitor {
         node.heard_at[from] = Some(t_us);
         if let Some(h) = heard {
             node.carried[from] = Some((t_us, h));
+        }
+    }
+
+    /// S7: node `k` accepted a message that names member `sender`; `genuine`: that member's node
+    /// really sent it (the simulator knows); `fresh`: it is newer than every message of that
+    /// sender `k` accepted before. Anything else changing a node's state is a violation.
+    pub fn message_accepted(&mut self, t_us: u64, k: usize, sender: usize, genuine: bool, fresh: bool) {
+        if !genuine || !fresh {
+            self.violate(t_us, Rule::S7, What::Unauthentic { node: k, sender, genuine });
         }
     }
 

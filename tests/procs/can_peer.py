@@ -30,14 +30,18 @@ async def main() -> None:
     done = asyncio.Event()
 
     def on_message(src: int, payload: bytes) -> None:
-        if payload == b"stats":
+        # over CAN a message has the fixed 24-byte layout: a header byte (sender, kind) + 23 bytes
+        body = payload[1:] if kind == "can" else payload
+        head = bytes([(node_id - 1) | (payload[0] & 0x40)]) if kind == "can" else b""
+        if body.startswith(b"stats"):
             s = t.stats
-            t.send(msgpack.packb([s.echoes, s.malformed, s.incomplete, s.foreign, s.replayed, s.oversized,
-                                  s.duplicate, s.received_messages]))
-        elif payload == b"quit":
+            st = msgpack.packb([s.echoes, s.malformed, s.incomplete, s.foreign, s.replayed, s.oversized,
+                                s.duplicate, s.received_messages])
+            t.send(head + (bytes([len(st)]) + st).ljust(23, b"\0") if kind == "can" else st)
+        elif body.startswith(b"quit"):
             done.set()
         else:
-            t.send(payload[::-1])
+            t.send(head + body[::-1])
 
     t.on_message = on_message
     await t.start()

@@ -4,7 +4,7 @@
 //! half a period has passed: S4, S5), the DC/DC set-point and the speaker.
 
 use crate::sharing::{n1_limits_with, StringState};
-use crate::wire::{amps_to_da_floor, LimitsBody};
+use crate::wire::{amps_to_da_floor_system, LimitsBody};
 
 use super::emission::limits_of;
 use super::{bit, Event, LocalState, Peer, Phase, MAX_GHOSTS};
@@ -132,7 +132,7 @@ impl Peer {
                 }
             }
         }
-        (amps_to_da_floor(dcl), amps_to_da_floor(ccl))
+        (amps_to_da_floor_system(dcl), amps_to_da_floor_system(ccl))
     }
 
     /// The rise gate and the agreement on the reported limits (S5): a drop shows at once,

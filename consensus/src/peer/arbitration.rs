@@ -390,7 +390,7 @@ impl Peer {
                     && !r.flags.fault
                     && r.dup_until <= r.last_heard // a duplicated id is never granted: do not wait for it
                     && r.detail.is_some_and(|d| {
-                        (d.v_bus_10mv as f64 - d.v_string_10mv as f64).abs() / 100.0 <= margin
+                        (d.dv_10mv as f64).abs() / 100.0 <= margin
                     })
             })
         } else {

@@ -3,8 +3,8 @@
 //! our own limits) goes out at once, at most every quarter period.
 
 use crate::wire::{
-    amps_to_da_floor, amps_to_da_signed, ohm_to_100uohm, soc_to_permille, volts_to_10mv, Body, Coord, DetailBody,
-    Flags, LimitsBody, Message, SEQ_MOD,
+    amps_to_da_floor, amps_to_da_signed, dv_to_10mv, ohm_to_100uohm, soc_to_permille, volts_to_10mv, Body, Coord, DetailBody,
+    Flags, LimitsBody, Message, COUNTER_MAX, TAG_LEN,
 };
 
 use super::{LocalState, Peer, Phase};
@@ -12,7 +12,8 @@ use super::{LocalState, Peer, Phase};
 /// Emission sub-state: sequence numbers, heartbeat schedule and what was sent last.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Emission {
-    pub(super) seq: u8,
+    /// The message counter of this boot (freshness).
+    pub(super) counter: u32,
     pub(super) next_hb: u64,
     pub(super) next_kind: u8,
     pub(super) last_sent_limits: Option<LimitsBody>,
@@ -29,6 +30,7 @@ pub(super) fn limits_of(local: &LocalState) -> LimitsBody {
         dcl_peak_da: amps_to_da_floor(local.dcl_peak_a),
         ccl_peak_da: amps_to_da_floor(local.ccl_peak_a),
     }
+    .on_wire()
 }
 
 impl Peer {
@@ -76,26 +78,30 @@ impl Peer {
                 prop_dcl_da: self.agreement.prop_da.0,
                 prop_ccl_da: self.agreement.prop_da.1,
                 soc_permille: soc_to_permille(local.soc),
-                v_bus_10mv: volts_to_10mv(local.v_bus_v),
-                v_string_10mv: volts_to_10mv(local.v_string_v),
+                dv_10mv: dv_to_10mv(local.v_string_v - local.v_bus_v),
                 i_da: amps_to_da_signed(local.i_a),
             })
         };
-        let m = Message {
-            system_id: self.cfg.system_id,
+        if self.emission.counter > COUNTER_MAX {
+            // The counter would wrap (after 2^24 messages, ~19 days at 10 per second): go on as
+            // a new boot, which receivers take as a restart (they re-learn our state at once).
+            self.membership.inc = self.membership.inc.wrapping_add(1);
+            self.emission.counter = 0;
+        }
+        let mut m = Message {
             sender: self.cfg.node_id,
-            seq: self.emission.seq,
             incarnation: self.membership.inc,
+            counter: self.emission.counter,
             flags: fc.0,
             coord: fc.1,
             body,
-            tag: None,
+            tag: [0; TAG_LEN],
         };
-        self.emission.seq = (self.emission.seq + 1) % SEQ_MOD;
+        self.emission.counter += 1;
         self.emission.last_tx_ms = Some(now);
         self.emission.last_sent_fc = Some(fc);
         self.counters.tx += 1;
-        self.out.messages.push(m.encode());
+        self.out.messages.push(self.auth.seal(&mut m).to_vec());
     }
 
     pub(super) fn flags(&self, now: u64, local: &LocalState) -> Flags {

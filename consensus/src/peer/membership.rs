@@ -2,7 +2,7 @@
 //! incarnation, sequence numbers, their flags, grants and state), failure detection, quorum,
 //! restarts of others and duplicate ids (two nodes with one id).
 
-use crate::wire::{seq_newer, Body, Coord, DetailBody, Flags, LimitsBody, Message, SEQ_MOD};
+use crate::wire::{Body, Coord, DetailBody, Flags, LimitsBody, Message};
 
 use super::{bit, Event, Peer, Phase, RxError, DUP_HOLD_PERIODS};
 
@@ -19,18 +19,19 @@ pub(super) struct Membership {
     /// no grant we may have given before a restart can be in use, and no grant to our old
     /// incarnation can be alive, so the start inhibit and the ticket guard end early.
     pub(super) start_clear: bool,
+    /// The last message with our id and a lower boot: (boot, newest counter, when heard).
+    pub(super) own_other: Option<(u16, u32, u64)>,
 }
 
-/// What a peer knows of another member.
 /// What a peer knows of another member.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Remote {
     pub(super) heard: bool,
     pub(super) inc: u16,
-    pub(super) last_seq: u8,
+    pub(super) last_counter: u32,
     pub(super) last_heard: u64,
     pub(super) prev_inc: Option<u16>,
-    pub(super) prev_last_seq: u8,
+    pub(super) prev_last_counter: u32,
     pub(super) prev_heard: u64,
     pub(super) dup_until: u64,
     pub(super) flags: Flags,
@@ -43,6 +44,9 @@ pub(super) struct Remote {
     pub(super) clean_since_start: bool,
     /// When the last Detail (with its proposal) arrived.
     pub(super) detail_at: u64,
+    /// After a silence (not alive to us): the first message that came back, (counter, when);
+    /// it waits for a second, later one before anything of that sender counts (see `receive`).
+    pub(super) back: Option<(u32, u64)>,
 }
 
 impl Remote {
@@ -51,18 +55,90 @@ impl Remote {
     }
 }
 
-impl Peer {
-    pub(super) fn receive(&mut self, now: u64, m: &Message) -> Result<(), RxError> {
-        if m.system_id != self.cfg.system_id {
-            return Err(RxError::ForeignSystem(m.system_id));
+/// Freshness of a message of the same boot from a sender that was silent to us (not heard for
+/// `fail_timeout_ms`: a partition, a loss burst). Everything it sent meanwhile was missed by us
+/// only, so a replay of it passes the counter check and would make us act on a stale state of
+/// the sender (adversarial seed 10018931: a replay of member 3's "closed" message, sent while it
+/// was cut off from member 1 and before it isolated itself, brought it back to member 1 as a
+/// closed string; member 1's limits then counted a string that was open: S4).
+///
+/// A message whose counter moved on as far as one per heartbeat over the silence is taken at
+/// once (the usual heal). Otherwise two rules, both sound for a live sender:
+/// - rate: a live sender sends at least one message per `heartbeat_ms + fail_timeout_ms` of its
+///   clock (one per heartbeat, on a control tick shorter than `fail_timeout_ms`, which the
+///   system check demands), so its counter has moved on by at least the silence divided by that,
+///   less one; an older message (from early in the silence) is stale;
+/// - continuation: the first message after the silence only marks the sender as coming back;
+///   a second one with a higher counter, at least half a heartbeat later and within
+///   `fail_timeout_ms`, is taken. A single replayed message never is; a replayed sequence must
+///   also be paced like the live sender and come from late in the silence (the rate rule).
+fn back_fresh(cfg: &crate::PeerConfig, r: &mut Remote, counter: u32, now: u64) -> bool {
+    let hb = cfg.heartbeat_ms as u64;
+    let fail = cfg.fail_timeout_ms as u64;
+    let rho = (cfg.max_drift_ppm as u64).min(100_000);
+    // the silence on the sender's clock, at least
+    let silent = now.saturating_sub(r.last_heard) * (1_000_000 - 2 * rho) / 1_000_000;
+    let min_sent = (silent / (hb + fail).max(1)).saturating_sub(1);
+    let moved = u64::from(counter.wrapping_sub(r.last_counter));
+    if moved < min_sent {
+        return false;
+    }
+    // As far on as a sender at one message per heartbeat (less two for delay and jitter) would
+    // be: from the end of the silence, taken at once (a heal costs nothing).
+    if moved + 2 >= silent / hb.max(1) {
+        return true;
+    }
+    match r.back {
+        Some((c, at)) if counter > c && now.saturating_sub(at) >= hb / 2 && now.saturating_sub(at) <= fail => true,
+        Some((c, at)) if counter <= c && now.saturating_sub(at) <= fail => false,
+        _ => {
+            r.back = Some((counter, now));
+            false
         }
+    }
+}
+
+impl Peer {
+    /// Take an authenticated message (its tag was verified by the caller). Freshness (S7):
+    /// the boot counter may only grow (a higher boot is a restart), and within one boot the
+    /// message counter must grow; the last counter of every sender is kept for good, so a
+    /// replay of a killed node's messages is stale however late it comes. An earlier boot is
+    /// a replay unless it keeps sending counters it never used (a second node with that id).
+    pub(super) fn receive(&mut self, now: u64, m: &Message) -> Result<(), RxError> {
         if self.membership.member_mask & bit(m.sender) == 0 {
             return Err(RxError::UnknownSender(m.sender));
         }
         let hold = DUP_HOLD_PERIODS * self.cfg.heartbeat_ms as u64;
+        let fail = self.cfg.fail_timeout_ms as u64;
         if m.sender == self.cfg.node_id {
             if m.incarnation == self.membership.inc {
-                return Err(RxError::OwnEcho);
+                if m.counter < self.emission.counter {
+                    return Err(RxError::OwnEcho);
+                }
+                // A counter of our own boot that we never sent (a replay can only repeat what
+                // was sent; a forgery does not pass the tag): another node with our id and our
+                // boot (two state dirs that started as often). Move to a higher boot, so that
+                // every peer sees two boots of one id and raises the duplicate-id alarm.
+                let jump = 1 + self.arb.rng.below(4) as u16;
+                self.membership.inc = self.membership.inc.wrapping_add(jump);
+                self.emission.counter = 0;
+                self.membership.dup_self_until = now + hold;
+                self.pending.push(Event::DuplicateId { id: m.sender, incarnations: (self.membership.inc, m.incarnation) });
+                return Err(RxError::DuplicateId(m.sender));
+            }
+            // Our id, another boot. A lower boot that is not sending new counters is a replay of
+            // one of our past runs; one that is, or a higher boot, is another node with our id.
+            if m.incarnation < self.membership.inc {
+                let o = &mut self.membership.own_other;
+                let live = matches!(*o, Some((inc, c, at)) if inc == m.incarnation && m.counter > c && now.saturating_sub(at) <= 4 * fail);
+                let newest = match *o {
+                    Some((inc, c, _)) if inc == m.incarnation => m.counter.max(c),
+                    _ => m.counter,
+                };
+                *o = Some((m.incarnation, newest, now));
+                if !live {
+                    return Err(RxError::OldBoot);
+                }
             }
             self.membership.dup_self_until = now + hold;
             self.pending.push(Event::DuplicateId {
@@ -71,21 +147,38 @@ impl Peer {
             });
             return Err(RxError::DuplicateId(m.sender));
         }
-        let fail = self.cfg.fail_timeout_ms as u64;
         let r = &mut self.membership.remotes[m.sender as usize];
         if !r.heard {
             r.heard = true;
             r.inc = m.incarnation;
-        } else if m.incarnation != r.inc {
+        } else if m.incarnation == r.inc {
+            if m.counter == r.last_counter {
+                return Err(RxError::Duplicate);
+            }
+            if m.counter < r.last_counter {
+                return Err(RxError::Stale);
+            }
+            if now.saturating_sub(r.last_heard) > fail && !back_fresh(&self.cfg, r, m.counter, now) {
+                return Err(RxError::Stale);
+            }
+        } else if m.incarnation > r.inc {
+            // A restart (proven by the tag): forget what the old boot said.
+            r.prev_inc = Some(r.inc);
+            r.prev_last_counter = r.last_counter;
+            r.prev_heard = r.last_heard;
+            r.inc = m.incarnation;
+            r.limits = None;
+            r.detail = None;
+            r.coord = Coord::default();
+            self.pending.push(Event::PeerRestarted { id: m.sender, incarnation: m.incarnation });
+        } else {
             if r.prev_inc == Some(m.incarnation)
+                && m.counter > r.prev_last_counter
                 && now.saturating_sub(r.prev_heard) <= 4 * fail
             {
-                if !seq_newer(m.seq, r.prev_last_seq) {
-                    return Err(RxError::Stale);
-                }
-                // The old incarnation speaks again after a new one appeared: two nodes.
+                // The previous boot speaks again, with counters it never used: two nodes.
                 r.dup_until = now + hold;
-                r.prev_last_seq = m.seq;
+                r.prev_last_counter = m.counter;
                 r.prev_heard = now;
                 self.pending.push(Event::DuplicateId {
                     id: m.sender,
@@ -93,24 +186,10 @@ impl Peer {
                 });
                 return Err(RxError::DuplicateId(m.sender));
             }
-            // A restart: forget what the old incarnation said.
-            r.prev_inc = Some(r.inc);
-            r.prev_last_seq = r.last_seq;
-            r.prev_heard = r.last_heard;
-            r.inc = m.incarnation;
-            r.limits = None;
-            r.detail = None;
-            r.coord = Coord::default();
-            self.pending.push(Event::PeerRestarted { id: m.sender, incarnation: m.incarnation });
-        } else if now.saturating_sub(r.last_heard) <= fail {
-            if m.seq == r.last_seq {
-                return Err(RxError::Duplicate);
-            }
-            if !seq_newer(m.seq, r.last_seq) {
-                return Err(RxError::Stale);
-            }
+            return Err(RxError::OldBoot);
         }
-        r.last_seq = m.seq % SEQ_MOD;
+        r.back = None;
+        r.last_counter = m.counter;
         r.last_heard = now;
         r.flags = m.flags;
         r.coord = m.coord;

@@ -35,6 +35,7 @@
 //! [`agreement`] (N−1 proposal, reported limits, speaker) and [`emission`] (what is sent
 //! when). [`Peer::tick`] only orchestrates them.
 
+use crate::auth::{Auth, AuthError};
 use crate::config::{PeerConfig, MAX_MEMBER_ID};
 use crate::prng::SplitMix64;
 use crate::wire::{Message, WireError, MAX_TICKET};
@@ -236,12 +237,18 @@ pub enum Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RxError {
     Wire(WireError),
-    ForeignSystem(u32),
+    /// The tag is zero: the sender runs without authentication (S7: dropped).
+    Unauthenticated,
+    /// The tag does not verify: forged, corrupted, or another system's (S7: dropped).
+    Forged,
     UnknownSender(u16),
     /// Our own message echoed back (e.g. a multicast loopback).
     OwnEcho,
     Duplicate,
+    /// An older message counter of the sender's current boot (reordered, or replayed).
     Stale,
+    /// A message of an earlier boot of the sender (a replay of a past run).
+    OldBoot,
     /// Another node uses this id (with a different incarnation).
     DuplicateId(u16),
 }
@@ -250,7 +257,9 @@ impl std::fmt::Display for RxError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RxError::Wire(e) => write!(f, "{e}"),
-            RxError::ForeignSystem(s) => write!(f, "message of system {s}"),
+            RxError::Unauthenticated => write!(f, "unauthenticated message (zero tag)"),
+            RxError::Forged => write!(f, "message tag does not verify (forged)"),
+            RxError::OldBoot => write!(f, "message of an earlier boot of its sender (replay)"),
             RxError::UnknownSender(s) => write!(f, "sender {s} is not a configured member"),
             RxError::OwnEcho => write!(f, "own message echoed"),
             RxError::Duplicate => write!(f, "duplicate message"),
@@ -265,7 +274,9 @@ impl RxError {
     pub fn kind(&self) -> &'static str {
         match self {
             RxError::Wire(_) => "malformed",
-            RxError::ForeignSystem(_) => "foreign_system",
+            RxError::Unauthenticated => "unauthenticated",
+            RxError::Forged => "forged",
+            RxError::OldBoot => "old_boot",
             RxError::UnknownSender(_) => "unknown_sender",
             RxError::OwnEcho => "own_echo",
             RxError::Duplicate => "duplicate",
@@ -280,7 +291,10 @@ impl RxError {
 pub struct Counters {
     pub rx_ok: u64,
     pub rx_malformed: u64,
-    pub rx_foreign_system: u64,
+    /// S7: zero tag (sender without authentication), tag that does not verify, earlier boot.
+    pub rx_unauthenticated: u64,
+    pub rx_forged: u64,
+    pub rx_old_boot: u64,
     pub rx_unknown_sender: u64,
     pub rx_own_echo: u64,
     pub rx_duplicate: u64,
@@ -352,6 +366,7 @@ impl Default for PeerOutput {
 
 pub struct Peer {
     cfg: PeerConfig,
+    auth: Auth,
     membership: membership::Membership,
     arb: arbitration::Arbitration,
     agreement: agreement::Agreement,
@@ -362,20 +377,38 @@ pub struct Peer {
     counters: Counters,
 }
 
+fn rx_auth(e: AuthError) -> RxError {
+    match e {
+        AuthError::Wire(w) => RxError::Wire(w),
+        AuthError::Unauthenticated => RxError::Unauthenticated,
+        AuthError::Forged => RxError::Forged,
+    }
+}
+
 fn bit(id: u16) -> u64 {
     1u64 << (id - 1)
 }
 
 
 
-/// Fold the 64-bit incarnation into the 16 bits on the wire.
+/// The boot counter on the wire: the low 16 bits of the incarnation. Receivers accept a new
+/// boot only if it is higher than the last one they authenticated, so an incarnation must grow
+/// from one start to the next (the node runtime persists it; simulators count up).
 pub fn wire_incarnation(inc: u64) -> u16 {
-    (inc ^ (inc >> 16) ^ (inc >> 32) ^ (inc >> 48)) as u16
+    inc as u16
 }
 
 impl Peer {
-    pub fn new(cfg: PeerConfig, incarnation: u64) -> Result<Peer, crate::ConsensusConfigError> {
+    /// A peer of `cfg`'s system in its boot `incarnation`, authenticating with `auth` (whose
+    /// system id must be the config's).
+    pub fn new(cfg: PeerConfig, incarnation: u64, auth: Auth) -> Result<Peer, crate::ConsensusConfigError> {
         cfg.validate()?;
+        if auth.system_id() != cfg.system_id {
+            return Err(crate::ConsensusConfigError {
+                field: "system_id".into(),
+                message: format!("the keys are for system {}, the config is system {}", auth.system_id(), cfg.system_id),
+            });
+        }
         let member_mask = cfg.members.iter().fold(0u64, |m, &id| m | bit(id));
         let rng = SplitMix64::new(cfg.seed ^ incarnation.rotate_left(17) ^ cfg.node_id as u64);
         Ok(Peer {
@@ -387,6 +420,7 @@ impl Peer {
                 had_quorum: false,
                 dup_self_until: 0,
                 start_clear: false,
+                own_other: None,
             },
             arb: arbitration::Arbitration {
                 phase: Phase::Listening,
@@ -411,6 +445,7 @@ impl Peer {
             pending: Vec::new(),
             out: PeerOutput::default(),
             counters: Counters::default(),
+            auth,
             cfg,
         })
     }
@@ -446,7 +481,8 @@ impl Peer {
     // ------------------------------------------------------------------ receive
 
     pub fn on_message(&mut self, now_ms: u64, data: &[u8]) -> Result<(), RxError> {
-        let r = Message::decode(data).map_err(RxError::Wire).and_then(|m| self.receive(now_ms, &m));
+        // S7: nothing reaches the state before its tag is verified.
+        let r = self.auth.open(data).map_err(rx_auth).and_then(|m| self.receive(now_ms, &m));
         self.count(&r);
         r
     }
@@ -454,7 +490,7 @@ impl Peer {
     /// The same as [`Peer::on_message`] for a message already decoded (a simulator delivering
     /// one broadcast to many receivers decodes it once).
     pub fn on_decoded(&mut self, now_ms: u64, m: &Message) -> Result<(), RxError> {
-        let r = self.receive(now_ms, m);
+        let r = self.auth.verify(m).map_err(rx_auth).and_then(|()| self.receive(now_ms, m));
         self.count(&r);
         r
     }
@@ -463,7 +499,9 @@ impl Peer {
         match r {
             Ok(()) => self.counters.rx_ok += 1,
             Err(RxError::Wire(_)) => self.counters.rx_malformed += 1,
-            Err(RxError::ForeignSystem(_)) => self.counters.rx_foreign_system += 1,
+            Err(RxError::Unauthenticated) => self.counters.rx_unauthenticated += 1,
+            Err(RxError::Forged) => self.counters.rx_forged += 1,
+            Err(RxError::OldBoot) => self.counters.rx_old_boot += 1,
             Err(RxError::UnknownSender(_)) => self.counters.rx_unknown_sender += 1,
             Err(RxError::OwnEcho) => self.counters.rx_own_echo += 1,
             Err(RxError::Duplicate) => self.counters.rx_duplicate += 1,
@@ -541,8 +579,12 @@ mod tests {
         }
     }
 
+    fn key() -> Auth {
+        Auth::new(PeerConfig::default().system_id, &[[0x5A; 16]]).unwrap()
+    }
+
     fn peer(id: u16, inc: u64) -> Peer {
-        Peer::new(PeerConfig { node_id: id, members: vec![1, 2, 3], ..Default::default() }, inc).unwrap()
+        Peer::new(PeerConfig { node_id: id, members: vec![1, 2, 3], ..Default::default() }, inc, key()).unwrap()
     }
 
     #[test]
@@ -565,7 +607,7 @@ mod tests {
         let mut kinds = Vec::new();
         for t in (0..1000).step_by(10) {
             for m in &p.tick(t, &local(400.0)).messages {
-                assert!(m.len() <= crate::wire::MAX_MESSAGE_LEN);
+                assert_eq!(m.len(), crate::wire::MESSAGE_LEN);
                 kinds.push(Message::decode(m).unwrap().kind());
             }
         }
@@ -591,6 +633,30 @@ mod tests {
         assert_eq!((c.rx_ok, c.rx_duplicate, c.rx_stale, c.rx_own_echo, c.rx_malformed), (2, 1, 1, 1, 1));
     }
 
+    /// A message of a sender that was silent to us (a partition) counts only when its counter
+    /// fits the silence and a later one follows: a replay of what the sender said early in the
+    /// silence (missed by us only, so newer than anything we hold) is stale; a single replay of
+    /// a late one does not bring the sender back; the live sender does, with its second message.
+    #[test]
+    fn after_a_silence_a_missed_message_is_not_taken_alone() {
+        let mut a = peer(1, 1);
+        let mut b = peer(2, 5);
+        let sent: Vec<Vec<u8>> = (0..40).flat_map(|k| b.tick(k * 100, &local(400.0)).messages.clone()).collect();
+        assert!(sent.len() >= 40);
+        assert_eq!(a.on_message(0, &sent[0]), Ok(()));
+        // silent for 3.9 s (b sent ~39 messages meanwhile, all missed by a)
+        assert_eq!(a.on_message(3900, &sent[1]), Err(RxError::Stale), "a message from early in the silence");
+        let mid = sent.len() / 2;
+        assert_eq!(a.on_message(3901, &sent[mid]), Err(RxError::Stale), "from mid-silence, alone, it only marks b as coming back");
+        assert_eq!(a.on_message(3910, &sent[mid - 1]), Err(RxError::Stale), "an older one does not confirm it");
+        assert_eq!(a.on_message(3920, &sent[mid + 1]), Err(RxError::Stale), "nor a newer one within half a heartbeat");
+        let last = sent.len() - 1;
+        assert_eq!(a.on_message(4000, &sent[last]), Ok(()), "the live message, as far on as the silence, is taken at once");
+        // alive again: the usual counter rule
+        let more = b.tick(4000, &local(400.0)).messages.clone();
+        assert_eq!(a.on_message(4050, &more[0]), Ok(()));
+    }
+
     #[test]
     fn another_node_with_my_id_is_reported() {
         let mut a = peer(1, 1);
@@ -606,7 +672,7 @@ mod tests {
     /// A lone member (quorum 1) on a live bus at 400 V, string at `v_string`: ticks every
     /// 100 ms with samples one period old (the runtime's latency) until it precharges.
     fn precharging(v_string: f64) -> (Peer, u64) {
-        let mut p = Peer::new(PeerConfig { node_id: 1, members: vec![1], ..Default::default() }, 1).unwrap();
+        let mut p = Peer::new(PeerConfig { node_id: 1, members: vec![1], ..Default::default() }, 1, key()).unwrap();
         let mut t = 0;
         loop {
             let mut l = local(v_string);
@@ -633,7 +699,7 @@ mod tests {
     /// precharge: the inverter hears it a heartbeat and a frame later.
     #[test]
     fn a_join_is_in_progress_from_the_request_on() {
-        let mut p = Peer::new(PeerConfig { node_id: 1, members: vec![1], ..Default::default() }, 1).unwrap();
+        let mut p = Peer::new(PeerConfig { node_id: 1, members: vec![1], ..Default::default() }, 1, key()).unwrap();
         let mut t = 0;
         loop {
             let mut l = local(399.0);
@@ -684,7 +750,7 @@ mod tests {
     fn the_dwell_counts_only_samples_taken_after_the_hold_lead() {
         for lead in [0u64, 1300] {
             let cfg = PeerConfig { node_id: 1, members: vec![1], join_hold_lead_ms: lead as u32, lease_ms: 3500, ..Default::default() };
-            let mut p = Peer::new(cfg, 1).unwrap();
+            let mut p = Peer::new(cfg, 1, key()).unwrap();
             let mut t = 0;
             let mut t_req = None;
             let decided = loop {
@@ -795,6 +861,82 @@ mod tests {
         // once the twin is quiet for the hold time, it may close again
         let after: Vec<bool> = (20..=25).flat_map(|k| may_close(&mut a, k * 100)).collect();
         assert!(!after.is_empty() && after.iter().all(|&x| x), "{after:?}");
+    }
+
+    #[test]
+    fn s7_forged_unauthenticated_and_replayed_messages_change_nothing() {
+        use crate::wire::{Body, Coord, DetailBody, TAG_LEN};
+        let mut a = peer(1, 1);
+        let mut b = peer(2, 5);
+        a.tick(0, &local(400.0));
+        let captured: Vec<Vec<u8>> = (0..30).flat_map(|k| b.tick(k * 100, &local(400.0)).messages.clone()).collect();
+        for m in &captured {
+            assert_eq!(a.on_message(0, m), Ok(()));
+        }
+        let c0 = *a.counters();
+        // Forged: a grant to us from member 3 with a guessed tag, and a huge boot stamp for 2.
+        let forged = |sender: u16, inc: u16, tag: [u8; TAG_LEN]| {
+            Message {
+                sender,
+                incarnation: inc,
+                counter: 1,
+                flags: Default::default(),
+                coord: Coord { req_ticket: 0, grant_to: 1, grant_ticket: 3 },
+                body: Body::Detail(DetailBody::default()),
+                tag,
+            }
+            .encode()
+        };
+        assert_eq!(a.on_message(10, &forged(3, 9, [1, 2, 3, 4])), Err(RxError::Forged));
+        assert_eq!(a.on_message(10, &forged(2, u16::MAX, [9; 4])), Err(RxError::Forged));
+        assert_eq!(a.on_message(10, &forged(3, 9, [0; 4])), Err(RxError::Unauthenticated));
+        // Signed with another system's key, or another key of this system.
+        let mut m = Message::decode(&forged(3, 9, [0; 4])).unwrap();
+        let other = Auth::new(PeerConfig::default().system_id, &[[0x77; 16]]).unwrap();
+        assert_eq!(a.on_message(10, &other.seal(&mut m)), Err(RxError::Forged));
+        // Replays of b's captured messages, long after b died (past the failure timeout).
+        for (k, m) in captured.iter().enumerate() {
+            assert_eq!(a.on_message(60_000 + k as u64, m), if k + 1 == captured.len() { Err(RxError::Duplicate) } else { Err(RxError::Stale) });
+        }
+        let c = a.counters();
+        assert_eq!((c.rx_forged, c.rx_unauthenticated), (c0.rx_forged + 3, c0.rx_unauthenticated + 1));
+        assert_eq!(c.rx_ok, c0.rx_ok);
+        assert!(a.membership.remotes[3].heard == false, "the forged member 3 was never heard");
+        // b restarts with a higher boot: accepted at once; its old boot replayed: dropped.
+        let mut b2 = peer(2, 6);
+        let fresh = b2.tick(70_000, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(70_000, &fresh), Ok(()));
+        assert_eq!(a.on_message(70_001, &captured[3]), Err(RxError::OldBoot));
+        assert_eq!(a.counters().rx_old_boot, 1);
+    }
+
+    #[test]
+    fn my_own_past_run_is_old_until_it_sends_counters_beyond_the_last_seen() {
+        let mut old = peer(1, 3);
+        let past: Vec<Vec<u8>> = (0..3).flat_map(|k| old.tick(k * 100, &local(400.0)).messages.clone()).collect();
+        let mut a = peer(1, 4);
+        a.tick(0, &local(400.0));
+        // one replayed message of the past run: dropped as old, no alarm
+        assert_eq!(a.on_message(10, &past[0]), Err(RxError::OldBoot));
+        assert_eq!(a.on_message(11, &past[0]), Err(RxError::OldBoot));
+        // a lower boot that keeps sending new counters is a live twin
+        assert_eq!(a.on_message(12, &past[1]), Err(RxError::DuplicateId(1)));
+    }
+
+    #[test]
+    fn a_twin_with_my_id_and_my_boot_is_told_apart() {
+        // Two nodes with id 1 that both started as boot 7: the one that hears a counter of its
+        // own boot it never sent moves to a higher boot and alarms; the other then sees a
+        // higher boot with its id and alarms too.
+        let mut a = peer(1, 7);
+        let mut b = peer(1, 7);
+        let ahead: Vec<Vec<u8>> = (0..20).flat_map(|k| a.tick(k * 100, &local(400.0)).messages.clone()).collect();
+        let behind = b.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(2000, &behind), Err(RxError::OwnEcho)); // ambiguous for a: a past counter
+        assert_eq!(b.on_message(10, ahead.last().unwrap()), Err(RxError::DuplicateId(1)));
+        assert!(b.incarnation_wire() > 7);
+        let moved = b.tick(100, &local(400.0)).messages[0].clone();
+        assert_eq!(a.on_message(2001, &moved), Err(RxError::DuplicateId(1)));
     }
 
     #[test]

@@ -66,6 +66,8 @@ def reproduce(job: Job, seed: int | None = None) -> str:
                "--duration-ms", str(job.duration_ms)]
         if job.sabotage != "none":
             cmd += ["--sabotage", job.sabotage]
+        if job.adversary != "mixed":
+            cmd += ["--adversary", job.adversary]
         return shlex.join(cmd)
     cmd = ["mbms", "sim"]
     if job.scenario != "default":
@@ -136,9 +138,11 @@ def _fast(job: Job) -> dict[str, Any]:
 
 def _protocol(job: Job) -> dict[str, Any]:
     from mbms import _core
+    from mbms.commands.sim import ADVERSARY
 
     r = _core.consensus_sim(job.count, first_seed=job.seed, peers_min=job.peers_min, peers_max=job.peers_max,
-                            duration_ms=job.duration_ms, threads=1, sabotage=job.sabotage)
+                            duration_ms=job.duration_ms, threads=1, sabotage=job.sabotage,
+                            adversary=ADVERSARY[job.adversary])
     out: dict[str, Any] = {
         "violations": int(r["violations"]),
         "schedules": int(r["schedules"]),

@@ -21,6 +21,7 @@ peers_min = 3
 peers_max = 5
 duration_ms = 6000
 sabotage = "none"         # a checker self-test (mbms._core.SABOTAGE_MODES): shows violations
+adversary = "mixed"       # the attacker (S7): "on" in every schedule, "off", or "mixed" (drawn per seed)
 
 [parameters]              # fast: `--set` paths of the scenario (see mbms.sim.overrides) and "packs"
 "plant.thermal.ambient_c" = [10.0, 25.0, 40.0]          # grid: a list of values
@@ -53,7 +54,8 @@ _KEYS: dict[str, set[str]] = {
     "": {"campaign", "fast", "protocol", "parameters"},
     "campaign": {"name", "kind", "seeds", "first_seed", "sample", "points", "sample_seed"},
     "fast": {"scenario", "duration_s"},
-    "protocol": {"schedules", "schedules_per_job", "first_seed", "peers_min", "peers_max", "duration_ms", "sabotage"},
+    "protocol": {"schedules", "schedules_per_job", "first_seed", "peers_min", "peers_max", "duration_ms", "sabotage",
+                 "adversary"},
 }
 
 
@@ -71,12 +73,14 @@ class Job:
     peers_max: int = 5
     duration_ms: int = 6000
     sabotage: str = "none"
+    adversary: str = "mixed"  # protocol: the attacker in every schedule ("on"), none ("off"), or drawn
 
     @property
     def job_id(self) -> str:
         """Stable over re-runs of the same spec: how a resume knows a row is done."""
         key = json.dumps([self.kind, self.seed, self.count, self.scenario, self.duration_s, list(self.params),
-                          self.peers_min, self.peers_max, self.duration_ms, self.sabotage], default=str)
+                          self.peers_min, self.peers_max, self.duration_ms, self.sabotage]
+                         + ([self.adversary] if self.adversary != "mixed" else []), default=str)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -184,6 +188,9 @@ def _protocol_spec(data: dict[str, Any], name: str, points: list[tuple[tuple[str
     sabotage = t.get("sabotage", "none")
     if sabotage not in _core.SABOTAGE_MODES:
         raise fail("protocol.sabotage", f"expected one of {list(_core.SABOTAGE_MODES)}, got {sabotage!r}")
+    adversary = t.get("adversary", "mixed")
+    if adversary not in ("on", "off", "mixed"):
+        raise fail("protocol.adversary", f"expected \"on\", \"off\" or \"mixed\", got {adversary!r}")
     jobs = []
     for pt in points:
         p = dict(base)
@@ -197,7 +204,7 @@ def _protocol_spec(data: dict[str, Any], name: str, points: list[tuple[tuple[str
             continue  # an empty corner of the grid
         for start in range(first, first + total, per_job):
             jobs.append(Job("protocol", seed=start, count=min(per_job, first + total - start), params=pt,
-                            sabotage=sabotage, **p))
+                            sabotage=sabotage, adversary=adversary, **p))
     if not jobs:
         raise fail("parameters", "no job: every point has peers_min > peers_max")
     return Spec(name, "protocol", tuple(jobs), source, tuple(k for k, _ in points[0]) if points else ())

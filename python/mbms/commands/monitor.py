@@ -91,6 +91,13 @@ class Monitor:
         self.transport.on_telemetry = self._on_telemetry
         self.transport.on_message = self._on_message
         self.decode_errors = 0
+        # Only verified telemetry and peer messages are shown (brief S7): the system's keys.
+        from mbms import _core
+        from mbms.keys import system_keys
+        from mbms.telemetry import TelemetryVerifier
+
+        self.auth = _core.MessageAuth(system.system_id_u32, system_keys(system))
+        self.verifier = TelemetryVerifier(self.auth)
         #: The timeline of changes the monitor saw (bounded: the newest EVENTS_KEPT).
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENTS_KEPT)
         self.event_count = 0
@@ -98,30 +105,31 @@ class Monitor:
     def _on_telemetry(self, src: int, arb_id: int, data: bytes) -> None:
         from mbms.telemetry import decode
 
-        try:
-            res = decode(self.db, arb_id, data)
-        except Exception:
-            self.decode_errors += 1
-            return
-        if res is None:
-            return
-        kind, node, sig = res
-        row = self.rows.get(src)
-        if row is None:  # not a configured member: counted by the transport, not shown
-            return
-        row.telemetry_frames += 1
-        row.last_seen = time.monotonic()
-        if kind == "CELLV":
-            first = int(sig["Index"])
-            for k in range(CELLS_PER_FRAME):
-                v = float(sig[f"V{k}"])
-                if v > 0:
-                    row.cells[first + k] = v
-            row.soh_pct = float(sig["Soh"]) or None
-            return
-        if kind == "STATE":
-            self._state_changes(row, row.signals.get("STATE"), sig)
-        row.signals[kind] = sig
+        for fid, d in self.verifier.push(src, arb_id, data):
+            try:
+                res = decode(self.db, fid, d)
+            except Exception:
+                self.decode_errors += 1
+                continue
+            if res is None:
+                continue
+            kind, node, sig = res
+            row = self.rows.get(src)
+            if row is None:  # not a configured member: counted by the transport, not shown
+                continue
+            row.telemetry_frames += 1
+            row.last_seen = time.monotonic()
+            if kind == "CELLV":
+                first = int(sig["Index"])
+                for k in range(CELLS_PER_FRAME):
+                    v = float(sig[f"V{k}"])
+                    if v > 0:
+                        row.cells[first + k] = v
+                row.soh_pct = float(sig["Soh"]) or None
+                continue
+            if kind == "STATE":
+                self._state_changes(row, row.signals.get("STATE"), sig)
+            row.signals[kind] = sig
 
     def _event(self, node: int, kind: str, **fields: Any) -> None:
         self.event_count += 1
@@ -168,15 +176,15 @@ class Monitor:
         row.peer_messages += 1
         row.last_seen = time.monotonic()
         try:
-            m = decode_peer(payload)
+            m = decode_peer(payload, self.auth)  # verified (S7): forged and unauthenticated ones raise
         except FrameError:
             row.undecodable += 1
             return
-        if m.sender != src or m.system_id != self.system.system_id_u32:
+        if m.sender != src:
             row.undecodable += 1
             return
         row.proto.update(phase=m.phase, fault=m.fault, main_closed=m.main_closed, pre_closed=m.pre_closed,
-                         grant_to=m.grant_to, seq=m.seq, **m.values)
+                         grant_to=m.grant_to, seq=m.counter, **m.values)
 
     def snapshot(self) -> list[dict[str, Any]]:
         now = time.monotonic()

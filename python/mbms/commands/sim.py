@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--peers-min", type=int, default=3, help="--protocol: fewest peers of the schedule draw")
     p.add_argument("--peers-max", type=int, default=5, help="--protocol: most peers of the schedule draw")
     p.add_argument("--duration-ms", type=int, default=6000, help="--protocol: simulated ms of the schedule")
+    p.add_argument("--adversary", choices=("on", "off", "mixed"), default="mixed",
+                   help="--protocol: the attacker in this schedule (mixed: as the seed draws it)")
     p.add_argument("--sabotage", default=None,
                    help="--protocol: a checker self-test that breaks one rule (mbms._core.SABOTAGE_MODES)")
     p.add_argument("--check", action="store_true",
@@ -62,6 +64,10 @@ def load_scenario(args: argparse.Namespace) -> Any:
     return apply_settings(sc, [parse_setting(s) for s in args.settings])
 
 
+#: ``--adversary`` / a campaign's ``protocol.adversary`` as the simulator takes it (None: drawn per seed).
+ADVERSARY: dict[str, bool | None] = {"on": True, "off": False, "mixed": None}
+
+
 def run_protocol(args: argparse.Namespace) -> int:
     """One seeded schedule of the protocol simulator, its trace and its violations."""
     from mbms import _core
@@ -71,7 +77,8 @@ def run_protocol(args: argparse.Namespace) -> int:
         raise ConfigError("--seed", "--protocol replays one schedule: give its seed")
     try:
         violations, trace = _core.consensus_sim_replay(args.seed, peers_min=args.peers_min, peers_max=args.peers_max,
-                                                       duration_ms=args.duration_ms, sabotage=args.sabotage)
+                                                       duration_ms=args.duration_ms, sabotage=args.sabotage,
+                                                       adversary=ADVERSARY[args.adversary])
     except ValueError as exc:
         field, msg = exc.args if len(exc.args) == 2 else ("--protocol", str(exc))
         raise ConfigError(f"--{str(field).replace('_', '-')}", str(msg)) from None

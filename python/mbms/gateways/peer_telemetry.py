@@ -42,12 +42,14 @@ class StringState:
 
 class TelemetryView:
     """The latest telemetry of every member, decoded with the mbms DBC; fed by a transport's
-    ``on_telemetry`` (``(src, arbitration_id, data)``)."""
+    ``on_telemetry`` (``(src, arbitration_id, data)``). Only batches whose MBMS_AUTH frame
+    verifies with ``auth`` (a ``_core.MessageAuth``; brief S7) are taken: a gateway acts on them."""
 
-    def __init__(self, members: tuple[int, ...], clock: Any = time.monotonic) -> None:
-        from mbms.telemetry import load_database
+    def __init__(self, members: tuple[int, ...], auth: Any, clock: Any = time.monotonic) -> None:
+        from mbms.telemetry import TelemetryVerifier, load_database
 
         self.db = load_database()
+        self.verifier = TelemetryVerifier(auth, clock)
         self.members = members
         self.clock = clock
         self.signals: dict[int, dict[str, dict[str, float]]] = {m: {} for m in members}
@@ -57,16 +59,17 @@ class TelemetryView:
     def on_telemetry(self, src: int, arb_id: int, data: bytes) -> None:
         from mbms.telemetry import decode
 
-        try:
-            res = decode(self.db, arb_id, data)
-        except Exception:  # a frame the DBC cannot decode is counted, never fatal
-            self.undecodable += 1
-            return
-        if res is None or res[1] not in self.signals:
-            return
-        kind, node, sig = res
-        self.signals[node][kind] = sig
-        self.heard[node][kind] = self.clock()
+        for fid, d in self.verifier.push(src, arb_id, data):
+            try:
+                res = decode(self.db, fid, d)
+            except Exception:  # a frame the DBC cannot decode is counted, never fatal
+                self.undecodable += 1
+                continue
+            if res is None or res[1] not in self.signals or res[1] != src:
+                continue
+            kind, node, sig = res
+            self.signals[node][kind] = sig
+            self.heard[node][kind] = self.clock()
 
     def strings(self) -> list[StringState]:
         now = self.clock()

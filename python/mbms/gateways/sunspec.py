@@ -283,9 +283,12 @@ class SunSpecServer:
 async def run_gateway(system: Any, host: str, port: int, plate: Nameplate, stop: asyncio.Event,
                       on_ready: Any = None) -> SunSpecServer:
     """Listen on the system's peer network (sending nothing) and serve SunSpec until ``stop``."""
+    from mbms import _core
+    from mbms.keys import system_keys
     from mbms.transport import make_transport
 
-    view = TelemetryView(tuple(system.members))
+    # the SunSpec client acts on what the strings' telemetry says: verified batches only (S7)
+    view = TelemetryView(tuple(system.members), _core.MessageAuth(system.system_id_u32, system_keys(system)))
     transport = make_transport(system, 0)
     transport.on_telemetry = view.on_telemetry
     transport.on_message = lambda src, payload: None

@@ -45,8 +45,14 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
     op = pack.operator
     store = StateStore(pack.node.state_dir, node_id, pack.source,
                        events_max_bytes=op.events_max_bytes if op else None, events_keep=op.events_keep if op else 0)
+    # telemetry is tagged like the peer messages (brief S7): the inverter side acts on its limits
+    from mbms import _core
+    from mbms.keys import system_keys
+
+    auth = _core.MessageAuth(system.system_id_u32, system_keys(system))
+    boot = int(getattr(logic, "incarnation", None) or 0)
     runtime = NodeRuntime(pack.node, logic, make_hardware(pack.hardware, pack.source), make_transport(system, node_id),
-                          store, TelemetryEncoder(node_id))
+                          store, TelemetryEncoder(node_id, auth=auth, boot=boot))
     restored = runtime.restore()
     log.info("node %d of system %s starting (state: %s, transport %s)", node_id, system.system_id, restored,
              runtime.transport.endpoint if runtime.transport else "-")
@@ -74,7 +80,7 @@ async def run_node(pack: PackFile, system: SystemConfig, logic: NodeLogic, *, st
 
         peers = None
         if runtime.transport is not None:  # the other strings' SOC, from their telemetry
-            peers = TelemetryView(tuple(system.members))
+            peers = TelemetryView(tuple(system.members), auth)
             runtime.transport.on_telemetry = peers.on_telemetry
         runtime.inverter = InverterGateway(system.inverter, node_id, PackRatings.of(pack), len(system.members),
                                            peers=peers)

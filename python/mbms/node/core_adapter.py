@@ -10,13 +10,15 @@ Configuration mapping:
   node's ``node_id``; ``seed`` = the incarnation;
 * node logic: the whole ``[node]`` table (stale_ms, auto_reset_s, feedback_mismatch_ms, the
   ramp-open settings), the same settings fast mode takes;
-* incarnation: a random 16-bit boot nonce per start (a restart is a new incarnation; two live
-  incarnations of one id are a duplicate id, reported by the peer).
+* incarnation: this start's boot counter (``node/persistence.next_boot``: +1 per start, saved in
+  the state dir before anything is sent). Peers accept a node's new boot only if it is higher
+  than the last one they authenticated (brief S7); two live boots of one id are a duplicate id.
+* keys: the system's message keys (``mbms.keys.system_keys``: the key file of ``[auth]``, checked
+  for permissions; None only with ``[auth] off = true``).
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import numpy as np
@@ -40,13 +42,16 @@ class CoreLogic:
     def from_configs(cls, core_cls: Any, pack: PackFile, system: SystemConfig,
                      incarnation: int | None = None) -> CoreLogic:
         from mbms.errors import ConfigError
+        from mbms.keys import system_keys
+        from mbms.node.persistence import next_boot
 
         assert pack.cell_path is not None
-        inc = secrets.randbits(16) if incarnation is None else incarnation
+        keys = system_keys(system)  # before the boot counter moves: a missing key stops here
+        inc = next_boot(pack.node.state_dir) if incarnation is None else incarnation
         try:
             # every value as the core normalised it (pack.engine, system.peer, pack.node)
             core = core_cls(pack.engine, pack.cell_path.read_text(), system.peer_config(pack.node.id, inc),
-                            pack.node.logic_dict(), inc)
+                            pack.node.logic_dict(), inc, keys)
         except ConfigError as exc:  # the core names the field; say which file it is in
             if exc.source is not None:
                 raise
@@ -77,6 +82,14 @@ class CoreLogic:
     def receive(self, t_ms: int, payload: bytes) -> bool:
         return bool(self.core.receive(t_ms, payload))
 
+    def boot_now(self) -> int:
+        """The boot counter the core's messages carry now (it moves on by itself on a counter
+        wrap or a twin with this node's id); the runtime saves it with the state."""
+        return int(self.core.incarnation)
+
+    def counters(self) -> dict[str, int]:
+        """The peer's message counters (received by reason, incl. forged/unauthenticated/old_boot)."""
+        return {str(k): int(v) for k, v in self.core.counters().items()}
     def reset_faults(self, t_ms: int) -> None:
         """An operator's fault reset (UDS ClearDiagnosticInformation): the core clears only
         latched faults whose cause is gone."""

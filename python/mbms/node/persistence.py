@@ -253,3 +253,59 @@ class BackgroundSaver:
             self._stop = True
             self._cond.notify()
         self._thread.join(timeout=10)
+
+
+#: The boot counter file in the state dir (brief S7 freshness).
+BOOT_FILE = "boot"
+#: The wire carries 16 bits of the boot counter.
+BOOT_MAX = 0xFFFF
+
+
+def next_boot(state_dir: str | os.PathLike[str]) -> int:
+    """This start's boot counter: one more than the last one saved in ``state_dir/boot``, saved
+    (atomically, fsync'ed) BEFORE the node sends anything. Peers accept a new boot of a node only
+    if it is higher than the last they authenticated, so a boot is never reused: a lost or
+    corrupt file is an error, not a restart at 1 (which peers would drop as a replay)."""
+    d = Path(state_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EnvironmentProblem(f"node.state_dir {str(d)!r}", f"cannot be created: {exc.strerror or exc}") from None
+    p = d / BOOT_FILE
+    last = 0
+    if p.exists():
+        text = p.read_text().strip()
+        if not text.isdigit() or not 0 < int(text) <= BOOT_MAX:
+            raise EnvironmentProblem(str(p), f"boot counter {text[:20]!r} is not 1..{BOOT_MAX}",
+                                     "restore it from a backup, or set it above the highest boot any peer saw")
+        last = int(text)
+    if last >= BOOT_MAX:
+        raise EnvironmentProblem(str(p), f"boot counter exhausted ({BOOT_MAX} starts)",
+                                 "rotate the system's keys (mbms keys rotate) and reset every node's boot file")
+    boot = last + 1
+    tmp = d / f".{BOOT_FILE}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{boot}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+    dfd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return boot
+
+
+def save_boot(state_dir: str | os.PathLike[str], boot: int) -> None:
+    """Raise the saved boot counter to ``boot`` (the core moves to a new boot when its message
+    counter would wrap)."""
+    p = Path(state_dir) / BOOT_FILE
+    try:
+        last = int(p.read_text().strip())
+    except (OSError, ValueError):
+        last = 0
+    if boot > last:
+        tmp = p.with_name(f".{BOOT_FILE}.tmp")
+        tmp.write_text(f"{boot}\n")
+        os.replace(tmp, p)

@@ -379,6 +379,11 @@ class NodeRuntime:
         if self.store is not None and (now - self._last_save) * 1000 >= self.node.state_save_ms:
             self._last_save = now
             blob = self.logic.export_state()
+            boot = getattr(self.logic, "boot_now", None)
+            if boot is not None:  # the core moved to a new boot (counter wrap, or a twin with our id)
+                from mbms.node.persistence import save_boot
+
+                save_boot(self.store.dir, boot())
             if self.saver is not None:
                 self.saver.submit(blob)
             else:
@@ -454,7 +459,10 @@ class NodeRuntime:
                 self.store.save(self.logic.export_state())
             except Exception:
                 log.exception("final state save failed")
-            self._event("stop", t_ms=self.t_ms(), timing=self.timing.summary())
+            counters = getattr(self.logic, "counters", None)
+            self._event("stop", t_ms=self.t_ms(), timing=self.timing.summary(),
+                        peer=counters() if counters is not None else None,
+                        transport=self.transport.stats.as_dict() if self.transport is not None else None)
             self.store.close()
         if self.transport is not None:
             self.transport.close()

@@ -162,6 +162,11 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
             protocol[k] = v
     system["transport"] = {"kind": "can", "can": {"interface": "udp_multicast", "channel": channel, "port": can_port}}
     system["discovery"] = {"enabled": True, "interfaces": ["127.0.0.1"]}
+    # a fresh key for this run's system (mode 0600), shared by its nodes and the observer
+    from mbms.keys import new_key_file
+
+    new_key_file(run_dir / "system.key", system["system_id"])
+    system["auth"] = {"key_file": "system.key"}
     # the inverter's CAN channel: a bus of its own (udp_multicast on a port of its own)
     inverter_port = _free_udp_port()
     system["inverter"] = {"protocol": settings.inverter_protocol,
@@ -368,22 +373,31 @@ class Observer:
         self.peers = {m: PeerView() for m in system.members}
         self.transport.on_telemetry = self._on_telemetry
         self.transport.on_message = self._on_message
+        # The observer (and the simulated inverter that obeys what it hears) acts only on verified
+        # telemetry and peer messages (brief S7).
+        from mbms import _core
+        from mbms.keys import system_keys
+        from mbms.telemetry import TelemetryVerifier
+
+        self.auth = _core.MessageAuth(system.system_id_u32, system_keys(system))
+        self.verifier = TelemetryVerifier(self.auth)
 
     def _on_telemetry(self, src: int, arb_id: int, data: bytes) -> None:
         from mbms.telemetry import decode
 
-        try:
-            res = decode(self.db, arb_id, data)
-        except Exception:  # noqa: BLE001 - a frame the DBC cannot decode is counted, never fatal
-            self.peers[src].undecodable += 1
-            return
-        if res is None:
-            return
-        kind, _, sig = res
-        v = self.peers[src]
-        v.signals[kind] = sig
-        v.heard[kind] = time.monotonic()
-        v.telemetry_frames += 1
+        for fid, d in self.verifier.push(src, arb_id, data):
+            try:
+                res = decode(self.db, fid, d)
+            except Exception:  # noqa: BLE001 - a frame the DBC cannot decode is counted, never fatal
+                self.peers[src].undecodable += 1
+                continue
+            if res is None:
+                continue
+            kind, _, sig = res
+            v = self.peers[src]
+            v.signals[kind] = sig
+            v.heard[kind] = time.monotonic()
+            v.telemetry_frames += 1
 
     def _on_message(self, src: int, payload: bytes) -> None:
         from mbms.errors import FrameError
@@ -391,11 +405,11 @@ class Observer:
 
         v = self.peers[src]
         try:
-            m = decode_peer(payload)
+            m = decode_peer(payload, self.auth)
         except FrameError:
             v.undecodable += 1
             return
-        if m.sender != src or m.system_id != self.system.system_id_u32:
+        if m.sender != src:
             v.undecodable += 1
             return
         v.peer_messages += 1

@@ -1,9 +1,9 @@
 """Peer transport over CAN with python-can (``socketcan`` on controllers, ``udp_multicast``
 between processes on one host, ``virtual`` within one process).
 
-Node k sends its peer messages as segments (:mod:`mbms.transport.segmentation`, the consensus
-core's format: identifiers ``0x400 | (k-1)<<4 | toggle<<3 | index``; one CAN FD frame with
-``fd = true``) and its telemetry on the DBC's identifiers (:mod:`mbms.telemetry`). python-can's
+Node k sends its peer messages as three frames (:mod:`mbms.transport.segmentation`, the consensus
+core's format: identifiers ``0x400 | (k-1)<<4 | kind<<3 | toggle<<2 | index``; one CAN FD frame
+with ``fd = true``) and its telemetry on the DBC's identifiers (:mod:`mbms.telemetry`). python-can's
 ``udp_multicast`` delivers a sender's own frames back to it; they are recognised by the sender in
 the identifier and counted as echoes (a peer message with the own id is an echo only if it is one
 of the messages just sent: else it comes from a duplicate id and is delivered, see
@@ -39,8 +39,7 @@ from mbms.config_views import CanTransport as CanConfig
 from mbms.config_views import SystemConfig
 from mbms.telemetry import classify
 from mbms.transport.base import Transport
-from mbms.transport.segmentation import (MAX_SEGMENTED_LEN, Reassembler, SegmentError, frame_fd,
-                                         segment_classic, unframe_fd)
+from mbms.transport.segmentation import MESSAGE_LEN, Reassembler, SegmentError, frame_fd, segment_classic, unframe_fd
 
 log = logging.getLogger("mbms.transport.can")
 
@@ -147,14 +146,13 @@ class CanTransport(Transport):
         super().__init__(node_id, members)
         self.cfg = cfg
         self.reassembler = Reassembler()
-        self._counter = 0
         self._bus: can.BusABC | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     @property
     def max_message_len(self) -> int:
-        return MAX_SEGMENTED_LEN
+        return MESSAGE_LEN
 
     @property
     def endpoint(self) -> str:
@@ -209,7 +207,7 @@ class CanTransport(Transport):
             return
         data = bytes(msg.data)
         if kind != "peer":
-            if len(data) != 8:
+            if len(data) != 8:  # every telemetry frame of the DBC, the authentication frame too
                 st.malformed += 1
                 return
             st.received_telemetry += 1
@@ -245,9 +243,10 @@ class CanTransport(Transport):
     def send(self, payload: bytes) -> None:
         if not self.node_id:
             raise RuntimeError("a listen-only transport (node id 0) cannot send")
-        # raises SegmentError (a ValueError) for an empty or too long message
-        frames = [frame_fd(self.node_id, payload)] if self.cfg.fd else segment_classic(self.node_id, self._counter, payload)
-        self._counter += 1
+        # raises SegmentError (a ValueError) for anything but a peer message of this node
+        frames = [frame_fd(payload)] if self.cfg.fd else segment_classic(payload)
+        if frames[0][0] >> 4 & 0x3F != self.node_id - 1:
+            raise ValueError(f"a peer message of sender {(frames[0][0] >> 4 & 0x3F) + 1}, not of this node {self.node_id}")
         self._recent_sent.append(bytes(payload))
         for arbitration_id, data in frames:
             self._send_frame(arbitration_id, data)

@@ -3,20 +3,20 @@ bound in ``mbms._core`` and wrapped by :mod:`mbms.consensus`), plus what the nod
 around it: identifier arithmetic (for the DBC and frame classification) and a reassembler that
 says WHY a frame was dropped (so the transport can count malformed / oversized / foreign).
 
-Classic CAN (8-byte frames):
+A peer message is a fixed layout of 24 bytes (consensus/src/wire.rs): a header byte (sender,
+kind) and 23 bytes. Classic CAN:
 
-* CAN id (11 bit) = ``0x400 | (sender-1) << 4 | toggle << 3 | index``: sender 1..64, toggle = low
-  bit of the sender's message counter (flips every message), index 0..7 = frame number. Lower
-  index = higher CAN priority, so frames leave a controller in order.
-* frame 0 data = ``[len, first <= 7 message bytes]``; frames 1.. carry <= 8 bytes; every frame but
-  the last is full. A message is 1..63 bytes.
+* CAN id (11 bit) = ``0x400 | (sender-1) << 4 | kind << 3 | toggle << 2 | index``: sender 1..64,
+  kind 0 = Limits / 1 = Detail, toggle = low bit of the message counter, index 0..2 = frame
+  number. Lower index = higher CAN priority, so frames leave a controller in order.
+* three frames of 8, 8 and 7 bytes (the header byte is the identifier), no length byte.
 * One partial message per sender; a frame that does not continue it drops it. A lost frame loses
   the message; the next heartbeat repairs it (peer messages are full snapshots).
 
-CAN FD: the whole message in one frame, same id with toggle = index = 0, ``[len, message, 0xCC..]``.
+CAN FD: the 23 bytes in one 24-byte frame (padded with 0xCC), the id with toggle = index = 0.
 
-Replays cannot be recognised from a 1-bit toggle; the peer message carries a sequence number and
-a boot nonce and the logic rejects replays (``NodeLogic.receive`` returns False).
+Replays and forgeries cannot be recognised here; every message carries a boot counter, a message
+counter and a 32-bit tag, which the core checks before anything else (brief S7).
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from mbms.errors import FrameError
 
 CAN_ID_BASE = 0x400
 CAN_ID_LAST = 0x7FF
-MAX_SEGMENTED_LEN = 63
+MESSAGE_LEN = consensus.MESSAGE_LEN
 MAX_SENDER = 64
+#: Frames per message on classic CAN.
+CLASSIC_FRAMES = 3
 
 
 class SegmentError(ValueError):
@@ -40,36 +42,37 @@ class SegmentError(ValueError):
         super().__init__(message)
 
 
-def can_id(sender: int, msg_counter: int, index: int) -> int:
-    return CAN_ID_BASE | ((sender - 1) & 0x3F) << 4 | (msg_counter & 1) << 3 | (index & 7)
+def can_id(sender: int, kind: int, toggle: int, index: int) -> int:
+    return CAN_ID_BASE | ((sender - 1) & 0x3F) << 4 | (kind & 1) << 3 | (toggle & 1) << 2 | (index & 3)
 
 
 def is_peer_id(arbitration_id: int) -> bool:
-    return CAN_ID_BASE <= arbitration_id <= CAN_ID_LAST
+    return CAN_ID_BASE <= arbitration_id <= CAN_ID_LAST and arbitration_id & 3 != 3
 
 
-def split_id(arbitration_id: int) -> tuple[int, int, int]:
-    """``(sender, toggle, index)`` of a peer-protocol id; SegmentError("foreign") otherwise."""
+def split_id(arbitration_id: int) -> tuple[int, int, int, int]:
+    """``(sender, kind, toggle, index)`` of a peer-protocol id; SegmentError("foreign") otherwise."""
     if not is_peer_id(arbitration_id):
-        raise SegmentError("foreign", f"CAN id {arbitration_id:#x} outside 0x400..=0x7ff")
-    return ((arbitration_id >> 4) & 0x3F) + 1, (arbitration_id >> 3) & 1, arbitration_id & 7
+        raise SegmentError("foreign", f"CAN id {arbitration_id:#x} is not a peer-protocol frame")
+    return (((arbitration_id >> 4) & 0x3F) + 1, (arbitration_id >> 3) & 1, (arbitration_id >> 2) & 1,
+            arbitration_id & 3)
 
 
 def _length_kind(n: int) -> str:
-    return "oversized" if n > MAX_SEGMENTED_LEN else "malformed"
+    return "oversized" if n > MESSAGE_LEN else "malformed"
 
 
-def segment_classic(sender: int, msg_counter: int, msg: bytes) -> list[tuple[int, bytes]]:
-    """Classic CAN frames ``(id, data)`` of one message (1..63 bytes)."""
+def segment_classic(msg: bytes) -> list[tuple[int, bytes]]:
+    """Classic CAN frames ``(id, data)`` of one message."""
     try:
-        return consensus.segment_classic(sender, msg_counter, msg)
+        return consensus.segment_classic(msg)
     except FrameError as exc:
         raise SegmentError(_length_kind(len(msg)), str(exc)) from None
 
 
-def frame_fd(sender: int, msg: bytes) -> tuple[int, bytes]:
+def frame_fd(msg: bytes) -> tuple[int, bytes]:
     try:
-        return consensus.frame_fd(sender, msg)
+        return consensus.frame_fd(msg)
     except FrameError as exc:
         raise SegmentError(_length_kind(len(msg)), str(exc)) from None
 
@@ -79,11 +82,7 @@ def unframe_fd(arbitration_id: int, data: bytes) -> tuple[int, bytes]:
     try:
         return consensus.unframe_fd(arbitration_id, data)
     except FrameError as exc:
-        raise SegmentError(_length_kind(data[0] if data else 0), str(exc)) from None
-
-
-def classic_frame_count(length: int) -> int:
-    return (length + 1 + 7) // 8
+        raise SegmentError(_length_kind(len(data)), str(exc)) from None
 
 
 @dataclass

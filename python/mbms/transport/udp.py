@@ -13,12 +13,16 @@ Datagram (a msgpack map; version 1):
 
 Addressing: a multicast group (``group``/``port``, joined on ``interface``) or, with ``peers``, a
 unicast list aligned with the system's ``members`` (peers[i] is the endpoint of members[i]; a node
-binds its own entry and sends to all others). Receiver: a datagram with a sequence number not
-above the last one of its run, or from a run older than the newest seen from that sender, is a
-replay and is dropped; so are foreign, malformed and oversized datagrams (all counted). One
-exception: the run just before the newest that keeps sending new peer messages is a second live
-node with that id; its messages are delivered so that the peer protocol raises the duplicate-id
-alarm (so are those of another run with this node's own id).
+binds its own entry and sends to all others). Receiver: foreign, malformed and oversized datagrams
+are dropped and counted; everything else is delivered.
+
+The header (``boot``, ``seq``) is NOT authenticated, so nothing is decided on it: a receiver that
+dropped datagrams by their header once let one forged datagram with ``boot = 2**62`` cut a live
+node off for good (issue 15). Freshness is checked where the tag is: the peer message carries its
+sender's boot counter, message counter and tag, which the core verifies (brief S7), and telemetry
+batches end with an authentication frame that :class:`mbms.telemetry.TelemetryVerifier` checks.
+The header only tells this node's own datagrams (multicast loopback: its own ``boot``) from those
+of another run with its id, which go to the core (a duplicate id, or a replay it drops).
 """
 
 from __future__ import annotations
@@ -88,8 +92,6 @@ class UdpTransport(Transport):
         self.system_id = system_id
         self.boot = time.time_ns() // 1_000_000
         self._seq = 0
-        self._last: dict[int, tuple[int, int]] = {}  # src -> (boot, seq) of its newest run
-        self._prev: dict[int, tuple[int, int]] = {}  # src -> (boot, seq) of the run before it
         self._sock: socket.socket | None = None
         self._dgram: asyncio.DatagramTransport | None = None
         if cfg.peers:
@@ -164,27 +166,17 @@ class UdpTransport(Transport):
         if v != PROTOCOL_VERSION or sysid != self.system_id:
             st.foreign += 1
             return
-        if self.node_id and src == self.node_id and boot != self.boot and kind == "m":
-            st.own_id += 1  # another run with this node's id (a duplicate): the peer protocol decides
+        if self.node_id and src == self.node_id:
+            if boot == self.boot or kind != "m":
+                st.echoes += 1  # our own datagram (multicast loopback)
+                return
+            st.own_id += 1  # another run with this node's id: the core decides (duplicate or replay)
         elif not self._sender_ok(src):
             return
-        last = self._last.get(src)
-        older_run = False
-        if last is not None and (boot < last[0] or (boot == last[0] and seq <= last[1])):
-            prev = self._prev.get(src)
-            # A run older than the newest one that still sends NEW datagrams (a sequence number it
-            # never used before) is alive: two nodes with one id. Its peer messages go to the peer
-            # protocol, which raises the duplicate-id alarm by their incarnation; anything it
-            # already sent is a replay.
-            if not (kind == "m" and prev is not None and boot == prev[0] and seq > prev[1]):
-                st.replayed += 1
-                return
-            older_run = True
         if kind == "m" and isinstance(data, bytes):
             if len(data) > MAX_MESSAGE:
                 st.oversized += 1
                 return
-            self._advance(src, last, boot, seq, older_run)
             st.received_messages += 1
             self.on_message(src, data)
         elif kind == "t" and isinstance(data, list):
@@ -199,22 +191,11 @@ class UdpTransport(Transport):
                     st.foreign += 1
                     return
                 good.append((item[0], item[1]))
-            self._advance(src, last, boot, seq, older_run)
             for fid, d in good:
                 st.received_telemetry += 1
                 self.on_telemetry(src, fid, d)
         else:
             st.malformed += 1
-
-    def _advance(self, src: int, last: tuple[int, int] | None, boot: int, seq: int, older_run: bool) -> None:
-        """Record an accepted datagram: of the older run still speaking, or of the newest run
-        (a newer boot keeps the run it replaces as the one before, a restart or a duplicate)."""
-        if older_run:
-            self._prev[src] = (boot, seq)
-            return
-        if last is not None and boot > last[0]:
-            self._prev[src] = last
-        self._last[src] = (boot, seq)
 
     def close(self) -> None:
         if self._dgram is not None:

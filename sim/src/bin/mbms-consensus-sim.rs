@@ -3,13 +3,14 @@
 //!
 //! Usage: mbms-consensus-sim [--seeds N] [--first-seed S] [--peers P] [--min-peers M]
 //!                           [--duration-ms D] [--threads T] [--seed S --verbose] [--json]
+//!                           [--adversary on|off] (default: the attacker in about half of the faulty schedules)
 
 use mbms_sim::protocol::{percentile, run_many, run_schedule, SimParams};
 
 fn usage() -> ! {
     eprintln!(
         "usage: mbms-consensus-sim [--seeds N] [--first-seed S] [--peers P] [--min-peers M] \
-         [--duration-ms D] [--threads T] [--seed S [--verbose]] [--json] [--bus-load]"
+         [--duration-ms D] [--threads T] [--seed S [--verbose]] [--json] [--bus-load] [--adversary on|off]"
     );
     std::process::exit(2)
 }
@@ -25,6 +26,7 @@ fn main() {
     let mut verbose = false;
     let mut json = false;
     let mut bus_load = false;
+    let mut adversary: Option<bool> = None;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     let num = |i: usize| -> u64 {
@@ -42,6 +44,14 @@ fn main() {
             "--verbose" => verbose = true,
             "--json" => json = true,
             "--bus-load" => bus_load = true,
+            "--adversary" => {
+                adversary = match args.get(i + 1).map(String::as_str) {
+                    Some("on") => Some(true),
+                    Some("off") => Some(false),
+                    _ => usage(),
+                };
+                i += 1;
+            }
             _ => usage(),
         }
         i += 1;
@@ -54,6 +64,7 @@ fn main() {
         peers_max: peers,
         duration_ms,
         verbose,
+        adversary,
         ..SimParams::default()
     };
     if bus_load {
@@ -105,6 +116,10 @@ fn main() {
         println!("violations:         {}", s.violations);
         println!("closes / aborts:    {} / {}", s.closes, s.aborts);
         println!("messages:           {} (mean {:.1} bytes)", s.messages, s.message_bytes as f64 / s.messages.max(1) as f64);
+        println!(
+            "attacker (S7):      {} schedules, {} deliveries, {} accepted (late genuine), dropped {:?}",
+            s.adversarial, s.attack_deliveries, s.attack_accepted, s.attack_dropped
+        );
         for (name, v) in [
             ("agree after heal", &s.agree_periods),
             ("agree after close", &s.agree_clean_periods),

@@ -21,6 +21,12 @@
 //!   close of a clean cold start, all live peers report the same limits, closed set, live
 //!   set and speaker within the monitor's bound (the time it takes is the "agree" figure).
 //! - S6: a string enters precharge only with its own quorum flag and a live set of a quorum.
+//! - S7: with the adversary on, an attacker on the bus injects forged messages (grants to a
+//!   requester from members that gave none, a fake member announcing CLOSED with huge limits
+//!   and a tiny resistance, a 0 A proposal, a boot jump to 65535, zero tags, a captured tag
+//!   spliced onto a changed body) and replays captured messages (of live and crashed nodes).
+//!   Every message a peer accepts must be one that member's node really sent, newer than any
+//!   message of that sender this receiver accepted before (the simulator knows what was sent).
 
 pub mod plant;
 
@@ -57,6 +63,8 @@ pub struct SimParams {
     pub measure_bus: bool,
     /// Deliberately break the system under test, to show that each check can fail.
     pub sabotage: Sabotage,
+    /// The attacker (S7): None = in about half of the faulty schedules, Some(on) = forced.
+    pub adversary: Option<bool>,
 }
 
 /// Ways to break the system under test (checker self-test).
@@ -73,17 +81,20 @@ pub enum Sabotage {
     DoubleLimits,
     /// Peer 1 reports 1 A less than it agreed (safe, but not agreed: S5).
     Disagree,
+    /// Peers skip tag verification (authentication off) while the attacker injects (S7).
+    NoAuth,
 }
 
 impl Sabotage {
     /// Every mode with its name, as a campaign spec or `mbms sim --protocol --sabotage` names it.
-    pub const ALL: [(&'static str, Sabotage); 6] = [
+    pub const ALL: [(&'static str, Sabotage); 7] = [
         ("none", Sabotage::None),
         ("ignore_fault_open", Sabotage::IgnoreFaultOpen),
         ("solo", Sabotage::Solo),
         ("no_dwell", Sabotage::NoDwell),
         ("double_limits", Sabotage::DoubleLimits),
         ("disagree", Sabotage::Disagree),
+        ("no_auth", Sabotage::NoAuth),
     ];
 }
 
@@ -109,6 +120,7 @@ impl Default for SimParams {
             force_scenario: None,
             measure_bus: false,
             sabotage: Sabotage::None,
+            adversary: None,
         }
     }
 }
@@ -138,16 +150,37 @@ pub struct ScheduleResult {
     /// time (µs, worst case, 500 k / 2 M) of all messages, per 1-second bucket.
     pub bus_bits_worst: Vec<u64>,
     pub bus_bits_exact: Vec<u64>,
+    /// The same messages without their tag (frames of 8, 8 and 3 bytes), exact stuffing: what
+    /// authentication costs on the bus, side by side.
+    pub bus_bits_exact_untagged: Vec<u64>,
     pub fd_us_worst: Vec<f64>,
     pub trace: Vec<String>,
+    /// S7: the attacker was on in this schedule; messages it injected (deliveries to peers);
+    /// its deliveries dropped, by the peer's reason; its deliveries accepted (only replays of
+    /// genuine messages the receiver had not yet had: a late delivery, checked fresh).
+    pub adversary: bool,
+    pub attack_deliveries: u64,
+    pub attack_dropped: std::collections::BTreeMap<&'static str, u64>,
+    pub attack_accepted: u64,
+}
+
+/// What the simulator knows of every genuine message (the S7 ground truth).
+#[derive(Clone, Copy, Debug)]
+struct Genuine {
+    sender: usize,
+    /// Emission order of the sender's node over the whole schedule (all its boots).
+    index: u64,
+    /// Its entry in [`World::sent`].
+    sent_idx: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Tick(usize),
-    /// To whom, the bytes, and the index of what the monitor knows of the message
-    /// ([`World::sent`]).
-    Deliver(usize, Vec<u8>, usize),
+    /// To whom, the bytes, the index of what the monitor knows of the message ([`World::sent`]),
+    /// and `true` if the attacker injected them.
+    Deliver(usize, Vec<u8>, usize, bool),
+    Attack,
     Crash(usize),
     Restart(usize),
     FaultOn(usize),
@@ -179,6 +212,12 @@ struct Node {
     instance: u64,
     msg_counter: u32,
     request_at: Option<u64>,
+    /// The boot counter of the node's current start (incarnations grow across restarts).
+    boot: u64,
+    /// Messages sent over the whole schedule (emission order, for S7).
+    sent: u64,
+    /// Per sender: emission index of the newest message this peer instance accepted (S7).
+    accepted: Vec<Option<u64>>,
 }
 
 impl Node {
@@ -211,6 +250,12 @@ struct World {
     load_on_us: u64,
     /// Time of the last load update (for the ramp).
     load_t_us: u64,
+    /// S7 ground truth: every genuine message sent, and the attacker's recording of them.
+    genuine: std::collections::HashMap<Vec<u8>, Genuine>,
+    captured: Vec<Vec<u8>>,
+    adversary: bool,
+    /// The attacker's own random stream: the rest of a schedule is the same with it or without.
+    arng: SplitMix64,
     /// Per message sent: what it states, for the S4 bound of the node that receives it.
     sent: Vec<Sent>,
 }
@@ -246,14 +291,19 @@ impl World {
         }
     }
 
-    fn new_peer(&self, k: usize, inc: u64) -> Peer {
-        let mut cfg = PeerConfig { node_id: self.nodes[k].id, seed: inc, ..self.cfg.clone() };
+    fn new_peer(&self, k: usize, inc: u64, seed: u64) -> Peer {
+        let mut cfg = PeerConfig { node_id: self.nodes[k].id, seed, ..self.cfg.clone() };
         match self.params.sabotage {
             Sabotage::Solo => cfg.members = vec![cfg.node_id],
             Sabotage::NoDwell => cfg.dwell_ms = 0,
             _ => {}
         }
-        Peer::new(cfg, inc).expect("simulator configuration is valid")
+        let auth = if self.params.sabotage == Sabotage::NoAuth {
+            mbms_consensus::Auth::off(cfg.system_id)
+        } else {
+            crate::simulation_auth(cfg.system_id)
+        };
+        Peer::new(cfg, inc, auth).expect("simulator configuration is valid")
     }
 
     fn local_state(&self, k: usize) -> LocalState {
@@ -460,13 +510,14 @@ impl World {
                 if r.bus_bits_worst.len() <= b {
                     r.bus_bits_worst.resize(b + 1, 0);
                     r.bus_bits_exact.resize(b + 1, 0);
+                    r.bus_bits_exact_untagged.resize(b + 1, 0);
                     r.fd_us_worst.resize(b + 1, 0.0);
                 }
-                let c = self.nodes[k].msg_counter;
                 self.nodes[k].msg_counter += 1;
-                r.bus_bits_worst[b] += mbms_consensus::busload::classic_message_bits(self.nodes[k].id, c, &m, true) as u64;
-                r.bus_bits_exact[b] += mbms_consensus::busload::classic_message_bits(self.nodes[k].id, c, &m, false) as u64;
-                r.fd_us_worst[b] += mbms_consensus::busload::fd_frame_us_worst(m.len() + 1, 500_000.0, 2_000_000.0);
+                r.bus_bits_worst[b] += mbms_consensus::busload::classic_message_bits(&m, true) as u64;
+                r.bus_bits_exact[b] += mbms_consensus::busload::classic_message_bits(&m, false) as u64;
+                r.bus_bits_exact_untagged[b] += mbms_consensus::busload::classic_message_bits_untagged(&m) as u64;
+                r.fd_us_worst[b] += mbms_consensus::busload::fd_frame_us_worst(m.len() - 1, 500_000.0, 2_000_000.0);
             }
             let sent = match mbms_consensus::wire::Message::decode(&m).map(|x| x.kind()) {
                 Ok(0) => Sent::Limits { from: k, t_us: t, state: self.plant.strings[k].state() },
@@ -475,9 +526,17 @@ impl World {
             };
             self.sent.push(sent);
             let idx = self.sent.len() - 1;
+            if self.adversary || self.params.sabotage == Sabotage::NoAuth {
+                let index = self.nodes[k].sent;
+                self.nodes[k].sent += 1;
+                self.genuine.insert(m.clone(), Genuine { sender: k, index, sent_idx: idx });
+                if self.captured.len() < 4096 {
+                    self.captured.push(m.clone());
+                }
+            }
             let dels = self.net.broadcast(&mut self.net_rng, t, k, n, frame_us);
             for (at, to) in dels {
-                self.push(at, Ev::Deliver(to, m.clone(), idx));
+                self.push(at, Ev::Deliver(to, m.clone(), idx, false));
             }
         }
         let next = self.nodes[k].next_local_ms + self.params.tick_ms;
@@ -486,26 +545,134 @@ impl World {
         self.push(at, Ev::Tick(k));
     }
 
-    fn on_deliver(&mut self, t: u64, k: usize, data: &[u8], idx: usize) {
+    fn on_deliver(&mut self, t: u64, k: usize, data: &[u8], idx: usize, attack: bool) {
         let lms = self.nodes[k].local_ms(t);
-        if let Some(p) = self.nodes[k].peer.as_mut() {
-            if p.on_message(lms, data).is_ok() {
-                // What k now knows ("latest confirmed", for S4): the sender's state as the
-                // message stated it, or the states the sender's proposal was built from.
-                match &self.sent[idx] {
-                    Sent::Limits { from, t_us, state } => {
-                        self.monitor.state_confirmed(k, *from, *t_us, *state);
-                        self.monitor.message_heard(k, *from, t, None);
-                    }
-                    Sent::Proposal { from, heard } => self.monitor.message_heard(k, *from, t, Some(heard.clone())),
-                    Sent::Other => {}
+        let Some(p) = self.nodes[k].peer.as_mut() else { return };
+        let r = p.on_message(lms, data);
+        if attack {
+            self.result.attack_deliveries += 1;
+            match &r {
+                Ok(()) => self.result.attack_accepted += 1,
+                Err(e) => *self.result.attack_dropped.entry(e.kind()).or_insert(0) += 1,
+            }
+        }
+        if r.is_err() {
+            return;
+        }
+        // S7: what a peer accepts was really sent by that member, and is newer than anything of
+        // that sender this peer instance accepted before.
+        if self.adversary || self.params.sabotage == Sabotage::NoAuth {
+            let sender = data.first().map_or(0, |h| (h & 0x3F) as usize);
+            let genuine = self.genuine.get(data).copied();
+            let fresh = match genuine {
+                Some(g) => {
+                    let last = self.nodes[k].accepted[g.sender];
+                    self.nodes[k].accepted[g.sender] = Some(g.index);
+                    last.is_none_or(|l| g.index > l) && g.sender == sender
                 }
+                None => false,
+            };
+            self.monitor.message_accepted(t, k, sender, genuine.is_some(), fresh);
+        }
+        // What k now knows ("latest confirmed", for S4): the sender's state as the message
+        // stated it, or the states the sender's proposal was built from (a replay: as then).
+        match &self.sent[idx] {
+            Sent::Limits { from, t_us, state } => {
+                self.monitor.state_confirmed(k, *from, *t_us, *state);
+                self.monitor.message_heard(k, *from, t, None);
+            }
+            Sent::Proposal { from, heard } => self.monitor.message_heard(k, *from, t, Some(heard.clone())),
+            Sent::Other => {}
+        }
+    }
+
+    /// The attacker: one injection, delivered to every running peer (it is on the bus).
+    fn on_attack(&mut self, t: u64) {
+        use mbms_consensus::wire::{Body, Coord, DetailBody, Flags, LimitsBody, Message};
+        let n = self.nodes.len();
+        let what = self.arng.below(8);
+        let pick = |rng: &mut SplitMix64, v: &Vec<Vec<u8>>| -> Option<Vec<u8>> {
+            (!v.is_empty()).then(|| v[rng.below(v.len() as u64) as usize].clone())
+        };
+        // The newest captured message of a random member: its boot and counter to forge on.
+        let victim = self.arng.below(n as u64) as usize;
+        let newest = self
+            .captured
+            .iter()
+            .rev()
+            .filter_map(|b| Message::decode(b).ok())
+            .find(|m| m.sender as usize == victim + 1);
+        let (inc, counter) = newest.as_ref().map_or((1, 0), |m| (m.incarnation, m.counter));
+        let mut tag = [0u8; 4];
+        tag.copy_from_slice(&self.arng.next_u64().to_le_bytes()[..4]);
+        let base = Message {
+            sender: victim as u16 + 1,
+            incarnation: inc,
+            counter: counter + 1 + self.arng.below(3) as u32,
+            flags: Flags { phase: Phase::Open as u8, may_close: true, ..Default::default() },
+            coord: Coord::default(),
+            body: Body::Detail(DetailBody::default()),
+            tag,
+        };
+        let bytes: Vec<u8> = match what {
+            // a grant to whoever is requesting, from a member that gave none
+            0 => {
+                let req = (0..n).find_map(|j| self.nodes[j].peer.as_ref().and_then(|p| p.request()).map(|(tk, _)| (j, tk)));
+                let (j, tk) = req.unwrap_or((0, 1));
+                Message { coord: Coord { req_ticket: 0, grant_to: j as u16 + 1, grant_ticket: tk }, ..base }.encode().to_vec()
+            }
+            // a fake member announcing CLOSED with huge limits and a tiny resistance
+            1 => Message {
+                flags: Flags { phase: Phase::Closed as u8, main_closed: true, ..Default::default() },
+                body: Body::Limits(LimitsBody { ocv_10mv: 40_000, r_100uohm: 1, dcl_da: 60_000, ccl_da: 60_000, dcl_peak_da: 60_000, ccl_peak_da: 60_000 }),
+                ..base
+            }
+            .encode()
+            .to_vec(),
+            // a 0 A proposal
+            2 => Message { body: Body::Detail(DetailBody { soc_permille: 500, ..Default::default() }), ..base }.encode().to_vec(),
+            // a boot jump: locks the real node out if it were believed
+            3 => Message { incarnation: u16::MAX, counter: 0, ..base }.encode().to_vec(),
+            // unauthenticated (zero tag)
+            4 => Message { tag: [0; 4], ..base }.encode().to_vec(),
+            // a captured tag spliced onto a changed body
+            5 => match pick(&mut self.arng, &self.captured) {
+                Some(mut b) => {
+                    let i = 9 + self.arng.below(12) as usize;
+                    b[i] ^= 1 << self.arng.below(8);
+                    b
+                }
+                None => return,
+            },
+            // replays of captured messages (any sender, live or crashed)
+            _ => match pick(&mut self.arng, &self.captured) {
+                Some(b) => b,
+                None => return,
+            },
+        };
+        self.trace(t, format!("attack {what} as member {}", bytes[0] as usize % 64 + 1));
+        // a replay states what the original stated; a forgery nothing a monitor would credit
+        let idx = match self.genuine.get(&bytes) {
+            Some(g) => g.sent_idx,
+            None => {
+                self.sent.push(Sent::Other);
+                self.sent.len() - 1
+            }
+        };
+        for to in 0..n {
+            if self.nodes[to].peer.is_some() {
+                let at = t + 1 + self.arng.below(2000);
+                self.push(at, Ev::Deliver(to, bytes.clone(), idx, true));
             }
         }
     }
 
-    fn start_node(&mut self, t: u64, k: usize, inc: u64) {
-        let p = self.new_peer(k, inc);
+    fn start_node(&mut self, t: u64, k: usize, seed: u64) {
+        // Boot counters grow from one start to the next (the runtime persists them); a start
+        // may skip some (a boot that crashed before it sent anything).
+        self.nodes[k].boot += 1 + seed % 3;
+        self.nodes[k].accepted.iter_mut().for_each(|a| *a = None);
+        let p = self.new_peer(k, self.nodes[k].boot, seed);
         self.nodes[k].peer = Some(p);
         self.nodes[k].instance += 1;
         self.nodes[k].snapshot = None;
@@ -581,6 +748,9 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
                 instance: 0,
                 msg_counter: 0,
                 request_at: None,
+                boot: 0,
+                sent: 0,
+                accepted: vec![None; n],
             }
         })
         .collect();
@@ -644,8 +814,24 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         load_demand,
         load_on_us: 800_000,
         load_t_us: 0,
+        genuine: std::collections::HashMap::new(),
+        captured: Vec::new(),
+        adversary: false,
+        arng: SplitMix64::new(seed ^ 0xA77A_C4E2_5EED_0007),
         sent: Vec::new(),
     };
+    // The attacker (S7): about half of the faulty schedules, 10–60 injections before the heal.
+    let adversary = params.adversary.unwrap_or(!clean && w.arng.chance(0.5)) || params.sabotage == Sabotage::NoAuth;
+    w.adversary = adversary;
+    w.result.adversary = adversary;
+    if adversary {
+        let attacks = 10 + w.arng.below(51);
+        let end = if clean { dur_us } else { heal_us };
+        for _ in 0..attacks {
+            let ta = 200_000 + w.arng.below(end.saturating_sub(200_000).max(1));
+            w.push(ta, Ev::Attack);
+        }
+    }
 
     // Disturbances (all before the network heals).
     if !clean {
@@ -685,7 +871,8 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         }
         match ev {
             Ev::Tick(k) => w.on_tick(t, k),
-            Ev::Deliver(k, data, idx) => w.on_deliver(t, k, &data, idx),
+            Ev::Deliver(k, data, idx, attack) => w.on_deliver(t, k, &data, idx, attack),
+            Ev::Attack => w.on_attack(t),
             Ev::Crash(k) => {
                 if w.nodes[k].peer.is_some() {
                     w.trace(t, format!("crash peer {}", w.nodes[k].id));
@@ -758,6 +945,12 @@ pub struct SimSummary {
     pub aborts: u64,
     pub messages: u64,
     pub message_bytes: u64,
+    /// S7: schedules with the attacker, its deliveries, those accepted (late genuine
+    /// messages) and those dropped by reason.
+    pub adversarial: u64,
+    pub attack_deliveries: u64,
+    pub attack_accepted: u64,
+    pub attack_dropped: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// The p-th percentile (0..=100) by nearest rank; NaN when empty.
@@ -787,6 +980,12 @@ impl SimSummary {
         self.detect_periods.extend(r.detect_periods);
         self.cold_close_periods.extend(r.cold_close_periods);
         self.grant_periods.extend(r.grant_periods);
+        self.adversarial += r.adversary as u64;
+        self.attack_deliveries += r.attack_deliveries;
+        self.attack_accepted += r.attack_accepted;
+        for (k, v) in &r.attack_dropped {
+            *self.attack_dropped.entry(k).or_insert(0) += v;
+        }
         self.closes += r.closes;
         self.aborts += r.aborts;
         self.messages += r.messages;
@@ -809,6 +1008,12 @@ impl SimSummary {
         self.aborts += o.aborts;
         self.messages += o.messages;
         self.message_bytes += o.message_bytes;
+        self.adversarial += o.adversarial;
+        self.attack_deliveries += o.attack_deliveries;
+        self.attack_accepted += o.attack_accepted;
+        for (k, v) in o.attack_dropped {
+            *self.attack_dropped.entry(k).or_insert(0) += v;
+        }
     }
 }
 
@@ -859,6 +1064,9 @@ pub struct BusLoadReport {
     /// Classic CAN, exact stuffing of the real frames.
     pub classic_exact_mean: f64,
     pub classic_exact_peak: f64,
+    /// The same traffic without tags (exact stuffing): the cost of authentication.
+    pub classic_untagged_mean: f64,
+    pub classic_untagged_peak: f64,
     /// CAN FD (500 kbit/s arbitration, 2 Mbit/s data), worst case.
     pub fd_worst_mean: f64,
     pub fd_worst_peak: f64,
@@ -896,6 +1104,8 @@ pub fn measure_bus_load(peers: usize, duration_ms: u64, seed: u64, bitrate: f64,
         },
         classic_exact_mean: mean(&r.bus_bits_exact),
         classic_exact_peak: peak(&r.bus_bits_exact),
+        classic_untagged_mean: mean(&r.bus_bits_exact_untagged),
+        classic_untagged_peak: peak(&r.bus_bits_exact_untagged),
         fd_worst_mean: r.fd_us_worst.iter().sum::<f64>() / secs * 1e-6,
         fd_worst_peak: r.fd_us_worst.iter().take(full).copied().fold(0.0, f64::max) * 1e-6,
         mean_message_len: r.message_bytes as f64 / r.messages.max(1) as f64,
