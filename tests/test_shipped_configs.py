@@ -105,6 +105,12 @@ def _system_copy(src: Path, dst: Path, port: int, interface: str | None = None) 
             t["can"]["interface"] = interface
             t["can"]["channel"] = "239.74.163.2"  # python-can's IPv4 group for udp_multicast
     dst.write_text(tomli_w.dumps(d))
+    # the system's message keys, provisioned as a user does (the shipped file names the key file
+    # next to it; a node refuses to start without it)
+    key = dst.parent / d["auth"]["key_file"]
+    if not key.exists():
+        subprocess.run([sys.executable, "-m", "mbms", "keys", "new", str(key), "--system", d["system_id"]],
+                       check=True, capture_output=True, text=True, timeout=60)
     return dst
 
 

@@ -491,7 +491,32 @@ def load_node(pack_path: str | os.PathLike[str], system_path: str | os.PathLike[
     d, findings, cell_path = _check(layers, (sys_source, sys_text))
     pack = _pack_view(d, layers, cell_path) if d["pack"] is not None else None
     system = _system_view(d["system"], sys_text) if d["system"] is not None else None
+    if system is not None:
+        findings += _auth_findings(system)
     return NodeFiles(pack, system, tuple(findings))
+
+
+def _auth_findings(system: SystemConfig) -> list[Finding]:
+    """The message keys a start would read (brief S7): a missing, open or foreign key file stops
+    a start, so ``--check`` reports it as an error; ``[auth] off = true`` is a warning."""
+    from mbms.keys import FileKeyProvider  # keys reads the system view: imported when needed
+
+    auth = system.auth
+    if auth is None:
+        return [Finding("error", system.source, "auth", None,
+                        "an [auth] table: key_file = \"FILE\" (create it with `mbms keys new FILE --system "
+                        f"{system.system_id}`), or off = true to run without authentication")]
+    if auth.off:
+        return [Finding("warning", system.source, "auth.off", "true",
+                        "authentication on: any device on the peer network can speak for a node")]
+    assert auth.key_file is not None  # the core requires key_file or off
+    try:
+        FileKeyProvider(auth.key_file, system.system_id, system.source).keys()
+    except ConfigError as exc:
+        why = exc.message.removeprefix(f"{auth.key_file}: ")
+        return [Finding("error", exc.source or system.source, exc.field, str(auth.key_file),
+                        f"a key file of this system, mode 0600 ({why})")]
+    return []
 
 
 def load_pack(path: str | os.PathLike[str]) -> PackFile:
