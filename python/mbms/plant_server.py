@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mbms.errors import FrameError
+from mbms.errors import FrameError, InputError
 from mbms.config_views import parse_link
 from mbms.plant_link import measurement_to_wire, pack, unpack
 
@@ -112,13 +112,19 @@ class PlantServer:
             raise FrameError("'cmd': neg, pos, pre must be booleans")
         bal = obj.get("bal")
         balance = np.frombuffer(bal, dtype=np.uint8).astype(bool) if isinstance(bal, bytes) and bal else None
-        neg, pos, pre = flags  # type: ignore[misc]
-        self.plant.set_command(k, neg=neg, pos=pos, pre=pre, balance=balance)
-        self.contactors[k] = (neg, pos, pre)
-        self.last_cmd[k] = self.clock()
         fresh = obj.get("fresh", False)
+        # every field is checked before anything is applied: a bad datagram changes nothing
+        # (a bad 'fresh' used to be refused after the contactors had been set; a balance of the
+        # wrong length raised InputError out of the handler; both found by tests/test_fuzz_decoders.py)
         if not isinstance(fresh, bool):
             raise FrameError("'cmd': fresh must be a boolean")
+        neg, pos, pre = flags  # type: ignore[misc]
+        try:
+            self.plant.set_command(k, neg=neg, pos=pos, pre=pre, balance=balance)
+        except InputError as exc:
+            raise FrameError(f"'cmd': {exc}") from None
+        self.contactors[k] = (neg, pos, pre)
+        self.last_cmd[k] = self.clock()
         meas = self.plant.measure(k, fresh=True) if fresh else self.plant.measure(k)
         return measurement_to_wire(k, seq, meas)
 

@@ -37,6 +37,7 @@ class IvtSEmulator:
         self.t_last: float | None = None
         self.faults: dict[str, Any] = {}
         self.commands = 0
+        self.malformed = 0
 
     def inject(self, kind: str, **kw: Any) -> None:
         if kind == "clear":
@@ -52,6 +53,11 @@ class IvtSEmulator:
         if "silent" in self.faults:
             return True
         d = bytes(msg.data)
+        if len(d) != 8:
+            # the IVT-S takes 8-byte commands only (the driver pads them); a shorter one raised
+            # IndexError here (found by tests/test_fuzz_decoders.py): ignored and counted
+            self.malformed += 1
+            return True
         cmd = d[0]
         self.commands += 1
         if P.SET_CONFIG <= cmd < P.SET_CONFIG + 8:

@@ -51,6 +51,10 @@ class ImdReading:
 
 
 class Iso165c:
+    #: Responses kept for :meth:`configure` (one request at a time): a flood of the response id
+    #: must not grow memory (issue 15 item 5); beyond this they are dropped and counted.
+    MAX_RESPONSES = 16
+
     def __init__(self, bus: can.BusABC, min_kohm: float, warning_kohm: float, timeout_ms: int = 3000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.bus = bus
@@ -58,7 +62,7 @@ class Iso165c:
         self.warning_kohm = warning_kohm
         self.timeout_s = timeout_ms / 1000.0
         self.clock = clock
-        self.responses: queue.Queue[bytes] = queue.Queue()
+        self.responses: queue.Queue[bytes] = queue.Queue(maxsize=self.MAX_RESPONSES)
         self.info: tuple[int, int, int] | None = None
         self.t_info = float("-inf")
         self.malformed = 0
@@ -84,7 +88,10 @@ class Iso165c:
 
     def on_message(self, msg: can.Message) -> bool:
         if msg.arbitration_id == RESPONSE_ID:
-            self.responses.put(bytes(msg.data))
+            try:
+                self.responses.put_nowait(bytes(msg.data))
+            except queue.Full:  # nobody is configuring: an unasked-for response
+                self.malformed += 1
             return True
         if msg.arbitration_id != INFO_ID:
             return False

@@ -76,6 +76,11 @@ class IvtReading:
 class IvtS:
     """The sensor's state as its frames arrive (:meth:`on_message`, from a python-can Notifier)."""
 
+    #: Responses kept for :meth:`configure` (which waits for one at a time): a device or a
+    #: fault flooding the response id must not grow memory (issue 15 item 5, found by
+    #: tests/test_fuzz_decoders.py); beyond this they are dropped and counted as malformed.
+    MAX_RESPONSES = 16
+
     def __init__(self, bus: can.BusABC, cycle_ms: int = 20, timeout_cycles: int = 5,
                  current_sign: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.bus = bus
@@ -84,7 +89,7 @@ class IvtS:
         self.sign = current_sign
         self.clock = clock
         self.results = [_Result() for _ in RESULTS]
-        self.responses: queue.Queue[bytes] = queue.Queue()
+        self.responses: queue.Queue[bytes] = queue.Queue(maxsize=self.MAX_RESPONSES)
         self.malformed = 0
         self.frames = 0
         self._lock = threading.Lock()
@@ -119,7 +124,10 @@ class IvtS:
         """Handle one frame; False if it is not the sensor's."""
         arb = msg.arbitration_id
         if arb == RESPONSE_ID:
-            self.responses.put(bytes(msg.data))
+            try:
+                self.responses.put_nowait(bytes(msg.data))
+            except queue.Full:  # nobody is configuring: an unasked-for response
+                self.malformed += 1
             return True
         if not RESULT_BASE_ID <= arb < RESULT_BASE_ID + 8:
             return False
