@@ -865,3 +865,49 @@ def test_mutation_run(name: str) -> None:
     assert out.rejected > 0, f"{name}: no input was rejected: the harness tests nothing"
     if n > 10 * WARMUP:
         assert rss1 - rss0 < RSS_GROWTH_KIB, rec
+
+
+# ---------------------------------------------------------------------------------------------
+# regressions: what the fuzzing found
+# ---------------------------------------------------------------------------------------------
+
+def test_a_short_ivt_s_command_is_counted_not_a_crash() -> None:
+    from mbms.hardware import ivt_s
+
+    emu = _SensorEmulators()
+    running = emu.ivt.running
+    # SET_MODE without its argument byte raised IndexError in the emulator's CAN callback
+    assert emu.ivt.on_message(can.Message(arbitration_id=ivt_s.CMD_ID, data=bytes([ivt_s.SET_MODE]), is_extended_id=False))
+    assert emu.ivt.malformed == 1 and emu.ivt.running == running and emu.sent == []
+
+
+def test_a_flood_of_sensor_responses_is_bounded() -> None:
+    from mbms.hardware import ivt_s
+    from mbms.hardware.iso165c import RESPONSE_ID as IMD_RESPONSE, Iso165c
+    from mbms.hardware.ivt_s import IvtS
+
+    s = _Sensors()
+    for _ in range(10_000):
+        s.feed(_frame_bytes(ivt_s.RESPONSE_ID, bytes(8)))
+        s.feed(_frame_bytes(IMD_RESPONSE, bytes(5)))
+    assert s.ivt.responses.qsize() == IvtS.MAX_RESPONSES and s.imd.responses.qsize() == Iso165c.MAX_RESPONSES
+    assert s.ivt.malformed + s.imd.malformed >= 2 * (10_000 - 16)
+
+
+@pytest.mark.parametrize("bad", [{"fresh": "yes"}, {"bal": b"\x01" * 8}])
+def test_a_refused_plant_command_changes_no_contactor(bad: dict[str, Any]) -> None:
+    from mbms.plant_link import command_to_wire, pack
+    from mbms.types import Contactors
+
+    p = _PlantServer()
+    before = p.state()
+    cmd = {**command_to_wire(0, 2, Contactors(False, False, False), np.zeros(96, dtype=bool)), **bad}
+    # the contactors used to be set before 'fresh' was refused; a short balance raised InputError
+    assert msgpack.unpackb(p.s.handle(pack(cmd)))["op"] == "error"
+    assert p.state() == before and p.s.malformed == 1
+
+
+def test_a_gpio_set_with_one_foreign_line_sets_none() -> None:
+    g = _Gpio()
+    rep = g.g._handle(1, {"op": "set", "values": {0: True, 4: False}})  # 4 is an input of the request
+    assert rep["errno"] == 1 and g.state()[1] == {0: False, 1: False}  # EPERM, line 0 untouched
