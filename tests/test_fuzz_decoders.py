@@ -911,3 +911,19 @@ def test_a_gpio_set_with_one_foreign_line_sets_none() -> None:
     g = _Gpio()
     rep = g.g._handle(1, {"op": "set", "values": {0: True, 4: False}})  # 4 is an input of the request
     assert rep["errno"] == 1 and g.state()[1] == {0: False, 1: False}  # EPERM, line 0 untouched
+
+
+def test_a_datagram_with_str_and_bytes_keys_is_a_frame_error() -> None:
+    from mbms.transport.can import decode_datagram
+
+    # sorting the unknown keys raised TypeError out of the decoder (and out of the bus's recv)
+    with pytest.raises(FrameError, match="unknown fields"):
+        decode_datagram(msgpack.packb({b"x": 1, "y": 2, "data": b""}, use_bin_type=True), 0.0)
+
+
+def test_an_empty_telemetry_datagram_is_counted() -> None:
+    from mbms.transport.udp import PROTOCOL_VERSION
+
+    u = _Udp()
+    raw = msgpack.packb({"v": PROTOCOL_VERSION, "sys": "sysA", "src": 2, "boot": 1, "seq": 4, "k": "t", "d": []})
+    assert u.feed(raw) is False and u.t.stats.malformed == 1

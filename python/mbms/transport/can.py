@@ -72,7 +72,10 @@ def decode_datagram(datagram: bytes, timestamp: float) -> can.Message:
         raise FrameError(f"expected a msgpack map, got {type(obj).__name__}")
     unknown = set(obj) - _FIELDS
     if unknown:
-        raise FrameError(f"unknown fields {sorted(unknown)[:4]}")
+        # repr: keys may mix str and bytes (msgpack raw and str types), which sorted() cannot
+        # compare; the TypeError escaped the decoder and ended the receive thread (found by
+        # tests/test_fuzz_decoders.py)
+        raise FrameError(f"unknown fields {sorted(map(repr, unknown))[:4]}")
     data = obj.get("data", b"")
     if not isinstance(data, bytes) or len(data) > MAX_FD_DATA:
         what = f"{len(data)} bytes" if isinstance(data, bytes) else type(data).__name__

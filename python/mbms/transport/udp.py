@@ -179,7 +179,7 @@ class UdpTransport(Transport):
                 return
             st.received_messages += 1
             self.on_message(src, data)
-        elif kind == "t" and isinstance(data, list):
+        elif kind == "t" and isinstance(data, list) and data:  # no sender sends an empty batch: malformed
             good = []
             for item in data:
                 if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int)
