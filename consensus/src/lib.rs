@@ -34,7 +34,9 @@ pub use peer::{
 
 /// Cases per fuzzed decoder in the proptest suites: the CI default, or `MBMS_FUZZ_CASES` for the
 /// documented long run (`MBMS_FUZZ_CASES=1000000 cargo test --release -p mbms-consensus`).
-#[cfg(test)]
-pub(crate) fn fuzz_cases(default: u32) -> u32 {
+/// Public (hidden) so the other crates' proptest suites (rust_core's config decoders) read the
+/// same variable; only tests call it.
+#[doc(hidden)]
+pub fn fuzz_cases(default: u32) -> u32 {
     std::env::var("MBMS_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }

@@ -262,6 +262,45 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(5000)))]
+        /// Issue 15 item 5: a bad frame changes no state that is not its own sender's. Sender 5
+        /// is halfway through a message; garbage under any other id (foreign ids, other senders,
+        /// any length) is counted as dropped or completes a message of its own id only, and 5's
+        /// message still completes unchanged. The reassembler's memory stays bounded: 65 slots
+        /// of at most one message each, whatever it was fed.
+        #[test]
+        fn a_bad_frame_changes_no_other_senders_message(
+            fill in proptest::collection::vec(any::<u8>(), 1..=24),
+            garbage in proptest::collection::vec((0u32..0x1000, proptest::collection::vec(any::<u8>(), 0..30)), 0..40),
+        ) {
+            let m = message(5, 1, &fill);
+            let f = segment_classic(&m).unwrap();
+            let mut r = Reassembler::new();
+            prop_assert_eq!(r.push(f[0].id, &f[0].data), Ok(None));
+            prop_assert_eq!(r.push(f[1].id, &f[1].data), Ok(None));
+            let (dropped0, messages0) = (r.dropped_frames, r.messages);
+            let mut errors = 0;
+            let mut completed = 0;
+            for (id, d) in garbage.iter().filter(|(id, _)| split_id(*id).map_or(true, |(s, ..)| s != 5)) {
+                match r.push(*id, d) {
+                    Err(_) => errors += 1,
+                    Ok(Some((s, out))) => {
+                        completed += 1;
+                        prop_assert_eq!(s, split_id(*id).unwrap().0);
+                        prop_assert_eq!(out.len(), MESSAGE_LEN);
+                    }
+                    Ok(None) => {}
+                }
+            }
+            prop_assert_eq!(r.dropped_frames - dropped0, errors, "every rejected frame is counted");
+            prop_assert_eq!(r.messages - messages0, completed);
+            prop_assert_eq!(r.push(f[2].id, &f[2].data), Ok(Some((5, m))));
+            prop_assert_eq!(r.slots.len(), 65);
+            prop_assert!(r.slots.iter().all(|p| p.buf.len() <= MESSAGE_LEN && p.buf.capacity() <= 2 * MESSAGE_LEN));
+        }
+    }
+
     #[test]
     fn a_lost_frame_loses_only_that_message_and_never_glues_two() {
         let mut m1 = message(5, 0, &[1]);

@@ -1748,4 +1748,94 @@ mod tests {
         let l = layers(&full().replace("[balancing]", "[balncing]"));
         assert_eq!(engine_from_layers(&l).unwrap_err().field, "balncing");
     }
+
+    // ---- issue 15 item 5: the config decoders survive any text ----
+
+    /// Values that break a typed field in every way TOML can: non-finite, out of range, wrong
+    /// type, empty, nested.
+    const TOKENS: [&str; 20] = [
+        "nan", "inf", "-inf", "-1", "0", "1e308", "-1e308", "18446744073709551616", "9223372036854775807",
+        "\"\"", "\"x\"", "[]", "[1, 2]", "{}", "{ a = 1 }", "true", "1.5", "-0.0", "[[]]", "\"\\u0000\"",
+    ];
+
+    /// A shipped file with edits: a line's value replaced by a token, a line dropped or
+    /// duplicated, or the text cut at a byte (on a char boundary).
+    fn mutate(text: &str, edits: &[(usize, u8, usize)]) -> String {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        for &(at, how, tok) in edits {
+            if lines.is_empty() {
+                break;
+            }
+            let i = at % lines.len();
+            match how % 4 {
+                0 => {
+                    if let Some(eq) = lines[i].find('=') {
+                        lines[i] = format!("{}= {}", &lines[i][..eq], TOKENS[tok % TOKENS.len()]);
+                    }
+                }
+                1 => {
+                    lines.remove(i);
+                }
+                2 => {
+                    let l = lines[i].clone();
+                    lines.insert(i, l);
+                }
+                _ => {
+                    let l = &lines[i];
+                    let mut cut = tok % (l.len() + 1);
+                    while !l.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    lines[i] = l[..cut].to_string();
+                }
+            }
+        }
+        lines.join("\n")
+    }
+
+    /// Whatever the text, the node's config check returns findings or a typed error; the first
+    /// error names a field.
+    fn check_any(pack: &str, system: &str, cell: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        let Ok(t) = parse_toml(pack) else { return Ok(()) };
+        let mut l = Vec::new();
+        if matches!(extends_of(&t), Ok(Some(_))) {
+            l.push(Layer { source: "example_pack.toml".into(), table: parse_toml(PACK).unwrap() });
+        }
+        l.push(Layer { source: "node.toml".into(), table: t });
+        let r = node_findings(&l, Some(("system.toml", system)), Some(cell));
+        if let Some(e) = r.first_error() {
+            proptest::prop_assert!(!e.field.is_empty() || !e.message.is_empty());
+        }
+        let _ = engine_from_layers(&l);
+        let _ = crate::cell_model::CellParams::from_toml_str(cell);
+        Ok(())
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(mbms_consensus::fuzz_cases(300)))]
+        #[test]
+        fn mutated_config_files_never_panic(
+            which in 0u8..3,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<usize>()), 1..6),
+        ) {
+            let (mut node, mut system, mut cell) = (NODE1.to_string(), SYSTEM.to_string(), CELL.to_string());
+            match which {
+                0 => node = mutate(&full(), &edits),
+                1 => system = mutate(SYSTEM, &edits),
+                _ => cell = mutate(CELL, &edits),
+            }
+            check_any(&node, &system, &cell)?;
+        }
+
+        #[test]
+        fn random_text_never_panics(text in "\\PC{0,200}", which in 0u8..3) {
+            match which {
+                0 => check_any(&text, SYSTEM, CELL)?,
+                1 => check_any(NODE1, &text, CELL)?,
+                _ => check_any(NODE1, SYSTEM, &text)?,
+            }
+        }
+    }
 }
