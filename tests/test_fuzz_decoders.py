@@ -28,6 +28,7 @@ Two drivers feed the same property:
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import math
@@ -771,6 +772,65 @@ def _scenario_seeds() -> list[bytes]:
     return [p.read_bytes() for p in sorted((paths.data_dir() / "scenarios").glob("*.toml"))]
 
 
+# --- the monitor (mbms monitor, and the web page it serves): peer messages and telemetry received
+_MONITOR_SEEDS: list[bytes] = []
+
+
+class _Monitor:
+    def __init__(self) -> None:
+        import tempfile
+
+        from node_files import system_file
+
+        from mbms.commands.monitor import Monitor
+        from mbms.config_views import load_system
+        from mbms.keys import system_keys
+        from mbms.telemetry import TelemetryEncoder
+
+        system = load_system(system_file(Path(tempfile.mkdtemp(prefix="fuzz-monitor-")), [1, 2, 3], "udp", 47599))
+        keys = system_keys(system)
+        self.m = Monitor(system)
+        self.m.transport.close()  # never started: the monitor is fed directly
+        peer = _core.ConsensusPeer(system.peer_config(2, 3), 3, keys)
+        local = {"ocv_v": 350.0, "r_ohm": 0.0123, "soc": 0.512, "dcl_a": 29.0, "ccl_a": 13.5, "dcl_peak_a": 40.0,
+                 "ccl_peak_a": 20.0, "fault": False, "may_close": True, "v_string_v": 350.0, "v_bus_v": 350.0,
+                 "i_a": -2.5, "feedback": (True, True, False)}
+        msgs = [bytes(m) for k in range(4) for m in peer.tick(k * 100, local)["messages"]]
+        enc = TelemetryEncoder(2, auth=self.m.auth, boot=3)
+        from mbms.types import Contactors, Measurement
+
+        meas = Measurement(t_s=0.0, v_cell_v=np.full(4, 3.7), t_cell_c=np.full(2, 25.0), i_a=1.0, v_string_v=14.8,
+                           v_bus_v=14.8, feedback=Contactors(True, True, False))
+        frames = [(fid, bytes(d)) for fid, d in enc.frames(None, meas, False)]
+        for raw in msgs:
+            self.m._on_message(2, raw)
+        for fid, d in frames:
+            self.m._on_telemetry(2, fid, d)
+        assert self.m.rows[2].proto and self.m.rows[2].signals, "the genuine traffic is shown"
+        _MONITOR_SEEDS[:] = [b"\x00\x02" + raw for raw in msgs] + [b"\x01\x02" + _frame_bytes(fid, d) for fid, d in frames]
+
+    def feed(self, data: bytes) -> bool:
+        kind, src = (data[0] & 1, 1 + data[1] % 3) if len(data) >= 2 else (0, 2)
+        body = data[2:]
+        if kind == 0:
+            row = self.m.rows[src]
+            bad = row.undecodable
+            self.m._on_message(src, body)
+            return row.undecodable == bad
+        fid, d = _frame(body)
+        verified = self.m.verifier.verified
+        self.m._on_telemetry(src, fid, d)
+        return self.m.verifier.verified > verified
+
+    def state(self) -> Any:
+        return [(r.proto, r.signals, r.cells, r.soh_pct, r.alarm) for r in self.m.rows.values()]
+
+    def bound(self) -> None:
+        from mbms.telemetry import TELEMETRY_BASES
+
+        assert all(len(p.frames) <= len(TELEMETRY_BASES) for p in self.m.verifier._pending.values())
+
+
 def _pure(make: Callable[[], Any] = lambda: None) -> dict[str, Any]:
     return {"make": make, "state": lambda obj: None}
 
@@ -804,6 +864,7 @@ TARGETS = [
            msgpack_fields=True),
     Target("plant_link_measurement", **_pure(), feed=_measurement_feed, seeds=_measurement_seeds, errors=(FrameError,),
            msgpack_fields=True),
+    Target("monitor_rx", **_wrapped(_Monitor), seeds=lambda: list(_MONITOR_SEEDS)),
     Target("gpio_chip_request", **_wrapped(_Gpio), seeds=_gpio_seeds, msgpack_fields=True),
     Target("node_config_files", **_pure(_node_files_make), feed=_node_files_feed, seeds=_node_files_seeds,
            errors=(ConfigError,), text=True),
@@ -936,3 +997,46 @@ def test_an_empty_telemetry_datagram_is_counted() -> None:
     u = _Udp()
     raw = msgpack.packb({"v": PROTOCOL_VERSION, "sys": "sysA", "src": 2, "boot": 1, "seq": 4, "k": "t", "d": []})
     assert u.feed(raw) is False and u.t.stats.malformed == 1
+
+
+# --- the monitor's web API (mbms monitor --web): the pack id of /api/pack/{id}, over real HTTP
+def _web_ids(rng: random.Random, n: int) -> list[str]:
+    alphabet = "0123456789-+ ._%/\\x\u00b2\u0663\u2460\uff11\U0001d7d9\u0000"
+    return [rng.choice(["1", "2", "3", "007", "4", "99999999999999999999"]) if rng.random() < 0.2 else
+            "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 8))) for _ in range(n)]
+
+
+async def _web_statuses(ids: list[str]) -> list[tuple[str, int, Any]]:
+    from urllib.parse import quote
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from mbms.gateways.web import make_app
+
+    mon = _Monitor()
+    out = []
+    async with TestClient(TestServer(make_app(mon.m))) as client:
+        for raw in ids:
+            r = await client.get("/api/pack/" + quote(raw, safe=""))
+            out.append((raw, r.status, await r.json() if r.content_type == "application/json" else await r.text()))
+    return out
+
+
+@settings(max_examples=8 if not FUZZ_CASES else 200, deadline=None, database=None)
+@given(st.lists(st.text(max_size=10), min_size=1, max_size=40), st.randoms(use_true_random=False))
+def test_web_pack_id_any_text(ids: list[str], rng: random.Random) -> None:
+    ids = [i for i in ids + _web_ids(rng, 40) if i not in ("", ".", "..")]  # those are other paths
+    for raw, status, body in asyncio.run(_web_statuses(ids)):
+        # a number of a member: its pack; anything else: a typed 400/404 naming what was wrong
+        # (or the router's own 404 for a path that is not /api/pack/{id}, e.g. a brace)
+        assert status in (200, 400, 404), (raw, status, body)
+        if isinstance(body, dict):
+            assert ("error" in body) == (status != 200), (raw, body)
+        else:
+            assert status == 404, (raw, status, body)
+
+
+def test_a_unicode_digit_pack_id_is_a_400() -> None:
+    # '²'.isdigit() is True and int('²') raises: the handler answered 500
+    assert [(s, "error" in b) for _, s, b in asyncio.run(_web_statuses(["²", "①", "2"]))] == \
+        [(400, True), (400, True), (200, False)]

@@ -71,7 +71,9 @@ def make_app(mon: Any) -> Any:
 
     async def api_pack(request: web.Request) -> web.Response:
         raw = request.match_info["id"]
-        if not raw.isdigit():
+        # ASCII digits only: str.isdigit() is also true for '²' or '①', which int() refuses
+        # (a 500 from any such URL; found by tests/test_fuzz_decoders.py)
+        if not (raw.isascii() and raw.isdigit()):
             return web.json_response({"error": f"pack id must be a number, got {raw!r}"}, status=400)
         k = int(raw)
         if k not in mon.rows:
