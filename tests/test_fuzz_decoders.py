@@ -723,19 +723,30 @@ def _gpio_seeds() -> list[bytes]:
 
 # --- configuration files: pack, system and cell files (Rust schema, Python views), scenarios
 def _node_files_feed(_: Any, text: bytes) -> bool:
-    from mbms.config_views import _pack_view, _system_view
+    """One of a node's three files mutated. The pack and system files go through what a start
+    reads (config_views._check: the core's schema and checks, the cell file lookup, the
+    registries, then the Python views); the cell file's text through the core directly."""
+    from mbms.config_views import _check, _pack_view, _system_view
 
     which, _, body = text.partition(b"\n")
     texts = dict(_CONFIG)
-    key = ("pack", "system", "cell")[which[:1][0] % 3] if which else "pack"
+    key = ("pack", "system", "cell")[which[0] % 3] if which else "pack"
     try:
         texts[key] = body.decode()
     except UnicodeDecodeError:
         return False
-    d = _core.node_files([("node1.toml", texts["pack"])], ("system.toml", texts["system"]), texts["cell"])
-    if any(f["severity"] == "error" for f in d["findings"]):
+    pack_src = str(paths.data_dir() / "packs" / "node1.toml")
+    layers = [(pack_src, texts["pack"])]
+    if key == "cell":
+        d = _core.node_files(layers, ("system.toml", texts["system"]), texts["cell"])
+        findings = [f["severity"] for f in d["findings"]]
+        cell_path = None
+    else:
+        d, found, cell_path = _check(layers, ("system.toml", texts["system"]))
+        findings = [f.severity for f in found]
+    if "error" in findings:
         return False
-    _pack_view(d, [("node1.toml", texts["pack"])], None)
+    _pack_view(d, layers, cell_path)
     _system_view(d["system"], texts["system"])
     return True
 
@@ -1040,3 +1051,28 @@ def test_a_unicode_digit_pack_id_is_a_400() -> None:
     # '²'.isdigit() is True and int('²') raises: the handler answered 500
     assert [(s, "error" in b) for _, s, b in asyncio.run(_web_statuses(["²", "①", "2"]))] == \
         [(400, True), (400, True), (200, False)]
+
+
+@pytest.mark.parametrize("which, line, field", [
+    (1, 'key_file = "\\u0000"', "auth.key_file"),
+    (0, 'state_dir = "/var/lib/mbms/\\u0000"', "node.state_dir"),
+    (0, 'cell = "lg\\u0000"', "pack.cell"),
+])
+def test_a_nul_in_a_config_path_is_a_config_error(which: int, line: str, field: str) -> None:
+    # Path.resolve / os.stat raised ValueError("embedded null byte") out of the config reader;
+    # now a ConfigError (or, for the cell, the start's finding) naming the field
+    from mbms.config_views import _check
+
+    seeds = _node_files_seeds()
+    key = line.split(" = ")[0]
+    lines = [line if ln.strip().split("=")[0].strip() == key else ln for ln in seeds[which].decode().splitlines()[1:]]
+    assert line in lines
+    texts = {**_CONFIG, ("pack", "system")[which]: "\n".join(lines)}
+    with pytest.raises(ConfigError) as exc:
+        d, found, _ = _check([(str(paths.data_dir() / "packs" / "node1.toml"), texts["pack"])],
+                             ("system.toml", texts["system"]))
+        errors = [f for f in found if f.severity == "error"]
+        if errors:
+            raise errors[0].error()
+        assert not _node_files_feed(None, bytes([which]) + b"\n" + texts[("pack", "system")[which]].encode())
+    assert exc.value.field == field

@@ -99,6 +99,8 @@ def resolve_cell(name: str, source: str | None) -> Path:
     the cell folders (``$MBMS_HW_DIR/cells``, the shipped ``cells/``)."""
     from mbms.paths import cell_file
 
+    if "\0" in name:  # os.stat raises ValueError on it (found by tests/test_fuzz_decoders.py)
+        raise ConfigError("pack.cell", "a cell name or path without NUL characters", source)
     if source is not None:
         candidate = Path(source).parent / name
         if candidate.suffix == ".toml" and candidate.is_file():

@@ -396,6 +396,7 @@ def _system_view(d: dict[str, Any], text: str) -> SystemConfig:
         a = d["auth"]
         key = a.get("key_file")
         if key is not None:
+            _no_nul(key, "auth.key_file", d["source"])
             key = (Path(d["source"]).parent / Path(os.path.expanduser(key))).resolve()
         auth = AuthSection(key_file=key, off=bool(a.get("off", False)))
     return SystemConfig(
@@ -408,6 +409,13 @@ def _system_view(d: dict[str, Any], text: str) -> SystemConfig:
     )
 
 
+def _no_nul(path: str, field: str, source: str) -> None:
+    """A path with a NUL character is no path: Path.resolve raised ValueError out of the config
+    reader (found by tests/test_fuzz_decoders.py); a ConfigError naming the field instead."""
+    if "\0" in path:
+        raise ConfigError(field, "a path without NUL characters", source)
+
+
 def _host_port(s: str) -> tuple[str, int]:
     host, _, port = s.rpartition(":")
     host = host.strip("[]")
@@ -418,6 +426,7 @@ def _host_port(s: str) -> tuple[str, int]:
 def _pack_view(d: dict[str, Any], layers: list[tuple[str, str]], cell_path: Path | None) -> PackFile:
     source = layers[-1][0]
     n = dict(d["pack"]["node"])
+    _no_nul(n["state_dir"], "node.state_dir", source)
     # a relative state_dir is relative to the pack file that is started
     n["state_dir"] = (Path(source).parent / Path(os.path.expanduser(n["state_dir"]))).resolve()
     return PackFile(source=source, node=view(NodeSection, n), hardware=view(HardwareSection, d["pack"]["hardware"]),
