@@ -520,10 +520,13 @@ class _Sensors:
         fid, d = _frame(data)
         msg = can.Message(arbitration_id=fid, data=d, is_extended_id=False, check=False)
         m0 = self.ivt.malformed + self.imd.malformed
+        before = self.state()
         took = self.ivt.on_message(msg) or self.imd.on_message(msg)
         if self.ivt.malformed + self.imd.malformed > m0:
             return False
-        return took or True  # a frame of another device on the sensors' bus: not theirs, ignored
+        if not took:  # a frame of another device on the sensors' bus: not theirs, not counted, ignored
+            assert self.state() == before
+        return True
 
     def state(self) -> Any:
         return ([vars(r) for r in self.ivt.results], self.imd.info, self.imd.t_info)
