@@ -270,7 +270,7 @@ def _as_f64_1d(x: Any, name: str, n: int) -> np.ndarray:
     if x.shape[0] != n:
         raise InputError(f"{name}: expected {n} values, got {x.shape[0]}")
     if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
+        return np.ascontiguousarray(x)
     return x
 
 
