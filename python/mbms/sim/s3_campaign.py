@@ -142,7 +142,11 @@ def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, fre
         dv_close = float(sc.system["dv_close_v"])
         plant_cfg = json.loads(_core.plant_config_normalize(json.dumps(sc.plant)))
         close_time_s = max(float(s["contactors"]["close_time_s"]) for s in plant_cfg["strings"])
-        closed = lambda k: (st := sim.node_state(k)) is not None and st["phase"] == "closed"  # noqa: E731
+
+        def closed(k: int) -> bool:
+            st = sim.node_state(k)
+            return st is not None and st["phase"] == "closed"
+
         cycle: dict[int, tuple[str, list[tuple[float, float]]]] = {}
         if not _until(sim, lambda: all(closed(k) for k in range(3)), 60_000):
             res.stuck.append(f"seed {seed}: cold start did not close all strings")
