@@ -37,7 +37,7 @@ class PlantLike(Protocol):
 
     def set_load_a(self, i: float) -> Any: ...
 
-    def measure(self, k: int, fresh: bool = False) -> Any: ...
+    def measure(self, k: int) -> Any: ...
 
 
 class _Proto(asyncio.DatagramProtocol):
@@ -118,7 +118,12 @@ class PlantServer:
         fresh = obj.get("fresh", False)
         if not isinstance(fresh, bool):
             raise FrameError("'cmd': fresh must be a boolean")
-        meas = self.plant.measure(k, fresh=fresh)
+        if fresh:
+            # converting now is the simulated plant's (mbms.plant.Plant); a plant double need not
+            p: Any = self.plant
+            meas = p.measure(k, fresh=True)
+        else:
+            meas = self.plant.measure(k)
         return measurement_to_wire(k, seq, meas)
 
     def _join_step(self, obj: dict[str, Any]) -> dict[str, Any]:
