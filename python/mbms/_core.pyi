@@ -17,6 +17,7 @@ __all__ = [
     "engine_config",
     "peer_config",
     "node_config",
+    "join_hold_derived",
     "config_schemas",
     "engine_rules",
     "engine_levels",
@@ -476,6 +477,9 @@ def peer_config(
     value: dict[str, Any], prefix: str = "", source: str | None = None, check: bool = True
 ) -> dict[str, Any]: ...
 def node_config(value: dict[str, Any], prefix: str = "node", source: str | None = None) -> dict[str, Any]: ...
+def join_hold_derived(value: dict[str, Any], hold_latency_ms: int, lease_given: bool = False) -> dict[str, int]:
+    """The join hold lead and lease a system file derives for an inverter whose hold arrives
+    ``hold_latency_ms`` late (mbms_core::config::derive_join_hold): {join_hold_lead_ms, lease_ms}."""
 def config_schemas() -> dict[str, str]: ...
 def scenario_config(value: dict[str, Any], source: str | None = None) -> dict[str, Any]:
     """A scenario's tables (extends resolved) normalised by the simulator's schema

@@ -77,8 +77,6 @@ JOINING = {Phase.REQUESTING, Phase.PRECHARGING, Phase.CLOSING, Phase.WAITING, Ph
 SYSTEM_TOP_KEYS = {"heartbeat_ms", "dv_close_v", "lease_ms"}
 #: The [protocol] table of a system file: every PeerConfig setting but the per-node ones and the
 #: system-level keys above (one view of the Rust PeerConfig, mbms.consensus.ConsensusConfig).
-#: Set by the Rust system normalisation from the [inverter] section unless given.
-DERIVED_WITH_INVERTER = {"join_hold_lead_ms", "lease_ms"}
 PROTOCOL_KEYS = set(ConsensusConfig.__dataclass_fields__) - {"system_id", "node_id", "members", "seed"} - SYSTEM_TOP_KEYS
 
 
@@ -149,12 +147,11 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
         "members": list(range(1, n + 1)),
     }
     protocol: dict[str, Any] = {}
-    # The scenario's [system] is normalised (every field present). What a system file derives
-    # from its [inverter] (the join hold lead and a lease covering it) is passed only where the
-    # scenario moved it off the peer default, so the derivation applies as on a real system.
-    peer_default = ConsensusConfig.of()
+    # The system file states what the scenario's [system] stated; the rest it leaves to the
+    # system reader, whose defaults are the scenario's (one PeerConfig) but for what it derives
+    # from the [inverter] (the join hold lead and a lease covering it), as on a real system.
     for key, v in sc.system.items():
-        if key in DERIVED_WITH_INVERTER and v == getattr(peer_default, key):
+        if key not in sc.system_given:
             continue
         if key in SYSTEM_TOP_KEYS:
             system[key] = v
