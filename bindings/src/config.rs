@@ -171,6 +171,20 @@ fn peer_config<'py>(value: &Bound<'py, PyAny>, prefix: &str, source: Option<&str
     to_py(value.py(), &p)
 }
 
+/// The join hold lead and lease a system file derives for an inverter whose hold arrives
+/// `hold_latency_ms` late (mbms_core::config::derive_join_hold), from the PeerConfig settings
+/// `value` (defaults filled; not range-checked): {"join_hold_lead_ms", "lease_ms"}.
+#[pyfunction]
+#[pyo3(signature = (value, hold_latency_ms, lease_given = false))]
+fn join_hold_derived<'py>(value: &Bound<'py, PyAny>, hold_latency_ms: u32, lease_given: bool) -> PyResult<Bound<'py, PyDict>> {
+    let mut p = peer_from_py(value, "", None, false)?;
+    cfg::derive_join_hold(&mut p, hold_latency_ms, lease_given);
+    let d = PyDict::new(value.py());
+    d.set_item("join_hold_lead_ms", p.join_hold_lead_ms)?;
+    d.set_item("lease_ms", p.lease_ms)?;
+    Ok(d)
+}
+
 /// `[node]` settings normalised (defaults filled) and validated.
 #[pyfunction]
 #[pyo3(signature = (value, prefix = "node", source = None))]
@@ -203,6 +217,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(engine_config, m)?)?;
     m.add_function(wrap_pyfunction!(peer_config, m)?)?;
     m.add_function(wrap_pyfunction!(node_config, m)?)?;
+    m.add_function(wrap_pyfunction!(join_hold_derived, m)?)?;
     m.add_function(wrap_pyfunction!(config_schemas, m)?)?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, final
+from typing import Any, TypedDict, final
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +17,7 @@ __all__ = [
     "engine_config",
     "peer_config",
     "node_config",
+    "join_hold_derived",
     "config_schemas",
     "engine_rules",
     "engine_levels",
@@ -368,6 +369,69 @@ class SafetyMonitor:
 # Pack engine (bindings/src/engine.rs); use the typed wrapper mbms.engine.Engine.
 # ---------------------------------------------------------------------------------------------
 
+class _FaultRecord(TypedDict):
+    """mbms_core::protection::ActiveFault's Serialize: the one fault form (mbms.types.Fault)."""
+
+    rule: str
+    level: str
+    index: int
+
+
+class _EngineOutput(TypedDict):
+    """Engine.output() (bindings/src/engine.rs): the outputs of the last step."""
+
+    action: int
+    faults: list[_FaultRecord]
+    soc: NDArray[np.float64]
+    soc_sigma: NDArray[np.float64]
+    soc_cc: NDArray[np.float64]
+    balance: NDArray[np.bool_]
+    capacity_ah: NDArray[np.float64]
+    soc_min: float
+    soc_max: float
+    soc_mean: float
+    soe_wh: float
+    ocv_string_v: float
+    r_string_ohm: float
+    dcl_a: float
+    ccl_a: float
+    dcl_peak_a: float
+    ccl_peak_a: float
+    soh_capacity: float
+    soh_resistance: float
+    transfers: list[tuple[int, int, float]]  # (from cell, to cell, amount Ah)
+
+
+class _EngineTables(TypedDict):
+    """Engine.tables() (bindings/src/engine.rs): the packed cell tables the engine evaluates,
+    rows of 2-d tables by temperature; r2/tau2_s are None for a one-RC cell."""
+
+    ocv: NDArray[np.float64]
+    docv_dt: NDArray[np.float64]
+    energy: NDArray[np.float64]
+    temps: NDArray[np.float64]
+    r0: NDArray[np.float64]
+    r1: NDArray[np.float64]
+    has_rc2: bool
+    r2: NDArray[np.float64] | None
+    tau_temps: NDArray[np.float64]
+    tau1_s: NDArray[np.float64]
+    tau2_s: NDArray[np.float64] | None
+    hysteresis_gamma: float
+    model_temp_deadband_c: float
+    t_ref_c: float
+    capacity_ah: float
+    v_min_v: float
+    v_max_v: float
+    coulombic_efficiency: float
+    hysteresis_m_v: float
+    model_error_v: float
+    model_error_v_per_c: float
+    model_error_corr_s: float
+    model_error_relax_s: float
+    offset_horizon_s: float
+
+
 @final
 class Engine:
     """The Rust pack engine. ``config``: the engine tables (pack, estimator, protection,
@@ -394,8 +458,8 @@ class Engine:
         i_a: npt.NDArray[np.float64],
         record_soc: bool = False,
     ) -> npt.NDArray[np.float64] | None: ...
-    def output(self) -> dict[str, object]: ...
-    def tables(self) -> dict[str, object]: ...
+    def output(self) -> _EngineOutput: ...
+    def tables(self) -> _EngineTables: ...
     def reset_faults(self, t_s: float) -> None: ...
     def export_state(self) -> bytes: ...
     def import_state(self, data: bytes) -> list[str]: ...
@@ -413,6 +477,9 @@ def peer_config(
     value: dict[str, Any], prefix: str = "", source: str | None = None, check: bool = True
 ) -> dict[str, Any]: ...
 def node_config(value: dict[str, Any], prefix: str = "node", source: str | None = None) -> dict[str, Any]: ...
+def join_hold_derived(value: dict[str, Any], hold_latency_ms: int, lease_given: bool = False) -> dict[str, int]:
+    """The join hold lead and lease a system file derives for an inverter whose hold arrives
+    ``hold_latency_ms`` late (mbms_core::config::derive_join_hold): {join_hold_lead_ms, lease_ms}."""
 def config_schemas() -> dict[str, str]: ...
 def scenario_config(value: dict[str, Any], source: str | None = None) -> dict[str, Any]:
     """A scenario's tables (extends resolved) normalised by the simulator's schema

@@ -100,7 +100,8 @@ class ReferenceTrace:
             name=p.stem,
             cell_file=str(d["cell_file"]),
             capacity_ah=float(d["capacity_ah"]),
-            **arrays,
+            t_s=arrays["t_s"], i_a=arrays["i_a"], v_v=arrays["v_v"], soc_true=arrays["soc_true"],
+            temp_c=arrays["temp_c"],
             **extra,
         )
 

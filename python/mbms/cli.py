@@ -19,7 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import mbms
 import mbms.errors
@@ -81,7 +81,7 @@ class Parser(argparse.ArgumentParser):
 def _add_logging_options(p: argparse.ArgumentParser, top: bool) -> None:
     # On subcommands the defaults are SUPPRESS, so ``mbms -v node ...`` is not reset by the
     # subparser's own default (argparse writes subparser defaults over the parent's values).
-    d = {} if top else {"default": argparse.SUPPRESS}
+    d: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     g = p.add_argument_group("logging")
     g.add_argument("-v", "--verbose", action="count", help="more log output (-v: debug)",
                    **({"default": 0} if top else d))

@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from mbms import _core
 from mbms.errors import ConfigError
@@ -111,10 +111,17 @@ def resolve_cell(name: str, source: str | None) -> Path:
         raise ConfigError("pack.cell", exc.message, source) from None
 
 
+_View = TypeVar("_View")
+
+
+@overload
+def view(cls: type[_View], data: Any) -> _View: ...
+@overload
+def view(cls: Any, data: Any) -> Any: ...
 def view(cls: Any, data: Any) -> Any:
     """A read-only view (frozen dataclass ``cls``) of normalised config data from Rust. Lists
     become tuples; nothing is validated or defaulted here (Rust did both)."""
-    if dataclasses.is_dataclass(cls):
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
         return cls(**{f.name: view(hints[f.name], data[f.name]) for f in dataclasses.fields(cls) if f.name in data})
     origin = typing.get_origin(cls)

@@ -282,7 +282,7 @@ class CanTransport:
     @classmethod
     def of(cls, **settings: Any) -> CanTransport:
         """The normalised ``[transport.can]`` for ``settings`` (the core's defaults for the rest)."""
-        return view(cls, _transport_settings("can", settings))  # type: ignore[no-any-return]
+        return view(cls, _transport_settings("can", settings))
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,7 @@ class UdpTransport:
     def of(cls, **settings: Any) -> UdpTransport:
         """The normalised ``[transport.udp]`` for ``settings`` (``peers`` as ``(ip, port)`` pairs;
         the core's defaults for the rest)."""
-        return view(cls, _transport_settings("udp", settings))  # type: ignore[no-any-return]
+        return view(cls, _transport_settings("udp", settings))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import overload
 
 import ifaddr
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange
@@ -70,6 +71,10 @@ class DiscoveryReport:
     problems: list[str] = field(default_factory=list)
 
 
+@overload
+def _int_or(text: str | None, default: int) -> int: ...
+@overload
+def _int_or(text: str | None, default: None) -> int | None: ...
 def _int_or(text: str | None, default: int | None) -> int | None:
     try:
         return int(text) if text else default
@@ -81,7 +86,8 @@ def _own_addresses() -> list[str]:
     out = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
-            if ip.is_IPv4 and not ip.ip.startswith("127."):
+            # ifaddr gives an IPv4 address as a str, an IPv6 one as (address, flowinfo, scope_id)
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
                 out.append(str(ip.ip))
     return out or ["127.0.0.1"]
 

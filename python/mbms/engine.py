@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -270,7 +270,7 @@ def _as_f64_1d(x: Any, name: str, n: int) -> np.ndarray:
     if x.shape[0] != n:
         raise InputError(f"{name}: expected {n} values, got {x.shape[0]}")
     if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
+        return np.ascontiguousarray(x)
     return x
 
 
@@ -342,6 +342,12 @@ class Engine:
             transfers=tuple(Transfer(a, b, q) for a, b, q in d["transfers"]),
         )
 
+    @overload
+    def step_many(self, t_s: np.ndarray, v_cell_v: np.ndarray, t_cell_c: np.ndarray, i_a: np.ndarray,
+                  record_soc: Literal[False] = False) -> None: ...
+    @overload
+    def step_many(self, t_s: np.ndarray, v_cell_v: np.ndarray, t_cell_c: np.ndarray, i_a: np.ndarray,
+                  record_soc: Literal[True]) -> np.ndarray: ...
     def step_many(
         self,
         t_s: np.ndarray,

@@ -239,7 +239,7 @@ class PlantDescription:
         return len(self.strings)
 
 
-def _config_error(exc: ValueError, source: str | None) -> ConfigError:
+def _config_error(exc: ValueError | TypeError, source: str | None) -> ConfigError:
     args = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], tuple) else exc.args
     if len(args) == 2 and all(isinstance(a, str) for a in args):
         fld, msg = args

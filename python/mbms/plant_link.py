@@ -39,7 +39,8 @@ MAX_DATAGRAM = 65000
 
 
 def pack(obj: dict[str, Any]) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    data: bytes = msgpack.packb(obj, use_bin_type=True)  # msgpack ships no types
+    return data
 
 
 def unpack(raw: bytes) -> dict[str, Any]:

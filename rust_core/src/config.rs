@@ -940,6 +940,30 @@ pub fn engine_from_layers(layers: &[Layer]) -> Result<EngineConfig, ConfigError>
     Ok(cfg)
 }
 
+/// S3 (issue 11): a join may close only once the inverter holds its current. The speaker hears
+/// a peer's request up to a heartbeat late, the inverter the hold `hold_latency_ms` after that
+/// ([`InverterConfig::hold_latency_ms`]), so the join hold must lead the close by their sum.
+pub fn join_hold_lead_needed_ms(protocol: &PeerConfig, hold_latency_ms: u32) -> u32 {
+    protocol.heartbeat_ms + hold_latency_ms
+}
+
+/// What a system file that does not set `protocol.join_hold_lead_ms` gets for an inverter whose
+/// hold arrives `hold_latency_ms` late: the lead it needs, and (unless `lease_given`) a lease that
+/// covers it: lease·(1−2ρ) > lead + precharge_timeout + verify_timeout + close_confirm, rounded up
+/// to 100 ms (PeerConfig::validate states the same bound). The one derivation: the system reader
+/// and the simulators (through the bindings) use it.
+pub fn derive_join_hold(protocol: &mut PeerConfig, hold_latency_ms: u32, lease_given: bool) {
+    let need = join_hold_lead_needed_ms(protocol, hold_latency_ms);
+    protocol.join_hold_lead_ms = need;
+    if !lease_given {
+        let close = (need.max(protocol.grant_wait_ms) + protocol.precharge_timeout_ms
+            + protocol.verify_timeout_ms + protocol.close_confirm_ms) as f64;
+        let rho2 = 2.0 * protocol.max_drift_ppm as f64 * 1e-6;
+        let lease = ((close / (1.0 - rho2)) / 100.0).floor() as u32 * 100 + 100;
+        protocol.lease_ms = protocol.lease_ms.max(lease);
+    }
+}
+
 /// Read a system file (text already parsed), normalised.
 pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfig, ConfigError> {
     let at = |e: ConfigError| ConfigError { file: Some(source.to_string()), ..e };
@@ -985,21 +1009,9 @@ pub fn system_from_table(source: &str, table: toml::Table) -> Result<SystemConfi
     protocol.seed = 0;
     if let Some(inv) = &f.inverter {
         inv.validate(protocol.fail_timeout_ms).map_err(at)?;
-        // S3 (issue 11): a join may close only once the inverter holds its current. The
-        // speaker hears a peer's request up to a heartbeat late, the inverter the hold later.
-        let need = protocol.heartbeat_ms + inv.hold_latency_ms();
+        let need = join_hold_lead_needed_ms(&protocol, inv.hold_latency_ms());
         if !lead_given {
-            // Not set: the lead the inverter needs, and (unless set) a lease that covers it:
-            // lease·(1−2ρ) > lead + precharge_timeout + verify_timeout + close_confirm, rounded
-            // up to 100 ms (PeerConfig::validate states the same bound).
-            protocol.join_hold_lead_ms = need;
-            if !lease_given {
-                let close = (need.max(protocol.grant_wait_ms) + protocol.precharge_timeout_ms
-                    + protocol.verify_timeout_ms + protocol.close_confirm_ms) as f64;
-                let rho2 = 2.0 * protocol.max_drift_ppm as f64 * 1e-6;
-                let lease = ((close / (1.0 - rho2)) / 100.0).floor() as u32 * 100 + 100;
-                protocol.lease_ms = protocol.lease_ms.max(lease);
-            }
+            derive_join_hold(&mut protocol, inv.hold_latency_ms(), lease_given);
         }
         if protocol.join_hold_lead_ms < need {
             return Err(at(cerr(

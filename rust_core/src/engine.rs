@@ -64,9 +64,23 @@ pub struct PackSection {
     pub parallel: usize,
     /// Number of temperature sensors; cell k uses sensor k·n_temps/n_cells.
     pub temp_sensors: usize,
-    /// String resistance outside the cells (contactors, fuses, busbars, cabling), Ω.
-    #[serde(default)]
+    /// String resistance outside the cells (contactors, fuses, busbars, cabling), Ω; the
+    /// plant's string takes the same default ([`R_EXTRA_OHM_DEFAULT`]).
+    #[serde(default = "r_extra_ohm_default")]
     pub r_extra_ohm: f64,
+}
+
+/// A string's series resistance outside its cells when a file does not state it (the pack
+/// file's `r_extra_ohm` and the plant's string alike: one physical quantity, one default), Ω.
+/// Estimated for the reference string (96 series elements of 4p cylindrical cells, 400 V):
+/// two main contactors ~0.2 mΩ each (contact resistance of EV-class contactors, e.g. TE
+/// Kilovac EV200), an HV fuse ~0.3 mΩ (cold resistance, 200-350 A EV fuses), 2 × 2 m of
+/// 50 mm² copper cable (IEC 60228 class 5: ≤ 0.386 Ω/km at 20 °C, ~1.5 mΩ) and 96 cell-group
+/// and module interconnects of ~0.1 mΩ each (~9.6 mΩ): ~12 mΩ.
+pub const R_EXTRA_OHM_DEFAULT: f64 = 0.012;
+
+fn r_extra_ohm_default() -> f64 {
+    R_EXTRA_OHM_DEFAULT
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]

@@ -41,6 +41,13 @@ pub struct Scenario {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(with = "SystemSchema"))]
     pub system: Map<String, Value>,
+    /// Filled by [`normalise`](Scenario::normalise): the `[system]` keys the file stated
+    /// (`drift_ppm` apart), sorted; a normalised scenario keeps its own. Where a setting is
+    /// derived unless stated (a system file derives `join_hold_lead_ms` and `lease_ms` from its
+    /// `[inverter]`), "stated" is this list, not "equal to the default".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    pub system_given: Option<Vec<String>>,
     /// The `[node]` settings every node gets, in both modes (a pack file's `[node]` table).
     #[serde(default)]
     pub node: NodeConfig,
@@ -245,7 +252,20 @@ impl Scenario {
         }
         plant.validate().map_err(|e| err(format!("plant.{}", e.field), e.message))?;
 
+        let stated: Vec<String> = {
+            let mut k: Vec<String> = self.system.keys().filter(|k| *k != "drift_ppm").cloned().collect();
+            k.sort();
+            k
+        };
         self.system = normalise_system(std::mem::take(&mut self.system), n)?;
+        match &self.system_given {
+            None => self.system_given = Some(stated),
+            Some(given) => {
+                if let Some(k) = given.iter().find(|k| !self.system.contains_key(k.as_str())) {
+                    return Err(err("system_given", format!("{k:?} is not a [system] setting")));
+                }
+            }
+        }
 
         self.node.validate().map_err(|(f, m)| err(format!("node.{f}"), m))?;
 
@@ -380,8 +400,24 @@ mod tests {
         assert_eq!(s.engine.pack, "example_pack");
         assert_eq!(s.system["dv_close_v"], serde_json::to_value(PeerConfig::default().dv_close_v).unwrap());
         assert!(!s.system.contains_key("members") && !s.system.contains_key("drift_ppm"));
+        assert_eq!(s.system_given.as_deref(), Some(&[][..]));
         let again = Scenario::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(serde_json::to_value(&again).unwrap(), serde_json::to_value(&s).unwrap());
+    }
+
+    #[test]
+    fn the_stated_system_keys_are_kept_apart_from_the_defaults() {
+        let mut v = base();
+        v["system"] = serde_json::json!({"lease_ms": 2000, "heartbeat_ms": 100, "drift_ppm": [1.0, -1.0]});
+        let s = Scenario::from_value(v).unwrap();
+        // lease_ms equals the peer default and is still "stated"
+        assert_eq!(s.system_given, Some(vec!["heartbeat_ms".to_string(), "lease_ms".to_string()]));
+        assert!(s.system.contains_key("join_hold_lead_ms"));
+        let again = Scenario::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(again.system_given, s.system_given);
+        let mut bad = serde_json::to_value(&s).unwrap();
+        bad["system_given"] = serde_json::json!(["lease_msec"]);
+        assert_eq!(field_of(bad), "system_given");
     }
 
     #[test]

@@ -18,8 +18,10 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import Any
 
-from mbms.accuracy import FAMILY_DIR, SPLITS, Corruption, ReferenceTrace, family_traces, soc_accuracy
+from mbms.accuracy import (FAMILY_DIR, SPLITS, AccuracyResult, Corruption, ReferenceTrace, family_traces,
+                           soc_accuracy)
 
 SOH_TARGETS = {"capacity": 0.02, "resistance": 0.05}
 
@@ -32,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=FAMILY_DIR, help="folder with the family's .npz and index.json")
 
 
-def _row(name: str, split: str, r) -> dict:
+def _row(name: str, split: str, r: AccuracyResult) -> dict[str, Any]:
     rmse_t, max_t = r.targets
     cap_err = r.soh_capacity / r.soh_capacity_true - 1.0
     res_err = r.soh_resistance / r.soh_resistance_true - 1.0 if math.isfinite(r.soh_resistance_true) else float("nan")
@@ -60,8 +62,8 @@ def _row(name: str, split: str, r) -> dict:
     }
 
 
-def _aggregate(rows: list[dict]) -> dict:
-    out = {}
+def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for chem in sorted({r["chemistry"] for r in rows}):
         rs = [r for r in rows if r["chemistry"] == chem]
         aged = [r for r in rs if r["aged"]]

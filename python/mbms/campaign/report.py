@@ -21,7 +21,7 @@ DISTRIBUTIONS = {
 }
 
 
-def quantiles(values: list[float]) -> dict[str, float | int | None]:
+def quantiles(values: list[float | None]) -> dict[str, float | int | None]:
     v = sorted(x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x)))
     if not v:
         return {"n": 0, "min": None, "p50": None, "p90": None, "p99": None, "max": None}
@@ -134,8 +134,8 @@ def _plots(out: Path, rows: list[dict[str, Any]], s: dict[str, Any]) -> dict[str
         if fig not in numeric:
             continue
         for p in s["parameters"]:
-            pts = [(r.get(f"p:{p}"), r.get(fig)) for r in rows if r.get(fig) is not None]
-            pts = [(x, y) for x, y in pts if isinstance(x, (int, float))]
+            pts = [(x, y) for x, y in ((r.get(f"p:{p}"), r.get(fig)) for r in rows)
+                   if isinstance(x, (int, float)) and isinstance(y, (int, float))]
             if not pts:
                 continue
             f, ax = plt.subplots(figsize=(5, 3.2))

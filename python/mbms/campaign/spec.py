@@ -204,7 +204,8 @@ def _protocol_spec(data: dict[str, Any], name: str, points: list[tuple[tuple[str
             continue  # an empty corner of the grid
         for start in range(first, first + total, per_job):
             jobs.append(Job("protocol", seed=start, count=min(per_job, first + total - start), params=pt,
-                            sabotage=sabotage, adversary=adversary, **p))
+                            sabotage=sabotage, adversary=adversary, peers_min=p["peers_min"],
+                            peers_max=p["peers_max"], duration_ms=p["duration_ms"]))
     if not jobs:
         raise fail("parameters", "no job: every point has peers_min > peers_max")
     return Spec(name, "protocol", tuple(jobs), source, tuple(k for k, _ in points[0]) if points else ())

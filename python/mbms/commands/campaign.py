@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         def on_row(done: int, total: int, row: dict[str, Any]) -> None:
             counts["bad"] += row["status"] == "violation"
             counts["err"] += row["status"] == "error"
-            progress.update(task, completed=done, total=total, **counts)
+            progress.update(task, completed=done, total=total, bad=counts["bad"], err=counts["err"])
 
         res = engine.run(spec, out, dask_client, progress=on_row)
     rows = store.read_rows(out)

@@ -119,7 +119,8 @@ class DeviceServer(PlantServer):
     def _feedback(self, k: int) -> Any:
         def fb(line: int) -> bool:
             f = self.meas[k].feedback
-            return {NEG_FB: f.neg, POS_FB: f.pos, PRE_FB: f.pre}.get(line, False)
+            state: bool = {NEG_FB: f.neg, POS_FB: f.pos, PRE_FB: f.pre}.get(line, False)
+            return state
         return fb
 
     def _on_outputs(self, k: int) -> Any:

@@ -161,7 +161,9 @@ class ProtocolCodec:
 
     def __init__(self, protocol: str, manufacturer: str = "MBMS") -> None:
         self.protocol = protocol
-        self.db = cantools.database.load_file(str(dbc_file(f"{protocol}.dbc")))
+        # a CAN database read as load_file reads a .dbc (strict, cp1252), typed as one
+        self.db = cantools.database.can.Database()
+        self.db.add_dbc_file(dbc_file(f"{protocol}.dbc"))
         self.name = manufacturer.encode("ascii")[:8].ljust(8, b" ")
         self.cyclic = protocol == "pylon_lv"
 

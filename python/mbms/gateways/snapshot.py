@@ -92,7 +92,10 @@ class NodeSnapshot:
     def state_dict(self) -> dict[str, Any]:
         """The per-pack state message (MQTT ``.../state``, the web page)."""
         vmin, vmax = self.v_cell_min_v, self.v_cell_max_v
-        r = lambda x, n=3: None if x is None else round(float(x), n)  # noqa: E731
+
+        def r(x: float | None, n: int = 3) -> float | None:
+            return None if x is None else round(float(x), n)
+
         return {
             "node": self.node_id, "t": round(self.t_unix, 3), "phase": self.phase, "fail_safe": self.fail_safe,
             "soc_pct": r(self.soc_pct, 2), "soh_capacity_pct": r(self.soh_capacity_pct, 2),

@@ -310,7 +310,7 @@ class UdsServer:
 
     def handle(self, req: bytes) -> bytes | None:
         """One request -> its response payload (None: positive response suppressed)."""
-        from udsoncan import Request
+        from udsoncan.Request import Request
 
         if not req:
             return None

@@ -17,8 +17,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from mbms.engine import PACK_INDEX, RULES, Action, Engine, Level, PackConfig
+from mbms.engine import PACK_INDEX, RULES, Action, Engine, Level, PackConfig, Thresholds
 from mbms.types import Fault
 
 TIME_EPS_S = 1e-9
@@ -47,7 +48,7 @@ class _Rule:
         r.clear = np.array([np.inf, np.inf, 0.5])[:, None]
         return r
 
-    def eval(self, t: float, x_raw: np.ndarray) -> None:
+    def eval(self, t: float, x_raw: npt.ArrayLike) -> None:
         """Same per-level state machine as ``protection::evaluate``; NaN holds the state."""
         x = self.sign * np.asarray(x_raw, dtype=float)[None, :]
         known = ~np.isnan(x)
@@ -122,7 +123,10 @@ class NumpyEngine:
         self.v1 = np.zeros(n)
         self.v2 = np.zeros(n)
         self.h = np.zeros(n)
-        self.has_rc2 = bool(tabs["has_rc2"])
+        r2, tau2 = tabs["r2"], tabs["tau2_s"]
+        # the second RC pair's tables: present exactly when the cell has one (has_rc2)
+        self.rc2 = (r2, tau2) if tabs["has_rc2"] and r2 is not None and tau2 is not None else None
+        self.has_rc2 = self.rc2 is not None
         self.hyst = tabs["hysteresis_m_v"] > 0.0
         self.p00 = np.full(n, 0.25)
         self.p01 = np.zeros(n)
@@ -151,7 +155,7 @@ class NumpyEngine:
         self.bal_decided_t = np.nan
         p = config.protection
 
-        def rule(name: str, t, upper: bool, size: int) -> _Rule:
+        def rule(name: str, t: Thresholds, upper: bool, size: int) -> _Rule:
             return _Rule(name, (t.warning, t.alarm, t.fault), t.hysteresis,
                          (t.warning_delay_s, t.alarm_delay_s, t.fault_delay_s), upper, size)
 
@@ -183,18 +187,24 @@ class NumpyEngine:
 
     @staticmethod
     def _lerp(y: np.ndarray, k: np.ndarray, f: np.ndarray) -> np.ndarray:
-        y0 = y[k]
-        return y0 + f * (y[k + 1] - y0)
+        y0: np.ndarray = y[k]
+        y1: np.ndarray = y[k + 1]
+        out: np.ndarray = y0 + f * (y1 - y0)
+        return out
 
-    def _rows(self, rows: np.ndarray, k, f, lo, hi, tf) -> np.ndarray:
+    def _rows(self, rows: np.ndarray, k: np.ndarray, f: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+              tf: np.ndarray) -> np.ndarray:
         a = self._lerp_rows(rows, lo, k, f)
         b = self._lerp_rows(rows, hi, k, f)
-        return a + tf * (b - a)
+        out: np.ndarray = a + tf * (b - a)
+        return out
 
     @staticmethod
     def _lerp_rows(rows: np.ndarray, r: np.ndarray, k: np.ndarray, f: np.ndarray) -> np.ndarray:
-        y0 = rows[r, k]
-        return y0 + f * (rows[r, k + 1] - y0)
+        y0: np.ndarray = rows[r, k]
+        y1: np.ndarray = rows[r, k + 1]
+        out: np.ndarray = y0 + f * (y1 - y0)
+        return out
 
     def _temp_sel(self, temp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t = self.tab["temps"]
@@ -216,8 +226,9 @@ class NumpyEngine:
     def _soc_from_ocv(self, v: np.ndarray, dtemp: np.ndarray) -> np.ndarray:
         ocv, dd = self.tab["ocv"], self.tab["docv_dt"]
 
-        def at(k):
-            return ocv[k] + dd[k] * dtemp
+        def at(k: np.ndarray) -> np.ndarray:
+            o: np.ndarray = ocv[k] + dd[k] * dtemp
+            return o
 
         lo = np.zeros(len(v), dtype=np.int64)
         hi = np.full(len(v), self.last)
@@ -280,8 +291,8 @@ class NumpyEngine:
         a1_s = np.exp(-dt / tau1)
         dcont_s = np.exp(-lc.continuous_horizon_s / tau1)
         dpeak_s = np.exp(-lc.peak_horizon_s / tau1)
-        if self.has_rc2:
-            a2_s = np.exp(-dt / np.interp(tu, tab["tau_temps"], tab["tau2_s"]))
+        if self.rc2 is not None:
+            a2_s = np.exp(-dt / np.interp(tu, tab["tau_temps"], self.rc2[1]))
         dtemp_s = tu - tab["t_ref_c"]
         lo_s, hi_s, tf_s = self._temp_sel(tu)
         R["temp_spread"].eval(t_s, [t_spread])
@@ -385,9 +396,9 @@ class NumpyEngine:
             self.r0_ratio = np.where(ok, self.r0_ratio + est.r0_gain * (r / r0_nom - self.r0_ratio), self.r0_ratio)
         r0 = r0_nom * self.r0_ratio
         # second RC pair (open loop, exact ZOH like v1) and one-state hysteresis
-        if self.has_rc2:
+        if self.rc2 is not None:
             a2 = a2_s[so]
-            self.v2 = a2 * self.v2 + self._rows(tab["r2"], k, f, lo, hi, tf) * self.r0_ratio * (1.0 - a2) * i_cell
+            self.v2 = a2 * self.v2 + self._rows(self.rc2[0], k, f, lo, hi, tf) * self.r0_ratio * (1.0 - a2) * i_cell
         if self.hyst:
             ah = math.exp(-abs(tab["hysteresis_gamma"] * eta * i_cell * dt / (3600.0 * tab["capacity_ah"])))
             hm = tab["hysteresis_m_v"] * math.copysign(1.0, i)  # Rust f64::signum: +1 at 0
@@ -410,7 +421,7 @@ class NumpyEngine:
             y = v[g_] + r0[g_] * i_cell + v1[g_] + v2c[g_]
             dts = dtemp_s[so][g_]
 
-            def ocv_at(zz):
+            def ocv_at(zz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 kk, ff = self._locate(zz)
                 return ((ocv_tab[kk + 1] - ocv_tab[kk]) * self.scale,
                         self._lerp(ocv_tab, kk, ff) + self._lerp(tab["docv_dt"], kk, ff) * dts + hc[g_])
@@ -468,7 +479,7 @@ class NumpyEngine:
         inv_c = 1.0 / (r0 + r1 * (1.0 - dc) + slope * lc.continuous_horizon_s * inv_qc)
         inv_p = 1.0 / (r0 + r1 * (1.0 - dp) + slope * lc.peak_horizon_s * inv_qc)
 
-        def lim(h, inv):
+        def lim(h: np.ndarray, inv: np.ndarray) -> float:
             x = h * inv
             return float(np.min(np.where(x > 0.0, x, 0.0)))
 

@@ -8,6 +8,7 @@ clock drift) and deterministic for a seed.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ def run(
         actions.append((round(ev.at_s * 1000), i, _network_action(sim, ev, scenario.n_packs)))
     for i, pe in enumerate(scenario.events):
         fault_json = json.dumps(pe.fault)
-        actions.append((round(pe.at_s * 1000), 10_000 + i, lambda fj=fault_json: sim.inject(fj)))
+        actions.append((round(pe.at_s * 1000), 10_000 + i, functools.partial(sim.inject, fault_json)))
     actions.sort(key=lambda a: (a[0], a[1]))
     end_ms = round(scenario.duration_s * 1000)
     chunk_ms = max(round(chunk_s * 1000), round(scenario.dt_s * 1000))
@@ -196,7 +197,13 @@ def _network_action(sim: Any, ev: Any, n: int) -> Callable[[], None]:
                 groups[m - 1] = g
         return lambda: sim.set_groups(groups)
     if ev.kind == "heal":
-        return lambda: (sim.set_groups([0] * n), sim.set_loss(0.0), sim.set_delay(0), sim.set_duplicate(0.0))  # type: ignore[return-value]
+        def heal() -> None:
+            sim.set_groups([0] * n)
+            sim.set_loss(0.0)
+            sim.set_delay(0)
+            sim.set_duplicate(0.0)
+
+        return heal
     if ev.kind == "kill":
         return lambda: sim.kill(ev.node - 1)
     if ev.kind == "restart":

@@ -78,7 +78,9 @@ class SimInverter:
     def __init__(self, protocol: str, bus: can.BusABC, timeout_s: float, *, poll_s: float = 1.0,
                  ramp_a_per_s: float = 50.0, ready_quiet_s: float = 2.0) -> None:
         self.protocol = protocol
-        self.db = cantools.database.load_file(str(dbc_file(f"{protocol}.dbc")))
+        # a CAN database read as load_file reads a .dbc (strict, cp1252), typed as one
+        self.db = cantools.database.can.Database()
+        self.db.add_dbc_file(dbc_file(f"{protocol}.dbc"))
         self.bus = bus
         self.timeout_s = timeout_s
         self.poll_s = poll_s
@@ -137,10 +139,15 @@ class SimInverter:
         if m.senders and "INVERTER" in m.senders:
             return  # our own request (udp_multicast delivers it back)
         try:
-            d = m.decode(bytes(msg.data), decode_choices=False)
+            decoded = m.decode(bytes(msg.data), decode_choices=False)
         except Exception:  # cantools raises several types for a short or bad frame
             self.stats.bad_frames += 1
             return
+        if not isinstance(decoded, dict):  # a container frame (none in these DBCs) decodes to a list
+            self.stats.bad_frames += 1
+            return
+        # decode_choices=False: every signal is a number
+        d = {k: v for k, v in decoded.items() if isinstance(v, (int, float))}
         s = self.stats
         s.frames[msg.arbitration_id] = s.frames.get(msg.arbitration_id, 0) + 1
         s.bits += frame_bits(len(msg.data), msg.is_extended_id)

@@ -77,8 +77,6 @@ JOINING = {Phase.REQUESTING, Phase.PRECHARGING, Phase.CLOSING, Phase.WAITING, Ph
 SYSTEM_TOP_KEYS = {"heartbeat_ms", "dv_close_v", "lease_ms"}
 #: The [protocol] table of a system file: every PeerConfig setting but the per-node ones and the
 #: system-level keys above (one view of the Rust PeerConfig, mbms.consensus.ConsensusConfig).
-#: Set by the Rust system normalisation from the [inverter] section unless given.
-DERIVED_WITH_INVERTER = {"join_hold_lead_ms", "lease_ms"}
 PROTOCOL_KEYS = set(ConsensusConfig.__dataclass_fields__) - {"system_id", "node_id", "members", "seed"} - SYSTEM_TOP_KEYS
 
 
@@ -149,17 +147,16 @@ def write_files(sc: Scenario, run_dir: Path, settings: Settings) -> RunFiles:
         "members": list(range(1, n + 1)),
     }
     protocol: dict[str, Any] = {}
-    # The scenario's [system] is normalised (every field present). What a system file derives
-    # from its [inverter] (the join hold lead and a lease covering it) is passed only where the
-    # scenario moved it off the peer default, so the derivation applies as on a real system.
-    peer_default = ConsensusConfig.of()
-    for k, v in sc.system.items():
-        if k in DERIVED_WITH_INVERTER and v == getattr(peer_default, k):
+    # The system file states what the scenario's [system] stated; the rest it leaves to the
+    # system reader, whose defaults are the scenario's (one PeerConfig) but for what it derives
+    # from the [inverter] (the join hold lead and a lease covering it), as on a real system.
+    for key, v in sc.system.items():
+        if key not in sc.system_given:
             continue
-        if k in SYSTEM_TOP_KEYS:
-            system[k] = v
-        elif k in PROTOCOL_KEYS:
-            protocol[k] = v
+        if key in SYSTEM_TOP_KEYS:
+            system[key] = v
+        elif key in PROTOCOL_KEYS:
+            protocol[key] = v
     system["transport"] = {"kind": "can", "can": {"interface": "udp_multicast", "channel": channel, "port": can_port}}
     system["discovery"] = {"enabled": True, "interfaces": ["127.0.0.1"]}
     # a fresh key for this run's system (mode 0600), shared by its nodes and the observer
@@ -636,8 +633,9 @@ async def _wait_plant(client: PlantClient, plant: Child, timeout_s: float) -> No
 async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, obs: Observer, nodes: list[Child],
                  plant: Child, desc_json: str, canlog: CanLog, monitor: Any, inverter: SimInverter) -> dict[str, Any]:
     n = sc.n_packs
-    actions = sorted(((e.at_s, i, e) for i, e in enumerate(sc.network) if e.kind in ("kill", "restart")),
-                     key=lambda a: (a[0], a[1]))
+    # (at_s, order, kind, node): the schema gives a kill or restart its node (sim/src/scenario.rs)
+    actions = sorted((e.at_s, i, e.kind, e.node) for i, e in enumerate(sc.network)
+                     if e.kind in ("kill", "restart") and e.node is not None)
     ai = 0
     tr = [_Track() for _ in range(n)]
     violations: list[str] = []
@@ -679,17 +677,17 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
 
         # ---------------------------------------------------------------- scheduled node events
         while ai < len(actions) and actions[ai][0] <= t:
-            ev = actions[ai][2]
-            c = nodes[ev.node - 1]
-            if ev.kind == "kill" and c.alive:
+            _, _, kind, node = actions[ai]
+            c = nodes[node - 1]
+            if kind == "kill" and c.alive:
                 c.kill()
-                tr[ev.node - 1].killed_at = now
-                tr[ev.node - 1].closed_before_kill = sum(1 for k in range(n) if tr[k].closed)
-                console.print(f"t={t:.1f} s: node {ev.node} killed (SIGKILL)")
-            elif ev.kind == "restart" and not c.alive:
+                tr[node - 1].killed_at = now
+                tr[node - 1].closed_before_kill = sum(1 for k in range(n) if tr[k].closed)
+                console.print(f"t={t:.1f} s: node {node} killed (SIGKILL)")
+            elif kind == "restart" and not c.alive:
                 c.start()
-                tr[ev.node - 1].killed_at = None
-                console.print(f"t={t:.1f} s: node {ev.node} restarted")
+                tr[node - 1].killed_at = None
+                console.print(f"t={t:.1f} s: node {node} restarted")
             ai += 1
         for k, c in enumerate(nodes):
             if c.p is not None and c.p.poll() is not None and tr[k].killed_at is None and c.p.returncode != -9:
@@ -740,9 +738,9 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         found = monitor.plant_step(t, v_bus, [tuple(bool(x) for x in c) for c in cont],
                                    [float(x) for x in truth["v_string_v"]], [float(x) for x in truth["i_a"]],
                                    heard_all)
-        for v in map(Violation.from_dict, found):
+        for found_v in map(Violation.from_dict, found):
             if len(violations) < 100:
-                violations.append(str(v))
+                violations.append(str(found_v))
 
         # failure detection: every live peer has dropped the dead node from its closed set
         for d in range(n):
@@ -768,10 +766,10 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         inv_rows.extend([round(t, 3), round(d, 1), round(c, 1), speaker] for (_, d, c) in inverter.history[n_heard:])
         inverter.poll(now)
         target = inverter.current(now, request)
-        heard = inverter.heard
-        fresh = now - heard.t_s <= inverter.timeout_s
-        dcl = heard.dcl_a if fresh else math.nan
-        ccl = heard.ccl_a if fresh else math.nan
+        inv_heard = inverter.heard
+        fresh = now - inv_heard.t_s <= inverter.timeout_s
+        dcl = inv_heard.dcl_a if fresh else math.nan
+        ccl = inv_heard.ccl_a if fresh else math.nan
         if target != load_set:
             try:
                 await client.request({"op": "load", "i": target})
@@ -805,8 +803,8 @@ async def _drive(sc: Scenario, console: Any, st: Settings, client: PlantClient, 
         if now - last_print >= 5.0:
             last_print = now
             closed_n = sum(tr[k].closed for k in range(n))
-            heard = sum(1 for k in range(n) if not math.isnan(views[k].get("STATE", "Phase", now)))
-            console.print(f"t={t:6.1f} s  heard {heard}/{n}  closed {closed_n}/{n}  bus {v_bus:6.1f} V  "
+            n_heard_now = sum(1 for k in range(n) if not math.isnan(views[k].get("STATE", "Phase", now)))
+            console.print(f"t={t:6.1f} s  heard {n_heard_now}/{n}  closed {closed_n}/{n}  bus {v_bus:6.1f} V  "
                           f"load {load_a:+6.1f} A (asked {request:+.1f})  agreed DCL {dcl:.0f} / CCL {ccl:.0f} A  "
                           f"frames {canlog.counter.frames}")
         if t >= sc.duration_s:

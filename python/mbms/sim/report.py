@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from mbms.sim.fast import RunResult
+from mbms.sim.scenario import NetworkEvent
 
 PHASE_NAMES = ("open", "requesting", "precharging", "closing", "closed", "isolated")
 
@@ -38,6 +39,26 @@ def _mmss(t_s: float) -> str:
 #: Phase value of an isolated string (mbms.types.Phase.ISOLATED: the consensus core's phase 5).
 _ISOLATED = 5
 
+
+
+def _network_text(ne: NetworkEvent) -> str:
+    """One network event for the report; each kind reads only its own fields (the others are
+    None in the normalised event)."""
+    if ne.kind == "loss":
+        return f"network: loss {ne.value:.0%} per receiver"
+    if ne.kind == "duplicate":
+        return f"network: duplicates {ne.value:.0%}"
+    if ne.kind == "delay":
+        return f"network: delay up to {ne.max_ms} ms"
+    if ne.kind == "partition":
+        return f"network: partition {[list(g) for g in ne.groups or ()]}"
+    if ne.kind == "heal":
+        return "network: healed"
+    if ne.kind == "kill":
+        return f"node {ne.node} killed"
+    if ne.kind == "restart":
+        return f"node {ne.node} restarted"
+    raise KeyError(ne.kind)
 
 def timeline(res: RunResult) -> list[dict[str, Any]]:
     """What happened, in order: contactor changes, isolations, protection level changes (from the
@@ -90,17 +111,7 @@ def timeline(res: RunResult) -> list[dict[str, Any]]:
         where = f" in pack {pack + 1}" if isinstance(pack, int) else ""
         ev.append((e.at_s, 0, f"plant: {kind.replace('_', ' ')}{where}" + (f" ({detail})" if detail else ""), {}))
     for ne in res.scenario.network:
-        # each kind reads only its own fields (the others are None in the normalised event)
-        what = {
-            "loss": lambda: f"network: loss {ne.value:.0%} per receiver",
-            "duplicate": lambda: f"network: duplicates {ne.value:.0%}",
-            "delay": lambda: f"network: delay up to {ne.max_ms} ms",
-            "partition": lambda: f"network: partition {[list(g) for g in ne.groups]}",
-            "heal": lambda: "network: healed",
-            "kill": lambda: f"node {ne.node} killed",
-            "restart": lambda: f"node {ne.node} restarted",
-        }[ne.kind]()
-        ev.append((ne.at_s, 0, what, {}))
+        ev.append((ne.at_s, 0, _network_text(ne), {}))
     ev.sort(key=lambda x: (x[0], x[1]))
     return [{"t_s": round(float(a), 1), "event": c, **extra} for a, _, c, extra in ev]
 

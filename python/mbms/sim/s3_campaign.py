@@ -87,15 +87,15 @@ def scenario(seed: int, hold_latency_ms: int = 0) -> Any:
     """Three equal strings of the default scenario at rest (no load profile: the campaign's
     steps are the load), 10 ms plant steps, voltage sensors sampled every 100 ms.
     With a ``hold_latency_ms``, the system waits for the hold as a system file with that
-    inverter does (``protocol.join_hold_lead_ms`` = heartbeat + latency, the value the Rust
-    system normalisation derives for an ``[inverter]``; a lease long enough to cover it)."""
+    inverter does: the join hold lead and the lease covering it that the Rust system
+    normalisation derives for an ``[inverter]`` (``_core.join_hold_derived``)."""
+    from mbms import _core
     from mbms.sim.scenario import Scenario
 
-    d = Scenario.default().to_dict()
+    default = Scenario.default()
+    d = default.to_dict()
     if hold_latency_ms:
-        hb = int(d["system"].get("heartbeat_ms", 100))
-        d["system"]["join_hold_lead_ms"] = hb + hold_latency_ms
-        d["system"]["lease_ms"] = max(int(d["system"].get("lease_ms", 2000)), 2000 + hb + hold_latency_ms)
+        d["system"].update(_core.join_hold_derived(default.system, hold_latency_ms))
     d["events"] = []
     d["network"] = []
     d["scenario"].update(dt_s=DT_MS / 1000, seed=seed, record_every_s=10.0, duration_s=1e6)
@@ -142,7 +142,11 @@ def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, fre
         dv_close = float(sc.system["dv_close_v"])
         plant_cfg = json.loads(_core.plant_config_normalize(json.dumps(sc.plant)))
         close_time_s = max(float(s["contactors"]["close_time_s"]) for s in plant_cfg["strings"])
-        closed = lambda k: (st := sim.node_state(k)) is not None and st["phase"] == "closed"  # noqa: E731
+
+        def closed(k: int) -> bool:
+            st = sim.node_state(k)
+            return st is not None and st["phase"] == "closed"
+
         cycle: dict[int, tuple[str, list[tuple[float, float]]]] = {}
         if not _until(sim, lambda: all(closed(k) for k in range(3)), 60_000):
             res.stuck.append(f"seed {seed}: cold start did not close all strings")

@@ -106,6 +106,13 @@ class Scenario:
         return {k: v for k, v in _present(self.raw["system"]).items() if k != "drift_ppm"}
 
     @property
+    def system_given(self) -> frozenset[str]:
+        """The ``[system]`` keys the scenario stated (the rest are the core's defaults): what a
+        system file written from it states, so that what such a file derives unless stated (the
+        join hold lead and lease of an ``[inverter]``) is derived."""
+        return frozenset(self.raw["system_given"])
+
+    @property
     def drift_ppm(self) -> tuple[float, ...]:
         return tuple(float(x) for x in self.raw["system"].get("drift_ppm", ()))
 
@@ -193,8 +200,11 @@ class Scenario:
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised tables (a copy, TOML-writable: an absent optional setting is left
-        out): ``from_dict(to_dict())`` gives the same scenario."""
-        return _present(self.raw)
+        out), ``[system]`` as stated: ``from_dict(to_dict())`` gives the same scenario."""
+        out = _present(self.raw)
+        given = set(out.pop("system_given"))
+        out["system"] = {k: v for k, v in out["system"].items() if k in given or k == "drift_ppm"}
+        return out
 
 
 def _present(d: dict[str, Any]) -> dict[str, Any]:

@@ -58,7 +58,8 @@ pub struct StringConfig {
     /// Mean initial SOC of the string's cells (0..1).
     pub initial_soc: f64,
     /// Extra series resistance of the string outside the cells: contactors, fuse, busbars,
-    /// cabling (Ω).
+    /// cabling (Ω); unstated, the engine's pack default (`mbms_core::engine::R_EXTRA_OHM_DEFAULT`),
+    /// so a simulated BMS that is not told otherwise models its string as it is.
     #[serde(default = "d_r_extra")]
     pub r_extra_ohm: f64,
     /// Initial cell temperature; the coolant temperature if absent.
@@ -78,7 +79,7 @@ pub struct StringConfig {
 }
 
 fn d_r_extra() -> f64 {
-    0.002
+    mbms_core::engine::R_EXTRA_OHM_DEFAULT
 }
 
 /// Seeded cell-to-cell variation (normal distributions, relative sigmas) and whole-string
