@@ -120,7 +120,7 @@ fn frame_bits(f: &CanFrame, worst: bool) -> u32 {
 }
 
 /// Bus load (fraction) of `peers` peers each sending one message per `period_ms`, on
-/// classic CAN at `bitrate`, worst-case stuffing (frames of 8, 8 and 7 bytes).
+/// classic CAN at `bitrate`, worst-case stuffing (frames of 8, 8 and 6 bytes).
 pub fn classic_load_worst(peers: u32, period_ms: f64, bitrate: f64) -> f64 {
     let bits = 2 * classic_frame_bits_worst(8) + classic_frame_bits_worst(crate::wire::MESSAGE_LEN - 17);
     peers as f64 * bits as f64 / (period_ms * 1e-3) / bitrate
@@ -167,8 +167,8 @@ mod tests {
         let l16 = classic_load_worst(16, 100.0, 500_000.0);
         let l8 = classic_load_worst(8, 100.0, 500_000.0);
         assert!((l16 - 2.0 * l8).abs() < 1e-12);
-        // 2 full frames of 135 bits + a 7-byte one of 47+56+22 = 125 bits, worst case.
-        assert!((l16 - 16.0 * 395.0 / 0.1 / 500_000.0).abs() < 1e-12);
+        // 2 full frames of 135 bits + a 6-byte one of 47+48+20 = 115 bits, worst case.
+        assert!((l16 - 16.0 * 385.0 / 0.1 / 500_000.0).abs() < 1e-12);
         assert!(fd_load_worst(16, 100.0, 500_000.0, 2_000_000.0) < l16);
     }
 }
