@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             f" {TARGETS['bus_load_classic_500k_16peers_exact_peak']}"
         )
         print(
-            f"  the same traffic without tags (frames 8+8+3 bytes): mean"
+            f"  the same traffic without tags (frames 8+8+2 bytes): mean"
             f" {r['bus_load_classic_500k_16peers_untagged']:.4f}, busiest second"
             f" {r['bus_load_classic_500k_16peers_untagged_peak']:.4f}"
         )
