@@ -111,6 +111,21 @@ pub fn classic_message_bits_untagged(msg: &[u8]) -> u32 {
     }
 }
 
+/// Exact bits of the same message in the layout before this one (issue 15's first layout, 24
+/// bytes: the last frame 7 bytes, with the peaks as 12-bit fields of 0.5 A and 8 spare bits in
+/// Detail): `mbms bench consensus` prints both on the same traffic, side by side.
+pub fn classic_message_bits_24byte(msg: &[u8]) -> u32 {
+    use crate::wire::{Body, Message};
+    let (Ok(frames), Ok(m)) = (segment_classic(msg), Message::decode(msg)) else { return 0 };
+    let body2: u64 = match m.body {
+        Body::Limits(l) => ((l.dcl_peak_da / 5).min(4095) | (l.ccl_peak_da / 5).min(4095) << 12) as u64,
+        Body::Detail(d) => (d.dv_10mv as u32 & 0xFFFF) as u64,
+    };
+    let last = (body2 | (u32::from_le_bytes(m.tag) as u64) << 24).to_le_bytes();
+    frames[..2].iter().map(|f| classic_frame_bits_exact(f.id, &f.data)).sum::<u32>()
+        + classic_frame_bits_exact(frames[2].id, &last[..7])
+}
+
 fn frame_bits(f: &CanFrame, worst: bool) -> u32 {
     if worst {
         classic_frame_bits_worst(f.data.len())
@@ -153,6 +168,19 @@ mod tests {
         }
         // All-zero data stuffs heavily: one stuff bit per 4 bits after the first 5.
         assert!(classic_frame_bits_exact(0x400, &[0; 8]) > classic_frame_bits_exact(0x400, &[0x55; 8]));
+    }
+
+    #[test]
+    fn the_previous_layout_costs_one_byte_more_on_the_last_frame() {
+        let m = crate::wire::tests::worst();
+        let b = m.encode();
+        let frames = segment_classic(&b).unwrap();
+        let now = classic_message_bits(&b, false);
+        let before = classic_message_bits_24byte(&b);
+        // frames 0 and 1 are the same; the last frame has one data byte more (8 bits + stuffing)
+        assert!(before >= now + 8 && before <= now + 8 + 3, "{before} vs {now}");
+        assert_eq!(frames[2].data.len() + 1, 7);
+        assert_eq!(classic_message_bits_24byte(&b[..5]), 0);
     }
 
     #[test]
