@@ -18,6 +18,7 @@ import msgpack
 import numpy as np
 
 from mbms.node.logic import ALL_OPEN, Contactors, Measurement, NodeOutput, NodeStatus, Phase
+from mbms.transport.segmentation import MESSAGE_LEN
 
 
 class DoubleLogic:
@@ -61,7 +62,7 @@ class DoubleLogic:
         msgs = []
         if self.steps % self.heartbeat_every == 0:
             # the peer message layout's size and header byte (sender, kind 0), a body of its own
-            body = struct.pack("<BIf", self.node_id, self.steps, self.soc).ljust(23, b"\0")
+            body = struct.pack("<BIf", self.node_id, self.steps, self.soc).ljust(MESSAGE_LEN - 1, b"\0")
             msgs.append(bytes([self.node_id - 1]) + body)
         status = NodeStatus(self.node_id, self.phase, self.soc, 10.0 + self.node_id, 5.0, cmd,
                             sys_dcl_a=30.0, sys_ccl_a=15.0, peers_seen=tuple(sorted(self.peers)))

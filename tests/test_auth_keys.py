@@ -139,7 +139,11 @@ def test_the_shipped_dbc_reads_the_peer_frames_with_cantools() -> None:
             v = d["values"]
             if d["kind"] == "limits":
                 assert sig["Ocv"] == pytest.approx(v["ocv_v"]) and sig["R"] == pytest.approx(v["r_ohm"])
-                assert sig["Dcl"] == pytest.approx(v["dcl_a"]) and sig["DclPeak"] == pytest.approx(v["dcl_peak_a"])
+                assert sig["Dcl"] == pytest.approx(v["dcl_a"])
+                # the peaks travel as ratios of the continuous limits (1/32 steps), rounded down to 0.1 A
+                for lim, peak in (("Dcl", "dcl_peak_a"), ("Ccl", "ccl_peak_a")):
+                    assert 0 <= sig[lim] * sig[f"{lim}PeakRatio"] - v[peak] < 0.1 + 1e-9
+                    assert v[peak] <= _local(355.17)[peak] and v[peak] > _local(355.17)[peak] - sig[lim] / 32
             else:
                 assert sig["Soc"] == pytest.approx(100 * v["soc"]) and sig["Current"] == pytest.approx(v["i_a"])
                 assert sig["DV"] == pytest.approx(v["dv_v"]) and sig["SysDcl"] == pytest.approx(v["sys_dcl_a"])

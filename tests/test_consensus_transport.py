@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from mbms import _core
 from mbms.consensus import (
+    MESSAGE_LEN,
     CanReassembler,
     bus_load_classic,
     frame_bits_classic,
@@ -24,11 +25,11 @@ from mbms.errors import FrameError
 
 
 def _msg(sender: int, kind: int, body: bytes) -> bytes:
-    return bytes([(sender - 1) | kind << 6]) + (body * 24)[:23]
+    return bytes([(sender - 1) | kind << 6]) + (body * MESSAGE_LEN)[:MESSAGE_LEN - 1]
 
 
 @settings(max_examples=300, deadline=None)
-@given(msgs=st.lists(st.tuples(st.integers(1, 64), st.integers(0, 1), st.binary(min_size=1, max_size=23)),
+@given(msgs=st.lists(st.tuples(st.integers(1, 64), st.integers(0, 1), st.binary(min_size=1, max_size=MESSAGE_LEN - 1)),
                      min_size=1, max_size=6))
 def test_classic_segmentation_round_trip(msgs: list[tuple[int, int, bytes]]) -> None:
     r = CanReassembler()
@@ -37,7 +38,7 @@ def test_classic_segmentation_round_trip(msgs: list[tuple[int, int, bytes]]) -> 
         m = _msg(sender, kind, body)
         want.append((sender, m))
         frames = segment_classic(m)
-        assert [len(d) for _, d in frames] == [8, 8, 7] and all(0x400 <= cid <= 0x7FF for cid, _ in frames)
+        assert [len(d) for _, d in frames] == [8, 8, 6] and all(0x400 <= cid <= 0x7FF for cid, _ in frames)
         for cid, d in frames:
             out = r.push(cid, d)
             if out is not None:
@@ -47,7 +48,7 @@ def test_classic_segmentation_round_trip(msgs: list[tuple[int, int, bytes]]) -> 
 
 
 @settings(max_examples=200, deadline=None)
-@given(sender=st.integers(1, 64), body=st.binary(min_size=1, max_size=23))
+@given(sender=st.integers(1, 64), body=st.binary(min_size=1, max_size=MESSAGE_LEN - 1))
 def test_fd_round_trip(sender: int, body: bytes) -> None:
     m = _msg(sender, 0, body)
     cid, data = frame_fd(m)
@@ -62,7 +63,7 @@ def test_reassembler_survives_arbitrary_frames(frames: list[tuple[int, bytes]]) 
     for cid, d in frames:
         out = r.push(cid, d)
         if out is not None:
-            assert len(out[1]) == 24
+            assert len(out[1]) == MESSAGE_LEN
 
 
 def test_a_lost_frame_drops_the_message_and_is_counted() -> None:
@@ -82,14 +83,14 @@ def test_bus_load_figures() -> None:
     assert frame_bits_classic(0x400, bytes(8), worst=True) == 135
     exact = frame_bits_classic(0x455, bytes([0x55] * 8))
     assert 19 + 64 + 15 + 13 <= exact <= 135
-    # 16 peers, one message (frames of 8, 8, 7 bytes) each per 100 ms at 500 kbit/s.
-    assert bus_load_classic(16, 100.0) == pytest.approx(16 * (2 * 135 + 125) / 0.1 / 500_000)
+    # 16 peers, one message (frames of 8, 8, 6 bytes) each per 100 ms at 500 kbit/s.
+    assert bus_load_classic(16, 100.0) == pytest.approx(16 * (2 * 135 + 115) / 0.1 / 500_000)
     b = _core.consensus_bus_load(peers=8, duration_ms=4000)
     assert 0 < b["classic_exact_mean"] <= b["classic_worst_mean"] <= b["classic_worst_peak"]
-    # the tag is one frame's 4 bytes per message: the untagged figure is lower, not by more than 4 of 23 bytes
+    # the tag is one frame's 4 bytes per message: the untagged figure is lower, not by more than 4 of 22 bytes
     assert 0.7 * b["classic_exact_mean"] < b["classic_untagged_mean"] < b["classic_exact_mean"]
     assert b["classic_untagged_peak"] < b["classic_exact_peak"]
-    assert b["max_message_len"] == 24
+    assert b["max_message_len"] == MESSAGE_LEN
 
 
 def test_simulator_runs_seeded_schedules_without_violations() -> None:

@@ -1,5 +1,5 @@
 """Segmentation of peer messages into CAN frames (the consensus core's, through the node's
-wrapper that classifies dropped frames): 24-byte messages, three classic frames of 8, 8, 7 bytes."""
+wrapper that classifies dropped frames): 23-byte messages, three classic frames of 8, 8, 6 bytes."""
 
 from __future__ import annotations
 
@@ -25,17 +25,17 @@ def test_identifier_layout() -> None:
         assert ei.value.kind == "foreign"
 
 
-@given(st.binary(min_size=1, max_size=23), st.integers(1, 64), st.integers(0, 1))
+@given(st.binary(min_size=1, max_size=MESSAGE_LEN - 1), st.integers(1, 64), st.integers(0, 1))
 def test_classic_round_trip(body: bytes, sender: int, kind: int) -> None:
     msg = _msg(sender, kind, body)
     frames = segment_classic(msg)
-    assert [len(d) for _, d in frames] == [8, 8, 7]
+    assert [len(d) for _, d in frames] == [8, 8, 6]
     assert [split_id(fid)[:2] for fid, _ in frames] == [(sender, kind)] * 3
     r = Reassembler()
     assert [r.push(fid, d) for fid, d in frames] == [None, None, (sender, msg)]
 
 
-@given(st.binary(min_size=1, max_size=23), st.integers(1, 64))
+@given(st.binary(min_size=1, max_size=MESSAGE_LEN - 1), st.integers(1, 64))
 def test_fd_round_trip(body: bytes, sender: int) -> None:
     msg = _msg(sender, 1, body)
     fid, data = frame_fd(msg)
@@ -44,7 +44,7 @@ def test_fd_round_trip(body: bytes, sender: int) -> None:
 
 
 def test_limits_at_send() -> None:
-    for bad in (b"", b"x" * 23, b"x" * 25, b"\x80" + b"x" * 23):
+    for bad in (b"", b"x" * (MESSAGE_LEN - 1), b"x" * (MESSAGE_LEN + 1), b"\x80" + b"x" * (MESSAGE_LEN - 1)):
         with pytest.raises(SegmentError):
             segment_classic(bad)
 

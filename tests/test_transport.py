@@ -12,7 +12,7 @@ from conftest import TESTS, Proc, free_udp_port
 
 from mbms.config_views import CanTransport as CanCfg, UdpTransport as UdpCfg
 from mbms.transport.can import CanTransport
-from mbms.transport.segmentation import can_id, segment_classic
+from mbms.transport.segmentation import MESSAGE_LEN, can_id, segment_classic
 from mbms.transport.udp import UdpTransport
 
 
@@ -32,8 +32,8 @@ def _peer(procs: list[Proc], *args: str) -> Proc:
 
 
 def _m(sender: int, body: bytes, kind: int = 0) -> bytes:
-    """A message of the fixed 24-byte layout as far as the transport sees it: header + 23 bytes."""
-    return bytes([(sender - 1) | kind << 6]) + body.ljust(23, b"\0")[:23]
+    """A message of the fixed 23-byte layout as far as the transport sees it: header + 22 bytes."""
+    return bytes([(sender - 1) | kind << 6]) + body.ljust(MESSAGE_LEN - 1, b"\0")[:MESSAGE_LEN - 1]
 
 
 def test_can_udp_multicast_two_processes_segmented(procs: list[Proc]) -> None:
@@ -47,7 +47,7 @@ def test_can_udp_multicast_two_processes_segmented(procs: list[Proc]) -> None:
         await t.start()
         try:
             for n in range(10):
-                body = bytes((i * 7 + n) & 0xFF for i in range(23))
+                body = bytes((i * 7 + n) & 0xFF for i in range(MESSAGE_LEN - 1))
                 assert await _exchange(t, inbox, _m(1, body, n & 1)) == _m(2, body[::-1], n & 1), n
             with pytest.raises(ValueError):
                 t.send(b"x" * 64)
@@ -62,7 +62,7 @@ def test_can_udp_multicast_two_processes_segmented(procs: list[Proc]) -> None:
             # malformed: frame 0 of node 1 of 5 bytes, and a garbage datagram on the port
             bus.send(can.Message(arbitration_id=can_id(1, 0, 0, 0), data=b"abcde", is_extended_id=False))
             # incomplete: a last frame without its start
-            bus.send(can.Message(arbitration_id=can_id(1, 1, 1, 2), data=bytes(7), is_extended_id=False))
+            bus.send(can.Message(arbitration_id=can_id(1, 1, 1, 2), data=bytes(MESSAGE_LEN - 17), is_extended_id=False))
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.sendto(b"\xc1garbage", ("239.74.163.2", port))
             reply = await _exchange(t, inbox, _m(1, b"stats"))

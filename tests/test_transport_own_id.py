@@ -10,6 +10,7 @@ from conftest import free_udp_port, wait_for
 from mbms.config_views import CanTransport as CanCfg
 from mbms.config_views import UdpTransport as UdpCfg
 from mbms.transport.can import CanTransport
+from mbms.transport.segmentation import MESSAGE_LEN
 from mbms.transport.udp import UdpTransport
 
 
@@ -44,8 +45,8 @@ def test_udp_older_run_still_speaking_is_delivered_replays_are_not() -> None:
 
 
 def _m(body: bytes) -> bytes:
-    """A message of node 2 in the fixed 24-byte layout (header byte + 23 bytes)."""
-    return bytes([1]) + body.ljust(23, b"\0")[:23]
+    """A message of node 2 in the fixed 23-byte layout (header byte + 22 bytes)."""
+    return bytes([1]) + body.ljust(MESSAGE_LEN - 1, b"\0")[:MESSAGE_LEN - 1]
 
 
 def test_can_own_id_message_that_is_no_echo_is_delivered() -> None:

@@ -370,6 +370,8 @@ fn consensus_bus_load<'py>(
     d.set_item("classic_worst_steady", r.classic_worst_steady)?;
     d.set_item("classic_exact_mean", r.classic_exact_mean)?;
     d.set_item("classic_exact_peak", r.classic_exact_peak)?;
+    d.set_item("classic_24byte_mean", r.classic_24byte_mean)?;
+    d.set_item("classic_24byte_peak", r.classic_24byte_peak)?;
     d.set_item("classic_untagged_mean", r.classic_untagged_mean)?;
     d.set_item("classic_untagged_peak", r.classic_untagged_peak)?;
     d.set_item("fd_worst_mean", r.fd_worst_mean)?;

@@ -111,6 +111,21 @@ pub fn classic_message_bits_untagged(msg: &[u8]) -> u32 {
     }
 }
 
+/// Exact bits of the same message in the layout before this one (issue 15's first layout, 24
+/// bytes: the last frame 7 bytes, with the peaks as 12-bit fields of 0.5 A and 8 spare bits in
+/// Detail): `mbms bench consensus` prints both on the same traffic, side by side.
+pub fn classic_message_bits_24byte(msg: &[u8]) -> u32 {
+    use crate::wire::{Body, Message};
+    let (Ok(frames), Ok(m)) = (segment_classic(msg), Message::decode(msg)) else { return 0 };
+    let body2: u64 = match m.body {
+        Body::Limits(l) => ((l.dcl_peak_da / 5).min(4095) | (l.ccl_peak_da / 5).min(4095) << 12) as u64,
+        Body::Detail(d) => (d.dv_10mv as u32 & 0xFFFF) as u64,
+    };
+    let last = (body2 | (u32::from_le_bytes(m.tag) as u64) << 24).to_le_bytes();
+    frames[..2].iter().map(|f| classic_frame_bits_exact(f.id, &f.data)).sum::<u32>()
+        + classic_frame_bits_exact(frames[2].id, &last[..7])
+}
+
 fn frame_bits(f: &CanFrame, worst: bool) -> u32 {
     if worst {
         classic_frame_bits_worst(f.data.len())
@@ -120,7 +135,7 @@ fn frame_bits(f: &CanFrame, worst: bool) -> u32 {
 }
 
 /// Bus load (fraction) of `peers` peers each sending one message per `period_ms`, on
-/// classic CAN at `bitrate`, worst-case stuffing (frames of 8, 8 and 7 bytes).
+/// classic CAN at `bitrate`, worst-case stuffing (frames of 8, 8 and 6 bytes).
 pub fn classic_load_worst(peers: u32, period_ms: f64, bitrate: f64) -> f64 {
     let bits = 2 * classic_frame_bits_worst(8) + classic_frame_bits_worst(crate::wire::MESSAGE_LEN - 17);
     peers as f64 * bits as f64 / (period_ms * 1e-3) / bitrate
@@ -156,6 +171,19 @@ mod tests {
     }
 
     #[test]
+    fn the_previous_layout_costs_one_byte_more_on_the_last_frame() {
+        let m = crate::wire::tests::worst();
+        let b = m.encode();
+        let frames = segment_classic(&b).unwrap();
+        let now = classic_message_bits(&b, false);
+        let before = classic_message_bits_24byte(&b);
+        // frames 0 and 1 are the same; the last frame has one data byte more (8 bits + stuffing)
+        assert!(before >= now + 8 && before <= now + 8 + 3, "{before} vs {now}");
+        assert_eq!(frames[2].data.len() + 1, 7);
+        assert_eq!(classic_message_bits_24byte(&b[..5]), 0);
+    }
+
+    #[test]
     fn crc15_of_a_known_frame() {
         // CRC of the empty bit string is 0; of a single 1 bit is the polynomial.
         assert_eq!(crc15(&[]), 0);
@@ -167,8 +195,8 @@ mod tests {
         let l16 = classic_load_worst(16, 100.0, 500_000.0);
         let l8 = classic_load_worst(8, 100.0, 500_000.0);
         assert!((l16 - 2.0 * l8).abs() < 1e-12);
-        // 2 full frames of 135 bits + a 7-byte one of 47+56+22 = 125 bits, worst case.
-        assert!((l16 - 16.0 * 395.0 / 0.1 / 500_000.0).abs() < 1e-12);
+        // 2 full frames of 135 bits + a 6-byte one of 47+48+20 = 115 bits, worst case.
+        assert!((l16 - 16.0 * 385.0 / 0.1 / 500_000.0).abs() < 1e-12);
         assert!(fd_load_worst(16, 100.0, 500_000.0, 2_000_000.0) < l16);
     }
 }

@@ -1,6 +1,6 @@
-//! Carrying peer messages ([`crate::wire`], 25 bytes) over CAN.
+//! Carrying peer messages ([`crate::wire`], 23 bytes) over CAN.
 //!
-//! Classic CAN: three frames per message (8, 8 and 7 bytes), no length byte (the layout is fixed).
+//! Classic CAN: three frames per message (8, 8 and 6 bytes), no length byte (the layout is fixed).
 //! - CAN id (11 bit) = 0x400 | (sender−1)<<4 | kind<<3 | toggle<<2 | index
 //!   (sender 1..=64 → 6 bits; kind 0 = Limits, 1 = Detail; toggle = low bit of the message
 //!   counter; index 0..=2 = frame number). The message's header byte is the id's sender and
@@ -13,7 +13,7 @@
 //!   frames of two messages from being glued together when frames are lost (which would
 //!   otherwise be counted as a forgery).
 //!
-//! CAN FD: the 23 bytes in one 24-byte frame (padded with 0xCC), id with toggle = index = 0.
+//! CAN FD: the 22 bytes after the header in one 24-byte frame (padded with 0xCC), id with toggle = index = 0.
 
 use crate::wire::{MESSAGE_LEN, WireError};
 
@@ -22,7 +22,7 @@ pub const CAN_ID_LAST: u32 = 0x7FF;
 pub const FRAMES: usize = 3;
 const PAYLOAD: usize = MESSAGE_LEN - 1;
 /// Data length of each classic frame.
-const FRAME_LEN: [usize; FRAMES] = [8, 8, 7];
+const FRAME_LEN: [usize; FRAMES] = [8, 8, MESSAGE_LEN - 17];
 const FD_LEN: usize = 24;
 const FD_PAD: u8 = 0xCC;
 
@@ -38,7 +38,7 @@ pub enum SegmentError {
     Message(WireError),
     /// A CAN id outside the peer protocol's range 0x400..=0x7FF, or index 3.
     ForeignId(u32),
-    /// Frame data of the wrong length (8, 8, 7 classic; 24 FD).
+    /// Frame data of the wrong length (8, 8, 6 classic; 24 FD).
     FrameLength(usize),
     /// A frame that does not continue the partial message of its sender.
     OutOfOrder { sender: u16, index: u8 },

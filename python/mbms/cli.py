@@ -27,7 +27,8 @@ from mbms.errors import EnvironmentProblem, ExitCode
 from mbms.logs import LOG_FORMATS, active_format, set_cli_logging
 
 # Subcommand modules, in the order ``mbms --help`` shows them.
-COMMANDS: tuple[str, ...] = ("sim", "node", "monitor", "sunspec", "plant", "demo", "bench", "campaign", "keys")
+COMMANDS: tuple[str, ...] = ("sim", "node", "monitor", "sunspec", "plant", "demo", "bench", "campaign", "keys",
+                             "log")
 
 #: What exit code 1 means for each command (0, 2, 3 and 4 mean the same everywhere).
 FAILED_CHECK: dict[str, str] = {
@@ -40,6 +41,7 @@ FAILED_CHECK: dict[str, str] = {
     "demo": "not used",
     "bench": "bench consensus: a schedule violated a safety rule",
     "keys": "not used",
+    "log": "log decode --system: a message failed verification (bad tag, unauthenticated or replay)",
 }
 
 

@@ -9,7 +9,7 @@ Time is always an argument (milliseconds of this node's monotonic clock).
 Messages are a fixed layout of :data:`MESSAGE_LEN` bytes with a 32-bit CMAC-AES-128 tag
 (consensus/src/wire.rs, auth.rs): a peer verifies the tag and the freshness of every message
 before it touches any state (brief S7). CAN transport helpers: :func:`segment_classic` /
-:class:`CanReassembler` (classic CAN: three frames of 8, 8, 7 bytes, id
+:class:`CanReassembler` (classic CAN: three frames of 8, 8, 6 bytes, id
 0x400 | (sender-1)<<4 | kind<<3 | toggle<<2 | index) and :func:`frame_fd` / :func:`unframe_fd`
 (one CAN FD frame per message).
 """

@@ -1,5 +1,5 @@
 """Read-only decoder of the peer messages (the consensus core's wire format, consensus/src/wire.rs:
-24 bytes, three classic CAN frames, a 32-bit CMAC tag) for tools such as ``mbms monitor`` and
+23 bytes, three classic CAN frames, a 32-bit CMAC tag) for tools such as ``mbms monitor`` and
 ``mbms sim``'s observer. Nodes never use it: NodeCore verifies and decodes its own messages.
 
 Decoding and verification are the core's (``mbms._core.MessageAuth``), so Python never restates

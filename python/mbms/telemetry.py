@@ -165,9 +165,11 @@ _PEER_BODY = {
         _Sig("Ccl", 47, 15, False, 0.2, 0, 0, 6553.4, "A", "own charge limit"),
     ),
     ("L", 2): (
-        _Sig("DclPeak", 0, 12, False, 0.5, 0, 0, 2047.5, "A", "own short-term discharge limit"),
-        _Sig("CclPeak", 12, 12, False, 0.5, 0, 0, 2047.5, "A", "own short-term charge limit"),
-        _Sig("Tag", 24, 32, False, 1, 0, 0, 0, "", "CMAC-AES-128 tag (32 bits)"),
+        _Sig("DclPeakRatio", 0, 8, False, 0.03125, 0, 0, 7.96875, "",
+             "own short-term discharge limit / Dcl (rounded down: peak = floor(Dcl x ratio, 0.1 A))"),
+        _Sig("CclPeakRatio", 8, 8, False, 0.03125, 0, 0, 7.96875, "",
+             "own short-term charge limit / Ccl (rounded down: peak = floor(Ccl x ratio, 0.1 A))"),
+        _Sig("Tag", 16, 32, False, 1, 0, 0, 0, "", "CMAC-AES-128 tag (32 bits)"),
     ),
     ("D", 1): (
         _Sig("SysDcl", 0, 18, False, 0.1, 0, 0, 26214.3, "A", "proposed system discharge limit"),
@@ -177,10 +179,10 @@ _PEER_BODY = {
     ),
     ("D", 2): (
         _Sig("DV", 0, 16, True, 0.01, 0, -327.68, 327.67, "V", "v_string - v_bus"),
-        _Sig("Tag", 24, 32, False, 1, 0, 0, 0, "", "CMAC-AES-128 tag (32 bits)"),
+        _Sig("Tag", 16, 32, False, 1, 0, 0, 0, "", "CMAC-AES-128 tag (32 bits)"),
     ),
 }
-_PEER_DLC = (8, 8, 7)
+_PEER_DLC = (8, 8, 6)
 
 
 def _fmt(x: float) -> str:

@@ -13,6 +13,7 @@ import sys
 import msgpack
 
 from mbms.config_views import CanTransport as CanCfg, UdpTransport as UdpCfg
+from mbms.transport.segmentation import MESSAGE_LEN
 
 
 async def main() -> None:
@@ -30,14 +31,14 @@ async def main() -> None:
     done = asyncio.Event()
 
     def on_message(src: int, payload: bytes) -> None:
-        # over CAN a message has the fixed 24-byte layout: a header byte (sender, kind) + 23 bytes
+        # over CAN a message has the fixed layout of MESSAGE_LEN bytes: a header byte (sender, kind) + the rest
         body = payload[1:] if kind == "can" else payload
         head = bytes([(node_id - 1) | (payload[0] & 0x40)]) if kind == "can" else b""
         if body.startswith(b"stats"):
             s = t.stats
             st = msgpack.packb([s.echoes, s.malformed, s.incomplete, s.foreign, s.replayed, s.oversized,
                                 s.duplicate, s.received_messages])
-            t.send(head + (bytes([len(st)]) + st).ljust(23, b"\0") if kind == "can" else st)
+            t.send(head + (bytes([len(st)]) + st).ljust(MESSAGE_LEN - 1, b"\0") if kind == "can" else st)
         elif body.startswith(b"quit"):
             done.set()
         else:

@@ -73,6 +73,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "bus_load_classic_500k_16peers_steady": bus["classic_worst_steady"],
         "bus_load_classic_500k_16peers_exact": bus["classic_exact_mean"],
         "bus_load_classic_500k_16peers_exact_peak": bus["classic_exact_peak"],
+        "bus_load_classic_500k_16peers_24byte": bus["classic_24byte_mean"],
+        "bus_load_classic_500k_16peers_24byte_peak": bus["classic_24byte_peak"],
         "bus_load_classic_500k_16peers_untagged": bus["classic_untagged_mean"],
         "bus_load_classic_500k_16peers_untagged_peak": bus["classic_untagged_peak"],
         "adversarial_schedules": s["adversarial_schedules"],
@@ -108,7 +110,12 @@ def run(args: argparse.Namespace) -> int:
             f" {TARGETS['bus_load_classic_500k_16peers_exact_peak']}"
         )
         print(
-            f"  the same traffic without tags (frames 8+8+3 bytes): mean"
+            f"  the same traffic in the previous 24-byte layout (frames 8+8+7 bytes): mean"
+            f" {r['bus_load_classic_500k_16peers_24byte']:.4f}, busiest second"
+            f" {r['bus_load_classic_500k_16peers_24byte_peak']:.4f}"
+        )
+        print(
+            f"  the same traffic without tags (frames 8+8+2 bytes): mean"
             f" {r['bus_load_classic_500k_16peers_untagged']:.4f}, busiest second"
             f" {r['bus_load_classic_500k_16peers_untagged_peak']:.4f}"
         )

@@ -3,17 +3,17 @@ bound in ``mbms._core`` and wrapped by :mod:`mbms.consensus`), plus what the nod
 around it: identifier arithmetic (for the DBC and frame classification) and a reassembler that
 says WHY a frame was dropped (so the transport can count malformed / oversized / foreign).
 
-A peer message is a fixed layout of 24 bytes (consensus/src/wire.rs): a header byte (sender,
-kind) and 23 bytes. Classic CAN:
+A peer message is a fixed layout of 23 bytes (consensus/src/wire.rs): a header byte (sender,
+kind) and 22 bytes. Classic CAN:
 
 * CAN id (11 bit) = ``0x400 | (sender-1) << 4 | kind << 3 | toggle << 2 | index``: sender 1..64,
   kind 0 = Limits / 1 = Detail, toggle = low bit of the message counter, index 0..2 = frame
   number. Lower index = higher CAN priority, so frames leave a controller in order.
-* three frames of 8, 8 and 7 bytes (the header byte is the identifier), no length byte.
+* three frames of 8, 8 and 6 bytes (the header byte is the identifier), no length byte.
 * One partial message per sender; a frame that does not continue it drops it. A lost frame loses
   the message; the next heartbeat repairs it (peer messages are full snapshots).
 
-CAN FD: the 23 bytes in one 24-byte frame (padded with 0xCC), the id with toggle = index = 0.
+CAN FD: the 22 bytes in one 24-byte frame (padded with 0xCC), the id with toggle = index = 0.
 
 Replays and forgeries cannot be recognised here; every message carries a boot counter, a message
 counter and a 32-bit tag, which the core checks before anything else (brief S7).

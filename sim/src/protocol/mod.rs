@@ -150,6 +150,8 @@ pub struct ScheduleResult {
     /// time (µs, worst case, 500 k / 2 M) of all messages, per 1-second bucket.
     pub bus_bits_worst: Vec<u64>,
     pub bus_bits_exact: Vec<u64>,
+    /// The same messages in the previous 24-byte layout (exact stuffing).
+    pub bus_bits_exact_24byte: Vec<u64>,
     /// The same messages without their tag (frames of 8, 8 and 3 bytes), exact stuffing: what
     /// authentication costs on the bus, side by side.
     pub bus_bits_exact_untagged: Vec<u64>,
@@ -510,12 +512,14 @@ impl World {
                 if r.bus_bits_worst.len() <= b {
                     r.bus_bits_worst.resize(b + 1, 0);
                     r.bus_bits_exact.resize(b + 1, 0);
+                    r.bus_bits_exact_24byte.resize(b + 1, 0);
                     r.bus_bits_exact_untagged.resize(b + 1, 0);
                     r.fd_us_worst.resize(b + 1, 0.0);
                 }
                 self.nodes[k].msg_counter += 1;
                 r.bus_bits_worst[b] += mbms_consensus::busload::classic_message_bits(&m, true) as u64;
                 r.bus_bits_exact[b] += mbms_consensus::busload::classic_message_bits(&m, false) as u64;
+                r.bus_bits_exact_24byte[b] += mbms_consensus::busload::classic_message_bits_24byte(&m) as u64;
                 r.bus_bits_exact_untagged[b] += mbms_consensus::busload::classic_message_bits_untagged(&m) as u64;
                 r.fd_us_worst[b] += mbms_consensus::busload::fd_frame_us_worst(m.len() - 1, 500_000.0, 2_000_000.0);
             }
@@ -1064,6 +1068,9 @@ pub struct BusLoadReport {
     /// Classic CAN, exact stuffing of the real frames.
     pub classic_exact_mean: f64,
     pub classic_exact_peak: f64,
+    /// The same traffic in the previous 24-byte layout (frames 8 + 8 + 7), exact stuffing.
+    pub classic_24byte_mean: f64,
+    pub classic_24byte_peak: f64,
     /// The same traffic without tags (exact stuffing): the cost of authentication.
     pub classic_untagged_mean: f64,
     pub classic_untagged_peak: f64,
@@ -1104,6 +1111,8 @@ pub fn measure_bus_load(peers: usize, duration_ms: u64, seed: u64, bitrate: f64,
         },
         classic_exact_mean: mean(&r.bus_bits_exact),
         classic_exact_peak: peak(&r.bus_bits_exact),
+        classic_24byte_mean: mean(&r.bus_bits_exact_24byte),
+        classic_24byte_peak: peak(&r.bus_bits_exact_24byte),
         classic_untagged_mean: mean(&r.bus_bits_exact_untagged),
         classic_untagged_peak: peak(&r.bus_bits_exact_untagged),
         fd_worst_mean: r.fd_us_worst.iter().sum::<f64>() / secs * 1e-6,
