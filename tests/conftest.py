@@ -95,3 +95,22 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for p in started:
         p.kill()
+
+
+@pytest.fixture(scope="session")
+def shipped_keys() -> None:
+    """The message keys of the shipped example systems, provisioned as a user does before starting
+    a node on one by name (`mbms keys new --for SYSTEM`: the key file the system file names, next
+    to it; gitignored and never packaged). A node refuses to start without it."""
+    from mbms.paths import data_dir
+
+    for system in sorted((data_dir() / "systems").glob("*.toml")):
+        text = system.read_text()
+        key_line = next((ln for ln in text.splitlines() if ln.startswith("key_file")), None)
+        if key_line is None:  # a plant description, not a peer system
+            continue
+        key = system.parent / key_line.split('"')[1]
+        if not key.exists():
+            subprocess.run([sys.executable, "-m", "mbms", "keys", "new", "--for", system.stem],
+                           check=True, capture_output=True, text=True, timeout=60)
+

@@ -84,6 +84,35 @@ def test_rotation_keeps_every_pair_of_nodes_talking(tmp_path: Path) -> None:
     assert out.returncode == 0 and "sha256" in out.stdout and steps[3][0].hex() not in out.stdout
 
 
+def _mbms(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mbms", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_keys_new_for_a_system_writes_the_file_it_names_and_check_then_passes(tmp_path: Path) -> None:
+    """A node's --check (what a start checks) refuses a system whose key file is missing, naming
+    auth.key_file and the command to make it; `mbms keys new --for SYSTEM` makes exactly that file,
+    for the system's id, and the same check then passes."""
+    path = system_file(tmp_path, [1, 2], "udp", 47602)
+    key = tmp_path / "sys.key"
+    text = path.read_text().split("[auth]")[0] + '[auth]\nkey_file = "sys.key"\n'
+    path.write_text(text)
+    from node_files import pack_file
+
+    node = pack_file(tmp_path, 1, "udp://127.0.0.1:47603")
+    before = _mbms("node", "--check", "--config", str(node), "--system", str(path))
+    assert before.returncode == 2 and "auth.key_file" in before.stdout and "mbms keys new" in before.stdout, before
+    made = _mbms("keys", "new", "--for", str(path))
+    assert made.returncode == 0, made.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert FileKeyProvider(key, load_system(path).system_id).keys()  # a key of this system
+    after = _mbms("node", "--check", "--config", str(node), "--system", str(path))
+    assert after.returncode == 0, after.stdout + after.stderr
+    again = _mbms("keys", "new", "--for", str(path))  # never overwrites a system's keys
+    assert again.returncode == 2 and "exists" in again.stderr
+    both = _mbms("keys", "new", str(key), "--for", str(path))
+    assert both.returncode == 2 and "--for" in both.stderr
+
+
 def _local(v: float) -> dict:
     return {"ocv_v": v, "r_ohm": 0.0512, "soc": 0.6, "dcl_a": 120.3, "ccl_a": 60.0, "dcl_peak_a": 240.0,
             "ccl_peak_a": 120.0, "fault": False, "may_close": True, "v_string_v": v, "v_bus_v": v - 1.5,

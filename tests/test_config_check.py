@@ -37,6 +37,11 @@ def _system_file(tmp_path: Path, replace: tuple[str, str] | None = None) -> Path
         text = text.replace(*replace, 1)
     p = tmp_path / "system.toml"
     p.write_text(text)
+    key = tmp_path / "example-sim.key"  # the key file the shipped text names, next to the copy
+    if not key.exists():
+        from mbms.keys import new_key_file
+
+        new_key_file(key, "example-sim")
     return p
 
 
@@ -137,6 +142,7 @@ def test_a_field_set_only_in_the_base_file_is_reported_there(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.usefixtures("shipped_keys")
 def test_shipped_node_files_check_clean(k: int) -> None:
     for system in ("example_system", "example_system_udp"):
         out = _mbms("--config", f"node{k}", "--system", system, "--check", "--json")

@@ -22,6 +22,7 @@ def _check(tmp: Path, text: str) -> subprocess.CompletedProcess[str]:
                            "--check"], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.usefixtures("shipped_keys")
 def test_shipped_linux_pack_checks_clean(tmp_path: Path) -> None:
     r = _check(tmp_path, SHIPPED.read_text())
     assert r.returncode == 0, r.stdout + r.stderr

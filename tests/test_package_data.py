@@ -76,6 +76,7 @@ def test_a_path_is_taken_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert paths.dbc_file() == paths.data_dir() / "dbc" / "mbms.dbc"
 
 
+@pytest.mark.usefixtures("shipped_keys")
 def test_cli_takes_shipped_names_and_rejects_unknown_ones(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "mbms", "node", "--config", "node2", "--system", "example_system",
                          "--check"], capture_output=True, text=True, cwd=tmp_path, timeout=120)

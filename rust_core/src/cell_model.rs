@@ -223,10 +223,12 @@ pub struct CellEstimator {
     pub model_error_v_per_c: f64,
     /// correlation time of the model voltage error (s)
     pub model_error_corr_s: f64,
-    /// How long the load's model error outlasts the load (s): the C-rate in the model error
-    /// is the recent load, `max(|C|, decayed previous)` decaying as e^(−t/τ) (a cell that
-    /// just stopped a 1C discharge still carries the diffusion overpotential the RC pairs
-    /// miss, which relaxes like the slowest pole). 0: the present C-rate only.
+    /// How long the load's model error outlasts the load over a rest (s): in the rest band
+    /// the C-rate in the model error is `max(|C|, decayed previous)` decaying as e^(−t/τ) (a
+    /// cell that just stopped a 1C discharge still carries the diffusion overpotential the RC
+    /// pairs miss, which relaxes like the slowest pole). 0: the present C-rate only. Under
+    /// discharge it is the present C-rate, while charging the charge's peak
+    /// (`soc_ekf::load_c_rate`).
     pub model_error_relax_s: f64,
     /// Full charge: charging, cell voltage within `full_charge_dv_v` of `v_max_v` and the
     /// current tapered below `full_charge_taper_c` (C-rate): the constant-voltage phase of a

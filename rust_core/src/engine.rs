@@ -363,7 +363,7 @@ impl Engine {
         let (di, r0_step) = self.soh.current_step(cur.i, cur.valid, dt, est);
         let i_cell = cur.i / self.par;
         let eta = if cur.i < 0.0 { self.cell.coulombic_efficiency } else { 1.0 };
-        self.soh.integrate(eta, i_cell, dt, &self.cell);
+        self.soh.integrate(eta, i_cell, dt, &self.cell, est.rest_current_a / self.par);
         let (v_lo, v_hi) = self.sensing.cell_voltages(t_s, v_cell_v, sens, r0_step, prot);
         let st = cells::CellStep { dt, par: self.par, i: cur.i, i_cell, di_cell: di / self.par, eta, r0_step, start_up, load_c: self.soh.load_c };
         let o = &mut self.out;

@@ -404,15 +404,28 @@ fn rest_point_after_rest_time_counting_the_first_sample_period() {
     assert!(e.soh.z_rest[0].is_finite(), "the rest point anchored the SOC");
 }
 
-/// The model error's C-rate holds the recent load and releases it with the cell file's
-/// `model_error_relax_s` (0: the present C-rate only).
+/// The model error's C-rate: the present one under discharge; the charge's peak while
+/// charging (the CV phase's taper does not shrink it); in the rest band the last load released
+/// with the cell file's `model_error_relax_s` (0: the present C-rate only).
 #[test]
-fn load_c_rate_holds_the_peak_and_relaxes() {
+fn load_c_rate_holds_the_charge_peak_and_relaxes_at_rest() {
     use crate::soc_ekf::load_c_rate;
-    assert_eq!(load_c_rate(2.0, 0.5, 1.0, 0.0), 0.5);
-    assert_eq!(load_c_rate(0.2, 0.5, 1.0, 300.0), 0.5);
-    let after = load_c_rate(2.0, 0.0, 300.0, 300.0);
+    let rest = 0.02;
+    // discharge: the present C-rate, whatever came before and whatever the release time
+    assert_eq!(load_c_rate(2.0, 0.5, rest, 1.0, 300.0), 0.5);
+    assert_eq!(load_c_rate(0.2, 0.5, rest, 1.0, 300.0), 0.5);
+    // charge: a CC phase at C/3 then a CV taper to C/20 keeps C/3
+    let mut c = 0.0;
+    for i in [-0.33, -0.33, -0.2, -0.1, -0.05] {
+        c = load_c_rate(c, i, rest, 1.0, 0.0);
+    }
+    assert_eq!(c, 0.33);
+    // a discharge ends the hold
+    assert_eq!(load_c_rate(c, 0.1, rest, 1.0, 0.0), 0.1);
+    // rest: released with τ, or at once with τ = 0
+    let after = load_c_rate(2.0, 0.0, rest, 300.0, 300.0);
     assert!((after - 2.0 * (-1.0f64).exp()).abs() < 1e-12, "{after}");
+    assert_eq!(load_c_rate(2.0, 0.01, rest, 1.0, 0.0), 0.01);
 }
 
 proptest! {

@@ -6,7 +6,8 @@ the versioned per-stage format, and what the engine that wrote it did next.
 Run ONCE with the code of main before the versioned format (commit 9be3b54 + the schema/s3
 branches); the committed outputs are test data for tests/test_state_versions.py. With the current
 code this script writes the new format, so do not re-run it to refresh the files. The expected
-outputs were refreshed once for issue 16 (the SOC filter's measurement and process noise changed):
+outputs were refreshed for issue 16 (the SOC filter's measurement and process noise changed; then its
+model error held through a charge, max |ΔSOC| 1e-7):
 the format-1 states imported and stepped with that engine; faults and actions are unchanged.
 
 The engine runs example_pack.toml through a dynamic profile, once with an over-voltage fault latched

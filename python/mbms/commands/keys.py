@@ -10,9 +10,13 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("keys", help="create, rotate or show a system's message key file (mode 0600)")
     ks = p.add_subparsers(dest="keys_command", required=True)
-    n = ks.add_parser("new", help="write a new key file (refuses to overwrite one)")
-    n.add_argument("file", type=Path)
-    n.add_argument("--system", required=True, help="the system_id of the system file")
+    n = ks.add_parser("new", help="write a new key file (refuses to overwrite one)",
+                      description="FILE --system ID, or --for SYSTEM: the key file SYSTEM's [auth] "
+                                  "key_file names, for its system_id")
+    n.add_argument("file", type=Path, nargs="?")
+    n.add_argument("--system", help="the system_id of the system file")
+    n.add_argument("--for", dest="system_file", metavar="SYSTEM",
+                   help="a system file (path or shipped name): write the key file it names")
     n.set_defaults(func=run_new)
     r = ks.add_parser("rotate", help="one step of a key rotation without downtime (three steps)")
     r.add_argument("file", type=Path)
@@ -24,10 +28,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_new(args: argparse.Namespace) -> int:
+    from mbms.errors import ConfigError
     from mbms.keys import new_key_file
 
-    new_key_file(args.file, args.system)
-    print(f"{args.file}: new key of system {args.system} (mode 0600); reference it from the system "
+    if args.system_file is not None:
+        if args.file is not None or args.system is not None:
+            raise ConfigError("--for", "expected either FILE --system ID or --for SYSTEM, not both")
+        from mbms.config_views import load_system
+        from mbms.paths import system_file
+
+        system = load_system(system_file(args.system_file, field="--for"))
+        if system.auth is None or system.auth.key_file is None:
+            raise ConfigError("auth.key_file", "missing: the system file names no key file ([auth] "
+                              "key_file = \"FILE\")", system.source)
+        file, system_id = system.auth.key_file, system.system_id
+    elif args.file is None or args.system is None:
+        raise ConfigError("keys new", "expected FILE --system ID (the system_id of the system file), "
+                          "or --for SYSTEM")
+    else:
+        file, system_id = args.file, args.system
+    new_key_file(file, system_id)
+    print(f"{file}: new key of system {system_id} (mode 0600); reference it from the system "
           f"file as [auth] key_file and copy it to every node")
     return 0
 

@@ -47,7 +47,7 @@ class CoreLogic:
 
         assert pack.cell_path is not None
         keys = system_keys(system)  # before the boot counter moves: a missing key stops here
-        inc = next_boot(pack.node.state_dir) if incarnation is None else incarnation
+        inc = next_boot(pack.node.state_dir, pack.source) if incarnation is None else incarnation
         try:
             # every value as the core normalised it (pack.engine, system.peer, pack.node)
             core = core_cls(pack.engine, pack.cell_path.read_text(), system.peer_config(pack.node.id, inc),

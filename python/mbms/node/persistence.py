@@ -277,7 +277,7 @@ BOOT_FILE = "boot"
 BOOT_MAX = 0xFFFF
 
 
-def next_boot(state_dir: str | os.PathLike[str]) -> int:
+def next_boot(state_dir: str | os.PathLike[str], source: str | None = None) -> int:
     """This start's boot counter: one more than the last one saved in ``state_dir/boot``, saved
     (atomically, fsync'ed) BEFORE the node sends anything. Peers accept a new boot of a node only
     if it is higher than the last they authenticated, so a boot is never reused: a lost or
@@ -285,8 +285,9 @@ def next_boot(state_dir: str | os.PathLike[str]) -> int:
     d = Path(state_dir)
     try:
         d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EnvironmentProblem(f"node.state_dir {str(d)!r}", f"cannot be created: {exc.strerror or exc}") from None
+    except OSError as exc:  # named as the StateStore names it: the pack file and its field
+        where = f"{source}: " if source else ""
+        raise EnvironmentProblem(f"{where}node.state_dir {str(d)!r}", f"cannot be created: {exc.strerror or exc}") from None
     p = d / BOOT_FILE
     last = 0
     if p.exists():

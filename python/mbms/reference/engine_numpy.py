@@ -330,10 +330,17 @@ class NumpyEngine:
         q_v1_dt = est.v1_process_noise * dt
         # soc_ekf::measurement_variance and offset_noise (the cell file's model error, counted
         # once per correlation time; the current offset as a random walk of the SOC)
-        # soc_ekf::load_c_rate: the recent load, peak hold with an e^(-dt/relax) release
-        c_now = abs(i_cell) / tab["capacity_ah"]
+        # soc_ekf::load_c_rate: the recent load: the present C-rate in discharge, the charge's
+        # peak while charging, an e^(-dt/relax) release in the rest band
+        c_signed = i_cell / tab["capacity_ah"]
+        c_rest = est.rest_current_a / self.par / tab["capacity_ah"]
         relax = tab["model_error_relax_s"]
-        self.load_c = max(c_now, self.load_c * math.exp(-dt / relax) if relax > 0.0 and dt >= 0.0 else 0.0)
+        if c_signed <= -c_rest:
+            self.load_c = max(abs(c_signed), self.load_c)
+        elif c_signed >= c_rest:
+            self.load_c = abs(c_signed)
+        else:
+            self.load_c = max(abs(c_signed), self.load_c * math.exp(-dt / relax) if relax > 0.0 and dt >= 0.0 else 0.0)
         sc = tab["model_error_v_per_c"] * self.load_c
         corr = max(tab["model_error_corr_s"] / dt, 1.0) if dt > 0.0 else 1.0
         r_meas = est.voltage_noise_v**2 + est.model_error_v**2 + tab["model_error_v"] ** 2 + sc * sc * corr

@@ -102,8 +102,9 @@ impl RestSoh {
     }
 
     /// Charge throughput of this step (unit cell, efficiency applied) since the last rest.
-    pub fn integrate(&mut self, eta: f64, i_cell: f64, dt: f64, cell: &CellParams) {
-        self.load_c = soc_ekf::load_c_rate(self.load_c, i_cell.abs() / cell.capacity_ah, dt, cell.estimator.model_error_relax_s);
+    pub fn integrate(&mut self, eta: f64, i_cell: f64, dt: f64, cell: &CellParams, rest_cell_a: f64) {
+        let q = cell.capacity_ah;
+        self.load_c = soc_ekf::load_c_rate(self.load_c, i_cell / q, rest_cell_a / q, dt, cell.estimator.model_error_relax_s);
         self.q_since_rest_ah += eta * i_cell * dt / 3600.0;
         self.dt2_since_rest += dt * dt;
         self.time_since_rest_s += dt;
