@@ -76,3 +76,82 @@ def test_torn_event_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert kinds == ["a", "b"]  # the torn line is skipped, the next event is whole
     assert "torn" in caplog.text
     store.close()
+
+
+def _peer(node_id: int, boot: int):  # type: ignore[no-untyped-def]
+    from mbms import _core
+
+    key = [bytes(range(16))]
+    return _core.ConsensusPeer({"node_id": node_id, "members": [1, 2, 3]}, boot, key)
+
+
+def _local() -> dict:
+    return {"ocv_v": 355.0, "r_ohm": 0.05, "soc": 0.6, "dcl_a": 100.0, "ccl_a": 50.0, "dcl_peak_a": 200.0,
+            "ccl_peak_a": 100.0, "fault": False, "may_close": True, "v_string_v": 355.0, "v_bus_v": 0.0,
+            "i_a": 0.0, "feedback": (False, False, False)}
+
+
+def test_receive_counters_survive_a_restart_through_the_state_dir(tmp_path: Path) -> None:
+    """The receive counters a peer exports, saved and loaded through the state dir, make a
+    restarted peer refuse a replay of what it had accepted; a peer without them takes it."""
+    from mbms.node.persistence import RX_COUNTERS_FILE, load_receive_counters, save_receive_counters
+
+    a, b = _peer(1, 1), _peer(2, 7)
+    sent = [bytes(m) for k in range(12) for m in b.tick(k * 100, _local())["messages"]]
+    assert len(sent) >= 12
+    for k, m in enumerate(sent):
+        assert a.on_message(k * 100, m) is None
+    save_receive_counters(tmp_path, a.receive_counters())
+    assert not list(tmp_path.glob(".*.tmp")), "the temp file is renamed over the saved one"
+    rx = load_receive_counters(tmp_path)
+    assert rx.status == "ok" and [(s, boot) for s, boot, _ in rx.counters] == [(2, 7)]
+    assert rx.counters == a.receive_counters()
+
+    restarted = _peer(1, 2)
+    assert restarted.restore_receive_counters(rx.counters) == 1
+    assert [restarted.on_message(0, m) for m in (sent[0], sent[-2], sent[-1])] == ["stale", "stale", "duplicate"]
+    forgetful = _peer(1, 2)
+    assert forgetful.on_message(0, sent[0]) is None
+    assert (tmp_path / RX_COUNTERS_FILE).exists()
+
+
+@pytest.mark.parametrize("content", [
+    b"",
+    b"{\"format\": 1, \"counters\": [[2, 7, 11]]",  # torn
+    b"\xff\xfe\x00garbage",
+    b"[1, 2, 3]",
+    b"{\"format\": 9, \"counters\": [], \"crc32\": 0}",
+    b"{\"format\": 1, \"counters\": [[2, 7]], \"crc32\": 0}",
+    "crc",  # a counter changed after the save
+    "range",  # a sender id the wire cannot carry, with a matching crc
+])
+def test_corrupt_receive_counters_mean_no_memory_and_a_warning(tmp_path: Path, content: object,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import zlib
+
+    from mbms.node.persistence import RX_COUNTERS_FILE, load_receive_counters, save_receive_counters
+
+    p = tmp_path / RX_COUNTERS_FILE
+    if content == "crc":
+        save_receive_counters(tmp_path, [(2, 7, 11)])
+        p.write_text(p.read_text().replace("11", "12"))
+    elif content == "range":
+        rows = [[64, 7, 11]]
+        crc = zlib.crc32(json.dumps(rows, separators=(",", ":")).encode())
+        p.write_text(json.dumps({"format": 1, "counters": rows, "crc32": crc}))
+    else:
+        assert isinstance(content, bytes)
+        p.write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="mbms.node.persistence"):
+        rx = load_receive_counters(tmp_path)
+    assert rx.status == "corrupt" and rx.counters == [] and rx.detail
+    assert any(RX_COUNTERS_FILE in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_receive_counters_are_a_first_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from mbms.node.persistence import load_receive_counters
+
+    with caplog.at_level(logging.WARNING, logger="mbms.node.persistence"):
+        rx = load_receive_counters(tmp_path)
+    assert rx.status == "missing" and rx.counters == [] and not caplog.records

@@ -72,6 +72,18 @@ fn local_from_dict(d: &Bound<'_, PyDict>) -> PyResult<LocalState> {
 }
 
 /// One peer of the leader-less coordination (sans-IO).
+/// Receive counters as Python sees them: (sender, boot, counter) tuples.
+pub(crate) fn receive_counters_to_py(peer: &Peer) -> Vec<(u16, u16, u32)> {
+    peer.receive_counters().into_iter().map(|r| (r.sender, r.incarnation, r.counter)).collect()
+}
+
+pub(crate) fn receive_counters_from_py(counters: Vec<(u16, u16, u32)>) -> Vec<mbms_consensus::ReceiveCounter> {
+    counters
+        .into_iter()
+        .map(|(sender, incarnation, counter)| mbms_consensus::ReceiveCounter { sender, incarnation, counter })
+        .collect()
+}
+
 #[pyclass(name = "ConsensusPeer", module = "mbms._core")]
 pub struct PyConsensusPeer {
     peer: Peer,
@@ -110,6 +122,17 @@ impl PyConsensusPeer {
 
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         Ok(pythonize::pythonize(py, &self.peer.counters())?)
+    }
+
+    /// Per sender: (sender, boot, last message counter accepted), to persist.
+    fn receive_counters(&self) -> Vec<(u16, u16, u32)> {
+        receive_counters_to_py(&self.peer)
+    }
+
+    /// Restore persisted receive counters (only stricter: see the Rust `Peer`); returns how
+    /// many entries were taken (ids that are no other member are ignored).
+    fn restore_receive_counters(&mut self, counters: Vec<(u16, u16, u32)>) -> usize {
+        self.peer.restore_receive_counters(&receive_counters_from_py(counters))
     }
 
     #[getter]

@@ -128,6 +128,17 @@ impl PyNodeCore {
         self.core.engine_mut().import_state(data).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
+    /// Per sender: (sender, boot, last message counter accepted), to persist with the state.
+    fn receive_counters(&self) -> Vec<(u16, u16, u32)> {
+        crate::consensus::receive_counters_to_py(self.core.peer())
+    }
+
+    /// Restore persisted receive counters before the first message (only stricter); returns
+    /// how many entries were taken.
+    fn restore_receive_counters(&mut self, counters: Vec<(u16, u16, u32)>) -> usize {
+        self.core.restore_receive_counters(&crate::consensus::receive_counters_from_py(counters))
+    }
+
     /// Peer message counters.
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         Ok(pythonize::pythonize(py, &self.core.peer().counters())?)

@@ -29,7 +29,7 @@ pub mod wire;
 pub use auth::{Auth, AuthError};
 pub use config::{ConsensusConfigError, PeerConfig};
 pub use peer::{
-    AbortReason, Contactors, Counters, Event, LocalState, Peer, PeerOutput, Phase, RxError,
+    AbortReason, Contactors, Counters, Event, LocalState, Peer, PeerOutput, Phase, ReceiveCounter, RxError,
 };
 
 /// Cases per fuzzed decoder in the proptest suites: the CI default, or `MBMS_FUZZ_CASES` for the

@@ -342,6 +342,12 @@ impl NodeCore {
         &self.peer
     }
 
+    /// Restore the receive counters a previous run persisted (brief S7: a restart must not
+    /// forget what was accepted); before the first message. Returns how many were taken.
+    pub fn restore_receive_counters(&mut self, counters: &[mbms_consensus::ReceiveCounter]) -> usize {
+        self.peer.restore_receive_counters(counters)
+    }
+
     pub fn output(&self) -> &NodeOutput {
         &self.out
     }

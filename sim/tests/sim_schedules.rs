@@ -116,6 +116,7 @@ fn the_checker_catches_broken_systems() {
         (Sabotage::Disagree, "S5"),
         (Sabotage::Solo, "S6"),
         (Sabotage::NoAuth, "S7"),
+        (Sabotage::NoRxMemory, "S7"),
     ] {
         let p = SimParams { sabotage, ..SimParams::default() };
         let s = run_many(0, 200, &p, 2);

@@ -3,6 +3,8 @@
 
     attacker.py capture SYSTEM SENDER SECONDS OUT   record every frame of one member (replay material)
     attacker.py attack SYSTEM [--replay OUT] [--udp-boot-jump ID]   then print one JSON summary line
+    attacker.py replay SYSTEM OUT PERIOD_S   only the captured frames again, one message per PERIOD_S
+                                             (paced like the live sender, so it looks alive)
 
 ``attack`` sends, in this order: the captured frames again (a replay of a killed node), messages of
 a fake member 3 announcing CLOSED with huge limits and a tiny resistance (guessed tags and zero
@@ -51,6 +53,24 @@ def capture(system_path: str, sender: int, seconds: float, out: str) -> None:
     with open(out, "w") as f:
         json.dump(frames, f)
     print(json.dumps({"captured": len(frames)}), flush=True)
+
+
+def replay(system_path: str, capture_path: str, period_s: float) -> None:
+    """The captured frames again, a message (its 3 frames, index 0..2 in the id) per period."""
+    system = load_system(system_path)
+    bus = _bus(system)
+    with open(capture_path) as f:
+        frames = json.load(f)
+    sent = 0
+    next_t = time.monotonic()
+    for aid, hexdata in frames:
+        if aid & 0x3 == 0:  # the first frame of a message: wait for its slot
+            next_t += period_s
+            time.sleep(max(0.0, next_t - time.monotonic()))
+        bus.send(can.Message(arbitration_id=aid, data=bytes.fromhex(hexdata), is_extended_id=False))
+        sent += 1
+    bus.shutdown()
+    print(json.dumps({"replayed_frames": sent}), flush=True)
 
 
 def _forger(system: Any, node_id: int, boot: int) -> Any:
@@ -144,6 +164,8 @@ if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "capture":
         capture(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+    elif cmd == "replay":
+        replay(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     else:
         args = sys.argv[3:]
         rp = args[args.index("--replay") + 1] if "--replay" in args else None

@@ -6,6 +6,15 @@ use crate::wire::{Body, Coord, DetailBody, Flags, LimitsBody, Message};
 
 use super::{bit, Event, Peer, Phase, RxError, DUP_HOLD_PERIODS};
 
+/// What a node persists per sender so that a restart does not forget what it had accepted
+/// (brief S7 freshness): the sender's boot and the last message counter accepted from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReceiveCounter {
+    pub sender: u16,
+    pub incarnation: u16,
+    pub counter: u32,
+}
+
 /// Membership sub-state: who is configured, who is alive, quorum, restarts and duplicate ids.
 #[derive(Clone, Debug)]
 pub(super) struct Membership {
@@ -47,6 +56,10 @@ pub(super) struct Remote {
     /// After a silence (not alive to us): the first message that came back, (counter, when);
     /// it waits for a second, later one before anything of that sender counts (see `receive`).
     pub(super) back: Option<(u32, u64)>,
+    /// What a previous run of this node had accepted from this sender, (boot, counter), restored
+    /// from the node's state (`Peer::restore_receive_counters`); consulted only until the sender
+    /// is heard in this run: its first message must be newer (see `receive`).
+    pub(super) restored: Option<(u16, u32)>,
 }
 
 impl Remote {
@@ -149,6 +162,22 @@ impl Peer {
         }
         let r = &mut self.membership.remotes[m.sender as usize];
         if !r.heard {
+            // First contact in this run. A previous run's memory (restored with the node state)
+            // makes it stricter, never looser: an earlier boot than the one we had accepted is a
+            // replay, and so is a counter of that boot no newer than the last we had accepted (a
+            // replay of a dead peer's messages captured before our restart). A higher boot is a
+            // restart of the sender, proven by the tag, as for a sender heard in this run.
+            if let Some((inc, c)) = r.restored {
+                if m.incarnation < inc {
+                    return Err(RxError::OldBoot);
+                }
+                if m.incarnation == inc && m.counter == c {
+                    return Err(RxError::Duplicate);
+                }
+                if m.incarnation == inc && m.counter < c {
+                    return Err(RxError::Stale);
+                }
+            }
             r.heard = true;
             r.inc = m.incarnation;
         } else if m.incarnation == r.inc {
@@ -205,6 +234,49 @@ impl Peer {
             }
         }
         Ok(())
+    }
+
+    /// The receive counters to persist with the node state: per sender heard in this run (or
+    /// remembered from a previous one), the boot and the last message counter accepted.
+    pub fn receive_counters(&self) -> Vec<ReceiveCounter> {
+        let mut out = Vec::new();
+        for (id, r) in self.membership.remotes.iter().enumerate() {
+            if id == 0 || id as u16 == self.cfg.node_id || self.membership.member_mask & bit(id as u16) == 0 {
+                continue;
+            }
+            let kept = if r.heard { Some((r.inc, r.last_counter)) } else { r.restored };
+            if let Some((incarnation, counter)) = kept {
+                out.push(ReceiveCounter { sender: id as u16, incarnation, counter });
+            }
+        }
+        out
+    }
+
+    /// Restore the receive counters a previous run of this node persisted (before the first
+    /// message of this run). They only make the peer stricter: until a sender is heard, its first
+    /// message must be of that boot with a higher counter, or of a higher boot. Entries for ids
+    /// that are not other members are ignored (a changed member list), and so are entries of
+    /// senders already heard in this run; of two entries for one sender the newer counts.
+    /// Returns how many entries were taken.
+    pub fn restore_receive_counters(&mut self, counters: &[ReceiveCounter]) -> usize {
+        let mut taken = 0;
+        for rc in counters {
+            let id = rc.sender;
+            if id == 0 || id == self.cfg.node_id || id >= 64 || self.membership.member_mask & bit(id) == 0 {
+                continue;
+            }
+            let r = &mut self.membership.remotes[id as usize];
+            if r.heard {
+                continue;
+            }
+            let new = (rc.incarnation, rc.counter);
+            r.restored = Some(match r.restored {
+                Some(old) if old >= new => old,
+                _ => new,
+            });
+            taken += 1;
+        }
+        taken
     }
 
     pub(super) fn update_membership(&mut self, now: u64) {

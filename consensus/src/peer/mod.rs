@@ -44,6 +44,7 @@ mod agreement;
 mod arbitration;
 mod emission;
 mod membership;
+pub use membership::ReceiveCounter;
 
 /// Eligibility on a live bus uses a tighter window than the physical check, so that a
 /// string that asks for a grant is likely to pass the check.
@@ -657,6 +658,63 @@ mod tests {
         // alive again: the usual counter rule
         let more = b.tick(4000, &local(400.0)).messages.clone();
         assert_eq!(a.on_message(4050, &more[0]), Ok(()));
+    }
+
+    /// A restarted node that restored its receive counters takes no replay of what its previous
+    /// run had accepted (a dead peer's captured messages); without them it took the replay.
+    #[test]
+    fn restored_receive_counters_reject_a_replay_after_a_restart() {
+        let mut a = peer(1, 1);
+        let mut b = peer(2, 5);
+        let sent: Vec<Vec<u8>> = (0..20).flat_map(|k| b.tick(k * 100, &local(400.0)).messages.clone()).collect();
+        assert!(sent.len() >= 20);
+        let upto = sent.len() - 5; // a heard all but b's last few messages
+        for (k, m) in sent[..upto].iter().enumerate() {
+            assert_eq!(a.on_message(k as u64 * 100, m), Ok(()));
+        }
+        let saved = a.receive_counters();
+        let last = Message::decode(&sent[upto - 1]).unwrap();
+        assert_eq!(saved, vec![ReceiveCounter { sender: 2, incarnation: 5, counter: last.counter }]);
+
+        // b is dead; a restarts without memory: a replay of b's old messages is taken (the gap)
+        let mut forgetful = peer(1, 2);
+        assert_eq!(forgetful.on_message(0, &sent[0]), Ok(()), "no memory: the first contact is taken");
+
+        // a restarts with its counters restored: every captured message it had accepted is refused
+        let mut a2 = peer(1, 2);
+        assert_eq!(a2.restore_receive_counters(&saved), 1);
+        assert_eq!(a2.on_message(0, &sent[0]), Err(RxError::Stale));
+        assert_eq!(a2.on_message(10, &sent[upto - 2]), Err(RxError::Stale));
+        assert_eq!(a2.on_message(20, &sent[upto - 1]), Err(RxError::Duplicate));
+        assert_eq!(a2.receive_counters(), saved, "not heard yet: the memory is kept for the next restart");
+        assert_eq!(a2.counters().rx_stale, 2);
+        // b's messages it never heard are newer: taken (b was alive after a's last save)
+        assert_eq!(a2.on_message(30, &sent[upto]), Ok(()));
+        assert_eq!(a2.on_message(130, &sent[upto - 1]), Err(RxError::Stale), "heard now: the usual rule");
+
+        // an older boot of b is refused; a higher boot (b restarted) is taken as a restart
+        let mut a3 = peer(1, 3);
+        a3.restore_receive_counters(&saved);
+        let mut b_old = peer(2, 4);
+        let old = b_old.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a3.on_message(0, &old), Err(RxError::OldBoot));
+        let mut b_new = peer(2, 6);
+        let new = b_new.tick(0, &local(400.0)).messages[0].clone();
+        assert_eq!(a3.on_message(10, &new), Ok(()));
+        assert_eq!(a3.receive_counters()[0].incarnation, 6);
+
+        // entries of ids that are no other member are ignored; of two the newer counts
+        let mut a4 = peer(1, 4);
+        let junk = [
+            ReceiveCounter { sender: 0, incarnation: 9, counter: 9 },
+            ReceiveCounter { sender: 1, incarnation: 9, counter: 9 },
+            ReceiveCounter { sender: 7, incarnation: 9, counter: 9 },
+            ReceiveCounter { sender: 200, incarnation: 9, counter: 9 },
+            ReceiveCounter { sender: 3, incarnation: 2, counter: 50 },
+            ReceiveCounter { sender: 3, incarnation: 2, counter: 10 },
+        ];
+        assert_eq!(a4.restore_receive_counters(&junk), 2);
+        assert_eq!(a4.receive_counters(), vec![ReceiveCounter { sender: 3, incarnation: 2, counter: 50 }]);
     }
 
     #[test]

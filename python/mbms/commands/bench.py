@@ -19,6 +19,7 @@ TARGETS: dict[str, str] = {
     "s3": "joins under random load steps and plant freezes: S3 on the plant's truth at each main close",
     "mqtt": "control period and memory of a node with its MQTT gateway: no broker, live, mute, killed",
     "afe": "LTC6813 chain acquisition per control period for 96 and 400 cells: stated against measured",
+    "flood": "close latencies of real nodes under a flood of forged peer frames, beside the same run unflooded",
 }
 
 

@@ -87,6 +87,14 @@ class CoreLogic:
         wrap or a twin with this node's id); the runtime saves it with the state."""
         return int(self.core.incarnation)
 
+    def receive_counters(self) -> list[tuple[int, int, int]]:
+        """Per sender (sender, boot, last message counter accepted): saved with the state."""
+        return [(int(s), int(b), int(c)) for s, b, c in self.core.receive_counters()]
+
+    def restore_receive_counters(self, counters: list[tuple[int, int, int]]) -> int:
+        """Restore what a previous run had accepted (before the first message); only stricter."""
+        return int(self.core.restore_receive_counters(list(counters)))
+
     def counters(self) -> dict[str, int]:
         """The peer's message counters (received by reason, incl. forged/unauthenticated/old_boot)."""
         return {str(k): int(v) for k, v in self.core.counters().items()}

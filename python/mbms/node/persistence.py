@@ -5,6 +5,11 @@
   save). Written atomically: a temp file in the same directory, ``fsync``, ``rename`` over the old
   file, ``fsync`` of the directory. A reader thus sees either the old or the new state, never a
   mix, also after ``kill -9`` or a power cut.
+* ``rx_counters.json``: the peer's receive counters (per sender: boot and last message counter
+  accepted, brief S7 freshness), saved with the state and restored at the next start, so that a
+  restarted node takes no replay of what it had accepted before (a dead peer's captured messages).
+  Written atomically like the state, with a CRC-32; missing or corrupt means no memory (as a node
+  without it) and a warning, never a refused start.
 * ``events.jsonl``: one JSON object per line (time, node, kind, fields), appended and flushed at
   once, fsync'ed at each state save. A torn last line (killed mid-write) is skipped with a warning.
   Bounded (issue 13): at ``events_max_bytes`` the file is renamed ``events.jsonl.1`` (the older
@@ -223,14 +228,18 @@ class BackgroundSaver:
         self.store = store
         self._cond = threading.Condition()
         self._pending: bytes | None = None
+        self._pending_rx: list[tuple[int, int, int]] | None = None
         self._stop = False
         self.errors = 0
         self._thread = threading.Thread(target=self._run, name="mbms-state-saver", daemon=True)
         self._thread.start()
 
-    def submit(self, blob: bytes) -> None:
+    def submit(self, blob: bytes, rx_counters: list[tuple[int, int, int]] | None = None) -> None:
+        """``rx_counters``: the peer's receive counters, saved after the blob (latest wins too)."""
         with self._cond:
             self._pending = blob
+            if rx_counters is not None:
+                self._pending_rx = rx_counters
             self._cond.notify()
 
     def _run(self) -> None:
@@ -239,6 +248,7 @@ class BackgroundSaver:
                 while self._pending is None and not self._stop:
                     self._cond.wait()
                 blob, self._pending = self._pending, None
+                rx, self._pending_rx = self._pending_rx, None
                 if blob is None and self._stop:
                     return
             try:
@@ -247,6 +257,12 @@ class BackgroundSaver:
             except OSError:
                 self.errors += 1
                 log.exception("state save to %s failed", self.store.state_path)
+            if rx is not None:
+                try:
+                    save_receive_counters(self.store.dir, rx)
+                except OSError:
+                    self.errors += 1
+                    log.exception("receive counters save to %s failed", self.store.dir)
 
     def close(self) -> None:
         with self._cond:
@@ -310,3 +326,84 @@ def save_boot(state_dir: str | os.PathLike[str], boot: int) -> None:
         tmp = p.with_name(f".{BOOT_FILE}.tmp")
         tmp.write_text(f"{boot}\n")
         os.replace(tmp, p)
+
+
+#: The receive counters file in the state dir (brief S7 freshness across a restart).
+RX_COUNTERS_FILE = "rx_counters.json"
+RX_COUNTERS_FORMAT = 1
+
+
+@dataclass
+class RxCountersLoad:
+    """What :func:`load_receive_counters` found: (sender, boot, counter) entries and a status
+    ("ok", "missing" or "corrupt" with ``detail``)."""
+
+    counters: list[tuple[int, int, int]]
+    status: str
+    detail: str = ""
+
+
+def _rx_crc(counters: list[list[int]]) -> int:
+    return zlib.crc32(json.dumps(counters, separators=(",", ":")).encode())
+
+
+def _write_atomic(p: Path, data: bytes) -> None:
+    tmp = p.with_name(f".{p.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+    dfd = os.open(p.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def save_receive_counters(state_dir: str | os.PathLike[str], counters: list[tuple[int, int, int]]) -> None:
+    """Save the peer's receive counters (``NodeCore.receive_counters()``) atomically: a reader
+    sees the old or the new file, never a mix."""
+    rows = sorted([int(s), int(b), int(c)] for s, b, c in counters)
+    doc = {"format": RX_COUNTERS_FORMAT, "counters": rows, "crc32": _rx_crc(rows)}
+    _write_atomic(Path(state_dir) / RX_COUNTERS_FILE, (json.dumps(doc) + "\n").encode())
+
+
+def load_receive_counters(state_dir: str | os.PathLike[str]) -> RxCountersLoad:
+    """The receive counters saved by the previous run. Missing: none (a first start, or a node
+    from before they were saved). Corrupt (unreadable, bad JSON, format, CRC or a value out of
+    range): none and a warning naming the file; the node then takes a first message from each
+    sender as it did without the file (a replay of older traffic is possible until the sender's
+    own newer messages arrive), it never refuses to start over it."""
+    p = Path(state_dir) / RX_COUNTERS_FILE
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        return RxCountersLoad([], "missing")
+    except (OSError, UnicodeDecodeError) as exc:
+        return _rx_corrupt(p, f"unreadable: {exc}")
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        return _rx_corrupt(p, f"not JSON: {exc}")
+    if not isinstance(doc, dict) or doc.get("format") != RX_COUNTERS_FORMAT:
+        return _rx_corrupt(p, f"expected a JSON object with format = {RX_COUNTERS_FORMAT}")
+    rows = doc.get("counters")
+    if not isinstance(rows, list) or not all(
+            isinstance(r, list) and len(r) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+            for r in rows):
+        return _rx_corrupt(p, "counters: expected a list of [sender, boot, counter] integers")
+    if doc.get("crc32") != _rx_crc(rows):
+        return _rx_corrupt(p, "crc32 does not match the counters")
+    for s, b, c in rows:
+        # ids 1..63 (the wire's 6 bits), the 16-bit boot and the message counter (u32 in the core)
+        if not (1 <= s <= 63 and 0 <= b <= BOOT_MAX and 0 <= c <= 0xFFFF_FFFF):
+            return _rx_corrupt(p, f"counters: entry {[s, b, c]} out of range (sender 1..63, boot 0..{BOOT_MAX})")
+    return RxCountersLoad([(s, b, c) for s, b, c in rows], "ok")
+
+
+def _rx_corrupt(p: Path, detail: str) -> RxCountersLoad:
+    log.warning("receive counters %s ignored (%s): this start remembers no peer's message counters, "
+                "so a replay of traffic captured before it is taken until the peers' own newer messages arrive",
+                p, detail)
+    return RxCountersLoad([], "corrupt", detail)

@@ -177,7 +177,27 @@ class NodeRuntime:
                 self.restored = "partial"
             else:
                 log.info("state restored from %s", self.store.state_path)
+        self._restore_receive_counters()
         return self.restored
+
+    def _restore_receive_counters(self) -> None:
+        """The peer's receive counters of the previous run (brief S7): before the transport
+        opens, so that no replay of what that run accepted is taken as a first contact."""
+        restore = getattr(self.logic, "restore_receive_counters", None)
+        if restore is None or self.store is None:
+            return
+        from mbms.node.persistence import load_receive_counters
+
+        rx = load_receive_counters(self.store.dir)
+        if rx.status == "corrupt":
+            self.store.event("rx_counters_corrupt", detail=rx.detail)
+        taken = restore(rx.counters) if rx.counters else 0
+        if rx.status == "ok":
+            log.info("receive counters of %d peer(s) restored", taken)
+
+    def _receive_counters(self) -> list[tuple[int, int, int]] | None:
+        get = getattr(self.logic, "receive_counters", None)
+        return None if get is None else get()
 
     # -------------------------------------------------------------- receiving
     def _on_message(self, src: int, payload: bytes) -> None:
@@ -384,10 +404,15 @@ class NodeRuntime:
                 from mbms.node.persistence import save_boot
 
                 save_boot(self.store.dir, boot())
+            rx = self._receive_counters()
             if self.saver is not None:
-                self.saver.submit(blob)
+                self.saver.submit(blob, rx)
             else:
                 self.store.save(blob)
+                if rx is not None:
+                    from mbms.node.persistence import save_receive_counters
+
+                    save_receive_counters(self.store.dir, rx)
 
     # -------------------------------------------------------------- the loop
     async def open_transport(self) -> None:
@@ -459,6 +484,14 @@ class NodeRuntime:
                 self.store.save(self.logic.export_state())
             except Exception:
                 log.exception("final state save failed")
+            try:
+                rx = self._receive_counters()
+                if rx is not None:
+                    from mbms.node.persistence import save_receive_counters
+
+                    save_receive_counters(self.store.dir, rx)
+            except Exception:
+                log.exception("final receive counters save failed")
             counters = getattr(self.logic, "counters", None)
             self._event("stop", t_ms=self.t_ms(), timing=self.timing.summary(),
                         peer=counters() if counters is not None else None,

@@ -26,7 +26,8 @@
 //!   and a tiny resistance, a 0 A proposal, a boot jump to 65535, zero tags, a captured tag
 //!   spliced onto a changed body) and replays captured messages (of live and crashed nodes).
 //!   Every message a peer accepts must be one that member's node really sent, newer than any
-//!   message of that sender this receiver accepted before (the simulator knows what was sent).
+//!   message of that sender this receiver accepted before, also before a restart (the receive
+//!   counters a node persists and restores; the simulator knows what was sent).
 
 pub mod plant;
 
@@ -83,11 +84,14 @@ pub enum Sabotage {
     Disagree,
     /// Peers skip tag verification (authentication off) while the attacker injects (S7).
     NoAuth,
+    /// A restarted peer does not restore the receive counters it had persisted, while the
+    /// attacker replays captured messages (S7: the monitor remembers across the restart).
+    NoRxMemory,
 }
 
 impl Sabotage {
     /// Every mode with its name, as a campaign spec or `mbms sim --protocol --sabotage` names it.
-    pub const ALL: [(&'static str, Sabotage); 7] = [
+    pub const ALL: [(&'static str, Sabotage); 8] = [
         ("none", Sabotage::None),
         ("ignore_fault_open", Sabotage::IgnoreFaultOpen),
         ("solo", Sabotage::Solo),
@@ -95,6 +99,7 @@ impl Sabotage {
         ("double_limits", Sabotage::DoubleLimits),
         ("disagree", Sabotage::Disagree),
         ("no_auth", Sabotage::NoAuth),
+        ("no_rx_memory", Sabotage::NoRxMemory),
     ];
 }
 
@@ -218,8 +223,12 @@ struct Node {
     boot: u64,
     /// Messages sent over the whole schedule (emission order, for S7).
     sent: u64,
-    /// Per sender: emission index of the newest message this peer instance accepted (S7).
+    /// Per sender: emission index of the newest message this node accepted (S7), kept across
+    /// a restart as the node keeps its receive counters (`saved_rx`).
     accepted: Vec<Option<u64>>,
+    /// The receive counters the node persisted (the runtime saves them with the state; here at
+    /// the crash, as a save just before it), restored into the peer at the restart.
+    saved_rx: Vec<mbms_consensus::ReceiveCounter>,
 }
 
 impl Node {
@@ -675,8 +684,12 @@ impl World {
         // Boot counters grow from one start to the next (the runtime persists them); a start
         // may skip some (a boot that crashed before it sent anything).
         self.nodes[k].boot += 1 + seed % 3;
-        self.nodes[k].accepted.iter_mut().for_each(|a| *a = None);
-        let p = self.new_peer(k, self.nodes[k].boot, seed);
+        let mut p = self.new_peer(k, self.nodes[k].boot, seed);
+        // The runtime restores the receive counters it persisted, so what this node had accepted
+        // before the crash stays old to it (the monitor's `accepted` is kept accordingly).
+        if self.params.sabotage != Sabotage::NoRxMemory {
+            p.restore_receive_counters(&self.nodes[k].saved_rx);
+        }
         self.nodes[k].peer = Some(p);
         self.nodes[k].instance += 1;
         self.nodes[k].snapshot = None;
@@ -755,6 +768,7 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
                 boot: 0,
                 sent: 0,
                 accepted: vec![None; n],
+                saved_rx: Vec::new(),
             }
         })
         .collect();
@@ -825,7 +839,8 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
         sent: Vec::new(),
     };
     // The attacker (S7): about half of the faulty schedules, 10–60 injections before the heal.
-    let adversary = params.adversary.unwrap_or(!clean && w.arng.chance(0.5)) || params.sabotage == Sabotage::NoAuth;
+    let adversary = params.adversary.unwrap_or(!clean && w.arng.chance(0.5)) || params.sabotage == Sabotage::NoAuth
+        || params.sabotage == Sabotage::NoRxMemory;
     w.adversary = adversary;
     w.result.adversary = adversary;
     if adversary {
@@ -881,6 +896,9 @@ pub fn run_schedule(seed: u64, params: &SimParams) -> ScheduleResult {
                 if w.nodes[k].peer.is_some() {
                     w.trace(t, format!("crash peer {}", w.nodes[k].id));
                     w.plant.advance(t);
+                    if let Some(p) = w.nodes[k].peer.as_ref() {
+                        w.nodes[k].saved_rx = p.receive_counters();
+                    }
                     w.nodes[k].peer = None;
                     w.nodes[k].snapshot = None;
                     w.nodes[k].last_phase = Phase::Open;
