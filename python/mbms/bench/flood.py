@@ -57,6 +57,8 @@ def flood(system_path: str, rate: float, seconds: float) -> None:
 
     system = load_system(system_path)
     c = system.transport.can
+    if c is None:  # the bench's own system file is a CAN system
+        raise ValueError(f"{system_path}: the flood bench needs a [transport.can] system")
     bus = can.Bus(interface="udp_multicast", channel=c.channel, port=c.port, receive_own_messages=False)
     local = {"ocv_v": 355.0, "r_ohm": 0.05, "soc": 0.6, "dcl_a": 100.0, "ccl_a": 100.0, "dcl_peak_a": 100.0,
              "ccl_peak_a": 100.0, "fault": False, "may_close": True, "v_string_v": 355.0, "v_bus_v": 355.0,
@@ -145,7 +147,7 @@ def _case(tmp: Path, name: str, rate: float, seconds: float) -> dict[str, Any]:
         for e in events:
             if e.get("kind") == "phase":
                 first.setdefault(str(e["phase"]).lower(), int(e["t_ms"]))
-        stop = next((e for e in events if e.get("kind") == "stop"), {})
+        stop: dict[str, Any] = next((e for e in events if e.get("kind") == "stop"), {})
         peer = stop.get("peer") or {}
         timing = stop.get("timing") or {}
         req, pre, closed = first.get("requesting"), first.get("precharging"), first.get("closed")
