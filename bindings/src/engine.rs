@@ -185,6 +185,7 @@ impl PyEngine {
         d.set_item("model_error_v_per_c", ce.model_error_v_per_c)?;
         d.set_item("model_error_corr_s", ce.model_error_corr_s)?;
         d.set_item("model_error_relax_s", ce.model_error_relax_s)?;
+        d.set_item("r0_step_min_c", ce.r0_step_min_c)?;
         d.set_item("offset_horizon_s", mbms_core::soc_ekf::OFFSET_HORIZON_S)?;
         Ok(d)
     }

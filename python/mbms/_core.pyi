@@ -433,6 +433,7 @@ class _EngineTables(TypedDict):
     model_error_v_per_c: float
     model_error_corr_s: float
     model_error_relax_s: float
+    r0_step_min_c: float
     offset_horizon_s: float
 
 

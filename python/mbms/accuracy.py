@@ -200,9 +200,8 @@ def sensor_settings(capacity_ah: float, c: Corruption) -> dict[str, float]:
         "voltage_noise_v": c.voltage_noise_v,
         "current_noise_a": c.current_noise_a_per_ah * capacity_ah,
         "current_offset_a": c.current_offset_a_per_ah * capacity_ah,
-        # rest band C/50 (above the offset and noise of the current sensor); an R0 step 0.4C
+        # rest band C/50 (above the offset and noise of the current sensor)
         "rest_current_a": 0.02 * capacity_ah,
-        "r0_step_min_a": 0.4 * capacity_ah,
     }
 
 

@@ -65,7 +65,6 @@ class EstimatorConfig:
     rest_current_a: float
     rest_time_s: float
     rest_ocv_sigma_v: float
-    r0_step_min_a: float
     r0_gain: float
     capacity_min_dsoc: float
     capacity_forgetting: float

@@ -214,7 +214,7 @@ pub struct CellFile {
 /// power over its correlation time (variance × τ/Δt: Bar-Shalom, Li, Kirubarajan, "Estimation
 /// with applications to tracking and navigation", 2001, §8.4, band-limited noise) keeps the
 /// information the voltage gives per unit time right.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CellEstimator {
     /// model voltage error at low current (V, 1σ)
@@ -241,6 +241,35 @@ pub struct CellEstimator {
     pub full_charge_dv_v: f64,
     pub full_charge_taper_c: f64,
     pub full_charge_soc_sigma: f64,
+    /// Smallest current step (C-rate of one cell, between two samples ≤ 1 s apart) that gives
+    /// an R0 observation (−ΔV/ΔI, see `soh::r0_observation`). A C-rate, not amperes, so it
+    /// scales with the cell and the pack's parallel count: the standard resistance tests
+    /// define their current steps as multiples of the rated current I_t = C_n/1 h (IEC 62660-1,
+    /// pulse power and internal resistance of EV cells; IEC 61960-3, DC internal resistance
+    /// from a step of 0.2 I_t to 1 I_t), R = ΔV/ΔI. Energy-storage duty has only small steps (0.3..0.4 C on
+    /// the family's ESS traces), so an absolute threshold sized for a drive cycle never fires
+    /// there and the resistance ratio of an aged storage cell stays at 1 (issue 16). The
+    /// smaller the step, the noisier one observation (σ_R ≈ √2·σ_v / ΔI), which `r0_gain`
+    /// averages. 0: no R0 learning.
+    pub r0_step_min_c: f64,
+}
+
+/// Absent from a cell file: the model-error terms and full-charge synchronisation are off (0),
+/// R0 is learnt on steps of 0.2 C (see `r0_step_min_c`).
+impl Default for CellEstimator {
+    fn default() -> Self {
+        CellEstimator {
+            model_error_v: 0.0,
+            model_error_v_per_c: 0.0,
+            model_error_corr_s: 0.0,
+            model_error_relax_s: 0.0,
+            full_charge_soc: 0.0,
+            full_charge_dv_v: 0.0,
+            full_charge_taper_c: 0.0,
+            full_charge_soc_sigma: 0.0,
+            r0_step_min_c: 0.2,
+        }
+    }
 }
 
 impl CellEstimator {
@@ -254,6 +283,7 @@ impl CellEstimator {
             ("full_charge_dv_v", self.full_charge_dv_v),
             ("full_charge_taper_c", self.full_charge_taper_c),
             ("full_charge_soc_sigma", self.full_charge_soc_sigma),
+            ("r0_step_min_c", self.r0_step_min_c),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(err(&format!("estimator.{name}"), format!("expected a finite number >= 0, got {v}")));
@@ -268,6 +298,7 @@ impl CellEstimator {
             ("full_charge_dv_v", self.full_charge_dv_v, 0.5, "V"),
             ("full_charge_taper_c", self.full_charge_taper_c, 1.0, "C"),
             ("full_charge_soc_sigma", self.full_charge_soc_sigma, 0.5, ""),
+            ("r0_step_min_c", self.r0_step_min_c, 10.0, "C"),
         ] {
             if v > max {
                 return Err(err(&format!("estimator.{name}"), format!("expected at most {max} {unit}, got {v}")));

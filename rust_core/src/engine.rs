@@ -374,7 +374,7 @@ impl Engine {
             self.cells.initialize(v_cell_v, sens, est, &self.tab, &self.sensing, &self.sensor_of, &mut self.out.soc_cc);
         }
         let rest_point = self.soh.detect_rest(cur.i, t_s, dt, est);
-        let (di, r0_step) = self.soh.current_step(cur.i, cur.valid, dt, est);
+        let (di, r0_step) = self.soh.current_step(cur.i, cur.valid, dt, rest::RestSoh::r0_step_min_a(&self.cell, self.par));
         let i_cell = cur.i / self.par;
         let eta = if cur.i < 0.0 { self.cell.coulombic_efficiency } else { 1.0 };
         self.soh.integrate(eta, i_cell, dt, &self.cell, est.rest_current_a / self.par);

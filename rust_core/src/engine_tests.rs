@@ -356,7 +356,6 @@ fn capacity_and_resistance_are_estimated_from_partial_cycles() {
     let mut c = config(n, 1);
     c.pack.parallel = 1;
     c.estimator.rest_time_s = 600.0;
-    c.estimator.r0_step_min_a = 1.0;
     let mut e = Engine::new(c, p).unwrap();
     let mut t = 0.0;
     e.step(t, &plant.voltages(0.0), &[25.0], 0.0).unwrap();
@@ -380,6 +379,43 @@ fn capacity_and_resistance_are_estimated_from_partial_cycles() {
     let o = e.output();
     assert!((o.soh_capacity - 0.9).abs() < 0.03, "soh_capacity {}", o.soh_capacity);
     assert!((o.soh_resistance - 1.3).abs() < 0.1, "soh_resistance {}", o.soh_resistance);
+}
+
+/// Storage duty: the only current steps are 0.3 C on and off (issue 16: an absolute 5 A
+/// threshold never fired there and an aged cell's resistance ratio stayed 1). With the cell
+/// file's `r0_step_min_c` (0.2 C) the ratio converges to the plant's; with a threshold above
+/// the steps no observation is taken; the threshold scales with the parallel count.
+#[test]
+fn resistance_is_learnt_on_storage_steps_above_the_cell_files_c_rate() {
+    let run = |step_min_c: Option<f64>| -> f64 {
+        let mut p = CellParams::from_toml_str(NMC).unwrap();
+        if let Some(c) = step_min_c {
+            p.estimator.r0_step_min_c = c;
+        }
+        let mut plant = Plant::new(p.clone(), 1, 1.0, 0.8, 5);
+        plant.sc[0] = CellScale { capacity: 1.0, resistance: 1.5 };
+        plant.noise_v = 0.0005;
+        let mut c = config(1, 1);
+        c.pack.parallel = 1;
+        let i_on = 0.3 * p.capacity_ah;
+        let mut e = Engine::new(c, p).unwrap();
+        let mut t = 0.0;
+        e.step(t, &plant.voltages(0.0), &[25.0], 0.0).unwrap();
+        for k in 0..8_000 {
+            let i = if (k / 60) % 2 == 0 { 0.0 } else { i_on };
+            plant.step(i, 1.0);
+            t += 1.0;
+            e.step(t, &plant.voltages(i), &[25.0], i).unwrap();
+        }
+        e.output().soh_resistance
+    };
+    let p = CellParams::from_toml_str(NMC).unwrap();
+    assert_eq!(p.estimator.r0_step_min_c, 0.2, "the cell file's threshold");
+    assert_eq!(rest::RestSoh::r0_step_min_a(&p, 3.0), 0.2 * p.capacity_ah * 3.0);
+    let learnt = run(None);
+    assert!((learnt - 1.5).abs() < 0.08, "0.3 C steps, 0.2 C threshold: ratio {learnt}");
+    assert_eq!(run(Some(0.4)), 1.0, "steps below the threshold give no observation");
+    assert_eq!(run(Some(0.0)), 1.0, "0: no R0 learning");
 }
 
 /// A sample stands for the period before it: N samples of rest at Δt after a load are a rest

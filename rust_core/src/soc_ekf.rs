@@ -47,8 +47,8 @@ pub struct EstimatorConfig {
     pub rest_time_s: f64,
     /// Voltage uncertainty (V, 1σ) of a rested cell voltage as an OCV reading.
     pub rest_ocv_sigma_v: f64,
-    /// Current step (A, string) that triggers an R0 measurement, and the filter gain of R0.
-    pub r0_step_min_a: f64,
+    /// Filter gain of R0 per observation (the step that gives one is the cell file's
+    /// `estimator.r0_step_min_c`: a C-rate, a property of the cell, not of the pack).
     pub r0_gain: f64,
     /// Capacity estimation (AWTLS): minimum |ΔSOC| between rest points, forgetting factor,
     /// prior σ (relative) of the nominal capacity.
@@ -75,7 +75,6 @@ impl Default for EstimatorConfig {
             // threshold misses the 10..20 min rests of energy-storage duty (issue 16).
             rest_time_s: 600.0,
             rest_ocv_sigma_v: 0.003,
-            r0_step_min_a: 5.0,
             r0_gain: 0.05,
             capacity_min_dsoc: 0.2,
             capacity_forgetting: 0.98,
@@ -86,7 +85,7 @@ impl Default for EstimatorConfig {
 
 impl EstimatorConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let checks: [(&str, f64, bool); 15] = [
+        let checks: [(&str, f64, bool); 14] = [
             ("soc_process_noise", self.soc_process_noise, false),
             ("v1_process_noise", self.v1_process_noise, false),
             ("voltage_noise_v", self.voltage_noise_v, false),
@@ -97,7 +96,6 @@ impl EstimatorConfig {
             ("rest_current_a", self.rest_current_a, false),
             ("rest_time_s", self.rest_time_s, true),
             ("rest_ocv_sigma_v", self.rest_ocv_sigma_v, true),
-            ("r0_step_min_a", self.r0_step_min_a, true),
             ("r0_gain", self.r0_gain, false),
             ("capacity_min_dsoc", self.capacity_min_dsoc, true),
             ("capacity_forgetting", self.capacity_forgetting, true),

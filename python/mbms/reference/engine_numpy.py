@@ -331,7 +331,9 @@ class NumpyEngine:
             self.rest_since = np.nan
             self.rest_done = False
         di = i - self.i_prev
-        r0_step = i_valid and self.i_prev_valid and abs(di) >= est.r0_step_min_a and 0.0 < dt <= 1.0
+        # rest.rs RestSoh::r0_step_min_a: the cell file's C-rate of the parallel group
+        step_min_a = tab["r0_step_min_c"] * tab["capacity_ah"] * self.par
+        r0_step = step_min_a > 0.0 and i_valid and self.i_prev_valid and abs(di) >= step_min_a and 0.0 < dt <= 1.0
         self.i_prev, self.i_prev_valid = i, i_valid
         i_cell = i / self.par
         eta = tab["coulombic_efficiency"] if i < 0.0 else 1.0

@@ -92,13 +92,21 @@ impl RestSoh {
     }
 
     /// The current step of this sample (A) and whether it is an R0 observation: both samples
-    /// plausible, a step of at least `r0_step_min_a`, within one second.
-    pub fn current_step(&mut self, i: f64, i_valid: bool, dt: f64, est: &EstimatorConfig) -> (f64, bool) {
+    /// plausible, a step of at least `step_min_a` (string current: the cell file's
+    /// `estimator.r0_step_min_c` × capacity × parallel count, see [`RestSoh::r0_step_min_a`];
+    /// 0: no R0 learning), within one second.
+    pub fn current_step(&mut self, i: f64, i_valid: bool, dt: f64, step_min_a: f64) -> (f64, bool) {
         let di = i - self.i_prev;
-        let r0_step = i_valid && self.i_prev_valid && di.abs() >= est.r0_step_min_a && dt > 0.0 && dt <= 1.0;
+        let r0_step = step_min_a > 0.0 && i_valid && self.i_prev_valid && di.abs() >= step_min_a && dt > 0.0 && dt <= 1.0;
         self.i_prev = i;
         self.i_prev_valid = i_valid;
         (di, r0_step)
+    }
+
+    /// The string current step (A) that gives an R0 observation: the cell file's C-rate
+    /// `estimator.r0_step_min_c` of the pack's parallel group.
+    pub fn r0_step_min_a(cell: &CellParams, par: f64) -> f64 {
+        cell.estimator.r0_step_min_c * cell.capacity_ah * par
     }
 
     /// Charge throughput of this step (unit cell, efficiency applied) since the last rest.
