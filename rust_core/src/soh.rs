@@ -45,6 +45,19 @@ impl Awtls {
         c[5] += y * y / var_x;
     }
 
+    /// Add one observation with its own variances on x and y, balanced first. The exact
+    /// weighted-TLS cost of an observation is (y − Qx)² / (σy² + Q²σx²); the AWTLS form
+    /// (y − Qx)²·(Q²/σx² + 1/σy²)/(Q²+1)² equals it only where σx = σy, and otherwise weights
+    /// the observation by its *smaller* variance: a rest point on a flat OCV (σx several % of
+    /// SOC) with a well-counted charge (σy ~1 %) counts as a precise one (issue 16, lfp_h4: one
+    /// LFP plateau reading moved the capacity by 15 %). With both variances (σx² + σy²)/2 the
+    /// AWTLS cost of the observation equals the exact one at Q = 1 (the normalised nominal
+    /// capacity) and stays within a factor (1+Q²)/2 of it over the estimator's band.
+    pub fn add_balanced(&mut self, x: f64, y: f64, var_x: f64, var_y: f64, gamma: f64) {
+        let v = 0.5 * (var_x + var_y);
+        self.add(x, y, v, v, gamma);
+    }
+
     /// The AWTLS cost at q (normalised capacity).
     pub fn cost(&self, q: f64) -> f64 {
         let [c1, c2, c3, c4, c5, c6] = self.c;
@@ -143,6 +156,40 @@ mod tests {
         assert!((q - q_true).abs() < 0.02, "q = {q}");
         // cost is minimal there
         assert!(a.cost(q) <= a.cost(q + 0.01) && a.cost(q) <= a.cost(q - 0.01));
+    }
+
+    /// Observations with unbalanced variances (a flat-OCV rest point: σx large, σy small):
+    /// the balanced AWTLS lands near the minimiser of the exact WTLS cost
+    /// Σ (y − Qx)²/(σy² + Q²σx²) + prior, where the unbalanced form follows the noisy x.
+    #[test]
+    fn balanced_awtls_follows_the_exact_wtls_cost_with_unbalanced_variances() {
+        let mut rng = Rng(3);
+        let q_true = 0.85;
+        let prior = 0.1;
+        let (mut bal, mut unbal) = (Awtls::with_prior(prior), Awtls::with_prior(prior));
+        let mut obs = Vec::new();
+        for k in 0..6 {
+            let x_true = 0.15 + 0.05 * k as f64;
+            // σx 0.05 (a plateau rest point), σy 0.005 (the counted charge)
+            let (sx, sy) = (0.05, 0.005);
+            let x = x_true + sx * rng.n();
+            let y = q_true * x_true + sy * rng.n();
+            bal.add_balanced(x, y, sx * sx, sy * sy, 1.0);
+            unbal.add(x, y, sx * sx, sy * sy, 1.0);
+            obs.push((x, y, sx * sx, sy * sy));
+        }
+        let exact = |q: f64| {
+            let p = prior * prior;
+            (1.0 - q) * (1.0 - q) / (p + q * q * p)
+                + obs.iter().map(|(x, y, vx, vy)| (y - q * x).powi(2) / (vy + q * q * vx)).sum::<f64>()
+        };
+        let q_exact = (0..=12000).map(|i| 0.3 + 1.2 * i as f64 / 12000.0).fold((0.0, f64::INFINITY), |b, q| {
+            let j = exact(q);
+            if j < b.1 { (q, j) } else { b }
+        }).0;
+        let (qb, qu) = (bal.estimate(0.3, 1.5), unbal.estimate(0.3, 1.5));
+        assert!((qb - q_exact).abs() < 0.02, "balanced {qb} vs exact {q_exact}");
+        assert!((qu - q_exact).abs() > 2.0 * (qb - q_exact).abs(), "unbalanced {qu}, balanced {qb}, exact {q_exact}");
     }
 
     #[test]

@@ -139,7 +139,9 @@ impl RestSoh {
             let x = zp - z_meas;
             if x.abs() >= est.capacity_min_dsoc {
                 let var_x = self.z_rest_var[k] + var;
-                self.awtls[k].add(x, y, var_x, var_y, est.capacity_forgetting);
+                // both variances: a flat-OCV rest point must not count as a precise one
+                // (see `Awtls::add_balanced`)
+                self.awtls[k].add_balanced(x, y, var_x, var_y, est.capacity_forgetting);
                 let q = self.awtls[k].estimate(CAPACITY_RATIO_RANGE.0, CAPACITY_RATIO_RANGE.1);
                 self.cap_ah[k] = q * cap_nom;
                 self.inv_qc[k] = 1.0 / (3600.0 * self.cap_ah[k]);
