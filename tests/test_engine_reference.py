@@ -56,3 +56,34 @@ def test_rust_and_numpy_agree(mode: str) -> None:
             rust.reset_faults(t)
             ref.reset_faults()
     assert ref.iterated_updates >= 8  # the iterated-update branch was compared too
+
+
+def test_zero_current_calibration_agrees_and_stops_the_rest_drift() -> None:
+    """A current sensor reading +0.2 A at rest (inside the 0.5 A rest band): after the rest's
+    first minute both engines learn it as the sensor's offset (rest.rs RestSoh::zero_current)
+    and take it out of the coulomb count, identically."""
+    d = copy.deepcopy(tomllib.loads(PACK.read_text()))
+    d["pack"].update(series=4, temp_sensors=1)
+    d["estimator"]["rest_time_s"] = 1e9  # no rest point (not in the numpy reference)
+    cfg = PackConfig.from_dict(d)
+    assert cfg.estimator.current_offset_tau_s > 0.0, "the calibration is on by default"
+    rust, ref = Engine(cfg), NumpyEngine(cfg)
+    rng = np.random.default_rng(5)
+    offset = 0.2
+    base = 3.65 + 0.02 * rng.random(4)
+    cc = []
+    dt = 0.5
+    for k in range(2700):
+        t = dt * k
+        load = 30.0 if 1600 <= k < 1700 else 0.0  # rest 800 s, 50 s load, rest 500 s
+        i = load + offset + 0.01 * rng.standard_normal()
+        v = base - 0.00625 * load + 0.001 * rng.standard_normal(4)
+        a, b = rust.step(t, v, np.array([25.0]), i), ref.step(t, v, np.array([25.0]), i)
+        for name in ("soc", "soc_sigma", "soc_cc"):
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=0, atol=1e-12)
+        cc.append(float(np.mean(a.soc_cc)))
+    q_as = 3600.0 * tomllib.loads((data_dir() / "cells" / "lg_m50_nmc.toml").read_text())["capacity_ah"] * 4
+    raw_drift = offset * 400.0 / q_as  # what the offset alone would count from k = 1900 on
+    drift = cc[1900] - cc[-1]  # the last rest, after its first minute and more
+    # learnt over 740 s of the first rest with tau 300 s: e^(-740/300) ~ 8 % left, then less
+    assert abs(drift) < 0.1 * raw_drift, (drift, raw_drift)

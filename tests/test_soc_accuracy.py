@@ -138,13 +138,12 @@ def _figures(name: str, r) -> str:
 
 # name -> reason (measured figures) for held-out traces that miss a SOC target
 SOC_MISSES: dict[str, str] = {
-    'lfp_h2_drive': 'measured (seed 1): RMSE after 10 min 2.91 %, max 14.23 %',
-    'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 4.50 %, max 9.51 %',
-    'nmc_h1_drive': 'measured (seed 1): RMSE after 10 min 0.82 %, max 1.28 %',
-    'nmc_h2_pulse': 'measured (seed 1): RMSE after 10 min 0.62 %, max 1.11 %',
-    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.70 %, max 3.05 %',
-    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 3.01 %, max 6.11 %',
-    'nmc_h5_ess_cold': 'measured (seed 1): RMSE after 10 min 0.63 %, max 1.67 %',
+    'lfp_h2_drive': 'measured (seed 1): RMSE after 10 min 2.54 %, max 14.23 %',
+    'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 4.28 %, max 8.84 %',
+    'nmc_h1_drive': 'measured (seed 1): RMSE after 10 min 0.52 %, max 0.77 %',
+    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.63 %, max 3.07 %',
+    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 2.58 %, max 4.98 %',
+    'nmc_h5_ess_cold': 'measured (seed 1): RMSE after 10 min 0.90 %, max 1.58 %',
 }
 
 
@@ -162,10 +161,10 @@ def test_heldout_soc_meets_brief_targets(name: str) -> None:
 
 # name -> reason for LFP held-out traces where the filter's σ does not cover its error
 CONSISTENCY_MISSES: dict[str, str] = {
-    'lfp_h2_drive': 'measured (seed 1): max |e|/sigma 110.7, NEES above 95% bound 67 %',
-    'lfp_h3_pulse': 'measured (seed 1): max |e|/sigma 23.2, NEES above 95% bound 7 %',
-    'lfp_h4_ess_aged': 'measured (seed 1): max |e|/sigma 2.6, NEES above 95% bound 21 %',
-    'lfp_h5_drive_aged': 'measured (seed 1): max |e|/sigma 8.4, NEES above 95% bound 56 %',
+    'lfp_h2_drive': 'measured (seed 1): max |e|/sigma 110.7, NEES above 95% bound 35 %',
+    'lfp_h3_pulse': 'measured (seed 1): max |e|/sigma 23.2, NEES above 95% bound 8 %',
+    'lfp_h4_ess_aged': 'measured (seed 1): max |e|/sigma 2.6, NEES above 95% bound 22 %',
+    'lfp_h5_drive_aged': 'measured (seed 1): max |e|/sigma 7.8, NEES above 95% bound 58 %',
 }
 
 
@@ -190,12 +189,12 @@ def test_lfp_filter_is_not_overconfident(name: str) -> None:
 # capacity that meets its target passes even where the resistance does not)
 CAPACITY_MISSES: dict[str, str] = {
     'lfp_h4_ess_aged': 'measured (seed 1): capacity 1.000 vs 0.820 (+22.0 %)',
+    'nmc_h3_ess_aged': 'measured (seed 1): capacity 0.861 vs 0.820 (+5.0 %)',
 }
 RESISTANCE_MISSES: dict[str, str] = {
     'lfp_h4_ess_aged': 'measured (seed 1): resistance ratio 1.35 vs 1.70 (-21 %)',
-    'lfp_h5_drive_aged': 'measured (seed 1): resistance ratio 1.39 vs 1.48 (-6 %)',
-    'nmc_h3_ess_aged': 'measured (seed 1): resistance ratio 1.59 vs 1.67 (-5 %)',
-    'nmc_h4_drive_aged': 'measured (seed 1): resistance ratio 1.13 vs 1.38 (-18 %)',
+    'lfp_h5_drive_aged': 'measured (seed 1): resistance ratio 1.40 vs 1.48 (-5 %)',
+    'nmc_h4_drive_aged': 'measured (seed 1): resistance ratio 1.14 vs 1.38 (-18 %)',
 }
 AGED = sorted(n for n in HELDOUT if "aged" in n)
 

@@ -187,6 +187,7 @@ impl PyEngine {
         d.set_item("model_error_relax_s", ce.model_error_relax_s)?;
         d.set_item("r0_step_min_c", ce.r0_step_min_c)?;
         d.set_item("offset_horizon_s", mbms_core::soc_ekf::OFFSET_HORIZON_S)?;
+        d.set_item("offset_settle_s", mbms_core::soc_ekf::OFFSET_SETTLE_S)?;
         Ok(d)
     }
 

@@ -435,6 +435,7 @@ class _EngineTables(TypedDict):
     model_error_relax_s: float
     r0_step_min_c: float
     offset_horizon_s: float
+    offset_settle_s: float
 
 
 @final

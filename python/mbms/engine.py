@@ -61,6 +61,7 @@ class EstimatorConfig:
     model_error_v: float
     current_noise_a: float
     current_offset_a: float
+    current_offset_tau_s: float
     initial_soc_sigma: float
     rest_current_a: float
     rest_time_s: float

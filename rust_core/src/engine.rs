@@ -375,11 +375,13 @@ impl Engine {
         }
         let rest_point = self.soh.detect_rest(cur.i, t_s, dt, est);
         let (di, r0_step) = self.soh.current_step(cur.i, cur.valid, dt, rest::RestSoh::r0_step_min_a(&self.cell, self.par));
-        let i_cell = cur.i / self.par;
-        let eta = if cur.i < 0.0 { self.cell.coulombic_efficiency } else { 1.0 };
+        // the estimator's current: the sensor's offset learnt at rest taken out
+        let i_est = self.soh.zero_current(cur.i, cur.valid, t_s, dt, est);
+        let i_cell = i_est / self.par;
+        let eta = if i_est < 0.0 { self.cell.coulombic_efficiency } else { 1.0 };
         self.soh.integrate(eta, i_cell, dt, &self.cell, est.rest_current_a / self.par);
         let (v_lo, v_hi) = self.sensing.cell_voltages(t_s, v_cell_v, sens, r0_step, prot);
-        let st = cells::CellStep { dt, par: self.par, i: cur.i, i_cell, di_cell: di / self.par, eta, r0_step, start_up, load_c: self.soh.load_c };
+        let st = cells::CellStep { dt, par: self.par, i: i_est, i_cell, di_cell: di / self.par, eta, r0_step, start_up, load_c: self.soh.load_c };
         let o = &mut self.out;
         let sums = self.cells.update(&st, v_cell_v, &self.sensing, &mut self.soh, &self.sensor_of, &self.tab, &self.cell, est, lc, &mut o.soc, &mut o.soc_sigma, &mut o.soc_cc);
         prot.bank(Rule::VoltageSpread).eval(0, t_s, if v_hi >= v_lo { v_hi - v_lo } else { f64::NAN });
@@ -388,7 +390,7 @@ impl Engine {
             self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par);
         }
         if cur.valid && !start_up {
-            self.soh.full_charge(&mut self.cells, &self.sensing, v_cell_v, cur.i, &self.cell, est, self.par);
+            self.soh.full_charge(&mut self.cells, &self.sensing, v_cell_v, i_est, &self.cell, est, self.par);
         }
         let nf = self.n as f64;
         o.soc_min = sums.soc_min;

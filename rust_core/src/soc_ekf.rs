@@ -39,6 +39,10 @@ pub struct EstimatorConfig {
     /// String-current sensor noise (A, 1σ per sample) and offset uncertainty (A, 1σ).
     pub current_noise_a: f64,
     pub current_offset_a: f64,
+    /// Time constant (s) of the zero-current calibration at rest (the offset the current
+    /// sensor reads once the string has rested a minute; see `engine::rest::RestSoh::zero_current`);
+    /// 0: off.
+    pub current_offset_tau_s: f64,
     /// Initial SOC uncertainty (1σ) when started from the OCV of the first sample.
     pub initial_soc_sigma: f64,
     /// |string current| below this counts as rest (A).
@@ -66,6 +70,9 @@ impl Default for EstimatorConfig {
             model_error_v: 0.01,
             current_noise_a: 0.1,
             current_offset_a: 0.1,
+            // 300 s: one rest's reading averages the sensor's noise down by √(2·300/Δt) and
+            // follows a drifting offset within a few rests
+            current_offset_tau_s: 300.0,
             initial_soc_sigma: 0.05,
             rest_current_a: 0.5,
             // 10 min: the rest point adds back the polarisation the RC pairs still hold
@@ -90,13 +97,14 @@ impl Default for EstimatorConfig {
 
 impl EstimatorConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let checks: [(&str, f64, bool); 14] = [
+        let checks: [(&str, f64, bool); 15] = [
             ("soc_process_noise", self.soc_process_noise, false),
             ("v1_process_noise", self.v1_process_noise, false),
             ("voltage_noise_v", self.voltage_noise_v, false),
             ("model_error_v", self.model_error_v, false),
             ("current_noise_a", self.current_noise_a, false),
             ("current_offset_a", self.current_offset_a, false),
+            ("current_offset_tau_s", self.current_offset_tau_s, false),
             ("initial_soc_sigma", self.initial_soc_sigma, true),
             ("rest_current_a", self.rest_current_a, false),
             ("rest_time_s", self.rest_time_s, true),
@@ -162,6 +170,11 @@ pub struct Predict {
 /// shrinks while the real error grows with the offset (issue 16: the filter "grew confident
 /// on the flat plateau").
 pub const OFFSET_HORIZON_S: f64 = 3600.0;
+
+/// A rest's first minute is not taken for the zero-current calibration
+/// (`engine::rest::RestSoh::zero_current`): a charger's constant-voltage taper or a load
+/// winding down may still draw a real current inside the rest band.
+pub const OFFSET_SETTLE_S: f64 = 60.0;
 
 /// The white-noise equivalent (A² per sample) of a current offset σ `offset_a` per cell.
 #[inline]

@@ -146,6 +146,7 @@ class NumpyEngine:
         self.iterated_updates = 0  # cell-updates that took the IEKF branch (for tests)
         self.t_last: float | None = None
         self.i_prev = 0.0
+        self.i_offset_a = 0.0  # rest.rs RestSoh::zero_current
         self.i_prev_valid = False
         self.rest_since = np.nan
         self.load_c = 0.0
@@ -335,8 +336,17 @@ class NumpyEngine:
         step_min_a = tab["r0_step_min_c"] * tab["capacity_ah"] * self.par
         r0_step = step_min_a > 0.0 and i_valid and self.i_prev_valid and abs(di) >= step_min_a and 0.0 < dt <= 1.0
         self.i_prev, self.i_prev_valid = i, i_valid
-        i_cell = i / self.par
-        eta = tab["coulombic_efficiency"] if i < 0.0 else 1.0
+        # rest.rs RestSoh::zero_current: the sensor's offset learnt after a minute of rest
+        i_est = i
+        if i_valid:
+            tau = est.current_offset_tau_s
+            if tau > 0.0 and dt > 0.0 and not np.isnan(self.rest_since) and t_s - self.rest_since >= tab["offset_settle_s"]:
+                lim = 3.0 * est.current_offset_a
+                g = min(dt / tau, 1.0)
+                self.i_offset_a = min(max(self.i_offset_a + g * (i - self.i_offset_a), -lim), lim)
+            i_est = i - self.i_offset_a
+        i_cell = i_est / self.par
+        eta = tab["coulombic_efficiency"] if i_est < 0.0 else 1.0
         eta_i = eta * i_cell
         var_i = (est.current_noise_a / self.par) ** 2
         q_z_dt = est.soc_process_noise * dt
@@ -403,7 +413,7 @@ class NumpyEngine:
             self.v2 = a2 * self.v2 + self._rows(self.rc2[0], k, f, lo, hi, tf) * self.r0_ratio * (1.0 - a2) * i_cell
         if self.hyst:
             ah = math.exp(-abs(tab["hysteresis_gamma"] * eta * i_cell * dt / (3600.0 * tab["capacity_ah"])))
-            hm = tab["hysteresis_m_v"] * math.copysign(1.0, i)  # Rust f64::signum: +1 at 0
+            hm = tab["hysteresis_m_v"] * math.copysign(1.0, i_est)  # Rust f64::signum: +1 at 0
             self.h = ah * self.h - (1.0 - ah) * hm
         v2c, hc = self.v2, self.h
         ocv_tab = tab["ocv"]
