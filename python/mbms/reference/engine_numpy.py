@@ -339,11 +339,11 @@ class NumpyEngine:
         # rest.rs RestSoh::zero_current: the sensor's offset learnt after a minute of rest
         i_est = i
         if i_valid:
-            tau = est.current_offset_tau_s
-            if tau > 0.0 and dt > 0.0 and not np.isnan(self.rest_since) and t_s - self.rest_since >= tab["offset_settle_s"]:
-                lim = 3.0 * est.current_offset_a
-                g = min(dt / tau, 1.0)
-                self.i_offset_a = min(max(self.i_offset_a + g * (i - self.i_offset_a), -lim), lim)
+            off_tau = est.current_offset_tau_s
+            if off_tau > 0.0 and dt > 0.0 and not np.isnan(self.rest_since) and t_s - self.rest_since >= tab["offset_settle_s"]:
+                off_lim = 3.0 * est.current_offset_a
+                off_g = min(dt / off_tau, 1.0)
+                self.i_offset_a = min(max(self.i_offset_a + off_g * (i - self.i_offset_a), -off_lim), off_lim)
             i_est = i - self.i_offset_a
         i_cell = i_est / self.par
         eta = tab["coulombic_efficiency"] if i_est < 0.0 else 1.0
