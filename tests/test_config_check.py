@@ -63,6 +63,8 @@ BAD = [
     ("series-1e8-float", "[pack]\nseries = 1e8\n", None, None, "pack.series", "node"),
     ("series-1e8", "[pack]\nseries = 100000000\n", None, None, "pack.series", "node"),
     ("nan", "[estimator]\nvoltage_noise_v = nan\n", None, None, "estimator.voltage_noise_v", "node"),
+    # a pack setting removed in issue 16 (now the cell file's C-rate): refused, naming it
+    ("removed-r0-step", "[estimator]\nr0_step_min_a = 5.0\n", None, None, "estimator.r0_step_min_a", "node"),
     ("inf", "", ("stale_ms = 500", "stale_ms = inf"), None, "node.stale_ms", "node"),
     ("uv-above-ov", "[protection.cell_undervoltage_v]\nwarning = 4.30\nalarm = 4.28\nfault = 4.26\n", None, None,
      "protection.cell_undervoltage_v.warning", "node"),
@@ -117,6 +119,14 @@ def test_check_and_start_refuse_naming_the_same_field(tmp_path: Path, extra: str
     line = start.stderr.strip().splitlines()[-1]
     assert f"{file}: {field}:" in line, line
     assert "Traceback" not in start.stderr
+
+
+def test_a_removed_setting_names_what_replaced_it(tmp_path: Path) -> None:
+    node = _node_file(tmp_path, "[estimator]\nr0_step_min_a = 5.0\n")
+    text = _mbms("--config", str(node), "--system", str(_system_file(tmp_path)), "--check")
+    assert text.returncode == 2
+    line = next(x for x in text.stdout.splitlines() if "estimator.r0_step_min_a" in x)
+    assert "r0_step_min_c" in line and "C-rate" in line, line
 
 
 def test_check_reports_value_and_expected(tmp_path: Path) -> None:

@@ -59,6 +59,18 @@ pub struct EstimatorConfig {
     pub capacity_min_dsoc: f64,
     pub capacity_forgetting: f64,
     pub capacity_prior_sigma: f64,
+    /// Removed (issue 16): the pack's absolute R0 step. A pack file that still states it is
+    /// refused with a message naming what replaced it, rather than "unknown field".
+    #[serde(default, skip_serializing, rename = "r0_step_min_a", deserialize_with = "removed_r0_step_min_a")]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    removed_r0_step_min_a: (),
+}
+
+fn removed_r0_step_min_a<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+    Err(serde::de::Error::custom(
+        "no longer a pack setting: the current step that gives an R0 observation is the cell file's \
+         `[estimator] r0_step_min_c`, a C-rate (default 0.2 C); delete this line",
+    ))
 }
 
 impl Default for EstimatorConfig {
@@ -91,6 +103,7 @@ impl Default for EstimatorConfig {
             // error| 20.8 % at 0.05, 15.6 % at 0.075, 13.0 % at 0.1; 0.1 costs nmc_t1 its SOC
             // target (RMSE 0.50 %), 0.075 keeps every SOC target the tuning split met.
             capacity_prior_sigma: 0.075,
+            removed_r0_step_min_a: (),
         }
     }
 }
