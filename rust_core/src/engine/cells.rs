@@ -122,25 +122,6 @@ fn avx2_available() -> bool {
     }
 }
 
-fn block_math(b: &mut BlockMath<'_>, avx2: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: only called when the CPU reports AVX2 (checked at construction).
-        unsafe { block_math_avx2(b) };
-        return;
-    }
-    let _ = avx2;
-    block_math_impl(b);
-}
-
-/// The same code compiled for AVX2 (4 lanes): Rust never contracts a·b+c into an FMA on
-/// its own, so both paths give bit-identical results.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn block_math_avx2(b: &mut BlockMath<'_>) {
-    block_math_impl(b);
-}
-
 #[inline(always)]
 fn block_math_impl(b: &mut BlockMath<'_>) {
     let len = b.z.len();
@@ -323,6 +304,55 @@ impl Cells {
         o_sig: &mut [f64],
         o_cc: &mut [f64],
     ) -> PackSums {
+        #[cfg(target_arch = "x86_64")]
+        if self.use_avx2 {
+            // SAFETY: use_avx2 is set only when the CPU reports AVX2 (checked at construction).
+            return unsafe { self.update_avx2(st, v_cell_v, sensing, soh, sensor_of, tab, p, est, lc, o_soc, o_sig, o_cc) };
+        }
+        self.update_impl(st, v_cell_v, sensing, soh, sensor_of, tab, p, est, lc, o_soc, o_sig, o_cc)
+    }
+
+    /// The whole pass (gathers, arithmetic, reductions) compiled for AVX2: the arithmetic
+    /// vectorises 4 lanes wide, the gathers use the 3-operand VEX forms. Rust never
+    /// contracts a·b+c into an FMA on its own, so both builds give bit-identical results.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn update_avx2(
+        &mut self,
+        st: &CellStep,
+        v_cell_v: &[f64],
+        sensing: &Sensing,
+        soh: &mut RestSoh,
+        sensor_of: &[u32],
+        tab: &CellTables,
+        p: &CellParams,
+        est: &EstimatorConfig,
+        lc: &LimitsConfig,
+        o_soc: &mut [f64],
+        o_sig: &mut [f64],
+        o_cc: &mut [f64],
+    ) -> PackSums {
+        self.update_impl(st, v_cell_v, sensing, soh, sensor_of, tab, p, est, lc, o_soc, o_sig, o_cc)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn update_impl(
+        &mut self,
+        st: &CellStep,
+        v_cell_v: &[f64],
+        sensing: &Sensing,
+        soh: &mut RestSoh,
+        sensor_of: &[u32],
+        tab: &CellTables,
+        p: &CellParams,
+        est: &EstimatorConfig,
+        lc: &LimitsConfig,
+        o_soc: &mut [f64],
+        o_sig: &mut [f64],
+        o_cc: &mut [f64],
+    ) -> PackSums {
         let (dt, i, i_cell, di_cell, eta, r0_step, start_up) =
             (st.dt, st.i, st.i_cell, st.di_cell, st.eta, st.r0_step, st.start_up);
         let var_i_cell = (est.current_noise_a / st.par).powi(2);
@@ -374,7 +404,6 @@ impl Cells {
         let g_eta_i = base_pr.eta_i * dt;
         let r0_gain = est.r0_gain;
         let sc = &mut *self.scratch;
-        let use_avx2 = self.use_avx2;
         let sensor_of = &sensor_of[..n];
         let mut start = 0;
         while start < n {
@@ -443,7 +472,7 @@ impl Cells {
                 sc.dc[j] = ss.d_cont;
                 sc.dp[j] = ss.d_peak;
             }
-            // (b) arithmetic (AVX2 code path where the CPU has it; same results)
+            // (b) arithmetic
             {
                 let mut bm = BlockMath {
                     z: &mut zs[start..end],
@@ -467,7 +496,7 @@ impl Cells {
                     vmax,
                     update: !start_up,
                 };
-                block_math(&mut bm, use_avx2);
+                block_math_impl(&mut bm);
             }
             // (c) reductions in cell order
             for j in 0..len {

@@ -240,12 +240,19 @@ impl Sensing {
         Temps { min_c: tmin, max_c: tmax, any_valid: any_t_valid }
     }
 
-    /// Pass 1 over the cells: voltage plausibility and the per-cell voltage rules (branchy,
-    /// cheap). On an R0 current step it also keeps each cell's ΔV. Returns the extremes of the
-    /// plausible voltages (∞/−∞ when there is none).
+    /// Pass 1 over the cells: voltage plausibility and the per-cell voltage rules. On an R0
+    /// current step it also keeps each cell's ΔV. Returns the extremes of the plausible
+    /// voltages (∞/−∞ when there is none).
+    ///
+    /// The plausibility loop is branch-free and also yields the number of implausible
+    /// readings and the extremes; a rule bank is then walked cell by cell only where a cell
+    /// can leave its idle fast path (a busy index, an implausible reading, or an extreme past
+    /// the bank's lowest threshold). Skipping the walk is exact: an idle index at or below
+    /// every threshold stays idle, and a NaN (implausible) reading holds an idle state.
     pub fn cell_voltages(&mut self, t_s: f64, v_in: &[f64], sens: &SensorConfig, r0_step: bool, prot: &mut Protection) -> (f64, f64) {
         let n = self.v_prev.len();
         let (mut vmin_meas, mut vmax_meas) = (f64::INFINITY, f64::NEG_INFINITY);
+        let mut n_bad = 0usize;
         let stuck_n = sens.stuck_samples;
         let (vlo, vhi, vow) = (sens.cell_v_min_v, sens.cell_v_max_v, sens.open_wire_v);
         let v_in = &v_in[..n];
@@ -253,7 +260,6 @@ impl Sensing {
         let stucks = &mut self.v_stuck[..n];
         let valids = &mut self.v_valid[..n];
         let dvs = &mut self.r0_dv[..n];
-        let (b_vs, b_ov, b_uv) = prot.voltage_banks();
         for k in 0..n {
             let v = v_in[k];
             // NaN, range, open wire, stuck
@@ -267,13 +273,22 @@ impl Sensing {
             }
             v_prevs[k] = v;
             valids[k] = valid;
-            b_vs.eval(k, t_s, if valid { 0.0 } else { 1.0 });
-            let vp = if valid { v } else { f64::NAN };
-            b_ov.eval(k, t_s, vp);
-            b_uv.eval(k, t_s, vp);
-            if valid {
-                vmin_meas = vmin_meas.min(v);
-                vmax_meas = vmax_meas.max(v);
+            n_bad += usize::from(!valid);
+            vmin_meas = if valid { vmin_meas.min(v) } else { vmin_meas };
+            vmax_meas = if valid { vmax_meas.max(v) } else { vmax_meas };
+        }
+        let (b_vs, b_ov, b_uv) = prot.voltage_banks();
+        // sensor rule: x = 1 for an implausible reading, 0 (idle) otherwise
+        if b_vs.n_busy > 0 || n_bad > 0 {
+            for k in 0..n {
+                b_vs.eval(k, t_s, if valids[k] { 0.0 } else { 1.0 });
+            }
+        }
+        for (b, extreme) in [(b_ov, vmax_meas), (b_uv, vmin_meas)] {
+            if b.n_busy > 0 || b.compiled.sign * extreme > b.compiled.idle_below {
+                for k in 0..n {
+                    b.eval(k, t_s, if valids[k] { v_in[k] } else { f64::NAN });
+                }
             }
         }
         (vmin_meas, vmax_meas)
