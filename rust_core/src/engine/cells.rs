@@ -59,6 +59,8 @@ struct Scratch {
     lcc: [f64; BLOCK],
     ldp: [f64; BLOCK],
     lcp: [f64; BLOCK],
+    /// the cell takes the iterated update this step
+    gate: [bool; BLOCK],
 }
 
 impl Scratch {
@@ -82,6 +84,7 @@ impl Scratch {
             lcc: [0.0; BLOCK],
             ldp: [0.0; BLOCK],
             lcp: [0.0; BLOCK],
+            gate: [false; BLOCK],
         })
     }
 }
@@ -415,9 +418,10 @@ impl Cells {
                 let ss = &ssv[sensor_of[k] as usize];
                 let z_pred = zs[k] - g_eta_i * inv_qcs[k];
                 let at = tab.locate(z_pred);
+                // R0, R1, R2 in one packed lookup (one 4-lane interpolation)
+                let [r0_nom, r1_nom, r2_nom, _] = tab.rc(at, ss.sel);
                 let mut r0r = r0rs[k];
-                let r1 = tab.r1(at, ss.sel) * r0r;
-                let r0_nom = tab.r0(at, ss.sel);
+                let r1 = r1_nom * r0r;
                 // R0 from the current step: −ΔV/ΔI of this cell, ratio to the table, low-passed
                 if r0_step {
                     if let Some(r) = r0_observation(dvs[k], di_cell, r0_nom) {
@@ -427,7 +431,7 @@ impl Cells {
                 }
                 let mut v2 = 0.0;
                 if has_rc2 {
-                    v2 = ss.a2 * v2s[k] + tab.r2(at, ss.sel) * r0r * (1.0 - ss.a2) * i_cell;
+                    v2 = ss.a2 * v2s[k] + r2_nom * r0r * (1.0 - ss.a2) * i_cell;
                     v2s[k] = v2;
                 }
                 let mut hk = 0.0;
@@ -436,29 +440,9 @@ impl Cells {
                     hs[k] = hk;
                 }
                 let r0 = r0_nom * r0r;
-                let mut slope = tab.slope(at);
-                let mut ocv_lin = tab.ocv(at, ss.dtemp) + hk;
-                // Iterated update (IEKF) where the update is a large SOC step: there the OCV
-                // linearised at the predicted SOC is a poor model over the step (start-up 20 %
-                // off with a wide P_zz), and a plain EKF overshoots or crawls. Cheap gate with
-                // the previous P_zz; the branch is rare and leaves the vector pass untouched:
-                // it only moves the point the block linearises the OCV at (`slope`, and the
-                // OCV line evaluated at the predicted SOC).
-                let v1_pred = ss.a1 * v1s[k] + r1 * (1.0 - ss.a1) * i_cell;
-                let innov0 = v_in[k] - (ocv_lin - r0 * i_cell - v1_pred - v2);
-                let pz = covs[k].p00;
-                if !start_up && valids[k] && (slope * pz * innov0).abs() > IEKF_GATE_DZ * (slope * slope * pz + r_meas) {
-                    let (mut zc, mut v1c, mut pc) = (zs[k], v1s[k], covs[k]);
-                    soc_ekf::predict(&mut zc, &mut v1c, &mut pc, r1, inv_qcs[k], &Predict { a1: ss.a1, ..base_pr });
-                    let y = v_in[k] + r0 * i_cell + v1c + v2; // v = OCV(z) + h − R0·i − v1 − v2
-                    let (zl, sl, ol) =
-                        soc_ekf::iterate_linearization(zc, &pc, y, r_meas, IEKF_ITERS, |z| {
-                            let a = tab.locate(z);
-                            (tab.slope(a), tab.ocv(a, ss.dtemp) + hk)
-                        });
-                    slope = sl;
-                    ocv_lin = ol + sl * (zc - zl);
-                }
+                let (ocv_t, slope_t, energy) = tab.ocv_slope_energy(at);
+                let slope = slope_t;
+                let ocv_lin = ocv_t + tab.entropic(at, ss.dtemp) + hk;
                 sc.zp[j] = z_pred;
                 sc.r1[j] = r1;
                 sc.r0[j] = r0;
@@ -466,11 +450,50 @@ impl Cells {
                 sc.slope[j] = slope;
                 sc.ocv[j] = ocv_lin;
                 sc.h[j] = hk;
-                sc.e[j] = tab.energy(at);
+                sc.e[j] = energy;
                 sc.v2[j] = v2;
                 sc.a1[j] = ss.a1;
                 sc.dc[j] = ss.d_cont;
                 sc.dp[j] = ss.d_peak;
+            }
+            // (a2) Iterated update (IEKF) where the update is a large SOC step: there the OCV
+            // linearised at the predicted SOC is a poor model over the step (start-up 20 % off
+            // with a wide P_zz), and a plain EKF overshoots or crawls. Cheap gate with the
+            // previous P_zz, evaluated for the whole block as vector arithmetic; the rare cells
+            // past it are relinearised one by one, which only moves the point the block
+            // linearises the OCV at (`slope`, and the OCV line evaluated at the predicted SOC).
+            if !start_up {
+                let mut any = false;
+                for j in 0..len {
+                    let k = start + j;
+                    let (a1, r1, slope) = (sc.a1[j], sc.r1[j], sc.slope[j]);
+                    let v1_pred = a1 * v1s[k] + r1 * (1.0 - a1) * i_cell;
+                    let innov0 = v_in[k] - (sc.ocv[j] - sc.r0[j] * i_cell - v1_pred - sc.v2[j]);
+                    let pz = covs[k].p00;
+                    let gate = valids[k] & ((slope * pz * innov0).abs() > IEKF_GATE_DZ * (slope * slope * pz + r_meas));
+                    sc.gate[j] = gate;
+                    any |= gate;
+                }
+                if any {
+                    for j in 0..len {
+                        if !sc.gate[j] {
+                            continue;
+                        }
+                        let k = start + j;
+                        let ss = &ssv[sensor_of[k] as usize];
+                        let (r0, r1, v2, hk) = (sc.r0[j], sc.r1[j], sc.v2[j], sc.h[j]);
+                        let (mut zc, mut v1c, mut pc) = (zs[k], v1s[k], covs[k]);
+                        soc_ekf::predict(&mut zc, &mut v1c, &mut pc, r1, inv_qcs[k], &Predict { a1: sc.a1[j], ..base_pr });
+                        let y = v_in[k] + r0 * i_cell + v1c + v2; // v = OCV(z) + h − R0·i − v1 − v2
+                        let (zl, sl, ol) =
+                            soc_ekf::iterate_linearization(zc, &pc, y, r_meas, IEKF_ITERS, |z| {
+                                let a = tab.locate(z);
+                                (tab.slope(a), tab.ocv(a, ss.dtemp) + hk)
+                            });
+                        sc.slope[j] = sl;
+                        sc.ocv[j] = ol + sl * (zc - zl);
+                    }
+                }
             }
             // (b) arithmetic
             {

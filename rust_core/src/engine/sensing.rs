@@ -251,32 +251,47 @@ impl Sensing {
     /// every threshold stays idle, and a NaN (implausible) reading holds an idle state.
     pub fn cell_voltages(&mut self, t_s: f64, v_in: &[f64], sens: &SensorConfig, r0_step: bool, prot: &mut Protection) -> (f64, f64) {
         let n = self.v_prev.len();
-        let (mut vmin_meas, mut vmax_meas) = (f64::INFINITY, f64::NEG_INFINITY);
-        let mut n_bad = 0usize;
         let stuck_n = sens.stuck_samples;
-        let (vlo, vhi, vow) = (sens.cell_v_min_v, sens.cell_v_max_v, sens.open_wire_v);
+        let lim = Plausible { vlo: sens.cell_v_min_v, vhi: sens.cell_v_max_v, vow: sens.open_wire_v, stuck_n };
         let v_in = &v_in[..n];
+        // the R0 step's ΔV needs the previous sample's plausibility: before it is overwritten
+        if r0_step {
+            for k in 0..n {
+                let v = v_in[k];
+                let valid = lim.valid(v, if v == self.v_prev[k] { self.v_stuck[k].saturating_add(1) } else { 0 });
+                self.r0_dv[k] = if valid && self.v_valid[k] { v - self.v_prev[k] } else { f64::NAN };
+            }
+        }
         let v_prevs = &mut self.v_prev[..n];
         let stucks = &mut self.v_stuck[..n];
         let valids = &mut self.v_valid[..n];
-        let dvs = &mut self.r0_dv[..n];
-        for k in 0..n {
+        // branch-free, four independent accumulators (vectorised); min/max of plausible
+        // (non-NaN) readings are exact in any order
+        const L: usize = 4;
+        let (mut lo, mut hi, mut bad) = ([f64::INFINITY; L], [f64::NEG_INFINITY; L], [0u32; L]);
+        let body = |k: usize, lo: &mut f64, hi: &mut f64, bad: &mut u32, v_prevs: &mut [f64], stucks: &mut [u32], valids: &mut [bool]| {
             let v = v_in[k];
-            // NaN, range, open wire, stuck
-            let v_prev = v_prevs[k];
-            let cnt = if v == v_prev { stucks[k].saturating_add(1) } else { 0 };
+            let cnt = if v == v_prevs[k] { stucks[k].saturating_add(1) } else { 0 };
             stucks[k] = cnt;
-            let stuck = stuck_n > 0 && cnt >= stuck_n;
-            let valid = v >= vlo && v <= vhi && v > vow && !stuck; // NaN compares false
-            if r0_step {
-                dvs[k] = if valid && valids[k] { v - v_prev } else { f64::NAN };
-            }
+            let valid = lim.valid(v, cnt);
             v_prevs[k] = v;
             valids[k] = valid;
-            n_bad += usize::from(!valid);
-            vmin_meas = if valid { vmin_meas.min(v) } else { vmin_meas };
-            vmax_meas = if valid { vmax_meas.max(v) } else { vmax_meas };
+            *bad += u32::from(!valid);
+            *lo = if valid && v < *lo { v } else { *lo };
+            *hi = if valid && v > *hi { v } else { *hi };
+        };
+        let chunks = n / L;
+        for c in 0..chunks {
+            for l in 0..L {
+                body(c * L + l, &mut lo[l], &mut hi[l], &mut bad[l], v_prevs, stucks, valids);
+            }
         }
+        for k in chunks * L..n {
+            body(k, &mut lo[0], &mut hi[0], &mut bad[0], v_prevs, stucks, valids);
+        }
+        let vmin_meas = lo.iter().fold(f64::INFINITY, |a, &b| a.min(b));
+        let vmax_meas = hi.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let n_bad: u32 = bad.iter().sum();
         let (b_vs, b_ov, b_uv) = prot.voltage_banks();
         // sensor rule: x = 1 for an implausible reading, 0 (idle) otherwise
         if b_vs.n_busy > 0 || n_bad > 0 {
@@ -303,5 +318,23 @@ impl Sensing {
         self.v_stuck.iter_mut().for_each(|c| *c = 0);
         self.t_stuck.iter_mut().for_each(|c| *c = 0);
         self.t_prev.iter_mut().for_each(|c| *c = f64::NAN);
+    }
+}
+
+/// The plausibility test of one cell-voltage reading: range, open wire, stuck.
+#[derive(Debug, Clone, Copy)]
+struct Plausible {
+    vlo: f64,
+    vhi: f64,
+    vow: f64,
+    stuck_n: u32,
+}
+
+impl Plausible {
+    /// `cnt`: consecutive unchanged samples including this one. NaN compares false.
+    #[inline(always)]
+    fn valid(&self, v: f64, cnt: u32) -> bool {
+        let stuck = self.stuck_n > 0 && cnt >= self.stuck_n;
+        (v >= self.vlo) & (v <= self.vhi) & (v > self.vow) & !stuck
     }
 }
