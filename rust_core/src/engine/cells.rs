@@ -186,6 +186,58 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
     }
 }
 
+/// Lanes of the pack reductions (see step (c) of the pass).
+const LANES: usize = 4;
+const _: () = assert!(BLOCK % LANES == 0, "blocks must start at a multiple of the lanes");
+
+/// The pack reductions of the pass, per lane: sums of SOC, OCV, R0, energy, R0 ratio; minima
+/// of SOC and the four unit-cell limits; maximum of SOC.
+#[derive(Clone, Copy)]
+struct Reductions {
+    sum: [[f64; LANES]; 5],
+    min: [[f64; LANES]; 5],
+    max: [f64; LANES],
+}
+
+impl Reductions {
+    fn new() -> Self {
+        Reductions { sum: [[0.0; LANES]; 5], min: [[f64::INFINITY; LANES]; 5], max: [f64::NEG_INFINITY; LANES] }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, l: usize, zo: f64, sc: &Scratch, j: usize) {
+        self.sum[0][l] += zo;
+        self.sum[1][l] += sc.ocv_out[j];
+        self.sum[2][l] += sc.r0[j];
+        self.sum[3][l] += sc.soe[j];
+        self.sum[4][l] += sc.r0r[j];
+        self.min[0][l] = self.min[0][l].min(zo);
+        self.min[1][l] = self.min[1][l].min(sc.ldc[j]);
+        self.min[2][l] = self.min[2][l].min(sc.lcc[j]);
+        self.min[3][l] = self.min[3][l].min(sc.ldp[j]);
+        self.min[4][l] = self.min[4][l].min(sc.lcp[j]);
+        self.max[l] = self.max[l].max(zo);
+    }
+
+    fn finish(&self) -> PackSums {
+        let s = |x: &[f64; LANES]| ((x[0] + x[1]) + x[2]) + x[3];
+        let lo = |x: &[f64; LANES]| x[0].min(x[1]).min(x[2]).min(x[3]);
+        PackSums {
+            soc_min: lo(&self.min[0]),
+            soc_max: self.max[0].max(self.max[1]).max(self.max[2]).max(self.max[3]),
+            soc_sum: s(&self.sum[0]),
+            ocv_sum: s(&self.sum[1]),
+            r_sum: s(&self.sum[2]),
+            soe: s(&self.sum[3]),
+            r0_ratio_sum: s(&self.sum[4]),
+            ld_c: lo(&self.min[1]),
+            lc_c: lo(&self.min[2]),
+            ld_p: lo(&self.min[3]),
+            lc_p: lo(&self.min[4]),
+        }
+    }
+}
+
 /// What the cell pass needs to know about this step.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct CellStep {
@@ -384,11 +436,7 @@ impl Cells {
         let hm = p.hysteresis_m_v * i.signum();
 
         let n = self.z.len();
-        let (mut zmin, mut zmax, mut zsum) = (f64::INFINITY, f64::NEG_INFINITY, 0.0);
-        let (mut soe, mut ocv_sum, mut r_sum) = (0.0, 0.0, 0.0);
-        let (mut ld_c, mut lc_c, mut ld_p, mut lc_p) =
-            (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
-        let mut r0_ratio_sum = 0.0;
+        let mut red = Reductions::new();
         let ssv = &sensing.ss[..];
         let v_in = &v_cell_v[..n];
         let valids = &sensing.v_valid[..n];
@@ -521,24 +569,31 @@ impl Cells {
                 };
                 block_math_impl(&mut bm);
             }
-            // (c) reductions in cell order
-            for j in 0..len {
-                let zo = o_soc[start + j];
-                zmin = zmin.min(zo);
-                zmax = zmax.max(zo);
-                zsum += zo;
-                ocv_sum += sc.ocv_out[j];
-                r_sum += sc.r0[j];
-                soe += sc.soe[j];
-                r0_ratio_sum += sc.r0r[j];
-                ld_c = ld_c.min(sc.ldc[j]);
-                lc_c = lc_c.min(sc.lcc[j]);
-                ld_p = ld_p.min(sc.ldp[j]);
-                lc_p = lc_p.min(sc.lcp[j]);
+            // (c) reductions: four lanes (cell k in lane k mod 4, blocks start at multiples of
+            // 4), so that they vectorise; the lanes are combined in a fixed order at the end
+            // (a local copy with constant lane indices stays in registers)
+            let mut acc = red;
+            let mut j = 0;
+            while j + LANES <= len {
+                for l in 0..LANES {
+                    acc.add(l, o_soc[start + j + l], sc, j + l);
+                }
+                j += LANES;
             }
+            while j < len {
+                let zo = o_soc[start + j];
+                match j % LANES {
+                    0 => acc.add(0, zo, sc, j),
+                    1 => acc.add(1, zo, sc, j),
+                    2 => acc.add(2, zo, sc, j),
+                    _ => acc.add(3, zo, sc, j),
+                }
+                j += 1;
+            }
+            red = acc;
             start = end;
         }
-        PackSums { soc_min: zmin, soc_max: zmax, soc_sum: zsum, ocv_sum, r_sum, soe, r0_ratio_sum, ld_c, lc_c, ld_p, lc_p }
+        red.finish()
     }
 }
 

@@ -205,8 +205,12 @@ impl Sensing {
             if (t_meas - prev.t_model).abs() <= MODEL_TEMP_DEADBAND_C && prev.dt == dt {
                 continue; // same model temperature, same Δt: every coefficient is unchanged
             }
-            let t = if (t_meas - prev.t_model).abs() <= MODEL_TEMP_DEADBAND_C { prev.t_model } else { t_meas };
-            let tau1 = p.tau1(t);
+            let same_t = (t_meas - prev.t_model).abs() <= MODEL_TEMP_DEADBAND_C;
+            let t = if same_t { prev.t_model } else { t_meas };
+            // only Δt changed (a float time base jitters by an ulp from step to step): τ, the
+            // row selection and dtemp are functions of t alone and are kept; the Δt terms below
+            // are recomputed
+            let tau1 = if same_t { prev.tau1 } else { p.tau1(t) };
             // the exponentials depend on τ(T) and Δt only: a constant-τ cell (or a steady
             // temperature) at a fixed sample period costs no exp at all
             let (d_cont, d_peak) = if prev.tau1 == tau1 {
@@ -216,7 +220,7 @@ impl Sensing {
             };
             let a1 = if prev.tau1 == tau1 && prev.dt == dt { prev.a1 } else { (-dt / tau1).exp() };
             // second RC pair: same caching (its exp is as costly as the first one's)
-            let tau2 = if p.has_rc2() { p.tau2(t) } else { 0.0 };
+            let tau2 = if same_t { prev.tau2 } else if p.has_rc2() { p.tau2(t) } else { 0.0 };
             let a2 = if !p.has_rc2() {
                 0.0
             } else if prev.tau2 == tau2 && prev.dt == dt {
@@ -230,7 +234,7 @@ impl Sensing {
                 tau2,
                 dt,
                 dtemp: t - p.t_ref_c,
-                sel: tab.temp_sel(t),
+                sel: if same_t { prev.sel } else { tab.temp_sel(t) },
                 a1,
                 a2,
                 d_cont,
