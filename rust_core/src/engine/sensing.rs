@@ -167,7 +167,9 @@ impl Sensing {
         let dc = lc.continuous_horizon_s;
         let dp = lc.peak_horizon_s;
         let mut any_t_valid = false;
-        for s in 0..self.t_prev.len() {
+        let mut n_bad = 0usize;
+        let n_t = self.t_prev.len();
+        for s in 0..n_t {
             let x = t_cell_c[s];
             if x == self.t_prev[s] {
                 self.t_stuck[s] = self.t_stuck[s].saturating_add(1);
@@ -178,18 +180,7 @@ impl Sensing {
             let stuck = sens.stuck_samples > 0 && self.t_stuck[s] >= sens.stuck_samples;
             let valid = x.is_finite() && x >= sens.temp_min_c && x <= sens.temp_max_c && !stuck;
             self.t_valid[s] = valid;
-            prot.bank(Rule::TempSensor).eval(s, t_s, if valid { 0.0 } else { 1.0 });
-            let tx = if valid { x } else { f64::NAN };
-            // charge windows apply while charging, discharge windows otherwise (foxBMS style)
-            let (oc, uc, od, ud) = if charging {
-                (tx, tx, f64::NEG_INFINITY, f64::INFINITY)
-            } else {
-                (f64::NEG_INFINITY, f64::INFINITY, tx, tx)
-            };
-            prot.bank(Rule::OvertempCharge).eval(s, t_s, oc);
-            prot.bank(Rule::UndertempCharge).eval(s, t_s, uc);
-            prot.bank(Rule::OvertempDischarge).eval(s, t_s, od);
-            prot.bank(Rule::UndertempDischarge).eval(s, t_s, ud);
+            n_bad += usize::from(!valid);
             if valid {
                 self.t_used[s] = x;
                 tmin = tmin.min(x);
@@ -240,6 +231,33 @@ impl Sensing {
                 d_cont,
                 d_peak,
             };
+        }
+        // The temperature rules, bank by bank (the banks are independent). As for the cell
+        // voltages, a bank is walked only where an index can leave its idle fast path: a busy
+        // index, an implausible reading (sensor rule), or an applicable window whose extreme
+        // is past the bank's lowest threshold.
+        let b = prot.bank(Rule::TempSensor);
+        if b.n_busy > 0 || n_bad > 0 {
+            for s in 0..n_t {
+                b.eval(s, t_s, if self.t_valid[s] { 0.0 } else { 1.0 });
+            }
+        }
+        // charge windows apply while charging, discharge windows otherwise (foxBMS style); a
+        // window that does not apply sees -inf (over) / +inf (under): "not applicable now"
+        for (rule, applies, over) in [
+            (Rule::OvertempCharge, charging, true),
+            (Rule::UndertempCharge, charging, false),
+            (Rule::OvertempDischarge, !charging, true),
+            (Rule::UndertempDischarge, !charging, false),
+        ] {
+            let b = prot.bank(rule);
+            let (extreme, off) = if over { (tmax, f64::NEG_INFINITY) } else { (tmin, f64::INFINITY) };
+            if b.n_busy > 0 || (applies && b.compiled.sign * extreme > b.compiled.idle_below) {
+                for s in 0..n_t {
+                    let tx = if self.t_valid[s] { t_cell_c[s] } else { f64::NAN };
+                    b.eval(s, t_s, if applies { tx } else { off });
+                }
+            }
         }
         Temps { min_c: tmin, max_c: tmax, any_valid: any_t_valid }
     }
