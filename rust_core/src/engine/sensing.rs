@@ -34,6 +34,21 @@ pub(super) struct SensorStep {
     pub a2: f64,
     pub d_cont: f64,
     pub d_peak: f64,
+    /// a1, a2 at the previous distinct Δt (same τ1, τ2)
+    alt: DtCoeffs,
+}
+
+/// The Δt-dependent coefficients of a sensor at one Δt.
+#[derive(Debug, Clone, Copy)]
+struct DtCoeffs {
+    /// NaN: none
+    dt: f64,
+    a1: f64,
+    a2: f64,
+}
+
+impl DtCoeffs {
+    const UNSET: DtCoeffs = DtCoeffs { dt: f64::NAN, a1: 1.0, a2: 1.0 };
 }
 
 impl SensorStep {
@@ -48,6 +63,7 @@ impl SensorStep {
         a2: 1.0,
         d_cont: 1.0,
         d_peak: 1.0,
+        alt: DtCoeffs::UNSET,
     };
 }
 
@@ -209,15 +225,21 @@ impl Sensing {
             } else {
                 ((-dc / tau1).exp(), (-dp / tau1).exp())
             };
-            let a1 = if prev.tau1 == tau1 && prev.dt == dt { prev.a1 } else { (-dt / tau1).exp() };
-            // second RC pair: same caching (its exp is as costly as the first one's)
             let tau2 = if same_t { prev.tau2 } else if p.has_rc2() { p.tau2(t) } else { 0.0 };
-            let a2 = if !p.has_rc2() {
-                0.0
-            } else if prev.tau2 == tau2 && prev.dt == dt {
-                prev.a2
+            // a1 = exp(−Δt/τ1), a2 = exp(−Δt/τ2) (0 without a second RC pair). A float time
+            // base t = k·Δt alternates between two neighbouring Δt values (an ulp apart) from
+            // step to step, so the coefficients of the previous distinct Δt are kept beside
+            // the current ones: same τ, same Δt, same value, without the exp.
+            let exps = |dt: f64| ((-dt / tau1).exp(), if p.has_rc2() { (-dt / tau2).exp() } else { 0.0 });
+            let same_tau = prev.tau1 == tau1 && prev.tau2 == tau2;
+            let ((a1, a2), alt) = if same_tau && prev.dt == dt {
+                ((prev.a1, prev.a2), prev.alt)
+            } else if same_tau && prev.alt.dt == dt {
+                ((prev.alt.a1, prev.alt.a2), DtCoeffs { dt: prev.dt, a1: prev.a1, a2: prev.a2 })
+            } else if same_tau {
+                (exps(dt), DtCoeffs { dt: prev.dt, a1: prev.a1, a2: prev.a2 })
             } else {
-                (-dt / tau2).exp()
+                (exps(dt), DtCoeffs::UNSET)
             };
             self.ss[s] = SensorStep {
                 t_model: t,
@@ -230,6 +252,7 @@ impl Sensing {
                 a2,
                 d_cont,
                 d_peak,
+                alt,
             };
         }
         // The temperature rules, bank by bank (the banks are independent). As for the cell
