@@ -19,6 +19,9 @@ pub(super) struct Agreement {
     /// The closed set of the previous limits update (a string leaving it restarts the
     /// rise gate).
     pub(super) prev_closed_set: u64,
+    /// The live peers whose proposals bound the previous limits update (one leaving restarts
+    /// the rise gate too).
+    pub(super) prev_bound_set: u64,
     pub(super) reported_da: (u32, u32),
 }
 
@@ -84,7 +87,15 @@ impl Peer {
                 (r.phase(), r.flags.main_closed, r.limits, r.alive)
             };
             let Some(l) = limits else {
-                unknown_closed |= alive && (phase == Phase::Closed || phase.is_closing());
+                // Closed (or closing) when last heard, and no state of it known: nothing bounds
+                // its current, live or not. A member that went silent stays in the closed set as
+                // far as we know (a crash opens it, a partition does not: S6, the bus does not
+                // split), so leaving it out errs high (fault seed 10070997: member 2, restarted,
+                // heard member 1 closed but lost it before its Limits arrived, then reported its
+                // own string's limit alone: ccl 95.5 A against the 86.1 A N−1 limit of the two
+                // closed strings: S4).
+                let heard = id == me || self.membership.remotes[id as usize].heard;
+                unknown_closed |= heard && (phase == Phase::Closed || phase.is_closing() || main_closed);
                 continue;
             };
             if !alive {
@@ -148,8 +159,20 @@ impl Peer {
         // tick our own derated string was isolated on a fault, still physically closed
         // (seeds 39746, 42929: reported 144.3 A against the 104.6 A N−1 limit of the
         // strings then closed).
-        let left = self.agreement.prev_closed_set & !closed_set != 0;
+        //
+        // So does a peer whose proposal bound us going silent (lost): what its proposal carried
+        // (e.g. a derate we never heard ourselves) binds us until it could no longer be in
+        // flight, so a rise waits the half period, longer than any delivery delay (fault seed
+        // 38727: member 2 lost member 1, the last live peer, and rose in that tick from
+        // member 1's 56.3 A to its own 148.2 A; member 3's derate, which member 2 had missed,
+        // put the true N−1 limit at 88.6 A).
+        let bound_set = self
+            .alive_remotes()
+            .filter(|(_, r)| r.phase() != Phase::Listening && r.detail.is_some())
+            .fold(0u64, |m, (id, _)| m | bit(id));
+        let left = self.agreement.prev_closed_set & !closed_set != 0 || self.agreement.prev_bound_set & !bound_set != 0;
         self.agreement.prev_closed_set = closed_set;
+        self.agreement.prev_bound_set = bound_set;
         if prop.0 > self.agreement.reported_da.0 || prop.1 > self.agreement.reported_da.1 {
             if left {
                 self.agreement.rise_since = Some(now);

@@ -688,9 +688,21 @@ mod tests {
         assert_eq!(a2.on_message(20, &sent[upto - 1]), Err(RxError::Duplicate));
         assert_eq!(a2.receive_counters(), saved, "not heard yet: the memory is kept for the next restart");
         assert_eq!(a2.counters().rx_stale, 2);
-        // b's messages it never heard are newer: taken (b was alive after a's last save)
-        assert_eq!(a2.on_message(30, &sent[upto]), Ok(()));
-        assert_eq!(a2.on_message(130, &sent[upto - 1]), Err(RxError::Stale), "heard now: the usual rule");
+        // b's messages it never heard are newer, but may be a replay of a dead b (seed 10088969):
+        // one alone is held; a second one paced like a live sender confirms it
+        assert_eq!(a2.on_message(30, &sent[upto]), Err(RxError::Stale), "a first contact is held");
+        assert_eq!(a2.on_message(40, &sent[upto + 1]), Err(RxError::Stale), "not within half a heartbeat: held again");
+        assert_eq!(a2.on_message(140, &sent[upto + 2]), Ok(()), "the next message, paced like b, confirms it");
+        assert_eq!(a2.on_message(240, &sent[upto - 1]), Err(RxError::Stale), "heard now: the usual rule");
+
+        // a capture of what a dead b sent: two replays far apart in counter are no live sender
+        let far: Vec<Vec<u8>> = (20..60).flat_map(|k| b.tick(k * 100, &local(400.0)).messages.clone()).collect();
+        let mut a5 = peer(1, 5);
+        a5.restore_receive_counters(&saved);
+        assert_eq!(a5.on_message(0, &far[0]), Err(RxError::Stale));
+        assert_eq!(a5.on_message(100, &far[30]), Err(RxError::Stale), "30 messages on in 100 ms: not b's pace");
+        assert_eq!(a5.on_message(150, &far[29]), Err(RxError::Stale), "older than the mark: refused");
+        assert!(a5.receive_counters() == saved, "nothing taken");
 
         // an older boot of b is refused; a higher boot (b restarted) is taken as a restart
         let mut a3 = peer(1, 3);
@@ -700,7 +712,9 @@ mod tests {
         assert_eq!(a3.on_message(0, &old), Err(RxError::OldBoot));
         let mut b_new = peer(2, 6);
         let new = b_new.tick(0, &local(400.0)).messages[0].clone();
-        assert_eq!(a3.on_message(10, &new), Ok(()));
+        let new2 = b_new.tick(100, &local(400.0)).messages[0].clone();
+        assert_eq!(a3.on_message(10, &new), Err(RxError::Stale), "held until a second confirms it");
+        assert_eq!(a3.on_message(110, &new2), Ok(()));
         assert_eq!(a3.receive_counters()[0].incarnation, 6);
 
         // entries of ids that are no other member are ignored; of two the newer counts
