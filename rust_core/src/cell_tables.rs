@@ -40,6 +40,12 @@ pub struct CellTables {
     pub t_ref_c: f64,
     /// false when the entropic table is all zeros (skips a lookup per cell)
     has_entropic: bool,
+    /// The per-cell lookups packed so that one cell touches few cache lines and the three
+    /// resistances interpolate as one 4-lane vector: per temperature row and grid point
+    /// `[R0, R1, R2 (0 without a second RC pair), 0]`, index `row · SOC_GRID_POINTS + k`...
+    rc: Vec<[f64; 4]>,
+    /// ...and per grid interval k `[OCV(k), OCV(k+1), E(k), E(k+1)]`.
+    oe: Vec<[f64; 4]>,
 }
 
 impl CellTables {
@@ -59,7 +65,17 @@ impl CellTables {
         // the unchecked lookups rely on every table having the grid's length
         let all_rows = r0.iter().chain(r1.iter()).chain(r2.iter().flatten());
         assert!(all_rows.map(|r| r.len()).chain([p.docv_dt.values().len()]).all(|l| l == n));
+        let mut rc = Vec::with_capacity(r0.len() * n);
+        for row in 0..r0.len() {
+            for k in 0..n {
+                let r2k = r2.as_ref().map_or(0.0, |r| r[row][k]);
+                rc.push([r0[row][k], r1[row][k], r2k, 0.0]);
+            }
+        }
+        let oe = (0..n - 1).map(|k| [ocv[k], ocv[k + 1], energy[k], energy[k + 1]]).collect();
         Self {
+            rc,
+            oe,
             scale: (n - 1) as f64,
             last: n - 1,
             docv_dt: p.docv_dt.values().to_vec(),
@@ -94,7 +110,12 @@ impl CellTables {
     #[inline(always)]
     pub fn locate(&self, z: f64) -> SocAt {
         let x = z.clamp(0.0, 1.0) * self.scale;
-        let k = (x as usize).min(self.last - 1);
+        // `x as usize` is a saturating conversion (NaN, negative, beyond 2^64: a dozen
+        // instructions in the hottest loop); here x is in 0..=scale or NaN, and a NaN (which
+        // `as` maps to 0) is mapped to 0 explicitly, so the truncating conversion is exact.
+        let xi = if x.is_nan() { 0.0 } else { x };
+        // SAFETY: xi is finite and in 0..=scale (< 2^31), representable as i32.
+        let k = (unsafe { xi.to_int_unchecked::<i32>() } as usize).min(self.last - 1);
         SocAt { k, f: x - k as f64 }
     }
 
@@ -156,6 +177,56 @@ impl CellTables {
     #[inline(always)]
     pub fn r2(&self, a: SocAt, s: TempSel) -> f64 {
         self.r2.as_ref().map_or(0.0, |r| Self::rows_eval(r, a, s))
+    }
+
+    /// R0, R1 and R2 (0 without a second RC pair) at `a` and the temperature `s`, and in the
+    /// fourth lane 0: the same interpolation as [`Self::r0`] (SOC within each row, then
+    /// between the rows), blended without the breakpoint branch: with `s.f == 0` the blend
+    /// `lo + 0·(hi − lo)` is `lo` (the tables are finite).
+    #[inline(always)]
+    pub fn rc(&self, a: SocAt, s: TempSel) -> [f64; 4] {
+        let grid = self.last + 1;
+        let (lo, hi) = (s.lo * grid, s.hi * grid);
+        debug_assert!(lo.max(hi) + a.k + 1 < self.rc.len());
+        // SAFETY: rows are < the number of temperature rows (`temp_sel`), k <= grid - 2
+        // (`locate`), and `rc` holds every row's full grid (built in `new`).
+        let (l0, l1, h0, h1) = unsafe {
+            (
+                *self.rc.get_unchecked(lo + a.k),
+                *self.rc.get_unchecked(lo + a.k + 1),
+                *self.rc.get_unchecked(hi + a.k),
+                *self.rc.get_unchecked(hi + a.k + 1),
+            )
+        };
+        let mut out = [0.0; 4];
+        for j in 0..4 {
+            let y_lo = l0[j] + a.f * (l1[j] - l0[j]);
+            let y_hi = h0[j] + a.f * (h1[j] - h0[j]);
+            out[j] = y_lo + s.f * (y_hi - y_lo);
+        }
+        out
+    }
+
+    /// OCV (without the entropic term), its slope and the stored energy at `a`, from one
+    /// packed record: the same values as [`Self::ocv`] (at `dtemp = 0` or without an
+    /// entropic table), [`Self::slope`] and [`Self::energy`].
+    #[inline(always)]
+    pub fn ocv_slope_energy(&self, a: SocAt) -> (f64, f64, f64) {
+        debug_assert!(a.k < self.oe.len());
+        // SAFETY: k <= grid - 2 (`locate`) and `oe` has grid - 1 records.
+        let r = unsafe { *self.oe.get_unchecked(a.k) };
+        let d_ocv = r[1] - r[0];
+        (r[0] + a.f * d_ocv, d_ocv * self.scale, r[2] + a.f * (r[3] - r[2]))
+    }
+
+    /// The entropic OCV term at `a` for `dtemp` = T − T_ref (0 without an entropic table).
+    #[inline(always)]
+    pub fn entropic(&self, a: SocAt, dtemp: f64) -> f64 {
+        if self.has_entropic {
+            Self::lerp(&self.docv_dt, a) * dtemp
+        } else {
+            0.0
+        }
     }
 
     /// Inverse OCV: the SOC whose OCV (at T_ref + `dtemp`) is `v`, clamped to 0..=1.
@@ -223,6 +294,11 @@ cp_j_per_kg_k = 1100.0
                 assert!((t.slope(a) - p.docv_dsoc(z)).abs() < 1e-9);
                 assert!((t.r0(a, s) - p.r0(z, temp)).abs() < 1e-12, "z={z} T={temp}");
                 assert!((t.r1(a, s) - p.r1(z, temp)).abs() < 1e-12);
+                // the packed lookups give the very same numbers
+                let rc = t.rc(a, s);
+                assert_eq!((rc[0], rc[1], rc[2], rc[3]), (t.r0(a, s), t.r1(a, s), t.r2(a, s), 0.0));
+                let (ocv, slope, e) = t.ocv_slope_energy(a);
+                assert_eq!((ocv + t.entropic(a, temp - 25.0), slope, e), (t.ocv(a, temp - 25.0), t.slope(a), t.energy(a)));
                 let zi = t.soc_from_ocv(p.ocv(z, temp), temp - 25.0);
                 assert!((zi - z).abs() < 1e-9, "{zi} vs {z}");
             }

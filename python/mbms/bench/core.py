@@ -117,11 +117,22 @@ def measure(n: int, cell_steps: float, seed: int) -> dict[str, float]:
     }
 
 
+def scaling(rows: list[dict[str, float]]) -> float | None:
+    """Rust core cost per cell at the largest size over that at the next smaller one (issue 9:
+    within 15 % from 1 000 to 10 000 cells); None with fewer than two sizes."""
+    by_n = sorted(rows, key=lambda r: r["cells"])
+    if len(by_n) < 2:
+        return None
+    return by_n[-1]["rust_ns_per_cell"] / by_n[-2]["rust_ns_per_cell"]
+
+
 def run(args: argparse.Namespace) -> int:
     rows = [measure(n, args.cell_steps, args.seed) for n in args.sizes]
+    ratio = scaling(rows)
     if args.json:
         out: dict[str, Any] = dict(rows[-1])
         out["sizes"] = rows
+        out["scaling"] = ratio
         print(json.dumps(out))
         return 0
     print("pack engine step, ns per cell-step (thread CPU time; wall in brackets)")
@@ -132,5 +143,9 @@ def run(args: argparse.Namespace) -> int:
               f"{r['rust_py_ns_per_cell']:>12.1f} {r['numpy_ns_per_cell']:>8.1f} "
               f"[{r['numpy_wall_ns_per_cell']:>7.1f}] {r['speedup']:>7.1f}x {r['speedup_py']:>5.1f}x "
               f"{r['max_soc_diff']:>8.1e}")
-    print("target (brief §5): <= 25 ns per cell at 10 000 cells, >= 5x numpy")
+    if ratio is not None:
+        big, small = sorted(int(r["cells"]) for r in rows)[-2:][::-1]
+        print(f"cost per cell at {big} cells / at {small} cells: {ratio:.2f}")
+    print("target (brief §5): <= 25 ns per cell at 10 000 cells, >= 5x numpy; "
+          "issue 9: >= 10x numpy at 10 000 cells, cost per cell within 15 % of 1 000")
     return 0

@@ -59,6 +59,8 @@ struct Scratch {
     lcc: [f64; BLOCK],
     ldp: [f64; BLOCK],
     lcp: [f64; BLOCK],
+    /// the cell takes the iterated update this step
+    gate: [bool; BLOCK],
 }
 
 impl Scratch {
@@ -82,6 +84,7 @@ impl Scratch {
             lcc: [0.0; BLOCK],
             ldp: [0.0; BLOCK],
             lcp: [0.0; BLOCK],
+            gate: [false; BLOCK],
         })
     }
 }
@@ -120,25 +123,6 @@ fn avx2_available() -> bool {
     {
         false
     }
-}
-
-fn block_math(b: &mut BlockMath<'_>, avx2: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: only called when the CPU reports AVX2 (checked at construction).
-        unsafe { block_math_avx2(b) };
-        return;
-    }
-    let _ = avx2;
-    block_math_impl(b);
-}
-
-/// The same code compiled for AVX2 (4 lanes): Rust never contracts a·b+c into an FMA on
-/// its own, so both paths give bit-identical results.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn block_math_avx2(b: &mut BlockMath<'_>) {
-    block_math_impl(b);
 }
 
 #[inline(always)]
@@ -199,6 +183,58 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         s_lcc[j] = cell_limit(vmax - vd + vc, inv_rh_c);
         s_ldp[j] = cell_limit(vd - vpk - vmin, inv_rh_p);
         s_lcp[j] = cell_limit(vmax - vd + vpk, inv_rh_p);
+    }
+}
+
+/// Lanes of the pack reductions (see step (c) of the pass).
+const LANES: usize = 4;
+const _: () = assert!(BLOCK % LANES == 0, "blocks must start at a multiple of the lanes");
+
+/// The pack reductions of the pass, per lane: sums of SOC, OCV, R0, energy, R0 ratio; minima
+/// of SOC and the four unit-cell limits; maximum of SOC.
+#[derive(Clone, Copy)]
+struct Reductions {
+    sum: [[f64; LANES]; 5],
+    min: [[f64; LANES]; 5],
+    max: [f64; LANES],
+}
+
+impl Reductions {
+    fn new() -> Self {
+        Reductions { sum: [[0.0; LANES]; 5], min: [[f64::INFINITY; LANES]; 5], max: [f64::NEG_INFINITY; LANES] }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, l: usize, zo: f64, sc: &Scratch, j: usize) {
+        self.sum[0][l] += zo;
+        self.sum[1][l] += sc.ocv_out[j];
+        self.sum[2][l] += sc.r0[j];
+        self.sum[3][l] += sc.soe[j];
+        self.sum[4][l] += sc.r0r[j];
+        self.min[0][l] = self.min[0][l].min(zo);
+        self.min[1][l] = self.min[1][l].min(sc.ldc[j]);
+        self.min[2][l] = self.min[2][l].min(sc.lcc[j]);
+        self.min[3][l] = self.min[3][l].min(sc.ldp[j]);
+        self.min[4][l] = self.min[4][l].min(sc.lcp[j]);
+        self.max[l] = self.max[l].max(zo);
+    }
+
+    fn finish(&self) -> PackSums {
+        let s = |x: &[f64; LANES]| ((x[0] + x[1]) + x[2]) + x[3];
+        let lo = |x: &[f64; LANES]| x[0].min(x[1]).min(x[2]).min(x[3]);
+        PackSums {
+            soc_min: lo(&self.min[0]),
+            soc_max: self.max[0].max(self.max[1]).max(self.max[2]).max(self.max[3]),
+            soc_sum: s(&self.sum[0]),
+            ocv_sum: s(&self.sum[1]),
+            r_sum: s(&self.sum[2]),
+            soe: s(&self.sum[3]),
+            r0_ratio_sum: s(&self.sum[4]),
+            ld_c: lo(&self.min[1]),
+            lc_c: lo(&self.min[2]),
+            ld_p: lo(&self.min[3]),
+            lc_p: lo(&self.min[4]),
+        }
     }
 }
 
@@ -323,6 +359,55 @@ impl Cells {
         o_sig: &mut [f64],
         o_cc: &mut [f64],
     ) -> PackSums {
+        #[cfg(target_arch = "x86_64")]
+        if self.use_avx2 {
+            // SAFETY: use_avx2 is set only when the CPU reports AVX2 (checked at construction).
+            return unsafe { self.update_avx2(st, v_cell_v, sensing, soh, sensor_of, tab, p, est, lc, o_soc, o_sig, o_cc) };
+        }
+        self.update_impl(st, v_cell_v, sensing, soh, sensor_of, tab, p, est, lc, o_soc, o_sig, o_cc)
+    }
+
+    /// The whole pass (gathers, arithmetic, reductions) compiled for AVX2: the arithmetic
+    /// vectorises 4 lanes wide, the gathers use the 3-operand VEX forms. Rust never
+    /// contracts a·b+c into an FMA on its own, so both builds give bit-identical results.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn update_avx2(
+        &mut self,
+        st: &CellStep,
+        v_cell_v: &[f64],
+        sensing: &Sensing,
+        soh: &mut RestSoh,
+        sensor_of: &[u32],
+        tab: &CellTables,
+        p: &CellParams,
+        est: &EstimatorConfig,
+        lc: &LimitsConfig,
+        o_soc: &mut [f64],
+        o_sig: &mut [f64],
+        o_cc: &mut [f64],
+    ) -> PackSums {
+        self.update_impl(st, v_cell_v, sensing, soh, sensor_of, tab, p, est, lc, o_soc, o_sig, o_cc)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn update_impl(
+        &mut self,
+        st: &CellStep,
+        v_cell_v: &[f64],
+        sensing: &Sensing,
+        soh: &mut RestSoh,
+        sensor_of: &[u32],
+        tab: &CellTables,
+        p: &CellParams,
+        est: &EstimatorConfig,
+        lc: &LimitsConfig,
+        o_soc: &mut [f64],
+        o_sig: &mut [f64],
+        o_cc: &mut [f64],
+    ) -> PackSums {
         let (dt, i, i_cell, di_cell, eta, r0_step, start_up) =
             (st.dt, st.i, st.i_cell, st.di_cell, st.eta, st.r0_step, st.start_up);
         let var_i_cell = (est.current_noise_a / st.par).powi(2);
@@ -351,11 +436,7 @@ impl Cells {
         let hm = p.hysteresis_m_v * i.signum();
 
         let n = self.z.len();
-        let (mut zmin, mut zmax, mut zsum) = (f64::INFINITY, f64::NEG_INFINITY, 0.0);
-        let (mut soe, mut ocv_sum, mut r_sum) = (0.0, 0.0, 0.0);
-        let (mut ld_c, mut lc_c, mut ld_p, mut lc_p) =
-            (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
-        let mut r0_ratio_sum = 0.0;
+        let mut red = Reductions::new();
         let ssv = &sensing.ss[..];
         let v_in = &v_cell_v[..n];
         let valids = &sensing.v_valid[..n];
@@ -374,7 +455,6 @@ impl Cells {
         let g_eta_i = base_pr.eta_i * dt;
         let r0_gain = est.r0_gain;
         let sc = &mut *self.scratch;
-        let use_avx2 = self.use_avx2;
         let sensor_of = &sensor_of[..n];
         let mut start = 0;
         while start < n {
@@ -386,9 +466,10 @@ impl Cells {
                 let ss = &ssv[sensor_of[k] as usize];
                 let z_pred = zs[k] - g_eta_i * inv_qcs[k];
                 let at = tab.locate(z_pred);
+                // R0, R1, R2 in one packed lookup (one 4-lane interpolation)
+                let [r0_nom, r1_nom, r2_nom, _] = tab.rc(at, ss.sel);
                 let mut r0r = r0rs[k];
-                let r1 = tab.r1(at, ss.sel) * r0r;
-                let r0_nom = tab.r0(at, ss.sel);
+                let r1 = r1_nom * r0r;
                 // R0 from the current step: −ΔV/ΔI of this cell, ratio to the table, low-passed
                 if r0_step {
                     if let Some(r) = r0_observation(dvs[k], di_cell, r0_nom) {
@@ -398,7 +479,7 @@ impl Cells {
                 }
                 let mut v2 = 0.0;
                 if has_rc2 {
-                    v2 = ss.a2 * v2s[k] + tab.r2(at, ss.sel) * r0r * (1.0 - ss.a2) * i_cell;
+                    v2 = ss.a2 * v2s[k] + r2_nom * r0r * (1.0 - ss.a2) * i_cell;
                     v2s[k] = v2;
                 }
                 let mut hk = 0.0;
@@ -407,29 +488,9 @@ impl Cells {
                     hs[k] = hk;
                 }
                 let r0 = r0_nom * r0r;
-                let mut slope = tab.slope(at);
-                let mut ocv_lin = tab.ocv(at, ss.dtemp) + hk;
-                // Iterated update (IEKF) where the update is a large SOC step: there the OCV
-                // linearised at the predicted SOC is a poor model over the step (start-up 20 %
-                // off with a wide P_zz), and a plain EKF overshoots or crawls. Cheap gate with
-                // the previous P_zz; the branch is rare and leaves the vector pass untouched:
-                // it only moves the point the block linearises the OCV at (`slope`, and the
-                // OCV line evaluated at the predicted SOC).
-                let v1_pred = ss.a1 * v1s[k] + r1 * (1.0 - ss.a1) * i_cell;
-                let innov0 = v_in[k] - (ocv_lin - r0 * i_cell - v1_pred - v2);
-                let pz = covs[k].p00;
-                if !start_up && valids[k] && (slope * pz * innov0).abs() > IEKF_GATE_DZ * (slope * slope * pz + r_meas) {
-                    let (mut zc, mut v1c, mut pc) = (zs[k], v1s[k], covs[k]);
-                    soc_ekf::predict(&mut zc, &mut v1c, &mut pc, r1, inv_qcs[k], &Predict { a1: ss.a1, ..base_pr });
-                    let y = v_in[k] + r0 * i_cell + v1c + v2; // v = OCV(z) + h − R0·i − v1 − v2
-                    let (zl, sl, ol) =
-                        soc_ekf::iterate_linearization(zc, &pc, y, r_meas, IEKF_ITERS, |z| {
-                            let a = tab.locate(z);
-                            (tab.slope(a), tab.ocv(a, ss.dtemp) + hk)
-                        });
-                    slope = sl;
-                    ocv_lin = ol + sl * (zc - zl);
-                }
+                let (ocv_t, slope_t, energy) = tab.ocv_slope_energy(at);
+                let slope = slope_t;
+                let ocv_lin = ocv_t + tab.entropic(at, ss.dtemp) + hk;
                 sc.zp[j] = z_pred;
                 sc.r1[j] = r1;
                 sc.r0[j] = r0;
@@ -437,13 +498,52 @@ impl Cells {
                 sc.slope[j] = slope;
                 sc.ocv[j] = ocv_lin;
                 sc.h[j] = hk;
-                sc.e[j] = tab.energy(at);
+                sc.e[j] = energy;
                 sc.v2[j] = v2;
                 sc.a1[j] = ss.a1;
                 sc.dc[j] = ss.d_cont;
                 sc.dp[j] = ss.d_peak;
             }
-            // (b) arithmetic (AVX2 code path where the CPU has it; same results)
+            // (a2) Iterated update (IEKF) where the update is a large SOC step: there the OCV
+            // linearised at the predicted SOC is a poor model over the step (start-up 20 % off
+            // with a wide P_zz), and a plain EKF overshoots or crawls. Cheap gate with the
+            // previous P_zz, evaluated for the whole block as vector arithmetic; the rare cells
+            // past it are relinearised one by one, which only moves the point the block
+            // linearises the OCV at (`slope`, and the OCV line evaluated at the predicted SOC).
+            if !start_up {
+                let mut any = false;
+                for j in 0..len {
+                    let k = start + j;
+                    let (a1, r1, slope) = (sc.a1[j], sc.r1[j], sc.slope[j]);
+                    let v1_pred = a1 * v1s[k] + r1 * (1.0 - a1) * i_cell;
+                    let innov0 = v_in[k] - (sc.ocv[j] - sc.r0[j] * i_cell - v1_pred - sc.v2[j]);
+                    let pz = covs[k].p00;
+                    let gate = valids[k] & ((slope * pz * innov0).abs() > IEKF_GATE_DZ * (slope * slope * pz + r_meas));
+                    sc.gate[j] = gate;
+                    any |= gate;
+                }
+                if any {
+                    for j in 0..len {
+                        if !sc.gate[j] {
+                            continue;
+                        }
+                        let k = start + j;
+                        let ss = &ssv[sensor_of[k] as usize];
+                        let (r0, r1, v2, hk) = (sc.r0[j], sc.r1[j], sc.v2[j], sc.h[j]);
+                        let (mut zc, mut v1c, mut pc) = (zs[k], v1s[k], covs[k]);
+                        soc_ekf::predict(&mut zc, &mut v1c, &mut pc, r1, inv_qcs[k], &Predict { a1: sc.a1[j], ..base_pr });
+                        let y = v_in[k] + r0 * i_cell + v1c + v2; // v = OCV(z) + h − R0·i − v1 − v2
+                        let (zl, sl, ol) =
+                            soc_ekf::iterate_linearization(zc, &pc, y, r_meas, IEKF_ITERS, |z| {
+                                let a = tab.locate(z);
+                                (tab.slope(a), tab.ocv(a, ss.dtemp) + hk)
+                            });
+                        sc.slope[j] = sl;
+                        sc.ocv[j] = ol + sl * (zc - zl);
+                    }
+                }
+            }
+            // (b) arithmetic
             {
                 let mut bm = BlockMath {
                     z: &mut zs[start..end],
@@ -467,26 +567,33 @@ impl Cells {
                     vmax,
                     update: !start_up,
                 };
-                block_math(&mut bm, use_avx2);
+                block_math_impl(&mut bm);
             }
-            // (c) reductions in cell order
-            for j in 0..len {
+            // (c) reductions: four lanes (cell k in lane k mod 4, blocks start at multiples of
+            // 4), so that they vectorise; the lanes are combined in a fixed order at the end
+            // (a local copy with constant lane indices stays in registers)
+            let mut acc = red;
+            let mut j = 0;
+            while j + LANES <= len {
+                for l in 0..LANES {
+                    acc.add(l, o_soc[start + j + l], sc, j + l);
+                }
+                j += LANES;
+            }
+            while j < len {
                 let zo = o_soc[start + j];
-                zmin = zmin.min(zo);
-                zmax = zmax.max(zo);
-                zsum += zo;
-                ocv_sum += sc.ocv_out[j];
-                r_sum += sc.r0[j];
-                soe += sc.soe[j];
-                r0_ratio_sum += sc.r0r[j];
-                ld_c = ld_c.min(sc.ldc[j]);
-                lc_c = lc_c.min(sc.lcc[j]);
-                ld_p = ld_p.min(sc.ldp[j]);
-                lc_p = lc_p.min(sc.lcp[j]);
+                match j % LANES {
+                    0 => acc.add(0, zo, sc, j),
+                    1 => acc.add(1, zo, sc, j),
+                    2 => acc.add(2, zo, sc, j),
+                    _ => acc.add(3, zo, sc, j),
+                }
+                j += 1;
             }
+            red = acc;
             start = end;
         }
-        PackSums { soc_min: zmin, soc_max: zmax, soc_sum: zsum, ocv_sum, r_sum, soe, r0_ratio_sum, ld_c, lc_c, ld_p, lc_p }
+        red.finish()
     }
 }
 

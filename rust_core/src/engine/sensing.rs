@@ -34,6 +34,21 @@ pub(super) struct SensorStep {
     pub a2: f64,
     pub d_cont: f64,
     pub d_peak: f64,
+    /// a1, a2 at the previous distinct Δt (same τ1, τ2)
+    alt: DtCoeffs,
+}
+
+/// The Δt-dependent coefficients of a sensor at one Δt.
+#[derive(Debug, Clone, Copy)]
+struct DtCoeffs {
+    /// NaN: none
+    dt: f64,
+    a1: f64,
+    a2: f64,
+}
+
+impl DtCoeffs {
+    const UNSET: DtCoeffs = DtCoeffs { dt: f64::NAN, a1: 1.0, a2: 1.0 };
 }
 
 impl SensorStep {
@@ -48,6 +63,7 @@ impl SensorStep {
         a2: 1.0,
         d_cont: 1.0,
         d_peak: 1.0,
+        alt: DtCoeffs::UNSET,
     };
 }
 
@@ -167,7 +183,9 @@ impl Sensing {
         let dc = lc.continuous_horizon_s;
         let dp = lc.peak_horizon_s;
         let mut any_t_valid = false;
-        for s in 0..self.t_prev.len() {
+        let mut n_bad = 0usize;
+        let n_t = self.t_prev.len();
+        for s in 0..n_t {
             let x = t_cell_c[s];
             if x == self.t_prev[s] {
                 self.t_stuck[s] = self.t_stuck[s].saturating_add(1);
@@ -178,18 +196,7 @@ impl Sensing {
             let stuck = sens.stuck_samples > 0 && self.t_stuck[s] >= sens.stuck_samples;
             let valid = x.is_finite() && x >= sens.temp_min_c && x <= sens.temp_max_c && !stuck;
             self.t_valid[s] = valid;
-            prot.bank(Rule::TempSensor).eval(s, t_s, if valid { 0.0 } else { 1.0 });
-            let tx = if valid { x } else { f64::NAN };
-            // charge windows apply while charging, discharge windows otherwise (foxBMS style)
-            let (oc, uc, od, ud) = if charging {
-                (tx, tx, f64::NEG_INFINITY, f64::INFINITY)
-            } else {
-                (f64::NEG_INFINITY, f64::INFINITY, tx, tx)
-            };
-            prot.bank(Rule::OvertempCharge).eval(s, t_s, oc);
-            prot.bank(Rule::UndertempCharge).eval(s, t_s, uc);
-            prot.bank(Rule::OvertempDischarge).eval(s, t_s, od);
-            prot.bank(Rule::UndertempDischarge).eval(s, t_s, ud);
+            n_bad += usize::from(!valid);
             if valid {
                 self.t_used[s] = x;
                 tmin = tmin.min(x);
@@ -205,8 +212,12 @@ impl Sensing {
             if (t_meas - prev.t_model).abs() <= MODEL_TEMP_DEADBAND_C && prev.dt == dt {
                 continue; // same model temperature, same Δt: every coefficient is unchanged
             }
-            let t = if (t_meas - prev.t_model).abs() <= MODEL_TEMP_DEADBAND_C { prev.t_model } else { t_meas };
-            let tau1 = p.tau1(t);
+            let same_t = (t_meas - prev.t_model).abs() <= MODEL_TEMP_DEADBAND_C;
+            let t = if same_t { prev.t_model } else { t_meas };
+            // only Δt changed (a float time base jitters by an ulp from step to step): τ, the
+            // row selection and dtemp are functions of t alone and are kept; the Δt terms below
+            // are recomputed
+            let tau1 = if same_t { prev.tau1 } else { p.tau1(t) };
             // the exponentials depend on τ(T) and Δt only: a constant-τ cell (or a steady
             // temperature) at a fixed sample period costs no exp at all
             let (d_cont, d_peak) = if prev.tau1 == tau1 {
@@ -214,15 +225,21 @@ impl Sensing {
             } else {
                 ((-dc / tau1).exp(), (-dp / tau1).exp())
             };
-            let a1 = if prev.tau1 == tau1 && prev.dt == dt { prev.a1 } else { (-dt / tau1).exp() };
-            // second RC pair: same caching (its exp is as costly as the first one's)
-            let tau2 = if p.has_rc2() { p.tau2(t) } else { 0.0 };
-            let a2 = if !p.has_rc2() {
-                0.0
-            } else if prev.tau2 == tau2 && prev.dt == dt {
-                prev.a2
+            let tau2 = if same_t { prev.tau2 } else if p.has_rc2() { p.tau2(t) } else { 0.0 };
+            // a1 = exp(−Δt/τ1), a2 = exp(−Δt/τ2) (0 without a second RC pair). A float time
+            // base t = k·Δt alternates between two neighbouring Δt values (an ulp apart) from
+            // step to step, so the coefficients of the previous distinct Δt are kept beside
+            // the current ones: same τ, same Δt, same value, without the exp.
+            let exps = |dt: f64| ((-dt / tau1).exp(), if p.has_rc2() { (-dt / tau2).exp() } else { 0.0 });
+            let same_tau = prev.tau1 == tau1 && prev.tau2 == tau2;
+            let ((a1, a2), alt) = if same_tau && prev.dt == dt {
+                ((prev.a1, prev.a2), prev.alt)
+            } else if same_tau && prev.alt.dt == dt {
+                ((prev.alt.a1, prev.alt.a2), DtCoeffs { dt: prev.dt, a1: prev.a1, a2: prev.a2 })
+            } else if same_tau {
+                (exps(dt), DtCoeffs { dt: prev.dt, a1: prev.a1, a2: prev.a2 })
             } else {
-                (-dt / tau2).exp()
+                (exps(dt), DtCoeffs::UNSET)
             };
             self.ss[s] = SensorStep {
                 t_model: t,
@@ -230,50 +247,108 @@ impl Sensing {
                 tau2,
                 dt,
                 dtemp: t - p.t_ref_c,
-                sel: tab.temp_sel(t),
+                sel: if same_t { prev.sel } else { tab.temp_sel(t) },
                 a1,
                 a2,
                 d_cont,
                 d_peak,
+                alt,
             };
+        }
+        // The temperature rules, bank by bank (the banks are independent). As for the cell
+        // voltages, a bank is walked only where an index can leave its idle fast path: a busy
+        // index, an implausible reading (sensor rule), or an applicable window whose extreme
+        // is past the bank's lowest threshold.
+        let b = prot.bank(Rule::TempSensor);
+        if b.n_busy > 0 || n_bad > 0 {
+            for s in 0..n_t {
+                b.eval(s, t_s, if self.t_valid[s] { 0.0 } else { 1.0 });
+            }
+        }
+        // charge windows apply while charging, discharge windows otherwise (foxBMS style); a
+        // window that does not apply sees -inf (over) / +inf (under): "not applicable now"
+        for (rule, applies, over) in [
+            (Rule::OvertempCharge, charging, true),
+            (Rule::UndertempCharge, charging, false),
+            (Rule::OvertempDischarge, !charging, true),
+            (Rule::UndertempDischarge, !charging, false),
+        ] {
+            let b = prot.bank(rule);
+            let (extreme, off) = if over { (tmax, f64::NEG_INFINITY) } else { (tmin, f64::INFINITY) };
+            if b.n_busy > 0 || (applies && b.compiled.sign * extreme > b.compiled.idle_below) {
+                for s in 0..n_t {
+                    let tx = if self.t_valid[s] { t_cell_c[s] } else { f64::NAN };
+                    b.eval(s, t_s, if applies { tx } else { off });
+                }
+            }
         }
         Temps { min_c: tmin, max_c: tmax, any_valid: any_t_valid }
     }
 
-    /// Pass 1 over the cells: voltage plausibility and the per-cell voltage rules (branchy,
-    /// cheap). On an R0 current step it also keeps each cell's ΔV. Returns the extremes of the
-    /// plausible voltages (∞/−∞ when there is none).
+    /// Pass 1 over the cells: voltage plausibility and the per-cell voltage rules. On an R0
+    /// current step it also keeps each cell's ΔV. Returns the extremes of the plausible
+    /// voltages (∞/−∞ when there is none).
+    ///
+    /// The plausibility loop is branch-free and also yields the number of implausible
+    /// readings and the extremes; a rule bank is then walked cell by cell only where a cell
+    /// can leave its idle fast path (a busy index, an implausible reading, or an extreme past
+    /// the bank's lowest threshold). Skipping the walk is exact: an idle index at or below
+    /// every threshold stays idle, and a NaN (implausible) reading holds an idle state.
     pub fn cell_voltages(&mut self, t_s: f64, v_in: &[f64], sens: &SensorConfig, r0_step: bool, prot: &mut Protection) -> (f64, f64) {
         let n = self.v_prev.len();
-        let (mut vmin_meas, mut vmax_meas) = (f64::INFINITY, f64::NEG_INFINITY);
         let stuck_n = sens.stuck_samples;
-        let (vlo, vhi, vow) = (sens.cell_v_min_v, sens.cell_v_max_v, sens.open_wire_v);
+        let lim = Plausible { vlo: sens.cell_v_min_v, vhi: sens.cell_v_max_v, vow: sens.open_wire_v, stuck_n };
         let v_in = &v_in[..n];
+        // the R0 step's ΔV needs the previous sample's plausibility: before it is overwritten
+        if r0_step {
+            for k in 0..n {
+                let v = v_in[k];
+                let valid = lim.valid(v, if v == self.v_prev[k] { self.v_stuck[k].saturating_add(1) } else { 0 });
+                self.r0_dv[k] = if valid && self.v_valid[k] { v - self.v_prev[k] } else { f64::NAN };
+            }
+        }
         let v_prevs = &mut self.v_prev[..n];
         let stucks = &mut self.v_stuck[..n];
         let valids = &mut self.v_valid[..n];
-        let dvs = &mut self.r0_dv[..n];
-        let (b_vs, b_ov, b_uv) = prot.voltage_banks();
-        for k in 0..n {
+        // branch-free, four independent accumulators (vectorised); min/max of plausible
+        // (non-NaN) readings are exact in any order
+        const L: usize = 4;
+        let (mut lo, mut hi, mut bad) = ([f64::INFINITY; L], [f64::NEG_INFINITY; L], [0u32; L]);
+        let body = |k: usize, lo: &mut f64, hi: &mut f64, bad: &mut u32, v_prevs: &mut [f64], stucks: &mut [u32], valids: &mut [bool]| {
             let v = v_in[k];
-            // NaN, range, open wire, stuck
-            let v_prev = v_prevs[k];
-            let cnt = if v == v_prev { stucks[k].saturating_add(1) } else { 0 };
+            let cnt = if v == v_prevs[k] { stucks[k].saturating_add(1) } else { 0 };
             stucks[k] = cnt;
-            let stuck = stuck_n > 0 && cnt >= stuck_n;
-            let valid = v >= vlo && v <= vhi && v > vow && !stuck; // NaN compares false
-            if r0_step {
-                dvs[k] = if valid && valids[k] { v - v_prev } else { f64::NAN };
-            }
+            let valid = lim.valid(v, cnt);
             v_prevs[k] = v;
             valids[k] = valid;
-            b_vs.eval(k, t_s, if valid { 0.0 } else { 1.0 });
-            let vp = if valid { v } else { f64::NAN };
-            b_ov.eval(k, t_s, vp);
-            b_uv.eval(k, t_s, vp);
-            if valid {
-                vmin_meas = vmin_meas.min(v);
-                vmax_meas = vmax_meas.max(v);
+            *bad += u32::from(!valid);
+            *lo = if valid && v < *lo { v } else { *lo };
+            *hi = if valid && v > *hi { v } else { *hi };
+        };
+        let chunks = n / L;
+        for c in 0..chunks {
+            for l in 0..L {
+                body(c * L + l, &mut lo[l], &mut hi[l], &mut bad[l], v_prevs, stucks, valids);
+            }
+        }
+        for k in chunks * L..n {
+            body(k, &mut lo[0], &mut hi[0], &mut bad[0], v_prevs, stucks, valids);
+        }
+        let vmin_meas = lo.iter().fold(f64::INFINITY, |a, &b| a.min(b));
+        let vmax_meas = hi.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let n_bad: u32 = bad.iter().sum();
+        let (b_vs, b_ov, b_uv) = prot.voltage_banks();
+        // sensor rule: x = 1 for an implausible reading, 0 (idle) otherwise
+        if b_vs.n_busy > 0 || n_bad > 0 {
+            for k in 0..n {
+                b_vs.eval(k, t_s, if valids[k] { 0.0 } else { 1.0 });
+            }
+        }
+        for (b, extreme) in [(b_ov, vmax_meas), (b_uv, vmin_meas)] {
+            if b.n_busy > 0 || b.compiled.sign * extreme > b.compiled.idle_below {
+                for k in 0..n {
+                    b.eval(k, t_s, if valids[k] { v_in[k] } else { f64::NAN });
+                }
             }
         }
         (vmin_meas, vmax_meas)
@@ -288,5 +363,23 @@ impl Sensing {
         self.v_stuck.iter_mut().for_each(|c| *c = 0);
         self.t_stuck.iter_mut().for_each(|c| *c = 0);
         self.t_prev.iter_mut().for_each(|c| *c = f64::NAN);
+    }
+}
+
+/// The plausibility test of one cell-voltage reading: range, open wire, stuck.
+#[derive(Debug, Clone, Copy)]
+struct Plausible {
+    vlo: f64,
+    vhi: f64,
+    vow: f64,
+    stuck_n: u32,
+}
+
+impl Plausible {
+    /// `cnt`: consecutive unchanged samples including this one. NaN compares false.
+    #[inline(always)]
+    fn valid(&self, v: f64, cnt: u32) -> bool {
+        let stuck = self.stuck_n > 0 && cnt >= self.stuck_n;
+        (v >= self.vlo) & (v <= self.vhi) & (v > self.vow) & !stuck
     }
 }
