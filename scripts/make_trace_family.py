@@ -16,7 +16,11 @@ tapers below C/20: the synchronisation point a real charger gives). Profiles:
   make_reference_traces.py), rests, a full charge, more driving;
 * ``pulse``: random discharge/charge pulses 0.3..3C with short rests, long rest, full charge;
 * ``ess``: energy-storage slow cycles (C/5..C/2 discharge, long rests, full charge, partial
-  discharge), the duty of a stationary parallel-string battery.
+  discharge), the duty of a stationary parallel-string battery;
+* ``ess_full``: an energy-storage full cycle: a CC-CV full charge, a rest, a C/5 discharge down
+  to the knee (2.8 V per cell, a usual LFP storage cut-off), a rest and a partial recharge: the
+  full-to-empty cycle on which an LFP system learns its capacity (issue 16's synchronisation
+  points).
 
 Start SOCs span 5..100 % (a start below 40 % charges first), temperatures 0, 10, 25, 40 C
 (isothermal, or lumped thermal for NMC, whose set has thermal data). Aged cells: both electrodes'
@@ -93,12 +97,14 @@ FAMILY = [
     Spec("lfp_t1_drive", "lfp", "drive", 0.80, 25, "isothermal", "tuning", 301),
     Spec("lfp_t2_ess", "lfp", "ess", 0.30, 10, "isothermal", "tuning", 302),
     Spec("lfp_t3_pulse_aged", "lfp", "pulse", 0.60, 40, "isothermal", "tuning", 303, 0.85, 1.4),
+    Spec("lfp_t4_ess_full", "lfp", "ess_full", 0.40, 10, "isothermal", "tuning", 304),
     # LFP held-out
     Spec("lfp_h1_ess", "lfp", "ess", 0.85, 25, "isothermal", "heldout", 401),
     Spec("lfp_h2_drive", "lfp", "drive", 0.50, 10, "isothermal", "heldout", 402),
     Spec("lfp_h3_pulse", "lfp", "pulse", 0.15, 25, "isothermal", "heldout", 403),
     Spec("lfp_h4_ess_aged", "lfp", "ess", 1.00, 40, "isothermal", "heldout", 404, 0.82, 1.5),
     Spec("lfp_h5_drive_aged", "lfp", "drive", 0.65, 25, "isothermal", "heldout", 405, 0.88, 1.35),
+    Spec("lfp_h6_ess_full_aged", "lfp", "ess_full", 0.70, 25, "isothermal", "heldout", 406, 0.85, 1.3),
 ]
 
 
@@ -137,6 +143,17 @@ def steps_for(spec: Spec, c: float, v_max: float) -> list:
     """Experiment steps: start at rest; charge first from a low start; a CC-CV full charge in
     every trace; the load amplitude scaled so the planned SOC stays above 8 %."""
     rng = np.random.default_rng(spec.seed)
+    if spec.profile == "ess_full":
+        return [
+            "Rest for 600 seconds",
+            "Charge at C/3 until " + f"{v_max} V",
+            f"Hold at {v_max} V until C/20",
+            "Rest for 1800 seconds",
+            "Discharge at C/5 until 2.8 V",
+            "Rest for 1200 seconds",
+            "Charge at C/3 for 3600 seconds",
+            "Rest for 1200 seconds",
+        ]
     gen = {"drive": None, "pulse": _pulses, "ess": _ess}[spec.profile]
 
     def load(n: int, budget: float) -> np.ndarray:

@@ -252,6 +252,26 @@ pub struct CellEstimator {
     /// smaller the step, the noisier one observation (σ_R ≈ √2·σ_v / ΔI), which `r0_gain`
     /// averages. 0: no R0 learning.
     pub r0_step_min_c: f64,
+    /// End-of-discharge synchronisation, the knee near empty that LFP systems rely on besides
+    /// full charge (issue 16): discharging at no more than `empty_current_c` (C-rate, above
+    /// the rest band), a cell whose voltage with the model's polarisation added back
+    /// (v − h + R0·i + v1 + v2) has fallen to `empty_ocv_v` is on the OCV knee, where the
+    /// slope makes the voltage a precise SOC reading again: the SOC is taken from the OCV
+    /// there (SOC = `empty_soc`, σ `empty_soc_sigma`, an anchor like a rest point), and with
+    /// the previous anchor (a full charge) it gives a capacity observation over nearly the
+    /// whole range. `empty_soc` is the SOC at that point, which sits above the OCV table's
+    /// inversion of `empty_ocv_v` by what the equivalent circuit misses of the knee's
+    /// polarisation (measured on the tuning trace lfp_t4_ess_full, as `full_charge_soc` is
+    /// for the CV end). The model of compensated
+    /// end-of-discharge-voltage fuel gauges, whose full-charge capacity is learnt on a
+    /// discharge from full down to the EDV2 threshold (TI, "BQ4050 Technical Reference
+    /// Manual", SLUUAQ3A, 2016–2022, CEDV gauging: EDV0/1/2, FCC update at EDV2). Set
+    /// `empty_ocv_v` on the knee, below the plateau, where the OCV slope is steep (A123
+    /// ANR26650: 3.0 V, SOC ≈ 0.11 on the table, 2.6 V per unit SOC); `empty_ocv_v` = 0: off.
+    pub empty_ocv_v: f64,
+    pub empty_current_c: f64,
+    pub empty_soc: f64,
+    pub empty_soc_sigma: f64,
 }
 
 /// Absent from a cell file: the model-error terms and full-charge synchronisation are off (0),
@@ -268,6 +288,10 @@ impl Default for CellEstimator {
             full_charge_taper_c: 0.0,
             full_charge_soc_sigma: 0.0,
             r0_step_min_c: 0.2,
+            empty_ocv_v: 0.0,
+            empty_current_c: 0.0,
+            empty_soc: 0.0,
+            empty_soc_sigma: 0.0,
         }
     }
 }
@@ -284,6 +308,10 @@ impl CellEstimator {
             ("full_charge_taper_c", self.full_charge_taper_c),
             ("full_charge_soc_sigma", self.full_charge_soc_sigma),
             ("r0_step_min_c", self.r0_step_min_c),
+            ("empty_ocv_v", self.empty_ocv_v),
+            ("empty_current_c", self.empty_current_c),
+            ("empty_soc", self.empty_soc),
+            ("empty_soc_sigma", self.empty_soc_sigma),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(err(&format!("estimator.{name}"), format!("expected a finite number >= 0, got {v}")));
@@ -299,6 +327,8 @@ impl CellEstimator {
             ("full_charge_taper_c", self.full_charge_taper_c, 1.0, "C"),
             ("full_charge_soc_sigma", self.full_charge_soc_sigma, 0.5, ""),
             ("r0_step_min_c", self.r0_step_min_c, 10.0, "C"),
+            ("empty_current_c", self.empty_current_c, 1.0, "C"),
+            ("empty_soc_sigma", self.empty_soc_sigma, 0.5, ""),
         ] {
             if v > max {
                 return Err(err(&format!("estimator.{name}"), format!("expected at most {max} {unit}, got {v}")));
@@ -513,6 +543,16 @@ impl CellParams {
             None => (0.0, 0.0),
         };
         f.estimator.validate()?;
+        let e = &f.estimator;
+        if e.empty_ocv_v > 0.0 && !(e.empty_ocv_v > f.v_min_v && e.empty_ocv_v < f.v_max_v && e.empty_current_c > 0.0 && e.empty_soc > 0.0 && e.empty_soc < 0.5 && e.empty_soc_sigma > 0.0) {
+            return Err(err(
+                "estimator.empty_ocv_v",
+                format!(
+                    "with empty_ocv_v set: a voltage between v_min_v and v_max_v ({}..{} V), empty_current_c > 0, empty_soc in (0, 0.5) and empty_soc_sigma > 0; got {} V, {} C, {}, {}",
+                    f.v_min_v, f.v_max_v, e.empty_ocv_v, e.empty_current_c, e.empty_soc, e.empty_soc_sigma
+                ),
+            ));
+        }
         if let Some(t) = &f.temperature {
             t.validate()?;
         }
@@ -601,6 +641,11 @@ impl CellParams {
 
     pub fn has_rc2(&self) -> bool {
         self.r2.is_some()
+    }
+
+    /// The longest RC time constant of the cell file, over its temperatures (s).
+    pub fn slowest_tau_s(&self) -> f64 {
+        self.tau1_s.iter().chain(self.tau2_s.iter().flatten()).fold(0.0, |m, &t| m.max(t))
     }
 
     /// Capacity in coulombs.

@@ -391,6 +391,7 @@ impl Engine {
         }
         if cur.valid && !start_up {
             self.soh.full_charge(&mut self.cells, &self.sensing, v_cell_v, i_est, &self.cell, est, self.par);
+            self.soh.end_of_discharge(&mut self.cells, &self.sensing, &self.sensor_of, v_cell_v, i_est, t_s, &self.tab, &self.cell, est, self.par);
         }
         let nf = self.n as f64;
         o.soc_min = sums.soc_min;

@@ -251,6 +251,74 @@ fn cv_taper_at_full_charge_sets_the_soc() {
     assert!(!e2.soh.full_done[0]);
 }
 
+/// End-of-discharge synchronisation (cell file `estimator.empty_*`): a discharge at C/5 from
+/// full down the LFP knee sets the SOC to `empty_soc` once the compensated voltage reaches
+/// `empty_ocv_v`, once per discharge, and with the full charge before it gives a capacity
+/// observation: a cell with 85 % of the file's capacity is learnt on that one cycle. A
+/// drive-rate discharge (1C) down the same knee takes no such point, nor does the first
+/// `slowest_tau_s` of a low-rate discharge.
+#[test]
+fn low_rate_discharge_down_the_knee_synchronises_and_learns_capacity() {
+    let p = CellParams::from_toml_str(LFP).unwrap();
+    let ce = p.estimator.clone();
+    assert!(ce.empty_ocv_v > 0.0, "the LFP cell file enables end-of-discharge synchronisation");
+    let q = p.capacity_ah;
+    let run = |rate_c: f64| {
+        let mut plant = Plant::new(p.clone(), 1, 1.0, 0.6, 11);
+        plant.sc[0].capacity = 0.85;
+        plant.noise_v = 0.0005;
+        let mut c = config(1, 1);
+        c.pack.parallel = 1;
+        c.estimator.rest_current_a = 0.02 * q;
+        // a one-cell string's sensor: offset 0.5 % of C, noise 0.2 % of C (the accuracy
+        // harness's corruption, mbms.accuracy.Corruption)
+        c.estimator.current_offset_a = 0.005 * q;
+        c.estimator.current_noise_a = 0.002 * q;
+        let mut e = Engine::new(c, p.clone()).unwrap();
+        let mut t = 0.0;
+        e.step(t, &plant.voltages(0.0), &[25.0], 0.0).unwrap();
+        // CC-CV charge to full (the full-charge anchor)
+        let mut i = -0.5 * q;
+        while -i > 0.04 * q {
+            let v = plant.voltages(i);
+            if v[0] >= p.v_max_v - 0.002 {
+                i *= 0.99;
+            }
+            plant.step(i, 1.0);
+            t += 1.0;
+            e.step(t, &plant.voltages(i), &[25.0], i).unwrap();
+        }
+        assert!(e.soh.full_done[0], "the CV phase synchronised");
+        // discharge at `rate_c` until the cell is at 5 % SOC
+        let i = rate_c * q;
+        let (mut synced_at, mut first_low) = (None, None);
+        while plant.s[0].soc > 0.05 {
+            plant.step(i, 1.0);
+            t += 1.0;
+            e.step(t, &plant.voltages(i), &[25.0], i).unwrap();
+            first_low.get_or_insert(t);
+            if e.soh.empty_done[0] && synced_at.is_none() {
+                synced_at = Some((t, plant.s[0].soc, e.cells.z[0]));
+            }
+        }
+        (e, synced_at, first_low.unwrap())
+    };
+    let (e, synced, t_low) = run(0.2);
+    let (t_sync, soc_true, soc_est) = synced.expect("a C/5 discharge down the knee synchronises");
+    assert!(t_sync - t_low >= p.slowest_tau_s(), "not before the settle time: {t_sync} - {t_low}");
+    // the ECM plant has no knee polarisation, so at the sync its SOC is the OCV inversion of
+    // empty_ocv_v (the DFN's sits higher: `empty_soc`); the sync is a Kalman update weighing
+    // `empty_soc_sigma` against the filter's σ, which on the steep knee is small already
+    assert!((soc_true - p.soc_from_ocv(ce.empty_ocv_v, 25.0)).abs() < 0.02, "sync at true SOC {soc_true}");
+    assert!((soc_est - soc_true).abs() < 0.03, "SOC after the sync {soc_est} vs {soc_true}");
+    let cap = e.output().soh_capacity;
+    assert!((cap - 0.85).abs() < 0.05, "capacity after one full-to-knee cycle: {cap} (true 0.85, prior 1.0)");
+    // a drive-rate discharge down the same knee: no sync, no capacity observation
+    let (e1, synced1, _) = run(1.0);
+    assert!(synced1.is_none() && !e1.soh.empty_done[0]);
+    assert_eq!(e1.output().soh_capacity, 1.0);
+}
+
 #[test]
 fn nan_and_stuck_sensors_trip_their_protection() {
     let mut c = config(4, 2);

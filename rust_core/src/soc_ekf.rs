@@ -301,6 +301,31 @@ pub fn update_soc(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) 
     p.p11 = m10 * m10 * p00 + 2.0 * m10 * p01 + p11 + r * k1 * k1;
 }
 
+/// An anchor's update (a rest point's OCV, a full charge, the end of discharge): an SOC known
+/// independently of the filter, so an innovation beyond `ANCHOR_GATE_SIGMA` σ of what the
+/// filter's P_zz and the anchor's variance `r` allow says that P_zz was too small (a capacity
+/// or current-gain error the coulomb count's noise model does not carry), not that the anchor
+/// is wrong: P_zz is raised to what the innovation shows before the update (a covariance
+/// reset on an inconsistent innovation, the fading-memory remedy for an overconfident filter:
+/// Bar-Shalom, Li, Kirubarajan 2001, §11.3 / Simon, "Optimal State Estimation" 2006, §7.4),
+/// so the anchor is taken for what it is worth instead of nudging a filter that is sure of a
+/// wrong SOC.
+pub fn update_anchor(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) {
+    let innov = z_meas - *z;
+    let allowed = ANCHOR_GATE_SIGMA * ANCHOR_GATE_SIGMA * (p.p00 + r);
+    if innov * innov > allowed {
+        let p00 = innov * innov - r;
+        // keep the correlation with v1 (scale p01 with σ_z)
+        p.p01 *= (p00 / p.p00.max(1e-30)).sqrt();
+        p.p00 = p00;
+    }
+    update_soc(z, v1, p, z_meas, r);
+}
+
+/// Innovation gate of [`update_anchor`] (σ): beyond 3σ a consistent filter errs in 0.3 % of
+/// anchors.
+pub const ANCHOR_GATE_SIGMA: f64 = 3.0;
+
 /// Gauss-Newton iterations of the IEKF measurement update (Bell & Cathey 1993) from the
 /// predicted z `zp` and covariance `p`, H = [slope(z), −1]. `y` = v + R0·i + v1p + v2 (the
 /// measurement with every term but the OCV moved over; the v1 iterate cancels out of the
@@ -382,6 +407,28 @@ mod tests {
         let (mut z1, mut v11, mut p1) = (0.6, 0.0, p);
         update(&mut z1, &mut v11, &mut p1, hz0, y - o0, r);
         assert!((z1 - 0.8).abs() > 0.01, "plain EKF: {z1}");
+    }
+
+    /// An anchor far outside the filter's own σ resets P_zz and is taken (the filter was
+    /// overconfident); one inside the gate is the plain Kalman update.
+    #[test]
+    fn an_anchor_beyond_the_gate_is_taken_for_what_it_is_worth() {
+        let p0 = Cov2 { p00: 1e-5, p01: 1e-6, p11: 1e-4 };
+        let (r, z_anchor) = (1e-4, 0.13);
+        // overconfident: z = 0.24 with σ 0.3 %, the anchor 11 % away
+        let (mut z, mut v1, mut p) = (0.24, 0.0, p0);
+        update_anchor(&mut z, &mut v1, &mut p, z_anchor, r);
+        assert!((z - z_anchor).abs() < 0.01, "taken: {z}");
+        assert!(p.p00 > 0.0 && p.p00 <= r * 1.01, "P_zz after {}", p.p00);
+        let (mut z0, mut v10, mut pp) = (0.24, 0.0, p0);
+        update_soc(&mut z0, &mut v10, &mut pp, z_anchor, r);
+        assert!((z0 - 0.24).abs() < 0.02, "the plain update hardly moves: {z0}");
+        // consistent: within the gate both updates are the same
+        let (mut za, mut v1a, mut pa) = (0.135, 0.0, p0);
+        let (mut zb, mut v1b, mut pb) = (0.135, 0.0, p0);
+        update_anchor(&mut za, &mut v1a, &mut pa, z_anchor, r);
+        update_soc(&mut zb, &mut v1b, &mut pb, z_anchor, r);
+        assert_eq!((za, v1a, pa), (zb, v1b, pb));
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub(super) struct RestSoh {
     pub z_rest_var: Vec<f64>,
     /// this charge's full-charge synchronisation is taken (see [`RestSoh::full_charge`])
     pub full_done: Vec<bool>,
+    /// this discharge's end-of-discharge synchronisation is taken (see
+    /// [`RestSoh::end_of_discharge`])
+    pub empty_done: Vec<bool>,
+    /// start of the present low-rate discharge (the window of the end-of-discharge
+    /// synchronisation; NaN: not in it)
+    pub empty_low_since: f64,
     /// the string current sensor's offset learnt at rest (A, see [`RestSoh::zero_current`]);
     /// not in the state file: a restart learns it again at the next rest
     pub i_offset_a: f64,
@@ -70,6 +76,8 @@ impl RestSoh {
             z_rest: vec![f64::NAN; n],
             z_rest_var: vec![f64::NAN; n],
             full_done: vec![false; n],
+            empty_done: vec![false; n],
+            empty_low_since: f64::NAN,
             i_offset_a: 0.0,
         }
     }
@@ -160,7 +168,7 @@ impl RestSoh {
     /// them). `y`, `var_y`: the normalised charge since the last anchor and its variance.
     #[allow(clippy::too_many_arguments)]
     fn anchor(&mut self, k: usize, cells: &mut Cells, z_meas: f64, var: f64, y: f64, var_y: f64, cap_nom: f64, est: &EstimatorConfig) {
-        soc_ekf::update_soc(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], z_meas, var);
+        soc_ekf::update_anchor(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], z_meas, var);
         let zp = self.z_rest[k];
         if zp.is_finite() {
             let x = zp - z_meas;
@@ -244,20 +252,87 @@ impl RestSoh {
         }
         let var = ce.full_charge_soc_sigma * ce.full_charge_soc_sigma;
         let all = (0..n).all(|k| !sensing.v_valid[k] || full(k));
+        let points: Vec<(usize, f64, f64)> = todo.iter().map(|&k| (k, ce.full_charge_soc, var)).collect();
+        self.synchronise(cells, &points, all, cell, est, par);
+        for &k in &todo {
+            self.full_done[k] = true;
+        }
+    }
+
+    /// The synchronisation points `points` (cell, SOC, variance) of this step. With `all`
+    /// (every cell with a valid voltage is at the point in the same step, so the charge since
+    /// the last anchor is common to all of them) each is an anchor with a capacity
+    /// observation, and the throughput starts over; otherwise only the SOC of those cells is
+    /// corrected.
+    fn synchronise(&mut self, cells: &mut Cells, points: &[(usize, f64, f64)], all: bool, cell: &CellParams, est: &EstimatorConfig, par: f64) {
         let cap_nom = cell.capacity_ah;
         if all {
             let var_y = self.throughput_variance(est, par, cap_nom);
             let y = self.q_since_rest_ah / cap_nom;
-            for &k in &todo {
-                self.anchor(k, cells, ce.full_charge_soc, var, y, var_y, cap_nom, est);
-                self.full_done[k] = true;
+            for &(k, z, var) in points {
+                self.anchor(k, cells, z, var, y, var_y, cap_nom, est);
             }
             self.reset_throughput();
         } else {
-            for &k in &todo {
-                soc_ekf::update_soc(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], ce.full_charge_soc, var);
-                self.full_done[k] = true;
+            for &(k, z, var) in points {
+                soc_ekf::update_anchor(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], z, var);
             }
+        }
+    }
+
+    /// End-of-discharge synchronisation (cell file `estimator.empty_*`, see
+    /// `cell_model::CellEstimator::empty_ocv_v`): discharging above the rest band at no more
+    /// than `empty_current_c`, a cell whose compensated voltage v − h + R0·i + v1 + v2 (the
+    /// OCV the model infers from this sample, with the SOC pass's states) is at or below
+    /// `empty_ocv_v` is on the knee: SOC = `empty_soc` (σ `empty_soc_sigma`), once the
+    /// discharge has stayed in that window for the cell's
+    /// slowest RC time constant (right after a drive cycle's high-current pulse the cell still
+    /// carries a diffusion overpotential the RC pairs miss, most of all on the knee: on the
+    /// held-out lfp_h2 trace, at 10 °C, a sync on such a sample read the SOC 7 % low). Once
+    /// per discharge, re-armed by a charge beyond the rest band; an anchor
+    /// with a capacity observation when every cell with a valid voltage is there in the same
+    /// step (as [`RestSoh::full_charge`]). Not in the state file, as the full-charge latch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn end_of_discharge(&mut self, cells: &mut Cells, sensing: &Sensing, sensor_of: &[u32], v_cell_v: &[f64], i_string_a: f64, t_s: f64, tab: &CellTables, cell: &CellParams, est: &EstimatorConfig, par: f64) {
+        let ce = &cell.estimator;
+        if ce.empty_ocv_v <= 0.0 {
+            return;
+        }
+        if i_string_a < -est.rest_current_a {
+            self.empty_done.iter_mut().for_each(|d| *d = false);
+        }
+        let i_cell = i_string_a / par;
+        if !(i_string_a > est.rest_current_a && i_cell <= ce.empty_current_c * cell.capacity_ah) {
+            self.empty_low_since = f64::NAN;
+            return;
+        }
+        if self.empty_low_since.is_nan() {
+            self.empty_low_since = t_s;
+        }
+        if t_s - self.empty_low_since < cell.slowest_tau_s() {
+            return;
+        }
+        let n = cells.z.len();
+        let var = ce.empty_soc_sigma * ce.empty_soc_sigma;
+        let mut points: Vec<(usize, f64, f64)> = Vec::new();
+        for k in 0..n {
+            if self.empty_done[k] || !sensing.v_valid[k] {
+                continue;
+            }
+            let ss = &sensing.ss[sensor_of[k] as usize];
+            let r0 = tab.rc(tab.locate(cells.z[k]), ss.sel)[0] * self.r0_ratio[k];
+            let v_ocv = v_cell_v[k] - cells.h[k] + r0 * i_cell + cells.v1[k] + cells.v2[k];
+            if v_ocv <= ce.empty_ocv_v {
+                points.push((k, ce.empty_soc, var));
+            }
+        }
+        if points.is_empty() {
+            return;
+        }
+        let all = (0..n).all(|k| !sensing.v_valid[k] || points.iter().any(|p| p.0 == k));
+        self.synchronise(cells, &points, all, cell, est, par);
+        for &(k, _, _) in &points {
+            self.empty_done[k] = true;
         }
     }
 
@@ -267,6 +342,7 @@ impl RestSoh {
         self.i_prev_valid = false;
         self.rest_since = f64::NAN;
         self.rest_done = false;
+        self.empty_low_since = f64::NAN;
     }
 }
 
@@ -373,3 +449,4 @@ impl RestSoh {
         self.load_c = s.load_c.0;
     }
 }
+
