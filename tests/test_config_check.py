@@ -296,7 +296,8 @@ NEWER = [
     *[("linux", "hardware.contactors", k) for k in ("neg_out", "i_open_a", "dv_closed_v", "confirm_ms", "chip")],
     ("linux", "hardware.insulation", "timeout_ms"), ("linux", "hardware", "link_timeout_ms"),
     *[("cell", "estimator", k) for k in ("model_error_v", "model_error_v_per_c", "model_error_corr_s",
-                                         "full_charge_soc_sigma", "full_charge_dv_v", "full_charge_taper_c")],
+                                         "full_charge_soc_sigma", "full_charge_dv_v", "full_charge_taper_c",
+                                         "empty_ocv_v", "empty_current_c", "empty_soc", "empty_soc_sigma")],
 ]
 
 

@@ -328,6 +328,7 @@ impl CellEstimator {
             ("full_charge_soc_sigma", self.full_charge_soc_sigma, 0.5, ""),
             ("r0_step_min_c", self.r0_step_min_c, 10.0, "C"),
             ("empty_current_c", self.empty_current_c, 1.0, "C"),
+            ("empty_soc", self.empty_soc, 0.5, ""),
             ("empty_soc_sigma", self.empty_soc_sigma, 0.5, ""),
         ] {
             if v > max {
