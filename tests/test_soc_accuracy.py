@@ -162,11 +162,10 @@ def test_heldout_soc_meets_brief_targets(name: str) -> None:
 
 # name -> reason for LFP held-out traces where the filter's σ does not cover its error
 CONSISTENCY_MISSES: dict[str, str] = {
-    'lfp_h2_drive': 'measured (seed 1): max |e|/sigma 110.7, NEES above 95% bound 35 %',
-    'lfp_h3_pulse': 'measured (seed 1): max |e|/sigma 23.2, NEES above 95% bound 8 %',
-    'lfp_h4_ess_aged': 'measured (seed 1): max |e|/sigma 2.6, NEES above 95% bound 22 %',
-    'lfp_h5_drive_aged': 'measured (seed 1): max |e|/sigma 7.8, NEES above 95% bound 58 %',
-    'lfp_h6_ess_full_aged': 'measured (seed 1): max |e|/sigma 21.1, NEES above 95% bound 54 %',
+    'lfp_h2_drive': 'measured (seed 1): max |e|/sigma 17.0, NEES above 95% bound 13 %',
+    'lfp_h3_pulse': 'measured (seed 1): max |e|/sigma 6.5, NEES above 95% bound 4 %',
+    'lfp_h5_drive_aged': 'measured (seed 1): max |e|/sigma 4.9, NEES above 95% bound 29 %',
+    'lfp_h6_ess_full_aged': 'measured (seed 1): max |e|/sigma 15.9, NEES above 95% bound 4 %',
 }
 
 

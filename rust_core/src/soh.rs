@@ -65,6 +65,29 @@ impl Awtls {
         (q2 * q2 * c4 - 2.0 * c5 * q2 * q + (c1 + c6) * q2 - 2.0 * c2 * q + c3) / ((q2 + 1.0) * (q2 + 1.0))
     }
 
+    /// Variance (relative, normalised capacity²) of the estimate `q`: the inverse curvature
+    /// of the cost there, 1/J''(q), in closed form from J = N/D, N the quartic in the sums,
+    /// D = (q²+1)². The cost is scaled so that the prior alone (x = y = 1, σ) gives
+    /// J = (q−1)²/((q²+1)σ²) and J''(1) = 1/σ²: the prior's own variance. Where the cost is
+    /// not convex at `q` (no information) the answer is 1 (100 %).
+    pub fn variance(&self, q: f64) -> f64 {
+        let [c1, c2, c3, c4, c5, c6] = self.c;
+        let q2 = q * q;
+        let n = q2 * q2 * c4 - 2.0 * c5 * q2 * q + (c1 + c6) * q2 - 2.0 * c2 * q + c3;
+        let n1 = 4.0 * c4 * q2 * q - 6.0 * c5 * q2 + 2.0 * (c1 + c6) * q - 2.0 * c2;
+        let n2 = 12.0 * c4 * q2 - 12.0 * c5 * q + 2.0 * (c1 + c6);
+        let d = (q2 + 1.0) * (q2 + 1.0);
+        let d1 = 4.0 * q * (q2 + 1.0);
+        let d2 = 12.0 * q2 + 4.0;
+        // (N/D)'' = N''/D − 2N'D'/D² − N D''/D² + 2N D'²/D³
+        let j2 = n2 / d - 2.0 * n1 * d1 / (d * d) - n * d2 / (d * d) + 2.0 * n * d1 * d1 / (d * d * d);
+        if j2.is_finite() && j2 > 1.0 {
+            1.0 / j2
+        } else {
+            1.0
+        }
+    }
+
     /// The minimiser of the cost over a plausible range of normalised capacity. The cost's
     /// stationary points are the real roots of Plett's quartic
     /// c5 q⁴ + (−c1 + 2c4 − c6) q³ + (3c2 − 3c5) q² + (c1 − 2c3 + c6) q − c2 = 0;
@@ -190,6 +213,27 @@ mod tests {
         let (qb, qu) = (bal.estimate(0.3, 1.5), unbal.estimate(0.3, 1.5));
         assert!((qb - q_exact).abs() < 0.02, "balanced {qb} vs exact {q_exact}");
         assert!((qu - q_exact).abs() > 2.0 * (qb - q_exact).abs(), "unbalanced {qu}, balanced {qb}, exact {q_exact}");
+    }
+
+    /// The prior alone gives its own variance; observations of the same capacity shrink it
+    /// (two equal ones: about a third of it, three measurements of equal weight), a numerical
+    /// second difference of the cost agrees with the closed form.
+    #[test]
+    fn variance_is_the_inverse_curvature_of_the_cost() {
+        let s = 0.075;
+        let a = Awtls::with_prior(s);
+        assert!((a.variance(1.0) - s * s).abs() < 1e-12 * s * s, "{}", a.variance(1.0));
+        let mut b = a;
+        b.add(0.8, 0.8 * 0.85, s * s, s * s, 1.0);
+        b.add(0.8, 0.8 * 0.85, s * s, s * s, 1.0);
+        let q = b.estimate(0.3, 1.5);
+        let v = b.variance(q);
+        assert!(v < 0.6 * s * s && v > 0.1 * s * s, "{v} vs prior {}", s * s);
+        let h = 1e-4;
+        let num = (b.cost(q + h) - 2.0 * b.cost(q) + b.cost(q - h)) / (h * h);
+        assert!((1.0 / num - v).abs() < 1e-4 * v, "numerical {} vs closed form {v}", 1.0 / num);
+        // no information at all: 1
+        assert_eq!(Awtls { c: [0.0; 6] }.variance(1.0), 1.0);
     }
 
     #[test]

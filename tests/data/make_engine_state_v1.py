@@ -11,7 +11,8 @@ model error held through a charge, max |ΔSOC| 1e-7):
 the format-1 states imported and stepped with that engine; faults and actions are unchanged.
 Refreshed again for issue 9's engine speed-up (pack sums in four vector lanes, a fixed order):
 the same import and 20 steps, max relative difference 6.9e-16, faults, actions and balancing
-unchanged.
+unchanged. Refreshed for issue 16's capacity consider term in the reported SOC σ: only
+``soc_sigma`` changed (max relative change 0.56 %), every other output identical.
 
 The engine runs example_pack.toml through a dynamic profile, once with an over-voltage fault latched
 on cell 3 ("latched": the pack is open, limits 0) and once without ("plain": limits carried), so

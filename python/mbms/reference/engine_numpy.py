@@ -147,6 +147,9 @@ class NumpyEngine:
         self.t_last: float | None = None
         self.i_prev = 0.0
         self.i_offset_a = 0.0  # rest.rs RestSoh::zero_current
+        # rest.rs RestSoh::integrate: charge of a unit cell counted since the last anchor (this
+        # reference takes no anchors: since the start)
+        self.q_since_ah = 0.0
         self.i_prev_valid = False
         self.rest_since = np.nan
         self.load_c = 0.0
@@ -348,6 +351,7 @@ class NumpyEngine:
         i_cell = i_est / self.par
         eta = tab["coulombic_efficiency"] if i_est < 0.0 else 1.0
         eta_i = eta * i_cell
+        self.q_since_ah += eta_i * dt / 3600.0
         var_i = (est.current_noise_a / self.par) ** 2
         q_z_dt = est.soc_process_noise * dt
         q_v1_dt = est.v1_process_noise * dt
@@ -479,7 +483,10 @@ class NumpyEngine:
         self.p11 = np.where(upd, u11, p11)
         self.zcc = self.zcc - (eta_i * dt) * inv_qc
         zo = np.clip(self.z, 0.0, 1.0)
-        sigma = np.sqrt(self.p00)
+        # cells.rs: the reported σ adds the consider term of the capacity, y²·var(capacity),
+        # var the AWTLS prior's until a capacity observation (none here)
+        y = self.q_since_ah / tab["capacity_ah"]
+        sigma = np.sqrt(self.p00 + (y * y) * (est.capacity_prior_sigma * est.capacity_prior_sigma))
 
         # pack quantities, limits per cell
         dz = zo - np.clip(z_pred, 0.0, 1.0)

@@ -96,6 +96,7 @@ struct BlockMath<'a> {
     cov: &'a mut [Cov2],
     inv_qc: &'a [f64],
     cap: &'a [f64],
+    cap_var: &'a [f64],
     v: &'a [f64],
     ok: &'a [bool],
     soc: &'a mut [f64],
@@ -106,6 +107,9 @@ struct BlockMath<'a> {
     g_eta_i: f64,
     i_cell: f64,
     r_meas: f64,
+    /// (charge counted since the last anchor / nominal capacity)²: with `cap_var`, the SOC
+    /// variance a capacity error adds to the reported σ
+    y2: f64,
     hc_c: f64,
     hc_p: f64,
     vmin: f64,
@@ -130,6 +134,7 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
     let len = b.z.len();
     let (z_s, v1_s, cov_s) = (&mut b.z[..len], &mut b.v1[..len], &mut b.cov[..len]);
     let (qb, capb, vb, okb) = (&b.inv_qc[..len], &b.cap[..len], &b.v[..len], &b.ok[..len]);
+    let (cvb, y2) = (&b.cap_var[..len], b.y2);
     let (socb, sigb, ccb) = (&mut b.soc[..len], &mut b.sig[..len], &mut b.cc[..len]);
     let sc = &mut *b.sc;
     let (s_zp, s_r1, s_r0, s_slope) = (&sc.zp[..len], &sc.r1[..len], &sc.r0[..len], &sc.slope[..len]);
@@ -166,7 +171,7 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         ccb[j] -= g_eta_i * inv_qc;
         let zo = z.clamp(0.0, 1.0);
         socb[j] = zo;
-        sigb[j] = cov.p00.sqrt();
+        sigb[j] = (cov.p00 + y2 * cvb[j]).sqrt();
         // pack quantities at the corrected state
         let dz = zo - s_zp[j].clamp(0.0, 1.0);
         let ocv = ocv_pred + slope * dz;
@@ -448,6 +453,17 @@ impl Cells {
         let covs = &mut self.cov[..n];
         let inv_qcs = &soh.inv_qc[..n];
         let caps = &soh.cap_ah[..n];
+        let cap_vars = &soh.cap_var[..n];
+        // The reported σ: the filter's P_zz plus a consider term for the capacity the filter
+        // takes as known (Bierman, "Factorization methods for discrete sequential estimation",
+        // 1977, ch. VI; Tapley, Schutz, Born, "Statistical orbit determination", 2004, §6.3):
+        // a relative capacity error δ moves the coulomb count by δ·y, y the charge counted
+        // since the last anchor over the nominal capacity, so σ² gains y²·var(δ), var(δ) the
+        // capacity estimator's own (the prior's until the first capacity observation). The
+        // filter's gain is left as it is: on the tuning split, feeding this variance into
+        // P_zz made the filter trust the biased voltage under load and lost more than it won.
+        let y_anchor = soh.q_since_rest_ah / p.capacity_ah;
+        let y2 = y_anchor * y_anchor;
         let r0rs = &mut soh.r0_ratio[..n];
         let o_soc = &mut o_soc[..n];
         let o_sig = &mut o_sig[..n];
@@ -551,6 +567,7 @@ impl Cells {
                     cov: &mut covs[start..end],
                     inv_qc: &inv_qcs[start..end],
                     cap: &caps[start..end],
+                    cap_var: &cap_vars[start..end],
                     v: &v_in[start..end],
                     ok: &valids[start..end],
                     soc: &mut o_soc[start..end],
@@ -561,6 +578,7 @@ impl Cells {
                     g_eta_i,
                     i_cell,
                     r_meas,
+                    y2,
                     hc_c,
                     hc_p,
                     vmin,

@@ -40,6 +40,10 @@ pub(super) struct RestSoh {
     pub cap_sum: f64,
     pub r0_ratio: Vec<f64>,
     pub awtls: Vec<Awtls>,
+    /// variance of each cell's capacity estimate, relative (see [`Awtls::variance`]): what
+    /// the SOC σ the engine reports adds for the charge counted since the last anchor (a
+    /// consider term, see `Cells::update`); not in the state file, recomputed from `awtls`
+    pub cap_var: Vec<f64>,
     /// SOC and its variance at the last rest point (NaN: none yet)
     pub z_rest: Vec<f64>,
     pub z_rest_var: Vec<f64>,
@@ -73,6 +77,7 @@ impl RestSoh {
             cap_sum: cap * n as f64,
             r0_ratio: vec![1.0; n],
             awtls: vec![Awtls::with_prior(capacity_prior_sigma); n],
+            cap_var: vec![capacity_prior_sigma * capacity_prior_sigma; n],
             z_rest: vec![f64::NAN; n],
             z_rest_var: vec![f64::NAN; n],
             full_done: vec![false; n],
@@ -178,6 +183,7 @@ impl RestSoh {
                 // (see `Awtls::add_balanced`)
                 self.awtls[k].add_balanced(x, y, var_x, var_y, est.capacity_forgetting);
                 let q = self.awtls[k].estimate(CAPACITY_RATIO_RANGE.0, CAPACITY_RATIO_RANGE.1);
+                self.cap_var[k] = self.awtls[k].variance(q);
                 self.cap_ah[k] = q * cap_nom;
                 self.inv_qc[k] = 1.0 / (3600.0 * self.cap_ah[k]);
             }
@@ -441,6 +447,8 @@ impl RestSoh {
             self.z_rest[k] = s.z_rest[k].0;
             self.z_rest_var[k] = s.z_rest_var[k].0;
             self.awtls[k].c = s.awtls[k].map(|x| x.0);
+            let q = self.awtls[k].estimate(CAPACITY_RATIO_RANGE.0, CAPACITY_RATIO_RANGE.1);
+            self.cap_var[k] = self.awtls[k].variance(q);
         }
         self.cap_sum = self.cap_ah.iter().sum();
         self.q_since_rest_ah = s.q_since_rest_ah.0;
