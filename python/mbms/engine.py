@@ -241,6 +241,8 @@ class StepResult:
     action: Action
     faults: tuple[Fault, ...]
     soc: np.ndarray
+    # 1σ of each cell's SOC: the filter's P_zz plus the capacity estimate's own variance over
+    # the charge counted since the last anchor (engine/cells.rs, the consider term)
     soc_sigma: np.ndarray
     soc_cc: np.ndarray
     soc_min: float
