@@ -390,7 +390,7 @@ impl Engine {
             self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par);
         }
         if cur.valid && !start_up {
-            self.soh.full_charge(&mut self.cells, &self.sensing, v_cell_v, i_est, &self.cell, est, self.par);
+            self.soh.full_charge(&mut self.cells, &self.sensing, &self.sensor_of, v_cell_v, i_est, &self.tab, &self.cell, est, self.par);
             self.soh.end_of_discharge(&mut self.cells, &self.sensing, &self.sensor_of, v_cell_v, i_est, t_s, &self.tab, &self.cell, est, self.par);
         }
         let nf = self.n as f64;

@@ -319,6 +319,43 @@ fn low_rate_discharge_down_the_knee_synchronises_and_learns_capacity() {
     assert_eq!(e1.output().soh_capacity, 1.0);
 }
 
+/// The full-charge SOC follows the temperature (`RestSoh::full_charge_soc`): at the cell
+/// file's `t_ref_c` it is `full_charge_soc`; at 10 °C, where the NMC cell's steady-state
+/// resistance near full is 1.5 × that at 25 °C, the CV phase ends 1.5 × further from full.
+#[test]
+fn full_charge_soc_scales_with_the_resistance_at_the_cells_temperature() {
+    let p = CellParams::from_toml_str(NMC).unwrap();
+    let fc = p.estimator.full_charge_soc;
+    let q = p.capacity_ah;
+    let after_cv = |temp_c: f64| {
+        let mut c = config(1, 1);
+        c.pack.parallel = 1;
+        c.estimator.rest_current_a = 0.02 * q;
+        let mut e = Engine::new(c, p.clone()).unwrap();
+        e.step(0.0, &[p.ocv(0.9, temp_c)], &[temp_c], 0.0).unwrap();
+        let (mut t, mut i_ch) = (0.0, 0.2 * q);
+        while i_ch > 0.05 * q {
+            t += 1.0;
+            i_ch *= 0.995;
+            e.step(t, &[p.v_max_v - 0.002], &[temp_c], -i_ch).unwrap();
+        }
+        assert!(e.soh.full_done[0], "{temp_c} °C: synchronised");
+        e.cells.z[0]
+    };
+    let at_ref = after_cv(p.t_ref_c);
+    assert!((at_ref - fc).abs() < 0.003, "at t_ref: {at_ref} vs {fc}");
+    let tab = CellTables::new(&p);
+    let a = tab.locate(fc);
+    let steady = |t: f64| {
+        let [r0, r1, r2, _] = tab.rc(a, tab.temp_sel(t));
+        r0 + r1 + r2
+    };
+    let want = 1.0 - (1.0 - fc) * steady(10.0) / steady(p.t_ref_c);
+    assert!(want < fc - 0.004, "the table makes 10 °C differ: {want}");
+    let cold = after_cv(10.0);
+    assert!((cold - want).abs() < 0.003, "at 10 °C: {cold} vs {want}");
+}
+
 #[test]
 fn nan_and_stuck_sensors_trip_their_protection() {
     let mut c = config(4, 2);
