@@ -37,6 +37,13 @@ PERIOD_MS = 200
 #: plant's sensor sampling, so three instants across it (measured with the node before issue 11:
 #: 0.30 s gave a close at a true 4.60 V, 0.25 s and 0.36 s were refused).
 STEP_INSTANTS_S = (0.26, 0.30, 0.34)
+#: The stale-sample node's demonstration sweeps wider: under CI load the window moved once
+#: (stop 23: 0.26/0.30/0.34 s all closed before the step landed, 0.2-0.5 V).
+#: Not in the two-phase node's sweep, and open (stop 23 note): at 0.38 s the step can land
+#: after the node's fresh sample, during the main contact's travel, and the two-phase node
+#: then closed at a true 4.64 V. It had seen |dV| <= 3 V on the fresh sample (the brief's S3);
+#: the plant's truth at the landing, which this test judges, was beyond the 1 V margin.
+STALE_STEP_INSTANTS_S = (0.22, 0.26, 0.30, 0.34, 0.38)
 
 
 def _ask(link: str, obj: dict) -> dict:
@@ -82,8 +89,9 @@ NODE = ["-m", "mbms", "node"]
 STALE_NODE = [str(TESTS / "procs" / "node_stale_close.py")]
 
 
-def _rejoins_under_load_steps(tmp_path: Path, procs: list[Proc], node_cmd: list[str]) -> dict[float, list[list]]:
-    """Node 3 killed and rejoining once per instant of STEP_INSTANTS_S, the +20 A step that long
+def _rejoins_under_load_steps(tmp_path: Path, procs: list[Proc], node_cmd: list[str],
+                              instants_s: tuple[float, ...] = STEP_INSTANTS_S) -> dict[float, list[list]]:
+    """Node 3 killed and rejoining once per instant of `instants_s`, the +20 A step that long
     after its precharge relay closed; per instant the plant's records of the rejoin's main
     closes ([t_s, string, true |dV|, inrush A])."""
     link = f"unix://{tmp_path}/plant.sock"
@@ -109,7 +117,7 @@ def _rejoins_under_load_steps(tmp_path: Path, procs: list[Proc], node_cmd: list[
     # (no base load: an open string at rest matches a bus at rest; under load the bus sits
     # below its open-circuit voltage and it waits for the bus to come to it)
     out: dict[float, list[list]] = {}
-    for step_after_s in STEP_INSTANTS_S:
+    for step_after_s in instants_s:
         n_before = _ask(link, {"op": "closes"})["total"]
         # node 3 dies; the plant's driver watchdog opens its string; it restarts and rejoins
         _ask(link, {"op": "join_step", "k": 2, "after_s": step_after_s, "i": 20.0})
@@ -149,6 +157,6 @@ def test_the_node_before_issue_11_closes_onto_the_stepped_bus(tmp_path: Path, pr
     """The check above can fail: the same rejoin with the node closing on the sample it already
     has (no fresh sample before the main contactor command, as before issue 11) lands its main
     contact on the stepped bus (the chaos campaign: 5.8-6.4 V for a 20 A step)."""
-    by_instant = _rejoins_under_load_steps(tmp_path, procs, STALE_NODE)
+    by_instant = _rejoins_under_load_steps(tmp_path, procs, STALE_NODE, STALE_STEP_INSTANTS_S)
     print("stale-sample close: rejoin closes per step instant [t_s, string, true |dV| V, inrush A]:", by_instant)
     assert max(c[2] for cs in by_instant.values() for c in cs) > DV_CLOSE_V + S3_MARGIN_V, by_instant
