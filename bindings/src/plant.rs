@@ -205,6 +205,11 @@ impl PyPlant {
         self.plant.clear_join_load_steps();
     }
 
+    /// (plant time, ΔA) of every join load step applied so far.
+    fn join_steps_fired(&self) -> Vec<(f64, f64)> {
+        self.plant.join_steps_fired().to_vec()
+    }
+
     // ---- truth ----
 
     /// Every physical main close so far: [(t_s, string, dv_true_v, inrush_a)], recorded at the

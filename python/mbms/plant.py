@@ -432,6 +432,10 @@ class Plant:
         """Remove the join load steps, armed and applied."""
         self._p.clear_join_load_steps()
 
+    def join_steps_fired(self) -> list[tuple[float, float]]:
+        """(plant time s, ΔA) of every join load step applied so far."""
+        return [(float(t), float(a)) for t, a in self._p.join_steps_fired()]
+
     def main_close_events(self) -> list[MainClose]:
         """Every physical main close so far, recorded by the plant at the instant it happened:
         the true |V_bus - V_string| just before it and the inrush (S3 on the truth)."""

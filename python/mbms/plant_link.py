@@ -16,7 +16,9 @@ tool -> plant   {"op": "join_step", "k": int | None, "after_s": float, "i": floa
                  {"op": "join_step", "clear": true} removes them (armed and applied)
 tool -> plant   {"op": "closes", "since": n} -> {"op": "closes", "total": int, "closes": [[t_s, k,
                  dv_true_v, inrush_a], ...]}  the physical main closes from index n on (≤ 500),
-                 recorded by the plant at their instant (S3 on the truth)
+                 recorded by the plant at their instant (S3 on the truth); "join_steps":
+                 [[t_s, dA], ...] the join load steps applied so far (the latest
+                 500); "close_time_s": [float per string] the main contacts' closing time
 tool -> plant   {"op": "state"}  -> {"op": "state", "t_s": float, "contactors": [[n, p, p], ...],
                  "load_a": float, "last_cmd_age_s": [float, ...]}
 tool -> plant   {"op": "truth"} -> {"op": "truth", "t_s", "v_bus_v", "load_a": float, "i_a", "v_string_v",

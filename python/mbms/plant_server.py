@@ -163,8 +163,13 @@ class PlantServer:
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
             raise FrameError("'closes': since must be an integer >= 0")
         evs = p.main_close_events()
+        # with the join load steps that fired and each string's contact closing time, an observer
+        # tells a step that landed while the contact was travelling (after the close command: no
+        # sample can show it) from one the node should have seen (mbms.sim.s3_campaign.step_in_travel)
         return {"op": "closes", "total": len(evs),
-                "closes": [[e.t_s, e.string, e.dv_true_v, e.inrush_a] for e in evs[since:since + 500]]}
+                "closes": [[e.t_s, e.string, e.dv_true_v, e.inrush_a] for e in evs[since:since + 500]],
+                "join_steps": [[t, a] for t, a in p.join_steps_fired()[-500:]],
+                "close_time_s": [s.contactors.close_time_s for s in p.desc.strings]}
 
     def _truth(self) -> dict[str, Any]:
         """What really happens in the plant, for an observer such as ``mbms sim --mode processes``

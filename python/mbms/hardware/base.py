@@ -55,12 +55,18 @@ class Hardware(abc.ABC):
         deadline = time.monotonic() + timeout_s
         while True:
             s = self.read()
-            if s is not None and s[1] > after:
+            if s is not None and self.taken_after(s, after):
                 return s
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             await asyncio.sleep(min(0.001, left))
+
+    def taken_after(self, sample: tuple[Measurement, float], after: float) -> bool:
+        """Whether ``sample`` (as :meth:`read` returns it) was converted after the local
+        monotonic time ``after``. By default: it arrived after it, which holds for drivers that
+        convert on request; a driver whose samples can be converted before they arrive says so."""
+        return sample[1] > after
 
     def diagnosis(self) -> str | None:
         """Why the latest sample is marked invalid (which device, which protection), for the

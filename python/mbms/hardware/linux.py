@@ -191,6 +191,12 @@ class LinuxHardware(Hardware):
     def request_sample(self) -> None:
         self._kick.set()
 
+    def taken_after(self, sample: tuple[Measurement, float], after: float) -> bool:
+        # An acquisition already under way when the fresh sample was asked for publishes after
+        # the request, but may have read the IVT (string current, string and bus voltage) before
+        # it: its t_s is the instant of that read, on this driver's clock.
+        return sample[0].t_s > after
+
     def diagnosis(self) -> str | None:
         return self._diag
 

@@ -61,6 +61,7 @@ class SimLinkHardware(Hardware):
         self._last_cmd: tuple[Contactors, np.ndarray] | None = None
         self._arrived: asyncio.Event | None = None
         self._refused: str | None = None
+        self._fresh_seq = 0  # seq of the latest fresh request; its reply (or a later one) is fresh
 
     @property
     def name(self) -> str:
@@ -135,16 +136,23 @@ class SimLinkHardware(Hardware):
         """Repeat the last command with ``fresh``: the plant converts now and replies at once."""
         if self._last_cmd is not None:
             self._send(*self._last_cmd, fresh=True)
+            self._fresh_seq = self._seq
 
     async def fresh_sample(self, after: float, timeout_s: float) -> tuple[Measurement, float] | None:
-        if self._arrived is None:
-            return None
+        """Only the reply to the fresh request (or a later one) will do. A reply that merely
+        arrives after ``after`` may answer the period's own command, sent just before: the plant
+        then reports its periodic conversion of the string and bus voltage, up to one sensor
+        period (100 ms in the example plant) old. Taking that for fresh let a load step landing
+        in that time go unseen before a main close (stop 23's 4.64 V close at a 0.38 s step)."""
+        if self._arrived is None or self._last_cmd is None:
+            return None  # nothing commanded yet: no request to answer
         self._arrived.clear()
         self.request_sample()
+        wanted_seq = self._fresh_seq
         deadline = self.clock() + timeout_s
         while True:
             s = self._latest
-            if s is not None and s[1] > after:
+            if s is not None and s[1] > after and self._last_seq >= wanted_seq:
                 return s
             left = deadline - self.clock()
             if left <= 0:

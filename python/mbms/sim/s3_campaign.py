@@ -50,6 +50,14 @@ CYCLE_TIMEOUT_MS = 20_000
 S3_MARGIN_V = 1.0
 
 
+def step_in_travel(t_close_s: float, close_time_s: float, fired: list[tuple[float, float]]) -> bool:
+    """Whether a load step of ``fired`` ([(plant time s, dA)]) landed while the main contact that
+    closed at ``t_close_s`` was travelling: after its close command (``close_time_s`` before the
+    landing), where no sample the node could take before commanding it can show the step. The one
+    criterion of the campaign and of the real-process test (tests/test_s3_join_load_step.py)."""
+    return any(t_close_s - close_time_s - 1e-6 <= t <= t_close_s for t, _ in fired)
+
+
 @dataclass
 class CampaignResult:
     load: str
@@ -200,7 +208,7 @@ def run(seeds: int, joins: int, load: str = "inverter", first_seed: int = 0, fre
             res.max_dv_true_v = max(res.max_dv_true_v, dv)
             # a raw step that landed after the close command (the contact travelling): no
             # sample could show it before the command
-            travel = any(t_s - close_time_s - 1e-6 <= t <= t_s for t, _ in fired)
+            travel = step_in_travel(t_s, close_time_s, fired)
             res.stepped_closes += any(t <= t_s for t, _ in fired)
             if not travel:
                 res.max_dv_avoidable_v = max(res.max_dv_avoidable_v, dv)
