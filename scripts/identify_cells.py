@@ -73,7 +73,10 @@ class CellSpec:
     # ~15 % SOC at 2.5C and 10 C)
     soc_end: float = 0.08
     # identification temperatures; the NMC reference drive (lumped thermal) heats the cell to
-    # ~43 C, so the NMC set also gets a 50 C breakpoint (the LFP set's reference is isothermal)
+    # ~43 C, so the NMC set also gets a 50 C breakpoint (the LFP set's reference is isothermal).
+    # Below the lowest breakpoint the tables clamp (resistance stays at its coldest row), so the
+    # NMC set goes down to -10 C: the datasheet charges from 0 C and discharges from -20 C; at
+    # -20 C the identification profile's 2.5C pulses reach v_min at once (the run stops at 151 s)
     temps_c: tuple[float, ...] = (10.0, 25.0, 40.0)
 
 
@@ -84,7 +87,7 @@ CELLS: dict[str, CellSpec] = {
         name="LG INR21700-M50",
         chemistry="NMC",
         file_name="lg_m50_nmc.toml",
-        temps_c=(10.0, 25.0, 40.0, 50.0),
+        temps_c=(-10.0, 0.0, 10.0, 25.0, 40.0, 50.0),
         citation="Chen et al. 2020, J. Electrochem. Soc. 167 080534",
         # LG INR21700-M50 datasheet: 69.25 g max; cp of cylindrical NMC 21700 cells ~1.1 kJ/(kg K)
         mass_kg=0.0688,
@@ -524,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cell", choices=["nmc", "lfp", "lfp280", "all"], default="all")
     ap.add_argument("--out", type=Path, default=Path("python/mbms/data/cells"))
-    ap.add_argument("--temps", type=float, nargs="+", help="default: the cell's own (NMC 10 25 40 50, LFP 10 25 40)")
+    ap.add_argument("--temps", type=float, nargs="+", help="default: the cell's own (NMC -10 0 10 25 40 50, LFP 10 25 40)")
     ap.add_argument("--socs", type=float, nargs="+", default=SOC_KNOTS)
     args = ap.parse_args(argv)
     keys = ["nmc", "lfp"] if args.cell == "all" else [args.cell] if args.cell != "lfp280" else []

@@ -144,7 +144,7 @@ SOC_MISSES: dict[str, str] = {
     'nmc_h1_drive': 'measured (seed 1): RMSE after 10 min 0.52 %, max 0.77 %',
     'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.63 %, max 3.07 %',
     'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 2.58 %, max 4.98 %',
-    'nmc_h5_ess_cold': 'measured (seed 1): RMSE after 10 min 0.78 %, max 1.56 %',
+    'nmc_h5_ess_cold': 'measured (seed 1): RMSE after 10 min 0.73 %, max 1.44 %',
 }
 
 
