@@ -527,6 +527,50 @@ fn resistance_is_learnt_on_storage_steps_above_the_cell_files_c_rate() {
     assert_eq!(run(Some(0.0)), 1.0, "0: no R0 learning");
 }
 
+/// The SOF takes the learnt resistance ratio only where it raises the resistance: a cell
+/// whose R0 observations read below the table (a plant at 0.6 of it here; the DFN drive traces
+/// read 0.6-0.8 on fresh cells) keeps the limits of the identified model, while a cell that
+/// reads above it (1.5) has its limits lowered. Without the floor the 0.6 cell's peak
+/// discharge limit would be about 1/0.6 of the model's.
+#[test]
+fn a_learnt_resistance_below_the_table_does_not_raise_the_current_limits() {
+    let run = |r_plant: f64| -> (f64, f64, f64, f64) {
+        let p = CellParams::from_toml_str(NMC).unwrap();
+        let mut plant = Plant::new(p.clone(), 1, 1.0, 0.5, 5);
+        plant.sc[0] = CellScale { capacity: 1.0, resistance: r_plant };
+        plant.noise_v = 0.0005;
+        let mut c = config(1, 1);
+        c.pack.parallel = 1;
+        // no current caps: the limits are the cell's (headroom over resistance)
+        c.limits.max_discharge_a = 1e4;
+        c.limits.max_charge_a = 1e4;
+        c.limits.max_discharge_peak_a = 1e4;
+        c.limits.max_charge_peak_a = 1e4;
+        let i_on = 0.3 * p.capacity_ah;
+        let mut e = Engine::new(c, p).unwrap();
+        let mut t = 0.0;
+        e.step(t, &plant.voltages(0.0), &[25.0], 0.0).unwrap();
+        // 0.3 C steps (R0 observations), then a 20 min rest: the RC states decay and the
+        // limits compare the resistances alone
+        for k in 0..5_200 {
+            let i = if k < 4_000 && (k / 60) % 2 == 1 { i_on } else { 0.0 };
+            plant.step(i, 1.0);
+            t += 1.0;
+            e.step(t, &plant.voltages(i), &[25.0], i).unwrap();
+        }
+        let o = e.output();
+        (o.soh_resistance, o.dcl_peak_a, o.ccl_peak_a, o.soc[0])
+    };
+    let (r_low, dcl_low, ccl_low, soc_low) = run(0.6);
+    let (r_one, dcl_one, ccl_one, soc_one) = run(1.0);
+    let (r_high, dcl_high, _, _) = run(1.5);
+    assert!((r_low - 0.6).abs() < 0.08 && (r_one - 1.0).abs() < 0.08 && (r_high - 1.5).abs() < 0.1);
+    assert!((soc_low - soc_one).abs() < 0.01, "same SOC: {soc_low} vs {soc_one}");
+    assert!(dcl_low <= dcl_one * 1.03, "learnt 0.6 raised the peak discharge limit: {dcl_low} vs {dcl_one} A");
+    assert!(ccl_low <= ccl_one * 1.03, "learnt 0.6 raised the peak charge limit: {ccl_low} vs {ccl_one} A");
+    assert!(dcl_high < dcl_one * 0.85, "learnt 1.5 must lower the limit: {dcl_high} vs {dcl_one} A");
+}
+
 /// A sample stands for the period before it: N samples of rest at Δt after a load are a rest
 /// of N·Δt, so the default `rest_time_s` (600 s) is reached by exactly 600 rest samples at 1 s.
 #[test]

@@ -495,8 +495,11 @@ class NumpyEngine:
         vd = ocv - v2c
         v1n = self.v1
         dc, dp = dcont_s[so], dpeak_s[so]
-        inv_c = 1.0 / (r0 + r1 * (1.0 - dc) + slope * lc.continuous_horizon_s * inv_qc)
-        inv_p = 1.0 / (r0 + r1 * (1.0 - dp) + slope * lc.peak_horizon_s * inv_qc)
+        # the learnt ratio raises the limits' resistance, never lowers it (engine/cells.rs)
+        r_up = np.where(self.r0_ratio < 1.0, 1.0 / self.r0_ratio, 1.0)
+        r0l, r1l = r0 * r_up, r1 * r_up
+        inv_c = 1.0 / (r0l + r1l * (1.0 - dc) + slope * lc.continuous_horizon_s * inv_qc)
+        inv_p = 1.0 / (r0l + r1l * (1.0 - dp) + slope * lc.peak_horizon_s * inv_qc)
 
         def lim(h: np.ndarray, inv: np.ndarray) -> float:
             x = h * inv
