@@ -396,7 +396,8 @@ class NumpyEngine:
         inv_qc = self.inv_qc
         z_pred = self.z - (eta_i * dt) * inv_qc
         k, f = self._locate(z_pred)
-        r1 = self._rows(tab["r1"], k, f, lo, hi, tf) * self.r0_ratio
+        # the learnt ratio scales the RC resistances only upwards (engine/cells.rs)
+        r1 = self._rows(tab["r1"], k, f, lo, hi, tf) * np.maximum(self.r0_ratio, 1.0)
         g = dt * inv_qc
         b1 = r1 * (1.0 - a1)
         z = self.z - eta_i * g
@@ -414,7 +415,7 @@ class NumpyEngine:
         # second RC pair (open loop, exact ZOH like v1) and one-state hysteresis
         if self.rc2 is not None:
             a2 = a2_s[so]
-            self.v2 = a2 * self.v2 + self._rows(self.rc2[0], k, f, lo, hi, tf) * self.r0_ratio * (1.0 - a2) * i_cell
+            self.v2 = a2 * self.v2 + self._rows(self.rc2[0], k, f, lo, hi, tf) * np.maximum(self.r0_ratio, 1.0) * (1.0 - a2) * i_cell
         if self.hyst:
             ah = math.exp(-abs(tab["hysteresis_gamma"] * eta * i_cell * dt / (3600.0 * tab["capacity_ah"])))
             hm = tab["hysteresis_m_v"] * math.copysign(1.0, i_est)  # Rust f64::signum: +1 at 0
@@ -496,10 +497,10 @@ class NumpyEngine:
         v1n = self.v1
         dc, dp = dcont_s[so], dpeak_s[so]
         # the learnt ratio raises the limits' resistance, never lowers it (engine/cells.rs)
-        r_up = np.where(self.r0_ratio < 1.0, 1.0 / self.r0_ratio, 1.0)
-        r0l, r1l = r0 * r_up, r1 * r_up
-        inv_c = 1.0 / (r0l + r1l * (1.0 - dc) + slope * lc.continuous_horizon_s * inv_qc)
-        inv_p = 1.0 / (r0l + r1l * (1.0 - dp) + slope * lc.peak_horizon_s * inv_qc)
+        # (R1 already takes the ratio only upwards)
+        r0l = np.where(self.r0_ratio < 1.0, r0 / self.r0_ratio, r0)
+        inv_c = 1.0 / (r0l + r1 * (1.0 - dc) + slope * lc.continuous_horizon_s * inv_qc)
+        inv_p = 1.0 / (r0l + r1 * (1.0 - dp) + slope * lc.peak_horizon_s * inv_qc)
 
         def lim(h: np.ndarray, inv: np.ndarray) -> float:
             x = h * inv
