@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mbms.hardware.sim_link import SimLinkHardware
 from mbms.plant_link import measurement_to_wire, pack, unpack
@@ -29,7 +31,11 @@ V_BUS_FRESH_V = 344.0  # converted on request: after the step
 ON_DEMAND_CONVERSION_S = 0.05
 
 
-def _plant(path: str, stop: threading.Event, seen: list[dict]) -> tuple[socket.socket, threading.Thread]:
+@pytest.fixture
+def plant(tmp_path: Path) -> Iterator[tuple[str, list[dict]]]:
+    """A plant on a real Unix datagram socket: (its path, the commands it received)."""
+    path = str(tmp_path / "plant.sock")
+    stop, seen = threading.Event(), []
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
     sock.settimeout(0.05)
@@ -56,58 +62,53 @@ def _plant(path: str, stop: threading.Event, seen: list[dict]) -> tuple[socket.s
 
     th = threading.Thread(target=serve, daemon=True)
     th.start()
-    return sock, th
-
-
-def test_the_fresh_sample_is_the_reply_to_the_fresh_request(tmp_path: Path) -> None:
-    path = str(tmp_path / "plant.sock")
-    stop, seen = threading.Event(), []
-    sock, th = _plant(path, stop, seen)
-
-    async def run() -> tuple[Measurement, float] | None:
-        hw = SimLinkHardware(f"unix://{path}", 0, 1.0)
-        await hw.start()
-        try:
-            precharging = Contactors(neg=True, pos=False, pre=True)
-            # the period: its command goes out, the runtime asks for a fresh sample straight after
-            hw.command(precharging, np.zeros(4, dtype=bool))
-            asked = hw.clock()
-            got = await hw.fresh_sample(asked, 2.0)
-            assert [c.get("fresh", False) for c in seen] == [False, True], seen
-            return got
-        finally:
-            hw.close()
-
     try:
-        got = asyncio.run(run())
+        yield path, seen
     finally:
         stop.set()
         th.join(2.0)
         sock.close()
+
+
+Sample = tuple[Measurement, float] | None
+
+
+def _with_link(path: str, body: Callable[[SimLinkHardware], Awaitable[Sample]]) -> Sample:
+    """Run ``body`` on a started link to the plant at ``path``, closing it after."""
+
+    async def run() -> Sample:
+        hw = SimLinkHardware(f"unix://{path}", 0, 1.0)
+        await hw.start()
+        try:
+            return await body(hw)
+        finally:
+            hw.close()
+
+    return asyncio.run(run())
+
+
+def test_the_fresh_sample_is_the_reply_to_the_fresh_request(plant: tuple[str, list[dict]]) -> None:
+    path, seen = plant
+
+    async def period_then_fresh(hw: SimLinkHardware) -> Sample:
+        # the period: its command goes out, the runtime asks for a fresh sample straight after
+        hw.command(Contactors(neg=True, pos=False, pre=True), np.zeros(4, dtype=bool))
+        return await hw.fresh_sample(hw.clock(), 2.0)
+
+    got = _with_link(path, period_then_fresh)
+    assert [c.get("fresh", False) for c in seen] == [False, True], seen
     assert got is not None, "no fresh sample within 2 s"
     assert got[0].v_bus_v == V_BUS_FRESH_V, (
         f"the fresh sample read a bus of {got[0].v_bus_v} V: the period command's reply "
         f"(the periodic conversion, {V_BUS_PERIODIC_V} V) was taken for the on-demand one")
 
 
-def test_no_fresh_sample_without_a_command(tmp_path: Path) -> None:
+def test_no_fresh_sample_without_a_command(plant: tuple[str, list[dict]]) -> None:
     """Before any command there is no request to answer: None at once, not a wait."""
-    path = str(tmp_path / "plant.sock")
-    stop, seen = threading.Event(), []
-    sock, th = _plant(path, stop, seen)
+    path, seen = plant
 
-    async def run() -> tuple[Measurement, float] | None:
-        hw = SimLinkHardware(f"unix://{path}", 0, 1.0)
-        await hw.start()
-        try:
-            return await hw.fresh_sample(hw.clock(), 2.0)
-        finally:
-            hw.close()
+    async def fresh_only(hw: SimLinkHardware) -> Sample:
+        return await hw.fresh_sample(hw.clock(), 2.0)
 
-    try:
-        assert asyncio.run(run()) is None
-        assert seen == []
-    finally:
-        stop.set()
-        th.join(2.0)
-        sock.close()
+    assert _with_link(path, fresh_only) is None
+    assert seen == []

@@ -490,6 +490,26 @@ fn capacity_and_resistance_are_estimated_from_partial_cycles() {
     assert!((o.soh_resistance - 1.3).abs() < 0.1, "soh_resistance {}", o.soh_resistance);
 }
 
+/// One cell on the ECM plant at `r_plant` × the cell file's resistance, from `soc0`: 0.3 C
+/// storage steps (60 s off, 60 s on: R0 observations) for `steps_s`, then `rest_s` of rest,
+/// 1 s samples at 25 °C; the engine after it.
+fn storage_steps(p: CellParams, c: EngineConfig, soc0: f64, r_plant: f64, steps_s: usize, rest_s: usize) -> Engine {
+    let mut plant = Plant::new(p.clone(), 1, 1.0, soc0, 5);
+    plant.sc[0] = CellScale { capacity: 1.0, resistance: r_plant };
+    plant.noise_v = 0.0005;
+    let i_on = 0.3 * p.capacity_ah;
+    let mut e = Engine::new(c, p).unwrap();
+    let mut t = 0.0;
+    e.step(t, &plant.voltages(0.0), &[25.0], 0.0).unwrap();
+    for k in 0..steps_s + rest_s {
+        let i = if k < steps_s && (k / 60) % 2 == 1 { i_on } else { 0.0 };
+        plant.step(i, 1.0);
+        t += 1.0;
+        e.step(t, &plant.voltages(i), &[25.0], i).unwrap();
+    }
+    e
+}
+
 /// Storage duty: the only current steps are 0.3 C on and off (issue 16: an absolute 5 A
 /// threshold never fired there and an aged cell's resistance ratio stayed 1). With the cell
 /// file's `r0_step_min_c` (0.2 C) the ratio converges to the plant's; with a threshold above
@@ -501,22 +521,9 @@ fn resistance_is_learnt_on_storage_steps_above_the_cell_files_c_rate() {
         if let Some(c) = step_min_c {
             p.estimator.r0_step_min_c = c;
         }
-        let mut plant = Plant::new(p.clone(), 1, 1.0, 0.8, 5);
-        plant.sc[0] = CellScale { capacity: 1.0, resistance: 1.5 };
-        plant.noise_v = 0.0005;
         let mut c = config(1, 1);
         c.pack.parallel = 1;
-        let i_on = 0.3 * p.capacity_ah;
-        let mut e = Engine::new(c, p).unwrap();
-        let mut t = 0.0;
-        e.step(t, &plant.voltages(0.0), &[25.0], 0.0).unwrap();
-        for k in 0..8_000 {
-            let i = if (k / 60) % 2 == 0 { 0.0 } else { i_on };
-            plant.step(i, 1.0);
-            t += 1.0;
-            e.step(t, &plant.voltages(i), &[25.0], i).unwrap();
-        }
-        e.output().soh_resistance
+        storage_steps(p, c, 0.8, 1.5, 8_000, 0).output().soh_resistance
     };
     let p = CellParams::from_toml_str(NMC).unwrap();
     assert_eq!(p.estimator.r0_step_min_c, 0.2, "the cell file's threshold");
@@ -535,10 +542,6 @@ fn resistance_is_learnt_on_storage_steps_above_the_cell_files_c_rate() {
 #[test]
 fn a_learnt_resistance_below_the_table_does_not_raise_the_current_limits() {
     let run = |r_plant: f64| -> (f64, f64, f64, f64) {
-        let p = CellParams::from_toml_str(NMC).unwrap();
-        let mut plant = Plant::new(p.clone(), 1, 1.0, 0.5, 5);
-        plant.sc[0] = CellScale { capacity: 1.0, resistance: r_plant };
-        plant.noise_v = 0.0005;
         let mut c = config(1, 1);
         c.pack.parallel = 1;
         // no current caps: the limits are the cell's (headroom over resistance)
@@ -546,18 +549,8 @@ fn a_learnt_resistance_below_the_table_does_not_raise_the_current_limits() {
         c.limits.max_charge_a = 1e4;
         c.limits.max_discharge_peak_a = 1e4;
         c.limits.max_charge_peak_a = 1e4;
-        let i_on = 0.3 * p.capacity_ah;
-        let mut e = Engine::new(c, p).unwrap();
-        let mut t = 0.0;
-        e.step(t, &plant.voltages(0.0), &[25.0], 0.0).unwrap();
-        // 0.3 C steps (R0 observations), then a 20 min rest: the RC states decay and the
-        // limits compare the resistances alone
-        for k in 0..5_200 {
-            let i = if k < 4_000 && (k / 60) % 2 == 1 { i_on } else { 0.0 };
-            plant.step(i, 1.0);
-            t += 1.0;
-            e.step(t, &plant.voltages(i), &[25.0], i).unwrap();
-        }
+        // then a 20 min rest: the RC states decay and the limits compare the resistances alone
+        let e = storage_steps(CellParams::from_toml_str(NMC).unwrap(), c, 0.5, r_plant, 4_000, 1_200);
         let o = e.output();
         (o.soh_resistance, o.dcl_peak_a, o.ccl_peak_a, o.soc[0])
     };
