@@ -25,6 +25,7 @@ from mbms.types import Fault
 TIME_EPS_S = 1e-9
 IEKF_GATE_DZ = 0.02  # engine.rs: iterated update where the SOC step would exceed this
 IEKF_ITERS = 3
+VOLTAGE_GATE_SIGMA = 3.0  # soc_ekf.rs: Huber gate of the voltage update (σ)
 
 
 class _Rule:
@@ -461,7 +462,11 @@ class NumpyEngine:
         innov = np.where(valid, v, 0.0) - (ocv_pred - r0 * i_cell - v1 - v2c)
         ph0 = p00 * hz - p01
         ph1 = p01 * hz - p11
-        s = hz * ph0 - ph1 + r_meas
+        # Huber: beyond 3σ of its spread an innovation is taken as on the gate (soc_ekf.rs)
+        hph = hz * ph0 - ph1
+        g2 = VOLTAGE_GATE_SIGMA * VOLTAGE_GATE_SIGMA
+        r_v = np.where(innov * innov > g2 * (hph + r_meas), innov * innov / g2 - hph, r_meas)
+        s = hph + r_v
         inv_s = 1.0 / s
         k0 = ph0 * inv_s
         k1 = ph1 * inv_s
@@ -473,9 +478,9 @@ class NumpyEngine:
         t01 = m00 * p01 + m01 * p11
         t10 = m10 * p00 + m11 * p01
         t11 = m10 * p01 + m11 * p11
-        u00 = t00 * m00 + t01 * m01 + r_meas * k0 * k0
-        u01 = t00 * m10 + t01 * m11 + r_meas * k0 * k1
-        u11 = t10 * m10 + t11 * m11 + r_meas * k1 * k1
+        u00 = t00 * m00 + t01 * m01 + r_v * k0 * k0
+        u01 = t00 * m10 + t01 * m11 + r_v * k0 * k1
+        u11 = t10 * m10 + t11 * m11 + r_v * k1 * k1
         zu = np.clip(z + k0 * innov, -0.1, 1.1)
         self.z = np.where(upd, zu, z)
         self.v1 = np.where(upd, v1 + k1 * innov, v1)

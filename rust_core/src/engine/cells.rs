@@ -160,7 +160,8 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let v2 = s_v2[j];
         // computed for every cell, kept only where the voltage is trusted
         let innov = vb[j] - (ocv_pred - r0 * i_cell - v1 - v2);
-        soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_meas);
+        let r_eff = soc_ekf::robust_voltage_r(slope, &cov, innov, r_meas);
+        soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_eff);
         let ok = okb[j] & b.update;
         let z = if ok { z.clamp(SOC_STATE_RANGE.0, SOC_STATE_RANGE.1) } else { z_p };
         let v1 = if ok { v1 } else { v1_p };
