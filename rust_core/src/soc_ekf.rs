@@ -21,6 +21,11 @@
 //! move z across more than two OCV grid intervals (start-up off by 20 %), the engine first
 //! relinearises the OCV by Gauss-Newton iterations ([`iterate_linearization`], an iterated
 //! EKF update) so one sample converges instead of many.
+//!
+//! Where the model fails for a while (an LFP voltage collapsing near empty under a pulse, more
+//! than two RC pairs can show), the voltage update is robust: an innovation beyond 3σ of its
+//! predicted spread counts as one on the gate ([`robust_voltage_r`], Huber weighting), as the
+//! anchors (rest OCV, full charge, the knee) do with their own gate ([`update_anchor`]).
 
 use serde::Deserialize;
 
