@@ -74,10 +74,11 @@ class CellSpec:
     soc_end: float = 0.08
     # identification temperatures; the NMC reference drive (lumped thermal) heats the cell to
     # ~43 C, so the NMC set also gets a 50 C breakpoint (the LFP set's reference is isothermal).
-    # Below the lowest breakpoint the tables clamp (resistance stays at its coldest row), so the
-    # NMC set goes down to -10 C: the datasheet charges from 0 C and discharges from -20 C; at
-    # -20 C the identification profile's 2.5C pulses reach v_min at once (the run stops at 151 s)
-    temps_c: tuple[float, ...] = (10.0, 25.0, 40.0)
+    # Below the lowest breakpoint the tables clamp (resistance stays at its coldest row), so both
+    # sets go down to -10 C, into the datasheets' ranges (LG M50: charge from 0 C, discharge
+    # from -20 C; A123: -30..55 C); at -20 C the NMC identification profile's 2.5C pulses reach
+    # v_min at once (the run stops at 151 s)
+    temps_c: tuple[float, ...] = (-10.0, 0.0, 10.0, 25.0, 40.0)
 
 
 CELLS: dict[str, CellSpec] = {
@@ -527,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cell", choices=["nmc", "lfp", "lfp280", "all"], default="all")
     ap.add_argument("--out", type=Path, default=Path("python/mbms/data/cells"))
-    ap.add_argument("--temps", type=float, nargs="+", help="default: the cell's own (NMC -10 0 10 25 40 50, LFP 10 25 40)")
+    ap.add_argument("--temps", type=float, nargs="+", help="default: the cell's own (NMC -10 0 10 25 40 50, LFP -10 0 10 25 40)")
     ap.add_argument("--socs", type=float, nargs="+", default=SOC_KNOTS)
     args = ap.parse_args(argv)
     keys = ["nmc", "lfp"] if args.cell == "all" else [args.cell] if args.cell != "lfp280" else []

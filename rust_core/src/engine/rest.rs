@@ -316,7 +316,7 @@ impl RestSoh {
     /// OCV the model infers from this sample, with the SOC pass's states) is at or below
     /// `empty_ocv_v` is on the knee: SOC = `empty_soc` (σ `empty_soc_sigma`), once the
     /// discharge has stayed in that window for the cell's
-    /// slowest RC time constant (right after a drive cycle's high-current pulse the cell still
+    /// slowest RC time constant at its temperature (right after a drive cycle's high-current pulse the cell still
     /// carries a diffusion overpotential the RC pairs miss, most of all on the knee: on the
     /// held-out lfp_h2 trace, at 10 °C, a sync on such a sample read the SOC 7 % low). Once
     /// per discharge, re-armed by a charge beyond the rest band; an anchor
@@ -339,7 +339,11 @@ impl RestSoh {
         if self.empty_low_since.is_nan() {
             self.empty_low_since = t_s;
         }
-        if t_s - self.empty_low_since < cell.slowest_tau_s() {
+        // the slowest RC time constant at the cells' temperatures (the coldest sensor's: the
+        // longest), the table's slowest before the first step
+        let settle_s = sensing.ss.iter().map(|s| s.slowest_tau_s()).filter(|t| t.is_finite()).fold(f64::NAN, f64::max);
+        let settle_s = if settle_s.is_finite() { settle_s } else { cell.slowest_tau_s() };
+        if t_s - self.empty_low_since < settle_s {
             return;
         }
         let n = cells.z.len();

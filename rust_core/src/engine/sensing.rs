@@ -52,6 +52,12 @@ impl DtCoeffs {
 }
 
 impl SensorStep {
+    /// The slowest RC time constant at this sensor's model temperature (s); NaN before the
+    /// first step.
+    pub fn slowest_tau_s(&self) -> f64 {
+        self.tau1.max(self.tau2)
+    }
+
     const UNSET: SensorStep = SensorStep {
         t_model: f64::NAN,
         tau1: f64::NAN,
