@@ -157,7 +157,7 @@ class PlantServer:
         """The physical main closes from index ``since`` on (at most 500 per reply), as the plant
         recorded them at their instant."""
         p: Any = self.plant
-        if not hasattr(p, "main_close_events"):
+        if not all(hasattr(p, a) for a in ("main_close_events", "join_steps_fired", "desc")):
             raise FrameError("'closes' needs the simulated plant (mbms.plant.Plant)")
         since = obj.get("since", 0)
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
