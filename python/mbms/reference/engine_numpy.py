@@ -503,7 +503,7 @@ class NumpyEngine:
         dc, dp = dcont_s[so], dpeak_s[so]
         # the learnt ratio raises the limits' resistance, never lowers it (engine/cells.rs)
         # (R1 already takes the ratio only upwards)
-        r0l = np.where(self.r0_ratio < 1.0, r0 / self.r0_ratio, r0)
+        r0l = r0 / np.minimum(self.r0_ratio, 1.0)
         inv_c = 1.0 / (r0l + r1 * (1.0 - dc) + slope * lc.continuous_horizon_s * inv_qc)
         inv_p = 1.0 / (r0l + r1 * (1.0 - dp) + slope * lc.peak_horizon_s * inv_qc)
 

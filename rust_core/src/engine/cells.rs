@@ -187,7 +187,7 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let vd = ocv - v2;
         let (dc, dp) = (s_dc[j], s_dp[j]);
         // (R1 already takes the ratio only upwards, see the gathers)
-        let r0l = if s_r0r[j] < 1.0 { r0 / s_r0r[j] } else { r0 };
+        let r0l = r0 / s_r0r[j].min(1.0);
         let inv_rh_c = 1.0 / (r0l + r1 * (1.0 - dc) + slope * hc_c * inv_qc);
         let inv_rh_p = 1.0 / (r0l + r1 * (1.0 - dp) + slope * hc_p * inv_qc);
         let vc = v1 * dc;
