@@ -78,6 +78,9 @@ class Spec:
     seed: int
     cap: float = 1.0  # capacity ratio of an aged cell
     res: float = 1.0  # resistance ratio of an aged cell (contact resistance added)
+    # in-service cycles before the scored profile (see `history_steps`); the trace is scored
+    # from the end of the last one (`score_from_s`)
+    history: int = 0
 
 
 # The family. Tuning and held-out sets cover the same kinds of condition with different seeds,
@@ -105,6 +108,13 @@ FAMILY = [
     Spec("lfp_h4_ess_aged", "lfp", "ess", 1.00, 40, "isothermal", "heldout", 404, 0.82, 1.5),
     Spec("lfp_h5_drive_aged", "lfp", "drive", 0.65, 25, "isothermal", "heldout", 405, 0.88, 1.35),
     Spec("lfp_h6_ess_full_aged", "lfp", "ess_full", 0.70, 25, "isothermal", "heldout", 406, 0.85, 1.3),
+    # Held-out, aged cells in service: the same ageing range, reached after `history` partial
+    # cycles the BMS has seen (issue 16: "SOH on the aged held-out cells: capacity and
+    # resistance after a few partial cycles"); scored after them. Nothing is tuned on these.
+    Spec("nmc_h6_drive_aged_service", "nmc", "drive", 0.70, 25, "isothermal", "heldout", 206, 0.88, 1.35, 3),
+    Spec("nmc_h7_ess_aged_service", "nmc", "ess", 0.60, 25, "lumped", "heldout", 207, 0.84, 1.45, 3),
+    Spec("lfp_h7_drive_aged_service", "lfp", "drive", 0.60, 25, "isothermal", "heldout", 407, 0.86, 1.4, 3),
+    Spec("lfp_h8_ess_aged_service", "lfp", "ess", 0.50, 40, "isothermal", "heldout", 408, 0.80, 1.5, 3),
 ]
 
 
@@ -139,9 +149,21 @@ def _cycle(arr: np.ndarray) -> object:
     return pybamm.step.current(np.column_stack([t, np.append(arr, arr[-1])]))
 
 
-def steps_for(spec: Spec, c: float, v_max: float) -> list:
-    """Experiment steps: start at rest; charge first from a low start; a CC-CV full charge in
-    every trace; the load amplitude scaled so the planned SOC stays above 8 %."""
+# SOC planned at the end of the in-service history: a full charge, then a discharge of at most
+# `HISTORY_DOD` (the load's net, capped)
+HISTORY_DOD = 0.55
+
+
+def steps_for(spec: Spec, c: float, v_max: float) -> tuple[list, int]:
+    """Experiment steps and how many of them are the in-service history: start at rest; charge
+    first from a low start; a CC-CV full charge in every trace; the load amplitude scaled so the
+    planned SOC stays above 8 %.
+
+    History (``spec.history`` cycles): each a CC-CV full charge, a 20-minute rest, a partial
+    discharge of the profile's own load (at most ``HISTORY_DOD`` of the capacity) and a
+    20-minute rest: a parked car or a storage system between its daily charge and its evening
+    discharge. The rests are rest points and the full charges synchronisation points, the
+    anchors a BMS in service learns its capacity between."""
     rng = np.random.default_rng(spec.seed)
     if spec.profile == "ess_full":
         return [
@@ -153,7 +175,7 @@ def steps_for(spec: Spec, c: float, v_max: float) -> list:
             "Rest for 1200 seconds",
             "Charge at C/3 for 3600 seconds",
             "Rest for 1200 seconds",
-        ]
+        ], 0
     gen = {"drive": None, "pulse": _pulses, "ess": _ess}[spec.profile]
 
     def load(n: int, budget: float) -> np.ndarray:
@@ -177,6 +199,12 @@ def steps_for(spec: Spec, c: float, v_max: float) -> list:
     rest = lambda s: f"Rest for {s} seconds"  # noqa: E731
     steps: list = [rest(60)]
     soc = spec.soc0
+    if spec.history:
+        n_load = 3600 if spec.profile == "drive" else 6000
+        for _ in range(spec.history):
+            steps += full + [rest(1200), _cycle(load(n_load, HISTORY_DOD)), rest(1200)]
+        soc = 1.0 - HISTORY_DOD
+    n_history = len(steps) if spec.history else 0
     if soc < 0.4:
         steps += [_cycle(load(900, max(soc - 0.08, 0.0) * 0.8)), rest(600)]
         steps += full + [rest(900)]
@@ -186,7 +214,7 @@ def steps_for(spec: Spec, c: float, v_max: float) -> list:
         steps += [_cycle(load(n1, soc - 0.12)), rest(1200 if spec.profile == "ess" else 600)]
         steps += full + [rest(600)]
         steps += [_cycle(load(900, 0.3)), rest(600)]
-    return steps
+    return steps, n_history
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,9 +271,13 @@ def make(spec: Spec) -> Path:
         pv.update({"Contact resistance [Ohm]": contact}, check_already_exists=False)
     r_aged = pulse_resistance(spec, cap, fresh=False, contact_ohm=contact) if (spec.cap, spec.res) != (1.0, 1.0) else r_fresh
     model = pybamm.lithium_ion.DFN(options=options)
-    exp = pybamm.Experiment(steps_for(spec, cap, v_max), period="1 second")
+    steps, n_history = steps_for(spec, cap, v_max)
+    exp = pybamm.Experiment(steps, period="1 second")
     sim = pybamm.Simulation(model, parameter_values=pv, experiment=exp, solver=pybamm.IDAKLUSolver(rtol=1e-5, atol=1e-7))
     sol = sim.solve(initial_soc=spec.soc0)
+    # the scored part starts where the history's last step ends (0: the whole trace is scored
+    # after the harness's settle time)
+    score_from_s = float(sol.cycles[n_history - 1]["Time [s]"].entries[-1]) if n_history else 0.0
     t_raw = sol["Time [s]"].entries
     i_raw = sol["Current [A]"].entries
     v_raw = sol["Voltage [V]"].entries
@@ -276,6 +308,7 @@ def make(spec: Spec) -> Path:
         split=np.str_(spec.split),
         r_pulse_ohm=np.float64(r_aged),
         r_pulse_fresh_ohm=np.float64(r_fresh),
+        score_from_s=np.float64(score_from_s),
         model=np.str_(f"PyBaMM {pybamm.__version__} DFN, {info['set']}, thermal {spec.thermal}; {json.dumps(asdict(spec))}"),
     )
     print(

@@ -73,6 +73,9 @@ class ReferenceTrace:
     split: str = ""
     capacity_nominal_ah: float = float("nan")
     r_ratio_true: float = float("nan")
+    # an aged cell in service: the trace starts with partial cycles the BMS has seen before the
+    # scored part, which starts here (s after the first sample; 0: no history)
+    score_from_s: float = 0.0
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceTrace:
@@ -96,6 +99,13 @@ class ReferenceTrace:
             extra["split"] = str(d["split"])
             extra["capacity_nominal_ah"] = float(d["capacity_nominal_ah"])
             extra["r_ratio_true"] = float(d["r_pulse_ohm"]) / float(d["r_pulse_fresh_ohm"])
+        if "score_from_s" in d.files:
+            extra["score_from_s"] = float(d["score_from_s"])
+            if not 0.0 <= extra["score_from_s"] < arrays["t_s"][-1] - arrays["t_s"][0]:
+                raise InputError(
+                    f"reference trace {p.name}: score_from_s {extra['score_from_s']} is not inside the trace "
+                    f"(0..{arrays['t_s'][-1] - arrays['t_s'][0]:.0f} s)"
+                )
         return cls(
             name=p.stem,
             cell_file=str(d["cell_file"]),
@@ -296,7 +306,9 @@ def soc_accuracy(
 
     ``config``: a pack configuration dict (``one_cell_pack`` of the trace's cell by default);
     it must describe one series element of one cell. Returns the RMSE of the SOC error over the
-    whole trace, the max |error| after ``settle_s`` and the RMSE after ``settle_s``.
+    whole trace, the max |error| after ``settle_s`` and the RMSE after ``settle_s``. A trace
+    with an in-service history (``trace.score_from_s``) is scored from the end of the history
+    instead, if that is later: the BMS has run through it, as one in service has.
     """
     corruption = corruption or Corruption()
     cfg_dict = config if config is not None else one_cell_pack(trace.cell_file, corruption=corruption)
@@ -320,6 +332,7 @@ def soc_accuracy(
         soc_est[k] = float(np.asarray(res.soc)[0])
         soc_sig[k] = float(np.asarray(res.soc_sigma)[0])
     err = soc_est - trace.soc_true
+    settle_s = max(settle_s, trace.score_from_s)
     after = trace.t_s - trace.t_s[0] >= settle_s
     if not np.any(after):
         raise InputError(f"reference trace {trace.name} is shorter than the settle time {settle_s} s")
