@@ -58,6 +58,11 @@ impl SensorStep {
         self.tau1.max(self.tau2)
     }
 
+    /// τ1 at this sensor's model temperature (s); NaN before the first step.
+    pub fn tau1_s(&self) -> f64 {
+        self.tau1
+    }
+
     const UNSET: SensorStep = SensorStep {
         t_model: f64::NAN,
         tau1: f64::NAN,
