@@ -16,6 +16,10 @@ unchanged. Refreshed for issue 16's capacity consider term in the reported SOC Ï
 issue 16's robust (Huber, 3Ïƒ) voltage update and the RC resistances taking the learnt ratio only
 upwards: max relative change soc 5.1e-5, soc_sigma 9.2e-5, soc_mean 5.5e-7, soe_wh 5.9e-7;
 limits, capacity, faults, actions and balancing identical.
+Refreshed for issue 16's model failure carried from one voltage update to the next
+(soc_ekf::carried_miss_variance; a format-1 file carries none): only the latched state moved, max
+relative change soc 1.7e-11, soc_sigma 3.5e-11; the plain state, limits, capacity, faults, actions
+and balancing identical.
 
 The engine runs example_pack.toml through a dynamic profile, once with an over-voltage fault latched
 on cell 3 ("latched": the pack is open, limits 0) and once without ("plain": limits carried), so

@@ -132,6 +132,8 @@ class NumpyEngine:
         self.p00 = np.full(n, 0.25)
         self.p01 = np.zeros(n)
         self.p11 = np.full(n, 1e-6)
+        # soc_ekf.rs carried_miss_variance: the raised part of the last update's variance (V²)
+        self.miss = np.zeros(n)
         self.zcc = np.full(n, 0.5)
         self.inv_qc = np.full(n, 1.0 / (3600.0 * cap))
         self.cap_ah = np.full(n, cap)
@@ -323,6 +325,7 @@ class NumpyEngine:
             self.p00 = np.where(ok, sig0 * sig0, 0.25)
             self.p01[:] = 0.0
             self.p11[:] = 1e-6
+            self.miss[:] = 0.0
             self.initialized = True
 
         # rest / R0 step / throughput
@@ -466,6 +469,9 @@ class NumpyEngine:
         hph = hz * ph0 - ph1
         g2 = VOLTAGE_GATE_SIGMA * VOLTAGE_GATE_SIGMA
         r_v = np.where(innov * innov > g2 * (hph + r_meas), innov * innov / g2 - hph, r_meas)
+        # a model failure is carried to the next sample, decaying as the RC1 voltage does
+        carried = self.miss * a1 * a1
+        r_v = np.maximum(r_v, r_meas + carried)
         s = hph + r_v
         inv_s = 1.0 / s
         k0 = ph0 * inv_s
@@ -487,6 +493,7 @@ class NumpyEngine:
         self.p00 = np.where(upd, u00, p00)
         self.p01 = np.where(upd, u01, p01)
         self.p11 = np.where(upd, u11, p11)
+        self.miss = np.where(upd, r_v - r_meas, carried)
         self.zcc = self.zcc - (eta_i * dt) * inv_qc
         zo = np.clip(self.z, 0.0, 1.0)
         # cells.rs: the reported σ adds the consider term of the capacity, y²·var(capacity),

@@ -94,6 +94,7 @@ struct BlockMath<'a> {
     z: &'a mut [f64],
     v1: &'a mut [f64],
     cov: &'a mut [Cov2],
+    miss: &'a mut [f64],
     inv_qc: &'a [f64],
     cap: &'a [f64],
     cap_var: &'a [f64],
@@ -132,7 +133,7 @@ fn avx2_available() -> bool {
 #[inline(always)]
 fn block_math_impl(b: &mut BlockMath<'_>) {
     let len = b.z.len();
-    let (z_s, v1_s, cov_s) = (&mut b.z[..len], &mut b.v1[..len], &mut b.cov[..len]);
+    let (z_s, v1_s, cov_s, miss_s) = (&mut b.z[..len], &mut b.v1[..len], &mut b.cov[..len], &mut b.miss[..len]);
     let (qb, capb, vb, okb) = (&b.inv_qc[..len], &b.cap[..len], &b.v[..len], &b.ok[..len]);
     let (cvb, y2) = (&b.cap_var[..len], b.y2);
     let (socb, sigb, ccb) = (&mut b.soc[..len], &mut b.sig[..len], &mut b.cc[..len]);
@@ -160,9 +161,11 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let v2 = s_v2[j];
         // computed for every cell, kept only where the voltage is trusted
         let innov = vb[j] - (ocv_pred - r0 * i_cell - v1 - v2);
-        let r_eff = soc_ekf::robust_voltage_r(slope, &cov, innov, r_meas);
+        let carried = soc_ekf::carried_miss_variance(miss_s[j], s_a1[j]);
+        let r_eff = soc_ekf::robust_voltage_r(slope, &cov, innov, r_meas).max(r_meas + carried);
         soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_eff);
         let ok = okb[j] & b.update;
+        miss_s[j] = if ok { r_eff - r_meas } else { carried };
         let z = if ok { z.clamp(SOC_STATE_RANGE.0, SOC_STATE_RANGE.1) } else { z_p };
         let v1 = if ok { v1 } else { v1_p };
         let cov = if ok { cov } else { cov_p };
@@ -300,6 +303,9 @@ pub(super) struct Cells {
     pub v2: Vec<f64>,
     pub h: Vec<f64>,
     pub cov: Vec<Cov2>,
+    /// per cell: the variance of the voltage the model missed, carried from the last update
+    /// (V², see [`soc_ekf::carried_miss_variance`])
+    pub miss: Vec<f64>,
     scratch: Box<Scratch>,
     /// run the block arithmetic with AVX2 (detected once at construction)
     pub(super) use_avx2: bool,
@@ -314,6 +320,7 @@ impl Cells {
             v2: vec![0.0; n],
             h: vec![0.0; n],
             cov: vec![Cov2 { p00: 0.25, p01: 0.0, p11: 1e-6 }; n],
+            miss: vec![0.0; n],
             scratch: Scratch::new(),
             use_avx2: avx2_available(),
         }
@@ -345,6 +352,7 @@ impl Cells {
             self.v1[k] = 0.0;
             self.v2[k] = 0.0;
             self.h[k] = 0.0;
+            self.miss[k] = 0.0;
             // v1 at rest is ~0; 1 mV uncertainty
             self.cov[k] = Cov2 { p00, p01: 0.0, p11: 1e-6 };
         }
@@ -459,6 +467,7 @@ impl Cells {
         let v2s = &mut self.v2[..n];
         let hs = &mut self.h[..n];
         let covs = &mut self.cov[..n];
+        let misses = &mut self.miss[..n];
         let inv_qcs = &soh.inv_qc[..n];
         let caps = &soh.cap_ah[..n];
         let cap_vars = &soh.cap_var[..n];
@@ -579,6 +588,7 @@ impl Cells {
                     z: &mut zs[start..end],
                     v1: &mut v1s[start..end],
                     cov: &mut covs[start..end],
+                    miss: &mut misses[start..end],
                     inv_qc: &inv_qcs[start..end],
                     cap: &caps[start..end],
                     cap_var: &cap_vars[start..end],
@@ -652,6 +662,10 @@ pub(super) struct CellsStateV1 {
     pub cov: Vec<[X; 3]>,
     /// coulomb-counted SOC per cell (the output `soc_cc` is this stage's counter)
     pub soc_cc: Vec<X>,
+    /// per cell: the carried variance of the voltage the model missed (V²); absent in files
+    /// written before it (then 0: no failure carried)
+    #[serde(default)]
+    pub miss: Vec<X>,
 }
 
 impl Cells {
@@ -665,6 +679,7 @@ impl Cells {
             h: xs(&self.h),
             cov: self.cov.iter().map(|c| [X(c.p00), X(c.p01), X(c.p11)]).collect(),
             soc_cc: xs(soc_cc),
+            miss: xs(&self.miss),
         }
     }
 
@@ -674,6 +689,12 @@ impl Cells {
             if len != n {
                 return Err(format!("cells.{name}: {len} values, expected {n} (one per cell)"));
             }
+        }
+        if !s.miss.is_empty() && s.miss.len() != n {
+            return Err(format!("cells.miss: {} values, expected {n} (one per cell) or none", s.miss.len()));
+        }
+        if s.miss.iter().any(|x| !(x.0.is_finite() && x.0 >= 0.0)) {
+            return Err("cells.miss: expected finite variances >= 0".into());
         }
         for k in 0..n {
             let c = &s.cov[k];
@@ -722,6 +743,7 @@ impl Cells {
             let [p00, p01, p11] = s.cov[k].map(|x| x.0);
             self.cov[k] = Cov2 { p00, p01, p11 };
             soc_cc[k] = s.soc_cc[k].0;
+            self.miss[k] = s.miss.get(k).map_or(0.0, |x| x.0);
         }
         self.initialized = s.initialized;
     }
