@@ -741,6 +741,10 @@ fn implausible_restored_state_is_dropped_latches_kept() {
     let st = patch_state(&e.export_state(), |d| d["rest_soh"]["cap_ah"][0] = num(1e6));
     let dropped = engine(4, 1).import_state(&st).unwrap();
     assert!(dropped.len() == 1 && dropped[0].contains("cell 0: capacity 1000000"), "{dropped:?}");
+    // a carried model failure of 10 V (σ) on a cell whose window is 1.7 V
+    let st = patch_state(&e.export_state(), |d| d["cells"]["miss"][1] = num(100.0));
+    let dropped = engine(4, 1).import_state(&st).unwrap();
+    assert!(dropped.len() == 1 && dropped[0].contains("cell 1: carried model-failure variance 100"), "{dropped:?}");
     // the untouched state is restored whole
     assert!(engine(4, 1).import_state(&e.export_state()).unwrap().is_empty());
 }

@@ -723,6 +723,9 @@ impl Cells {
                 format!("cell {k}: RC polarisation {v1} / {v2} V beyond the cell's {v_window} V window")
             } else if !inside(h, -h_max, h_max) {
                 format!("cell {k}: hysteresis {h} V beyond the cell file's {h_max} V")
+            } else if !s.miss.get(k).is_none_or(|m| inside(m.0, 0.0, v_window * v_window)) {
+                // a missed voltage larger than the cell's whole window is no model failure
+                format!("cell {k}: carried model-failure variance {} V² beyond the cell's ({v_window} V)²", s.miss[k].0)
             } else if !(inside(p00, 0.0, 1.0) && p11 >= 0.0 && p01.is_finite() && p01 * p01 <= p00 * p11 * (1.0 + 1e-9) + 1e-300) {
                 format!("cell {k}: covariance ({p00}, {p01}, {p11}) is not a covariance")
             } else {
