@@ -78,7 +78,7 @@ class Spec:
     seed: int
     cap: float = 1.0  # capacity ratio of an aged cell
     res: float = 1.0  # resistance ratio of an aged cell (contact resistance added)
-    # in-service cycles before the scored profile (see `history_steps`); the trace is scored
+    # in-service cycles before the scored profile (see `steps_for`); the trace is scored
     # from the end of the last one (`score_from_s`)
     history: int = 0
 

@@ -27,8 +27,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mbms.accuracy import (FAMILY_DIR, SETTLE_S, SPLITS, AccuracyResult, Corruption, ReferenceTrace,
-                           family_traces, soc_accuracy)
+from mbms.accuracy import (FAMILY_DIR, SPLITS, AccuracyResult, Corruption, ReferenceTrace, family_traces,
+                           soc_accuracy)
 
 SOH_TARGETS = {"capacity": 0.02, "resistance": 0.05}
 
@@ -41,17 +41,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=FAMILY_DIR, help="folder with the family's .npz and index.json")
 
 
-def _row(name: str, split: str, r: AccuracyResult) -> dict[str, Any]:
+def _row(name: str, tr: ReferenceTrace, r: AccuracyResult) -> dict[str, Any]:
     rmse_t, max_t = r.targets
     cap_err = r.soh_capacity / r.soh_capacity_true - 1.0
     res_err = r.soh_resistance / r.soh_resistance_true - 1.0 if math.isfinite(r.soh_resistance_true) else float("nan")
     aged = abs(r.soh_capacity_true - 1.0) > 1e-9 or (math.isfinite(r.soh_resistance_true) and abs(r.soh_resistance_true - 1.0) > 1e-3)
     return {
         "trace": name,
-        "split": split,
+        "split": tr.split,
         # the scored window starts here (s): the settle time, or the end of an in-service history
         "scored_from_s": r.settle_s,
-        "in_service": r.settle_s > SETTLE_S,
+        "in_service": tr.score_from_s > 0.0,
         "chemistry": r.chemistry,
         "rmse_after_10min_pct": 100 * r.rmse_after_settle,
         "rmse_target_pct": 100 * rmse_t,
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for name, path in traces.items():
         tr = ReferenceTrace.load(path)
-        rows.append(_row(name, tr.split, soc_accuracy(tr, corruption=Corruption(seed=args.seed))))
+        rows.append(_row(name, tr, soc_accuracy(tr, corruption=Corruption(seed=args.seed))))
     agg = _aggregate(rows) if rows else {}
     if args.json:
         print(json.dumps({"bench": "soc", "split": args.split, "seed": args.seed, "soh_targets_pct":
