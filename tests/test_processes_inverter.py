@@ -6,7 +6,8 @@ SIGKILL under load (shipped scenario processes_speaker_kill): node 2 takes the i
 Checked from the files the run leaves: exit 0, no invariant violation, no string above its own
 limit (max over-current <= 0 A), the longest pause between limit frames below the inverter's
 timeout and no inverter timeout, frames from node 1 before and node 2 after the kill, no zero
-limit once the battery was up (two strings stay closed), no rise of the limits at the handover.
+limit once the battery was up (two strings stay closed), no rise of the limits announced by the
+new speaker at the handover.
 """
 
 from __future__ import annotations
@@ -54,5 +55,11 @@ def test_speaker_kill_keeps_the_inverter_fed(tmp_path: Path) -> None:
     # no spurious zero once up (2 strings stay closed), no rise at the handover
     up = next(i for i, r in enumerate(rows) if r[1] > 0)
     assert all(r[1] > 0 and r[2] > 0 for r in rows[up:] if r[0] <= summ["duration_s"] - 1), "a zero limit once up"
-    assert max(r[1] for r in after) <= max(r[1] for r in before) + 0.1
-    assert max(r[2] for r in after) <= max(r[2] for r in before) + 0.1
+    # "no rise" is about what the new speaker (node 2) announces: it must not count the dead
+    # string. Frames labelled 0 just after the kill are node 1's last ones, sent before it died
+    # and read in the poll after; their limits follow the pack's own drift under load (about
+    # +-0.3 A here), so they are no evidence either way and are left out.
+    taken = [r for r in after if int(r[3]) == 2]
+    assert taken, "frames from the new speaker within 5 s of the kill"
+    assert max(r[1] for r in taken) <= max(r[1] for r in before) + 0.1
+    assert max(r[2] for r in taken) <= max(r[2] for r in before) + 0.1
