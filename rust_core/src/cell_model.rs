@@ -252,6 +252,21 @@ pub struct CellEstimator {
     /// smaller the step, the noisier one observation (σ_R ≈ √2·σ_v / ΔI), which `r0_gain`
     /// averages. 0: no R0 learning.
     pub r0_step_min_c: f64,
+    /// How a current step's resistance depends on the step (`soh::r0_step_factor`): within
+    /// one sample a cell's response is ohmic plus charge transfer, and charge transfer is not
+    /// linear in the current (Butler–Volmer), so a step from rest to 0.3 C reads more
+    /// resistance than a 1 C step between two drive currents (on the fresh tuning traces
+    /// 1.6..1.7 against 0.95..0.99 × the R0 table). Each R0 observation is divided by the
+    /// factor its own step predicts, so the learnt ratio is that of the 1 s, 1 C pulse from
+    /// rest whatever the duty. `r0_step_ct_fraction`: the charge-transfer share φ of that
+    /// pulse resistance (0: linear, no correction); `r0_step_i0_c`: the exchange current
+    /// (C-rate) at `t_ref_c`; `r0_step_i0_ea_kj_per_mol`: its Arrhenius activation energy;
+    /// `r0_step_pulse_ratio`: that pulse resistance over the R0 table (1: the table is it).
+    /// Fitted on the fresh tuning traces by scripts/fit_step_resistance.py.
+    pub r0_step_ct_fraction: f64,
+    pub r0_step_i0_c: f64,
+    pub r0_step_i0_ea_kj_per_mol: f64,
+    pub r0_step_pulse_ratio: f64,
     /// End-of-discharge synchronisation, the knee near empty that LFP systems rely on besides
     /// full charge (issue 16): discharging at no more than `empty_current_c` (C-rate, above
     /// the rest band), a cell whose voltage with the model's polarisation added back
@@ -288,6 +303,10 @@ impl Default for CellEstimator {
             full_charge_taper_c: 0.0,
             full_charge_soc_sigma: 0.0,
             r0_step_min_c: 0.2,
+            r0_step_ct_fraction: 0.0,
+            r0_step_i0_c: 0.0,
+            r0_step_i0_ea_kj_per_mol: 0.0,
+            r0_step_pulse_ratio: 1.0,
             empty_ocv_v: 0.0,
             empty_current_c: 0.0,
             empty_soc: 0.0,
@@ -308,6 +327,9 @@ impl CellEstimator {
             ("full_charge_taper_c", self.full_charge_taper_c),
             ("full_charge_soc_sigma", self.full_charge_soc_sigma),
             ("r0_step_min_c", self.r0_step_min_c),
+            ("r0_step_ct_fraction", self.r0_step_ct_fraction),
+            ("r0_step_i0_c", self.r0_step_i0_c),
+            ("r0_step_i0_ea_kj_per_mol", self.r0_step_i0_ea_kj_per_mol),
             ("empty_ocv_v", self.empty_ocv_v),
             ("empty_current_c", self.empty_current_c),
             ("empty_soc", self.empty_soc),
@@ -327,6 +349,10 @@ impl CellEstimator {
             ("full_charge_taper_c", self.full_charge_taper_c, 1.0, "C"),
             ("full_charge_soc_sigma", self.full_charge_soc_sigma, 0.5, ""),
             ("r0_step_min_c", self.r0_step_min_c, 10.0, "C"),
+            ("r0_step_ct_fraction", self.r0_step_ct_fraction, 1.0, ""),
+            ("r0_step_i0_c", self.r0_step_i0_c, 100.0, "C"),
+            // exchange-current activation energies of Li-ion electrodes are tens of kJ/mol
+            ("r0_step_i0_ea_kj_per_mol", self.r0_step_i0_ea_kj_per_mol, 200.0, "kJ/mol"),
             ("empty_current_c", self.empty_current_c, 1.0, "C"),
             ("empty_soc", self.empty_soc, 0.5, ""),
             ("empty_soc_sigma", self.empty_soc_sigma, 0.5, ""),
@@ -334,6 +360,16 @@ impl CellEstimator {
             if v > max {
                 return Err(err(&format!("estimator.{name}"), format!("expected at most {max} {unit}, got {v}")));
             }
+        }
+        let (lo, hi) = crate::soh::R0_RATIO_RANGE;
+        if !(self.r0_step_pulse_ratio > lo && self.r0_step_pulse_ratio < hi) {
+            return Err(err(
+                "estimator.r0_step_pulse_ratio",
+                format!("expected a ratio in ({lo}, {hi}) (1: the R0 table is the 1 C pulse resistance), got {}", self.r0_step_pulse_ratio),
+            ));
+        }
+        if self.r0_step_ct_fraction > 0.0 && !(self.r0_step_i0_c > 0.0) {
+            return Err(err("estimator.r0_step_i0_c", "with r0_step_ct_fraction set: an exchange current > 0 (C-rate)"));
         }
         if self.full_charge_taper_c > 0.0 && !(self.full_charge_soc_sigma > 0.0 && self.full_charge_dv_v > 0.0 && self.full_charge_soc > 0.5 && self.full_charge_soc <= 1.0) {
             return Err(err("estimator.full_charge_soc", "with full_charge_taper_c set: full_charge_soc in (0.5, 1], full_charge_soc_sigma and full_charge_dv_v > 0"));

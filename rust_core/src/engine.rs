@@ -381,6 +381,11 @@ impl Engine {
         let eta = if i_est < 0.0 { self.cell.coulombic_efficiency } else { 1.0 };
         self.soh.integrate(eta, i_cell, dt, &self.cell, est.rest_current_a / self.par);
         let (v_lo, v_hi) = self.sensing.cell_voltages(t_s, v_cell_v, sens, r0_step, prot);
+        if r0_step {
+            let c_a = self.cell.capacity_ah * self.par; // the string current of 1 C
+            self.sensing.r0_step_factors((cur.i - di) / c_a, cur.i / c_a, &self.cell);
+        }
+        self.sensing.r0_load_factors(i_cell / self.cell.capacity_ah, &self.cell);
         let st = cells::CellStep { dt, par: self.par, i: i_est, i_cell, di_cell: di / self.par, eta, r0_step, start_up, load_c: self.soh.load_c };
         let o = &mut self.out;
         let sums = self.cells.update(&st, v_cell_v, &self.sensing, &mut self.soh, &self.sensor_of, &self.tab, &self.cell, est, lc, &mut o.soc, &mut o.soc_sigma, &mut o.soc_cc);

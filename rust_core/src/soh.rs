@@ -143,6 +143,48 @@ pub fn r0_observation(dv: f64, di: f64, r0_nominal: f64) -> Option<f64> {
     }
 }
 
+/// Gas constant (J/(mol·K)), CODATA 2018.
+const R_GAS: f64 = 8.314_462_618;
+
+/// The resistance a current step from `ia_c` to `ib_c` (C-rates of one cell, discharge
+/// positive) reads within one sample, over the cell file's R0 table, at the cells'
+/// temperature `t_c` (see `CellEstimator::r0_step_ct_fraction`). Ohmic part plus the chord of
+/// the charge-transfer overpotential of symmetric Butler–Volmer kinetics,
+/// η = (2RT/F)·asinh(i / 2i₀) (Bard & Faulkner, "Electrochemical methods", 2nd ed., 2001,
+/// eq. 3.4.11 with α = 0.5), relative to its chord for the 1 s, 1 C pulse from rest:
+///
+/// ```text
+/// F = s · ((1 − φ) + φ · chord(ia, ib) / chord(0, 1)),  chord(a, b) = (asinh(b/2i₀) − asinh(a/2i₀)) / (b − a)
+/// i₀(T) = i₀,ref · exp(−Ea/R · (1/T − 1/T_ref))  (Arrhenius)
+/// ```
+///
+/// The 2RT/F amplitude cancels in the ratio. 1 with φ = 0 and s = 1 (a linear cell).
+pub fn r0_step_factor(e: &crate::cell_model::CellEstimator, ia_c: f64, ib_c: f64, t_c: f64, t_ref_c: f64) -> f64 {
+    r0_chord_factor(e, r0_exchange_current_c(e, t_c, t_ref_c), ia_c, ib_c)
+}
+
+/// The exchange current (C-rate) of `r0_step_factor` at `t_c` (Arrhenius from `t_ref_c`).
+pub fn r0_exchange_current_c(e: &crate::cell_model::CellEstimator, t_c: f64, t_ref_c: f64) -> f64 {
+    let inv_k = |t: f64| 1.0 / (t + 273.15);
+    e.r0_step_i0_c * (-e.r0_step_i0_ea_kj_per_mol * 1e3 / R_GAS * (inv_k(t_c) - inv_k(t_ref_c))).exp()
+}
+
+/// `r0_step_factor` with the exchange current `i0_c` given (a sensor keeps it per temperature).
+#[inline]
+pub fn r0_chord_factor(e: &crate::cell_model::CellEstimator, i0_c: f64, ia_c: f64, ib_c: f64) -> f64 {
+    let phi = e.r0_step_ct_fraction;
+    if phi <= 0.0 {
+        return e.r0_step_pulse_ratio;
+    }
+    let w = 0.5 / i0_c;
+    let chord = if (ib_c - ia_c).abs() > 1e-9 {
+        ((ib_c * w).asinh() - (ia_c * w).asinh()) / (ib_c - ia_c)
+    } else {
+        w / (1.0 + (ia_c * w).powi(2)).sqrt() // the derivative: a step too small to have a chord
+    };
+    e.r0_step_pulse_ratio * ((1.0 - phi) + phi * chord / w.asinh())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +276,29 @@ mod tests {
         assert!((1.0 / num - v).abs() < 1e-4 * v, "numerical {} vs closed form {v}", 1.0 / num);
         // no information at all: 1
         assert_eq!(Awtls { c: [0.0; 6] }.variance(1.0), 1.0);
+    }
+
+    #[test]
+    fn r0_step_factor_reads_small_steps_from_rest_high_and_large_steps_low() {
+        use crate::cell_model::CellEstimator;
+        let lin = CellEstimator::default();
+        assert_eq!(r0_step_factor(&lin, 0.0, 0.3, 10.0, 25.0), 1.0, "a linear cell: no correction");
+        let e = CellEstimator { r0_step_ct_fraction: 0.8, r0_step_i0_c: 0.3, r0_step_i0_ea_kj_per_mol: 40.0, r0_step_pulse_ratio: 1.1, ..lin };
+        // the 1 C pulse from rest at the reference temperature is the pulse ratio itself
+        assert!((r0_step_factor(&e, 0.0, 1.0, 25.0, 25.0) - 1.1).abs() < 1e-12);
+        let small = r0_step_factor(&e, 0.0, 0.3, 25.0, 25.0);
+        let large = r0_step_factor(&e, 0.5, 2.0, 25.0, 25.0);
+        assert!(small > 1.1 && large < 1.1, "small {small}, large {large}");
+        // the kinetics are symmetric: a charge step reads as the discharge step
+        assert!((r0_step_factor(&e, 0.0, -0.3, 25.0, 25.0) - small).abs() < 1e-12);
+        // colder: a smaller exchange current, the same 0.3 C step is further up the curve's steep part
+        let cold = r0_step_factor(&e, 0.0, 0.3, 0.0, 25.0);
+        let cold_1c = r0_step_factor(&e, 0.0, 1.0, 0.0, 25.0);
+        assert!(cold / cold_1c > small / 1.1, "cold {cold} / {cold_1c}");
+        // the chord of a vanishing step is the slope
+        let d = r0_step_factor(&e, 0.4, 0.4 + 1e-12, 25.0, 25.0);
+        let near = r0_step_factor(&e, 0.4, 0.4 + 1e-6, 25.0, 25.0);
+        assert!((d - near).abs() < 1e-6, "{d} vs {near}");
     }
 
     #[test]

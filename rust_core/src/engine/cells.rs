@@ -44,6 +44,8 @@ struct Scratch {
     zp: [f64; BLOCK],
     r1: [f64; BLOCK],
     r0: [f64; BLOCK],
+    /// the model's instantaneous voltage drop R0(i)·i at this step's load (V)
+    u0: [f64; BLOCK],
     r0r: [f64; BLOCK],
     slope: [f64; BLOCK],
     ocv: [f64; BLOCK],
@@ -83,6 +85,7 @@ impl Scratch {
             ldc: [0.0; BLOCK],
             lcc: [0.0; BLOCK],
             ldp: [0.0; BLOCK],
+            u0: [0.0; BLOCK],
             lcp: [0.0; BLOCK],
             gate: [false; BLOCK],
         })
@@ -106,7 +109,6 @@ struct BlockMath<'a> {
     sc: &'a mut Scratch,
     base_pr: Predict,
     g_eta_i: f64,
-    i_cell: f64,
     r_meas: f64,
     /// (charge counted since the last anchor / nominal capacity)²: with `cap_var`, the SOC
     /// variance a capacity error adds to the reported σ
@@ -139,12 +141,13 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
     let (socb, sigb, ccb) = (&mut b.soc[..len], &mut b.sig[..len], &mut b.cc[..len]);
     let sc = &mut *b.sc;
     let (s_zp, s_r1, s_r0, s_slope) = (&sc.zp[..len], &sc.r1[..len], &sc.r0[..len], &sc.slope[..len]);
+    let s_u0 = &sc.u0[..len];
     let (s_ocv, s_h, s_e, s_v2) = (&sc.ocv[..len], &sc.h[..len], &sc.e[..len], &sc.v2[..len]);
     let (s_a1, s_dc, s_dp, s_r0r) = (&sc.a1[..len], &sc.dc[..len], &sc.dp[..len], &sc.r0r[..len]);
     let (s_ocv_out, s_soe) = (&mut sc.ocv_out[..len], &mut sc.soe[..len]);
     let (s_ldc, s_lcc) = (&mut sc.ldc[..len], &mut sc.lcc[..len]);
     let (s_ldp, s_lcp) = (&mut sc.ldp[..len], &mut sc.lcp[..len]);
-    let (g_eta_i, i_cell, r_meas) = (b.g_eta_i, b.i_cell, b.r_meas);
+    let (g_eta_i, r_meas) = (b.g_eta_i, b.r_meas);
     let (hc_c, hc_p, vmin, vmax) = (b.hc_c, b.hc_p, b.vmin, b.vmax);
     for j in 0..len {
         let inv_qc = qb[j];
@@ -160,7 +163,7 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let ocv_pred = s_ocv[j];
         let v2 = s_v2[j];
         // computed for every cell, kept only where the voltage is trusted
-        let innov = vb[j] - (ocv_pred - r0 * i_cell - v1 - v2);
+        let innov = vb[j] - (ocv_pred - s_u0[j] - v1 - v2);
         let carried = soc_ekf::carried_miss_variance(miss_s[j], s_a1[j]);
         let r_eff = soc_ekf::robust_voltage_r(slope, &cov, innov, r_meas).max(r_meas + carried);
         soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_eff);
@@ -509,10 +512,13 @@ impl Cells {
                 // (ageing: film, contact) raises all. Tuning split: lfp_t1 0.24 -> 0.21 %,
                 // nmc_t1 0.35 -> 0.33 % SOC RMSE, the other six unchanged.
                 let r1 = r1_nom * r0r.max(1.0);
-                // R0 from the current step: −ΔV/ΔI of this cell, ratio to the table, low-passed
+                // R0 from the current step: −ΔV/ΔI of this cell, ratio to what the table reads
+                // on such a step (`soh::r0_step_factor`: a 1 s, 1 C pulse resistance ratio
+                // whatever the step), low-passed
                 if r0_step {
-                    if let Some(r) = r0_observation(dvs[k], di_cell, r0_nom) {
-                        r0r += r0_gain * (r / r0_nom - r0r);
+                    let r0_step_nom = r0_nom * sensing.r0_step_factor[sensor_of[k] as usize];
+                    if let Some(r) = r0_observation(dvs[k], di_cell, r0_step_nom) {
+                        r0r += r0_gain * (r / r0_step_nom - r0r);
                         r0rs[k] = r0r;
                     }
                 }
@@ -527,6 +533,7 @@ impl Cells {
                     hs[k] = hk;
                 }
                 let r0 = r0_nom * r0r;
+                sc.u0[j] = r0 * sensing.r0_load_factor[sensor_of[k] as usize] * i_cell;
                 let (ocv_t, slope_t, energy) = tab.ocv_slope_energy(at);
                 let slope = slope_t;
                 let ocv_lin = ocv_t + tab.entropic(at, ss.dtemp) + hk;
@@ -555,7 +562,7 @@ impl Cells {
                     let k = start + j;
                     let (a1, r1, slope) = (sc.a1[j], sc.r1[j], sc.slope[j]);
                     let v1_pred = a1 * v1s[k] + r1 * (1.0 - a1) * i_cell;
-                    let innov0 = v_in[k] - (sc.ocv[j] - sc.r0[j] * i_cell - v1_pred - sc.v2[j]);
+                    let innov0 = v_in[k] - (sc.ocv[j] - sc.u0[j] - v1_pred - sc.v2[j]);
                     let pz = covs[k].p00;
                     let gate = valids[k] & ((slope * pz * innov0).abs() > IEKF_GATE_DZ * (slope * slope * pz + r_meas));
                     sc.gate[j] = gate;
@@ -568,10 +575,10 @@ impl Cells {
                         }
                         let k = start + j;
                         let ss = &ssv[sensor_of[k] as usize];
-                        let (r0, r1, v2, hk) = (sc.r0[j], sc.r1[j], sc.v2[j], sc.h[j]);
+                        let (u0, r1, v2, hk) = (sc.u0[j], sc.r1[j], sc.v2[j], sc.h[j]);
                         let (mut zc, mut v1c, mut pc) = (zs[k], v1s[k], covs[k]);
                         soc_ekf::predict(&mut zc, &mut v1c, &mut pc, r1, inv_qcs[k], &Predict { a1: sc.a1[j], ..base_pr });
-                        let y = v_in[k] + r0 * i_cell + v1c + v2; // v = OCV(z) + h − R0·i − v1 − v2
+                        let y = v_in[k] + u0 + v1c + v2; // v = OCV(z) + h − R0(i)·i − v1 − v2
                         let (zl, sl, ol) =
                             soc_ekf::iterate_linearization(zc, &pc, y, r_meas, IEKF_ITERS, |z| {
                                 let a = tab.locate(z);
@@ -600,7 +607,6 @@ impl Cells {
                     sc: &mut *sc,
                     base_pr,
                     g_eta_i,
-                    i_cell,
                     r_meas,
                     y2,
                     hc_c,
