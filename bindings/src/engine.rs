@@ -186,6 +186,10 @@ impl PyEngine {
         d.set_item("model_error_corr_s", ce.model_error_corr_s)?;
         d.set_item("model_error_relax_s", ce.model_error_relax_s)?;
         d.set_item("r0_step_min_c", ce.r0_step_min_c)?;
+        d.set_item("r0_step_ct_fraction", ce.r0_step_ct_fraction)?;
+        d.set_item("r0_step_i0_c", ce.r0_step_i0_c)?;
+        d.set_item("r0_step_i0_ea_kj_per_mol", ce.r0_step_i0_ea_kj_per_mol)?;
+        d.set_item("r0_step_pulse_ratio", ce.r0_step_pulse_ratio)?;
         d.set_item("offset_horizon_s", mbms_core::soc_ekf::OFFSET_HORIZON_S)?;
         d.set_item("offset_settle_s", mbms_core::soc_ekf::OFFSET_SETTLE_S)?;
         Ok(d)

@@ -26,6 +26,20 @@ TIME_EPS_S = 1e-9
 IEKF_GATE_DZ = 0.02  # engine.rs: iterated update where the SOC step would exceed this
 IEKF_ITERS = 3
 VOLTAGE_GATE_SIGMA = 3.0  # soc_ekf.rs: Huber gate of the voltage update (σ)
+R_GAS = 8.314462618  # J/(mol K), CODATA 2018 (soh.rs)
+
+
+def _chord_factor(tab: dict[str, float], i0_c: npt.NDArray[np.float64], ia_c: float, ib_c: float) -> npt.NDArray[np.float64]:
+    """soh.rs r0_chord_factor: a step ia -> ib's resistance over the R0 table (Butler-Volmer chord)."""
+    phi, s = tab["r0_step_ct_fraction"], tab["r0_step_pulse_ratio"]
+    if phi <= 0.0:
+        return np.full_like(i0_c, s)
+    w = 0.5 / i0_c
+    if abs(ib_c - ia_c) > 1e-9:
+        chord = (np.arcsinh(ib_c * w) - np.arcsinh(ia_c * w)) / (ib_c - ia_c)
+    else:
+        chord = w / np.sqrt(1.0 + (ia_c * w) ** 2)
+    return np.asarray(s * ((1.0 - phi) + phi * chord / np.arcsinh(w)), dtype=np.float64)
 
 
 class _Rule:
@@ -301,6 +315,9 @@ class NumpyEngine:
         if self.rc2 is not None:
             a2_s = np.exp(-dt / np.interp(tu, tab["tau_temps"], self.rc2[1]))
         dtemp_s = tu - tab["t_ref_c"]
+        # soh.rs r0_exchange_current_c: the step-resistance model's exchange current (Arrhenius)
+        i0_s = tab["r0_step_i0_c"] * np.exp(
+            -tab["r0_step_i0_ea_kj_per_mol"] * 1e3 / R_GAS * (1.0 / (tu + 273.15) - 1.0 / (tab["t_ref_c"] + 273.15)))
         lo_s, hi_s, tf_s = self._temp_sel(tu)
         R["temp_spread"].eval(t_s, [t_spread])
 
@@ -410,12 +427,17 @@ class NumpyEngine:
         p01 = a1 * self.p01 - var_i * g * b1
         p11 = a1 * a1 * self.p11 + q_v1_dt + var_i * b1 * b1
         r0_nom = self._rows(tab["r0"], k, f, lo, hi, tf)
+        c_a = tab["capacity_ah"] * self.par  # the string current of 1 C
         if r0_step:
+            # the step's own resistance factor (soh.rs r0_step_factor), raw currents as rest.rs
+            r0_sn = r0_nom * _chord_factor(tab, i0_s[so], (i - di) / c_a, i / c_a)
             with np.errstate(invalid="ignore", divide="ignore"):
                 r = -(v - v_prev) / (di / self.par)
-            ok = valid & prev_valid & np.isfinite(r) & (r > 0.2 * r0_nom) & (r < 5.0 * r0_nom)
-            self.r0_ratio = np.where(ok, self.r0_ratio + est.r0_gain * (r / r0_nom - self.r0_ratio), self.r0_ratio)
+            ok = valid & prev_valid & np.isfinite(r) & (r > 0.2 * r0_sn) & (r < 5.0 * r0_sn)
+            self.r0_ratio = np.where(ok, self.r0_ratio + est.r0_gain * (r / r0_sn - self.r0_ratio), self.r0_ratio)
         r0 = r0_nom * self.r0_ratio
+        # the model's drop R0(i)·i: the chord from rest to this load (sensing.rs r0_load_factors)
+        u0 = r0 * _chord_factor(tab, i0_s[so], 0.0, i_cell / tab["capacity_ah"]) * i_cell
         # second RC pair (open loop, exact ZOH like v1) and one-state hysteresis
         if self.rc2 is not None:
             a2 = a2_s[so]
@@ -430,7 +452,7 @@ class NumpyEngine:
         ocv_pred = self._lerp(ocv_tab, k, f) + self._lerp(tab["docv_dt"], k, f) * dtemp_s[so] + hc
         # IEKF relinearisation where the innovation is beyond the gate (engine.rs, pass 2 (a))
         v1_pred = a1 * self.v1 + r1 * (1.0 - a1) * i_cell
-        innov0 = v - (ocv_pred - r0 * i_cell - v1_pred - v2c)
+        innov0 = v - (ocv_pred - u0 - v1_pred - v2c)
         with np.errstate(invalid="ignore"):
             pz = self.p00
             gate = valid & (not start_up) & (np.abs(slope * pz * innov0) > IEKF_GATE_DZ * (slope * slope * pz + r_meas))
@@ -439,7 +461,7 @@ class NumpyEngine:
             self.iterated_updates += len(g_)
             zp = z[g_]
             q00, q01, q11 = p00[g_], p01[g_], p11[g_]
-            y = v[g_] + r0[g_] * i_cell + v1[g_] + v2c[g_]
+            y = v[g_] + u0[g_] + v1[g_] + v2c[g_]
             dts = dtemp_s[so][g_]
 
             def ocv_at(zz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -462,7 +484,7 @@ class NumpyEngine:
         # Joseph-form update where the voltage is trusted (not on the start-up step)
         upd = valid & (not start_up)
         hz = slope
-        innov = np.where(valid, v, 0.0) - (ocv_pred - r0 * i_cell - v1 - v2c)
+        innov = np.where(valid, v, 0.0) - (ocv_pred - u0 - v1 - v2c)
         ph0 = p00 * hz - p01
         ph1 = p01 * hz - p11
         # Huber: beyond 3σ of its spread an innovation is taken as on the gate (soc_ekf.rs)
