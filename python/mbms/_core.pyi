@@ -435,6 +435,10 @@ class _EngineTables(TypedDict):
     model_error_corr_s: float
     model_error_relax_s: float
     r0_step_min_c: float
+    r0_step_ct_fraction: float
+    r0_step_i0_c: float
+    r0_step_i0_ea_kj_per_mol: float
+    r0_step_pulse_ratio: float
     offset_horizon_s: float
     offset_settle_s: float
 

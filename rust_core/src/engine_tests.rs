@@ -54,10 +54,18 @@ impl Plant {
         let sc = (0..n).map(|_| CellScale { capacity: 1.0 + 0.02 * (rng.u() - 0.5), resistance: 1.0 }).collect();
         Self { p, s, sc, par, rng, noise_v: 0.001 }
     }
+    /// The cell model's terminal voltage, with the instantaneous drop on the step-resistance
+    /// curve the estimator assumes of a real cell (`soh::r0_step_factor` from rest to this
+    /// load; the cell model itself is linear in R0): the plant is the cell the file describes.
     fn voltages(&mut self, i: f64) -> Vec<f64> {
         let ic = i / self.par;
+        let f = crate::soh::r0_step_factor(&self.p.estimator, 0.0, ic / self.p.capacity_ah, 25.0, self.p.t_ref_c);
         (0..self.s.len())
-            .map(|k| self.p.terminal_voltage(&self.s[k], &self.sc[k], ic, 25.0) + self.noise_v * self.rng.n())
+            .map(|k| {
+                let s = &self.s[k];
+                let extra = self.sc[k].resistance * self.p.r0(s.soc, 25.0) * (f - 1.0) * ic;
+                self.p.terminal_voltage(s, &self.sc[k], ic, 25.0) - extra + self.noise_v * self.rng.n()
+            })
             .collect()
     }
     fn step(&mut self, i: f64, dt: f64) {
