@@ -847,5 +847,18 @@ cp_j_per_kg_k = 1100.0
         assert_eq!(CellParams::from_toml_str(&bad).unwrap_err().field, "ocv.v");
         let bad = TEST_CELL.replace("name = \"test cell\"", "name = \"x\"\nbogus = 1");
         assert!(CellParams::from_toml_str(&bad).unwrap_err().message.contains("bogus"));
+        // the step-resistance keys: a charge-transfer share needs an exchange current, the
+        // share is at most 1, the pulse ratio is a resistance ratio
+        for (table, field) in [
+            ("r0_step_ct_fraction = 0.8", "estimator.r0_step_i0_c"),
+            ("r0_step_ct_fraction = 1.5\nr0_step_i0_c = 0.3", "estimator.r0_step_ct_fraction"),
+            ("r0_step_pulse_ratio = 0", "estimator.r0_step_pulse_ratio"),
+            ("r0_step_i0_ea_kj_per_mol = 900", "estimator.r0_step_i0_ea_kj_per_mol"),
+        ] {
+            let bad = format!("{TEST_CELL}\n[estimator]\n{table}\n");
+            assert_eq!(CellParams::from_toml_str(&bad).unwrap_err().field, field, "{table}");
+        }
+        let good = format!("{TEST_CELL}\n[estimator]\nr0_step_ct_fraction = 0.8\nr0_step_i0_c = 0.3\n");
+        assert_eq!(CellParams::from_toml_str(&good).unwrap().estimator.r0_step_pulse_ratio, 1.0);
     }
 }
