@@ -47,7 +47,7 @@ def step_factor(p: np.ndarray, ia: np.ndarray, ib: np.ndarray, t_c: np.ndarray, 
     phi, log_i0, ea_kj, log_s = p
     i0 = math.exp(log_i0) * np.exp(-ea_kj * 1e3 / R_GAS * (1.0 / (t_c + 273.15) - 1.0 / (t_ref_c + 273.15)))
     chord = (np.arcsinh(ib / (2 * i0)) - np.arcsinh(ia / (2 * i0))) / (ib - ia)
-    return np.exp(log_s) * ((1.0 - phi) + phi * chord / np.arcsinh(1.0 / (2 * i0)))
+    return np.asarray(np.exp(log_s) * ((1.0 - phi) + phi * chord / np.arcsinh(1.0 / (2 * i0))))
 
 
 def main() -> None:
@@ -79,7 +79,7 @@ def main() -> None:
     a, w = a[ok], w[ok]
 
     def resid(p: np.ndarray) -> np.ndarray:
-        return w * (np.log(a[:, 2]) - np.log(step_factor(p, a[:, 0], a[:, 1], a[:, 3], t_ref_c)))
+        return np.asarray(w * (np.log(a[:, 2]) - np.log(step_factor(p, a[:, 0], a[:, 1], a[:, 3], t_ref_c))))
 
     sol = least_squares(resid, [0.5, math.log(0.5), 40.0, 0.0], bounds=([0.0, -5.0, 0.0, -1.0], [1.0, 3.0, 150.0, 1.0]))
     phi, log_i0, ea_kj, log_s = sol.x

@@ -29,9 +29,9 @@ VOLTAGE_GATE_SIGMA = 3.0  # soc_ekf.rs: Huber gate of the voltage update (σ)
 R_GAS = 8.314462618  # J/(mol K), CODATA 2018 (soh.rs)
 
 
-def _chord_factor(tab: dict[str, float], i0_c: npt.NDArray[np.float64], ia_c: float, ib_c: float) -> npt.NDArray[np.float64]:
-    """soh.rs r0_chord_factor: a step ia -> ib's resistance over the R0 table (Butler-Volmer chord)."""
-    phi, s = tab["r0_step_ct_fraction"], tab["r0_step_pulse_ratio"]
+def _chord_factor(phi: float, s: float, i0_c: npt.NDArray[np.float64], ia_c: float, ib_c: float) -> npt.NDArray[np.float64]:
+    """soh.rs r0_chord_factor: a step ia -> ib's resistance over the R0 table (Butler-Volmer chord);
+    phi, s: the cell file's r0_step_ct_fraction and r0_step_pulse_ratio."""
     if phi <= 0.0:
         return np.full_like(i0_c, s)
     w = 0.5 / i0_c
@@ -428,16 +428,18 @@ class NumpyEngine:
         p11 = a1 * a1 * self.p11 + q_v1_dt + var_i * b1 * b1
         r0_nom = self._rows(tab["r0"], k, f, lo, hi, tf)
         c_a = tab["capacity_ah"] * self.par  # the string current of 1 C
+        phi, ratio = tab["r0_step_ct_fraction"], tab["r0_step_pulse_ratio"]
         if r0_step:
             # the step's own resistance factor (soh.rs r0_step_factor), raw currents as rest.rs
-            r0_sn = r0_nom * _chord_factor(tab, i0_s[so], (i - di) / c_a, i / c_a)
+            r0_sn = r0_nom * _chord_factor(phi, ratio, i0_s[so], (i - di) / c_a, i / c_a)
             with np.errstate(invalid="ignore", divide="ignore"):
                 r = -(v - v_prev) / (di / self.par)
             ok = valid & prev_valid & np.isfinite(r) & (r > 0.2 * r0_sn) & (r < 5.0 * r0_sn)
             self.r0_ratio = np.where(ok, self.r0_ratio + est.r0_gain * (r / r0_sn - self.r0_ratio), self.r0_ratio)
         r0 = r0_nom * self.r0_ratio
         # the model's drop R0(i)·i: the chord from rest to this load (sensing.rs r0_load_factors)
-        u0 = r0 * _chord_factor(tab, i0_s[so], 0.0, i_cell / tab["capacity_ah"]) * i_cell
+        g_load = _chord_factor(phi, ratio, i0_s[so], 0.0, i_cell / tab["capacity_ah"])
+        u0 = r0 * g_load * i_cell
         # second RC pair (open loop, exact ZOH like v1) and one-state hysteresis
         if self.rc2 is not None:
             a2 = a2_s[so]
