@@ -544,6 +544,19 @@ fn resistance_is_learnt_on_storage_steps_above_the_cell_files_c_rate() {
     assert_eq!(run(Some(0.0)), 1.0, "0: no R0 learning");
 }
 
+/// A storage cell's first steps: the ratio is the running mean of its observations with the
+/// R0 table as one more (soh::r0_running_gain), so twenty 0.3 C steps (ten pulses) find an
+/// aged cell's resistance. The low-pass alone from the first step (gain 0.05) would still
+/// read 1.37 of 1.6 after them.
+#[test]
+fn an_aged_cells_resistance_is_found_within_its_first_twenty_steps() {
+    let mut c = config(1, 1);
+    c.pack.parallel = 1;
+    let e = storage_steps(CellParams::from_toml_str(NMC).unwrap(), c, 0.8, 1.6, 1200, 0);
+    let r = e.output().soh_resistance;
+    assert!((r - 1.6).abs() < 0.06, "resistance ratio {r} after 19 steps, plant 1.6");
+}
+
 /// The SOF takes the learnt resistance ratio only where it raises the resistance: a cell
 /// whose R0 observations read below the table (a plant at 0.6 of it here; the DFN drive traces
 /// read 0.6-0.8 on fresh cells) keeps the limits of the identified model, while a cell that
@@ -875,8 +888,13 @@ fn format_1_record_is_migrated_to_the_same_state() {
     let v1 = format_1_record(&e);
     let (mut a, mut b) = (engine(4, 1), engine(4, 1));
     assert!(a.import_state(&v1).unwrap().is_empty());
-    // a format-1 record has no recent load (rest_soh.load_c, newer): it migrates as relaxed
-    let current = patch_state(&e.export_state(), |d| d["rest_soh"]["load_c"] = num(0.0));
+    // a format-1 record has no recent load (rest_soh.load_c, newer): it migrates as relaxed;
+    // nor R0 observation counts (rest_soh.r0_n, newer): its ratio counts as learnt, as a
+    // current-format file without them
+    let current = patch_state(&e.export_state(), |d| {
+        d["rest_soh"]["load_c"] = num(0.0);
+        d["rest_soh"].as_object_mut().unwrap().remove("r0_n");
+    });
     assert!(b.import_state(&current).unwrap().is_empty());
     assert_eq!(a.export_state(), b.export_state());
     assert_eq!(a.output().action, Action::Open, "the latched fault migrates");

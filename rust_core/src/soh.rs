@@ -130,6 +130,25 @@ pub const CAPACITY_RATIO_RANGE: (f64, f64) = (0.3, 1.5);
 /// restored ratio outside it is implausible.
 pub const R0_RATIO_RANGE: (f64, f64) = (0.2, 5.0);
 
+/// Weight of the R0 table as the prior of a cell's resistance ratio, in observations: the
+/// table counts as one step. One step's ratio scatters by about ±10 % (σ_R ≈ √2·σ_v/ΔI and
+/// the step's own SOC/temperature; the fresh tuning traces' steps 0.9..1.1 over p10..p90,
+/// scripts/fit_step_resistance.py), an aged cell's ratio is 1..2: the table is no better a
+/// guess than one step.
+pub const R0_PRIOR_WEIGHT: f64 = 1.0;
+/// The observation count kept per cell stops here (the gain has long reached its floor).
+pub const R0_COUNT_CAP: f64 = 1e9;
+
+/// Gain of a cell's next R0 observation after `n_prev` of them: the running mean with the
+/// table as a prior of `R0_PRIOR_WEIGHT` observations, 1/(n₀ + n + 1), until it falls to
+/// `floor` (the pack's `r0_gain`), from where the ratio is a low-pass that follows ageing.
+/// With the low-pass alone from the first step, a storage cell that sees ten 0.3 C steps a
+/// day keeps 60 % of the table's value after them (0.95¹⁰), whatever the cell.
+#[inline]
+pub fn r0_running_gain(n_prev: f64, floor: f64) -> f64 {
+    floor.max(1.0 / (R0_PRIOR_WEIGHT + n_prev + 1.0))
+}
+
 /// One R0 observation from a current step between consecutive samples: −ΔV/ΔI (the RC
 /// branches barely move within one short sample). Returns None if implausible.
 #[inline]

@@ -20,6 +20,11 @@ Refreshed for issue 16's model failure carried from one voltage update to the ne
 (soc_ekf::carried_miss_variance; a format-1 file carries none): only the latched state moved, max
 relative change soc 1.7e-11, soc_sigma 3.5e-11; the plain state, limits, capacity, faults, actions
 and balancing identical.
+Refreshed for issue 16's step-resistance model (the R0 observation divided by its step's
+Butler-Volmer factor, the filter's R0 drop on the chord from rest to the load; soh.rs
+r0_step_factor) and the R0 ratio's running mean over its first observations (a format-1 file
+carries no count: its ratio counts as learnt): max relative change soc 2.0e-5, soc_sigma 8.8e-5,
+soe_wh 1.2e-6, r_string_ohm 5.6e-8; limits, capacity, faults, actions and balancing identical.
 
 The engine runs example_pack.toml through a dynamic profile, once with an over-voltage fault latched
 on cell 3 ("latched": the pack is open, limits 0) and once without ("plain": limits carried), so

@@ -27,6 +27,8 @@ IEKF_GATE_DZ = 0.02  # engine.rs: iterated update where the SOC step would excee
 IEKF_ITERS = 3
 VOLTAGE_GATE_SIGMA = 3.0  # soc_ekf.rs: Huber gate of the voltage update (σ)
 R_GAS = 8.314462618  # J/(mol K), CODATA 2018 (soh.rs)
+R0_PRIOR_WEIGHT = 1.0  # soh.rs: the R0 table counts as one observation
+R0_COUNT_CAP = 1e9
 
 
 def _chord_factor(phi: float, s: float, i0_c: npt.NDArray[np.float64], ia_c: float, ib_c: float) -> npt.NDArray[np.float64]:
@@ -152,6 +154,7 @@ class NumpyEngine:
         self.inv_qc = np.full(n, 1.0 / (3600.0 * cap))
         self.cap_ah = np.full(n, cap)
         self.r0_ratio = np.ones(n)
+        self.r0_n = np.zeros(n)  # R0 observations per cell (soh.rs r0_running_gain)
         self.v_prev = np.full(n, np.nan)
         self.v_stuck = np.zeros(n, dtype=np.int64)
         self.v_valid = np.zeros(n, dtype=bool)
@@ -435,7 +438,9 @@ class NumpyEngine:
             with np.errstate(invalid="ignore", divide="ignore"):
                 r = -(v - v_prev) / (di / self.par)
             ok = valid & prev_valid & np.isfinite(r) & (r > 0.2 * r0_sn) & (r < 5.0 * r0_sn)
-            self.r0_ratio = np.where(ok, self.r0_ratio + est.r0_gain * (r / r0_sn - self.r0_ratio), self.r0_ratio)
+            gain = np.maximum(est.r0_gain, 1.0 / (R0_PRIOR_WEIGHT + self.r0_n + 1.0))
+            self.r0_ratio = np.where(ok, self.r0_ratio + gain * (r / r0_sn - self.r0_ratio), self.r0_ratio)
+            self.r0_n = np.where(ok, np.minimum(self.r0_n + 1.0, R0_COUNT_CAP), self.r0_n)
         r0 = r0_nom * self.r0_ratio
         # the model's drop R0(i)·i: the chord from rest to this load (sensing.rs r0_load_factors)
         g_load = _chord_factor(phi, ratio, i0_s[so], 0.0, i_cell / tab["capacity_ah"])

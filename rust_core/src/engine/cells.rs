@@ -14,7 +14,7 @@ use crate::cell_tables::CellTables;
 use crate::limits::{cell_limit, LimitsConfig};
 use crate::protection::SensorConfig;
 use crate::soc_ekf::{self, Cov2, EstimatorConfig, Predict};
-use crate::soh::r0_observation;
+use crate::soh::{self, r0_observation};
 
 use serde::{Deserialize, Serialize};
 
@@ -485,6 +485,7 @@ impl Cells {
         let y_anchor = soh.q_since_rest_ah / p.capacity_ah;
         let y2 = y_anchor * y_anchor;
         let r0rs = &mut soh.r0_ratio[..n];
+        let r0ns = &mut soh.r0_n[..n];
         let o_soc = &mut o_soc[..n];
         let o_sig = &mut o_sig[..n];
         let o_cc = &mut o_cc[..n];
@@ -518,8 +519,9 @@ impl Cells {
                 if r0_step {
                     let r0_step_nom = r0_nom * sensing.r0_step_factor[sensor_of[k] as usize];
                     if let Some(r) = r0_observation(dvs[k], di_cell, r0_step_nom) {
-                        r0r += r0_gain * (r / r0_step_nom - r0r);
+                        r0r += soh::r0_running_gain(r0ns[k], r0_gain) * (r / r0_step_nom - r0r);
                         r0rs[k] = r0r;
+                        r0ns[k] = (r0ns[k] + 1.0).min(soh::R0_COUNT_CAP);
                     }
                 }
                 let mut v2 = 0.0;

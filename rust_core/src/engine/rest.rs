@@ -7,7 +7,7 @@
 use crate::cell_model::CellParams;
 use crate::cell_tables::CellTables;
 use crate::soc_ekf::{self, EstimatorConfig};
-use crate::soh::{Awtls, CAPACITY_RATIO_RANGE, R0_RATIO_RANGE};
+use crate::soh::{Awtls, CAPACITY_RATIO_RANGE, R0_COUNT_CAP, R0_RATIO_RANGE};
 
 use super::cells::Cells;
 use super::sensing::Sensing;
@@ -39,6 +39,9 @@ pub(super) struct RestSoh {
     /// Σ cap_ah (updated when a capacity estimate changes)
     pub cap_sum: f64,
     pub r0_ratio: Vec<f64>,
+    /// R0 observations each cell has taken (capped at `soh::R0_COUNT_CAP`): the weight of
+    /// its running mean (`soh::r0_running_gain`)
+    pub r0_n: Vec<f64>,
     pub awtls: Vec<Awtls>,
     /// variance of each cell's capacity estimate, relative (see [`Awtls::variance`]): what
     /// the SOC σ the engine reports adds for the charge counted since the last anchor (a
@@ -79,6 +82,7 @@ impl RestSoh {
             cap_ah: vec![cap; n],
             cap_sum: cap * n as f64,
             r0_ratio: vec![1.0; n],
+            r0_n: vec![0.0; n],
             awtls: vec![Awtls::with_prior(capacity_prior_sigma); n],
             cap_var: vec![capacity_prior_sigma * capacity_prior_sigma; n],
             z_rest: vec![f64::NAN; n],
@@ -416,6 +420,10 @@ pub(super) struct RestSohStateV1 {
     /// per cell: capacity of a unit cell (Ah), R0 ratio to the cell file
     pub cap_ah: Vec<X>,
     pub r0_ratio: Vec<X>,
+    /// per cell: R0 observations taken (the ratio's running-mean weight); absent in files
+    /// written before it: the restored ratio counts as learnt (the gain is `r0_gain`)
+    #[serde(default)]
+    pub r0_n: Vec<X>,
     /// per cell: SOC and its variance at the last rest point ("NaN": none yet)
     pub z_rest: Vec<X>,
     pub z_rest_var: Vec<X>,
@@ -433,6 +441,7 @@ impl RestSoh {
             load_c: X(self.load_c),
             cap_ah: xs(&self.cap_ah),
             r0_ratio: xs(&self.r0_ratio),
+            r0_n: xs(&self.r0_n),
             z_rest: xs(&self.z_rest),
             z_rest_var: xs(&self.z_rest_var),
             awtls: self.awtls.iter().map(|a| a.c.map(X)).collect(),
@@ -445,6 +454,9 @@ impl RestSoh {
             if len != n {
                 return Err(format!("rest_soh.{name}: {len} values, expected {n} (one per cell)"));
             }
+        }
+        if !(s.r0_n.is_empty() || s.r0_n.len() == n) {
+            return Err(format!("rest_soh.r0_n: {} values, expected {n} (one per cell) or none", s.r0_n.len()));
         }
         for k in 0..n {
             let (cap, r0r) = (s.cap_ah[k].0, s.r0_ratio[k].0);
@@ -472,6 +484,8 @@ impl RestSoh {
                 format!("cell {k}: resistance ratio {r0r} outside {r_lo}..{r_hi} x the cell file's R0")
             } else if !nan_or_inside(z_rest, z_lo, z_hi) || !nan_or_inside(z_rest_var, 0.0, 1.0) {
                 format!("cell {k}: rest point SOC {z_rest} (variance {z_rest_var}) implausible")
+            } else if s.r0_n.get(k).is_some_and(|x| !inside(x.0, 0.0, R0_COUNT_CAP)) {
+                format!("cell {k}: R0 observation count {} outside 0..{R0_COUNT_CAP}", s.r0_n[k].0)
             } else if s.awtls[k].iter().any(|c| !c.0.is_finite()) {
                 format!("cell {k}: non-finite capacity estimator sums")
             } else {
@@ -492,6 +506,7 @@ impl RestSoh {
             self.cap_ah[k] = s.cap_ah[k].0;
             self.inv_qc[k] = 1.0 / (3600.0 * s.cap_ah[k].0);
             self.r0_ratio[k] = s.r0_ratio[k].0;
+            self.r0_n[k] = s.r0_n.get(k).map_or(R0_COUNT_CAP, |x| x.0);
             self.z_rest[k] = s.z_rest[k].0;
             self.z_rest_var[k] = s.z_rest_var[k].0;
             self.awtls[k].c = s.awtls[k].map(|x| x.0);
