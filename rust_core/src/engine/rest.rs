@@ -378,7 +378,9 @@ impl RestSoh {
                 continue;
             }
             let ss = &sensing.ss[sensor_of[k] as usize];
-            let r0 = tab.rc(tab.locate(cells.z[k]), ss.sel)[0] * self.r0_ratio[k];
+            // the filter's own R0 drop at this load (the step-resistance chord, see
+            // `Sensing::r0_load_factors`)
+            let r0 = tab.rc(tab.locate(cells.z[k]), ss.sel)[0] * self.r0_ratio[k] * sensing.r0_load_factor[sensor_of[k] as usize];
             let v_ocv = v_cell_v[k] - cells.h[k] + r0 * i_cell + cells.v1[k] + cells.v2[k];
             if v_ocv <= ce.empty_ocv_v {
                 points.push((k, ce.empty_soc, var));
