@@ -140,12 +140,10 @@ def _figures(name: str, r) -> str:
 SOC_MISSES: dict[str, str] = {
     'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 4.24 %, max 8.81 %',
     'lfp_h6_ess_full_aged': 'measured (seed 1): RMSE after 10 min 4.39 %, max 8.49 % (the first discharge, before any capacity observation)',
-    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.73 %, max 3.31 %',
-    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 2.84 %, max 5.53 %',
+    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.69 %, max 3.16 %',
+    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 2.62 %, max 5.07 %',
     # in service: scored after the history (capacity learnt there within 1.5 %)
     'lfp_h7_drive_aged_service': 'measured (seed 1): RMSE after the history 1.63 %, max 7.20 % (2.6C pulses near empty: the voltage collapses as on lfp_h2)',
-    'nmc_h6_drive_aged_service': 'measured (seed 1): RMSE after the history 1.34 %, max 2.28 %',
-    'nmc_h7_ess_aged_service': 'measured (seed 1): RMSE after the history 0.69 %, max 1.34 % (max met)',
 }
 
 
@@ -193,13 +191,13 @@ def test_lfp_filter_is_not_overconfident(name: str) -> None:
 # capacity that meets its target passes even where the resistance does not)
 CAPACITY_MISSES: dict[str, str] = {
     'lfp_h4_ess_aged': 'measured (seed 1): capacity 1.000 vs 0.820 (+22.0 %)',
-    'nmc_h3_ess_aged': 'measured (seed 1): capacity 0.865 vs 0.820 (+5.5 %)',
+    'nmc_h3_ess_aged': 'measured (seed 1): capacity 0.857 vs 0.820 (+4.5 %)',
     'lfp_h6_ess_full_aged': 'measured (seed 1): capacity 0.893 vs 0.850 (+5.0 %)',
 }
 RESISTANCE_MISSES: dict[str, str] = {
     'lfp_h4_ess_aged': 'measured (seed 1): resistance ratio 1.61 vs 1.70 (-5.6 %), 9 steps',
     'lfp_h5_drive_aged': 'measured (seed 1): resistance ratio 1.37 vs 1.48 (-7.1 %)',
-    'nmc_h4_drive_aged': 'measured (seed 1): resistance ratio 1.25 vs 1.38 (-9.3 %)',
+    'nmc_h4_drive_aged': 'measured (seed 1): resistance ratio 1.25 vs 1.38 (-9.5 %)',
 }
 AGED = sorted(n for n in HELDOUT if "aged" in n)
 

@@ -190,6 +190,7 @@ impl PyEngine {
         d.set_item("r0_step_i0_c", ce.r0_step_i0_c)?;
         d.set_item("r0_step_i0_ea_kj_per_mol", ce.r0_step_i0_ea_kj_per_mol)?;
         d.set_item("r0_step_pulse_ratio", ce.r0_step_pulse_ratio)?;
+        d.set_item("r0_ratio_rc_share", ce.r0_ratio_rc_share)?;
         d.set_item("offset_horizon_s", mbms_core::soc_ekf::OFFSET_HORIZON_S)?;
         d.set_item("offset_settle_s", mbms_core::soc_ekf::OFFSET_SETTLE_S)?;
         Ok(d)

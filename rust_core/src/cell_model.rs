@@ -267,6 +267,12 @@ pub struct CellEstimator {
     pub r0_step_i0_c: f64,
     pub r0_step_i0_ea_kj_per_mol: f64,
     pub r0_step_pulse_ratio: f64,
+    /// Share of the learnt resistance growth (the ratio above 1) that the RC (diffusion)
+    /// resistances take as well: R1, R2 × (1 + share·(max(ratio, 1) − 1)). 1: all of it (a
+    /// growth that raises every polarisation alike), 0: R0 only (a contact or electrolyte
+    /// resistance, ohmic). Which one an aged cell shows depends on the chemistry and the
+    /// ageing; chosen per cell file on the aged tuning traces. Default 1.
+    pub r0_ratio_rc_share: f64,
     /// End-of-discharge synchronisation, the knee near empty that LFP systems rely on besides
     /// full charge (issue 16): discharging at no more than `empty_current_c` (C-rate, above
     /// the rest band), a cell whose voltage with the model's polarisation added back
@@ -307,6 +313,7 @@ impl Default for CellEstimator {
             r0_step_i0_c: 0.0,
             r0_step_i0_ea_kj_per_mol: 0.0,
             r0_step_pulse_ratio: 1.0,
+            r0_ratio_rc_share: 1.0,
             empty_ocv_v: 0.0,
             empty_current_c: 0.0,
             empty_soc: 0.0,
@@ -330,6 +337,7 @@ impl CellEstimator {
             ("r0_step_ct_fraction", self.r0_step_ct_fraction),
             ("r0_step_i0_c", self.r0_step_i0_c),
             ("r0_step_i0_ea_kj_per_mol", self.r0_step_i0_ea_kj_per_mol),
+            ("r0_ratio_rc_share", self.r0_ratio_rc_share),
             ("empty_ocv_v", self.empty_ocv_v),
             ("empty_current_c", self.empty_current_c),
             ("empty_soc", self.empty_soc),
@@ -350,6 +358,7 @@ impl CellEstimator {
             ("full_charge_soc_sigma", self.full_charge_soc_sigma, 0.5, ""),
             ("r0_step_min_c", self.r0_step_min_c, 10.0, "C"),
             ("r0_step_ct_fraction", self.r0_step_ct_fraction, 1.0, ""),
+            ("r0_ratio_rc_share", self.r0_ratio_rc_share, 1.0, ""),
             ("r0_step_i0_c", self.r0_step_i0_c, 100.0, "C"),
             // exchange-current activation energies of Li-ion electrodes are tens of kJ/mol
             ("r0_step_i0_ea_kj_per_mol", self.r0_step_i0_ea_kj_per_mol, 200.0, "kJ/mol"),

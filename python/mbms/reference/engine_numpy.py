@@ -420,8 +420,9 @@ class NumpyEngine:
         inv_qc = self.inv_qc
         z_pred = self.z - (eta_i * dt) * inv_qc
         k, f = self._locate(z_pred)
-        # the learnt ratio scales the RC resistances only upwards (engine/cells.rs)
-        r1 = self._rows(tab["r1"], k, f, lo, hi, tf) * np.maximum(self.r0_ratio, 1.0)
+        # the learnt ratio scales the RC resistances only upwards, by the cell's share (engine/cells.rs)
+        rc_scale = 1.0 + tab["r0_ratio_rc_share"] * (np.maximum(self.r0_ratio, 1.0) - 1.0)
+        r1 = self._rows(tab["r1"], k, f, lo, hi, tf) * rc_scale
         g = dt * inv_qc
         b1 = r1 * (1.0 - a1)
         z = self.z - eta_i * g
@@ -448,7 +449,7 @@ class NumpyEngine:
         # second RC pair (open loop, exact ZOH like v1) and one-state hysteresis
         if self.rc2 is not None:
             a2 = a2_s[so]
-            self.v2 = a2 * self.v2 + self._rows(self.rc2[0], k, f, lo, hi, tf) * np.maximum(self.r0_ratio, 1.0) * (1.0 - a2) * i_cell
+            self.v2 = a2 * self.v2 + self._rows(self.rc2[0], k, f, lo, hi, tf) * rc_scale * (1.0 - a2) * i_cell
         if self.hyst:
             ah = math.exp(-abs(tab["hysteresis_gamma"] * eta * i_cell * dt / (3600.0 * tab["capacity_ah"])))
             hm = tab["hysteresis_m_v"] * math.copysign(1.0, i_est)  # Rust f64::signum: +1 at 0

@@ -491,6 +491,7 @@ impl Cells {
         let o_cc = &mut o_cc[..n];
         let g_eta_i = base_pr.eta_i * dt;
         let r0_gain = est.r0_gain;
+        let rc_share = p.estimator.r0_ratio_rc_share;
         let sc = &mut *self.scratch;
         let sensor_of = &sensor_of[..n];
         let mut start = 0;
@@ -510,9 +511,11 @@ impl Cells {
                 // below 1 comes from the step response's charge transfer, sub-linear in current
                 // (Butler-Volmer: large steps read low, 0.6-0.8 on fresh cells under drive
                 // profiles), which says nothing of the diffusion polarisation; a ratio above 1
-                // (ageing: film, contact) raises all. Tuning split: lfp_t1 0.24 -> 0.21 %,
-                // nmc_t1 0.35 -> 0.33 % SOC RMSE, the other six unchanged.
-                let r1 = r1_nom * r0r.max(1.0);
+                // (ageing) raises them by the cell file's `r0_ratio_rc_share` of it (an ohmic
+                // growth, contact or electrolyte, leaves them). Tuning split: lfp_t1 0.24 ->
+                // 0.21 %, nmc_t1 0.35 -> 0.33 % SOC RMSE, the other six unchanged.
+                let rc_scale = 1.0 + rc_share * (r0r.max(1.0) - 1.0);
+                let r1 = r1_nom * rc_scale;
                 // R0 from the current step: −ΔV/ΔI of this cell, ratio to what the table reads
                 // on such a step (`soh::r0_step_factor`: a 1 s, 1 C pulse resistance ratio
                 // whatever the step), low-passed
@@ -526,7 +529,7 @@ impl Cells {
                 }
                 let mut v2 = 0.0;
                 if has_rc2 {
-                    v2 = ss.a2 * v2s[k] + r2_nom * r0r.max(1.0) * (1.0 - ss.a2) * i_cell;
+                    v2 = ss.a2 * v2s[k] + r2_nom * rc_scale * (1.0 - ss.a2) * i_cell;
                     v2s[k] = v2;
                 }
                 let mut hk = 0.0;
