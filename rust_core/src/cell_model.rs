@@ -863,6 +863,7 @@ cp_j_per_kg_k = 1100.0
             ("r0_step_ct_fraction = 1.5\nr0_step_i0_c = 0.3", "estimator.r0_step_ct_fraction"),
             ("r0_step_pulse_ratio = 0", "estimator.r0_step_pulse_ratio"),
             ("r0_step_i0_ea_kj_per_mol = 900", "estimator.r0_step_i0_ea_kj_per_mol"),
+            ("r0_ratio_rc_share = 1.5", "estimator.r0_ratio_rc_share"),
         ] {
             let bad = format!("{TEST_CELL}\n[estimator]\n{table}\n");
             assert_eq!(CellParams::from_toml_str(&bad).unwrap_err().field, field, "{table}");
