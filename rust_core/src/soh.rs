@@ -179,29 +179,46 @@ const R_GAS: f64 = 8.314_462_618;
 ///
 /// The 2RT/F amplitude cancels in the ratio. 1 with φ = 0 and s = 1 (a linear cell).
 pub fn r0_step_factor(e: &crate::cell_model::CellEstimator, ia_c: f64, ib_c: f64, t_c: f64, t_ref_c: f64) -> f64 {
-    r0_chord_factor(e, r0_exchange_current_c(e, t_c, t_ref_c), ia_c, ib_c)
+    r0_chord_factor(e, &ChordCoeffs::at(e, t_c, t_ref_c), ia_c, ib_c)
 }
 
-/// The exchange current (C-rate) of `r0_step_factor` at `t_c` (Arrhenius from `t_ref_c`).
-pub fn r0_exchange_current_c(e: &crate::cell_model::CellEstimator, t_c: f64, t_ref_c: f64) -> f64 {
-    let inv_k = |t: f64| 1.0 / (t + 273.15);
-    e.r0_step_i0_c * (-e.r0_step_i0_ea_kj_per_mol * 1e3 / R_GAS * (inv_k(t_c) - inv_k(t_ref_c))).exp()
+/// The temperature-dependent part of `r0_step_factor`: w = 1/(2 i₀(T)) with i₀ the exchange
+/// current (C-rate, Arrhenius from `t_ref_c`), and 1/asinh(w), the inverse of the 1 C pulse's
+/// chord. A sensor keeps them per model temperature, so a load costs one asinh per sensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChordCoeffs {
+    pub w: f64,
+    pub inv_asinh_w: f64,
 }
 
-/// `r0_step_factor` with the exchange current `i0_c` given (a sensor keeps it per temperature).
+impl ChordCoeffs {
+    pub const UNSET: ChordCoeffs = ChordCoeffs { w: 1.0, inv_asinh_w: 1.0 };
+
+    pub fn at(e: &crate::cell_model::CellEstimator, t_c: f64, t_ref_c: f64) -> Self {
+        if e.r0_step_ct_fraction <= 0.0 {
+            return ChordCoeffs::UNSET; // unused: the factor is constant
+        }
+        let inv_k = |t: f64| 1.0 / (t + 273.15);
+        let i0 = e.r0_step_i0_c * (-e.r0_step_i0_ea_kj_per_mol * 1e3 / R_GAS * (inv_k(t_c) - inv_k(t_ref_c))).exp();
+        let w = 0.5 / i0;
+        ChordCoeffs { w, inv_asinh_w: 1.0 / w.asinh() }
+    }
+}
+
+/// `r0_step_factor` with the temperature's coefficients given.
 #[inline]
-pub fn r0_chord_factor(e: &crate::cell_model::CellEstimator, i0_c: f64, ia_c: f64, ib_c: f64) -> f64 {
+pub fn r0_chord_factor(e: &crate::cell_model::CellEstimator, c: &ChordCoeffs, ia_c: f64, ib_c: f64) -> f64 {
     let phi = e.r0_step_ct_fraction;
     if phi <= 0.0 {
         return e.r0_step_pulse_ratio;
     }
-    let w = 0.5 / i0_c;
+    let w = c.w;
     let chord = if (ib_c - ia_c).abs() > 1e-9 {
         ((ib_c * w).asinh() - (ia_c * w).asinh()) / (ib_c - ia_c)
     } else {
         w / (1.0 + (ia_c * w).powi(2)).sqrt() // the derivative: a step too small to have a chord
     };
-    e.r0_step_pulse_ratio * ((1.0 - phi) + phi * chord / w.asinh())
+    e.r0_step_pulse_ratio * ((1.0 - phi) + phi * chord * c.inv_asinh_w)
 }
 
 #[cfg(test)]

@@ -318,7 +318,7 @@ class NumpyEngine:
         if self.rc2 is not None:
             a2_s = np.exp(-dt / np.interp(tu, tab["tau_temps"], self.rc2[1]))
         dtemp_s = tu - tab["t_ref_c"]
-        # soh.rs r0_exchange_current_c: the step-resistance model's exchange current (Arrhenius)
+        # soh.rs ChordCoeffs::at: the step-resistance model's exchange current (Arrhenius)
         i0_s = tab["r0_step_i0_c"] * np.exp(
             -tab["r0_step_i0_ea_kj_per_mol"] * 1e3 / R_GAS * (1.0 / (tu + 273.15) - 1.0 / (tab["t_ref_c"] + 273.15)))
         lo_s, hi_s, tf_s = self._temp_sel(tu)

@@ -34,9 +34,8 @@ pub(super) struct SensorStep {
     pub a2: f64,
     pub d_cont: f64,
     pub d_peak: f64,
-    /// exchange current of the step-resistance model at this temperature (C-rate,
-    /// `soh::r0_exchange_current_c`)
-    pub i0_c: f64,
+    /// the step-resistance model's coefficients at this temperature (`soh::ChordCoeffs`)
+    pub chord: crate::soh::ChordCoeffs,
     /// a1, a2 at the previous distinct Δt (same τ1, τ2)
     alt: DtCoeffs,
 }
@@ -77,7 +76,7 @@ impl SensorStep {
         a2: 1.0,
         d_cont: 1.0,
         d_peak: 1.0,
-        i0_c: 1.0,
+        chord: crate::soh::ChordCoeffs::UNSET,
         alt: DtCoeffs::UNSET,
     };
 }
@@ -122,6 +121,9 @@ pub(super) struct Sensing {
     pub r0_step_factor: Vec<f64>,
     /// the model's R0 over the table's at this step's load, per sensor (`r0_load_factors`)
     pub r0_load_factor: Vec<f64>,
+    /// the load `r0_load_factor` is for (NaN: none yet); a sensor whose model temperature
+    /// moves has its own recomputed at that load in `temperatures`
+    r0_load_i_c: f64,
 }
 
 impl Sensing {
@@ -139,6 +141,7 @@ impl Sensing {
             ss: vec![SensorStep::UNSET; n_t],
             r0_step_factor: vec![1.0; n_t],
             r0_load_factor: vec![1.0; n_t],
+            r0_load_i_c: f64::NAN,
         }
     }
 
@@ -274,9 +277,14 @@ impl Sensing {
                 a2,
                 d_cont,
                 d_peak,
-                i0_c: if same_t { prev.i0_c } else { crate::soh::r0_exchange_current_c(&p.estimator, t, p.t_ref_c) },
+                chord: if same_t { prev.chord } else { crate::soh::ChordCoeffs::at(&p.estimator, t, p.t_ref_c) },
                 alt,
             };
+            if !same_t && self.r0_load_i_c.is_finite() {
+                // this sensor's load factor, at the load the others are for (the NTCs' noise
+                // moves a few sensors' model temperature in a step, not all of them)
+                self.r0_load_factor[s] = crate::soh::r0_chord_factor(&p.estimator, &self.ss[s].chord, 0.0, self.r0_load_i_c);
+            }
         }
         // The temperature rules, bank by bank (the banks are independent). As for the cell
         // voltages, a bank is walked only where an index can leave its idle fast path: a busy
@@ -312,7 +320,7 @@ impl Sensing {
     /// such a step reads over the R0 table, at each sensor's model temperature.
     pub fn r0_step_factors(&mut self, ia_c: f64, ib_c: f64, p: &CellParams) {
         for (f, ss) in self.r0_step_factor.iter_mut().zip(&self.ss) {
-            *f = crate::soh::r0_chord_factor(&p.estimator, ss.i0_c, ia_c, ib_c);
+            *f = crate::soh::r0_chord_factor(&p.estimator, &ss.chord, ia_c, ib_c);
         }
     }
 
@@ -324,8 +332,13 @@ impl Sensing {
     /// against the table's R0 unscaled at 1 C (F/s), nmc_t2 0.55 -> 0.38 %, lfp_t4 0.61 ->
     /// 0.54 %, nmc_t1 0.30 -> 0.28 % SOC RMSE.
     pub fn r0_load_factors(&mut self, i_c: f64, p: &CellParams) {
+        // the same load (a rest, a constant current): as they are
+        if i_c == self.r0_load_i_c {
+            return;
+        }
+        self.r0_load_i_c = i_c;
         for (f, ss) in self.r0_load_factor.iter_mut().zip(&self.ss) {
-            *f = crate::soh::r0_chord_factor(&p.estimator, ss.i0_c, 0.0, i_c);
+            *f = crate::soh::r0_chord_factor(&p.estimator, &ss.chord, 0.0, i_c);
         }
     }
 
