@@ -163,7 +163,7 @@ pub fn r0_observation(dv: f64, di: f64, r0_nominal: f64) -> Option<f64> {
 }
 
 /// Gas constant (J/(mol·K)), CODATA 2018.
-const R_GAS: f64 = 8.314_462_618;
+pub const R_GAS: f64 = 8.314_462_618;
 
 /// The resistance a current step from `ia_c` to `ib_c` (C-rates of one cell, discharge
 /// positive) reads within one sample, over the cell file's R0 table, at the cells'

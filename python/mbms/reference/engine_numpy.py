@@ -26,9 +26,6 @@ TIME_EPS_S = 1e-9
 IEKF_GATE_DZ = 0.02  # engine.rs: iterated update where the SOC step would exceed this
 IEKF_ITERS = 3
 VOLTAGE_GATE_SIGMA = 3.0  # soc_ekf.rs: Huber gate of the voltage update (σ)
-R_GAS = 8.314462618  # J/(mol K), CODATA 2018 (soh.rs)
-R0_PRIOR_WEIGHT = 1.0  # soh.rs: the R0 table counts as one observation
-R0_COUNT_CAP = 1e9
 
 
 def _chord_factor(phi: float, s: float, i0_c: npt.NDArray[np.float64], ia_c: float, ib_c: float) -> npt.NDArray[np.float64]:
@@ -320,7 +317,7 @@ class NumpyEngine:
         dtemp_s = tu - tab["t_ref_c"]
         # soh.rs ChordCoeffs::at: the step-resistance model's exchange current (Arrhenius)
         i0_s = tab["r0_step_i0_c"] * np.exp(
-            -tab["r0_step_i0_ea_kj_per_mol"] * 1e3 / R_GAS * (1.0 / (tu + 273.15) - 1.0 / (tab["t_ref_c"] + 273.15)))
+            -tab["r0_step_i0_ea_kj_per_mol"] * 1e3 / tab["gas_constant_j_per_mol_k"] * (1.0 / (tu + 273.15) - 1.0 / (tab["t_ref_c"] + 273.15)))
         lo_s, hi_s, tf_s = self._temp_sel(tu)
         R["temp_spread"].eval(t_s, [t_spread])
 
@@ -439,9 +436,10 @@ class NumpyEngine:
             with np.errstate(invalid="ignore", divide="ignore"):
                 r = -(v - v_prev) / (di / self.par)
             ok = valid & prev_valid & np.isfinite(r) & (r > 0.2 * r0_sn) & (r < 5.0 * r0_sn)
-            gain = np.maximum(est.r0_gain, 1.0 / (R0_PRIOR_WEIGHT + self.r0_n + 1.0))
+            # soh.rs r0_running_gain: the table counts as r0_prior_weight observations
+            gain = np.maximum(est.r0_gain, 1.0 / (tab["r0_prior_weight"] + self.r0_n + 1.0))
             self.r0_ratio = np.where(ok, self.r0_ratio + gain * (r / r0_sn - self.r0_ratio), self.r0_ratio)
-            self.r0_n = np.where(ok, np.minimum(self.r0_n + 1.0, R0_COUNT_CAP), self.r0_n)
+            self.r0_n = np.where(ok, np.minimum(self.r0_n + 1.0, tab["r0_count_cap"]), self.r0_n)
         r0 = r0_nom * self.r0_ratio
         # the model's drop R0(i)·i: the chord from rest to this load (sensing.rs r0_load_factors)
         g_load = _chord_factor(phi, ratio, i0_s[so], 0.0, i_cell / tab["capacity_ah"])
