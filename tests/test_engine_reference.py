@@ -25,7 +25,7 @@ def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float) -> None:
     d["pack"].update(series=24, temp_sensors=6)
     # no pack current caps: the limits compared are the cells' own (headroom over resistance)
     d["limits"].update(max_discharge_a=1e4, max_charge_a=1e4, max_discharge_peak_a=1e4, max_charge_peak_a=1e4)
-    d["estimator"]["rest_time_s"] = 1e9
+    d["estimator"].update(rest_time_s=1e9, rest_end_min_s=0.0)
     d["protection"]["sensors"]["stuck_samples"] = 20
     d["balancing"].update(mode=mode, max_cells=3, threshold=0.01 if mode == "soc" else 0.01)
     cfg = PackConfig.from_dict(d)
@@ -71,7 +71,7 @@ def test_zero_current_calibration_agrees_and_stops_the_rest_drift() -> None:
     and take it out of the coulomb count, identically."""
     d = copy.deepcopy(tomllib.loads(PACK.read_text()))
     d["pack"].update(series=4, temp_sensors=1)
-    d["estimator"]["rest_time_s"] = 1e9  # no rest point (not in the numpy reference)
+    d["estimator"].update(rest_time_s=1e9, rest_end_min_s=0.0)  # no rest point (not in the numpy reference)
     cfg = PackConfig.from_dict(d)
     assert cfg.estimator.current_offset_tau_s > 0.0, "the calibration is on by default"
     rust, ref = Engine(cfg), NumpyEngine(cfg)

@@ -65,6 +65,7 @@ class EstimatorConfig:
     initial_soc_sigma: float
     rest_current_a: float
     rest_time_s: float
+    rest_end_min_s: float
     rest_ocv_sigma_v: float
     r0_gain: float
     capacity_min_dsoc: float

@@ -373,7 +373,13 @@ impl Engine {
         if start_up {
             self.cells.initialize(v_cell_v, sens, est, &self.tab, &self.sensing, &self.sensor_of, &mut self.out.soc_cc);
         }
-        let rest_point = self.soh.detect_rest(cur.i, t_s, dt, est, &self.cells.v1);
+        let rest_since = self.soh.rest_since;
+        let rest_event = self.soh.detect_rest(cur.i, t_s, dt, est, &self.cells.v1);
+        if let rest::RestEvent::EndPoint { t_end_s } = rest_event {
+            // before this sample's charge is counted and before the filter moves: the state
+            // and `sensing.v_prev` are still those of the rest's last sample
+            self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par, t_end_s, rest_since);
+        }
         let (di, r0_step) = self.soh.current_step(cur.i, cur.valid, dt, rest::RestSoh::r0_step_min_a(&self.cell, self.par));
         // the estimator's current: the sensor's offset learnt at rest taken out
         let i_est = self.soh.zero_current(cur.i, cur.valid, t_s, dt, est);
@@ -391,8 +397,9 @@ impl Engine {
         let sums = self.cells.update(&st, v_cell_v, &self.sensing, &mut self.soh, &self.sensor_of, &self.tab, &self.cell, est, lc, &mut o.soc, &mut o.soc_sigma, &mut o.soc_cc);
         prot.bank(Rule::VoltageSpread).eval(0, t_s, if v_hi >= v_lo { v_hi - v_lo } else { f64::NAN });
         let cap_sum = self.soh.cap_sum; // the capacity the pass used
-        if rest_point {
-            self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par, t_s);
+        if rest_event == rest::RestEvent::Point {
+            let since = self.soh.rest_since;
+            self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par, t_s, since);
         }
         if cur.valid && !start_up {
             self.soh.full_charge(&mut self.cells, &self.sensing, &self.sensor_of, v_cell_v, i_est, &self.tab, &self.cell, est, self.par);

@@ -609,6 +609,39 @@ fn rest_point_after_rest_time_counting_the_first_sample_period() {
     assert!(e.soh.z_rest[0].is_finite(), "the rest point anchored the SOC");
 }
 
+/// A rest shorter than `rest_time_s` but of at least `rest_end_min_s` gives its rest point when
+/// the load resumes, with the rest's last voltage and before the load's first sample is
+/// counted; a shorter one gives none.
+#[test]
+fn a_short_rest_gives_its_rest_point_when_the_load_resumes() {
+    let p = CellParams::from_toml_str(NMC).unwrap();
+    let c = config(1, 1);
+    assert_eq!(c.estimator.rest_end_min_s, 300.0, "the engine default");
+    let run = |rest_samples: usize| {
+        let mut e = Engine::new(c.clone(), p.clone()).unwrap();
+        let mut t = 0.0;
+        for _ in 0..10 {
+            e.step(t, &[p.ocv(0.6, 25.0) - 0.05], &[25.0], 5.0).unwrap();
+            t += 1.0;
+        }
+        // the rest at the OCV of 40 %
+        for _ in 0..rest_samples {
+            e.step(t, &[p.ocv(0.4, 25.0)], &[25.0], 0.0).unwrap();
+            t += 1.0;
+        }
+        assert!(!e.soh.rest_done && e.soh.z_rest[0].is_nan(), "no rest point before the load resumes");
+        e.step(t, &[p.ocv(0.4, 25.0) - 0.05], &[25.0], 5.0).unwrap();
+        e
+    };
+    let e = run(300);
+    let z = e.soh.z_rest[0];
+    assert!((z - 0.4).abs() < 0.01, "the rest point read the rest's last voltage: {z:.4}");
+    let q_first = 5.0 / e.par / 3600.0; // the load's first sample (1 s at 5 A, discharge)
+    assert!((e.soh.q_since_rest_ah - q_first).abs() < 1e-12, "the load's first sample is counted after the rest point: {}", e.soh.q_since_rest_ah);
+    let e = run(299);
+    assert!(e.soh.z_rest[0].is_nan(), "a 299 s rest gives no rest point");
+}
+
 /// A rest point is a measurement of the OCV independent of the filter: the RC1 voltage added
 /// back to the rest voltage is what the load left when the rest began, decayed with τ1, not
 /// the filter's present v1, which the rest's voltage updates move to explain whatever keeps

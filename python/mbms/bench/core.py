@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def pack_config(n: int) -> PackConfig:
     base = PackConfig.from_toml(pack_file("example_pack"))
     pack = replace(base.pack, series=n, temp_sensors=max(1, n // 4))
-    # no rest long enough for a rest point during the run (not in the numpy reference)
-    est = replace(base.estimator, rest_time_s=1e9)
+    # no rest point during the run (not in the numpy reference)
+    est = replace(base.estimator, rest_time_s=1e9, rest_end_min_s=0.0)
     cfg = replace(base, pack=pack, estimator=est)
     return PackConfig.from_dict(cfg.engine_dict(), source=base.source)
 

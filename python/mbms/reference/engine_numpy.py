@@ -353,6 +353,9 @@ class NumpyEngine:
             if not self.rest_done and t_s - self.rest_since >= est.rest_time_s:
                 raise NotImplementedError("rest-point correction is not in the numpy reference")
         else:
+            # rest.rs RestEvent::EndPoint: a rest of rest_end_min_s ending before rest_time_s
+            if not self.rest_done and est.rest_end_min_s > 0.0 and t_s - dt - self.rest_since >= est.rest_end_min_s:
+                raise NotImplementedError("rest-point correction is not in the numpy reference")
             self.rest_since = np.nan
             self.rest_done = False
         di = i - self.i_prev

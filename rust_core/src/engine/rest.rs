@@ -16,6 +16,17 @@ use super::SOC_STATE_RANGE;
 
 use serde::{Deserialize, Serialize};
 
+/// What [`RestSoh::detect_rest`] found on this sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum RestEvent {
+    None,
+    /// the rest has lasted `rest_time_s`: take the rest point with this sample
+    Point,
+    /// a rest shorter than `rest_time_s` but of at least `rest_end_min_s` ended at `t_end_s`
+    /// (the previous sample): take the rest point with that sample, before this one is used
+    EndPoint { t_end_s: f64 },
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct RestSoh {
     // --- rest detection and throughput since the last rest point ---
@@ -117,28 +128,36 @@ impl RestSoh {
         i - self.i_offset_a
     }
 
-    /// Rest detection: true once per rest, when the current has stayed inside the rest band
-    /// for `rest_time_s` (the step that takes the rest point). A sample stands for the period
-    /// before it (the coulomb count integrates it over that Δt), so a rest starts one Δt before
-    /// its first sample: 600 samples at 1 s after a load are a 600 s rest.
+    /// Rest detection, once per rest: [`RestEvent::Point`] when the current has stayed inside
+    /// the rest band for `rest_time_s` (the step that takes the rest point), or
+    /// [`RestEvent::EndPoint`] when a rest of at least `rest_end_min_s` ends before that (the
+    /// load resumes: the rest point is taken with the rest's last sample, before this one is
+    /// counted). A sample stands for the period before it (the coulomb count integrates it
+    /// over that Δt), so a rest starts one Δt before its first sample: 600 samples at 1 s
+    /// after a load are a 600 s rest.
     /// `v1`: the filter's RC1 voltages before this sample, kept when a rest begins.
-    pub fn detect_rest(&mut self, i: f64, t_s: f64, dt: f64, est: &EstimatorConfig, v1: &[f64]) -> bool {
+    pub fn detect_rest(&mut self, i: f64, t_s: f64, dt: f64, est: &EstimatorConfig, v1: &[f64]) -> RestEvent {
         let at_rest = i.abs() < est.rest_current_a;
-        let mut rest_point = false;
+        let mut event = RestEvent::None;
         if at_rest {
             if self.rest_since.is_nan() {
                 self.rest_since = t_s - dt;
                 self.v1_rest_start.copy_from_slice(v1);
             }
             if !self.rest_done && t_s - self.rest_since >= est.rest_time_s {
-                rest_point = true;
+                event = RestEvent::Point;
                 self.rest_done = true;
             }
         } else {
+            // the rest's last sample is the previous one, at t_s − dt
+            let rest_s = t_s - dt - self.rest_since;
+            if !self.rest_done && est.rest_end_min_s > 0.0 && rest_s >= est.rest_end_min_s {
+                event = RestEvent::EndPoint { t_end_s: t_s - dt };
+            }
             self.rest_since = f64::NAN;
             self.rest_done = false;
         }
-        rest_point
+        event
     }
 
     /// The current step of this sample (A) and whether it is an R0 observation: both samples
@@ -223,11 +242,16 @@ impl RestSoh {
     /// the model's τ1 of 139 s leaves under 2 % of the load's), and the capacity learnt from
     /// those rests stayed 0.95 (true 0.86).
     #[allow(clippy::too_many_arguments)]
-    pub fn rest_point(&mut self, cells: &mut Cells, sensing: &Sensing, sensor_of: &[u32], tab: &CellTables, cell: &CellParams, est: &EstimatorConfig, par: f64, t_s: f64) {
+    ///
+    /// `t_s`: the time of the rest sample in `sensing.v_prev` (this sample's, or for a
+    /// [`RestEvent::EndPoint`] the previous one's, called before this sample is used);
+    /// `rest_since`: when the rest began.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rest_point(&mut self, cells: &mut Cells, sensing: &Sensing, sensor_of: &[u32], tab: &CellTables, cell: &CellParams, est: &EstimatorConfig, par: f64, t_s: f64, rest_since: f64) {
         let cap_nom = cell.capacity_ah;
         let var_y = self.throughput_variance(est, par, cap_nom);
         let y = self.q_since_rest_ah / cap_nom;
-        let rest_s = t_s - self.rest_since;
+        let rest_s = t_s - rest_since;
         for k in 0..cells.z.len() {
             if !sensing.v_valid[k] {
                 continue;
