@@ -189,8 +189,8 @@ def test_lfp_filter_is_not_overconfident(name: str) -> None:
 # (issue 16: capacity within 2 %, resistance within 5 %; the two are separate tests so that a
 # capacity that meets its target passes even where the resistance does not)
 CAPACITY_MISSES: dict[str, str] = {
-    'lfp_h4_ess_aged': 'measured (seed 1): capacity 1.000 vs 0.820 (+22.0 %)',
-    'nmc_h3_ess_aged': 'measured (seed 1): capacity 0.857 vs 0.820 (+4.5 %)',
+    'lfp_h4_ess_aged': 'measured (seed 1): capacity 0.965 vs 0.820 (+17.7 %)',
+    'nmc_h3_ess_aged': 'measured (seed 1): capacity 0.845 vs 0.820 (+3.1 %)',
     'lfp_h6_ess_full_aged': 'measured (seed 1): capacity 0.885 vs 0.850 (+4.1 %)',
 }
 RESISTANCE_MISSES: dict[str, str] = {
