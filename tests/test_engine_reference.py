@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mbms.engine import Engine, PackConfig
-from mbms.paths import data_dir
+from mbms.paths import cell_file, data_dir
 from mbms.reference.engine_numpy import NumpyEngine
 
 PACK = data_dir() / "packs" / "example_pack.toml"
@@ -18,10 +19,22 @@ PACK = data_dir() / "packs" / "example_pack.toml"
 # r_cell_ohm: the cells' resistance as the voltages show it (element of 4 M50 in parallel: the
 # table's R0 is ~5.2 mOhm at 50 % SOC): 6.25 mOhm learns a ratio above 1, 3 mOhm one below 1,
 # which the limits do not take (engine/cells.rs, the SOF)
-@pytest.mark.parametrize(("mode", "r_cell_ohm"), [("soc", 0.00625), ("voltage", 0.00625), ("soc", 0.003)])
-def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float) -> None:
+# sigma_floor: the cell file's soc_sigma_floor (cell_model.rs), on a copy of the NMC cell file
+# (whose own is 0), high enough that the reported sigma sits on it for part of the run
+@pytest.mark.parametrize(
+    ("mode", "r_cell_ohm", "sigma_floor"),
+    [("soc", 0.00625, None), ("voltage", 0.00625, None), ("soc", 0.003, None), ("soc", 0.00625, 0.012)],
+)
+def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float, sigma_floor: float | None, tmp_path: Path) -> None:
     d = tomllib.loads(PACK.read_text())
     d = copy.deepcopy(d)
+    if sigma_floor is not None:
+        text = cell_file(d["pack"]["cell"]).read_text()
+        assert "\nsoc_sigma_floor = 0 " in text
+        cell = tmp_path / "cell.toml"
+        cell.write_text(text.replace("\nsoc_sigma_floor = 0 ", f"\nsoc_sigma_floor = {sigma_floor} "))
+        d["pack"]["cell"] = str(cell)
+    floored = above = 0
     d["pack"].update(series=24, temp_sensors=6)
     # no pack current caps: the limits compared are the cells' own (headroom over resistance)
     d["limits"].update(max_discharge_a=1e4, max_charge_a=1e4, max_discharge_peak_a=1e4, max_charge_peak_a=1e4)
@@ -54,6 +67,11 @@ def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float) -> None:
         np.testing.assert_array_equal(a.balance, b.balance)
         for name in ("soc", "soc_sigma", "soc_cc"):
             np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=0, atol=1e-12)
+        if sigma_floor is not None:
+            sig = np.asarray(a.soc_sigma)
+            floored += int(np.sum(sig == sigma_floor))
+            above += int(np.sum(sig > sigma_floor))
+            assert np.all(sig >= sigma_floor), k
         for name in ("dcl_a", "ccl_a", "dcl_peak_a", "ccl_peak_a", "soc_mean", "r_string_ohm",
                      "ocv_string_v", "soe_wh", "soh_resistance"):
             assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-12, abs=1e-9), name
@@ -61,6 +79,9 @@ def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float) -> None:
             rust.reset_faults(t)
             ref.reset_faults()
     assert ref.iterated_updates >= 8  # the iterated-update branch was compared too
+    if sigma_floor is not None:
+        # the floor bound the reported sigma for part of the run, not all of it
+        assert floored > 0 and above > 0, (floored, above)
     # the resistance ratio learnt is on the side of 1 this case is for
     assert (a.soh_resistance - 1.0) * (r_cell_ohm - 0.0052) > 0, a.soh_resistance
 

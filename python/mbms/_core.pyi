@@ -440,6 +440,7 @@ class _EngineTables(TypedDict):
     r0_step_i0_ea_kj_per_mol: float
     r0_step_pulse_ratio: float
     r0_ratio_rc_share: float
+    soc_sigma_floor: float
     r0_prior_weight: float
     r0_count_cap: float
     gas_constant_j_per_mol_k: float

@@ -530,7 +530,8 @@ class NumpyEngine:
         # cells.rs: the reported σ adds the consider term of the capacity, y²·var(capacity),
         # var the AWTLS prior's until a capacity observation (none here)
         y = self.q_since_ah / tab["capacity_ah"]
-        sigma = np.sqrt(self.p00 + (y * y) * (est.capacity_prior_sigma * est.capacity_prior_sigma))
+        # no less than the cell file's floor (cell_model.rs CellEstimator::soc_sigma_floor)
+        sigma = np.sqrt(np.maximum(self.p00 + (y * y) * (est.capacity_prior_sigma * est.capacity_prior_sigma), tab["soc_sigma_floor"] ** 2))
 
         # pack quantities, limits per cell
         dz = zo - np.clip(z_pred, 0.0, 1.0)

@@ -98,6 +98,9 @@ struct BlockMath<'a> {
     v1: &'a mut [f64],
     cov: &'a mut [Cov2],
     miss: &'a mut [f64],
+    /// lower bound of the reported SOC variance (SOC², the cell file's `soc_sigma_floor`
+    /// squared; the filter's P_zz is not bounded)
+    sig2_floor: f64,
     inv_qc: &'a [f64],
     cap: &'a [f64],
     cap_var: &'a [f64],
@@ -178,7 +181,8 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         ccb[j] -= g_eta_i * inv_qc;
         let zo = z.clamp(0.0, 1.0);
         socb[j] = zo;
-        sigb[j] = (cov.p00 + y2 * cvb[j]).sqrt();
+        // (and no less than the cell file's floor, see `CellEstimator::soc_sigma_floor`)
+        sigb[j] = (cov.p00 + y2 * cvb[j]).max(b.sig2_floor).sqrt();
         // pack quantities at the corrected state
         let dz = zo - s_zp[j].clamp(0.0, 1.0);
         let ocv = ocv_pred + slope * dz;
@@ -601,6 +605,7 @@ impl Cells {
                     v1: &mut v1s[start..end],
                     cov: &mut covs[start..end],
                     miss: &mut misses[start..end],
+                    sig2_floor: p.estimator.soc_sigma_floor * p.estimator.soc_sigma_floor,
                     inv_qc: &inv_qcs[start..end],
                     cap: &caps[start..end],
                     cap_var: &cap_vars[start..end],
