@@ -62,6 +62,9 @@ def _row(name: str, tr: ReferenceTrace, r: AccuracyResult) -> dict[str, Any]:
         "meets_targets": r.meets_targets,
         "nees_inside_95": r.nees_inside,
         "nees_mean": r.nees_mean,
+        "max_err_over_sigma": r.max_err_over_sigma,
+        "nees_above_95": r.nees_above_95,
+        "consistent": r.consistent,
         "aged": aged,
         "soh_capacity": r.soh_capacity,
         "soh_capacity_true": r.soh_capacity_true,
@@ -84,6 +87,7 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "rmse_after_10min_pct_worst": max(r["rmse_after_10min_pct"] for r in rs),
             "max_after_10min_pct_worst": max(r["max_after_10min_pct"] for r in rs),
             "nees_inside_95_mean": sum(r["nees_inside_95"] for r in rs) / len(rs),
+            "consistent_traces": sum(r["consistent"] for r in rs),
             "aged_traces": len(aged),
             "soh_capacity_error_pct_worst": max((abs(r["soh_capacity_error_pct"]) for r in aged), default=float("nan")),
             "soh_resistance_error_pct_worst": max((abs(r["soh_resistance_error_pct"]) for r in aged), default=float("nan")),
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"SOC/SOH accuracy vs DFN traces, {args.split} set (seed {args.seed}; ±2 mV, +1 % gain, offset, "
           "20 % initial error; scored after 10 min, or from the end of an in-service history)")
-    print(f"{'trace':26} {'from':>5} {'RMSE %':>7} {'tgt':>4} {'max %':>6} {'tgt':>4} {'NEES in95':>9} "
+    print(f"{'trace':26} {'from':>5} {'RMSE %':>7} {'tgt':>4} {'max %':>6} {'tgt':>4} {'NEES in95':>9} {'e/σ max':>7} "
           f"{'cap est/true':>13} {'err %':>6} {'R est/true':>11} {'err %':>6}  ok")
     for r in rows:
         soh = ""
@@ -117,12 +121,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             soh = f"{r['soh_capacity']:6.3f}/{1.0:5.3f} {r['soh_capacity_error_pct']:6.2f} {r['soh_resistance']:5.2f}/fresh"
         print(f"{r['trace']:26} {r['scored_from_s'] / 3600:4.1f}h {r['rmse_after_10min_pct']:7.3f} {r['rmse_target_pct']:4.1f} "
-              f"{r['max_after_10min_pct']:6.2f} {r['max_target_pct']:4.1f} {r['nees_inside_95']:9.2f} {soh:40}  "
+              f"{r['max_after_10min_pct']:6.2f} {r['max_target_pct']:4.1f} {r['nees_inside_95']:9.2f} "
+              f"{r['max_err_over_sigma']:6.1f}{'' if r['consistent'] else '!'} {soh:40}  "
               f"{'yes' if r['meets_targets'] else 'NO'}")
     for chem, a in agg.items():
         print(f"{chem}: {a['meeting_targets']}/{a['traces']} meet the SOC targets; pooled RMSE "
               f"{a['rmse_after_10min_pct_pooled']:.3f} %, worst RMSE {a['rmse_after_10min_pct_worst']:.3f} %, "
-              f"worst max {a['max_after_10min_pct_worst']:.2f} %; NEES inside 95 % band {a['nees_inside_95_mean']:.2f}; "
+              f"worst max {a['max_after_10min_pct_worst']:.2f} %; NEES inside 95 % band {a['nees_inside_95_mean']:.2f}, "
+              f"consistent on {a['consistent_traces']}/{a['traces']} (! above: |e| beyond 3σ or NEES above its band in > 5 %); "
               f"aged cells: worst capacity error {a['soh_capacity_error_pct_worst']:.2f} % (target 2), "
               f"worst resistance error {a['soh_resistance_error_pct_worst']:.1f} % (target 5)")
     return 0
