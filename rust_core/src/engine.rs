@@ -373,12 +373,11 @@ impl Engine {
         if start_up {
             self.cells.initialize(v_cell_v, sens, est, &self.tab, &self.sensing, &self.sensor_of, &mut self.out.soc_cc);
         }
-        let rest_since = self.soh.rest_since;
         let rest_event = self.soh.detect_rest(cur.i, t_s, dt, est, &self.cells.v1);
-        if let rest::RestEvent::EndPoint { t_end_s } = rest_event {
+        if let rest::RestEvent::EndPoint { since_s, t_end_s } = rest_event {
             // before this sample's charge is counted and before the filter moves: the state
             // and `sensing.v_prev` are still those of the rest's last sample
-            self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par, t_end_s, rest_since);
+            self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par, t_end_s, since_s);
         }
         let (di, r0_step) = self.soh.current_step(cur.i, cur.valid, dt, rest::RestSoh::r0_step_min_a(&self.cell, self.par));
         // the estimator's current: the sensor's offset learnt at rest taken out
@@ -397,9 +396,8 @@ impl Engine {
         let sums = self.cells.update(&st, v_cell_v, &self.sensing, &mut self.soh, &self.sensor_of, &self.tab, &self.cell, est, lc, &mut o.soc, &mut o.soc_sigma, &mut o.soc_cc);
         prot.bank(Rule::VoltageSpread).eval(0, t_s, if v_hi >= v_lo { v_hi - v_lo } else { f64::NAN });
         let cap_sum = self.soh.cap_sum; // the capacity the pass used
-        if rest_event == rest::RestEvent::Point {
-            let since = self.soh.rest_since;
-            self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par, t_s, since);
+        if let rest::RestEvent::Point { since_s } = rest_event {
+            self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par, t_s, since_s);
         }
         if cur.valid && !start_up {
             self.soh.full_charge(&mut self.cells, &self.sensing, &self.sensor_of, v_cell_v, i_est, &self.tab, &self.cell, est, self.par);

@@ -496,6 +496,7 @@ impl Cells {
         let g_eta_i = base_pr.eta_i * dt;
         let r0_gain = est.r0_gain;
         let rc_share = p.estimator.r0_ratio_rc_share;
+        let sig2_floor = p.estimator.soc_sigma_floor * p.estimator.soc_sigma_floor;
         let sc = &mut *self.scratch;
         let sensor_of = &sensor_of[..n];
         let mut start = 0;
@@ -605,7 +606,7 @@ impl Cells {
                     v1: &mut v1s[start..end],
                     cov: &mut covs[start..end],
                     miss: &mut misses[start..end],
-                    sig2_floor: p.estimator.soc_sigma_floor * p.estimator.soc_sigma_floor,
+                    sig2_floor,
                     inv_qc: &inv_qcs[start..end],
                     cap: &caps[start..end],
                     cap_var: &cap_vars[start..end],

@@ -20,11 +20,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum RestEvent {
     None,
-    /// the rest has lasted `rest_time_s`: take the rest point with this sample
-    Point,
-    /// a rest shorter than `rest_time_s` but of at least `rest_end_min_s` ended at `t_end_s`
-    /// (the previous sample): take the rest point with that sample, before this one is used
-    EndPoint { t_end_s: f64 },
+    /// the rest begun at `since_s` has lasted `rest_time_s`: take the rest point with this
+    /// sample
+    Point { since_s: f64 },
+    /// a rest begun at `since_s`, shorter than `rest_time_s` but of at least `rest_end_min_s`,
+    /// ended at `t_end_s` (the previous sample): take the rest point with that sample, before
+    /// this one is used
+    EndPoint { since_s: f64, t_end_s: f64 },
 }
 
 #[derive(Debug, Clone)]
@@ -145,14 +147,14 @@ impl RestSoh {
                 self.v1_rest_start.copy_from_slice(v1);
             }
             if !self.rest_done && t_s - self.rest_since >= est.rest_time_s {
-                event = RestEvent::Point;
+                event = RestEvent::Point { since_s: self.rest_since };
                 self.rest_done = true;
             }
         } else {
             // the rest's last sample is the previous one, at t_s − dt
             let rest_s = t_s - dt - self.rest_since;
             if !self.rest_done && est.rest_end_min_s > 0.0 && rest_s >= est.rest_end_min_s {
-                event = RestEvent::EndPoint { t_end_s: t_s - dt };
+                event = RestEvent::EndPoint { since_s: self.rest_since, t_end_s: t_s - dt };
             }
             self.rest_since = f64::NAN;
             self.rest_done = false;
@@ -241,11 +243,10 @@ impl RestSoh {
     /// the OCV step between 40 and 50 %) read 51 % with a 1 % σ (v1 6 mV after 10 min, where
     /// the model's τ1 of 139 s leaves under 2 % of the load's), and the capacity learnt from
     /// those rests stayed 0.95 (true 0.86).
-    #[allow(clippy::too_many_arguments)]
     ///
     /// `t_s`: the time of the rest sample in `sensing.v_prev` (this sample's, or for a
     /// [`RestEvent::EndPoint`] the previous one's, called before this sample is used);
-    /// `rest_since`: when the rest began.
+    /// `rest_since`: when the rest began (both carried by the [`RestEvent`]).
     #[allow(clippy::too_many_arguments)]
     pub fn rest_point(&mut self, cells: &mut Cells, sensing: &Sensing, sensor_of: &[u32], tab: &CellTables, cell: &CellParams, est: &EstimatorConfig, par: f64, t_s: f64, rest_since: f64) {
         let cap_nom = cell.capacity_ah;
