@@ -161,6 +161,7 @@ class NumpyEngine:
         self.t_model = np.full(nt, np.nan)  # model temperature with a deadband (engine.rs)
         self.initialized = False
         self.iterated_updates = 0  # cell-updates that took the IEKF branch (for tests)
+        self.persisting_failures = 0  # cell-updates with a persisting model failure (for tests)
         self.t_last: float | None = None
         self.i_prev = 0.0
         self.i_offset_a = 0.0  # rest.rs RestSoh::zero_current
@@ -499,10 +500,15 @@ class NumpyEngine:
         # Huber: beyond 3σ of its spread an innovation is taken as on the gate (soc_ekf.rs)
         hph = hz * ph0 - ph1
         g2 = VOLTAGE_GATE_SIGMA * VOLTAGE_GATE_SIGMA
-        r_v = np.where(innov * innov > g2 * (hph + r_meas), innov * innov / g2 - hph, r_meas)
-        # a model failure is carried to the next sample, decaying as the RC1 voltage does
+        r_rob = np.where(innov * innov > g2 * (hph + r_meas), innov * innov / g2 - hph, r_meas)
+        # a model failure is carried to the next sample, decaying as the RC1 voltage does, and
+        # while it persists (beyond the gate again) counted once per τ1 (soc_ekf.rs
+        # failure_voltage_r)
         carried = self.miss * a1 * a1
-        r_v = np.maximum(r_v, r_meas + carried)
+        persists = (r_rob > r_meas) & (carried > 0.0)
+        count = np.where(persists, 1.0 / np.maximum(1.0 - a1, 1e-12), 1.0)
+        r_v = np.maximum(r_rob, r_meas + carried * count)
+        self.persisting_failures += int(np.sum(persists & valid & (not start_up)))
         s = hph + r_v
         inv_s = 1.0 / s
         k0 = ph0 * inv_s
@@ -524,7 +530,7 @@ class NumpyEngine:
         self.p00 = np.where(upd, u00, p00)
         self.p01 = np.where(upd, u01, p01)
         self.p11 = np.where(upd, u11, p11)
-        self.miss = np.where(upd, r_v - r_meas, carried)
+        self.miss = np.where(upd, np.maximum(r_rob - r_meas, carried), carried)
         self.zcc = self.zcc - (eta_i * dt) * inv_qc
         zo = np.clip(self.z, 0.0, 1.0)
         # cells.rs: the reported σ adds the consider term of the capacity, y²·var(capacity),
