@@ -112,10 +112,12 @@ impl Default for EstimatorConfig {
             rest_end_min_s: 300.0,
             rest_ocv_sigma_v: 0.003,
             // the floor of the running mean's gain: ~1000 steps, the learnt ratio's window. A
-            // one-step ratio carries the R0 table's fit error at that step's SOC and temperature
-            // (the DFN's resistance is 10..15 % below the table above 80 % SOC on the drive
-            // traces), so a short window reads where the last steps were taken, not the cell:
-            // at 0.05 (20 steps) the fresh drive traces read 0.87..0.89 after a drive at 80 %.
+            // one-step ratio carries the R0 table's error for the cell's state at that step
+            // (SOC, temperature, and the recent load, which the table does not see: the last
+            // steps of the fresh nmc_t1, a drive at 80 % SOC straight after a full charge, read
+            // 0.81..0.93, where its 1500 steps average 0.99 and those above 80 % SOC 0.99), so
+            // a short window reads where the last steps were taken, not the cell: at 0.05 (20
+            // steps) the fresh drive traces nmc_t1 and lfp_t1 read 0.87 and 0.89.
             // Ageing moves the resistance over months, a 1000-step window follows it in a day
             // of driving or in months of ESS duty (ten steps a day). Tuning split, Σ |resistance
             // error| over the 7 traces: 0.05 38.7 %, 0.01 20.9 %, 0.003 16.3 %, 0.001 15.4 %,
