@@ -102,7 +102,13 @@ def _session_with(client, link: str, truth_soc: object) -> None:  # type: ignore
         mv = struct.unpack(">96H", cells[1:])
         assert 3000 < min(mv) <= max(mv) < 4300
         soh_c, soh_r = client.read_data_by_identifier([DID_SOH]).service_data.values[DID_SOH]
-        assert 9000 <= soh_c <= 11000 and 9000 <= soh_r <= 11000
+        # capacity: fresh cells. Resistance: the plant's cells are linear (R0·i), while the
+        # engine divides each current step by the cell file's Butler-Volmer step factor
+        # (soh.rs r0_step_factor): on a linear cell a step from rest to 0.1..1 C reads
+        # 0.73..0.92 and one between loads up to 1.55, so a fresh simulated pack's ratio
+        # depends on the steps it has seen (0.83 in one run); the range still catches a wrong
+        # scale or byte order of the DID
+        assert 9000 <= soh_c <= 11000 and 7000 <= soh_r <= 16000
         assert client.get_dtc_by_status_mask(0x09).service_data.dtcs == []
 
         # --- wrong requests: negative responses, the node goes on
