@@ -361,9 +361,12 @@ pub fn carried_miss_variance(miss: f64, a1: f64) -> f64 {
     miss * a1 * a1
 }
 
-/// The voltage update's measurement variance after the gate and the carried failure: `r_rob`
-/// this sample's robust variance ([`robust_voltage_r`]), `r` the plain one, `carried` what the
-/// last failure left ([`carried_miss_variance`]), `a1` = e^(−Δt/τ1).
+/// The voltage update's measurement variance after the gate and the carried failure, and the
+/// failure this update leaves for the next sample (V²): `r_rob` this sample's robust variance
+/// ([`robust_voltage_r`]), `r` the plain one, `carried` what the last failure left
+/// ([`carried_miss_variance`]), `a1` = e^(−Δt/τ1). What is left is the failure's own size
+/// (this sample's raised part or the carried one), not its count, which would compound from
+/// sample to sample.
 ///
 /// A failure that persists (this sample's innovation is beyond the gate too, while the last
 /// one's is carried) is the same slow overpotential seen again, not new evidence about the
@@ -378,11 +381,11 @@ pub fn carried_miss_variance(miss: f64, a1: f64) -> f64 {
 /// the SOC as a 3σ innovation would, as before. The count has no setting of its own (τ1 is
 /// the cell file's); the tuning split's figures are unchanged by it.
 #[inline(always)]
-pub fn failure_voltage_r(r_rob: f64, r: f64, carried: f64, a1: f64) -> f64 {
+pub fn failure_voltage_r(r_rob: f64, r: f64, carried: f64, a1: f64) -> (f64, f64) {
     let persists = r_rob > r && carried > 0.0;
     // a1 < 1 for any finite τ1; the bound only keeps the count finite
     let count = if persists { 1.0 / (1.0 - a1).max(1e-12) } else { 1.0 };
-    r_rob.max(r + carried * count)
+    (r_rob.max(r + carried * count), (r_rob - r).max(carried))
 }
 
 /// Scalar pseudo-measurement of z (H = [1, 0]) with variance `r`: the OCV-at-rest correction.
@@ -584,9 +587,13 @@ mod tests {
                 let innov = hz * (z_true - z) - v1 + missed;
                 let carried = if carry != Carry::Alone { carried_miss_variance(miss, a1) } else { 0.0 };
                 let r_rob = robust_voltage_r(hz, &p, innov, r);
-                let r_eff = if carry == Carry::Counted { failure_voltage_r(r_rob, r, carried, a1) } else { r_rob.max(r + carried) };
+                let (r_eff, left) = if carry == Carry::Counted {
+                    failure_voltage_r(r_rob, r, carried, a1)
+                } else {
+                    (r_rob.max(r + carried), (r_rob - r).max(carried))
+                };
                 update(&mut z, &mut v1, &mut p, hz, innov, r_eff);
-                miss = (r_rob - r).max(carried);
+                miss = left;
                 v1 *= a1;
                 p.p11 = a1 * a1 * p.p11 + 1e-8;
                 p.p01 *= a1;
@@ -608,12 +615,14 @@ mod tests {
         let (r, a1) = (1e-4, (-1.0f64 / 100.0).exp());
         let carried = 4e-3;
         // inside the gate (r_rob = r): the carried variance, not counted
-        assert_eq!(failure_voltage_r(r, r, carried, a1), r + carried);
+        assert_eq!(failure_voltage_r(r, r, carried, a1), (r + carried, carried));
         // beyond the gate with nothing carried: the robust variance
-        assert_eq!(failure_voltage_r(9e-3, r, 0.0, a1), 9e-3);
-        // beyond the gate again: counted over ~τ1/Δt = 100 samples
-        let persisted = failure_voltage_r(9e-3, r, carried, a1);
+        assert_eq!(failure_voltage_r(9e-3, r, 0.0, a1), (9e-3, 9e-3 - r));
+        // beyond the gate again: counted over ~τ1/Δt = 100 samples; what is left is the
+        // failure's own size, not its count
+        let (persisted, left) = failure_voltage_r(9e-3, r, carried, a1);
         assert!((persisted - (r + carried / (1.0 - a1))).abs() < 1e-12 && persisted > 90.0 * carried, "{persisted}");
+        assert_eq!(left, 9e-3 - r);
     }
 
     #[test]

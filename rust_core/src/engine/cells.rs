@@ -169,11 +169,10 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let innov = vb[j] - (ocv_pred - s_u0[j] - v1 - v2);
         let carried = soc_ekf::carried_miss_variance(miss_s[j], s_a1[j]);
         let r_rob = soc_ekf::robust_voltage_r(slope, &cov, innov, r_meas);
-        let r_eff = soc_ekf::failure_voltage_r(r_rob, r_meas, carried, s_a1[j]);
+        let (r_eff, miss_left) = soc_ekf::failure_voltage_r(r_rob, r_meas, carried, s_a1[j]);
         soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_eff);
         let ok = okb[j] & b.update;
-        // the failure's own size, not its count (which would compound from sample to sample)
-        miss_s[j] = if ok { (r_rob - r_meas).max(carried) } else { carried };
+        miss_s[j] = if ok { miss_left } else { carried };
         let z = if ok { z.clamp(SOC_STATE_RANGE.0, SOC_STATE_RANGE.1) } else { z_p };
         let v1 = if ok { v1 } else { v1_p };
         let cov = if ok { cov } else { cov_p };
