@@ -334,3 +334,37 @@ def test_string_quantities_for_current_sharing(raw: dict) -> None:
     r0 = cell.r0(float(r.soc[0]), 25.0)
     assert r.r_string_ohm == pytest.approx(8 * r0 / cfg.pack.parallel + cfg.pack.r_extra_ohm, rel=1e-9)
     assert r.soe_wh > 0 and r.soh_capacity == 1.0
+
+
+def test_a_pack_commissioned_with_its_measured_capacity_counts_against_it(raw: dict) -> None:
+    """`estimator.capacity_prior_ratio`: an aged pack starts on its measured capacity (the SOH
+    reads it, the coulomb count divides by it), where a default pack starts on the cell file's."""
+    d = copy.deepcopy(raw)
+    d["pack"].update(series=8, temp_sensors=2)
+    cell = _core.CellModel.from_toml(PackConfig.from_dict(d).cell_path.read_text())  # type: ignore[union-attr]
+    par = d["pack"]["parallel"]
+    drops = {}
+    for ratio in (1.0, 0.8):
+        d["estimator"]["capacity_prior_ratio"] = ratio
+        eng = Engine(PackConfig.from_dict(d))
+        v, t = np.full(8, 3.7), np.full(2, 25.0)
+        r0 = eng.step(0.0, v, t, 0.0)
+        assert r0.soh_capacity == pytest.approx(ratio)
+        assert np.asarray(r0.capacity_ah) == pytest.approx(ratio * cell.capacity_ah * par)
+        # one hour at 0.1 C of the cell file's capacity
+        i = 0.1 * cell.capacity_ah * par
+        for k in range(1, 3601):
+            r = eng.step(float(k), v, t, i)
+        drops[ratio] = float(np.asarray(r0.soc_cc)[0] - np.asarray(r.soc_cc)[0])
+    assert drops[1.0] == pytest.approx(0.1, rel=1e-3)
+    assert drops[0.8] == pytest.approx(0.1 / 0.8, rel=1e-3)
+
+
+@pytest.mark.parametrize("ratio", [0.2, 1.6, float("nan")])
+def test_a_capacity_ratio_outside_the_estimators_band_is_refused(raw: dict, ratio: float) -> None:
+    d = copy.deepcopy(raw)
+    d["estimator"]["capacity_prior_ratio"] = ratio
+    with pytest.raises(ConfigError) as ei:
+        PackConfig.from_dict(d)
+    assert ei.value.field == "estimator.capacity_prior_ratio"
+    assert "expected" in str(ei.value)

@@ -16,6 +16,7 @@ import pytest
 
 from mbms import _core
 from mbms.accuracy import (
+    commissioned_pack,
     NEES_95,
     TARGETS,
     family_traces,
@@ -156,6 +157,26 @@ def test_heldout_soc_meets_brief_targets(name: str) -> None:
     assert r.meets_targets, _figures(name, r)
 
 
+# The control of the cold-start misses: the same traces on a pack commissioned with the cell's
+# measured capacity (`estimator.capacity_prior_ratio`, σ 2 %). Where it meets the targets, the
+# miss above is the unknown capacity's, not the SOC filter's. lfp_h5 still misses its max
+# (6.29 %, measured): its charge from 36 to 100 % runs on the plateau with nothing to correct
+# the coulomb count's gain and offset errors either.
+COMMISSIONED_MISSES: dict[str, str] = {
+    'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 1.70 %, max 6.29 % (the plateau charge)',
+}
+
+
+@pytest.mark.parametrize("name", _marked(sorted(SOC_MISSES), COMMISSIONED_MISSES))
+def test_a_cold_start_miss_is_the_unknown_capacity(name: str) -> None:
+    tr = ReferenceTrace.load(HELDOUT[name])
+    assert tr.capacity_ah < 0.95 * tr.capacity_nominal_ah  # an aged cell
+    cfg = commissioned_pack(tr)
+    assert cfg["estimator"]["capacity_prior_ratio"] == pytest.approx(tr.capacity_ah / tr.capacity_nominal_ah)
+    r = soc_accuracy(tr, cfg)
+    assert r.meets_targets, _figures(name, r)
+
+
 # name -> reason for LFP held-out traces where the filter's σ does not cover its error
 CONSISTENCY_MISSES: dict[str, str] = {
     'lfp_h6_ess_full_aged': 'measured (seed 1): max |e|/sigma 3.2, NEES above 95% bound 0 %',
@@ -278,6 +299,26 @@ def test_bench_soc_json_reports_the_heldout_figures() -> None:
     assert row["consistent"] == r.consistent
     assert d["aggregate"]["LFP"]["traces"] == 1
     assert d["aggregate"]["LFP"]["consistent_traces"] == int(r.consistent)
+
+
+def test_bench_soc_capacity_known_runs_the_commissioned_control() -> None:
+    """`mbms bench soc --capacity-known` scores each trace on a pack commissioned with the cell's
+    true capacity, and says so."""
+    import json
+    import subprocess
+    import sys
+
+    name = "nmc_h4_drive_aged"
+    tr = ReferenceTrace.load(HELDOUT[name])
+    out = subprocess.run([sys.executable, "-m", "mbms", "bench", "soc", "--json", "--capacity-known", "--trace", name],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    d = json.loads(out)
+    assert d["capacity_known"] is True
+    row, r = d["results"][0], soc_accuracy(tr, commissioned_pack(tr))
+    assert row["rmse_after_10min_pct"] == pytest.approx(100 * r.rmse_after_settle)
+    # not the cold start's figures
+    assert row["rmse_after_10min_pct"] != pytest.approx(100 * _result(name).rmse_after_settle, rel=0.05)
+    assert row["meets_targets"] is True
 
 
 def test_bench_soc_reports_where_an_in_service_trace_is_scored_from() -> None:

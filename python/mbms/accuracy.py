@@ -233,6 +233,27 @@ def sensor_settings(capacity_ah: float, c: Corruption) -> dict[str, float]:
     }
 
 
+# The uncertainty (relative, 1σ) of a capacity known at commissioning in
+# :func:`commissioned_pack`: the issue's capacity SOH target (2 %), so the figures are what the SOC
+# filter gives once the capacity is known as well as the SOH estimator is asked to know it.
+COMMISSIONED_CAPACITY_SIGMA = 0.02
+
+
+def commissioned_pack(trace: ReferenceTrace, corruption: Corruption | None = None,
+                      sigma: float = COMMISSIONED_CAPACITY_SIGMA) -> dict[str, Any]:
+    """:func:`one_cell_pack` of ``trace``'s cell, commissioned with the cell's measured capacity:
+    the pack file's ``capacity_prior_ratio`` is the trace's true capacity over the cell file's
+    (1 for a fresh cell) and ``capacity_prior_sigma`` is ``sigma``. An aged pack's integrator
+    states it from a capacity test; the cold-start aged traces otherwise meet the BMS with the
+    nominal capacity, which is the control this gives (``mbms bench soc --capacity-known``)."""
+    c = corruption or Corruption()
+    cell = tomllib.loads(cell_file(trace.cell_file).read_text())
+    q_file = float(cell["capacity_ah"])
+    ratio = trace.capacity_ah / q_file
+    est = {**sensor_settings(q_file, c), "capacity_prior_ratio": ratio, "capacity_prior_sigma": sigma}
+    return one_cell_pack(trace.cell_file, estimator=est, corruption=c)
+
+
 def _thresholds(warning: float, alarm: float, fault: float, hysteresis: float, delay: float) -> dict[str, float]:
     return {
         "warning": warning,

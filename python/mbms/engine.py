@@ -71,6 +71,7 @@ class EstimatorConfig:
     capacity_min_dsoc: float
     capacity_forgetting: float
     capacity_prior_sigma: float
+    capacity_prior_ratio: float
 
 
 @dataclass(frozen=True)

@@ -293,14 +293,16 @@ impl Engine {
         let n = cfg.pack.series;
         let n_t = cfg.pack.temp_sensors;
         let par = cfg.pack.parallel as f64;
-        let cap = cell.capacity_ah;
+        // the capacity the cells start with: the cell file's, or the pack's measured one
+        let (q0, q0_sigma) = (cfg.estimator.capacity_prior_ratio, cfg.estimator.capacity_prior_sigma);
+        let cap = cell.capacity_ah * q0;
         let out = EngineOutput {
             soc: vec![0.0; n],
             soc_sigma: vec![0.0; n],
             soc_cc: vec![0.0; n],
             balance: vec![false; n],
             capacity_ah: vec![cap * par; n],
-            soh_capacity: 1.0,
+            soh_capacity: q0,
             soh_resistance: 1.0,
             ..Default::default()
         };
@@ -311,7 +313,7 @@ impl Engine {
             sensor_of: (0..n).map(|k| (k * n_t / n) as u32).collect(),
             sensing: sensing::Sensing::new(n, n_t, cell.t_ref_c),
             cells: cells::Cells::new(n),
-            soh: rest::RestSoh::new(n, cap, cfg.estimator.capacity_prior_sigma),
+            soh: rest::RestSoh::new(n, cap, q0, q0_sigma),
             protection: protection::Protection::new(&cfg.protection, n, n_t),
             limits: limits::Limits::default(),
             balancer: balancing::Balancer::new(),

@@ -26,8 +26,17 @@ pub struct Awtls {
 impl Awtls {
     /// Prior: one virtual observation x = 1, y = 1 (the nominal capacity) with σ = `sigma`.
     pub fn with_prior(sigma: f64) -> Self {
+        Self::with_prior_at(1.0, sigma)
+    }
+
+    /// Prior centred on the capacity ratio `q0` (x = 1, y = q0) with σ = `sigma` (relative to
+    /// the nominal capacity). The observation's cost is (q0 − Q)² / (v (Q² + 1)), whose
+    /// curvature at q0 is 2 / (v (q0² + 1)): v = 2σ² / (q0² + 1) gives it the variance σ²
+    /// ([`Awtls::variance`]), which at q0 = 1 is σ² itself.
+    pub fn with_prior_at(q0: f64, sigma: f64) -> Self {
         let mut a = Awtls { c: [0.0; 6] };
-        a.add(1.0, 1.0, sigma * sigma, sigma * sigma, 1.0);
+        let v = 2.0 * sigma * sigma / (q0 * q0 + 1.0);
+        a.add(1.0, q0, v, v, 1.0);
         a
     }
 
@@ -291,6 +300,25 @@ mod tests {
         let (qb, qu) = (bal.estimate(0.3, 1.5), unbal.estimate(0.3, 1.5));
         assert!((qb - q_exact).abs() < 0.02, "balanced {qb} vs exact {q_exact}");
         assert!((qu - q_exact).abs() > 2.0 * (qb - q_exact).abs(), "unbalanced {qu}, balanced {qb}, exact {q_exact}");
+    }
+
+    /// A prior away from the nominal capacity: the estimate is its centre, its variance σ², and
+    /// observations of another capacity pull it as they pull the nominal prior.
+    #[test]
+    fn a_prior_centred_off_nominal_is_its_own_estimate_and_variance() {
+        let s = 0.02;
+        for q0 in [0.7, 0.85, 1.0, 1.2] {
+            let a = Awtls::with_prior_at(q0, s);
+            let q = a.estimate(0.3, 1.5);
+            assert!((q - q0).abs() < 1e-6, "{q} vs {q0}");
+            assert!((a.variance(q0) - s * s).abs() < 1e-9 * s * s, "{} vs {}", a.variance(q0), s * s);
+        }
+        // two precise observations of 0.8 move a loose prior at 0.9 most of the way
+        let mut b = Awtls::with_prior_at(0.9, 0.1);
+        b.add(0.5, 0.5 * 0.8, 1e-4, 1e-4, 1.0);
+        b.add(0.5, 0.5 * 0.8, 1e-4, 1e-4, 1.0);
+        let q = b.estimate(0.3, 1.5);
+        assert!((q - 0.8).abs() < 0.01, "{q}");
     }
 
     /// The prior alone gives its own variance; observations of the same capacity shrink it

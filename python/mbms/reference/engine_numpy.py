@@ -132,7 +132,8 @@ class NumpyEngine:
         self.scale = float(len(tabs["ocv"]) - 1)
         self.last = len(tabs["ocv"]) - 1
         self.sensor_of = (np.arange(n) * nt) // n
-        cap = tabs["capacity_ah"]
+        # engine.rs Engine::new: the cells start on the pack file's capacity ratio
+        cap = tabs["capacity_ah"] * config.estimator.capacity_prior_ratio
         self.z = np.full(n, 0.5)
         self.v1 = np.zeros(n)
         self.v2 = np.zeros(n)

@@ -81,7 +81,9 @@ pub(super) struct RestSoh {
 
 
 impl RestSoh {
-    pub fn new(n: usize, cap: f64, capacity_prior_sigma: f64) -> Self {
+    /// `cap`: the capacity the cells start with (Ah: the cell file's × the pack file's
+    /// `capacity_prior_ratio`), the prior's centre `prior_ratio` and σ.
+    pub fn new(n: usize, cap: f64, prior_ratio: f64, capacity_prior_sigma: f64) -> Self {
         RestSoh {
             rest_since: f64::NAN,
             rest_done: false,
@@ -96,7 +98,7 @@ impl RestSoh {
             cap_sum: cap * n as f64,
             r0_ratio: vec![1.0; n],
             r0_n: vec![0.0; n],
-            awtls: vec![Awtls::with_prior(capacity_prior_sigma); n],
+            awtls: vec![Awtls::with_prior_at(prior_ratio, capacity_prior_sigma); n],
             cap_var: vec![capacity_prior_sigma * capacity_prior_sigma; n],
             z_rest: vec![f64::NAN; n],
             z_rest_var: vec![f64::NAN; n],
