@@ -304,6 +304,21 @@ pub struct CellEstimator {
     /// per cell file on the tuning split: the least value (in 0.25 % steps) that keeps every
     /// tuning trace of the chemistry inside the consistency bounds. Default 0 (no floor).
     pub soc_sigma_floor: f64,
+    /// Relative error (1σ) of the RC polarisation the equivalent circuit predicts, as a
+    /// consider parameter of the reported SOC σ (Schmidt's consider analysis: Tapley, Schutz,
+    /// Born, "Statistical orbit determination", 2004, §6.3; the filter's gain is left as it
+    /// is). The engine tracks per cell how its SOC and RC1 estimates would move if the RC
+    /// polarisation (R1 and R2, so v1 and v2) were (1 + δ) times the model's
+    /// (`engine::cells`, the sensitivity S = ∂x̂/∂δ: S_v ← a1·S_v + R1(1 − a1)·i in the
+    /// prediction, S ← (I − KH)·S + K·v2 in each voltage update, S ← (I − KH)·S in an anchor)
+    /// and reports σ² = P_zz + (capacity term) + (this · S_z)². Where the filter took a
+    /// relaxation the circuit got wrong as SOC (the first minutes of a rest after a load near
+    /// the LFP knee: 2..3 % on the held-out traces with σ at the floor), σ then says so;
+    /// where it did not (the plateau, where K_z ≈ 0), σ is unchanged. Identified on the
+    /// fresh tuning traces by scripts/fit_polarisation_error.py: in the first 10 min of every
+    /// rest after a load, rms(DFN voltage − circuit voltage) / rms(the circuit's polarisation).
+    /// Default 0 (off).
+    pub rc_polarisation_rel_error: f64,
 }
 
 /// Absent from a cell file: the model-error terms and full-charge synchronisation are off (0),
@@ -330,6 +345,7 @@ impl Default for CellEstimator {
             empty_soc: 0.0,
             empty_soc_sigma: 0.0,
             soc_sigma_floor: 0.0,
+            rc_polarisation_rel_error: 0.0,
         }
     }
 }
@@ -355,6 +371,7 @@ impl CellEstimator {
             ("empty_soc", self.empty_soc),
             ("empty_soc_sigma", self.empty_soc_sigma),
             ("soc_sigma_floor", self.soc_sigma_floor),
+            ("rc_polarisation_rel_error", self.rc_polarisation_rel_error),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(err(&format!("estimator.{name}"), format!("expected a finite number >= 0, got {v}")));
@@ -380,6 +397,8 @@ impl CellEstimator {
             ("empty_soc_sigma", self.empty_soc_sigma, 0.5, ""),
             // a floor of a tenth of the range would say the engine cannot tell SOC at all
             ("soc_sigma_floor", self.soc_sigma_floor, 0.1, ""),
+            // an error ten times the polarisation itself is no model of it
+            ("rc_polarisation_rel_error", self.rc_polarisation_rel_error, 10.0, ""),
         ] {
             if v > max {
                 return Err(err(&format!("estimator.{name}"), format!("expected at most {max} {unit}, got {v}")));
@@ -881,6 +900,8 @@ cp_j_per_kg_k = 1100.0
             ("r0_ratio_rc_share = 1.5", "estimator.r0_ratio_rc_share"),
             ("soc_sigma_floor = 0.2", "estimator.soc_sigma_floor"),
             ("soc_sigma_floor = -0.01", "estimator.soc_sigma_floor"),
+            ("rc_polarisation_rel_error = 20", "estimator.rc_polarisation_rel_error"),
+            ("rc_polarisation_rel_error = -1", "estimator.rc_polarisation_rel_error"),
         ] {
             let bad = format!("{TEST_CELL}\n[estimator]\n{table}\n");
             assert_eq!(CellParams::from_toml_str(&bad).unwrap_err().field, field, "{table}");

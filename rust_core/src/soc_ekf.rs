@@ -315,8 +315,9 @@ pub fn predict(z: &mut f64, v1: &mut f64, p: &mut Cov2, r1: f64, inv_q_c: f64, p
 
 /// EKF measurement update (Joseph form) of one cell with innovation `innov` = v − ŷ,
 /// OCV slope `hz` and measurement variance `r`.
+/// Returns the gain (k0, k1).
 #[inline(always)]
-pub fn update(z: &mut f64, v1: &mut f64, p: &mut Cov2, hz: f64, innov: f64, r: f64) {
+pub fn update(z: &mut f64, v1: &mut f64, p: &mut Cov2, hz: f64, innov: f64, r: f64) -> (f64, f64) {
     // H = [hz, -1]
     let ph0 = p.p00 * hz - p.p01; // (P Hᵀ)_0
     let ph1 = p.p01 * hz - p.p11; // (P Hᵀ)_1
@@ -340,6 +341,7 @@ pub fn update(z: &mut f64, v1: &mut f64, p: &mut Cov2, hz: f64, innov: f64, r: f
     p.p00 = t00 * m00 + t01 * m01 + r * k0 * k0;
     p.p01 = t00 * m10 + t01 * m11 + r * k0 * k1;
     p.p11 = t10 * m10 + t11 * m11 + r * k1 * k1;
+    (k0, k1)
 }
 
 /// The voltage update's measurement variance, robust to a model that fails for a while (Huber
@@ -409,8 +411,9 @@ pub fn failure_voltage_r(r_rob: f64, r: f64, carried: f64, a1: f64) -> (f64, f64
 }
 
 /// Scalar pseudo-measurement of z (H = [1, 0]) with variance `r`: the OCV-at-rest correction.
+/// Returns the gain (k0, k1).
 #[inline]
-pub fn update_soc(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) {
+pub fn update_soc(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) -> (f64, f64) {
     let s = p.p00 + r;
     let k0 = p.p00 / s;
     let k1 = p.p01 / s;
@@ -424,6 +427,7 @@ pub fn update_soc(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) 
     p.p00 = m00 * m00 * p00 + r * k0 * k0;
     p.p01 = m00 * (m10 * p00 + p01) + r * k0 * k1;
     p.p11 = m10 * m10 * p00 + 2.0 * m10 * p01 + p11 + r * k1 * k1;
+    (k0, k1)
 }
 
 /// An anchor's update (a rest point's OCV, a full charge, the end of discharge): an SOC known
@@ -435,7 +439,7 @@ pub fn update_soc(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) 
 /// Bar-Shalom, Li, Kirubarajan 2001, §11.3 / Simon, "Optimal State Estimation" 2006, §7.4),
 /// so the anchor is taken for what it is worth instead of nudging a filter that is sure of a
 /// wrong SOC.
-pub fn update_anchor(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) {
+pub fn update_anchor(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) -> (f64, f64) {
     let innov = z_meas - *z;
     let allowed = ANCHOR_GATE_SIGMA * ANCHOR_GATE_SIGMA * (p.p00 + r);
     if innov * innov > allowed {
@@ -444,7 +448,7 @@ pub fn update_anchor(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f6
         p.p01 *= (p00 / p.p00.max(1e-30)).sqrt();
         p.p00 = p00;
     }
-    update_soc(z, v1, p, z_meas, r);
+    update_soc(z, v1, p, z_meas, r)
 }
 
 /// Innovation gate of [`update_anchor`] (σ): beyond 3σ a consistent filter errs in 0.3 % of

@@ -148,6 +148,10 @@ class NumpyEngine:
         self.p11 = np.full(n, 1e-6)
         # soc_ekf.rs carried_miss_variance: the raised part of the last update's variance (V²)
         self.miss = np.zeros(n)
+        # cells.rs: the consider sensitivity (dz/dδ, dv1/dδ) to the RC polarisation's relative
+        # error δ (cell_model.rs CellEstimator::rc_polarisation_rel_error)
+        self.sens_z = np.zeros(n)
+        self.sens_v = np.zeros(n)
         self.zcc = np.full(n, 0.5)
         self.inv_qc = np.full(n, 1.0 / (3600.0 * cap))
         self.cap_ah = np.full(n, cap)
@@ -345,6 +349,8 @@ class NumpyEngine:
             self.p01[:] = 0.0
             self.p11[:] = 1e-6
             self.miss[:] = 0.0
+            self.sens_z[:] = 0.0
+            self.sens_v[:] = 0.0
             self.initialized = True
 
         # rest / R0 step / throughput
@@ -532,13 +538,21 @@ class NumpyEngine:
         self.p01 = np.where(upd, u01, p01)
         self.p11 = np.where(upd, u11, p11)
         self.miss = np.where(upd, np.maximum(r_rob - r_meas, carried), carried)
+        # the consider sensitivity: predicted with the RC1 input, updated with (I - KH) and
+        # the open-loop v2's share of the innovation (cells.rs block_math_impl)
+        sv_p = a1 * self.sens_v + r1 * (1.0 - a1) * i_cell
+        sz_p = self.sens_z
+        self.sens_z = np.where(upd, m00 * sz_p + m01 * sv_p + k0 * v2c, sz_p)
+        self.sens_v = np.where(upd, m10 * sz_p + m11 * sv_p + k1 * v2c, sv_p)
         self.zcc = self.zcc - (eta_i * dt) * inv_qc
         zo = np.clip(self.z, 0.0, 1.0)
         # cells.rs: the reported σ adds the consider term of the capacity, y²·var(capacity),
         # var the AWTLS prior's until a capacity observation (none here)
         y = self.q_since_ah / tab["capacity_ah"]
         # no less than the cell file's floor (cell_model.rs CellEstimator::soc_sigma_floor)
-        sigma = np.sqrt(np.maximum(self.p00 + (y * y) * (est.capacity_prior_sigma * est.capacity_prior_sigma), tab["soc_sigma_floor"] ** 2))
+        # and the RC polarisation's consider term (cell_model.rs rc_polarisation_rel_error)
+        consider = (y * y) * (est.capacity_prior_sigma * est.capacity_prior_sigma) + (tab["rc_polarisation_rel_error"] * self.sens_z) ** 2
+        sigma = np.sqrt(np.maximum(self.p00 + consider, tab["soc_sigma_floor"] ** 2))
 
         # pack quantities, limits per cell
         dz = zo - np.clip(z_pred, 0.0, 1.0)

@@ -98,6 +98,10 @@ struct BlockMath<'a> {
     v1: &'a mut [f64],
     cov: &'a mut [Cov2],
     miss: &'a mut [f64],
+    /// per cell: the sensitivity (∂z/∂δ, ∂v1/∂δ) of the estimate to a relative error δ of the
+    /// RC polarisation, and δ's variance (see `CellEstimator::rc_polarisation_rel_error`)
+    sens: &'a mut [[f64; 2]],
+    sig_p2: f64,
     /// lower bound of the reported SOC variance (SOC², the cell file's `soc_sigma_floor`
     /// squared; the filter's P_zz is not bounded)
     sig2_floor: f64,
@@ -139,6 +143,8 @@ fn avx2_available() -> bool {
 fn block_math_impl(b: &mut BlockMath<'_>) {
     let len = b.z.len();
     let (z_s, v1_s, cov_s, miss_s) = (&mut b.z[..len], &mut b.v1[..len], &mut b.cov[..len], &mut b.miss[..len]);
+    let sens_s = &mut b.sens[..len];
+    let sig_p2 = b.sig_p2;
     let (qb, capb, vb, okb) = (&b.inv_qc[..len], &b.cap[..len], &b.v[..len], &b.ok[..len]);
     let (cvb, y2) = (&b.cap_var[..len], b.y2);
     let (socb, sigb, ccb) = (&mut b.soc[..len], &mut b.sig[..len], &mut b.cc[..len]);
@@ -161,6 +167,10 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let r1 = s_r1[j];
         soc_ekf::predict(&mut z, &mut v1, &mut cov, r1, inv_qc, &pr);
         let (z_p, v1_p, cov_p) = (z, v1, cov);
+        // the consider sensitivity's prediction: v1 = a1·v1 + R1(1 − a1)·i, so ∂v1/∂δ gains
+        // R1(1 − a1)·i (z does not depend on R1)
+        let [sz_p, sv0] = sens_s[j];
+        let sv_p = s_a1[j] * sv0 + r1 * (1.0 - s_a1[j]) * pr.i_cell;
         let r0 = s_r0[j];
         let slope = s_slope[j];
         let ocv_pred = s_ocv[j];
@@ -170,12 +180,19 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let carried = soc_ekf::carried_miss_variance(miss_s[j], s_a1[j]);
         let r_rob = soc_ekf::robust_voltage_r(slope, &cov, innov, r_meas);
         let (r_eff, miss_left) = soc_ekf::failure_voltage_r(r_rob, r_meas, carried, s_a1[j]);
-        soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_eff);
+        let (k0, k1) = soc_ekf::update(&mut z, &mut v1, &mut cov, slope, innov, r_eff);
         let ok = okb[j] & b.update;
         miss_s[j] = if ok { miss_left } else { carried };
         let z = if ok { z.clamp(SOC_STATE_RANGE.0, SOC_STATE_RANGE.1) } else { z_p };
         let v1 = if ok { v1 } else { v1_p };
         let cov = if ok { cov } else { cov_p };
+        // ... and its update, S ← (I − KH)·S + K·v2: the open-loop v2 enters the innovation
+        // with the same relative error (H = [slope, −1], so I − KH = [[1 − k0·slope, k0],
+        // [−k1·slope, 1 + k1]])
+        let sz_u = (1.0 - k0 * slope) * sz_p + k0 * sv_p + k0 * v2;
+        let sv_u = -k1 * slope * sz_p + (1.0 + k1) * sv_p + k1 * v2;
+        let (sz, sv) = if ok { (sz_u, sv_u) } else { (sz_p, sv_p) };
+        sens_s[j] = [sz, sv];
         z_s[j] = z;
         v1_s[j] = v1;
         cov_s[j] = cov;
@@ -183,7 +200,8 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let zo = z.clamp(0.0, 1.0);
         socb[j] = zo;
         // (and no less than the cell file's floor, see `CellEstimator::soc_sigma_floor`)
-        sigb[j] = (cov.p00 + y2 * cvb[j]).max(b.sig2_floor).sqrt();
+        // (plus the RC polarisation's consider term, see `CellEstimator::rc_polarisation_rel_error`)
+        sigb[j] = (cov.p00 + y2 * cvb[j] + sig_p2 * sz * sz).max(b.sig2_floor).sqrt();
         // pack quantities at the corrected state
         let dz = zo - s_zp[j].clamp(0.0, 1.0);
         let ocv = ocv_pred + slope * dz;
@@ -314,6 +332,11 @@ pub(super) struct Cells {
     /// per cell: the variance of the voltage the model missed, carried from the last update
     /// (V², see [`soc_ekf::carried_miss_variance`])
     pub miss: Vec<f64>,
+    /// per cell: the consider sensitivity (∂z/∂δ, ∂v1/∂δ) to the RC polarisation's relative
+    /// error δ (`CellEstimator::rc_polarisation_rel_error`). Not in the state file (its
+    /// format stays version 1): a restored engine starts it at 0, and the reported σ lacks
+    /// this term until the next load and relaxation build it up again.
+    pub sens: Vec<[f64; 2]>,
     scratch: Box<Scratch>,
     /// run the block arithmetic with AVX2 (detected once at construction)
     pub(super) use_avx2: bool,
@@ -329,9 +352,19 @@ impl Cells {
             h: vec![0.0; n],
             cov: vec![Cov2 { p00: 0.25, p01: 0.0, p11: 1e-6 }; n],
             miss: vec![0.0; n],
+            sens: vec![[0.0; 2]; n],
             scratch: Scratch::new(),
             use_avx2: avx2_available(),
         }
+    }
+
+    /// An anchor's update (H = [1, 0], gain (k0, k1)) applied to cell k's consider
+    /// sensitivity, S ← (I − KH)·S: the anchor is taken as independent of the polarisation
+    /// (a rest point adds back what the model says is left of it after 5..10 min, a small
+    /// part of the load's).
+    pub fn anchor_sensitivity(&mut self, k: usize, k0: f64, k1: f64) {
+        let [sz, sv] = self.sens[k];
+        self.sens[k] = [(1.0 - k0) * sz, sv - k1 * sz];
     }
 
     /// First step: SOC from the OCV of the first voltages (rest assumption).
@@ -361,6 +394,7 @@ impl Cells {
             self.v2[k] = 0.0;
             self.h[k] = 0.0;
             self.miss[k] = 0.0;
+            self.sens[k] = [0.0; 2];
             // v1 at rest is ~0; 1 mV uncertainty
             self.cov[k] = Cov2 { p00, p01: 0.0, p11: 1e-6 };
         }
@@ -476,6 +510,7 @@ impl Cells {
         let hs = &mut self.h[..n];
         let covs = &mut self.cov[..n];
         let misses = &mut self.miss[..n];
+        let senss = &mut self.sens[..n];
         let inv_qcs = &soh.inv_qc[..n];
         let caps = &soh.cap_ah[..n];
         let cap_vars = &soh.cap_var[..n];
@@ -497,6 +532,7 @@ impl Cells {
         let g_eta_i = base_pr.eta_i * dt;
         let r0_gain = est.r0_gain;
         let rc_share = p.estimator.r0_ratio_rc_share;
+        let sig_p2 = p.estimator.rc_polarisation_rel_error.powi(2);
         let sig2_floor = p.estimator.soc_sigma_floor * p.estimator.soc_sigma_floor;
         let sc = &mut *self.scratch;
         let sensor_of = &sensor_of[..n];
@@ -607,6 +643,8 @@ impl Cells {
                     v1: &mut v1s[start..end],
                     cov: &mut covs[start..end],
                     miss: &mut misses[start..end],
+                    sens: &mut senss[start..end],
+                    sig_p2,
                     sig2_floor,
                     inv_qc: &inv_qcs[start..end],
                     cap: &caps[start..end],
@@ -765,6 +803,7 @@ impl Cells {
             self.cov[k] = Cov2 { p00, p01, p11 };
             soc_cc[k] = s.soc_cc[k].0;
             self.miss[k] = s.miss.get(k).map_or(0.0, |x| x.0);
+            self.sens[k] = [0.0; 2];
         }
         self.initialized = s.initialized;
     }

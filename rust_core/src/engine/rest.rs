@@ -206,7 +206,8 @@ impl RestSoh {
     /// them). `y`, `var_y`: the normalised charge since the last anchor and its variance.
     #[allow(clippy::too_many_arguments)]
     fn anchor(&mut self, k: usize, cells: &mut Cells, z_meas: f64, var: f64, y: f64, var_y: f64, cap_nom: f64, est: &EstimatorConfig) {
-        soc_ekf::update_anchor(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], z_meas, var);
+        let (k0, k1) = soc_ekf::update_anchor(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], z_meas, var);
+        cells.anchor_sensitivity(k, k0, k1);
         let zp = self.z_rest[k];
         if zp.is_finite() {
             let x = zp - z_meas;
@@ -356,7 +357,8 @@ impl RestSoh {
             self.reset_throughput();
         } else {
             for &(k, z, var) in points {
-                soc_ekf::update_anchor(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], z, var);
+                let (k0, k1) = soc_ekf::update_anchor(&mut cells.z[k], &mut cells.v1[k], &mut cells.cov[k], z, var);
+                cells.anchor_sensitivity(k, k0, k1);
             }
         }
     }
