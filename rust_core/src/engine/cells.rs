@@ -100,7 +100,8 @@ struct BlockMath<'a> {
     miss: &'a mut [f64],
     /// per cell: the sensitivity (∂z/∂δ, ∂v1/∂δ) of the estimate to a relative error δ of the
     /// RC polarisation, and δ's variance (see `CellEstimator::rc_polarisation_rel_error`)
-    sens: &'a mut [[f64; 2]],
+    sens_z: &'a mut [f64],
+    sens_v: &'a mut [f64],
     sig_p2: f64,
     /// lower bound of the reported SOC variance (SOC², the cell file's `soc_sigma_floor`
     /// squared; the filter's P_zz is not bounded)
@@ -143,7 +144,7 @@ fn avx2_available() -> bool {
 fn block_math_impl(b: &mut BlockMath<'_>) {
     let len = b.z.len();
     let (z_s, v1_s, cov_s, miss_s) = (&mut b.z[..len], &mut b.v1[..len], &mut b.cov[..len], &mut b.miss[..len]);
-    let sens_s = &mut b.sens[..len];
+    let (sz_s, sv_s) = (&mut b.sens_z[..len], &mut b.sens_v[..len]);
     let sig_p2 = b.sig_p2;
     let (qb, capb, vb, okb) = (&b.inv_qc[..len], &b.cap[..len], &b.v[..len], &b.ok[..len]);
     let (cvb, y2) = (&b.cap_var[..len], b.y2);
@@ -169,8 +170,8 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let (z_p, v1_p, cov_p) = (z, v1, cov);
         // the consider sensitivity's prediction: v1 = a1·v1 + R1(1 − a1)·i, so ∂v1/∂δ gains
         // R1(1 − a1)·i (z does not depend on R1)
-        let [sz_p, sv0] = sens_s[j];
-        let sv_p = s_a1[j] * sv0 + r1 * (1.0 - s_a1[j]) * pr.i_cell;
+        let sz_p = sz_s[j];
+        let sv_p = s_a1[j] * sv_s[j] + r1 * (1.0 - s_a1[j]) * pr.i_cell;
         let r0 = s_r0[j];
         let slope = s_slope[j];
         let ocv_pred = s_ocv[j];
@@ -192,7 +193,8 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let sz_u = (1.0 - k0 * slope) * sz_p + k0 * sv_p + k0 * v2;
         let sv_u = -k1 * slope * sz_p + (1.0 + k1) * sv_p + k1 * v2;
         let (sz, sv) = if ok { (sz_u, sv_u) } else { (sz_p, sv_p) };
-        sens_s[j] = [sz, sv];
+        sz_s[j] = sz;
+        sv_s[j] = sv;
         z_s[j] = z;
         v1_s[j] = v1;
         cov_s[j] = cov;
@@ -336,7 +338,8 @@ pub(super) struct Cells {
     /// error δ (`CellEstimator::rc_polarisation_rel_error`). Not in the state file (its
     /// format stays version 1): a restored engine starts it at 0, and the reported σ lacks
     /// this term until the next load and relaxation build it up again.
-    pub sens: Vec<[f64; 2]>,
+    pub sens_z: Vec<f64>,
+    pub sens_v: Vec<f64>,
     scratch: Box<Scratch>,
     /// run the block arithmetic with AVX2 (detected once at construction)
     pub(super) use_avx2: bool,
@@ -352,7 +355,8 @@ impl Cells {
             h: vec![0.0; n],
             cov: vec![Cov2 { p00: 0.25, p01: 0.0, p11: 1e-6 }; n],
             miss: vec![0.0; n],
-            sens: vec![[0.0; 2]; n],
+            sens_z: vec![0.0; n],
+            sens_v: vec![0.0; n],
             scratch: Scratch::new(),
             use_avx2: avx2_available(),
         }
@@ -363,8 +367,9 @@ impl Cells {
     /// (a rest point adds back what the model says is left of it after 5..10 min, a small
     /// part of the load's).
     pub fn anchor_sensitivity(&mut self, k: usize, k0: f64, k1: f64) {
-        let [sz, sv] = self.sens[k];
-        self.sens[k] = [(1.0 - k0) * sz, sv - k1 * sz];
+        let sz = self.sens_z[k];
+        self.sens_z[k] = (1.0 - k0) * sz;
+        self.sens_v[k] -= k1 * sz;
     }
 
     /// First step: SOC from the OCV of the first voltages (rest assumption).
@@ -394,7 +399,8 @@ impl Cells {
             self.v2[k] = 0.0;
             self.h[k] = 0.0;
             self.miss[k] = 0.0;
-            self.sens[k] = [0.0; 2];
+            self.sens_z[k] = 0.0;
+            self.sens_v[k] = 0.0;
             // v1 at rest is ~0; 1 mV uncertainty
             self.cov[k] = Cov2 { p00, p01: 0.0, p11: 1e-6 };
         }
@@ -510,7 +516,7 @@ impl Cells {
         let hs = &mut self.h[..n];
         let covs = &mut self.cov[..n];
         let misses = &mut self.miss[..n];
-        let senss = &mut self.sens[..n];
+        let (szs, svs) = (&mut self.sens_z[..n], &mut self.sens_v[..n]);
         let inv_qcs = &soh.inv_qc[..n];
         let caps = &soh.cap_ah[..n];
         let cap_vars = &soh.cap_var[..n];
@@ -643,7 +649,8 @@ impl Cells {
                     v1: &mut v1s[start..end],
                     cov: &mut covs[start..end],
                     miss: &mut misses[start..end],
-                    sens: &mut senss[start..end],
+                    sens_z: &mut szs[start..end],
+                    sens_v: &mut svs[start..end],
                     sig_p2,
                     sig2_floor,
                     inv_qc: &inv_qcs[start..end],
@@ -803,7 +810,8 @@ impl Cells {
             self.cov[k] = Cov2 { p00, p01, p11 };
             soc_cc[k] = s.soc_cc[k].0;
             self.miss[k] = s.miss.get(k).map_or(0.0, |x| x.0);
-            self.sens[k] = [0.0; 2];
+            self.sens_z[k] = 0.0;
+            self.sens_v[k] = 0.0;
         }
         self.initialized = s.initialized;
     }
