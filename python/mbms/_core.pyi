@@ -441,6 +441,7 @@ class _EngineTables(TypedDict):
     r0_step_pulse_ratio: float
     r0_ratio_rc_share: float
     soc_sigma_floor: float
+    rc_polarisation_rel_error: float
     r0_prior_weight: float
     r0_count_cap: float
     gas_constant_j_per_mol_k: float
