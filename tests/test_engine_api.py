@@ -368,3 +368,27 @@ def test_a_capacity_ratio_outside_the_estimators_band_is_refused(raw: dict, rati
         PackConfig.from_dict(d)
     assert ei.value.field == "estimator.capacity_prior_ratio"
     assert "expected" in str(ei.value)
+
+
+def test_the_state_file_carries_the_sigma_consider_sensitivity(raw: dict) -> None:
+    """The state file carries the consider sensitivity of the reported σ (`cells.sens`,
+    cell_model.rs rc_polarisation_rel_error), restored as it was saved; a file written before
+    it (no `sens`) restores 0 and is accepted."""
+    import json
+
+    cfg = small(raw)
+    rng = np.random.default_rng(7)
+    a = Engine(cfg)
+    for k in range(200):
+        a.step(0.5 * k, noisy(rng, 8), noisy(rng, 2, 25.0, 0.1), 40.0 if (k // 30) % 2 else 0.0)
+    blob = a.export_state()
+    doc = json.loads(blob)
+    sens = doc["cells"]["sens"]
+    assert len(sens) == 8 and any(abs(float(x)) > 0.0 for pair in sens for x in pair)
+    b = Engine(cfg)
+    b.import_state(blob)
+    assert json.loads(b.export_state())["cells"]["sens"] == sens
+    del doc["cells"]["sens"]
+    c = Engine(cfg)
+    c.import_state(json.dumps(doc).encode())
+    assert all(float(x) == 0.0 for pair in json.loads(c.export_state())["cells"]["sens"] for x in pair)

@@ -30,7 +30,15 @@ ENGINE_TABLES = ("pack", "estimator", "protection", "limits", "balancing")
 def _engine() -> _core.Engine:
     d = tomllib.loads(PACK.read_text())
     cfg = {k: d[k] for k in ENGINE_TABLES if k in d}
-    return _core.Engine(cfg, (hw_dir() / "cells" / f"{cfg['pack']['cell']}.toml").read_text())
+    cell = (hw_dir() / "cells" / f"{cfg['pack']['cell']}.toml").read_text()
+    # The expected outputs were recorded by the engine of that time, before the reported SOC σ
+    # had the RC polarisation's consider term (cell_model.rs rc_polarisation_rel_error); with
+    # it off, the migrated state must still continue number for number.
+    key = "\nrc_polarisation_rel_error = "
+    assert key in cell
+    start = cell.index(key) + len(key)
+    cell = cell[:start] + "0" + cell[cell.index(" ", start):]
+    return _core.Engine(cfg, cell)
 
 
 def _profile(k: int, n: int, nt: int) -> tuple[np.ndarray, np.ndarray, float]:

@@ -923,10 +923,12 @@ fn format_1_record_is_migrated_to_the_same_state() {
     assert!(a.import_state(&v1).unwrap().is_empty());
     // a format-1 record has no recent load (rest_soh.load_c, newer): it migrates as relaxed;
     // nor R0 observation counts (rest_soh.r0_n, newer): its ratio counts as learnt, as a
-    // current-format file without them
+    // current-format file without them; nor the σ's consider sensitivity (cells.sens, newer):
+    // it restores 0, as a current-format file without it
     let current = patch_state(&e.export_state(), |d| {
         d["rest_soh"]["load_c"] = num(0.0);
         d["rest_soh"].as_object_mut().unwrap().remove("r0_n");
+        d["cells"].as_object_mut().unwrap().remove("sens");
     });
     assert!(b.import_state(&current).unwrap().is_empty());
     assert_eq!(a.export_state(), b.export_state());

@@ -335,9 +335,8 @@ pub(super) struct Cells {
     /// (V², see [`soc_ekf::carried_miss_variance`])
     pub miss: Vec<f64>,
     /// per cell: the consider sensitivity (∂z/∂δ, ∂v1/∂δ) to the RC polarisation's relative
-    /// error δ (`CellEstimator::rc_polarisation_rel_error`). Not in the state file (its
-    /// format stays version 1): a restored engine starts it at 0, and the reported σ lacks
-    /// this term until the next load and relaxation build it up again.
+    /// error δ (`CellEstimator::rc_polarisation_rel_error`); in the state file as `cells.sens`
+    /// (optional: a file written before it restores 0).
     pub sens_z: Vec<f64>,
     pub sens_v: Vec<f64>,
     scratch: Box<Scratch>,
@@ -729,6 +728,11 @@ pub(super) struct CellsStateV1 {
     /// written before it (then 0: no failure carried)
     #[serde(default)]
     pub miss: Vec<X>,
+    /// per cell: the consider sensitivity (∂z/∂δ, ∂v1/∂δ) to the RC polarisation's relative
+    /// error (`CellEstimator::rc_polarisation_rel_error`); absent in files written before it
+    /// (then 0: the reported σ lacks the term until the next load builds it up)
+    #[serde(default)]
+    pub sens: Vec<[X; 2]>,
 }
 
 impl Cells {
@@ -743,6 +747,7 @@ impl Cells {
             cov: self.cov.iter().map(|c| [X(c.p00), X(c.p01), X(c.p11)]).collect(),
             soc_cc: xs(soc_cc),
             miss: xs(&self.miss),
+            sens: self.sens_z.iter().zip(&self.sens_v).map(|(&z, &v)| [X(z), X(v)]).collect(),
         }
     }
 
@@ -758,6 +763,12 @@ impl Cells {
         }
         if s.miss.iter().any(|x| !(x.0.is_finite() && x.0 >= 0.0)) {
             return Err("cells.miss: expected finite variances >= 0".into());
+        }
+        if !s.sens.is_empty() && s.sens.len() != n {
+            return Err(format!("cells.sens: {} values, expected {n} (one per cell) or none", s.sens.len()));
+        }
+        if s.sens.iter().flatten().any(|x| !x.0.is_finite()) {
+            return Err("cells.sens: expected finite sensitivities".into());
         }
         for k in 0..n {
             let c = &s.cov[k];
@@ -810,8 +821,9 @@ impl Cells {
             self.cov[k] = Cov2 { p00, p01, p11 };
             soc_cc[k] = s.soc_cc[k].0;
             self.miss[k] = s.miss.get(k).map_or(0.0, |x| x.0);
-            self.sens_z[k] = 0.0;
-            self.sens_v[k] = 0.0;
+            let [sz, sv] = s.sens.get(k).map_or([0.0; 2], |p| [p[0].0, p[1].0]);
+            self.sens_z[k] = sz;
+            self.sens_v[k] = sv;
         }
         self.initialized = s.initialized;
     }
