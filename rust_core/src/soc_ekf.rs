@@ -149,8 +149,8 @@ impl Default for EstimatorConfig {
             capacity_prior_sigma: 0.15,
             // new cells. Held-out aged cells started on the nominal capacity are the SOC
             // targets' misses (issue 16: nmc_h3 1.68 / 3.16 %, nmc_h4 2.62 / 5.07 % RMSE / max);
-            // started on their capacity (`mbms bench soc --capacity-known`) they meet them
-            // (0.41 / 0.90, 0.37 / 0.85 %): a pack of aged cells is commissioned with its
+            // started on their capacity (`mbms bench soc --capacity-known`, σ 2 %) they meet
+            // them (0.45 / 0.87, 0.39 / 0.83 %): a pack of aged cells is commissioned with its
             // measured capacity, as a restored state file carries the learnt one.
             capacity_prior_ratio: 1.0,
             removed_r0_step_min_a: (),
@@ -611,11 +611,9 @@ mod tests {
                 let innov = hz * (z_true - z) - v1 + missed;
                 let carried = if carry != Carry::Alone { carried_miss_variance(miss, a1) } else { 0.0 };
                 let r_rob = robust_voltage_r(hz, &p, innov, r);
-                let (r_eff, left) = if carry == Carry::Counted {
-                    failure_voltage_r(r_rob, r, carried, a1)
-                } else {
-                    (r_rob.max(r + carried), (r_rob - r).max(carried))
-                };
+                // what a failure leaves is the same rule in every variant; only the count differs
+                let (counted, left) = failure_voltage_r(r_rob, r, carried, a1);
+                let r_eff = if carry == Carry::Counted { counted } else { r_rob.max(r + carried) };
                 update(&mut z, &mut v1, &mut p, hz, innov, r_eff);
                 miss = left;
                 v1 *= a1;
