@@ -370,10 +370,12 @@ def test_a_capacity_ratio_outside_the_estimators_band_is_refused(raw: dict, rati
     assert "expected" in str(ei.value)
 
 
-def test_the_state_file_carries_the_sigma_consider_sensitivity(raw: dict) -> None:
-    """The state file carries the consider sensitivity of the reported σ (`cells.sens`,
-    cell_model.rs rc_polarisation_rel_error), restored as it was saved; a file written before
-    it (no `sens`) restores 0 and is accepted."""
+@pytest.mark.parametrize("key", ["sens", "sens_tau"])
+def test_the_state_file_carries_the_sigma_consider_sensitivity(raw: dict, key: str) -> None:
+    """The state file carries the consider sensitivities of the reported σ (`cells.sens` and
+    `cells.sens_tau`, cell_model.rs rc_polarisation_rel_error and rc_time_constant_rel_error),
+    restored as they were saved; a file written before one (without the key) restores 0 and
+    is accepted."""
     import json
 
     cfg = small(raw)
@@ -383,12 +385,12 @@ def test_the_state_file_carries_the_sigma_consider_sensitivity(raw: dict) -> Non
         a.step(0.5 * k, noisy(rng, 8), noisy(rng, 2, 25.0, 0.1), 40.0 if (k // 30) % 2 else 0.0)
     blob = a.export_state()
     doc = json.loads(blob)
-    sens = doc["cells"]["sens"]
+    sens = doc["cells"][key]
     assert len(sens) == 8 and any(abs(float(x)) > 0.0 for pair in sens for x in pair)
     b = Engine(cfg)
     b.import_state(blob)
-    assert json.loads(b.export_state())["cells"]["sens"] == sens
-    del doc["cells"]["sens"]
+    assert json.loads(b.export_state())["cells"][key] == sens
+    del doc["cells"][key]
     c = Engine(cfg)
     c.import_state(json.dumps(doc).encode())
-    assert all(float(x) == 0.0 for pair in json.loads(c.export_state())["cells"]["sens"] for x in pair)
+    assert all(float(x) == 0.0 for pair in json.loads(c.export_state())["cells"][key] for x in pair)

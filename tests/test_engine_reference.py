@@ -35,7 +35,7 @@ def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float, sigma_floor: float |
         cell.write_text(text.replace("\nsoc_sigma_floor = 0 ", f"\nsoc_sigma_floor = {sigma_floor} "))
         d["pack"]["cell"] = str(cell)
     floored = above = 0
-    consider_max = 0.0
+    consider_max = consider_tau_max = 0.0
     d["pack"].update(series=24, temp_sensors=6)
     # no pack current caps: the limits compared are the cells' own (headroom over resistance)
     d["limits"].update(max_discharge_a=1e4, max_charge_a=1e4, max_discharge_peak_a=1e4, max_charge_peak_a=1e4)
@@ -73,6 +73,7 @@ def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float, sigma_floor: float |
         for name in ("soc", "soc_sigma", "soc_cc"):
             np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=0, atol=1e-12)
         consider_max = max(consider_max, float(np.max(np.abs(ref.sens_z))))
+        consider_tau_max = max(consider_tau_max, float(np.max(np.abs(ref.sens_tz))))
         if sigma_floor is not None:
             sig = np.asarray(a.soc_sigma)
             floored += int(np.sum(sig == sigma_floor))
@@ -89,8 +90,12 @@ def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float, sigma_floor: float |
     # and the RC polarisation's consider term of the reported sigma (cell_model.rs
     # rc_polarisation_rel_error, on in the NMC cell file), at a size the comparison sees: a
     # term of (1e-6)² in σ² moves a σ of ~1 % by ~5e-11, above the 1e-12 tolerance
-    rel = tomllib.loads(cfg.cell_path.read_text())["estimator"]["rc_polarisation_rel_error"]  # type: ignore[union-attr]
+    cell_est = tomllib.loads(cfg.cell_path.read_text())["estimator"]  # type: ignore[union-attr]
+    rel = cell_est["rc_polarisation_rel_error"]
     assert rel * consider_max > 1e-6, (rel, consider_max)
+    # and the time constants' (rc_time_constant_rel_error, on in the NMC file too)
+    rel_tau = cell_est["rc_time_constant_rel_error"]
+    assert rel_tau * consider_tau_max > 1e-6, (rel_tau, consider_tau_max)
     if sigma_floor is not None:
         # the floor bound the reported sigma for part of the run, not all of it
         assert floored > 0 and above > 0, (floored, above)

@@ -32,12 +32,13 @@ def _engine() -> _core.Engine:
     cfg = {k: d[k] for k in ENGINE_TABLES if k in d}
     cell = (hw_dir() / "cells" / f"{cfg['pack']['cell']}.toml").read_text()
     # The expected outputs were recorded by the engine of that time, before the reported SOC σ
-    # had the RC polarisation's consider term (cell_model.rs rc_polarisation_rel_error); with
-    # it off, the migrated state must still continue number for number.
-    key = "\nrc_polarisation_rel_error = "
-    assert key in cell
-    start = cell.index(key) + len(key)
-    cell = cell[:start] + "0" + cell[cell.index(" ", start):]
+    # had the RC polarisation's consider terms (cell_model.rs rc_polarisation_rel_error,
+    # rc_time_constant_rel_error); with them off, the migrated state must still continue
+    # number for number.
+    for key in ("\nrc_polarisation_rel_error = ", "\nrc_time_constant_rel_error = "):
+        assert key in cell
+        start = cell.index(key) + len(key)
+        cell = cell[:start] + "0" + cell[cell.index(" ", start):]
     return _core.Engine(cfg, cell)
 
 

@@ -193,6 +193,7 @@ impl PyEngine {
         d.set_item("r0_ratio_rc_share", ce.r0_ratio_rc_share)?;
         d.set_item("soc_sigma_floor", ce.soc_sigma_floor)?;
         d.set_item("rc_polarisation_rel_error", ce.rc_polarisation_rel_error)?;
+        d.set_item("rc_time_constant_rel_error", ce.rc_time_constant_rel_error)?;
         d.set_item("r0_prior_weight", mbms_core::soh::R0_PRIOR_WEIGHT)?;
         d.set_item("r0_count_cap", mbms_core::soh::R0_COUNT_CAP)?;
         d.set_item("gas_constant_j_per_mol_k", mbms_core::soh::R_GAS)?;

@@ -442,6 +442,7 @@ class _EngineTables(TypedDict):
     r0_ratio_rc_share: float
     soc_sigma_floor: float
     rc_polarisation_rel_error: float
+    rc_time_constant_rel_error: float
     r0_prior_weight: float
     r0_count_cap: float
     gas_constant_j_per_mol_k: float

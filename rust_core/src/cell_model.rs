@@ -319,6 +319,14 @@ pub struct CellEstimator {
     /// rest after a load, rms(DFN voltage − circuit voltage) / rms(the circuit's polarisation).
     /// Default 0 (off).
     pub rc_polarisation_rel_error: f64,
+    /// Relative error (1σ) of the RC time constants (τ1 and τ2 scaled together), a second
+    /// consider parameter of the reported SOC σ beside `rc_polarisation_rel_error`: where the
+    /// cell relaxes slower (or faster) than the circuit, the error the filter takes as SOC
+    /// lasts as long as the slower relaxation, which an amplitude error does not describe.
+    /// The engine tracks S_ε = ∂x̂/∂ε as it tracks S_δ (with ∂a/∂ε = a·Δt/τ in the
+    /// prediction, and ∂v2/∂ε of the open-loop second pair in each update). Identified with
+    /// `rc_polarisation_rel_error` by scripts/fit_polarisation_error.py. Default 0 (off).
+    pub rc_time_constant_rel_error: f64,
 }
 
 /// Absent from a cell file: the model-error terms and full-charge synchronisation are off (0),
@@ -346,6 +354,7 @@ impl Default for CellEstimator {
             empty_soc_sigma: 0.0,
             soc_sigma_floor: 0.0,
             rc_polarisation_rel_error: 0.0,
+            rc_time_constant_rel_error: 0.0,
         }
     }
 }
@@ -372,6 +381,7 @@ impl CellEstimator {
             ("empty_soc_sigma", self.empty_soc_sigma),
             ("soc_sigma_floor", self.soc_sigma_floor),
             ("rc_polarisation_rel_error", self.rc_polarisation_rel_error),
+            ("rc_time_constant_rel_error", self.rc_time_constant_rel_error),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(err(&format!("estimator.{name}"), format!("expected a finite number >= 0, got {v}")));
@@ -399,6 +409,7 @@ impl CellEstimator {
             ("soc_sigma_floor", self.soc_sigma_floor, 0.1, ""),
             // an error ten times the polarisation itself is no model of it
             ("rc_polarisation_rel_error", self.rc_polarisation_rel_error, 10.0, ""),
+            ("rc_time_constant_rel_error", self.rc_time_constant_rel_error, 10.0, ""),
         ] {
             if v > max {
                 return Err(err(&format!("estimator.{name}"), format!("expected at most {max} {unit}, got {v}")));

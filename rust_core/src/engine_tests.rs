@@ -923,12 +923,13 @@ fn format_1_record_is_migrated_to_the_same_state() {
     assert!(a.import_state(&v1).unwrap().is_empty());
     // a format-1 record has no recent load (rest_soh.load_c, newer): it migrates as relaxed;
     // nor R0 observation counts (rest_soh.r0_n, newer): its ratio counts as learnt, as a
-    // current-format file without them; nor the σ's consider sensitivity (cells.sens, newer):
-    // it restores 0, as a current-format file without it
+    // current-format file without them; nor the σ's consider sensitivities (cells.sens and
+    // cells.sens_tau, newer): they restore 0, as a current-format file without them
     let current = patch_state(&e.export_state(), |d| {
         d["rest_soh"]["load_c"] = num(0.0);
         d["rest_soh"].as_object_mut().unwrap().remove("r0_n");
         d["cells"].as_object_mut().unwrap().remove("sens");
+        d["cells"].as_object_mut().unwrap().remove("sens_tau");
     });
     assert!(b.import_state(&current).unwrap().is_empty());
     assert_eq!(a.export_state(), b.export_state());
@@ -1001,4 +1002,64 @@ fn the_rc_polarisation_consider_term_widens_sigma_only() {
     eprintln!("worst |e|/σ in the rest: plain {w_plain:.2}, with the term {w_consider:.2}; widened on {widened} steps");
     assert!(w_plain > 3.0, "the case is one the plain σ does not cover: {w_plain:.2}");
     assert!(w_consider <= 3.0, "the term covers it: {w_consider:.2}");
+}
+
+/// The RC time constants' consider term (cell file `rc_time_constant_rel_error`): a cell whose
+/// RC pair relaxes three times slower than the circuit's (its τ1 × 3, everything else the
+/// file's) after 150 s at 2C from 22 % SOC, into the LFP knee. The filter reads the slower recovery as
+/// SOC; the amplitude term (`rc_polarisation_rel_error`, off here) knows nothing of it. The
+/// τ term leaves every estimate as it is and widens σ until the error is inside 3σ.
+#[test]
+fn the_rc_time_constant_consider_term_widens_sigma_only() {
+    let file = CellParams::from_toml_str(LFP).unwrap();
+    let rel = file.estimator.rc_time_constant_rel_error;
+    assert!(rel > 0.0, "on in the LFP cell file");
+    let q = file.capacity_ah;
+    let slow_toml: String = LFP
+        .lines()
+        .map(|l| match l.strip_prefix("tau1_s = [").and_then(|r| r.strip_suffix(']')) {
+            Some(vals) => {
+                let tripled: Vec<String> = vals.split(',').map(|x| (3.0 * x.trim().parse::<f64>().unwrap()).to_string()).collect();
+                format!("tau1_s = [{}]", tripled.join(", "))
+            }
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let slow = CellParams::from_toml_str(&slow_toml).unwrap();
+    assert!(slow.tau1(25.0) > 2.9 * file.tau1(25.0));
+    let run = |eps: f64| {
+        let mut p = file.clone();
+        p.estimator.rc_polarisation_rel_error = 0.0;
+        p.estimator.rc_time_constant_rel_error = eps;
+        let mut c = config(1, 1);
+        c.pack.parallel = 1;
+        c.estimator.rest_current_a = 0.02 * q;
+        c.estimator.rest_time_s = 1e9; // no rest point: the filter alone
+        c.estimator.rest_end_min_s = 0.0;
+        let mut e = Engine::new(c, p).unwrap();
+        let mut plant = Plant::new(slow.clone(), 1, 1.0, 0.22, 3);
+        plant.noise_v = 0.0;
+        let mut out = Vec::new();
+        for k in 0..1800 {
+            let i = if (300..450).contains(&k) { 2.0 * q } else { 0.0 };
+            plant.step(i, 1.0);
+            e.step(k as f64, &plant.voltages(i), &[25.0], i).unwrap();
+            let r = e.output();
+            out.push((r.soc[0], r.soc_sigma[0], plant.s[0].soc));
+        }
+        out
+    };
+    let (plain, consider) = (run(0.0), run(rel));
+    let mut widened = 0;
+    for (k, (a, b)) in plain.iter().zip(&consider).enumerate() {
+        assert_eq!(a.0, b.0, "step {k}: the estimate is the same");
+        assert!(b.1 >= a.1, "step {k}: σ only widens");
+        widened += (b.1 > a.1 * 1.01) as usize;
+    }
+    let worst = |o: &[(f64, f64, f64)]| o[450..].iter().map(|(z, s, zt)| (z - zt).abs() / s).fold(0.0f64, f64::max);
+    let (w_plain, w_consider) = (worst(&plain), worst(&consider));
+    eprintln!("worst |e|/σ in the rest: plain {w_plain:.2}, with the τ term {w_consider:.2}; widened on {widened} steps");
+    assert!(w_plain > 3.0, "the case is one the plain σ does not cover: {w_plain:.2}");
+    assert!(w_consider <= 3.0, "the τ term covers it: {w_consider:.2}");
 }

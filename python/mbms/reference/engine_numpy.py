@@ -152,6 +152,11 @@ class NumpyEngine:
         # error δ (cell_model.rs CellEstimator::rc_polarisation_rel_error)
         self.sens_z = np.zeros(n)
         self.sens_v = np.zeros(n)
+        # ... and (dz/dε, dv1/dε, dv2/dε) to the RC time constants' relative error ε
+        # (CellEstimator::rc_time_constant_rel_error)
+        self.sens_tz = np.zeros(n)
+        self.sens_tv = np.zeros(n)
+        self.sens_t2 = np.zeros(n)
         self.zcc = np.full(n, 0.5)
         self.inv_qc = np.full(n, 1.0 / (3600.0 * cap))
         self.cap_ah = np.full(n, cap)
@@ -316,10 +321,13 @@ class NumpyEngine:
         tu = self.t_model
         tau1 = np.interp(tu, tab["tau_temps"], tab["tau1_s"])
         a1_s = np.exp(-dt / tau1)
+        da1_s = a1_s * dt / tau1  # ∂a1/∂ε (sensing.rs SensorStep::da1)
         dcont_s = np.exp(-lc.continuous_horizon_s / tau1)
         dpeak_s = np.exp(-lc.peak_horizon_s / tau1)
         if self.rc2 is not None:
-            a2_s = np.exp(-dt / np.interp(tu, tab["tau_temps"], self.rc2[1]))
+            tau2 = np.interp(tu, tab["tau_temps"], self.rc2[1])
+            a2_s = np.exp(-dt / tau2)
+            da2_s = a2_s * dt / tau2
         dtemp_s = tu - tab["t_ref_c"]
         # soh.rs ChordCoeffs::at: the step-resistance model's exchange current (Arrhenius)
         i0_s = tab["r0_step_i0_c"] * np.exp(
@@ -351,6 +359,9 @@ class NumpyEngine:
             self.miss[:] = 0.0
             self.sens_z[:] = 0.0
             self.sens_v[:] = 0.0
+            self.sens_tz[:] = 0.0
+            self.sens_tv[:] = 0.0
+            self.sens_t2[:] = 0.0
             self.initialized = True
 
         # rest / R0 step / throughput
@@ -424,6 +435,8 @@ class NumpyEngine:
 
         # EKF
         a1 = a1_s[so]
+        da1 = da1_s[so]
+        v1_prev = self.v1
         lo, hi, tf = lo_s[so], hi_s[so], tf_s[so]
         inv_qc = self.inv_qc
         z_pred = self.z - (eta_i * dt) * inv_qc
@@ -458,7 +471,9 @@ class NumpyEngine:
         # second RC pair (open loop, exact ZOH like v1) and one-state hysteresis
         if self.rc2 is not None:
             a2 = a2_s[so]
-            self.v2 = a2 * self.v2 + self._rows(self.rc2[0], k, f, lo, hi, tf) * rc_scale * (1.0 - a2) * i_cell
+            r2 = self._rows(self.rc2[0], k, f, lo, hi, tf) * rc_scale
+            self.sens_t2 = a2 * self.sens_t2 + da2_s[so] * (self.v2 - r2 * i_cell)
+            self.v2 = a2 * self.v2 + r2 * (1.0 - a2) * i_cell
         if self.hyst:
             ah = math.exp(-abs(tab["hysteresis_gamma"] * eta * i_cell * dt / (3600.0 * tab["capacity_ah"])))
             hm = tab["hysteresis_m_v"] * math.copysign(1.0, i_est)  # Rust f64::signum: +1 at 0
@@ -544,14 +559,25 @@ class NumpyEngine:
         sz_p = self.sens_z
         self.sens_z = np.where(upd, m00 * sz_p + m01 * sv_p + k0 * v2c, sz_p)
         self.sens_v = np.where(upd, m10 * sz_p + m11 * sv_p + k1 * v2c, sv_p)
+        # the time constants': a1 moves by ∂a1/∂ε = a1·Δt/τ1, so ∂v1/∂ε gains that times
+        # (v1 − R1·i) of the previous step; the update as above with ∂v2/∂ε
+        tv_p = a1 * self.sens_tv + da1 * (v1_prev - r1 * i_cell)
+        tz_p = self.sens_tz
+        self.sens_tz = np.where(upd, m00 * tz_p + m01 * tv_p + k0 * self.sens_t2, tz_p)
+        self.sens_tv = np.where(upd, m10 * tz_p + m11 * tv_p + k1 * self.sens_t2, tv_p)
         self.zcc = self.zcc - (eta_i * dt) * inv_qc
         zo = np.clip(self.z, 0.0, 1.0)
         # cells.rs: the reported σ adds the consider term of the capacity, y²·var(capacity),
         # var the AWTLS prior's until a capacity observation (none here)
         y = self.q_since_ah / tab["capacity_ah"]
         # no less than the cell file's floor (cell_model.rs CellEstimator::soc_sigma_floor)
-        # and the RC polarisation's consider term (cell_model.rs rc_polarisation_rel_error)
-        consider = (y * y) * (est.capacity_prior_sigma * est.capacity_prior_sigma) + (tab["rc_polarisation_rel_error"] * self.sens_z) ** 2
+        # and the RC polarisation's consider terms (cell_model.rs rc_polarisation_rel_error,
+        # rc_time_constant_rel_error)
+        consider = (
+            (y * y) * (est.capacity_prior_sigma * est.capacity_prior_sigma)
+            + (tab["rc_polarisation_rel_error"] * self.sens_z) ** 2
+            + (tab["rc_time_constant_rel_error"] * self.sens_tz) ** 2
+        )
         sigma = np.sqrt(np.maximum(self.p00 + consider, tab["soc_sigma_floor"] ** 2))
 
         # pack quantities, limits per cell

@@ -52,7 +52,10 @@ struct Scratch {
     h: [f64; BLOCK],
     e: [f64; BLOCK],
     v2: [f64; BLOCK],
+    /// ∂v2/∂ε (`Cells::sens_t2`) and ∂a1/∂ε = a1·Δt/τ1 of this step
+    t2: [f64; BLOCK],
     a1: [f64; BLOCK],
+    da1: [f64; BLOCK],
     dc: [f64; BLOCK],
     dp: [f64; BLOCK],
     ocv_out: [f64; BLOCK],
@@ -77,7 +80,9 @@ impl Scratch {
             h: [0.0; BLOCK],
             e: [0.0; BLOCK],
             v2: [0.0; BLOCK],
+            t2: [0.0; BLOCK],
             a1: [0.0; BLOCK],
+            da1: [0.0; BLOCK],
             dc: [0.0; BLOCK],
             dp: [0.0; BLOCK],
             ocv_out: [0.0; BLOCK],
@@ -103,6 +108,11 @@ struct BlockMath<'a> {
     sens_z: &'a mut [f64],
     sens_v: &'a mut [f64],
     sig_p2: f64,
+    /// the same for a relative error ε of the RC time constants
+    /// (`CellEstimator::rc_time_constant_rel_error`)
+    sens_tz: &'a mut [f64],
+    sens_tv: &'a mut [f64],
+    sig_t2: f64,
     /// lower bound of the reported SOC variance (SOC², the cell file's `soc_sigma_floor`
     /// squared; the filter's P_zz is not bounded)
     sig2_floor: f64,
@@ -146,6 +156,8 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
     let (z_s, v1_s, cov_s, miss_s) = (&mut b.z[..len], &mut b.v1[..len], &mut b.cov[..len], &mut b.miss[..len]);
     let (sz_s, sv_s) = (&mut b.sens_z[..len], &mut b.sens_v[..len]);
     let sig_p2 = b.sig_p2;
+    let (tz_s, tv_s) = (&mut b.sens_tz[..len], &mut b.sens_tv[..len]);
+    let sig_t2 = b.sig_t2;
     let (qb, capb, vb, okb) = (&b.inv_qc[..len], &b.cap[..len], &b.v[..len], &b.ok[..len]);
     let (cvb, y2) = (&b.cap_var[..len], b.y2);
     let (socb, sigb, ccb) = (&mut b.soc[..len], &mut b.sig[..len], &mut b.cc[..len]);
@@ -154,6 +166,7 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
     let s_u0 = &sc.u0[..len];
     let (s_ocv, s_h, s_e, s_v2) = (&sc.ocv[..len], &sc.h[..len], &sc.e[..len], &sc.v2[..len]);
     let (s_a1, s_dc, s_dp, s_r0r) = (&sc.a1[..len], &sc.dc[..len], &sc.dp[..len], &sc.r0r[..len]);
+    let (s_t2, s_da1) = (&sc.t2[..len], &sc.da1[..len]);
     let (s_ocv_out, s_soe) = (&mut sc.ocv_out[..len], &mut sc.soe[..len]);
     let (s_ldc, s_lcc) = (&mut sc.ldc[..len], &mut sc.lcc[..len]);
     let (s_ldp, s_lcp) = (&mut sc.ldp[..len], &mut sc.lcp[..len]);
@@ -172,6 +185,10 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         // R1(1 − a1)·i (z does not depend on R1)
         let sz_p = sz_s[j];
         let sv_p = s_a1[j] * sv_s[j] + r1 * (1.0 - s_a1[j]) * pr.i_cell;
+        // and the time constants': τ1 → τ1(1 + ε) moves a1 by ∂a1/∂ε = a1·Δt/τ1, so ∂v1/∂ε
+        // gains (∂a1/∂ε)·(v1 − R1·i) (v1 before the prediction)
+        let tz_p = tz_s[j];
+        let tv_p = s_a1[j] * tv_s[j] + s_da1[j] * (v1_s[j] - r1 * pr.i_cell);
         let r0 = s_r0[j];
         let slope = s_slope[j];
         let ocv_pred = s_ocv[j];
@@ -195,6 +212,12 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let (sz, sv) = if ok { (sz_u, sv_u) } else { (sz_p, sv_p) };
         sz_s[j] = sz;
         sv_s[j] = sv;
+        let t2 = s_t2[j];
+        let tz_u = (1.0 - k0 * slope) * tz_p + k0 * tv_p + k0 * t2;
+        let tv_u = -k1 * slope * tz_p + (1.0 + k1) * tv_p + k1 * t2;
+        let (tz, tv) = if ok { (tz_u, tv_u) } else { (tz_p, tv_p) };
+        tz_s[j] = tz;
+        tv_s[j] = tv;
         z_s[j] = z;
         v1_s[j] = v1;
         cov_s[j] = cov;
@@ -203,7 +226,7 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         socb[j] = zo;
         // (and no less than the cell file's floor, see `CellEstimator::soc_sigma_floor`)
         // (plus the RC polarisation's consider term, see `CellEstimator::rc_polarisation_rel_error`)
-        sigb[j] = (cov.p00 + y2 * cvb[j] + sig_p2 * sz * sz).max(b.sig2_floor).sqrt();
+        sigb[j] = (cov.p00 + y2 * cvb[j] + sig_p2 * sz * sz + sig_t2 * tz * tz).max(b.sig2_floor).sqrt();
         // pack quantities at the corrected state
         let dz = zo - s_zp[j].clamp(0.0, 1.0);
         let ocv = ocv_pred + slope * dz;
@@ -339,6 +362,12 @@ pub(super) struct Cells {
     /// (optional: a file written before it restores 0).
     pub sens_z: Vec<f64>,
     pub sens_v: Vec<f64>,
+    /// per cell: the consider sensitivity (∂z/∂ε, ∂v1/∂ε) to the RC time constants' relative
+    /// error ε (`CellEstimator::rc_time_constant_rel_error`), and ∂v2/∂ε of the open-loop
+    /// second pair; in the state file as `cells.sens_tau` (optional, as `sens`)
+    pub sens_tz: Vec<f64>,
+    pub sens_tv: Vec<f64>,
+    pub sens_t2: Vec<f64>,
     scratch: Box<Scratch>,
     /// run the block arithmetic with AVX2 (detected once at construction)
     pub(super) use_avx2: bool,
@@ -356,6 +385,9 @@ impl Cells {
             miss: vec![0.0; n],
             sens_z: vec![0.0; n],
             sens_v: vec![0.0; n],
+            sens_tz: vec![0.0; n],
+            sens_tv: vec![0.0; n],
+            sens_t2: vec![0.0; n],
             scratch: Scratch::new(),
             use_avx2: avx2_available(),
         }
@@ -369,6 +401,9 @@ impl Cells {
         let sz = self.sens_z[k];
         self.sens_z[k] = (1.0 - k0) * sz;
         self.sens_v[k] -= k1 * sz;
+        let tz = self.sens_tz[k];
+        self.sens_tz[k] = (1.0 - k0) * tz;
+        self.sens_tv[k] -= k1 * tz;
     }
 
     /// First step: SOC from the OCV of the first voltages (rest assumption).
@@ -400,6 +435,9 @@ impl Cells {
             self.miss[k] = 0.0;
             self.sens_z[k] = 0.0;
             self.sens_v[k] = 0.0;
+            self.sens_tz[k] = 0.0;
+            self.sens_tv[k] = 0.0;
+            self.sens_t2[k] = 0.0;
             // v1 at rest is ~0; 1 mV uncertainty
             self.cov[k] = Cov2 { p00, p01: 0.0, p11: 1e-6 };
         }
@@ -516,6 +554,7 @@ impl Cells {
         let covs = &mut self.cov[..n];
         let misses = &mut self.miss[..n];
         let (szs, svs) = (&mut self.sens_z[..n], &mut self.sens_v[..n]);
+        let (tzs, tvs, t2s) = (&mut self.sens_tz[..n], &mut self.sens_tv[..n], &mut self.sens_t2[..n]);
         let inv_qcs = &soh.inv_qc[..n];
         let caps = &soh.cap_ah[..n];
         let cap_vars = &soh.cap_var[..n];
@@ -538,6 +577,7 @@ impl Cells {
         let r0_gain = est.r0_gain;
         let rc_share = p.estimator.r0_ratio_rc_share;
         let sig_p2 = p.estimator.rc_polarisation_rel_error.powi(2);
+        let sig_t2 = p.estimator.rc_time_constant_rel_error.powi(2);
         let sig2_floor = p.estimator.soc_sigma_floor * p.estimator.soc_sigma_floor;
         let sc = &mut *self.scratch;
         let sensor_of = &sensor_of[..n];
@@ -575,8 +615,13 @@ impl Cells {
                     }
                 }
                 let mut v2 = 0.0;
+                let mut t2 = 0.0;
                 if has_rc2 {
-                    v2 = ss.a2 * v2s[k] + r2_nom * rc_scale * (1.0 - ss.a2) * i_cell;
+                    let r2 = r2_nom * rc_scale;
+                    // ∂v2/∂ε of the open-loop pair, as ∂v1/∂ε in the block arithmetic
+                    t2 = ss.a2 * t2s[k] + ss.da2 * (v2s[k] - r2 * i_cell);
+                    t2s[k] = t2;
+                    v2 = ss.a2 * v2s[k] + r2 * (1.0 - ss.a2) * i_cell;
                     v2s[k] = v2;
                 }
                 let mut hk = 0.0;
@@ -598,7 +643,9 @@ impl Cells {
                 sc.h[j] = hk;
                 sc.e[j] = energy;
                 sc.v2[j] = v2;
+                sc.t2[j] = t2;
                 sc.a1[j] = ss.a1;
+                sc.da1[j] = ss.da1;
                 sc.dc[j] = ss.d_cont;
                 sc.dp[j] = ss.d_peak;
             }
@@ -651,6 +698,9 @@ impl Cells {
                     sens_z: &mut szs[start..end],
                     sens_v: &mut svs[start..end],
                     sig_p2,
+                    sens_tz: &mut tzs[start..end],
+                    sens_tv: &mut tvs[start..end],
+                    sig_t2,
                     sig2_floor,
                     inv_qc: &inv_qcs[start..end],
                     cap: &caps[start..end],
@@ -733,6 +783,11 @@ pub(super) struct CellsStateV1 {
     /// (then 0: the reported σ lacks the term until the next load builds it up)
     #[serde(default)]
     pub sens: Vec<[X; 2]>,
+    /// per cell: the consider sensitivity (∂z/∂ε, ∂v1/∂ε, ∂v2/∂ε) to the RC time constants'
+    /// relative error (`CellEstimator::rc_time_constant_rel_error`); absent in files written
+    /// before it (then 0, as `sens`)
+    #[serde(default)]
+    pub sens_tau: Vec<[X; 3]>,
 }
 
 impl Cells {
@@ -748,6 +803,7 @@ impl Cells {
             soc_cc: xs(soc_cc),
             miss: xs(&self.miss),
             sens: self.sens_z.iter().zip(&self.sens_v).map(|(&z, &v)| [X(z), X(v)]).collect(),
+            sens_tau: (0..self.z.len()).map(|k| [X(self.sens_tz[k]), X(self.sens_tv[k]), X(self.sens_t2[k])]).collect(),
         }
     }
 
@@ -769,6 +825,12 @@ impl Cells {
         }
         if s.sens.iter().flatten().any(|x| !x.0.is_finite()) {
             return Err("cells.sens: expected finite sensitivities".into());
+        }
+        if !s.sens_tau.is_empty() && s.sens_tau.len() != n {
+            return Err(format!("cells.sens_tau: {} values, expected {n} (one per cell) or none", s.sens_tau.len()));
+        }
+        if s.sens_tau.iter().flatten().any(|x| !x.0.is_finite()) {
+            return Err("cells.sens_tau: expected finite sensitivities".into());
         }
         for k in 0..n {
             let c = &s.cov[k];
@@ -824,6 +886,10 @@ impl Cells {
             let [sz, sv] = s.sens.get(k).map_or([0.0; 2], |p| [p[0].0, p[1].0]);
             self.sens_z[k] = sz;
             self.sens_v[k] = sv;
+            let [tz, tv, t2] = s.sens_tau.get(k).map_or([0.0; 3], |p| p.map(|x| x.0));
+            self.sens_tz[k] = tz;
+            self.sens_tv[k] = tv;
+            self.sens_t2[k] = t2;
         }
         self.initialized = s.initialized;
     }

@@ -32,6 +32,10 @@ pub(super) struct SensorStep {
     pub sel: TempSel,
     pub a1: f64,
     pub a2: f64,
+    /// ∂a/∂ε = a·Δt/τ: how a1, a2 move when the time constants are (1 + ε) times the model's
+    /// (the consider term of `CellEstimator::rc_time_constant_rel_error`)
+    pub da1: f64,
+    pub da2: f64,
     pub d_cont: f64,
     pub d_peak: f64,
     /// the step-resistance model's coefficients at this temperature (`soh::ChordCoeffs`)
@@ -74,6 +78,8 @@ impl SensorStep {
         sel: TempSel { lo: 0, hi: 0, f: 0.0 },
         a1: 1.0,
         a2: 1.0,
+        da1: 0.0,
+        da2: 0.0,
         d_cont: 1.0,
         d_peak: 1.0,
         chord: crate::soh::ChordCoeffs::UNSET,
@@ -275,6 +281,8 @@ impl Sensing {
                 sel: if same_t { prev.sel } else { tab.temp_sel(t) },
                 a1,
                 a2,
+                da1: a1 * dt / tau1,
+                da2: if p.has_rc2() { a2 * dt / tau2 } else { 0.0 },
                 d_cont,
                 d_peak,
                 chord: if same_t { prev.chord } else { crate::soh::ChordCoeffs::at(&p.estimator, t, p.t_ref_c) },

@@ -91,7 +91,8 @@ pub(super) fn read(data: &[u8], n_engine: usize, n_t_engine: usize, bank_len: im
             cov: per_cell.iter().map(|row| [X(row[4]), X(row[5]), X(row[6])]).collect(),
             soc_cc: col(7),
             miss: Vec::new(), // not in a version-1 file: no failure carried
-            sens: Vec::new(), // nor the consider sensitivity: 0
+            sens: Vec::new(), // nor the consider sensitivities: 0
+            sens_tau: Vec::new(),
         },
         rest_soh: RestSohStateV1 {
             version: 1,
