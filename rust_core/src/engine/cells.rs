@@ -52,10 +52,11 @@ struct Scratch {
     h: [f64; BLOCK],
     e: [f64; BLOCK],
     v2: [f64; BLOCK],
-    /// ∂v2/∂ε (`Cells::sens_t2`) and ∂a1/∂ε = a1·Δt/τ1 of this step
+    /// ∂v2/∂ε (`Cells::sens_t2`), and what the prediction adds to ∂v1/∂ε: (∂a1/∂ε)·(v1 − R1·i)
+    /// with ∂a1/∂ε = a1·Δt/τ1 and v1 before the prediction
     t2: [f64; BLOCK],
+    tin: [f64; BLOCK],
     a1: [f64; BLOCK],
-    da1: [f64; BLOCK],
     dc: [f64; BLOCK],
     dp: [f64; BLOCK],
     ocv_out: [f64; BLOCK],
@@ -81,8 +82,8 @@ impl Scratch {
             e: [0.0; BLOCK],
             v2: [0.0; BLOCK],
             t2: [0.0; BLOCK],
+            tin: [0.0; BLOCK],
             a1: [0.0; BLOCK],
-            da1: [0.0; BLOCK],
             dc: [0.0; BLOCK],
             dp: [0.0; BLOCK],
             ocv_out: [0.0; BLOCK],
@@ -166,7 +167,7 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
     let s_u0 = &sc.u0[..len];
     let (s_ocv, s_h, s_e, s_v2) = (&sc.ocv[..len], &sc.h[..len], &sc.e[..len], &sc.v2[..len]);
     let (s_a1, s_dc, s_dp, s_r0r) = (&sc.a1[..len], &sc.dc[..len], &sc.dp[..len], &sc.r0r[..len]);
-    let (s_t2, s_da1) = (&sc.t2[..len], &sc.da1[..len]);
+    let (s_t2, s_tin) = (&sc.t2[..len], &sc.tin[..len]);
     let (s_ocv_out, s_soe) = (&mut sc.ocv_out[..len], &mut sc.soe[..len]);
     let (s_ldc, s_lcc) = (&mut sc.ldc[..len], &mut sc.lcc[..len]);
     let (s_ldp, s_lcp) = (&mut sc.ldp[..len], &mut sc.lcp[..len]);
@@ -186,9 +187,9 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let sz_p = sz_s[j];
         let sv_p = s_a1[j] * sv_s[j] + r1 * (1.0 - s_a1[j]) * pr.i_cell;
         // and the time constants': τ1 → τ1(1 + ε) moves a1 by ∂a1/∂ε = a1·Δt/τ1, so ∂v1/∂ε
-        // gains (∂a1/∂ε)·(v1 − R1·i) (v1 before the prediction)
+        // gains (∂a1/∂ε)·(v1 − R1·i) (`tin`, from the gathers)
         let tz_p = tz_s[j];
-        let tv_p = s_a1[j] * tv_s[j] + s_da1[j] * (v1_s[j] - r1 * pr.i_cell);
+        let tv_p = s_a1[j] * tv_s[j] + s_tin[j];
         let r0 = s_r0[j];
         let slope = s_slope[j];
         let ocv_pred = s_ocv[j];
@@ -645,7 +646,7 @@ impl Cells {
                 sc.v2[j] = v2;
                 sc.t2[j] = t2;
                 sc.a1[j] = ss.a1;
-                sc.da1[j] = ss.da1;
+                sc.tin[j] = ss.da1 * (v1s[k] - r1 * i_cell);
                 sc.dc[j] = ss.d_cont;
                 sc.dp[j] = ss.d_peak;
             }
