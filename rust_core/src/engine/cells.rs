@@ -226,7 +226,8 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let zo = z.clamp(0.0, 1.0);
         socb[j] = zo;
         // (and no less than the cell file's floor, see `CellEstimator::soc_sigma_floor`)
-        // (plus the RC polarisation's consider term, see `CellEstimator::rc_polarisation_rel_error`)
+        // (plus the RC polarisation's consider terms, see `CellEstimator::rc_polarisation_rel_error`
+        // and `rc_time_constant_rel_error`)
         sigb[j] = (cov.p00 + y2 * cvb[j] + sig_p2 * sz * sz + sig_t2 * tz * tz).max(b.sig2_floor).sqrt();
         // pack quantities at the corrected state
         let dz = zo - s_zp[j].clamp(0.0, 1.0);
@@ -395,7 +396,7 @@ impl Cells {
     }
 
     /// An anchor's update (H = [1, 0], gain (k0, k1)) applied to cell k's consider
-    /// sensitivity, S ← (I − KH)·S: the anchor is taken as independent of the polarisation
+    /// sensitivities (to δ and to ε), S ← (I − KH)·S: the anchor is taken as independent of the polarisation
     /// (a rest point adds back what the model says is left of it after 5..10 min, a small
     /// part of the load's).
     pub fn anchor_sensitivity(&mut self, k: usize, k0: f64, k1: f64) {
