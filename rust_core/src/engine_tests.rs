@@ -961,12 +961,7 @@ fn the_rc_polarisation_consider_term_widens_sigma_only() {
     let q = p.capacity_ah;
     let run = |rel: f64, p: &mut CellParams| {
         p.estimator.rc_polarisation_rel_error = rel;
-        let mut c = config(1, 1);
-        c.pack.parallel = 1;
-        c.estimator.rest_current_a = 0.02 * q;
-        c.estimator.rest_time_s = 1e9; // no rest point: the filter alone
-        c.estimator.rest_end_min_s = 0.0;
-        let mut e = Engine::new(c, p.clone()).unwrap();
+        let mut e = filter_alone(p.clone());
         let mut plant = Plant::new(p.clone(), 1, 1.0, 0.22, 3);
         plant.noise_v = 0.0;
         let mut out = Vec::new();
@@ -991,17 +986,34 @@ fn the_rc_polarisation_consider_term_widens_sigma_only() {
     let plain = run(0.0, &mut p);
     let rel = CellParams::from_toml_str(LFP).unwrap().estimator.rc_polarisation_rel_error;
     let consider = run(rel, &mut p);
+    consider_widens_sigma_only(&plain, &consider, 600, "the amplitude term");
+}
+
+/// A one-cell engine of `p` with no rest point (the filter alone), rest band C/50.
+fn filter_alone(p: CellParams) -> Engine {
+    let mut c = config(1, 1);
+    c.pack.parallel = 1;
+    c.estimator.rest_current_a = 0.02 * p.capacity_ah;
+    c.estimator.rest_time_s = 1e9;
+    c.estimator.rest_end_min_s = 0.0;
+    Engine::new(c, p).unwrap()
+}
+
+/// A consider term's runs of (SOC, σ, true SOC) without (`plain`) and with it (`consider`):
+/// every estimate the same, σ only wider, and from step `from` on (the rest after the load)
+/// an error beyond 3σ without the term that the term brings inside.
+fn consider_widens_sigma_only(plain: &[(f64, f64, f64)], consider: &[(f64, f64, f64)], from: usize, what: &str) {
     let mut widened = 0;
-    for (k, (a, b)) in plain.iter().zip(&consider).enumerate() {
+    for (k, (a, b)) in plain.iter().zip(consider).enumerate() {
         assert_eq!(a.0, b.0, "step {k}: the estimate is the same");
         assert!(b.1 >= a.1, "step {k}: σ only widens");
         widened += (b.1 > a.1 * 1.01) as usize;
     }
-    let worst = |o: &[(f64, f64, f64)]| o[600..].iter().map(|(z, s, zt)| (z - zt).abs() / s).fold(0.0f64, f64::max);
-    let (w_plain, w_consider) = (worst(&plain), worst(&consider));
-    eprintln!("worst |e|/σ in the rest: plain {w_plain:.2}, with the term {w_consider:.2}; widened on {widened} steps");
+    let worst = |o: &[(f64, f64, f64)]| o[from..].iter().map(|(z, s, zt)| (z - zt).abs() / s).fold(0.0f64, f64::max);
+    let (w_plain, w_consider) = (worst(plain), worst(consider));
+    eprintln!("worst |e|/σ in the rest: plain {w_plain:.2}, with {what} {w_consider:.2}; widened on {widened} steps");
     assert!(w_plain > 3.0, "the case is one the plain σ does not cover: {w_plain:.2}");
-    assert!(w_consider <= 3.0, "the term covers it: {w_consider:.2}");
+    assert!(w_consider <= 3.0, "{what} covers it: {w_consider:.2}");
 }
 
 /// The RC time constants' consider term (cell file `rc_time_constant_rel_error`): a cell whose
@@ -1032,12 +1044,7 @@ fn the_rc_time_constant_consider_term_widens_sigma_only() {
         let mut p = file.clone();
         p.estimator.rc_polarisation_rel_error = 0.0;
         p.estimator.rc_time_constant_rel_error = eps;
-        let mut c = config(1, 1);
-        c.pack.parallel = 1;
-        c.estimator.rest_current_a = 0.02 * q;
-        c.estimator.rest_time_s = 1e9; // no rest point: the filter alone
-        c.estimator.rest_end_min_s = 0.0;
-        let mut e = Engine::new(c, p).unwrap();
+        let mut e = filter_alone(p);
         let mut plant = Plant::new(slow.clone(), 1, 1.0, 0.22, 3);
         plant.noise_v = 0.0;
         let mut out = Vec::new();
@@ -1051,15 +1058,5 @@ fn the_rc_time_constant_consider_term_widens_sigma_only() {
         out
     };
     let (plain, consider) = (run(0.0), run(rel));
-    let mut widened = 0;
-    for (k, (a, b)) in plain.iter().zip(&consider).enumerate() {
-        assert_eq!(a.0, b.0, "step {k}: the estimate is the same");
-        assert!(b.1 >= a.1, "step {k}: σ only widens");
-        widened += (b.1 > a.1 * 1.01) as usize;
-    }
-    let worst = |o: &[(f64, f64, f64)]| o[450..].iter().map(|(z, s, zt)| (z - zt).abs() / s).fold(0.0f64, f64::max);
-    let (w_plain, w_consider) = (worst(&plain), worst(&consider));
-    eprintln!("worst |e|/σ in the rest: plain {w_plain:.2}, with the τ term {w_consider:.2}; widened on {widened} steps");
-    assert!(w_plain > 3.0, "the case is one the plain σ does not cover: {w_plain:.2}");
-    assert!(w_consider <= 3.0, "the τ term covers it: {w_consider:.2}");
+    consider_widens_sigma_only(&plain, &consider, 450, "the τ term");
 }
