@@ -430,6 +430,24 @@ pub fn update_soc(z: &mut f64, v1: &mut f64, p: &mut Cov2, z_meas: f64, r: f64) 
     (k0, k1)
 }
 
+/// A consider sensitivity S = (∂z, ∂v1)/∂θ of the estimate to a model parameter θ the filter
+/// takes as exact (Schmidt's consider analysis: Tapley, Schutz, Born, "Statistical orbit
+/// determination", 2004, §6.3), through one voltage update with gain (k0, k1) and OCV slope
+/// `hz` (H = [hz, −1]): S ← (I − KH)·S + K·u, `u` = ∂(innovation)/∂θ of the quantities the
+/// filter does not estimate (the open-loop v2's). The engine's reported σ carries two
+/// (`CellEstimator::rc_polarisation_rel_error`, `rc_time_constant_rel_error`).
+#[inline(always)]
+pub fn consider_update(s: (f64, f64), k0: f64, k1: f64, hz: f64, u: f64) -> (f64, f64) {
+    ((1.0 - k0 * hz) * s.0 + k0 * s.1 + k0 * u, -k1 * hz * s.0 + (1.0 + k1) * s.1 + k1 * u)
+}
+
+/// The same through an anchor's update (H = [1, 0], gain (k0, k1), see [`update_anchor`]):
+/// S ← (I − KH)·S. The anchor is taken as independent of the parameter.
+#[inline(always)]
+pub fn consider_anchor(s: (f64, f64), k0: f64, k1: f64) -> (f64, f64) {
+    ((1.0 - k0) * s.0, s.1 - k1 * s.0)
+}
+
 /// An anchor's update (a rest point's OCV, a full charge, the end of discharge): an SOC known
 /// independently of the filter, so an innovation beyond `ANCHOR_GATE_SIGMA` σ of what the
 /// filter's P_zz and the anchor's variance `r` allow says that P_zz was too small (a capacity

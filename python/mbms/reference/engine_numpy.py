@@ -555,16 +555,14 @@ class NumpyEngine:
         self.miss = np.where(upd, np.maximum(r_rob - r_meas, carried), carried)
         # the consider sensitivity: predicted with the RC1 input, updated with (I - KH) and
         # the open-loop v2's share of the innovation (cells.rs block_math_impl)
-        sv_p = a1 * self.sens_v + r1 * (1.0 - a1) * i_cell
-        sz_p = self.sens_z
-        self.sens_z = np.where(upd, m00 * sz_p + m01 * sv_p + k0 * v2c, sz_p)
-        self.sens_v = np.where(upd, m10 * sz_p + m11 * sv_p + k1 * v2c, sv_p)
+        def consider_update(s_z: np.ndarray, s_v: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            # soc_ekf.rs consider_update: S <- (I - KH) S + K u where the update was taken
+            return np.where(upd, m00 * s_z + m01 * s_v + k0 * u, s_z), np.where(upd, m10 * s_z + m11 * s_v + k1 * u, s_v)
+
+        self.sens_z, self.sens_v = consider_update(self.sens_z, a1 * self.sens_v + r1 * (1.0 - a1) * i_cell, v2c)
         # the time constants': a1 moves by ∂a1/∂ε = a1·Δt/τ1, so ∂v1/∂ε gains that times
         # (v1 − R1·i) of the previous step; the update as above with ∂v2/∂ε
-        tv_p = a1 * self.sens_tv + da1 * (v1_prev - r1 * i_cell)
-        tz_p = self.sens_tz
-        self.sens_tz = np.where(upd, m00 * tz_p + m01 * tv_p + k0 * self.sens_t2, tz_p)
-        self.sens_tv = np.where(upd, m10 * tz_p + m11 * tv_p + k1 * self.sens_t2, tv_p)
+        self.sens_tz, self.sens_tv = consider_update(self.sens_tz, a1 * self.sens_tv + da1 * (v1_prev - r1 * i_cell), self.sens_t2)
         self.zcc = self.zcc - (eta_i * dt) * inv_qc
         zo = np.clip(self.z, 0.0, 1.0)
         # cells.rs: the reported σ adds the consider term of the capacity, y²·var(capacity),

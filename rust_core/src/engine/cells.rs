@@ -205,18 +205,14 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         let z = if ok { z.clamp(SOC_STATE_RANGE.0, SOC_STATE_RANGE.1) } else { z_p };
         let v1 = if ok { v1 } else { v1_p };
         let cov = if ok { cov } else { cov_p };
-        // ... and its update, S ← (I − KH)·S + K·v2: the open-loop v2 enters the innovation
-        // with the same relative error (H = [slope, −1], so I − KH = [[1 − k0·slope, k0],
-        // [−k1·slope, 1 + k1]])
-        let sz_u = (1.0 - k0 * slope) * sz_p + k0 * sv_p + k0 * v2;
-        let sv_u = -k1 * slope * sz_p + (1.0 + k1) * sv_p + k1 * v2;
-        let (sz, sv) = if ok { (sz_u, sv_u) } else { (sz_p, sv_p) };
+        // ... and their updates: the open-loop v2 enters the innovation with the same relative
+        // error δ, and its ∂v2/∂ε with ε
+        let s_u = soc_ekf::consider_update((sz_p, sv_p), k0, k1, slope, v2);
+        let (sz, sv) = if ok { s_u } else { (sz_p, sv_p) };
         sz_s[j] = sz;
         sv_s[j] = sv;
-        let t2 = s_t2[j];
-        let tz_u = (1.0 - k0 * slope) * tz_p + k0 * tv_p + k0 * t2;
-        let tv_u = -k1 * slope * tz_p + (1.0 + k1) * tv_p + k1 * t2;
-        let (tz, tv) = if ok { (tz_u, tv_u) } else { (tz_p, tv_p) };
+        let t_u = soc_ekf::consider_update((tz_p, tv_p), k0, k1, slope, s_t2[j]);
+        let (tz, tv) = if ok { t_u } else { (tz_p, tv_p) };
         tz_s[j] = tz;
         tv_s[j] = tv;
         z_s[j] = z;
@@ -395,17 +391,13 @@ impl Cells {
         }
     }
 
-    /// An anchor's update (H = [1, 0], gain (k0, k1)) applied to cell k's consider
-    /// sensitivities (to δ and to ε), S ← (I − KH)·S: the anchor is taken as independent of the polarisation
-    /// (a rest point adds back what the model says is left of it after 5..10 min, a small
-    /// part of the load's).
+    /// An anchor's update (gain (k0, k1)) applied to cell k's consider sensitivities (to δ
+    /// and to ε, [`soc_ekf::consider_anchor`]): the anchor is taken as independent of the
+    /// polarisation (a rest point adds back what the model says is left of it after 5..10 min,
+    /// a small part of the load's).
     pub fn anchor_sensitivity(&mut self, k: usize, k0: f64, k1: f64) {
-        let sz = self.sens_z[k];
-        self.sens_z[k] = (1.0 - k0) * sz;
-        self.sens_v[k] -= k1 * sz;
-        let tz = self.sens_tz[k];
-        self.sens_tz[k] = (1.0 - k0) * tz;
-        self.sens_tv[k] -= k1 * tz;
+        (self.sens_z[k], self.sens_v[k]) = soc_ekf::consider_anchor((self.sens_z[k], self.sens_v[k]), k0, k1);
+        (self.sens_tz[k], self.sens_tv[k]) = soc_ekf::consider_anchor((self.sens_tz[k], self.sens_tv[k]), k0, k1);
     }
 
     /// First step: SOC from the OCV of the first voltages (rest assumption).
@@ -760,6 +752,18 @@ fn initial_sigma(sig_cfg: f64, sig_y: f64, slope: f64) -> f64 {
     sig_cfg.max(from_ocv).min(0.3)
 }
 
+/// An optional per-cell group of consider sensitivities in the state file (`cells.<name>`):
+/// none (a file written before it), or one finite group per cell.
+fn optional_sensitivities<const N: usize>(name: &str, v: &[[X; N]], n: usize) -> Result<(), String> {
+    if !v.is_empty() && v.len() != n {
+        return Err(format!("cells.{name}: {} values, expected {n} (one per cell) or none", v.len()));
+    }
+    if v.iter().flatten().any(|x| !x.0.is_finite()) {
+        return Err(format!("cells.{name}: expected finite sensitivities"));
+    }
+    Ok(())
+}
+
 /// State of the cells stage in the state file, version 1 (see [`super::state`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -822,18 +826,8 @@ impl Cells {
         if s.miss.iter().any(|x| !(x.0.is_finite() && x.0 >= 0.0)) {
             return Err("cells.miss: expected finite variances >= 0".into());
         }
-        if !s.sens.is_empty() && s.sens.len() != n {
-            return Err(format!("cells.sens: {} values, expected {n} (one per cell) or none", s.sens.len()));
-        }
-        if s.sens.iter().flatten().any(|x| !x.0.is_finite()) {
-            return Err("cells.sens: expected finite sensitivities".into());
-        }
-        if !s.sens_tau.is_empty() && s.sens_tau.len() != n {
-            return Err(format!("cells.sens_tau: {} values, expected {n} (one per cell) or none", s.sens_tau.len()));
-        }
-        if s.sens_tau.iter().flatten().any(|x| !x.0.is_finite()) {
-            return Err("cells.sens_tau: expected finite sensitivities".into());
-        }
+        optional_sensitivities("sens", &s.sens, n)?;
+        optional_sensitivities("sens_tau", &s.sens_tau, n)?;
         for k in 0..n {
             let c = &s.cov[k];
             if ![s.z[k], s.v1[k], s.v2[k], s.h[k], c[0], c[1], c[2], s.soc_cc[k]].iter().all(|x| x.0.is_finite()) {
