@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if ratio is not None:
         big, small = sorted(int(r["cells"]) for r in rows)[-2:][::-1]
         print(f"cost per cell at {big} cells / at {small} cells: {ratio:.2f}")
-    print("target (brief §5): <= 25 ns per cell at 10 000 cells, >= 5x numpy; "
-          "issue 9: >= 10x numpy at 10 000 cells, cost per cell within 15 % of 1 000")
+    # absolute times differ 2..3x between machines (brief §5), so the target is a ratio
+    print("target (brief §5, issues 9 and 16): >= 10x numpy at 10 000 cells, "
+          "cost per cell within 15 % of that at 1 000")
     return 0

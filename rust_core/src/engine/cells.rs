@@ -190,7 +190,6 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         // gains (∂a1/∂ε)·(v1 − R1·i) (`tin`, from the gathers)
         let tz_p = tz_s[j];
         let tv_p = s_a1[j] * tv_s[j] + s_tin[j];
-        let r0 = s_r0[j];
         let slope = s_slope[j];
         let ocv_pred = s_ocv[j];
         let v2 = s_v2[j];
@@ -225,7 +224,14 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
         // (plus the RC polarisation's consider terms, see `CellEstimator::rc_polarisation_rel_error`
         // and `rc_time_constant_rel_error`)
         sigb[j] = (cov.p00 + y2 * cvb[j] + sig_p2 * sz * sz + sig_t2 * tz * tz).max(b.sig2_floor).sqrt();
+    }
+    // (outputs and per-cell limits in a second loop over the block: fewer live values per
+    // iteration, so the vectorised filter loop above does not spill)
+    for j in 0..len {
         // pack quantities at the corrected state
+        let zo = socb[j];
+        let v1 = v1_s[j];
+        let (r0, r1, slope, ocv_pred, v2, inv_qc) = (s_r0[j], s_r1[j], s_slope[j], s_ocv[j], s_v2[j], qb[j]);
         let dz = zo - s_zp[j].clamp(0.0, 1.0);
         let ocv = ocv_pred + slope * dz;
         s_ocv_out[j] = ocv;
