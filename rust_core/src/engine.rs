@@ -373,7 +373,8 @@ impl Engine {
         // wrong first sample (relaxation, glitch) would then be trusted and unlearnt slowly.
         let start_up = !self.cells.initialized;
         if start_up {
-            self.cells.initialize(v_cell_v, sens, est, &self.tab, &self.sensing, &self.sensor_of, &mut self.out.soc_cc);
+            let rest_i_cell = est.rest_current_a / self.par;
+            self.cells.initialize(v_cell_v, cur.i / self.par, rest_i_cell, sens, est, &self.tab, &self.sensing, &self.sensor_of, &mut self.out.soc_cc);
         }
         let rest_event = self.soh.detect_rest(cur.i, t_s, dt, est, &self.cells.v1);
         if let rest::RestEvent::EndPoint { since_s, t_end_s } = rest_event {

@@ -347,9 +347,17 @@ class NumpyEngine:
             self.h[:] = 0.0
             # start sigma: the larger of the configured one and the voltage uncertainty over
             # the OCV slope at the start SOC, capped at 0.3 (engine.rs, Engine::initialize)
-            k0, _ = self._locate(self.z)
+            k0, f0 = self._locate(self.z)
             slope0 = (tab["ocv"][k0 + 1] - tab["ocv"][k0]) * self.scale
-            sig_y = math.sqrt(est.voltage_noise_v**2 + est.model_error_v**2)
+            sig_y: float | np.ndarray = math.sqrt(est.voltage_noise_v**2 + est.model_error_v**2)
+            if abs(i) / self.par > est.rest_current_a / self.par:
+                # a first sample under load: σ_y gains the polarisation (R0 + R1 + R2)·|i| the
+                # reading cannot see (engine/cells.rs, Cells::initialize)
+                lo0, hi0, tf0 = lo_s[so], hi_s[so], tf_s[so]
+                r_sum = self._rows(tab["r0"], k0, f0, lo0, hi0, tf0) + self._rows(tab["r1"], k0, f0, lo0, hi0, tf0)
+                if self.rc2 is not None:
+                    r_sum = r_sum + self._rows(self.rc2[0], k0, f0, lo0, hi0, tf0)
+                sig_y = np.hypot(sig_y, r_sum * (i / self.par))
             with np.errstate(divide="ignore"):
                 from_ocv = np.where(slope0 > 0.0, sig_y / np.where(slope0 > 0.0, slope0, 1.0), np.inf)
             sig0 = np.minimum(np.maximum(est.initial_soc_sigma, from_ocv), 0.3)

@@ -414,15 +414,30 @@ impl Cells {
     /// hw/cells/a123_anr26650_lfp.toml) that is far wider than `initial_soc_sigma`; starting
     /// with the narrow σ would make the filter overconfident in a poor start value. So the
     /// start σ is the larger of the two, capped at 0.3 (about a uniform SOC on 0..1).
-    pub fn initialize(&mut self, v: &[f64], sens: &SensorConfig, est: &EstimatorConfig, tab: &CellTables, sensing: &Sensing, sensor_of: &[u32], soc_cc: &mut [f64]) {
+    ///
+    /// A first sample under load (`i_cell` beyond the rest band `rest_i_cell`: a BMS that
+    /// starts while its string carries current) is no OCV: the voltage is off it by the
+    /// cell's polarisation, up to (R0 + R1 + R2)·|i| once the RC pairs have settled, which
+    /// the engine cannot see yet. The reading is kept (the RC part's share is unknown) and σ_y
+    /// gains that polarisation, so the filter's σ covers what the reading may be off by.
+    #[allow(clippy::too_many_arguments)]
+    pub fn initialize(&mut self, v: &[f64], i_cell: f64, rest_i_cell: f64, sens: &SensorConfig, est: &EstimatorConfig, tab: &CellTables, sensing: &Sensing, sensor_of: &[u32], soc_cc: &mut [f64]) {
         let sig = est.initial_soc_sigma;
         let sig_y = (est.voltage_noise_v.powi(2) + est.model_error_v.powi(2)).sqrt();
+        let loaded = i_cell.abs() > rest_i_cell;
         for k in 0..self.z.len() {
             let ss = &sensing.ss[sensor_of[k] as usize];
             let ok = v[k] >= sens.cell_v_min_v && v[k] <= sens.cell_v_max_v && v[k] > sens.open_wire_v;
             let (z, p00) = if ok {
                 let z = tab.soc_from_ocv(v[k], ss.dtemp);
-                let s = initial_sigma(sig, sig_y, tab.slope(tab.locate(z)));
+                let at = tab.locate(z);
+                let sig_y = if loaded {
+                    let [r0, r1, r2, _] = tab.rc(at, ss.sel);
+                    sig_y.hypot((r0 + r1 + r2) * i_cell)
+                } else {
+                    sig_y
+                };
+                let s = initial_sigma(sig, sig_y, tab.slope(at));
                 (z, s * s)
             } else {
                 (0.5, 0.25)
