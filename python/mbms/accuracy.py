@@ -35,7 +35,7 @@ No PyBaMM here: only numpy, the committed traces and the engine.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,15 @@ class Corruption:
     current_noise_a_per_ah: float = 0.002
     temp_noise_c: float = 0.2
     initial_soc_error: float = 0.20
+    # which side of the truth the engine starts on: 0 toward the middle of the SOC range (below
+    # the truth from 50 % up, above it below 50 %), +1 above, -1 below
+    initial_error_direction: int = 0
+
+    def __post_init__(self) -> None:
+        if self.initial_error_direction not in (-1, 0, 1):
+            raise InputError(f"corruption initial_error_direction {self.initial_error_direction!r}: expected -1, 0 or 1")
+        if not 0.0 <= self.initial_soc_error <= 1.0:
+            raise InputError(f"corruption initial_soc_error {self.initial_soc_error!r}: expected 0..1 (a SOC fraction)")
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,12 @@ class AccuracyResult:
         return self.within_3_sigma and self.nees_above_95 <= 0.05
 
 
+def believed_start_soc(z0: float, c: Corruption) -> float:
+    """The SOC the engine is made to believe at its first sample, when the truth is ``z0``."""
+    side = c.initial_error_direction or (-1 if z0 >= 0.5 else 1)
+    return min(max(z0 + side * c.initial_soc_error, 0.0), 1.0)
+
+
 def corrupt(trace: ReferenceTrace, c: Corruption, cell: _core.CellModel) -> Measurements:
     """The measurements a BMS would see of ``trace`` (reproducible for a given ``c.seed``)."""
     rng = np.random.default_rng(c.seed)
@@ -207,9 +222,7 @@ def corrupt(trace: ReferenceTrace, c: Corruption, cell: _core.CellModel) -> Meas
         + rng.normal(0.0, c.current_noise_a_per_ah * q, n)
     )
     temp = trace.temp_c + rng.normal(0.0, c.temp_noise_c, n)
-    z0 = float(trace.soc_true[0])
-    believed = z0 - c.initial_soc_error if z0 >= 0.5 else z0 + c.initial_soc_error
-    believed = min(max(believed, 0.0), 1.0)
+    believed = believed_start_soc(float(trace.soc_true[0]), c)
     v = v.copy()
     v[0] = cell.ocv(believed, float(trace.temp_c[0]))
     return Measurements(trace.t_s.copy(), v, i, temp, believed)
@@ -335,21 +348,17 @@ def one_cell_pack(cell_name: str, estimator: dict[str, float] | None = None,
 # ---------------------------------------------------------------------------------------------
 
 
-def soc_accuracy(
-    trace: ReferenceTrace,
-    config: dict[str, Any] | None = None,
-    corruption: Corruption | None = None,
-    settle_s: float = SETTLE_S,
-) -> AccuracyResult:
-    """Run the engine on a one-cell pack fed with the corrupted measurements of ``trace``.
+@dataclass(frozen=True)
+class _EngineRun:
+    cell: _core.CellModel
+    last: Any  # the engine's StepResult of the last sample (SOH figures)
+    soc_est: np.ndarray
+    soc_sigma: np.ndarray
 
-    ``config``: a pack configuration dict (``one_cell_pack`` of the trace's cell by default);
-    it must describe one series element of one cell. Returns the RMSE of the SOC error over the
-    whole trace, the max |error| after ``settle_s`` and the RMSE after ``settle_s``. A trace
-    with an in-service history (``trace.score_from_s``) is scored from the end of the history
-    instead, if that is later: the BMS has run through it, as one in service has.
-    """
-    corruption = corruption or Corruption()
+
+def _run_engine(trace: ReferenceTrace, config: dict[str, Any] | None, corruption: Corruption) -> _EngineRun:
+    """The engine on a one-cell pack (``config``, or ``one_cell_pack`` of the trace's cell) fed
+    with the corrupted measurements of ``trace``: its SOC and σ at every sample."""
     cfg_dict = config if config is not None else one_cell_pack(trace.cell_file, corruption=corruption)
     pack = cfg_dict.get("pack", {})
     if pack.get("series") != 1 or pack.get("parallel") != 1:
@@ -370,6 +379,25 @@ def soc_accuracy(
         res = engine.step(float(meas.t_s[k]), v1, t1, float(meas.i_a[k]))
         soc_est[k] = float(np.asarray(res.soc)[0])
         soc_sig[k] = float(np.asarray(res.soc_sigma)[0])
+    return _EngineRun(cell, res, soc_est, soc_sig)
+
+
+def soc_accuracy(
+    trace: ReferenceTrace,
+    config: dict[str, Any] | None = None,
+    corruption: Corruption | None = None,
+    settle_s: float = SETTLE_S,
+) -> AccuracyResult:
+    """Run the engine on a one-cell pack fed with the corrupted measurements of ``trace``.
+
+    ``config``: a pack configuration dict (``one_cell_pack`` of the trace's cell by default);
+    it must describe one series element of one cell. Returns the RMSE of the SOC error over the
+    whole trace, the max |error| after ``settle_s`` and the RMSE after ``settle_s``. A trace
+    with an in-service history (``trace.score_from_s``) is scored from the end of the history
+    instead, if that is later: the BMS has run through it, as one in service has.
+    """
+    run = _run_engine(trace, config, corruption or Corruption())
+    cell, res, soc_est, soc_sig = run.cell, run.last, run.soc_est, run.soc_sigma
     err = soc_est - trace.soc_true
     settle_s = max(settle_s, trace.score_from_s)
     after = trace.t_s - trace.t_s[0] >= settle_s
@@ -400,6 +428,88 @@ def soc_accuracy(
         soc_sigma=soc_sig,
         soc_true=trace.soc_true.copy(),
         t_s=trace.t_s.copy(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Convergence from a wrong start, anywhere in the SOC range
+# ---------------------------------------------------------------------------------------------
+
+# Issue 16 (NMC): "converge from a 20 % initial error within minutes anywhere in the SOC range".
+# The engine powers up at a sample in the middle of a trace (a BMS restarted without its state
+# file, under whatever load the duty has then), believing a SOC 20 % off, and runs for this long:
+CONVERGENCE_WINDOW_S = 1800.0
+# start SOC bins (true SOC at power-up): 0..10 %, ..., 90..100 %
+CONVERGENCE_BINS = tuple((k / 10, (k + 1) / 10) for k in range(10))
+
+
+@dataclass(frozen=True)
+class ConvergenceResult:
+    trace: str
+    chemistry: str
+    # where the engine powered up: seconds after the trace's first sample, and the true SOC there
+    start_s: float
+    soc_start_true: float
+    # the SOC the engine believed at power-up minus the true one (±initial_soc_error)
+    initial_error: float
+    # the chemistry's max-error target (TARGETS), the band the error has to enter and stay in
+    tolerance: float
+    window_s: float
+    # seconds after power-up from which |error| stays within ``tolerance`` to the end of the
+    # window; None if it never does
+    converged_after_s: float | None
+    # max |error| from 10 min (SETTLE_S) after power-up to the end of the window
+    max_abs_after_settle: float
+
+
+def trace_window(trace: ReferenceTrace, start: int, stop: int) -> ReferenceTrace:
+    """Samples ``start:stop`` of ``trace`` as a trace of their own (no in-service history)."""
+    if not 0 <= start < stop - 1 < len(trace.t_s):
+        raise InputError(f"trace {trace.name}: window {start}:{stop} is not inside its {len(trace.t_s)} samples")
+    sl = slice(start, stop)
+    return replace(trace, t_s=trace.t_s[sl], i_a=trace.i_a[sl], v_v=trace.v_v[sl], soc_true=trace.soc_true[sl],
+                   temp_c=trace.temp_c[sl], score_from_s=0.0)
+
+
+def convergence_starts(trace: ReferenceTrace, window_s: float = CONVERGENCE_WINDOW_S,
+                       bins: tuple[tuple[float, float], ...] = CONVERGENCE_BINS) -> list[int]:
+    """Per SOC bin, the first sample whose true SOC lies in it with ``window_s`` of trace left
+    (bins the trace does not visit are skipped)."""
+    t_rel = trace.t_s - trace.t_s[0]
+    room = t_rel <= t_rel[-1] - window_s
+    out = []
+    for lo, hi in bins:
+        inside = np.flatnonzero(room & (trace.soc_true >= lo) & ((trace.soc_true < hi) | (hi >= 1.0)))
+        if inside.size:
+            out.append(int(inside[0]))
+    return out
+
+
+def convergence(trace: ReferenceTrace, start: int, corruption: Corruption | None = None,
+                window_s: float = CONVERGENCE_WINDOW_S, config: dict[str, Any] | None = None) -> ConvergenceResult:
+    """Power the engine up at sample ``start`` of ``trace`` with the initial SOC error of
+    ``corruption`` (and its measurement errors) and measure how long its SOC takes to come
+    within the chemistry's max-error target and stay there, over ``window_s``."""
+    t_rel = trace.t_s - trace.t_s[0]
+    stop = int(np.searchsorted(t_rel, t_rel[start] + window_s, side="right"))
+    win = trace_window(trace, start, stop)
+    c = corruption or Corruption()
+    run = _run_engine(win, config, c)
+    tol = TARGETS[run.cell.chemistry.upper()][1]
+    err = np.abs(run.soc_est - win.soc_true)
+    t = win.t_s - win.t_s[0]
+    outside = np.flatnonzero(err > tol)
+    if outside.size == 0:
+        conv: float | None = 0.0
+    elif outside[-1] + 1 < len(t):
+        conv = float(t[outside[-1] + 1])
+    else:
+        conv = None
+    z0 = float(win.soc_true[0])
+    return ConvergenceResult(
+        trace=trace.name, chemistry=run.cell.chemistry.upper(), start_s=float(t_rel[start]), soc_start_true=z0,
+        initial_error=believed_start_soc(z0, c) - z0, tolerance=tol, window_s=window_s,
+        converged_after_s=conv, max_abs_after_settle=float(np.max(err[t >= SETTLE_S])) if t[-1] >= SETTLE_S else float("nan"),
     )
 
 
@@ -436,10 +546,15 @@ __all__ = [
     "sensor_settings",
     "AccuracyResult",
     "Corruption",
+    "ConvergenceResult",
     "Measurements",
     "ReferenceTrace",
+    "believed_start_soc",
+    "convergence",
+    "convergence_starts",
     "corrupt",
     "one_cell_pack",
     "reference_traces",
     "soc_accuracy",
+    "trace_window",
 ]
