@@ -156,6 +156,35 @@ fn soc_converges_from_a_wrong_start_and_tracks_a_dynamic_profile() {
     assert!((o.r_string_ohm - (n as f64 * 0.025 / 4.0 + 0.012)).abs() < 1e-6 + 0.2 * o.r_string_ohm);
 }
 
+/// A BMS that starts while its string carries current: the first sample is no OCV, and the
+/// start-up σ covers the polarisation (R0 + R1 + R2)·|i| the reading cannot see; at rest (the
+/// same voltages, no current) it is the rest reading's.
+#[test]
+fn a_start_under_load_widens_the_start_sigma_by_the_polarisation() {
+    let p = CellParams::from_toml_str(NMC).unwrap();
+    let n = 4;
+    let par = config(n, 1).pack.parallel as f64;
+    let v = [3.70; 4];
+    let sigma = |i: f64| {
+        let mut e = engine(n, 1);
+        e.step(0.0, &v, &[25.0], i).unwrap();
+        e.output().soc_sigma.clone()
+    };
+    let (rest, loaded, charging) = (sigma(0.0), sigma(20.0), sigma(-20.0));
+    let z = p.soc_from_ocv(3.70, 25.0);
+    let pol = (p.r0(z, 25.0) + p.r1(z, 25.0) + p.r2(z, 25.0)) * 20.0 / par;
+    for k in 0..n {
+        assert!(loaded[k] > rest[k], "cell {k}: {} vs {}", loaded[k], rest[k]);
+        assert_eq!(loaded[k], charging[k], "either direction");
+        // the polarisation over the OCV slope, within the table's interpolation
+        let expect = pol / p.docv_dsoc(z);
+        assert!((loaded[k] - expect).abs() < 0.1 * expect, "cell {k}: {} vs {expect}", loaded[k]);
+    }
+    // a current inside the rest band is rest
+    let inside = sigma(0.5 * config(n, 1).estimator.rest_current_a);
+    assert_eq!(inside, rest);
+}
+
 #[test]
 fn flat_ocv_lfp_does_not_diverge() {
     let p = CellParams::from_toml_str(LFP).unwrap();
