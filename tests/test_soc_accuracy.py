@@ -389,6 +389,8 @@ def test_an_nmc_engine_powered_up_under_load_20_percent_off_converges_within_min
     assert np.all(np.abs(err[t >= r.converged_after_s]) <= tol)
     assert np.abs(err[t < r.converged_after_s]).max() > tol
     assert r.max_abs_after_settle == pytest.approx(np.abs(err[t >= 600.0]).max())
+    # and the engine's σ covers its error after 10 min (the start-up σ under load is honest)
+    assert r.max_err_over_sigma <= 3.0, r
 
 
 def test_convergence_inputs_are_checked() -> None:
@@ -430,3 +432,5 @@ def test_bench_soc_convergence_json_reports_each_start() -> None:
     r = convergence(tr, k, Corruption(initial_error_direction=1 if row["initial_error_pct"] > 0 else -1))
     assert row["max_after_10min_pct"] == pytest.approx(100 * r.max_abs_after_settle)
     assert row["converged_after_s"] == r.converged_after_s
+    assert row["max_err_over_sigma_after_10min"] == pytest.approx(r.max_err_over_sigma)
+    assert agg["within_3_sigma_after_10min"] == sum(x["max_err_over_sigma_after_10min"] <= 3.0 for x in rows)

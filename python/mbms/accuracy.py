@@ -458,8 +458,10 @@ class ConvergenceResult:
     # seconds after power-up from which |error| stays within ``tolerance`` to the end of the
     # window; None if it never does
     converged_after_s: float | None
-    # max |error| from 10 min (SETTLE_S) after power-up to the end of the window
+    # max |error| from 10 min (SETTLE_S) after power-up to the end of the window, and the max
+    # of |error| / the engine's own σ there (the consistency check of AccuracyResult)
     max_abs_after_settle: float
+    max_err_over_sigma: float
 
 
 def trace_window(trace: ReferenceTrace, start: int, stop: int) -> ReferenceTrace:
@@ -498,6 +500,7 @@ def convergence(trace: ReferenceTrace, start: int, corruption: Corruption | None
     tol = TARGETS[run.cell.chemistry.upper()][1]
     err = np.abs(run.soc_est - win.soc_true)
     t = win.t_s - win.t_s[0]
+    late = t >= SETTLE_S
     outside = np.flatnonzero(err > tol)
     if outside.size == 0:
         conv: float | None = 0.0
@@ -509,7 +512,9 @@ def convergence(trace: ReferenceTrace, start: int, corruption: Corruption | None
     return ConvergenceResult(
         trace=trace.name, chemistry=run.cell.chemistry.upper(), start_s=float(t_rel[start]), soc_start_true=z0,
         initial_error=believed_start_soc(z0, c) - z0, tolerance=tol, window_s=window_s,
-        converged_after_s=conv, max_abs_after_settle=float(np.max(err[t >= SETTLE_S])) if t[-1] >= SETTLE_S else float("nan"),
+        converged_after_s=conv,
+        max_abs_after_settle=float(np.max(err[late])) if late.any() else float("nan"),
+        max_err_over_sigma=float(np.max(err[late] / np.maximum(run.soc_sigma[late], 1e-9))) if late.any() else float("nan"),
     )
 
 

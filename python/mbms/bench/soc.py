@@ -132,6 +132,7 @@ def _convergence_rows(traces: dict[str, Path], seed: int) -> list[dict[str, Any]
                     "current_at_start_a": float(tr.i_a[k]), "tolerance_pct": 100 * r.tolerance,
                     "window_s": r.window_s, "converged_after_s": r.converged_after_s,
                     "max_after_10min_pct": 100 * r.max_abs_after_settle,
+                    "max_err_over_sigma_after_10min": r.max_err_over_sigma,
                 })
     return rows
 
@@ -152,12 +153,14 @@ def _convergence_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "worst_converged_min": conv[-1] / 60 if conv else None,
                 "within_target_after_10min": sum(r["max_after_10min_pct"] <= r["tolerance_pct"] for r in rs),
                 "worst_max_after_10min_pct": max(r["max_after_10min_pct"] for r in rs),
+                "within_3_sigma_after_10min": sum(r["max_err_over_sigma_after_10min"] <= 3.0 for r in rs),
             }
         rs = [r for r in rows if r["chemistry"] == chem]
         out[chem] = {"starts": len(rs),
                      "converged": sum(r["converged_after_s"] is not None for r in rs),
                      "within_target_after_10min": sum(r["max_after_10min_pct"] <= r["tolerance_pct"] for r in rs),
                      "mean_max_after_10min_pct": sum(r["max_after_10min_pct"] for r in rs) / len(rs),
+                     "within_3_sigma_after_10min": sum(r["max_err_over_sigma_after_10min"] <= 3.0 for r in rs),
                      "bins": per_bin}
     return out
 
@@ -174,16 +177,19 @@ def _run_convergence(args: argparse.Namespace, traces: dict[str, Path]) -> int:
           f"believing 20 % above or below the truth; converged = |error| within the chemistry's max target "
           f"(NMC 1.5 %, LFP 5 %) from then to {CONVERGENCE_WINDOW_S / 60:.0f} min after power-up")
     print(f"{'':4} {'SOC bin %':>9} {'starts':>6} {'converged':>9} {'median min':>10} {'worst min':>9} "
-          f"{'in target after 10 min':>22} {'worst max % after 10 min':>24}")
+          f"{'in target after 10 min':>22} {'worst max % after 10 min':>24} {'within 3σ':>9}")
     for chem, a in summary.items():
         for b, x in a["bins"].items():
             med = "-" if x["median_converged_min"] is None else f"{x['median_converged_min']:.1f}"
             worst = "-" if x["worst_converged_min"] is None else f"{x['worst_converged_min']:.1f}"
             print(f"{chem:4} {b:>9} {x['starts']:6d} {x['converged']:9d} {med:>10} {worst:>9} "
-                  f"{x['within_target_after_10min']:22d} {x['worst_max_after_10min_pct']:24.2f}")
+                  f"{x['within_target_after_10min']:22d} {x['worst_max_after_10min_pct']:24.2f} "
+                  f"{x['within_3_sigma_after_10min']:9d}")
         print(f"{chem}: {a['converged']}/{a['starts']} starts converged within {CONVERGENCE_WINDOW_S / 60:.0f} min; "
               f"{a['within_target_after_10min']}/{a['starts']} within the max target after 10 min; "
-              f"mean max |error| after 10 min {a['mean_max_after_10min_pct']:.2f} %")
+              f"mean max |error| after 10 min {a['mean_max_after_10min_pct']:.2f} %; "
+              f"{a['within_3_sigma_after_10min']}/{a['starts']} with every |error| after 10 min within 3σ "
+              "of the engine's own σ")
     return 0
 
 
