@@ -26,17 +26,30 @@ PACK = data_dir() / "packs" / "example_pack.toml"
 @pytest.mark.parametrize(
     ("mode", "r_cell_ohm", "sigma_floor", "start_a"),
     [("soc", 0.00625, None, 0.0), ("voltage", 0.00625, None, 0.0), ("soc", 0.003, None, 0.0),
-     ("soc", 0.00625, 0.012, 0.0), ("soc", 0.00625, None, 40.0)],
+     ("soc", 0.00625, 0.012, 0.0), ("soc", 0.00625, None, 40.0), ("soc", 0.00625, None, "hysteresis+entropic")],
 )
-def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float, sigma_floor: float | None, start_a: float,
+def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float, sigma_floor: float | None, start_a: float | str,
                               tmp_path: Path) -> None:
     d = tomllib.loads(PACK.read_text())
     d = copy.deepcopy(d)
+    text = cell_file(d["pack"]["cell"]).read_text()
+    t_cells_c = 25.0
     if sigma_floor is not None:
-        text = cell_file(d["pack"]["cell"]).read_text()
         assert "\nsoc_sigma_floor = 0 " in text
+        text = text.replace("\nsoc_sigma_floor = 0 ", f"\nsoc_sigma_floor = {sigma_floor} ")
+    hyst = start_a == "hysteresis+entropic"
+    if hyst:
+        # the OCV's hysteresis state and entropic term (absent from the identified NMC file),
+        # with the cells 10 K above the table's temperature
+        zeros = "docv_dt_v_per_k = [" + ", ".join(["0"] * 101) + "]"
+        assert zeros in text
+        text = text.replace(zeros, "docv_dt_v_per_k = [" + ", ".join(["-0.0002"] * 101) + "]")
+        text += "\n[hysteresis]\nm_v = 0.01\ngamma = 80\n"
+        start_a, t_cells_c = 0.0, 35.0
+    assert isinstance(start_a, float)
+    if text != cell_file(d["pack"]["cell"]).read_text():
         cell = tmp_path / "cell.toml"
-        cell.write_text(text.replace("\nsoc_sigma_floor = 0 ", f"\nsoc_sigma_floor = {sigma_floor} "))
+        cell.write_text(text)
         d["pack"]["cell"] = str(cell)
     floored = above = 0
     consider_max = consider_tau_max = 0.0
@@ -57,14 +70,14 @@ def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float, sigma_floor: float |
         # model_error_relax_s) the voltage weighs too little for the iterated update to trigger
         i = [0.0, 20.0, 5.0, -8.0, 35.0, 50.0][(k // 120) % 6]
         v = base - r_cell_ohm * i + 0.001 * rng.standard_normal(n) - 2e-5 * k
-        tc = 25.0 + 0.1 * rng.standard_normal(6)
+        tc = t_cells_c + 0.1 * rng.standard_normal(6)
         if k == 0:
             v[:8] -= 0.15  # a bad first sample: start 10..20 % off, recovered by the IEKF branch
             i = start_a
         if 300 <= k < 310:
             v[5] = np.nan  # failed sensor for 1 s
         if 600 <= k < 650:
-            tc[2] = 25.0  # stuck sensor
+            tc[2] = t_cells_c  # stuck sensor
         if k == 900:
             v[7] = 4.4
         if 60 <= k < 100:
@@ -108,6 +121,9 @@ def test_rust_and_numpy_agree(mode: str, r_cell_ohm: float, sigma_floor: float |
     # and the time constants' (rc_time_constant_rel_error, on in the NMC file too)
     rel_tau = cell_est["rc_time_constant_rel_error"]
     assert rel_tau * consider_tau_max > 1e-6, (rel_tau, consider_tau_max)
+    if hyst:
+        # the hysteresis state was compared where it is not small (m_v 10 mV)
+        assert float(np.max(np.abs(ref.h))) > 5e-3, ref.h
     if sigma_floor is not None:
         # the floor bound the reported sigma for part of the run, not all of it
         assert floored > 0 and above > 0, (floored, above)
