@@ -21,6 +21,7 @@ from mbms.accuracy import (
     commissioned_pack,
     convergence,
     convergence_starts,
+    soc_bin,
     trace_window,
     NEES_95,
     TARGETS,
@@ -361,7 +362,7 @@ def _error_series(tr: ReferenceTrace, start: int, c: Corruption) -> tuple[np.nda
 def test_convergence_starts_cover_the_soc_bins_with_a_window_left() -> None:
     tr = ReferenceTrace.load(HELDOUT["nmc_h2_pulse"])
     starts = convergence_starts(tr)
-    bins = [int(10 * min(tr.soc_true[k], 0.999)) for k in starts]
+    bins = [int(soc_bin(tr.soc_true[k])) for k in starts]
     assert len(set(bins)) == len(bins) >= 8, bins  # one start per bin, most of the range
     t_rel = tr.t_s - tr.t_s[0]
     assert all(t_rel[-1] - t_rel[k] >= CONVERGENCE_WINDOW_S for k in starts)
@@ -391,6 +392,10 @@ def test_an_nmc_engine_powered_up_under_load_20_percent_off_converges_within_min
     assert r.max_abs_after_settle == pytest.approx(np.abs(err[t >= 600.0]).max())
     # and the engine's σ covers its error after 10 min (the start-up σ under load is honest)
     assert r.max_err_over_sigma <= 3.0, r
+
+
+def test_soc_bins_are_tenths_with_full_in_the_last() -> None:
+    assert [int(soc_bin(z)) for z in (0.0, 0.0999, 0.1, 0.55, 0.9, 1.0)] == [0, 0, 1, 5, 9, 9]
 
 
 def test_convergence_inputs_are_checked() -> None:

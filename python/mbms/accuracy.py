@@ -439,8 +439,14 @@ def soc_accuracy(
 # The engine powers up at a sample in the middle of a trace (a BMS restarted without its state
 # file, under whatever load the duty has then), believing a SOC 20 % off, and runs for this long:
 CONVERGENCE_WINDOW_S = 1800.0
-# start SOC bins (true SOC at power-up): 0..10 %, ..., 90..100 %
-CONVERGENCE_BINS = tuple((k / 10, (k + 1) / 10) for k in range(10))
+# start SOC bins (true SOC at power-up): 0..10 %, ..., 90..100 % (100 % in the last)
+CONVERGENCE_BINS = 10
+
+
+def soc_bin(z: float | np.ndarray) -> np.ndarray:
+    """The convergence bin (0..CONVERGENCE_BINS - 1) of a true SOC (or of each of them)."""
+    b: np.ndarray = np.clip(np.floor(np.asarray(z) * CONVERGENCE_BINS), 0, CONVERGENCE_BINS - 1).astype(np.int64)
+    return b
 
 
 @dataclass(frozen=True)
@@ -473,15 +479,15 @@ def trace_window(trace: ReferenceTrace, start: int, stop: int) -> ReferenceTrace
                    temp_c=trace.temp_c[sl], score_from_s=0.0)
 
 
-def convergence_starts(trace: ReferenceTrace, window_s: float = CONVERGENCE_WINDOW_S,
-                       bins: tuple[tuple[float, float], ...] = CONVERGENCE_BINS) -> list[int]:
-    """Per SOC bin, the first sample whose true SOC lies in it with ``window_s`` of trace left
-    (bins the trace does not visit are skipped)."""
+def convergence_starts(trace: ReferenceTrace, window_s: float = CONVERGENCE_WINDOW_S) -> list[int]:
+    """Per SOC bin (:func:`soc_bin`), the first sample whose true SOC lies in it with
+    ``window_s`` of trace left (bins the trace does not visit are skipped)."""
     t_rel = trace.t_s - trace.t_s[0]
     room = t_rel <= t_rel[-1] - window_s
+    bins = soc_bin(trace.soc_true)
     out = []
-    for lo, hi in bins:
-        inside = np.flatnonzero(room & (trace.soc_true >= lo) & ((trace.soc_true < hi) | (hi >= 1.0)))
+    for b in range(CONVERGENCE_BINS):
+        inside = np.flatnonzero(room & (bins == b))
         if inside.size:
             out.append(int(inside[0]))
     return out
@@ -561,5 +567,6 @@ __all__ = [
     "one_cell_pack",
     "reference_traces",
     "soc_accuracy",
+    "soc_bin",
     "trace_window",
 ]

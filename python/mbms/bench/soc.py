@@ -42,7 +42,7 @@ from typing import Any
 
 from mbms.accuracy import (COMMISSIONED_CAPACITY_SIGMA, CONVERGENCE_BINS, CONVERGENCE_WINDOW_S, FAMILY_DIR, SPLITS,
                            AccuracyResult, Corruption, ReferenceTrace, believed_start_soc, commissioned_pack,
-                           convergence, convergence_starts, family_traces, soc_accuracy)
+                           convergence, convergence_starts, family_traces, soc_accuracy, soc_bin)
 
 SOH_TARGETS = {"capacity": 0.02, "resistance": 0.05}
 
@@ -141,10 +141,11 @@ def _convergence_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for chem in sorted({r["chemistry"] for r in rows}):
         per_bin = {}
-        for lo, hi in CONVERGENCE_BINS:
-            rs = [r for r in rows if r["chemistry"] == chem and lo <= r["soc_start_true_pct"] / 100 < hi + (hi >= 1.0)]
+        for b in range(CONVERGENCE_BINS):
+            rs = [r for r in rows if r["chemistry"] == chem and int(soc_bin(r["soc_start_true_pct"] / 100)) == b]
             if not rs:
                 continue
+            lo, hi = b / CONVERGENCE_BINS, (b + 1) / CONVERGENCE_BINS
             conv = sorted(r["converged_after_s"] for r in rs if r["converged_after_s"] is not None)
             per_bin[f"{round(100 * lo)}-{round(100 * hi)}"] = {
                 "starts": len(rs),
