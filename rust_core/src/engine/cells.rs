@@ -10,7 +10,7 @@
 //! resistance is looked up anyway.
 
 use crate::cell_model::CellParams;
-use crate::cell_tables::CellTables;
+use crate::cell_tables::{CellTables, SocAt};
 use crate::limits::{cell_limit, LimitsConfig};
 use crate::protection::SensorConfig;
 use crate::soc_ekf::{self, Cov2, EstimatorConfig, Predict};
@@ -67,6 +67,9 @@ struct Scratch {
     lcp: [f64; BLOCK],
     /// the cell takes the iterated update this step
     gate: [bool; BLOCK],
+    /// the predicted SOC located on the grid (interval, fraction), a pass ahead of the lookups
+    at_k: [u32; BLOCK],
+    at_f: [f64; BLOCK],
 }
 
 impl Scratch {
@@ -94,6 +97,8 @@ impl Scratch {
             u0: [0.0; BLOCK],
             lcp: [0.0; BLOCK],
             gate: [false; BLOCK],
+            at_k: [0; BLOCK],
+            at_f: [0.0; BLOCK],
         })
     }
 }
@@ -600,12 +605,21 @@ impl Cells {
         while start < n {
             let end = (start + BLOCK).min(n);
             let len = end - start;
+            // (a0) the predicted SOC and where it lies on the grid, as vector arithmetic: the
+            // lookups below then start from a ready index instead of a chain per cell
+            for j in 0..len {
+                let k = start + j;
+                let z_pred = zs[k] - g_eta_i * inv_qcs[k];
+                let at = tab.locate(z_pred);
+                sc.zp[j] = z_pred;
+                sc.at_k[j] = at.k as u32;
+                sc.at_f[j] = at.f;
+            }
             // (a) gathers
             for j in 0..len {
                 let k = start + j;
                 let ss = &ssv[sensor_of[k] as usize];
-                let z_pred = zs[k] - g_eta_i * inv_qcs[k];
-                let at = tab.locate(z_pred);
+                let at = SocAt { k: sc.at_k[j] as usize, f: sc.at_f[j] };
                 // R0, R1, R2 in one packed lookup (one 4-lane interpolation)
                 let [r0_nom, r1_nom, r2_nom, _] = tab.rc(at, ss.sel);
                 let mut r0r = r0rs[k];
@@ -649,7 +663,6 @@ impl Cells {
                 let (ocv_t, slope_t, energy) = tab.ocv_slope_energy(at);
                 let slope = slope_t;
                 let ocv_lin = ocv_t + tab.entropic(at, ss.dtemp) + hk;
-                sc.zp[j] = z_pred;
                 sc.r1[j] = r1;
                 sc.r0[j] = r0;
                 sc.r0r[j] = r0r;
