@@ -2,11 +2,12 @@
 //! second RC pair and hysteresis as known inputs), the coulomb count, and in the same pass the
 //! per-cell quantities the pack needs (OCV, energy, resistance, SOF limits).
 //!
-//! This is the fused hot loop: in blocks of [`BLOCK`] cells, (a) the table lookups (gathers)
-//! into small scratch arrays that stay in L1, (b) the filter and limit arithmetic as
-//! branch-free straight-line code that the compiler vectorises (an AVX2 build of the same code
-//! is used when the CPU has it; results are bit-identical), (c) the pack reductions in cell
-//! order. The R0 observation of the rest/SOH stage is folded into (a), where the cell's
+//! This is the fused hot loop: in blocks of [`BLOCK`] cells, (a0) the predicted SOC located on
+//! the OCV grid (vector arithmetic, so that the lookups start from ready indices), (a) the
+//! table lookups (gathers) into small scratch arrays that stay in L1, (b) the filter
+//! arithmetic, then the outputs and limits, as two branch-free loops that the compiler
+//! vectorises (an AVX2 build of the same code is used when the CPU has it; results are
+//! bit-identical), (c) the pack reductions in cell order. The R0 observation of the rest/SOH stage is folded into (a), where the cell's
 //! resistance is looked up anyway.
 
 use crate::cell_model::CellParams;
@@ -27,7 +28,8 @@ use super::SOC_STATE_RANGE;
 // Engine
 // ---------------------------------------------------------------------------------------------
 
-/// Cells per block of the vectorised pass (scratch stays in L1: 20 arrays × 8 B × BLOCK).
+/// Cells per block of the vectorised pass (scratch stays in L1: 24 arrays of at most 8 B ×
+/// BLOCK, 24 KiB).
 const BLOCK: usize = 128;
 
 /// IEKF gate: an update that would move SOC by more than this (approximated with the
