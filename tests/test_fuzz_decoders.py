@@ -1005,6 +1005,19 @@ def test_a_gpio_set_with_one_foreign_line_sets_none() -> None:
     assert rep["errno"] == 1 and g.state()[1] == {0: False, 1: False}  # EPERM, line 0 untouched
 
 
+@pytest.mark.parametrize("bad", [{"op": "request", "out": "", "in": [5]},  # found by the fuzzer
+                                 {"op": "request", "out": {2: True}, "in": 5},
+                                 {"op": "request", "out": {"x": True}, "in": [5]}])
+def test_a_malformed_gpio_request_takes_no_line(bad: dict[str, Any]) -> None:
+    g = _Gpio()
+    before = g.state()
+    try:
+        rep = g.g._handle(2, bad)
+    except ValueError:  # an offset that is no integer: answered EINVAL by the server loop
+        rep = {"errno": 22}
+    assert rep["errno"] == 22 and g.state() == before  # EINVAL, lines 2 and 5 still free
+
+
 def test_a_datagram_with_str_and_bytes_keys_is_a_frame_error() -> None:
     from mbms.transport.can import decode_datagram
 

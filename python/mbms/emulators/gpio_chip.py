@@ -71,7 +71,14 @@ class GpioChipServer:
     def _handle(self, cid: int, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         if op == "request":
-            offs = [int(x) for x in req.get("out", {})] + [int(x) for x in req.get("in", [])]
+            # the whole request is parsed before any line is taken: a malformed one changes
+            # nothing (an "out" that was not a map used to take the "in" lines and then fail;
+            # found by tests/test_fuzz_decoders.py), as GPIO_V2_GET_LINE_IOCTL is all or nothing
+            out_raw, in_raw = req.get("out", {}), req.get("in", [])
+            if not isinstance(out_raw, dict) or not isinstance(in_raw, list):
+                return {"errno": errno.EINVAL, "msg": "request: 'out' must map offsets to levels, 'in' list offsets"}
+            outs = {int(k): bool(v) for k, v in out_raw.items()}
+            offs = list(outs) + [int(x) for x in in_raw]
             with self.lock:
                 bad = [k for k in offs if not 0 <= k < self.n]
                 if bad:
@@ -81,8 +88,7 @@ class GpioChipServer:
                     return {"errno": errno.EBUSY, "msg": f"lines {busy} busy"}
                 for k in offs:
                     self.owner[k] = cid
-                for k, v in req.get("out", {}).items():
-                    self.outputs[int(k)] = bool(v)
+                self.outputs.update(outs)
                 self.requests += 1
             self.on_outputs(self.levels())
             return {"ok": True}
