@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mbms.accuracy import (COMMISSIONED_CAPACITY_SIGMA, CONVERGENCE_BINS, CONVERGENCE_WINDOW_S, FAMILY_DIR, SPLITS,
-                           AccuracyResult, Corruption, ReferenceTrace, believed_start_soc, commissioned_pack,
+                           AccuracyResult, Corruption, ReferenceTrace, commissioned_pack,
                            convergence, convergence_starts, family_traces, soc_accuracy, soc_bin)
 
 SOH_TARGETS = {"capacity": 0.02, "resistance": 0.05}
@@ -123,11 +123,12 @@ def _convergence_rows(traces: dict[str, Path], seed: int) -> list[dict[str, Any]
             z0 = float(tr.soc_true[k])
             for side in (-1, 1):
                 c = Corruption(seed=seed, initial_error_direction=side)
-                if believed_start_soc(z0, c) != z0 + side * c.initial_soc_error:
+                if not 0.0 <= z0 + side * c.initial_soc_error <= 1.0:
                     continue  # 20 % beyond the SOC range on this side
                 r = convergence(tr, k, c)
                 rows.append({
                     "trace": name, "chemistry": r.chemistry, "start_s": r.start_s,
+                    "soc_bin": int(soc_bin(z0)),
                     "soc_start_true_pct": 100 * r.soc_start_true, "initial_error_pct": 100 * r.initial_error,
                     "current_at_start_a": float(tr.i_a[k]), "tolerance_pct": 100 * r.tolerance,
                     "window_s": r.window_s, "converged_after_s": r.converged_after_s,
@@ -142,7 +143,7 @@ def _convergence_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for chem in sorted({r["chemistry"] for r in rows}):
         per_bin = {}
         for b in range(CONVERGENCE_BINS):
-            rs = [r for r in rows if r["chemistry"] == chem and int(soc_bin(r["soc_start_true_pct"] / 100)) == b]
+            rs = [r for r in rows if r["chemistry"] == chem and r["soc_bin"] == b]
             if not rs:
                 continue
             lo, hi = b / CONVERGENCE_BINS, (b + 1) / CONVERGENCE_BINS
