@@ -48,7 +48,7 @@ class String:
 
 #: The brief §4 formula exactly, as the independent ``_n1_dcl`` below computes it (the
 #: protocol's default also subtracts its own uncertainty: consensus sharing::Uncertainty).
-EXACT = {"share_ocv_uncertainty_v": 0.0, "share_r_uncertainty": 0.0, "share_i_uncertainty": 0.0}
+EXACT = {"share_ocv_uncertainty_v": 0.0, "share_r_uncertainty": 0.0, "share_i_uncertainty": 0.0, "share_ocv_hold_v": 0.0, "share_r_hold": 0.0}
 
 
 class Rig:

@@ -206,7 +206,7 @@ def test_default_story_no_string_above_its_own_limit() -> None:
 
     d = Scenario.default().to_dict()
     set_path(d, "plant.strings.*.variation.resistance_sigma", 0.08)
-    d["system"].update(share_ocv_uncertainty_v=0.0, share_r_uncertainty=0.0, share_i_uncertainty=0.0)
+    d["system"].update(share_ocv_uncertainty_v=0.0, share_r_uncertainty=0.0, share_i_uncertainty=0.0, share_ocv_hold_v=0.0, share_r_hold=0.0)
     bare = fast.run(Scenario.from_dict(d)).report["max_string_overcurrent_a"]
     assert bare > 0.1, "the over-current figure must be able to show an over-run"
     assert not math.isnan(bare)

@@ -99,6 +99,17 @@ pub struct PeerConfig {
     pub share_r_uncertainty: f64,
     /// Gain error of the inverter's current control/measurement (fraction, 0..0.5).
     pub share_i_uncertainty: f64,
+    /// A string's source voltage (OCV) is broadcast anew only once it is this far (V) from the
+    /// value last sent; until then the sent value stands. Its error grows by up to this much,
+    /// so the limits count it on top of `share_ocv_uncertainty_v` (S4). Without it, a source
+    /// voltage measured afresh each period (string voltage + I·R, with sensor noise far above
+    /// the wire's 10 mV) changed every state message, every peer's N−1 proposal with it, and
+    /// unsynchronised peers reported different limits for seconds (S5).
+    pub share_ocv_hold_v: f64,
+    /// The same for a string's resistance, as a fraction of it (counted on top of
+    /// `share_r_uncertainty`): an online estimate that moves by a few 100 µΩ steps with every
+    /// update changes no proposal until it has moved this much.
+    pub share_r_hold: f64,
 }
 
 impl Default for PeerConfig {
@@ -153,6 +164,8 @@ impl Default for PeerConfig {
             share_ocv_uncertainty_v: SHARE_OCV_UNCERTAINTY_V,
             share_r_uncertainty: SHARE_R_UNCERTAINTY,
             share_i_uncertainty: SHARE_I_UNCERTAINTY,
+            share_ocv_hold_v: SHARE_OCV_HOLD_V,
+            share_r_hold: SHARE_R_HOLD,
         }
     }
 }
@@ -160,13 +173,21 @@ impl Default for PeerConfig {
 const SHARE_OCV_UNCERTAINTY_V: f64 = 0.02;
 const SHARE_R_UNCERTAINTY: f64 = 0.05;
 const SHARE_I_UNCERTAINTY: f64 = 0.005;
+/// The default story's source voltage, sampled each 100 ms period at rest: string voltage noise
+/// 50 mV and current noise 50 mA over ~0.47 Ω of cells give σ ≈ 55 mV per sample, ≈ 78 mV
+/// between a sample and one sent earlier. 0.2 V is ~2.6 of those σ: a string at rest sends a
+/// new value about once in a hundred state messages, and a moving one once it moved 0.2 V.
+const SHARE_OCV_HOLD_V: f64 = 0.2;
+/// The default story's string resistance estimate (~486 mΩ) moves by 0.1..1 mΩ between state
+/// messages (≤ 0.2 %); 0.5 % holds it, a tenth of `share_r_uncertainty`.
+const SHARE_R_HOLD: f64 = 0.005;
 
 impl PeerConfig {
     /// The uncertainty the S4 limits account for (brief §4).
     pub fn share_uncertainty(&self) -> crate::sharing::Uncertainty {
         crate::sharing::Uncertainty {
-            ocv_v: self.share_ocv_uncertainty_v,
-            r_rel: self.share_r_uncertainty,
+            ocv_v: self.share_ocv_uncertainty_v + self.share_ocv_hold_v,
+            r_rel: self.share_r_uncertainty + self.share_r_hold,
             i_rel: self.share_i_uncertainty,
         }
     }
@@ -257,7 +278,14 @@ impl PeerConfig {
         if !(self.share_ocv_uncertainty_v.is_finite() && (0.0..=50.0).contains(&self.share_ocv_uncertainty_v)) {
             return Err(err("share_ocv_uncertainty_v", "expected a voltage in 0..=50 V"));
         }
-        for (name, v) in [("share_r_uncertainty", self.share_r_uncertainty), ("share_i_uncertainty", self.share_i_uncertainty)] {
+        if !(self.share_ocv_hold_v.is_finite() && (0.0..=50.0).contains(&self.share_ocv_hold_v)) {
+            return Err(err("share_ocv_hold_v", "expected a voltage in 0..=50 V"));
+        }
+        for (name, v) in [
+            ("share_r_uncertainty", self.share_r_uncertainty),
+            ("share_i_uncertainty", self.share_i_uncertainty),
+            ("share_r_hold", self.share_r_hold),
+        ] {
             if !(v.is_finite() && (0.0..=0.5).contains(&v)) {
                 return Err(err(name, format!("expected a fraction in 0..=0.5, got {v}")));
             }

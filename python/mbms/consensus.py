@@ -80,6 +80,10 @@ class ConsensusConfig:
     share_ocv_uncertainty_v: float
     share_r_uncertainty: float
     share_i_uncertainty: float
+    #: The sent source voltage stands until the new one is this far from it (V; counted in the S4 margin).
+    share_ocv_hold_v: float
+    #: The same for the resistance, as a fraction of it (counted in the S4 margin).
+    share_r_hold: float
 
     @classmethod
     def of(cls, *, check: bool = True, **settings: Any) -> ConsensusConfig:

@@ -14,6 +14,8 @@ use super::{bit, Event, LocalState, Peer, Phase, MAX_GHOSTS};
 #[derive(Clone, Debug, Default)]
 pub(super) struct Agreement {
     pub(super) prop_da: (u32, u32),
+    /// Our proposal as last broadcast (in a Detail): the value the other peers hold for us.
+    pub(super) sent_prop_da: Option<(u32, u32)>,
     pub(super) prop_changed_at: u64,
     pub(super) rise_since: Option<u64>,
     /// The closed set of the previous limits update (a string leaving it restarts the
@@ -189,7 +191,19 @@ impl Peer {
         // only when every such peer has sent a proposal since our own last changed (so it
         // has seen the change too) and half a period has passed (a string that just left
         // the closed set has had time to open).
+        //
+        // Our own proposal enters twice: fresh (a drop of ours shows at once, S4) and as we last
+        // broadcast it, the value every other peer holds for us. Each peer computes the same
+        // fresh proposal from the same string states, so with the broadcast values the minimum
+        // is taken over the same set on every peer. With only the fresh one, each peer mixed its
+        // own fresh proposal with the others' older ones, and while the states moved by a wire
+        // step with every message (a string's OCV read at 10 mV) the peers' minima differed
+        // for seconds (processes mode, S5: 20 periods).
         let (mut d_da, mut c_da) = prop;
+        if let Some((d, c)) = self.agreement.sent_prop_da {
+            d_da = d_da.min(d);
+            c_da = c_da.min(c);
+        }
         let mut fresh = true;
         for (_, r) in self.alive_remotes() {
             if r.phase() == Phase::Listening {

@@ -37,7 +37,19 @@ impl Peer {
     pub(super) fn emit(&mut self, now: u64, local: &LocalState) {
         let hb = self.cfg.heartbeat_ms as u64;
         let fc = (self.flags(now, local), self.coord());
-        let fresh = limits_of(local);
+        let mut fresh = limits_of(local);
+        // The source voltage and the resistance stand as last sent while the new ones are within
+        // their hold bands (`share_ocv_hold_v`, `share_r_hold`, counted in the limits'
+        // uncertainty): measurement noise alone then changes no peer's proposal (S5).
+        if let Some(l) = self.emission.last_sent_limits {
+            if (local.ocv_v * 100.0 - l.ocv_10mv as f64).abs() <= self.cfg.share_ocv_hold_v * 100.0 {
+                fresh.ocv_10mv = l.ocv_10mv;
+            }
+            let r_100uohm = local.r_ohm * 1e4;
+            if (r_100uohm - l.r_100uohm as f64).abs() <= self.cfg.share_r_hold * r_100uohm {
+                fresh.r_100uohm = l.r_100uohm;
+            }
+        }
         let dropped = self.emission.last_sent_limits.is_some_and(|l| {
             fresh.dcl_da < l.dcl_da
                 || fresh.ccl_da < l.ccl_da
@@ -74,6 +86,7 @@ impl Peer {
             self.emission.last_sent_limits = Some(fresh);
             Body::Limits(fresh)
         } else {
+            self.agreement.sent_prop_da = Some(self.agreement.prop_da);
             Body::Detail(DetailBody {
                 prop_dcl_da: self.agreement.prop_da.0,
                 prop_ccl_da: self.agreement.prop_da.1,

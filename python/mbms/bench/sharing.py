@@ -14,7 +14,7 @@ import argparse
 import json
 from typing import Any
 
-BARE = {"share_ocv_uncertainty_v": 0.0, "share_r_uncertainty": 0.0, "share_i_uncertainty": 0.0}
+BARE = {"share_ocv_uncertainty_v": 0.0, "share_r_uncertainty": 0.0, "share_i_uncertainty": 0.0, "share_ocv_hold_v": 0.0, "share_r_hold": 0.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
