@@ -196,9 +196,9 @@ impl Peer {
         // broadcast it, the value every other peer holds for us. Each peer computes the same
         // fresh proposal from the same string states, so with the broadcast values the minimum
         // is taken over the same set on every peer. With only the fresh one, each peer mixed its
-        // own fresh proposal with the others' older ones, and while the states moved by a wire
-        // step with every message (a string's OCV read at 10 mV) the peers' minima differed
-        // for seconds (processes mode, S5: 20 periods).
+        // own fresh proposal with the others' older ones, and while the states moved with every
+        // message (sensor noise; see `share_ocv_hold_v` for the other half of the remedy) the
+        // peers' minima differed for seconds (processes mode, S5: 20 periods).
         let (mut d_da, mut c_da) = prop;
         if let Some((d, c)) = self.agreement.sent_prop_da {
             d_da = d_da.min(d);
