@@ -145,9 +145,9 @@ def _figures(name: str, r) -> str:
 
 # name -> reason (measured figures) for held-out traces that miss a SOC target
 SOC_MISSES: dict[str, str] = {
-    'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 4.21 %, max 8.77 % (cold start, 12 % faded: the charge from 36 to 100 % before a second anchor)',
-    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.68 %, max 3.16 % (cold start, 18 % faded)',
-    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 2.62 %, max 5.07 % (cold start, 10 % faded: the charge from 15 to 98 % before a second anchor)',
+    'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 4.33 %, max 8.95 % (cold start, 12 % faded: the charge from 36 to 100 % before a second anchor)',
+    'nmc_h3_ess_aged': 'measured (seed 1): RMSE after 10 min 1.70 %, max 3.16 % (cold start, 18 % faded)',
+    'nmc_h4_drive_aged': 'measured (seed 1): RMSE after 10 min 2.63 %, max 5.09 % (cold start, 10 % faded: the charge from 15 to 98 % before a second anchor)',
 }
 
 
@@ -166,10 +166,11 @@ def test_heldout_soc_meets_brief_targets(name: str) -> None:
 # The control of the cold-start misses: the same traces on a pack commissioned with the cell's
 # measured capacity (`estimator.capacity_prior_ratio`, σ 2 %). Where it meets the targets, the
 # miss above is the unknown capacity's, not the SOC filter's. lfp_h5 still misses its max
-# (6.29 %, measured): its charge from 36 to 100 % runs on the plateau with nothing to correct
-# the coulomb count's gain and offset errors either.
+# (6.29 %, measured, at the first scored sample): it starts at 65 % on the A123 plateau, 20 %
+# low, and after 10 min of drive the 6 % left is ~1.5 mV of OCV (55..65 %: 2.2 mV) under the
+# cell monitor's 2 mV noise; from 15 min on it stays within 4.6 %.
 COMMISSIONED_MISSES: dict[str, str] = {
-    'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 1.70 %, max 6.29 % (the plateau charge)',
+    'lfp_h5_drive_aged': 'measured (seed 1): RMSE after 10 min 1.77 %, max 6.29 % (the first minutes on the plateau)',
 }
 
 
@@ -210,11 +211,13 @@ def test_lfp_filter_is_not_overconfident(name: str) -> None:
 # (issue 16: capacity within 2 %, resistance within 5 %; the two are separate tests so that a
 # capacity that meets its target passes even where the resistance does not)
 CAPACITY_MISSES: dict[str, str] = {
-    'lfp_h4_ess_aged': 'measured (seed 1): capacity 0.898 vs 0.820 (+9.5 %)',
-    'lfp_h6_ess_full_aged': 'measured (seed 1): capacity 0.876 vs 0.850 (+3.1 %)',
+    # its one capacity observation spans 16 % of SOC from a rest on the plateau (83.6 %), whose
+    # OCV reading carries a σ of ~10 % of SOC: the estimate stays near the prior (a single
+    # noisy rest sample had moved it to 0.898 on seed 1 and 0.989 on seed 3)
+    'lfp_h4_ess_aged': 'measured (seed 1): capacity 0.968 vs 0.820 (+18.0 %)',
 }
 RESISTANCE_MISSES: dict[str, str] = {
-    'lfp_h4_ess_aged': 'measured (seed 1): resistance ratio 1.61 vs 1.70 (-5.5 %), 9 steps',
+    'lfp_h4_ess_aged': 'measured (seed 1): resistance ratio 1.61 vs 1.70 (-5.6 %), 9 steps',
     'lfp_h5_drive_aged': 'measured (seed 1): resistance ratio 1.59 vs 1.48 (+7.2 %)',
 }
 AGED = sorted(n for n in HELDOUT if "aged" in n)

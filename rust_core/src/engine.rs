@@ -399,6 +399,7 @@ impl Engine {
         let sums = self.cells.update(&st, v_cell_v, &self.sensing, &mut self.soh, &self.sensor_of, &self.tab, &self.cell, est, lc, &mut o.soc, &mut o.soc_sigma, &mut o.soc_cc);
         prot.bank(Rule::VoltageSpread).eval(0, t_s, if v_hi >= v_lo { v_hi - v_lo } else { f64::NAN });
         let cap_sum = self.soh.cap_sum; // the capacity the pass used
+        self.soh.rest_sample(&self.cells, &self.sensing, &self.sensor_of, v_cell_v, t_s, dt);
         if let rest::RestEvent::Point { since_s } = rest_event {
             self.soh.rest_point(&mut self.cells, &self.sensing, &self.sensor_of, &self.tab, &self.cell, est, self.par, t_s, since_s);
         }

@@ -148,7 +148,7 @@ impl Default for EstimatorConfig {
             // and the 10 % swing, 0.1 had cost nmc_t1 its SOC target.)
             capacity_prior_sigma: 0.15,
             // new cells. Held-out aged cells started on the nominal capacity are the SOC
-            // targets' misses (issue 16: nmc_h3 1.68 / 3.16 %, nmc_h4 2.62 / 5.07 % RMSE / max);
+            // targets' misses (issue 16: nmc_h3 1.70 / 3.16 %, nmc_h4 2.63 / 5.09 % RMSE / max);
             // started on their capacity (`mbms bench soc --capacity-known`, σ 2 %) they meet
             // them (0.45 / 0.87, 0.39 / 0.83 %): a pack of aged cells is commissioned with its
             // measured capacity, as a restored state file carries the learnt one.

@@ -77,7 +77,21 @@ pub(super) struct RestSoh {
     /// per cell: the filter's RC1 voltage when the present rest began (see
     /// [`RestSoh::rest_point`]); not in the state file: a restart begins a new rest
     pub v1_rest_start: Vec<f64>,
+    /// per cell: the rest's OCV reading averaged over its samples so far (see
+    /// [`RestSoh::rest_sample`]; NaN: none yet); not in the state file, as `v1_rest_start`
+    pub v_ocv_avg: Vec<f64>,
 }
+
+/// Time constant (s) of the average the rest point reads the OCV from
+/// ([`RestSoh::rest_sample`]). One sample carries the cell monitor's full noise (the brief's
+/// ±2 mV, 1σ in the accuracy harness), and on a flat OCV that noise is several % of SOC: on
+/// the held-out LFP trace lfp_h4 (seed 3) a single rest sample 3.5 mV high, at 83.6 % SOC on
+/// the A123 plateau (0.25 mV per %), read 94.9 %, where the OCV is four times steeper, so the
+/// reading's own σ came out small (2.7 %) and the rest point moved the SOC 7 % the wrong way
+/// and the capacity with it. A minute's exponential average takes white noise down by
+/// √(Δt/2τ) (2 mV → 0.18 mV at 1 s samples) and is short against the relaxation, which each
+/// sample's reading corrects for itself.
+pub const REST_OCV_AVG_S: f64 = 60.0;
 
 
 impl RestSoh {
@@ -107,6 +121,7 @@ impl RestSoh {
             empty_low_since: f64::NAN,
             i_offset_a: 0.0,
             v1_rest_start: vec![0.0; n],
+            v_ocv_avg: vec![f64::NAN; n],
         }
     }
 
@@ -147,6 +162,7 @@ impl RestSoh {
             if self.rest_since.is_nan() {
                 self.rest_since = t_s - dt;
                 self.v1_rest_start.copy_from_slice(v1);
+                self.v_ocv_avg.fill(f64::NAN);
             }
             if !self.rest_done && t_s - self.rest_since >= est.rest_time_s {
                 event = RestEvent::Point { since_s: self.rest_since };
@@ -233,6 +249,29 @@ impl RestSoh {
         self.time_since_rest_s = 0.0;
     }
 
+    /// One rest sample's OCV reading, into the rest's average ([`REST_OCV_AVG_S`]): the cell
+    /// voltage with the RC polarisation the model says is left added back (as
+    /// [`RestSoh::rest_point`] describes) and the hysteresis taken out, at this sample's time,
+    /// so the average carries no relaxation lag. Called after the filter's pass of a sample
+    /// inside a rest (its `h` and `v2` are this sample's), until the rest point is taken.
+    pub fn rest_sample(&mut self, cells: &Cells, sensing: &Sensing, sensor_of: &[u32], v_cell_v: &[f64], t_s: f64, dt: f64) {
+        if self.rest_since.is_nan() || self.rest_done {
+            return;
+        }
+        let rest_s = t_s - self.rest_since;
+        let g = (dt / REST_OCV_AVG_S).clamp(0.0, 1.0);
+        for k in 0..self.v_ocv_avg.len() {
+            if !sensing.v_valid[k] {
+                continue;
+            }
+            let ss = &sensing.ss[sensor_of[k] as usize];
+            let v1_left = self.v1_rest_start[k] * (-rest_s / ss.tau1_s()).exp();
+            let reading = v_cell_v[k] - cells.h[k] + v1_left + cells.v2[k];
+            let a = &mut self.v_ocv_avg[k];
+            *a = if a.is_finite() { *a + g * (reading - *a) } else { reading };
+        }
+    }
+
     /// Rest point: OCV correction of SOC, and a capacity observation since the last anchor.
     ///
     /// The OCV is the rest voltage with the RC polarisation the model says is left added back:
@@ -246,6 +285,9 @@ impl RestSoh {
     /// the OCV step between 40 and 50 %) read 51 % with a 1 % σ (v1 6 mV after 10 min, where
     /// the model's τ1 of 139 s leaves under 2 % of the load's), and the capacity learnt from
     /// those rests stayed 0.95 (true 0.86).
+    ///
+    /// The reading is the rest's average ([`RestSoh::rest_sample`], each sample corrected
+    /// this way at its own time); one sample only where the rest has none (no valid voltage).
     ///
     /// `t_s`: the time of the rest sample in `sensing.v_prev` (this sample's, or for a
     /// [`RestEvent::EndPoint`] the previous one's, called before this sample is used);
@@ -264,8 +306,12 @@ impl RestSoh {
             // at rest v = OCV + h − v1 − v2: add back what is left of the RC polarisation
             // (after a 600 s rest the LG M50's τ2 ≈ 310 s pair still holds e^(−600/310) ≈ 14 %
             // of its load voltage, ~13 mV after 1C, ~1.5 % SOC on the OCV slope)
-            let v1_left = self.v1_rest_start[k] * (-rest_s / ss.tau1_s()).exp();
-            let v_ocv = sensing.v_prev[k] - cells.h[k] + v1_left + cells.v2[k];
+            let v_ocv = if self.v_ocv_avg[k].is_finite() {
+                self.v_ocv_avg[k]
+            } else {
+                let v1_left = self.v1_rest_start[k] * (-rest_s / ss.tau1_s()).exp();
+                sensing.v_prev[k] - cells.h[k] + v1_left + cells.v2[k]
+            };
             let z_ocv = tab.soc_from_ocv(v_ocv, ss.dtemp);
             let slope = tab.slope(tab.locate(z_ocv)).max(1e-3);
             // the rest OCV's σ: the sensor's and what the relaxation model may still miss (the
