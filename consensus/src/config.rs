@@ -102,7 +102,7 @@ pub struct PeerConfig {
     /// A string's source voltage (OCV) is broadcast anew only once it is this far (V) from the
     /// value last sent; until then the sent value stands. Its error grows by up to this much,
     /// so the limits count it on top of `share_ocv_uncertainty_v` (S4). Without it, a source
-    /// voltage measured afresh each period (string voltage + I·R, with sensor noise far above
+    /// voltage measured afresh each period (cell voltages + I·R, with sensor noise far above
     /// the wire's 10 mV) changed every state message, every peer's N−1 proposal with it, and
     /// unsynchronised peers reported different limits for seconds (S5).
     pub share_ocv_hold_v: f64,
@@ -173,11 +173,15 @@ impl Default for PeerConfig {
 const SHARE_OCV_UNCERTAINTY_V: f64 = 0.02;
 const SHARE_R_UNCERTAINTY: f64 = 0.05;
 const SHARE_I_UNCERTAINTY: f64 = 0.005;
-/// The default story's source voltage, sampled each 100 ms period at rest: string voltage noise
-/// 50 mV and current noise 50 mA over ~0.47 Ω of cells give σ ≈ 55 mV per sample, ≈ 78 mV
-/// between a sample and one sent earlier. 0.2 V is ~2.6 of those σ: a string at rest sends a
-/// new value about once in a hundred state messages, and a moving one once it moved 0.2 V.
-const SHARE_OCV_HOLD_V: f64 = 0.2;
+/// The default story's source voltage (the sum of the 96 cell voltages plus I·R of the cells,
+/// `mbms_core::node`), sampled each 100 ms period at rest: cell monitor noise ~1 mV per element
+/// (~10 mV over 96) and current noise 50 mA over ~0.47 Ω of cells (~23 mV) give σ ≈ 25 mV per
+/// sample; measured in processes mode (`modes_agree` story, both bands 0), consecutive state
+/// messages differ by σ 37 mV (p95 80 mV). 0.1 V is ~2.7 of those σ: a string at rest sends a
+/// new value about once in a hundred state messages, and a moving one once it moved 0.1 V.
+/// (With the string voltage sensor as the source, 50 mV noise, they differed by σ 83 mV and the
+/// band was 0.2 V, which S4 counts at twice the cost in the limits.)
+const SHARE_OCV_HOLD_V: f64 = 0.1;
 /// The default story's string resistance estimate (~486 mΩ) moves by 0.1..1 mΩ between state
 /// messages (≤ 0.2 %); 0.5 % holds it, a tenth of `share_r_uncertainty`.
 const SHARE_R_HOLD: f64 = 0.005;

@@ -349,6 +349,12 @@ impl Engine {
         &self.out
     }
 
+    /// Every cell voltage of the last step passed the plausibility checks (range, open wire,
+    /// stuck): their sum is a measurement of the string's cell voltage.
+    pub fn cell_voltages_valid(&self) -> bool {
+        self.sensing.v_valid.iter().all(|&v| v)
+    }
+
     /// Clear every latched fault whose condition is gone (faults still present stay).
     pub fn reset_faults(&mut self, _t_s: f64) {
         self.protection.reset();

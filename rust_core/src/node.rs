@@ -471,11 +471,22 @@ impl NodeCore {
         // cells' ohmic resistance: with E and R0 the brief's §4 split is exact at this instant,
         // whereas the model OCV alone misplaces strings by their polarisation (up to ~1 A per
         // string at 0.7 C here). Falls back on the model OCV when the measurement is unusable.
+        // The voltage over the cells is their sum where every cell reads plausibly (the
+        // engine's sensor checks: a cell on an open wire would take volts off the sum before
+        // its fault latches), the string voltage sensor only where one does not. The sum has
+        // the cell monitor's noise, √n of ~1 mV (~10 mV over the example's 96 elements), and
+        // its per-cell errors average down; the HV divider carries a gain error of its own
+        // (±0.2 % in the example plant, 0.7 V at 360 V, different on every string: far beyond
+        // the 20 mV of source-voltage uncertainty the limits count, `share_ocv_uncertainty_v`)
+        // and 50 mV of noise that the hold band (`share_ocv_hold_v`) had to clear at 0.2 V.
         let r_cells = (eo.r_string_ohm - self.engine.config().pack.r_extra_ohm).max(0.0);
-        let v_meas = if inp.v_string_v.is_finite() && inp.v_string_v > 0.0 {
+        let v_cells: f64 = inp.v_cell_v.iter().sum();
+        let v_meas = if self.engine.cell_voltages_valid() && v_cells.is_finite() && !inp.v_cell_v.is_empty() {
+            v_cells
+        } else if inp.v_string_v.is_finite() && inp.v_string_v > 0.0 {
             inp.v_string_v
         } else {
-            inp.v_cell_v.iter().sum::<f64>()
+            f64::NAN
         };
         let e_v = v_meas + inp.i_a * r_cells;
         let source_v = if failsafe == FailSafe::None && e_v.is_finite() && (e_v - eo.ocv_string_v).abs() < 0.1 * eo.ocv_string_v {
@@ -608,6 +619,47 @@ mod tests {
         n.fail_safe();
         let o = step(&mut n, 2_100, &ok, true, Contactors::OPEN);
         assert!(o.fault && o.failsafe == FailSafe::Runtime);
+    }
+
+    /// The source voltage a string broadcasts for the current sharing is the sum of its cell
+    /// voltages (plus I·R of the cells), not the string voltage sensor, whose gain error (here
+    /// +0.7 V, 0.2 % of 355 V) would misplace the string in every peer's split; the sensor is
+    /// the fallback only while a cell does not read.
+    #[test]
+    fn the_shared_source_voltage_is_the_sum_of_the_cells_while_they_read() {
+        let mut n = node();
+        let ok = meas(&n, 3.7);
+        let v_cells: f64 = ok.v.iter().sum();
+        let v_sensor = v_cells + 0.7;
+        let mut nan = meas(&n, 3.7);
+        nan.v[5] = f64::NAN;
+        let mut sent = Vec::new();
+        for k in 0..60u64 {
+            let m = if k < 40 { &ok } else { &nan };
+            let inp = NodeInputs {
+                t_ms: 1_000 + 100 * k,
+                meas_t_ms: 1_000 + 100 * k,
+                v_cell_v: &m.v,
+                t_cell_c: &m.t,
+                i_a: 0.0,
+                v_string_v: v_sensor,
+                v_bus_v: 0.0,
+                feedback: Contactors::OPEN,
+                valid: true,
+            };
+            for msg in &n.step(&inp).peer.messages {
+                if let mbms_consensus::wire::Body::Limits(l) = mbms_consensus::wire::Message::decode(msg).unwrap().body {
+                    sent.push((k, l.ocv_10mv));
+                }
+            }
+        }
+        let cells_10mv = (v_cells * 100.0).round() as u32;
+        let before: Vec<u32> = sent.iter().filter(|s| s.0 < 40).map(|s| s.1).collect();
+        assert!(before.len() >= 5, "state messages before the sensor fault: {sent:?}");
+        assert!(before.iter().all(|&v| v == cells_10mv), "the cell sum {cells_10mv} is sent, not the sensor's {v_sensor:.2} V: {before:?}");
+        let after: Vec<u32> = sent.iter().filter(|s| s.0 >= 40).map(|s| s.1).collect();
+        let sensor_10mv = (v_sensor * 100.0).round() as u32;
+        assert!(after.contains(&sensor_10mv), "a cell that does not read: the string sensor's {sensor_10mv} is sent: {after:?}");
     }
 
     #[test]

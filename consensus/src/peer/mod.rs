@@ -673,7 +673,7 @@ mod tests {
     #[test]
     fn unsynchronised_peers_agree_on_limits_while_the_measurements_jitter() {
         let base = PeerConfig { members: vec![1, 2, 3], ..Default::default() };
-        let noise_v = 0.1; // ~the default story's string voltage noise (σ 50 mV, ±2σ)
+        let noise_v = 0.05; // ~the default story's source voltage noise (the cell sum's σ 25 mV, ±2σ)
         let (longest, n, end) = jittered_disagreement(&base, noise_v, 0.0);
         assert!(longest <= 200, "with the hold bands the peers disagreed for {longest} ms ({n} times)");
         let bare = PeerConfig { share_ocv_hold_v: 0.0, share_r_hold: 0.0, ..base.clone() };
