@@ -674,6 +674,16 @@ fn a_short_rest_gives_its_rest_point_when_the_load_resumes() {
     assert!(e.soh.z_rest[0].is_nan(), "a 299 s rest gives no rest point");
 }
 
+/// One A123 cell (1s1p) with a rest band of 2 % of a C, as the accuracy harness runs it.
+fn one_lfp_cell() -> (CellParams, Engine) {
+    let p = CellParams::from_toml_str(LFP).unwrap();
+    let mut c = config(1, 1);
+    c.pack.parallel = 1;
+    c.estimator.rest_current_a = 0.02 * p.capacity_ah;
+    let e = Engine::new(c, p.clone()).unwrap();
+    (p, e)
+}
+
 /// A rest point is a measurement of the OCV independent of the filter: the RC1 voltage added
 /// back to the rest voltage is what the load left when the rest began, decayed with τ1, not
 /// the filter's present v1, which the rest's voltage updates move to explain whatever keeps
@@ -684,12 +694,8 @@ fn a_short_rest_gives_its_rest_point_when_the_load_resumes() {
 /// to it with a 1 % σ. Here the filter is put in that state just before the rest point.
 #[test]
 fn a_rest_point_does_not_read_the_filters_own_soc_back() {
-    let p = CellParams::from_toml_str(LFP).unwrap();
+    let (p, mut e) = one_lfp_cell();
     let q = p.capacity_ah;
-    let mut c = config(1, 1);
-    c.pack.parallel = 1;
-    c.estimator.rest_current_a = 0.02 * q;
-    let mut e = Engine::new(c, p.clone()).unwrap();
     let z_true = 0.451;
     let mut t = 0.0;
     e.step(t, &[p.ocv(0.50, 25.0)], &[25.0], 0.0).unwrap();
@@ -731,12 +737,8 @@ fn a_rest_point_does_not_read_the_filters_own_soc_back() {
 /// to fail), averaged the rest reads within 1.5 %.
 #[test]
 fn a_rest_point_reads_the_averaged_rest_not_one_noisy_sample() {
-    let p = CellParams::from_toml_str(LFP).unwrap();
+    let (p, mut e) = one_lfp_cell();
     let q = p.capacity_ah;
-    let mut c = config(1, 1);
-    c.pack.parallel = 1;
-    c.estimator.rest_current_a = 0.02 * q;
-    let mut e = Engine::new(c, p.clone()).unwrap();
     let mut plant = Plant::new(p.clone(), 1, 1.0, 0.85, 7);
     plant.noise_v = 0.0;
     let temp = [plant.temp_c];
