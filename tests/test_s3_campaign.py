@@ -43,3 +43,20 @@ def test_bench_s3_prints_the_campaign_size_and_result() -> None:
     res = json.loads(out.stdout)
     assert res["inverter"]["joins"] == 6 and res["inverter"]["s3_violations"] == 0
     assert res["raw"]["joins"] >= 1 and res["raw"]["s3_avoidable"] == 0
+
+
+def test_a_step_counts_as_unseeable_only_after_the_sample_the_node_closed_on() -> None:
+    """The criterion on the plant's records: the contact lands at 10.00 s after 30 ms of travel
+    (command at 9.97 s). A step after the node's on-demand sample (9.95 s, within the 50 ms
+    verify timeout) and before the command reached no sample the node had; one at or before that
+    sample's plant time is the node's to see (the plant serves a sample after stepping to it); a sample older than the verify timeout, or none, leaves the travel
+    only (a node that closed on a stale sample is still caught)."""
+    travel = s3_campaign.step_in_travel
+    assert travel(10.0, 0.03, [(9.98, 20.0)])  # during the travel
+    assert not travel(10.0, 0.03, [(9.96, 20.0)])  # before the command, no on-demand sample
+    assert travel(10.0, 0.03, [(9.96, 20.0)], [9.95], 0.05)  # after the sample, before the command
+    assert not travel(10.0, 0.03, [(9.95, 20.0)], [9.95], 0.05)  # at the sample's plant time: in it
+    assert not travel(10.0, 0.03, [(9.94, 20.0)], [9.95], 0.05)  # before the sample: visible
+    assert not travel(10.0, 0.03, [(9.96, 20.0)], [9.90], 0.05)  # the sample older than 50 ms
+    assert not travel(10.0, 0.03, [(9.96, 20.0)], [10.01], 0.05)  # a sample after the command
+    assert not travel(10.0, 0.03, [(10.01, 20.0)], [9.95], 0.05)  # a step after the landing

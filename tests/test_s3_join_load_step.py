@@ -14,11 +14,16 @@ closes only on a sample taken after its decision (and its dwell runs in sample t
 sees the step and refuses; once the load is back, the string rejoins onto a matched bus.
 
 A step that lands after the close command, while the main contact travels (30 ms here), is beyond
-any controller: no sample taken before the command can show it. Such closes are told apart with the
-plant's record of the steps (``mbms.sim.s3_campaign.step_in_travel``, the seeded campaign's one
-criterion) and reported; every other close must be matched. Stop 23 saw one at a 0.38 s step: the
-fresh sample and the command at plant time 10.26 s, the step at 10.27 s, the landing at 10.29 s,
-4.6 V; it is now in the sweep, counted as in travel.
+any controller: no sample taken before the command can show it. So is one that lands after the
+on-demand sample the node closes on and before its command (the link's round trip and the node's
+latency, at most the protocol's verify timeout): the plant records when it served each on-demand
+sample. Such closes are told apart with the plant's records (``mbms.sim.s3_campaign.step_in_travel``,
+the seeded campaign's one criterion) and reported; every other close must be matched. Stop 23 saw
+one at a 0.38 s step: the fresh sample and the command at plant time 10.26 s, the step at 10.27 s,
+the landing at 10.29 s, 4.6 V; it is now in the sweep, counted as in travel. Stop 33's full suite
+saw a 4.75 V close (landing at 32.08 s) whose step fell before the command, which the travel window
+alone counted as avoidable; with the plant's record of the on-demand samples the test tells on
+which side of the node's sample such a step fell.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from mbms.plant_link import pack, unpack
 from mbms.sim.s3_campaign import step_in_travel
 
 DV_CLOSE_V = 3.0
+#: The protocol's verify_timeout_ms (the system file below leaves it at the default): the
+#: longest a node may close its main contactor on one on-demand sample.
+VERIFY_TIMEOUT_S = 0.050
 #: Sensor error allowance of the truth check, as in the simulators' S3 monitors.
 S3_MARGIN_V = 1.0
 PERIOD_MS = 200
@@ -146,7 +154,8 @@ def _rejoins_under_load_steps(tmp_path: Path, procs: list[Proc], node_cmd: list[
         closes = rec["closes"]
         fired = [(t, a) for t, a in rec["join_steps"]]
         assert all(closed(k) for k in range(3))
-        out[step_after_s] = [[*c, step_in_travel(c[0], rec["close_time_s"][c[1]], fired)]
+        out[step_after_s] = [[*c, step_in_travel(c[0], rec["close_time_s"][c[1]], fired, rec["fresh_samples"][c[1]],
+                                                    VERIFY_TIMEOUT_S)]
                              for c in closes if c[1] == 2]
         assert out[step_after_s], closes
     return out

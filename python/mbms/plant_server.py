@@ -70,6 +70,9 @@ class PlantServer:
         self.load_a = 0.0
         self.contactors = [(False, False, False)] * n_strings
         self.last_cmd = [float("-inf")] * n_strings
+        # per string, the plant times of the on-demand samples served (the sample a node takes
+        # after deciding to close a main contactor, before commanding it), the latest 500
+        self.fresh_samples: list[list[float]] = [[] for _ in range(n_strings)]
         self.malformed = 0
 
     # ------------------------------------------------------------ protocol
@@ -128,6 +131,8 @@ class PlantServer:
             # converting now is the simulated plant's (mbms.plant.Plant); a plant double need not
             p: Any = self.plant
             meas = p.measure(k, fresh=True)
+            if hasattr(p, "t_s"):
+                self.fresh_samples[k] = [*self.fresh_samples[k][-499:], float(p.t_s)]
         else:
             meas = self.plant.measure(k)
         return measurement_to_wire(k, seq, meas)
@@ -163,13 +168,15 @@ class PlantServer:
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
             raise FrameError("'closes': since must be an integer >= 0")
         evs = p.main_close_events()
-        # with the join load steps that fired and each string's contact closing time, an observer
-        # tells a step that landed while the contact was travelling (after the close command: no
-        # sample can show it) from one the node should have seen (mbms.sim.s3_campaign.step_in_travel)
+        # with the join load steps that fired, each string's contact closing time and the times
+        # of the on-demand samples served, an observer tells a step no sample before the close
+        # command could show (after the node's last on-demand sample, or while the contact was
+        # travelling) from one the node should have seen (mbms.sim.s3_campaign.step_in_travel)
         return {"op": "closes", "total": len(evs),
                 "closes": [[e.t_s, e.string, e.dv_true_v, e.inrush_a] for e in evs[since:since + 500]],
                 "join_steps": [[t, a] for t, a in p.join_steps_fired()[-500:]],
-                "close_time_s": [s.contactors.close_time_s for s in p.desc.strings]}
+                "close_time_s": [s.contactors.close_time_s for s in p.desc.strings],
+                "fresh_samples": [list(f) for f in self.fresh_samples]}
 
     def _truth(self) -> dict[str, Any]:
         """What really happens in the plant, for an observer such as ``mbms sim --mode processes``

@@ -50,12 +50,26 @@ CYCLE_TIMEOUT_MS = 20_000
 S3_MARGIN_V = 1.0
 
 
-def step_in_travel(t_close_s: float, close_time_s: float, fired: list[tuple[float, float]]) -> bool:
-    """Whether a load step of ``fired`` ([(plant time s, dA)]) landed while the main contact that
-    closed at ``t_close_s`` was travelling: after its close command (``close_time_s`` before the
-    landing), where no sample the node could take before commanding it can show the step. The one
+def step_in_travel(t_close_s: float, close_time_s: float, fired: list[tuple[float, float]],
+                   fresh_samples_s: list[float] | None = None, verify_timeout_s: float = 0.0) -> bool:
+    """Whether a load step of ``fired`` ([(plant time s, dA)]) landed where no sample the node
+    took before commanding the main contact that closed at ``t_close_s`` can show it: while the
+    contact was travelling (after its close command, ``close_time_s`` before the landing), or,
+    where the plant served the node an on-demand sample before that command
+    (``fresh_samples_s``: plant times), after the last such sample. The node decides on that
+    sample; the command follows it by the link's round trip and the node's own latency, and a
+    step after it and before the command reaches neither. Only a sample within
+    ``verify_timeout_s`` (the protocol's ``verify_timeout_ms``, the longest a node may close on
+    one) before the command counts: a node that closed without one, or on an older one, gets the
+    contact's travel only, so the check still catches a close on a stale sample. The one
     criterion of the campaign and of the real-process test (tests/test_s3_join_load_step.py)."""
-    return any(t_close_s - close_time_s - 1e-6 <= t <= t_close_s for t, _ in fired)
+    t_cmd = t_close_s - close_time_s
+    before = [t for t in (fresh_samples_s or []) if t_cmd - verify_timeout_s - 1e-6 <= t <= t_cmd + 1e-6]
+    # the plant serves a sample after its step to that time, so a step at the sample's own
+    # plant time is in it: only a later one is unseen
+    if before and max(before) < t_cmd - 1e-6:
+        return any(max(before) + 1e-6 < t <= t_close_s for t, _ in fired)
+    return any(t_cmd - 1e-6 <= t <= t_close_s for t, _ in fired)
 
 
 @dataclass
