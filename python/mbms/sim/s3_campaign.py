@@ -64,11 +64,11 @@ def step_in_travel(t_close_s: float, close_time_s: float, fired: list[tuple[floa
     contact's travel only, so the check still catches a close on a stale sample. The one
     criterion of the campaign and of the real-process test (tests/test_s3_join_load_step.py)."""
     t_cmd = t_close_s - close_time_s
-    before = [t for t in (fresh_samples_s or []) if t_cmd - verify_timeout_s - 1e-6 <= t <= t_cmd + 1e-6]
+    sample = max((t for t in (fresh_samples_s or []) if t_cmd - verify_timeout_s - 1e-6 <= t <= t_cmd + 1e-6), default=None)
     # the plant serves a sample after its step to that time, so a step at the sample's own
     # plant time is in it: only a later one is unseen
-    if before and max(before) < t_cmd - 1e-6:
-        return any(max(before) + 1e-6 < t <= t_close_s for t, _ in fired)
+    if sample is not None and sample < t_cmd - 1e-6:
+        return any(sample + 1e-6 < t <= t_close_s for t, _ in fired)
     return any(t_cmd - 1e-6 <= t <= t_close_s for t, _ in fired)
 
 

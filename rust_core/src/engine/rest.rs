@@ -249,6 +249,15 @@ impl RestSoh {
         self.time_since_rest_s = 0.0;
     }
 
+    /// Cell k's OCV as a voltage `v` read `rest_s` into a rest shows it: at rest
+    /// v = OCV + h − v1 − v2, so the hysteresis is taken out and what is left of the RC
+    /// polarisation added back (v2 open loop, v1 as the load left it decayed with τ1, see
+    /// [`RestSoh::rest_point`]).
+    fn ocv_reading(&self, k: usize, v: f64, cells: &Cells, ss: &super::sensing::SensorStep, rest_s: f64) -> f64 {
+        let v1_left = self.v1_rest_start[k] * (-rest_s / ss.tau1_s()).exp();
+        v - cells.h[k] + v1_left + cells.v2[k]
+    }
+
     /// One rest sample's OCV reading, into the rest's average ([`REST_OCV_AVG_S`]): the cell
     /// voltage with the RC polarisation the model says is left added back (as
     /// [`RestSoh::rest_point`] describes) and the hysteresis taken out, at this sample's time,
@@ -264,9 +273,7 @@ impl RestSoh {
             if !sensing.v_valid[k] {
                 continue;
             }
-            let ss = &sensing.ss[sensor_of[k] as usize];
-            let v1_left = self.v1_rest_start[k] * (-rest_s / ss.tau1_s()).exp();
-            let reading = v_cell_v[k] - cells.h[k] + v1_left + cells.v2[k];
+            let reading = self.ocv_reading(k, v_cell_v[k], cells, &sensing.ss[sensor_of[k] as usize], rest_s);
             let a = &mut self.v_ocv_avg[k];
             *a = if a.is_finite() { *a + g * (reading - *a) } else { reading };
         }
@@ -306,12 +313,7 @@ impl RestSoh {
             // at rest v = OCV + h − v1 − v2: add back what is left of the RC polarisation
             // (after a 600 s rest the LG M50's τ2 ≈ 310 s pair still holds e^(−600/310) ≈ 14 %
             // of its load voltage, ~13 mV after 1C, ~1.5 % SOC on the OCV slope)
-            let v_ocv = if self.v_ocv_avg[k].is_finite() {
-                self.v_ocv_avg[k]
-            } else {
-                let v1_left = self.v1_rest_start[k] * (-rest_s / ss.tau1_s()).exp();
-                sensing.v_prev[k] - cells.h[k] + v1_left + cells.v2[k]
-            };
+            let v_ocv = if self.v_ocv_avg[k].is_finite() { self.v_ocv_avg[k] } else { self.ocv_reading(k, sensing.v_prev[k], cells, ss, rest_s) };
             let z_ocv = tab.soc_from_ocv(v_ocv, ss.dtemp);
             let slope = tab.slope(tab.locate(z_ocv)).max(1e-3);
             // the rest OCV's σ: the sensor's and what the relaxation model may still miss (the
