@@ -2,7 +2,7 @@
 """Make the SOC/SOH evaluation family: DFN reference traces split into a tuning set and a held-out
 set (issue 16), written to python/mbms/data/traces/family/<name>.npz plus index.json.
 
-    PYBAMM_DISABLE_TELEMETRY=true python scripts/make_trace_family.py [--only NAME ...] [--jobs 1]
+    PYBAMM_DISABLE_TELEMETRY=true python scripts/make_trace_family.py [--only NAME ...]
 
 Development tool: needs the ``dev`` extra (pybamm, scipy). Nothing under python/mbms imports
 PyBaMM; ``mbms bench soc`` and the tests read only the committed .npz files.
@@ -90,6 +90,7 @@ FAMILY = [
     Spec("nmc_t1_drive", "nmc", "drive", 0.80, 25, "lumped", "tuning", 101),
     Spec("nmc_t2_ess", "nmc", "ess", 0.30, 10, "isothermal", "tuning", 102),
     Spec("nmc_t3_pulse_aged", "nmc", "pulse", 0.60, 40, "isothermal", "tuning", 103, 0.85, 1.4),
+    Spec("nmc_t4_pulse_cold", "nmc", "pulse", 0.80, 0, "isothermal", "tuning", 104),
     # NMC held-out
     Spec("nmc_h1_drive", "nmc", "drive", 0.95, 25, "isothermal", "heldout", 201),
     Spec("nmc_h2_pulse", "nmc", "pulse", 0.05, 10, "isothermal", "heldout", 202),
@@ -101,6 +102,7 @@ FAMILY = [
     Spec("lfp_t2_ess", "lfp", "ess", 0.30, 10, "isothermal", "tuning", 302),
     Spec("lfp_t3_pulse_aged", "lfp", "pulse", 0.60, 40, "isothermal", "tuning", 303, 0.85, 1.4),
     Spec("lfp_t4_ess_full", "lfp", "ess_full", 0.40, 10, "isothermal", "tuning", 304),
+    Spec("lfp_t5_ess_cold", "lfp", "ess", 0.75, 0, "isothermal", "tuning", 305),
     # LFP held-out
     Spec("lfp_h1_ess", "lfp", "ess", 0.85, 25, "isothermal", "heldout", 401),
     Spec("lfp_h2_drive", "lfp", "drive", 0.50, 10, "isothermal", "heldout", 402),
