@@ -25,7 +25,8 @@ squares on log(step ratio / F) over every step >= r0_step_min_c of the FRESH tun
 Prints the four TOML lines and, for the record, the median ratio per tuning trace before and
 after the division. Needs scipy (the dev extra). The held-out traces are never read.
 
-Fitted above ``--min-temp-c`` (5 C): the 0 C tuning traces (nmc_t4_pulse_cold, lfp_t5_ess_cold)
+Fitted at and above ``--min-temp-c`` (default: the cell file's ``r0_soh_min_temp_c``, 5 C on
+both cells, below which the engine's SOH resistance does not learn): the 0 C tuning traces (nmc_t4_pulse_cold, lfp_t5_ess_cold)
 are not fitted together with the 10..40 C ones by this four-parameter model. With them the fit
 moved to phi 0.765 / i0 0.266 C / Ea 38.4 kJ/mol / s 1.122 (NMC) and phi 1.0 (its bound) /
 0.442 C / 56.0 kJ/mol / 1.082 (LFP), and on the tuning split (mbms bench soc --split tuning,
@@ -62,12 +63,13 @@ def step_factor(p: np.ndarray, ia: np.ndarray, ib: np.ndarray, t_c: np.ndarray, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", required=True, help="cell file name (python/mbms/data/cells/<name>.toml)")
-    ap.add_argument("--min-temp-c", type=float, default=5.0, help="fit only traces whose median temperature is at least this (default 5 C, see above)")
+    ap.add_argument("--min-temp-c", type=float, default=None, help="fit only traces whose median temperature is at least this (default: the cell file's estimator.r0_soh_min_temp_c, see above)")
     args = ap.parse_args()
     path = cell_file(args.cell)
     cell = _core.CellModel.from_toml(path.read_text())
     doc = tomllib.loads(path.read_text())
     step_min_c = float(doc.get("estimator", {}).get("r0_step_min_c", 0.2))
+    min_temp_c = args.min_temp_c if args.min_temp_c is not None else float(doc.get("estimator", {}).get("r0_soh_min_temp_c", -273.15))
     t_ref_c = float(doc["t_ref_c"])
     cap = cell.capacity_ah
     data: list[tuple[str, np.ndarray]] = []
@@ -75,7 +77,7 @@ def main() -> None:
         tr = ReferenceTrace.load(p)
         if Path(tr.cell_file).stem != path.stem or np.isfinite(tr.r_ratio_true) and abs(tr.r_ratio_true - 1.0) > 1e-9:
             continue  # another cell, or an aged one (its ratio is what SOH has to find)
-        if float(np.median(tr.temp_c)) < args.min_temp_c:
+        if float(np.median(tr.temp_c)) < min_temp_c:
             continue  # a 0 C trace: outside what the model fits (see above)
         di, dv, dt = np.diff(tr.i_a), np.diff(tr.v_v), np.diff(tr.t_s)
         idx = np.flatnonzero((np.abs(di) >= step_min_c * cap) & (dt <= 1.0 + 1e-6))

@@ -30,6 +30,7 @@ from mbms.paths import hw_dir
 PACK = hw_dir() / "packs" / "example_pack.toml"
 SOC, CAP, R0 = ("cells", "z"), ("rest_soh", "cap_ah"), ("rest_soh", "r0_ratio")  # engine state sections
 R0_N = ("rest_soh", "r0_n")
+R0_SOH, R0_SOH_N = ("rest_soh", "r0_soh_ratio"), ("rest_soh", "r0_soh_n")
 
 
 def _patch(blob: bytes, n: int, field: tuple[str, str], value: float, cells: range | None = None) -> bytes:
@@ -67,7 +68,8 @@ def test_plausible_state_is_restored_whole(saved) -> None:
 
 @pytest.mark.parametrize(("field", "value", "words"), [
     (SOC, 1.5, "SOC 1.5"), (SOC, -0.5, "SOC -0.5"), (CAP, 1e6, "capacity 1000000"), (R0, 100.0, "resistance ratio 100"),
-    (R0_N, -3.0, "R0 observation count -3"),
+    (R0_N, -3.0, "R0 observation count -3"), (R0_SOH, 0.01, "SOH resistance ratio 0.01"),
+    (R0_SOH_N, -1.0, "SOH R0 observation count -1"),
 ])
 def test_implausible_estimator_state_is_dropped_and_starts_from_measurements(saved, field, value, words) -> None:
     cfg, blob = saved

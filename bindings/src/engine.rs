@@ -190,6 +190,7 @@ impl PyEngine {
         d.set_item("r0_step_i0_c", ce.r0_step_i0_c)?;
         d.set_item("r0_step_i0_ea_kj_per_mol", ce.r0_step_i0_ea_kj_per_mol)?;
         d.set_item("r0_step_pulse_ratio", ce.r0_step_pulse_ratio)?;
+        d.set_item("r0_soh_min_temp_c", ce.r0_soh_min_temp_c)?;
         d.set_item("r0_ratio_rc_share", ce.r0_ratio_rc_share)?;
         d.set_item("soc_sigma_floor", ce.soc_sigma_floor)?;
         d.set_item("rc_polarisation_rel_error", ce.rc_polarisation_rel_error)?;

@@ -439,6 +439,7 @@ class _EngineTables(TypedDict):
     r0_step_i0_c: float
     r0_step_i0_ea_kj_per_mol: float
     r0_step_pulse_ratio: float
+    r0_soh_min_temp_c: float
     r0_ratio_rc_share: float
     soc_sigma_floor: float
     rc_polarisation_rel_error: float

@@ -536,20 +536,54 @@ fn capacity_and_resistance_are_estimated_from_partial_cycles() {
 /// storage steps (60 s off, 60 s on: R0 observations) for `steps_s`, then `rest_s` of rest,
 /// 1 s samples at 25 °C; the engine after it.
 fn storage_steps(p: CellParams, c: EngineConfig, soc0: f64, r_plant: f64, steps_s: usize, rest_s: usize) -> Engine {
+    storage_steps_at(p, c, soc0, r_plant, steps_s, rest_s, 25.0)
+}
+
+/// `storage_steps` with the cell (plant and sensor) at `temp_c`.
+fn storage_steps_at(p: CellParams, c: EngineConfig, soc0: f64, r_plant: f64, steps_s: usize, rest_s: usize, temp_c: f64) -> Engine {
     let mut plant = Plant::new(p.clone(), 1, 1.0, soc0, 5);
     plant.sc[0] = CellScale { capacity: 1.0, resistance: r_plant };
     plant.noise_v = 0.0005;
+    plant.temp_c = temp_c;
     let i_on = 0.3 * p.capacity_ah;
     let mut e = Engine::new(c, p).unwrap();
     let mut t = 0.0;
-    e.step(t, &plant.voltages(0.0), &[25.0], 0.0).unwrap();
+    e.step(t, &plant.voltages(0.0), &[temp_c], 0.0).unwrap();
     for k in 0..steps_s + rest_s {
         let i = if k < steps_s && (k / 60) % 2 == 1 { i_on } else { 0.0 };
         plant.step(i, 1.0);
         t += 1.0;
-        e.step(t, &plant.voltages(i), &[25.0], i).unwrap();
+        e.step(t, &plant.voltages(i), &[temp_c], i).unwrap();
     }
     e
+}
+
+/// The SOH resistance learns only from steps at or above the cell file's
+/// `r0_soh_min_temp_c` (below it the step model is not fitted: a fresh cell's 0 °C steps read
+/// 1.08..1.20 x the model on the tuning traces), while the SOC filter's own ratio learns at
+/// every temperature. An aged cell (plant 1.5 x the table) at 0 °C: the filter's ratio finds
+/// it, the reported SOH ratio holds the table's 1; the same cell at 25 °C: both find it. With
+/// no limit (the default) the 0 °C steps count toward the SOH ratio as well.
+#[test]
+fn the_soh_resistance_learns_only_inside_the_step_models_temperature_range() {
+    let run = |temp_c: f64, min_c: f64| -> (f64, f64, f64) {
+        let mut p = CellParams::from_toml_str(NMC).unwrap();
+        p.estimator.r0_soh_min_temp_c = min_c;
+        let mut c = config(1, 1);
+        c.pack.parallel = 1;
+        let e = storage_steps_at(p, c, 0.8, 1.5, 4_000, 0, temp_c);
+        (e.soh.r0_ratio[0], e.soh.r0_soh_ratio[0], e.output().soh_resistance)
+    };
+    let zero_k = crate::cell_model::ABSOLUTE_ZERO_C;
+    assert_eq!(crate::cell_model::CellEstimator::default().r0_soh_min_temp_c, zero_k, "a cell file without the key: no limit");
+    assert_eq!(CellParams::from_toml_str(NMC).unwrap().estimator.r0_soh_min_temp_c, 5.0, "the shipped NMC file's");
+    let (filter, soh, out) = run(0.0, 5.0);
+    assert!((filter - 1.5).abs() < 0.1, "0 C: the filter's ratio {filter} learns");
+    assert_eq!((soh, out), (1.0, 1.0), "0 C, limit 5 C: the SOH ratio holds");
+    let (filter, soh, out) = run(25.0, 5.0);
+    assert!((filter - 1.5).abs() < 0.1 && (soh - filter).abs() < 1e-12 && out == soh, "25 C: both learn ({filter}, {soh})");
+    let (filter, soh, _) = run(0.0, zero_k);
+    assert!((soh - filter).abs() < 1e-12 && (soh - 1.5).abs() < 0.1, "no limit: the 0 C steps count ({soh})");
 }
 
 /// Storage duty: the only current steps are 0.3 C on and off (issue 16: an absolute 5 A
@@ -1006,11 +1040,15 @@ fn format_1_record_is_migrated_to_the_same_state() {
     assert!(a.import_state(&v1).unwrap().is_empty());
     // a format-1 record has no recent load (rest_soh.load_c, newer): it migrates as relaxed;
     // nor R0 observation counts (rest_soh.r0_n, newer): its ratio counts as learnt, as a
-    // current-format file without them; nor the σ's consider sensitivities (cells.sens and
-    // cells.sens_tau, newer): they restore 0, as a current-format file without them
+    // current-format file without them; nor the SOH resistance ratio and its count
+    // (rest_soh.r0_soh_ratio, r0_soh_n, newer): they restore the filter's; nor the σ's
+    // consider sensitivities (cells.sens and cells.sens_tau, newer): they restore 0, as a
+    // current-format file without them
     let current = patch_state(&e.export_state(), |d| {
         d["rest_soh"]["load_c"] = num(0.0);
         d["rest_soh"].as_object_mut().unwrap().remove("r0_n");
+        d["rest_soh"].as_object_mut().unwrap().remove("r0_soh_ratio");
+        d["rest_soh"].as_object_mut().unwrap().remove("r0_soh_n");
         d["cells"].as_object_mut().unwrap().remove("sens");
         d["cells"].as_object_mut().unwrap().remove("sens_tau");
     });

@@ -162,6 +162,10 @@ class NumpyEngine:
         self.cap_ah = np.full(n, cap)
         self.r0_ratio = np.ones(n)
         self.r0_n = np.zeros(n)  # R0 observations per cell (soh.rs r0_running_gain)
+        # the SOH ratio (rest.rs r0_soh_ratio): the same mean over steps at or above the cell
+        # file's r0_soh_min_temp_c
+        self.r0_soh_ratio = np.ones(n)
+        self.r0_soh_n = np.zeros(n)
         self.v_prev = np.full(n, np.nan)
         self.v_stuck = np.zeros(n, dtype=np.int64)
         self.v_valid = np.zeros(n, dtype=bool)
@@ -472,6 +476,10 @@ class NumpyEngine:
             gain = np.maximum(est.r0_gain, 1.0 / (tab["r0_prior_weight"] + self.r0_n + 1.0))
             self.r0_ratio = np.where(ok, self.r0_ratio + gain * (r / r0_sn - self.r0_ratio), self.r0_ratio)
             self.r0_n = np.where(ok, np.minimum(self.r0_n + 1.0, tab["r0_count_cap"]), self.r0_n)
+            ok_soh = ok & (tu[so] >= tab["r0_soh_min_temp_c"])
+            gain_soh = np.maximum(est.r0_gain, 1.0 / (tab["r0_prior_weight"] + self.r0_soh_n + 1.0))
+            self.r0_soh_ratio = np.where(ok_soh, self.r0_soh_ratio + gain_soh * (r / r0_sn - self.r0_soh_ratio), self.r0_soh_ratio)
+            self.r0_soh_n = np.where(ok_soh, np.minimum(self.r0_soh_n + 1.0, tab["r0_count_cap"]), self.r0_soh_n)
         r0 = r0_nom * self.r0_ratio
         # the model's drop R0(i)·i: the chord from rest to this load (sensing.rs r0_load_factors)
         g_load = _chord_factor(phi, ratio, i0_s[so], 0.0, i_cell / tab["capacity_ah"])
@@ -676,7 +684,7 @@ class NumpyEngine:
             dcl_peak_a=float(self.lim[2]),
             ccl_peak_a=float(self.lim[3]),
             balance=self.balance.copy(),
-            soh_resistance=float(self.r0_ratio.mean()),
+            soh_resistance=float(self.r0_soh_ratio.mean()),
         )
 
     def reset_faults(self) -> None:

@@ -49,6 +49,8 @@ struct Scratch {
     /// the model's instantaneous voltage drop R0(i)·i at this step's load (V)
     u0: [f64; BLOCK],
     r0r: [f64; BLOCK],
+    /// the SOH resistance ratio (`RestSoh::r0_soh_ratio`), for the pack's mean
+    r0s: [f64; BLOCK],
     slope: [f64; BLOCK],
     ocv: [f64; BLOCK],
     h: [f64; BLOCK],
@@ -81,6 +83,7 @@ impl Scratch {
             r1: [0.0; BLOCK],
             r0: [0.0; BLOCK],
             r0r: [0.0; BLOCK],
+            r0s: [0.0; BLOCK],
             slope: [0.0; BLOCK],
             ocv: [0.0; BLOCK],
             h: [0.0; BLOCK],
@@ -268,7 +271,7 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
 const LANES: usize = 4;
 const _: () = assert!(BLOCK % LANES == 0, "blocks must start at a multiple of the lanes");
 
-/// The pack reductions of the pass, per lane: sums of SOC, OCV, R0, energy, R0 ratio; minima
+/// The pack reductions of the pass, per lane: sums of SOC, OCV, R0, energy, SOH resistance ratio; minima
 /// of SOC and the four unit-cell limits; maximum of SOC.
 #[derive(Clone, Copy)]
 struct Reductions {
@@ -288,7 +291,7 @@ impl Reductions {
         self.sum[1][l] += sc.ocv_out[j];
         self.sum[2][l] += sc.r0[j];
         self.sum[3][l] += sc.soe[j];
-        self.sum[4][l] += sc.r0r[j];
+        self.sum[4][l] += sc.r0s[j];
         self.min[0][l] = self.min[0][l].min(zo);
         self.min[1][l] = self.min[1][l].min(sc.ldc[j]);
         self.min[2][l] = self.min[2][l].min(sc.lcc[j]);
@@ -348,6 +351,7 @@ pub(super) struct PackSums {
     pub r_sum: f64,
     /// Σ energy of the unit cells (Wh)
     pub soe: f64,
+    /// Σ SOH resistance ratio (`RestSoh::r0_soh_ratio`)
     pub r0_ratio_sum: f64,
     /// min over the cells of the unit-cell limits: discharge/charge, continuous/peak
     pub ld_c: f64,
@@ -592,6 +596,8 @@ impl Cells {
         let y2 = y_anchor * y_anchor;
         let r0rs = &mut soh.r0_ratio[..n];
         let r0ns = &mut soh.r0_n[..n];
+        let r0ss = &mut soh.r0_soh_ratio[..n];
+        let r0sns = &mut soh.r0_soh_n[..n];
         let o_soc = &mut o_soc[..n];
         let o_sig = &mut o_sig[..n];
         let o_cc = &mut o_cc[..n];
@@ -643,6 +649,12 @@ impl Cells {
                         r0r += soh::r0_running_gain(r0ns[k], r0_gain) * (r / r0_step_nom - r0r);
                         r0rs[k] = r0r;
                         r0ns[k] = (r0ns[k] + 1.0).min(soh::R0_COUNT_CAP);
+                        // the SOH ratio: the same mean over the steps inside the step model's
+                        // temperature range (`CellEstimator::r0_soh_min_temp_c`)
+                        if sensing.r0_soh_step[sensor_of[k] as usize] {
+                            r0ss[k] += soh::r0_running_gain(r0sns[k], r0_gain) * (r / r0_step_nom - r0ss[k]);
+                            r0sns[k] = (r0sns[k] + 1.0).min(soh::R0_COUNT_CAP);
+                        }
                     }
                 }
                 let mut v2 = 0.0;
@@ -668,6 +680,7 @@ impl Cells {
                 sc.r1[j] = r1;
                 sc.r0[j] = r0;
                 sc.r0r[j] = r0r;
+                sc.r0s[j] = r0ss[k];
                 sc.slope[j] = slope;
                 sc.ocv[j] = ocv_lin;
                 sc.h[j] = hk;

@@ -55,6 +55,11 @@ pub(super) struct RestSoh {
     /// R0 observations each cell has taken (capped at `soh::R0_COUNT_CAP`): the weight of
     /// its running mean (`soh::r0_running_gain`)
     pub r0_n: Vec<f64>,
+    /// The SOH resistance ratio the engine reports, per cell, and its observation count:
+    /// the same running mean as `r0_ratio` over the steps at or above the cell file's
+    /// `r0_soh_min_temp_c` only (`r0_ratio` is the SOC filter's, from every step)
+    pub r0_soh_ratio: Vec<f64>,
+    pub r0_soh_n: Vec<f64>,
     pub awtls: Vec<Awtls>,
     /// variance of each cell's capacity estimate, relative (see [`Awtls::variance`]): what
     /// the SOC σ the engine reports adds for the charge counted since the last anchor (a
@@ -112,6 +117,8 @@ impl RestSoh {
             cap_sum: cap * n as f64,
             r0_ratio: vec![1.0; n],
             r0_n: vec![0.0; n],
+            r0_soh_ratio: vec![1.0; n],
+            r0_soh_n: vec![0.0; n],
             awtls: vec![Awtls::with_prior_at(prior_ratio, capacity_prior_sigma); n],
             cap_var: vec![capacity_prior_sigma * capacity_prior_sigma; n],
             z_rest: vec![f64::NAN; n],
@@ -503,6 +510,12 @@ pub(super) struct RestSohStateV1 {
     /// written before it: the restored ratio counts as learnt (the gain is `r0_gain`)
     #[serde(default)]
     pub r0_n: Vec<X>,
+    /// per cell: the SOH resistance ratio and its observation count (steps at or above
+    /// `r0_soh_min_temp_c`); absent in files written before it: the filter's ratio and count
+    #[serde(default)]
+    pub r0_soh_ratio: Vec<X>,
+    #[serde(default)]
+    pub r0_soh_n: Vec<X>,
     /// per cell: SOC and its variance at the last rest point ("NaN": none yet)
     pub z_rest: Vec<X>,
     pub z_rest_var: Vec<X>,
@@ -521,6 +534,8 @@ impl RestSoh {
             cap_ah: xs(&self.cap_ah),
             r0_ratio: xs(&self.r0_ratio),
             r0_n: xs(&self.r0_n),
+            r0_soh_ratio: xs(&self.r0_soh_ratio),
+            r0_soh_n: xs(&self.r0_soh_n),
             z_rest: xs(&self.z_rest),
             z_rest_var: xs(&self.z_rest_var),
             awtls: self.awtls.iter().map(|a| a.c.map(X)).collect(),
@@ -534,8 +549,13 @@ impl RestSoh {
                 return Err(format!("rest_soh.{name}: {len} values, expected {n} (one per cell)"));
             }
         }
-        if !(s.r0_n.is_empty() || s.r0_n.len() == n) {
-            return Err(format!("rest_soh.r0_n: {} values, expected {n} (one per cell) or none", s.r0_n.len()));
+        for (name, len) in [("r0_n", s.r0_n.len()), ("r0_soh_ratio", s.r0_soh_ratio.len()), ("r0_soh_n", s.r0_soh_n.len())] {
+            if !(len == 0 || len == n) {
+                return Err(format!("rest_soh.{name}: {len} values, expected {n} (one per cell) or none"));
+            }
+        }
+        if s.r0_soh_ratio.len() != s.r0_soh_n.len() {
+            return Err(format!("rest_soh.r0_soh_n: {} values, expected as many as r0_soh_ratio ({})", s.r0_soh_n.len(), s.r0_soh_ratio.len()));
         }
         for k in 0..n {
             let (cap, r0r) = (s.cap_ah[k].0, s.r0_ratio[k].0);
@@ -565,6 +585,10 @@ impl RestSoh {
                 format!("cell {k}: rest point SOC {z_rest} (variance {z_rest_var}) implausible")
             } else if s.r0_n.get(k).is_some_and(|x| !inside(x.0, 0.0, R0_COUNT_CAP)) {
                 format!("cell {k}: R0 observation count {} outside 0..{R0_COUNT_CAP}", s.r0_n[k].0)
+            } else if s.r0_soh_ratio.get(k).is_some_and(|x| !inside(x.0, r_lo, r_hi)) {
+                format!("cell {k}: SOH resistance ratio {} outside {r_lo}..{r_hi} x the cell file's R0", s.r0_soh_ratio[k].0)
+            } else if s.r0_soh_n.get(k).is_some_and(|x| !inside(x.0, 0.0, R0_COUNT_CAP)) {
+                format!("cell {k}: SOH R0 observation count {} outside 0..{R0_COUNT_CAP}", s.r0_soh_n[k].0)
             } else if s.awtls[k].iter().any(|c| !c.0.is_finite()) {
                 format!("cell {k}: non-finite capacity estimator sums")
             } else {
@@ -586,6 +610,8 @@ impl RestSoh {
             self.inv_qc[k] = 1.0 / (3600.0 * s.cap_ah[k].0);
             self.r0_ratio[k] = s.r0_ratio[k].0;
             self.r0_n[k] = s.r0_n.get(k).map_or(R0_COUNT_CAP, |x| x.0);
+            self.r0_soh_ratio[k] = s.r0_soh_ratio.get(k).map_or(self.r0_ratio[k], |x| x.0);
+            self.r0_soh_n[k] = s.r0_soh_n.get(k).map_or(self.r0_n[k], |x| x.0);
             self.z_rest[k] = s.z_rest[k].0;
             self.z_rest_var[k] = s.z_rest_var[k].0;
             self.awtls[k].c = s.awtls[k].map(|x| x.0);

@@ -125,6 +125,10 @@ pub(super) struct Sensing {
     /// the step-resistance factor of this sample's current step at each sensor's model
     /// temperature (only filled on an R0 current step), `soh::r0_step_factor`
     pub r0_step_factor: Vec<f64>,
+    /// per sensor: this sample's current step counts toward the SOH resistance ratio (the
+    /// model temperature at or above `CellEstimator::r0_soh_min_temp_c`; only filled on an R0
+    /// current step, with `r0_step_factor`)
+    pub r0_soh_step: Vec<bool>,
     /// the model's R0 over the table's at this step's load, per sensor (`r0_load_factors`)
     pub r0_load_factor: Vec<f64>,
     /// the load `r0_load_factor` is for (NaN: none yet); a sensor whose model temperature
@@ -146,6 +150,7 @@ impl Sensing {
             t_used: vec![t_ref_c; n_t],
             ss: vec![SensorStep::UNSET; n_t],
             r0_step_factor: vec![1.0; n_t],
+            r0_soh_step: vec![true; n_t],
             r0_load_factor: vec![1.0; n_t],
             r0_load_i_c: f64::NAN,
         }
@@ -325,10 +330,12 @@ impl Sensing {
     }
 
     /// On an R0 current step from `ia_c` to `ib_c` (C-rates of one cell): the resistance
-    /// such a step reads over the R0 table, at each sensor's model temperature.
+    /// such a step reads over the R0 table, at each sensor's model temperature, and whether
+    /// it counts toward the SOH ratio there.
     pub fn r0_step_factors(&mut self, ia_c: f64, ib_c: f64, p: &CellParams) {
-        for (f, ss) in self.r0_step_factor.iter_mut().zip(&self.ss) {
+        for ((f, soh), ss) in self.r0_step_factor.iter_mut().zip(self.r0_soh_step.iter_mut()).zip(&self.ss) {
             *f = crate::soh::r0_chord_factor(&p.estimator, &ss.chord, ia_c, ib_c);
+            *soh = ss.t_model >= p.estimator.r0_soh_min_temp_c;
         }
     }
 

@@ -103,6 +103,8 @@ pub(super) fn read(data: &[u8], n_engine: usize, n_t_engine: usize, bank_len: im
             cap_ah: col(8),
             r0_ratio: col(9),
             r0_n: Vec::new(), // not in a version-1 file: the ratio counts as learnt
+            r0_soh_ratio: Vec::new(), // nor the SOH ratio: the filter's
+            r0_soh_n: Vec::new(),
             z_rest: col(10),
             z_rest_var: col(11),
             awtls: per_cell.iter().map(|row| std::array::from_fn(|j| X(row[12 + j]))).collect(),
