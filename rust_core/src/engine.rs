@@ -403,6 +403,9 @@ impl Engine {
         let st = cells::CellStep { dt, par: self.par, i: i_est, i_cell, di_cell: di / self.par, eta, r0_step, start_up, load_c: self.soh.load_c };
         let o = &mut self.out;
         let sums = self.cells.update(&st, v_cell_v, &self.sensing, &mut self.soh, &self.sensor_of, &self.tab, &self.cell, est, lc, &mut o.soc, &mut o.soc_sigma, &mut o.soc_cc);
+        if r0_step {
+            self.soh.update_r0_soh_mean(); // the only samples its ratios move on
+        }
         prot.bank(Rule::VoltageSpread).eval(0, t_s, if v_hi >= v_lo { v_hi - v_lo } else { f64::NAN });
         let cap_sum = self.soh.cap_sum; // the capacity the pass used
         self.soh.rest_sample(&self.cells, &self.sensing, &self.sensor_of, v_cell_v, t_s, dt);
@@ -420,7 +423,7 @@ impl Engine {
         o.soe_wh = sums.soe * self.par;
         o.ocv_string_v = sums.ocv_sum;
         o.r_string_ohm = sums.r_sum * (1.0 / self.par) + self.cfg.pack.r_extra_ohm;
-        o.soh_resistance = sums.r0_ratio_sum / nf;
+        o.soh_resistance = self.soh.r0_soh_mean;
         o.soh_capacity = cap_sum / (nf * self.cell.capacity_ah);
         let action = prot.collect(&mut o.faults);
         o.action = action;

@@ -49,8 +49,6 @@ struct Scratch {
     /// the model's instantaneous voltage drop R0(i)·i at this step's load (V)
     u0: [f64; BLOCK],
     r0r: [f64; BLOCK],
-    /// the SOH resistance ratio (`RestSoh::r0_soh_ratio`), for the pack's mean
-    r0s: [f64; BLOCK],
     slope: [f64; BLOCK],
     ocv: [f64; BLOCK],
     h: [f64; BLOCK],
@@ -83,7 +81,6 @@ impl Scratch {
             r1: [0.0; BLOCK],
             r0: [0.0; BLOCK],
             r0r: [0.0; BLOCK],
-            r0s: [0.0; BLOCK],
             slope: [0.0; BLOCK],
             ocv: [0.0; BLOCK],
             h: [0.0; BLOCK],
@@ -271,18 +268,18 @@ fn block_math_impl(b: &mut BlockMath<'_>) {
 const LANES: usize = 4;
 const _: () = assert!(BLOCK % LANES == 0, "blocks must start at a multiple of the lanes");
 
-/// The pack reductions of the pass, per lane: sums of SOC, OCV, R0, energy, SOH resistance ratio; minima
+/// The pack reductions of the pass, per lane: sums of SOC, OCV, R0, energy; minima
 /// of SOC and the four unit-cell limits; maximum of SOC.
 #[derive(Clone, Copy)]
 struct Reductions {
-    sum: [[f64; LANES]; 5],
+    sum: [[f64; LANES]; 4],
     min: [[f64; LANES]; 5],
     max: [f64; LANES],
 }
 
 impl Reductions {
     fn new() -> Self {
-        Reductions { sum: [[0.0; LANES]; 5], min: [[f64::INFINITY; LANES]; 5], max: [f64::NEG_INFINITY; LANES] }
+        Reductions { sum: [[0.0; LANES]; 4], min: [[f64::INFINITY; LANES]; 5], max: [f64::NEG_INFINITY; LANES] }
     }
 
     #[inline(always)]
@@ -291,7 +288,6 @@ impl Reductions {
         self.sum[1][l] += sc.ocv_out[j];
         self.sum[2][l] += sc.r0[j];
         self.sum[3][l] += sc.soe[j];
-        self.sum[4][l] += sc.r0s[j];
         self.min[0][l] = self.min[0][l].min(zo);
         self.min[1][l] = self.min[1][l].min(sc.ldc[j]);
         self.min[2][l] = self.min[2][l].min(sc.lcc[j]);
@@ -310,7 +306,6 @@ impl Reductions {
             ocv_sum: s(&self.sum[1]),
             r_sum: s(&self.sum[2]),
             soe: s(&self.sum[3]),
-            r0_ratio_sum: s(&self.sum[4]),
             ld_c: lo(&self.min[1]),
             lc_c: lo(&self.min[2]),
             ld_p: lo(&self.min[3]),
@@ -351,8 +346,6 @@ pub(super) struct PackSums {
     pub r_sum: f64,
     /// Σ energy of the unit cells (Wh)
     pub soe: f64,
-    /// Σ SOH resistance ratio (`RestSoh::r0_soh_ratio`)
-    pub r0_ratio_sum: f64,
     /// min over the cells of the unit-cell limits: discharge/charge, continuous/peak
     pub ld_c: f64,
     pub lc_c: f64,
@@ -680,7 +673,6 @@ impl Cells {
                 sc.r1[j] = r1;
                 sc.r0[j] = r0;
                 sc.r0r[j] = r0r;
-                sc.r0s[j] = r0ss[k];
                 sc.slope[j] = slope;
                 sc.ocv[j] = ocv_lin;
                 sc.h[j] = hk;

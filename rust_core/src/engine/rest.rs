@@ -60,6 +60,10 @@ pub(super) struct RestSoh {
     /// `r0_soh_min_temp_c` only (`r0_ratio` is the SOC filter's, from every step)
     pub r0_soh_ratio: Vec<f64>,
     pub r0_soh_n: Vec<f64>,
+    /// mean of `r0_soh_ratio` over the cells (the engine's `soh_resistance`): recomputed only
+    /// where the ratios change (a step sample, a restored state), not in the per-sample pass;
+    /// not in the state file
+    pub r0_soh_mean: f64,
     pub awtls: Vec<Awtls>,
     /// variance of each cell's capacity estimate, relative (see [`Awtls::variance`]): what
     /// the SOC σ the engine reports adds for the charge counted since the last anchor (a
@@ -119,6 +123,7 @@ impl RestSoh {
             r0_n: vec![0.0; n],
             r0_soh_ratio: vec![1.0; n],
             r0_soh_n: vec![0.0; n],
+            r0_soh_mean: 1.0,
             awtls: vec![Awtls::with_prior_at(prior_ratio, capacity_prior_sigma); n],
             cap_var: vec![capacity_prior_sigma * capacity_prior_sigma; n],
             z_rest: vec![f64::NAN; n],
@@ -247,6 +252,11 @@ impl RestSoh {
         }
         self.z_rest[k] = z_meas;
         self.z_rest_var[k] = var;
+    }
+
+    /// Recompute `r0_soh_mean` (after a pass with an R0 step, or a restored state).
+    pub fn update_r0_soh_mean(&mut self) {
+        self.r0_soh_mean = self.r0_soh_ratio.iter().sum::<f64>() / self.r0_soh_ratio.len() as f64;
     }
 
     fn reset_throughput(&mut self) {
@@ -619,6 +629,7 @@ impl RestSoh {
             self.cap_var[k] = self.awtls[k].variance(q);
         }
         self.cap_sum = self.cap_ah.iter().sum();
+        self.update_r0_soh_mean();
         self.q_since_rest_ah = s.q_since_rest_ah.0;
         self.dt2_since_rest = s.dt2_since_rest.0;
         self.time_since_rest_s = s.time_since_rest_s.0;
