@@ -11,13 +11,17 @@ mbms.accuracy (seeded). No PyBaMM: only the committed .npz files.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from mbms import _core
 from mbms.accuracy import (
     CONVERGENCE_WINDOW_S,
+    LOAD_C,
     believed_start_soc,
+    circuit_error,
     commissioned_pack,
     convergence,
     convergence_starts,
@@ -444,3 +448,98 @@ def test_bench_soc_convergence_json_reports_each_start() -> None:
     assert row["converged_after_s"] == r.converged_after_s
     assert row["max_err_over_sigma_after_10min"] == pytest.approx(r.max_err_over_sigma)
     assert agg["within_3_sigma_after_10min"] == sum(x["max_err_over_sigma_after_10min"] <= 3.0 for x in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The circuit's own error (mbms bench soc --circuit)
+# ---------------------------------------------------------------------------------------------
+
+def _circuit_trace(cell_name: str, *, capacity_scale: float = 1.0, resistance_scale: float = 1.0,
+                   aged: bool = False) -> ReferenceTrace:
+    """A trace the cell file's own circuit made: from a minute's rest (as the family's traces
+    start, so the first sample's SOC is the start's), 1C discharge, rest, C/2 charge, at 1 s and
+    25 C."""
+    text = cell_file(cell_name).read_text()
+    model = _core.CellModel.from_toml(text)
+    q = model.capacity_ah * capacity_scale
+    i = np.concatenate([np.zeros(60), np.full(900, q), np.zeros(600), np.full(1200, -0.5 * q), np.zeros(300)])
+    v, z = model.simulate(0.8, i.tolist(), 1.0, 25.0, capacity_scale=capacity_scale, resistance_scale=resistance_scale)
+    soc = np.asarray(z)  # the circuit's state after each sample's step, as its voltage
+    return ReferenceTrace(
+        name="circuit", t_s=np.arange(1.0, len(i) + 1.0), i_a=i, v_v=np.asarray(v), soc_true=soc,
+        temp_c=np.full(len(i), 25.0), cell_file=cell_name, capacity_ah=q, split="tuning",
+        capacity_nominal_ah=model.capacity_ah if aged else float("nan"),
+        r_ratio_true=resistance_scale if aged else float("nan"))
+
+
+def test_circuit_error_is_nil_on_the_circuits_own_trace_and_measures_an_offset() -> None:
+    tr = _circuit_trace("lg_m50_nmc")
+    r = circuit_error(tr)
+    assert r.load_samples == 900 + 1200
+    assert r.rms_mv < 1e-6 and r.p95_mv < 1e-6 and r.soc_path_max_pct < 1e-9
+    # 10 mV under load, none at rest: measured as 10 mV, and twice that as twice the SOC
+    load = np.abs(tr.i_a) >= LOAD_C * tr.capacity_ah
+    r10 = circuit_error(replace(tr, v_v=tr.v_v + 0.010 * load))
+    r20 = circuit_error(replace(tr, v_v=tr.v_v + 0.020 * load))
+    assert r10.rms_mv == pytest.approx(10.0) and r10.p95_mv == pytest.approx(10.0)
+    assert r20.rms_over_stated == pytest.approx(2 * r10.rms_over_stated)
+    assert r20.soc_equivalent_median_pct == pytest.approx(2 * r10.soc_equivalent_median_pct)
+    # the LG M50's OCV rises 5..15 mV per % SOC between 40 and 80 %: 10 mV is 0.6..2 %
+    assert 0.5 < r10.soc_equivalent_median_pct < 2.0
+
+
+def test_circuit_error_runs_an_aged_trace_with_its_capacity_and_resistance() -> None:
+    tr = _circuit_trace("a123_anr26650_lfp", capacity_scale=0.85, resistance_scale=1.5, aged=True)
+    r = circuit_error(tr)
+    assert r.aged and r.rms_mv < 1e-6 and r.soc_path_max_pct < 1e-9
+    # the same voltages read as a fresh cell's: the circuit runs on the file's resistance
+    fresh = circuit_error(replace(tr, capacity_nominal_ah=float("nan"), r_ratio_true=float("nan")))
+    assert not fresh.aged and fresh.rms_mv > 5.0
+
+
+def test_circuit_error_refuses_an_uneven_sample_period() -> None:
+    tr = _circuit_trace("lg_m50_nmc")
+    t = tr.t_s.copy()
+    t[100:] += 0.5
+    with pytest.raises(InputError, match="fixed sample period"):
+        circuit_error(replace(tr, t_s=t))
+
+
+def test_the_stated_model_error_is_held_through_a_charge_and_released_over_a_rest() -> None:
+    import tomllib
+
+    text = cell_file("lg_m50_nmc").read_text()
+    est = tomllib.loads(text)["estimator"]
+    s0, per_c, relax_s = est["model_error_v"], est["model_error_v_per_c"], est["model_error_relax_s"]
+    model = _core.CellModel.from_toml(text)
+    q = model.capacity_ah
+    # 1C discharge, C/2 charge tapering to C/20 (a CV phase), rest
+    i = [q] * 10 + [-0.5 * q] * 10 + [-0.05 * q] * 10 + [0.0] * 600
+    s = model.stated_model_error_v(i, 1.0, 0.02)
+    assert s[5] == pytest.approx(np.hypot(s0, per_c * 1.0))
+    assert s[15] == pytest.approx(s[5])  # the charge holds the larger discharge load
+    assert s[25] == pytest.approx(s[5])  # and the taper does not release it
+    assert s[-1] == pytest.approx(np.hypot(s0, per_c * np.exp(-600 / relax_s)), rel=1e-3)
+    with pytest.raises(ValueError, match="dt_s"):
+        model.stated_model_error_v(i, 0.0, 0.02)
+
+
+def test_bench_soc_circuit_json_reports_each_trace() -> None:
+    import json
+    import subprocess
+    import sys
+
+    names = ["nmc_h4_drive_aged", "lfp_h1_ess"]
+    out = subprocess.run([sys.executable, "-m", "mbms", "bench", "soc", "--circuit", "--json",
+                          *(a for n in names for a in ("--trace", n))],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    d = json.loads(out)
+    assert d["bench"] == "soc-circuit" and d["load_c"] == LOAD_C
+    rows = {r["trace"]: r for r in d["results"]}
+    assert set(rows) == set(names)
+    for n in names:
+        r = circuit_error(ReferenceTrace.load(HELDOUT[n]))
+        assert rows[n]["rms_mv"] == pytest.approx(r.rms_mv)
+        assert rows[n]["soc_equivalent_median_pct"] == pytest.approx(r.soc_equivalent_median_pct)
+    assert rows["nmc_h4_drive_aged"]["aged"] is True and rows["lfp_h1_ess"]["aged"] is False
+    assert d["aggregate"]["NMC"]["rms_mv_pooled"] == pytest.approx(rows["nmc_h4_drive_aged"]["rms_mv"])

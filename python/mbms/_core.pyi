@@ -65,8 +65,16 @@ class CellModel:
     def ocv(self, soc: float, temp_c: float) -> float: ...
     def soc_from_ocv(self, v: float, temp_c: float) -> float: ...
     def r0(self, soc: float, temp_c: float) -> float: ...
+    def stated_model_error_v(self, current_a: list[float], dt_s: float, rest_c: float) -> list[float]: ...
     def simulate(
-        self, soc0: float, current_a: list[float], dt_s: float, temp_c: float
+        self,
+        soc0: float,
+        current_a: list[float],
+        dt_s: float,
+        temp_c: float | list[float],
+        *,
+        capacity_scale: float = 1.0,
+        resistance_scale: float = 1.0,
     ) -> tuple[list[float], list[float]]: ...
 
 # ---------------------------------------------------------------------------------------

@@ -432,6 +432,83 @@ def soc_accuracy(
 
 
 # ---------------------------------------------------------------------------------------------
+# The equivalent circuit's own error against a reference trace
+# ---------------------------------------------------------------------------------------------
+
+# A sample is under load above this C-rate: the harness's rest band (``sensor_settings``, C/50).
+LOAD_C = 0.02
+# Half the SOC step of the OCV slope's central difference.
+SLOPE_DZ = 0.005
+
+
+@dataclass(frozen=True)
+class CircuitError:
+    """The cell file's equivalent circuit against a reference trace: the circuit run open loop
+    on the trace's own current from its true start SOC (an aged trace with its true capacity and
+    resistance ratio, applied as the plant ages a cell: R0 and the RC resistances alike), no
+    corruption, no filter. Its terminal-voltage error under load is what the voltage can tell
+    the SOC filter there, where the filter does not know the capacity: an SOC error that moves
+    the OCV by less than this is the circuit's to explain, not the coulomb count's."""
+
+    trace: str
+    chemistry: str
+    aged: bool
+    load_samples: int
+    # |v_ref - v_circuit| over the samples under load (mV)
+    rms_mv: float
+    p95_mv: float
+    # the errors in units of the model error the SOC filter states for the cell at each sample
+    # (``CellModel.stated_model_error_v``: the cell file's estimator.model_error_v and
+    # model_error_v_per_c times the recent load, held while charging and released over a rest as
+    # the engine does; one sigma, without its correlation-time weighting), RMS: about 1 where the
+    # file's sigma is honest
+    rms_over_stated: float
+    # the error divided by the OCV slope at the true SOC, median over the samples under load
+    # (% SOC): the SOC error the voltage under load cannot tell from the circuit's own
+    soc_equivalent_median_pct: float
+    # the circuit's SOC against the truth, max |difference| (% SOC): a check that the circuit ran
+    # on the trace's charge (capacity and sign convention), about 0
+    soc_path_max_pct: float
+
+
+def circuit_error(trace: ReferenceTrace) -> CircuitError:
+    """:class:`CircuitError` of the cell file of ``trace`` on it (``mbms bench soc --circuit``)."""
+    cell = _core.CellModel.from_toml(cell_file(trace.cell_file).read_text())
+    dts = np.diff(trace.t_s)
+    if np.max(dts) - np.min(dts) > 1e-6 * np.max(dts):
+        raise InputError(f"reference trace {trace.name}: the circuit error needs a fixed sample period, "
+                         f"got {np.min(dts)}..{np.max(dts)} s")
+    aged = np.isfinite(trace.capacity_nominal_ah) and np.isfinite(trace.r_ratio_true)
+    cap_scale = trace.capacity_ah / cell.capacity_ah
+    r_scale = float(trace.r_ratio_true) if aged else 1.0
+    # a sample stands for the period before it (the engine's convention): the circuit steps with
+    # each sample's current and gives that sample's voltage
+    v, z = cell.simulate(float(trace.soc_true[0]), trace.i_a.tolist(), float(dts[0]), trace.temp_c.tolist(),
+                         capacity_scale=cap_scale, resistance_scale=r_scale)
+    err = trace.v_v - np.asarray(v)
+    c_rate = np.abs(trace.i_a) / trace.capacity_ah
+    load = c_rate >= LOAD_C
+    if not np.any(load):
+        raise InputError(f"reference trace {trace.name}: no sample under load (|I| >= {LOAD_C} C)")
+    e = err[load]
+    stated = np.asarray(cell.stated_model_error_v(trace.i_a.tolist(), float(dts[0]), LOAD_C))[load]
+    zs, ts = trace.soc_true[load], trace.temp_c[load]
+    slope = np.array([(cell.ocv(min(zz + SLOPE_DZ, 1.0), tt) - cell.ocv(max(zz - SLOPE_DZ, 0.0), tt))
+                      / (min(zz + SLOPE_DZ, 1.0) - max(zz - SLOPE_DZ, 0.0)) for zz, tt in zip(zs.tolist(), ts.tolist())])
+    return CircuitError(
+        trace=trace.name,
+        chemistry=cell.chemistry.upper(),
+        aged=bool(aged and cap_scale < 0.95),
+        load_samples=int(np.count_nonzero(load)),
+        rms_mv=1000.0 * float(np.sqrt(np.mean(e**2))),
+        p95_mv=1000.0 * float(np.percentile(np.abs(e), 95)),
+        rms_over_stated=float(np.sqrt(np.mean((e / np.maximum(stated, 1e-6)) ** 2))),
+        soc_equivalent_median_pct=100.0 * float(np.median(np.abs(e) / np.maximum(slope, 1e-6))),
+        soc_path_max_pct=100.0 * float(np.max(np.abs(np.asarray(z) - trace.soc_true))),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Convergence from a wrong start, anywhere in the SOC range
 # ---------------------------------------------------------------------------------------------
 
@@ -556,11 +633,13 @@ __all__ = [
     "family_traces",
     "sensor_settings",
     "AccuracyResult",
+    "CircuitError",
     "Corruption",
     "ConvergenceResult",
     "Measurements",
     "ReferenceTrace",
     "believed_start_soc",
+    "circuit_error",
     "convergence",
     "convergence_starts",
     "corrupt",

@@ -295,9 +295,18 @@ pub fn load_c_rate(prev: f64, c_rate: f64, rest_c: f64, dt_s: f64, relax_s: f64)
 /// `cell_model::CellEstimator`).
 #[inline]
 pub fn measurement_variance(est: &EstimatorConfig, cell: &crate::cell_model::CellEstimator, c_load: f64, dt_s: f64) -> f64 {
-    let sc = cell.model_error_v_per_c * c_load;
+    let (s0, sc) = cell_model_error_v(cell, c_load);
     let k = if dt_s > 0.0 { (cell.model_error_corr_s / dt_s).max(1.0) } else { 1.0 };
-    est.voltage_noise_v.powi(2) + est.model_error_v.powi(2) + cell.model_error_v.powi(2) + sc * sc * k
+    est.voltage_noise_v.powi(2) + est.model_error_v.powi(2) + s0 * s0 + sc * sc * k
+}
+
+/// The cell file's model error (V, 1σ) at the recent load `c_load` (C-rate, see
+/// [`load_c_rate`]), in its two parts: the low-current part and the part that grows with the
+/// load (the slow bias [`measurement_variance`] counts once per correlation time). What
+/// `mbms bench soc --circuit` holds the circuit's measured error against.
+#[inline]
+pub fn cell_model_error_v(cell: &crate::cell_model::CellEstimator, c_load: f64) -> (f64, f64) {
+    (cell.model_error_v, cell.model_error_v_per_c * c_load)
 }
 
 /// EKF time update of one cell. `inv_q_c` = 1/(3600·Q_ah) of this cell; `r1` its R1.

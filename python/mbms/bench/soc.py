@@ -24,6 +24,13 @@ commissioned with the cell's measured capacity (``capacity_prior_ratio`` the tru
 what is left of a cold-start miss is the SOC filter's, not the unknown capacity's. The shipped
 cold start is run beside it and printed in the last column.
 
+``--circuit`` measures what the voltage under load can tell the filter at all
+(``mbms.accuracy.circuit_error``): the cell file's equivalent circuit run open loop on each
+trace's own current from its true start SOC (an aged trace with its true capacity and resistance
+ratio), its terminal-voltage error under load in mV, in units of the model error the cell file
+states, and as SOC on the OCV slope. Where that SOC is larger than a target, the voltage under
+load cannot hold the SOC to it; the coulomb count and its capacity must.
+
 ``--convergence`` measures issue 16's "converge from a 20 % initial error within minutes anywhere
 in the SOC range" (``mbms.accuracy.convergence``): per trace and 10 % SOC bin, the engine powers up
 at the first sample in the bin (under whatever load the trace has there, as a BMS restarted
@@ -37,11 +44,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mbms.accuracy import (COMMISSIONED_CAPACITY_SIGMA, CONVERGENCE_BINS, CONVERGENCE_WINDOW_S, FAMILY_DIR, SPLITS,
-                           AccuracyResult, Corruption, ReferenceTrace, commissioned_pack,
+from mbms.accuracy import (COMMISSIONED_CAPACITY_SIGMA, LOAD_C, CONVERGENCE_BINS, CONVERGENCE_WINDOW_S, FAMILY_DIR, SPLITS,
+                           AccuracyResult, Corruption, circuit_error, ReferenceTrace, commissioned_pack,
                            convergence, convergence_starts, family_traces, soc_accuracy, soc_bin)
 
 SOH_TARGETS = {"capacity": 0.02, "resistance": 0.05}
@@ -53,12 +61,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", action="append", help="only this trace (name); repeatable")
     p.add_argument("--seed", type=int, default=1, help="seed of the measurement corruption")
     p.add_argument("--data", type=Path, default=FAMILY_DIR, help="folder with the family's .npz and index.json")
-    p.add_argument("--convergence", action="store_true",
-                   help="convergence from a 20 %% initial error, the engine powered up at one sample per 10 %% SOC bin "
-                        "of each trace, on either side of the truth (issue 16: 'within minutes anywhere in the SOC range')")
-    p.add_argument("--capacity-known", action="store_true",
-                   help="commission each pack with its cell's true capacity (pack file capacity_prior_ratio, "
-                        f"capacity_prior_sigma {COMMISSIONED_CAPACITY_SIGMA}): the control for the cold-start aged traces")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--convergence", action="store_true",
+                      help="convergence from a 20 %% initial error, the engine powered up at one sample per 10 %% SOC bin "
+                           "of each trace, on either side of the truth (issue 16: 'within minutes anywhere in the SOC range')")
+    mode.add_argument("--circuit", action="store_true",
+                      help="the cell file's equivalent circuit against each trace (open loop from the true start, no "
+                           "filter): its voltage error under load, in mV, against the stated model error, and as SOC")
+    mode.add_argument("--capacity-known", action="store_true",
+                      help="commission each pack with its cell's true capacity (pack file capacity_prior_ratio, "
+                           f"capacity_prior_sigma {COMMISSIONED_CAPACITY_SIGMA}): the control for the cold-start aged traces")
+
+
+def _run_circuit(args: argparse.Namespace, traces: dict[str, Path]) -> int:
+    rows = [asdict(circuit_error(ReferenceTrace.load(path))) for path in traces.values()]
+    agg: dict[str, Any] = {}
+    for chem in sorted({r["chemistry"] for r in rows}):
+        rs = [r for r in rows if r["chemistry"] == chem]
+        n = sum(r["load_samples"] for r in rs)
+        agg[chem] = {
+            "traces": len(rs),
+            # pooled over every sample under load of the chemistry's traces
+            "rms_mv_pooled": math.sqrt(sum(r["rms_mv"] ** 2 * r["load_samples"] for r in rs) / n),
+            "rms_over_stated_pooled": math.sqrt(sum(r["rms_over_stated"] ** 2 * r["load_samples"] for r in rs) / n),
+            "soc_equivalent_median_pct_least": min(r["soc_equivalent_median_pct"] for r in rs),
+        }
+    if args.json:
+        print(json.dumps({"bench": "soc-circuit", "split": args.split, "load_c": LOAD_C, "results": rows,
+                          "aggregate": agg}))
+        return 0
+    print(f"The cell file's equivalent circuit vs the DFN traces, {args.split} set: run open loop on each trace's "
+          f"current from its true start SOC (aged: true capacity and resistance ratio), no corruption; error "
+          f"v_DFN - v_circuit over the samples under load (|I| >= {LOAD_C} C)")
+    print(f"{'trace':26} {'aged':>4} {'samples':>7} {'RMS mV':>7} {'p95 mV':>7} {'RMS/stated':>10} "
+          f"{'as SOC % (median)':>17} {'SOC path %':>10}")
+    for r in rows:
+        print(f"{r['trace']:26} {'yes' if r['aged'] else 'no':>4} {r['load_samples']:7d} {r['rms_mv']:7.1f} "
+              f"{r['p95_mv']:7.1f} {r['rms_over_stated']:10.2f} {r['soc_equivalent_median_pct']:17.2f} "
+              f"{r['soc_path_max_pct']:10.3f}")
+    for chem, a in agg.items():
+        print(f"{chem}: RMS {a['rms_mv_pooled']:.1f} mV under load, {a['rms_over_stated_pooled']:.2f} x the cell file's "
+              f"stated model error; on the OCV slope the median error is worth {a['soc_equivalent_median_pct_least']:.2f} % "
+              f"SOC or more on every trace")
+    return 0
 
 
 def _row(name: str, tr: ReferenceTrace, r: AccuracyResult) -> dict[str, Any]:
@@ -202,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
         traces = {k: v for k, v in traces.items() if k in set(args.trace)}
     if args.convergence:
         return _run_convergence(args, traces)
+    if args.circuit:
+        return _run_circuit(args, traces)
     rows = []
     for name, path in traces.items():
         tr = ReferenceTrace.load(path)
