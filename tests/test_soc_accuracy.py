@@ -297,11 +297,17 @@ def test_bench_soc_json_reports_the_heldout_figures() -> None:
     import sys
 
     name = sorted(n for n in HELDOUT if n.startswith("lfp"))[0]
-    out = subprocess.run([sys.executable, "-m", "mbms", "bench", "soc", "--json", "--trace", name, "--trace", sorted(TUNING)[0]],
+    # a tuning trace asked for is not scored in the held-out set: refused, named, nothing run
+    tuning = sorted(TUNING)[0]
+    bad = subprocess.run([sys.executable, "-m", "mbms", "bench", "soc", "--json", "--trace", name, "--trace", tuning],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert f"--trace {tuning}: not a trace of the heldout set" in bad.stderr and name in bad.stderr
+    out = subprocess.run([sys.executable, "-m", "mbms", "bench", "soc", "--json", "--trace", name],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     d = json.loads(out)
     assert d["split"] == "heldout"
-    assert [r["trace"] for r in d["results"]] == [name]  # the tuning trace asked for is not scored
+    assert [r["trace"] for r in d["results"]] == [name]
     row, r = d["results"][0], _result(name)
     assert row["rmse_after_10min_pct"] == pytest.approx(100 * r.rmse_after_settle)
     assert row["max_after_10min_pct"] == pytest.approx(100 * r.max_abs_after_settle)

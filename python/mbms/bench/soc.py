@@ -48,6 +48,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mbms.errors import InputError
 from mbms.accuracy import (COMMISSIONED_CAPACITY_SIGMA, LOAD_C, CONVERGENCE_BINS, CONVERGENCE_WINDOW_S, FAMILY_DIR, SPLITS,
                            AccuracyResult, Corruption, circuit_error, ReferenceTrace, commissioned_pack,
                            convergence, convergence_starts, family_traces, soc_accuracy, soc_bin)
@@ -244,6 +245,10 @@ def run(args: argparse.Namespace) -> int:
     split = None if args.split == "all" else args.split
     traces = family_traces(split, args.data)
     if args.trace:
+        unknown = sorted(set(args.trace) - set(traces))
+        if unknown:
+            raise InputError(f"--trace {', '.join(unknown)}: not a trace of the {args.split} set in {args.data} "
+                             f"(expected one of: {', '.join(sorted(traces))}; --split all covers both sets)")
         traces = {k: v for k, v in traces.items() if k in set(args.trace)}
     if args.convergence:
         return _run_convergence(args, traces)
