@@ -549,3 +549,25 @@ def test_bench_soc_circuit_json_reports_each_trace() -> None:
         assert rows[n]["soc_equivalent_median_pct"] == pytest.approx(r.soc_equivalent_median_pct)
     assert rows["nmc_h4_drive_aged"]["aged"] is True and rows["lfp_h1_ess"]["aged"] is False
     assert d["aggregate"]["NMC"]["rms_mv_pooled"] == pytest.approx(rows["nmc_h4_drive_aged"]["rms_mv"])
+
+
+def test_bench_soc_circuit_runs_on_a_users_own_trace_folder(tmp_path) -> None:
+    """`--data DIR` with a trace file written in the documented format (ReferenceTrace): the
+    circuit's own trace reads 0 mV, one with 15 mV more under load reads 15 mV."""
+    import json
+    import subprocess
+    import sys
+
+    tr = _circuit_trace("lg_m50_nmc")
+    load = np.abs(tr.i_a) >= LOAD_C * tr.capacity_ah
+    for name, v in (("mine_exact", tr.v_v), ("mine_offset", tr.v_v + 0.015 * load)):
+        np.savez(tmp_path / f"{name}.npz", t_s=tr.t_s, i_a=tr.i_a, v_v=v, soc_true=tr.soc_true, temp_c=tr.temp_c,
+                 cell_file="lg_m50_nmc", capacity_ah=tr.capacity_ah, split="heldout",
+                 capacity_nominal_ah=tr.capacity_ah, r_pulse_ohm=0.02, r_pulse_fresh_ohm=0.02)
+    out = subprocess.run([sys.executable, "-m", "mbms", "bench", "soc", "--circuit", "--json", "--data", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = {r["trace"]: r for r in json.loads(out)["results"]}
+    assert set(rows) == {"mine_exact", "mine_offset"}
+    assert rows["mine_exact"]["rms_mv"] < 1e-6
+    assert rows["mine_offset"]["rms_mv"] == pytest.approx(15.0)
+    assert rows["mine_offset"]["aged"] is False

@@ -61,7 +61,17 @@ CONSISTENCY_SLACK = 1e-3
 
 @dataclass(frozen=True)
 class ReferenceTrace:
-    """One cell under a dynamic load, sampled at a fixed period (current positive = discharge)."""
+    """One cell under a dynamic load, sampled at a fixed period (current positive = discharge).
+
+    The file (``.npz``, read by :meth:`load`): arrays ``t_s`` (s, strictly increasing),
+    ``i_a`` (A, discharge positive), ``v_v`` (terminal voltage, V), ``soc_true`` (0..1) and
+    ``temp_c`` (°C), one value per sample; scalars ``cell_file`` (a cell file name or path, see
+    ``mbms.paths.cell_file``) and ``capacity_ah`` (the cell's true capacity). A trace of an
+    evaluation family (``mbms bench soc --data DIR``: every ``.npz`` in DIR) also carries
+    ``split`` (``tuning`` or ``heldout``), ``capacity_nominal_ah`` (the cell file's) and
+    ``r_pulse_ohm`` / ``r_pulse_fresh_ohm`` (a 1 s pulse resistance of this cell and of the fresh
+    one: the true resistance ratio), and optionally ``score_from_s`` (the end of an in-service
+    history, s after the first sample)."""
 
     name: str
     t_s: np.ndarray
