@@ -245,14 +245,18 @@ def corrupt(trace: ReferenceTrace, c: Corruption, cell: _core.CellModel) -> Meas
 # The harness states only what a pack file states about its own hardware and duty (scaled to the
 # cell's capacity as the corruption is); every other estimator setting is the engine's default or
 # comes from the cell file's [estimator] table: what a user's pack gets. Nothing here is tuned.
+# The harness's rest band (C-rate, C/50: above the offset and noise of the current sensor); a
+# sample beyond it is under load (``circuit_error``).
+LOAD_C = 0.02
+
+
 def sensor_settings(capacity_ah: float, c: Corruption) -> dict[str, float]:
     """The pack file's sensor and duty facts for a one-cell pack measured as ``c`` corrupts it."""
     return {
         "voltage_noise_v": c.voltage_noise_v,
         "current_noise_a": c.current_noise_a_per_ah * capacity_ah,
         "current_offset_a": c.current_offset_a_per_ah * capacity_ah,
-        # rest band C/50 (above the offset and noise of the current sensor)
-        "rest_current_a": 0.02 * capacity_ah,
+        "rest_current_a": LOAD_C * capacity_ah,
     }
 
 
@@ -445,8 +449,6 @@ def soc_accuracy(
 # The equivalent circuit's own error against a reference trace
 # ---------------------------------------------------------------------------------------------
 
-# A sample is under load above this C-rate: the harness's rest band (``sensor_settings``, C/50).
-LOAD_C = 0.02
 # Half the SOC step of the OCV slope's central difference.
 SLOPE_DZ = 0.005
 

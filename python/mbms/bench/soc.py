@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which traces: the held-out set (default), the tuning set, or all")
     p.add_argument("--trace", action="append", help="only this trace (name); repeatable")
     p.add_argument("--seed", type=int, default=1, help="seed of the measurement corruption")
-    p.add_argument("--data", type=Path, default=FAMILY_DIR, help="folder of .npz traces, each with its split (default: the shipped family; "
+    p.add_argument("--data", type=Path, default=FAMILY_DIR,
+                   help="folder of .npz traces, each with its split (default: the shipped family; "
                         "the file format: mbms.accuracy.ReferenceTrace)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--convergence", action="store_true",
